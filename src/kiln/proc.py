@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import CommandError, Interrupted, ToolMissingError
 
@@ -126,7 +126,9 @@ def run(
             start_new_session=True,  # own process group: we stop it and its children together
         )
     except FileNotFoundError as exc:
-        raise ToolMissingError(f"{program}: not found", hint=f"install {PROVIDERS.get(program, 'it')}") from exc
+        raise ToolMissingError(
+            f"{program}: not found", hint=f"install {PROVIDERS.get(program, 'it')}"
+        ) from exc
 
     timer: threading.Timer | None = None
     if timeout is not None:
@@ -163,7 +165,7 @@ def run(
     return Result(args, returncode, output)
 
 
-def terminate(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """Stop a child and its whole process group: SIGTERM, then SIGKILL after `grace` seconds."""
     if proc.poll() is not None:
         return
@@ -198,3 +200,55 @@ def install_sigterm_handler() -> None:
 def ensure_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGKILL this child when the process that spawned it dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    log_path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    die_with_parent: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start a long-running child (QEMU) and return at once; `proc.run` is for run-to-completion.
+
+    Same conventions as `run`: argv list, the program resolved on PATH (ToolMissingError names its
+    package), the command logged at debug level, its own process group (stop it with `terminate`),
+    stdin from /dev/null, stdout+stderr appended to `log_path`. With `die_with_parent` the kernel kills
+    the child if this process dies without cleaning up (note: "parent" is the spawning thread).
+    There is no --dry-run handling here: a long-running child has no placeholder, so callers check
+    `DRY_RUN` themselves.
+    """
+    args = [os.fspath(a) for a in argv]
+    program = args[0]
+    if os.sep not in program:
+        args[0] = which(program)
+    log.debug("spawn: %s", quote(args))
+    with open(log_path, "ab") as out:
+        try:
+            return subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=_child_env(env, extra_env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if die_with_parent else None,
+            )
+        except FileNotFoundError as exc:
+            raise ToolMissingError(
+                f"{program}: not found", hint=f"install {PROVIDERS.get(program, 'it')}"
+            ) from exc
