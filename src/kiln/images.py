@@ -1,0 +1,234 @@
+"""Listing published images and downloading them through their public HTTP URL, checked and resumable.
+
+`get` fetches URL.sha256 first (no checksum, no download), downloads into DIR/FILE.part, resumes with a
+`Range` request after a dropped connection (in the same run, and across runs: the .part stays), checks the
+SHA-256 of the whole file and only then renames it into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from .errors import InputError, UploadError
+from .gcs import RETRYABLE_STATUS, Client, RetryPolicy
+from .upload import HEX64, channel_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://storage.googleapis.com"
+CHANNELS = ("ci", "release")
+_LAYOUT = re.compile(r"^(?P<channel>ci|release)/(?P<version>[^/]+)/(?P<file>[^/]+)$")
+_KUBE = re.compile(r"\+kube-(?P<version>v[^/]+?)\.(ova|qcow2|packages|packer-manifest\.json)$")
+
+
+@dataclass(frozen=True)
+class Image:
+    channel: str
+    version: str
+    file: str
+    size: int
+    updated: str
+    sha256: str | None  # recorded in the object's metadata
+    has_sidecar: bool
+
+    @property
+    def path(self) -> str:
+        return f"{self.channel}/{self.version}/{self.file}"
+
+
+def list_images(
+    client: Client, bucket: str, channel: str | None = None, version: str | None = None
+) -> list[Image]:
+    """Published objects under {ci,release}/VERSION/, sidecars folded into their artifact."""
+    prefixes = [f"{ch}/{version + '/' if version else ''}" for ch in ([channel] if channel else CHANNELS)]
+    objects = {o.name: o for p in prefixes for o in client.list(bucket, p)}
+    images = []
+    for name, o in sorted(objects.items()):
+        m = _LAYOUT.match(name)
+        if not m or name.endswith(".sha256"):
+            continue
+        images.append(
+            Image(
+                m["channel"],
+                m["version"],
+                m["file"],
+                o.size,
+                o.updated,
+                o.sha256,
+                name + ".sha256" in objects,
+            )
+        )
+    return images
+
+
+def resolve_url(name_or_url: str, base_url: str, bucket: str) -> str:
+    """An http(s) URL as is; gs://B/PATH, CHANNEL/VERSION/FILE or a bare FILE (NAME+kube-VERSION.EXT)."""
+    base = base_url.rstrip("/")
+    if name_or_url.startswith(("http://", "https://")):
+        return name_or_url
+    if name_or_url.startswith("gs://"):
+        return f"{base}/{name_or_url[5:]}"
+    if _LAYOUT.match(name_or_url):
+        return f"{base}/{bucket}/{urllib.parse.quote(name_or_url)}"
+    m = _KUBE.search(name_or_url)
+    if "/" in name_or_url or not m:
+        raise InputError(
+            f"{name_or_url}: not a URL, gs:// path, CHANNEL/VERSION/FILE or NAME+kube-VERSION.ova file name"
+        )
+    path = f"{channel_for(m['version'])}/{m['version']}/{name_or_url}"
+    return f"{base}/{bucket}/{urllib.parse.quote(path)}"
+
+
+@dataclass
+class Download:
+    url: str
+    path: Path
+    size: int
+    sha256: str
+    action: str  # downloaded | resumed | present
+    bytes_received: int
+    seconds: float
+
+
+def download(
+    url: str,
+    out_dir: Path,
+    *,
+    session: requests.Session | None = None,
+    retry: RetryPolicy | None = None,
+    on_progress: Callable[[int, int | None], None] | None = None,
+    timeout: float = 60.0,
+) -> Download:
+    """Download `url` into out_dir, verified against url + '.sha256'."""
+    s = session or requests.Session()
+    retry = retry or RetryPolicy()
+    t0 = time.monotonic()
+    filename = urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1])
+    if not filename:
+        raise InputError(f"{url}: no file name in the URL")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / filename
+    part = out_dir / (filename + ".part")
+    part_sum = out_dir / (filename + ".part.sha256")
+
+    expected = _fetch_sha256(s, url + ".sha256", retry, timeout)
+    if final.is_file() and _sha256(final) == expected:
+        return Download(url, final, final.stat().st_size, expected, "present", 0, time.monotonic() - t0)
+    if part.exists() and (not part_sum.is_file() or part_sum.read_text().strip() != expected):
+        part.unlink()  # a .part of some other version of the object: start over
+    part_sum.write_text(expected + "\n")
+    resumed = part.exists() and part.stat().st_size > 0
+    received = 0
+    failures = 0
+    while True:
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        problem = ""
+        try:
+            with s.get(url, headers=headers, stream=True, timeout=timeout) as r:
+                if r.status_code == 416 and offset:
+                    break  # we hold the whole object already
+                if r.status_code == 404:
+                    raise UploadError(f"{url}: not found (404)")
+                if r.status_code in RETRYABLE_STATUS:
+                    problem = f"HTTP {r.status_code}"
+                elif r.status_code not in (200, 206):
+                    raise UploadError(f"{url}: HTTP {r.status_code}")
+                else:
+                    total = _total(r, offset)
+                    mode = "ab"
+                    if r.status_code == 200 or not _starts_at(r, offset):
+                        mode, offset = "wb", 0  # the server ignored our Range: take the whole body
+                    with part.open(mode) as f:
+                        for block in r.iter_content(1024 * 1024):
+                            f.write(block)
+                            offset += len(block)
+                            received += len(block)
+                            if on_progress:
+                                on_progress(offset, total)
+                    if total is None or offset >= total:
+                        break
+                    problem = f"short body ({offset} of {total} bytes)"
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            problem = type(exc).__name__
+        failures += 1
+        if failures >= retry.attempts:
+            raise UploadError(
+                f"{url}: giving up after {failures} attempts (last: {problem}); "
+                f"{part} is kept: run the same command again to resume"
+            )
+        delay = retry.delay(failures - 1)
+        log.info("%s: %s, resuming at byte %d in %.1fs", url, problem, part.stat().st_size, delay)
+        time.sleep(delay)
+
+    got = _sha256(part)
+    if got != expected:
+        part.unlink()
+        part_sum.unlink(missing_ok=True)
+        raise UploadError(
+            f"{url}: downloaded file hashes to {got}, but its .sha256 says {expected}; deleted it"
+        )
+    part.replace(final)
+    part_sum.unlink(missing_ok=True)
+    return Download(
+        url,
+        final,
+        final.stat().st_size,
+        expected,
+        "resumed" if resumed else "downloaded",
+        received,
+        time.monotonic() - t0,
+    )
+
+
+def _fetch_sha256(s: requests.Session, url: str, retry: RetryPolicy, timeout: float) -> str:
+    for attempt in range(retry.attempts):
+        try:
+            r = s.get(url, timeout=timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            problem = type(exc).__name__
+        else:
+            if r.status_code == 200:
+                words = r.text.split()
+                value = words[0].lower() if words else ""
+                if not HEX64.match(value):
+                    raise UploadError(f"{url}: not a SHA-256 checksum")
+                return value
+            if r.status_code == 404:
+                raise UploadError(f"{url}: no published checksum; refusing an unverifiable download")
+            if r.status_code not in RETRYABLE_STATUS:
+                raise UploadError(f"{url}: HTTP {r.status_code}")
+            problem = f"HTTP {r.status_code}"
+        if attempt + 1 < retry.attempts:
+            time.sleep(retry.delay(attempt))
+    raise UploadError(f"{url}: giving up after {retry.attempts} attempts (last: {problem})")
+
+
+def _total(r: requests.Response, offset: int) -> int | None:
+    cr = r.headers.get("Content-Range", "")
+    if r.status_code == 206 and "/" in cr and not cr.endswith("/*"):
+        return int(cr.rsplit("/", 1)[1])
+    length = r.headers.get("Content-Length")
+    return int(length) if length is not None and r.status_code == 200 else None
+
+
+def _starts_at(r: requests.Response, offset: int) -> bool:
+    m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
+    return bool(m and int(m.group(1)) == offset)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb", buffering=0) as f:
+        while buf := f.read(8 * 1024 * 1024):
+            h.update(buf)
+    return h.hexdigest()
