@@ -1,0 +1,436 @@
+"""Config loading: layering, coercion, derived values, validation, origins.
+
+The layering rule (lowest to highest; a later layer overrides an earlier one key by key):
+
+  1. built-in defaults (kiln.settings.SETTINGS)
+  2. config/common.json
+  3. the OS file, config/<target>.json
+  4. config/kubernetes.json, then config/containerd.json, then config/cni.json
+  5. each file in PACKER_VAR_FILES, in the order given (JSON, or HCL for *.hcl such as *.pkrvars.hcl)
+  6. `-var key=value` on the command line (PACKER_FLAGS in make)
+
+Then derived keys that no layer set are computed from kubernetes_semver (origin "derived"). Every
+problem in every layer is collected and reported at once as a ConfigError (exit 2), each as
+`FILE: KEY: problem`. Nothing here writes files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError, InputError
+from .settings import BY_NAME, SEMVER_RE, SETTINGS, SHARED_FILES, Setting
+
+DEFAULT = "default"
+DERIVED = "derived"
+CLI = "-var"
+
+
+def repo_root() -> Path:
+    """The kiln checkout: KILN_REPO_ROOT, else the directory above src/ (editable install), else cwd."""
+    env = os.environ.get("KILN_REPO_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parents[2]
+    if (here / "config").is_dir() and (here / "packer").is_dir():
+        return here
+    return Path.cwd()
+
+
+def targets(root: Path | None = None) -> list[str]:
+    """The OS files in config/: every *.json except the shared layer files, sorted."""
+    config_dir = (root or repo_root()) / "config"
+    return sorted(p.stem for p in config_dir.glob("*.json") if p.stem not in SHARED_FILES)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved, validated config of one target: values (typed) and where each came from."""
+
+    target: str
+    values: Mapping[str, Any]
+    origins: Mapping[str, str]
+    repo_root: Path
+    var_files: tuple[str, ...] = field(default=())
+
+    def get(self, key: str) -> Any:
+        if key not in self.values:
+            raise KeyError(f"{key}: not a kiln setting")
+        return self.values[key]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+    @property
+    def artifact_name(self) -> str:
+        return f"{self.values['build_name']}+kube-{self.values['kubernetes_semver']}"
+
+    def plain(self) -> dict[str, Any]:
+        """The values as plain JSON types (lists and dicts), for templates and Ansible extra vars."""
+        return {k: _plain(v) for k, v in self.values.items()}
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        """`{"key": {"value": V, "origin": "file"}}`, as stored in build dirs as config.json."""
+        return {k: {"value": _plain(v), "origin": self.origins[k]} for k, v in self.values.items()}
+
+    def input_hash(self) -> str:
+        """sha256 over the resolved values and kiln's version: equal inputs give equal hashes."""
+        blob = json.dumps({"kiln": __version__, "values": self.plain()}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def path(self, key: str) -> Path:
+        """A path-valued setting (output_dir, cache_dir) resolved against the repo root."""
+        return (self.repo_root / str(self.values[key])).resolve()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    if isinstance(value, Mapping):
+        return MappingProxyType(dict(value))
+    return value
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, BY_NAME, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _label(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --- reading layer files ---------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        problems.append(f"{label}: cannot read: {exc.strerror or exc}")
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.append(f"{label}: line {exc.lineno} column {exc.colno}: malformed JSON: {exc.msg}")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{label}: must hold a JSON object of settings, not {type(data).__name__}")
+        return None
+    return data
+
+
+def _read_hcl(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    import hcl2  # python-hcl2; imported here so that plain JSON configs don't pay for lark
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        problems.append(f"{label}: cannot read: {exc.strerror or exc}")
+        return None
+    try:
+        options = hcl2.SerializationOptions(
+            with_comments=False, explicit_blocks=False, strip_string_quotes=True, preserve_heredocs=False
+        )
+        data = hcl2.loads(text, serialization_options=options)
+    except Exception as exc:  # lark raises many exception types; all carry line/column when known
+        line = getattr(exc, "line", None)
+        column = getattr(exc, "column", None)
+        where = f"line {line} column {column}: " if line is not None else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        problems.append(f"{label}: {where}malformed HCL: {first}")
+        return None
+    return {k: _unhcl(v) for k, v in data.items()}
+
+
+def _unhcl(value: Any) -> Any:
+    """Undo python-hcl2's leftovers: '${...}' wrappers are not allowed in var files; keep plain data."""
+    if isinstance(value, list):
+        return [_unhcl(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k).strip('"'): _unhcl(v) for k, v in value.items() if not str(k).startswith("__")}
+    return value
+
+
+def _read_layer(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    if path.suffix == ".hcl":
+        return _read_hcl(path, label, problems)
+    return _read_json(path, label, problems)
+
+
+# --- types ---------------------------------------------------------------------------------------------
+
+
+def _check_type(setting: Setting, value: Any) -> str | None:
+    """None if `value` has the setting's type, else a problem ('wrong type: ...')."""
+    want = setting.type
+    if want is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want is list:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    elif want is dict:
+        ok = isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values())
+    else:
+        ok = isinstance(value, want)
+    if ok:
+        return None
+    return f"wrong type: want {setting.type_name}, got {_json_type(value)} {json.dumps(value)[:60]}"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, Mapping):
+        return "map"
+    return "null" if value is None else type(value).__name__
+
+
+def coerce(setting: Setting, raw: Any) -> Any:
+    """A `-var key=value` string to the setting's type. ValueError names what was expected."""
+    if not isinstance(raw, str) or setting.type is str:
+        return raw
+    text = raw.strip()
+    if setting.type is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"wrong type: want number, got {raw!r}") from None
+    if setting.type is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"wrong type: want bool (true/false), got {raw!r}")
+    if text.startswith("[") or text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"malformed JSON value {raw!r}: {exc.msg}") from None
+    if setting.type is list:
+        return [part for part in text.replace(",", " ").split() if part]
+    raise ValueError(f"wrong type: want a JSON object, got {raw!r}")
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def load(
+    target: str,
+    var_files: Iterable[str | os.PathLike[str]] = (),
+    overrides: Mapping[str, Any] | None = None,
+    repo_root: Path | None = None,
+    override_origin: str = CLI,
+) -> Config:
+    """Resolve and validate the config of `target` (an OS file name such as "ubuntu-2204").
+
+    `var_files` are PACKER_VAR_FILES entries, `overrides` are `-var key=value` pairs (strings are coerced
+    to each key's type). Raises InputError for an unknown target and ConfigError listing every problem.
+    """
+    root = (repo_root or globals()["repo_root"]()).resolve()
+    os_file = root / "config" / f"{target}.json"
+    if target in SHARED_FILES or not os_file.is_file():
+        known = ", ".join(targets(root)) or "none"
+        raise InputError(f"config/{target}.json: no such target", hint=f"known targets: {known}")
+
+    problems: list[str] = []
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    origins: dict[str, str] = {s.name: DEFAULT for s in SETTINGS}
+
+    layers: list[Path] = [root / "config" / "common.json", os_file]
+    layers += [root / "config" / f"{name}.json" for name in SHARED_FILES if name != "common"]
+    var_paths = [Path(p) for p in var_files]
+    for path in layers:
+        if path.is_file() or path == os_file:
+            _apply_file(path, _label(path, root), values, origins, problems)
+    for path in var_paths:
+        full = path if path.is_absolute() else Path.cwd() / path
+        label = _label(full, root)
+        if not full.is_file():
+            problems.append(f"{label}: var file not found (from PACKER_VAR_FILES / --var-file)")
+            continue
+        _apply_file(full, label, values, origins, problems)
+    for key, raw in (overrides or {}).items():
+        setting = BY_NAME.get(key)
+        if setting is None:
+            problems.append(f"{override_origin} {key}: unknown key{_suggest(key)}")
+            continue
+        try:
+            value = coerce(setting, raw)
+        except ValueError as exc:
+            problems.append(f"{override_origin} {key}: {exc}")
+            continue
+        _set(setting, value, override_origin, values, origins, problems)
+
+    _derive(values, origins)
+    _check_values(values, origins, problems)
+    _check_consistency(root, values, origins, problems)
+    if problems:
+        raise ConfigError(
+            problems, hint="fix the keys above; `kiln config TARGET` shows where each value comes from"
+        )
+    return Config(
+        target=target,
+        values=MappingProxyType({k: _freeze(v) for k, v in values.items()}),
+        origins=MappingProxyType(dict(origins)),
+        repo_root=root,
+        var_files=tuple(str(p) for p in var_paths),
+    )
+
+
+def _apply_file(
+    path: Path, label: str, values: dict[str, Any], origins: dict[str, str], problems: list[str]
+) -> None:
+    data = _read_layer(path, label, problems)
+    if data is None:
+        return
+    for key, value in data.items():
+        setting = BY_NAME.get(key)
+        if setting is None:
+            problems.append(f"{label}: {key}: unknown key{_suggest(key)}")
+            continue
+        _set(setting, value, label, values, origins, problems)
+
+
+def _set(
+    setting: Setting,
+    value: Any,
+    origin: str,
+    values: dict[str, Any],
+    origins: dict[str, str],
+    problems: list[str],
+) -> None:
+    wrong = _check_type(setting, value)
+    if wrong:
+        problems.append(f"{origin}: {setting.name}: {wrong}")
+        return
+    values[setting.name] = value
+    origins[setting.name] = origin
+
+
+def derived_kubernetes(semver: str) -> dict[str, str]:
+    """kubernetes_series / _deb_version / _rpm_version and the pkgs.k8s.io repos from one semver."""
+    match = SEMVER_RE.match(semver)
+    if not match:
+        return {}
+    major, minor = match.group(1), match.group(2)
+    series = f"v{major}.{minor}"
+    bare = semver[1:]
+    deb_repo = f"https://pkgs.k8s.io/core:/stable:/{series}/deb/"
+    rpm_repo = f"https://pkgs.k8s.io/core:/stable:/{series}/rpm/"
+    return {
+        "kubernetes_series": series,
+        "kubernetes_deb_version": f"{bare}-1.1",
+        "kubernetes_rpm_version": bare,
+        "kubernetes_deb_repo": deb_repo,
+        "kubernetes_deb_gpg_key": f"{deb_repo}Release.key",
+        "kubernetes_rpm_repo": rpm_repo,
+        "kubernetes_rpm_gpg_key": f"{rpm_repo}repodata/repomd.xml.key",
+    }
+
+
+def _derive(values: dict[str, Any], origins: dict[str, str]) -> None:
+    for key, value in derived_kubernetes(str(values["kubernetes_semver"])).items():
+        if origins[key] == DEFAULT:
+            values[key] = value
+            origins[key] = DERIVED
+
+
+def _check_values(values: dict[str, Any], origins: dict[str, str], problems: list[str]) -> None:
+    for setting in SETTINGS:
+        value = values[setting.name]
+        if setting.validator is None or value in ("", [], {}):
+            continue  # empty = unset; required keys are checked in _check_consistency
+        problem = setting.validator(value)
+        if problem:
+            problems.append(f"{origins[setting.name]}: {setting.name}: {problem}")
+
+
+def _need(
+    key: str, because: str, values: dict[str, Any], origins: dict[str, str], problems: list[str]
+) -> None:
+    if values[key] in ("", [], {}, None):
+        cause = because.split(" ")[0]
+        problems.append(f"{origins.get(cause, origins[key])}: {key}: required when {because}")
+
+
+def _check_consistency(
+    root: Path, values: dict[str, Any], origins: dict[str, str], problems: list[str]
+) -> None:
+    """Required keys and settings that contradict each other; each problem names the file that set it."""
+    for key in ("build_name", "os_name", "os_version"):
+        if not values[key]:
+            problems.append(f"{origins[key]}: {key}: required (set it in the OS file)")
+    method = values["install_method"]
+    builder = values["builder"]
+    if method == "installer":
+        for key in ("iso_url", "iso_checksum", "boot_command", "boot_files"):
+            _need(key, "install_method is installer", values, origins, problems)
+        if values["firmware"] == "efi":
+            problems.append(
+                f"{origins['firmware']}: firmware: efi is not supported with install_method installer "
+                "(boot_command drives the BIOS boot menu); use bios, or a cloudimg/bootstrap target"
+            )
+    elif method == "cloudimg":
+        for key in ("cloudimg_url", "cloudimg_checksum", "boot_files"):
+            _need(key, "install_method is cloudimg", values, origins, problems)
+    elif method == "bootstrap":
+        for key in ("bootstrap_suite", "bootstrap_mirror"):
+            _need(key, "install_method is bootstrap", values, origins, problems)
+        if values["os_family"] != "debian":
+            problems.append(f"{origins['os_family']}: os_family: install_method bootstrap needs debian")
+    if method in ("cloudimg", "bootstrap") and builder == "vmware-iso":
+        problems.append(
+            f"{origins['builder']}: builder: vmware-iso cannot build install_method {method} "
+            f"(set in {origins['install_method']}); use builder qemu"
+        )
+    for name in values["boot_files"]:
+        path = root / "packer" / "http" / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            problems.append(f"{origins['boot_files']}: boot_files: {name}: must be a path under packer/http/")
+        elif not path.is_file():
+            problems.append(f"{origins['boot_files']}: boot_files: packer/http/{name}: no such file")
+    if values["kubernetes_source_type"] == "http":
+        _need("kubernetes_http_source", "kubernetes_source_type is http", values, origins, problems)
+        missing = sorted({"kubelet", "kubeadm", "kubectl"} - set(values["kubernetes_http_sha256"]))
+        if missing:
+            problems.append(
+                f"{origins['kubernetes_http_sha256']}: kubernetes_http_sha256: missing sha256 for "
+                f"{', '.join(missing)} (required when kubernetes_source_type is http)"
+            )
+    for prefix in ("containerd", "cni"):
+        if values[f"{prefix}_source_type"] == "http":
+            for key in (f"{prefix}_url", f"{prefix}_sha256"):
+                _need(key, f"{prefix}_source_type is http", values, origins, problems)
+    semver = str(values["kubernetes_semver"])
+    for key, want in derived_kubernetes(semver).items():
+        if key in ("kubernetes_series",) and origins[key] != DERIVED and values[key] != want:
+            problems.append(
+                f"{origins[key]}: {key}: {values[key]} contradicts kubernetes_semver {semver} "
+                f"(from {origins['kubernetes_semver']}); remove it to derive {want}"
+            )

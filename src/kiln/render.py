@@ -1,0 +1,374 @@
+"""Render a target's Packer HCL2 template and boot files from the resolved config.
+
+`render(config, context, out_dir)` writes, atomically (temp dir + rename, nothing left on failure):
+
+  OUT/node.pkr.hcl        the Packer template (qemu and/or vmware-iso sources, ansible, goss hook, manifest)
+  OUT/http/...            the boot files (preseed, autoinstall, kickstart, cloud-init seed), rendered with
+                          this build's SSH public key and password hash
+  OUT/config.json         Config.to_json(): what `kiln goss-check --config` and the build dir read
+  OUT/ansible-vars.json   the config values as Ansible extra vars
+
+The template depends on the Packer version: >= 1.7 needs `packer { required_plugins {...} }` (and
+`packer init`), which 1.6.6 rejects; `packer_version` picks the form (detected by kiln.packer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from . import __version__, proc
+from .config import Config
+from .errors import InputError
+
+TEMPLATE = "node.pkr.hcl.j2"
+TEMPLATE_OUT = "node.pkr.hcl"
+MODERN = (1, 7, 0)
+OVMF = "/usr/share/ovmf/OVMF.fd"
+# The kernel command line of the first boot of a bootstrap base disk (kiln.bootstrap labels root "root").
+DEFAULT_KERNEL_CMDLINE = "root=LABEL=root ro console=ttyS0,115200n8 net.ifnames=0"
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a build (or a placeholder for render/validate) supplies besides the config."""
+
+    ssh_private_key_file: Path
+    ssh_public_key: str
+    password_hash: str
+    ssh_port: int
+    output_dir: Path  # packer output_directory for qemu; must not exist before the build
+    manifest_path: Path
+    vmware_output_dir: Path | None = None  # defaults to output_dir + "-vmware"
+    accelerator: str = "tcg"  # resolved: kvm or tcg
+    base_disk: Path | None = None  # bootstrap: the base disk (qcow2) Packer copies
+    base_disk_checksum: str = "none"
+    kernel: Path | None = None  # bootstrap: kernel/initrd extracted beside the base disk
+    initrd: Path | None = None
+    kernel_cmdline: str = DEFAULT_KERNEL_CMDLINE
+    seed_iso: Path | None = None  # bootstrap: cloud-init NoCloud seed with the build user's key
+    playbook: Path | None = None  # default: REPO/ansible/playbook.yml
+    goss_check: bool = True
+    kiln_command: Sequence[str] = field(default_factory=lambda: [sys.executable, "-m", "kiln"])
+    extra_qemuargs: Sequence[Sequence[str]] = ()
+
+
+@dataclass(frozen=True)
+class Rendered:
+    dir: Path
+    template: Path
+    packer_version: tuple[int, int, int]
+    sources: tuple[str, ...]
+
+
+class _Raw(str):
+    """A string already escaped for HCL (may hold ${build.X} interpolations)."""
+
+
+def escape(text: str) -> str:
+    """Quote a Python string as an HCL2 string literal (no interpolation: ${ and %{ are escaped)."""
+    out = json.dumps(text, ensure_ascii=False)
+    return out.replace("${", "$${").replace("%{", "%%{")
+
+
+def _key(name: str) -> str:
+    return name if re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", name) else escape(name)
+
+
+def hcl(value: Any, indent: int = 0) -> str:
+    """A Python value as an HCL2 expression. Lists of scalars stay on one line unless `indent` is given."""
+    pad = " " * indent
+    if isinstance(value, _Raw):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str | os.PathLike):
+        return escape(os.fspath(value))
+    if isinstance(value, Mapping):
+        if not value:
+            return "{}"
+        inner = " " * (indent + 2)
+        lines = [f"{inner}{_key(str(k))} = {hcl(v, indent + 2)}" for k, v in value.items()]
+        return "{\n" + "\n".join(lines) + f"\n{pad}}}"
+    if isinstance(value, list | tuple):
+        items = [hcl(v, indent + 2) if isinstance(v, Mapping) else hcl(v) for v in value]
+        if not indent or not items:
+            return "[" + ", ".join(items) + "]"
+        inner = " " * (indent + 2)
+        return "[\n" + ",\n".join(f"{inner}{i}" for i in items) + f"\n{pad}]"
+    if value is None:
+        return "null"
+    raise TypeError(f"cannot render {type(value).__name__} as HCL")
+
+
+def _source_ref(builder: str) -> str:
+    return f"source.{builder}.node"
+
+
+def environment(repo_root: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(repo_root / "packer" / "templates")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["hcl"] = hcl
+    env.filters["source_ref"] = _source_ref
+    return env
+
+
+def sources_for(config: Config) -> tuple[str, ...]:
+    """The Packer sources a target can build: installer targets both, cloudimg/bootstrap qemu only."""
+    if config.get("install_method") == "installer":
+        return ("qemu", "vmware-iso")
+    return ("qemu",)
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    if not match:
+        raise InputError(f"packer version: cannot parse {text!r}")
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3)))
+
+
+def _boot_vars(config: Config, context: BuildContext) -> dict[str, Any]:
+    data = config.plain()
+    data.update(ssh_public_key=context.ssh_public_key.strip(), password_hash=context.password_hash)
+    return data
+
+
+def render_boot_files(config: Config, context: BuildContext, http_dir: Path) -> list[Path]:
+    """Render each boot file (jinja2, strict) from packer/http/ into http_dir; returns the written paths."""
+    src_root = config.repo_root / "packer" / "http"
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(src_root)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    variables = _boot_vars(config, context)
+    written = []
+    for name in config.get("boot_files"):
+        try:
+            text = env.get_template(name).render(variables)
+        except jinja2.TemplateError as exc:
+            line = getattr(exc, "lineno", None)
+            where = f":{line}" if line else ""
+            raise InputError(f"packer/http/{name}{where}: cannot render boot file: {exc}") from exc
+        dest = http_dir / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+        written.append(dest)
+    return written
+
+
+def template_vars(
+    config: Config, context: BuildContext, render_dir: Path, packer_version: tuple[int, int, int]
+) -> dict[str, Any]:
+    c = config.plain()
+    playbook = context.playbook or (config.repo_root / "ansible" / "playbook.yml")
+    context = replace(
+        context,
+        playbook=playbook,
+        vmware_output_dir=context.vmware_output_dir or Path(f"{context.output_dir}-vmware"),
+    )
+    http_dir = render_dir / "http"
+    qemuargs: list[list[str]] = [["-cpu", "max"]]
+    if c["firmware"] == "efi":
+        qemuargs.append(["-bios", OVMF])
+    if c["install_method"] == "bootstrap":
+        for what in ("base_disk", "kernel", "initrd", "seed_iso"):
+            if getattr(context, what) is None:
+                raise InputError(
+                    f"{config.target}: install_method bootstrap needs the build context's {what}"
+                )
+        qemuargs += [
+            ["-kernel", str(context.kernel)],
+            ["-initrd", str(context.initrd)],
+            ["-append", context.kernel_cmdline],
+            ["-cdrom", str(context.seed_iso)],
+        ]
+    qemuargs += [list(a) for a in context.extra_qemuargs]
+    seed_files = (
+        [str(http_dir / name) for name in c["boot_files"]] if c["install_method"] == "cloudimg" else []
+    )
+    ansible_args = [
+        "--extra-vars",
+        f"@{render_dir / 'ansible-vars.json'}",
+        "--extra-vars",
+        "ansible_python_interpreter=/usr/bin/python3",
+    ]
+    ansible_env = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
+    kiln = " ".join(shlex.quote(part) for part in context.kiln_command)
+    static = (
+        f"{kiln} goss-check --host ${{build.Host}} --port ${{build.Port}} --user ${{build.User}} "
+        f"--key {shlex.quote(str(context.ssh_private_key_file))} "
+        f"--config {shlex.quote(str(render_dir / 'config.json'))} --phase build"
+    )
+    # escape everything but the three ${build.X} interpolations
+    goss_command = _Raw(
+        json.dumps(static, ensure_ascii=False)[1:-1]
+        .replace("%{", "%%{")
+        .replace("${build.", "\x00")
+        .replace("${", "$${")
+        .replace("\x00", "${build.")
+    )
+    vmx_data: dict[str, str] = {"ethernet0.pciSlotNumber": "32"}
+    if c["firmware"] == "efi":
+        vmx_data["firmware"] = "efi"
+    custom_data = {
+        "build_name": c["build_name"],
+        "kubernetes_semver": c["kubernetes_semver"],
+        "os_name": c["os_name"],
+        "os_version": c["os_version"],
+        "firmware": c["firmware"],
+        "kiln_version": __version__,
+        "input_hash": config.input_hash(),
+        "ssh_username": c["ssh_username"],
+    }
+    return {
+        "c": c,
+        "ctx": context,
+        "kiln_version": __version__,
+        "packer_version": ".".join(map(str, packer_version)),
+        "modern": packer_version >= MODERN,
+        "sources": sources_for(config),
+        "artifact_name": config.artifact_name,
+        "http_dir": http_dir,
+        "render_dir": render_dir,
+        "qemuargs": qemuargs,
+        "seed_files": seed_files,
+        "ansible_args": ansible_args,
+        "ansible_env": ansible_env,
+        "goss_command": goss_command,
+        "vmx_data": vmx_data,
+        "custom_data": custom_data,
+        "shutdown_command": "sudo shutdown -P now",
+    }
+
+
+def render_template(
+    config: Config, context: BuildContext, render_dir: Path, packer_version: tuple[int, int, int]
+) -> str:
+    """The HCL text of the target's template (no files written)."""
+    env = environment(config.repo_root)
+    try:
+        return env.get_template(TEMPLATE).render(template_vars(config, context, render_dir, packer_version))
+    except jinja2.TemplateError as exc:
+        line = getattr(exc, "lineno", None)
+        raise InputError(
+            f"packer/templates: cannot render{f' (line {line})' if line else ''}: {exc}"
+        ) from exc
+
+
+def render(
+    config: Config,
+    context: BuildContext,
+    out_dir: Path,
+    packer_version: tuple[int, int, int] | None = None,
+) -> Rendered:
+    """Render everything a Packer run needs into out_dir, atomically: on any error nothing is left behind.
+
+    An existing out_dir is replaced only after the new render succeeded.
+    """
+    if packer_version is None:
+        from .packer import version
+
+        packer_version = version()
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        # Paths inside the template point at the final directory, not the temp one.
+        render_boot_files(config, context, tmp / "http")
+        text = render_template(config, context, out_dir, packer_version)
+        (tmp / TEMPLATE_OUT).write_text(text)
+        (tmp / "config.json").write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
+        (tmp / "ansible-vars.json").write_text(json.dumps(config.plain(), indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.rename(out_dir, old / "x")
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Rendered(out_dir, out_dir / TEMPLATE_OUT, packer_version, sources_for(config))
+
+
+# --- build credentials and placeholder contexts -----------------------------------------------------------
+
+
+def generate_ssh_key(directory: Path, name: str = "build_key") -> tuple[Path, str]:
+    """A fresh ed25519 key pair in `directory` (mode 0600); returns (private key path, public key text)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory / name
+    for path in (key, key.with_suffix(".pub")):
+        path.unlink(missing_ok=True)
+    proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kiln-build", "-f", str(key)])
+    key.chmod(0o600)
+    return key, key.with_suffix(".pub").read_text().strip()
+
+
+def random_password_hash() -> str:
+    """A SHA-512 crypt hash of a random password that is never stored or shown (installers need one)."""
+    password = secrets.token_urlsafe(24)
+    out = proc.run(
+        ["openssl", "passwd", "-6", "-stdin"], input_text=password + "\n", secret_values=[password]
+    )
+    return out.output.strip().splitlines()[-1]
+
+
+def resolve_accelerator(setting: str) -> str:
+    """auto -> kvm|tcg via kiln.vm.pick_accelerator when that module exists, else tcg."""
+    if setting != "auto":
+        return setting
+    try:
+        from . import vm  # type: ignore[attr-defined]
+
+        return str(vm.pick_accelerator(setting))
+    except (ImportError, AttributeError):
+        return "tcg"
+
+
+def placeholder_context(config: Config, work_dir: Path, ssh_port: int = 2222) -> BuildContext:
+    """A context for `kiln render` / `kiln validate` without a build: a throwaway key pair, a random
+    password hash, and empty stand-in files for the bootstrap base disk, kernel, initrd and seed."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    key, public = generate_ssh_key(work_dir)
+    stand_ins: dict[str, Path] = {}
+    if config.get("install_method") == "bootstrap":
+        for what, name in (
+            ("base_disk", "base.qcow2"),
+            ("kernel", "vmlinuz"),
+            ("initrd", "initrd.img"),
+            ("seed_iso", "seed.iso"),
+        ):
+            path = work_dir / name
+            path.touch()
+            stand_ins[what] = path
+    return BuildContext(
+        ssh_private_key_file=key,
+        ssh_public_key=public,
+        password_hash=random_password_hash(),
+        ssh_port=ssh_port,
+        output_dir=work_dir / "output",
+        manifest_path=work_dir / "packer-manifest.json",
+        accelerator=resolve_accelerator(str(config.get("accelerator"))),
+        **stand_ins,  # type: ignore[arg-type]
+    )
