@@ -200,6 +200,94 @@ def _cmd_images_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- verification: verify, goss-check (goss.py, verify.py) ---------------------------------------------
+
+
+def _goss_binary(args: argparse.Namespace) -> Path | None:
+    import os
+
+    value = args.goss_binary or os.environ.get("KILN_GOSS_BINARY") or ""
+    return Path(value) if value else None
+
+
+@command
+def _register_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    goss_help = "run this goss binary in the guest instead of kiln's evaluator (env KILN_GOSS_BINARY)"
+    p = sub.add_parser("verify", help="boot a finished image on a throwaway overlay and run the goss specs")
+    p.add_argument("build_dir", metavar="BUILD_DIR", type=Path)
+    p.add_argument("--accelerator", choices=("auto", "kvm", "tcg"), help="default: the build's setting")
+    p.add_argument("--firmware", choices=("bios", "efi"), help="default: what the image declares")
+    p.add_argument("--goss-binary", type=Path, help=goss_help)
+    p.add_argument("--workdir", type=Path, help="keep the overlay, seed and serial log here (default: temp)")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser(
+        "goss-check", help="run the goss specs on a running host over SSH (used inside builds)"
+    )
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, default=22)
+    p.add_argument("--user", required=True)
+    p.add_argument("--key", required=True, type=Path, help="private key file for --user")
+    p.add_argument("--config", required=True, type=Path, help="the resolved config (config.json form)")
+    p.add_argument("--phase", choices=("build", "final"), default="build")
+    p.add_argument("--report-dir", type=Path, help="write vars-PHASE.yaml, report.json and junit.xml here")
+    p.add_argument("--goss-binary", type=Path, help=goss_help)
+    p.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra goss var (the final phase needs verify_user, verify_key_marker, verify_instance_id)",
+    )
+    p.set_defaults(func=_cmd_goss_check)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from . import goss, verify
+
+    results = verify.verify_build_dir(
+        args.build_dir,
+        workdir=args.workdir,
+        accelerator=args.accelerator,
+        firmware=args.firmware,
+        goss_binary=_goss_binary(args),
+    )
+    s = goss.summary(results)
+    print(
+        f"{args.build_dir}: verified: {s['test-count']} checks passed ({s['skipped-count']} skipped); "
+        f"reports in {args.build_dir / 'goss'}"
+    )
+    return EXIT_OK
+
+
+def _cmd_goss_check(args: argparse.Namespace) -> int:
+    from . import goss, verify
+    from .errors import InputError
+
+    extra: dict[str, str] = {}
+    for item in args.var:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--var {item!r}: expected KEY=VALUE")
+        extra[key] = value
+    values = verify.load_config_json(args.config)
+    results = verify.check_host(
+        args.host,
+        args.port,
+        args.user,
+        args.key,
+        values,
+        phase=args.phase,
+        report_dir=args.report_dir,
+        goss_binary=_goss_binary(args),
+        extra_vars=extra,
+    )
+    verify.raise_on_failure(results, f"{args.user}@{args.host}:{args.port}", args.report_dir)
+    s = goss.summary(results)
+    print(f"goss {args.phase} phase: {s['test-count']} checks passed ({s['skipped-count']} skipped)")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

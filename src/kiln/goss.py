@@ -283,7 +283,7 @@ class Probe(Protocol):
     def package(self, name: str) -> tuple[bool, list[str]]: ...
     def service(self, name: str) -> tuple[bool, bool]: ...
     def kernel_param(self, name: str) -> str: ...
-    def file(self, path: str) -> dict[str, Any]: ...
+    def file(self, path: str, wanted: set[str]) -> dict[str, Any]: ...
     def command(self, cmd: str, timeout: float) -> tuple[int, str, str]: ...
     def user(self, name: str) -> dict[str, Any]: ...
     def group(self, name: str) -> dict[str, Any]: ...
@@ -370,7 +370,7 @@ def _observe(res: Resource, probe: Probe) -> dict[str, Any]:
     if res.type == "kernel-param":
         return {"value": probe.kernel_param(str(a.get("name", res.id)))}
     if res.type == "file":
-        info = probe.file(str(a.get("path", res.id)))
+        info = probe.file(str(a.get("path", res.id)), set(res.checks))
         if not info.get("exists"):
             return {"exists": False, "_missing": "file does not exist"}
         return info
@@ -413,33 +413,41 @@ class TestinfraProbe:
         except AssertionError as exc:
             raise ProbeError(f"kernel-param {name}: not found") from exc
 
-    def file(self, path: str) -> dict[str, Any]:
+    def file(self, path: str, wanted: set[str]) -> dict[str, Any]:
+        """Only what the spec asks for is read (each attribute is a round trip to the host)."""
         f = self.host.file(path)
         if not f.exists:
             return {"exists": False}
-        if f.is_symlink:
-            filetype = "symlink"
-        elif f.is_directory:
-            filetype = "directory"
-        elif f.is_socket:
-            filetype = "socket"
-        elif f.is_pipe:
-            filetype = "pipe"
-        else:
-            filetype = "file"
-        info: dict[str, Any] = {
-            "exists": True,
-            "filetype": filetype,
-            "mode": f"{f.mode:04o}",
-            "owner": f.user,
-            "group": f.group,
-        }
-        if filetype == "symlink":
+        info: dict[str, Any] = {"exists": True}
+        if wanted & {"filetype", "linked-to", "size", "contents", "md5", "sha256"}:
+            if f.is_symlink:
+                filetype = "symlink"
+            elif f.is_directory:
+                filetype = "directory"
+            elif f.is_socket:
+                filetype = "socket"
+            elif f.is_pipe:
+                filetype = "pipe"
+            else:
+                filetype = "file"
+            info["filetype"] = filetype
+        if "mode" in wanted:
+            info["mode"] = f"{f.mode:04o}"
+        if "owner" in wanted:
+            info["owner"] = f.user
+        if "group" in wanted:
+            info["group"] = f.group
+        if "linked-to" in wanted and info["filetype"] == "symlink":
             info["linked-to"] = self.host.run("readlink %s", path).stdout.rstrip("\n")
-        if filetype == "file":
-            info["size"] = f.size
-            lazy = _LazyFile(self.host, path)
-            info.update(lazy.as_dict())
+        if info.get("filetype") in ("file", "symlink"):
+            if "size" in wanted:
+                info["size"] = f.size
+            if "contents" in wanted:
+                info["contents"] = f.content_string
+            if "md5" in wanted:
+                info["md5"] = f.md5sum
+            if "sha256" in wanted:
+                info["sha256"] = f.sha256sum
         return info
 
     def command(self, cmd: str, timeout: float) -> tuple[int, str, str]:
@@ -464,19 +472,6 @@ class TestinfraProbe:
         if not g.exists:
             return {"exists": False}
         return {"exists": True, "gid": g.gid}
-
-
-class _LazyFile:
-    def __init__(self, host: Any, path: str) -> None:
-        self.file = host.file(path)
-
-    def as_dict(self) -> dict[str, Any]:
-        # content and sums are read once; files in specs are small (configs, /proc/modules)
-        return {
-            "contents": self.file.content_string,
-            "md5": self.file.md5sum,
-            "sha256": self.file.sha256sum,
-        }
 
 
 # --- reports -------------------------------------------------------------------------------------------

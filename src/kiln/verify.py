@@ -1,0 +1,293 @@
+"""Verification: run kiln's goss specs on a host, and `kiln verify BUILD_DIR` on a finished image.
+
+Two entry points:
+
+- `check_host(...)` runs one phase's spec on a reachable SSH host. It is what `kiln goss-check` does
+  inside the build (Packer's shell-local provisioner calls it between provisioning and sysprep, against
+  the build VM; a non-zero exit fails the build).
+- `verify_image(qcow2, values, workdir, report_dir, ...)` boots the artifact with `kiln.vm.VM` on a
+  throwaway overlay (the artifact is never written), logs in as a one-time user with a one-time key
+  delivered through a cloud-init seed, runs the "final" phase (the build checks plus hygiene), writes
+  `report.json` and `junit.xml` into `report_dir` and raises VerifyError (exit 1) listing every failure.
+  The build pipeline calls it as its last step, before renaming the output into place:
+
+      from kiln import verify
+      verify.verify_image(tmp_out / f"{name}.qcow2", config.values, tmp / "verify", tmp_out / "goss",
+                          firmware=config.get("firmware"), accelerator=config.get("accelerator"))
+
+Evaluation uses the real goss binary when one is given (copied into the guest and run with
+`goss -g SPEC --vars VARS validate -f json`), and kiln's own evaluator over testinfra/paramiko otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import goss
+from .errors import InputError, VerifyError
+
+log = logging.getLogger(__name__)
+
+VERIFY_USER = "kiln-verify"
+PHASES = ("build", "final")
+
+# Appended to the seed's user-data for `kiln verify`: keep whatever host keys the image carries, so that a
+# key baked in by the build is still there for the hygiene check (cloud-init would otherwise delete and
+# regenerate every key on a new instance, hiding the leak). Missing keys are still generated.
+VERIFY_CLOUD_CONFIG = """
+# added by kiln verify: keep host keys the image carries so that hygiene.yaml can see them
+ssh_deletekeys: false
+"""
+
+
+def load_config_json(path: Path) -> dict[str, Any]:
+    """A resolved config file: kiln's config.json form ({"key": {"value": V, ...}}) or a flat mapping."""
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read config ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise InputError(f"{path}: malformed JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a config must be a JSON object")
+    return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
+
+
+def _progress(result: goss.Result) -> None:
+    if not result.successful:
+        log.info("FAIL %s", result.title())
+
+
+def check_host(
+    host: str,
+    port: int,
+    user: str,
+    key_file: Path,
+    values: Mapping[str, Any],
+    *,
+    phase: str = "build",
+    report_dir: Path | None = None,
+    goss_binary: Path | None = None,
+    extra_vars: Mapping[str, Any] | None = None,
+    spec_dir: Path = goss.SPEC_DIR,
+    meta: Mapping[str, Any] | None = None,
+) -> list[goss.Result]:
+    """Run `phase`'s spec on host:port as `user` (with sudo) and return the results.
+
+    Vars and spec are rendered and validated before anything connects (bad spec or config: InputError,
+    exit 2). With `report_dir`, vars-PHASE.yaml, report.json and junit.xml are written there.
+    """
+    if phase not in PHASES:
+        raise InputError(f"--phase: must be one of {', '.join(PHASES)}, not {phase!r}")
+    if not Path(key_file).is_file():
+        raise InputError(f"{key_file}: SSH key file not found")
+    if goss_binary is not None and not Path(goss_binary).is_file():
+        raise InputError(f"{goss_binary}: goss binary not found")
+    vars_ = goss.render_vars(values, {"phase": phase, **(extra_vars or {})}, spec_dir=spec_dir)
+    entry = spec_dir / goss.ENTRY[phase]
+    spec = goss.load_spec(entry, vars_)  # validates every resource and matcher up front
+    started = time.monotonic()
+    if goss_binary is not None:
+        results = _run_goss_binary(host, port, user, key_file, goss_binary, spec, vars_, spec_dir)
+        engine = "goss"
+    else:
+        log.info(
+            "goss %s phase: %d resources from %s on %s@%s:%d",
+            phase,
+            len(spec.resources),
+            entry,
+            user,
+            host,
+            port,
+        )
+        results = goss.evaluate(spec, _testinfra_probe(host, port, user, key_file), on_result=_progress)
+        engine = "kiln (testinfra over paramiko)"
+    s = goss.summary(results)
+    log.info(
+        "goss %s phase: %d checks, %d failed, %d skipped in %.1fs (%s)",
+        phase, s["test-count"], s["failed-count"], s["skipped-count"], time.monotonic() - started, engine,
+    )  # fmt: skip
+    if report_dir is not None:
+        goss.write_vars(vars_, report_dir / f"vars-{phase}.yaml")
+        goss.write_reports(
+            results, report_dir, {"phase": phase, "engine": engine, "spec": str(entry), **(meta or {})}
+        )
+    return results
+
+
+def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> goss.TestinfraProbe:
+    from testinfra.backend import get_backend
+    from testinfra.host import Host
+
+    logging.getLogger("paramiko").setLevel(logging.ERROR)  # unknown host keys of throwaway VMs
+    # A fresh Host (not testinfra.get_host's process-wide cache): each VM gets its own connection.
+    backend = get_backend(
+        f"paramiko://{user}@{host}:{port}", ssh_identity_file=str(key_file), sudo=True, timeout=60
+    )
+    return goss.TestinfraProbe(Host(backend))
+
+
+def _run_goss_binary(
+    host: str,
+    port: int,
+    user: str,
+    key_file: Path,
+    binary: Path,
+    spec: goss.Spec,
+    vars_: Mapping[str, Any],
+    spec_dir: Path,
+) -> list[goss.Result]:
+    """Copy goss, the spec files and the vars into the guest, run `goss validate -f json` there."""
+    from .ssh import Session
+
+    remote = f"/tmp/kiln-goss-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="kiln-goss-") as tmp:
+        vars_path = goss.write_vars(vars_, Path(tmp) / "vars.yaml")
+        with Session(host, port, user, key_file) as session:
+            session.run(["mkdir", "-p", remote])
+            session.put(binary, f"{remote}/goss", mode=0o755)
+            session.put(vars_path, f"{remote}/vars.yaml")
+            for path in sorted(spec_dir.glob("*.yaml")):
+                session.put(path, f"{remote}/{path.name}", mode=0o644)
+            entry = spec.entry.name
+            rc, out, err = session.run(
+                f"cd {remote} && sudo ./goss -g {entry} --vars vars.yaml validate -f json",
+                check=False,
+                timeout=1800,
+            )
+            session.run(["rm", "-rf", remote], check=False)
+    try:
+        doc = json.loads(out)
+    except ValueError as exc:
+        raise VerifyError(
+            f"goss in the guest exited {rc} without a JSON report:\n{(out + err)[-2000:]}"
+        ) from exc
+    return goss.results_from_goss_json(doc)
+
+
+def raise_on_failure(results: list[goss.Result], what: str, report_dir: Path | None) -> None:
+    bad = goss.failures(results)
+    if not bad:
+        return
+    where = f"; reports in {report_dir}" if report_dir is not None else ""
+    raise VerifyError(
+        f"{what}: {len(bad)} of {len(results)} goss checks failed{where}\n{goss.failure_table(results)}"
+    )
+
+
+def verify_image(
+    qcow2: Path,
+    values: Mapping[str, Any],
+    workdir: Path,
+    report_dir: Path,
+    *,
+    firmware: str = "bios",
+    accelerator: str = "auto",
+    goss_binary: Path | None = None,
+    memory: int = 2048,
+    cpus: int = 2,
+    boot_timeout: float = 900.0,
+    on_boot: Callable[[Any], None] | None = None,
+) -> list[goss.Result]:
+    """Boot `qcow2` on a throwaway overlay and run the final-phase spec (build checks + hygiene).
+
+    Raises VerifyError (exit 1) naming every failed check, after writing report_dir/report.json,
+    report_dir/junit.xml and report_dir/vars-final.yaml. `workdir` holds the overlay, the seed, the
+    one-time key and the serial log; it is removed afterwards unless verification failed to boot.
+    """
+    from . import cidata, ssh
+    from .vm import VM
+
+    qcow2 = Path(qcow2)
+    if not qcow2.is_file():
+        raise InputError(f"{qcow2}: image not found")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    marker = f"kiln-verify-{uuid.uuid4().hex[:12]}"
+    instance_id = f"iid-{marker}"
+    extra = {"verify_user": VERIFY_USER, "verify_key_marker": marker, "verify_instance_id": instance_id}
+    # Render and validate vars and spec before booting: a broken spec costs no boot.
+    goss.load_spec(goss.SPEC_DIR / goss.ENTRY["final"], goss.render_vars(values, {"phase": "final", **extra}))
+
+    keys = ssh.generate_keypair(workdir / "key", comment=marker)
+    files = cidata.render_seed(
+        [keys.public_line],
+        user=VERIFY_USER,
+        instance_id=instance_id,
+        values=values,
+    )
+    files["user-data"] = files["user-data"].rstrip("\n") + "\n" + VERIFY_CLOUD_CONFIG
+    seed = cidata.write_iso(workdir / "seed.iso", files)
+    log.info("verify: booting %s on a throwaway overlay (%s)", qcow2.name, firmware)
+    started = time.monotonic()
+    with VM(
+        qcow2,
+        workdir=workdir / "vm",
+        firmware=firmware,
+        accelerator=accelerator,
+        cidata=seed,
+        memory=memory,
+        cpus=cpus,
+    ) as vm:
+        vm.wait_for_ssh(VERIFY_USER, keys.private_key, timeout=boot_timeout)
+        vm.wait_for_cloud_init(VERIFY_USER, keys.private_key, timeout=boot_timeout)
+        log.info("verify: guest up after %.0fs; running checks", time.monotonic() - started)
+        if on_boot is not None:
+            on_boot(vm)
+        results = check_host(
+            "127.0.0.1",
+            vm.ssh_port,
+            VERIFY_USER,
+            keys.private_key,
+            values,
+            phase="final",
+            report_dir=report_dir,
+            goss_binary=goss_binary,
+            extra_vars=extra,
+            meta={"image": str(qcow2), "firmware": firmware},
+        )
+    shutil.rmtree(keys.directory, ignore_errors=True)
+    raise_on_failure(results, str(qcow2), report_dir)
+    return results
+
+
+def verify_build_dir(
+    build_dir: Path,
+    *,
+    workdir: Path | None = None,
+    accelerator: str | None = None,
+    firmware: str | None = None,
+    goss_binary: Path | None = None,
+) -> list[goss.Result]:
+    """`kiln verify BUILD_DIR`: verify_image on the build's qcow2, reports into BUILD_DIR/goss/."""
+    from .builddir import BuildDir
+
+    build = BuildDir.open(build_dir)
+    if not build.qcow2.is_file():
+        raise InputError(f"{build.qcow2}: missing; {build.path} has no qcow2 to boot")
+    values: dict[str, Any] = dict(build.config)
+    for key, value in build.custom_data.items():
+        values.setdefault(key, value)
+    own_tmp = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="kiln-verify-")) if workdir is None else Path(workdir)
+    try:
+        return verify_image(
+            build.qcow2,
+            values,
+            work,
+            build.path / "goss",
+            firmware=firmware or build.firmware,
+            accelerator=accelerator or str(build.setting("accelerator", "auto") or "auto"),
+            goss_binary=goss_binary,
+        )
+    finally:
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
