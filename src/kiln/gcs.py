@@ -241,11 +241,17 @@ class Client:
         resp = self.request("GET", self._o(bucket, name), f"gs://{bucket}/{name}", allow=(404,))
         return None if resp.status_code == 404 else ObjectInfo.from_resource(resp.json())
 
-    def read_object(self, bucket: str, name: str, max_bytes: int = 1 << 20) -> bytes | None:
+    def read_object(
+        self, bucket: str, name: str, max_bytes: int = 1 << 20
+    ) -> tuple[bytes, int | None] | None:
+        """Contents (up to max_bytes) and generation (from X-Goog-Generation, when the server sends it)."""
         resp = self.request(
             "GET", self._o(bucket, name), f"gs://{bucket}/{name}", params={"alt": "media"}, allow=(404,)
         )
-        return None if resp.status_code == 404 else resp.content[:max_bytes]
+        if resp.status_code == 404:
+            return None
+        gen = resp.headers.get("X-Goog-Generation")
+        return resp.content[:max_bytes], int(gen) if gen and gen.isdigit() else None
 
     def delete(self, bucket: str, name: str, if_generation_match: int | None = None) -> bool:
         params = {} if if_generation_match is None else {"ifGenerationMatch": str(if_generation_match)}

@@ -178,7 +178,7 @@ def _local_sidecar(path: Path, hashes: Hashes) -> None:
 @dataclass
 class _Remote:
     obj: ObjectInfo | None
-    sidecar: ObjectInfo | None
+    sidecar_generation: int | None  # None: no sidecar
     sidecar_text: str | None
 
     def recorded_sha256(self) -> str | None:
@@ -197,14 +197,17 @@ class _Remote:
 
 
 def _remote(client: Client, bucket: str, name: str) -> _Remote:
+    """Two requests: the object's resource and the sidecar's bytes (with its generation, when sent)."""
     obj = client.get_object(bucket, name)
-    sidecar = client.get_object(bucket, name + ".sha256")
-    text = None
-    if sidecar is not None:
-        raw = client.read_object(bucket, name + ".sha256") or b""
-        words = raw.decode("ascii", "replace").split()
-        text = words[0].lower() if words else ""
-    return _Remote(obj, sidecar, text)
+    got = client.read_object(bucket, name + ".sha256")
+    if got is None:
+        return _Remote(obj, None, None)
+    raw, gen = got
+    if gen is None:  # a server that does not send X-Goog-Generation with media
+        side = client.get_object(bucket, name + ".sha256")
+        gen = side.generation if side is not None else 0
+    words = raw.decode("ascii", "replace").split()
+    return _Remote(obj, gen, words[0].lower() if words else "")
 
 
 @dataclass
@@ -255,7 +258,7 @@ class Publisher:
             res.action = "would-write-sidecar" if self.opts.dry_run else "sidecar-written"
             res.detail = "object identical; its .sha256 was missing or wrong"
             if not self.opts.dry_run:
-                self._write_sidecar(name, h, remote.sidecar)
+                self._write_sidecar(name, h, remote.sidecar_generation, item.path)
             return
         if remote.obj is not None and self.channel == "release" and not self.opts.force:
             res.action = "would-refuse" if self.opts.dry_run else "refused"
@@ -269,8 +272,8 @@ class Publisher:
             res.detail = "replace" if remote.obj else "new"
             return
         # Stale sidecar first: until the new one is written, readers see no checksum rather than a wrong one.
-        if remote.sidecar is not None:
-            c.delete(bucket, name + ".sha256", if_generation_match=remote.sidecar.generation)
+        if remote.sidecar_generation is not None:
+            c.delete(bucket, name + ".sha256", if_generation_match=remote.sidecar_generation)
         gen = remote.obj.generation if remote.obj is not None else 0
         self.reporter.stage(item, "uploading", h.size)
         tally = Stats()
@@ -286,7 +289,7 @@ class Publisher:
                     src,
                     h.size,
                     crc32c=h.crc32c_b64,
-                    metadata={"sha256": h.sha256},
+                    metadata={"sha256": h.sha256, **_mtime(item.path)},
                     content_type=_content_type(name),
                     if_generation_match=gen,
                     on_progress=progress,
@@ -315,21 +318,30 @@ class Publisher:
                 f"(size {obj.size} vs {h.size}, crc32c {obj.crc32c} vs {h.crc32c_b64}); removed it"
             )
         self.reporter.stage(item, "sidecar")
-        self._write_sidecar(name, h, None)
+        self._write_sidecar(name, h, None, item.path)
         res.action = "uploaded"
         res.detail = "replaced" if gen else "new"
 
-    def _write_sidecar(self, name: str, h: Hashes, existing: ObjectInfo | None) -> None:
+    def _write_sidecar(self, name: str, h: Hashes, generation: int | None, path: Path) -> None:
+        """Create-only (generation 0), or replace exactly the sidecar generation we read."""
         data = h.sha256.encode()
+        local = path.with_name(path.name + ".sha256")
+        mtime = _mtime(local if local.is_file() and local.read_bytes().strip() == data else path)
         crc = base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
         self.client.put_small(
             self.opts.bucket,
             name + ".sha256",
             data,
             content_type="text/plain",
-            if_generation_match=existing.generation if existing is not None else 0,
+            if_generation_match=generation or 0,
             crc32c=crc,
+            metadata=mtime,
         )
+
+
+def _mtime(path: Path) -> dict[str, str]:
+    """gsutil's convention for a file's mtime; with it `gsutil rsync -c` finds nothing to do after kiln."""
+    return {"goog-reserved-file-mtime": str(int(path.stat().st_mtime))}
 
 
 def _content_type(name: str) -> str:
