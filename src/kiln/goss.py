@@ -114,7 +114,7 @@ def render_vars(
     )
     env.filters["words"] = _words
     env.filters["regex_escape"] = lambda s: _regex_escape(str(s))
-    env.filters["yaml"] = lambda v: json.dumps(v)
+    env.filters["yaml"] = _to_yaml
     context = dict(values)
     context.update(extra or {})
     path = spec_dir / VARS_TEMPLATE
@@ -133,6 +133,13 @@ def render_vars(
     if not isinstance(data, dict):
         raise InputError(f"{path}: rendered vars must be a mapping")
     return data
+
+
+def _to_yaml(value: Any) -> str:
+    """A scalar or list as YAML (JSON is YAML); an undefined value raises instead of printing."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 def _regex_escape(text: str) -> str:

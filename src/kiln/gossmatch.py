@@ -132,8 +132,13 @@ def semver_range(constraint: str, where: str) -> Callable[[str], bool]:
     """blang/semver ParseRange: `>1.0.0 <2.0.0 !=1.5.0` (AND, space separated) joined by `||` (OR)."""
     alternatives: list[list[tuple[Callable[[int], bool], tuple[int, int, int, tuple[Any, ...]]]]] = []
     for alt in constraint.split("||"):
-        parts = alt.split()
-        if not parts:
+        parts: list[str] = []
+        for token in alt.split():  # "< 1.5.0": an operator alone joins the version after it
+            if parts and parts[-1] in _OPS:
+                parts[-1] += token
+            else:
+                parts.append(token)
+        if not parts or parts[-1] in _OPS:
             raise GossSpecError(f"{where}: invalid semver constraint {constraint!r}")
         comparators = []
         for part in parts:
