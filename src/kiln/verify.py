@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import goss
 from .errors import InputError, VerifyError
@@ -291,3 +291,50 @@ def verify_build_dir(
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
+
+
+class _Forward(logging.Handler):
+    """Sends kiln's progress lines to the build's reporter and log file while a build verifies."""
+
+    def __init__(self, say: Callable[[str], None] | None, log_file: IO[str] | None) -> None:
+        super().__init__(logging.INFO)
+        self.say = say
+        self.log_file = log_file
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if self.say is not None:
+            self.say(text)
+        if self.log_file is not None:
+            self.log_file.write(f"kiln verify: {text}\n")
+            self.log_file.flush()
+
+
+def verify_build(
+    build_dir: Path,
+    *,
+    log_file: IO[str] | None = None,
+    say: Callable[[str], None] | None = None,
+    accelerator: str | None = None,
+    goss_binary: Path | None = None,
+) -> list[goss.Result]:
+    """The build pipeline's last step (kiln.build calls it on its temp build dir before the rename).
+
+    Same as `kiln verify BUILD_DIR`; progress goes to `say` and `log_file`. Raises VerifyError (the
+    build then fails and publishes nothing) or InputError.
+    """
+    handler = _Forward(say, log_file)
+    loggers = [logging.getLogger(name) for name in ("kiln.verify", "kiln.vm", "kiln.goss")]
+    saved = [(lg.level, lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = say is None  # the reporter prints it; don't print it twice
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        return verify_build_dir(Path(build_dir), accelerator=accelerator, goss_binary=goss_binary)
+    finally:
+        for lg, (level, propagate) in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
