@@ -11,8 +11,9 @@ Steps (all as root, no partition loop devices needed):
      is an ordinary disk, then powers off. The disk now boots by itself on BIOS and on UEFI.
   5. Convert to qcow2 and publish into the cache atomically (temp dir + rename).
 
-The cache key hashes every input: suite, mirror, package list, disk size, the layout version, this module's
-source and the files in packer/bootstrap/. A second build with the same inputs reuses the base and says so.
+The cache key hashes every input: suite, mirror, package list, disk size, the bootstrap code version
+(LAYOUT_VERSION) and the files in packer/bootstrap/. A second build with the same inputs reuses the base
+and says so.
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from . import proc
 from .errors import BuildError, InputError
 
 log = logging.getLogger(__name__)
 
-# Bump when the disk layout or the bootstrap procedure changes in a way the source hash would not show.
+# kiln's bootstrap code version: bump whenever this module changes what ends up on the base disk.
 LAYOUT_VERSION = 1
 
 SECTOR = 512
@@ -101,7 +102,9 @@ def layout(disk_size_mib: int) -> list[Partition]:
     """The partition table of a base disk of `disk_size_mib` MiB: BIOS boot, ESP, root (the rest)."""
     min_mib = FIRST_MIB + BIOS_BOOT_MIB + ESP_MIB + 512 + 1
     if disk_size_mib < min_mib:
-        raise InputError(f"disk_size: {disk_size_mib} MiB is too small for a bootstrap base (minimum {min_mib})")
+        raise InputError(
+            f"disk_size: {disk_size_mib} MiB is too small for a bootstrap base (minimum {min_mib})"
+        )
     per_mib = MIB // SECTOR
     bios_start = FIRST_MIB * per_mib
     esp_start = bios_start + BIOS_BOOT_MIB * per_mib
@@ -140,30 +143,29 @@ class BaseSpec:
 
 
 def files_digest(repo_root: Path) -> str:
-    """Hash of this module's source and of the files in packer/bootstrap/ (both shape the base disk)."""
-    h = hashlib.sha256(Path(__file__).read_bytes())
+    """Hash of the files in packer/bootstrap/ (installer script, GRUB defaults) that shape the base disk.
+
+    Changes to this module's procedure bump LAYOUT_VERSION instead, so that edits which do not change the
+    disk (comments, formatting) keep the cache.
+    """
+    h = hashlib.sha256()
     folder = repo_root / "packer" / "bootstrap"
     for path in sorted(folder.glob("*")):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
-def spec_from_config(values: dict[str, object] | object, repo_root: Path) -> BaseSpec:
+def spec_from_config(values: Any, repo_root: Path) -> BaseSpec:
     """BaseSpec from a Config (or a plain mapping of config values)."""
-    get: Callable[[str], object]
-    if isinstance(values, dict):
-        get = values.get
-    else:
-        get = values.get  # type: ignore[attr-defined]
-    extra = get("bootstrap_packages") or []
+    extra = values.get("bootstrap_packages") or []
     if isinstance(extra, str):
         extra = [p for p in extra.replace(",", " ").split() if p]
-    packages = tuple(sorted(set(REQUIRED_PACKAGES) | {str(p) for p in extra}))  # type: ignore[union-attr]
+    packages = tuple(sorted(set(REQUIRED_PACKAGES) | {str(p) for p in extra}))
     return BaseSpec(
-        suite=str(get("bootstrap_suite") or "bookworm"),
-        mirror=str(get("bootstrap_mirror") or "http://deb.debian.org/debian"),
+        suite=str(values.get("bootstrap_suite") or "bookworm"),
+        mirror=str(values.get("bootstrap_mirror") or "http://deb.debian.org/debian"),
         packages=packages,
-        disk_size_mib=int(get("disk_size") or 20480),  # type: ignore[call-overload]
+        disk_size_mib=int(values.get("disk_size") or 20480),
         files_digest=files_digest(repo_root),
     )
 
@@ -266,7 +268,7 @@ def _build(
             "--mode=root",
             "--format=directory",
             f"--include={','.join(spec.packages)}",
-            "--customize-hook=rm -f \"$1\"/etc/ssh/ssh_host_*",
+            '--customize-hook=rm -f "$1"/etc/ssh/ssh_host_*',
             spec.suite,
             str(tree),
             spec.mirror,
@@ -288,7 +290,9 @@ def _build(
     parts = layout(spec.disk_size_mib)
     with open(raw, "wb") as f:
         f.truncate(spec.disk_size_mib * MIB)
-    proc.run(["sfdisk", "--quiet", str(raw)], input_text=sfdisk_script(parts, str(uuid.uuid4())), log_file=log_file)
+    proc.run(
+        ["sfdisk", "--quiet", str(raw)], input_text=sfdisk_script(parts, str(uuid.uuid4())), log_file=log_file
+    )
     esp, root = parts[1], parts[2]
     proc.run(
         [
@@ -339,8 +343,7 @@ def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str,
     )
     (etc / "network" / "interfaces.d").mkdir(exist_ok=True)
     (etc / "apt" / "sources.list").write_text(
-        f"deb {spec.mirror} {spec.suite} main\n"
-        f"deb {spec.mirror} {spec.suite}-updates main\n"
+        f"deb {spec.mirror} {spec.suite} main\ndeb {spec.mirror} {spec.suite}-updates main\n"
     )
     shutil.copy2(repo_root / "packer" / "bootstrap" / "grub.cfg", etc / "default" / "grub")
     installer = tree / INSTALLER_IN_GUEST.lstrip("/")
@@ -361,7 +364,9 @@ def _kernel_files(tree: Path) -> tuple[Path, Path]:
         initrd = tree / "boot" / f"initrd.img-{kernel.name.removeprefix('vmlinuz-')}"
         if initrd.is_file():
             return kernel, initrd
-    raise BuildError(f"{tree}/boot: no kernel with an initrd after mmdebstrap (is linux-image-amd64 included?)")
+    raise BuildError(
+        f"{tree}/boot: no kernel with an initrd after mmdebstrap (is linux-image-amd64 included?)"
+    )
 
 
 def qemu_accel_args(accelerator: str) -> list[str]:
@@ -397,4 +402,6 @@ def _install_bootloader(
         log_file.flush()
     if BOOTLOADER_MARKER not in text:
         tail = "\n".join(text.splitlines()[-25:])
-        raise BuildError(f"bootstrap: installing GRUB in the one-shot VM failed; serial console tail:\n{tail}")
+        raise BuildError(
+            f"bootstrap: installing GRUB in the one-shot VM failed; serial console tail:\n{tail}"
+        )

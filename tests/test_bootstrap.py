@@ -1,0 +1,111 @@
+"""kiln.bootstrap: disk layout, cache key, cache reuse. The real base build runs in tests/test_vm_build.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kiln import bootstrap
+from kiln.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_layout_is_bios_boot_esp_root_aligned_and_fills_the_disk():
+    parts = bootstrap.layout(20480)
+    assert [p.name for p in parts] == ["bios", "esp", "root"]
+    assert [p.type_guid for p in parts] == [
+        bootstrap.GUID_BIOS_BOOT,
+        bootstrap.GUID_ESP,
+        bootstrap.GUID_LINUX,
+    ]
+    for p in parts:
+        assert p.start % 2048 == 0, f"{p.name} not MiB-aligned"
+    for a, b in zip(parts, parts[1:], strict=False):
+        assert a.start + a.size == b.start, "partitions must be contiguous"
+    assert parts[0].size_bytes == 1024 * 1024
+    assert parts[1].size_bytes == 100 * 1024 * 1024
+    end = parts[2].start + parts[2].size
+    assert end * 512 == (20480 - 1) * 1024 * 1024  # last MiB left for the backup GPT
+
+
+def test_layout_rejects_tiny_disks_naming_the_key():
+    with pytest.raises(InputError, match="disk_size"):
+        bootstrap.layout(200)
+
+
+@pytest.mark.skipif(shutil.which("sfdisk") is None, reason="sfdisk (fdisk package) not installed")
+def test_sfdisk_writes_the_layout_to_a_file(tmp_path):
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(2048 * 1024 * 1024)
+    parts = bootstrap.layout(2048)
+    script = bootstrap.sfdisk_script(parts, "0F4E0C2A-7E22-4B0B-9E55-6F7C8A1B2C3D")
+    subprocess.run(["sfdisk", "--quiet", str(disk)], input=script, text=True, check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True).stdout)
+    pt = table["partitiontable"]
+    assert pt["label"] == "gpt"
+    assert pt["id"].upper() == "0F4E0C2A-7E22-4B0B-9E55-6F7C8A1B2C3D"
+    got = [(p["start"], p["size"], p["type"].upper(), p["name"]) for p in pt["partitions"]]
+    assert got == [(p.start, p.size, p.type_guid, p.name) for p in parts]
+
+
+def _spec(**over):
+    base = dict(suite="bookworm", mirror="http://deb.debian.org/debian", packages=("a", "b"), disk_size_mib=4096)
+    base.update(over)
+    return bootstrap.BaseSpec(**base)
+
+
+def test_cache_key_changes_with_every_input_and_only_then():
+    key = _spec().key()
+    assert _spec().key() == key
+    for change in (
+        {"suite": "trixie"},
+        {"mirror": "http://mirror.example/debian"},
+        {"packages": ("a", "b", "c")},
+        {"disk_size_mib": 8192},
+        {"files_digest": "x"},
+        {"layout_version": bootstrap.LAYOUT_VERSION + 1},
+    ):
+        assert _spec(**change).key() != key, change
+
+
+def test_spec_from_config_adds_required_packages_and_hashes_boot_files(tmp_path):
+    spec = bootstrap.spec_from_config(
+        {"bootstrap_suite": "bookworm", "bootstrap_packages": ["htop"], "disk_size": 8192}, REPO
+    )
+    assert "htop" in spec.packages and "linux-image-amd64" in spec.packages and "cloud-init" in spec.packages
+    assert list(spec.packages) == sorted(spec.packages)
+    assert spec.disk_size_mib == 8192
+    # the installer script is an input: editing it makes a new key
+    fake_repo = tmp_path / "repo"
+    shutil.copytree(REPO / "packer" / "bootstrap", fake_repo / "packer" / "bootstrap")
+    same = bootstrap.spec_from_config({"bootstrap_packages": ["htop"], "disk_size": 8192}, fake_repo)
+    assert same.key() == spec.key()
+    (fake_repo / "packer" / "bootstrap" / "install-bootloader.sh").write_text("#!/bin/sh\nexit 1\n")
+    changed = bootstrap.spec_from_config({"bootstrap_packages": ["htop"], "disk_size": 8192}, fake_repo)
+    assert changed.key() != spec.key()
+
+
+def test_ensure_base_reuses_a_cached_entry_and_says_so(tmp_path):
+    spec = _spec()
+    entry = tmp_path / "bootstrap" / spec.key()
+    entry.mkdir(parents=True)
+    (entry / "base.qcow2").write_bytes(b"qcow")
+    (entry / "info.json").write_text(json.dumps({"root_uuid": "u"}))
+    said: list[str] = []
+    base = bootstrap.ensure_base(spec, tmp_path, REPO, say=said.append)
+    assert base.cached and base.disk == entry / "base.qcow2" and base.root_uuid == "u"
+    assert any("reusing cached base" in s for s in said)
+
+
+def test_half_built_entries_are_not_reused(tmp_path):
+    spec = _spec()
+    entry = tmp_path / "bootstrap" / spec.key()
+    entry.mkdir(parents=True)
+    (entry / "base.qcow2").write_bytes(b"qcow")  # no info.json: never finished
+    assert bootstrap.cached(spec, tmp_path) is None
