@@ -13,9 +13,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__, gcs, images, proc, upload
+from . import __version__, config, gcs, images, proc, upload
 from .builddir import BuildDir
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, KilnError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildError, ConfigError, InputError, KilnError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -286,6 +286,245 @@ def _cmd_goss_check(args: argparse.Namespace) -> int:
     s = goss.summary(results)
     print(f"goss {args.phase} phase: {s['test-count']} checks passed ({s['skipped-count']} skipped)")
     return EXIT_OK
+
+
+# --- configs, templates, builds: list, config, render, validate, build (config.py, render.py, packer.py) --
+
+
+def _config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--var-file", "-var-file", dest="var_files", action="append", default=[], metavar="FILE",
+        help="a JSON or .pkrvars.hcl file layered over the config files (repeatable; after PACKER_VAR_FILES)",
+    )
+    p.add_argument(
+        "--var", "-var", dest="vars", action="append", default=[], metavar="KEY=VALUE",
+        help="override one setting (repeatable; highest precedence, like packer -var)",
+    )
+
+
+def _load_config(args: argparse.Namespace, target: str, extra: dict[str, str] | None = None) -> config.Config:
+    """config.load with PACKER_VAR_FILES (space-separated, as image-builder users pass it) and -var pairs."""
+    import os
+
+    var_files = os.environ.get("PACKER_VAR_FILES", "").split() + list(args.var_files)
+    overrides: dict[str, str] = {}
+    for pair in args.vars:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"-var {pair!r}: want KEY=VALUE")
+        overrides[key.strip()] = value
+    overrides.update(extra or {})
+    return config.load(target, var_files=var_files, overrides=overrides)
+
+
+def _fmt_value(value: object) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@command
+def _register_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("list", help="list the targets (config/*.json) with OS, builder and install method")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("config", help="show a target's resolved config and where each value came from")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--json", action="store_true", help='print {"key": {"value": V, "origin": FILE}}')
+    p.add_argument("--get", metavar="KEY", help="print only this key's value")
+    _config_options(p)
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("render", help="render a target's Packer template and boot files")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("-o", "--output", type=Path, help="output directory (default: packer/.rendered/TARGET)")
+    p.add_argument("--packer-version", help="render for this Packer version instead of the installed one")
+    _config_options(p)
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("validate", help="render, parse with python-hcl2 and run the real `packer validate`")
+    p.add_argument("target", metavar="TARGET", nargs="?")
+    p.add_argument("--all", action="store_true", help="every target in config/")
+    p.add_argument("--syntax-only", action="store_true", help="packer validate -syntax-only")
+    _config_options(p)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("build", help="build a target's image with Packer")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--only", choices=("qemu", "vmware-iso"), help="builder (default: the target's `builder`)")
+    p.add_argument("--foreground", action="store_true", help="show the VM console (headless=false)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Packer's own log too")
+    _config_options(p)
+    p.set_defaults(func=_cmd_build)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import json
+
+    from .render import sources_for
+
+    rows = []
+    problems: list[str] = []
+    for target in config.targets():
+        try:
+            cfg = config.load(target)
+        except ConfigError as err:
+            problems += err.problems
+            continue
+        rows.append(
+            {
+                "target": target,
+                "os": f"{cfg.get('os_name')} {cfg.get('os_version')}",
+                "builder": cfg.get("builder"),
+                "builders": list(sources_for(cfg)),
+                "install_method": cfg.get("install_method"),
+                "firmware": cfg.get("firmware"),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'TARGET':<22} {'OS':<16} {'BUILDER':<11} {'INSTALL':<10} {'FIRMWARE':<8} BUILDERS")
+        for r in rows:
+            print(
+                f"{r['target']:<22} {r['os']:<16} {r['builder']:<11} {r['install_method']:<10} "
+                f"{r['firmware']:<8} {','.join(r['builders'])}"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import json
+
+    cfg = _load_config(args, args.target)
+    if args.get:
+        if args.get not in cfg.values:
+            raise InputError(f"{args.get}: not a kiln setting", hint="`kiln config TARGET` lists every key")
+        print(_fmt_value(cfg.plain()[args.get]))
+    elif args.json:
+        print(json.dumps(cfg.to_json(), indent=2))
+    else:
+        width = max(len(o) for o in cfg.origins.values())
+        for key, value in cfg.plain().items():
+            print(f"{cfg.origins[key]:<{width}}  {key}={_fmt_value(value)}")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from . import render
+    from .render import parse_version
+
+    cfg = _load_config(args, args.target)
+    out = args.output or (cfg.repo_root / "packer" / ".rendered" / args.target)
+    version = parse_version(args.packer_version) if args.packer_version else None
+    with tempfile.TemporaryDirectory(prefix="kiln-render-") as tmp:
+        context = render.placeholder_context(cfg, out.parent / f".{out.name}.context")
+        try:
+            result = render.render(cfg, context, out, version)
+        finally:
+            _ = tmp
+    print(f"{result.template} (Packer {'.'.join(map(str, result.packer_version))}, sources: "
+          f"{', '.join(result.sources)})")
+    print(f"placeholder build credentials: {context.ssh_private_key_file} (a build makes its own)")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from . import packer
+
+    if bool(args.all) == bool(args.target):
+        raise InputError("validate: give a TARGET or --all")
+    names = config.targets() if args.all else [args.target]
+    problems: list[str] = []
+    failed: list[str] = []
+    for name in names:
+        try:
+            cfg = _load_config(args, name)
+            with tempfile.TemporaryDirectory(prefix=f"kiln-validate-{name}-") as tmp:
+                result = packer.validate_target(cfg, Path(tmp), syntax_only=args.syntax_only)
+            print(
+                f"ok    {name:<22} kiln {result.kiln_seconds:5.2f} s   "
+                f"packer validate {result.packer_seconds:5.2f} s"
+            )
+        except ConfigError as err:
+            problems += err.problems
+            print(f"FAIL  {name:<22} {len(err.problems)} config error(s)")
+        except KilnError as err:
+            failed.append(f"{name}: {err.message}")
+            print(f"FAIL  {name:<22} {err.message.splitlines()[0]}")
+    if problems:
+        raise ConfigError(problems)
+    if failed:
+        raise BuildError("packer validate failed for:\n" + "\n".join(failed))
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    extra = {"headless": "false"} if args.foreground else {}
+    if args.only:
+        extra["builder"] = args.only
+    cfg = _load_config(args, args.target, extra)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        from . import build as build_mod  # the build pipeline (issue 3), when present
+    except ImportError:
+        build_mod = None  # type: ignore[assignment]
+    if build_mod is not None and hasattr(build_mod, "run_build"):
+        result = build_mod.run_build(cfg, only=args.only, debug=debug)
+        if result is not None:
+            print(f"built: {result}")
+        return 0
+    return _simple_build(cfg, args.only or str(cfg.get("builder")), debug)
+
+
+def _simple_build(cfg: config.Config, builder: str, debug: bool) -> int:
+    """Until kiln.build exists: render with fresh build credentials and run packer build with a log."""
+    import shutil
+    import tempfile
+
+    from . import packer, render
+
+    if cfg.get("install_method") == "bootstrap":
+        raise InputError(f"{cfg.target}: install_method bootstrap needs kiln.build (the build pipeline)")
+    out_root = cfg.path("output_dir")
+    out_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{cfg.artifact_name}.tmp-", dir=out_root))
+    log_path = work / "build.log"
+    try:
+        key, public = render.generate_ssh_key(work / "key")
+        context = render.BuildContext(
+            ssh_private_key_file=key,
+            ssh_public_key=public,
+            password_hash=render.random_password_hash(),
+            ssh_port=2222,
+            output_dir=work / "packer-output",
+            manifest_path=work / "packer-manifest.json",
+            accelerator=render.resolve_accelerator(str(cfg.get("accelerator"))),
+        )
+        rendered = render.render(cfg, context, work / "rendered")
+        print(f"kiln: building {cfg.artifact_name} with {builder}; log: {log_path}")
+        packer.build(rendered.dir, log_path, only=[builder], debug=debug)
+    except BaseException:
+        kept = out_root / f"{cfg.artifact_name}.failed.log"
+        if log_path.exists():
+            shutil.copy(log_path, kept)
+            print(f"kiln: build log kept at {kept}", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(work / "key", ignore_errors=True)
+    final = out_root / cfg.artifact_name
+    if final.exists():
+        shutil.rmtree(final)
+    work.rename(final)
+    print(f"built: {final}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,12 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from . import proc
+from .config import Config
 from .errors import BuildError, CommandError, InputError
 
 MODERN = (1, 7, 0)
@@ -49,7 +52,7 @@ def needs_init(packer_version: tuple[int, int, int]) -> bool:
     return packer_version >= MODERN
 
 
-def init(render_dir: Path, log_file=None) -> None:  # type: ignore[no-untyped-def]
+def init(render_dir: Path, log_file: IO[str] | None = None) -> None:
     """`packer init` (Packer >= 1.7): installs the plugins named in required_plugins. Needs the network."""
     try:
         proc.run(["packer", "init", "."], cwd=render_dir, extra_env=_env_extra(), log_file=log_file)
@@ -124,3 +127,45 @@ def build(
                 f"{log_path}: packer build failed (exit {err.returncode})\n{err.output_tail.rstrip()}",
                 hint=f"the whole log is {log_path}; rerun with --debug (DEBUG=1) for Packer's own log",
             ) from err
+
+
+@dataclass(frozen=True)
+class Validated:
+    target: str
+    render_dir: Path
+    kiln_seconds: float  # render + python-hcl2 parse
+    packer_seconds: float
+    packer_output: str
+
+
+def parse_rendered(template: Path) -> dict[str, object]:
+    """python-hcl2 parses the rendered template; InputError names the file and line on a syntax error."""
+    import hcl2
+
+    try:
+        return dict(hcl2.loads(template.read_text()))
+    except Exception as exc:  # lark's exceptions carry line/column
+        line = getattr(exc, "line", "?")
+        raise InputError(f"{template}:{line}: python-hcl2 cannot parse the rendered template: {exc}") from exc
+
+
+def validate_target(
+    config: Config,
+    work_dir: Path,
+    syntax_only: bool = False,
+    packer_version: tuple[int, int, int] | None = None,
+) -> Validated:
+    """Render `config` with placeholder build credentials into work_dir, parse it with python-hcl2, then
+    run the real `packer validate`. Returns the time spent in kiln and in Packer."""
+    from .render import placeholder_context, render
+
+    started = time.perf_counter()
+    context = placeholder_context(config, work_dir / "context")
+    rendered = render(config, context, work_dir / "rendered", packer_version or version())
+    parsed = parse_rendered(rendered.template)
+    if "build" not in parsed or "source" not in parsed:
+        raise InputError(f"{rendered.template}: rendered template has no source or build block")
+    kiln_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    output = validate(rendered.dir, syntax_only=syntax_only)
+    return Validated(config.target, rendered.dir, kiln_seconds, time.perf_counter() - started, output)

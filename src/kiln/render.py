@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ TEMPLATE = "node.pkr.hcl.j2"
 TEMPLATE_OUT = "node.pkr.hcl"
 MODERN = (1, 7, 0)
 OVMF = "/usr/share/ovmf/OVMF.fd"
-# The kernel command line of the first boot of a bootstrap base disk (kiln.bootstrap labels root "root").
+# The kernel command line when a bootstrap build first boots with an extracted kernel (build sets root=).
 DEFAULT_KERNEL_CMDLINE = "root=LABEL=root ro console=ttyS0,115200n8 net.ifnames=0"
 
 
@@ -47,10 +47,10 @@ class BuildContext:
 
     ssh_private_key_file: Path
     ssh_public_key: str
-    password_hash: str
     ssh_port: int
     output_dir: Path  # packer output_directory for qemu; must not exist before the build
     manifest_path: Path
+    password_hash: str = ""  # installers need one: "" -> a random one is made at render time
     vmware_output_dir: Path | None = None  # defaults to output_dir + "-vmware"
     accelerator: str = "tcg"  # resolved: kvm or tcg
     base_disk: Path | None = None  # bootstrap: the base disk (qcow2) Packer copies
@@ -60,6 +60,17 @@ class BuildContext:
     kernel_cmdline: str = DEFAULT_KERNEL_CMDLINE
     seed_iso: Path | None = None  # bootstrap: cloud-init NoCloud seed with the build user's key
     playbook: Path | None = None  # default: REPO/ansible/playbook.yml
+    sysprep_playbook: Path | None = None  # default: REPO/ansible/sysprep.yml
+    shutdown_command: str = "sudo shutdown -P now"
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)  # added to ansible-vars.json
+    ansible_vars_file: Path | None = None  # use this extra-vars file instead of OUT/ansible-vars.json
+    ansible_config: Path | None = None  # ANSIBLE_CONFIG for the provisioners
+    vm_name: str | None = None  # qemu disk file name (default NAME.qcow2)
+    serial_log: Path | None = None  # qemu -serial file:PATH
+    custom_data: Mapping[str, str] = field(default_factory=dict)  # merged over kiln's manifest custom_data
+    # argv prefix up to and including "goss-check" (default: this python -m kiln goss-check); kiln appends
+    # --host/--port/--user/--key/--config/--phase build
+    goss_check_command: Sequence[str] = ()
     goss_check: bool = True
     kiln_command: Sequence[str] = field(default_factory=lambda: [sys.executable, "-m", "kiln"])
     extra_qemuargs: Sequence[Sequence[str]] = ()
@@ -71,6 +82,9 @@ class Rendered:
     template: Path
     packer_version: tuple[int, int, int]
     sources: tuple[str, ...]
+
+    def __fspath__(self) -> str:  # Path(render(...)) is the template
+        return str(self.template)
 
 
 class _Raw(str):
@@ -85,6 +99,31 @@ def escape(text: str) -> str:
 
 def _key(name: str) -> str:
     return name if re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", name) else escape(name)
+
+
+_ALIASES = {
+    "output_directory": "output_dir",
+    "manifest_file": "manifest_path",
+    "kernel_args": "kernel_cmdline",
+}
+
+
+def as_context(obj: Any) -> BuildContext:
+    """A BuildContext from any object with the same (or aliased) attribute names, e.g. kiln.build's."""
+    if isinstance(obj, BuildContext):
+        return obj
+    names = {f.name for f in fields(BuildContext)}
+    kwargs: dict[str, Any] = {}
+    for name, value in vars(obj).items():
+        name = _ALIASES.get(name, name)
+        if name in names and value is not None:
+            kwargs[name] = value
+    if "goss_check_command" in vars(obj):
+        kwargs["goss_check"] = bool(obj.goss_check_command)
+    try:
+        return BuildContext(**kwargs)
+    except TypeError as exc:
+        raise InputError(f"render: incomplete build context: {exc}") from exc
 
 
 def hcl(value: Any, indent: int = 0) -> str:
@@ -183,6 +222,7 @@ def template_vars(
     context = replace(
         context,
         playbook=playbook,
+        sysprep_playbook=context.sysprep_playbook or (config.repo_root / "ansible" / "sysprep.yml"),
         vmware_output_dir=context.vmware_output_dir or Path(f"{context.output_dir}-vmware"),
     )
     http_dir = render_dir / "http"
@@ -190,31 +230,33 @@ def template_vars(
     if c["firmware"] == "efi":
         qemuargs.append(["-bios", OVMF])
     if c["install_method"] == "bootstrap":
-        for what in ("base_disk", "kernel", "initrd", "seed_iso"):
+        for what in ("base_disk", "seed_iso"):
             if getattr(context, what) is None:
                 raise InputError(
                     f"{config.target}: install_method bootstrap needs the build context's {what}"
                 )
-        qemuargs += [
-            ["-kernel", str(context.kernel)],
-            ["-initrd", str(context.initrd)],
-            ["-append", context.kernel_cmdline],
-            ["-cdrom", str(context.seed_iso)],
-        ]
+        if context.kernel is not None:  # first boot with the extracted kernel (else the disk's own GRUB)
+            qemuargs += [["-kernel", str(context.kernel)], ["-append", context.kernel_cmdline]]
+            if context.initrd is not None:
+                qemuargs.append(["-initrd", str(context.initrd)])
+        qemuargs.append(["-cdrom", str(context.seed_iso)])
+    if context.serial_log is not None:
+        qemuargs.append(["-serial", f"file:{context.serial_log}"])
     qemuargs += [list(a) for a in context.extra_qemuargs]
     seed_files = (
         [str(http_dir / name) for name in c["boot_files"]] if c["install_method"] == "cloudimg" else []
     )
     ansible_args = [
         "--extra-vars",
-        f"@{render_dir / 'ansible-vars.json'}",
-        "--extra-vars",
-        "ansible_python_interpreter=/usr/bin/python3",
+        f"@{context.ansible_vars_file or render_dir / 'ansible-vars.json'}",
     ]
     ansible_env = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
-    kiln = " ".join(shlex.quote(part) for part in context.kiln_command)
+    if context.ansible_config is not None:
+        ansible_env.append(f"ANSIBLE_CONFIG={context.ansible_config}")
+    prefix = list(context.goss_check_command) or [*context.kiln_command, "goss-check"]
+    kiln = " ".join(shlex.quote(part) for part in prefix)
     static = (
-        f"{kiln} goss-check --host ${{build.Host}} --port ${{build.Port}} --user ${{build.User}} "
+        f"{kiln} --host ${{build.Host}} --port ${{build.Port}} --user ${{build.User}} "
         f"--key {shlex.quote(str(context.ssh_private_key_file))} "
         f"--config {shlex.quote(str(render_dir / 'config.json'))} --phase build"
     )
@@ -239,6 +281,7 @@ def template_vars(
         "input_hash": config.input_hash(),
         "ssh_username": c["ssh_username"],
     }
+    custom_data.update(context.custom_data)
     return {
         "c": c,
         "ctx": context,
@@ -247,6 +290,7 @@ def template_vars(
         "modern": packer_version >= MODERN,
         "sources": sources_for(config),
         "artifact_name": config.artifact_name,
+        "qemu_vm_name": context.vm_name or f"{config.artifact_name}.qcow2",
         "http_dir": http_dir,
         "render_dir": render_dir,
         "qemuargs": qemuargs,
@@ -256,7 +300,7 @@ def template_vars(
         "goss_command": goss_command,
         "vmx_data": vmx_data,
         "custom_data": custom_data,
-        "shutdown_command": "sudo shutdown -P now",
+        "shutdown_command": context.shutdown_command,
     }
 
 
@@ -276,14 +320,22 @@ def render_template(
 
 def render(
     config: Config,
-    context: BuildContext,
-    out_dir: Path,
+    context: Any,
+    out_dir: Path | None = None,
     packer_version: tuple[int, int, int] | None = None,
+    *,
+    dest: Path | None = None,
 ) -> Rendered:
-    """Render everything a Packer run needs into out_dir, atomically: on any error nothing is left behind.
-
-    An existing out_dir is replaced only after the new render succeeded.
-    """
+    """Render everything a Packer run needs into out_dir (alias: dest), atomically: on any error nothing is
+    left behind. An existing out_dir is replaced only after the new render succeeded. `context` is a
+    BuildContext or any object with its attribute names (see as_context)."""
+    context = as_context(context)
+    if out_dir is None:
+        if dest is None:
+            raise TypeError("render: out_dir (or dest) is required")
+        out_dir = dest
+    if not context.password_hash and config.get("install_method") == "installer":
+        context = replace(context, password_hash=random_password_hash())
     if packer_version is None:
         from .packer import version
 
@@ -297,7 +349,12 @@ def render(
         text = render_template(config, context, out_dir, packer_version)
         (tmp / TEMPLATE_OUT).write_text(text)
         (tmp / "config.json").write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
-        (tmp / "ansible-vars.json").write_text(json.dumps(config.plain(), indent=2, sort_keys=True) + "\n")
+        ansible_vars = {
+            **config.plain(),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            **context.extra_vars,
+        }
+        (tmp / "ansible-vars.json").write_text(json.dumps(ansible_vars, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.rename(out_dir, old / "x")
@@ -348,17 +405,13 @@ def resolve_accelerator(setting: str) -> str:
 
 def placeholder_context(config: Config, work_dir: Path, ssh_port: int = 2222) -> BuildContext:
     """A context for `kiln render` / `kiln validate` without a build: a throwaway key pair, a random
-    password hash, and empty stand-in files for the bootstrap base disk, kernel, initrd and seed."""
+    password hash, and empty stand-in files for the bootstrap base disk and seed. `auto` accelerator
+    renders as tcg here (no probe VM is booted just to render)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     key, public = generate_ssh_key(work_dir)
     stand_ins: dict[str, Path] = {}
     if config.get("install_method") == "bootstrap":
-        for what, name in (
-            ("base_disk", "base.qcow2"),
-            ("kernel", "vmlinuz"),
-            ("initrd", "initrd.img"),
-            ("seed_iso", "seed.iso"),
-        ):
+        for what, name in (("base_disk", "base.qcow2"), ("seed_iso", "seed.iso")):
             path = work_dir / name
             path.touch()
             stand_ins[what] = path
@@ -369,6 +422,6 @@ def placeholder_context(config: Config, work_dir: Path, ssh_port: int = 2222) ->
         ssh_port=ssh_port,
         output_dir=work_dir / "output",
         manifest_path=work_dir / "packer-manifest.json",
-        accelerator=resolve_accelerator(str(config.get("accelerator"))),
+        accelerator="tcg" if config.get("accelerator") == "auto" else str(config.get("accelerator")),
         **stand_ins,  # type: ignore[arg-type]
     )
