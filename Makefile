@@ -31,6 +31,105 @@ $(VENV)/.stamp: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@touch $@
 
+##@ Images (targets are written out so that tab completion shows them; see `kiln list`)
+# PACKER_VAR_FILES: space-separated JSON/.pkrvars.hcl files layered over config/ (kiln reads the variable).
+# PACKER_FLAGS: `-var key=value` pairs. FOREGROUND=1 shows the VM console, DEBUG=1 adds Packer's own log.
+KILN_FLAGS = $(if $(filter 1,$(FOREGROUND)),--foreground) $(if $(filter 1,$(DEBUG)),--debug) $(PACKER_FLAGS)
+KILN_ENV = PACKER_VAR_FILES="$(PACKER_VAR_FILES)"
+.PHONY: build-centos-7 \
+  build-qemu-centos-7 \
+  build-ova-centos-7 \
+  validate-centos-7 \
+  build-debian-12 \
+  build-qemu-debian-12 \
+  validate-debian-12 \
+  build-rockylinux-9 \
+  build-qemu-rockylinux-9 \
+  build-ova-rockylinux-9 \
+  validate-rockylinux-9 \
+  build-ubuntu-1804 \
+  build-qemu-ubuntu-1804 \
+  build-ova-ubuntu-1804 \
+  validate-ubuntu-1804 \
+  build-ubuntu-2004 \
+  build-qemu-ubuntu-2004 \
+  build-ova-ubuntu-2004 \
+  validate-ubuntu-2004 \
+  build-ubuntu-2204 \
+  build-qemu-ubuntu-2204 \
+  build-ova-ubuntu-2204 \
+  validate-ubuntu-2204 \
+  build-ubuntu-2404 \
+  build-qemu-ubuntu-2404 \
+  build-ova-ubuntu-2404 \
+  validate-ubuntu-2404 \
+  build-ubuntu-2404-cloudimg \
+  build-qemu-ubuntu-2404-cloudimg \
+  validate-ubuntu-2404-cloudimg \
+  validate-all
+build-centos-7: deps ## Build centos-7 with its default builder (vmware-iso)
+	$(KILN_ENV) $(KILN) build centos-7 $(KILN_FLAGS)
+build-qemu-centos-7: deps ## Build centos-7 with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build centos-7 --only qemu $(KILN_FLAGS)
+build-ova-centos-7: deps ## Build centos-7 with the vmware-iso builder (the OVA path)
+	$(KILN_ENV) $(KILN) build centos-7 --only vmware-iso $(KILN_FLAGS)
+validate-centos-7: deps ## Render centos-7 and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate centos-7 $(PACKER_FLAGS)
+build-debian-12: deps ## Build debian-12 with its default builder (qemu)
+	$(KILN_ENV) $(KILN) build debian-12 $(KILN_FLAGS)
+build-qemu-debian-12: deps ## Build debian-12 with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build debian-12 --only qemu $(KILN_FLAGS)
+validate-debian-12: deps ## Render debian-12 and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate debian-12 $(PACKER_FLAGS)
+build-rockylinux-9: deps ## Build rockylinux-9 with its default builder (vmware-iso)
+	$(KILN_ENV) $(KILN) build rockylinux-9 $(KILN_FLAGS)
+build-qemu-rockylinux-9: deps ## Build rockylinux-9 with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build rockylinux-9 --only qemu $(KILN_FLAGS)
+build-ova-rockylinux-9: deps ## Build rockylinux-9 with the vmware-iso builder (the OVA path)
+	$(KILN_ENV) $(KILN) build rockylinux-9 --only vmware-iso $(KILN_FLAGS)
+validate-rockylinux-9: deps ## Render rockylinux-9 and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate rockylinux-9 $(PACKER_FLAGS)
+build-ubuntu-1804: deps ## Build ubuntu-1804 with its default builder (vmware-iso)
+	$(KILN_ENV) $(KILN) build ubuntu-1804 $(KILN_FLAGS)
+build-qemu-ubuntu-1804: deps ## Build ubuntu-1804 with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build ubuntu-1804 --only qemu $(KILN_FLAGS)
+build-ova-ubuntu-1804: deps ## Build ubuntu-1804 with the vmware-iso builder (the OVA path)
+	$(KILN_ENV) $(KILN) build ubuntu-1804 --only vmware-iso $(KILN_FLAGS)
+validate-ubuntu-1804: deps ## Render ubuntu-1804 and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate ubuntu-1804 $(PACKER_FLAGS)
+build-ubuntu-2004: deps ## Build ubuntu-2004 with its default builder (vmware-iso)
+	$(KILN_ENV) $(KILN) build ubuntu-2004 $(KILN_FLAGS)
+build-qemu-ubuntu-2004: deps ## Build ubuntu-2004 with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build ubuntu-2004 --only qemu $(KILN_FLAGS)
+build-ova-ubuntu-2004: deps ## Build ubuntu-2004 with the vmware-iso builder (the OVA path)
+	$(KILN_ENV) $(KILN) build ubuntu-2004 --only vmware-iso $(KILN_FLAGS)
+validate-ubuntu-2004: deps ## Render ubuntu-2004 and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate ubuntu-2004 $(PACKER_FLAGS)
+build-ubuntu-2204: deps ## Build ubuntu-2204 with its default builder (vmware-iso)
+	$(KILN_ENV) $(KILN) build ubuntu-2204 $(KILN_FLAGS)
+build-qemu-ubuntu-2204: deps ## Build ubuntu-2204 with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build ubuntu-2204 --only qemu $(KILN_FLAGS)
+build-ova-ubuntu-2204: deps ## Build ubuntu-2204 with the vmware-iso builder (the OVA path)
+	$(KILN_ENV) $(KILN) build ubuntu-2204 --only vmware-iso $(KILN_FLAGS)
+validate-ubuntu-2204: deps ## Render ubuntu-2204 and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate ubuntu-2204 $(PACKER_FLAGS)
+build-ubuntu-2404: deps ## Build ubuntu-2404 with its default builder (vmware-iso)
+	$(KILN_ENV) $(KILN) build ubuntu-2404 $(KILN_FLAGS)
+build-qemu-ubuntu-2404: deps ## Build ubuntu-2404 with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build ubuntu-2404 --only qemu $(KILN_FLAGS)
+build-ova-ubuntu-2404: deps ## Build ubuntu-2404 with the vmware-iso builder (the OVA path)
+	$(KILN_ENV) $(KILN) build ubuntu-2404 --only vmware-iso $(KILN_FLAGS)
+validate-ubuntu-2404: deps ## Render ubuntu-2404 and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate ubuntu-2404 $(PACKER_FLAGS)
+build-ubuntu-2404-cloudimg: deps ## Build ubuntu-2404-cloudimg with its default builder (qemu)
+	$(KILN_ENV) $(KILN) build ubuntu-2404-cloudimg $(KILN_FLAGS)
+build-qemu-ubuntu-2404-cloudimg: deps ## Build ubuntu-2404-cloudimg with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build ubuntu-2404-cloudimg --only qemu $(KILN_FLAGS)
+validate-ubuntu-2404-cloudimg: deps ## Render ubuntu-2404-cloudimg and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate ubuntu-2404-cloudimg $(PACKER_FLAGS)
+validate-all: deps ## Render and packer-validate every target
+	$(KILN_ENV) $(KILN) validate --all $(PACKER_FLAGS)
+
 ##@ Tests
 .PHONY: test test-unit test-vm lint
 test: deps ## Run every test, VM builds and GCS servers included (what CI runs)
