@@ -175,7 +175,11 @@ class Client:
         self.stats = Stats()
         self._local = threading.local()
         self._creds = creds
-        self._session_factory = lambda: AuthorizedSession(creds)
+        from google.auth.credentials import AnonymousCredentials
+
+        # AuthorizedSession would try to refresh anonymous credentials on a 401: plain requests for those
+        anonymous = isinstance(creds, AnonymousCredentials)
+        self._session_factory = requests.Session if anonymous else lambda: AuthorizedSession(creds)
 
     @property
     def _session(self) -> requests.Session:
