@@ -1,0 +1,304 @@
+"""Config loading: the layering rule level by level, derived values, validation (all errors at once)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kiln import cli, config
+from kiln.errors import ConfigError, InputError
+from kiln.settings import SETTINGS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A copy of the shipped config/ and packer/ (http + templates) to edit freely."""
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "config", root / "config")
+    shutil.copytree(REPO / "packer" / "http", root / "packer" / "http")
+    shutil.copytree(REPO / "packer" / "templates", root / "packer" / "templates")
+    return root
+
+
+def edit(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def problems(excinfo: pytest.ExceptionInfo[ConfigError]) -> str:
+    return "\n".join(excinfo.value.problems)
+
+
+# --- layering, one level at a time --------------------------------------------------------------------
+
+
+def test_builtin_default_when_no_file_sets_it(repo: Path) -> None:
+    data = json.loads((repo / "config/common.json").read_text())
+    del data["memory"]
+    (repo / "config/common.json").write_text(json.dumps(data))
+    cfg = config.load("debian-12", repo_root=repo)
+    assert cfg.get("memory") == 4096
+    assert cfg.origins["memory"] == "default"
+
+
+def test_common_overrides_default(repo: Path) -> None:
+    edit(repo / "config/common.json", memory=6144)
+    cfg = config.load("debian-12", repo_root=repo)
+    assert (cfg.get("memory"), cfg.origins["memory"]) == (6144, "config/common.json")
+
+
+def test_os_file_overrides_common(repo: Path) -> None:
+    edit(repo / "config/common.json", cpus=3)
+    edit(repo / "config/debian-12.json", cpus=5)
+    cfg = config.load("debian-12", repo_root=repo)
+    assert (cfg.get("cpus"), cfg.origins["cpus"]) == (5, "config/debian-12.json")
+    assert config.load("ubuntu-2204", repo_root=repo).get("cpus") == 3  # other targets keep common's
+
+
+def test_kubernetes_containerd_cni_override_os_file(repo: Path) -> None:
+    edit(repo / "config/debian-12.json", kubernetes_semver="v1.28.0", containerd_version="1.0.0")
+    edit(repo / "config/kubernetes.json", kubernetes_semver="v1.29.3")
+    edit(repo / "config/containerd.json", containerd_version="1.7.20")
+    edit(repo / "config/cni.json", cni_bin_dir="/usr/lib/cni")
+    cfg = config.load("debian-12", repo_root=repo)
+    assert (cfg.get("kubernetes_semver"), cfg.origins["kubernetes_semver"]) == (
+        "v1.29.3",
+        "config/kubernetes.json",
+    )
+    assert cfg.origins["containerd_version"] == "config/containerd.json"
+    assert (cfg.get("cni_bin_dir"), cfg.origins["cni_bin_dir"]) == ("/usr/lib/cni", "config/cni.json")
+
+
+def test_var_files_override_config_files_in_order(repo: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps({"cpus": 6, "memory": 8192}))
+    second = tmp_path / "second.pkrvars.hcl"
+    second.write_text('cpus = 7\nextra_packages = ["jq", "vim"]\nhttp_proxy = "http://proxy:3128"\n')
+    cfg = config.load("debian-12", var_files=[first, second], repo_root=repo)
+    assert (cfg.get("cpus"), cfg.origins["cpus"]) == (7, str(second))
+    assert (cfg.get("memory"), cfg.origins["memory"]) == (8192, str(first))
+    assert list(cfg.get("extra_packages")) == ["jq", "vim"]
+    assert cfg.get("http_proxy") == "http://proxy:3128"
+
+
+def test_cli_var_overrides_var_files_and_is_coerced(repo: Path, tmp_path: Path) -> None:
+    var_file = tmp_path / "v.json"
+    var_file.write_text(json.dumps({"cpus": 6}))
+    cfg = config.load(
+        "debian-12",
+        var_files=[var_file],
+        overrides={
+            "cpus": "8",
+            "headless": "false",
+            "extra_packages": "jq,vim",
+            "kubernetes_http_sha256": "{}",
+        },
+        repo_root=repo,
+    )
+    assert (cfg.get("cpus"), cfg.origins["cpus"]) == (8, "-var")
+    assert cfg.get("headless") is False
+    assert list(cfg.get("extra_packages")) == ["jq", "vim"]
+
+
+def test_derived_kubernetes_versions(repo: Path) -> None:
+    cfg = config.load("debian-12", overrides={"kubernetes_semver": "v1.29.6"}, repo_root=repo)
+    assert cfg.get("kubernetes_series") == "v1.29"
+    assert cfg.get("kubernetes_deb_version") == "1.29.6-1.1"
+    assert cfg.get("kubernetes_rpm_version") == "1.29.6"
+    assert cfg.get("kubernetes_deb_repo") == "https://pkgs.k8s.io/core:/stable:/v1.29/deb/"
+    assert cfg.origins["kubernetes_series"] == "derived"
+
+
+def test_explicit_derived_value_wins(repo: Path) -> None:
+    edit(repo / "config/kubernetes.json", kubernetes_deb_version="1.30.2-2.1")
+    cfg = config.load("debian-12", repo_root=repo)
+    assert (cfg.get("kubernetes_deb_version"), cfg.origins["kubernetes_deb_version"]) == (
+        "1.30.2-2.1",
+        "config/kubernetes.json",
+    )
+
+
+def test_config_is_frozen_and_json_shape(repo: Path) -> None:
+    cfg = config.load("debian-12", repo_root=repo)
+    with pytest.raises(TypeError):
+        cfg.values["cpus"] = 9  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        cfg.target = "x"  # type: ignore[misc]
+    data = cfg.to_json()
+    assert set(data) == {s.name for s in SETTINGS}
+    assert data["build_name"] == {"value": "debian-12", "origin": "config/debian-12.json"}
+    assert cfg.input_hash() == config.load("debian-12", repo_root=repo).input_hash()
+    assert cfg.input_hash() != config.load("debian-12", overrides={"cpus": "3"}, repo_root=repo).input_hash()
+
+
+def test_targets_lists_os_files_only(repo: Path) -> None:
+    names = config.targets(repo)
+    assert "debian-12" in names and "ubuntu-2204" in names
+    assert not {"common", "kubernetes", "containerd", "cni"} & set(names)
+
+
+# --- validation -----------------------------------------------------------------------------------------
+
+
+def test_unknown_key_suggests_nearest(repo: Path) -> None:
+    edit(repo / "config/common.json", cpu=4)
+    with pytest.raises(ConfigError) as exc:
+        config.load("debian-12", repo_root=repo)
+    assert "config/common.json: cpu: unknown key (did you mean 'cpus'?)" in problems(exc)
+
+
+def test_string_for_number(repo: Path) -> None:
+    edit(repo / "config/common.json", memory="4096")
+    with pytest.raises(ConfigError) as exc:
+        config.load("debian-12", repo_root=repo)
+    assert "config/common.json: memory: wrong type: want number" in problems(exc)
+
+
+def test_all_errors_reported_at_once(repo: Path) -> None:
+    edit(repo / "config/common.json", cpu=4, memory="lots")
+    edit(repo / "config/kubernetes.json", kubernetes_semver="1.30")
+    with pytest.raises(ConfigError) as exc:
+        config.load("debian-12", overrides={"disk_sise": "1"}, repo_root=repo)
+    text = problems(exc)
+    assert len(exc.value.problems) == 4, text
+    assert "config/kubernetes.json: kubernetes_semver: malformed semver '1.30'" in text
+    assert "-var disk_sise: unknown key (did you mean 'disk_size'?)" in text
+
+
+def test_malformed_json_names_file_and_line(repo: Path) -> None:
+    (repo / "config/cni.json").write_text('{\n  "cni_bin_dir": "/opt/cni/bin",\n}\n')
+    with pytest.raises(ConfigError) as exc:
+        config.load("debian-12", repo_root=repo)
+    assert "config/cni.json: line 3 column 1: malformed JSON" in problems(exc)
+
+
+def test_malformed_hcl_var_file_names_file_and_line(repo: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pkrvars.hcl"
+    bad.write_text("cpus = 4\nmemory = \n")
+    with pytest.raises(ConfigError) as exc:
+        config.load("debian-12", var_files=[bad], repo_root=repo)
+    assert f"{bad}: line " in problems(exc) and "malformed HCL" in problems(exc)
+
+
+def test_missing_var_file(repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config.load("debian-12", var_files=[tmp_path / "nope.json"], repo_root=repo)
+    assert "nope.json: var file not found" in problems(exc)
+
+
+def test_missing_boot_file(repo: Path) -> None:
+    (repo / "packer/http/ubuntu/preseed.cfg").unlink()
+    with pytest.raises(ConfigError) as exc:
+        config.load("ubuntu-1804", repo_root=repo)
+    assert "config/ubuntu-1804.json: boot_files: packer/http/ubuntu/preseed.cfg: no such file" in problems(
+        exc
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "changes", "expect"),
+    [
+        (
+            "debian-12",
+            {"kubernetes_source_type": "http"},
+            "kubernetes_http_source: required when kubernetes_source_type is http",
+        ),
+        ("debian-12", {"builder": "vmware-iso"}, "builder: vmware-iso cannot build install_method bootstrap"),
+        ("ubuntu-2204", {"firmware": "efi"}, "firmware: efi is not supported with install_method installer"),
+        (
+            "debian-12",
+            {"kubernetes_series": "v1.29"},
+            "kubernetes_series: v1.29 contradicts kubernetes_semver",
+        ),
+        (
+            "debian-12",
+            {"containerd_source_type": "http"},
+            "containerd_url: required when containerd_source_type is http",
+        ),
+        ("ubuntu-2204", {"iso_checksum": "45f873de"}, "iso_checksum: malformed checksum"),
+    ],
+)
+def test_contradictions(repo: Path, target: str, changes: dict[str, str], expect: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config.load(target, overrides=changes, repo_root=repo)
+    assert expect in problems(exc)
+
+
+def test_unknown_target(repo: Path) -> None:
+    with pytest.raises(InputError, match="config/nope.json: no such target"):
+        config.load("nope", repo_root=repo)
+
+
+# --- through the CLI: exit 2, file and key in the message, nothing written -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expect"),
+    [
+        ("typo", "config/common.json: memroy: unknown key (did you mean 'memory'?)"),
+        ("string", "config/common.json: cpus: wrong type: want number"),
+        ("preseed", "config/ubuntu-1804.json: boot_files: packer/http/ubuntu/preseed.cfg: no such file"),
+    ],
+)
+def test_cli_broken_config_exits_2_and_writes_nothing(
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    breakage: str,
+    expect: str,
+) -> None:
+    monkeypatch.setenv("KILN_REPO_ROOT", str(repo))
+    monkeypatch.delenv("PACKER_VAR_FILES", raising=False)
+    if breakage == "typo":
+        edit(repo / "config/common.json", memroy=2048)
+    elif breakage == "string":
+        edit(repo / "config/common.json", cpus="two")
+    else:
+        (repo / "packer/http/ubuntu/preseed.cfg").unlink()
+    out = tmp_path / "out"
+    for argv in (
+        ["render", "ubuntu-1804", "-o", str(out), "--packer-version", "1.6.6"],
+        ["validate", "ubuntu-1804"],
+        ["config", "ubuntu-1804"],
+    ):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert expect in err, err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out*"))
+    assert not (repo / "packer" / ".rendered").exists()
+
+
+def test_cli_config_show_origin_and_json(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KILN_REPO_ROOT", str(repo))
+    var_file = tmp_path / "site.json"
+    var_file.write_text(json.dumps({"memory": 8192}))
+    monkeypatch.setenv("PACKER_VAR_FILES", str(var_file))
+    assert cli.main(["config", "debian-12", "-var", "cpus=4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["-var", "cpus=4"] for line in lines)
+    assert any(line.split() == [str(var_file), "memory=8192"] for line in lines)
+    assert any(line.split() == ["derived", "kubernetes_series=v1.30"] for line in lines)
+    assert cli.main(["config", "debian-12", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["memory"] == {"value": 8192, "origin": str(var_file)}
+    assert cli.main(["config", "debian-12", "--get", "kubernetes_rpm_version"]) == 0
+    assert capsys.readouterr().out.strip() == "1.30.2"
+
+
+def test_cli_list(repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KILN_REPO_ROOT", str(repo))
+    assert cli.main(["list", "--json"]) == 0
+    rows = {r["target"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["debian-12"]["install_method"] == "bootstrap" and rows["debian-12"]["builder"] == "qemu"
+    assert rows["ubuntu-2204"]["builders"] == ["qemu", "vmware-iso"]
+    assert set(rows) == set(config.targets(repo))
