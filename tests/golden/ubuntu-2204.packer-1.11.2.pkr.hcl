@@ -1,0 +1,130 @@
+# Rendered by kiln 0.1.0 for ubuntu-2204 (Packer 1.11.2). Do not edit:
+# change config/*.json or packer/templates/ and run `kiln render ubuntu-2204`.
+
+packer {
+  required_version = ">= 1.7.0"
+  required_plugins {
+    qemu = {
+      version = ">= 1.1.0"
+      source  = "github.com/hashicorp/qemu"
+    }
+    vmware = {
+      version = ">= 1.0.11"
+      source  = "github.com/hashicorp/vmware"
+    }
+    ansible = {
+      version = ">= 1.1.1"
+      source  = "github.com/hashicorp/ansible"
+    }
+  }
+}
+
+source "qemu" "node" {
+  vm_name          = "ubuntu-2204+kube-v1.30.2.qcow2"
+  output_directory = "/kiln-build/packer-output"
+  format           = "qcow2"
+  disk_compression = true
+  disk_interface   = "virtio"
+  net_device       = "virtio-net"
+  disk_size        = "20480M"
+  cpus             = 2
+  memory           = 4096
+  accelerator      = "tcg"
+  headless         = true
+  iso_url          = "https://releases.ubuntu.com/jammy/ubuntu-22.04.4-live-server-amd64.iso"
+  iso_checksum     = "sha256:45f873de9f8cb637345d6e66a583762730bbea30277ef7b32c9c3bd6700a32b2"
+  http_directory   = "/kiln-build/rendered/http"
+  boot_wait        = "10s"
+  boot_command     = [
+    "c<wait>",
+    "linux /casper/vmlinuz --- autoinstall ds='nocloud-net;s=http://{{ .HTTPIP }}:{{ .HTTPPort }}/ubuntu/autoinstall/'<enter><wait>",
+    "initrd /casper/initrd<enter><wait>",
+    "boot<enter>"
+  ]
+  qemuargs         = [
+    ["-cpu", "max"]
+  ]
+  ssh_username         = "builder"
+  ssh_private_key_file = "/kiln-build/work/key/id_ed25519"
+  ssh_timeout          = "60m"
+  host_port_min        = 2299
+  host_port_max        = 2299
+  vnc_bind_address     = "127.0.0.1"
+  shutdown_command     = "sudo shutdown -P now"
+}
+
+
+source "vmware-iso" "node" {
+  vm_name              = "ubuntu-2204+kube-v1.30.2"
+  output_directory     = "/kiln-build/packer-output-vmware"
+  guest_os_type        = "ubuntu-64"
+  version              = "13"
+  cpus                 = 2
+  memory               = 4096
+  disk_size            = 20480
+  disk_type_id         = "0"
+  disk_adapter_type    = "pvscsi"
+  network_adapter_type = "vmxnet3"
+  headless             = true
+  iso_url              = "https://releases.ubuntu.com/jammy/ubuntu-22.04.4-live-server-amd64.iso"
+  iso_checksum         = "sha256:45f873de9f8cb637345d6e66a583762730bbea30277ef7b32c9c3bd6700a32b2"
+  http_directory       = "/kiln-build/rendered/http"
+  boot_wait            = "10s"
+  boot_command         = [
+    "c<wait>",
+    "linux /casper/vmlinuz --- autoinstall ds='nocloud-net;s=http://{{ .HTTPIP }}:{{ .HTTPPort }}/ubuntu/autoinstall/'<enter><wait>",
+    "initrd /casper/initrd<enter><wait>",
+    "boot<enter>"
+  ]
+  ssh_username         = "builder"
+  ssh_private_key_file = "/kiln-build/work/key/id_ed25519"
+  ssh_timeout          = "60m"
+  shutdown_command     = "sudo shutdown -P now"
+  vmx_data = {
+    "ethernet0.pciSlotNumber" = "32"
+  }
+}
+
+
+build {
+  sources = ["source.qemu.node", "source.vmware-iso.node"]
+
+  # 1. provision: extra_roles_before, kiln's roles, extra_roles_after (ansible/playbook.yml)
+  provisioner "ansible" {
+    playbook_file    = "@REPO@/ansible/playbook.yml"
+    user             = "builder"
+    use_proxy        = false
+    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
+    extra_arguments  = ["--extra-vars", "@/kiln-build/rendered/ansible-vars.json"]
+  }
+
+  # 2. kiln:goss-check hook: the in-guest goss specs run against the build VM before sysprep; a non-zero
+  #    exit fails the build. Host/port/user come from Packer's communicator, the key is this build's key.
+  provisioner "shell-local" {
+    inline = ["kiln goss-check --host ${build.Host} --port ${build.Port} --user ${build.User} --key /kiln-build/work/key/id_ed25519 --config /kiln-build/rendered/config.json --phase build"]
+  }
+
+  # 3. sysprep: generalize the image (ansible/sysprep.yml); the build user goes at shutdown
+  provisioner "ansible" {
+    playbook_file    = "@REPO@/ansible/sysprep.yml"
+    user             = "builder"
+    use_proxy        = false
+    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
+    extra_arguments  = ["--extra-vars", "@/kiln-build/rendered/ansible-vars.json"]
+  }
+
+  post-processor "manifest" {
+    output      = "/kiln-build/packer-manifest.json"
+    strip_path  = true
+    custom_data = {
+      build_name = "ubuntu-2204"
+      kubernetes_semver = "v1.30.2"
+      os_name = "ubuntu"
+      os_version = "22.04"
+      firmware = "bios"
+      kiln_version = "0.1.0"
+      input_hash = "341b0069841e700955532b52a4a5f8ab43e5ed31fd4f24fdd163ba82c24c7e36"
+      ssh_username = "builder"
+    }
+  }
+}

@@ -1,0 +1,82 @@
+# Rendered by kiln 0.1.0 for ubuntu-2404-cloudimg (Packer 1.6.6). Do not edit:
+# change config/*.json or packer/templates/ and run `kiln render ubuntu-2404-cloudimg`.
+
+packer {
+  required_version = ">= 1.6.6"
+}
+
+source "qemu" "node" {
+  vm_name          = "ubuntu-2404-cloudimg+kube-v1.30.2.qcow2"
+  output_directory = "/kiln-build/packer-output"
+  format           = "qcow2"
+  disk_compression = true
+  disk_interface   = "virtio"
+  net_device       = "virtio-net"
+  disk_size        = "20480M"
+  cpus             = 2
+  memory           = 4096
+  accelerator      = "tcg"
+  headless         = true
+  iso_url          = "https://cloud-images.ubuntu.com/releases/24.04/release/ubuntu-24.04-server-cloudimg-amd64.img"
+  iso_checksum     = "sha256:b63f266fa4bdf146dea5b0938fceac694cb3393688fb12a048ba2fc72e7bfe1b"
+  disk_image       = true
+  cd_files         = [
+    "/kiln-build/rendered/http/cloudimg/user-data",
+    "/kiln-build/rendered/http/cloudimg/meta-data"
+  ]
+  cd_label         = "cidata"
+  qemuargs         = [
+    ["-cpu", "max"]
+  ]
+  ssh_username         = "builder"
+  ssh_private_key_file = "/kiln-build/work/key/id_ed25519"
+  ssh_timeout          = "60m"
+  host_port_min        = 2299
+  host_port_max        = 2299
+  vnc_bind_address     = "127.0.0.1"
+  shutdown_command     = "sudo shutdown -P now"
+}
+
+
+build {
+  sources = ["source.qemu.node"]
+
+  # 1. provision: extra_roles_before, kiln's roles, extra_roles_after (ansible/playbook.yml)
+  provisioner "ansible" {
+    playbook_file    = "@REPO@/ansible/playbook.yml"
+    user             = "builder"
+    use_proxy        = false
+    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
+    extra_arguments  = ["--extra-vars", "@/kiln-build/rendered/ansible-vars.json"]
+  }
+
+  # 2. kiln:goss-check hook: the in-guest goss specs run against the build VM before sysprep; a non-zero
+  #    exit fails the build. Host/port/user come from Packer's communicator, the key is this build's key.
+  provisioner "shell-local" {
+    inline = ["kiln goss-check --host ${build.Host} --port ${build.Port} --user ${build.User} --key /kiln-build/work/key/id_ed25519 --config /kiln-build/rendered/config.json --phase build"]
+  }
+
+  # 3. sysprep: generalize the image (ansible/sysprep.yml); the build user goes at shutdown
+  provisioner "ansible" {
+    playbook_file    = "@REPO@/ansible/sysprep.yml"
+    user             = "builder"
+    use_proxy        = false
+    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
+    extra_arguments  = ["--extra-vars", "@/kiln-build/rendered/ansible-vars.json"]
+  }
+
+  post-processor "manifest" {
+    output      = "/kiln-build/packer-manifest.json"
+    strip_path  = true
+    custom_data = {
+      build_name = "ubuntu-2404-cloudimg"
+      kubernetes_semver = "v1.30.2"
+      os_name = "ubuntu"
+      os_version = "24.04"
+      firmware = "bios"
+      kiln_version = "0.1.0"
+      input_hash = "d104e929e51aab99c645905279dd978639b8f69eee2c6f31ee209020d5782b55"
+      ssh_username = "builder"
+    }
+  }
+}

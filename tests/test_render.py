@@ -1,0 +1,203 @@
+"""Template rendering: HCL quoting, golden files for every target and both Packer forms, boot files with the
+build's credentials, atomic output.
+
+Regenerate the golden files after an intended template change with `KILN_UPDATE_GOLDEN=1 pytest
+tests/test_render.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import hcl2
+import pytest
+
+from kiln import config, render
+from kiln.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden"
+VERSIONS = {"packer-1.6.6": (1, 6, 6), "packer-1.11.2": (1, 11, 2)}
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldenGoldenGoldenGoldenGoldenGoldenGolden kiln-golden"
+PASSWORD_HASH = "$6$golden$notarealhashnotarealhashnotarealhash"
+
+
+def golden_context(config_: config.Config) -> render.BuildContext:
+    work = Path("/kiln-build/work")
+    extra: dict[str, object] = {}
+    if config_.get("install_method") == "bootstrap":
+        extra = {"base_disk": Path("/kiln-cache/bootstrap/KEY/base.qcow2"), "seed_iso": work / "seed.iso"}
+    return render.BuildContext(
+        ssh_private_key_file=work / "key" / "id_ed25519",
+        ssh_public_key=PUBLIC_KEY,
+        password_hash=PASSWORD_HASH,
+        ssh_port=2299,
+        output_dir=Path("/kiln-build/packer-output"),
+        manifest_path=Path("/kiln-build/packer-manifest.json"),
+        accelerator="tcg",
+        kiln_command=["kiln"],
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def rendered_text(target: str, version: tuple[int, int, int]) -> str:
+    cfg = config.load(target, repo_root=REPO)
+    text = render.render_template(cfg, golden_context(cfg), Path("/kiln-build/rendered"), version)
+    return text.replace(str(REPO), "@REPO@")
+
+
+@pytest.mark.parametrize("label", sorted(VERSIONS))
+@pytest.mark.parametrize("target", config.targets(REPO))
+def test_golden(target: str, label: str) -> None:
+    text = rendered_text(target, VERSIONS[label])
+    path = GOLDEN / f"{target}.{label}.pkr.hcl"
+    if os.environ.get("KILN_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"{path}: missing golden file; run KILN_UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == path.read_text(), f"{path}: rendered template differs (KILN_UPDATE_GOLDEN=1 to accept)"
+    parsed = hcl2.loads(text)  # every golden is valid HCL2
+    assert parsed["build"] and parsed["source"]
+
+
+def test_no_stray_golden_files() -> None:
+    expected = {f"{t}.{label}.pkr.hcl" for t in config.targets(REPO) for label in VERSIONS}
+    assert {p.name for p in GOLDEN.glob("*.pkr.hcl")} == expected
+
+
+def test_packer_version_decides_required_plugins() -> None:
+    old = rendered_text("ubuntu-2204", (1, 6, 6))
+    new = rendered_text("ubuntu-2204", (1, 7, 0))
+    assert "required_plugins" not in old and 'required_version = ">= 1.6.6"' in old
+    assert "required_plugins" in new and 'source  = "github.com/hashicorp/qemu"' in new
+    assert 'source  = "github.com/hashicorp/ansible"' in new and "hashicorp/vmware" in new
+
+
+def test_sources_follow_install_method() -> None:
+    assert 'source "vmware-iso" "node"' in rendered_text("ubuntu-2204", (1, 6, 6))
+    debian = rendered_text("debian-12", (1, 6, 6))
+    assert 'source "vmware-iso"' not in debian
+    assert "disk_image       = true" in debian and '"-cdrom", "/kiln-build/work/seed.iso"' in debian
+    cloud = rendered_text("ubuntu-2404-cloudimg", (1, 6, 6))
+    assert 'cd_label         = "cidata"' in cloud and "/kiln-build/rendered/http/cloudimg/user-data" in cloud
+
+
+def test_goss_hook_and_manifest() -> None:
+    text = rendered_text("debian-12", (1, 6, 6))
+    assert (
+        '"kiln goss-check --host ${build.Host} --port ${build.Port} --user ${build.User} '
+        '--key /kiln-build/work/key/id_ed25519 --config /kiln-build/rendered/config.json --phase build"'
+        in text
+    )
+    assert 'post-processor "manifest"' in text and "input_hash" in text and 'ssh_username = "builder"' in text
+    assert "host_port_min        = 2299" in text and "host_port_max        = 2299" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "expect"),
+    [
+        ("plain", '"plain"'),
+        ('say "hi"\n', '"say \\"hi\\"\\n"'),
+        ("${var.x} and %{if}", '"$${var.x} and %%{if}"'),
+        ("{{ .HTTPIP }}", '"{{ .HTTPIP }}"'),
+        (True, "true"),
+        (42, "42"),
+        (["a", 1], '["a", 1]'),
+        ({"a.b": "c", "d": 1}, '{\n  "a.b" = "c"\n  d = 1\n}'),
+    ],
+)
+def test_hcl_quoting(value: object, expect: str) -> None:
+    assert render.hcl(value) == expect
+    assert hcl2.loads(f"x = {render.hcl(value)}\n")  # and python-hcl2 reads it back
+
+
+def test_render_writes_boot_files_with_build_credentials(tmp_path: Path) -> None:
+    for target in ("ubuntu-2204", "ubuntu-1804", "centos-7", "rockylinux-9", "ubuntu-2404-cloudimg"):
+        cfg = config.load(target, repo_root=REPO)
+        out = tmp_path / target
+        result = render.render(cfg, golden_context(cfg), out, (1, 6, 6))
+        assert result.template == out / "node.pkr.hcl" and Path(result) == result.template
+        files = [out / "http" / name for name in cfg.get("boot_files")]
+        text = "\n".join(f.read_text() for f in files)
+        assert PUBLIC_KEY in text, target
+        assert "{{" not in text.replace("{{ .HTTP", ""), target  # everything rendered
+        if cfg.get("install_method") == "installer":
+            assert PASSWORD_HASH in text, target
+        assert json.loads((out / "config.json").read_text())["build_name"]["value"] == target
+        assert json.loads((out / "ansible-vars.json").read_text())["ssh_username"] == "builder"
+
+
+def test_shipped_boot_files_hold_no_fixed_password() -> None:
+    for path in (REPO / "packer" / "http").rglob("*"):
+        if path.is_file():
+            text = path.read_text().lower()
+            for line in text.splitlines():
+                if "password" in line and "ssh_pwauth" not in line and "allow-pw" not in line:
+                    assert (
+                        "{{ password_hash" in line
+                        or "lock" in line
+                        or "weak" in line
+                        or line.strip().startswith("#")
+                        or "passwordauthentication no" in line
+                    ), f"{path}: {line}"
+
+
+def test_placeholder_context_makes_fresh_credentials(tmp_path: Path) -> None:
+    cfg = config.load("ubuntu-2204", repo_root=REPO)
+    a = render.placeholder_context(cfg, tmp_path / "a")
+    b = render.placeholder_context(cfg, tmp_path / "b")
+    assert a.ssh_public_key != b.ssh_public_key and a.password_hash != b.password_hash
+    assert a.password_hash.startswith("$6$") and oct(a.ssh_private_key_file.stat().st_mode)[-3:] == "600"
+
+
+def test_render_failure_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "config", root / "config")
+    shutil.copytree(REPO / "packer" / "http", root / "packer" / "http")
+    shutil.copytree(REPO / "packer" / "templates", root / "packer" / "templates")
+    (root / "packer/http/ubuntu/autoinstall/user-data").write_text("{{ no_such_variable }}\n")
+    cfg = config.load("ubuntu-2204", repo_root=root)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous").write_text("kept")
+    with pytest.raises(InputError, match="packer/http/ubuntu/autoinstall/user-data"):
+        render.render(cfg, golden_context(cfg), out, (1, 6, 6))
+    assert [p.name for p in tmp_path.iterdir() if p.name != "repo"] == ["out"]
+    assert (out / "previous").read_text() == "kept"  # the old render survives a failed one
+
+
+def test_render_accepts_build_pipelines_context(tmp_path: Path) -> None:
+    """kiln.build passes its own context object; render maps its attribute names."""
+    cfg = config.load("debian-12", repo_root=REPO)
+    foreign = SimpleNamespace(
+        output_directory=tmp_path / "po",
+        manifest_file=tmp_path / "m.json",
+        ssh_private_key_file=tmp_path / "k",
+        ssh_public_key=PUBLIC_KEY,
+        ssh_port=2300,
+        accelerator="tcg",
+        base_disk=tmp_path / "base.qcow2",
+        base_disk_checksum="none",
+        seed_iso=tmp_path / "seed.iso",
+        vm_name="x.raw-build",
+        kernel=None,
+        kernel_args=None,
+        ansible_vars_file=tmp_path / "vars.json",
+        ansible_config=REPO / "ansible" / "ansible.cfg",
+        serial_log=tmp_path / "serial.log",
+        custom_data={"input_hash": "abc"},
+        goss_check_command=[],
+        shutdown_command="sudo /usr/local/sbin/kiln-finalize",
+        work_dir=tmp_path,
+    )
+    result = render.render(cfg, foreign, dest=tmp_path / "r", packer_version=(1, 6, 6))
+    text = result.template.read_text()
+    assert 'vm_name          = "x.raw-build"' in text
+    assert f'"-serial", "file:{tmp_path}/serial.log"' in text
+    assert f"@{tmp_path}/vars.json" in text and 'input_hash = "abc"' in text
+    assert "goss-check" not in text  # an empty goss_check_command turns the hook off
+    assert 'shutdown_command     = "sudo /usr/local/sbin/kiln-finalize"' in text
