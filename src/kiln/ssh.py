@@ -30,6 +30,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from .errors import CommandError, InputError, KilnError
 
 log = logging.getLogger(__name__)
+# paramiko logs every refused or reset connection attempt with a traceback at ERROR; retrying through
+# those is normal while a guest boots, and failures surface as SSHError, so keep its logger quiet.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 class SSHError(KilnError):

@@ -232,10 +232,12 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def stop_process(pid: int, qmp_socket: str | None, *, timeout: float = 60.0, popen: Any = None) -> bool:
+def stop_process(
+    pid: int, qmp_socket: str | None, *, timeout: float = 60.0, popen: Any = None, kill: bool = True
+) -> bool:
     """Stop a QEMU by pid: ACPI powerdown (QMP) and wait `timeout`; then QMP quit; then SIGTERM/SIGKILL
     of its process group. True when the guest powered off by itself. Used by VM.stop and `kiln boot --stop`
-    (which has only the pid and socket from the state file)."""
+    (which has only the pid and socket from the state file). kill=False: only ask and wait."""
 
     def alive() -> bool:
         if popen is not None:
@@ -259,6 +261,8 @@ def stop_process(pid: int, qmp_socket: str | None, *, timeout: float = 60.0, pop
             clean = wait(timeout)
         except VMError as exc:
             log.debug("powerdown failed: %s", exc)
+    if not kill:
+        return clean or not alive()
     if not clean and alive() and qmp_socket:
         try:
             qmp(qmp_socket, "quit")
@@ -349,6 +353,7 @@ class VM:
         self._qmp_dir: str | None = None
         self._popen: subprocess.Popen[bytes] | None = None
         self._overlay_made = False
+        self._login: tuple[str, Path] | None = None  # last user and key that logged in: poweroff fallback
         self.started_at = 0.0
 
     # -- lifecycle --
@@ -480,9 +485,10 @@ class VM:
     def serial_tail(self, lines: int = 20) -> str:
         return _tail(self.serial_log, lines)
 
-    def stop(self, timeout: float = 60.0) -> bool:
+    def stop(self, timeout: float = 20.0) -> bool:
         """Power the guest off (ACPI, `timeout` seconds), else kill QEMU. Never leaves QEMU behind.
-        Removes the throwaway overlay; keeps serial.log and qemu.log. True if the guest shut down cleanly."""
+        Removes the throwaway overlay; keeps serial.log and qemu.log. True if the guest shut down cleanly.
+        (The overlay is thrown away, so a polite shutdown is a courtesy: keep the timeout short.)"""
         clean = self._stop(timeout)
         if self.use_overlay and self._overlay_made:
             self.overlay_path.unlink(missing_ok=True)
@@ -490,9 +496,26 @@ class VM:
         return clean
 
     def shutdown_cleanly(self, timeout: float = 300.0) -> None:
-        """ACPI powerdown and wait for the guest to finish; the overlay is kept so that a later start()
-        boots the modified disk. VMError (after killing QEMU) if the guest did not power off in time."""
-        if not self._stop(timeout):
+        """Power the guest off and wait for it to finish; the overlay is kept so that a later start() boots
+        the modified disk. First ACPI powerdown (QMP); if the guest ignores it and someone logged in over
+        SSH before, `sudo systemctl poweroff` through that login. VMError (after killing QEMU) if the guest
+        did not power off within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        if self.running() and self._login is not None:
+            acpi = stop_process(
+                self._popen.pid if self._popen else 0, self.qmp_socket, timeout=min(30.0, timeout / 3),
+                popen=self._popen, kill=False,
+            )  # fmt: skip
+            if not acpi and self.running():
+                user, key = self._login
+                log.info("guest ignored ACPI powerdown; powering off over SSH")
+                try:
+                    with Session("127.0.0.1", self.ssh_port, user, key, timeout=30) as session:
+                        session.run("sudo -n systemctl poweroff", check=False, timeout=30)
+                except (SSHError, OSError, EOFError) as exc:
+                    log.debug("poweroff over SSH: %s", exc)
+        remaining = max(1.0, deadline - time.monotonic())
+        if not self._stop(remaining):
             raise VMError(
                 f"{self.disk}: guest did not power off within {timeout:.0f}s (killed)",
                 hint=f"see {self.serial_log}",
@@ -557,21 +580,25 @@ class VM:
                     "127.0.0.1", self.ssh_port, user, key_path, timeout=min(30.0, remaining), alive=self.died
                 ) as session:
                     session.run("true", timeout=60)
-                log.info(
-                    "SSH up as %s on 127.0.0.1:%d after %.0fs", user, self.ssh_port, time.monotonic() - start
-                )
-                return
             except SSHError as exc:
                 last = exc.message
-            if time.monotonic() >= next_report:
-                log.info(
-                    "waiting for SSH on 127.0.0.1:%d (%.0fs)...", self.ssh_port, time.monotonic() - start
-                )
-                next_report += 30
+                if time.monotonic() >= next_report:
+                    log.info(
+                        "waiting for SSH on 127.0.0.1:%d (%.0fs)...", self.ssh_port, time.monotonic() - start
+                    )
+                    next_report += 30
+                continue
+            self._login = (user, Path(key_path))
+            log.info(
+                "SSH up as %s on 127.0.0.1:%d after %.0fs", user, self.ssh_port, time.monotonic() - start
+            )
+            return
 
     def ssh(self, user: str, key_path: str | os.PathLike[str], timeout: float = 120.0) -> Session:
         """A new `kiln.ssh.Session` into the guest (retries until `timeout`)."""
-        return Session("127.0.0.1", self.ssh_port, user, key_path, timeout=timeout, alive=self.died)
+        session = Session("127.0.0.1", self.ssh_port, user, key_path, timeout=timeout, alive=self.died)
+        self._login = (user, Path(key_path))
+        return session
 
     def wait_for_cloud_init(self, user: str, key_path: str | os.PathLike[str], timeout: float = 900.0) -> str:
         """Run `cloud-init status --wait --long` in the guest and return its output. VMError when cloud-init
