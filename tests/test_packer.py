@@ -1,0 +1,105 @@
+"""The Packer driver. The meta-test renders every shipped target and runs the REAL `packer validate` on it,
+so a new or edited OS file cannot land broken. The build driver's unit tests use a fake `packer` on PATH
+that records its argv; its real counterpart is the VM build test (tests/test_vm_build.py)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from kiln import cli, config, packer
+from kiln.errors import BuildError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("target", config.targets(REPO))
+def test_every_shipped_target_passes_real_packer_validate(target: str, tmp_path: Path) -> None:
+    cfg = config.load(target, repo_root=REPO)
+    result = packer.validate_target(cfg, tmp_path)
+    assert result.kiln_seconds < 10
+    assert "Error" not in result.packer_output
+
+
+def test_packer_version_is_detected() -> None:
+    major, minor, _ = packer.version()
+    assert (major, minor) >= (1, 6)
+
+
+def test_real_packer_validate_rejects_a_broken_template(tmp_path: Path) -> None:
+    cfg = config.load("debian-12", repo_root=REPO)
+    result = packer.validate_target(cfg, tmp_path)
+    template = result.render_dir / "node.pkr.hcl"
+    template.write_text(template.read_text().replace('format           = "qcow2"', 'format = "tiff"'))
+    with pytest.raises(BuildError, match="packer validate failed"):
+        packer.validate(result.render_dir)
+
+
+FAKE_PACKER = """#!/usr/bin/env python3
+import os, sys
+with open(os.environ["FAKE_PACKER_ARGV"], "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "version":
+    print("Packer v1.6.6")
+    sys.exit(0)
+print("qemu: output will be in this color.")
+print("==> qemu: Retrieving ISO")
+print("    qemu: some detail the terminal does not show")
+print("==> qemu: Starting VM, booting disk image")
+if os.environ.get("PACKER_LOG") == "1":
+    print("2026/01/01 packer debug log line")
+if os.environ.get("FAKE_PACKER_FAIL"):
+    print("==> qemu: Error: boot failed", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.fixture
+def fake_packer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "packer"
+    exe.write_text(FAKE_PACKER)
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PACKER_ARGV", str(tmp_path / "argv.txt"))
+    packer.version.cache_clear()
+    yield tmp_path / "argv.txt"
+    packer.version.cache_clear()
+
+
+def test_build_logs_everything_and_shows_stages(fake_packer: Path, tmp_path: Path) -> None:
+    stages: list[str] = []
+    log = tmp_path / "logs" / "build.log"
+    packer.build(tmp_path, log, only=["qemu"], debug=True, on_stage=stages.append)
+    assert [s.split("] ", 1)[1] for s in stages] == [
+        "qemu: Retrieving ISO",
+        "qemu: Starting VM, booting disk image",
+    ]
+    text = log.read_text()
+    assert "some detail the terminal does not show" in text and "packer debug log line" in text
+    assert "build -color=false -on-error=cleanup -only=qemu.node ." in fake_packer.read_text()
+
+
+def test_build_failure_names_the_log(
+    fake_packer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_PACKER_FAIL", "1")
+    log = tmp_path / "build.log"
+    with pytest.raises(BuildError) as exc:
+        packer.build(tmp_path, log, on_stage=lambda s: None)
+    assert str(log) in exc.value.message and "Error: boot failed" in exc.value.message
+    assert "packer debug log line" not in log.read_text()  # no PACKER_LOG without debug
+
+
+def test_stage_regex() -> None:
+    assert packer.STAGE_RE.match("==> vmware-iso: Typing the boot command...").group("source") == "vmware-iso"
+    assert packer.STAGE_RE.match("    qemu: detail") is None
+
+
+def test_cli_validate_needs_target_or_all(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate"]) == 2
+    assert "give a TARGET or --all" in capsys.readouterr().err
