@@ -338,6 +338,7 @@ class FaultProxy:
         if cut:
             h.wfile.write(body[: len(body) // 2])
             h.wfile.flush()
+            time.sleep(0.3)  # let the client read what was sent: an RST discards unread received data
             _rst(h)
             return
         h.wfile.write(body)

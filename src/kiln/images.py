@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://storage.googleapis.com"
 CHANNELS = ("ci", "release")
 _LAYOUT = re.compile(r"^(?P<channel>ci|release)/(?P<version>[^/]+)/(?P<file>[^/]+)$")
+# bytes read per write: after a dropped connection at most one block is fetched again
+BLOCK = 64 * 1024
 _KUBE = re.compile(r"\+kube-(?P<version>v[^/]+?)\.(ova|qcow2|packages|packer-manifest\.json)$")
 
 
@@ -149,7 +151,7 @@ def download(
                     if r.status_code == 200 or not _starts_at(r, offset):
                         mode, offset = "wb", 0  # the server ignored our Range: take the whole body
                     with part.open(mode) as f:
-                        for block in r.iter_content(1024 * 1024):
+                        for block in r.iter_content(BLOCK):
                             f.write(block)
                             offset += len(block)
                             received += len(block)
