@@ -151,7 +151,8 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(upload.results_json(bd, opts, channel, results, client), indent=2))
     else:
-        Console().print(upload.summary_table(results))
+        console = Console()
+        console.print(upload.summary_table(results), width=None if console.is_terminal else 200)
         st = client.stats
         print(f"{st.requests} requests, {st.bytes_sent} bytes sent, {st.retries} retries")
     bad = [r for r in results if not r.ok]
@@ -171,12 +172,17 @@ def _cmd_images_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(i) | {"path": i.path} for i in found], indent=2))
         return EXIT_OK
+    console = Console()
+    if not console.is_terminal:  # one object a line, tab-separated, for scripts
+        for i in found:
+            print(f"gs://{_bucket(args)}/{i.path}\t{i.size}\t{i.updated}\t{i.sha256 or '-'}")
+        return EXIT_OK
     table = Table(title=f"gs://{_bucket(args)}")
     for col in ("channel", "version", "file", "size", "updated", "sha256"):
         table.add_column(col)
     for i in found:
         table.add_row(i.channel, i.version, i.file, str(i.size), i.updated, (i.sha256 or "-")[:16])
-    Console().print(table)
+    console.print(table)
     return EXIT_OK
 
 
