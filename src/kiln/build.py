@@ -98,6 +98,8 @@ def required_tools(values: Mapping[str, Any]) -> list[str]:
 def check_tools(values: Mapping[str, Any]) -> None:
     """ToolMissingError (exit 2) naming the package for the first missing program."""
     for tool in required_tools(values):
+        if tool == "ansible-playbook" and shutil.which(tool, path=tool_path()):
+            continue  # Packer runs it from kiln's virtualenv (tool_path)
         proc.which(tool)
 
 
@@ -399,11 +401,13 @@ def _verify(temp: Path, rep: Reporter, enabled: bool, accelerator: str) -> None:
         rep.say("    skipped (--no-verify)")
         return
     try:
-        from .verify import verify_build_dir
+        from .verify import verify_build
     except ImportError:
         rep.say("    kiln.verify is not installed; skipped")
         return
-    results = verify_build_dir(temp, accelerator=accelerator)
+    results = verify_build(
+        temp, log_file=rep.log_file, say=lambda t: rep.say(f"    {t}"), accelerator=accelerator
+    )
     rep.say(f"    {len(results)} checks passed; reports in goss/")
 
 
