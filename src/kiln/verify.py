@@ -127,7 +127,11 @@ def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> goss.Te
     from testinfra.backend import get_backend
     from testinfra.host import Host
 
-    logging.getLogger("paramiko").setLevel(logging.ERROR)  # unknown host keys of throwaway VMs
+    import warnings
+
+    # Throwaway VMs have new host keys on every boot: paramiko's "unknown host key" warning is noise.
+    logging.getLogger("paramiko").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Unknown .* host key", module="paramiko")
     # A fresh Host (not testinfra.get_host's process-wide cache): each VM gets its own connection.
     backend = get_backend(
         f"paramiko://{user}@{host}:{port}", ssh_identity_file=str(key_file), sudo=True, timeout=60

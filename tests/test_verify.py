@@ -1,0 +1,111 @@
+"""kiln verify / kiln goss-check: bad input (exit 2, nothing written), failure reporting (exit 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln import cli, config, goss, verify
+from kiln.errors import InputError, VerifyError
+
+
+def _build_dir(tmp_path: Path, with_qcow2: bool = True) -> Path:
+    d = tmp_path / "debian-12+kube-v1.30.2"
+    d.mkdir()
+    cfg = config.load("debian-12")
+    (d / "config.json").write_text(json.dumps(cfg.to_json()))
+    custom = {"build_name": "debian-12", "kubernetes_semver": "v1.30.2", "firmware": "bios"}
+    (d / "packer-manifest.json").write_text(json.dumps({"builds": [{"custom_data": custom}]}))
+    if with_qcow2:
+        (d / "debian-12+kube-v1.30.2.qcow2").write_bytes(b"QFI\xfb" + b"\0" * 512)
+    return d
+
+
+def test_load_config_json_accepts_both_forms_and_names_bad_files(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text(
+        json.dumps({"os_family": {"value": "debian", "origin": "config/x.json"}})
+    )
+    (tmp_path / "b.json").write_text(json.dumps({"os_family": "redhat"}))
+    (tmp_path / "c.json").write_text("{not json")
+    assert verify.load_config_json(tmp_path / "a.json") == {"os_family": "debian"}
+    assert verify.load_config_json(tmp_path / "b.json") == {"os_family": "redhat"}
+    with pytest.raises(InputError, match=r"c.json: malformed JSON"):
+        verify.load_config_json(tmp_path / "c.json")
+    with pytest.raises(InputError, match=r"missing.json: cannot read config"):
+        verify.load_config_json(tmp_path / "missing.json")
+
+
+def test_goss_check_bad_input_exits_2_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(config.load("debian-12").to_json()))
+    key = tmp_path / "key"
+    key.write_text("not used")
+    base = ["goss-check", "--host", "127.0.0.1", "--port", "1", "--user", "u"]
+
+    assert cli.main([*base, "--key", str(tmp_path / "nokey"), "--config", str(cfg)]) == 2
+    assert "nokey: SSH key file not found" in capsys.readouterr().err
+
+    partial = tmp_path / "partial.json"
+    partial.write_text(
+        json.dumps({k: v for k, v in config.load("debian-12").to_json().items() if k != "cni_bin_dir"})
+    )
+    assert (
+        cli.main([*base, "--key", str(key), "--config", str(partial), "--report-dir", str(tmp_path / "r")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "vars.yaml.j2" in err and "cni_bin_dir" in err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+
+    # the final phase needs the one-time verify facts
+    assert cli.main([*base, "--key", str(key), "--config", str(cfg), "--phase", "final"]) == 2
+    assert "verify_user" in capsys.readouterr().err
+    assert cli.main([*base, "--key", str(key), "--config", str(cfg), "--var", "novalue"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_verify_bad_build_dirs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["verify", str(tmp_path / "nope")]) == 2
+    assert "not a build directory" in capsys.readouterr().err
+    d = _build_dir(tmp_path, with_qcow2=False)
+    assert cli.main(["verify", str(d)]) == 2
+    assert "has no qcow2 to boot" in capsys.readouterr().err
+    assert not (d / "goss").exists()
+
+
+def test_a_broken_spec_fails_before_any_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    for name in ("vars.yaml.j2", "goss.yaml"):
+        (spec_dir / name).write_text((goss.SPEC_DIR / name).read_text())
+    (spec_dir / "goss.yaml").write_text("http:\n  http://example:\n    status: 200\n")
+    (spec_dir / "goss-final.yaml").write_text("gossfile:\n  goss.yaml: {}\n")
+    monkeypatch.setattr(goss, "SPEC_DIR", spec_dir)
+
+    def no_boot(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("booted a VM for a spec that cannot run")
+
+    monkeypatch.setattr("kiln.vm.VM", no_boot)
+    d = _build_dir(tmp_path)
+    with pytest.raises(InputError, match=r"goss.yaml: resource type 'http' is not supported"):
+        verify.verify_build_dir(d, workdir=tmp_path / "work")
+    assert not (d / "goss").exists()
+
+
+def test_failures_raise_verify_error_with_the_table() -> None:
+    results = [
+        goss.Result("service", "containerd", "enabled", False, False, True, False),
+        goss.Result("service", "containerd", "running", True, False, True, True),
+    ]
+    with pytest.raises(VerifyError) as info:
+        verify.raise_on_failure(results, "image.qcow2", Path("/out/goss"))
+    text = str(info.value)
+    assert "image.qcow2: 1 of 2 goss checks failed; reports in /out/goss" in text
+    assert "service containerd" in text and "enabled" in text
+    assert info.value.exit_code == 1
+    verify.raise_on_failure(results[1:], "image.qcow2", None)  # all good: no error
