@@ -244,6 +244,47 @@ class Session:
             raise CommandError(["ssh", self.target, text], rc, tail)
         return rc, stdout, stderr
 
+    def interactive(self) -> int:
+        """A login shell on a pty wired to this terminal (raw mode while it runs); returns its exit code."""
+        import select
+        import shutil as _shutil
+        import sys
+        import termios
+        import tty
+
+        transport = self._client.get_transport()
+        if transport is None:
+            raise SSHError(f"{self.target}: SSH connection is closed")
+        size = _shutil.get_terminal_size()
+        chan = transport.open_session()
+        chan.get_pty(term=os.environ.get("TERM", "xterm"), width=size.columns, height=size.lines)
+        chan.invoke_shell()
+        stdin = sys.stdin.fileno()
+        saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+        try:
+            if saved is not None:
+                tty.setraw(stdin)
+            chan.settimeout(0.0)
+            while True:
+                ready, _, _ = select.select([chan, stdin], [], [])
+                if chan in ready:
+                    data = chan.recv(32768)
+                    if not data:
+                        break
+                    os.write(sys.stdout.fileno(), data)
+                if stdin in ready:
+                    data = os.read(stdin, 1024)
+                    if not data:
+                        chan.shutdown_write()
+                    else:
+                        chan.sendall(data)
+        finally:
+            if saved is not None:
+                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        rc = chan.recv_exit_status()
+        chan.close()
+        return rc
+
     def sftp(self) -> paramiko.SFTPClient:
         if self._sftp is None:
             self._sftp = self._client.open_sftp()
