@@ -34,8 +34,14 @@ $(VENV)/.stamp: pyproject.toml
 ##@ Images (targets are written out so that tab completion shows them; see `kiln list`)
 # PACKER_VAR_FILES: space-separated JSON/.pkrvars.hcl files layered over config/ (kiln reads the variable).
 # PACKER_FLAGS: `-var key=value` pairs. FOREGROUND=1 shows the VM console, DEBUG=1 adds Packer's own log.
-KILN_FLAGS = $(if $(filter 1,$(FOREGROUND)),--foreground) $(if $(filter 1,$(DEBUG)),--debug) $(PACKER_FLAGS)
-KILN_ENV = PACKER_VAR_FILES="$(PACKER_VAR_FILES)"
+KILN_FLAGS = $(if $(filter 1,$(FOREGROUND)),--foreground) $(if $(filter 1,$(DEBUG)),--debug) $(PACKER_FLAGS) \
+  $(if $(filter 1,$(K8S_STANDIN)),--var-file {varfile})
+KILN_ENV = PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(K8S_STANDIN_WRAP)
+# K8S_STANDIN=1: offline builds. Serves TEST FIXTURE stand-ins for kubelet/kubeadm/kubectl (with sha256s) over
+# local HTTP for the duration of the command and selects them (kubernetes_source_type=http) through a var file.
+K8S_STANDIN_VERSION ?= $(shell PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(KILN) config debian-12 --get kubernetes_semver)
+K8S_STANDIN_WRAP = $(if $(filter 1,$(K8S_STANDIN)),$(VENV)/bin/python tests/fixtures/k8s_standin.py run \
+  --version $(K8S_STANDIN_VERSION) --)
 .PHONY: build-centos-7 \
   build-qemu-centos-7 \
   build-ova-centos-7 \

@@ -309,12 +309,16 @@ def run_build(
         rep.say(f"kiln: built {final} in {sum(rep.stages.values()):.0f}s " + _stage_summary(rep.stages))
         return BuildResult(final, name, dict(rep.stages), base_cached, input_hash)
     except BaseException as exc:
-        kept = _keep_log(log_path, out_root, name)
         log_file.write(f"kiln: build failed: {exc!r}\n")
-        if isinstance(exc, KilnError) and kept is not None:
-            exc.hint = (exc.hint + "; " if exc.hint else "") + f"full build log: {kept}"
-        elif kept is not None:
-            say_fn(f"kiln: build log kept at {kept}")
+        log_file.flush()
+        kept = _keep_log(log_path, out_root, name)
+        if kept is not None:
+            say_fn(f"kiln: build failed; the whole log is kept at {kept}")
+            if isinstance(exc, KilnError):  # the temp dir goes away: point at the kept copy instead
+                exc.message = exc.message.replace(str(log_path), str(kept))
+                exc.args = (exc.message,)
+                hint = (exc.hint or "").replace(str(log_path), str(kept))
+                exc.hint = hint if str(kept) in hint else (hint + "; " if hint else "") + f"build log: {kept}"
         raise
     finally:
         log_file.close()
