@@ -420,20 +420,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    import tempfile
-
     from . import render
     from .render import parse_version
 
     cfg = _load_config(args, args.target)
-    out = args.output or (cfg.repo_root / "packer" / ".rendered" / args.target)
+    out = (args.output or (cfg.repo_root / "packer" / ".rendered" / args.target)).resolve()
     version = parse_version(args.packer_version) if args.packer_version else None
-    with tempfile.TemporaryDirectory(prefix="kiln-render-") as tmp:
-        context = render.placeholder_context(cfg, out.parent / f".{out.name}.context")
-        try:
-            result = render.render(cfg, context, out, version)
-        finally:
-            _ = tmp
+    context = render.placeholder_context(cfg, out.parent / f".{out.name}.context")
+    result = render.render(cfg, context, out, version)
     print(f"{result.template} (Packer {'.'.join(map(str, result.packer_version))}, sources: "
           f"{', '.join(result.sources)})")
     print(f"placeholder build credentials: {context.ssh_private_key_file} (a build makes its own)")
@@ -482,12 +476,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
         from . import build as build_mod  # the build pipeline (issue 3), when present
     except ImportError:
         build_mod = None  # type: ignore[assignment]
+    builder = str(cfg.get("builder"))  # --only set it at the -var level
     if build_mod is not None and hasattr(build_mod, "run_build"):
-        result = build_mod.run_build(cfg, only=args.only, debug=debug)
-        if result is not None:
-            print(f"built: {result}")
+        result = build_mod.run_build(cfg, only=builder, debug=debug)  # "qemu" | "vmware-iso"
+        print(f"built: {getattr(result, 'path', result)}")
         return 0
-    return _simple_build(cfg, args.only or str(cfg.get("builder")), debug)
+    return _simple_build(cfg, builder, debug)
 
 
 def _simple_build(cfg: config.Config, builder: str, debug: bool) -> int:

@@ -28,7 +28,11 @@ STAGE_RE = re.compile(r"^(?:\S+ )?==> (?P<source>[\w.-]+): (?P<stage>.*)$")
 @functools.cache
 def version() -> tuple[int, int, int]:
     """The installed Packer's version, e.g. (1, 6, 6). ToolMissingError names the package if absent."""
-    text = proc.output(["packer", "version"], extra_env=_env_extra())
+    saved, proc.DRY_RUN = proc.DRY_RUN, False  # a read-only query: run it even under --dry-run
+    try:
+        text = proc.output(["packer", "version"], extra_env=_env_extra())
+    finally:
+        proc.DRY_RUN = saved
     match = re.search(r"Packer v?(\d+)\.(\d+)\.(\d+)", text)
     if not match:
         raise InputError(f"packer version: cannot parse its output: {text.strip()[:200]!r}")

@@ -251,8 +251,9 @@ def template_vars(
         f"@{context.ansible_vars_file or render_dir / 'ansible-vars.json'}",
     ]
     ansible_env = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
-    if context.ansible_config is not None:
-        ansible_env.append(f"ANSIBLE_CONFIG={context.ansible_config}")
+    ansible_config = context.ansible_config or config.repo_root / "ansible" / "ansible.cfg"
+    if ansible_config.is_file():  # Packer runs ansible-playbook from the render dir: point it at kiln's cfg
+        ansible_env.append(f"ANSIBLE_CONFIG={ansible_config}")
     prefix = list(context.goss_check_command) or [*context.kiln_command, "goss-check"]
     kiln = " ".join(shlex.quote(part) for part in prefix)
     static = (
@@ -347,6 +348,7 @@ def render(
         # Paths inside the template point at the final directory, not the temp one.
         render_boot_files(config, context, tmp / "http")
         text = render_template(config, context, out_dir, packer_version)
+        tmp.chmod(0o755)
         (tmp / TEMPLATE_OUT).write_text(text)
         (tmp / "config.json").write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
         ansible_vars = {
@@ -378,6 +380,8 @@ def generate_ssh_key(directory: Path, name: str = "build_key") -> tuple[Path, st
     for path in (key, key.with_suffix(".pub")):
         path.unlink(missing_ok=True)
     proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kiln-build", "-f", str(key)])
+    if proc.DRY_RUN:  # nothing was generated
+        return key, "ssh-ed25519 DRY-RUN kiln-build"
     key.chmod(0o600)
     return key, key.with_suffix(".pub").read_text().strip()
 
@@ -388,7 +392,12 @@ def random_password_hash() -> str:
     out = proc.run(
         ["openssl", "passwd", "-6", "-stdin"], input_text=password + "\n", secret_values=[password]
     )
-    return out.output.strip().splitlines()[-1]
+    lines = out.output.strip().splitlines()
+    if proc.DRY_RUN:
+        return "!dry-run"
+    if not lines or not lines[-1].startswith("$6$"):
+        raise InputError("openssl passwd -6: no SHA-512 crypt hash in its output", hint="install openssl")
+    return lines[-1]
 
 
 def resolve_accelerator(setting: str) -> str:

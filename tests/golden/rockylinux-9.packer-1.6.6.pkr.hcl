@@ -74,7 +74,7 @@ build {
     playbook_file    = "@REPO@/ansible/playbook.yml"
     user             = "builder"
     use_proxy        = false
-    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
+    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3", "ANSIBLE_CONFIG=@REPO@/ansible/ansible.cfg"]
     extra_arguments  = ["--extra-vars", "@/kiln-build/rendered/ansible-vars.json"]
   }
 
@@ -89,7 +89,7 @@ build {
     playbook_file    = "@REPO@/ansible/sysprep.yml"
     user             = "builder"
     use_proxy        = false
-    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
+    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3", "ANSIBLE_CONFIG=@REPO@/ansible/ansible.cfg"]
     extra_arguments  = ["--extra-vars", "@/kiln-build/rendered/ansible-vars.json"]
   }
 
