@@ -302,3 +302,13 @@ def test_cli_list(repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     assert rows["debian-12"]["install_method"] == "bootstrap" and rows["debian-12"]["builder"] == "qemu"
     assert rows["ubuntu-2204"]["builders"] == ["qemu", "vmware-iso"]
     assert set(rows) == set(config.targets(repo))
+
+
+def test_readme_configuration_table_matches_settings_table() -> None:
+    """The README's key table is generated from settings.SETTINGS; regenerate it when a setting changes."""
+    from kiln.settings import markdown_table
+
+    assert markdown_table() in (REPO / "README.md").read_text(), (
+        'README.md: Configuration table is stale; paste the output of `.venv/bin/python -c "from kiln.settings '
+        'import markdown_table; print(markdown_table())"`'
+    )
