@@ -446,10 +446,20 @@ def make_build_dir(
     d = root / name
     d.mkdir(parents=True, exist_ok=True)
     rnd = random.Random(f"{seed}-{version}-{build_name}")
-    ova = rnd.randbytes(size)
-    (d / f"{name}.ova").write_bytes(ova)
-    (d / f"{name}.ova.sha256").write_text(hashlib.sha256(ova).hexdigest())  # bare hex, as builds write it
-    (d / f"{name}.qcow2").write_bytes(rnd.randbytes(size // 2))
+
+    def fill(path: Path, n: int) -> str:
+        sha = hashlib.sha256()
+        with path.open("wb") as f:
+            while n > 0:
+                block = rnd.randbytes(min(n, 16 << 20))
+                f.write(block)
+                sha.update(block)
+                n -= len(block)
+        return sha.hexdigest()
+
+    sha = fill(d / f"{name}.ova", size)
+    (d / f"{name}.ova.sha256").write_text(sha)  # bare hex, as builds write it
+    fill(d / f"{name}.qcow2", size // 2)
     (d / f"{name}.packages").write_text("containerd 1.6.20\nrunc 1.1.5\n")
     custom = {"build_name": build_name, "kubernetes_semver": version, "os_name": "debian", "firmware": "bios"}
     manifest = {"builds": [{"name": "qemu", "artifact_id": "x", "custom_data": custom}], "last_run_uuid": "x"}

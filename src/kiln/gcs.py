@@ -33,7 +33,9 @@ DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 # 429 and 5xx are what GCS documents as retryable; 408 is a request timeout from a proxy or load balancer.
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-CHUNK_SIZE = 16 * 1024 * 1024  # a multiple of 256 KiB, as resumable uploads require
+# A multiple of 256 KiB, as resumable uploads require. Chunks are streamed from the file, so a large one
+# costs no memory; it bounds what a dropped connection costs (the unpersisted rest is sent again).
+CHUNK_SIZE = 64 * 1024 * 1024
 _KEY_FIELDS = ("type", "client_email", "private_key", "token_uri")
 
 
@@ -365,16 +367,22 @@ class Client:
         offset = 0
         failures = 0
         while True:
-            source.seek(offset)
-            chunk = source.read(min(self.chunk_size, size - offset))
-            end = offset + len(chunk) - 1
-            headers = {"Content-Range": f"bytes {offset}-{end}/{size}" if chunk else f"bytes */{size}"}
+            length = min(self.chunk_size, size - offset)
+            # streamed from the file (no chunk held in memory); progress as the bytes go out
+            body = _Slice(source, offset, length, on_progress)
+            end = offset + length - 1
+            headers = {
+                "Content-Range": f"bytes {offset}-{end}/{size}" if length else f"bytes */{size}",
+                "Content-Length": str(length),
+            }
             problem = ""
-            self.stats.add(requests=1, bytes_sent=len(chunk))
+            self.stats.add(requests=1, bytes_sent=length)
             if tally is not None:
-                tally.add(requests=1, bytes_sent=len(chunk))
+                tally.add(requests=1, bytes_sent=length)
             try:
-                r = self._session.put(session_url, data=chunk, headers=headers, timeout=self.timeout)
+                r = self._session.put(
+                    session_url, data=body if length else b"", headers=headers, timeout=self.timeout
+                )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 problem = type(exc).__name__
             else:
@@ -422,6 +430,34 @@ class Client:
             offset = _persisted(status)
             if on_progress:
                 on_progress(offset)
+
+
+class _Slice:
+    """`length` bytes of `source` from `offset`, read in large blocks, for requests to stream as a body."""
+
+    def __init__(
+        self, source: IO[bytes], offset: int, length: int, on_progress: Callable[[int], None] | None
+    ):
+        self.source, self.start, self.left, self.on_progress = source, offset, length, on_progress
+        self.length = length
+        self.pos = offset
+        source.seek(offset)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n is None or n < 0 else min(max(n, 1 << 20), self.left)
+        data = self.source.read(n) if n else b""
+        self.left -= len(data)
+        self.pos += len(data)
+        if self.on_progress and data:
+            self.on_progress(self.pos)
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while block := self.read(1 << 20):
+            yield block
 
 
 def _persisted(resp: requests.Response) -> int:
