@@ -253,3 +253,66 @@ def test_two_uploaders_racing_on_a_release_path(tmp_path: Path, fake: FakeGcs, p
         assert "another upload published a different object" in runs[1 - winner].stderr
     gens = {get_object(fake.url, BUCKET, name)["generation"]}
     assert len(gens) == 1
+
+
+def test_interrupt_mid_upload_exits_130_and_leaves_nothing_unverified(
+    tmp_path: Path, emulator: Emulator, proxy_for
+) -> None:
+    import json
+    import signal
+    import time
+
+    bd = make_build_dir(tmp_path, version="v1.15.12", size=2 * CHUNK)
+    name = f"release/v1.15.12/{bd.name}.ova"
+    proxy = proxy_for(emulator.url)
+    proxy.add("delay:2", is_upload_chunk)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "upload",
+            str(bd),
+            "--endpoint",
+            proxy.url,
+            "--bucket",
+            BUCKET,
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not any(is_upload_chunk(s.method, s.path, s.headers) for s in proxy.seen):
+        assert time.monotonic() < deadline and p.poll() is None
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "interrupted" in err
+    assert get_object(emulator.url, BUCKET, name + ".sha256") is None  # never a sidecar for an unfinished run
+    obj = get_object(emulator.url, BUCKET, name)
+    if obj is not None:  # the chunk in flight completed: the object is whole and its metadata is true
+        expect_sha = hashlib.sha256((bd / f"{bd.name}.ova").read_bytes()).hexdigest()
+        assert obj["metadata"]["sha256"] == expect_sha
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kiln",
+            "upload",
+            str(bd),
+            "--endpoint",
+            emulator.url,
+            "--bucket",
+            BUCKET,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["results"][0]["action"] in ("uploaded", "sidecar-written")
+    expect_published(emulator.url, name, (bd / f"{bd.name}.ova").read_bytes())

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import requests
 
-from .errors import InputError, UploadError
+from .errors import InputError, Interrupted, UploadError
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class Client:
         self.timeout = timeout
         self.chunk_size = chunk_size
         self.stats = Stats()
+        self.cancel = threading.Event()  # set: every request and upload block raises Interrupted
         self._local = threading.local()
         self._creds = creds
         from google.auth.credentials import AnonymousCredentials
@@ -209,6 +210,7 @@ class Client:
         body = kwargs.get("data")
         sent = len(body) if isinstance(body, bytes | bytearray) else 0
         for attempt in range(self.retry.attempts):
+            self._check_cancel()
             self.stats.add(requests=1, bytes_sent=sent)
             try:
                 resp = self._session.request(method, url, timeout=self.timeout, **kwargs)
@@ -237,6 +239,10 @@ class Client:
             self.stats.add(retries=1)
             time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Interrupted("interrupted")
 
     def _o(self, bucket: str, name: str) -> str:
         return f"{self.endpoint}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}"
@@ -369,7 +375,8 @@ class Client:
         while True:
             length = min(self.chunk_size, size - offset)
             # streamed from the file (no chunk held in memory); progress as the bytes go out
-            body = _Slice(source, offset, length, on_progress)
+            self._check_cancel()
+            body = _Slice(source, offset, length, on_progress, self.cancel)
             end = offset + length - 1
             headers = {
                 "Content-Range": f"bytes {offset}-{end}/{size}" if length else f"bytes */{size}",
@@ -436,9 +443,14 @@ class _Slice:
     """`length` bytes of `source` from `offset`, read in large blocks, for requests to stream as a body."""
 
     def __init__(
-        self, source: IO[bytes], offset: int, length: int, on_progress: Callable[[int], None] | None
-    ):
-        self.source, self.start, self.left, self.on_progress = source, offset, length, on_progress
+        self,
+        source: IO[bytes],
+        offset: int,
+        length: int,
+        on_progress: Callable[[int], None] | None,
+        cancel: threading.Event,
+    ) -> None:
+        self.source, self.left, self.on_progress, self.cancel = source, length, on_progress, cancel
         self.length = length
         self.pos = offset
         source.seek(offset)
@@ -447,6 +459,8 @@ class _Slice:
         return self.length
 
     def read(self, n: int = -1) -> bytes:
+        if self.cancel.is_set():
+            raise Interrupted("interrupted")
         n = self.left if n is None or n < 0 else min(max(n, 1 << 20), self.left)
         data = self.source.read(n) if n else b""
         self.left -= len(data)

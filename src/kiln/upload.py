@@ -33,7 +33,7 @@ import google_crc32c
 from rich.progress import TaskID
 
 from .builddir import MANIFEST, BuildDir
-from .errors import InputError, UploadError
+from .errors import InputError, Interrupted, UploadError
 from .gcs import Client, ObjectInfo, PreconditionFailed, Stats
 
 log = logging.getLogger(__name__)
@@ -220,17 +220,30 @@ class Publisher:
     def publish(self, items: list[Item]) -> list[Result]:
         """Hash everything first (bad local checksums stop the run before any write), then publish."""
         workers = max(1, min(self.opts.parallel, len(items) or 1))
-        with ThreadPoolExecutor(workers) as pool:
+        pool = ThreadPoolExecutor(workers)
+        try:
             hashes = list(pool.map(self._hash, items))
             for item, h in zip(items, hashes, strict=True):
                 _local_sidecar(item.path, h)
             return list(pool.map(self._publish_one, items, hashes))
+        except KeyboardInterrupt:
+            # Workers stop at their next block: an unfinished resumable upload never becomes an object,
+            # and a sidecar is only ever written after its object is complete and verified.
+            self.client.cancel.set()
+            raise Interrupted("upload interrupted; nothing unverified was published, run it again") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _hash(self, item: Item) -> Hashes:
         size = item.path.stat().st_size
         self.reporter.start(item, size)
         self.reporter.stage(item, "hashing", size)
-        h = hash_file(item.path, lambda done: self.reporter.advance(item, done))
+        def progress(done: int) -> None:
+            if self.client.cancel.is_set():
+                raise Interrupted("interrupted")
+            self.reporter.advance(item, done)
+
+        h = hash_file(item.path, progress)
         log.debug("%s: sha256 %s crc32c %s", item.path, h.sha256, h.crc32c_b64)
         return h
 
