@@ -103,3 +103,63 @@ def test_stage_regex() -> None:
 def test_cli_validate_needs_target_or_all(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["validate"]) == 2
     assert "give a TARGET or --all" in capsys.readouterr().err
+
+
+def test_makefile_has_every_target_written_out_and_in_help() -> None:
+    """A new OS file needs its make targets (written out for tab completion) and `make help` lists them."""
+    import subprocess
+
+    makefile = (REPO / "Makefile").read_text()
+    help_text = subprocess.run(["make", "-s", "-C", str(REPO), "help"], capture_output=True, text=True).stdout
+    for target in config.targets(REPO):
+        cfg = config.load(target, repo_root=REPO)
+        names = [f"build-{target}", f"build-qemu-{target}", f"validate-{target}"]
+        if cfg.get("install_method") == "installer":
+            names.append(f"build-ova-{target}")
+        for name in names:
+            assert f"\n{name}: deps ##" in makefile, f"Makefile: no `{name}` target"
+            assert f"  {name} " in help_text, f"make help: `{name}` missing"
+    assert "validate-all" in help_text
+
+
+def test_make_passes_packer_var_files_flags_foreground_debug() -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-n",
+            "-C",
+            str(REPO),
+            "build-ova-ubuntu-2204",
+            "PACKER_VAR_FILES=a.json b.pkrvars.hcl",
+            "PACKER_FLAGS=-var cpus=4 -var memory=8192",
+            "FOREGROUND=1",
+            "DEBUG=1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next(ln for ln in out.splitlines() if "kiln build" in ln)
+    assert 'PACKER_VAR_FILES="a.json b.pkrvars.hcl"' in line
+    assert line.rstrip().endswith(
+        "kiln build ubuntu-2204 --only vmware-iso --foreground --debug -var cpus=4 -var memory=8192"
+    )
+
+
+def test_cli_render_writes_template_and_boot_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    var_file = tmp_path / "site.pkrvars.hcl"
+    var_file.write_text('memory = 8192\nhttp_proxy = "http://10.0.2.2:3128"\n')
+    out = tmp_path / "rendered"
+    assert (
+        cli.main(["render", "ubuntu-2204", "-o", str(out), "--var-file", str(var_file), "-var", "cpus=3"])
+        == 0
+    )
+    text = (out / "node.pkr.hcl").read_text()
+    assert "memory           = 8192" in text and "cpus             = 3" in text
+    assert 'proxy: "http://10.0.2.2:3128"' in (out / "http/ubuntu/autoinstall/user-data").read_text()
+    assert str(out / "node.pkr.hcl") in capsys.readouterr().out
