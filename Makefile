@@ -147,6 +147,14 @@ test-unit: deps ## Run the fast tests only (no VM)
 test-vm: deps ## Run only the VM tests (build, boot, verify)
 	$(PYTEST) -v -m vm
 
+.PHONY: test-gcs bench-upload
+test-gcs: deps-python ## Run the GCS tests only (upload, faults, images ls/get; they start their own servers)
+	$(PYTEST) -v -m gcs
+
+BENCH_SIZE_MIB ?= 512
+bench-upload: deps-python ## Benchmark the uploader vs openssl and gsutil cp (BENCH_SIZE_MIB=512)
+	$(VENV)/bin/python bench/upload.py --size-mib $(BENCH_SIZE_MIB)
+
 lint: deps-python ## ruff (lint + format check) and mypy on src/
 	$(VENV)/bin/ruff check src tests bench hack
 	$(VENV)/bin/ruff format --check src tests bench hack
