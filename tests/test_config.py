@@ -309,6 +309,6 @@ def test_readme_configuration_table_matches_settings_table() -> None:
     from kiln.settings import markdown_table
 
     assert markdown_table() in (REPO / "README.md").read_text(), (
-        'README.md: Configuration table is stale; paste the output of `.venv/bin/python -c "from kiln.settings '
-        'import markdown_table; print(markdown_table())"`'
+        "README.md: the Configuration table is stale; paste the output of "
+        "kiln.settings.markdown_table() (command in HACKING.md)"
     )
