@@ -299,11 +299,21 @@ def _cmd_goss_check(args: argparse.Namespace) -> int:
 
 def _config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--var-file", "-var-file", dest="var_files", action="append", default=[], metavar="FILE",
+        "--var-file",
+        "-var-file",
+        dest="var_files",
+        action="append",
+        default=[],
+        metavar="FILE",
         help="a JSON or .pkrvars.hcl file layered over the config files (repeatable; after PACKER_VAR_FILES)",
     )
     p.add_argument(
-        "--var", "-var", dest="vars", action="append", default=[], metavar="KEY=VALUE",
+        "--var",
+        "-var",
+        dest="vars",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one setting (repeatable; highest precedence, like packer -var)",
     )
 
@@ -428,8 +438,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
     version = parse_version(args.packer_version) if args.packer_version else None
     context = render.placeholder_context(cfg, out.parent / f".{out.name}.context")
     result = render.render(cfg, context, out, version)
-    print(f"{result.template} (Packer {'.'.join(map(str, result.packer_version))}, sources: "
-          f"{', '.join(result.sources)})")
+    print(
+        f"{result.template} (Packer {'.'.join(map(str, result.packer_version))}, sources: "
+        f"{', '.join(result.sources)})"
+    )
     print(f"placeholder build credentials: {context.ssh_private_key_file} (a build makes its own)")
     return 0
 
