@@ -55,7 +55,7 @@ def test_sfdisk_writes_the_layout_to_a_file(tmp_path):
 
 
 def _spec(**over):
-    base = dict(suite="bookworm", mirror="http://deb.debian.org/debian", packages=("a", "b"), disk_size_mib=4096)
+    base = dict(suite="bookworm", mirror="http://deb.example/debian", packages=("a", "b"), disk_size_mib=4096)
     base.update(over)
     return bootstrap.BaseSpec(**base)
 

@@ -1,0 +1,59 @@
+"""Shared fixtures. `built_image`: the one debian-12 image every VM test uses, built once per session.
+
+It runs exactly what a user runs on a fresh machine of this kind: `make build-qemu-debian-12 K8S_STANDIN=1`
+(the stand-in kubelet/kubeadm/kubectl TEST FIXTURE over local HTTP, because dl.k8s.io is unreachable),
+under TCG unless KILN_TEST_ACCELERATOR says otherwise, into a per-session output directory. The base disk
+cache stays in the repo's .cache/kiln so that repeated local runs reuse it.
+
+KILN_TEST_BUILD_DIR=path reuses an existing finished build directory instead of building (local iteration).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kiln.builddir import BuildDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    dir: BuildDir
+    output: str  # what `make` printed (the stages); empty when reused
+    seconds: float
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
+
+
+@pytest.fixture(scope="session")
+def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
+    reuse = os.environ.get("KILN_TEST_BUILD_DIR")
+    if reuse:
+        return BuiltImage(BuildDir.open(reuse), "", 0.0)
+    out_root = tmp_path_factory.mktemp("kiln-output")
+    accel = os.environ.get("KILN_TEST_ACCELERATOR", "tcg")
+    flags = f"-var output_dir={out_root} -var accelerator={accel}"
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1", f"PACKER_FLAGS={flags}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        pytest.fail(f"make build-qemu-debian-12 failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}")
+    dirs = [p for p in out_root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "logs"]
+    assert len(dirs) == 1, f"expected one build dir in {out_root}, got {dirs}"
+    print(f"\nbuilt_image: {dirs[0]} in {seconds:.0f}s")
+    return BuiltImage(BuildDir.open(dirs[0]), proc.stdout, seconds)

@@ -1,0 +1,193 @@
+"""The real thing: debian-12 built with `make build-qemu-debian-12` under TCG (the `built_image` fixture),
+then the image's file system read without booting, and three boots from the image's own bootloader (no
+-kernel): the qcow2 under SeaBIOS, the qcow2 under OVMF (UEFI), and the OVA's VMDK converted back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from kiln import cidata, ova
+from kiln.ssh import generate_keypair
+from kiln.vm import VM
+
+pytestmark = pytest.mark.vm
+
+USER = "kilntest"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 23):
+            h.update(block)
+    return h.hexdigest()
+
+
+def test_build_directory_holds_every_output(built_image):
+    b = built_image.dir
+    name = b.name
+    assert name == "debian-12+kube-" + b.kubernetes_semver
+    for suffix in (".qcow2", ".ova"):
+        artifact = b.path / f"{name}{suffix}"
+        digest = (b.path / f"{name}{suffix}.sha256").read_text()
+        assert re.fullmatch(r"[0-9a-f]{64}", digest), "sha256 files hold bare hex"
+        assert _sha256(artifact) == digest
+    custom = b.custom_data
+    for key in ("kubernetes_semver", "build_name", "os_name", "os_version", "firmware", "kiln_version",
+                "input_hash", "ssh_username"):  # fmt: skip
+        assert custom.get(key), key
+    assert custom["build_name"] == "debian-12" and custom["os_version"] == "12"
+    config = json.loads((b.path / "config.json").read_text())
+    assert config["kubernetes_source_type"]["value"] == "http"
+    assert config["build_name"]["origin"]
+    packages = (b.path / f"{name}.packages").read_text().splitlines()
+    names = {line.split("\t")[0] for line in packages}
+    assert {"containerd", "runc", "cloud-init", "openssh-server", "linux-image-amd64"} <= names
+    assert all("\t" in line for line in packages)
+    log = b.log.read_text()
+    assert "==> [1/7] base" in log and "==> [7/7] publish" in log and "PLAY RECAP" in log
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(b.qcow2)],
+                                     capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    assert info["format"] == "qcow2"
+    assert b.qcow2.stat().st_size < info["virtual-size"] / 5, "qcow2 should be compressed and sparse"
+
+
+def test_no_secrets_and_no_build_leftovers_in_the_build_directory(built_image):
+    path = built_image.path
+    names = sorted(p.name for p in path.rglob("*"))
+    assert not [n for n in names if "id_ed25519" in n or n.endswith((".pem", ".key")) or n == "work"]
+    for p in path.rglob("*"):
+        if p.is_file() and p.stat().st_size < 50_000_000:
+            assert b"PRIVATE KEY" not in p.read_bytes(), p
+    assert not [p for p in path.parent.iterdir() if ".tmp-" in p.name], "temp dir left behind"
+
+
+def test_ova_structure(built_image):
+    names, small = ova.read_ova(built_image.dir.ova)
+    assert names[0].endswith(".ovf") and names[1].endswith(".mf") and names[2].endswith(".vmdk")
+    ovf = small[names[0]].decode()
+    cfg = built_image.dir.config
+    assert f"<rasd:VirtualQuantity>{cfg['cpus']}</rasd:VirtualQuantity>" in ovf
+    assert f"<rasd:VirtualQuantity>{cfg['memory']}</rasd:VirtualQuantity>" in ovf
+    assert f'vmw:osType="{cfg["guest_os_type"]}"' in ovf
+    assert f'vmw:key="firmware" vmw:value="{cfg["firmware"]}"' in ovf
+
+
+def _root_fs(raw: Path) -> str:
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]  # fmt: skip
+    assert table["label"] == "gpt"
+    types = [p["type"].upper() for p in table["partitions"]]
+    assert types[0] == "21686148-6449-6E6F-744E-656564454649"  # BIOS boot
+    assert types[1] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # ESP
+    root = table["partitions"][-1]
+    return f"{raw}?offset={root['start'] * table.get('sectorsize', 512)}"
+
+
+def _debugfs(fs: str, request: str) -> str:
+    return subprocess.run(["debugfs", "-R", request, fs], capture_output=True, text=True, check=True).stdout
+
+
+def test_image_file_system_has_no_identity_baked_in(built_image, tmp_path):
+    """Read the image itself (no boot): sshd and systemd regenerate keys and machine-id at boot, so a boot
+    alone could not tell whether they were baked in."""
+    if shutil.which("debugfs") is None:
+        pytest.skip("debugfs (e2fsprogs) not installed")
+    raw = tmp_path / "image.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(built_image.dir.qcow2), str(raw)], check=True)
+    fs = _root_fs(raw)
+    listing = _debugfs(fs, "ls -l /etc/ssh")
+    assert "sshd_config" in listing
+    assert "ssh_host_" not in listing, listing
+    stat = _debugfs(fs, "stat /etc/machine-id")
+    assert re.search(r"\bSize: 0\b", stat), stat
+    assert (
+        "File not found"
+        not in subprocess.run(
+            ["debugfs", "-R", "stat /etc/machine-id", fs], capture_output=True, text=True
+        ).stderr
+    )
+    home = _debugfs(fs, "ls /home")
+    user = built_image.dir.custom_data["ssh_username"]
+    assert user not in home, f"build user {user} left in /home"
+    passwd = _debugfs(fs, "cat /etc/passwd")
+    assert not re.search(rf"^{user}:", passwd, re.M), "build user still in /etc/passwd"
+    for path in ("/root/.ssh/authorized_keys", "/var/lib/cloud/instance", "/root/.bash_history"):
+        err = subprocess.run(["debugfs", "-R", f"stat {path}", fs], capture_output=True, text=True).stderr
+        assert "not found" in err.lower(), f"{path} baked into the image"
+    lists = _debugfs(fs, "ls /var/lib/apt/lists")
+    assert "_dists_" not in lists, "apt lists left in the image"
+
+
+def _node_checks(vm: VM, key: Path, semver: str, firmware: str) -> None:
+    with vm.ssh(USER, key) as s:
+
+        def out(cmd: str) -> str:
+            return s.run(cmd, timeout=120)[1].strip()
+
+        assert out("systemctl is-active containerd") == "active"
+        assert out("sudo ctr version >/dev/null && echo ok") == "ok"
+        assert semver in out("kubelet --version")
+        assert out("kubeadm version -o short") == semver
+        assert semver in out("kubectl version --client")
+        assert out("systemctl is-enabled kubelet") == "enabled"
+        assert out("sysctl -n net.ipv4.ip_forward") == "1"
+        assert out("sysctl -n net.bridge.bridge-nf-call-iptables") == "1"
+        assert out("sysctl -n net.bridge.bridge-nf-call-ip6tables") == "1"
+        modules = out("lsmod | awk '{print $1}'").split()
+        assert "overlay" in modules and "br_netfilter" in modules
+        assert out("swapon --noheadings | wc -l") == "0"
+        # booted from its own bootloader with the firmware asked for
+        assert out("cat /proc/cmdline").startswith("BOOT_IMAGE=")
+        assert out("test -d /sys/firmware/efi && echo efi || echo bios") == firmware
+        # identity made at this boot, not baked in: host keys and machine-id are newer than the boot
+        boot = int(out("awk '/^btime/ {print $2}' /proc/stat"))
+        assert int(out("stat -c %Y /etc/ssh/ssh_host_ed25519_key.pub")) >= boot - 5
+        machine_id = out("cat /etc/machine-id")
+        assert re.fullmatch(r"[0-9a-f]{32}", machine_id)
+        assert out(f"id -u {vm_build_user(vm)} 2>/dev/null || echo none") == "none"
+        assert out("sudo sh -c 'cat /home/*/.ssh/authorized_keys' | wc -l") == "1"  # only this boot's key
+
+
+def vm_build_user(vm: VM) -> str:
+    return getattr(vm, "_kiln_build_user", "builder")
+
+
+def _boot_and_check(disk: Path, firmware: str, built_image, tmp_path: Path) -> None:
+    keys = generate_keypair(tmp_path / "key", comment="kiln-test")
+    files = cidata.render_seed([keys.public_line], user=USER, values=built_image.dir.config)
+    files["user-data"] = files["user-data"].replace("  - default\n", "")
+    seed = cidata.write_iso(tmp_path / "seed.iso", files)
+    vm = VM(disk, workdir=tmp_path / "vm", firmware=firmware, accelerator="auto", cidata=seed, memory=2048)
+    vm._kiln_build_user = built_image.dir.custom_data["ssh_username"]  # type: ignore[attr-defined]
+    with vm:
+        assert vm.kernel is None
+        vm.wait_for_ssh(USER, keys.private_key, timeout=900)
+        vm.wait_for_cloud_init(USER, keys.private_key, timeout=900)
+        _node_checks(vm, keys.private_key, built_image.dir.kubernetes_semver, firmware)
+
+
+def test_qcow2_boots_with_bios(built_image, tmp_path):
+    _boot_and_check(built_image.dir.qcow2, "bios", built_image, tmp_path)
+
+
+def test_qcow2_boots_with_uefi(built_image, tmp_path):
+    _boot_and_check(built_image.dir.qcow2, "efi", built_image, tmp_path)
+
+
+def test_ova_disk_converted_back_boots(built_image, tmp_path):
+    with tarfile.open(built_image.dir.ova) as tar:
+        vmdk_name = next(n for n in tar.getnames() if n.endswith(".vmdk"))
+        tar.extract(vmdk_name, tmp_path, filter="data")
+    back = tmp_path / "from-ova.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(tmp_path / vmdk_name), str(back)], check=True)
+    (tmp_path / vmdk_name).unlink()
+    _boot_and_check(back, built_image.dir.firmware, built_image, tmp_path)
