@@ -267,6 +267,7 @@ def test_cli_broken_config_exits_2_and_writes_nothing(
         ["render", "ubuntu-1804", "-o", str(out), "--packer-version", "1.6.6"],
         ["validate", "ubuntu-1804"],
         ["config", "ubuntu-1804"],
+        ["build", "ubuntu-1804", "--only", "qemu"],
     ):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
@@ -274,6 +275,7 @@ def test_cli_broken_config_exits_2_and_writes_nothing(
     assert not out.exists()
     assert not list(tmp_path.glob(".out*"))
     assert not (repo / "packer" / ".rendered").exists()
+    assert not (repo / "packer" / "output").exists()  # build stopped before making anything
 
 
 def test_cli_config_show_origin_and_json(
