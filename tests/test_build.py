@@ -1,0 +1,210 @@
+"""kiln.build: seed, manifest, publish, failure safety and interrupts.
+
+The failure and interrupt tests put a fake `packer` on PATH (it answers `packer version`, then fails or
+hangs with a child standing in for QEMU); the real pipeline runs in tests/test_vm_build.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kiln import build, config
+from kiln.errors import BuildError, ToolMissingError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_build_seed_has_the_key_and_no_password():
+    text = build.cloud_config("builder", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0 kiln-build")
+    assert text.startswith("#cloud-config\n")
+    doc = yaml.safe_load(text)
+    user = doc["users"][0]
+    assert user["name"] == "builder" and user["lock_passwd"] is True
+    assert user["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0 kiln-build"]
+    assert doc["ssh_pwauth"] is False
+    assert "passwd" not in user and "plain_text_passwd" not in user and "chpasswd" not in doc
+    assert "default" not in doc["users"], "no distro default user in the build VM"
+
+
+def test_write_seed_is_a_cidata_iso(tmp_path):
+    iso = build.write_seed(tmp_path / "seed.iso", "builder", "ssh-ed25519 AAAA k", "iid-1")
+    out = subprocess.run(["xorriso", "-indev", str(iso), "-ls", "/"], capture_output=True, text=True)
+    if out.returncode == 0:
+        assert "user-data" in out.stdout and "meta-data" in out.stdout
+    assert iso.stat().st_size > 0
+
+
+def test_manifest_keeps_packer_fields_and_adds_custom_data(tmp_path):
+    manifest = tmp_path / "packer-manifest.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "builds": [
+                    {
+                        "name": "node",
+                        "builder_type": "qemu",
+                        "build_time": 1,
+                        "files": [{"name": "x", "size": 1}],
+                        "artifact_id": "VM",
+                        "packer_run_uuid": "u1",
+                        "custom_data": {"from_packer": "yes"},
+                    }
+                ],
+                "last_run_uuid": "u1",
+            }
+        )
+    )
+    f = tmp_path / "a.qcow2"
+    f.write_bytes(b"1234")
+    values = {
+        "build_name": "debian-12",
+        "kubernetes_semver": "v1.30.2",
+        "os_name": "debian",
+        "os_version": "12",
+        "firmware": "bios",
+        "ssh_username": "builder",
+    }
+    data = build.custom_data(values, "abc")
+    build.write_manifest(manifest, "debian-12+kube-v1.30.2", [f], data, "qemu")
+    last = json.loads(manifest.read_text())["builds"][-1]
+    assert last["packer_run_uuid"] == "u1" and last["builder_type"] == "qemu"
+    assert last["files"] == [{"name": "a.qcow2", "size": 4}]
+    assert last["custom_data"]["from_packer"] == "yes"
+    for key in ("kubernetes_semver", "build_name", "os_name", "os_version", "firmware", "kiln_version",
+                "input_hash", "ssh_username"):  # fmt: skip
+        assert last["custom_data"][key], key
+    assert all(isinstance(v, str) for v in last["custom_data"].values())
+
+
+def test_manifest_written_when_packer_wrote_none(tmp_path):
+    manifest = tmp_path / "packer-manifest.json"
+    f = tmp_path / "a.ova"
+    f.write_bytes(b"x")
+    build.write_manifest(manifest, "n", [f], {"build_name": "b", "kubernetes_semver": "v1.2.3"}, "qemu")
+    doc = json.loads(manifest.read_text())
+    assert doc["builds"][-1]["custom_data"]["build_name"] == "b"
+    assert doc["last_run_uuid"] == doc["builds"][-1]["packer_run_uuid"]
+
+
+def test_publish_replaces_an_older_build_only_at_the_end(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old").write_text("old")
+    temp = tmp_path / ".out.tmp-1"
+    temp.mkdir()
+    (temp / "new").write_text("new")
+    build._publish(temp, final)
+    assert (final / "new").read_text() == "new" and not (final / "old").exists()
+    assert not temp.exists() and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_missing_tool_names_its_package(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolMissingError) as err:
+        build.check_tools({"install_method": "bootstrap"})
+    assert "packer" in err.value.message and "Debian package 'packer'" in (err.value.hint or "")
+
+
+def _fake_packer(bin_dir: Path, behaviour: str, pid_file: Path) -> None:
+    """A `packer` that answers `version`; on `build` it either fails or starts a child (QEMU's stand-in)
+    and waits forever."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "packer"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = version ]; then echo "Packer v1.6.6"; exit 0; fi\n'
+        'if [ "$1" = validate ]; then exit 0; fi\n'
+        + (
+            'echo "==> qemu.node: Starting VM"; echo "boom: qemu died" >&2; exit 1\n'
+            if behaviour == "fail"
+            else f'echo "==> qemu.node: Starting VM"; sleep 300 & echo $! > {pid_file}; '
+            f'echo $$ >> {pid_file}\n'
+            "wait\n"
+        )
+    )
+    script.chmod(0o755)
+
+
+def _env(bin_dir: Path, out: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+CLOUDIMG = "ubuntu-2404-cloudimg"  # no base stage: the fake packer is reached within seconds
+
+
+def _kiln_build(out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "kiln", "build", CLOUDIMG, "--var", f"output_dir={out}",
+        "--var", "accelerator=tcg",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def cloudimg_target():
+    if CLOUDIMG not in config.targets(REPO):
+        pytest.skip(f"{CLOUDIMG} target not shipped")
+
+
+def test_failed_build_removes_temp_dir_and_keeps_the_log(tmp_path, cloudimg_target):
+    out = tmp_path / "output"
+    _fake_packer(tmp_path / "bin", "fail", tmp_path / "pids")
+    proc = subprocess.run(_kiln_build(out), env=_env(tmp_path / "bin", out), capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert not [p for p in out.iterdir() if p.name != "logs"], "nothing but logs/ may be left"
+    logs = list((out / "logs").iterdir())
+    assert len(logs) == 1
+    assert str(logs[0]) in proc.stderr + proc.stdout, "the error must say where the log is"
+    text = logs[0].read_text()
+    assert "boom: qemu died" in text and "build failed" in text
+
+
+def test_sigterm_stops_packer_and_its_children_and_exits_130(tmp_path, cloudimg_target):
+    out = tmp_path / "output"
+    pids = tmp_path / "pids"
+    _fake_packer(tmp_path / "bin", "hang", pids)
+    child = subprocess.Popen(
+        _kiln_build(out), env=_env(tmp_path / "bin", out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (pids.exists() and len(pids.read_text().split()) == 2):
+        assert child.poll() is None, child.stdout.read() if child.stdout else ""
+        assert time.monotonic() < deadline, "fake packer never started"
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode == 130, output
+    for pid in map(int, pids.read_text().split()):
+        time.sleep(0.1)
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        ), f"process {pid} survived"
+    assert not [p for p in out.iterdir() if p.name != "logs"], "temp dir must be removed"
+
+
+def test_bootstrap_with_vmware_builder_is_rejected():
+    with pytest.raises(Exception) as err:
+        build.validate_inputs({"install_method": "bootstrap", "builder": "vmware-iso"})
+    assert "builder" in str(err.value)
+
+
+def test_packer_compressed_reads_the_rendered_template(tmp_path):
+    (tmp_path / "node.pkr.hcl").write_text('source "qemu" "node" {\n  disk_compression = true\n}\n')
+    assert build._packer_compressed(tmp_path)
+    (tmp_path / "node.pkr.hcl").write_text('source "qemu" "node" {\n  format = "qcow2"\n}\n')
+    assert not build._packer_compressed(tmp_path)
+
+
+def test_build_error_is_exit_1():
+    assert BuildError("x").exit_code == 1
