@@ -186,6 +186,14 @@ def test_malformed_hcl_var_file_names_file_and_line(repo: Path, tmp_path: Path) 
     assert f"{bad}: line " in problems(exc) and "malformed HCL" in problems(exc)
 
 
+def test_hcl_var_file_expressions_rejected(repo: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "expr.pkrvars.hcl"
+    bad.write_text('http_proxy = "http://${var.host}:3128"\n')
+    with pytest.raises(ConfigError) as exc:
+        config.load("debian-12", var_files=[bad], repo_root=repo)
+    assert f"{bad}: http_proxy: expressions" in problems(exc)
+
+
 def test_missing_var_file(repo: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         config.load("debian-12", var_files=[tmp_path / "nope.json"], repo_root=repo)

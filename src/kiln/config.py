@@ -46,6 +46,9 @@ def repo_root() -> Path:
     return Path.cwd()
 
 
+_default_root = repo_root  # load() has a parameter of the same name
+
+
 def targets(root: Path | None = None) -> list[str]:
     """The OS files in config/: every *.json except the shared layer files, sorted."""
     config_dir = (root or repo_root()) / "config"
@@ -160,7 +163,12 @@ def _read_hcl(path: Path, label: str, problems: list[str]) -> dict[str, Any] | N
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         problems.append(f"{label}: {where}malformed HCL: {first}")
         return None
-    return {k: _unhcl(v) for k, v in data.items()}
+    out = {k: _unhcl(v) for k, v in data.items()}
+    for key, value in list(out.items()):
+        if "${" in json.dumps(value):
+            problems.append(f"{label}: {key}: expressions (${{...}}) are not supported in var files")
+            del out[key]
+    return out
 
 
 def _unhcl(value: Any) -> Any:
@@ -252,7 +260,7 @@ def load(
     `var_files` are PACKER_VAR_FILES entries, `overrides` are `-var key=value` pairs (strings are coerced
     to each key's type). Raises InputError for an unknown target and ConfigError listing every problem.
     """
-    root = (repo_root or globals()["repo_root"]()).resolve()
+    root = (repo_root or _default_root()).resolve()
     os_file = root / "config" / f"{target}.json"
     if target in SHARED_FILES or not os_file.is_file():
         known = ", ".join(targets(root)) or "none"
