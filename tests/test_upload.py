@@ -465,3 +465,22 @@ def test_gsutil_rsync_sees_nothing_to_do_after_kiln(tmp_path: Path, fake: FakeGc
     (bd / f"{bd.name}.ova").write_bytes(os.urandom(2 * 1024 * 1024))
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert f"Would copy file://{bd}/{bd.name}.ova" in r.stdout + r.stderr
+
+
+@pytest.mark.gcs
+def test_key_the_token_endpoint_refuses_is_exit_2(tmp_path: Path, fake: FakeGcs, tokens: TokenServer) -> None:
+    """A well-formed key whose signature the token endpoint rejects (revoked or wrong key): exit 2."""
+    other = TokenServer()  # a different RSA key, same token endpoint as `tokens`
+    try:
+        info = json.loads(other.key_file(tmp_path / "other.json").read_text())
+        info["token_uri"] = tokens.url
+        key = tmp_path / "revoked.json"
+        key.write_text(json.dumps(info))
+        bd = make_build_dir(tmp_path, version="v1.14.10", size=1000)
+        code, _, err = kiln_upload(fake.url, bd, "--key-file", str(key))
+        assert code == 2
+        assert "credentials were refused by the token endpoint" in err and "invalid_grant" in err
+        assert info["private_key"].splitlines()[1] not in err
+        assert object_names(fake.url, BUCKET, "release/v1.14.10/") == []
+    finally:
+        other.stop()
