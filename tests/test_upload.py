@@ -328,6 +328,8 @@ def test_key_file_auth_through_local_token_endpoint(
         )
         for fragment in _secret_fragments(key):
             assert fragment not in err and fragment not in json.dumps(out)
+        assert "ya29.test-" not in err, "access tokens are secrets too"
+        assert "assertion=" not in err
     finally:
         proxy.stop()
 
