@@ -201,3 +201,29 @@ def test_render_accepts_build_pipelines_context(tmp_path: Path) -> None:
     assert f"@{tmp_path}/vars.json" in text and 'input_hash = "abc"' in text
     assert "goss-check" not in text  # an empty goss_check_command turns the hook off
     assert 'shutdown_command     = "sudo /usr/local/sbin/kiln-finalize"' in text
+
+
+@pytest.mark.parametrize("proxy", ["", "http://10.0.2.2:3128"])
+def test_rendered_cloud_init_files_are_valid_yaml(tmp_path: Path, proxy: str) -> None:
+    import yaml
+
+    for target, name in (
+        ("ubuntu-2204", "ubuntu/autoinstall/user-data"),
+        ("ubuntu-2404-cloudimg", "cloudimg/user-data"),
+    ):
+        cfg = config.load(target, overrides={"http_proxy": proxy, "apt_mirror": proxy}, repo_root=REPO)
+        out = tmp_path / f"{target}-{bool(proxy)}"
+        render.render(cfg, golden_context(cfg), out, (1, 6, 6))
+        text = (out / "http" / name).read_text()
+        assert text.startswith("#cloud-config\n")
+        data = yaml.safe_load(text)
+        if target == "ubuntu-2204":
+            auto = data["autoinstall"]
+            assert auto["identity"] == {"hostname": target, "username": "builder", "password": PASSWORD_HASH}
+            assert auto["ssh"]["authorized-keys"] == [PUBLIC_KEY] and auto["ssh"]["allow-pw"] is False
+            assert auto.get("proxy") == (proxy or None)
+        else:
+            assert data["users"][0]["ssh_authorized_keys"] == [PUBLIC_KEY] and data["ssh_pwauth"] is False
+            assert data["users"][0]["lock_passwd"] is True
+        meta = yaml.safe_load((out / "http" / name.replace("user-data", "meta-data")).read_text())
+        assert meta["instance-id"] == target
