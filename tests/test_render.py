@@ -227,3 +227,40 @@ def test_rendered_cloud_init_files_are_valid_yaml(tmp_path: Path, proxy: str) ->
             assert data["users"][0]["lock_passwd"] is True
         meta = yaml.safe_load((out / "http" / name.replace("user-data", "meta-data")).read_text())
         assert meta["instance-id"] == target
+
+
+@pytest.mark.parametrize(("target", "version"), [("centos-7", "RHEL7"), ("rockylinux-9", "RHEL9")])
+def test_rendered_kickstart_passes_pykickstart(tmp_path: Path, target: str, version: str) -> None:
+    """Anaconda's own kickstart parser (what ksvalidator runs) accepts the rendered file for that release."""
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import makeVersion, stringToVersion
+
+    cfg = config.load(target, repo_root=REPO)
+    render.render(cfg, golden_context(cfg), tmp_path / "out", (1, 6, 6))
+    (name,) = cfg.get("boot_files")
+    text = (tmp_path / "out" / "http" / name).read_text()
+    handler = makeVersion(stringToVersion(version))
+    KickstartParser(handler).readKickstartFromString(text)  # raises KickstartParseError on any problem
+    assert handler.user.userList[0].name == "builder" and handler.user.userList[0].isCrypted
+    assert handler.rootpw.lock
+    assert PUBLIC_KEY in text
+
+
+def test_rendered_preseed_passes_debconf(tmp_path: Path) -> None:
+    """debconf-set-selections --checkonly (the parser debian-installer uses) accepts the rendered preseed."""
+    import subprocess
+
+    cfg = config.load("ubuntu-1804", overrides={"http_proxy": "http://10.0.2.2:3128"}, repo_root=REPO)
+    render.render(cfg, golden_context(cfg), tmp_path / "out", (1, 6, 6))
+    preseed = tmp_path / "out" / "http" / "ubuntu" / "preseed.cfg"
+    result = subprocess.run(
+        ["debconf-set-selections", "--checkonly", str(preseed)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    text = preseed.read_text()
+    assert f"passwd/user-password-crypted password {PASSWORD_HASH}" in text and PUBLIC_KEY in text
+    broken = tmp_path / "broken.cfg"
+    broken.write_text(text + "d-i this-line-has-no-type\n")  # and the checker does catch a broken line
+    assert subprocess.run(
+        ["debconf-set-selections", "--checkonly", str(broken)], capture_output=True
+    ).returncode
