@@ -163,3 +163,9 @@ def test_cli_render_writes_template_and_boot_files(
     assert "memory           = 8192" in text and "cpus             = 3" in text
     assert 'proxy: "http://10.0.2.2:3128"' in (out / "http/ubuntu/autoinstall/user-data").read_text()
     assert str(out / "node.pkr.hcl") in capsys.readouterr().out
+
+
+def test_cli_validate_one_target(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", "debian-12", "-var", "memory=2048"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("ok    debian-12") and "packer validate" in line
