@@ -387,6 +387,9 @@ def _need(
         problems.append(f"{origins.get(cause, origins[key])}: {key}: required when {because}")
 
 
+_MUST_MATCH = ("kubernetes_series", "kubernetes_deb_version", "kubernetes_rpm_version")
+
+
 def _check_consistency(
     root: Path, values: dict[str, Any], origins: dict[str, str], problems: list[str]
 ) -> None:
@@ -437,7 +440,12 @@ def _check_consistency(
                 _need(key, f"{prefix}_source_type is http", values, origins, problems)
     semver = str(values["kubernetes_semver"])
     for key, want in derived_kubernetes(semver).items():
-        if key in ("kubernetes_series",) and origins[key] != DERIVED and values[key] != want:
+        if origins[key] == DERIVED or key not in _MUST_MATCH:
+            continue
+        # an explicit series must equal the derived one; package versions must be of the same release
+        # (1.30.2-2.1 or 1.30.2-150500.1.1 for v1.30.2: a different package revision is fine)
+        ok = values[key] == want if key == "kubernetes_series" else str(values[key]).startswith(semver[1:])
+        if not ok:
             problems.append(
                 f"{origins[key]}: {key}: {values[key]} contradicts kubernetes_semver {semver} "
                 f"(from {origins['kubernetes_semver']}); remove it to derive {want}"
