@@ -226,6 +226,11 @@ def test_missing_boot_file(repo: Path) -> None:
         ),
         (
             "debian-12",
+            {"kubernetes_rpm_version": "1.30.1"},
+            "kubernetes_rpm_version: 1.30.1 contradicts kubernetes_semver v1.30.2",
+        ),
+        (
+            "debian-12",
             {"containerd_source_type": "http"},
             "containerd_url: required when containerd_source_type is http",
         ),
