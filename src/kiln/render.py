@@ -37,8 +37,8 @@ TEMPLATE = "node.pkr.hcl.j2"
 TEMPLATE_OUT = "node.pkr.hcl"
 MODERN = (1, 7, 0)
 OVMF = "/usr/share/ovmf/OVMF.fd"
-# The kernel command line when a bootstrap build first boots with an extracted kernel (build sets root=).
-DEFAULT_KERNEL_CMDLINE = "root=LABEL=root ro console=ttyS0,115200n8 net.ifnames=0"
+# The kernel command line when a bootstrap build boots an extracted kernel (the build passes its own root=).
+DEFAULT_KERNEL_CMDLINE = "ro console=ttyS0,115200n8"
 
 
 @dataclass(frozen=True)
@@ -398,18 +398,6 @@ def random_password_hash() -> str:
     if not lines or not lines[-1].startswith("$6$"):
         raise InputError("openssl passwd -6: no SHA-512 crypt hash in its output", hint="install openssl")
     return lines[-1]
-
-
-def resolve_accelerator(setting: str) -> str:
-    """auto -> kvm|tcg via kiln.vm.pick_accelerator when that module exists, else tcg."""
-    if setting != "auto":
-        return setting
-    try:
-        from . import vm  # type: ignore[attr-defined]
-
-        return str(vm.pick_accelerator(setting))
-    except (ImportError, AttributeError):
-        return "tcg"
 
 
 def placeholder_context(config: Config, work_dir: Path, ssh_port: int = 2222) -> BuildContext:
