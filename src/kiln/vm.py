@@ -314,10 +314,12 @@ class VM:
         extra_args: Sequence[str] = (),
         overlay: bool = True,
         detach: bool = False,
+        stop_timeout: float = 20.0,
     ) -> None:
         """`disk`: the image (qcow2, raw, vmdk...; format detected unless `disk_format`). With overlay=False
         QEMU writes to `disk` itself (for reusing an overlay made earlier). `detach`: QEMU survives this
-        process (for `kiln boot --detach`); then only stop()/stop_process() end it."""
+        process (for `kiln boot --detach`); then only stop()/stop_process() end it. `stop_timeout`: how
+        long stop() and leaving the `with` block wait for an ACPI powerdown before killing QEMU."""
         if firmware not in FIRMWARES:
             raise InputError(f"firmware: must be one of {', '.join(FIRMWARES)}, not {firmware!r}")
         if accelerator not in ACCELERATORS:
@@ -343,6 +345,7 @@ class VM:
         self.extra_args = list(extra_args)
         self.use_overlay = overlay
         self.detach = detach
+        self.stop_timeout = stop_timeout
         self.serial_log = self.workdir / "serial.log"
         self.qemu_log = self.workdir / "qemu.log"
         self.pidfile = self.workdir / "qemu.pid"
@@ -485,11 +488,11 @@ class VM:
     def serial_tail(self, lines: int = 20) -> str:
         return _tail(self.serial_log, lines)
 
-    def stop(self, timeout: float = 20.0) -> bool:
+    def stop(self, timeout: float | None = None) -> bool:
         """Power the guest off (ACPI, `timeout` seconds), else kill QEMU. Never leaves QEMU behind.
         Removes the throwaway overlay; keeps serial.log and qemu.log. True if the guest shut down cleanly.
         (The overlay is thrown away, so a polite shutdown is a courtesy: keep the timeout short.)"""
-        clean = self._stop(timeout)
+        clean = self._stop(self.stop_timeout if timeout is None else timeout)
         if self.use_overlay and self._overlay_made:
             self.overlay_path.unlink(missing_ok=True)
             self._overlay_made = False
@@ -553,7 +556,7 @@ class VM:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         # On an error or Ctrl-C nobody waits for a polite shutdown of a throwaway guest.
-        self.stop(timeout=60.0 if exc_type is None else 0.0)
+        self.stop(timeout=None if exc_type is None else 0.0)
 
     # -- guest access --
 

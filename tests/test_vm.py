@@ -1,0 +1,309 @@
+"""vm: the accelerator probe, the QEMU command line, and the real QEMU lifecycle on a tiny disk.
+
+The lifecycle tests start real QEMU (TCG) on the 512-byte probe disk: SeaBIOS boots it, it prints its
+marker on the serial port and halts. That is enough to check overlays, QMP, serial logs, ports and
+that stopping never leaves QEMU behind, in well under a second per test. Booting a real OS and SSH into
+it is tests/test_boot_vm.py (marked vm).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln import proc, vm
+from kiln.errors import InputError
+
+
+@pytest.fixture
+def probe_disk(tmp_path: Path) -> Path:
+    disk = tmp_path / "artifact" / "probe.img"
+    disk.parent.mkdir()
+    disk.write_bytes(vm.probe_boot_sector().ljust(1 << 20, b"\0"))
+    return disk
+
+
+def _tiny(disk: Path, workdir: Path, **kwargs: object) -> vm.VM:
+    """A VM for the probe disk: TCG, 64 MiB, 1 vCPU, no ACPI wait on stop (nothing there to power off)."""
+    args: dict[str, object] = {"accelerator": "tcg", "memory": 64, "cpus": 1, "stop_timeout": 0, **kwargs}
+    return vm.VM(disk, workdir=workdir, **args)  # type: ignore[arg-type]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _qemu_pids_using(path: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and str(path).encode() in cmd and vm._pid_alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _wait_for(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return bool(pred())
+
+
+# --- accelerator -------------------------------------------------------------------------------------
+
+
+def test_probe_boot_sector_layout() -> None:
+    sector = vm.probe_boot_sector()
+    assert len(sector) == 512 and sector.endswith(b"\x55\xaa")
+    # `mov si, imm16` points at the message: 0x7c00 + code length
+    si = int.from_bytes(sector[9:11], "little")
+    assert sector[si - 0x7C00 :].startswith(vm.PROBE_MARKER)
+
+
+def test_probe_under_tcg_reaches_marker_and_exit_port() -> None:
+    ok, took = vm.probe_accelerator("tcg")
+    assert ok
+    assert took < vm.PROBE_TIMEOUT
+
+
+def test_pick_accelerator_rejects_unknown_setting() -> None:
+    with pytest.raises(InputError, match="accelerator: must be one of auto, kvm, tcg"):
+        vm.pick_accelerator("hvf")
+
+
+def test_forced_kvm_without_dev_kvm_is_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vm, "kvm_available", lambda: False)
+    with pytest.raises(InputError) as err:
+        vm.pick_accelerator("kvm")
+    assert err.value.message.startswith("accelerator: 'kvm'")
+    assert err.value.exit_code == 2
+    assert vm.pick_accelerator("tcg") == "tcg"
+
+
+@pytest.mark.parametrize(
+    ("kvm_result", "expected"),
+    [((True, 0.05), "kvm"), ((True, 3.3), "tcg"), ((False, 8.0), "tcg")],
+)
+def test_auto_uses_kvm_only_when_probe_proves_it(
+    monkeypatch: pytest.MonkeyPatch, kvm_result: tuple[bool, float], expected: str
+) -> None:
+    calls: list[str] = []
+
+    def fake_probe(accel: str, timeout: float = vm.PROBE_TIMEOUT) -> tuple[bool, float]:
+        calls.append(accel)
+        return (True, 0.07) if accel == "tcg" else kvm_result
+
+    monkeypatch.setattr(vm, "_ACCEL_CACHE", {})
+    monkeypatch.setattr(vm, "kvm_available", lambda: True)
+    monkeypatch.setattr(vm, "probe_accelerator", fake_probe)
+    assert vm.pick_accelerator("auto") == expected
+    assert vm.pick_accelerator("auto") == expected
+    assert calls == ["tcg", "kvm"]  # probed once per process
+
+
+def test_auto_without_dev_kvm_is_tcg_without_probing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vm, "_ACCEL_CACHE", {})
+    monkeypatch.setattr(vm, "kvm_available", lambda: False)
+    monkeypatch.setattr(vm, "probe_accelerator", lambda *a, **k: pytest.fail("must not probe"))
+    assert vm.pick_accelerator("auto") == "tcg"
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+
+def test_qemu_argv_bios_with_seed_and_kernel(tmp_path: Path, probe_disk: Path) -> None:
+    seed = tmp_path / "seed.iso"
+    seed.write_bytes(b"x")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    machine = vm.VM(
+        probe_disk, workdir=tmp_path / "w,1", cidata=seed, accelerator="tcg", memory=1024, cpus=1,
+        kernel=kernel, append="root=/dev/vda console=ttyS0", extra_args=["-no-reboot"],
+    )  # fmt: skip
+    machine.accelerator = "tcg"
+    machine.ssh_port = 2222
+    machine.qmp_socket = "/tmp/q.sock"
+    argv = machine.qemu_argv("raw")
+    joined = " ".join(argv)
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+    assert argv[argv.index("-cpu") + 1] == "max"
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in joined
+    assert f"file={tmp_path}/w,,1/overlay.qcow2,format=qcow2,if=virtio" in joined  # commas escaped
+    assert f"file={seed},format=raw,media=cdrom,readonly=on" in joined
+    assert argv[argv.index("-kernel") + 1] == str(kernel)
+    assert argv[argv.index("-append") + 1] == "root=/dev/vda console=ttyS0"
+    assert "-display" in argv and argv[argv.index("-display") + 1] == "none"
+    assert "pflash" not in joined
+    assert argv[-1] == "-no-reboot"
+
+
+def test_qemu_argv_efi_copies_vars(tmp_path: Path, probe_disk: Path) -> None:
+    machine = vm.VM(probe_disk, workdir=tmp_path / "w", firmware="efi", accelerator="tcg", overlay=False)
+    machine.workdir.mkdir()
+    machine.accelerator = "kvm"
+    machine.qmp_socket = "/tmp/q.sock"
+    argv = machine.qemu_argv("raw")
+    code, vars_template = vm.find_ovmf()
+    joined = " ".join(argv)
+    assert f"if=pflash,format=raw,unit=0,readonly=on,file={code}" in joined
+    assert f"if=pflash,format=raw,unit=1,file={machine.workdir}/OVMF_VARS.fd" in joined
+    assert (machine.workdir / "OVMF_VARS.fd").read_bytes() == vars_template.read_bytes()
+    assert f"file={probe_disk},format=raw,if=virtio" in joined  # overlay=False: the disk itself
+    assert argv[argv.index("-accel") + 1] == "kvm"
+
+
+def test_bad_inputs_are_input_errors(tmp_path: Path, probe_disk: Path) -> None:
+    with pytest.raises(InputError, match="disk image not found"):
+        vm.VM(tmp_path / "nope.qcow2", workdir=tmp_path)
+    with pytest.raises(InputError, match="firmware: must be one of bios, efi"):
+        vm.VM(probe_disk, workdir=tmp_path, firmware="uefi")
+    with pytest.raises(InputError, match="cidata ISO not found"):
+        vm.VM(probe_disk, workdir=tmp_path, cidata=tmp_path / "missing.iso")
+
+
+def test_detect_format(tmp_path: Path, probe_disk: Path) -> None:
+    assert vm.detect_format(probe_disk) == "raw"
+    q = tmp_path / "d.qcow2"
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(q), "1M"])
+    assert vm.detect_format(q) == "qcow2"
+
+
+# --- real QEMU lifecycle --------------------------------------------------------------------------------
+
+
+def test_start_overlay_serial_qmp_and_stop_leave_artifact_and_nothing_running(
+    tmp_path: Path, probe_disk: Path
+) -> None:
+    before = _sha(probe_disk)
+    work = tmp_path / "run"
+    machine = _tiny(probe_disk, work)
+    with machine:
+        assert machine.running() and machine.pid
+        info = json.loads(proc.output(["qemu-img", "info", "--output=json", "-U", str(machine.overlay_path)]))
+        assert info["format"] == "qcow2"
+        assert info["backing-filename"] == str(probe_disk)  # absolute
+        assert info["backing-filename-format"] == "raw"
+        assert _wait_for(lambda: vm.PROBE_MARKER in machine.serial_log.read_bytes())
+        assert vm.qmp(machine.qmp_socket, "query-status")["status"] == "running"
+        assert int(machine.pidfile.read_text()) == machine.pid
+        with socket.create_connection(("127.0.0.1", machine.ssh_port), timeout=5):
+            pass  # the forward listens on loopback
+        assert machine.state()["ssh_port"] == machine.ssh_port
+        pid = machine.pid
+    assert not vm._pid_alive(pid)
+    assert not machine.overlay_path.exists()
+    assert not Path(machine.qmp_socket).exists()
+    assert machine.serial_log.exists()  # the log stays
+    assert _sha(probe_disk) == before
+    assert _qemu_pids_using(work) == []
+
+
+def test_stop_on_exception_and_efi(tmp_path: Path, probe_disk: Path) -> None:
+    work = tmp_path / "efi"
+    with pytest.raises(RuntimeError):
+        with _tiny(probe_disk, work, firmware="efi", memory=128) as machine:
+            assert (work / "OVMF_VARS.fd").is_file()
+            assert vm.qmp(machine.qmp_socket, "query-status")["status"] == "running"
+            raise RuntimeError("boom")
+    assert _qemu_pids_using(work) == []
+
+
+def test_long_workdir_puts_qmp_socket_in_short_temp_dir(tmp_path: Path, probe_disk: Path) -> None:
+    work = tmp_path / ("x" * 90)
+    with _tiny(probe_disk, work) as machine:
+        assert len(machine.qmp_socket) < 100 and not machine.qmp_socket.startswith(str(work))
+        assert vm.qmp(machine.qmp_socket, "query-status")["status"] == "running"
+        qmp_dir = Path(machine.qmp_socket).parent
+    assert not qmp_dir.exists()
+
+
+def test_port_taken_between_pick_and_start_is_retried(
+    tmp_path: Path, probe_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1]]
+    real_free_port = vm.free_port
+    monkeypatch.setattr(vm, "free_port", lambda: ports.pop(0) if ports else real_free_port())
+    try:
+        with _tiny(probe_disk, tmp_path / "w") as machine:
+            assert machine.ssh_port != taken.getsockname()[1]
+            assert machine.running()
+    finally:
+        taken.close()
+
+
+def test_wait_for_ssh_fails_fast_when_qemu_dies(tmp_path: Path, probe_disk: Path) -> None:
+    key = tmp_path / "key"
+    from kiln import ssh
+
+    pair = ssh.generate_keypair(key)
+    machine = _tiny(probe_disk, tmp_path / "w").start()
+    try:
+        assert machine.pid is not None
+        os.kill(machine.pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(vm.VMError, match="QEMU exited with code -9"):
+            machine.wait_for_ssh("kiln", pair.private_key, timeout=120)
+        assert time.monotonic() - start < 30
+    finally:
+        machine.stop(timeout=0)
+
+
+def test_shutdown_cleanly_raises_when_guest_ignores_powerdown(tmp_path: Path, probe_disk: Path) -> None:
+    machine = _tiny(probe_disk, tmp_path / "w").start()
+    with pytest.raises(vm.VMError, match="did not power off within 2s"):
+        machine.shutdown_cleanly(timeout=2)
+    assert not machine.running()
+    assert machine.overlay_path.exists()  # kept for reuse
+    machine.start()  # boots the same overlay again
+    assert machine.running()
+    machine.stop(timeout=0)
+    assert not machine.overlay_path.exists()
+
+
+_CHILD = """
+import sys, time
+from kiln import vm
+m = vm.VM(sys.argv[1], workdir=sys.argv[2], accelerator="tcg", memory=64, cpus=1, stop_timeout=0)
+with m:
+    print(m.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_no_qemu_left_after_ctrl_c_or_parent_killed(tmp_path: Path, probe_disk: Path, sig: int) -> None:
+    """Ctrl-C runs __exit__ (stop); SIGKILL of kiln itself is covered by PR_SET_PDEATHSIG."""
+    work = tmp_path / "child"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(probe_disk), str(work)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        qemu_pid = int(child.stdout.readline())
+        assert vm._pid_alive(qemu_pid)
+        child.send_signal(sig)
+        child.wait(timeout=60)
+        assert _wait_for(lambda: not vm._pid_alive(qemu_pid), 15)
+        assert _qemu_pids_using(work) == []
+    finally:
+        if child.poll() is None:
+            child.kill()
