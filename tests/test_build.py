@@ -127,7 +127,7 @@ def _fake_packer(bin_dir: Path, behaviour: str, pid_file: Path) -> None:
             'echo "==> qemu.node: Starting VM"; echo "boom: qemu died" >&2; exit 1\n'
             if behaviour == "fail"
             else f'echo "==> qemu.node: Starting VM"; sleep 300 & echo $! > {pid_file}; '
-            f'echo $$ >> {pid_file}\n'
+            f"echo $$ >> {pid_file}\n"
             "wait\n"
         )
     )

@@ -54,6 +54,9 @@ class BuildResult:
     base_cached: bool | None  # None when there is no base stage
     input_hash: str
 
+    def __str__(self) -> str:
+        return str(self.path)
+
 
 class Reporter:
     """Shows the current stage on the terminal; writes everything to the build log."""
