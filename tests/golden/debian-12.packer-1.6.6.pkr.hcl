@@ -22,6 +22,7 @@ source "qemu" "node" {
   iso_checksum     = "none"
   disk_image       = true
   use_backing_file = false
+  boot_wait        = "1s"  # no boot menu to wait for: the disk boots straight away
   qemuargs         = [
     ["-cpu", "max"],
     ["-cdrom", "/kiln-build/work/seed.iso"]

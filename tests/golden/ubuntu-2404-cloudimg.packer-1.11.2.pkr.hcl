@@ -34,6 +34,7 @@ source "qemu" "node" {
   iso_url          = "https://cloud-images.ubuntu.com/releases/24.04/release/ubuntu-24.04-server-cloudimg-amd64.img"
   iso_checksum     = "sha256:b63f266fa4bdf146dea5b0938fceac694cb3393688fb12a048ba2fc72e7bfe1b"
   disk_image       = true
+  boot_wait        = "1s"
   cd_files         = [
     "/kiln-build/rendered/http/cloudimg/user-data",
     "/kiln-build/rendered/http/cloudimg/meta-data"
