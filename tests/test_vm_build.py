@@ -191,3 +191,20 @@ def test_ova_disk_converted_back_boots(built_image, tmp_path):
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(tmp_path / vmdk_name), str(back)], check=True)
     (tmp_path / vmdk_name).unlink()
     _boot_and_check(back, built_image.dir.firmware, built_image, tmp_path)
+
+
+def test_second_build_with_unchanged_base_inputs_skips_the_base_stage(built_image):
+    """The base stage of a second build with the build's own inputs: found in the cache, not rebuilt."""
+    from kiln import bootstrap
+
+    values = built_image.dir.config
+    repo = Path(__file__).resolve().parents[1]
+    cache_dir = repo / str(values["cache_dir"])
+    spec = bootstrap.spec_from_config(values, repo)
+    assert bootstrap.cached(spec, cache_dir) is not None, "the build did not leave its base in the cache"
+    said: list[str] = []
+    base = bootstrap.ensure_base(spec, cache_dir, repo, say=said.append)
+    assert base.cached and base.disk.is_file()
+    assert any("reusing cached base disk" in line for line in said)
+    changed = bootstrap.BaseSpec(**{**spec.__dict__, "disk_size_mib": spec.disk_size_mib + 1024})
+    assert changed.key() != spec.key()
