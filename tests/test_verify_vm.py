@@ -1,0 +1,131 @@
+"""kiln verify and kiln goss-check against real boots of the image the suite builds (shared `built_image`).
+
+Three boots in all (TCG): the good image verified; the image booted once more to break it (containerd
+masked) where the in-build check (`kiln goss-check`) must fail against the running VM; and the broken
+disk verified, which must fail naming containerd and the host keys that boot left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln import builddir, cidata, cli, ssh
+from kiln.vm import VM
+
+pytestmark = pytest.mark.vm
+
+
+def _build_dir(built_image: Any) -> Path:
+    return Path(getattr(built_image, "path", built_image))
+
+
+def _shadow_build_dir(src: Path, dest_root: Path, qcow2: Path | None = None) -> Path:
+    """A build dir next to the shared one: its manifest and config, and the qcow2 (symlinked or given),
+    so that reports land in tmp and the shared build dir stays as the build left it."""
+    build = builddir.BuildDir.open(src)
+    dest = dest_root / src.name
+    dest.mkdir(parents=True)
+    for name in (builddir.MANIFEST, builddir.CONFIG):
+        shutil.copy(src / name, dest / name)
+    target = dest / build.qcow2.name
+    if qcow2 is None:
+        target.symlink_to(build.qcow2)
+    else:
+        shutil.move(qcow2, target)
+    return dest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_good_image_passes_kiln_verify(
+    built_image: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _build_dir(built_image)
+    qcow2 = builddir.BuildDir.open(src).qcow2
+    before = _sha256(qcow2)
+    shadow = _shadow_build_dir(src, tmp_path / "good")
+
+    rc = cli.main(["verify", str(shadow)])
+    out, err = capsys.readouterr()
+    assert rc == 0, f"kiln verify failed on the freshly built image:\n{out}\n{err}"
+    assert "checks passed" in out
+
+    report = json.loads((shadow / "goss" / "report.json").read_text())
+    assert report["summary"]["failed-count"] == 0
+    assert report["summary"]["test-count"] >= 60
+    checked = {(r["resource-type"], r["resource-id"]) for r in report["results"]}
+    assert ("Service", "containerd") in checked and (
+        "Command",
+        "ssh-host-keys-generated-this-boot",
+    ) in checked
+    suite = ET.parse(shadow / "goss" / "junit.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "0"
+    assert (shadow / "goss" / "vars-final.yaml").is_file()
+    assert _sha256(qcow2) == before, "kiln verify wrote to the artifact"
+
+
+def test_broken_image_fails_in_build_check_and_verify(
+    built_image: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _build_dir(built_image)
+    build = builddir.BuildDir.open(src)
+    keys = ssh.generate_keypair(tmp_path / "key", comment="kiln-test-breaker")
+    seed = cidata.write_seed(tmp_path / "seed.iso", [keys.public_line], user="kiln", values=build.config)
+    workdir = tmp_path / "break"
+    with VM(build.qcow2, workdir=workdir, firmware=build.firmware, cidata=seed) as vm:
+        vm.wait_for_ssh("kiln", keys.private_key)
+        with vm.ssh("kiln", keys.private_key) as session:
+            session.run("sudo cloud-init status --wait", check=False, timeout=900)
+            session.run("sudo systemctl mask --now containerd")
+
+        # The in-build check (what Packer's shell-local provisioner runs before sysprep) fails on it:
+        rc = cli.main(
+            [
+                "goss-check",
+                "--host", "127.0.0.1", "--port", str(vm.ssh_port), "--user", "kiln",
+                "--key", str(keys.private_key), "--config", str(src / builddir.CONFIG),
+                "--phase", "build", "--report-dir", str(tmp_path / "goss-check"),
+            ]
+        )  # fmt: skip
+        _, err = capsys.readouterr()
+        assert rc == 1, err
+        assert "service containerd" in err and "enabled" in err
+        report = json.loads((tmp_path / "goss-check" / "report.json").read_text())
+        failed = {(r["resource-id"], r["property"]) for r in report["results"] if not r["successful"]}
+        assert ("containerd", "enabled") in failed and ("containerd", "running") in failed
+        vm.shutdown_cleanly()
+        # That boot's disk (containerd masked, and the host keys, machine-id and cloud-init state of a boot
+        # left behind) becomes a build of its own (moved out before the VM would discard its overlay).
+        broken = _shadow_build_dir(src, tmp_path / "broken", qcow2=vm.overlay_path)
+
+    # kiln verify must fail on it and name what is wrong.
+    rc = cli.main(["verify", str(broken)])
+    out, err = capsys.readouterr()
+    assert rc == 1, out + err
+    assert "service containerd" in err
+    assert "ssh-host-keys-generated-this-boot" in err
+    report = json.loads((broken / "goss" / "report.json").read_text())
+    failed = {(r["resource-id"], r["property"]) for r in report["results"] if not r["successful"]}
+    assert ("containerd", "enabled") in failed
+    assert ("ssh-host-keys-generated-this-boot", "stdout") in failed
+    assert ("machine-id-generated-this-boot", "stdout") in failed
+    assert ("no-cloud-init-state-from-the-build", "stdout") in failed
+    junit = ET.parse(broken / "goss" / "junit.xml").getroot()
+    assert any(
+        "containerd" in (case.get("name") or "")
+        for case in junit.iter("testcase")
+        if case.find("failure") is not None
+    )
