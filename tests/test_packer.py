@@ -169,3 +169,50 @@ def test_cli_validate_one_target(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["validate", "debian-12", "-var", "memory=2048"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("ok    debian-12") and "packer validate" in line
+
+
+FAKE_QEMU = """#!/bin/sh
+if [ "$1" = "-version" ]; then echo "QEMU emulator version 7.2.15"; exit 0; fi
+printf '%s\\n' "$@" > "$FAKE_QEMU_ARGV"
+"""
+
+
+@pytest.mark.parametrize("firmware", ["bios", "efi"])
+def test_real_packer_starts_qemu_with_kilns_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, firmware: str
+) -> None:
+    """Real `packer build` on a rendered bootstrap template, with a recording stand-in for QEMU (it exits at
+    once, so Packer then fails): shows the exact QEMU command line Packer builds from kiln's template.
+    The real counterpart boots it: tests/test_vm_build.py."""
+    import subprocess
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    qemu = bindir / "qemu-system-x86_64"
+    qemu.write_text(FAKE_QEMU)
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_QEMU_ARGV", str(tmp_path / "argv"))
+    cfg = config.load("debian-12", overrides={"ssh_timeout": "5s", "firmware": firmware}, repo_root=REPO)
+    from kiln import render
+
+    ctx = render.placeholder_context(cfg, tmp_path / "ctx", ssh_port=2399)
+    base = ctx.base_disk
+    assert base is not None
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(base), "64M"], check=True, capture_output=True)
+    before = base.read_bytes()
+    rendered = render.render(cfg, ctx, tmp_path / "rendered")
+    with pytest.raises(BuildError):
+        packer.build(rendered.dir, tmp_path / "build.log", only=["qemu"], on_stage=lambda line: None)
+    argv = (tmp_path / "argv").read_text().split("\n")
+    assert [a for a in argv if a == "-netdev"] == ["-netdev"]  # kiln's replaces Packer's
+    assert argv[argv.index("-netdev") + 1] == "user,id=user.0,hostfwd=tcp:127.0.0.1:2399-:22"
+    assert argv[argv.index("-cdrom") + 1] == str(ctx.seed_iso)
+    assert argv[argv.index("-cpu") + 1] == "max"
+    assert "accel=tcg" in argv[argv.index("-machine") + 1]
+    drive = argv[argv.index("-drive") + 1]
+    assert drive.startswith(f"file={ctx.output_dir}/debian-12+kube-v1.30.2.qcow2,")  # a copy, not the cache
+    assert base.read_bytes() == before
+    assert ("-bios" in argv) == (firmware == "efi")
+    if firmware == "efi":
+        assert argv[argv.index("-bios") + 1] == "/usr/share/ovmf/OVMF.fd"

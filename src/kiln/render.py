@@ -242,6 +242,9 @@ def template_vars(
         qemuargs.append(["-cdrom", str(context.seed_iso)])
     if context.serial_log is not None:
         qemuargs.append(["-serial", f"file:{context.serial_log}"])
+    # Packer forwards the SSH port on every host address (hostfwd=tcp::PORT-:22); the port is fixed, so
+    # replace its user-mode netdev with one that listens on loopback only (same id as Packer's -device)
+    qemuargs.append(["-netdev", f"user,id=user.0,hostfwd=tcp:127.0.0.1:{context.ssh_port}-:22"])
     qemuargs += [list(a) for a in context.extra_qemuargs]
     seed_files = (
         [str(http_dir / name) for name in c["boot_files"]] if c["install_method"] == "cloudimg" else []

@@ -25,7 +25,8 @@ source "qemu" "node" {
   boot_wait        = "1s"  # no boot menu to wait for: the disk boots straight away
   qemuargs         = [
     ["-cpu", "max"],
-    ["-cdrom", "/kiln-build/work/seed.iso"]
+    ["-cdrom", "/kiln-build/work/seed.iso"],
+    ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:2299-:22"]
   ]
   ssh_username         = "builder"
   ssh_private_key_file = "/kiln-build/work/key/id_ed25519"

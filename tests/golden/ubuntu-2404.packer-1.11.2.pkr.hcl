@@ -42,7 +42,8 @@ source "qemu" "node" {
     "boot<enter>"
   ]
   qemuargs         = [
-    ["-cpu", "max"]
+    ["-cpu", "max"],
+    ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:2299-:22"]
   ]
   ssh_username         = "builder"
   ssh_private_key_file = "/kiln-build/work/key/id_ed25519"
