@@ -120,7 +120,8 @@ def _register_publish(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     get.add_argument("-o", "--output-dir", type=Path, default=Path("."), help="where to save (default: .)")
     get.add_argument(
-        "--base-url", help="public download base URL (default: $KILN_DOWNLOAD_BASE_URL, https://storage.googleapis.com)"
+        "--base-url",
+        help="public download base URL (default: $KILN_DOWNLOAD_BASE_URL, https://storage.googleapis.com)",
     )
     _gcs_options(get, key_file=False)
     get.set_defaults(func=_cmd_images_get)

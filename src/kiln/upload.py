@@ -238,6 +238,7 @@ class Publisher:
         size = item.path.stat().st_size
         self.reporter.start(item, size)
         self.reporter.stage(item, "hashing", size)
+
         def progress(done: int) -> None:
             if self.client.cancel.is_set():
                 raise Interrupted("interrupted")
