@@ -422,6 +422,13 @@ def test_no_credentials_at_all_is_exit_2(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(InputError, match="no GCS credentials"):
         gcs.credentials(None, None)
+    # writers stop there (exit 2); readers list public buckets anonymously
+    bd = make_build_dir(tmp_path, size=10)
+    assert cli.main(["upload", str(bd)]) == 2
+    args = cli.build_parser().parse_args(["images", "ls"])
+    client = cli._gcs_client(args, read_only=True)
+    assert client.endpoint == gcs.DEFAULT_ENDPOINT
+    assert type(client._session).__name__ == "Session"  # plain requests: no credentials attached
 
 
 # --- compatibility: gsutil ------------------------------------------------------------------------------

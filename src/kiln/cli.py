@@ -70,12 +70,20 @@ def _gcs_options(p: argparse.ArgumentParser, key_file: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
 
-def _gcs_client(args: argparse.Namespace) -> gcs.Client:
+def _gcs_client(args: argparse.Namespace, read_only: bool = False) -> gcs.Client:
+    """Writers need credentials; readers (images ls) fall back to anonymous access for public buckets."""
     import os
 
     key = args.key_file or (Path(os.environ["KEY_FILE"]) if os.environ.get("KEY_FILE") else None)
     endpoint = args.endpoint or gcs.DEFAULT_ENDPOINT
-    return gcs.Client(gcs.credentials(key, args.endpoint), endpoint)
+    try:
+        creds = gcs.credentials(key, args.endpoint)
+    except gcs.NoCredentials:
+        if not read_only:
+            raise
+        logging.getLogger(__name__).info("no GCS credentials: listing anonymously (public buckets only)")
+        creds = gcs.credentials(None, None, anonymous=True)
+    return gcs.Client(creds, endpoint)
 
 
 def _bucket(args: argparse.Namespace, setting: object = None) -> str:
@@ -169,7 +177,7 @@ def _cmd_images_ls(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    found = images.list_images(_gcs_client(args), _bucket(args), args.channel, args.version)
+    found = images.list_images(_gcs_client(args, read_only=True), _bucket(args), args.channel, args.version)
     if args.json:
         print(json.dumps([asdict(i) | {"path": i.path} for i in found], indent=2))
         return EXIT_OK

@@ -40,6 +40,10 @@ CHUNK_SIZE = 256 * 1024 * 1024
 _KEY_FIELDS = ("type", "client_email", "private_key", "token_uri")
 
 
+class NoCredentials(InputError):
+    """No key file and no Application Default Credentials."""
+
+
 class PreconditionFailed(UploadError):
     """The server refused a write because the object's generation was not the expected one (HTTP 412)."""
 
@@ -113,11 +117,11 @@ def load_key_file(path: Path) -> Any:
     return creds
 
 
-def credentials(key_file: Path | None, endpoint: str | None) -> Any:
+def credentials(key_file: Path | None, endpoint: str | None, anonymous: bool = False) -> Any:
     """Key file if given; anonymous for an endpoint override (emulators); else Application Default Creds."""
     if key_file is not None:
         return load_key_file(key_file)
-    if endpoint and endpoint.rstrip("/") != DEFAULT_ENDPOINT:
+    if anonymous or (endpoint and endpoint.rstrip("/") != DEFAULT_ENDPOINT):
         from google.auth.credentials import AnonymousCredentials
 
         return AnonymousCredentials()
@@ -127,7 +131,7 @@ def credentials(key_file: Path | None, endpoint: str | None) -> Any:
     try:
         creds, _project = google.auth.default(scopes=SCOPES)
     except DefaultCredentialsError:
-        raise InputError(
+        raise NoCredentials(
             "no GCS credentials: no key file given and Application Default Credentials are not configured",
             hint="pass --key-file FILE, set KEY_FILE, or run `gcloud auth application-default login`",
         ) from None
