@@ -135,13 +135,15 @@ class Rule:
 
     actions: "503", "429", ... (answer that status), "reset" (read half the body, then RST),
     "corrupt" (flip one byte of the body, then forward), "cut" (forward, send half the response, RST),
-    "delay:SECONDS" (sleep, then forward).
+    "delay:SECONDS" (sleep, then forward), "barrier" (hold each matching request until `times` of them
+    have arrived, then forward them all: makes concurrent clients overlap deterministically).
     """
 
     action: str
     match: Callable[[str, str, dict[str, str]], bool] = lambda m, p, h: True
     times: int = 1
     hits: int = 0
+    barrier: threading.Barrier | None = None
 
 
 @dataclass
@@ -198,17 +200,19 @@ class FaultProxy:
         self, action: str, match: Callable[[str, str, dict[str, str]], bool] | None = None, times: int = 1
     ) -> Rule:
         rule = Rule(action, match or (lambda m, p, h: True), times)
+        if action == "barrier":
+            rule.barrier = threading.Barrier(times, timeout=60)
         with self._lock:
             self.rules.append(rule)
         return rule
 
-    def _take_rule(self, method: str, path: str, headers: dict[str, str]) -> str:
+    def _take_rule(self, method: str, path: str, headers: dict[str, str]) -> tuple[str, Rule | None]:
         with self._lock:
             for rule in self.rules:
                 if rule.hits < rule.times and rule.match(method, path, headers):
                     rule.hits += 1
-                    return rule.action
-        return ""
+                    return rule.action, rule
+        return "", None
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         headers = {k.lower(): v for k, v in h.headers.items()}
@@ -216,8 +220,10 @@ class FaultProxy:
         seen = Seen(h.command, h.path, headers, length)
         with self._lock:
             self.seen.append(seen)
-        action = self._take_rule(h.command, h.path, headers)
+        action, rule = self._take_rule(h.command, h.path, headers)
         seen.action = action
+        if rule is not None and rule.barrier is not None:
+            rule.barrier.wait()
         if action == "reset":
             h.rfile.read(length // 2)
             _rst(h)

@@ -221,8 +221,8 @@ def _race(upstream: str, bds: list[Path]) -> list[subprocess.CompletedProcess]:
 def test_two_uploaders_racing_on_a_release_path(tmp_path: Path, fake: FakeGcs, proxy_for, same: bool) -> None:
     """Exactly one upload is published; the other never overwrites it.
 
-    The proxy holds every upload's initiation for a moment so that both uploaders have looked (and found
-    nothing) before either finishes, and adds GCS's ifGenerationMatch check at finalisation.
+    The proxy holds each upload's initiation until both have arrived, so both uploaders have looked (and
+    found nothing) before either finishes, and adds GCS's ifGenerationMatch check at finalisation.
     """
     import json
 
@@ -230,7 +230,7 @@ def test_two_uploaders_racing_on_a_release_path(tmp_path: Path, fake: FakeGcs, p
     a = make_build_dir(tmp_path / "a", version=version, size=4 * CHUNK, seed=1)
     b = make_build_dir(tmp_path / "b", version=version, size=4 * CHUNK, seed=1 if same else 2)
     proxy = proxy_for(fake.url, enforce_resumable_preconditions=True)
-    proxy.add("delay:1.5", lambda m, p, h: m == "POST" and "uploadType=resumable" in p, times=2)
+    proxy.add("barrier", lambda m, p, h: m == "POST" and "uploadType=resumable" in p, times=2)
     runs = _race(proxy.url, [a, b])
     outs = [json.loads(r.stdout) for r in runs]
     acts = sorted(o["results"][0]["action"] for o in outs)
