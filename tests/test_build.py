@@ -208,3 +208,15 @@ def test_packer_compressed_reads_the_rendered_template(tmp_path):
 
 def test_build_error_is_exit_1():
     assert BuildError("x").exit_code == 1
+
+
+def test_playbooks_pass_ansible_syntax_check():
+    ansible = Path(sys.executable).parent / "ansible-playbook"
+    for playbook in ("playbook.yml", "sysprep.yml"):
+        proc = subprocess.run(
+            [str(ansible), "--syntax-check", "-i", "localhost,", str(REPO / "ansible" / playbook)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg")},
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
