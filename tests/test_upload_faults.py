@@ -100,7 +100,24 @@ def expect_published(base: str, name: str, data: bytes) -> None:
     assert read_object(base, BUCKET, name + ".sha256") == hashlib.sha256(data).hexdigest().encode()
 
 
-@pytest.mark.parametrize("status", ["503", "429"])
+def test_retryable_statuses() -> None:
+    assert all(s in gcs.RETRYABLE_STATUS for s in (408, 429, 500, 502, 503, 504, 599))
+    assert not any(s in gcs.RETRYABLE_STATUS for s in (200, 308, 400, 401, 403, 404, 412, 501))
+
+
+def test_a_non_retryable_error_fails_at_once_and_publishes_nothing(
+    tmp_path: Path, emulator: Emulator, proxy_for
+) -> None:
+    bd = make_build_dir(tmp_path, version="v1.20.400", size=CHUNK)
+    proxy = proxy_for(emulator.url)
+    proxy.add("501", lambda m, p, h: "uploadType=resumable" in p)
+    results, client = publish(proxy.url, bd)
+    assert [r.action for r in results] == ["failed"] and "HTTP 501" in results[0].detail
+    assert client.stats.retries == 0
+    assert object_names(emulator.url, BUCKET, "release/v1.20.400/") == []
+
+
+@pytest.mark.parametrize("status", ["503", "429", "500"])
 def test_bursts_of_errors_on_every_kind_of_request_are_retried(
     tmp_path: Path, emulator: Emulator, proxy_for, status: str
 ) -> None:

@@ -31,8 +31,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
-# 429 and 5xx are what GCS documents as retryable; 408 is a request timeout from a proxy or load balancer.
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class _Retryable:
+    """`status in RETRYABLE_STATUS`: 408, 429 and every 5xx but 501 (what GCS documents as retryable)."""
+
+    def __contains__(self, status: object) -> bool:
+        return isinstance(status, int) and (status in (408, 429) or (500 <= status <= 599 and status != 501))
+
+
+RETRYABLE_STATUS = _Retryable()
+
 # A multiple of 256 KiB, as resumable uploads require. Chunks are streamed from the file, so a large one
 # costs no memory, and fewer chunks mean fewer round trips (512 MiB to fake-gcs-server: 3-5 s in 512 MiB
 # chunks, 7-12 s in 64 MiB ones). After a dropped connection the server's persisted count says where to go on.
