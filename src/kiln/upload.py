@@ -415,6 +415,7 @@ class ProgressReporter(Reporter):
             disable=not self.live,
         )
         self.tasks: dict[Item, TaskID] = {}
+        self.quarters: dict[Item, int] = {}
 
     def __enter__(self) -> ProgressReporter:
         self.progress.start()
@@ -430,12 +431,20 @@ class ProgressReporter(Reporter):
         task = self.tasks[item]
         if total is not None:
             self.progress.update(task, total=total, completed=0)
+            self.quarters[item] = 0
         self.progress.update(task, description=stage)
         if not self.live:
             log.info("%s: %s", item.object_name, stage)
 
     def advance(self, item: Item, completed: int) -> None:
-        self.progress.update(self.tasks[item], completed=completed)
+        task = self.tasks[item]
+        self.progress.update(task, completed=completed)
+        if not self.live:  # a log line at each quarter, for CI logs
+            t = self.progress.tasks[task]
+            quarter = int(4 * completed / t.total) if t.total else 4
+            if 0 < quarter < 4 and quarter > self.quarters.get(item, 0):
+                self.quarters[item] = quarter
+                log.info("%s: %s %d%%", item.object_name, t.description, 25 * quarter)
 
     def finish(self, item: Item, result: Result) -> None:
         task = self.tasks[item]
