@@ -203,11 +203,22 @@ def _cmd_images_get(args: argparse.Namespace) -> int:
 
     base = args.base_url or os.environ.get("KILN_DOWNLOAD_BASE_URL") or images.DEFAULT_BASE_URL
     url = images.resolve_url(args.image, base, _bucket(args))
-    with Progress(TextColumn("download"), BarColumn(), DownloadColumn(), TransferSpeedColumn()) as bar:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    logged = [0]
+
+    def progress(n: int, total: int | None) -> None:
+        bar.update(task, completed=n, total=total)
+        quarter = int(4 * n / total) if total else 0
+        if not console.is_terminal and 0 < quarter < 4 and quarter > logged[0]:  # CI logs: each quarter
+            logged[0] = quarter
+            logging.getLogger(__name__).info("%s: %d%%", url, 25 * quarter)
+
+    columns = (TextColumn("download"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=console) as bar:
         task = bar.add_task("get", total=None)
-        result = images.download(
-            url, args.output_dir, on_progress=lambda n, total: bar.update(task, completed=n, total=total)
-        )
+        result = images.download(url, args.output_dir, on_progress=progress)
     if args.json:
         print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
     else:
