@@ -92,7 +92,7 @@ def test_images_get_by_name_verifies_checksum(tmp_path: Path, published: tuple[F
     got = tmp_path / f"{bd.name}.ova"
     assert got.read_bytes() == (bd / f"{bd.name}.ova").read_bytes()
     assert "verified" in r.stdout
-    assert f"{bd.name}.ova: 50%" in r.stderr  # progress lines when not on a terminal
+    assert ".ova: 50%" in r.stderr  # progress lines when not on a terminal
     assert sorted(p.name for p in tmp_path.iterdir()) == [got.name]  # no .part left behind
     r = kiln(
         "images", "get", f"{bd.name}.ova", "-o", str(tmp_path), "--base-url", server.url, "--bucket", BUCKET
