@@ -109,3 +109,71 @@ def test_failures_raise_verify_error_with_the_table() -> None:
     assert "service containerd" in text and "enabled" in text
     assert info.value.exit_code == 1
     verify.raise_on_failure(results[1:], "image.qcow2", None)  # all good: no error
+
+
+class FakeSession:
+    """Stands in for kiln.ssh.Session: records what is copied and run, answers like `goss validate -f json`.
+    (No registry here ships the goss binary, so the real-binary path is exercised only with this fake.)"""
+
+    instances: list[FakeSession] = []
+
+    def __init__(self, host: str, port: int, user: str, key: Path, **kwargs: Any) -> None:
+        self.puts: dict[str, tuple[str, int | None]] = {}
+        self.commands: list[str] = []
+        FakeSession.instances.append(self)
+
+    def __enter__(self) -> FakeSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def put(self, local: Path, remote: str, mode: int | None = None) -> None:
+        self.puts[remote] = (Path(local).read_text(errors="replace"), mode)
+
+    def run(self, cmd: Any, check: bool = True, timeout: float | None = None) -> tuple[int, str, str]:
+        text = cmd if isinstance(cmd, str) else " ".join(cmd)
+        self.commands.append(text)
+        if "validate" in text:
+            doc = {
+                "results": [
+                    {"resource-type": "Service", "resource-id": "containerd", "property": "running",
+                     "successful": False, "skipped": False, "expected": ["true"], "found": ["false"],
+                     "duration": 1000000},
+                    {"resource-type": "KernelParam", "resource-id": "net.ipv4.ip_forward",
+                     "property": "value", "successful": True, "skipped": False, "expected": ["1"],
+                     "found": ["1"], "duration": 5},
+                ],
+                "summary": {"test-count": 2, "failed-count": 1},
+            }  # fmt: skip
+            return 1, json.dumps(doc), ""
+        return 0, "", ""
+
+
+def test_goss_binary_is_copied_with_spec_and_vars_and_its_json_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("kiln.ssh.Session", FakeSession)
+    FakeSession.instances.clear()
+    binary = tmp_path / "goss"
+    binary.write_text("#!/bin/sh\n")
+    key = tmp_path / "key"
+    key.write_text("k")
+    values = dict(config.load("debian-12").values)
+    results = verify.check_host(
+        "10.0.2.15", 22, "builder", key, values, phase="build", report_dir=tmp_path / "r", goss_binary=binary
+    )
+    (session,) = FakeSession.instances
+    remote = {Path(p).name: v for p, v in session.puts.items()}
+    assert remote["goss"][1] == 0o755
+    assert {"goss.yaml", "packages.yaml", "services.yaml", "node.yaml", "kubernetes.yaml"} <= set(remote)
+    assert "kubernetes_semver: v1.30.2" in remote["vars.yaml"][0]
+    run = [c for c in session.commands if "validate" in c][0]
+    assert "sudo ./goss -g goss.yaml --vars vars.yaml validate -f json" in run
+    assert any(c.startswith("rm -rf /tmp/kiln-goss-") for c in session.commands)  # nothing left in the guest
+    assert [(r.resource_type, r.resource_id, r.successful) for r in results] == [
+        ("service", "containerd", False),
+        ("kernel-param", "net.ipv4.ip_forward", True),
+    ]
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["kiln"]["engine"] == "goss" and report["summary"]["failed-count"] == 1

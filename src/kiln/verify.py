@@ -61,9 +61,21 @@ def load_config_json(path: Path) -> dict[str, Any]:
     return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
 
 
-def _progress(result: goss.Result) -> None:
-    if not result.successful:
-        log.info("FAIL %s", result.title())
+class _Progress:
+    """Logs each failure as it happens and a count every 15 seconds (checks over SSH take a minute)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.next_report = time.monotonic() + 15
+
+    def __call__(self, result: goss.Result) -> None:
+        self.done += 1
+        if not result.successful:
+            log.info("FAIL %s", result.title())
+        if time.monotonic() >= self.next_report:
+            log.info("goss: %d checks done (%d resources in the spec)", self.done, self.total)
+            self.next_report = time.monotonic() + 15
 
 
 def check_host(
@@ -108,7 +120,9 @@ def check_host(
             host,
             port,
         )
-        results = goss.evaluate(spec, _testinfra_probe(host, port, user, key_file), on_result=_progress)
+        results = goss.evaluate(
+            spec, _testinfra_probe(host, port, user, key_file), on_result=_Progress(len(spec.resources))
+        )
         engine = "kiln (testinfra over paramiko)"
     s = goss.summary(results)
     log.info(
