@@ -22,7 +22,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on error")
-    parser.add_argument("--dry-run", action="store_true", help="print external commands instead of running them")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print external commands instead of running them"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -668,7 +670,8 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
         with boot.booted(build) as state, boot.session(state) as session:
             result = conformance.run(
                 session, binaries, results, flags=flags,
-                cni_bin_dirs=[str(build.setting("cni_bin_dir", "/opt/cni/bin")), *conformance.CNI_BIN_DIRS],
+                cni_bin_dirs=list(dict.fromkeys([str(build.setting("cni_bin_dir", "/opt/cni/bin")),
+                                                 *conformance.CNI_BIN_DIRS])),
                 timeout=args.timeout, on_line=lambda ln: print(ln, flush=True),
             )  # fmt: skip
     print(f"conformance: ginkgo exited {result.returncode}; CNI {result.cni_version}, {result.cni_bin_dir}")
