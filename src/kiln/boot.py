@@ -151,7 +151,8 @@ def start(
     detach: bool = False,
     timeout: float = 900.0,
 ) -> tuple[VM, BootState]:
-    """Boot `build` on a throwaway overlay and wait for SSH and cloud-init.
+    """Boot `build` on a throwaway overlay and wait for SSH and cloud-init (a cloud-init error is
+    printed as a warning; the VM stays up so that you can look).
 
     Without `cidata_iso`, kiln makes a one-time key pair and a seed for user `kiln`. With `cidata_iso`,
     `key` is the private key matching the seed (no key: kiln waits only for sshd's banner). Writes the
@@ -166,7 +167,7 @@ def start(
         )
     rdir = run_dir(build)
     _cleanup(rdir)
-    rdir.mkdir(parents=True)
+    rdir.mkdir(parents=True, exist_ok=True)  # may hold the previous boot's logs
     vm: VM | None = None
     try:
         disk, fmt = disk_for(build, rdir)
@@ -218,7 +219,10 @@ def start(
         _write_state(rdir, state)
         if key_path is not None:
             vm.wait_for_ssh(login, key_path, timeout=timeout)
-            vm.wait_for_cloud_init(login, key_path, timeout=timeout)
+            try:
+                vm.wait_for_cloud_init(login, key_path, timeout=timeout)
+            except VMError as exc:  # keep the VM: logging in to look is the point of `kiln boot`
+                log.warning("WARNING: %s", exc.message)
         else:
             _wait_for_banner(vm, timeout)
         return vm, state

@@ -3,7 +3,8 @@
 The steps of image-builder's "Testing Images" section, as one command:
 1. CNI: write a `bridge` network (cni0, gateway, IP masquerade, host-local IPAM on 10.22.0.0/16 with a
    default route) and a `loopback` network into /etc/cni/net.d, for the plugins the image carries
-   (bridge, host-local, loopback must exist in cni_bin_dir; the config's cniVersion is one they support).
+   (bridge, host-local, loopback must exist in cni_bin_dir; the config's cniVersion is one they support),
+   and prove it works: a CNI ADD in a scratch network namespace must get an address in 10.22.0.0/16.
 2. Copy kubernetes/platforms/linux/amd64/{ginkgo,e2e_node.test} from kubernetes-test.tar.gz.
 3. Run ginkgo with the conformance focus and skip flags (GINKGO_FLAGS, E2E_NODE_FLAGS: data, tested).
 4. Bring the JUnit results (and the full output) back into BUILD_DIR/conformance/.
@@ -225,6 +226,35 @@ def cni_supported_versions(remote: Remote, bin_dir: str) -> list[str]:
         raise KilnError(f"{bin_dir}/bridge: unexpected VERSION answer {out.strip()!r}") from exc
 
 
+def check_cni(remote: Remote, bin_dir: str, conf_dir: str, sudo: str = "sudo -n") -> str:
+    """Prove the written bridge config works with the image's plugins: CNI ADD in a scratch network
+    namespace must hand out an address in 10.22.0.0/16; then DEL and remove the namespace. Returns it."""
+    q = shlex.quote
+    netns = "kiln-cni-check"
+    conf = posixpath.join(conf_dir, "10-mynet.conf")
+    env = (
+        f"{sudo} env CNI_CONTAINERID={netns} CNI_NETNS=/var/run/netns/{netns} CNI_IFNAME=eth0 "
+        f"CNI_PATH={q(bin_dir)}"
+    )
+    plugin = q(posixpath.join(bin_dir, "bridge"))
+    remote.run(f"{sudo} ip netns del {netns} 2>/dev/null; {sudo} ip netns add {netns}", timeout=60)
+    try:
+        rc, out, err = remote.run(f"{env} CNI_COMMAND=ADD {plugin} < {q(conf)}", check=False, timeout=60)
+        try:
+            answer = json.loads(out)
+            ips = [answer["ip4"]["ip"]] if "ip4" in answer else [i["address"] for i in answer.get("ips", [])]
+        except (ValueError, KeyError, TypeError):
+            ips = []
+        address = next((ip for ip in ips if ip.startswith("10.22.")), "")
+        if rc != 0 or not address:
+            answer_text = (out + err).strip()
+            raise KilnError(f"{conf}: the bridge plugin in {bin_dir} rejected it (exit {rc}): {answer_text}")
+    finally:
+        remote.run(f"{env} CNI_COMMAND=DEL {plugin} < {q(conf)}", check=False, timeout=60)
+        remote.run(f"{sudo} ip netns del {netns}", check=False, timeout=60)
+    return address
+
+
 def run(
     remote: Remote,
     binaries: Mapping[str, Path],
@@ -237,6 +267,7 @@ def run(
     sudo: str = "sudo -n",
     timeout: float | None = 4 * 3600,
     on_line: Callable[[str], None] | None = None,
+    cni_check: bool = True,
 ) -> Result:
     """Run the whole conformance flow over `remote`; see the module docstring."""
     q = shlex.quote
@@ -251,6 +282,8 @@ def run(
     for name, text in cni_configs(version).items():
         target = posixpath.join(cni_conf_dir, name)
         remote.run(f"{sudo} tee {q(target)} >/dev/null && {sudo} chmod 0644 {q(target)}", input_text=text)
+    if cni_check:
+        log.info("CNI: bridge ADD in a scratch netns got %s", check_cni(remote, bin_dir, cni_conf_dir, sudo))
 
     work = posixpath.join(remote_dir, TARBALL_DIR)
     report_dir = posixpath.join(remote_dir, "results")
