@@ -278,7 +278,7 @@ def _cleanup(rdir: Path) -> None:
             child.unlink(missing_ok=True)
 
 
-def stop(build: BuildDir, timeout: float = 20.0) -> BootState | None:
+def stop(build: BuildDir, timeout: float = 10.0) -> BootState | None:
     """Stop the boot of `build` (ACPI powerdown, then kill) and clean up; the stopped state or None."""
     state = read_state(build)
     if state is None:

@@ -314,7 +314,7 @@ class VM:
         extra_args: Sequence[str] = (),
         overlay: bool = True,
         detach: bool = False,
-        stop_timeout: float = 20.0,
+        stop_timeout: float = 10.0,
     ) -> None:
         """`disk`: the image (qcow2, raw, vmdk...; format detected unless `disk_format`). With overlay=False
         QEMU writes to `disk` itself (for reusing an overlay made earlier). `detach`: QEMU survives this
