@@ -177,3 +177,25 @@ def test_goss_binary_is_copied_with_spec_and_vars_and_its_json_read(
     ]
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["kiln"]["engine"] == "goss" and report["summary"]["failed-count"] == 1
+
+
+def test_the_packer_hook_command_is_one_goss_check_accepts() -> None:
+    """The shell-local line the templates render (golden files) parses as `kiln goss-check`."""
+    import re
+    import shlex
+
+    golden = Path(__file__).parent / "golden"
+    lines = {
+        m
+        for p in golden.rglob("*")
+        if p.is_file()
+        for m in re.findall(r"goss-check --host [^\"]*", p.read_text())
+    }
+    assert lines, "no goss-check hook in the golden templates"
+    for line in lines:
+        argv = shlex.split(line.replace("${build.Host}", "127.0.0.1").replace("${build.Port}", "2222")
+                           .replace("${build.User}", "builder"))  # fmt: skip
+        args = cli.build_parser().parse_args(argv)
+        assert args.func.__name__ == "_cmd_goss_check"
+        assert (args.host, args.port, args.user, args.phase) == ("127.0.0.1", 2222, "builder", "build")
+        assert args.config.name == "config.json" and args.key.name == "id_ed25519"
