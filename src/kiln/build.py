@@ -43,6 +43,7 @@ from .errors import BuildError, InputError, KilnError
 log = logging.getLogger(__name__)
 
 STAGES = ("base", "provision", "qcow2", "ova", "manifest", "verify", "publish")
+SERIAL_LOG = "build-serial.log"
 FINALIZE_COMMAND = "sudo /usr/local/sbin/kiln-finalize"  # written by the sysprep role; Packer's shutdown
 
 
@@ -300,6 +301,7 @@ def run_build(
             write_manifest(temp / builddir.MANIFEST, name, files, data, str(values.get("builder", "qemu")))
             (temp / builddir.CONFIG).write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
             shutil.rmtree(work)  # the build key, seed and vars go now, before anything can copy them
+            (temp / SERIAL_LOG).unlink(missing_ok=True)
             builddir.BuildDir.open(temp)  # the contract other commands read
 
         with rep.stage("verify", "kiln verify (goss specs against a boot of the finished image)"):
@@ -383,7 +385,8 @@ def _plan(
         "sysprep_playbook": repo_root / "ansible" / "sysprep.yml",
         "shutdown_command": FINALIZE_COMMAND,
         "extra_vars": {"kiln_packages_file": str(packages_file)},
-        "extra_qemuargs": [["-serial", f"file:{temp / 'build-serial.log'}"]],
+        "ansible_config": repo_root / "ansible" / "ansible.cfg",
+        "serial_log": temp / SERIAL_LOG,  # the build VM's console: kept with the log when a build fails
         "kiln_command": [sys.executable, "-m", "kiln"],
     }
     if values.get("install_method") != "bootstrap":
@@ -439,8 +442,12 @@ def _keep_log(log_path: Path, out_root: Path, name: str) -> Path | None:
         return None
     logs = out_root / "logs"
     logs.mkdir(exist_ok=True)
-    kept = logs / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    kept = logs / f"{name}-{stamp}.log"
     shutil.copy2(log_path, kept)
+    serial = log_path.parent / SERIAL_LOG
+    if serial.is_file():
+        shutil.copy2(serial, logs / f"{name}-{stamp}.serial.log")
     return kept
 
 
