@@ -133,7 +133,8 @@ def cloud_config(username: str, public_key: str) -> str:
 
 
 def write_seed(path: Path, username: str, public_key: str, instance_id: str) -> Path:
-    meta = f"instance-id: {instance_id}\nlocal-hostname: kiln-build\n"
+    # hostname localhost: resolvable without touching /etc/hosts, and nothing build-specific left behind
+    meta = f"instance-id: {instance_id}\nlocal-hostname: localhost\n"
     return cidata.write_iso(path, {"user-data": cloud_config(username, public_key), "meta-data": meta})
 
 
