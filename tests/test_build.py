@@ -220,3 +220,36 @@ def test_playbooks_pass_ansible_syntax_check():
             env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg")},
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_kvm_forced_without_usable_kvm_is_bad_input_naming_the_setting(monkeypatch, tmp_path):
+    from kiln import vm
+    from kiln.errors import InputError
+
+    monkeypatch.setattr(vm, "kvm_available", lambda: False)
+    cfg = config.load("debian-12", overrides={"accelerator": "kvm", "output_dir": str(tmp_path / "out")})
+    with pytest.raises(InputError) as err:
+        build.run_build(cfg, say=lambda _line: None)
+    assert err.value.exit_code == 2 and "accelerator" in err.value.message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing written"
+
+
+def test_apt_proxy_and_cache_reach_apt_in_the_guest():
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(REPO / "ansible" / "roles" / "node" / "templates"))
+    )
+    text = env.get_template("apt-proxy.conf.j2").render(
+        http_proxy="http://proxy:3128", https_proxy="http://proxy:3129", apt_cache=""
+    )
+    assert 'Acquire::http::Proxy "http://proxy:3128";' in text
+    assert 'Acquire::https::Proxy "http://proxy:3129";' in text
+    cached = env.get_template("apt-proxy.conf.j2").render(
+        http_proxy="http://proxy:3128", https_proxy="", apt_cache="http://10.0.2.2:3142"
+    )
+    assert 'Acquire::http::Proxy "http://10.0.2.2:3142";' in cached and "https" not in cached
+    mirror = env.get_template("sources.list.j2").render(
+        apt_mirror="http://mirror.example/debian", ansible_distribution_release="bookworm"
+    )
+    assert "deb http://mirror.example/debian bookworm main" in mirror
