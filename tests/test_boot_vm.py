@@ -66,7 +66,7 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
             assert s.run("hostname")[1].strip() == hostname
             assert f"instance_id={instance_id}" in s.run("cat /etc/kiln/seed")[1]
             status = s.run("cloud-init status --long", check=False)[1]
-            assert "status: done" in status and "NoCloud" in status
+            assert "status: done" in status and "NoCloud" in status, status
             sshd = s.run("sudo -n sshd -T")[1].lower()
             assert "passwordauthentication no" in sshd
             assert s.run("sudo -n passwd -S tester")[1].split()[1] == "L"  # password locked
