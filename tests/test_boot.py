@@ -142,3 +142,17 @@ def test_cli_exit_2_paths_boot_nothing(
     assert "not a private key" in capsys.readouterr().err
     assert cli.main(["boot", str(tmp_path / "nope")]) == 2
     assert not (boot.run_dir(build) / "state.json").exists()
+
+
+def test_dry_run_prints_qemu_and_starts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = _build_dir(tmp_path)
+    monkeypatch.setattr(proc, "DRY_RUN", False)  # cli.main sets it; restored after the test
+    monkeypatch.setattr(proc, "spawn", lambda *a, **k: pytest.fail("must not start QEMU"))
+    assert cli.main(["--dry-run", "boot", str(build.path), "--firmware", "efi"]) == 0
+    out = capsys.readouterr().out
+    assert "would run: /usr/bin/qemu-img create" in out
+    assert "would run: qemu-system-x86_64" in out and "if=pflash" in out
+    assert not (boot.run_dir(build) / "state.json").exists()
+    assert not list(boot.run_dir(build).rglob("*.qcow2"))

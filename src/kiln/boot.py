@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from . import cidata, ssh
+from . import cidata, proc, ssh
 from .builddir import BuildDir
 from .errors import InputError, KilnError
 from .vm import VM, VMError, _pid_alive, stop_process
@@ -202,6 +202,8 @@ def start(
             detach=detach,
         )
         vm.start()
+        if proc.DRY_RUN:  # the command lines were printed; nothing runs, nothing stays
+            _cleanup(rdir)
         state = BootState(
             pid=vm.pid or 0,
             ssh_port=vm.ssh_port,
@@ -216,6 +218,8 @@ def start(
             detached=detach,
             started=time.time(),
         )
+        if proc.DRY_RUN:
+            return vm, state
         _write_state(rdir, state)
         if key_path is not None:
             vm.wait_for_ssh(login, key_path, timeout=timeout)

@@ -622,6 +622,8 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         accelerator=args.accelerator, memory=args.memory, cpus=args.cpus, hostname=args.hostname,
         detach=args.detach, timeout=args.timeout,
     )  # fmt: skip
+    if proc.DRY_RUN:
+        return EXIT_OK
     print(f"{build.name} is up ({state.accelerator}, {state.firmware}), QEMU pid {state.pid}")
     print(f"  kiln ssh {build.path}")
     print(f"  hack/image-ssh.sh {build.path}")

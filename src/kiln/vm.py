@@ -373,14 +373,22 @@ class VM:
         if self.running():
             raise VMError(f"{self.disk}: VM already running (pid {self.pid})")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.accelerator = pick_accelerator(self.accelerator_setting)
-        fmt = self.disk_format or detect_format(self.disk)
+        if proc.DRY_RUN:  # print the command lines, start nothing
+            self.accelerator = "tcg" if self.accelerator_setting == "auto" else self.accelerator_setting
+            fmt = self.disk_format or ("qcow2" if self.disk.suffix == ".qcow2" else "raw")
+        else:
+            self.accelerator = pick_accelerator(self.accelerator_setting)
+            fmt = self.disk_format or detect_format(self.disk)
         if self.use_overlay and not self._overlay_made:
             self.overlay_path.unlink(missing_ok=True)
             backing = ["-F", fmt, "-b", str(self.disk)]  # absolute path + format: no probing, no surprises
             proc.run(["qemu-img", "create", "-q", "-f", "qcow2", *backing, str(self.overlay_path)])
             self._overlay_made = True
         self._setup_qmp_path()
+        if proc.DRY_RUN:
+            self.ssh_port = 2222
+            print(f"would run: {proc.quote(self.qemu_argv(fmt))}")
+            return self
         last_error = ""
         for attempt in range(3):
             self.ssh_port = free_port()
@@ -429,7 +437,7 @@ class VM:
         if self.firmware == "efi":
             code, vars_template = find_ovmf()
             vars_file = self.workdir / "OVMF_VARS.fd"
-            if not vars_file.exists():
+            if not vars_file.exists() and not proc.DRY_RUN:
                 shutil.copyfile(vars_template, vars_file)
             argv += [
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_escape(code)}",
