@@ -400,7 +400,11 @@ class VM:
             self._popen = proc.spawn(argv, log_path=self.qemu_log, die_with_parent=not self.detach)
             self.started_at = time.monotonic()
             _LIVE.add(self)
-            error = self._wait_for_monitor()
+            try:
+                error = self._wait_for_monitor()
+            except BaseException:  # Ctrl-C while QEMU comes up: never leave it behind
+                self._kill()
+                raise
             if error is None:
                 log.info(
                     "VM started (pid %s, %s, %s, ssh on 127.0.0.1:%d, serial log %s)",
