@@ -196,7 +196,10 @@ class Session:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise SSHError(f"{self.target}: SSH connection is closed")
-        chan = transport.open_session()
+        try:
+            chan = transport.open_session()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SSHError(f"{self.target}: cannot open a channel ({exc})") from exc
         try:
             chan.exec_command(text)
             if input_text is not None:
@@ -235,6 +238,9 @@ class Session:
             if on_line is not None and pending:
                 on_line(pending.decode(errors="replace"))
             rc = chan.recv_exit_status()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise SSHError(f"{self.target}: connection lost during: {text} ({reason})") from exc
         finally:
             chan.close()
         stdout = out.decode(errors="replace")
