@@ -227,6 +227,7 @@ def run_build(
     final = out_root / name
     say_fn = say or _default_say
 
+    validate_inputs(values)
     check_tools(values)
     from .vm import free_port, pick_accelerator
 
@@ -320,7 +321,9 @@ def run_build(
         kept = _keep_log(log_path, out_root, name)
         if kept is not None:
             say_fn(f"kiln: build failed; the whole log is kept at {kept}")
-            if isinstance(exc, KilnError):  # the temp dir goes away: point at the kept copy instead
+            if isinstance(exc, KilnError):  # the temp dir goes away: point at the kept copies instead
+                goss_kept = kept.with_suffix(".goss")
+                exc.message = exc.message.replace(str(temp / "goss"), str(goss_kept))
                 exc.message = exc.message.replace(str(log_path), str(kept))
                 exc.args = (exc.message,)
                 hint = (exc.hint or "").replace(str(log_path), str(kept))
@@ -449,6 +452,9 @@ def _keep_log(log_path: Path, out_root: Path, name: str) -> Path | None:
     serial = log_path.parent / SERIAL_LOG
     if serial.is_file():
         shutil.copy2(serial, logs / f"{name}-{stamp}.serial.log")
+    reports = log_path.parent / "goss"
+    if reports.is_dir():  # a failed verify: its reports outlive the temp dir
+        shutil.copytree(reports, logs / f"{name}-{stamp}.goss")
     return kept
 
 
