@@ -325,8 +325,8 @@ class _Forward(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if self.say is not None:
-            self.say(text)
-        if self.log_file is not None:
+            self.say(text)  # the build's reporter writes it to the build log too
+        elif self.log_file is not None:
             self.log_file.write(f"kiln verify: {text}\n")
             self.log_file.flush()
 
