@@ -199,3 +199,21 @@ def test_the_packer_hook_command_is_one_goss_check_accepts() -> None:
         assert args.func.__name__ == "_cmd_goss_check"
         assert (args.host, args.port, args.user, args.phase) == ("127.0.0.1", 2222, "builder", "build")
         assert args.config.name == "config.json" and args.key.name == "id_ed25519"
+
+
+def test_goss_check_on_an_unreachable_host_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kiln import ssh
+    from kiln.vm import free_port
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(config.load("debian-12").to_json()))
+    keys = ssh.generate_keypair(tmp_path / "key")
+    port = free_port()  # nothing listens there
+    argv = ["goss-check", "--host", "127.0.0.1", "--port", str(port), "--user", "u"]
+    rc = cli.main([*argv, "--key", str(keys.private_key), "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"u@127.0.0.1:{port}: cannot run commands over SSH" in err
+    assert "Traceback" not in err

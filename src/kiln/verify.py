@@ -74,7 +74,7 @@ class _Progress:
         if not result.successful:
             log.info("FAIL %s", result.title())
         if time.monotonic() >= self.next_report:
-            log.info("goss: %d checks done (%d resources in the spec)", self.done, self.total)
+            log.info("goss: %d checks so far (the spec has %d resources)", self.done, self.total)
             self.next_report = time.monotonic() + 15
 
 
@@ -150,6 +150,19 @@ def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> goss.Te
     backend = get_backend(
         f"paramiko://{user}@{host}:{port}", ssh_identity_file=str(key_file), sudo=True, timeout=60
     )
+    target = f"{user}@{host}:{port}"
+    # Preflight: the login works and sudo needs no password (checks as a user without root would all
+    # fail for the wrong reason). Connection errors become one clear VerifyError, not a traceback.
+    try:
+        result = backend.run("id -u")
+    except Exception as exc:  # paramiko/socket errors of every kind
+        raise VerifyError(f"{target}: cannot run commands over SSH: {exc}") from exc
+    if result.rc != 0 or result.stdout.strip() != "0":
+        raise VerifyError(
+            f"{target}: `sudo id -u` failed (exit {result.rc}): "
+            f"{(result.stderr or result.stdout).strip()[:300]}",
+            hint="the checks run as root through passwordless sudo (NOPASSWD)",
+        )
     return goss.TestinfraProbe(Host(backend))
 
 
