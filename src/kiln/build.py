@@ -235,7 +235,8 @@ def run_build(
 
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
     log_path = temp / builddir.LOG
-    log_file = open(log_path, "w", buffering=1)  # noqa: SIM115 - closed in finally
+    # append mode: kiln.packer.build appends Packer's output through its own handle to the same file
+    log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     rep = Reporter(log_file, say_fn)
     input_hash = cfg.input_hash()
     base_cached: bool | None = None
@@ -310,6 +311,7 @@ def run_build(
             _verify(temp, rep, verify, accelerator)
 
         with rep.stage("publish", str(final)):
+            temp.chmod(0o755)  # mkdtemp made it private; the published build is readable like its files
             _publish(temp, final)
         ok = True
         rep.note("stages: " + json.dumps(rep.stages))
