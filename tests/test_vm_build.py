@@ -133,12 +133,12 @@ def _node_checks(vm: VM, key: Path, semver: str, firmware: str) -> None:
         def out(cmd: str) -> str:
             return s.run(cmd, timeout=120)[1].strip()
 
-        assert out("systemctl is-active containerd") == "active"
+        assert out("sudo systemctl is-active containerd") == "active"
         assert out("sudo ctr version >/dev/null && echo ok") == "ok"
         assert semver in out("kubelet --version")
         assert out("kubeadm version -o short") == semver
         assert semver in out("kubectl version --client")
-        assert out("systemctl is-enabled kubelet") == "enabled"
+        assert out("sudo systemctl is-enabled kubelet") == "enabled"
         assert out("sysctl -n net.ipv4.ip_forward") == "1"
         assert out("sysctl -n net.bridge.bridge-nf-call-iptables") == "1"
         assert out("sysctl -n net.bridge.bridge-nf-call-ip6tables") == "1"
