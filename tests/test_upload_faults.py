@@ -299,6 +299,9 @@ def test_interrupt_mid_upload_exits_130_and_leaves_nothing_unverified(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell that starts the suite in the background leaves SIGINT ignored, and Python then never
+        # turns it into KeyboardInterrupt: give the child the disposition a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 30
     while not any(is_upload_chunk(s.method, s.path, s.headers) for s in proxy.seen):

@@ -294,7 +294,12 @@ def test_no_qemu_left_after_ctrl_c_or_parent_killed(tmp_path: Path, probe_disk: 
     """Ctrl-C runs __exit__ (stop); SIGKILL of kiln itself is covered by PR_SET_PDEATHSIG."""
     work = tmp_path / "child"
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(probe_disk), str(work)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _CHILD, str(probe_disk), str(work)],
+        stdout=subprocess.PIPE,
+        text=True,
+        # A shell that starts the suite in the background leaves SIGINT ignored, and Python then never
+        # turns it into KeyboardInterrupt: give the child the disposition a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert child.stdout is not None
