@@ -126,11 +126,17 @@ def _label(path: Path, root: Path) -> str:
 # --- reading layer files ---------------------------------------------------------------------------------
 
 
-def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+def _read_text(path: Path, label: str, problems: list[str]) -> str | None:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         problems.append(f"{label}: cannot read: {exc.strerror or exc}")
+        return None
+
+
+def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    text = _read_text(path, label, problems)
+    if text is None:
         return None
     try:
         data = json.loads(text)
@@ -146,10 +152,8 @@ def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | 
 def _read_hcl(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
     import hcl2  # python-hcl2; imported here so that plain JSON configs don't pay for lark
 
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        problems.append(f"{label}: cannot read: {exc.strerror or exc}")
+    text = _read_text(path, label, problems)
+    if text is None:
         return None
     try:
         options = hcl2.SerializationOptions(
