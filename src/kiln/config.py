@@ -26,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from . import __version__
+from . import __version__, builddir
 from .errors import ConfigError, InputError
 from .settings import BY_NAME, SEMVER_RE, SETTINGS, SHARED_FILES, Setting
 
@@ -75,7 +75,7 @@ class Config:
 
     @property
     def artifact_name(self) -> str:
-        return f"{self.values['build_name']}+kube-{self.values['kubernetes_semver']}"
+        return builddir.artifact_name(self.values["build_name"], self.values["kubernetes_semver"])
 
     def plain(self) -> dict[str, Any]:
         """The values as plain JSON types (lists and dicts), for templates and Ansible extra vars."""
