@@ -20,15 +20,16 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from . import __version__, builddir
+from . import __version__, builddir, inputs
 from .errors import ConfigError, InputError
-from .settings import BY_NAME, SEMVER_RE, SETTINGS, SHARED_FILES, Setting
+from .settings import BY_NAME, SEMVER_RE, SETTINGS, SHARED_FILES, Setting, unprintable
 
 DEFAULT = "default"
 DERIVED = "derived"
@@ -119,8 +120,27 @@ def _suggest(key: str) -> str:
 def _label(path: Path, root: Path) -> str:
     try:
         return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
+    except (ValueError, OSError, RuntimeError):  # outside the repo; a symlink loop; a name too long
+        return inputs.clip(str(path), 200).strip("'\"")
+
+
+TARGET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}", re.ASCII)
+
+
+def check_target(target: str, root: Path | None = None) -> str:
+    """`target` if it names an OS file in config/ (a name from `kiln list`, never a path), else InputError."""
+    known = targets(root)
+    if target in known:
+        return target
+    hint = f"known targets: {', '.join(known) or 'none'}"
+    if not TARGET_RE.fullmatch(target):
+        raise InputError(
+            f"{inputs.clip(target)}: not a target name (a target is a name from `kiln list`, not a path)", hint=hint
+        )
+    close = difflib.get_close_matches(target, known, n=1)
+    if close:
+        hint = f"did you mean '{close[0]}'? {hint}"
+    raise InputError(f"config/{target}.json: no such target", hint=hint)
 
 
 # --- reading layer files ---------------------------------------------------------------------------------
@@ -128,9 +148,9 @@ def _label(path: Path, root: Path) -> str:
 
 def _read_text(path: Path, label: str, problems: list[str]) -> str | None:
     try:
-        return path.read_text()
-    except OSError as exc:
-        problems.append(f"{label}: cannot read: {exc.strerror or exc}")
+        return inputs.read_text(path, "var file")
+    except InputError as err:
+        problems.append(err.message.replace(str(path), label, 1))
         return None
 
 
@@ -139,14 +159,82 @@ def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | 
     if text is None:
         return None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        problems.append(f"{label}: line {exc.lineno} column {exc.colno}: malformed JSON: {exc.msg}")
+        data = inputs.loads_json(text, label, "var file")
+    except InputError as err:
+        problems.append(err.message)
         return None
     if not isinstance(data, dict):
-        problems.append(f"{label}: must hold a JSON object of settings, not {type(data).__name__}")
+        problems.append(f"{label}: must hold a JSON object of settings, not {_json_type(data)}")
         return None
     return data
+
+
+_HCL_ATTR = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def hcl_top_level_names(text: str) -> list[tuple[str, int]]:
+    """(name, line) of each top-level `name = ...` attribute, in order, duplicates included.
+
+    python-hcl2 keeps only the last of two equal attributes; Packer refuses them, and so does kiln.
+    """
+    names: list[tuple[str, int]] = []
+    depth = 0
+    line = 1
+    i = 0
+    at_line_start = True
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+            at_line_start = True
+            i += 1
+            continue
+        if c in " \t\r":
+            i += 1
+            continue
+        if c == "#" or text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        if text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            line += text.count("\n", i, end)
+            i = end
+            continue
+        if text.startswith("<<", i):  # heredoc: skip to its terminator line
+            m = re.match(r"<<-?([A-Za-z_][A-Za-z0-9_]*)", text[i:])
+            if m:
+                tag = m.group(1)
+                end = re.compile(rf"^\s*{tag}\s*$", re.M).search(text, i + m.end())
+                stop = n if end is None else end.end()
+                line += text.count("\n", i, stop)
+                i = stop
+                at_line_start = False
+                continue
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                if text[i] == "\\":
+                    i += 1
+                elif text[i] == "\n":
+                    line += 1
+                i += 1
+            i += 1
+            at_line_start = False
+            continue
+        if depth == 0 and at_line_start:
+            m = _HCL_ATTR.match(text, i)
+            if m and re.match(r"\s*=(?!=)", text[m.end() :]):
+                names.append((m.group(0), line))
+        if c in "{[(":
+            depth += 1
+        elif c in "}])":
+            depth = max(0, depth - 1)
+        at_line_start = False
+        i += 1
+    return names
 
 
 def _read_hcl(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
@@ -155,17 +243,33 @@ def _read_hcl(path: Path, label: str, problems: list[str]) -> dict[str, Any] | N
     text = _read_text(path, label, problems)
     if text is None:
         return None
+    seen: dict[str, int] = {}
+    duplicate = False
+    for name, line in hcl_top_level_names(text):
+        if name in seen:
+            problems.append(f"{label}: line {line}: {name}: set twice (first on line {seen[name]})")
+            duplicate = True
+        seen.setdefault(name, line)
+    if duplicate:
+        return None
     try:
         options = hcl2.SerializationOptions(
             with_comments=False, explicit_blocks=False, strip_string_quotes=True, preserve_heredocs=False
         )
         data = hcl2.loads(text, serialization_options=options)
+    except RecursionError:
+        problems.append(f"{label}: var file is nested too deeply")
+        return None
     except Exception as exc:  # lark raises many exception types; all carry line/column when known
         line = getattr(exc, "line", None)
         column = getattr(exc, "column", None)
         where = f"line {line} column {column}: " if line is not None else ""
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         problems.append(f"{label}: {where}malformed HCL: {first}")
+        return None
+    problem = inputs.check_data(data)
+    if problem:
+        problems.append(f"{label}: var file {problem}")
         return None
     out = {k: _unhcl(v) for k, v in data.items()}
     for key, value in list(out.items()):
@@ -223,27 +327,31 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+_INT_RE = re.compile(r"-?[0-9]{1,30}", re.ASCII)
+
+
 def coerce(setting: Setting, raw: Any) -> Any:
     """A `-var key=value` string to the setting's type. ValueError names what was expected."""
     if not isinstance(raw, str) or setting.type is str:
         return raw
     text = raw.strip()
     if setting.type is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"wrong type: want number, got {raw!r}") from None
+        if not _INT_RE.fullmatch(text):
+            raise ValueError(f"wrong type: want a number (ASCII digits), got {inputs.clip(raw)}")
+        return int(text)
     if setting.type is bool:
         if text.lower() in ("true", "1", "yes"):
             return True
         if text.lower() in ("false", "0", "no"):
             return False
-        raise ValueError(f"wrong type: want bool (true/false), got {raw!r}")
+        raise ValueError(f"wrong type: want bool (true/false), got {inputs.clip(raw)}")
     if text.startswith("[") or text.startswith("{"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"malformed JSON value {raw!r}: {exc.msg}") from None
+            raise ValueError(f"malformed JSON value {inputs.clip(raw)}: {exc.msg}") from None
+        except RecursionError:
+            raise ValueError("JSON value nested too deeply") from None
     if setting.type is list:
         return [part for part in text.replace(",", " ").split() if part]
     raise ValueError(f"wrong type: want a JSON object, got {raw!r}")
@@ -265,10 +373,8 @@ def load(
     to each key's type). Raises InputError for an unknown target and ConfigError listing every problem.
     """
     root = (repo_root or _default_root()).resolve()
+    check_target(target, root)
     os_file = root / "config" / f"{target}.json"
-    if target in SHARED_FILES or not os_file.is_file():
-        known = ", ".join(targets(root)) or "none"
-        raise InputError(f"config/{target}.json: no such target", hint=f"known targets: {known}")
 
     problems: list[str] = []
     values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
@@ -283,7 +389,7 @@ def load(
     for path in var_paths:
         full = path if path.is_absolute() else Path.cwd() / path
         label = _label(full, root)
-        if not full.is_file():
+        if not os.path.lexists(full):
             problems.append(f"{label}: var file not found (from PACKER_VAR_FILES / --var-file)")
             continue
         _apply_file(full, label, values, origins, problems)
@@ -373,14 +479,44 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> None:
             origins[key] = DERIVED
 
 
+def _text_problem(value: Any) -> str | None:
+    """Every string in a value (list items, map keys and values too) must be printable, with no control
+    characters: a newline in a duration or a NUL in a path ends up in a template or a command line."""
+    items: list[Any] = []
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    elif isinstance(value, Mapping):
+        items = [*value.keys(), *value.values()]
+    for item in items:
+        if isinstance(item, str):
+            problem = unprintable(item)
+            if problem:
+                return f"{problem}: {inputs.clip(item)}"
+    return None
+
+
 def _check_values(values: dict[str, Any], origins: dict[str, str], problems: list[str]) -> None:
     for setting in SETTINGS:
         value = values[setting.name]
+        origin = origins[setting.name]
+        if setting.type is not bool and setting.type is not int and not setting.multiline:
+            text_problem = _text_problem(value)
+            if text_problem:
+                problems.append(f"{origin}: {setting.name}: {text_problem}")
+                continue
+        if value == "" and origin != DEFAULT and (setting.derived or setting.default != ""):
+            problems.append(
+                f"{origin}: {setting.name}: must not be empty"
+                + ("" if setting.derived else f" (the default is {inputs.clip(setting.default)}; remove the key to use it)")
+            )
+            continue
         if setting.validator is None or value in ("", [], {}):
             continue  # empty = unset; required keys are checked in _check_consistency
         problem = setting.validator(value)
         if problem:
-            problems.append(f"{origins[setting.name]}: {setting.name}: {problem}")
+            problems.append(f"{origin}: {setting.name}: {problem}")
 
 
 def _need(
@@ -388,7 +524,9 @@ def _need(
 ) -> None:
     if values[key] in ("", [], {}, None):
         cause = because.split(" ")[0]
-        problems.append(f"{origins.get(cause, origins[key])}: {key}: required when {because}")
+        where = origins.get(cause, origins[key])
+        also = f" (emptied by {origins[key]})" if origins[key] not in (DEFAULT, DERIVED, where) else ""
+        problems.append(f"{where}: {key}: required when {because} (set by {where}){also}")
 
 
 _MUST_MATCH = ("kubernetes_series", "kubernetes_deb_version", "kubernetes_rpm_version")
