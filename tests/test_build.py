@@ -194,9 +194,12 @@ def test_sigterm_stops_packer_and_its_children_and_exits_130(tmp_path, cloudimg_
 
 
 def test_bootstrap_with_vmware_builder_is_rejected():
-    with pytest.raises(Exception) as err:
-        build.validate_inputs({"install_method": "bootstrap", "builder": "vmware-iso"})
-    assert "builder" in str(err.value)
+    from kiln import config
+    from kiln.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config.load("debian-12", overrides={"builder": "vmware-iso"})
+    assert any("-var: builder: vmware-iso cannot build install_method bootstrap" in p for p in err.value.problems)
 
 
 def test_packer_compressed_reads_the_rendered_template(tmp_path):

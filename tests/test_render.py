@@ -163,6 +163,7 @@ def test_render_failure_leaves_nothing(tmp_path: Path) -> None:
     cfg = config.load("ubuntu-2204", repo_root=root)
     out = tmp_path / "out"
     out.mkdir()
+    (out / ".kiln-output").write_text("made by kiln\n")  # an earlier render: kiln may replace it
     (out / "previous").write_text("kept")
     with pytest.raises(InputError, match="packer/http/ubuntu/autoinstall/user-data"):
         render.render(cfg, golden_context(cfg), out, (1, 6, 6))

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, bootstrap, builddir, cidata, ova, packer, proc
+from . import __version__, bootstrap, builddir, cidata, inputs, ova, packer, proc
 from .errors import BuildError, InputError, KilnError
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class BuildResult:
     stages: dict[str, float]  # stage -> wall seconds
     base_cached: bool | None  # None when there is no base stage
     input_hash: str
+    up_to_date: bool = False
 
     def __str__(self) -> str:
         return str(self.path)
@@ -218,16 +219,25 @@ def run_build(
     say: Callable[[str], None] | None = None,
     debug: bool = False,
     verify: bool = True,
+    force: bool = False,
 ) -> BuildResult:
-    """Build the image described by `cfg` (a kiln.config.Config) and publish it into its build directory."""
+    """Build the image described by `cfg` (a kiln.config.Config) and publish it into its build directory.
+
+    When the build directory already holds a verified build with the same input hash, nothing runs and
+    nothing is touched (`up_to_date` is True), unless `force`.
+    """
     values: Mapping[str, Any] = cfg.values
     repo_root: Path = cfg.repo_root
     name = builddir.artifact_name(values["build_name"], values["kubernetes_semver"])
-    out_root = proc.ensure_dir(cfg.path("output_dir"))
-    final = out_root / name
+    final = cfg.path("output_dir") / name
     say_fn = say or _default_say
+    input_hash = cfg.input_hash()
+    if not force and up_to_date(final, input_hash):
+        say_fn(f"kiln: {final} is up to date (input hash {input_hash[:12]}); --force rebuilds")
+        return BuildResult(final, name, {}, None, input_hash, up_to_date=True)
+    check_replaceable_build(final)
+    out_root = proc.ensure_dir(cfg.path("output_dir"))
 
-    validate_inputs(values)
     check_tools(values)
     from .vm import free_port, pick_accelerator
 
@@ -238,7 +248,6 @@ def run_build(
     # append mode: kiln.packer.build appends Packer's output through its own handle to the same file
     log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     rep = Reporter(log_file, say_fn)
-    input_hash = cfg.input_hash()
     base_cached: bool | None = None
     ok = False
     try:
@@ -312,6 +321,7 @@ def run_build(
 
         with rep.stage("publish", str(final)):
             temp.chmod(0o755)  # mkdtemp made it private; the published build is readable like its files
+            inputs.mark(temp, f"kiln build of {name}")
             _publish(temp, final)
         ok = True
         rep.note("stages: " + json.dumps(rep.stages))
@@ -337,6 +347,49 @@ def run_build(
             pass
         else:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def up_to_date(final: Path, input_hash: str) -> bool:
+    """`final` is a kiln build dir, verified, whose manifest records `input_hash`, with its artifacts there.
+    Reads only; any doubt means "not up to date"."""
+    if not (final / inputs.MARKER).is_file() or not (final / "goss" / "report.json").is_file():
+        return False
+    try:
+        build = builddir.BuildDir.open(final)
+    except KilnError:
+        return False
+    if build.custom_data.get("input_hash") != input_hash:
+        return False
+    listed = [f.get("name") for f in _manifest_files(final)]
+    return bool(listed) and all(isinstance(n, str) and (final / n).is_file() for n in listed)
+
+
+def _manifest_files(final: Path) -> list[dict[str, Any]]:
+    try:
+        manifest = inputs.read_json_object(final / builddir.MANIFEST, "Packer manifest")
+        files = manifest["builds"][-1]["files"]
+    except (KilnError, KeyError, IndexError, TypeError):
+        return []
+    return [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
+
+
+def check_replaceable_build(final: Path) -> None:
+    """kiln replaces a build dir only if it made it: its marker, or (builds from before the marker) a
+    packer-manifest.json whose custom_data carries kiln_version. Anything else: InputError, exit 2."""
+    if not final.exists() and not final.is_symlink():
+        return
+    if final.is_dir() and not final.is_symlink():
+        if (final / inputs.MARKER).is_file():
+            return
+        try:
+            if builddir.BuildDir.open(final).custom_data.get("kiln_version"):
+                return
+        except KilnError:
+            pass
+    raise InputError(
+        f"{final}: exists and was not made by kiln (no {inputs.MARKER} marker); kiln will not replace it",
+        hint="move it away, or set output_dir to another directory",
+    )
 
 
 def _stage_summary(stages: Mapping[str, float]) -> str:
@@ -458,8 +511,3 @@ def _keep_log(log_path: Path, out_root: Path, name: str) -> Path | None:
     if reports.is_dir():  # a failed verify: its reports outlive the temp dir
         shutil.copytree(reports, logs / f"{name}-{stamp}.goss")
     return kept
-
-
-def validate_inputs(values: Mapping[str, Any]) -> None:
-    if values.get("install_method") == "bootstrap" and values.get("builder", "qemu") != "qemu":
-        raise InputError("builder: install_method bootstrap builds with the qemu builder only")

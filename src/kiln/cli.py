@@ -393,6 +393,7 @@ def _register_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--only", choices=("qemu", "vmware-iso"), help="builder (default: the target's `builder`)")
     p.add_argument("--foreground", action="store_true", help="show the VM console (headless=false)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the build dir is up to date")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Packer's own log too")
     _config_options(p)
     p.set_defaults(func=_cmd_build)
@@ -453,14 +454,36 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from . import render
+    import shutil
+
+    from . import inputs, render
     from .render import parse_version
 
     cfg = _load_config(args, args.target)
-    out = (args.output or (cfg.repo_root / "packer" / ".rendered" / args.target)).resolve()
+    if args.output is not None and str(args.output) in ("", "."):
+        raise InputError("render -o: an empty path or '.' is not an output directory")
+    out = args.output or (cfg.repo_root / "packer" / ".rendered" / args.target)
+    inputs.check_replaceable(out, "render output directory")  # before anything is written
+    try:
+        out = out.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise InputError(f"{out}: render output directory cannot be used ({exc})") from None
     version = parse_version(args.packer_version) if args.packer_version else None
-    context = render.placeholder_context(cfg, out.parent / f".{out.name}.context")
-    result = render.render(cfg, context, out, version)
+    context_dir = out.parent / f".{out.name}.context"
+    inputs.check_replaceable(context_dir, "placeholder credentials directory")
+    made = not context_dir.exists()
+    try:
+        context = render.placeholder_context(cfg, context_dir)
+        inputs.mark(context_dir, "kiln render (placeholder credentials)")
+        result = render.render(cfg, context, out, version)
+    except OSError as exc:
+        if made:
+            shutil.rmtree(context_dir, ignore_errors=True)
+        raise InputError(f"{context_dir}: cannot write: {exc.strerror or exc}") from None
+    except BaseException:
+        if made:
+            shutil.rmtree(context_dir, ignore_errors=True)
+        raise
     print(
         f"{result.template} (Packer {'.'.join(map(str, result.packer_version))}, sources: "
         f"{', '.join(result.sources)})"
@@ -476,7 +499,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     if bool(args.all) == bool(args.target):
         raise InputError("validate: give a TARGET or --all")
-    names = config.targets() if args.all else [args.target]
+    names = config.targets() if args.all else [config.check_target(args.target)]
     problems: list[str] = []
     failed: list[str] = []
     for name in names:
@@ -509,8 +532,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     debug = bool(getattr(args, "debug", False))
     from . import build as build_mod  # the build pipeline: base, packer, post-process, verify, publish
 
-    result = build_mod.run_build(cfg, only=str(cfg.get("builder")), debug=debug)  # "qemu" | "vmware-iso"
-    print(f"built: {result.path}")
+    result = build_mod.run_build(cfg, only=str(cfg.get("builder")), debug=debug, force=args.force)
+    print(f"up to date: {result.path}" if result.up_to_date else f"built: {result.path}")
     return 0
 
 

@@ -87,8 +87,11 @@ class Config:
         return {k: {"value": _plain(v), "origin": self.origins[k]} for k, v in self.values.items()}
 
     def input_hash(self) -> str:
-        """sha256 over the resolved values and kiln's version: equal inputs give equal hashes."""
-        blob = json.dumps({"kiln": __version__, "values": self.plain()}, sort_keys=True).encode()
+        """sha256 over the values that decide what lands in the image, and kiln's version: equal inputs give
+        equal hashes. Settings that only say where bytes come from (mirrors, proxies, the stand-in server's
+        URL, the output dir) are left out: changing them does not make a different image."""
+        content = {k: v for k, v in self.plain().items() if not BY_NAME[k].location}
+        blob = json.dumps({"kiln": __version__, "values": content}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
     def path(self, key: str) -> Path:

@@ -7,6 +7,7 @@ SHA-256 of the whole file and only then renames it into place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -19,6 +20,8 @@ from pathlib import Path
 import requests
 
 from .errors import InputError, UploadError
+from .inputs import clip
+from .settings import unprintable, url_problem
 from .gcs import RETRYABLE_STATUS, Client, RetryPolicy
 from .upload import HEX64, channel_for
 
@@ -114,17 +117,76 @@ def download(
     s = session or requests.Session()
     retry = retry or RetryPolicy()
     t0 = time.monotonic()
-    filename = urllib.parse.unquote(urllib.parse.urlparse(url).path.rsplit("/", 1)[-1])
-    if not filename:
-        raise InputError(f"{url}: no file name in the URL")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    filename = file_name_of(url)
     final = out_dir / filename
     part = out_dir / (filename + ".part")
     part_sum = out_dir / (filename + ".part.sha256")
 
     expected = _fetch_sha256(s, url + ".sha256", retry, timeout)
+    made_dir = _ensure_out_dir(out_dir)
+    try:
+        return _download_into(s, url, expected, final, part, part_sum, retry, on_progress, timeout, t0)
+    except BaseException:
+        if made_dir:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if nothing is in it (a kept .part keeps it)
+        raise
+
+
+def file_name_of(url: str) -> str:
+    """The file name a download is saved under: the URL's last path segment, decoded, and checked to be a
+    plain name (no '/', not '.' or '..', printable), so that nothing is ever written outside -o."""
+    problem = url_problem(url, ("http", "https"))
+    if problem:
+        raise InputError(f"{clip(url)}: not a download URL: {problem}")
+    raw = urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
+    try:
+        name = urllib.parse.unquote(raw, errors="strict") if raw else ""
+    except UnicodeDecodeError:
+        raise InputError(f"{clip(url)}: the file name is not UTF-8 once decoded") from None
+    if not name:
+        raise InputError(f"{clip(url)}: no file name in the URL")
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith(".") or unprintable(name):
+        raise InputError(f"{clip(url)}: file name {clip(name)} is not a plain file name; refusing to save it")
+    if len(name.encode()) > 200:
+        raise InputError(f"{clip(url)}: file name is {len(name.encode())} bytes long (limit 200)")
+    return name
+
+
+def _ensure_out_dir(out_dir: Path) -> bool:
+    """Make -o if needed; True when this call made it (so that a failure can take it away again)."""
+    if out_dir.is_dir():
+        return False
+    if out_dir.exists() or out_dir.is_symlink():
+        raise InputError(f"{out_dir}: -o exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot create the download directory: {exc.strerror or exc}") from None
+    return True
+
+
+def _download_into(
+    s: requests.Session,
+    url: str,
+    expected: str,
+    final: Path,
+    part: Path,
+    part_sum: Path,
+    retry: RetryPolicy,
+    on_progress: Callable[[int, int | None], None] | None,
+    timeout: float,
+    t0: float,
+) -> Download:
+    if final.is_symlink() or (final.exists() and not final.is_file()):
+        raise InputError(f"{final}: exists and is not a regular file; kiln will not replace it")
     if final.is_file() and _sha256(final) == expected:
         return Download(url, final, final.stat().st_size, expected, "present", 0, time.monotonic() - t0)
+    if final.is_file():
+        raise InputError(
+            f"{final}: exists with other contents than {url}; kiln will not replace it",
+            hint="remove it or download into another directory (-o)",
+        )
     if part.exists() and (not part_sum.is_file() or part_sum.read_text().strip() != expected):
         part.unlink()  # a .part of some other version of the object: start over
     part_sum.write_text(expected + "\n")
@@ -217,10 +279,11 @@ def _fetch_sha256(s: requests.Session, url: str, retry: RetryPolicy, timeout: fl
 
 def _total(r: requests.Response, offset: int) -> int | None:
     cr = r.headers.get("Content-Range", "")
-    if r.status_code == 206 and "/" in cr and not cr.endswith("/*"):
-        return int(cr.rsplit("/", 1)[1])
-    length = r.headers.get("Content-Length")
-    return int(length) if length is not None and r.status_code == 200 else None
+    tail = cr.rsplit("/", 1)[-1]
+    if r.status_code == 206 and "/" in cr and tail.isascii() and tail.isdigit():
+        return int(tail)
+    length = r.headers.get("Content-Length", "")
+    return int(length) if length.isascii() and length.isdigit() and r.status_code == 200 else None
 
 
 def _starts_at(r: requests.Response, offset: int) -> bool:

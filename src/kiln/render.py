@@ -29,7 +29,7 @@ from typing import Any
 
 import jinja2
 
-from . import __version__, proc
+from . import __version__, inputs, proc
 from .config import Config
 from .errors import InputError
 
@@ -344,10 +344,17 @@ def render(
         from .packer import version
 
         packer_version = version()
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    out_dir = Path(out_dir)
+    inputs.check_replaceable(out_dir, "render output directory")
     try:
+        out_dir = out_dir.resolve()
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except (OSError, RuntimeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"{out_dir}: cannot create the render output directory: {why}") from None
+    try:
+        inputs.mark(tmp, "kiln render")
         # Paths inside the template point at the final directory, not the temp one.
         render_boot_files(config, context, tmp / "http")
         text = render_template(config, context, out_dir, packer_version)
@@ -367,6 +374,9 @@ def render(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"{out_dir}: cannot write the rendered template: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

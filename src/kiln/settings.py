@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # A validator takes the (already type-checked) value and returns a problem or None.
@@ -173,6 +173,10 @@ class Setting:
     validator: Validator | None = None
     derived: bool = False  # default computed from other keys unless set explicitly
     multiline: bool = False  # may hold newlines (e.g. a TOML fragment); other strings must be printable
+    # where bytes come from or go to, or how the build VM runs, not what lands in the image (a mirror, a
+    # proxy, the stand-in server's port, the output dir): left out of the input hash, so changing it does
+    # not force a rebuild
+    location: bool = False
 
     @property
     def type_name(self) -> str:
@@ -458,6 +462,16 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 del S
+
+# Settings that say where bytes come from or go, or how the build VM runs, not what lands in the image.
+_LOCATION = frozenset(
+    {
+        "bootstrap_mirror", "accelerator", "headless", "http_proxy", "https_proxy", "no_proxy", "apt_mirror",
+        "apt_cache", "output_dir", "cache_dir", "kubernetes_http_source", "containerd_url", "cni_url",
+        "ssh_timeout", "boot_wait",
+    }
+)  # fmt: skip
+SETTINGS = tuple(replace(s, location=True) if s.name in _LOCATION else s for s in SETTINGS)
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 # The layer files every target reads, in layering order (the OS file goes between common and kubernetes).

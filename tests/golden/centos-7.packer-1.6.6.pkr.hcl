@@ -104,7 +104,7 @@ build {
       os_version = "7"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "afd96230f2aba02b70992eb8950cdc4f45343b230b93676573845891e1d74970"
+      input_hash = "9f77ed5e1a153cf2ae3242313a3543d944bfad904ba8adea52698041da35a76e"
       ssh_username = "builder"
     }
   }

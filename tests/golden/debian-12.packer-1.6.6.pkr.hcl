@@ -75,7 +75,7 @@ build {
       os_version = "12"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "2cc0a215f055a51de490cb1925e87b20112cffd82746027deac747f1d6b8b3d4"
+      input_hash = "f3f7684dac6e70d29162b42f6cbf330d4e30af96c10541a0a816ec277e5826db"
       ssh_username = "builder"
     }
   }

@@ -118,7 +118,7 @@ build {
       os_version = "9"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "5c61774f1731476f4f72b14d12953b50056740cb3b024daf206ccb2dce5a366d"
+      input_hash = "772bc6fda6d8b302f5078bdbcca3cfd56c9e09e33ea120b5bdab8171eb5aadd3"
       ssh_username = "builder"
     }
   }

@@ -114,7 +114,7 @@ build {
       os_version = "18.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "70d3e29acee2f12095d579fe1ba6ac816dee5cb5912709861d9e4f045d3cd1cd"
+      input_hash = "9e19b36d751c1eecc563c41e234150f8cc4d79707aa09d343395b707f8c0e5c7"
       ssh_username = "builder"
     }
   }

@@ -124,7 +124,7 @@ build {
       os_version = "20.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "0b29fab9ef43a90364df06e709af86b00b8b443aed3333b3fb5c8dab44083666"
+      input_hash = "7aa7791bb28b2ed9c3e2b747bf7b7784ddf91a252c5c60858475aab08e741de2"
       ssh_username = "builder"
     }
   }

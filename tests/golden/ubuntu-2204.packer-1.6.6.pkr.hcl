@@ -110,7 +110,7 @@ build {
       os_version = "22.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "341b0069841e700955532b52a4a5f8ab43e5ed31fd4f24fdd163ba82c24c7e36"
+      input_hash = "a7a42a560d56cbd21643e9b2a02af5096c7002ebd226d65c7fdc35decbe51b70"
       ssh_username = "builder"
     }
   }

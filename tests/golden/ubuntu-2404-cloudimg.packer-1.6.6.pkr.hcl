@@ -77,7 +77,7 @@ build {
       os_version = "24.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "d104e929e51aab99c645905279dd978639b8f69eee2c6f31ee209020d5782b55"
+      input_hash = "a3afba426847d7cb54a2a6a90465d6c3b6fb1cf884f0c1c8262b005687abf4ab"
       ssh_username = "builder"
     }
   }

@@ -124,7 +124,7 @@ build {
       os_version = "24.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "7e1d9c75e9d66bf1f50d6602d7ad197c92f2b09b0c3aedcb32cbd6966cc5c996"
+      input_hash = "db7c75db378147aea5c1b6b5aee2b0d1a88998e8aca9b481bd64b98447d9aa1f"
       ssh_username = "builder"
     }
   }
