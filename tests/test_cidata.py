@@ -111,7 +111,7 @@ def test_public_key_validation(tmp_path: Path) -> None:
     bad.write_text("ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQABAAABAQ== wrong-type\n")
     with pytest.raises(InputError, match="does not match its type"):
         cidata.discover_public_keys([bad])
-    with pytest.raises(InputError, match="missing.pub: public key file not found"):
+    with pytest.raises(InputError, match="missing.pub: public key file does not exist"):
         cidata.discover_public_keys([tmp_path / "missing.pub"])
 
 

@@ -385,7 +385,7 @@ def _key_variants(tmp_path: Path, tokens_pem: str) -> dict[str, tuple[Path, str]
 
     cases["missing"] = (tmp_path / "nope.json", "key file does not exist")
     (tmp_path / "adir.json").mkdir()
-    cases["unreadable"] = (tmp_path / "adir.json", "key file is not readable")
+    cases["unreadable"] = (tmp_path / "adir.json", "key file is a directory, not a regular file")
     put("not-json", tokens_pem, "key file is not valid JSON (line 1 column 1)")
     put("list", "[1, 2]", "key file must hold a JSON object")
     put(

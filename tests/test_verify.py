@@ -32,7 +32,7 @@ def test_load_config_json_accepts_both_forms_and_names_bad_files(tmp_path: Path)
     (tmp_path / "c.json").write_text("{not json")
     assert verify.load_config_json(tmp_path / "a.json") == {"os_family": "debian"}
     assert verify.load_config_json(tmp_path / "b.json") == {"os_family": "redhat"}
-    with pytest.raises(InputError, match=r"c.json: malformed JSON"):
+    with pytest.raises(InputError, match=r"c.json: line 1 column 2: malformed JSON"):
         verify.load_config_json(tmp_path / "c.json")
     with pytest.raises(InputError, match=r"missing.json: cannot read config"):
         verify.load_config_json(tmp_path / "missing.json")

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from . import cidata, proc, ssh
+from . import cidata, inputs, proc, ssh
 from .builddir import BuildDir
 from .errors import InputError, KilnError
 from .vm import VM, VMError, _pid_alive, stop_process
@@ -66,18 +66,50 @@ def run_dir(build: BuildDir) -> Path:
 
 def read_state(build: BuildDir) -> BootState | None:
     """The running boot of `build`, or None. A state file whose QEMU is gone is cleaned up."""
-    path = run_dir(build) / STATE
-    if not path.is_file():
+    rdir = run_dir(build)
+    path = rdir / STATE
+    if not path.is_file() and not path.is_symlink():
         return None
-    try:
-        state = BootState(**json.loads(path.read_text()))
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{path}: malformed boot state ({exc}); remove {path.parent}") from exc
+    data = inputs.read_json_object(path, "boot state")
+    state = _state_from(data, path)
+    # the state file is trusted only for paths under this build dir: a stale or edited file must never
+    # point kiln's clean-up at another directory
+    if not _inside(Path(state.run_dir), rdir):
+        raise InputError(
+            f"{path}: run_dir {inputs.clip(state.run_dir)} is not {rdir}; kiln will not use this boot state",
+            hint=f"remove {path} yourself",
+        )
     if not _is_our_qemu(state):
         log.info("%s: the VM recorded there is gone; cleaning up", path)
-        _cleanup(Path(state.run_dir))
+        _cleanup(rdir)
         return None
     return state
+
+
+_STATE_TYPES = {f: (str,) for f in BootState.__dataclass_fields__}
+_STATE_TYPES.update(pid=(int,), ssh_port=(int,), detached=(bool,), started=(int, float))
+
+
+def _state_from(data: dict[str, Any], path: Path) -> BootState:
+    missing = sorted(set(_STATE_TYPES) - set(data))
+    if missing:
+        raise InputError(f"{path}: malformed boot state: missing {', '.join(missing)}")
+    for key, types in _STATE_TYPES.items():
+        value = data[key]
+        if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
+            raise InputError(f"{path}: malformed boot state: {key} is {inputs.clip(value)}")
+    if not 0 < data["pid"] < 1 << 31:  # pid_t
+        raise InputError(f"{path}: malformed boot state: pid {inputs.clip(data['pid'])} is out of range")
+    if not 0 < data["ssh_port"] < 65536:
+        raise InputError(f"{path}: malformed boot state: ssh_port {inputs.clip(data['ssh_port'])} is out of range")
+    return BootState(**{k: data[k] for k in _STATE_TYPES})
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve() == root.resolve() or path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def _is_our_qemu(state: BootState) -> bool:
@@ -89,6 +121,7 @@ def _is_our_qemu(state: BootState) -> bool:
     except OSError:
         return False
     return bool(cmdline) and b"qemu" in cmdline[0] and any(state.run_dir.encode() in a for a in cmdline)
+
 
 
 def disk_for(build: BuildDir, where: Path) -> tuple[Path, str]:
@@ -264,6 +297,11 @@ def _write_state(rdir: Path, state: BootState) -> None:
     os.replace(tmp, rdir / STATE)
 
 
+def cleanup(build: BuildDir) -> None:
+    """Remove the run dir of `build` (its logs stay)."""
+    _cleanup(run_dir(build))
+
+
 def _cleanup(rdir: Path) -> None:
     """Remove a run dir, keeping the logs (vm/serial.log, vm/qemu.log) for a post-mortem."""
     if not rdir.exists():
@@ -290,7 +328,7 @@ def stop(build: BuildDir, timeout: float = 10.0) -> BootState | None:
     stop_process(state.pid, state.qmp_socket, timeout=timeout)
     if _pid_alive(state.pid):
         raise KilnError(f"{build.path}: QEMU pid {state.pid} did not stop")
-    _cleanup(Path(state.run_dir))
+    _cleanup(run_dir(build))
     return state
 
 
@@ -328,4 +366,4 @@ def booted(build: BuildDir, **start_args: Any) -> Iterator[BootState]:
         yield state
     finally:
         vm.stop()
-        _cleanup(Path(state.run_dir))
+        _cleanup(run_dir(build))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import inputs
 from .errors import InputError
 
 MANIFEST = "packer-manifest.json"
@@ -49,23 +50,22 @@ class BuildDir:
                 f"{manifest_path}: missing; {root} is not a finished kiln build",
                 hint="build one with `make build-qemu-debian-12`",
             )
+        manifest = inputs.read_json_object(manifest_path, "Packer manifest")
         try:
-            manifest = json.loads(manifest_path.read_text())
             custom = dict(manifest["builds"][-1]["custom_data"])
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise InputError(f"{manifest_path}: malformed Packer manifest ({exc})") from exc
+            raise InputError(f"{manifest_path}: malformed Packer manifest (no builds[-1].custom_data)") from exc
         for key in ("build_name", "kubernetes_semver"):
-            if not custom.get(key):
-                raise InputError(f"{manifest_path}: builds[-1].custom_data.{key} is missing")
+            if not custom.get(key) or not isinstance(custom[key], str):
+                raise InputError(f"{manifest_path}: builds[-1].custom_data.{key} is missing or not a string")
+        name = artifact_name(custom["build_name"], custom["kubernetes_semver"])
+        if "/" in name or name.startswith(".") or not name.isprintable():
+            raise InputError(f"{manifest_path}: custom_data names {inputs.clip(name)}, not a plain file name")
         config: dict[str, Any] = {}
         config_path = root / CONFIG
-        if config_path.is_file():
-            try:
-                raw = json.loads(config_path.read_text())
-            except ValueError as exc:
-                raise InputError(f"{config_path}: malformed JSON ({exc})") from exc
+        if config_path.is_file() or config_path.is_symlink():
+            raw = inputs.read_json_object(config_path, "build config")
             config = {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
-        name = artifact_name(custom["build_name"], custom["kubernetes_semver"])
         return cls(root, name, custom, config)
 
     @property

@@ -14,6 +14,7 @@ from typing import Any
 
 import pycdlib
 
+from . import inputs
 from .errors import InputError
 
 SEED_FILES = ("user-data", "meta-data", "network-config", "vendor-data")
@@ -75,16 +76,31 @@ def parse_public_key(line: str, source: str) -> str:
         blob = base64.b64decode(match["blob"], validate=True)
     except ValueError as exc:
         raise InputError(f"{source}: public key data is not valid base64") from exc
-    if not blob[4:].startswith(match["type"].encode()):
+    fields = _wire_strings(blob)
+    if fields is None or not fields or fields[0] != match["type"].encode():
         raise InputError(f"{source}: key data does not match its type {match['type']}")
+    if len(fields) < 2 or not any(fields[1:]):
+        raise InputError(f"{source}: public key holds no key material (only its type {match['type']})")
     return text
 
 
+def _wire_strings(blob: bytes) -> list[bytes] | None:
+    """The length-prefixed strings of an SSH wire-format key blob, or None if it is not one."""
+    out: list[bytes] = []
+    i = 0
+    while i < len(blob):
+        if i + 4 > len(blob):
+            return None
+        n = int.from_bytes(blob[i : i + 4], "big")
+        if i + 4 + n > len(blob):
+            return None
+        out.append(blob[i + 4 : i + 4 + n])
+        i += 4 + n
+    return out
+
+
 def _keys_from_file(path: Path) -> list[str]:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read public key ({exc})") from exc
+    text = inputs.read_text(path, "public key file", inputs.KEY_LIMIT)
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise InputError(f"{path}: empty public key file")
@@ -107,10 +123,7 @@ def discover_public_keys(
     if explicit:
         keys: list[str] = []
         for item in explicit:
-            path = Path(item)
-            if not path.is_file():
-                raise InputError(f"{path}: public key file not found (from --ssh-public-key)")
-            keys += _keys_from_file(path)
+            keys += _keys_from_file(Path(item))
         return keys, ", ".join(os.fspath(p) for p in explicit)
     if env_value and env_value.strip():
         value = env_value.strip()
@@ -119,8 +132,10 @@ def discover_public_keys(
                 "SSH_PUBLIC_KEY"
             )
         path = Path(value).expanduser()
-        if not path.is_file():
-            raise InputError(f"SSH_PUBLIC_KEY: {value!r} is neither a public key nor an existing file")
+        if not path.exists():
+            raise InputError(
+                f"SSH_PUBLIC_KEY: {inputs.clip(value)} is neither a public key nor an existing file"
+            )
         return _keys_from_file(path), f"{path} (SSH_PUBLIC_KEY)"
     looked = ["--ssh-public-key (not given)", "SSH_PUBLIC_KEY (not set)"]
     if home is not None:

@@ -664,7 +664,7 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         print("stopping the VM...")
     finally:
         vm.stop()
-        boot._cleanup(Path(state.run_dir))
+        boot.cleanup(build)
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import requests
 
+from . import inputs
 from .errors import InputError, Interrupted, UploadError
 
 log = logging.getLogger(__name__)
@@ -98,18 +99,15 @@ def load_key_file(path: Path) -> Any:
     """Service-account credentials from a key file. Errors name the file and the field, never its contents."""
     from google.oauth2 import service_account
 
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"{path}: key file does not exist", hint="pass --key-file or set KEY_FILE") from None
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{path}: key file is not readable ({type(exc).__name__})") from None
+    text = inputs.read_text(path, "key file", inputs.KEY_LIMIT)  # regular file, <= 64 KiB, UTF-8
     try:
         info = json.loads(text)
     except ValueError as exc:
         # JSONDecodeError's message holds a position, never the document
         pos = f"line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "?"
         raise InputError(f"{path}: key file is not valid JSON ({pos})") from None
+    except RecursionError:
+        raise InputError(f"{path}: key file is nested too deeply") from None
     if not isinstance(info, dict):
         raise InputError(f"{path}: key file must hold a JSON object (a service-account key)")
     missing = [k for k in _KEY_FIELDS if not isinstance(info.get(k), str) or not info.get(k)]
@@ -123,6 +121,7 @@ def load_key_file(path: Path) -> Any:
         creds = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
     except (ValueError, TypeError):
         raise InputError(f"{path}: key file's private_key is not a valid PEM private key") from None
+    creds._kiln_key_file = str(path)  # errors about refused grants name the file
     return creds
 
 
@@ -229,8 +228,12 @@ class Client:
             try:
                 resp = self._session.request(method, url, timeout=self.timeout, **kwargs)
             except RefreshError as exc:
+                source = getattr(self._creds, "_kiln_key_file", None)
+                whose = f"key file {source}" if source else "credentials"
+                detail = inputs.clip(str(exc.args[0]) if exc.args else type(exc).__name__, 200)
                 raise InputError(
-                    f"{what}: credentials were refused by the token endpoint ({exc.args[0]})"
+                    f"{what}: {whose}: refused by the token endpoint ({detail})",
+                    hint="check that the service account and its key still exist and are enabled",
                 ) from None
             except (requests.ConnectionError, requests.Timeout, TransportError) as exc:
                 problem = f"{type(exc).__name__}"

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from . import goss
+from . import goss, inputs
 from .errors import InputError, VerifyError
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,7 @@ ssh_deletekeys: false
 
 def load_config_json(path: Path) -> dict[str, Any]:
     """A resolved config file: kiln's config.json form ({"key": {"value": V, ...}}) or a flat mapping."""
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read config ({exc.strerror})") from exc
-    except ValueError as exc:
-        raise InputError(f"{path}: malformed JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: a config must be a JSON object")
+    raw = inputs.read_json_object(path, "config")
     return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
 
 
