@@ -138,7 +138,7 @@ validate-all: deps ## Render and packer-validate every target
 
 ##@ Tests
 .PHONY: test test-unit test-vm lint
-test: deps ## Run every test, VM builds and GCS servers included (what CI runs)
+test: deps lint ## Lint, then run every test, VM builds and GCS servers included (what CI runs)
 	$(PYTEST) -v --durations=25
 
 test-unit: deps ## Run the fast tests only (no VM)

@@ -199,7 +199,9 @@ def test_bootstrap_with_vmware_builder_is_rejected():
 
     with pytest.raises(ConfigError) as err:
         config.load("debian-12", overrides={"builder": "vmware-iso"})
-    assert any("-var: builder: vmware-iso cannot build install_method bootstrap" in p for p in err.value.problems)
+    assert any(
+        "-var: builder: vmware-iso cannot build install_method bootstrap" in p for p in err.value.problems
+    )
 
 
 def test_packer_compressed_reads_the_rendered_template(tmp_path):

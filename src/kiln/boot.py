@@ -86,7 +86,7 @@ def read_state(build: BuildDir) -> BootState | None:
     return state
 
 
-_STATE_TYPES = {f: (str,) for f in BootState.__dataclass_fields__}
+_STATE_TYPES: dict[str, tuple[type, ...]] = {f: (str,) for f in BootState.__dataclass_fields__}
 _STATE_TYPES.update(pid=(int,), ssh_port=(int,), detached=(bool,), started=(int, float))
 
 
@@ -101,7 +101,9 @@ def _state_from(data: dict[str, Any], path: Path) -> BootState:
     if not 0 < data["pid"] < 1 << 31:  # pid_t
         raise InputError(f"{path}: malformed boot state: pid {inputs.clip(data['pid'])} is out of range")
     if not 0 < data["ssh_port"] < 65536:
-        raise InputError(f"{path}: malformed boot state: ssh_port {inputs.clip(data['ssh_port'])} is out of range")
+        raise InputError(
+            f"{path}: malformed boot state: ssh_port {inputs.clip(data['ssh_port'])} is out of range"
+        )
     return BootState(**{k: data[k] for k in _STATE_TYPES})
 
 
@@ -121,7 +123,6 @@ def _is_our_qemu(state: BootState) -> bool:
     except OSError:
         return False
     return bool(cmdline) and b"qemu" in cmdline[0] and any(state.run_dir.encode() in a for a in cmdline)
-
 
 
 def disk_for(build: BuildDir, where: Path) -> tuple[Path, str]:

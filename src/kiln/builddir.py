@@ -14,7 +14,6 @@ packer/output/BUILD_NAME+kube-KUBERNETES_SEMVER/
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,9 @@ class BuildDir:
         try:
             custom = dict(manifest["builds"][-1]["custom_data"])
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise InputError(f"{manifest_path}: malformed Packer manifest (no builds[-1].custom_data)") from exc
+            raise InputError(
+                f"{manifest_path}: malformed Packer manifest (no builds[-1].custom_data)"
+            ) from exc
         for key in ("build_name", "kubernetes_semver"):
             if not custom.get(key) or not isinstance(custom[key], str):
                 raise InputError(f"{manifest_path}: builds[-1].custom_data.{key} is missing or not a string")

@@ -21,23 +21,57 @@ SEED_FILES = ("user-data", "meta-data", "network-config", "vendor-data")
 
 
 def write_iso(path: str | os.PathLike[str], files: Mapping[str, str | bytes], label: str = "cidata") -> Path:
-    """Write `files` (name -> content) into an ISO at `path`, atomically (temp file, then rename)."""
+    """Write `files` (name -> content) into an ISO at `path`, atomically (temp file, then rename).
+
+    An existing file is replaced only when it is itself an ISO labelled `label` (a seed kiln or
+    `make -C cloudinit` wrote); anything else there is refused with InputError.
+    """
     out = Path(path)
+    if str(path) in ("", "."):
+        raise InputError("cidata -o: an empty path is not a file name")
+    _check_replaceable_iso(out, label)
     iso = pycdlib.PyCdlib()
     # Joliet and Rock Ridge carry the real lower-case names with dashes that cloud-init looks for.
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=label)
+    tmp = out.with_name(f".{out.name}.tmp")
     try:
         for index, (name, content) in enumerate(sorted(files.items())):
             data = content.encode() if isinstance(content, str) else content
             iso_name = f"/F{index:07d}.;1"  # ISO9660 level-3 8.3 name; readers use Joliet/RR names
             iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path=f"/{name}")
-        tmp = out.with_name(f".{out.name}.tmp")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        iso.write(str(tmp))
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            iso.write(str(tmp))
+            os.replace(tmp, out)
+        except OSError as exc:
+            if tmp.parent.is_dir():
+                tmp.unlink(missing_ok=True)
+            raise InputError(f"{out}: cannot write the seed ISO: {exc.strerror or exc}") from None
     finally:
         iso.close()
-    os.replace(tmp, out)
     return out
+
+
+def _check_replaceable_iso(out: Path, label: str) -> None:
+    try:
+        exists = out.exists() or out.is_symlink()
+    except OSError as exc:
+        raise InputError(f"{out}: cannot use this path ({exc.strerror or exc})") from None
+    if not exists:
+        return
+    if out.is_symlink() or not out.is_file():
+        raise InputError(f"{out}: exists and is not a regular file; kiln will not replace it")
+    try:
+        with out.open("rb") as fh:
+            fh.seek(32768)
+            descriptor = fh.read(72)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot read the existing file ({exc.strerror or exc})") from None
+    if descriptor[1:6] != b"CD001" or descriptor[40:72].decode("ascii", "replace").strip() != label:
+        raise InputError(
+            f"{out}: exists and is not a {label} seed ISO; kiln will not replace it",
+            hint="choose another -o, or remove the file yourself",
+        )
 
 
 # --- rendering seeds from the templates in cloudinit/templates ---------------------------------------

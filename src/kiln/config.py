@@ -138,7 +138,8 @@ def check_target(target: str, root: Path | None = None) -> str:
     hint = f"known targets: {', '.join(known) or 'none'}"
     if not TARGET_RE.fullmatch(target):
         raise InputError(
-            f"{inputs.clip(target)}: not a target name (a target is a name from `kiln list`, not a path)", hint=hint
+            f"{inputs.clip(target)}: not a target name (a target is a name from `kiln list`, not a path)",
+            hint=hint,
         )
     close = difflib.get_close_matches(target, known, n=1)
     if close:
@@ -210,8 +211,8 @@ def hcl_top_level_names(text: str) -> list[tuple[str, int]]:
             m = re.match(r"<<-?([A-Za-z_][A-Za-z0-9_]*)", text[i:])
             if m:
                 tag = m.group(1)
-                end = re.compile(rf"^\s*{tag}\s*$", re.M).search(text, i + m.end())
-                stop = n if end is None else end.end()
+                closing = re.compile(rf"^\s*{tag}\s*$", re.M).search(text, i + m.end())
+                stop = n if closing is None else closing.end()
                 line += text.count("\n", i, stop)
                 i = stop
                 at_line_start = False
@@ -264,9 +265,9 @@ def _read_hcl(path: Path, label: str, problems: list[str]) -> dict[str, Any] | N
         problems.append(f"{label}: var file is nested too deeply")
         return None
     except Exception as exc:  # lark raises many exception types; all carry line/column when known
-        line = getattr(exc, "line", None)
+        at_line = getattr(exc, "line", None)
         column = getattr(exc, "column", None)
-        where = f"line {line} column {column}: " if line is not None else ""
+        where = f"line {at_line} column {column}: " if at_line is not None else ""
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         problems.append(f"{label}: {where}malformed HCL: {first}")
         return None
@@ -392,7 +393,7 @@ def load(
     for path in var_paths:
         full = path if path.is_absolute() else Path.cwd() / path
         label = _label(full, root)
-        if not os.path.lexists(full):
+        if _absent(full):
             problems.append(f"{label}: var file not found (from PACKER_VAR_FILES / --var-file)")
             continue
         _apply_file(full, label, values, origins, problems)
@@ -422,6 +423,16 @@ def load(
         repo_root=root,
         var_files=tuple(str(p) for p in var_paths),
     )
+
+
+def _absent(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False  # the reader names what is wrong (a name too long, a NUL byte)
+    return False
 
 
 def _apply_file(
@@ -512,7 +523,11 @@ def _check_values(values: dict[str, Any], origins: dict[str, str], problems: lis
         if value == "" and origin != DEFAULT and (setting.derived or setting.default != ""):
             problems.append(
                 f"{origin}: {setting.name}: must not be empty"
-                + ("" if setting.derived else f" (the default is {inputs.clip(setting.default)}; remove the key to use it)")
+                + (
+                    ""
+                    if setting.derived
+                    else f" (the default is {inputs.clip(setting.default)}; remove the key to use it)"
+                )
             )
             continue
         if setting.validator is None or value in ("", [], {}):

@@ -20,9 +20,9 @@ from pathlib import Path
 import requests
 
 from .errors import InputError, UploadError
+from .gcs import RETRYABLE_STATUS, Client, RetryPolicy
 from .inputs import clip
 from .settings import unprintable, url_problem
-from .gcs import RETRYABLE_STATUS, Client, RetryPolicy
 from .upload import HEX64, channel_for
 
 log = logging.getLogger(__name__)

@@ -125,7 +125,9 @@ def loads_json(text: str, label: str, what: str = "file") -> Any:
     except _JSONLimit as exc:
         raise InputError(f"{label}: {what} holds {exc}") from None
     except json.JSONDecodeError as exc:
-        raise InputError(f"{label}: line {exc.lineno} column {exc.colno}: malformed JSON: {exc.msg}") from None
+        raise InputError(
+            f"{label}: line {exc.lineno} column {exc.colno}: malformed JSON: {exc.msg}"
+        ) from None
     except RecursionError:
         raise InputError(f"{label}: {what} is nested too deeply (limit {MAX_DEPTH} levels)") from None
     except ValueError as exc:
@@ -175,7 +177,9 @@ def read_json(path: str | os.PathLike[str], what: str = "file", limit: int = CON
     return loads_json(read_text(path, what, limit), str(path), what)
 
 
-def read_json_object(path: str | os.PathLike[str], what: str = "file", limit: int = CONFIG_LIMIT) -> dict[str, Any]:
+def read_json_object(
+    path: str | os.PathLike[str], what: str = "file", limit: int = CONFIG_LIMIT
+) -> dict[str, Any]:
     data = read_json(path, what, limit)
     if not isinstance(data, dict):
         kind = "list" if isinstance(data, list) else type(data).__name__
@@ -210,13 +214,16 @@ def check_replaceable(directory: Path, what: str = "output directory") -> None:
     except (OSError, ValueError) as exc:
         raise InputError(f"{clip(str(directory))}: {what} cannot be used ({exc})") from None
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{directory}: {what} exists and is not a directory kiln made; kiln will not replace it")
+        raise InputError(
+            f"{directory}: {what} exists and is not a directory kiln made; kiln will not replace it"
+        )
     try:
         entries = os.listdir(directory)
     except OSError as exc:
         raise InputError(f"{directory}: {what} cannot be read: {exc.strerror or exc}") from None
     if entries and MARKER not in entries:
         raise InputError(
-            f"{directory}: {what} exists and was not made by kiln (no {MARKER} marker); kiln will not replace it",
+            f"{directory}: {what} exists and was not made by kiln (no {MARKER} marker); "
+            "kiln will not replace it",
             hint="choose another directory, or remove it yourself",
         )

@@ -19,7 +19,8 @@ _NUM = r"(?:0|[1-9][0-9]*)"
 _PRE_ID = r"(?:0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
 _BUILD_ID = r"[0-9A-Za-z-]+"
 SEMVER_RE = re.compile(
-    rf"v({_NUM})\.({_NUM})\.({_NUM})(-{_PRE_ID}(?:\.{_PRE_ID})*)?(\+{_BUILD_ID}(?:\.{_BUILD_ID})*)?\Z", re.ASCII
+    rf"v({_NUM})\.({_NUM})\.({_NUM})(-{_PRE_ID}(?:\.{_PRE_ID})*)?(\+{_BUILD_ID}(?:\.{_BUILD_ID})*)?\Z",
+    re.ASCII,
 )
 SERIES_RE = re.compile(rf"v{_NUM}\.{_NUM}\Z", re.ASCII)
 SHA256_RE = re.compile(r"[0-9a-f]{64}\Z", re.ASCII)
@@ -60,7 +61,9 @@ def _semver(value: str) -> str | None:
 
 
 def _series(value: str) -> str | None:
-    return None if SERIES_RE.match(value) else f"malformed series {_show(value)} (want vMAJOR.MINOR, e.g. v1.30)"
+    return (
+        None if SERIES_RE.match(value) else f"malformed series {_show(value)} (want vMAJOR.MINOR, e.g. v1.30)"
+    )
 
 
 def url_problem(value: str, schemes: tuple[str, ...] = ("http", "https", "file")) -> str | None:
@@ -91,7 +94,9 @@ def _url(value: str) -> str | None:
     problem = url_problem(value)
     if problem is None:
         return None
-    return f"not a URL {_show(value)}: {problem} (want http://HOST/..., https://, file:// or an absolute path)"
+    return (
+        f"not a URL {_show(value)}: {problem} (want http://HOST/..., https://, file:// or an absolute path)"
+    )
 
 
 def _proxy(value: str) -> str | None:
@@ -100,7 +105,8 @@ def _proxy(value: str) -> str | None:
 
 
 def checksum_problem(value: str) -> str | None:
-    """Packer checksum forms: none, TYPE:HEX of the type's length, bare HEX (type from its length), file:URL."""
+    """Packer checksum forms: none, TYPE:HEX of the type's length, bare HEX (type from its length),
+    file:URL."""
     if value == "none":
         return None
     if value.startswith("file:"):
@@ -145,7 +151,9 @@ def _duration(value: str) -> str | None:
 
 
 def _name(value: str) -> str | None:
-    return None if NAME_RE.match(value) else f"malformed name {_show(value)} (lowercase letters, digits, . _ -)"
+    return (
+        None if NAME_RE.match(value) else f"malformed name {_show(value)} (lowercase letters, digits, . _ -)"
+    )
 
 
 def _between(minimum: int, maximum: int) -> Validator:
@@ -272,8 +280,22 @@ SETTINGS: tuple[Setting, ...] = (
         _one_of("qemu", "vmware-iso"),
     ),
     S("cpus", int, 2, "vCPUs of the build VM and the OVF (1-256).", "common", _between(1, 256)),
-    S("memory", int, 4096, "Memory of the build VM and the OVF, MiB (512 to 4 TiB).", "common", _between(512, 4 << 20)),
-    S("disk_size", int, 20480, "Disk size of the image, MiB (2 GiB to 64 TiB).", "common", _between(2048, 64 << 20)),
+    S(
+        "memory",
+        int,
+        4096,
+        "Memory of the build VM and the OVF, MiB (512 to 4 TiB).",
+        "common",
+        _between(512, 4 << 20),
+    ),
+    S(
+        "disk_size",
+        int,
+        20480,
+        "Disk size of the image, MiB (2 GiB to 64 TiB).",
+        "common",
+        _between(2048, 64 << 20),
+    ),
     S(
         "accelerator",
         str,
