@@ -34,7 +34,7 @@ def test_load_config_json_accepts_both_forms_and_names_bad_files(tmp_path: Path)
     assert verify.load_config_json(tmp_path / "b.json") == {"os_family": "redhat"}
     with pytest.raises(InputError, match=r"c.json: line 1 column 2: malformed JSON"):
         verify.load_config_json(tmp_path / "c.json")
-    with pytest.raises(InputError, match=r"missing.json: cannot read config"):
+    with pytest.raises(InputError, match=r"missing.json: config does not exist"):
         verify.load_config_json(tmp_path / "missing.json")
 
 
