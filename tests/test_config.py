@@ -154,10 +154,14 @@ def test_unknown_key_suggests_nearest(repo: Path) -> None:
 
 
 def test_string_for_number(repo: Path) -> None:
-    edit(repo / "config/common.json", memory="4096")
+    """Packer's JSON variables are strings: "4096" is the number 4096, "lots" is an error."""
+    edit(repo / "config/common.json", memory="4096", headless="false")
+    cfg = config.load("debian-12", repo_root=repo)
+    assert cfg["memory"] == 4096 and cfg["headless"] is False
+    edit(repo / "config/common.json", memory="lots")
     with pytest.raises(ConfigError) as exc:
         config.load("debian-12", repo_root=repo)
-    assert "config/common.json: memory: wrong type: want number" in problems(exc)
+    assert "config/common.json: memory: wrong type: want a number (ASCII digits)" in problems(exc)
 
 
 def test_all_errors_reported_at_once(repo: Path) -> None:
@@ -255,7 +259,7 @@ def test_unknown_target(repo: Path) -> None:
     ("breakage", "expect"),
     [
         ("typo", "config/common.json: memroy: unknown key (did you mean 'memory'?)"),
-        ("string", "config/common.json: cpus: wrong type: want number"),
+        ("string", "config/common.json: cpus: wrong type: want a number"),
         ("preseed", "config/ubuntu-1804.json: boot_files: packer/http/ubuntu/preseed.cfg: no such file"),
     ],
 )

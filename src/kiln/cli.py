@@ -353,7 +353,10 @@ def _load_config(args: argparse.Namespace, target: str, extra: dict[str, str] | 
             raise InputError(f"-var {pair!r}: want KEY=VALUE")
         overrides[key.strip()] = value
     overrides.update(extra or {})
-    return config.load(target, var_files=var_files, overrides=overrides)
+    cfg = config.load(target, var_files=var_files, overrides=overrides)
+    for line in cfg.warnings:
+        print(f"kiln: warning: {line}", file=sys.stderr)
+    return cfg
 
 
 def _fmt_value(value: object) -> str:

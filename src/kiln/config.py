@@ -29,7 +29,16 @@ from typing import Any
 
 from . import __version__, builddir, inputs
 from .errors import ConfigError, InputError
-from .settings import BY_NAME, SEMVER_RE, SETTINGS, SHARED_FILES, Setting, unprintable
+from .settings import (
+    ALIASES,
+    BY_NAME,
+    IMAGE_BUILDER_IGNORED,
+    SEMVER_RE,
+    SETTINGS,
+    SHARED_FILES,
+    Setting,
+    unprintable,
+)
 
 DEFAULT = "default"
 DERIVED = "derived"
@@ -65,6 +74,7 @@ class Config:
     origins: Mapping[str, str]
     repo_root: Path
     var_files: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # one line per file that set keys kiln ignores
 
     def get(self, key: str) -> Any:
         if key not in self.values:
@@ -116,8 +126,18 @@ def _freeze(value: Any) -> Any:
 
 
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, BY_NAME, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    """'did you mean': image-builder's names first (a near-miss of one of them means its kiln key), then
+    kiln's own names; a weak match suggests nothing rather than the wrong key."""
+    close = difflib.get_close_matches(key, list(ALIASES), n=1, cutoff=0.85)
+    if close:
+        return f" (did you mean '{close[0]}', image-builder's name for '{ALIASES[close[0]].name}'?)"
+    close = difflib.get_close_matches(key, list(BY_NAME), n=1, cutoff=0.8)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    close = difflib.get_close_matches(key, list(IMAGE_BUILDER_IGNORED), n=1, cutoff=0.85)
+    if close:
+        return f" (did you mean '{close[0]}'? kiln accepts and ignores that image-builder key)"
+    return ""
 
 
 def _label(path: Path, root: Path) -> str:
@@ -387,18 +407,19 @@ def load(
     layers: list[Path] = [root / "config" / "common.json", os_file]
     layers += [root / "config" / f"{name}.json" for name in SHARED_FILES if name != "common"]
     var_paths = [Path(p) for p in var_files]
+    layering = _Layering()
     for path in layers:
         if path.is_file() or path == os_file:
-            _apply_file(path, _label(path, root), values, origins, problems)
+            _apply_file(path, _label(path, root), values, origins, problems, layering)
     for path in var_paths:
         full = path if path.is_absolute() else Path.cwd() / path
         label = _label(full, root)
         if _absent(full):
             problems.append(f"{label}: var file not found (from PACKER_VAR_FILES / --var-file)")
             continue
-        _apply_file(full, label, values, origins, problems)
+        _apply_file(full, label, values, origins, problems, layering)
     for key, raw in (overrides or {}).items():
-        setting = BY_NAME.get(key)
+        setting = BY_NAME.get(key) or ALIASES.get(key)
         if setting is None:
             problems.append(f"{override_origin} {key}: unknown key{_suggest(key)}")
             continue
@@ -407,8 +428,10 @@ def load(
         except ValueError as exc:
             problems.append(f"{override_origin} {key}: {exc}")
             continue
+        layering.pending.pop(setting.name, None)
         _set(setting, value, override_origin, values, origins, problems)
 
+    _resolve_templates(values, origins, problems, layering)
     _derive(values, origins)
     _check_values(values, origins, problems)
     _check_consistency(root, values, origins, problems)
@@ -422,6 +445,11 @@ def load(
         origins=MappingProxyType(dict(origins)),
         repo_root=root,
         var_files=tuple(str(p) for p in var_paths),
+        warnings=tuple(
+            f"{label}: image-builder keys kiln does not use, ignored: {', '.join(keys)} "
+            "(README: Coming from image-builder)"
+            for label, keys in layering.ignored.items()
+        ),
     )
 
 
@@ -435,18 +463,151 @@ def _absent(path: Path) -> bool:
     return False
 
 
+@dataclass
+class _Layering:
+    """What layering collects besides values: templated values waiting for {{user}} resolution, the values
+    of image-builder keys kiln ignores (a {{user}} reference may name one), and which keys were ignored."""
+
+    pending: dict[str, tuple[Any, str]] = field(default_factory=dict)  # key -> (raw value, origin)
+    extra: dict[str, tuple[Any, str]] = field(default_factory=dict)  # ignored key -> (value, origin)
+    ignored: dict[str, list[str]] = field(default_factory=dict)  # origin label -> ignored keys
+
+
+_USER_REF = re.compile(r"\{\{\s*user\s+`([^`]*)`\s*\}\}")
+_PACKER_FUNC = re.compile(r"\{\{\s*(env|timestamp|isotime|uuid|template_dir|pwd|build_name|split|replace)\b")
+
+
+def _templated(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value and bool(_USER_REF.search(value) or _PACKER_FUNC.search(value))
+    if isinstance(value, list):
+        return any(_templated(v) for v in value)
+    return False
+
+
 def _apply_file(
-    path: Path, label: str, values: dict[str, Any], origins: dict[str, str], problems: list[str]
+    path: Path,
+    label: str,
+    values: dict[str, Any],
+    origins: dict[str, str],
+    problems: list[str],
+    layering: _Layering | None = None,
 ) -> None:
     data = _read_layer(path, label, problems)
     if data is None:
         return
+    layering = layering if layering is not None else _Layering()
     for key, value in data.items():
         setting = BY_NAME.get(key)
+        origin = label
+        if setting is None and key in ALIASES:
+            setting = ALIASES[key]
+            origin = f"{label} (image-builder: {key})"
         if setting is None:
+            if key in IMAGE_BUILDER_IGNORED:
+                layering.ignored.setdefault(label, []).append(key)
+                if value is not None:
+                    layering.extra[key] = (value, label)
+                continue
             problems.append(f"{label}: {key}: unknown key{_suggest(key)}")
             continue
-        _set(setting, value, label, values, origins, problems)
+        if value is None:
+            continue  # null: "not set here", as in Packer
+        if _templated(value):
+            layering.pending[setting.name] = (value, origin)  # resolved after layering
+            continue
+        layering.pending.pop(setting.name, None)
+        if isinstance(value, str) and setting.type is not str:
+            try:
+                value = coerce(setting, value)
+            except ValueError as exc:
+                problems.append(f"{origin}: {setting.name}: {exc}")
+                continue
+        _set(setting, value, origin, values, origins, problems)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, Mapping):
+        return json.dumps(dict(value), sort_keys=True)
+    return "" if value is None else str(value)
+
+
+def _resolve_templates(
+    values: dict[str, Any], origins: dict[str, str], problems: list[str], layering: _Layering
+) -> None:
+    """Resolve Packer's {{user `KEY`}} references after layering (the highest layer's value of KEY wins),
+    with cycle detection; each error names the file and the key that holds the reference."""
+    done: dict[str, str] = {}
+
+    def lookup(name: str, stack: tuple[str, ...], origin: str, key: str) -> str | None:
+        setting = BY_NAME.get(name) or ALIASES.get(name)
+        target = setting.name if setting is not None else name
+        if target in stack:
+            chain = " -> ".join((*stack, target))
+            problems.append(f"{origin}: {key}: {{{{user `{name}`}}}} refers back to itself ({chain})")
+            return None
+        if target in done:
+            return done[target]
+        if setting is not None:
+            if target in layering.pending:
+                raw, where = layering.pending[target]
+                text = expand(raw if isinstance(raw, str) else _as_text(raw), (*stack, target), where, target)
+            else:
+                text = _as_text(values[target])
+        elif name in layering.extra:
+            raw, where = layering.extra[name]
+            text = expand(_as_text(raw), (*stack, target), where, name)
+        else:
+            problems.append(f"{origin}: {key}: {{{{user `{name}`}}}} names no variable any layer sets")
+            return None
+        if text is not None:
+            done[target] = text
+        return text
+
+    def expand(text: str, stack: tuple[str, ...], origin: str, key: str) -> str | None:
+        func = _PACKER_FUNC.search(text)
+        if func:
+            problems.append(
+                f"{origin}: {key}: Packer function {{{{{func.group(1)}}}}} is not supported in var files "
+                "(only {{user `KEY`}} references are)"
+            )
+            return None
+        failed = False
+
+        def sub(m: re.Match[str]) -> str:
+            nonlocal failed
+            got = lookup(m.group(1), stack, origin, key)
+            if got is None:
+                failed = True
+                return ""
+            return got
+
+        out = _USER_REF.sub(sub, text)
+        return None if failed else out
+
+    for key, (raw, origin) in list(layering.pending.items()):
+        setting = BY_NAME[key]
+        if isinstance(raw, list):
+            items = [expand(v, (key,), origin, key) if isinstance(v, str) else v for v in raw]
+            if any(v is None for v in items):
+                continue
+            resolved: Any = items
+        else:
+            text = lookup(key, (), origin, key) if key not in done else done[key]
+            if text is None:
+                continue
+            resolved = text
+        if isinstance(resolved, str) and setting.type is not str:
+            try:
+                resolved = coerce(setting, resolved)
+            except ValueError as exc:
+                problems.append(f"{origin}: {key}: {exc} (after resolving {{{{user}}}} references)")
+                continue
+        _set(setting, resolved, origin, values, origins, problems)
 
 
 def _set(
@@ -493,7 +654,7 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> None:
             origins[key] = DERIVED
 
 
-def _text_problem(value: Any) -> str | None:
+def _text_problem(value: Any, multiline: bool = False) -> str | None:
     """Every string in a value (list items, map keys and values too) must be printable, with no control
     characters: a newline in a duration or a NUL in a path ends up in a template or a command line."""
     items: list[Any] = []
@@ -505,7 +666,7 @@ def _text_problem(value: Any) -> str | None:
         items = [*value.keys(), *value.values()]
     for item in items:
         if isinstance(item, str):
-            problem = unprintable(item)
+            problem = unprintable(item.replace("\n", " ").replace("\t", " ") if multiline else item)
             if problem:
                 return f"{problem}: {inputs.clip(item)}"
     return None
@@ -515,8 +676,8 @@ def _check_values(values: dict[str, Any], origins: dict[str, str], problems: lis
     for setting in SETTINGS:
         value = values[setting.name]
         origin = origins[setting.name]
-        if setting.type is not bool and setting.type is not int and not setting.multiline:
-            text_problem = _text_problem(value)
+        if setting.type is not bool and setting.type is not int:
+            text_problem = _text_problem(value, setting.multiline)
             if text_problem:
                 problems.append(f"{origin}: {setting.name}: {text_problem}")
                 continue

@@ -167,6 +167,18 @@ def _between(minimum: int, maximum: int) -> Validator:
     return check
 
 
+_BARE_VERSION_RE = re.compile(r"v?[0-9]+\.[0-9]+(?:\.[0-9]+)?(?:[-+][0-9A-Za-z.-]+)?\Z", re.ASCII)
+_IMAGE_RE = re.compile(r"[a-z0-9][a-z0-9._/:@-]*\Z", re.ASCII)
+
+
+def _bare_version(value: str) -> str | None:
+    return None if _BARE_VERSION_RE.match(value) else f"malformed version {_show(value)} (want e.g. 1.30.0)"
+
+
+def _image_ref(value: str) -> str | None:
+    return None if _IMAGE_RE.match(value) else f"malformed image reference {_show(value)}"
+
+
 def _abs_path(value: str) -> str | None:
     return None if value.startswith("/") else f"must be an absolute path in the guest (got {_show(value)})"
 
@@ -185,6 +197,9 @@ class Setting:
     # proxy, the stand-in server's port, the output dir): left out of the input hash, so changing it does
     # not force a rebuild
     location: bool = False
+    # the names image-builder users give this setting in their var files (kiln config shows
+    # `FILE (image-builder: NAME)` as the origin of a value set under such a name)
+    aliases: tuple[str, ...] = ()
 
     @property
     def type_name(self) -> str:
@@ -202,6 +217,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Distribution: ubuntu, debian, centos, rockylinux. Required.",
         "os",
         _one_of("ubuntu", "debian", "centos", "rockylinux"),
+        aliases=("distro_name",),
     ),
     S("os_version", str, "", "Distribution version, e.g. 22.04, 12, 9. Required.", "os"),
     S(
@@ -324,13 +340,21 @@ SETTINGS: tuple[Setting, ...] = (
         "common",
         _proxy,
     ),
-    S("extra_packages", list, [], "Extra distro packages installed in the image.", "common"),
+    S(
+        "extra_packages",
+        list,
+        [],
+        "Extra distro packages installed in the image (a list, or a space-separated string).",
+        "common",
+        aliases=("extra_debs", "extra_rpms"),
+    ),
     S(
         "extra_roles_before",
         list,
         [],
         "Custom Ansible roles (names or paths) run before kiln's roles.",
         "common",
+        aliases=("node_custom_roles_pre",),
     ),
     S(
         "extra_roles_after",
@@ -338,6 +362,7 @@ SETTINGS: tuple[Setting, ...] = (
         [],
         "Custom Ansible roles (names or paths) run after kiln's roles, before sysprep.",
         "common",
+        aliases=("node_custom_roles_post", "custom_role_names"),
     ),
     S(
         "ssh_username",
@@ -347,7 +372,14 @@ SETTINGS: tuple[Setting, ...] = (
         "common",
         _name,
     ),
-    S("output_dir", str, "packer/output", "Where finished builds go (relative to the repo root).", "common"),
+    S(
+        "output_dir",
+        str,
+        "packer/output",
+        "Where finished builds go (relative to the repo root).",
+        "common",
+        aliases=("output_directory",),
+    ),
     S(
         "cache_dir",
         str,
@@ -459,7 +491,14 @@ SETTINGS: tuple[Setting, ...] = (
         "containerd",
         _one_of("pkg", "http"),
     ),
-    S("containerd_version", str, "1.7.18", "http: containerd release version.", "containerd"),
+    S(
+        "containerd_version",
+        str,
+        "1.7.18",
+        "http: containerd release version (the pkg source installs the distro's package).",
+        "containerd",
+        _bare_version,
+    ),
     S("containerd_url", str, "", "http: URL of the containerd release tarball.", "containerd", _url),
     S("containerd_sha256", str, "", "http: sha256 of the tarball.", "containerd", _sha256),
     # --- CNI plugins (config/cni.json) ----------------------------------------------------------------------
@@ -470,8 +509,16 @@ SETTINGS: tuple[Setting, ...] = (
         "pkg (distro containernetworking-plugins) or http (release tarball).",
         "cni",
         _one_of("pkg", "http"),
+        aliases=("kubernetes_cni_source_type",),
     ),
-    S("cni_plugins_version", str, "v1.4.1", "http: CNI plugins release version.", "cni"),
+    S(
+        "cni_plugins_version",
+        str,
+        "v1.4.1",
+        "http: CNI plugins release version.",
+        "cni",
+        aliases=("kubernetes_cni_semver",),
+    ),
     S("cni_url", str, "", "http: URL of the CNI plugins tarball.", "cni", _url),
     S("cni_sha256", str, "", "http: sha256 of the tarball.", "cni", _sha256),
     S(
@@ -481,6 +528,93 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the CNI plugin binaries live in the image.",
         "cni",
         _abs_path,
+    ),
+    # --- what image-builder users commonly set (kubernetes.json, containerd.json, common.json there) -------
+    S(
+        "crictl_version",
+        str,
+        "",
+        "crictl (cri-tools) version to install, e.g. 1.30.0; empty: the distro's cri-tools when it has one.",
+        "kubernetes",
+        _bare_version,
+    ),
+    S(
+        "crictl_url",
+        str,
+        "",
+        "crictl release tarball URL (with crictl_sha256); empty: derived from crictl_version.",
+        "kubernetes",
+        _url,
+    ),
+    S(
+        "crictl_sha256",
+        str,
+        "",
+        "sha256 of the crictl tarball (required with crictl_url).",
+        "kubernetes",
+        _sha256,
+    ),
+    S(
+        "runc_version",
+        str,
+        "",
+        "runc version expected in the image (checked by goss); empty: whatever containerd's source brings.",
+        "containerd",
+        _bare_version,
+    ),
+    S(
+        "pause_image",
+        str,
+        "registry.k8s.io/pause:3.9",
+        "The sandbox (pause) image containerd uses; the goss check looks for it in containerd's config.",
+        "containerd",
+        _image_ref,
+    ),
+    S(
+        "kubernetes_container_registry",
+        str,
+        "registry.k8s.io",
+        "Registry kubeadm pulls the control-plane images from (written to /etc/kiln/kubeadm-registry).",
+        "kubernetes",
+        _image_ref,
+    ),
+    S(
+        "containerd_additional_settings",
+        str,
+        "",
+        "TOML appended to /etc/containerd/config.toml (image-builder's containerd_additional_settings).",
+        "containerd",
+        multiline=True,
+    ),
+    S(
+        "extra_repos",
+        list,
+        [],
+        "Extra apt sources (`deb URL SUITE COMPONENTS` lines, or .list/.sources file paths on the build "
+        "host) added before packages are installed.",
+        "common",
+    ),
+    S(
+        "disable_public_repos",
+        bool,
+        False,
+        "Remove the distro's default package sources during the build (use extra_repos / apt_mirror "
+        "instead).",
+        "common",
+    ),
+    S(
+        "ansible_user_vars",
+        str,
+        "",
+        "Extra `key=value ...` pairs (or a JSON object) passed to ansible-playbook --extra-vars.",
+        "common",
+    ),
+    S(
+        "extra_kernel_boot_params",
+        str,
+        "",
+        "Kernel command-line parameters added to GRUB_CMDLINE_LINUX in the image.",
+        "common",
     ),
 )
 del S
@@ -496,6 +630,110 @@ _LOCATION = frozenset(
 SETTINGS = tuple(replace(s, location=True) if s.name in _LOCATION else s for s in SETTINGS)
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# image-builder keys kiln accepts and does not use, each with the reason. A var file that sets one gets a
+# single warning line listing them; they are never silently dropped and never an error.
+_FLATCAR = "Flatcar-only (kiln builds no Flatcar images)"
+_GOSS = "kiln runs goss specs itself (goss_spec_dir, goss_vars_file, goss_vars_inline); no goss download"
+_OWN = "kiln's OS files and templates own this; set the kiln key instead"
+_NOPW = "kiln logs in with a per-build SSH key, never a password"
+_RPM = "RPM/yum detail of image-builder's roles; kiln's redhat targets use the derived pkgs.k8s.io repo"
+_UNUSED = "image-builder feature kiln does not have"
+IMAGE_BUILDER_IGNORED: dict[str, str] = {
+    "ansible_common_vars": "image-builder's way to pass its keys to Ansible; kiln passes every setting",
+    "ansible_common_ssh_args": _OWN,
+    "ansible_extra_vars": "use ansible_user_vars",
+    "ansible_scp_extra_args": _OWN,
+    "existing_ansible_ssh_args": _OWN,
+    "build_target": "image-builder's virt/cloud switch; kiln's targets say how they are built",
+    "build_timestamp": "kiln records build_date and build_timestamp itself",
+    "boot_command_prefix": _OWN,
+    "boot_command_suffix": _OWN,
+    "os_display_name": "display only; kiln shows os_name and os_version",
+    "distro_version": "kiln derives it from os_version",
+    "distro_arch": "kiln builds amd64",
+    "shutdown_command": "kiln's sysprep powers the VM off (kiln-finalize)",
+    "unmount_iso": _OWN,
+    "iso_checksum_type": "give the type as a TYPE: prefix, or a bare digest (type from its length)",
+    "ssh_password": _NOPW,
+    "format": "kiln always writes qcow2 (and the OVA)",
+    "qemu_binary": _OWN,
+    "disk_interface": _OWN,
+    "net_device": _OWN,
+    "cri_flavour": "kiln installs containerd",
+    "crictl_source_type": "crictl_version / crictl_url choose the source",
+    "kubeadm_template": _UNUSED,
+    "kubernetes_load_additional_imgs": _UNUSED,
+    "kubernetes_rpm_gpg_check": _RPM,
+    "kubernetes_goarch": "kiln builds amd64",
+    "kubernetes_enable_automatic_resource_sizing": _UNUSED,
+    "kubernetes_apiserver_port": _UNUSED,
+    "systemd_prefix": _FLATCAR,
+    "sysusr_prefix": _FLATCAR,
+    "sysusrlocal_prefix": _FLATCAR,
+    "python_path": _FLATCAR,
+    "containerd_cri_socket": "kiln's containerd listens on the default socket",
+    "containerd_gvisor_runtime": _UNUSED,
+    "containerd_gvisor_version": _UNUSED,
+    "containerd_sha256_windows": "kiln builds Linux images",
+    "containerd_service_url": "kiln's containerd role writes the unit",
+    "containerd_wasm_shims_url": _UNUSED,
+    "containerd_wasm_shims_version": _UNUSED,
+    "containerd_wasm_shims_sha256": _UNUSED,
+    "containerd_wasm_shims_runtimes": _UNUSED,
+    "containerd_wasm_shims_runtime_versions": _UNUSED,
+    "enable_containerd_audit": _UNUSED,
+    "runc_url": "the runc that containerd's source brings is used; runc_version is checked",
+    "runc_sha256": "see runc_url",
+    "kubernetes_cni_deb_version": "the pkg source installs the distro's containernetworking-plugins",
+    "kubernetes_cni_rpm_version": _RPM,
+    "kubernetes_cni_http_source": "kiln takes the full tarball URL in cni_url",
+    "kubernetes_cni_http_checksum": "kiln takes the tarball's sha256 in cni_sha256",
+    "kubernetes_cni_http_checksum_arch": "kiln builds amd64",
+    "firstboot_custom_roles_pre": _UNUSED,
+    "firstboot_custom_roles_post": _UNUSED,
+    "pip_conf_file": _UNUSED,
+    "redhat_epel_rpm": _RPM,
+    "epel_rpm_gpg_key": _RPM,
+    "reenable_public_repos": "kiln restores the distro sources after a build that disabled them",
+    "remove_extra_repos": "extra_repos stay in the image; remove them with an extra role",
+    "goss_arch": _GOSS,
+    "goss_entry_file": _GOSS,
+    "goss_format": _GOSS,
+    "goss_format_options": _GOSS,
+    "goss_inspect_mode": _GOSS,
+    "goss_download_path": _GOSS,
+    "goss_remote_folder": _GOSS,
+    "goss_remote_path": _GOSS,
+    "goss_skip_install": _GOSS,
+    "goss_tests_dir": _GOSS,
+    "goss_url": _GOSS,
+    "goss_version": _GOSS,
+    "load_additional_components": _UNUSED,
+    "additional_executables": _UNUSED,
+    "additional_executables_destination_path": _UNUSED,
+    "additional_executables_list": _UNUSED,
+    "additional_registry_images": _UNUSED,
+    "additional_registry_images_list": _UNUSED,
+    "additional_s3": _UNUSED,
+    "additional_s3_access": _UNUSED,
+    "additional_s3_bucket": _UNUSED,
+    "additional_s3_ceph": _UNUSED,
+    "additional_s3_destination_path": _UNUSED,
+    "additional_s3_endpoint": _UNUSED,
+    "additional_s3_object": _UNUSED,
+    "additional_s3_secret": _UNUSED,
+    "additional_url_images": _UNUSED,
+    "additional_url_images_list": _UNUSED,
+    "ecr_credential_provider": _UNUSED,
+    "debug_tools": _UNUSED,
+    "amazon_ssm_agent_rpm": _UNUSED,
+    "block_nouveau_loading": _UNUSED,
+    "ubuntu_repo": "use apt_mirror",
+    "ubuntu_security_repo": "use apt_mirror",
+    "node_conformance": "use `kiln conformance`",
+}
+ALIASES: dict[str, Setting] = {a: s for s in SETTINGS for a in s.aliases}
+
 # The layer files every target reads, in layering order (the OS file goes between common and kubernetes).
 SHARED_FILES = ("common", "kubernetes", "containerd", "cni")
 LAYER_ORDER = ("common", "os", "kubernetes", "containerd", "cni")
@@ -520,3 +758,28 @@ def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+# image-builder keys that kiln implements under the same name (its var files set them unchanged)
+IMAGE_BUILDER_SAME_NAME = (
+    "build_name", "guest_os_type", "iso_url", "iso_checksum", "boot_wait", "cpus", "memory", "disk_size",
+    "accelerator", "headless", "http_proxy", "https_proxy", "no_proxy", "ssh_username", "ssh_timeout",
+    "kubernetes_semver", "kubernetes_series", "kubernetes_deb_version", "kubernetes_rpm_version",
+    "kubernetes_source_type", "kubernetes_deb_repo", "kubernetes_deb_gpg_key", "kubernetes_rpm_repo",
+    "kubernetes_rpm_gpg_key", "kubernetes_http_source", "kubernetes_container_registry", "containerd_version",
+    "containerd_url", "containerd_sha256", "containerd_additional_settings", "crictl_version", "crictl_url",
+    "crictl_sha256", "runc_version", "pause_image", "extra_repos", "disable_public_repos",
+    "ansible_user_vars", "extra_kernel_boot_params",
+)  # fmt: skip
+
+
+def image_builder_table() -> str:
+    """The README's "Coming from image-builder" table, generated from the settings table."""
+    rows = ["| image-builder key | in kiln |", "|-------------------|---------|"]
+    entries: list[tuple[str, str]] = []
+    entries += [(name, f"same name (`{name}`)") for name in IMAGE_BUILDER_SAME_NAME]
+    entries += [(alias, f"mapped to `{s.name}`") for alias, s in ALIASES.items()]
+    entries += [(name, f"ignored: {why}") for name, why in IMAGE_BUILDER_IGNORED.items()]
+    for name, what in sorted(entries):
+        rows.append(f"| `{name}` | {what} |")
+    return "\n".join(rows)

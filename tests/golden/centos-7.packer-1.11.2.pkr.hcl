@@ -118,7 +118,7 @@ build {
       os_version = "7"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "9f77ed5e1a153cf2ae3242313a3543d944bfad904ba8adea52698041da35a76e"
+      input_hash = "cc64da54d1186bde926465a113b22d061e4adb643406e838d4fa6950b6e2fcc3"
       ssh_username = "builder"
     }
   }

@@ -75,7 +75,7 @@ build {
       os_version = "12"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "f3f7684dac6e70d29162b42f6cbf330d4e30af96c10541a0a816ec277e5826db"
+      input_hash = "236982fbfe93453c15835fff41903c5676a03defd1f3881d1a7df899fe74cc8a"
       ssh_username = "builder"
     }
   }

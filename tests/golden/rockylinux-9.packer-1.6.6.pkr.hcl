@@ -104,7 +104,7 @@ build {
       os_version = "9"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "772bc6fda6d8b302f5078bdbcca3cfd56c9e09e33ea120b5bdab8171eb5aadd3"
+      input_hash = "7b1d71b4cb20648534470db0284ddede19061bf42e05eb2f494250d066bb525c"
       ssh_username = "builder"
     }
   }

@@ -114,7 +114,7 @@ build {
       os_version = "18.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "9e19b36d751c1eecc563c41e234150f8cc4d79707aa09d343395b707f8c0e5c7"
+      input_hash = "1fad1cca309834f9ba7009310b04298eddd4e1207ff7398e1742b8c78fc25d20"
       ssh_username = "builder"
     }
   }

@@ -110,7 +110,7 @@ build {
       os_version = "20.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "7aa7791bb28b2ed9c3e2b747bf7b7784ddf91a252c5c60858475aab08e741de2"
+      input_hash = "903cd3e0289faaf9c7397fc5a9552747a8a62dbd1aae6447d91107844d623eda"
       ssh_username = "builder"
     }
   }

@@ -124,7 +124,7 @@ build {
       os_version = "22.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "a7a42a560d56cbd21643e9b2a02af5096c7002ebd226d65c7fdc35decbe51b70"
+      input_hash = "8f1b9eaa9cf50072457c1d0dd45c08c71512bdf9c29bbcc1df1681b38a60c248"
       ssh_username = "builder"
     }
   }

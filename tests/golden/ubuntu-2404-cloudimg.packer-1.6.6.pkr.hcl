@@ -77,7 +77,7 @@ build {
       os_version = "24.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "a3afba426847d7cb54a2a6a90465d6c3b6fb1cf884f0c1c8262b005687abf4ab"
+      input_hash = "baf370186065136715deedc547e54fc3f53d3d9318f1770c2c6dd59fc691d886"
       ssh_username = "builder"
     }
   }

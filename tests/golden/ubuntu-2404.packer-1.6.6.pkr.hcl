@@ -110,7 +110,7 @@ build {
       os_version = "24.04"
       firmware = "bios"
       kiln_version = "0.1.0"
-      input_hash = "db7c75db378147aea5c1b6b5aee2b0d1a88998e8aca9b481bd64b98447d9aa1f"
+      input_hash = "367736875e0a45ff275fdc3ab2a0fc41475a2ee27967bb5a34e136d8f1df5f8c"
       ssh_username = "builder"
     }
   }
