@@ -253,6 +253,8 @@ def template_vars(
         "--extra-vars",
         f"@{context.ansible_vars_file or render_dir / 'ansible-vars.json'}",
     ]
+    if c.get("ansible_user_vars"):  # image-builder's `key=value ...` (or JSON), after kiln's own vars
+        ansible_args += ["--extra-vars", str(c["ansible_user_vars"])]
     ansible_env = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3"]
     ansible_config = context.ansible_config or config.repo_root / "ansible" / "ansible.cfg"
     if ansible_config.is_file():  # Packer runs ansible-playbook from the render dir: point it at kiln's cfg
