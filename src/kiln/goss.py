@@ -236,6 +236,8 @@ def _load_file(
     for kind, resources in doc.items():
         if kind == "gossfile":
             continue
+        if kind not in GOSS_TYPES:
+            continue  # goss ignores top-level keys that are no resource type (e.g. YAML anchor holders)
         if kind not in ATTRIBUTES:
             raise GossSpecError(
                 f"{path}: resource type {kind!r} is not supported by kiln's evaluator",
@@ -246,8 +248,20 @@ def _load_file(
             merged[(kind, rid)] = _compile_resource(kind, rid, attrs or {}, path)
 
 
+# Every resource type goss knows; a top-level key outside this set is ignored, as goss ignores it.
+GOSS_TYPES = frozenset(
+    {
+        "package", "file", "addr", "port", "service", "user", "group", "command", "dns", "process",
+        "kernel-param", "mount", "interface", "http", "matching", "gossfile",
+    }
+)  # fmt: skip
+
+
 def _compile_resource(kind: str, rid: str, attrs: Mapping[str, Any], path: Path) -> Resource:
     where = f"{path}: {kind}.{rid}"
+    if kind == "file" and "contains" in attrs and "contents" not in attrs:
+        # goss before 0.4 spelled it `contains`; goss still reads it as `contents`
+        attrs = {("contents" if k == "contains" else k): v for k, v in attrs.items()}
     known = ATTRIBUTES[kind]
     resource = Resource(kind, rid, dict(attrs), str(path))
     for name, expected in attrs.items():

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InputError
+from .gotemplate import go_regex
 
 
 class GossSpecError(InputError):
@@ -66,8 +67,8 @@ def to_number(value: Any) -> float | None:
 
 
 def go_regexp(pattern: str, where: str) -> re.Pattern[str]:
-    """Compile a Go (RE2) regexp; the subset kiln's specs use is Python-compatible."""
-    translated = pattern.replace(r"\z", r"\Z")
+    """Compile a Go (RE2) regexp: \\Q...\\E literals and \\z are translated; the rest is Python's syntax."""
+    translated = go_regex(pattern).replace(r"\z", r"\Z")
     try:
         return re.compile(translated)
     except re.error as exc:

@@ -1,0 +1,114 @@
+"""goss specs as goss reads them: Go template variables, `range $k, $v :=`, `with`, sprig functions, Go regex
+`\\Q...\\E`, `file: contains:`, non-resource top-level keys (kiln's own fixture in image-builder's style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kiln import goss, gotemplate
+from kiln.gotemplate import TemplateError, go_regex, render, semver_compare
+
+SPEC = Path(__file__).resolve().parent / "fixtures" / "goss-ib" / "node.yaml"
+VARS = {
+    "kubernetes_version": "v1.31.2",
+    "OS": "Debian",
+    "sysctls": {"net.ipv4.ip_forward": 1, "net.bridge.bridge-nf-call-iptables": 1},
+    "extra_packages": None,
+    "nothing": None,
+}
+
+
+def test_image_builder_style_spec_renders_and_loads() -> None:
+    spec = goss.load_spec(SPEC, VARS)
+    kinds = {(r.type, r.id) for r in spec.resources}
+    assert ("kernel-param", "net.ipv4.ip_forward") in kinds
+    assert ("file", "/etc/kiln-release") in kinds and ("file", "/etc/debian_version") in kinds
+    assert ("command", "echo-version") in kinds
+    release = next(r for r in spec.resources if r.id == "/etc/kiln-release")
+    assert "contents" in release.checks  # `contains` read as `contents`, as goss does
+
+
+def test_semver_and_with_choose_what_renders() -> None:
+    old = goss.load_spec(SPEC, {**VARS, "kubernetes_version": "v1.28.9", "OS": "Ubuntu"})
+    kinds = {(r.type, r.id) for r in old.resources}
+    assert ("command", "echo-version") not in kinds and ("file", "/etc/debian_version") not in kinds
+    with_pkgs = goss.load_spec(SPEC, {**VARS, "extra_packages": ["jq"]})
+    assert ("package", "jq") in {(r.type, r.id) for r in with_pkgs.resources}
+
+
+@pytest.mark.parametrize(
+    ("source", "data", "want"),
+    [
+        ("{{ $x := 1 }}{{ if true }}{{ $x = 2 }}{{ end }}{{ $x }}", {}, "2"),
+        ("{{ range $i, $v := .l }}{{ $i }}{{ $v }}{{ end }}", {"l": ["a", "b"]}, "0a1b"),
+        ("{{ range $v := .l }}{{ $v }}{{ end }}", {"l": ["a"]}, "a"),
+        ("{{ range .n }}x{{ else }}none{{ end }}", {"n": None}, "none"),
+        ("{{ with $v := .a }}{{ $v }}{{ else }}no{{ end }}", {"a": ""}, "no"),
+        ("{{ if eq .a 1 2 3 }}in{{ end }}", {"a": 3}, "in"),
+        ("{{ if eq .a 2.0 }}num{{ end }}", {"a": 2}, "num"),
+        ('{{ index .m "k" }}', {"m": {"k": "v"}}, "v"),
+        ('{{ printf "%s=%d %q" .a 3 .a }}', {"a": "x"}, 'x=3 "x"'),
+        ('{{ splitList "," .a | join "+" }}', {"a": "a,b"}, "a+b"),
+        ('{{ default "d" .a }}{{ default "d" .b }}', {"a": "", "b": "B"}, "dB"),
+        ('{{ if hasPrefix "v1" .a }}p{{ end }}{{ .a | toUpper }}{{ .a | upper }}', {"a": "v1x"}, "pV1XV1X"),
+        ('{{ if regexMatch "^\\\\d+$" .a }}digits{{ end }}', {"a": "123"}, "digits"),
+        ("{{ $.root }}{{ range .l }}{{ $.root }}{{ end }}", {"root": "R", "l": [1]}, "RR"),
+        ("{{ len .l }}", {"l": [1, 2]}, "2"),
+    ],
+)
+def test_go_template_constructs(source: str, data: dict, want: str) -> None:
+    assert render(source, data) == want
+
+
+@pytest.mark.parametrize(
+    ("source", "data", "error"),
+    [
+        ("{{ $nope }}", {}, "t.yaml:1: variable $nope is not defined"),
+        ("{{ $x = 1 }}", {}, "t.yaml:1: $x is assigned but never declared"),
+        (
+            "{{ range $a, $b, $c := .l }}{{ end }}",
+            {"l": []},
+            "t.yaml:1: malformed variable declaration in {{range $a, $b, $c := .l}}",
+        ),
+        (
+            '\n{{ if eq .a "1" }}{{ end }}',
+            {"a": 1},
+            't.yaml:2: {{eq .a "1"}}: incompatible types for comparison (int and str)',
+        ),
+        ('{{ semverCompare ">=x.y" .v }}', {"v": "1.0.0"}, "t.yaml:1: {{semverCompare"),
+        ("{{ range .a }}{{ end }}", {"a": "str"}, "t.yaml:1: range over a str"),
+        ("{{ with .a }}", {"a": 1}, "t.yaml:1: with is never closed"),
+        ("{{ nosuchfunc .a }}", {"a": 1}, "function 'nosuchfunc' is not supported"),
+    ],
+)
+def test_go_template_errors_name_file_and_line(source: str, data: dict, error: str) -> None:
+    with pytest.raises(TemplateError) as err:
+        render(source, data, name="t.yaml")
+    assert error in err.value.message, err.value.message
+
+
+def test_semver_compare_like_sprig() -> None:
+    assert semver_compare(">=1.30.0", "v1.31.0") and not semver_compare("<1.30", "v1.30.0")
+    assert semver_compare("~1.30", "1.30.9") and not semver_compare("~1.30", "1.31.0")
+    assert semver_compare("^1.2", "1.9.0") and not semver_compare("^1.2", "2.0.0")
+    assert semver_compare(">= 1.25, < 1.32", "v1.31.0") and semver_compare("<1.0 || >=1.30", "1.30.1")
+    assert not semver_compare(">=1.30.0", "1.31.0-rc.1") and semver_compare(">=1.30.0-0", "1.31.0-rc.1")
+
+
+def test_go_regex_quotes_literally() -> None:
+    import re
+
+    assert re.search(go_regex(r"^\Qv1.30.2+k3s\E$"), "v1.30.2+k3s")
+    assert not re.search(go_regex(r"^\Q1.30.2\E$"), "1x30x2")
+    assert gotemplate.go_regex(r"a\Qb.c") == r"ab\.c"
+
+
+def test_unknown_goss_type_is_still_an_error_but_other_keys_are_ignored(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("anchors: {x: 1}\ndns:\n  localhost: {resolvable: true}\n")
+    with pytest.raises(goss.GossSpecError, match="resource type 'dns' is not supported"):
+        goss.load_spec(spec, {})
+    spec.write_text("anchors: {x: 1}\nfile:\n  /etc/hostname: {exists: true}\n")
+    assert [r.id for r in goss.load_spec(spec, {}).resources] == ["/etc/hostname"]
