@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from kiln import config, packer, render  # noqa: E402
+from kiln import config, packer, render, validate  # noqa: E402
 
 
 def main() -> int:
@@ -41,7 +41,7 @@ def main() -> int:
                 ctx = render.placeholder_context(cfg, Path(tmp) / f"ctx{i}")
                 result = render.render(cfg, ctx, Path(tmp) / "rendered", version)
                 t2 = time.perf_counter()
-                packer.parse_rendered(result.template)
+                validate.parse_rendered(result.template)
                 t3 = time.perf_counter()
                 loads.append(t1 - t0)
                 renders.append(t2 - t1)

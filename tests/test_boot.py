@@ -79,7 +79,7 @@ def test_running_qemu_of_this_run_dir_is_found_and_stopped(tmp_path: Path) -> No
             boot.start(build)
         stopped = boot.stop(build, timeout=0)
         assert stopped == state
-        assert not vm._pid_alive(state.pid)
+        assert not vm.pid_alive(state.pid)
         assert boot.read_state(build) is None
     finally:
         machine.stop(timeout=0)
@@ -148,7 +148,6 @@ def test_dry_run_prints_qemu_and_starts_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     build = _build_dir(tmp_path)
-    monkeypatch.setattr(proc, "DRY_RUN", False)  # cli.main sets it; restored after the test
     monkeypatch.setattr(proc, "spawn", lambda *a, **k: pytest.fail("must not start QEMU"))
     assert cli.main(["--dry-run", "boot", str(build.path), "--firmware", "efi"]) == 0
     out = capsys.readouterr().out

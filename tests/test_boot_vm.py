@@ -107,7 +107,7 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
 
         # stop: no QEMU left, run dir cleaned, artifact untouched
         assert cli.main(["boot", "--stop", str(build.path)]) == 0
-        assert not vm._pid_alive(state.pid)
+        assert not vm.pid_alive(state.pid)
         assert boot.read_state(build) is None
         assert not (rdir / "vm" / "overlay.qcow2").exists()
         assert (rdir / "vm" / "serial.log").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kiln import build, config
+from kiln import builddir, build, config
 from kiln.errors import BuildError, ToolMissingError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +73,8 @@ def test_manifest_keeps_packer_fields_and_adds_custom_data(tmp_path):
         "firmware": "bios",
         "ssh_username": "builder",
     }
-    data = build.custom_data(values, "abc")
-    build.write_manifest(manifest, "debian-12+kube-v1.30.2", [f], data, "qemu")
+    data = builddir.custom_data(values, "abc")
+    builddir.write_manifest(manifest, "debian-12+kube-v1.30.2", [f], data, "qemu")
     last = json.loads(manifest.read_text())["builds"][-1]
     assert last["packer_run_uuid"] == "u1" and last["builder_type"] == "qemu"
     assert last["files"] == [{"name": "a.qcow2", "size": 4}]
@@ -89,7 +89,7 @@ def test_manifest_written_when_packer_wrote_none(tmp_path):
     manifest = tmp_path / "packer-manifest.json"
     f = tmp_path / "a.ova"
     f.write_bytes(b"x")
-    build.write_manifest(manifest, "n", [f], {"build_name": "b", "kubernetes_semver": "v1.2.3"}, "qemu")
+    builddir.write_manifest(manifest, "n", [f], {"build_name": "b", "kubernetes_semver": "v1.2.3"}, "qemu")
     doc = json.loads(manifest.read_text())
     assert doc["builds"][-1]["custom_data"]["build_name"] == "b"
     assert doc["last_run_uuid"] == doc["builds"][-1]["packer_run_uuid"]
@@ -204,13 +204,6 @@ def test_bootstrap_with_vmware_builder_is_rejected():
     )
 
 
-def test_packer_compressed_reads_the_rendered_template(tmp_path):
-    (tmp_path / "node.pkr.hcl").write_text('source "qemu" "node" {\n  disk_compression = true\n}\n')
-    assert build._packer_compressed(tmp_path)
-    (tmp_path / "node.pkr.hcl").write_text('source "qemu" "node" {\n  format = "qcow2"\n}\n')
-    assert not build._packer_compressed(tmp_path)
-
-
 def test_build_error_is_exit_1():
     assert BuildError("x").exit_code == 1
 
@@ -234,7 +227,7 @@ def test_kvm_forced_without_usable_kvm_is_bad_input_naming_the_setting(monkeypat
     monkeypatch.setattr(vm, "kvm_available", lambda: False)
     cfg = config.load("debian-12", overrides={"accelerator": "kvm", "output_dir": str(tmp_path / "out")})
     with pytest.raises(InputError) as err:
-        build.run_build(cfg, say=lambda _line: None)
+        build.run_build(cfg)
     assert err.value.exit_code == 2 and "accelerator" in err.value.message
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing written"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln import cli, config, packer
+from kiln import cli, config, packer, validate
 from kiln.errors import BuildError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("target", config.targets(REPO))
 def test_every_shipped_target_passes_real_packer_validate(target: str, tmp_path: Path) -> None:
     cfg = config.load(target, repo_root=REPO)
-    result = packer.validate_target(cfg, tmp_path)
+    result = validate.validate_target(cfg, tmp_path)
     assert result.kiln_seconds < 10
     assert "Error" not in result.packer_output
 
@@ -31,7 +31,7 @@ def test_packer_version_is_detected() -> None:
 
 def test_real_packer_validate_rejects_a_broken_template(tmp_path: Path) -> None:
     cfg = config.load("debian-12", repo_root=REPO)
-    result = packer.validate_target(cfg, tmp_path)
+    result = validate.validate_target(cfg, tmp_path)
     template = result.render_dir / "node.pkr.hcl"
     template.write_text(template.read_text().replace('format           = "qcow2"', 'format = "tiff"'))
     with pytest.raises(BuildError, match="packer validate failed"):
@@ -66,9 +66,9 @@ def fake_packer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_PACKER_ARGV", str(tmp_path / "argv.txt"))
-    packer.version.cache_clear()
+    packer._VERSIONS.clear()
     yield tmp_path / "argv.txt"
-    packer.version.cache_clear()
+    packer._VERSIONS.clear()
 
 
 def test_build_logs_everything_and_shows_stages(fake_packer: Path, tmp_path: Path) -> None:
@@ -201,7 +201,7 @@ def test_real_packer_starts_qemu_with_kilns_arguments(
     assert base is not None
     subprocess.run(["qemu-img", "create", "-f", "qcow2", str(base), "64M"], check=True, capture_output=True)
     before = base.read_bytes()
-    rendered = render.render(cfg, ctx, tmp_path / "rendered")
+    rendered = render.render(cfg, ctx, tmp_path / "rendered", packer.version())
     with pytest.raises(BuildError):
         packer.build(rendered.dir, tmp_path / "build.log", only=["qemu"], on_stage=lambda line: None)
     argv = (tmp_path / "argv").read_text().split("\n")

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import hcl2
 import pytest
@@ -171,37 +170,35 @@ def test_render_failure_leaves_nothing(tmp_path: Path) -> None:
     assert (out / "previous").read_text() == "kept"  # the old render survives a failed one
 
 
-def test_render_accepts_build_pipelines_context(tmp_path: Path) -> None:
-    """kiln.build passes its own context object; render maps its attribute names."""
+def test_render_reports_each_builders_output_disk(tmp_path: Path) -> None:
+    """render() says where each builder writes its disk; nothing downstream re-reads the HCL."""
     cfg = config.load("debian-12", repo_root=REPO)
-    foreign = SimpleNamespace(
-        output_directory=tmp_path / "po",
-        manifest_file=tmp_path / "m.json",
+    ctx = render.BuildContext(
+        output_dir=tmp_path / "po",
+        manifest_path=tmp_path / "m.json",
         ssh_private_key_file=tmp_path / "k",
         ssh_public_key=PUBLIC_KEY,
         ssh_port=2300,
-        accelerator="tcg",
         base_disk=tmp_path / "base.qcow2",
-        base_disk_checksum="none",
         seed_iso=tmp_path / "seed.iso",
         vm_name="x.raw-build",
-        kernel=None,
-        kernel_args=None,
         ansible_vars_file=tmp_path / "vars.json",
-        ansible_config=REPO / "ansible" / "ansible.cfg",
         serial_log=tmp_path / "serial.log",
         custom_data={"input_hash": "abc"},
-        goss_check_command=[],
+        goss_check=False,
         shutdown_command="sudo /usr/local/sbin/kiln-finalize",
-        work_dir=tmp_path,
     )
-    result = render.render(cfg, foreign, dest=tmp_path / "r", packer_version=(1, 6, 6))
+    result = render.render(cfg, ctx, tmp_path / "r", (1, 6, 6))
     text = result.template.read_text()
     assert 'vm_name          = "x.raw-build"' in text
     assert f'"-serial", "file:{tmp_path}/serial.log"' in text
     assert f"@{tmp_path}/vars.json" in text and 'input_hash = "abc"' in text
-    assert "goss-check" not in text  # an empty goss_check_command turns the hook off
-    assert 'shutdown_command     = "sudo /usr/local/sbin/kiln-finalize"' in text
+    assert "goss-check" not in text
+    assert result.outputs == {"qemu": render.Output(tmp_path / "po" / "x.raw-build", "qcow2", True)}
+    assert "disk_compression = true" in text  # what the qemu fact says is what the template does
+    ova_target = config.load("ubuntu-2204", repo_root=REPO)
+    facts = render.outputs(ova_target, ctx)
+    assert facts["vmware-iso"] == render.Output(tmp_path / "po-vmware" / "disk.vmdk", "vmdk", False)
 
 
 @pytest.mark.parametrize("proxy", ["", "http://10.0.2.2:3128"])

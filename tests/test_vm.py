@@ -51,7 +51,7 @@ def _qemu_pids_using(path: Path) -> list[int]:
             cmd = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in cmd and str(path).encode() in cmd and vm._pid_alive(int(entry.name)):
+        if b"qemu-system" in cmd and str(path).encode() in cmd and vm.pid_alive(int(entry.name)):
             pids.append(int(entry.name))
     return pids
 
@@ -206,7 +206,7 @@ def test_start_overlay_serial_qmp_and_stop_leave_artifact_and_nothing_running(
             pass  # the forward listens on loopback
         assert machine.state()["ssh_port"] == machine.ssh_port
         pid = machine.pid
-    assert not vm._pid_alive(pid)
+    assert not vm.pid_alive(pid)
     assert not machine.overlay_path.exists()
     assert not Path(machine.qmp_socket).exists()
     assert machine.serial_log.exists()  # the log stays
@@ -304,10 +304,10 @@ def test_no_qemu_left_after_ctrl_c_or_parent_killed(tmp_path: Path, probe_disk: 
     try:
         assert child.stdout is not None
         qemu_pid = int(child.stdout.readline())
-        assert vm._pid_alive(qemu_pid)
+        assert vm.pid_alive(qemu_pid)
         child.send_signal(sig)
         child.wait(timeout=60)
-        assert _wait_for(lambda: not vm._pid_alive(qemu_pid), 15)
+        assert _wait_for(lambda: not vm.pid_alive(qemu_pid), 15)
         assert _qemu_pids_using(work) == []
     finally:
         if child.poll() is None:

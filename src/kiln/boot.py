@@ -26,10 +26,11 @@ from typing import Any
 
 import yaml
 
-from . import cidata, inputs, proc, ssh
+from . import cidata, inputs, ssh
 from .builddir import BuildDir
 from .errors import InputError, KilnError
-from .vm import VM, VMError, _pid_alive, stop_process
+from .runtime import Runtime
+from .vm import VM, VMError, pid_alive, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _is_our_qemu(state: BootState) -> bool:
     """The pid is alive AND is the QEMU of this run dir (pids get reused)."""
-    if not _pid_alive(state.pid):
+    if not pid_alive(state.pid):
         return False
     try:
         cmdline = Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")
@@ -184,6 +185,7 @@ def start(
     hostname: str | None = None,
     detach: bool = False,
     timeout: float = 900.0,
+    runtime: Runtime | None = None,
 ) -> tuple[VM, BootState]:
     """Boot `build` on a throwaway overlay and wait for SSH and cloud-init (a cloud-init error is
     printed as a warning; the VM stays up so that you can look).
@@ -234,9 +236,11 @@ def start(
             cpus=cpus,
             disk_format=fmt,
             detach=detach,
+            runtime=runtime,
         )
         vm.start()
-        if proc.DRY_RUN:  # the command lines were printed; nothing runs, nothing stays
+        dry_run = runtime is not None and runtime.dry_run
+        if dry_run:  # the command lines were printed; nothing runs, nothing stays
             _cleanup(rdir)
         state = BootState(
             pid=vm.pid or 0,
@@ -252,7 +256,7 @@ def start(
             detached=detach,
             started=time.time(),
         )
-        if proc.DRY_RUN:
+        if dry_run:
             return vm, state
         _write_state(rdir, state)
         if key_path is not None:
@@ -327,7 +331,7 @@ def stop(build: BuildDir, timeout: float = 10.0) -> BootState | None:
     if state is None:
         return None
     stop_process(state.pid, state.qmp_socket, timeout=timeout)
-    if _pid_alive(state.pid):
+    if pid_alive(state.pid):
         raise KilnError(f"{build.path}: QEMU pid {state.pid} did not stop")
     _cleanup(run_dir(build))
     return state

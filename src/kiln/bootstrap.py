@@ -34,6 +34,7 @@ from typing import IO, Any
 
 from . import proc
 from .errors import BuildError, InputError
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,9 @@ class BaseSpec:
     layout_version: int = LAYOUT_VERSION
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """What lands on the disk; not where the packages came from (the mirror is left out)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "mirror"}
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:24]
 
 
@@ -212,6 +215,7 @@ def ensure_base(
     accelerator: str = "tcg",
     log_file: IO[str] | None = None,
     say: Callable[[str], None] = print,
+    runtime: Runtime | None = None,
 ) -> BaseImage:
     """Return the cached base for `spec`, building it first when the cache has none.
 
@@ -238,7 +242,9 @@ def ensure_base(
         say(f"base: no cached base for key {key}; building it ({spec.suite} from {spec.mirror})")
         work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
         try:
-            info = _build(spec, work, repo_root, accelerator=accelerator, log_file=log_file, say=say)
+            info = _build(
+                spec, work, repo_root, accelerator=accelerator, log_file=log_file, say=say, runtime=runtime
+            )
             (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
             shutil.rmtree(work / "rootfs", ignore_errors=True)
             os.rename(work, root / key)
@@ -257,6 +263,7 @@ def _build(
     accelerator: str,
     log_file: IO[str] | None,
     say: Callable[[str], None],
+    runtime: Runtime | None = None,
 ) -> dict[str, object]:
     started = time.monotonic()
     tree = work / "rootfs"
@@ -274,6 +281,7 @@ def _build(
             spec.mirror,
         ],
         log_file=log_file,
+        runtime=runtime,
         capture=False,
         tail_lines=60,
     )
@@ -300,6 +308,7 @@ def _build(
             f"--offset={esp.start}", str(raw), str(esp.size_bytes // 1024),
         ],
         log_file=log_file,
+        runtime=runtime,
     )  # fmt: skip
     proc.run(
         [
@@ -307,13 +316,18 @@ def _build(
             "-E", f"offset={root.offset}", "-d", str(tree), str(raw), f"{root.size_bytes // 1024}k",
         ],
         log_file=log_file,
+        runtime=runtime,
     )  # fmt: skip
 
     say(f"base: installing GRUB (BIOS + UEFI) from inside a one-shot VM ({accelerator})")
-    _install_bootloader(raw, work, root_uuid, accelerator=accelerator, log_file=log_file)
+    _install_bootloader(raw, work, root_uuid, accelerator=accelerator, log_file=log_file, runtime=runtime)
 
     say("base: converting to qcow2")
-    proc.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "base.qcow2")], log_file=log_file)
+    proc.run(
+        ["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "base.qcow2")],
+        log_file=log_file,
+        runtime=runtime,
+    )
     raw.unlink()
     return {
         "key": spec.key(),
@@ -376,7 +390,13 @@ def qemu_accel_args(accelerator: str) -> list[str]:
 
 
 def _install_bootloader(
-    raw: Path, work: Path, root_uuid: str, *, accelerator: str, log_file: IO[str] | None
+    raw: Path,
+    work: Path,
+    root_uuid: str,
+    *,
+    accelerator: str,
+    log_file: IO[str] | None,
+    runtime: Runtime | None = None,
 ) -> None:
     serial = work / "bootloader-serial.log"
     argv = [
@@ -395,7 +415,7 @@ def _install_bootloader(
         "-drive", f"file={raw},format=raw,if=virtio,cache=unsafe",
         "-nic", "none",
     ]  # fmt: skip
-    proc.run(argv, log_file=log_file, timeout=900)
+    proc.run(argv, log_file=log_file, timeout=900, runtime=runtime)
     text = serial.read_text(errors="replace") if serial.exists() else ""
     if log_file is not None:
         log_file.write(text)

@@ -1,50 +1,58 @@
-"""The build pipeline: base stage, provisioning with Packer, post-processing, verification, atomic publish.
+"""The build pipeline: a chain of content-addressed stages over one workspace (see kiln.stages).
 
     result = run_build(cfg)            # cfg: a kiln.config.Config
     result.path                        # packer/output/BUILD_NAME+kube-SEMVER/
 
-Stages (printed on the terminal as they start; everything else goes to build.log):
-  base        install_method bootstrap: the cached base disk (kiln.bootstrap); reused when inputs match
-  provision   a per-build ed25519 key and cloud-init seed, then `packer build` (qemu builder on a copy of
-              the base; Ansible playbook, in-guest goss check, sysprep playbook)
-  qcow2       compressed qcow2 + sha256
-  ova         OVF + stream-optimized VMDK + .mf, as a tar (kiln.ova) + sha256
-  manifest    packer-manifest.json custom_data, config.json
-  verify      `kiln verify` on the finished image (when kiln.verify is installed)
-  publish     rename the temp dir into place
+Stages (the terminal shows which one runs; everything goes to build.log):
+  base        install_method bootstrap: the cached base disk (kiln.bootstrap)
+  os          a Packer build on a qcow2 overlay of the base: extra_roles_before, node, containerd, cni,
+              providers; cached in cache_dir/stages/ID/
+  kubernetes  a Packer build on an overlay of the os stage: kubernetes, extra_roles_after, the package
+              list, the in-guest goss check, sysprep; cached likewise
+  finalize    compressed qcow2 + sha256, OVA + sha256, manifest, config.json, verify, publish (always runs)
 
-Failure safety: everything happens in `OUTPUT_DIR/.NAME.tmp-XXXX`; the final directory appears only after
-every stage succeeded (an older build of the same name is replaced only then). On failure or Ctrl-C the temp
-dir is removed, the log is kept in `OUTPUT_DIR/logs/` and its path is printed. The build's SSH key lives
-in the temp dir only and is deleted on every path.
+A build resumes from the longest cached prefix and says so. Targets that are not bootstrap targets, and
+vmware-iso builds, run os and kubernetes in one Packer build (no parent disk to stack an overlay on).
+
+How a stage runs is separate from what it is: `PackerRunner` boots the parent disk in QEMU under Packer and
+runs the stage's roles over SSH. Every run gets this build's own fresh key and a new cloud-init
+instance-id, so a cached stage never carries another build's credentials forward.
+
+Failure safety: everything happens in OUTPUT_DIR/.NAME.tmp-XXXX; the final directory appears only after
+every stage succeeded. On failure or Ctrl-C the temp dir and any half-made stage are removed, the log is
+kept in OUTPUT_DIR/logs/ and its path is printed. An unchanged rebuild is a no-op ("up to date").
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from . import __version__, bootstrap, builddir, cidata, inputs, ova, packer, proc
+from . import __version__, bootstrap, builddir, cidata, inputs, ova, packer, proc, stages
+from .config import Config
 from .errors import BuildError, InputError, KilnError
+from .progress import LogFile, Monitor, Multi, Null
+from .render import BuildContext, Output
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-STAGES = ("base", "provision", "qcow2", "ova", "manifest", "verify", "publish")
+STAGES = ("base", "os", "kubernetes", "finalize")
 SERIAL_LOG = "build-serial.log"
 FINALIZE_COMMAND = "sudo /usr/local/sbin/kiln-finalize"  # written by the sysprep role; Packer's shutdown
+STAGE_SHUTDOWN = "sudo shutdown -P now"  # the os stage ends without sysprep
+VMWARE_TOOLS = ("vmrun", "vmware", "vmplayer", "vmware-vdiskmanager")
 
 
 @dataclass
@@ -55,42 +63,58 @@ class BuildResult:
     base_cached: bool | None  # None when there is no base stage
     input_hash: str
     up_to_date: bool = False
+    reused: dict[str, str] = field(default_factory=dict)  # stage -> cached stage ID it reused
 
     def __str__(self) -> str:
         return str(self.path)
 
 
-class Reporter:
-    """Shows the current stage on the terminal; writes everything to the build log."""
+@dataclass
+class Workspace:
+    """Runtime state of one build: what every stage function gets."""
 
-    def __init__(self, log_file: IO[str], say: Callable[[str], None]) -> None:
-        self.log_file = log_file
-        self._say = say
-        self.stages: dict[str, float] = {}
+    cfg: Config
+    runtime: Runtime
+    monitor: Monitor
+    name: str
+    temp: Path  # OUTPUT/.NAME.tmp-*: becomes the build dir
+    work: Path  # temp/work: keys, seeds, renders (removed before publish)
+    log_path: Path
+    log_file: IO[str]
+    accelerator: str
+    builder: str
+    ids: dict[str, stages.StageId]
+    debug: bool = False
+    disk: Output | None = None  # the current stage's output disk
+    base: bootstrap.BaseImage | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: dict[str, str] = field(default_factory=dict)
 
-    def say(self, text: str) -> None:
-        self._say(text)
-        self.note(text)
+    @property
+    def values(self) -> Mapping[str, Any]:
+        return self.cfg.values
 
-    def note(self, text: str) -> None:
-        self.log_file.write(f"kiln: {text}\n")
-        self.log_file.flush()
+    @property
+    def packages_file(self) -> Path:
+        return self.temp / f"{self.name}.packages"
 
     @contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:
-        number = STAGES.index(name) + 1
-        self.say(f"==> [{number}/{len(STAGES)}] {name}: {what}")
+        self.monitor.begin(name, what)
         started = time.monotonic()
+        ok = False
         try:
             yield
+            ok = True
         finally:
             took = time.monotonic() - started
-            self.stages[name] = round(took, 1)
-            self.note(f"stage {name} took {took:.1f}s")
+            self.timings[name] = round(took, 1)
+            self.monitor.end(
+                name, took, ok, f"reused {self.reused[name][:12]}" if name in self.reused else ""
+            )
 
 
-def _default_say(text: str) -> None:
-    print(text, flush=True)
+# --- helpers the stages share ------------------------------------------------------------------------------
 
 
 def required_tools(values: Mapping[str, Any]) -> list[str]:
@@ -100,17 +124,25 @@ def required_tools(values: Mapping[str, Any]) -> list[str]:
     return tools
 
 
-def check_tools(values: Mapping[str, Any]) -> None:
-    """ToolMissingError (exit 2) naming the package for the first missing program."""
+def check_tools(values: Mapping[str, Any], runtime: Runtime | None = None) -> None:
+    """ToolMissingError (exit 2) naming the package for the first missing program (on the runtime's PATH,
+    which has kiln's virtualenv first: Packer runs ansible-playbook from there)."""
     for tool in required_tools(values):
-        if tool == "ansible-playbook" and shutil.which(tool, path=tool_path()):
-            continue  # Packer runs it from kiln's virtualenv (tool_path)
-        proc.which(tool)
+        proc.which(tool, runtime)
 
 
-def tool_path() -> str:
-    """PATH for Packer: the running Python's bin dir first, so Packer finds .venv's ansible-playbook."""
-    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+def check_vmware(cfg: Config, runtime: Runtime) -> None:
+    """vmware-iso needs VMware Workstation, Player or Fusion: without it, fail now (exit 2), not after
+    Packer has started."""
+    import shutil as _sh
+
+    if any(_sh.which(tool, path=runtime.path or None) for tool in VMWARE_TOOLS):
+        return
+    raise InputError(
+        f"builder vmware-iso: VMware is not installed (none of {', '.join(VMWARE_TOOLS)} on PATH)",
+        hint=f"build the qcow2 with QEMU instead: `make build-qemu-{cfg.target}` (kiln build {cfg.target} "
+        "--only qemu); kiln makes the OVA from it",
+    )
 
 
 def cloud_config(username: str, public_key: str) -> str:
@@ -139,218 +171,362 @@ def write_seed(path: Path, username: str, public_key: str, instance_id: str) -> 
     return cidata.write_iso(path, {"user-data": cloud_config(username, public_key), "meta-data": meta})
 
 
-def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+# --- how a stage runs ------------------------------------------------------------------------------------
 
 
-def write_sha256(path: Path) -> str:
-    digest = sha256_file(path)
-    Path(f"{path}.sha256").write_text(digest)  # bare hex, as image-builder writes it
-    return digest
+class PackerRunner:
+    """Runs a stage as a Packer build in a booted VM: the parent disk (if any) through a qcow2 overlay,
+    this build's fresh key and seed, the stage's roles (`kiln_stage`), and for the last stage the in-guest
+    goss check and sysprep. Returns the disk Packer wrote. (A chroot runner for bootstrap targets would
+    implement the same `run`.)"""
 
+    def run(self, ws: Workspace, stage: str, parent: Path | None, last: bool) -> Output:
+        from . import render
+        from .ssh import generate_keypair
+        from .vm import free_port
 
-def custom_data(values: Mapping[str, Any], input_hash: str) -> dict[str, str]:
-    """kiln's provenance in packer-manifest.json builds[-1].custom_data (strings, as Packer writes them)."""
-    return {
-        "build_name": str(values["build_name"]),
-        "kubernetes_semver": str(values["kubernetes_semver"]),
-        "os_name": str(values.get("os_name", "")),
-        "os_version": str(values.get("os_version", "")),
-        "firmware": str(values.get("firmware", "bios")),
-        "kiln_version": __version__,
-        "input_hash": input_hash,
-        "ssh_username": str(values.get("ssh_username", "builder")),
-    }
-
-
-def write_manifest(path: Path, name: str, files: list[Path], data: dict[str, str], builder: str) -> None:
-    """Merge kiln's custom_data and the final artifact list into Packer's manifest (or write one).
-
-    Keeps Packer's own fields (builder_type, packer_run_uuid, build_time) when the post-processor wrote them.
-    """
-    manifest: dict[str, Any] = {"builds": [], "last_run_uuid": ""}
-    if path.is_file():
-        try:
-            manifest = json.loads(path.read_text())
-        except ValueError:
-            log.warning("%s: unreadable Packer manifest, rewriting it", path)
-    builds = manifest.setdefault("builds", [])
-    if not builds:
-        run_uuid = str(uuid.uuid4())
-        builds.append(
-            {
-                "name": name,
-                "builder_type": builder,
-                "build_time": int(time.time()),
-                "packer_run_uuid": run_uuid,
-            }
+        values = ws.values
+        repo = ws.cfg.repo_root
+        sdir = ws.work / stage
+        sdir.mkdir(mode=0o700)
+        keys = generate_keypair(sdir / "key", comment=f"kiln-build-{ws.name}")
+        seed = write_seed(
+            sdir / "seed.iso",
+            str(values["ssh_username"]),
+            keys.public_line,
+            f"kiln-{stage}-{uuid.uuid4().hex[:12]}",
         )
-        manifest["last_run_uuid"] = run_uuid
-    last = builds[-1]
-    last["files"] = [{"name": f.name, "size": f.stat().st_size} for f in files]
-    last["artifact_id"] = name
-    merged = dict(last.get("custom_data") or {})
-    merged.update(data)
-    last["custom_data"] = merged
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+        staged = parent is not None
+        context = BuildContext(
+            ssh_private_key_file=keys.private_key,
+            ssh_public_key=keys.public_line,
+            password_hash=render.random_password_hash(ws.runtime)
+            if values["install_method"] == "installer"
+            else "",
+            ssh_port=free_port(),
+            output_dir=sdir / "packer-output",
+            manifest_path=sdir / "packer-manifest.json",
+            accelerator=ws.accelerator,
+            base_disk=parent,
+            base_disk_checksum="none",
+            seed_iso=seed,
+            playbook=repo / "ansible" / "playbook.yml",
+            sysprep_playbook=repo / "ansible" / "sysprep.yml",
+            shutdown_command=FINALIZE_COMMAND if last else STAGE_SHUTDOWN,
+            extra_vars={"kiln_packages_file": str(ws.packages_file), "kiln_stage": stage},
+            ansible_config=repo / "ansible" / "ansible.cfg",
+            serial_log=ws.temp / SERIAL_LOG,
+            kiln_command=[sys.executable, "-m", "kiln"],
+            goss_check=last,
+            sysprep=last,
+            use_backing_file=staged,
+            compress=not staged,
+        )
+        rendered = render.render(ws.cfg, context, sdir / "packer", packer.version(ws.runtime), ws.runtime)
+        ws.monitor.log(stage, f"rendered template: {rendered.template}", show=False)
+        shims = str(repo / "packer" / "shims")  # qemu-img -F for Packer 1.6.6's overlays (see the shim)
+        runtime = replace(ws.runtime, env={**ws.runtime.env, "PATH": f"{shims}{os.pathsep}{ws.runtime.path}"})
+        packer.build(
+            rendered.dir,
+            ws.log_path,
+            only=[ws.builder],
+            debug=ws.debug,
+            on_stage=lambda line: ws.monitor.log(stage, line),
+            runtime=runtime,
+        )
+        out = rendered.outputs[ws.builder]
+        if not out.disk.is_file() and not ws.runtime.dry_run:
+            raise BuildError(f"{out.disk.parent}: Packer finished but wrote no {out.disk.name}")
+        shutil.rmtree(sdir / "key", ignore_errors=True)  # the stage's key goes as soon as the stage ends
+        return out
 
 
-def ansible_vars(values: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in values.items()}
-    out.update(extra)
-    return out
+# --- the stages --------------------------------------------------------------------------------------------
 
 
-def _render(cfg: Any, ctx: Any, dest: Path) -> Path:
-    """The rendered Packer template dir for this build (kiln.render owns the templates)."""
-    from . import render
+def stage_base(ws: Workspace) -> None:
+    if ws.values["install_method"] != "bootstrap":
+        ws.monitor.log("base", f"install_method {ws.values['install_method']}: Packer installs the OS itself")
+        return
+    spec = bootstrap.spec_from_config(ws.cfg, ws.cfg.repo_root)
+    if ws.runtime.dry_run:
+        hit = bootstrap.cached(spec, ws.cfg.path("cache_dir"))
+        ws.monitor.log("base", f"would {'reuse' if hit else 'build'} the base disk {spec.key()} ({spec.suite})")
+        entry = ws.cfg.path("cache_dir") / "bootstrap" / spec.key()
+        ws.base = hit or bootstrap.BaseImage(spec.key(), entry, False)
+        return
+    ws.base = bootstrap.ensure_base(
+        spec,
+        ws.cfg.path("cache_dir"),
+        ws.cfg.repo_root,
+        accelerator=ws.accelerator,
+        log_file=ws.log_file,
+        say=lambda t: ws.monitor.log("base", t),
+        runtime=ws.runtime,
+    )
 
-    return Path(render.render(cfg, ctx, dest).dir)
+
+def _staged(ws: Workspace) -> bool:
+    return ws.builder == "qemu" and ws.values["install_method"] == "bootstrap"
+
+
+def stage_cached(
+    ws: Workspace, stage: str, parent_disk: Path | None, last: bool, runner: PackerRunner
+) -> Path:
+    """Run `stage` on top of `parent_disk` unless the cache has it; returns the stage's cached disk."""
+    cache_dir = ws.cfg.path("cache_dir")
+    sid = ws.ids[stage]
+    if ws.runtime.dry_run:
+        hit = stages.lookup(cache_dir, sid.id)
+        ws.monitor.log(stage, f"{'would reuse' if hit else 'would build'} stage {sid.short}")
+        runner.run(ws, stage, parent_disk, last)
+        return stages.disk(cache_dir, sid.id)
+    with stages.locked(cache_dir, sid.id):  # a concurrent build of the same stage waits, then reuses it
+        hit = stages.lookup(cache_dir, sid.id)
+        if hit is not None:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(hit.created))
+            ws.monitor.log(
+                stage, f"{stage}: reusing stage {sid.short} (built {when}, {inputs.human(hit.size)})"
+            )
+            ws.reused[stage] = sid.id
+            stages.touch(cache_dir, hit)
+            return stages.disk(cache_dir, sid.id)
+        out = runner.run(ws, stage, parent_disk, last)
+        record = stages.Record(
+            id=sid.id,
+            stage=stage,
+            parent=sid.parent,
+            target=ws.cfg.target,
+            parent_disk=str(parent_disk or ""),
+            size=0,
+            created=time.time(),
+            last_used=time.time(),
+            inputs=sid.inputs,
+        )
+        if parent_disk is not None:  # record the parent by absolute path, whatever Packer wrote
+            proc.run(
+                ["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(parent_disk), str(out.disk)],
+                log_file=ws.log_file,
+                runtime=ws.runtime,
+            )
+        cached = stages.store(cache_dir, sid.id, out.disk, record)
+        ws.monitor.log(stage, f"{stage}: cached as stage {sid.short} ({inputs.human(record.size)})")
+        return cached
+
+
+def stage_provision(ws: Workspace, runner: PackerRunner) -> None:
+    """The os and kubernetes stages: stacked and cached for bootstrap targets on qemu, else one Packer run."""
+    if _staged(ws):
+        base_disk = ws.base.disk if ws.base is not None else None
+        with ws.stage("os", "Packer build: extra_roles_before, node, containerd, cni, providers"):
+            os_disk = stage_cached(ws, "os", base_disk, False, runner)
+        with ws.stage("kubernetes", "Packer build: kubernetes, extra_roles_after, goss check, sysprep"):
+            k8s_disk = stage_cached(ws, "kubernetes", os_disk, True, runner)
+        ws.disk = Output(k8s_disk, "qcow2", False)
+        _packages_from_record(ws)
+        return
+    with ws.stage("os", f"Packer build ({ws.builder}): the OS and every role, goss check, sysprep"):
+        ws.disk = runner.run(ws, "all", ws.base.disk if ws.base is not None else None, True)
+    ws.timings.setdefault("kubernetes", 0.0)
+
+
+PACKAGES_KEPT = "packages.txt"
+
+
+def _packages_from_record(ws: Workspace) -> None:
+    """The package list is written by the kubernetes stage's run; a reused stage keeps its copy."""
+    if ws.runtime.dry_run:
+        return
+    cache_dir = ws.cfg.path("cache_dir")
+    kept = stages.root(cache_dir) / ws.ids["kubernetes"].id / PACKAGES_KEPT
+    if ws.packages_file.is_file() and not kept.is_file():
+        shutil.copyfile(ws.packages_file, kept)
+    elif kept.is_file() and not ws.packages_file.is_file():
+        shutil.copyfile(kept, ws.packages_file)
+    if not ws.packages_file.is_file():
+        raise BuildError(f"{ws.packages_file}: the provision playbook wrote no package list")
+
+
+def stage_finalize(ws: Workspace, verify: bool) -> None:
+    """Post-process the disk the last Packer run wrote (as render said where and in which format)."""
+    if ws.runtime.dry_run:
+        ws.monitor.log(
+            "finalize", "would write NAME.qcow2, NAME.ova, sha256 sidecars, manifest; verify; publish"
+        )
+        return
+    if ws.disk is None:
+        raise BuildError(f"{ws.temp}: no disk to finalize")
+    finalize_disk(ws, ws.disk)
+    if verify:
+        from .verify import verify_build
+
+        results = verify_build(ws.temp, monitor=ws.monitor, accelerator=ws.accelerator, runtime=ws.runtime)
+        ws.monitor.log("finalize", f"verify: {len(results)} checks passed; reports in goss/")
+
+
+def finalize_disk(ws: Workspace, disk: Output) -> None:
+    """NAME.qcow2 (compressed, standalone), NAME.ova, their .sha256, packer-manifest.json, config.json."""
+    qcow2 = ws.temp / f"{ws.name}.qcow2"
+    if (
+        disk.format == "qcow2"
+        and disk.compressed
+        and disk.disk.parent != stages.root(ws.cfg.path("cache_dir"))
+    ):
+        os.rename(disk.disk, qcow2)  # Packer's disk_compression already did it
+    else:  # a stage overlay (flattened through its backing chain) or a VMware VMDK
+        proc.run(
+            ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk.disk), str(qcow2)],
+            log_file=ws.log_file,
+            runtime=ws.runtime,
+        )
+    builddir.write_sha256(qcow2)
+    ova_path = ws.temp / f"{ws.name}.ova"
+    ova.build_ova(qcow2, ova_path, ws.name, ws.values, log_file=ws.log_file)
+    builddir.write_sha256(ova_path)
+    files = [qcow2, ova_path] + ([ws.packages_file] if ws.packages_file.is_file() else [])
+    data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
+    builddir.write_manifest(ws.temp / builddir.MANIFEST, ws.name, files, data, ws.builder)
+    (ws.temp / builddir.CONFIG).write_text(json.dumps(ws.cfg.to_json(), indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(ws.work, ignore_errors=True)  # keys, seeds and vars go before anything can copy them
+    (ws.temp / SERIAL_LOG).unlink(missing_ok=True)
+    builddir.BuildDir.open(ws.temp)  # the contract other commands read
+
+
+# --- the pipeline ------------------------------------------------------------------------------------------
+
+
+def input_hash(cfg: Config) -> str:
+    """The finished image's input hash: the ID of its finalize stage."""
+    return plan_ids(cfg)["finalize"].id
+
+
+def plan_ids(cfg: Config) -> dict[str, stages.StageId]:
+    base_key = ""
+    if cfg.values["install_method"] == "bootstrap":
+        base_key = bootstrap.spec_from_config(cfg, cfg.repo_root).key()
+    return stages.stage_ids(cfg.plain(), cfg.repo_root, base_key)
 
 
 def run_build(
-    cfg: Any,
+    cfg: Config,
     *,
     only: str | None = None,
-    say: Callable[[str], None] | None = None,
-    debug: bool = False,
+    monitor: Monitor | None = None,
+    runtime: Runtime | None = None,
     verify: bool = True,
     force: bool = False,
 ) -> BuildResult:
-    """Build the image described by `cfg` (a kiln.config.Config) and publish it into its build directory.
+    """Build the image described by `cfg` and publish it into its build directory.
 
     When the build directory already holds a verified build with the same input hash, nothing runs and
-    nothing is touched (`up_to_date` is True), unless `force`.
+    nothing is touched (`up_to_date`), unless `force`. With a dry-run runtime the stages and the commands
+    they would run are printed and nothing is written.
     """
-    values: Mapping[str, Any] = cfg.values
-    repo_root: Path = cfg.repo_root
-    name = builddir.artifact_name(values["build_name"], values["kubernetes_semver"])
+    from .config import default_runtime
+    from .vm import pick_accelerator
+
+    rt = runtime or default_runtime()
+    mon: Monitor = monitor or Null()
+    values = cfg.values
+    builder = only or str(values["builder"])
+    name = cfg.artifact_name
     final = cfg.path("output_dir") / name
-    say_fn = say or _default_say
-    input_hash = cfg.input_hash()
-    if not force and up_to_date(final, input_hash):
-        say_fn(f"kiln: {final} is up to date (input hash {input_hash[:12]}); --force rebuilds")
-        return BuildResult(final, name, {}, None, input_hash, up_to_date=True)
+    ids = plan_ids(cfg)
+    digest = ids["finalize"].id
+    if not force and up_to_date(final, digest):
+        mon.log("build", f"{final} is up to date (input hash {digest[:12]}); --force rebuilds")
+        return BuildResult(final, name, {}, None, digest, up_to_date=True)
     check_replaceable_build(final)
+    if builder == "vmware-iso":
+        check_vmware(cfg, rt)
+    check_tools(values, rt)
+    setting = str(values.get("accelerator", "auto"))
+    if rt.dry_run:  # no probe VM under --dry-run: auto shows as tcg, as `kiln render` does
+        accelerator = "tcg" if setting == "auto" else setting
+        return _dry_run(cfg, rt, mon, name, final, builder, accelerator, ids, verify)
+    accelerator = pick_accelerator(setting)
+
     out_root = proc.ensure_dir(cfg.path("output_dir"))
-
-    check_tools(values)
-    from .vm import free_port, pick_accelerator
-
-    accelerator = pick_accelerator(str(values.get("accelerator", "auto")))
-
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
     log_path = temp / builddir.LOG
     # append mode: kiln.packer.build appends Packer's output through its own handle to the same file
     log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
-    rep = Reporter(log_file, say_fn)
-    base_cached: bool | None = None
+    ws = Workspace(
+        cfg, rt, Multi(mon, LogFile(log_file)), name, temp, temp / "work", log_path, log_file, accelerator,
+        builder, ids, debug=rt.debug,
+    )  # fmt: skip
     ok = False
     try:
-        rep.say(f"kiln {__version__}: building {name} ({values['install_method']}, {accelerator}) in {temp}")
-        rep.note(f"input hash {input_hash}")
-        rep.note("config: " + json.dumps(cfg.plain(), sort_keys=True))
-        work = temp / "work"
-        work.mkdir(mode=0o700)
-
-        base: bootstrap.BaseImage | None = None
-        with rep.stage("base", "base disk"):
-            if values["install_method"] == "bootstrap":
-                spec = bootstrap.spec_from_config(cfg, repo_root)
-                base = bootstrap.ensure_base(
-                    spec,
-                    cfg.path("cache_dir"),
-                    repo_root,
-                    accelerator=accelerator,
-                    log_file=log_file,
-                    say=lambda t: rep.say(f"    {t}"),
-                )
-                base_cached = base.cached
-            else:
-                rep.say(f"    install_method {values['install_method']}: Packer installs the OS itself")
-
-        plan = _plan(cfg, name, temp, work, base, accelerator, free_port())
-        with rep.stage("provision", f"packer build ({accelerator}; Ansible playbook, goss check, sysprep)"):
-            rendered = _render(cfg, plan.context, work / "packer")
-            rep.note(f"rendered template: {rendered}")
-            log_file.flush()
-            packer.build(
-                rendered,
-                log_path,
-                only=[only] if only else [],
-                debug=debug,
-                on_stage=lambda line: rep._say(f"    {line}"),
-            )
-            disk = plan.packer_output / f"{name}.qcow2"
-            if not disk.is_file():
-                raise BuildError(f"{plan.packer_output}: Packer finished but wrote no {disk.name}")
-            if not plan.packages_file.is_file():
-                raise BuildError(f"{plan.packages_file}: the provision playbook wrote no package list")
-
-        qcow2 = temp / f"{name}.qcow2"
-        with rep.stage("qcow2", "compressed qcow2 + sha256"):
-            if _packer_compressed(rendered):
-                os.rename(disk, qcow2)  # Packer's disk_compression already did it
-            else:
-                proc.run(
-                    ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk), str(qcow2)], log_file=log_file
-                )
-            shutil.rmtree(plan.packer_output)
-            write_sha256(qcow2)
-
-        ova_path = temp / f"{name}.ova"
-        with rep.stage("ova", "OVF + stream-optimized VMDK + manifest"):
-            ova.build_ova(qcow2, ova_path, name, values, log_file=log_file)
-            write_sha256(ova_path)
-
-        with rep.stage("manifest", "packer-manifest.json, config.json"):
-            files = [qcow2, ova_path, plan.packages_file]
-            data = custom_data(values, input_hash)
-            write_manifest(temp / builddir.MANIFEST, name, files, data, str(values.get("builder", "qemu")))
-            (temp / builddir.CONFIG).write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
-            shutil.rmtree(work)  # the build key, seed and vars go now, before anything can copy them
-            (temp / SERIAL_LOG).unlink(missing_ok=True)
-            builddir.BuildDir.open(temp)  # the contract other commands read
-
-        with rep.stage("verify", "kiln verify (goss specs against a boot of the finished image)"):
-            _verify(temp, rep, verify, accelerator)
-
-        with rep.stage("publish", str(final)):
+        ws.monitor.log(
+            "build", f"kiln {__version__}: building {name} ({values['install_method']}, {accelerator})"
+        )
+        ws.monitor.log("build", f"input hash {digest}", show=False)
+        ws.monitor.log("build", "config: " + json.dumps(cfg.plain(), sort_keys=True), show=False)
+        ws.work.mkdir(mode=0o700)
+        runner = PackerRunner()
+        with ws.stage("base", "base disk"):
+            stage_base(ws)
+        stage_provision(ws, runner)
+        with ws.stage("finalize", "qcow2, OVA, sha256, manifest, verify"):
+            stage_finalize(ws, verify)
             temp.chmod(0o755)  # mkdtemp made it private; the published build is readable like its files
             inputs.mark(temp, f"kiln build of {name}")
             _publish(temp, final)
         ok = True
-        rep.note("stages: " + json.dumps(rep.stages))
-        rep.say(f"kiln: built {final} in {sum(rep.stages.values()):.0f}s " + _stage_summary(rep.stages))
-        return BuildResult(final, name, dict(rep.stages), base_cached, input_hash)
+        ws.monitor.log("build", "stages: " + json.dumps(ws.timings), show=False)
+        ws.monitor.log(
+            "build", f"built {final} in {sum(ws.timings.values()):.0f}s " + _stage_summary(ws.timings)
+        )
+        base_cached = ws.base.cached if ws.base is not None else None
+        return BuildResult(final, name, dict(ws.timings), base_cached, digest, reused=dict(ws.reused))
     except BaseException as exc:
         log_file.write(f"kiln: build failed: {exc!r}\n")
         log_file.flush()
         kept = _keep_log(log_path, out_root, name)
         if kept is not None:
-            say_fn(f"kiln: build failed; the whole log is kept at {kept}")
-            if isinstance(exc, KilnError):  # the temp dir goes away: point at the kept copies instead
-                goss_kept = kept.with_suffix(".goss")
-                exc.message = exc.message.replace(str(temp / "goss"), str(goss_kept))
-                exc.message = exc.message.replace(str(log_path), str(kept))
-                exc.args = (exc.message,)
-                hint = (exc.hint or "").replace(str(log_path), str(kept))
-                exc.hint = hint if str(kept) in hint else (hint + "; " if hint else "") + f"build log: {kept}"
+            mon.log("build", f"build failed; the whole log is kept at {kept}")
+            if isinstance(exc, KilnError) and not exc.hint:
+                exc.hint = f"build log: {kept}"
         raise
     finally:
         log_file.close()
-        if ok:
-            pass
-        else:
+        if not ok:
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def up_to_date(final: Path, input_hash: str) -> bool:
-    """`final` is a kiln build dir, verified, whose manifest records `input_hash`, with its artifacts there.
+def _dry_run(
+    cfg: Config,
+    rt: Runtime,
+    mon: Monitor,
+    name: str,
+    final: Path,
+    builder: str,
+    accelerator: str,
+    ids: dict[str, stages.StageId],
+    verify: bool,
+) -> BuildResult:
+    """Print the stages, their IDs and the commands they would run; write nothing anywhere."""
+    with tempfile.TemporaryDirectory(prefix="kiln-dry-run-") as tmp:
+        temp = Path(tmp)
+        with open(os.devnull, "w") as null:
+            ws = Workspace(
+                cfg, rt, mon, name, temp, temp / "work", temp / builddir.LOG, null, accelerator, builder, ids
+            )
+            ws.work.mkdir()
+            for stage, sid in ids.items():
+                mon.log("plan", f"{stage}: stage ID {sid.short}")
+            runner = PackerRunner()
+            with ws.stage("base", "base disk"):
+                stage_base(ws)
+            stage_provision(ws, runner)
+            with ws.stage("finalize", "qcow2, OVA, sha256, manifest, verify"):
+                stage_finalize(ws, verify)
+    mon.log("build", f"dry run: would publish {final}")
+    return BuildResult(final, name, dict(ws.timings), None, ids["finalize"].id)
+
+
+def up_to_date(final: Path, digest: str) -> bool:
+    """`final` is a kiln build dir, verified, whose manifest records `digest`, with its artifacts there.
     Reads only; any doubt means "not up to date"."""
     if not (final / inputs.MARKER).is_file() or not (final / "goss" / "report.json").is_file():
         return False
@@ -358,7 +534,7 @@ def up_to_date(final: Path, input_hash: str) -> bool:
         build = builddir.BuildDir.open(final)
     except KilnError:
         return False
-    if build.custom_data.get("input_hash") != input_hash:
+    if build.custom_data.get("input_hash") != digest:
         return False
     listed = [f.get("name") for f in _manifest_files(final)]
     return bool(listed) and all(isinstance(n, str) and (final / n).is_file() for n in listed)
@@ -392,92 +568,8 @@ def check_replaceable_build(final: Path) -> None:
     )
 
 
-def _stage_summary(stages: Mapping[str, float]) -> str:
-    return "(" + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items()) + ")"
-
-
-@dataclass
-class _Plan:
-    context: Any  # kiln.render.BuildContext
-    packer_output: Path
-    packages_file: Path
-
-
-def _plan(
-    cfg: Any,
-    name: str,
-    temp: Path,
-    work: Path,
-    base: bootstrap.BaseImage | None,
-    accelerator: str,
-    ssh_port: int,
-) -> _Plan:
-    """The per-build key and seed, and the render context (kiln.render.BuildContext) pointing at them."""
-    import dataclasses
-
-    from . import render
-    from .ssh import generate_keypair
-
-    values: Mapping[str, Any] = cfg.values
-    repo_root: Path = cfg.repo_root
-    keys = generate_keypair(work / "key", comment=f"kiln-build-{name}")
-    seed = write_seed(
-        work / "seed.iso",
-        str(values["ssh_username"]),
-        keys.public_line,
-        f"kiln-build-{uuid.uuid4().hex[:12]}",
-    )
-    packages_file = temp / f"{name}.packages"
-    packer_output = temp / "packer-output"
-    wanted: dict[str, Any] = {
-        "ssh_private_key_file": keys.private_key,
-        "ssh_public_key": keys.public_line,
-        "password_hash": "",  # bootstrap and cloudimg log in with the key only
-        "ssh_port": ssh_port,
-        "output_dir": packer_output,
-        "manifest_path": temp / builddir.MANIFEST,
-        "accelerator": accelerator,
-        "base_disk": base.disk if base is not None else None,
-        "base_disk_checksum": "none",
-        "seed_iso": seed,
-        "playbook": repo_root / "ansible" / "playbook.yml",
-        "sysprep_playbook": repo_root / "ansible" / "sysprep.yml",
-        "shutdown_command": FINALIZE_COMMAND,
-        "extra_vars": {"kiln_packages_file": str(packages_file)},
-        "ansible_config": repo_root / "ansible" / "ansible.cfg",
-        "serial_log": temp / SERIAL_LOG,  # the build VM's console: kept with the log when a build fails
-        "kiln_command": [sys.executable, "-m", "kiln"],
-    }
-    if values.get("install_method") != "bootstrap":
-        wanted["password_hash"] = render.random_password_hash()
-    known = {f.name for f in dataclasses.fields(render.BuildContext)}
-    missing = sorted(k for k in ("sysprep_playbook", "shutdown_command", "extra_vars") if k not in known)
-    if missing:
-        log.warning("kiln.render.BuildContext lacks %s; the template may not pass them", ", ".join(missing))
-    context = render.BuildContext(**{k: v for k, v in wanted.items() if k in known})
-    return _Plan(context, packer_output, packages_file)
-
-
-def _packer_compressed(rendered: Path) -> bool:
-    """True when the rendered template has Packer compress the qcow2 itself (disk_compression = true)."""
-    template = rendered / "node.pkr.hcl"
-    text = template.read_text() if template.is_file() else ""
-    return re.search(r"^\s*disk_compression\s*=\s*true\b", text, re.MULTILINE) is not None
-
-
-def _verify(temp: Path, rep: Reporter, enabled: bool, accelerator: str) -> None:
-    if not enabled:
-        rep.say("    skipped (--no-verify)")
-        return
-    try:
-        from .verify import verify_build
-    except ImportError:
-        rep.say("    kiln.verify is not installed; skipped")
-        return
-    results = verify_build(
-        temp, log_file=rep.log_file, say=lambda t: rep.say(f"    {t}"), accelerator=accelerator
-    )
-    rep.say(f"    {len(results)} checks passed; reports in goss/")
+def _stage_summary(timings: Mapping[str, float]) -> str:
+    return "(" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")"
 
 
 def _publish(temp: Path, final: Path) -> None:

@@ -14,16 +14,108 @@ packer/output/BUILD_NAME+kube-KUBERNETES_SEMVER/
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import inputs
+from . import __version__, inputs
 from .errors import InputError
 
 MANIFEST = "packer-manifest.json"
 CONFIG = "config.json"
 LOG = "build.log"
+INSTALL_MARKER = inputs.MARKER
+
+log = logging.getLogger(__name__)
+
+
+# --- the writing half of the contract: sidecars, provenance, manifest -------------------------------------
+
+
+def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_sha256(path: Path) -> str:
+    digest = sha256_file(path)
+    Path(f"{path}.sha256").write_text(digest)  # bare hex, as image-builder writes it
+    return digest
+
+
+def custom_data(values: Mapping[str, Any], input_hash: str, built: float | None = None) -> dict[str, str]:
+    """kiln's provenance in packer-manifest.json builds[-1].custom_data (strings, as Packer writes them):
+    kiln's keys plus image-builder's, so that scripts written for image-builder's manifests keep working."""
+    when = time.time() if built is None else built
+    semver = str(values["kubernetes_semver"])
+    roles = bool(values.get("extra_roles_before") or values.get("extra_roles_after"))
+    return {
+        # kiln's own
+        "build_name": str(values["build_name"]),
+        "kubernetes_semver": semver,
+        "os_name": str(values.get("os_name", "")),
+        "os_version": str(values.get("os_version", "")),
+        "firmware": str(values.get("firmware", "bios")),
+        "kiln_version": __version__,
+        "input_hash": input_hash,
+        "ssh_username": str(values.get("ssh_username", "builder")),
+        # image-builder's names
+        "build_date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)),
+        "build_timestamp": str(int(when)),
+        "build_type": "node",
+        "containerd_version": str(values.get("containerd_version", "")),
+        "custom_role": "true" if roles else "false",
+        "disk_size": str(values.get("disk_size", "")),
+        "distro_arch": "amd64",
+        "distro_name": str(values.get("os_name", "")),
+        "distro_version": str(values.get("os_version", "")),
+        "guest_os_type": str(values.get("guest_os_type", "")),
+        "ib_version": f"kiln-{__version__}",
+        "kubernetes_cni_semver": str(values.get("cni_plugins_version", "")),
+        "kubernetes_source_type": str(values.get("kubernetes_source_type", "")),
+        "kubernetes_typed_version": f"kube-{semver}",
+    }
+
+
+def write_manifest(path: Path, name: str, files: list[Path], data: dict[str, str], builder: str) -> None:
+    """Merge kiln's custom_data and the final artifact list into Packer's manifest (or write one).
+
+    Keeps Packer's own fields (builder_type, packer_run_uuid, build_time) when the post-processor wrote them.
+    """
+    manifest: dict[str, Any] = {"builds": [], "last_run_uuid": ""}
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_text())
+        except ValueError:
+            log.warning("%s: unreadable Packer manifest, rewriting it", path)
+    builds = manifest.setdefault("builds", [])
+    if not builds:
+        run_uuid = str(uuid.uuid4())
+        builds.append(
+            {
+                "name": name,
+                "builder_type": builder,
+                "build_time": int(time.time()),
+                "packer_run_uuid": run_uuid,
+            }
+        )
+        manifest["last_run_uuid"] = run_uuid
+    last = builds[-1]
+    last["files"] = [{"name": f.name, "size": f.stat().st_size} for f in files]
+    last["artifact_id"] = name
+    merged = dict(last.get("custom_data") or {})
+    merged.update(data)
+    last["custom_data"] = merged
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def artifact_name(build_name: str, kubernetes_semver: str) -> str:

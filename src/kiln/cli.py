@@ -26,6 +26,12 @@ def _add_global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print external commands instead of running them"
     )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "plain", "json"),
+        default="auto",
+        help="how builds report progress: plain lines (auto) or JSON lines for CI systems (json)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,6 +403,14 @@ def _register_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--only", choices=("qemu", "vmware-iso"), help="builder (default: the target's `builder`)")
     p.add_argument("--foreground", action="store_true", help="show the VM console (headless=false)")
     p.add_argument("--force", action="store_true", help="rebuild even when the build dir is up to date")
+    p.add_argument(
+        "--kubernetes-version",
+        dest="kubernetes_versions",
+        action="append",
+        default=[],
+        metavar="V",
+        help="build one image per version (repeatable), sharing the os stage (default: kubernetes_semver)",
+    )
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Packer's own log too")
     _config_options(p)
     p.set_defaults(func=_cmd_build)
@@ -459,7 +473,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     import shutil
 
-    from . import inputs, render
+    from . import inputs, packer, render
     from .render import parse_version
 
     cfg = _load_config(args, args.target)
@@ -471,14 +485,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
         out = out.resolve()
     except (OSError, RuntimeError) as exc:
         raise InputError(f"{out}: render output directory cannot be used ({exc})") from None
-    version = parse_version(args.packer_version) if args.packer_version else None
+    version = parse_version(args.packer_version) if args.packer_version else packer.version(args.runtime)
     context_dir = out.parent / f".{out.name}.context"
     inputs.check_replaceable(context_dir, "placeholder credentials directory")
     made = not context_dir.exists()
     try:
-        context = render.placeholder_context(cfg, context_dir)
+        context = render.placeholder_context(cfg, context_dir, runtime=args.runtime)
         inputs.mark(context_dir, "kiln render (placeholder credentials)")
-        result = render.render(cfg, context, out, version)
+        result = render.render(cfg, context, out, version, args.runtime)
     except OSError as exc:
         if made:
             shutil.rmtree(context_dir, ignore_errors=True)
@@ -498,7 +512,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import tempfile
 
-    from . import packer
+    from . import validate
 
     if bool(args.all) == bool(args.target):
         raise InputError("validate: give a TARGET or --all")
@@ -509,7 +523,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         try:
             cfg = _load_config(args, name)
             with tempfile.TemporaryDirectory(prefix=f"kiln-validate-{name}-") as tmp:
-                result = packer.validate_target(cfg, Path(tmp), syntax_only=args.syntax_only)
+                result = validate.validate_target(
+                    cfg, Path(tmp), syntax_only=args.syntax_only, runtime=args.runtime
+                )
             print(
                 f"ok    {name:<22} kiln {result.kiln_seconds:5.2f} s   "
                 f"packer validate {result.packer_seconds:5.2f} s"
@@ -528,16 +544,89 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    from . import build as build_mod  # the build pipeline: stages, cache, finalize, verify, publish
+    from . import progress
+
     extra = {"headless": "false"} if args.foreground else {}
     if args.only:
         extra["builder"] = args.only
-    cfg = _load_config(args, args.target, extra)
-    debug = bool(getattr(args, "debug", False))
-    from . import build as build_mod  # the build pipeline: base, packer, post-process, verify, publish
-
-    result = build_mod.run_build(cfg, only=str(cfg.get("builder")), debug=debug, force=args.force)
-    print(f"up to date: {result.path}" if result.up_to_date else f"built: {result.path}")
+    versions = args.kubernetes_versions or [None]
+    configs = []
+    for version in versions:  # every config is validated before anything builds
+        more = {**extra, "kubernetes_semver": version} if version else extra
+        configs.append(_load_config(args, args.target, more))
+    monitor = progress.for_mode(args.progress)
+    failed: list[str] = []
+    for cfg in configs:
+        try:
+            result = build_mod.run_build(
+                cfg, only=str(cfg.get("builder")), monitor=monitor, runtime=args.runtime, force=args.force
+            )
+        except KilnError as err:
+            if len(configs) == 1:
+                raise
+            failed.append(f"{cfg.artifact_name}: {err.message.splitlines()[0]}")
+            print(f"kiln: error: {cfg.artifact_name}: {err.message}", file=sys.stderr)
+            continue
+        if args.runtime.dry_run:
+            continue
+        print(f"up to date: {result.path}" if result.up_to_date else f"built: {result.path}")
+    if failed:
+        raise BuildError(f"{len(failed)} of {len(configs)} builds failed:\n" + "\n".join(failed))
     return 0
+
+
+# --- the stage cache: cache ls|prune (stages.py) -------------------------------------------------------
+
+
+@command
+def _register_cache(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("cache", help="list or prune the build stage cache (cache_dir/stages)")
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    ls = csub.add_parser("ls", help="cached stages: ID, stage, target, size, last used")
+    ls.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    ls.set_defaults(func=_cmd_cache_ls)
+    prune = csub.add_parser("prune", help="delete least recently used stages (never one a build holds)")
+    prune.add_argument("--max-size", metavar="SIZE", help="shrink the cache to this size (20G, 500M, ...)")
+    prune.add_argument("--older-than", type=float, metavar="DAYS", help="delete stages unused for DAYS")
+    prune.set_defaults(func=_cmd_cache_prune)
+
+
+def _cache_dir() -> Path:
+    """cache_dir as common.json and the user's var files set it (the stage cache is shared by targets)."""
+    return config.load(config.targets()[0], var_files=os.environ.get("PACKER_VAR_FILES", "").split()).path(
+        "cache_dir"
+    )
+
+
+def _cmd_cache_ls(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from . import inputs, stages
+
+    records = stages.entries(_cache_dir())
+    if args.json:
+        print(json.dumps([asdict(r) for r in records], indent=2))
+        return EXIT_OK
+    import time
+
+    print(f"{'ID':<14} {'STAGE':<11} {'TARGET':<22} {'SIZE':>8}  LAST USED")
+    for r in sorted(records, key=lambda r: r.last_used, reverse=True):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.last_used))
+        print(f"{r.id[:12]:<14} {r.stage:<11} {r.target:<22} {inputs.human(r.size):>8}  {when}")
+    return EXIT_OK
+
+
+def _cmd_cache_prune(args: argparse.Namespace) -> int:
+    from . import inputs, stages
+
+    max_size = stages.parse_size(args.max_size) if args.max_size else None
+    removed = stages.prune(_cache_dir(), max_size=max_size, older_than_days=args.older_than)
+    for r in removed:
+        print(f"removed {r.id[:12]} ({r.stage}, {r.target}, {inputs.human(r.size)})")
+    print(f"{len(removed)} stage(s) removed")
+    return EXIT_OK
 
 
 # --- booting, SSH and conformance: cidata, boot, ssh, conformance (cidata.py, vm.py, boot.py, ...) -----
@@ -646,9 +735,9 @@ def _cmd_boot(args: argparse.Namespace) -> int:
     vm, state = boot.start(
         build, cidata_iso=args.cidata, key=args.identity, user=args.user, firmware=args.firmware,
         accelerator=args.accelerator, memory=args.memory, cpus=args.cpus, hostname=args.hostname,
-        detach=args.detach, timeout=args.timeout,
+        detach=args.detach, timeout=args.timeout, runtime=args.runtime,
     )  # fmt: skip
-    if proc.DRY_RUN:
+    if args.runtime.dry_run:
         return EXIT_OK
     print(f"{build.name} is up ({state.accelerator}, {state.firmware}), QEMU pid {state.pid}")
     print(f"  kiln ssh {build.path}")
@@ -679,7 +768,7 @@ def _cmd_ssh(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     with boot.session(state) as session:
         if not cmd:
-            return session.interactive()
+            return session.interactive(term=os.environ.get("TERM", "xterm"))
         command = cmd if len(cmd) > 1 else cmd[0]  # one word: a shell string, as with ssh
         rc, _, err = session.run(command, check=False, timeout=None, on_line=lambda ln: print(ln, flush=True))
         sys.stderr.write(err)
@@ -723,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
     )
-    proc.DRY_RUN = bool(args.dry_run)
+    args.runtime = config.default_runtime(dry_run=bool(args.dry_run), debug=bool(args.debug))
     proc.install_sigterm_handler()
     try:
         return int(args.func(args) or EXIT_OK)

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import __version__, builddir, inputs
 from .errors import ConfigError, InputError
+from .runtime import Runtime
 from .settings import (
     ALIASES,
     BY_NAME,
@@ -57,6 +58,20 @@ def repo_root() -> Path:
 
 
 _default_root = repo_root  # load() has a parameter of the same name
+
+
+def default_runtime(dry_run: bool = False, debug: bool = False) -> Runtime:
+    """The Runtime of this process: its environment, with kiln's virtualenv first on PATH (Packer's ansible
+    provisioner runs `ansible-playbook` from there) and Packer's update check off. Made once by the CLI."""
+    import sys
+
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if venv_bin not in path.split(os.pathsep):
+        path = f"{venv_bin}{os.pathsep}{path}"
+    env.update(PATH=path, CHECKPOINT_DISABLE="1", PACKER_NO_COLOR="1")
+    return Runtime(dry_run=dry_run, debug=debug, env=MappingProxyType(env))
 
 
 def targets(root: Path | None = None) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import CommandError, Interrupted, ToolMissingError
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +32,21 @@ PROVIDERS: dict[str, str] = {
     "qemu-img": "Debian package 'qemu-utils' (make deps)",
     "mmdebstrap": "Debian package 'mmdebstrap' (make deps)",
     "mkfs.ext4": "Debian package 'e2fsprogs' (make deps)",
-    "mkfs.vfat": "Debian package 'dosfstools' (make deps)",
-    "mcopy": "Debian package 'mtools' (make deps)",
-    "mmd": "Debian package 'mtools' (make deps)",
+    "mkfs.fat": "Debian package 'dosfstools' (make deps)",
     "sfdisk": "Debian package 'fdisk' (make deps)",
     "xorriso": "Debian package 'xorriso' (make deps)",
-    "ssh-keygen": "Debian package 'openssh-client' (make deps)",
-    "ssh": "Debian package 'openssh-client' (make deps)",
     "ansible-playbook": "pip package 'ansible-core' (installed into .venv by make deps)",
-    "gsutil": "the Google Cloud SDK",
     "openssl": "Debian package 'openssl'",
     "goss": "the goss release binary (optional; kiln evaluates specs itself without it)",
 }
 
-# Set by the CLI's --dry-run: commands are printed, not run.
-DRY_RUN = False
+
+def _runtime(runtime: Runtime | None) -> Runtime:
+    if runtime is not None:
+        return runtime
+    from .config import default_runtime  # library callers that pass none get this process's environment
+
+    return default_runtime()
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,9 @@ class Result:
     output: str
 
 
-def which(program: str) -> str:
-    """Absolute path of `program`, or ToolMissingError naming the package that provides it."""
-    path = shutil.which(program)
+def which(program: str, runtime: Runtime | None = None) -> str:
+    """Absolute path of `program` on the runtime's PATH, or ToolMissingError naming its package."""
+    path = shutil.which(program, path=_runtime(runtime).path or None)
     if path is None:
         provider = PROVIDERS.get(program, "its package")
         raise ToolMissingError(f"{program}: not found on PATH", hint=f"install {provider}")
@@ -68,8 +69,10 @@ def quote(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
-def _child_env(env: Mapping[str, str] | None, extra_env: Mapping[str, str] | None) -> dict[str, str]:
-    base = dict(os.environ if env is None else env)
+def _child_env(
+    runtime: Runtime, env: Mapping[str, str] | None, extra_env: Mapping[str, str] | None
+) -> dict[str, str]:
+    base = dict(runtime.env if env is None else env)
     if extra_env:
         base.update(extra_env)
     return base
@@ -89,6 +92,7 @@ def run(
     tail_lines: int = 40,
     timeout: float | None = None,
     secret_values: Sequence[str] = (),
+    runtime: Runtime | None = None,
 ) -> Result:
     """Run argv to completion.
 
@@ -96,12 +100,13 @@ def run(
     `tail_lines` lines go into the CommandError on failure. With capture=True the whole output is returned.
     `secret_values` are masked wherever output is logged or stored.
     """
+    rt = _runtime(runtime)
     args = [os.fspath(a) for a in argv]
     program = args[0]
     if os.sep not in program:
-        args[0] = which(program)
+        args[0] = which(program, rt)
     log.debug("run: %s", quote(args))
-    if DRY_RUN:
+    if rt.dry_run:
         print(f"would run: {quote(args)}")
         return Result(args, 0, "")
 
@@ -117,7 +122,7 @@ def run(
         proc = subprocess.Popen(
             args,
             cwd=cwd,
-            env=_child_env(env, extra_env),
+            env=_child_env(rt, env, extra_env),
             stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -221,6 +226,7 @@ def spawn(
     extra_env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     die_with_parent: bool = True,
+    runtime: Runtime | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running child (QEMU) and return at once; `proc.run` is for run-to-completion.
 
@@ -229,19 +235,20 @@ def spawn(
     stdin from /dev/null, stdout+stderr appended to `log_path`. With `die_with_parent` the kernel kills
     the child if this process dies without cleaning up (note: "parent" is the spawning thread).
     There is no --dry-run handling here: a long-running child has no placeholder, so callers check
-    `DRY_RUN` themselves.
+    `runtime.dry_run` themselves.
     """
+    rt = _runtime(runtime)
     args = [os.fspath(a) for a in argv]
     program = args[0]
     if os.sep not in program:
-        args[0] = which(program)
+        args[0] = which(program, rt)
     log.debug("spawn: %s", quote(args))
     with open(log_path, "ab") as out:
         try:
             return subprocess.Popen(
                 args,
                 cwd=cwd,
-                env=_child_env(env, extra_env),
+                env=_child_env(rt, env, extra_env),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import jinja2
 from . import __version__, inputs, proc
 from .config import Config
 from .errors import InputError
+from .runtime import Runtime
 
 TEMPLATE = "node.pkr.hcl.j2"
 TEMPLATE_OUT = "node.pkr.hcl"
@@ -74,6 +75,20 @@ class BuildContext:
     goss_check: bool = True
     kiln_command: Sequence[str] = field(default_factory=lambda: [sys.executable, "-m", "kiln"])
     extra_qemuargs: Sequence[Sequence[str]] = ()
+    # build stages: boot the parent stage's disk through a qcow2 overlay (Packer's use_backing_file) and
+    # leave the result uncompressed, so that the stage's disk holds only what the stage changed
+    use_backing_file: bool = False
+    compress: bool = True
+    sysprep: bool = True  # run ansible/sysprep.yml (the last stage of a build); False for the os stage
+
+
+@dataclass(frozen=True)
+class Output:
+    """What one builder leaves behind: the disk file, its format, and whether Packer compressed it."""
+
+    disk: Path
+    format: str  # qcow2 | vmdk
+    compressed: bool
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,7 @@ class Rendered:
     template: Path
     packer_version: tuple[int, int, int]
     sources: tuple[str, ...]
+    outputs: Mapping[str, Output] = field(default_factory=dict)  # builder -> its output disk
 
     def __fspath__(self) -> str:  # Path(render(...)) is the template
         return str(self.template)
@@ -99,31 +115,6 @@ def escape(text: str) -> str:
 
 def _key(name: str) -> str:
     return name if re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", name) else escape(name)
-
-
-_ALIASES = {
-    "output_directory": "output_dir",
-    "manifest_file": "manifest_path",
-    "kernel_args": "kernel_cmdline",
-}
-
-
-def as_context(obj: Any) -> BuildContext:
-    """A BuildContext from any object with the same (or aliased) attribute names, e.g. kiln.build's."""
-    if isinstance(obj, BuildContext):
-        return obj
-    names = {f.name for f in fields(BuildContext)}
-    kwargs: dict[str, Any] = {}
-    for name, value in vars(obj).items():
-        name = _ALIASES.get(name, name)
-        if name in names and value is not None:
-            kwargs[name] = value
-    if "goss_check_command" in vars(obj):
-        kwargs["goss_check"] = bool(obj.goss_check_command)
-    try:
-        return BuildContext(**kwargs)
-    except TypeError as exc:
-        raise InputError(f"render: incomplete build context: {exc}") from exc
 
 
 def hcl(value: Any, indent: int = 0) -> str:
@@ -324,28 +315,32 @@ def render_template(
         ) from exc
 
 
+def outputs(config: Config, context: BuildContext) -> dict[str, Output]:
+    """Where each builder of `config` writes its disk (the qemu template compresses with Packer's
+    disk_compression; vmware-iso writes an uncompressed disk.vmdk in its own output directory)."""
+    facts = {
+        "qemu": Output(
+            context.output_dir / (context.vm_name or f"{config.artifact_name}.qcow2"), "qcow2", True
+        ),
+        "vmware-iso": Output(
+            (context.vmware_output_dir or Path(f"{context.output_dir}-vmware")) / "disk.vmdk", "vmdk", False
+        ),
+    }
+    return {b: facts[b] for b in sources_for(config)}
+
+
 def render(
     config: Config,
-    context: Any,
-    out_dir: Path | None = None,
-    packer_version: tuple[int, int, int] | None = None,
-    *,
-    dest: Path | None = None,
+    context: BuildContext,
+    out_dir: Path,
+    packer_version: tuple[int, int, int],
+    runtime: Runtime | None = None,
 ) -> Rendered:
-    """Render everything a Packer run needs into out_dir (alias: dest), atomically: on any error nothing is
-    left behind. An existing out_dir is replaced only after the new render succeeded. `context` is a
-    BuildContext or any object with its attribute names (see as_context)."""
-    context = as_context(context)
-    if out_dir is None:
-        if dest is None:
-            raise TypeError("render: out_dir (or dest) is required")
-        out_dir = dest
+    """Render everything a Packer run needs into out_dir, atomically: on any error nothing is left behind.
+    An existing out_dir is replaced only after the new render succeeded (and only if kiln made it).
+    `packer_version` decides the template form (kiln.packer.version() tells the installed one)."""
     if not context.password_hash and config.get("install_method") == "installer":
-        context = replace(context, password_hash=random_password_hash())
-    if packer_version is None:
-        from .packer import version
-
-        packer_version = version()
+        context = replace(context, password_hash=random_password_hash(runtime))
     out_dir = Path(out_dir)
     inputs.check_replaceable(out_dir, "render output directory")
     try:
@@ -382,45 +377,42 @@ def render(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return Rendered(out_dir, out_dir / TEMPLATE_OUT, packer_version, sources_for(config))
+    return Rendered(
+        out_dir, out_dir / TEMPLATE_OUT, packer_version, sources_for(config), outputs(config, context)
+    )
 
 
 # --- build credentials and placeholder contexts -----------------------------------------------------------
 
 
-def generate_ssh_key(directory: Path, name: str = "build_key") -> tuple[Path, str]:
-    """A fresh ed25519 key pair in `directory` (mode 0600); returns (private key path, public key text)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key = directory / name
-    for path in (key, key.with_suffix(".pub")):
-        path.unlink(missing_ok=True)
-    proc.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kiln-build", "-f", str(key)])
-    if proc.DRY_RUN:  # nothing was generated
-        return key, "ssh-ed25519 DRY-RUN kiln-build"
-    key.chmod(0o600)
-    return key, key.with_suffix(".pub").read_text().strip()
-
-
-def random_password_hash() -> str:
-    """A SHA-512 crypt hash of a random password that is never stored or shown (installers need one)."""
+def random_password_hash(runtime: Runtime | None = None) -> str:
+    """A SHA-512 crypt hash of a random password that is never stored or shown (installers need one).
+    A pure computation: it runs even under --dry-run."""
     password = secrets.token_urlsafe(24)
+    rt = runtime.live() if runtime is not None else None
     out = proc.run(
-        ["openssl", "passwd", "-6", "-stdin"], input_text=password + "\n", secret_values=[password]
+        ["openssl", "passwd", "-6", "-stdin"],
+        input_text=password + "\n",
+        secret_values=[password],
+        runtime=rt,
     )
     lines = out.output.strip().splitlines()
-    if proc.DRY_RUN:
-        return "!dry-run"
     if not lines or not lines[-1].startswith("$6$"):
         raise InputError("openssl passwd -6: no SHA-512 crypt hash in its output", hint="install openssl")
     return lines[-1]
 
 
-def placeholder_context(config: Config, work_dir: Path, ssh_port: int = 2222) -> BuildContext:
+def placeholder_context(
+    config: Config, work_dir: Path, ssh_port: int = 2222, runtime: Runtime | None = None
+) -> BuildContext:
     """A context for `kiln render` / `kiln validate` without a build: a throwaway key pair, a random
     password hash, and empty stand-in files for the bootstrap base disk and seed. `auto` accelerator
     renders as tcg here (no probe VM is booted just to render)."""
+    from .ssh import generate_keypair  # the one key-pair generator
+
     work_dir.mkdir(parents=True, exist_ok=True)
-    key, public = generate_ssh_key(work_dir)
+    pair = generate_keypair(work_dir / "key", comment="kiln-placeholder")
+    key, public = pair.private_key, pair.public_line
     stand_ins: dict[str, Path] = {}
     if config.get("install_method") == "bootstrap":
         for what, name in (("base_disk", "base.qcow2"), ("seed_iso", "seed.iso")):
@@ -430,7 +422,7 @@ def placeholder_context(config: Config, work_dir: Path, ssh_port: int = 2222) ->
     return BuildContext(
         ssh_private_key_file=key,
         ssh_public_key=public,
-        password_hash=random_password_hash(),
+        password_hash=random_password_hash(runtime),
         ssh_port=ssh_port,
         output_dir=work_dir / "output",
         manifest_path=work_dir / "packer-manifest.json",

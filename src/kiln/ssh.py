@@ -250,7 +250,7 @@ class Session:
             raise CommandError(["ssh", self.target, text], rc, tail)
         return rc, stdout, stderr
 
-    def interactive(self) -> int:
+    def interactive(self, term: str = "xterm") -> int:
         """A login shell on a pty wired to this terminal (raw mode while it runs); returns its exit code."""
         import select
         import shutil as _shutil
@@ -263,7 +263,7 @@ class Session:
             raise SSHError(f"{self.target}: SSH connection is closed")
         size = _shutil.get_terminal_size()
         chan = transport.open_session()
-        chan.get_pty(term=os.environ.get("TERM", "xterm"), width=size.columns, height=size.lines)
+        chan.get_pty(term=term, width=size.columns, height=size.lines)
         chan.invoke_shell()
         stdin = sys.stdin.fileno()
         saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None

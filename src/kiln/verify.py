@@ -29,10 +29,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import goss, inputs
 from .errors import InputError, VerifyError
+from .progress import Monitor, Null
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +222,8 @@ def verify_image(
     cpus: int = 2,
     boot_timeout: float = 900.0,
     on_boot: Callable[[Any], None] | None = None,
+    monitor: Monitor | None = None,
+    runtime: Runtime | None = None,
 ) -> list[goss.Result]:
     """Boot `qcow2` on a throwaway overlay and run the final-phase spec (build checks + hygiene).
 
@@ -250,7 +254,8 @@ def verify_image(
     )
     files["user-data"] = files["user-data"].rstrip("\n") + "\n" + VERIFY_CLOUD_CONFIG
     seed = cidata.write_iso(workdir / "seed.iso", files)
-    log.info("verify: booting %s on a throwaway overlay (%s)", qcow2.name, firmware)
+    mon: Monitor = monitor or Null()
+    mon.log("verify", f"booting {qcow2.name} on a throwaway overlay ({firmware})")
     started = time.monotonic()
     with VM(
         qcow2,
@@ -260,13 +265,14 @@ def verify_image(
         cidata=seed,
         memory=memory,
         cpus=cpus,
+        runtime=runtime,
     ) as vm:
         vm.wait_for_ssh(VERIFY_USER, keys.private_key, timeout=boot_timeout)
         # Wait for cloud-init to finish, but let the spec judge its outcome (hygiene.yaml checks
         # `cloud-init status`): an error there is a reported failure, not an aborted verification.
         with vm.ssh(VERIFY_USER, keys.private_key) as session:
             session.run(["cloud-init", "status", "--wait"], check=False, timeout=boot_timeout)
-        log.info("verify: guest up after %.0fs; running checks", time.monotonic() - started)
+        mon.log("verify", f"guest up after {time.monotonic() - started:.0f}s; running checks")
         if on_boot is not None:
             on_boot(vm)
         results = check_host(
@@ -293,6 +299,8 @@ def verify_build_dir(
     accelerator: str | None = None,
     firmware: str | None = None,
     goss_binary: Path | None = None,
+    monitor: Monitor | None = None,
+    runtime: Runtime | None = None,
 ) -> list[goss.Result]:
     """`kiln verify BUILD_DIR`: verify_image on the build's qcow2, reports into BUILD_DIR/goss/."""
     from .builddir import BuildDir
@@ -314,54 +322,27 @@ def verify_build_dir(
             firmware=firmware or build.firmware,
             accelerator=accelerator or str(build.setting("accelerator", "auto") or "auto"),
             goss_binary=goss_binary,
+            monitor=monitor,
+            runtime=runtime,
         )
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
 
 
-class _Forward(logging.Handler):
-    """Sends kiln's progress lines to the build's reporter and log file while a build verifies."""
-
-    def __init__(self, say: Callable[[str], None] | None, log_file: IO[str] | None) -> None:
-        super().__init__(logging.INFO)
-        self.say = say
-        self.log_file = log_file
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if self.say is not None:
-            self.say(text)  # the build's reporter writes it to the build log too
-        elif self.log_file is not None:
-            self.log_file.write(f"kiln verify: {text}\n")
-            self.log_file.flush()
-
-
 def verify_build(
     build_dir: Path,
     *,
-    log_file: IO[str] | None = None,
-    say: Callable[[str], None] | None = None,
+    monitor: Monitor | None = None,
     accelerator: str | None = None,
     goss_binary: Path | None = None,
+    runtime: Runtime | None = None,
 ) -> list[goss.Result]:
-    """The build pipeline's last step (kiln.build calls it on its temp build dir before the rename).
+    """The build pipeline's verify step (kiln.build calls it on its temp build dir before the rename).
 
-    Same as `kiln verify BUILD_DIR`; progress goes to `say` and `log_file`. Raises VerifyError (the
-    build then fails and publishes nothing) or InputError.
+    Same as `kiln verify BUILD_DIR`, reporting through `monitor`. Raises VerifyError (the build then fails
+    and publishes nothing) or InputError.
     """
-    handler = _Forward(say, log_file)
-    loggers = [logging.getLogger(name) for name in ("kiln.verify", "kiln.vm", "kiln.goss")]
-    saved = [(lg.level, lg.propagate) for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.propagate = say is None  # the reporter prints it; don't print it twice
-        if lg.getEffectiveLevel() > logging.INFO:
-            lg.setLevel(logging.INFO)
-    try:
-        return verify_build_dir(Path(build_dir), accelerator=accelerator, goss_binary=goss_binary)
-    finally:
-        for lg, (level, propagate) in zip(loggers, saved, strict=True):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-            lg.propagate = propagate
+    return verify_build_dir(
+        Path(build_dir), accelerator=accelerator, goss_binary=goss_binary, monitor=monitor, runtime=runtime
+    )

@@ -42,6 +42,7 @@ from typing import Any
 
 from . import proc
 from .errors import InputError, KilnError
+from .runtime import Runtime
 from .ssh import Session, SSHError
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def _qmp_read(stream: Any) -> dict[str, Any]:
             return dict(msg)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -242,7 +243,7 @@ def stop_process(
     def alive() -> bool:
         if popen is not None:
             return bool(popen.poll() is None)
-        return _pid_alive(pid)
+        return pid_alive(pid)
 
     def wait(seconds: float) -> bool:
         end = time.monotonic() + seconds
@@ -297,6 +298,10 @@ def stop_process(
 class VM:
     """One QEMU guest on a throwaway overlay. Use as a context manager, or start() / stop()."""
 
+    def _rt(self) -> Runtime | None:
+        """The runtime for children: the one given, else (a default Runtime()) the process's own."""
+        return self.runtime if self.runtime.env else None
+
     def __init__(
         self,
         disk: str | os.PathLike[str],
@@ -315,6 +320,7 @@ class VM:
         overlay: bool = True,
         detach: bool = False,
         stop_timeout: float = 10.0,
+        runtime: Runtime | None = None,
     ) -> None:
         """`disk`: the image (qcow2, raw, vmdk...; format detected unless `disk_format`). With overlay=False
         QEMU writes to `disk` itself (for reusing an overlay made earlier). `detach`: QEMU survives this
@@ -345,6 +351,7 @@ class VM:
         self.extra_args = list(extra_args)
         self.use_overlay = overlay
         self.detach = detach
+        self.runtime = runtime if runtime is not None else Runtime()
         self.stop_timeout = stop_timeout
         self.serial_log = self.workdir / "serial.log"
         self.qemu_log = self.workdir / "qemu.log"
@@ -373,7 +380,7 @@ class VM:
         if self.running():
             raise VMError(f"{self.disk}: VM already running (pid {self.pid})")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if proc.DRY_RUN:  # print the command lines, start nothing
+        if self.runtime.dry_run:  # print the command lines, start nothing
             self.accelerator = "tcg" if self.accelerator_setting == "auto" else self.accelerator_setting
             fmt = self.disk_format or ("qcow2" if self.disk.suffix == ".qcow2" else "raw")
         else:
@@ -382,10 +389,13 @@ class VM:
         if self.use_overlay and not self._overlay_made:
             self.overlay_path.unlink(missing_ok=True)
             backing = ["-F", fmt, "-b", str(self.disk)]  # absolute path + format: no probing, no surprises
-            proc.run(["qemu-img", "create", "-q", "-f", "qcow2", *backing, str(self.overlay_path)])
+            proc.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", *backing, str(self.overlay_path)],
+                runtime=self._rt(),
+            )
             self._overlay_made = True
         self._setup_qmp_path()
-        if proc.DRY_RUN:
+        if self.runtime.dry_run:
             self.ssh_port = 2222
             print(f"would run: {proc.quote(self.qemu_argv(fmt))}")
             return self
@@ -397,7 +407,9 @@ class VM:
             self.pidfile.unlink(missing_ok=True)
             with open(self.qemu_log, "a") as fh:
                 fh.write(f"# {proc.quote(argv)}\n")
-            self._popen = proc.spawn(argv, log_path=self.qemu_log, die_with_parent=not self.detach)
+            self._popen = proc.spawn(
+                argv, log_path=self.qemu_log, die_with_parent=not self.detach, runtime=self._rt()
+            )
             self.started_at = time.monotonic()
             _LIVE.add(self)
             try:
@@ -441,7 +453,7 @@ class VM:
         if self.firmware == "efi":
             code, vars_template = find_ovmf()
             vars_file = self.workdir / "OVMF_VARS.fd"
-            if not vars_file.exists() and not proc.DRY_RUN:
+            if not vars_file.exists() and not self.runtime.dry_run:
                 shutil.copyfile(vars_template, vars_file)
             argv += [
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_escape(code)}",

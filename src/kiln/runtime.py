@@ -1,0 +1,33 @@
+"""What varies per run and is not configuration: dry-run, debug, the tool PATH and the child environment.
+
+One frozen `Runtime` is made by the CLI (from the environment it was started with, via
+`config.default_runtime()`) and passed down to everything that runs a program. Nothing below the CLI and
+config loading reads `os.environ`; library callers that pass no runtime get `config.default_runtime()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class Runtime:
+    dry_run: bool = False  # print the commands that would run, run nothing, write nothing
+    debug: bool = False  # debug logging, tracebacks, Packer's own log
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # the child environment
+
+    @property
+    def path(self) -> str:
+        """The tool PATH children get (kiln's virtualenv first)."""
+        return self.env.get("PATH", "")
+
+    def live(self) -> Runtime:
+        """The same runtime with dry-run off: for read-only queries (packer version) that must run."""
+        return replace(self, dry_run=False)
+
+    def child_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        out = dict(self.env)
+        out.update(extra or {})
+        return out
