@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kiln import builddir, build, config
+from kiln import build, builddir, config
 from kiln.errors import BuildError, ToolMissingError
 
 REPO = Path(__file__).resolve().parents[1]

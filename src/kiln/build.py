@@ -251,7 +251,9 @@ def stage_base(ws: Workspace) -> None:
     spec = bootstrap.spec_from_config(ws.cfg, ws.cfg.repo_root)
     if ws.runtime.dry_run:
         hit = bootstrap.cached(spec, ws.cfg.path("cache_dir"))
-        ws.monitor.log("base", f"would {'reuse' if hit else 'build'} the base disk {spec.key()} ({spec.suite})")
+        ws.monitor.log(
+            "base", f"would {'reuse' if hit else 'build'} the base disk {spec.key()} ({spec.suite})"
+        )
         entry = ws.cfg.path("cache_dir") / "bootstrap" / spec.key()
         ws.base = hit or bootstrap.BaseImage(spec.key(), entry, False)
         return
