@@ -35,13 +35,14 @@ $(VENV)/.stamp: pyproject.toml
 # PACKER_VAR_FILES: space-separated JSON/.pkrvars.hcl files layered over config/ (kiln reads the variable).
 # PACKER_FLAGS: `-var key=value` pairs. FOREGROUND=1 shows the VM console, DEBUG=1 adds Packer's own log.
 KILN_FLAGS = $(if $(filter 1,$(FOREGROUND)),--foreground) $(if $(filter 1,$(DEBUG)),--debug) $(PACKER_FLAGS) \
-  $(if $(filter 1,$(K8S_STANDIN)),--var-file {varfile})
+  $(if $(filter 1,$(K8S_STANDIN)),--var-file {varfile}) \
+  $(foreach v,$(KUBERNETES_VERSIONS),--kubernetes-version $(v)) $(if $(filter 1,$(FORCE)),--force)
 KILN_ENV = PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(K8S_STANDIN_WRAP)
 # K8S_STANDIN=1: offline builds. Serves TEST FIXTURE stand-ins for kubelet/kubeadm/kubectl (with sha256s) over
 # local HTTP for the duration of the command and selects them (kubernetes_source_type=http) through a var file.
 K8S_STANDIN_VERSION ?= $(shell PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(KILN) config debian-12 --get kubernetes_semver)
 K8S_STANDIN_WRAP = $(if $(filter 1,$(K8S_STANDIN)),$(VENV)/bin/python tests/fixtures/k8s_standin.py run \
-  --version $(K8S_STANDIN_VERSION) --)
+  $(foreach v,$(or $(KUBERNETES_VERSIONS),$(K8S_STANDIN_VERSION)),--version $(v)) --)
 .PHONY: build-centos-7 \
   build-qemu-centos-7 \
   build-ova-centos-7 \

@@ -448,6 +448,7 @@ def load(
 
     _resolve_templates(values, origins, problems, layering)
     _derive(values, origins)
+    _select_versioned_sums(values)
     _check_values(values, origins, problems)
     _check_consistency(root, values, origins, problems)
     if problems:
@@ -685,6 +686,19 @@ def _text_problem(value: Any, multiline: bool = False) -> str | None:
             if problem:
                 return f"{problem}: {inputs.clip(item)}"
     return None
+
+
+def _select_versioned_sums(values: dict[str, Any]) -> None:
+    """kubernetes_http_sha256 may hold sums for several versions as "VERSION/NAME" keys (one var file for a
+    build of several Kubernetes versions); keep the plain NAME entries and those of kubernetes_semver, so
+    that the value, and the stage IDs, depend only on this build's version."""
+    sums = values.get("kubernetes_http_sha256")
+    if not isinstance(sums, Mapping) or not any("/" in str(k) for k in sums):
+        return
+    prefix = f"{values['kubernetes_semver']}/"
+    chosen = {k: v for k, v in sums.items() if "/" not in str(k)}
+    chosen.update({str(k)[len(prefix) :]: v for k, v in sums.items() if str(k).startswith(prefix)})
+    values["kubernetes_http_sha256"] = chosen
 
 
 def _check_values(values: dict[str, Any], origins: dict[str, str], problems: list[str]) -> None:

@@ -478,7 +478,8 @@ SETTINGS: tuple[Setting, ...] = (
         "kubernetes_http_sha256",
         dict,
         {},
-        "http: sha256 of each binary (kubelet, kubeadm, kubectl).",
+        "http: sha256 of each binary (kubelet, kubeadm, kubectl); keys VERSION/NAME give sums for several "
+        "versions at once (--kubernetes-version).",
         "kubernetes",
         _sha256_map,
     ),
