@@ -137,6 +137,39 @@ validate-ubuntu-2404-cloudimg: deps ## Render ubuntu-2404-cloudimg and run the r
 validate-all: deps ## Render and packer-validate every target
 	$(KILN_ENV) $(KILN) validate --all $(PACKER_FLAGS)
 
+##@ Release (CI release jobs; every step works the same on a laptop)
+# GCS_BUCKET, KEY_FILE (else ADC), KUBERNETES_VERSIONS="v1.34.2 v1.35.1", RELEASE_FLAGS="--ci|--release --plan --json"
+RELEASE_ARGS = $(if $(GCS_BUCKET),--bucket $(GCS_BUCKET)) $(if $(KEY_FILE),--key-file $(KEY_FILE)) \
+  $(foreach v,$(KUBERNETES_VERSIONS),--kubernetes-version $(v)) $(RELEASE_FLAGS) $(PACKER_FLAGS) \
+  $(if $(filter 1,$(K8S_STANDIN)),--var-file {varfile})
+.PHONY: release-all \
+  release-centos-7 \
+  release-debian-12 \
+  release-rockylinux-9 \
+  release-ubuntu-1804 \
+  release-ubuntu-2004 \
+  release-ubuntu-2204 \
+  release-ubuntu-2404 \
+  release-ubuntu-2404-cloudimg
+release-centos-7: deps ## Build (if needed), verify and publish centos-7 to GCS unless already published
+	$(KILN_ENV) $(KILN) release centos-7 $(RELEASE_ARGS)
+release-debian-12: deps ## Build (if needed), verify and publish debian-12 to GCS unless already published
+	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
+release-rockylinux-9: deps ## Build (if needed), verify and publish rockylinux-9 to GCS unless already published
+	$(KILN_ENV) $(KILN) release rockylinux-9 $(RELEASE_ARGS)
+release-ubuntu-1804: deps ## Build (if needed), verify and publish ubuntu-1804 to GCS unless already published
+	$(KILN_ENV) $(KILN) release ubuntu-1804 $(RELEASE_ARGS)
+release-ubuntu-2004: deps ## Build (if needed), verify and publish ubuntu-2004 to GCS unless already published
+	$(KILN_ENV) $(KILN) release ubuntu-2004 $(RELEASE_ARGS)
+release-ubuntu-2204: deps ## Build (if needed), verify and publish ubuntu-2204 to GCS unless already published
+	$(KILN_ENV) $(KILN) release ubuntu-2204 $(RELEASE_ARGS)
+release-ubuntu-2404: deps ## Build (if needed), verify and publish ubuntu-2404 to GCS unless already published
+	$(KILN_ENV) $(KILN) release ubuntu-2404 $(RELEASE_ARGS)
+release-ubuntu-2404-cloudimg: deps ## Build (if needed), verify and publish ubuntu-2404-cloudimg to GCS unless already published
+	$(KILN_ENV) $(KILN) release ubuntu-2404-cloudimg $(RELEASE_ARGS)
+release-all: deps ## Release every target that builds on this machine kind (debian-12)
+	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
+
 ##@ Tests
 .PHONY: test test-unit test-vm lint
 test: deps lint ## Lint, then run every test, VM builds and GCS servers included (what CI runs)
@@ -156,10 +189,13 @@ BENCH_SIZE_MIB ?= 512
 bench-upload: deps-python ## Benchmark the uploader vs openssl and gsutil cp (BENCH_SIZE_MIB=512)
 	$(VENV)/bin/python bench/upload.py --size-mib $(BENCH_SIZE_MIB)
 
-lint: deps-python ## ruff (lint + format check) and mypy on src/
+lint: deps-python ## ruff (lint + format check), mypy on src/, the CI definitions against their schemas
 	$(VENV)/bin/ruff check src tests bench hack
 	$(VENV)/bin/ruff format --check src tests bench hack
 	$(VENV)/bin/mypy
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.cloudbuild cloudbuild.yaml
+	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 ##@ Housekeeping
 .PHONY: clean help

@@ -53,7 +53,15 @@ def test_build_directory_holds_every_output(built_image):
     assert {"containerd", "runc", "cloud-init", "openssh-server", "linux-image-amd64"} <= names
     assert all("\t" in line for line in packages)
     log = b.log.read_text()
-    assert "==> [1/7] base" in log and "==> [7/7] publish" in log and "PLAY RECAP" in log
+    assert "kiln: stage base:" in log and "kiln: stage finalize: ok" in log and "PLAY RECAP" in log
+    for key in (
+        "kubernetes_typed_version",
+        "distro_name",
+        "distro_version",
+        "containerd_version",
+        "build_date",
+    ):
+        assert custom.get(key), key  # image-builder's custom_data keys
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(b.qcow2)],
                                      capture_output=True, text=True, check=True).stdout)  # fmt: skip
     assert info["format"] == "qcow2"
@@ -99,10 +107,16 @@ def _debugfs(fs: str, request: str) -> str:
 def test_image_file_system_has_no_identity_baked_in(built_image, tmp_path):
     """Read the image itself (no boot): sshd and systemd regenerate keys and machine-id at boot, so a boot
     alone could not tell whether they were baked in."""
+    offline_hygiene(built_image.dir.qcow2, built_image.dir.custom_data["ssh_username"], tmp_path)
+
+
+def offline_hygiene(qcow2: Path, user: str, tmp_path: Path) -> None:
+    """The offline hygiene check: no host keys, empty machine-id, no build user, no authorized keys, no
+    cloud-init instance, no shell history, no apt lists; read from the image's file system, no boot."""
     if shutil.which("debugfs") is None:
         pytest.skip("debugfs (e2fsprogs) not installed")
     raw = tmp_path / "image.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(built_image.dir.qcow2), str(raw)], check=True)
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow2), str(raw)], check=True)
     fs = _root_fs(raw)
     listing = _debugfs(fs, "ls -l /etc/ssh")
     assert "sshd_config" in listing
@@ -116,7 +130,6 @@ def test_image_file_system_has_no_identity_baked_in(built_image, tmp_path):
         ).stderr
     )
     home = _debugfs(fs, "ls /home")
-    user = built_image.dir.custom_data["ssh_username"]
     assert user not in home, f"build user {user} left in /home"
     passwd = _debugfs(fs, "cat /etc/passwd")
     assert not re.search(rf"^{user}:", passwd, re.M), "build user still in /etc/passwd"

@@ -385,7 +385,10 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
     ova_path = ws.temp / f"{ws.name}.ova"
     ova.build_ova(qcow2, ova_path, ws.name, ws.values, log_file=ws.log_file)
     builddir.write_sha256(ova_path)
-    files = [qcow2, ova_path] + ([ws.packages_file] if ws.packages_file.is_file() else [])
+    from . import sbom
+
+    spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.plain(), ws.packages_file)
+    files = [qcow2, ova_path, spdx] + ([ws.packages_file] if ws.packages_file.is_file() else [])
     data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
     builddir.write_manifest(ws.temp / builddir.MANIFEST, ws.name, files, data, ws.builder)
     (ws.temp / builddir.CONFIG).write_text(json.dumps(ws.cfg.to_json(), indent=2, sort_keys=True) + "\n")

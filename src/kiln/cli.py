@@ -144,6 +144,69 @@ def _register_publish(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     get.set_defaults(func=_cmd_images_get)
 
 
+@command
+def _register_release(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "release", help="build, verify and publish what is not published yet (CI release jobs)"
+    )
+    p.add_argument("targets", metavar="TARGET", nargs="*", help="targets (default with --all: every target)")
+    p.add_argument("--all", action="store_true", help="every target kiln can build on this machine kind")
+    p.add_argument(
+        "--kubernetes-version", dest="kubernetes_versions", action="append", default=[], metavar="V",
+        help="one entry per version (repeatable; default: kubernetes_semver)",
+    )  # fmt: skip
+    _gcs_options(p)
+    _channel_flags(p, "publish under")
+    p.add_argument("--plan", action="store_true", help="only print what would be built (nothing is built)")
+    p.add_argument("--qcow2", action="store_true", help="publish the qcow2 too (default: OVA, sha256, SBOM)")
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="public download base URL in the index (default: storage.googleapis.com)",
+    )
+    _config_options(p)
+    p.set_defaults(func=_cmd_release)
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    import json
+
+    from . import progress, release
+
+    names = args.targets or ([t for t in config.targets()] if args.all else [])
+    if not names:
+        raise InputError("release: give TARGET... or --all")
+    configs = []
+    for name in names:
+        for version in args.kubernetes_versions or [None]:
+            configs.append(_load_config(args, name, {"kubernetes_semver": version} if version else None))
+    bucket = _bucket(args)
+    client = _gcs_client(args, read_only=args.plan)
+    if args.plan:
+        entries = release.plan(configs, client, bucket, args.channel)
+        if args.json:
+            print(json.dumps(release.matrix_json(entries)))
+        else:
+            print(release.summary(entries))
+        return EXIT_OK
+    artifacts = (*release.DEFAULT_ARTIFACTS, "qcow2") if args.qcow2 else release.DEFAULT_ARTIFACTS
+    entries = release.run(
+        configs, client, bucket, channel=args.channel, artifacts=artifacts, runtime=args.runtime,
+        monitor=progress.for_mode(args.progress, sys.stderr if args.json else None),
+        base_url=args.base_url or images.DEFAULT_BASE_URL,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({"entries": release.as_json(entries), "requests": client.stats.requests,
+                          "bytes_sent": client.stats.bytes_sent}, indent=2))  # fmt: skip
+    else:
+        print(release.summary(entries))
+        print(f"{client.stats.requests} requests, {client.stats.bytes_sent} bytes sent")
+    failed = [e for e in entries if e.status == "failed"]
+    for e in failed:
+        print(f"kiln: error: {e.name}: {e.detail}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _cmd_upload(args: argparse.Namespace) -> int:
     import json
 
@@ -186,7 +249,26 @@ def _cmd_images_ls(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    found = images.list_images(_gcs_client(args, read_only=True), _bucket(args), args.channel, args.version)
+    from . import release
+
+    client = _gcs_client(args, read_only=True)
+    index = release.read_index(client, _bucket(args))
+    if index.generation:  # the published index: every image with its URLs, hashes and input hash
+        shown = [
+            img
+            for img in index.images
+            if (not args.channel or img.get("channel") == args.channel)
+            and (not args.version or img.get("kubernetes_semver") == args.version)
+        ]
+        if args.json:
+            print(json.dumps(shown, indent=2))
+            return EXIT_OK
+        for img in shown:
+            ova_url = (img.get("urls") or {}).get("ova", "")
+            cols = ("channel", "kubernetes_semver", "name", "size", "published", "sha256")
+            print("\t".join(str(img.get(c, "")) for c in cols) + f"\t{ova_url}")
+        return EXIT_OK
+    found = images.list_images(client, _bucket(args), args.channel, args.version)
     if args.json:
         print(json.dumps([asdict(i) | {"path": i.path} for i in found], indent=2))
         return EXIT_OK

@@ -80,6 +80,7 @@ class ObjectInfo:
     crc32c: str | None
     sha256: str | None  # kiln's metadata.sha256, when the object was published by kiln
     updated: str
+    metadata: dict[str, str] = field(default_factory=dict)  # all custom metadata (release: input_hash)
 
     @classmethod
     def from_resource(cls, res: dict[str, Any]) -> ObjectInfo:
@@ -92,6 +93,7 @@ class ObjectInfo:
             crc32c=res.get("crc32c"),
             sha256=meta.get("sha256"),
             updated=str(res.get("updated", "")),
+            metadata={str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {},
         )
 
 

@@ -8,7 +8,6 @@ SHA-256 of the whole file and only then renames it into place.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import time
@@ -19,17 +18,19 @@ from pathlib import Path
 
 import requests
 
+from .builddir import sha256_file
 from .errors import InputError, UploadError
 from .gcs import RETRYABLE_STATUS, Client, RetryPolicy
 from .inputs import clip
+from .layout import CHANNELS, OBJECT_RE, channel_for
 from .settings import unprintable, url_problem
-from .upload import HEX64, channel_for
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com"
-CHANNELS = ("ci", "release")
-_LAYOUT = re.compile(r"^(?P<channel>ci|release)/(?P<version>[^/]+)/(?P<file>[^/]+)$")
+_LAYOUT = OBJECT_RE
 # bytes read per write: after a dropped connection at most one block is fetched again
 BLOCK = 64 * 1024
 _KUBE = re.compile(r"\+kube-(?P<version>v[^/]+?)\.(ova|qcow2|packages|packer-manifest\.json)$")
@@ -292,8 +293,4 @@ def _starts_at(r: requests.Response, offset: int) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb", buffering=0) as f:
-        while buf := f.read(8 * 1024 * 1024):
-            h.update(buf)
-    return h.hexdigest()
+    return sha256_file(path)

@@ -10,7 +10,6 @@ The descriptor's hardware comes from the config: `cpus`, `memory` (MiB), the dis
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tarfile
@@ -161,11 +160,9 @@ def ovf_descriptor(
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 * 1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
+    from .builddir import sha256_file  # the one file hash
+
+    return sha256_file(path)
 
 
 def manifest_text(files: Mapping[str, str]) -> str:

@@ -2,7 +2,8 @@
 
 One frozen `Runtime` is made by the CLI (from the environment it was started with, via
 `config.default_runtime()`) and passed down to everything that runs a program. Nothing below the CLI and
-config loading reads `os.environ`; library callers that pass no runtime get `config.default_runtime()`.
+config loading reads the process environment; library callers that pass no runtime get
+`config.default_runtime()`.
 """
 
 from __future__ import annotations

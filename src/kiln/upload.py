@@ -24,7 +24,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,11 +35,11 @@ from rich.progress import TaskID
 from .builddir import MANIFEST, BuildDir
 from .errors import InputError, Interrupted, UploadError
 from .gcs import Client, ObjectInfo, PreconditionFailed, Stats
+from .layout import channel_for, object_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKET = "capv-images"
-RELEASE_RE = re.compile(r"^v\d+\.\d+\.\d+(-\d+)?$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HASH_BUFFER = 8 * 1024 * 1024
 DEFAULT_ARTIFACTS = ("ova",)
@@ -55,15 +55,9 @@ ARTIFACTS: dict[str, Callable[[BuildDir], tuple[Path, str]]] = {
     "ova": _suffix("ova"),
     "qcow2": _suffix("qcow2"),
     "packages": _suffix("packages"),
+    "sbom": _suffix("spdx.json"),
     "manifest": lambda bd: (bd.path / MANIFEST, f"{bd.name}.{MANIFEST}"),
 }
-
-
-def channel_for(version: str, forced: str | None = None) -> str:
-    """'release' for vX.Y.Z / vX.Y.Z-N, else 'ci'; `forced` ('ci' or 'release') wins."""
-    if forced:
-        return forced
-    return "release" if RELEASE_RE.match(version) else "ci"
 
 
 @dataclass(frozen=True)
@@ -106,6 +100,7 @@ class Options:
     force: bool = False
     dry_run: bool = False
     parallel: int = 4
+    metadata: Mapping[str, str] = field(default_factory=dict)  # added to every object (release: input_hash)
 
 
 @dataclass(frozen=True)
@@ -154,7 +149,7 @@ def plan(bd: BuildDir, opts: Options) -> tuple[str, list[Item]]:
         if not path.is_file():
             problems.append(f"{path}: missing ({kind} artifact of {bd.name})")
             continue
-        items.append(Item(kind, path, f"{channel}/{bd.kubernetes_semver}/{filename}"))
+        items.append(Item(kind, path, object_name(channel, bd.kubernetes_semver, filename)))
     if problems:
         raise InputError("; ".join(problems))
     return channel, items
@@ -303,7 +298,7 @@ class Publisher:
                     src,
                     h.size,
                     crc32c=h.crc32c_b64,
-                    metadata={"sha256": h.sha256, **_mtime(item.path)},
+                    metadata={**self.opts.metadata, "sha256": h.sha256, **_mtime(item.path)},
                     content_type=_content_type(name),
                     if_generation_match=gen,
                     on_progress=progress,

@@ -1,0 +1,259 @@
+"""Stage IDs (what invalidates what), the stage cache (atomic, locked, pruned LRU-first without breaking
+backing chains), and the finalize path for a VMware-format output (a VMDK made by qemu-img, plus a VMX)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln import build, builddir, config, inputs, stages
+from kiln.errors import InputError
+from kiln.progress import Null
+from kiln.render import Output
+from kiln.runtime import Runtime
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ids(**overrides: str) -> dict[str, str]:
+    cfg = config.load("debian-12", overrides=overrides, repo_root=REPO)
+    return {k: v.id for k, v in build.plan_ids(cfg).items()}
+
+
+def test_kubernetes_version_change_keeps_base_and_os() -> None:
+    a, b = ids(), ids(kubernetes_semver="v1.31.4")
+    assert a["base"] == b["base"] and a["os"] == b["os"]
+    assert a["kubernetes"] != b["kubernetes"] and a["finalize"] != b["finalize"]
+
+
+def test_extra_packages_change_rebuilds_from_os() -> None:
+    a, b = ids(), ids(extra_packages="jq")
+    assert a["base"] == b["base"] and a["os"] != b["os"] and a["kubernetes"] != b["kubernetes"]
+
+
+def test_where_bytes_come_from_changes_nothing() -> None:
+    a = ids()
+    for key, value in (
+        ("bootstrap_mirror", "http://mirror.example/debian"),
+        ("apt_mirror", "http://mirror.example/debian"),
+        ("http_proxy", "http://proxy.example:3128"),
+        ("output_dir", "/tmp/elsewhere"),
+        ("accelerator", "tcg"),
+    ):
+        assert ids(**{key: value}) == a, key
+    sums = {"kubelet": "a" * 64, "kubeadm": "b" * 64, "kubectl": "c" * 64}
+    http = {"kubernetes_source_type": "http", "kubernetes_http_sha256": json.dumps(sums)}
+    one = ids(**http, kubernetes_http_source="http://10.0.2.2:1111")
+    two = ids(**http, kubernetes_http_source="http://10.0.2.2:2222")
+    assert one == two, "the stand-in server's port is not an input"
+    assert one["kubernetes"] != a["kubernetes"] and one["os"] == a["os"]
+
+
+def test_what_lands_in_the_image_changes_the_id() -> None:
+    a = ids()
+    assert ids(cpus="4")["finalize"] != a["finalize"] and ids(cpus="4")["kubernetes"] == a["kubernetes"]
+    assert ids(disk_size="30000")["base"] != a["base"]
+    assert ids(containerd_source_type="http", containerd_url="https://x.example/c.tgz",
+               containerd_sha256="d" * 64)["os"] != a["os"]  # fmt: skip
+
+
+def test_versioned_sums_pick_the_builds_own() -> None:
+    sums = {
+        f"{v}/{n}": h * 64
+        for v, h in (("v1.30.2", "a"), ("v1.31.0", "b"))
+        for n in ("kubelet", "kubeadm", "kubectl")
+    }
+    base = {
+        "kubernetes_source_type": "http",
+        "kubernetes_http_source": "http://h",
+        "kubernetes_http_sha256": json.dumps(sums),
+    }
+    cfg = config.load("debian-12", overrides={**base, "kubernetes_semver": "v1.31.0"}, repo_root=REPO)
+    assert dict(cfg["kubernetes_http_sha256"]) == {
+        "kubelet": "b" * 64,
+        "kubeadm": "b" * 64,
+        "kubectl": "b" * 64,
+    }
+    only = {k: v for k, v in sums.items() if k.startswith("v1.31.0/")}
+    alone = config.load(
+        "debian-12",
+        overrides={**base, "kubernetes_http_sha256": json.dumps(only), "kubernetes_semver": "v1.31.0"},
+        repo_root=REPO,
+    )
+    assert build.input_hash(cfg) == build.input_hash(alone)
+
+
+def test_role_files_are_inputs(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for d in ("config", "packer", "ansible"):
+        subprocess.run(["cp", "-r", str(REPO / d), str(repo / d)], check=True)
+    cfg = config.load("debian-12", repo_root=repo)
+    before = build.plan_ids(cfg)
+    (repo / "ansible/roles/kubernetes/tasks/main.yml").write_text(
+        (repo / "ansible/roles/kubernetes/tasks/main.yml").read_text() + "\n# changed\n"
+    )
+    after = build.plan_ids(cfg)
+    assert before["os"].id == after["os"].id and before["kubernetes"].id != after["kubernetes"].id
+    (repo / "ansible/roles/node/tasks/main.yml").write_text("---\n")
+    assert build.plan_ids(cfg)["os"].id != before["os"].id
+
+
+# --- the cache ---------------------------------------------------------------------------------------------
+
+
+def qcow2(path: Path, backing: Path | None = None) -> Path:
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        argv += ["-F", "qcow2", "-b", str(backing)]
+    subprocess.run([*argv, str(path), "64M"], check=True)
+    return path
+
+
+def record(
+    sid: str, stage: str, parent: str = "", parent_disk: str = "", used: float | None = None
+) -> stages.Record:
+    now = time.time() if used is None else used
+    return stages.Record(sid, stage, parent, "debian-12", parent_disk, 0, now, now, {})
+
+
+def test_store_is_atomic_and_lookup_sees_only_finished(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (stages.root(cache)).mkdir(parents=True)
+    (stages.root(cache) / ".abc.tmp-x").mkdir()  # an interrupted stage: never taken for finished
+    assert stages.lookup(cache, "abc") is None and stages.entries(cache) == []
+    disk = stages.store(cache, "abc", qcow2(tmp_path / "d.qcow2"), record("abc", "os"))
+    assert disk == stages.root(cache) / "abc" / "disk.qcow2" and not (tmp_path / "d.qcow2").exists()
+    found = stages.lookup(cache, "abc")
+    assert found is not None and found.size > 0
+    (stages.root(cache) / "abc" / "record.json").write_text("{broken")
+    assert stages.lookup(cache, "abc") is None
+
+
+def test_a_stage_whose_parent_disk_is_gone_is_a_miss(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    parent = qcow2(tmp_path / "parent.qcow2")
+    stages.store(cache, "k", qcow2(tmp_path / "k.qcow2", parent), record("k", "kubernetes", "o", str(parent)))
+    assert stages.lookup(cache, "k") is not None
+    parent.unlink()
+    assert stages.lookup(cache, "k") is None
+
+
+def test_prune_lru_first_with_descendants_and_never_a_held_stage(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    old = time.time() - 10 * 86400
+    os_disk = stages.store(cache, "os1", qcow2(tmp_path / "a.qcow2"), record("os1", "os", used=old))
+    stages.store(
+        cache, "k1", qcow2(tmp_path / "b.qcow2", os_disk), record("k1", "kubernetes", "os1", str(os_disk))
+    )
+    stages.store(cache, "os2", qcow2(tmp_path / "c.qcow2"), record("os2", "os", used=old))
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with stages.locked(cache, "os2"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(5)
+    try:
+        removed = stages.prune(cache, older_than_days=5)
+    finally:
+        release.set()
+        t.join()
+    assert sorted(r.id for r in removed) == ["k1", "os1"], "os1 goes with the stage built on it"
+    assert [r.id for r in stages.entries(cache)] == ["os2"], "a held stage is never deleted"
+    assert stages.prune(cache, max_size=0)[0].id == "os2"
+    with pytest.raises(InputError):
+        stages.prune(cache)
+
+
+def test_lock_makes_the_second_builder_wait_then_reuse(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    made: list[str] = []
+
+    def builder(name: str) -> None:
+        with stages.locked(cache, "same"):
+            if stages.lookup(cache, "same") is None:
+                time.sleep(0.3)
+                stages.store(cache, "same", qcow2(tmp_path / f"{name}.qcow2"), record("same", "os"))
+                made.append(name)
+
+    threads = [threading.Thread(target=builder, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and len(stages.entries(cache)) == 1
+
+
+def test_parse_size() -> None:
+    assert stages.parse_size("20G") == 20 << 30 and stages.parse_size("500M") == 500 << 20
+    assert stages.parse_size("1024") == 1024 and stages.parse_size("2GiB") == 2 << 30
+    with pytest.raises(InputError):
+        stages.parse_size("lots")
+
+
+# --- finalize on a VMware-format output --------------------------------------------------------------------
+
+
+def test_finalize_takes_a_vmware_output_dir_to_an_ova(tmp_path: Path) -> None:
+    """The vmware-iso path: post-processing takes the disk render says the builder writes (a VMDK in the
+    builder's own output directory, beside a VMX), and ends in the OVA (and a qcow2)."""
+    cfg = config.load("ubuntu-2204", overrides={"output_dir": str(tmp_path / "out")}, repo_root=REPO)
+    vmware_dir = tmp_path / "work" / "all" / "packer-output-vmware"
+    vmware_dir.mkdir(parents=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse",
+                    str(vmware_dir / "disk.vmdk"), "64M"], check=True)  # fmt: skip
+    (vmware_dir / f"{cfg.artifact_name}.vmx").write_text(
+        '.encoding = "UTF-8"\nscsi0:0.fileName = "disk.vmdk"\n'
+    )
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    with open(temp / "build.log", "a") as log:
+        ws = build.Workspace(
+            cfg, Runtime(), Null(), cfg.artifact_name, temp, tmp_path / "work", temp / "build.log", log,
+            "tcg", "vmware-iso", build.plan_ids(cfg),
+        )  # fmt: skip
+        build.finalize_disk(ws, Output(vmware_dir / "disk.vmdk", "vmdk", False))
+    bd = builddir.BuildDir.open(temp)
+    assert bd.ova.is_file() and bd.qcow2.is_file()
+    assert (temp / f"{bd.name}.ova.sha256").read_text() == builddir.sha256_file(bd.ova)
+    assert bd.custom_data["input_hash"] == build.input_hash(cfg)
+    assert not (tmp_path / "work").exists(), "keys and seeds go before publish"
+
+
+def test_vmware_iso_without_vmware_fails_at_once_naming_the_qemu_way(tmp_path: Path) -> None:
+    cfg = config.load(
+        "ubuntu-1804", overrides={"output_dir": str(tmp_path / "out")}, repo_root=REPO
+    )  # default builder: vmware-iso
+    started = time.monotonic()
+    with pytest.raises(InputError) as err:
+        build.run_build(cfg, runtime=Runtime(env={"PATH": "/usr/bin:/bin"}))
+    assert time.monotonic() - started < 1.0
+    assert err.value.exit_code == 2 and "make build-qemu-ubuntu-1804" in (err.value.hint or "")
+    assert not (tmp_path / "out").exists()
+
+
+def test_up_to_date_needs_marker_report_hash_and_files(tmp_path: Path) -> None:
+    final = tmp_path / "debian-12+kube-v1.30.2"
+    final.mkdir()
+    (final / "a.qcow2").write_bytes(b"x")
+    builddir.write_manifest(
+        final / builddir.MANIFEST, final.name, [final / "a.qcow2"],
+        {"build_name": "debian-12", "kubernetes_semver": "v1.30.2", "input_hash": "H"}, "qemu",
+    )  # fmt: skip
+    assert not build.up_to_date(final, "H")  # no marker, no goss report
+    inputs.mark(final, "test")
+    (final / "goss").mkdir()
+    (final / "goss" / "report.json").write_text("{}")
+    assert build.up_to_date(final, "H") and not build.up_to_date(final, "other")
+    (final / "a.qcow2").unlink()
+    assert not build.up_to_date(final, "H")

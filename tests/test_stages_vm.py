@@ -1,0 +1,141 @@
+"""The stage chain on the real debian-12 build (the session's `built_image` and the stage cache it filled):
+
+- an unchanged rebuild is "up to date" and touches no file (inode and mtime of every file unchanged);
+- two concurrent builds of another Kubernetes version reuse the `os` stage, make ONE `kubernetes` cache
+  entry between them, boot and pass `kiln verify` (the build's own verify stage), pass the offline
+  hygiene check, and list the same packages as the cold build (the stand-in Kubernetes binaries are not
+  packages, so the lists are equal);
+- a build interrupted in the middle of a stage leaves no cache entry for it, no temp dir, no process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln import build, config, stages
+from kiln.builddir import BuildDir
+from test_vm_build import offline_hygiene
+
+pytestmark = pytest.mark.vm
+
+REPO = Path(__file__).resolve().parents[1]
+OTHER_VERSION = "v1.31.4"
+STANDIN = [sys.executable, str(REPO / "tests" / "fixtures" / "k8s_standin.py"), "run"]
+
+
+def _flags(out: Path) -> list[str]:
+    accel = os.environ.get("KILN_TEST_ACCELERATOR", "tcg")
+    return ["--var", f"output_dir={out}", "--var", f"accelerator={accel}"]
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    paths = sorted(root.rglob("*"))
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
+
+
+def test_unchanged_rebuild_is_up_to_date_and_touches_nothing(built_image):
+    out_root = built_image.path.parent
+    before = _tree(out_root)
+    started = time.monotonic()
+    accel = os.environ.get("KILN_TEST_ACCELERATOR", "tcg")
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1",
+         f"PACKER_FLAGS=-var output_dir={out_root} -var accelerator={accel}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert f"up to date: {built_image.path}" in proc.stdout, proc.stdout[-3000:]
+    assert _tree(out_root) == before, "an up-to-date build must not touch a file"
+    print(f"\nunchanged rebuild: {took:.1f}s (cold build {built_image.seconds:.0f}s)")
+
+
+def _start(out: Path, log: Path) -> subprocess.Popen[bytes]:
+    argv = [*STANDIN, "--version", OTHER_VERSION, "--", str(REPO / ".venv" / "bin" / "kiln"), "build",
+            "debian-12", "--only", "qemu", "--var-file", "{varfile}", "--kubernetes-version", OTHER_VERSION,
+            *_flags(out)]  # fmt: skip
+    env = {**os.environ, "PACKER_VAR_FILES": ""}
+    with open(log, "wb") as fh:
+        return subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
+
+
+def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image, tmp_path):
+    cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
+    outs = [tmp_path / "a", tmp_path / "b"]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    started = time.monotonic()
+    procs = [_start(out, log) for out, log in zip(outs, logs, strict=True)]
+    codes = [p.wait(timeout=3600) for p in procs]
+    took = time.monotonic() - started
+    texts = [log.read_text() for log in logs]
+    for code, text in zip(codes, texts, strict=True):
+        assert code == 0, text[-4000:]
+        assert "os: reusing stage" in text, text[-4000:]
+    assert sum("kubernetes: reusing stage" in t for t in texts) == 1, "one builds the stage, one reuses it"
+    kube = [r for r in stages.entries(cache_dir) if r.stage == "kubernetes"]
+    cfg = config.load("debian-12", overrides={"kubernetes_semver": OTHER_VERSION}, repo_root=REPO)
+    sid = build.plan_ids(cfg)["kubernetes"]
+    assert [r.id for r in kube].count(sid.id) == 1
+    cold = built_image.dir
+    for out in outs:
+        (path,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "logs"]
+        bd = BuildDir.open(path)
+        assert bd.kubernetes_semver == OTHER_VERSION
+        assert (path / "goss" / "report.json").is_file(), "the build's verify stage passed"
+        cold_pkgs = set((cold.path / f"{cold.name}.packages").read_text().splitlines())
+        new_pkgs = set((path / f"{bd.name}.packages").read_text().splitlines())
+        kube_pkgs = {"kubelet", "kubeadm", "kubectl", "cri-tools", "kubernetes-cni"}
+        diff = {line.split("\t")[0] for line in cold_pkgs ^ new_pkgs}
+        assert diff <= kube_pkgs, f"package lists differ beyond Kubernetes: {sorted(diff)}"
+    offline_hygiene(BuildDir.open(next(p for p in outs[0].iterdir() if p.name.endswith(OTHER_VERSION))).qcow2,
+                    cold.custom_data["ssh_username"], tmp_path)  # fmt: skip
+    print(f"\ntwo concurrent builds of {OTHER_VERSION} from the cached os stage: {took:.0f}s")
+
+
+def _ours(pattern: bytes, since: set[int]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) not in since:
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if pattern in cmd:
+                found.append(int(entry.name))
+    return found
+
+
+def test_interrupted_stage_leaves_no_cache_entry(built_image, tmp_path):
+    cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
+    before = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    out = tmp_path / "out"
+    changed = ["--var", "extra_packages=jq"]  # a new os stage
+    cfg = config.load("debian-12", overrides={"extra_packages": "jq"}, repo_root=REPO)
+    sid = build.plan_ids(cfg)["os"].id
+    log = tmp_path / "log"
+    argv = [str(REPO / ".venv" / "bin" / "kiln"), "build", "debian-12", *changed, *_flags(out)]
+    with open(log, "wb") as fh:
+        child = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PACKER_VAR_FILES": ""})  # fmt: skip
+    deadline = time.monotonic() + 600
+    while "Waiting for SSH" not in log.read_text() and time.monotonic() < deadline:
+        assert child.poll() is None, log.read_text()[-3000:]
+        time.sleep(2)
+    time.sleep(5)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=120) == 130, log.read_text()[-3000:]
+    time.sleep(1)
+    assert stages.lookup(cache_dir, sid) is None
+    assert not list(stages.root(cache_dir).glob(f".{sid}.tmp-*")), "no half-made stage"
+    leftovers = [p for p in out.iterdir() if p.name != "logs"] if out.exists() else []
+    assert not leftovers, leftovers
+    assert (
+        not _ours(b"qemu-system", before) and not _ours(b"packer", before) and not _ours(b"ansible", before)
+    )
