@@ -20,6 +20,9 @@ from typing import Any
 from . import __version__
 
 _SAFE = re.compile(r"[^A-Za-z0-9.-]+")
+# SPDX's download-location grammar takes a host name with a domain and no port; anything else (a lab mirror
+# at 10.0.2.2:8088, the stand-in server) goes into sourceInfo, with downloadLocation NOASSERTION.
+_SPDX_URL = re.compile(r"^(https?|ftps?)://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(/\S*)?$")
 
 
 def _spdx_id(kind: str, name: str) -> str:
@@ -45,11 +48,12 @@ def _package(
     sha256: str | None,
     comment: str = "",
 ) -> dict[str, Any]:
+    location = source if source and _SPDX_URL.match(source) else "NOASSERTION"
     pkg: dict[str, Any] = {
         "SPDXID": spdx_id,
         "name": name,
         "versionInfo": version or "NOASSERTION",
-        "downloadLocation": source or "NOASSERTION",
+        "downloadLocation": location,
         "filesAnalyzed": False,
         "licenseConcluded": "NOASSERTION",
         "licenseDeclared": "NOASSERTION",
@@ -64,6 +68,8 @@ def _package(
         pkg["checksums"] = [{"algorithm": "SHA256", "checksumValue": sha256}]
     if comment:
         pkg["comment"] = comment
+    if source and source != "NOASSERTION":
+        pkg["sourceInfo"] = f"downloaded from {source}"
     return pkg
 
 
