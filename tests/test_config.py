@@ -133,8 +133,6 @@ def test_config_is_frozen_and_json_shape(repo: Path) -> None:
     data = cfg.to_json()
     assert set(data) == {s.name for s in SETTINGS}
     assert data["build_name"] == {"value": "debian-12", "origin": "config/debian-12.json"}
-    assert cfg.input_hash() == config.load("debian-12", repo_root=repo).input_hash()
-    assert cfg.input_hash() != config.load("debian-12", overrides={"cpus": "3"}, repo_root=repo).input_hash()
 
 
 def test_targets_lists_os_files_only(repo: Path) -> None:

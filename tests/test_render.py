@@ -92,7 +92,7 @@ def test_goss_hook_and_manifest() -> None:
         '--key /kiln-build/work/key/id_ed25519 --config /kiln-build/rendered/config.json --phase build"'
         in text
     )
-    assert 'post-processor "manifest"' in text and "input_hash" in text and 'ssh_username = "builder"' in text
+    assert 'post-processor "manifest"' in text and "custom_data = {}" in text  # provenance: the build's
     assert "host_port_min        = 2299" in text and "host_port_max        = 2299" in text
 
 

@@ -490,7 +490,7 @@ def test_key_the_token_endpoint_refuses_is_exit_2(tmp_path: Path, fake: FakeGcs,
         bd = make_build_dir(tmp_path, version="v1.14.10", size=1000)
         code, _, err = kiln_upload(fake.url, bd, "--key-file", str(key))
         assert code == 2
-        assert "credentials were refused by the token endpoint" in err and "invalid_grant" in err
+        assert f"key file {key}: refused by the token endpoint" in err and "invalid_grant" in err
         assert info["private_key"].splitlines()[1] not in err
         assert object_names(fake.url, BUCKET, "release/v1.14.10/") == []
     finally:

@@ -17,7 +17,6 @@ problem in every layer is collected and reported at once as a ConfigError (exit 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from . import __version__, builddir, inputs
+from . import builddir, inputs
 from .errors import ConfigError, InputError
 from .runtime import Runtime
 from .settings import (
@@ -110,14 +109,6 @@ class Config:
     def to_json(self) -> dict[str, dict[str, Any]]:
         """`{"key": {"value": V, "origin": "file"}}`, as stored in build dirs as config.json."""
         return {k: {"value": _plain(v), "origin": self.origins[k]} for k, v in self.values.items()}
-
-    def input_hash(self) -> str:
-        """sha256 over the values that decide what lands in the image, and kiln's version: equal inputs give
-        equal hashes. Settings that only say where bytes come from (mirrors, proxies, the stand-in server's
-        URL, the output dir) are left out: changing them does not make a different image."""
-        content = {k: v for k, v in self.plain().items() if not BY_NAME[k].location}
-        blob = json.dumps({"kiln": __version__, "values": content}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
 
     def path(self, key: str) -> Path:
         """A path-valued setting (output_dir, cache_dir) resolved against the repo root."""

@@ -268,17 +268,9 @@ def template_vars(
     vmx_data: dict[str, str] = {"ethernet0.pciSlotNumber": "32"}
     if c["firmware"] == "efi":
         vmx_data["firmware"] = "efi"
-    custom_data = {
-        "build_name": c["build_name"],
-        "kubernetes_semver": c["kubernetes_semver"],
-        "os_name": c["os_name"],
-        "os_version": c["os_version"],
-        "firmware": c["firmware"],
-        "kiln_version": __version__,
-        "input_hash": config.input_hash(),
-        "ssh_username": c["ssh_username"],
-    }
-    custom_data.update(context.custom_data)
+    # kiln's provenance is written once, by the build (kiln.builddir.custom_data); Packer's own manifest
+    # of a stage run carries only what the caller passes
+    custom_data = dict(context.custom_data)
     return {
         "c": c,
         "ctx": context,

@@ -111,15 +111,6 @@ build {
   post-processor "manifest" {
     output      = "/kiln-build/packer-manifest.json"
     strip_path  = true
-    custom_data = {
-      build_name = "centos-7"
-      kubernetes_semver = "v1.30.2"
-      os_name = "centos"
-      os_version = "7"
-      firmware = "bios"
-      kiln_version = "0.1.0"
-      input_hash = "cc64da54d1186bde926465a113b22d061e4adb643406e838d4fa6950b6e2fcc3"
-      ssh_username = "builder"
-    }
+    custom_data = {}
   }
 }

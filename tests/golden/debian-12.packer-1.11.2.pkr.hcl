@@ -82,15 +82,6 @@ build {
   post-processor "manifest" {
     output      = "/kiln-build/packer-manifest.json"
     strip_path  = true
-    custom_data = {
-      build_name = "debian-12"
-      kubernetes_semver = "v1.30.2"
-      os_name = "debian"
-      os_version = "12"
-      firmware = "bios"
-      kiln_version = "0.1.0"
-      input_hash = "236982fbfe93453c15835fff41903c5676a03defd1f3881d1a7df899fe74cc8a"
-      ssh_username = "builder"
-    }
+    custom_data = {}
   }
 }

@@ -111,15 +111,6 @@ build {
   post-processor "manifest" {
     output      = "/kiln-build/packer-manifest.json"
     strip_path  = true
-    custom_data = {
-      build_name = "rockylinux-9"
-      kubernetes_semver = "v1.30.2"
-      os_name = "rockylinux"
-      os_version = "9"
-      firmware = "bios"
-      kiln_version = "0.1.0"
-      input_hash = "7b1d71b4cb20648534470db0284ddede19061bf42e05eb2f494250d066bb525c"
-      ssh_username = "builder"
-    }
+    custom_data = {}
   }
 }

@@ -107,15 +107,6 @@ build {
   post-processor "manifest" {
     output      = "/kiln-build/packer-manifest.json"
     strip_path  = true
-    custom_data = {
-      build_name = "ubuntu-1804"
-      kubernetes_semver = "v1.30.2"
-      os_name = "ubuntu"
-      os_version = "18.04"
-      firmware = "bios"
-      kiln_version = "0.1.0"
-      input_hash = "1fad1cca309834f9ba7009310b04298eddd4e1207ff7398e1742b8c78fc25d20"
-      ssh_username = "builder"
-    }
+    custom_data = {}
   }
 }

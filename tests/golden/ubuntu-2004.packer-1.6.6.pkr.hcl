@@ -103,15 +103,6 @@ build {
   post-processor "manifest" {
     output      = "/kiln-build/packer-manifest.json"
     strip_path  = true
-    custom_data = {
-      build_name = "ubuntu-2004"
-      kubernetes_semver = "v1.30.2"
-      os_name = "ubuntu"
-      os_version = "20.04"
-      firmware = "bios"
-      kiln_version = "0.1.0"
-      input_hash = "903cd3e0289faaf9c7397fc5a9552747a8a62dbd1aae6447d91107844d623eda"
-      ssh_username = "builder"
-    }
+    custom_data = {}
   }
 }

@@ -103,15 +103,6 @@ build {
   post-processor "manifest" {
     output      = "/kiln-build/packer-manifest.json"
     strip_path  = true
-    custom_data = {
-      build_name = "ubuntu-2204"
-      kubernetes_semver = "v1.30.2"
-      os_name = "ubuntu"
-      os_version = "22.04"
-      firmware = "bios"
-      kiln_version = "0.1.0"
-      input_hash = "8f1b9eaa9cf50072457c1d0dd45c08c71512bdf9c29bbcc1df1681b38a60c248"
-      ssh_username = "builder"
-    }
+    custom_data = {}
   }
 }

@@ -84,15 +84,6 @@ build {
   post-processor "manifest" {
     output      = "/kiln-build/packer-manifest.json"
     strip_path  = true
-    custom_data = {
-      build_name = "ubuntu-2404-cloudimg"
-      kubernetes_semver = "v1.30.2"
-      os_name = "ubuntu"
-      os_version = "24.04"
-      firmware = "bios"
-      kiln_version = "0.1.0"
-      input_hash = "baf370186065136715deedc547e54fc3f53d3d9318f1770c2c6dd59fc691d886"
-      ssh_username = "builder"
-    }
+    custom_data = {}
   }
 }

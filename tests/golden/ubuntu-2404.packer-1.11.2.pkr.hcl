@@ -117,15 +117,6 @@ build {
   post-processor "manifest" {
     output      = "/kiln-build/packer-manifest.json"
     strip_path  = true
-    custom_data = {
-      build_name = "ubuntu-2404"
-      kubernetes_semver = "v1.30.2"
-      os_name = "ubuntu"
-      os_version = "24.04"
-      firmware = "bios"
-      kiln_version = "0.1.0"
-      input_hash = "367736875e0a45ff275fdc3ab2a0fc41475a2ee27967bb5a34e136d8f1df5f8c"
-      ssh_username = "builder"
-    }
+    custom_data = {}
   }
 }
