@@ -7,8 +7,9 @@ PYTHON ?= python3
 KILN := $(VENV)/bin/kiln
 PYTEST := $(VENV)/bin/pytest
 # apt packages kiln drives; make deps installs them (as root, or with sudo)
-APT_PACKAGES := packer qemu-system-x86 qemu-utils ovmf xorriso genisoimage mtools dosfstools fdisk gdisk \
-  e2fsprogs mmdebstrap grub-pc-bin grub-efi-amd64-bin openssh-client openssl ca-certificates
+APT_PACKAGES := packer qemu-system-x86 qemu-utils ovmf xorriso mtools dosfstools fdisk \
+  e2fsprogs mmdebstrap grub-pc-bin grub-efi-amd64-bin grub-common squashfs-tools ipxe-qemu openssh-client \
+  openssl ca-certificates git
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ##@ Setup
@@ -36,7 +37,8 @@ $(VENV)/.stamp: pyproject.toml
 # PACKER_FLAGS: `-var key=value` pairs. FOREGROUND=1 shows the VM console, DEBUG=1 adds Packer's own log.
 KILN_FLAGS = $(if $(filter 1,$(FOREGROUND)),--foreground) $(if $(filter 1,$(DEBUG)),--debug) $(PACKER_FLAGS) \
   $(if $(filter 1,$(K8S_STANDIN)),--var-file {varfile}) \
-  $(foreach v,$(KUBERNETES_VERSIONS),--kubernetes-version $(v)) $(if $(filter 1,$(FORCE)),--force)
+  $(foreach v,$(KUBERNETES_VERSIONS),--kubernetes-version $(v)) $(if $(filter 1,$(FORCE)),--force) \
+  $(if $(FORMATS),--var "formats=$(FORMATS)")
 KILN_ENV = PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(K8S_STANDIN_WRAP)
 # K8S_STANDIN=1: offline builds. Serves TEST FIXTURE stand-ins for kubelet/kubeadm/kubectl (with sha256s) over
 # local HTTP for the duration of the command and selects them (kubernetes_source_type=http) through a var file.

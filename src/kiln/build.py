@@ -385,10 +385,19 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
     ova_path = ws.temp / f"{ws.name}.ova"
     ova.build_ova(qcow2, ova_path, ws.name, ws.values, log_file=ws.log_file)
     builddir.write_sha256(ova_path)
-    from . import sbom
+    from . import formats, sbom
 
     spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.plain(), ws.packages_file)
     files = [qcow2, ova_path, spdx] + ([ws.packages_file] if ws.packages_file.is_file() else [])
+    wanted = list(ws.values.get("formats") or ())
+    if formats.live_wanted(wanted):
+        started = time.monotonic()
+        files += formats.produce(
+            qcow2, ws.temp, ws.name, wanted, ws.packages_file, ws.cfg.repo_root, ws.work / "formats",
+            runtime=ws.runtime, log_file=ws.log_file, say=lambda t: ws.monitor.log("finalize", t),
+        )  # fmt: skip
+        ws.timings["formats"] = round(time.monotonic() - started, 1)
+        ws.monitor.log("finalize", f"live formats {', '.join(wanted)} made in {ws.timings['formats']:.0f}s")
     data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
     builddir.write_manifest(ws.temp / builddir.MANIFEST, ws.name, files, data, ws.builder)
     (ws.temp / builddir.CONFIG).write_text(json.dumps(ws.cfg.to_json(), indent=2, sort_keys=True) + "\n")

@@ -111,12 +111,19 @@ def write_manifest(path: Path, name: str, files: list[Path], data: dict[str, str
         )
         manifest["last_run_uuid"] = run_uuid
     last = builds[-1]
-    last["files"] = [{"name": f.name, "size": f.stat().st_size} for f in files]
+    last["files"] = [{"name": _relative(f, path.parent), "size": f.stat().st_size} for f in files]
     last["artifact_id"] = name
     merged = dict(last.get("custom_data") or {})
     merged.update(data)
     last["custom_data"] = merged
     path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _relative(f: Path, root: Path) -> str:
+    try:
+        return str(f.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return f.name
 
 
 def artifact_name(build_name: str, kubernetes_semver: str) -> str:

@@ -179,6 +179,14 @@ def _image_ref(value: str) -> str | None:
     return None if _IMAGE_RE.match(value) else f"malformed image reference {_show(value)}"
 
 
+_FORMATS = ("qcow2", "ova", "squashfs", "iso", "netboot", "platform")
+
+
+def _formats(value: list[str]) -> str | None:
+    bad = [f for f in value if f not in _FORMATS]
+    return f"unknown format(s) {', '.join(map(_show, bad))} (known: {', '.join(_FORMATS)})" if bad else None
+
+
 def _abs_path(value: str) -> str | None:
     return None if value.startswith("/") else f"must be an absolute path in the guest (got {_show(value)})"
 
@@ -529,6 +537,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the CNI plugin binaries live in the image.",
         "cni",
         _abs_path,
+    ),
+    S(
+        "formats",
+        list,
+        ["qcow2", "ova"],
+        "What the build writes: qcow2, ova (always), and the live formats squashfs, iso (hybrid BIOS/UEFI "
+        "live ISO), netboot (kernel, initrd, squashfs, boot.ipxe), platform (Triton-style tarball). "
+        "FORMATS=... in make.",
+        "common",
+        _formats,
     ),
     # --- what image-builder users commonly set (kubernetes.json, containerd.json, common.json there) -------
     S(
