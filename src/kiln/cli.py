@@ -336,6 +336,10 @@ def _register_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--firmware", choices=("bios", "efi"), help="default: what the image declares")
     p.add_argument("--goss-binary", type=Path, help=goss_help)
     p.add_argument("--workdir", type=Path, help="keep the overlay, seed and serial log here (default: temp)")
+    p.add_argument(
+        "--format", dest="fmt", choices=("disk", "iso", "netboot"), default="disk",
+        help="what to boot: the qcow2 (disk), the live ISO, or the netboot set through iPXE from kiln serve",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser(
@@ -360,7 +364,7 @@ def _register_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from . import goss, verify
+    from . import goss, progress, verify
 
     results = verify.verify_build_dir(
         args.build_dir,
@@ -368,11 +372,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         firmware=args.firmware,
         goss_binary=_goss_binary(args),
+        runtime=args.runtime,
+        fmt=args.fmt,
+        monitor=progress.for_mode(args.progress),
     )
     s = goss.summary(results)
     print(
-        f"{args.build_dir}: verified: {s['test-count']} checks passed ({s['skipped-count']} skipped); "
-        f"reports in {args.build_dir / 'goss'}"
+        f"{args.build_dir}: verified ({args.fmt}): {s['test-count']} checks passed "
+        f"({s['skipped-count']} skipped); reports in {args.build_dir / 'goss'}"
     )
     return EXIT_OK
 
@@ -656,6 +663,44 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if failed:
         raise BuildError(f"{len(failed)} of {len(configs)} builds failed:\n" + "\n".join(failed))
     return 0
+
+
+# --- kiln serve: the netboot set over HTTP (serve.py) --------------------------------------------------
+
+
+@command
+def _register_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="serve a build's netboot set over HTTP (labs and tests)")
+    p.add_argument("build_dir", metavar="BUILD_DIR", type=Path)
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any)")
+    p.add_argument("--address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--advertise", help="the URL clients reach this server at (default: http://10.0.2.2:PORT)")
+    p.add_argument("--cidata", type=Path, metavar="ISO|DIR", help="also serve this NoCloud seed at /seed/")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from . import serve
+
+    build = BuildDir.open(args.build_dir)
+    seed = serve.seed_files(args.cidata) if args.cidata else None
+    server = serve.Server(build, address=args.address, port=args.port, advertise=args.advertise, seed=seed)
+    with server:
+        print(f"serving {server.dir} on {args.address}:{server.port} as {server.base}", flush=True)
+        print(f"  iPXE: chain {server.base}/boot.ipxe", flush=True)
+        print(
+            f"  QEMU: qemu-system-x86_64 -m 2048 -boot n -netdev user,id=n0,bootfile={server.base}/boot.ipxe "
+            "-device virtio-net-pci,netdev=n0",
+            flush=True,
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped")
+    return EXIT_OK
 
 
 # --- the stage cache: cache ls|prune (stages.py) -------------------------------------------------------

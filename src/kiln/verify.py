@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,15 @@ PHASES = ("build", "final")
 # Appended to the seed's user-data for `kiln verify`: keep whatever host keys the image carries, so that a
 # key baked in by the build is still there for the hygiene check (cloud-init would otherwise delete and
 # regenerate every key on a new instance, hiding the leak). Missing keys are still generated.
+# A live boot has no disk partition to grow and no fstab of its own: those first-boot steps are off, and the
+# spec's disk-only checks are skipped by name (the report lists them).
+LIVE_CLOUD_CONFIG = """
+# added by kiln verify for a live boot: the root is a squashfs under a tmpfs overlay
+growpart: {mode: "off"}
+resize_rootfs: false
+"""
+LIVE_SKIPS: frozenset[str] = frozenset()
+
 VERIFY_CLOUD_CONFIG = """
 # added by kiln verify: keep host keys the image carries so that hygiene.yaml can see them
 ssh_deletekeys: false
@@ -86,6 +95,7 @@ def check_host(
     extra_vars: Mapping[str, Any] | None = None,
     spec_dir: Path = goss.SPEC_DIR,
     meta: Mapping[str, Any] | None = None,
+    skip_ids: Collection[str] = (),
 ) -> list[goss.Result]:
     """Run `phase`'s spec on host:port as `user` (with sudo) and return the results.
 
@@ -101,6 +111,9 @@ def check_host(
     vars_ = goss.render_vars(values, {"phase": phase, **(extra_vars or {})}, spec_dir=spec_dir)
     entry = spec_dir / goss.ENTRY[phase]
     spec = goss.load_spec(entry, vars_)  # validates every resource and matcher up front
+    for resource in spec.resources:
+        if resource.id in skip_ids:
+            resource.attrs["skip"] = True  # reported as skipped, by name
     started = time.monotonic()
     if goss_binary is not None:
         results = _run_goss_binary(host, port, user, key_file, goss_binary, spec, vars_, spec_dir)
@@ -224,15 +237,21 @@ def verify_image(
     on_boot: Callable[[Any], None] | None = None,
     monitor: Monitor | None = None,
     runtime: Runtime | None = None,
+    live: str | None = None,
+    live_iso: Path | None = None,
+    netboot_build: Any = None,
 ) -> list[goss.Result]:
     """Boot `qcow2` on a throwaway overlay and run the final-phase spec (build checks + hygiene).
+
+    `live`: "iso" boots `live_iso` from a CD (plus the seed as a second CD), "netboot" chain-loads
+    `netboot_build`'s boot.ipxe from `kiln serve` through QEMU's iPXE ROM (the seed over HTTP); `qcow2` is
+    then an empty local disk. Checks that only make sense on a disk (LIVE_SKIPS) are skipped by name.
 
     Raises VerifyError (exit 1) naming every failed check, after writing report_dir/report.json,
     report_dir/junit.xml and report_dir/vars-final.yaml. `workdir` holds the overlay, the seed, the
     one-time key and the serial log; it is removed afterwards unless verification failed to boot.
     """
     from . import cidata, ssh
-    from .vm import VM
 
     qcow2 = Path(qcow2)
     if not qcow2.is_file():
@@ -253,10 +272,64 @@ def verify_image(
         values=values,
     )
     files["user-data"] = files["user-data"].rstrip("\n") + "\n" + VERIFY_CLOUD_CONFIG
-    seed = cidata.write_iso(workdir / "seed.iso", files)
+    if live:
+        files["user-data"] += LIVE_CLOUD_CONFIG
+    seed: Path | None = cidata.write_iso(workdir / "seed.iso", files)
     mon: Monitor = monitor or Null()
-    mon.log("verify", f"booting {qcow2.name} on a throwaway overlay ({firmware})")
+    what = f"{live} live boot" if live else f"{qcow2.name} on a throwaway overlay"
+    mon.log("verify", f"booting {what} ({firmware})")
     started = time.monotonic()
+    server = None
+    vm_args: dict[str, Any] = {}
+    if live == "iso":
+        vm_args = {"boot": "cdrom", "live_iso": live_iso}
+    elif live == "netboot":
+        from .serve import Server
+
+        seed_bytes = {k: v.encode() if isinstance(v, str) else v for k, v in files.items()}
+        server = Server(netboot_build, seed=seed_bytes).start()
+        vm_args = {"boot": "net", "bootfile": f"{server.base}/boot.ipxe"}
+        seed = None  # the seed comes over HTTP: ds=nocloud;s=URL
+    elif live is not None:
+        raise InputError(f"--format {live!r}: want disk, iso or netboot")
+    try:
+        results = _boot_and_check(
+            qcow2, values, workdir, report_dir, firmware=firmware, accelerator=accelerator, seed=seed,
+            memory=memory, cpus=cpus, runtime=runtime, vm_args=vm_args, keys=keys, boot_timeout=boot_timeout,
+            on_boot=on_boot, goss_binary=goss_binary, extra=extra, started=started, mon=mon, live=live,
+        )  # fmt: skip
+    finally:
+        if server is not None:
+            server.stop()
+    shutil.rmtree(keys.directory, ignore_errors=True)
+    raise_on_failure(results, str(live_iso or qcow2), report_dir)
+    return results
+
+
+def _boot_and_check(
+    qcow2: Path,
+    values: Mapping[str, Any],
+    workdir: Path,
+    report_dir: Path,
+    *,
+    firmware: str,
+    accelerator: str,
+    seed: Path | None,
+    memory: int,
+    cpus: int,
+    runtime: Runtime | None,
+    vm_args: Mapping[str, Any],
+    keys: Any,
+    boot_timeout: float,
+    on_boot: Callable[[Any], None] | None,
+    goss_binary: Path | None,
+    extra: Mapping[str, Any],
+    started: float,
+    mon: Monitor,
+    live: str | None,
+) -> list[goss.Result]:
+    from .vm import VM
+
     with VM(
         qcow2,
         workdir=workdir / "vm",
@@ -266,16 +339,18 @@ def verify_image(
         memory=memory,
         cpus=cpus,
         runtime=runtime,
+        **vm_args,
     ) as vm:
         vm.wait_for_ssh(VERIFY_USER, keys.private_key, timeout=boot_timeout)
         # Wait for cloud-init to finish, but let the spec judge its outcome (hygiene.yaml checks
         # `cloud-init status`): an error there is a reported failure, not an aborted verification.
         with vm.ssh(VERIFY_USER, keys.private_key) as session:
             session.run(["cloud-init", "status", "--wait"], check=False, timeout=boot_timeout)
-        mon.log("verify", f"guest up after {time.monotonic() - started:.0f}s; running checks")
+        up = time.monotonic() - started
+        mon.log("verify", f"guest up after {up:.0f}s; running checks")
         if on_boot is not None:
             on_boot(vm)
-        results = check_host(
+        return check_host(
             "127.0.0.1",
             vm.ssh_port,
             VERIFY_USER,
@@ -285,11 +360,15 @@ def verify_image(
             report_dir=report_dir,
             goss_binary=goss_binary,
             extra_vars=extra,
-            meta={"image": str(qcow2), "firmware": firmware},
+            meta={
+                "image": str(qcow2),
+                "firmware": firmware,
+                "format": live or "disk",
+                "boot_to_ssh_s": round(up, 1),
+                "skipped_disk_only": sorted(LIVE_SKIPS) if live else [],
+            },  # fmt: skip
+            skip_ids=LIVE_SKIPS if live else (),
         )
-    shutil.rmtree(keys.directory, ignore_errors=True)
-    raise_on_failure(results, str(qcow2), report_dir)
-    return results
 
 
 def verify_build_dir(
@@ -301,29 +380,49 @@ def verify_build_dir(
     goss_binary: Path | None = None,
     monitor: Monitor | None = None,
     runtime: Runtime | None = None,
+    fmt: str = "disk",
 ) -> list[goss.Result]:
-    """`kiln verify BUILD_DIR`: verify_image on the build's qcow2, reports into BUILD_DIR/goss/."""
+    """`kiln verify BUILD_DIR [--format disk|iso|netboot]`: verify_image on the build's qcow2 (reports in
+    BUILD_DIR/goss/), or on a live boot of its ISO or netboot set (BUILD_DIR/goss/FORMAT-FIRMWARE/)."""
+    from . import proc
     from .builddir import BuildDir
 
     build = BuildDir.open(build_dir)
-    if not build.qcow2.is_file():
-        raise InputError(f"{build.qcow2}: missing; {build.path} has no qcow2 to boot")
     values: dict[str, Any] = dict(build.config)
     for key, value in build.custom_data.items():
         values.setdefault(key, value)
+    firmware = firmware or build.firmware
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="kiln-verify-")) if workdir is None else Path(workdir)
+    live_iso: Path | None = None
+    if fmt == "disk":
+        image, reports = build.qcow2, build.path / "goss"
+        if not image.is_file():
+            raise InputError(f"{image}: missing; {build.path} has no qcow2 to boot")
+    elif fmt in ("iso", "netboot"):
+        live_iso = build.path / f"{build.name}.iso" if fmt == "iso" else None
+        if live_iso is not None and not live_iso.is_file():
+            raise InputError(f"{live_iso}: missing; build with FORMATS='qcow2 ova iso'")
+        reports = build.path / "goss" / f"{fmt}-{firmware}"
+        work.mkdir(parents=True, exist_ok=True)
+        image = work / "empty-local-disk.qcow2"  # a diskless node's blank local disk
+        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8G"], runtime=runtime)
+    else:
+        raise InputError(f"--format {fmt!r}: want disk, iso or netboot")
     try:
         return verify_image(
-            build.qcow2,
+            image,
             values,
             work,
-            build.path / "goss",
-            firmware=firmware or build.firmware,
+            reports,
+            firmware=firmware,
             accelerator=accelerator or str(build.setting("accelerator", "auto") or "auto"),
             goss_binary=goss_binary,
             monitor=monitor,
             runtime=runtime,
+            live=None if fmt == "disk" else fmt,
+            live_iso=live_iso,
+            netboot_build=build if fmt == "netboot" else None,
         )
     finally:
         if own_tmp:

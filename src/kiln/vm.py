@@ -321,11 +321,22 @@ class VM:
         detach: bool = False,
         stop_timeout: float = 10.0,
         runtime: Runtime | None = None,
+        boot: str = "disk",
+        live_iso: str | os.PathLike[str] | None = None,
+        bootfile: str | None = None,
     ) -> None:
         """`disk`: the image (qcow2, raw, vmdk...; format detected unless `disk_format`). With overlay=False
         QEMU writes to `disk` itself (for reusing an overlay made earlier). `detach`: QEMU survives this
         process (for `kiln boot --detach`); then only stop()/stop_process() end it. `stop_timeout`: how
-        long stop() and leaving the `with` block wait for an ACPI powerdown before killing QEMU."""
+        long stop() and leaving the `with` block wait for an ACPI powerdown before killing QEMU.
+        `boot`: disk (the default), cdrom (boot `live_iso` from an El Torito CD; `disk` is then an empty
+        local disk), net (QEMU's iPXE ROM chain-loads `bootfile`, an http:// URL, over user networking)."""
+        if boot not in ("disk", "cdrom", "net"):
+            raise InputError(f"boot: must be disk, cdrom or net, not {boot!r}")
+        if boot == "cdrom" and (live_iso is None or not Path(live_iso).is_file()):
+            raise InputError(f"{live_iso}: live ISO not found")
+        if boot == "net" and not (bootfile or "").startswith(("http://", "https://", "tftp://")):
+            raise InputError(f"bootfile {bootfile!r}: netboot needs an http:// URL of an iPXE script")
         if firmware not in FIRMWARES:
             raise InputError(f"firmware: must be one of {', '.join(FIRMWARES)}, not {firmware!r}")
         if accelerator not in ACCELERATORS:
@@ -352,6 +363,9 @@ class VM:
         self.use_overlay = overlay
         self.detach = detach
         self.runtime = runtime if runtime is not None else Runtime()
+        self.boot = boot
+        self.live_iso = Path(live_iso).resolve() if live_iso is not None else None
+        self.bootfile = bootfile
         self.stop_timeout = stop_timeout
         self.serial_log = self.workdir / "serial.log"
         self.qemu_log = self.workdir / "qemu.log"
@@ -446,10 +460,17 @@ class VM:
             "-qmp", f"unix:{_escape(self.qmp_socket)},server=on,wait=off",
             "-pidfile", str(self.pidfile),
             "-drive", f"file={_escape(drive_file)},format={drive_fmt},if=virtio,discard=unmap",
-            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
-            "-device", "virtio-net-pci,netdev=net0",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+            + (f",bootfile={self.bootfile}" if self.boot == "net" else ""),
+            "-device", "virtio-net-pci,netdev=net0"
+            + {"disk": "", "net": ",bootindex=0", "cdrom": ",romfile="}[self.boot],
             "-device", "virtio-rng-pci",
         ]  # fmt: skip
+        if self.boot == "cdrom" and self.live_iso is not None:
+            argv += [
+                "-drive", f"file={_escape(self.live_iso)},format=raw,if=none,id=live,media=cdrom,readonly=on",
+                "-device", "ide-cd,drive=live,bootindex=0",
+            ]  # fmt: skip
         if self.firmware == "efi":
             code, vars_template = find_ovmf()
             vars_file = self.workdir / "OVMF_VARS.fd"
