@@ -1,6 +1,7 @@
 """Shared fixtures. `built_image`: the one debian-12 image every VM test uses, built once per session.
 
 It runs exactly what a user runs on a fresh machine of this kind: `make build-qemu-debian-12 K8S_STANDIN=1`
+(with FORMATS listing every format)
 (the stand-in kubelet/kubeadm/kubectl TEST FIXTURE over local HTTP, because dl.k8s.io is unreachable),
 under TCG unless KILN_TEST_ACCELERATOR says otherwise, into a per-session output directory. The base disk
 cache stays in the repo's .cache/kiln so that repeated local runs reuse it.
@@ -21,6 +22,8 @@ import pytest
 from kiln.builddir import BuildDir
 
 REPO = Path(__file__).resolve().parents[1]
+# the session image carries every format, so that the live-format tests boot what the suite built
+ALL_FORMATS = "qcow2 ova squashfs iso netboot platform"
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,14 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     flags = f"-var output_dir={out_root} -var accelerator={accel}"
     started = time.monotonic()
     proc = subprocess.run(
-        ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1", f"PACKER_FLAGS={flags}"],
+        [
+            "make",
+            "--no-print-directory",
+            "build-qemu-debian-12",
+            "K8S_STANDIN=1",
+            f"PACKER_FLAGS={flags}",
+            f"FORMATS={ALL_FORMATS}",
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

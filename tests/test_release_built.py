@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ALL_FORMATS
 from gcs_servers import BUCKET, FakeGcs, object_names, read_object
 from kiln import build, config, gcs, release
 
@@ -31,6 +32,7 @@ def _standin_config(built_image) -> config.Config:  # type: ignore[no-untyped-de
         "kubernetes_source_type": "http",
         "kubernetes_http_source": "http://10.0.2.2:1",
         "kubernetes_http_sha256": sums,
+        "formats": ALL_FORMATS,
     }
     return config.load("debian-12", overrides=overrides, repo_root=REPO)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ALL_FORMATS
 from kiln import build, config, stages
 from kiln.builddir import BuildDir
 from test_vm_build import offline_hygiene
@@ -47,7 +48,7 @@ def test_unchanged_rebuild_is_up_to_date_and_touches_nothing(built_image):
     accel = os.environ.get("KILN_TEST_ACCELERATOR", "tcg")
     proc = subprocess.run(
         ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1",
-         f"PACKER_FLAGS=-var output_dir={out_root} -var accelerator={accel}"],
+         f"PACKER_FLAGS=-var output_dir={out_root} -var accelerator={accel}", f"FORMATS={ALL_FORMATS}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     took = time.monotonic() - started
