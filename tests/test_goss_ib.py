@@ -112,3 +112,23 @@ def test_unknown_goss_type_is_still_an_error_but_other_keys_are_ignored(tmp_path
         goss.load_spec(spec, {})
     spec.write_text("anchors: {x: 1}\nfile:\n  /etc/hostname: {exists: true}\n")
     assert [r.id for r in goss.load_spec(spec, {}).resources] == ["/etc/hostname"]
+
+
+def test_kiln_goss_render_prints_the_merged_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+
+    from kiln import cli
+
+    varfile = tmp_path / "vars.yaml"
+    varfile.write_text(yaml.safe_dump({**VARS, "extra_packages": ["jq"]}))
+    assert cli.main(["goss", "render", str(SPEC), "--vars", str(varfile),
+                     "--vars-inline", json.dumps({"OS": "Ubuntu"})]) == 0  # fmt: skip
+    doc = yaml.safe_load(capsys.readouterr().out)
+    assert "jq" in doc["package"] and "/etc/debian_version" not in doc["file"]  # inline vars win
+    assert doc["file"]["/etc/kiln-release"]["contents"] == ["/\\QKUBERNETES_SEMVER=v1.31.2\\E/"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("{{ $nope }}\n")
+    assert cli.main(["goss", "render", str(bad)]) == 2
+    assert f"{bad}:1: variable $nope is not defined" in capsys.readouterr().err

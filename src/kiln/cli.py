@@ -363,6 +363,54 @@ def _register_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.set_defaults(func=_cmd_goss_check)
 
 
+@command
+def _register_goss(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("goss", help="goss spec tools")
+    gsub = p.add_subparsers(dest="goss_command", metavar="ACTION", required=True)
+    r = gsub.add_parser(
+        "render", help="print a spec rendered and merged as goss does (gossfile includes followed)"
+    )
+    r.add_argument("gossfile", metavar="GOSSFILE", type=Path)
+    r.add_argument(
+        "--vars", action="append", default=[], type=Path, metavar="FILE", help="YAML/JSON vars file"
+    )
+    r.add_argument("--vars-inline", default=None, metavar="JSON", help="vars as JSON, over --vars")
+    r.set_defaults(func=_cmd_goss_render)
+
+
+def _cmd_goss_render(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from . import goss, inputs
+
+    variables: dict[str, object] = {}
+    for path in args.vars:
+        text = inputs.read_text(path, "goss vars file")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InputError(
+                f"{path}: goss vars file is not valid YAML: {str(exc).splitlines()[0]}"
+            ) from None
+        if data is not None and not isinstance(data, dict):
+            raise InputError(f"{path}: goss vars file must hold a mapping")
+        variables.update(data or {})
+    if args.vars_inline:
+        inline = inputs.loads_json(args.vars_inline, "--vars-inline", "JSON")
+        if not isinstance(inline, dict):
+            raise InputError("--vars-inline: must be a JSON object")
+        variables.update(inline)
+    inputs.check_regular(args.gossfile, "gossfile")
+    spec = goss.load_spec(args.gossfile, variables, env=dict(os.environ))
+    merged: dict[str, dict[str, object]] = {}
+    for resource in spec.resources:
+        merged.setdefault(resource.type, {})[resource.id] = resource.attrs
+    print(yaml.safe_dump(json.loads(json.dumps(merged, default=str)), sort_keys=True), end="")
+    return EXIT_OK
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from . import goss, progress, verify
 
