@@ -153,10 +153,37 @@ def ovf_descriptor(
       <Product>{escape(os_label)} Kubernetes node</Product>
       <Version>{escape(semver)}</Version>
       <FullVersion>{escape(name)}</FullVersion>
+{_properties(values, name)}
     </ProductSection>
   </VirtualSystem>
 </Envelope>
 """
+
+
+def _properties(values: Mapping[str, Any], name: str) -> str:
+    """The ProductSection properties image-builder writes for vCenter (read-only, strings)."""
+    from .builddir import custom_data
+
+    filled = {"build_name": name.split("+kube-")[0], "kubernetes_semver": "", **values}
+    data = custom_data(filled, str(values.get("input_hash", "")))
+    props = {
+        "BUILD_DATE": data["build_date"],
+        "BUILD_TIMESTAMP": data["build_timestamp"],
+        "CNI_VERSION": data["kubernetes_cni_semver"],
+        "CONTAINERD_VERSION": data["containerd_version"],
+        "DISTRO_ARCH": data["distro_arch"],
+        "DISTRO_NAME": data["distro_name"],
+        "DISTRO_VERSION": data["distro_version"],
+        "IMAGE_BUILDER_VERSION": data["ib_version"],
+        "KUBERNETES_SEMVER": data["kubernetes_semver"],
+        "KUBERNETES_SOURCE_TYPE": data["kubernetes_source_type"],
+        "KUBERNETES_VERSION": data["kubernetes_typed_version"],
+        "OS_NAME": data["os_name"],
+        "OS_VERSION": data["os_version"],
+        "IMAGE_NAME": name,
+    }
+    line = '      <Property ovf:key="{}" ovf:type="string" ovf:userConfigurable="false" ovf:value={}/>'
+    return "\n".join(line.format(key, quoteattr(v)) for key, v in props.items())
 
 
 def _sha256(path: Path) -> str:
