@@ -93,7 +93,7 @@ def test_ovf_values_come_from_the_config(built, small_disk):
     assert ref.get(f"{OVF}href") == vmdk.name and int(ref.get(f"{OVF}size")) == vmdk.size
     props = {p.get(f"{OVF}key"): p.get(f"{OVF}value") for p in root.iter(f"{OVF}Property")}
     assert props["KUBERNETES_SEMVER"] == "v1.30.2" and props["KUBERNETES_VERSION"] == "kube-v1.30.2"
-    assert props["DISTRO_NAME"] == "debian" and props["BUILD_DATE"] and props["CONTAINERD_VERSION"]
+    assert props["DISTRO_NAME"] == "debian" and props["BUILD_DATE"] and "CONTAINERD_VERSION" in props
 
 
 def test_vmdk_is_stream_optimized_and_converts_back_to_the_same_data(built, small_disk, tmp_path):
