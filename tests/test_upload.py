@@ -74,8 +74,8 @@ def test_hash_file_one_pass_matches_reference(tmp_path: Path, size: int) -> None
 
 def test_plan_rejects_unknown_and_missing_artifacts(tmp_path: Path) -> None:
     bd = BuildDir.open(make_build_dir(tmp_path, size=1024))
-    with pytest.raises(InputError, match="unknown artifact 'iso'"):
-        upload.plan(bd, upload.Options(artifacts=("ova", "iso")))
+    with pytest.raises(InputError, match="unknown artifact 'dvd'"):
+        upload.plan(bd, upload.Options(artifacts=("ova", "dvd")))
     bd.qcow2.unlink()
     with pytest.raises(InputError, match=r"\.qcow2: missing"):
         upload.plan(bd, upload.Options(artifacts=("qcow2",)))

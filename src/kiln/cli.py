@@ -116,7 +116,9 @@ def _register_publish(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     _gcs_options(p)
     _channel_flags(p, "publish under")
     p.add_argument(
-        "--artifacts", default="ova", help=f"comma list of {','.join(upload.ARTIFACTS)} (default: ova)"
+        "--artifacts",
+        default="ova",
+        help=f"comma list of {','.join([*upload.ARTIFACTS, *upload.GROUPS])} (default: ova)",
     )
     p.add_argument("--all", action="store_true", help="every artifact the build directory has")
     p.add_argument("--force", action="store_true", help="replace a different image at a release path")
@@ -214,7 +216,7 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 
     bd = BuildDir.open(args.build_dir)
     if args.all:
-        kinds = tuple(k for k, where in upload.ARTIFACTS.items() if where(bd)[0].is_file())
+        kinds = upload.available(bd)
     else:
         kinds = tuple(k.strip() for k in args.artifacts.split(",") if k.strip())
     opts = upload.Options(

@@ -138,6 +138,12 @@ def index_entry(
         urls["sbom"] = url(bd.sbom.name)
     if "qcow2" in artifacts and bd.qcow2.is_file():
         urls["qcow2"] = url(bd.qcow2.name)
+    for kind in ("iso", "platform"):
+        if kind in artifacts:
+            urls[kind] = url(upload.ARTIFACTS[kind](bd)[1])
+    for kind in ("squashfs", "netboot"):
+        if kind in artifacts:
+            urls[kind] = url(f"{kind}/{bd.name}/")
     sidecar = bd.path / f"{bd.ova.name}.sha256"
     digest = sidecar.read_text().strip() if sidecar.is_file() else sha256_file(bd.ova)
     return {
@@ -189,10 +195,12 @@ def run(
                 build.run_build(cfg, monitor=mon, runtime=runtime)
                 entry.status = "built"
             bd = BuildDir.open(final)
+            have = upload.available(bd)
+            formats = tuple(k for k in ("iso", "squashfs", "netboot", "platform") if k in have)
             opts = upload.Options(
                 bucket=bucket,
                 channel=entry.channel,
-                artifacts=tuple(a for a in artifacts if a != "sbom" or bd.sbom.is_file()),
+                artifacts=tuple(a for a in artifacts if a != "sbom" or bd.sbom.is_file()) + formats,
                 metadata={"input_hash": entry.input_hash, "kiln_version": __version__},
             )
             _, results = upload.publish_build(bd, client, opts)

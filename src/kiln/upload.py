@@ -57,7 +57,34 @@ ARTIFACTS: dict[str, Callable[[BuildDir], tuple[Path, str]]] = {
     "packages": _suffix("packages"),
     "sbom": _suffix("spdx.json"),
     "manifest": lambda bd: (bd.path / MANIFEST, f"{bd.name}.{MANIFEST}"),
+    # live formats: a folder per format under the version, as epoxy-images deploys them
+    "iso": lambda bd: (bd.path / f"{bd.name}.iso", f"iso/{bd.name}.iso"),
+    "platform": lambda bd: (bd.path / f"{bd.name}.platform.tgz", f"platform/{bd.name}.platform.tgz"),
 }
+
+# formats made of several files: kind -> [(local file, object file name)]
+GROUPS: dict[str, Callable[[BuildDir], list[tuple[Path, str]]]] = {
+    "squashfs": lambda bd: [
+        (bd.path / "squashfs" / n, f"squashfs/{bd.name}/{n}")
+        for n in (
+            "filesystem.squashfs",
+            "filesystem.squashfs.hash",
+            "filesystem.manifest",
+            "filesystem.packages",
+        )
+    ],
+    "netboot": lambda bd: [
+        (bd.path / "netboot" / n, f"netboot/{bd.name}/{n}")
+        for n in ("vmlinuz", "initrd", "filesystem.squashfs", "boot.ipxe")
+    ],
+}
+
+
+def available(bd: BuildDir) -> tuple[str, ...]:
+    """Every artifact kind the build dir has."""
+    kinds = [k for k, where in ARTIFACTS.items() if where(bd)[0].is_file()]
+    kinds += [k for k, files in GROUPS.items() if all(p.is_file() for p, _ in files(bd))]
+    return tuple(kinds)
 
 
 @dataclass(frozen=True)
@@ -142,14 +169,16 @@ def plan(bd: BuildDir, opts: Options) -> tuple[str, list[Item]]:
     problems = []
     items = []
     for kind in opts.artifacts:
-        if kind not in ARTIFACTS:
-            problems.append(f"--artifacts: unknown artifact {kind!r} (known: {', '.join(ARTIFACTS)})")
+        if kind not in ARTIFACTS and kind not in GROUPS:
+            known = ", ".join([*ARTIFACTS, *GROUPS])
+            problems.append(f"--artifacts: unknown artifact {kind!r} (known: {known})")
             continue
-        path, filename = ARTIFACTS[kind](bd)
-        if not path.is_file():
-            problems.append(f"{path}: missing ({kind} artifact of {bd.name})")
-            continue
-        items.append(Item(kind, path, object_name(channel, bd.kubernetes_semver, filename)))
+        files = GROUPS[kind](bd) if kind in GROUPS else [ARTIFACTS[kind](bd)]
+        for path, filename in files:
+            if not path.is_file():
+                problems.append(f"{path}: missing ({kind} artifact of {bd.name})")
+                continue
+            items.append(Item(kind, path, object_name(channel, bd.kubernetes_semver, filename)))
     if problems:
         raise InputError("; ".join(problems))
     return channel, items
