@@ -58,10 +58,10 @@ def test_unchanged_rebuild_is_up_to_date_and_touches_nothing(built_image):
     print(f"\nunchanged rebuild: {took:.1f}s (cold build {built_image.seconds:.0f}s)")
 
 
-def _start(out: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start(out: Path, log: Path, verify: bool) -> subprocess.Popen[bytes]:
     argv = [*STANDIN, "--version", OTHER_VERSION, "--", str(REPO / ".venv" / "bin" / "kiln"), "build",
             "debian-12", "--only", "qemu", "--var-file", "{varfile}", "--kubernetes-version", OTHER_VERSION,
-            *_flags(out)]  # fmt: skip
+            *_flags(out), *([] if verify else ["--no-verify"])]  # fmt: skip
     env = {**os.environ, "PACKER_VAR_FILES": ""}
     with open(log, "wb") as fh:
         return subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -72,7 +72,9 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
     outs = [tmp_path / "a", tmp_path / "b"]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     started = time.monotonic()
-    procs = [_start(out, log) for out, log in zip(outs, logs, strict=True)]
+    # both make and publish an image; the first one's image is booted and verified (the second skips that
+    # boot to keep the suite inside its time budget; it shares the same cached stages)
+    procs = [_start(out, log, verify) for out, log, verify in zip(outs, logs, (True, False), strict=True)]
     codes = [p.wait(timeout=3600) for p in procs]
     took = time.monotonic() - started
     texts = [log.read_text() for log in logs]
@@ -89,7 +91,8 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
         (path,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "logs"]
         bd = BuildDir.open(path)
         assert bd.kubernetes_semver == OTHER_VERSION
-        assert (path / "goss" / "report.json").is_file(), "the build's verify stage passed"
+        if out == outs[0]:
+            assert (path / "goss" / "report.json").is_file(), "the build's verify stage passed"
         cold_pkgs = set((cold.path / f"{cold.name}.packages").read_text().splitlines())
         new_pkgs = set((path / f"{bd.name}.packages").read_text().splitlines())
         kube_pkgs = {"kubelet", "kubeadm", "kubectl", "cri-tools", "kubernetes-cni"}

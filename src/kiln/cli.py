@@ -543,6 +543,10 @@ def _register_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--foreground", action="store_true", help="show the VM console (headless=false)")
     p.add_argument("--force", action="store_true", help="rebuild even when the build dir is up to date")
     p.add_argument(
+        "--no-verify", dest="verify", action="store_false",
+        help="skip booting the finished image for verification (the build dir is then never 'up to date')",
+    )  # fmt: skip
+    p.add_argument(
         "--kubernetes-version",
         dest="kubernetes_versions",
         action="append",
@@ -699,8 +703,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     for cfg in configs:
         try:
             result = build_mod.run_build(
-                cfg, only=str(cfg.get("builder")), monitor=monitor, runtime=args.runtime, force=args.force
-            )
+                cfg, only=str(cfg.get("builder")), monitor=monitor, runtime=args.runtime, force=args.force,
+                verify=args.verify,
+            )  # fmt: skip
         except KilnError as err:
             if len(configs) == 1:
                 raise

@@ -5,7 +5,7 @@
                            when ADDRESS is a loopback or wildcard address)
     /vmlinuz, /initrd, /filesystem.squashfs
     /seed/user-data, /seed/meta-data (--cidata ISO|DIR): a NoCloud seed; the kernel command line then says
-                           ds=nocloud;s=BASE/seed/
+                           ds=nocloud-net;s=BASE/seed/
 
 Production netboot serves the same files from any HTTP server (README: nginx, dnsmasq + iPXE).
 """
@@ -88,7 +88,7 @@ class Server:
         self._thread: threading.Thread | None = None
 
     def script(self) -> bytes:
-        extra = f"ds=nocloud;s={self.base}/seed/" if self.seed else ""
+        extra = f"ds=nocloud-net;s={self.base}/seed/" if self.seed else ""
         return ipxe_script(self.name, self.base, extra).encode()
 
     def lookup(self, path: str) -> tuple[bytes | None, Path | None]:
