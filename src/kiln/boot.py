@@ -215,7 +215,7 @@ def start(
                 [pair.public_line],
                 user=login,
                 hostname=hostname,
-                values={**build.config, **build.custom_data},
+                values=build.values(),
             )
             key_path: Path | None = pair.private_key
         else:

@@ -198,5 +198,10 @@ class BuildDir:
     def log(self) -> Path:
         return self.path / LOG
 
+    def values(self) -> dict[str, Any]:
+        """The build's resolved config (config.json) with the manifest's provenance filling its gaps: the one
+        rule every command that needs a build's values uses (config.json wins)."""
+        return {**self.custom_data, **self.config}
+
     def setting(self, key: str, default: Any = None) -> Any:
         return self.config.get(key, default)

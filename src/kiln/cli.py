@@ -887,7 +887,7 @@ def _cmd_cidata(args: argparse.Namespace) -> int:
     keys, source = _public_keys(args)
     if args.build_dir is not None:
         build = BuildDir.open(args.build_dir)
-        values = {**build.config, **build.custom_data}
+        values = build.values()
     elif args.target:
         values = dict(_load_config(args, args.target).plain())
     else:

@@ -2,7 +2,7 @@
 
 Each `Setting` carries the key's type, default, help text, the file it normally lives in and its
 validation. `config.py` (layering, coercion, validation), the README's configuration table
-(`kiln config --table`) and the rendered templates all read this table; nothing else declares keys.
+(`hack/readme-table.py`) and the rendered templates all read this table; nothing else declares keys.
 """
 
 from __future__ import annotations
@@ -537,6 +537,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the CNI plugin binaries live in the image.",
         "cni",
         _abs_path,
+    ),
+    S(
+        "gcs_bucket",
+        str,
+        "",
+        "GCS bucket `kiln upload` and `kiln release` publish to when --bucket and KILN_GCS_BUCKET are not "
+        "given (then capv-images).",
+        "common",
+        _name,
+        location=True,
     ),
     S(
         "formats",

@@ -9,11 +9,9 @@ Two entry points:
   throwaway overlay (the artifact is never written), logs in as a one-time user with a one-time key
   delivered through a cloud-init seed, runs the "final" phase (the build checks plus hygiene), writes
   `report.json` and `junit.xml` into `report_dir` and raises VerifyError (exit 1) listing every failure.
-  The build pipeline calls it as its last step, before renaming the output into place:
-
-      from kiln import verify
-      verify.verify_image(tmp_out / f"{name}.qcow2", config.values, tmp / "verify", tmp_out / "goss",
-                          firmware=config.get("firmware"), accelerator=config.get("accelerator"))
+  With `live="iso"` or `live="netboot"` it boots the build's live ISO or netboot set instead.
+- `verify_build_dir(BUILD_DIR, fmt=...)` is `kiln verify`; `verify_build(temp_dir, monitor=...)` is the
+  build pipeline's finalize step, before the temp dir is renamed into place.
 
 Evaluation uses the real goss binary when one is given (copied into the guest and run with
 `goss -g SPEC --vars VARS validate -f json`), and kiln's own evaluator over testinfra/paramiko otherwise.
@@ -388,9 +386,7 @@ def verify_build_dir(
     from .builddir import BuildDir
 
     build = BuildDir.open(build_dir)
-    values: dict[str, Any] = dict(build.config)
-    for key, value in build.custom_data.items():
-        values.setdefault(key, value)
+    values: dict[str, Any] = build.values()
     firmware = firmware or build.firmware
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="kiln-verify-")) if workdir is None else Path(workdir)
