@@ -147,7 +147,7 @@ def test_upload_then_unchanged_rerun_sends_nothing(
     assert code == 0, err
     assert out["channel"] == "release"
     assert actions(out) == {"ova": "uploaded"}
-    for line in ("hashing", "uploading 50%", "sidecar", "uploaded new"):  # progress when not on a terminal
+    for line in ("hashing", "uploading: 50%", "sidecar", "uploaded new"):  # progress when not on a terminal
         assert line in err, err
     obj_name = f"release/{out['version']}/{name}.ova"
     obj = get_object(srv.url, BUCKET, obj_name)

@@ -212,7 +212,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
 def _cmd_upload(args: argparse.Namespace) -> int:
     import json
 
-    from rich.console import Console
+    from . import progress
 
     bd = BuildDir.open(args.build_dir)
     if args.all:
@@ -229,13 +229,12 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     )
     upload.plan(bd, opts)  # bad input (exit 2) before credentials are even looked at
     client = _gcs_client(args)
-    with upload.ProgressReporter() as reporter:
-        channel, results = upload.publish_build(bd, client, opts, reporter)
+    reporter = upload.MonitorReporter(progress.for_mode(args.progress, sys.stderr))
+    channel, results = upload.publish_build(bd, client, opts, reporter)
     if args.json:
         print(json.dumps(upload.results_json(bd, opts, channel, results, client), indent=2))
     else:
-        console = Console()
-        console.print(upload.summary_table(results), width=None if console.is_terminal else 200)
+        print(upload.summary(results))
         st = client.stats
         print(f"{st.requests} requests, {st.bytes_sent} bytes sent, {st.retries} retries")
     bad = [r for r in results if not r.ok]
@@ -291,27 +290,23 @@ def _cmd_images_ls(args: argparse.Namespace) -> int:
 def _cmd_images_get(args: argparse.Namespace) -> int:
     import json
     import os
+    import time
 
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from . import progress
 
     base = args.base_url or os.environ.get("KILN_DOWNLOAD_BASE_URL") or images.DEFAULT_BASE_URL
     url = images.resolve_url(args.image, base, _bucket(args))
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    logged = [0]
-
-    def progress(n: int, total: int | None) -> None:
-        bar.update(task, completed=n, total=total)
-        quarter = int(4 * n / total) if total else 0
-        if not console.is_terminal and 0 < quarter < 4 and quarter > logged[0]:  # CI logs: each quarter
-            logged[0] = quarter
-            logging.getLogger(__name__).info("%s: %d%%", url, 25 * quarter)
-
-    columns = (TextColumn("download"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("get", total=None)
-        result = images.download(url, args.output_dir, on_progress=progress)
+    monitor = progress.for_mode(args.progress, sys.stderr)
+    started = time.monotonic()
+    monitor.begin(url, "download")
+    try:
+        result = images.download(
+            url, args.output_dir, on_progress=lambda n, t: monitor.progress(url, n, t, "bytes")
+        )
+    except BaseException:
+        monitor.end(url, time.monotonic() - started, ok=False)
+        raise
+    monitor.end(url, time.monotonic() - started, ok=True, note=result.action)
     if args.json:
         print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in vars(result).items()}))
     else:

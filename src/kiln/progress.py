@@ -45,30 +45,57 @@ class Null:
 
 
 class Terminal:
-    """`==> stage: what` when a stage begins, its activity lines indented, `<== stage: 12s` at the end.
-    Progress is shown at each quarter (a CI log gets four lines, not thousands)."""
+    """`==> stage: what` when a stage begins, its activity lines indented, `<== stage: done in 12s` at the
+    end. Progress: rich progress bars when the stream is a terminal; otherwise a line at each quarter (a CI
+    log gets four lines, not thousands). The only place kiln uses rich for progress."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, bars: bool | None = None) -> None:
         self.stream = stream or sys.stdout
+        self.bars = self.stream.isatty() if bars is None else bars
         self._quarter: dict[str, int] = {}
+        self._rich: Any = None
+        self._tasks: dict[str, Any] = {}
 
     def _say(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        if self._rich is not None:
+            self._rich.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=self.stream, flush=True)
 
     def begin(self, stage: str, what: str) -> None:
         self._say(f"==> {stage}: {what}")
 
     def end(self, stage: str, seconds: float, ok: bool = True, note: str = "") -> None:
+        for key in [k for k in self._tasks if k == stage or k.startswith(f"{stage}: ")]:
+            self._rich.remove_task(self._tasks.pop(key))
+        if self._rich is not None and not self._tasks:
+            self._rich.stop()
+            self._rich = None
         extra = f" ({note})" if note else ""
         self._say(f"<== {stage}: {'done' if ok else 'FAILED'} in {seconds:.0f}s{extra}")
 
     def progress(self, stage: str, done: int, total: int | None, unit: str = "") -> None:
+        if self.bars:
+            self._bar(stage, done, total)
+            return
         if not total:
             return
         quarter = min(4, int(4 * done / total))
         if quarter > self._quarter.get(stage, 0):
             self._quarter[stage] = quarter
-            self._say(f"    {stage}: {25 * quarter}% ({done}/{total} {unit})".rstrip())
+            self._say(f"    {stage.rstrip(': ')}: {25 * quarter}% ({done}/{total} {unit})".rstrip())
+
+    def _bar(self, stage: str, done: int, total: int | None) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        if self._rich is None:
+            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            self._rich = Progress(*columns, console=Console(file=self.stream))
+            self._rich.start()
+        if stage not in self._tasks:
+            self._tasks[stage] = self._rich.add_task(stage[-60:], total=total)
+        self._rich.update(self._tasks[stage], completed=done, total=total)
 
     def log(self, stage: str, line: str, show: bool = True) -> None:
         if show:

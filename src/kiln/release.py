@@ -203,7 +203,7 @@ def run(
                 artifacts=tuple(a for a in artifacts if a != "sbom" or bd.sbom.is_file()) + formats,
                 metadata={"input_hash": entry.input_hash, "kiln_version": __version__},
             )
-            _, results = upload.publish_build(bd, client, opts)
+            _, results = upload.publish_build(bd, client, opts, upload.MonitorReporter(mon))
             bad = [r for r in results if not r.ok]
             if bad:
                 raise UploadError("; ".join(f"{r.url}: {r.action}: {r.detail}" for r in bad))

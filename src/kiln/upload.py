@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import google_crc32c
-from rich.progress import TaskID
 
 from .builddir import MANIFEST, BuildDir
 from .errors import InputError, Interrupted, UploadError
 from .gcs import Client, ObjectInfo, PreconditionFailed, Stats
 from .layout import channel_for, object_name
+from .progress import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -413,89 +413,41 @@ def results_json(bd: BuildDir, opts: Options, channel: str, results: list[Result
     }
 
 
-class ProgressReporter(Reporter):
-    """rich progress bars (one per artifact) on a terminal; one log line per stage change otherwise."""
+class MonitorReporter(Reporter):
+    """The uploader's events as kiln.progress events: one stage per object, progress per byte range. The
+    sink decides how they look (progress bars on a terminal, a line per quarter in CI logs, JSON lines)."""
 
-    def __init__(self, console: object | None = None) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.console = console if isinstance(console, Console) else Console(stderr=True)
-        self.live = self.console.is_terminal
-        self.progress = Progress(
-            TextColumn("{task.fields[label]:<10} {task.description:<10}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=not self.live,
-        )
-        self.tasks: dict[Item, TaskID] = {}
-        self.quarters: dict[Item, int] = {}
-
-    def __enter__(self) -> ProgressReporter:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.current: dict[Item, str] = {}
+        self.started: dict[Item, float] = {}
 
     def start(self, item: Item, total: int) -> None:
-        self.tasks[item] = self.progress.add_task("queued", total=total, label=item.kind)
+        self.started[item] = time.monotonic()
+        self.monitor.begin(item.object_name, f"{item.kind}, {total} bytes")
 
     def stage(self, item: Item, stage: str, total: int | None = None) -> None:
-        task = self.tasks[item]
-        if total is not None:
-            self.progress.update(task, total=total, completed=0)
-            self.quarters[item] = 0
-        self.progress.update(task, description=stage)
-        if not self.live:
-            log.info("%s: %s", item.object_name, stage)
+        self.current[item] = stage
+        self.monitor.log(item.object_name, f"{item.object_name}: {stage}")
 
     def advance(self, item: Item, completed: int) -> None:
-        task = self.tasks[item]
-        self.progress.update(task, completed=completed)
-        if not self.live:  # a log line at each quarter, for CI logs
-            t = self.progress.tasks[task]
-            quarter = int(4 * completed / t.total) if t.total else 4
-            if 0 < quarter < 4 and quarter > self.quarters.get(item, 0):
-                self.quarters[item] = quarter
-                log.info("%s: %s %d%%", item.object_name, t.description, 25 * quarter)
+        size = item.path.stat().st_size if item.path.is_file() else None
+        self.monitor.progress(f"{item.object_name}: {self.current.get(item, '')}", completed, size, "bytes")
 
     def finish(self, item: Item, result: Result) -> None:
-        task = self.tasks[item]
-        self.progress.update(task, description=result.action, completed=self.progress.tasks[task].total)
-        if not self.live:
-            log.info("%s: %s %s", item.object_name, result.action, result.detail)
+        took = time.monotonic() - self.started.get(item, time.monotonic())
+        self.monitor.end(item.object_name, took, result.ok, f"{result.action} {result.detail}".strip())
 
 
-def summary_table(results: list[Result]) -> object:
-    from rich.table import Table
-
-    table = Table(title="upload summary")
-    for col in ("artifact", "object", "action", "size", "sent", "time", "sha256"):
-        table.add_column(col, justify="right" if col in ("size", "sent", "time") else "left")
+def summary(results: list[Result]) -> str:
+    """The upload summary as plain text columns."""
+    rows = [f"{'ARTIFACT':<9} {'ACTION':<16} {'SIZE':>10} {'SENT':>10} {'TIME':>7}  {'SHA256':<16}  OBJECT"]
     for r in results:
-        style = "red" if not r.ok else ("green" if r.action == "uploaded" else None)
-        table.add_row(
-            r.artifact,
-            r.url,
-            r.action,
-            _human(r.size),
-            _human(r.bytes_sent),
-            f"{r.seconds:.1f}s",
-            r.sha256[:16],
-            style=style,
+        rows.append(
+            f"{r.artifact:<9} {r.action:<16} {_human(r.size):>10} {_human(r.bytes_sent):>10} "
+            f"{r.seconds:>6.1f}s  {r.sha256[:16]:<16}  {r.url}"
         )
-    return table
+    return "\n".join(rows)
 
 
 def _human(n: int) -> str:
