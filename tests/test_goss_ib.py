@@ -127,8 +127,41 @@ def test_kiln_goss_render_prints_the_merged_spec(tmp_path: Path, capsys: pytest.
                      "--vars-inline", json.dumps({"OS": "Ubuntu"})]) == 0  # fmt: skip
     doc = yaml.safe_load(capsys.readouterr().out)
     assert "jq" in doc["package"] and "/etc/debian_version" not in doc["file"]  # inline vars win
-    assert doc["file"]["/etc/kiln-release"]["contents"] == ["/\\QKUBERNETES_SEMVER=v1.31.2\\E/"]
+    assert doc["file"]["/etc/kiln-release"]["contents"] == ['/\\QKUBERNETES_SEMVER="v1.31.2"\\E/']
     bad = tmp_path / "bad.yaml"
     bad.write_text("{{ $nope }}\n")
     assert cli.main(["goss", "render", str(bad)]) == 2
     assert f"{bad}:1: variable $nope is not defined" in capsys.readouterr().err
+
+
+def test_user_specs_and_vars_extend_kilns(tmp_path: Path) -> None:
+    """goss_spec_dir, goss_vars_file and goss_vars_inline: the user's spec runs beside kiln's, with vars
+    merged over kiln's; evaluated here against a probe that answers like the built image would."""
+    from kiln import config, verify
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "goss.yaml").write_text(
+        "{{ $site := .Vars.site }}\nfile:\n  /etc/site-{{ $site }}:\n    exists: {{ .Vars.must_exist }}\n"
+    )
+    varfile = tmp_path / "vars.yaml"
+    varfile.write_text("site: lab\nmust_exist: false\n")
+    cfg = config.load(
+        "debian-12",
+        overrides={
+            "goss_spec_dir": str(specs),
+            "goss_vars_file": str(varfile),
+            "goss_vars_inline": '{"site": "rack4"}',
+        },
+    )
+    values = cfg.plain()
+    assert verify.user_vars(values) == {"site": "rack4", "must_exist": False}
+    assert verify.user_spec(values, "build") == specs / "goss.yaml"
+    assert verify.user_spec(values, "final") == specs / "goss.yaml"
+    vars_ = {**goss.render_vars(values, {"phase": "build"}), **verify.user_vars(values)}
+    spec = goss.load_spec(verify.user_spec(values, "build"), vars_)
+    assert [(r.type, r.id) for r in spec.resources] == [("file", "/etc/site-rack4")]
+    with pytest.raises(Exception, match="goss_vars_inline: not a JSON object"):
+        config.load("debian-12", overrides={"goss_vars_inline": "[1"})
+    with pytest.raises(Exception, match="goss_spec_dir has no goss.yaml"):
+        verify.user_spec({"goss_spec_dir": str(tmp_path / "nothing")}, "build")

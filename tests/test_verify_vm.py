@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kiln import builddir, cidata, cli, ssh
+from kiln import builddir, cidata, cli, goss, ssh, verify
 from kiln.vm import VM
 
 pytestmark = pytest.mark.vm
@@ -89,6 +89,19 @@ def test_broken_image_fails_in_build_check_and_verify(
         vm.wait_for_ssh("kiln", keys.private_key)
         with vm.ssh("kiln", keys.private_key) as session:
             session.run("sudo cloud-init status --wait", check=False, timeout=900)
+            # a spec written the way image-builder users write theirs ($vars, range $k, $v :=, with,
+            # sprig's contains/semverCompare/trimPrefix/replace, \Q...\E, file contains:, YAML anchors under
+            # a non-resource key), rendered and evaluated against the booted image
+            ib_vars = {
+                "kubernetes_version": build.kubernetes_semver, "OS": "Debian", "extra_packages": ["jq"],
+                "sysctls": {"net.ipv4.ip_forward": 1, "net.bridge.bridge-nf-call-iptables": 1}, "nothing": None,
+            }  # fmt: skip
+            ib_file = Path(__file__).parent / "fixtures" / "goss-ib" / "node.yaml"
+            ib_spec = goss.load_spec(ib_file, ib_vars)
+            probe = verify._testinfra_probe("127.0.0.1", vm.ssh_port, "kiln", keys.private_key)
+            ib_results = goss.evaluate(ib_spec, probe)
+            assert not goss.failures(ib_results), goss.failure_table(ib_results)
+            assert len(ib_results) >= 7
             session.run("sudo systemctl mask --now containerd")
 
         # The in-build check (what Packer's shell-local provisioner runs before sysprep) fails on it:

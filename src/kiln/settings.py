@@ -179,6 +179,16 @@ def _image_ref(value: str) -> str | None:
     return None if _IMAGE_RE.match(value) else f"malformed image reference {_show(value)}"
 
 
+def _json_object(value: str) -> str | None:
+    import json
+
+    try:
+        data = json.loads(value)
+    except (ValueError, RecursionError):
+        return f"not a JSON object: {_show(value)}"
+    return None if isinstance(data, dict) else f"must be a JSON object, not {type(data).__name__}"
+
+
 _FORMATS = ("qcow2", "ova", "squashfs", "iso", "netboot", "platform")
 
 
@@ -537,6 +547,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the CNI plugin binaries live in the image.",
         "cni",
         _abs_path,
+    ),
+    S(
+        "goss_spec_dir",
+        str,
+        "",
+        "Your own goss specs, run in addition to kiln's: DIR/goss.yaml in the build's in-guest check, "
+        "DIR/goss-final.yaml (else DIR/goss.yaml) in kiln verify. Relative to the repo root.",
+        "common",
+    ),
+    S(
+        "goss_vars_file",
+        str,
+        "",
+        "A YAML or JSON file of goss vars merged over kiln's (for kiln's specs and yours). Relative to the "
+        "repo root.",
+        "common",
+    ),
+    S(
+        "goss_vars_inline",
+        str,
+        "",
+        "goss vars as a JSON object (text), merged over goss_vars_file, as goss --vars-inline.",
+        "common",
+        _json_object,
     ),
     S(
         "gcs_bucket",

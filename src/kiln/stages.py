@@ -41,7 +41,9 @@ from .settings import BY_NAME
 # Bump a stage's layout when kiln's code changes what that stage puts on the disk.
 LAYOUT = {"base": 1, "os": 1, "kubernetes": 1, "finalize": 1}
 
-_KUBERNETES_KEYS = {k for k in BY_NAME if k.startswith(("kubernetes_", "crictl_"))} | {"extra_roles_after"}
+_KUBERNETES_KEYS = {k for k in BY_NAME if k.startswith(("kubernetes_", "crictl_", "goss_"))} | {
+    "extra_roles_after"
+}
 _FINALIZE_KEYS = {"cpus", "memory", "guest_os_type", "builder", "formats", "disk_size"}
 _BASE_KEYS = {k for k in BY_NAME if k.startswith(("iso_", "cloudimg_", "bootstrap_", "boot_"))} | {
     "os_name", "os_version", "os_family", "install_method", "firmware", "disk_size",
@@ -102,6 +104,21 @@ def _extra_role_files(values: Mapping[str, Any], key: str, repo_root: Path) -> s
     return h.hexdigest()
 
 
+def _user_goss_files(values: Mapping[str, Any], repo_root: Path) -> str:
+    """The user's goss specs and vars file are inputs of the stage that runs the in-guest check."""
+    h = hashlib.sha256()
+    for key in ("goss_spec_dir", "goss_vars_file"):
+        raw = str(values.get(key) or "")
+        if not raw:
+            continue
+        path = Path(raw) if Path(raw).is_absolute() else repo_root / raw
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file():
+                h.update(str(f).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class StageId:
     stage: str
@@ -130,6 +147,7 @@ def stage_ids(values: Mapping[str, Any], repo_root: Path, base_key: str = "") ->
             inputs["roles"] = _extra_role_files(values, "extra_roles_before", repo_root)
         if stage == "kubernetes":
             inputs["roles"] = _extra_role_files(values, "extra_roles_after", repo_root)
+            inputs["user_specs"] = _user_goss_files(values, repo_root)
         if stage == "finalize":
             inputs["kiln"] = __version__
         blob = json.dumps({"parent": parent, "stage": stage, "inputs": inputs}, sort_keys=True, default=str)

@@ -107,8 +107,13 @@ def check_host(
     if goss_binary is not None and not Path(goss_binary).is_file():
         raise InputError(f"{goss_binary}: goss binary not found")
     vars_ = goss.render_vars(values, {"phase": phase, **(extra_vars or {})}, spec_dir=spec_dir)
+    vars_.update(user_vars(values))
     entry = spec_dir / goss.ENTRY[phase]
     spec = goss.load_spec(entry, vars_)  # validates every resource and matcher up front
+    user_entry = user_spec(values, phase)
+    if user_entry is not None:  # the user's specs run as well, with the same vars
+        spec.resources.extend(goss.load_spec(user_entry, vars_).resources)
+        spec.files.append(user_entry)
     for resource in spec.resources:
         if resource.id in skip_ids:
             resource.attrs["skip"] = True  # reported as skipped, by name
@@ -141,6 +146,55 @@ def check_host(
             results, report_dir, {"phase": phase, "engine": engine, "spec": str(entry), **(meta or {})}
         )
     return results
+
+
+def _user_path(raw: str) -> Path:
+    from .config import repo_root
+
+    path = Path(raw)
+    return path if path.is_absolute() else repo_root() / path
+
+
+def user_vars(values: Mapping[str, Any]) -> dict[str, Any]:
+    """goss_vars_file, then goss_vars_inline, merged over kiln's vars (InputError names the file)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    raw = str(values.get("goss_vars_file") or "")
+    if raw:
+        path = _user_path(raw)
+        text = inputs.read_text(path, "goss vars file")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InputError(
+                f"{path}: goss_vars_file is not valid YAML: {str(exc).splitlines()[0]}"
+            ) from None
+        if data is not None and not isinstance(data, dict):
+            raise InputError(f"{path}: goss_vars_file must hold a mapping")
+        out.update(data or {})
+    inline = values.get("goss_vars_inline") or ""
+    if isinstance(inline, Mapping):
+        out.update(inline)
+    elif inline:
+        data = inputs.loads_json(str(inline), "goss_vars_inline", "value")
+        if not isinstance(data, dict):
+            raise InputError("goss_vars_inline: must be a JSON object")
+        out.update(data)
+    return out
+
+
+def user_spec(values: Mapping[str, Any], phase: str) -> Path | None:
+    """The user's entry gossfile for `phase` in goss_spec_dir, or None."""
+    raw = str(values.get("goss_spec_dir") or "")
+    if not raw:
+        return None
+    folder = _user_path(raw)
+    names = ["goss.yaml"] if phase == "build" else ["goss-final.yaml", "goss.yaml"]
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise InputError(f"{folder}: goss_spec_dir has no {' or '.join(names)}")
 
 
 def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> goss.TestinfraProbe:
