@@ -94,7 +94,8 @@ def test_broken_image_fails_in_build_check_and_verify(
             # a non-resource key), rendered and evaluated against the booted image
             ib_vars = {
                 "kubernetes_version": build.kubernetes_semver, "OS": "Debian", "extra_packages": ["jq"],
-                "sysctls": {"net.ipv4.ip_forward": 1, "net.bridge.bridge-nf-call-iptables": 1}, "nothing": None,
+                "sysctls": {"net.ipv4.ip_forward": 1, "net.bridge.bridge-nf-call-iptables": 1},
+                "nothing": None,
             }  # fmt: skip
             ib_file = Path(__file__).parent / "fixtures" / "goss-ib" / "node.yaml"
             ib_spec = goss.load_spec(ib_file, ib_vars)
