@@ -1,0 +1,130 @@
+"""SIGINT and SIGTERM to `kiln build` in each stage: base (mmdebstrap), os (packer), kubernetes (packer, on
+top of a cached os stage) and finalize (qemu-img convert, on top of cached stages). Each time: exit 130, no
+child process survives, no temp dir or partial output is left, no cache entry appears for the interrupted
+stage, and the cached stages it started from are intact. The programs that hang are fakes on PATH (each
+records its pid); the real counterpart is test_stages_vm.py::test_interrupted_stage_leaves_no_cache_entry,
+which interrupts a real Packer/QEMU/Ansible run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln import bootstrap, build, config, stages
+
+REPO = Path(__file__).resolve().parents[1]
+
+HANG = """#!/bin/sh
+# fake {name}: record our pid and a child's, then hang until killed
+{guard}
+sleep 300 &
+echo $! >> {pids}
+echo $$ >> {pids}
+wait
+"""
+
+
+def fake(bin_dir: Path, name: str, pids: Path, guard: str = "") -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    path = bin_dir / name
+    path.write_text(HANG.format(name=name, pids=pids, guard=guard))
+    path.chmod(0o755)
+
+
+def qcow2(path: Path, backing: Path | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        argv += ["-F", "qcow2", "-b", str(backing)]
+    subprocess.run([*argv, str(path), "64M"], check=True)
+    return path
+
+
+def seed_cache(cfg: config.Config, upto: str) -> dict[str, Path]:
+    """A cached base disk and the os (and kubernetes) stages up to `upto`, as a finished build leaves them."""
+    cache = cfg.path("cache_dir")
+    spec = bootstrap.spec_from_config(cfg, cfg.repo_root)
+    entry = cache / "bootstrap" / spec.key()
+    base = qcow2(entry / "base.qcow2")
+    (entry / "info.json").write_text(json.dumps({"root_uuid": "x"}))
+    disks = {"base": base}
+    ids = build.plan_ids(cfg)
+    parent = base
+    wanted = {"base": (), "os": ("os",), "kubernetes": ("os", "kubernetes")}[upto]
+    for stage in wanted:
+        sid = ids[stage]
+        record = stages.Record(
+            sid.id, stage, sid.parent, cfg.target, str(parent), 0, time.time(), time.time(), {}
+        )
+        parent = stages.store(cache, sid.id, qcow2(cache / f"{stage}.qcow2", parent), record)
+        disks[stage] = parent
+    if upto == "kubernetes":
+        (stages.root(cache) / ids["kubernetes"].id / build.PACKAGES_KEPT).write_text("containerd\t1.6\n")
+    return disks
+
+
+CASES = {
+    # stage interrupted: (fake program that hangs, the last stage already cached)
+    "base": ("mmdebstrap", None),
+    "os": ("packer", "base"),
+    "kubernetes": ("packer", "os"),
+    "finalize": ("qemu-img", "kubernetes"),
+}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("stage", list(CASES))
+def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, sig: signal.Signals) -> None:
+    if os.geteuid() != 0 and stage == "base":
+        pytest.skip("the bootstrap base needs root")
+    out, cache, pids, bin_dir = tmp_path / "out", tmp_path / "cache", tmp_path / "pids", tmp_path / "bin"
+    overrides = {"output_dir": str(out), "cache_dir": str(cache), "accelerator": "tcg"}
+    cfg = config.load("debian-12", overrides=overrides, repo_root=REPO)
+    program, cached = CASES[stage]
+    before = seed_cache(cfg, cached) if cached else {}
+    guard = ""
+    if program == "packer":
+        guard = 'if [ "$1" = version ]; then echo "Packer v1.6.6"; exit 0; fi'
+    if program == "qemu-img":  # only `convert` hangs; everything else is the real qemu-img
+        real = subprocess.run(
+            ["sh", "-c", "command -v qemu-img"], capture_output=True, text=True
+        ).stdout.strip()
+        guard = f'if [ "$1" != convert ]; then exec {real} "$@"; fi'
+    fake(bin_dir, program, pids, guard)
+    env = {**os.environ, "PACKER_VAR_FILES": "",
+           "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    argv = [sys.executable, "-m", "kiln", "build", "debian-12", "--no-verify",
+            *[a for k, v in overrides.items() for a in ("--var", f"{k}={v}")]]  # fmt: skip
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (pids.exists() and len(pids.read_text().split()) >= 2):
+        if child.poll() is not None:
+            pytest.fail(child.stdout.read() if child.stdout else "exited")
+        assert time.monotonic() < deadline, "the fake program never started"
+        time.sleep(0.2)
+    child.send_signal(sig)
+    output, _ = child.communicate(timeout=60)
+    assert child.returncode == 130, output
+    assert f"==> {stage}:" in output, output
+    time.sleep(0.3)
+    for pid in map(int, pids.read_text().split()):
+        alive = (
+            Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        )
+        assert not alive, f"process {pid} survived"
+    assert not [p for p in out.iterdir() if p.name != "logs"] if out.exists() else True, "no partial output"
+    ids = build.plan_ids(cfg)
+    if stage in ("os", "kubernetes"):
+        assert stages.lookup(cache, ids[stage].id) is None, "no cache entry for the interrupted stage"
+    assert not list(stages.root(cache).glob(".*.tmp-*")) if stages.root(cache).exists() else True
+    assert not list((cache / "bootstrap").glob(".*.tmp-*")) if (cache / "bootstrap").exists() else True
+    for name, disk in before.items():
+        assert disk.is_file(), f"the cached {name} stage was touched"
