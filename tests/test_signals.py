@@ -98,8 +98,8 @@ def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, 
         ).stdout.strip()
         guard = f'if [ "$1" != convert ]; then exec {real} "$@"; fi'
     fake(bin_dir, program, pids, guard)
-    env = {**os.environ, "PACKER_VAR_FILES": "",
-           "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    path = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "PACKER_VAR_FILES": "", "PATH": path}
     argv = [sys.executable, "-m", "kiln", "build", "debian-12", "--no-verify",
             *[a for k, v in overrides.items() for a in ("--var", f"{k}={v}")]]  # fmt: skip
     child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
