@@ -709,7 +709,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
             continue
         if args.runtime.dry_run:
             continue
-        print(f"up to date: {result.path}" if result.up_to_date else f"built: {result.path}")
+        if args.progress == "json":  # stdout stays JSON lines
+            import json
+
+            print(json.dumps({"event": "result", "path": str(result.path), "up_to_date": result.up_to_date,
+                              "input_hash": result.input_hash, "stages": result.stages}))  # fmt: skip
+        else:
+            print(f"up to date: {result.path}" if result.up_to_date else f"built: {result.path}")
     if failed:
         raise BuildError(f"{len(failed)} of {len(configs)} builds failed:\n" + "\n".join(failed))
     return 0
