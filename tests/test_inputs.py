@@ -393,10 +393,10 @@ def test_cidata_never_replaces_a_foreign_file(tmp_path: Path) -> None:
 def test_build_never_replaces_a_foreign_build_dir(tmp_path: Path) -> None:
     from kiln import build
 
-    foreign = tmp_path / "debian-12+kube-v1.30.2"
+    cfg = config.load("debian-12", overrides={"output_dir": str(tmp_path)}, repo_root=REPO)
+    foreign = tmp_path / cfg.artifact_name
     foreign.mkdir()
     (foreign / "keep").write_text("mine")
-    cfg = config.load("debian-12", overrides={"output_dir": str(tmp_path)}, repo_root=REPO)
     with pytest.raises(InputError, match="was not made by kiln"):
         build.run_build(cfg)
     assert os.listdir(foreign) == ["keep"]
