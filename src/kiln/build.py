@@ -311,7 +311,11 @@ def stage_cached(
                 log_file=ws.log_file,
                 runtime=ws.runtime,
             )
-        cached = stages.store(cache_dir, sid.id, out.disk, record)
+        # the package list the stage wrote travels with it (a build that reuses the stage needs it)
+        extra = (
+            {PACKAGES_KEPT: ws.packages_file} if stage == "kubernetes" and ws.packages_file.is_file() else {}
+        )
+        cached = stages.store(cache_dir, sid.id, out.disk, record, extra)
         ws.monitor.log(stage, f"{stage}: cached as stage {sid.short} ({inputs.human(record.size)})")
         return cached
 
@@ -336,14 +340,13 @@ PACKAGES_KEPT = "packages.txt"
 
 
 def _packages_from_record(ws: Workspace) -> None:
-    """The package list is written by the kubernetes stage's run; a reused stage keeps its copy."""
+    """The package list is written by the kubernetes stage's run and stored with the stage; a build that
+    reuses the stage takes the stored copy."""
     if ws.runtime.dry_run:
         return
     cache_dir = ws.cfg.path("cache_dir")
     kept = stages.root(cache_dir) / ws.ids["kubernetes"].id / PACKAGES_KEPT
-    if ws.packages_file.is_file() and not kept.is_file():
-        shutil.copyfile(ws.packages_file, kept)
-    elif kept.is_file() and not ws.packages_file.is_file():
+    if kept.is_file() and not ws.packages_file.is_file():
         shutil.copyfile(kept, ws.packages_file)
     if not ws.packages_file.is_file():
         raise BuildError(f"{ws.packages_file}: the provision playbook wrote no package list")

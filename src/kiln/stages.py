@@ -236,12 +236,17 @@ def _held(cache_dir: Path, sid: str) -> bool:
     return False
 
 
-def store(cache_dir: Path, sid: str, made: Path, record: Record) -> Path:
-    """Move the finished stage disk `made` into the cache atomically; returns the cached disk path."""
+def store(
+    cache_dir: Path, sid: str, made: Path, record: Record, extra: Mapping[str, Path] | None = None
+) -> Path:
+    """Move the finished stage disk `made` (and copies of `extra` files: name -> path) into the cache
+    atomically: a concurrent build sees the whole entry or none of it. Returns the cached disk path."""
     base = root(cache_dir)
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=base))
     try:
+        for name, path in (extra or {}).items():
+            shutil.copyfile(path, tmp / name)
         shutil.move(str(made), tmp / DISK)
         record.size = (tmp / DISK).stat().st_size
         _write_record(tmp, record)
