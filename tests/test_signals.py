@@ -102,8 +102,10 @@ def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, 
     env = {**os.environ, "PACKER_VAR_FILES": "", "PATH": path}
     argv = [sys.executable, "-m", "kiln", "build", "debian-12", "--no-verify",
             *[a for k, v in overrides.items() for a in ("--var", f"{k}={v}")]]  # fmt: skip
+    # a suite started in the background inherits SIGINT ignored: the child gets the default disposition back
     child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)  # fmt: skip
+                             start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 120
     while not (pids.exists() and len(pids.read_text().split()) >= 2):
         if child.poll() is not None:
