@@ -492,7 +492,9 @@ def run_build(
         ok = True
         ws.monitor.log("build", "stages: " + json.dumps(ws.timings), show=False)
         ws.monitor.log(
-            "build", f"built {final} in {sum(ws.timings.values()):.0f}s " + _stage_summary(ws.timings)
+            "build",
+            f"built {final} in {sum(v for k, v in ws.timings.items() if k != 'formats'):.0f}s "
+            + _stage_summary(ws.timings),
         )
         base_cached = ws.base.cached if ws.base is not None else None
         return BuildResult(final, name, dict(ws.timings), base_cached, digest, reused=dict(ws.reused))
