@@ -31,7 +31,6 @@ from .errors import InputError
 MANIFEST = "packer-manifest.json"
 CONFIG = "config.json"
 LOG = "build.log"
-INSTALL_MARKER = inputs.MARKER
 
 log = logging.getLogger(__name__)
 

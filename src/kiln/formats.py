@@ -20,7 +20,6 @@ the image's tree. Needs root (loop device and mount), as the bootstrap base does
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -346,10 +345,4 @@ def produce(
         }
         tgz = build_dir / f"{name}.platform.tgz"
         made.append(make_platform(tgz, files, os_release, built, gitstatus(repo_root, runtime)))
-    if "squashfs" not in formats and "platform" not in formats and "netboot" not in formats:
-        pass  # the squashfs is kept: the ISO is made from it and the index lists it
     return made
-
-
-def sha256_text(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
