@@ -384,16 +384,7 @@ def _cmd_goss_render(args: argparse.Namespace) -> int:
 
     variables: dict[str, object] = {}
     for path in args.vars:
-        text = inputs.read_text(path, "goss vars file")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise InputError(
-                f"{path}: goss vars file is not valid YAML: {str(exc).splitlines()[0]}"
-            ) from None
-        if data is not None and not isinstance(data, dict):
-            raise InputError(f"{path}: goss vars file must hold a mapping")
-        variables.update(data or {})
+        variables.update(goss.read_vars_file(path))
     if args.vars_inline:
         inline = inputs.loads_json(args.vars_inline, "--vars-inline", "JSON")
         if not isinstance(inline, dict):

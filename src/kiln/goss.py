@@ -102,6 +102,20 @@ def _words(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def read_vars_file(path: Path, what: str = "goss vars file") -> dict[str, Any]:
+    """A YAML (or JSON) file of goss vars, as `goss --vars` reads it; InputError names the file."""
+    from . import inputs
+
+    text = inputs.read_text(path, what)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: {what} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise InputError(f"{path}: {what} must hold a mapping")
+    return dict(data or {})
+
+
 def render_vars(
     values: Mapping[str, Any], extra: Mapping[str, Any] | None = None, spec_dir: Path = SPEC_DIR
 ) -> dict[str, Any]:

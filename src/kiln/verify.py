@@ -157,22 +157,10 @@ def _user_path(raw: str) -> Path:
 
 def user_vars(values: Mapping[str, Any]) -> dict[str, Any]:
     """goss_vars_file, then goss_vars_inline, merged over kiln's vars (InputError names the file)."""
-    import yaml
-
     out: dict[str, Any] = {}
     raw = str(values.get("goss_vars_file") or "")
     if raw:
-        path = _user_path(raw)
-        text = inputs.read_text(path, "goss vars file")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise InputError(
-                f"{path}: goss_vars_file is not valid YAML: {str(exc).splitlines()[0]}"
-            ) from None
-        if data is not None and not isinstance(data, dict):
-            raise InputError(f"{path}: goss_vars_file must hold a mapping")
-        out.update(data or {})
+        out.update(goss.read_vars_file(_user_path(raw), "goss_vars_file"))
     inline = values.get("goss_vars_inline") or ""
     if isinstance(inline, Mapping):
         out.update(inline)
