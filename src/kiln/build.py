@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -412,6 +412,17 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
 # --- the pipeline ------------------------------------------------------------------------------------------
 
 
+def run_stages(ws: Workspace, verify: bool, publish: Callable[[], None] | None = None) -> None:
+    """The stage sequence, the same for a build and a dry run; `publish` runs last, inside finalize."""
+    with ws.stage("base", "base disk"):
+        stage_base(ws)
+    stage_provision(ws, PackerRunner())
+    with ws.stage("finalize", "qcow2, OVA, sha256, manifest, verify"):
+        stage_finalize(ws, verify)
+        if publish is not None:
+            publish()
+
+
 def input_hash(cfg: Config) -> str:
     """The finished image's input hash: the ID of its finalize stage."""
     return plan_ids(cfg)["finalize"].id
@@ -480,15 +491,13 @@ def run_build(
         ws.monitor.log("build", f"input hash {digest}", show=False)
         ws.monitor.log("build", "config: " + json.dumps(cfg.plain(), sort_keys=True), show=False)
         ws.work.mkdir(mode=0o700)
-        runner = PackerRunner()
-        with ws.stage("base", "base disk"):
-            stage_base(ws)
-        stage_provision(ws, runner)
-        with ws.stage("finalize", "qcow2, OVA, sha256, manifest, verify"):
-            stage_finalize(ws, verify)
+
+        def publish() -> None:
             temp.chmod(0o755)  # mkdtemp made it private; the published build is readable like its files
             inputs.mark(temp, f"kiln build of {name}")
             _publish(temp, final)
+
+        run_stages(ws, verify, publish)
         ok = True
         ws.monitor.log("build", "stages: " + json.dumps(ws.timings), show=False)
         ws.monitor.log(
@@ -534,12 +543,7 @@ def _dry_run(
             ws.work.mkdir()
             for stage, sid in ids.items():
                 mon.log("plan", f"{stage}: stage ID {sid.short}")
-            runner = PackerRunner()
-            with ws.stage("base", "base disk"):
-                stage_base(ws)
-            stage_provision(ws, runner)
-            with ws.stage("finalize", "qcow2, OVA, sha256, manifest, verify"):
-                stage_finalize(ws, verify)
+            run_stages(ws, verify)
     mon.log("build", f"dry run: would publish {final}")
     return BuildResult(final, name, dict(ws.timings), None, ids["finalize"].id)
 
