@@ -524,13 +524,7 @@ def _apply_file(
             layering.pending[setting.name] = (value, origin)  # resolved after layering
             continue
         layering.pending.pop(setting.name, None)
-        if isinstance(value, str) and setting.type is not str:
-            try:
-                value = coerce(setting, value)
-            except ValueError as exc:
-                problems.append(f"{origin}: {setting.name}: {exc}")
-                continue
-        _set(setting, value, origin, values, origins, problems)
+        _set_coerced(setting, value, origin, values, origins, problems)
 
 
 def _as_text(value: Any) -> str:
@@ -608,13 +602,28 @@ def _resolve_templates(
             if text is None:
                 continue
             resolved = text
-        if isinstance(resolved, str) and setting.type is not str:
-            try:
-                resolved = coerce(setting, resolved)
-            except ValueError as exc:
-                problems.append(f"{origin}: {key}: {exc} (after resolving {{{{user}}}} references)")
-                continue
-        _set(setting, resolved, origin, values, origins, problems)
+        _set_coerced(
+            setting, resolved, origin, values, origins, problems, " (after resolving {{user}} references)"
+        )
+
+
+def _set_coerced(
+    setting: Setting,
+    value: Any,
+    origin: str,
+    values: dict[str, Any],
+    origins: dict[str, str],
+    problems: list[str],
+    note: str = "",
+) -> None:
+    """A Packer-style string (\"40960\", \"true\", \"a b c\") coerced to the key's type, then set."""
+    if isinstance(value, str) and setting.type is not str:
+        try:
+            value = coerce(setting, value)
+        except ValueError as exc:
+            problems.append(f"{origin}: {setting.name}: {exc}{note}")
+            return
+    _set(setting, value, origin, values, origins, problems)
 
 
 def _set(
