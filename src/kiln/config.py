@@ -616,7 +616,7 @@ def _set_coerced(
     problems: list[str],
     note: str = "",
 ) -> None:
-    """A Packer-style string (\"40960\", \"true\", \"a b c\") coerced to the key's type, then set."""
+    """A Packer-style string ('40960', 'true', 'a b c') coerced to the key's type, then set."""
     if isinstance(value, str) and setting.type is not str:
         try:
             value = coerce(setting, value)

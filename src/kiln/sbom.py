@@ -132,29 +132,25 @@ def document(
                     "from the pkgs.k8s.io repository",
                 )
             )
-    if values.get("containerd_source_type") == "http":
-        version = str(values.get("containerd_version", ""))
+    # release tarballs (http sources): (source-type key, name, version key, purl, url key, sha256 key)
+    tarballs = (
+        ("containerd_source_type", "containerd", "containerd_version",
+         "pkg:github/containerd/containerd@v{bare}", "containerd_url", "containerd_sha256"),
+        ("cni_source_type", "cni-plugins", "cni_plugins_version",
+         "pkg:github/containernetworking/plugins@{version}", "cni_url", "cni_sha256"),
+    )  # fmt: skip
+    for source_key, name, version_key, purl, url_key, sha_key in tarballs:
+        if values.get(source_key) != "http":
+            continue
+        version = str(values.get(version_key, ""))
         pkgs.append(
             _package(
-                _spdx_id("Runtime", "containerd"),
-                "containerd",
+                _spdx_id("Runtime", name),
+                name,
                 version,
-                f"pkg:github/containerd/containerd@v{version.lstrip('v')}",
-                str(values.get("containerd_url", "")),
-                str(values.get("containerd_sha256") or "") or None,
-                "release tarball, sha256-verified",
-            )
-        )
-    if values.get("cni_source_type") == "http":
-        version = str(values.get("cni_plugins_version", ""))
-        pkgs.append(
-            _package(
-                _spdx_id("Runtime", "cni-plugins"),
-                "cni-plugins",
-                version,
-                f"pkg:github/containernetworking/plugins@{version}",
-                str(values.get("cni_url", "")),
-                str(values.get("cni_sha256") or "") or None,
+                purl.format(version=version, bare=version.lstrip("v")),
+                str(values.get(url_key, "")),
+                str(values.get(sha_key) or "") or None,
                 "release tarball, sha256-verified",
             )
         )
