@@ -40,8 +40,9 @@ KILN_FLAGS = $(if $(filter 1,$(FOREGROUND)),--foreground) $(if $(filter 1,$(DEBU
   $(foreach v,$(KUBERNETES_VERSIONS),--kubernetes-version $(v)) $(if $(filter 1,$(FORCE)),--force) \
   $(if $(FORMATS),--var "formats=$(FORMATS)")
 KILN_ENV = PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(K8S_STANDIN_WRAP)
-# K8S_STANDIN=1: offline builds. Serves TEST FIXTURE stand-ins for kubelet/kubeadm/kubectl (with sha256s) over
-# local HTTP for the duration of the command and selects them (kubernetes_source_type=http) through a var file.
+# K8S_STANDIN=1: offline builds. Serves TEST FIXTURE stand-ins for kubelet/kubeadm/kubectl and crictl, and the
+# host Debian's real containerd and runc repackaged as their release downloads (all with sha256s), over local
+# HTTP for the duration of the command, and selects them (the http sources) through a var file.
 K8S_STANDIN_VERSION ?= $(shell PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(KILN) config debian-12 --get kubernetes_semver)
 K8S_STANDIN_WRAP = $(if $(filter 1,$(K8S_STANDIN)),$(VENV)/bin/python tests/fixtures/k8s_standin.py run \
   $(foreach v,$(or $(KUBERNETES_VERSIONS),$(K8S_STANDIN_VERSION)),--version $(v)) --)

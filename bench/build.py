@@ -30,7 +30,7 @@ import k8s_standin  # noqa: E402  (test fixture, found through the path above)
 
 from kiln import build, config, progress  # noqa: E402
 
-VERSIONS = ("v1.30.2", "v1.31.4", "v1.32.1", "v1.33.2", "v1.34.0")
+VERSIONS = ("v1.36.1", "v1.35.7", "v1.34.10", "v1.33.13", "v1.32.13")
 
 
 def main() -> int:
@@ -48,9 +48,7 @@ def main() -> int:
     server = k8s_standin.start()
     url = f"http://{k8s_standin.GUEST_HOST}:{server.server_address[1]}"
     var_file = work / "standin.json"
-    sums = {f"{v}/{n}": h for v in VERSIONS for n, h in k8s_standin.sums(v).items()}
-    var_file.write_text(json.dumps({"kubernetes_source_type": "http", "kubernetes_http_source": url,
-                                    "kubernetes_http_sha256": sums}))  # fmt: skip
+    var_file.write_text(json.dumps(k8s_standin.var_values(list(VERSIONS), url)))
     monitor = progress.Terminal()
 
     def run(label: str, **overrides: str) -> float:

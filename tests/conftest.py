@@ -24,6 +24,9 @@ from kiln.builddir import BuildDir
 REPO = Path(__file__).resolve().parents[1]
 # the session image carries every format, so that the live-format tests boot what the suite built
 ALL_FORMATS = "qcow2 ova squashfs iso netboot platform"
+# the site var file layered into the shared image (tests/fixtures/site/README.md): image-builder settings
+SITE_VAR_FILES = (REPO / "tests" / "fixtures" / "site" / "node.json",)
+SITE_MAKE_VAR = "PACKER_VAR_FILES=" + " ".join(str(p) for p in SITE_VAR_FILES)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
             "--no-print-directory",
             "build-qemu-debian-12",
             "K8S_STANDIN=1",
+            SITE_MAKE_VAR,
             f"PACKER_FLAGS={flags}",
             f"FORMATS={ALL_FORMATS}",
         ],

@@ -10,9 +10,10 @@ import pytest
 
 from kiln import cli, config
 from kiln.errors import ConfigError, InputError
-from kiln.settings import SETTINGS
+from kiln.settings import BY_NAME, SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
+SEMVER = str(BY_NAME["kubernetes_semver"].default)  # kiln's default Kubernetes version
 
 
 @pytest.fixture
@@ -116,10 +117,11 @@ def test_derived_kubernetes_versions(repo: Path) -> None:
 
 
 def test_explicit_derived_value_wins(repo: Path) -> None:
-    edit(repo / "config/kubernetes.json", kubernetes_deb_version="1.30.2-2.1")
+    pinned = f"{SEMVER[1:]}-2.1"  # another package revision of the same release
+    edit(repo / "config/kubernetes.json", kubernetes_deb_version=pinned)
     cfg = config.load("debian-12", repo_root=repo)
     assert (cfg.get("kubernetes_deb_version"), cfg.origins["kubernetes_deb_version"]) == (
-        "1.30.2-2.1",
+        pinned,
         "config/kubernetes.json",
     )
 
@@ -228,13 +230,13 @@ def test_missing_boot_file(repo: Path) -> None:
         ),
         (
             "debian-12",
-            {"kubernetes_rpm_version": "1.30.1"},
-            "kubernetes_rpm_version: 1.30.1 contradicts kubernetes_semver v1.30.2",
+            {"kubernetes_rpm_version": "1.29.1"},
+            f"kubernetes_rpm_version: 1.29.1 contradicts kubernetes_semver {SEMVER}",
         ),
         (
             "debian-12",
-            {"containerd_source_type": "http"},
-            "containerd_url: required when containerd_source_type is http",
+            {"cni_source_type": "http"},
+            "cni_url: required when cni_source_type is http",
         ),
         ("ubuntu-2204", {"iso_checksum": "45f873de"}, "iso_checksum: malformed checksum"),
     ],
@@ -304,12 +306,15 @@ def test_cli_config_show_origin_and_json(
     lines = capsys.readouterr().out.splitlines()
     assert any(line.split() == ["-var", "cpus=4"] for line in lines)
     assert any(line.split() == [str(var_file), "memory=8192"] for line in lines)
-    assert any(line.split() == ["derived", "kubernetes_series=v1.30"] for line in lines)
+    series = SEMVER.rsplit(".", 1)[0]
+    assert any(line.split() == ["derived", f"kubernetes_series={series}"] for line in lines)
+    url = config.CONTAINERD_RELEASE.format(v="2.3.2")
+    assert any(line.split()[:2] == ["derived", f"containerd_url={url}"] for line in lines)
     assert cli.main(["config", "debian-12", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["memory"] == {"value": 8192, "origin": str(var_file)}
     assert cli.main(["config", "debian-12", "--get", "kubernetes_rpm_version"]) == 0
-    assert capsys.readouterr().out.strip() == "1.30.2"
+    assert capsys.readouterr().out.strip() == SEMVER[1:]
 
 
 def test_cli_list(repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

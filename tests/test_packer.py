@@ -211,7 +211,8 @@ def test_real_packer_starts_qemu_with_kilns_arguments(
     assert argv[argv.index("-cpu") + 1] == "max"
     assert "accel=tcg" in argv[argv.index("-machine") + 1]
     drive = argv[argv.index("-drive") + 1]
-    assert drive.startswith(f"file={ctx.output_dir}/debian-12+kube-v1.30.2.qcow2,")  # a copy, not the cache
+    # a copy, not the cache
+    assert drive.startswith(f"file={ctx.output_dir}/{cfg.artifact_name}.qcow2,")
     assert base.read_bytes() == before
     assert ("-bios" in argv) == (firmware == "efi")
     if firmware == "efi":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALL_FORMATS
+from conftest import ALL_FORMATS, SITE_VAR_FILES
 from gcs_servers import BUCKET, FakeGcs, object_names, read_object
 from kiln import build, config, gcs, release
 
@@ -19,26 +19,22 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.vm, pytest.mark.gcs]
 
 
-def _standin_config(built_image) -> config.Config:  # type: ignore[no-untyped-def]
-    """The config the built image was built from (the stand-in's var file, minus its port)."""
+def _standin_config(built_image, tmp_path: Path) -> config.Config:  # type: ignore[no-untyped-def]
+    """The config the built image was built from (the site's and the stand-in's var files; any port)."""
     semver = built_image.dir.kubernetes_semver
-    sums = subprocess.run(
-        [sys.executable, str(REPO / "tests/fixtures/k8s_standin.py"), "sums", "--version", semver],
+    standin = subprocess.run(
+        [sys.executable, str(REPO / "tests/fixtures/k8s_standin.py"), "vars", "--version", semver],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    overrides = {
-        "output_dir": str(built_image.path.parent),
-        "kubernetes_semver": semver,
-        "kubernetes_source_type": "http",
-        "kubernetes_http_source": "http://10.0.2.2:1",
-        "kubernetes_http_sha256": sums,
-        "formats": ALL_FORMATS,
-    }
-    return config.load("debian-12", overrides=overrides, repo_root=REPO)
+    var_file = tmp_path / "standin.json"
+    var_file.write_text(standin)
+    overrides = {"output_dir": str(built_image.path.parent), "formats": ALL_FORMATS}
+    var_files = [*SITE_VAR_FILES, var_file]
+    return config.load("debian-12", var_files=var_files, overrides=overrides, repo_root=REPO)
 
 
 def test_release_of_the_built_image(built_image, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cfg = _standin_config(built_image)
+    cfg = _standin_config(built_image, tmp_path)
     assert build.input_hash(cfg) == built_image.dir.custom_data["input_hash"], "same inputs, same hash"
     server = FakeGcs()
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kiln import config, sbom
+from kiln.settings import BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 SUMS = {"kubelet": "a" * 64, "kubeadm": "b" * 64, "kubectl": "c" * 64}
@@ -36,7 +37,8 @@ def test_sbom_is_valid_spdx_and_names_the_node_components(tmp_path: Path, overri
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(out.read_text())
     names = {p["name"]: p for p in doc["packages"]}
-    assert names["containerd"]["versionInfo"] and names["kubelet"]["versionInfo"] == "v1.30.2"
+    semver = BY_NAME["kubernetes_semver"].default
+    assert names["containerd"]["versionInfo"] and names["kubelet"]["versionInfo"] == semver
     purls = [ref["referenceLocator"] for p in doc["packages"] for ref in p.get("externalRefs", [])]
     assert "pkg:deb/debian/libc6@2.36-9?arch=amd64" in purls
     if overrides:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALL_FORMATS
+from conftest import ALL_FORMATS, SITE_MAKE_VAR, SITE_VAR_FILES
 from kiln import build, config, stages
 from kiln.builddir import BuildDir
 from test_vm_build import offline_hygiene
@@ -47,7 +47,7 @@ def test_unchanged_rebuild_is_up_to_date_and_touches_nothing(built_image):
     started = time.monotonic()
     accel = os.environ.get("KILN_TEST_ACCELERATOR", "tcg")
     proc = subprocess.run(
-        ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1",
+        ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1", SITE_MAKE_VAR,
          f"PACKER_FLAGS=-var output_dir={out_root} -var accelerator={accel}", f"FORMATS={ALL_FORMATS}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -62,7 +62,7 @@ def _start(out: Path, log: Path, verify: bool) -> subprocess.Popen[bytes]:
     argv = [*STANDIN, "--version", OTHER_VERSION, "--", str(REPO / ".venv" / "bin" / "kiln"), "build",
             "debian-12", "--only", "qemu", "--var-file", "{varfile}", "--kubernetes-version", OTHER_VERSION,
             *_flags(out), *([] if verify else ["--no-verify"])]  # fmt: skip
-    env = {**os.environ, "PACKER_VAR_FILES": ""}
+    env = {**os.environ, "PACKER_VAR_FILES": " ".join(str(p) for p in SITE_VAR_FILES)}  # as built_image
     with open(log, "wb") as fh:
         return subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
 

@@ -167,7 +167,7 @@ def test_goss_binary_is_copied_with_spec_and_vars_and_its_json_read(
     remote = {Path(p).name: v for p, v in session.puts.items()}
     assert remote["goss"][1] == 0o755
     assert {"goss.yaml", "packages.yaml", "services.yaml", "node.yaml", "kubernetes.yaml"} <= set(remote)
-    assert "kubernetes_semver: v1.30.2" in remote["vars.yaml"][0]
+    assert f"kubernetes_semver: {values['kubernetes_semver']}" in remote["vars.yaml"][0]
     run = [c for c in session.commands if "validate" in c][0]
     assert "sudo ./goss -g goss.yaml --vars vars.yaml validate -f json" in run
     assert any(c.startswith("rm -rf /tmp/kiln-goss-") for c in session.commands)  # nothing left in the guest

@@ -663,8 +663,16 @@ def derived_kubernetes(semver: str) -> dict[str, str]:
     }
 
 
+CONTAINERD_RELEASE = (
+    "https://github.com/containerd/containerd/releases/download/v{v}/containerd-{v}-linux-amd64.tar.gz"
+)
+
+
 def _derive(values: dict[str, Any], origins: dict[str, str]) -> None:
-    for key, value in derived_kubernetes(str(values["kubernetes_semver"])).items():
+    derived = derived_kubernetes(str(values["kubernetes_semver"]))
+    containerd = str(values["containerd_version"]).removeprefix("v")
+    derived["containerd_url"] = CONTAINERD_RELEASE.format(v=containerd)
+    for key, value in derived.items():
         if origins[key] == DEFAULT:
             values[key] = value
             origins[key] = DERIVED
@@ -784,10 +792,9 @@ def _check_consistency(
                 f"{origins['kubernetes_http_sha256']}: kubernetes_http_sha256: missing sha256 for "
                 f"{', '.join(missing)} (required when kubernetes_source_type is http)"
             )
-    for prefix in ("containerd", "cni"):
-        if values[f"{prefix}_source_type"] == "http":
-            for key in (f"{prefix}_url", f"{prefix}_sha256"):
-                _need(key, f"{prefix}_source_type is http", values, origins, problems)
+    if values["cni_source_type"] == "http":  # containerd's URL is derived and its sums published beside it
+        for key in ("cni_url", "cni_sha256"):
+            _need(key, "cni_source_type is http", values, origins, problems)
     semver = str(values["kubernetes_semver"])
     for key, want in derived_kubernetes(semver).items():
         if origins[key] == DERIVED or key not in _MUST_MATCH:

@@ -41,6 +41,13 @@ ALL = DISK_FORMATS + LIVE_FORMATS
 SQUASHFS_DIR = "squashfs"
 NETBOOT_DIR = "netboot"
 LIVE_CMDLINE = "boot=live components console=tty0 console=ttyS0,115200n8"
+
+
+def live_cmdline(kernel_params: str = "") -> str:
+    """The live kernel command line, with the image's extra_kernel_boot_params as its disk boot has them."""
+    return f"{LIVE_CMDLINE} {kernel_params}".strip()
+
+
 TYPES = (
     (stat.S_ISREG, "f"),
     (stat.S_ISDIR, "d"),
@@ -211,8 +218,8 @@ boot
 """
 
 
-def ipxe_script(name: str, base: str, extra: str = "") -> str:
-    text = IPXE.format(name=name, base=base, cmdline=LIVE_CMDLINE)
+def ipxe_script(name: str, base: str, extra: str = "", kernel_params: str = "") -> str:
+    text = IPXE.format(name=name, base=base, cmdline=live_cmdline(kernel_params))
     return text.replace("${extra}", extra).replace(" \n", "\n")
 
 
@@ -225,6 +232,7 @@ def make_iso(
     work: Path,
     runtime: Runtime | None,
     log_file: IO[str] | None,
+    kernel_params: str = "",
 ) -> Path:
     stage = work / "iso"
     (stage / "live").mkdir(parents=True)
@@ -232,7 +240,8 @@ def make_iso(
     shutil.copyfile(kernel, stage / "live" / "vmlinuz")
     shutil.copyfile(initrd, stage / "live" / "initrd.img")
     os.link(squashfs, stage / "live" / "filesystem.squashfs")
-    (stage / "boot" / "grub" / "grub.cfg").write_text(GRUB_CFG.format(name=name, cmdline=LIVE_CMDLINE))
+    grub_cfg = GRUB_CFG.format(name=name, cmdline=live_cmdline(kernel_params))
+    (stage / "boot" / "grub" / "grub.cfg").write_text(grub_cfg)
     proc.run(
         ["grub-mkrescue", "-o", str(out), str(stage), "--", "-volid", "KILN_LIVE"],
         log_file=log_file,
@@ -289,6 +298,7 @@ def produce(
     repo_root: Path,
     work: Path,
     *,
+    kernel_params: str = "",
     runtime: Runtime | None = None,
     log_file: IO[str] | None = None,
     say: Any = None,
@@ -323,7 +333,7 @@ def produce(
     if "iso" in formats:
         note("iso: hybrid BIOS/UEFI live ISO (grub-mkrescue, xorriso)")
         iso = build_dir / f"{name}.iso"
-        made.append(make_iso(name, kernel, initrd, squash, iso, work, runtime, log_file))
+        made.append(make_iso(name, kernel, initrd, squash, iso, work, runtime, log_file, kernel_params))
         made.append(Path(f"{iso}.sha256"))
         Path(f"{iso}.sha256").write_text(sha256_file(iso))
     if "netboot" in formats:
@@ -332,7 +342,7 @@ def produce(
         shutil.copyfile(kernel, net / "vmlinuz")
         shutil.copyfile(initrd, net / "initrd")
         os.link(squash, net / "filesystem.squashfs")
-        (net / "boot.ipxe").write_text(ipxe_script(name, "http://SERVER/PATH"))
+        (net / "boot.ipxe").write_text(ipxe_script(name, "http://SERVER/PATH", kernel_params=kernel_params))
         made += [net / n for n in ("vmlinuz", "initrd", "filesystem.squashfs", "boot.ipxe")]
     if "platform" in formats:
         note("platform: the Triton-style tarball")

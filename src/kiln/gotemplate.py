@@ -19,6 +19,7 @@ call (`contains`, `hasPrefix`, `hasSuffix`, `semverCompare`, `regexMatch`, `toLo
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -449,7 +450,11 @@ class _Renderer:
                 raise TemplateError(f"{where}: printf supports only %s, %d, %v and %q")
             fmt = args[0].replace("%v", "%s").replace("%q", "%s")
             specs = re.findall(r"%([sdvq])", args[0])
-            quoted = [f'"{a}"' if spec == "q" else a for spec, a in zip(specs, args[1:], strict=False)]
+            # %q as Go quotes: a double-quoted string with backslash escapes (JSON's are the same for text)
+            quoted = [
+                json.dumps(_text(a), ensure_ascii=False) if spec == "q" else a
+                for spec, a in zip(specs, args[1:], strict=False)
+            ]
             try:
                 return fmt % tuple(_text(a) if not isinstance(a, int | float) else a for a in quoted)
             except (TypeError, ValueError) as exc:

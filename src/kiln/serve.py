@@ -43,6 +43,7 @@ class Server:
                 hint="build with the netboot format: make build-qemu-debian-12 FORMATS='qcow2 ova netboot'",
             )
         self.name = build.name
+        self.kernel_params = str(build.values().get("extra_kernel_boot_params") or "")
         self.seed = dict(seed or {})
         server = self
 
@@ -89,7 +90,7 @@ class Server:
 
     def script(self) -> bytes:
         extra = f"ds=nocloud-net;s={self.base}/seed/" if self.seed else ""
-        return ipxe_script(self.name, self.base, extra).encode()
+        return ipxe_script(self.name, self.base, extra, self.kernel_params).encode()
 
     def lookup(self, path: str) -> tuple[bytes | None, Path | None]:
         name = path.lstrip("/")

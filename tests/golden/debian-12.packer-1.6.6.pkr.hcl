@@ -6,7 +6,7 @@ packer {
 }
 
 source "qemu" "node" {
-  vm_name          = "debian-12+kube-v1.30.2.qcow2"
+  vm_name          = "debian-12+kube-v1.36.1.qcow2"
   output_directory = "/kiln-build/packer-output"
   format           = "qcow2"
   disk_compression = true

@@ -6,7 +6,7 @@ packer {
 }
 
 source "qemu" "node" {
-  vm_name          = "ubuntu-2004+kube-v1.30.2.qcow2"
+  vm_name          = "ubuntu-2004+kube-v1.36.1.qcow2"
   output_directory = "/kiln-build/packer-output"
   format           = "qcow2"
   disk_compression = true
@@ -42,7 +42,7 @@ source "qemu" "node" {
 
 
 source "vmware-iso" "node" {
-  vm_name              = "ubuntu-2004+kube-v1.30.2"
+  vm_name              = "ubuntu-2004+kube-v1.36.1"
   output_directory     = "/kiln-build/packer-output-vmware"
   guest_os_type        = "ubuntu-64"
   version              = "13"

@@ -20,7 +20,7 @@ packer {
 }
 
 source "qemu" "node" {
-  vm_name          = "ubuntu-2404-cloudimg+kube-v1.30.2.qcow2"
+  vm_name          = "ubuntu-2404-cloudimg+kube-v1.36.1.qcow2"
   output_directory = "/kiln-build/packer-output"
   format           = "qcow2"
   disk_compression = true
