@@ -334,3 +334,17 @@ def test_readme_configuration_table_matches_settings_table() -> None:
         "README.md: the Configuration table is stale; paste the output of "
         "kiln.settings.markdown_table() (command in HACKING.md)"
     )
+
+
+def test_containerd_url_is_derived_from_its_version_unless_set(repo: Path) -> None:
+    cfg = config.load("debian-12", repo_root=repo)
+    assert cfg.get("containerd_source_type") == "http" and cfg.get("containerd_sha256") == ""
+    assert cfg.get("containerd_url") == config.CONTAINERD_RELEASE.format(v=cfg.get("containerd_version"))
+    cfg = config.load("debian-12", overrides={"containerd_version": "2.2.1"}, repo_root=repo)
+    assert cfg.get("containerd_url").endswith("/v2.2.1/containerd-2.2.1-linux-amd64.tar.gz")
+    assert cfg.origins["containerd_url"] == "derived"
+    mirror = "https://mirror.example/containerd.tgz"
+    cfg = config.load("debian-12", overrides={"containerd_url": mirror}, repo_root=repo)
+    assert (cfg.get("containerd_url"), cfg.origins["containerd_url"]) == (mirror, "-var")
+    with pytest.raises(ConfigError, match="containerd_url: must not be empty"):
+        config.load("debian-12", overrides={"containerd_url": ""}, repo_root=repo)

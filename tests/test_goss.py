@@ -206,6 +206,52 @@ def test_vars_follow_the_config() -> None:
     assert not any(r.type == "package" and r.id == "kubelet" for r in spec.resources)
 
 
+def test_site_settings_are_checked_by_kilns_specs() -> None:
+    """The image-builder settings of the suite's site var file each get a check, in the build and/or on the
+    booted image; without them the checks are not there."""
+    site = Path(__file__).parent / "fixtures" / "site" / "node.json"
+    values = dict(config.load("debian-12", var_files=[site]).values)
+    by_phase = {}
+    for phase in ("build", "final"):
+        extra = {"phase": phase, **(FINAL_EXTRA if phase == "final" else {})}
+        spec = goss.load_spec(goss.SPEC_DIR / goss.ENTRY[phase], goss.render_vars(values, extra))
+        by_phase[phase] = {(r.type, r.id): r for r in spec.resources}
+    build, final = by_phase["build"], by_phase["final"]
+    grub = build[("file", "/etc/default/grub.d/90-kiln-extra.cfg")].checks["contents"].matcher
+    assert grub('GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX mitigations=auto nosoftlockup"')
+    assert not grub('GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX mitigations=auto"')
+    cmdline = final[("file", "/proc/cmdline")].checks["contents"].matcher
+    assert cmdline("BOOT_IMAGE=/vmlinuz root=UUID=x ro mitigations=auto nosoftlockup")
+    assert not cmdline("BOOT_IMAGE=/vmlinuz root=UUID=x ro")
+    assert ("file", "/proc/cmdline") not in build
+    registry = build[("file", "/etc/kiln/kubeadm-registry")].checks["contents"].matcher
+    assert registry("# kiln\nregistry.internal.example/k8s\n") and not registry("registry.k8s.io\n")
+    toml = build[("file", "/etc/containerd/config.toml")].checks["contents"].matcher
+    assert not toml('SystemdCgroup = true\nsandbox_image = "registry.internal.example/k8s/pause:3.10.1"\n')
+    assert toml(
+        'SystemdCgroup = true\nsandbox_image = "registry.internal.example/k8s/pause:3.10.1"\n'
+        "# kiln: containerd_additional_settings\n"
+    )
+    plain = dict(config.load("debian-12").values)
+    spec = goss.load_spec(goss.SPEC_DIR / "goss.yaml", goss.render_vars(plain, {"phase": "build"}))
+    ids = {(r.type, r.id) for r in spec.resources}
+    assert ("file", "/etc/kiln/kubeadm-registry") not in ids
+    assert ("file", "/etc/default/grub.d/90-kiln-extra.cfg") not in ids
+
+
+@pytest.mark.parametrize("source", ["http", "pkg"])
+def test_containerd_version_is_checked_with_either_source(source: str) -> None:
+    values = _values("debian-12")
+    values.update(containerd_source_type=source, containerd_version="1.6.20")
+    spec = goss.load_spec(goss.SPEC_DIR / "goss.yaml", goss.render_vars(values, {"phase": "build"}))
+    check = next(r for r in spec.resources if r.id == "containerd --version").checks["stdout"].matcher
+    assert check("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n")
+    assert check("containerd github.com/containerd/containerd/v2 v1.6.20 0123abc\n")
+    assert not check("containerd github.com/containerd/containerd 1.6.2 abc\n")
+    assert not check("containerd github.com/containerd/containerd 1.6.201 abc\n")
+    assert not check("containerd github.com/containerd/containerd/v2 v2.3.2 0123abc\n")
+
+
 def test_missing_config_key_for_vars_is_an_input_error() -> None:
     values = _values("debian-12")
     del values["kubernetes_series"]

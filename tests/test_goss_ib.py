@@ -165,3 +165,9 @@ def test_user_specs_and_vars_extend_kilns(tmp_path: Path) -> None:
         config.load("debian-12", overrides={"goss_vars_inline": "[1"})
     with pytest.raises(Exception, match="goss_spec_dir has no goss.yaml"):
         verify.user_spec({"goss_spec_dir": str(tmp_path / "nothing")}, "build")
+
+
+def test_printf_q_quotes_as_go_does() -> None:
+    render = gotemplate.render
+    assert render('{{ printf "%q" .Vars.s }}', {"Vars": {"s": 'a "b" \\ c'}}) == '"a \\"b\\" \\\\ c"'
+    assert render('- {{ printf "%q=%s" "k" "v" }}', {"Vars": {}}) == '- "k"=v'
