@@ -348,3 +348,17 @@ def test_containerd_url_is_derived_from_its_version_unless_set(repo: Path) -> No
     assert (cfg.get("containerd_url"), cfg.origins["containerd_url"]) == (mirror, "-var")
     with pytest.raises(ConfigError, match="containerd_url: must not be empty"):
         config.load("debian-12", overrides={"containerd_url": ""}, repo_root=repo)
+
+
+def test_crictl_version_follows_the_series_with_the_http_source(repo: Path) -> None:
+    assert config.load("debian-12", repo_root=repo).get("crictl_version") == ""  # pkg: cri-tools package
+    sums = json.dumps({n: "a" * 64 for n in ("kubelet", "kubeadm", "kubectl")})
+    http = {
+        "kubernetes_source_type": "http",
+        "kubernetes_http_source": "http://10.0.2.2:1",
+        "kubernetes_http_sha256": sums,
+    }
+    cfg = config.load("debian-12", overrides={**http, "kubernetes_semver": "v1.35.7"}, repo_root=repo)
+    assert (cfg.get("crictl_version"), cfg.origins["crictl_version"]) == ("1.35.0", "derived")
+    cfg = config.load("debian-12", overrides={**http, "crictl_version": "1.34.1"}, repo_root=repo)
+    assert (cfg.get("crictl_version"), cfg.origins["crictl_version"]) == ("1.34.1", "-var")

@@ -672,6 +672,9 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> None:
     derived = derived_kubernetes(str(values["kubernetes_semver"]))
     containerd = str(values["containerd_version"]).removeprefix("v")
     derived["containerd_url"] = CONTAINERD_RELEASE.format(v=containerd)
+    if values["kubernetes_source_type"] == "http" and "kubernetes_series" in derived:
+        # kubeadm needs crictl; the packages bring cri-tools, the http source brings the minor's release
+        derived["crictl_version"] = derived["kubernetes_series"][1:] + ".0"
     for key, value in derived.items():
         if origins[key] == DEFAULT:
             values[key] = value

@@ -615,8 +615,8 @@ SETTINGS: tuple[Setting, ...] = (
         "crictl_version",
         str,
         "",
-        "crictl (cri-tools) version to install, e.g. 1.36.0; empty: none with the http Kubernetes source "
-        "(K8S_STANDIN=1 sets it), the pkg source's cri-tools with pkg.",
+        "crictl (cri-tools) release to install, e.g. 1.36.0. Not set: with the http Kubernetes source, "
+        "derived from the series (v1.36 gives 1.36.0); with pkg, the packages' cri-tools.",
         "kubernetes",
         _bare_version,
     ),
