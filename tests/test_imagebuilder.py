@@ -111,3 +111,22 @@ def test_the_alias_and_ignored_tables_are_consistent() -> None:
     readme = (REPO / "README.md").read_text()
     for name in [*ALIASES, *IMAGE_BUILDER_IGNORED]:
         assert f"`{name}`" in readme, f"README: Coming from image-builder lacks {name}"
+
+
+def test_current_image_builder_qemu_and_vsphere_keys_and_spellings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Keys of image-builder's 2026 var files kiln has no use for are accepted with one warning; its Packer
+    spellings (a checksum-file URL, an OVMF image path, iso_url for a cloud image) mean what they meant."""
+    site = FIXTURES / "site-qemu-cloudimg.json"
+    cfg = config.load("ubuntu-2404-cloudimg", var_files=[site], repo_root=REPO)
+    assert cfg.get("cloudimg_url") == "https://images.example.internal/noble/noble-server-cloudimg-amd64.img"
+    assert cfg.get("cloudimg_checksum") == "file:https://images.example.internal/noble/SHA256SUMS"
+    assert cfg.origins["cloudimg_url"] == f"{site.relative_to(REPO)} (image-builder: iso_url)"
+    assert cfg.get("firmware") == "efi"
+    assert cli.main(["config", "ubuntu-2404-cloudimg", "--var-file", str(site)]) == 0
+    captured = capsys.readouterr()
+    (warning,) = [line for line in captured.err.splitlines() if "warning" in line]
+    for key in ("goss_sleep", "vcenter_server", "password", "ecr_credential_provider_version", "disk_image"):
+        assert key in warning
+    assert "not-a-real-password" not in captured.out + captured.err, "an ignored key's value is never shown"

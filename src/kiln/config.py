@@ -438,6 +438,7 @@ def load(
         _set(setting, value, override_origin, values, origins, problems)
 
     _resolve_templates(values, origins, problems, layering)
+    _packer_spellings(values, origins)
     _derive(values, origins)
     _select_versioned_sums(values)
     _check_values(values, origins, problems)
@@ -661,6 +662,25 @@ def derived_kubernetes(semver: str) -> dict[str, str]:
         "kubernetes_rpm_repo": rpm_repo,
         "kubernetes_rpm_gpg_key": f"{rpm_repo}repodata/repomd.xml.key",
     }
+
+
+def _packer_spellings(values: dict[str, Any], origins: dict[str, str]) -> None:
+    """Packer spellings image-builder's var files use, in kiln's form: a checksum given as the URL of a
+    checksum file (with the old iso_checksum_type "file") is file:URL; a qemu firmware given as the path of
+    an OVMF/EFI image (`"firmware": "OVMF.fd"`) is efi; on a cloudimg target, iso_url and iso_checksum name
+    the cloud image (image-builder's qemu cloudimg files use them for it)."""
+    if values.get("install_method") == "cloudimg" and values.get("iso_url"):
+        for kind in ("url", "checksum"):
+            if values.get(f"iso_{kind}"):
+                values[f"cloudimg_{kind}"] = values[f"iso_{kind}"]
+                origins[f"cloudimg_{kind}"] = f"{origins[f'iso_{kind}']} (image-builder: iso_{kind})"
+    for key in ("iso_checksum", "cloudimg_checksum"):
+        value = values.get(key)
+        if isinstance(value, str) and re.match(r"(?i)https?://", value):
+            values[key] = f"file:{value}"
+    firmware = values.get("firmware")
+    if isinstance(firmware, str) and re.search(r"(?i)(ovmf|edk2|efi).*\.(fd|bin)$", firmware):
+        values["firmware"] = "efi"
 
 
 CONTAINERD_RELEASE = (

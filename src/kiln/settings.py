@@ -259,13 +259,21 @@ SETTINGS: tuple[Setting, ...] = (
         "firmware",
         str,
         "bios",
-        "Boot firmware of the build VM and the image: bios or efi (OVMF on qemu).",
+        "Boot firmware of the build VM and the image: bios or efi (OVMF on qemu; an OVMF image path, as "
+        "image-builder's qemu files give it, means efi).",
         "os",
         _one_of("bios", "efi"),
     ),
     S("guest_os_type", str, "other5xlinux-64guest", "VMware guest OS id written to the VMX/OVF.", "os"),
     S("iso_url", str, "", "installer: URL of the installer ISO.", "os", _url),
-    S("iso_checksum", str, "", "installer: checksum of the ISO as TYPE:HEX (or file:URL).", "os", _checksum),
+    S(
+        "iso_checksum",
+        str,
+        "",
+        "installer: checksum of the ISO as TYPE:HEX, bare HEX, or file:URL (a bare URL means file:URL).",
+        "os",
+        _checksum,
+    ),
     S(
         "boot_command",
         list,
@@ -738,7 +746,111 @@ _OWN = "kiln's OS files and templates own this; set the kiln key instead"
 _NOPW = "kiln logs in with a per-build SSH key, never a password"
 _RPM = "RPM/yum detail of image-builder's roles; kiln's redhat targets use the derived pkgs.k8s.io repo"
 _UNUSED = "image-builder feature kiln does not have"
+_VSPHERE = "vSphere builder setting (vsphere-iso/vsphere-clone); kiln builds locally with qemu or vmware-iso"
+_ARCH = "kiln builds amd64"
+_ECR = "ECR credential provider: " + _UNUSED
+_IMMUTABLE = "immutable-root images: " + _UNUSED
+_META = "image-builder's build metadata; kiln writes its own (build_date, build_timestamp, kiln_version)"
 IMAGE_BUILDER_IGNORED: dict[str, str] = {
+    # keys of image-builder's current config/, qemu/, ova/ and raw/ var files (2026)
+    "node_custom_roles_post_sysprep": "kiln runs extra roles before sysprep only (extra_roles_after)",
+    "node_ansible_tmpdir": _OWN,
+    "netplan_removal_excludes": "kiln's sysprep keeps the image's network config to cloud-init",
+    "containerd_enable_limit_no_file": "kiln's containerd unit sets LimitNOFILE=infinity",
+    "containerd_image_pull_progress_timeout": "set it in containerd_additional_settings",
+    "goss_retry_timeout": _GOSS,
+    "goss_sleep": _GOSS,
+    "kubernetes_rpm_repo_arch": _ARCH,
+    "crictl_arch": _ARCH,
+    **{
+        f"ecr_credential_provider_{k}": _ECR
+        for k in (
+            "arch",
+            "aws_profile",
+            "base_url",
+            "binary_filename",
+            "install_dir",
+            "match_images",
+            "os",
+            "version",
+        )
+    },
+    **{
+        f"immutable_{k}": _IMMUTABLE
+        for k in (
+            "data_partition",
+            "data_partition_fstype",
+            "data_partition_label",
+            "data_partition_mount",
+            "data_partition_mount_options",
+            "persistent_paths",
+            "read_only_root",
+            "root_partition_size",
+            "tmpfs_paths",
+        )
+    },
+    "autoinstall_profile": _OWN,
+    "ansible_collections_path": _OWN,
+    "artifact_name": "kiln names artifacts BUILD_NAME+kube-KUBERNETES_SEMVER",
+    "vm_name": "kiln names artifacts BUILD_NAME+kube-KUBERNETES_SEMVER",
+    "image_name": "kiln names artifacts BUILD_NAME+kube-KUBERNETES_SEMVER",
+    "base_output_dir": "use output_dir",
+    "ib_version": _META,
+    "build_version": _META,
+    "base_build_version": _META,
+    "kubernetes_typed_version": "kiln derives it and writes it to the manifest's custom_data",
+    "boot_disable_ipv6": _OWN,
+    "boot_media_path": _OWN,
+    "floppy_dirs": _OWN,
+    "cd_files": _OWN,
+    "cd_label": _OWN,
+    "cd_content_location": _OWN,
+    "cdrom_adapter_type": _OWN,
+    "cdrom_type": _OWN,
+    "http_directory": _OWN,
+    "http_ip": _OWN,
+    "http_port_min": _OWN,
+    "http_port_max": _OWN,
+    "cpu_model": _OWN,
+    "machine_type": _OWN,
+    "vnc_bind_address": _OWN,
+    "disk_compression": "kiln always compresses the qcow2",
+    "disk_discard": _OWN,
+    "disk_image": "kiln's cloudimg targets (install_method) say when a cloud image is the base",
+    "machine_id_mode": "kiln's sysprep empties /etc/machine-id",
+    "distribution_version": _OWN,
+    "distro_version_slug": _OWN,
+    "remove_nameserver": "kiln's sysprep resets resolv.conf",
+    "oem_id": _FLATCAR,
+    "channel_name": _FLATCAR,
+    "release_version": _FLATCAR,
+    "vmx_version": _OWN,
+    "source_path": "vmware-vmx builds: " + _UNUSED,
+    "export_manifest": _VSPHERE,
+    "enable_disk_packing": _VSPHERE,
+    "ip_settle_timeout": _VSPHERE,
+    "ip_wait_timeout": _VSPHERE,
+    "vsphere_guest_os_type": _VSPHERE,
+    "destroy": _VSPHERE,
+    **{
+        k: _VSPHERE
+        for k in (
+            "cluster",
+            "datacenter",
+            "datastore",
+            "folder",
+            "network",
+            "resource_pool",
+            "template",
+            "linked_clone",
+            "convert_to_template",
+            "create_snapshot",
+            "insecure_connection",
+            "username",
+            "password",
+            "vcenter_server",
+        )
+    },
     "ansible_common_vars": "image-builder's way to pass its keys to Ansible; kiln passes every setting",
     "ansible_common_ssh_args": _OWN,
     "ansible_extra_vars": "use ansible_user_vars",
