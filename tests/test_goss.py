@@ -58,8 +58,25 @@ def test_template_unsupported_constructs_are_errors() -> None:
     for src in ('{{ define "x" }}{{ end }}', "{{ sprig_thing .Vars.x }}", "{{ if .Vars.x }}", "{{ end }}"):
         with pytest.raises(gotemplate.TemplateError):
             gotemplate.render(src, {"Vars": {"x": 1}})
-    with pytest.raises(gotemplate.TemplateError, match="cannot print a list"):
-        gotemplate.render("{{ .Vars.l }}", {"Vars": {"l": [1]}})
+    with pytest.raises(gotemplate.TemplateError, match="value is null"):
+        gotemplate.render("{{ .Vars.n }}", {"Vars": {"n": None}})
+
+
+def test_lists_and_maps_print_as_go_prints_them() -> None:
+    data = {"Vars": {"l": ["amazon-ssm-agent"], "e": [], "m": {"b": 2, "a": True}}}
+    assert gotemplate.render("stdout: {{ .Vars.l }} / {{ .Vars.e }} / {{ .Vars.m }}", data) == (
+        "stdout: [amazon-ssm-agent] / [] / map[a:true b:2]"
+    )
+
+
+def test_index_follows_go_a_missing_key_is_nil_and_nil_cannot_be_indexed() -> None:
+    data = {"Vars": {"os": {"qemu": {"service": {"x": 1}}}}}
+    src = '{{ range $k, $v := index .Vars "os" "qemu" "command" }}{{ $k }}{{ else }}none{{ end }}'
+    assert gotemplate.render(src, data) == "none"
+    with pytest.raises(gotemplate.TemplateError, match="spec.yaml:1: .*index 'command' of a nil value"):
+        gotemplate.render('{{ index .Vars "os" "ova" "command" }}', data, name="spec.yaml")
+    with pytest.raises(gotemplate.TemplateError, match="index 3 is not defined"):
+        gotemplate.render("{{ index .Vars.l 3 }}", {"Vars": {"l": [1]}})
 
 
 # --- matchers, each as goss's manual documents it ----------------------------------------------------

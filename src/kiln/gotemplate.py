@@ -196,7 +196,9 @@ def _format(value: Any, where: str) -> str:
         return str(value)
     if value is None:
         raise TemplateError(f"{where}: value is null")
-    raise TemplateError(f"{where}: cannot print a {type(value).__name__} into the spec; index into it")
+    if isinstance(value, list | tuple | Mapping):
+        return _text(value)  # as Go prints them: [a b], map[k:v] (a flow list reads back as YAML)
+    raise TemplateError(f"{where}: cannot print a {type(value).__name__} into the spec")
 
 
 class _Renderer:
@@ -438,8 +440,15 @@ class _Renderer:
         if name == "index":
             if len(args) < 2:
                 raise TemplateError(f"{where}: index needs a collection and a key")
+            # Go: a key a map lacks gives the zero value (nil, which `range` iterates zero times); indexing
+            # nil, a list out of range or a scalar is an error
             value = args[0]
             for key in args[1:]:
+                if value is None:
+                    raise TemplateError(f"{where}: index {key!r} of a nil value")
+                if isinstance(value, Mapping):
+                    value = value.get(key)
+                    continue
                 try:
                     value = value[key]
                 except (KeyError, IndexError, TypeError) as exc:
