@@ -241,7 +241,7 @@ def test_site_settings_are_checked_by_kilns_specs() -> None:
     assert cmdline("BOOT_IMAGE=/vmlinuz root=UUID=x ro mitigations=auto nosoftlockup")
     assert not cmdline("BOOT_IMAGE=/vmlinuz root=UUID=x ro")
     assert ("file", "/proc/cmdline") not in build
-    registry = build[("file", "/etc/kiln/kubeadm-registry")].checks["contents"].matcher
+    registry = build[("file", "/etc/kiln/kubeadm-image-repository")].checks["contents"].matcher
     assert registry("# kiln\nregistry.internal.example/k8s\n") and not registry("registry.k8s.io\n")
     toml = build[("file", "/etc/containerd/config.toml")].checks["contents"].matcher
     assert not toml('SystemdCgroup = true\nsandbox_image = "registry.internal.example/k8s/pause:3.10.1"\n')
@@ -252,7 +252,7 @@ def test_site_settings_are_checked_by_kilns_specs() -> None:
     plain = dict(config.load("debian-12").values)
     spec = goss.load_spec(goss.SPEC_DIR / "goss.yaml", goss.render_vars(plain, {"phase": "build"}))
     ids = {(r.type, r.id) for r in spec.resources}
-    assert ("file", "/etc/kiln/kubeadm-registry") not in ids
+    assert ("file", "/etc/kiln/kubeadm-image-repository") not in ids
     assert ("file", "/etc/default/grub.d/90-kiln-extra.cfg") not in ids
 
 

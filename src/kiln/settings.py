@@ -681,7 +681,7 @@ SETTINGS: tuple[Setting, ...] = (
         "kubernetes_container_registry",
         str,
         "registry.k8s.io",
-        "Registry kubeadm pulls the control-plane images from (written to /etc/kiln/kubeadm-registry).",
+        "Registry kubeadm pulls the control-plane images from (written to /etc/kiln/kubeadm-image-repository).",
         "kubernetes",
         _image_ref,
     ),
