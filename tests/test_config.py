@@ -362,3 +362,14 @@ def test_crictl_version_follows_the_series_with_the_http_source(repo: Path) -> N
     assert (cfg.get("crictl_version"), cfg.origins["crictl_version"]) == ("1.35.0", "derived")
     cfg = config.load("debian-12", overrides={**http, "crictl_version": "1.34.1"}, repo_root=repo)
     assert (cfg.get("crictl_version"), cfg.origins["crictl_version"]) == ("1.34.1", "-var")
+
+
+def test_release_urls_of_crictl_and_runc_are_derived(repo: Path) -> None:
+    cfg = config.load(
+        "debian-12", overrides={"crictl_version": "1.36.0", "runc_version": "1.4.3"}, repo_root=repo
+    )
+    assert cfg.get("crictl_url") == config.CRICTL_RELEASE.format(v="1.36.0")
+    assert cfg.get("runc_url") == config.RUNC_RELEASE.format(v="1.4.3")
+    assert cfg.origins["runc_url"] == cfg.origins["crictl_url"] == "derived"
+    plain = config.load("debian-12", repo_root=repo)
+    assert plain.get("crictl_url") == plain.get("runc_url") == ""  # nothing to download

@@ -19,12 +19,13 @@ SUMS = {"kubelet": "a" * 64, "kubeadm": "b" * 64, "kubectl": "c" * 64}
 @pytest.mark.parametrize(
     "overrides",
     [
-        {},  # pkg sources: Kubernetes from pkgs.k8s.io, containerd and CNI from the distro
+        {},  # the defaults: Kubernetes from pkgs.k8s.io, containerd's release tarball, CNI from the distro
         {"kubernetes_source_type": "http", "kubernetes_http_source": "http://10.0.2.2:8088",
          "kubernetes_http_sha256": json.dumps(SUMS), "containerd_source_type": "http",
          "containerd_url": "https://github.com/containerd/containerd/releases/download/v1.7.18/c.tar.gz",
          "containerd_sha256": "d" * 64, "cni_source_type": "http", "cni_sha256": "e" * 64,
-         "cni_url": "https://github.com/containernetworking/plugins/releases/download/v1.4.1/cni.tgz"},
+         "cni_url": "https://github.com/containernetworking/plugins/releases/download/v1.4.1/cni.tgz",
+         "runc_version": "1.4.3"},
     ],
 )  # fmt: skip
 def test_sbom_is_valid_spdx_and_names_the_node_components(tmp_path: Path, overrides: dict) -> None:
@@ -45,3 +46,7 @@ def test_sbom_is_valid_spdx_and_names_the_node_components(tmp_path: Path, overri
         assert names["kubelet"]["checksums"] == [{"algorithm": "SHA256", "checksumValue": "a" * 64}]
         assert "10.0.2.2:8088" in names["kubelet"]["sourceInfo"]
         assert names["cni-plugins"]["downloadLocation"].startswith("https://github.com/")
+        assert names["crictl"]["versionInfo"] == "1.36.0" and names["runc"]["versionInfo"] == "1.4.3"
+        assert "pkg:github/opencontainers/runc@v1.4.3" in purls
+    else:
+        assert "crictl" not in names and names["runc"]["versionInfo"] == "1.1.5+ds1-1"  # the package's runc

@@ -683,6 +683,10 @@ def _packer_spellings(values: dict[str, Any], origins: dict[str, str]) -> None:
         values["firmware"] = "efi"
 
 
+CRICTL_RELEASE = (
+    "https://github.com/kubernetes-sigs/cri-tools/releases/download/v{v}/crictl-v{v}-linux-amd64.tar.gz"
+)
+RUNC_RELEASE = "https://github.com/opencontainers/runc/releases/download/v{v}/runc.amd64"
 CONTAINERD_RELEASE = (
     "https://github.com/containerd/containerd/releases/download/v{v}/containerd-{v}-linux-amd64.tar.gz"
 )
@@ -695,6 +699,12 @@ def _derive(values: dict[str, Any], origins: dict[str, str]) -> None:
     if values["kubernetes_source_type"] == "http" and "kubernetes_series" in derived:
         # kubeadm needs crictl; the packages bring cri-tools, the http source brings the minor's release
         derived["crictl_version"] = derived["kubernetes_series"][1:] + ".0"
+    crictl = str(values["crictl_version"] or derived.get("crictl_version", "")).removeprefix("v")
+    if crictl:
+        derived["crictl_url"] = CRICTL_RELEASE.format(v=crictl)
+    runc = str(values["runc_version"]).removeprefix("v")
+    if runc and values["containerd_source_type"] == "http":
+        derived["runc_url"] = RUNC_RELEASE.format(v=runc)
     for key, value in derived.items():
         if origins[key] == DEFAULT:
             values[key] = value

@@ -132,15 +132,20 @@ def document(
                     "from the pkgs.k8s.io repository",
                 )
             )
-    # release tarballs (http sources): (source-type key, name, version key, purl, url key, sha256 key)
-    tarballs = (
-        ("containerd_source_type", "containerd", "containerd_version",
+    # release downloads (not packages): (installed?, name, version key, purl, url key, sha256 key)
+    http_containerd = values.get("containerd_source_type") == "http"
+    releases = (
+        (http_containerd, "containerd", "containerd_version",
          "pkg:github/containerd/containerd@v{bare}", "containerd_url", "containerd_sha256"),
-        ("cni_source_type", "cni-plugins", "cni_plugins_version",
+        (http_containerd and bool(values.get("runc_version")), "runc", "runc_version",
+         "pkg:github/opencontainers/runc@v{bare}", "runc_url", "runc_sha256"),
+        (bool(values.get("crictl_version")), "crictl", "crictl_version",
+         "pkg:github/kubernetes-sigs/cri-tools@v{bare}", "crictl_url", "crictl_sha256"),
+        (values.get("cni_source_type") == "http", "cni-plugins", "cni_plugins_version",
          "pkg:github/containernetworking/plugins@{version}", "cni_url", "cni_sha256"),
     )  # fmt: skip
-    for source_key, name, version_key, purl, url_key, sha_key in tarballs:
-        if values.get(source_key) != "http":
+    for installed, name, version_key, purl, url_key, sha_key in releases:
+        if not installed:
             continue
         version = str(values.get(version_key, ""))
         pkgs.append(
@@ -151,7 +156,7 @@ def document(
                 purl.format(version=version, bare=version.lstrip("v")),
                 str(values.get(url_key, "")),
                 str(values.get(sha_key) or "") or None,
-                "release tarball, sha256-verified",
+                "release download, sha256-verified (against the published sum file when no sha256 is set)",
             )
         )
     relationships = [

@@ -632,7 +632,7 @@ SETTINGS: tuple[Setting, ...] = (
         "crictl_url",
         str,
         "",
-        "crictl release tarball URL (with crictl_sha256); empty: derived from crictl_version.",
+        "crictl release tarball URL; derived from crictl_version (cri-tools' GitHub release) when not set.",
         "kubernetes",
         _url,
     ),
@@ -657,7 +657,8 @@ SETTINGS: tuple[Setting, ...] = (
         "runc_url",
         str,
         "",
-        "http: URL of the runc binary; empty: runc's GitHub release of runc_version (runc.amd64).",
+        "http: URL of the runc binary; derived from runc_version (runc's GitHub release, runc.amd64) when "
+        "not set.",
         "containerd",
         _url,
     ),
@@ -681,7 +682,8 @@ SETTINGS: tuple[Setting, ...] = (
         "kubernetes_container_registry",
         str,
         "registry.k8s.io",
-        "Registry kubeadm pulls the control-plane images from (written to /etc/kiln/kubeadm-image-repository).",
+        "Registry kubeadm pulls the control-plane images from (written to "
+        "/etc/kiln/kubeadm-image-repository).",
         "kubernetes",
         _image_ref,
     ),
