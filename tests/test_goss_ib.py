@@ -171,3 +171,15 @@ def test_printf_q_quotes_as_go_does() -> None:
     render = gotemplate.render
     assert render('{{ printf "%q" .Vars.s }}', {"Vars": {"s": 'a "b" \\ c'}}) == '"a \\"b\\" \\\\ c"'
     assert render('- {{ printf "%q=%s" "k" "v" }}', {"Vars": {}}) == '- "k"=v'
+
+
+def test_more_sprig_and_goss_functions() -> None:
+    data = {"Vars": {"m": {"b": 1, "a": [1]}, "l": [1, 2]}}
+    src = (
+        '{{ regexReplaceAll "a(x*)b" "-ab-axxb-" "${1}W" }}|{{ toJson .Vars.m }}|{{ keys .Vars.m }}|'
+        '{{ hasKey .Vars.m "a" }}|{{ has 3 .Vars.l }}|{{ regexFind "[0-9]+" "ab12c" }}|'
+        "{{ range mkSlice 1 2 }}{{ . }}{{ end }}"
+    )
+    assert render(src, data) == '-W-xxW-|{"b":1,"a":[1]}|[a b]|true|false|12|12'
+    with pytest.raises(TemplateError, match="spec.yaml:1: .*hasKey"):
+        render("{{ hasKey }}", data, name="spec.yaml")

@@ -617,6 +617,15 @@ _SPRIG: dict[str, Any] = {
     "print": lambda *v: "".join(_text(x) for x in v),
     "println": lambda *v: " ".join(_text(x) for x in v) + "\n",
     "slice": lambda seq, *ix: seq[slice(*ix)] if ix else seq,
+    "mkSlice": lambda *v: list(v),  # goss's own
+    "has": lambda item, seq: item in (seq or []),
+    "hasKey": lambda m, k: isinstance(m, Mapping) and k in m,
+    "keys": lambda *maps: sorted(str(k) for m in maps for k in (m or {})),
+    "toJson": lambda v: json.dumps(v, separators=(",", ":")),
+    "regexReplaceAll": lambda pattern, s, repl: re.sub(
+        go_regex(str(pattern)), re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", str(repl)), _text(s)
+    ),
+    "regexFind": lambda pattern, s: m.group(0) if (m := re.search(go_regex(str(pattern)), _text(s))) else "",
 }
 
 
