@@ -1,8 +1,8 @@
 """kiln verify and kiln goss-check against real boots of the image the suite builds (shared `built_image`).
 
 Three boots in all (TCG): the good image verified; the image booted once more to break it (containerd
-masked) where the in-build check (`kiln goss-check`) must fail against the running VM; and the broken
-disk verified, which must fail naming containerd and the host keys that boot left behind.
+disabled and stopped) where the in-build check (`kiln goss-check`) must fail against the running VM; and
+the broken disk verified, which must fail naming containerd and the host keys that boot left behind.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_broken_image_fails_in_build_check_and_verify(
             ib_results = goss.evaluate(ib_spec, probe)
             assert not goss.failures(ib_results), goss.failure_table(ib_results)
             assert len(ib_results) >= 7
-            session.run("sudo systemctl mask --now containerd")
+            session.run("sudo systemctl disable --now containerd")
 
         # The in-build check (what Packer's shell-local provisioner runs before sysprep) fails on it:
         rc = cli.main(
@@ -121,7 +121,7 @@ def test_broken_image_fails_in_build_check_and_verify(
         failed = {(r["resource-id"], r["property"]) for r in report["results"] if not r["successful"]}
         assert ("containerd", "enabled") in failed and ("containerd", "running") in failed
         vm.shutdown_cleanly()
-        # That boot's disk (containerd masked, and the host keys, machine-id and cloud-init state of a boot
+        # That boot's disk (containerd disabled, and the host keys, machine-id and cloud-init state of a boot
         # left behind) becomes a build of its own (moved out before the VM would discard its overlay).
         broken = _shadow_build_dir(src, tmp_path / "broken", qcow2=vm.overlay_path)
 
