@@ -44,7 +44,7 @@ KILN_ENV = PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(K8S_STANDIN_WRAP)
 # host Debian's real containerd and runc repackaged as their release downloads (all with sha256s), over local
 # HTTP for the duration of the command, and selects them (the http sources) through a var file.
 K8S_STANDIN_VERSION ?= $(shell PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(KILN) config debian-12 --get kubernetes_semver)
-K8S_STANDIN_WRAP = $(if $(filter 1,$(K8S_STANDIN)),$(VENV)/bin/python tests/fixtures/k8s_standin.py run \
+K8S_STANDIN_WRAP = $(if $(filter 1,$(K8S_STANDIN)),$(VENV)/bin/python hack/k8s_standin.py run \
   $(foreach v,$(or $(KUBERNETES_VERSIONS),$(K8S_STANDIN_VERSION)),--version $(v)) --)
 .PHONY: build-centos-7 \
   build-qemu-centos-7 \

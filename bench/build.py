@@ -8,7 +8,7 @@
     5. three versions  three more Kubernetes versions of one OS, sharing the os stage (goal: <= 1.8 x cold)
 
 Each scenario prints seconds and the ratio to the cold build. Kubernetes binaries come from the stand-in
-TEST FIXTURE (tests/fixtures/k8s_standin.py) over local HTTP, as with K8S_STANDIN=1.
+TEST FIXTURE (hack/k8s_standin.py) over local HTTP, as with K8S_STANDIN=1.
 
     .venv/bin/python bench/build.py [--target debian-12] [--accelerator tcg] [--no-verify] [--json FILE]
 """
@@ -24,11 +24,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+sys.path.insert(0, str(REPO / "hack"))
 
-import k8s_standin  # noqa: E402  (test fixture, found through the path above)
+import k8s_standin  # noqa: E402  (the stand-in server in hack/, found through the path above)
 
-from kiln import build, config, progress  # noqa: E402
+from kiln import config
+from kiln.build import pipeline as build  # noqa: E402
+from kiln.core import progress
 
 VERSIONS = ("v1.36.1", "v1.35.7", "v1.34.10", "v1.33.13", "v1.32.13")
 

@@ -26,7 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from gcs_servers import BUCKET, FakeGcs, make_build_dir  # noqa: E402  (test helpers: the real server binary)
-from kiln import build, config, gcs, inputs, release  # noqa: E402
+from kiln import config
+from kiln.build import pipeline as build  # noqa: E402
+from kiln.core import inputs
+from kiln.publish import gcs, release
 
 TARGETS = 7
 VERSIONS = ("v1.34.2", "v1.35.1", "v1.36.1")

@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from kiln import config, packer, render, validate  # noqa: E402
+from kiln import config  # noqa: E402
+from kiln.build import packer, render, validate
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "src"))
 
 from gcs_servers import BUCKET, FakeGcs, make_build_dir  # noqa: E402
-from kiln import upload  # noqa: E402
+from kiln.publish import upload  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:

@@ -5,7 +5,7 @@ import re
 import sys
 from pathlib import Path
 
-from kiln.settings import image_builder_table, markdown_table
+from kiln.config.settings import image_builder_table, markdown_table
 
 readme = Path(__file__).resolve().parents[1] / "README.md"
 text = readme.read_text()

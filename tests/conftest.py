@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.builddir import BuildDir
+from kiln.core.builddir import BuildDir
 
 REPO = Path(__file__).resolve().parents[1]
 # the session image carries every format, so that the live-format tests boot what the suite built

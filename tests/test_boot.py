@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from kiln import boot, cidata, cli, proc, ssh, vm
-from kiln.builddir import BuildDir
-from kiln.errors import InputError
+from kiln import cli
+from kiln.core import proc
+from kiln.core.builddir import BuildDir
+from kiln.core.errors import InputError
+from kiln.vm import boot, cidata, ssh
+from kiln.vm import qemu as vm
 
 
 def _build_dir(root: Path, *, qcow2: bool = True) -> BuildDir:

@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from fixtures.conformance.standin import make_standin_tarball
-from kiln import boot, cidata, cli, conformance, ssh, vm
+from kiln import cli
+from kiln.vm import boot, cidata, conformance, ssh
+from kiln.vm import qemu as vm
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.vm
@@ -126,6 +128,6 @@ def test_ova_vmdk_is_the_same_disk_for_qemu(built_image, tmp_path: Path) -> None
         pytest.skip(f"{build.ova} not built")
     vmdk = boot.extract_vmdk(build.ova, tmp_path)
     assert vm.detect_format(vmdk) == "vmdk"
-    from kiln import proc
+    from kiln.core import proc
 
     proc.run(["qemu-img", "compare", "-f", "vmdk", "-F", "qcow2", str(vmdk), str(build.qcow2)])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln import bootstrap
-from kiln.errors import InputError
+from kiln.build import bootstrap
+from kiln.core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,10 +84,10 @@ def test_spec_from_config_adds_required_packages_and_hashes_boot_files(tmp_path)
     assert spec.disk_size_mib == 8192
     # the installer script is an input: editing it makes a new key
     fake_repo = tmp_path / "repo"
-    shutil.copytree(REPO / "packer" / "bootstrap", fake_repo / "packer" / "bootstrap")
+    shutil.copytree(REPO / "bootstrap", fake_repo / "bootstrap")
     same = bootstrap.spec_from_config({"bootstrap_packages": ["htop"], "disk_size": 8192}, fake_repo)
     assert same.key() == spec.key()
-    (fake_repo / "packer" / "bootstrap" / "install-bootloader.sh").write_text("#!/bin/sh\nexit 1\n")
+    (fake_repo / "bootstrap" / "install-bootloader.sh").write_text("#!/bin/sh\nexit 1\n")
     changed = bootstrap.spec_from_config({"bootstrap_packages": ["htop"], "disk_size": 8192}, fake_repo)
     assert changed.key() != spec.key()
 

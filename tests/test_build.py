@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kiln import build, builddir, cidata, config
-from kiln.errors import ToolMissingError
+from kiln import config
+from kiln.build import pipeline as build
+from kiln.core import builddir
+from kiln.core.errors import ToolMissingError
+from kiln.vm import cidata
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,7 +197,7 @@ def test_sigterm_stops_packer_and_its_children_and_exits_130(tmp_path, cloudimg_
 
 def test_bootstrap_with_vmware_builder_is_rejected():
     from kiln import config
-    from kiln.errors import ConfigError
+    from kiln.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         config.load("debian-12", overrides={"builder": "vmware-iso"})
@@ -223,8 +226,8 @@ def test_playbooks_pass_ansible_syntax_check():
 
 
 def test_kvm_forced_without_usable_kvm_is_bad_input_naming_the_setting(monkeypatch, tmp_path):
-    from kiln import vm
-    from kiln.errors import InputError
+    from kiln.core.errors import InputError
+    from kiln.vm import qemu as vm
 
     monkeypatch.setattr(vm, "kvm_available", lambda: False)
     cfg = config.load("debian-12", overrides={"accelerator": "kvm", "output_dir": str(tmp_path / "out")})

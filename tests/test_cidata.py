@@ -12,8 +12,9 @@ import pycdlib
 import pytest
 import yaml
 
-from kiln import cidata, cli, config, ssh
-from kiln.errors import InputError
+from kiln import cli, config
+from kiln.core.errors import InputError
+from kiln.vm import cidata, ssh
 
 REPO = Path(__file__).resolve().parents[1]
 

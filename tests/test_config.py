@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kiln import cli, config
-from kiln.errors import ConfigError, InputError
-from kiln.settings import BY_NAME, SETTINGS
+from kiln.config.settings import BY_NAME, SETTINGS
+from kiln.core.errors import ConfigError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
 SEMVER = str(BY_NAME["kubernetes_semver"].default)  # kiln's default Kubernetes version
@@ -328,11 +328,11 @@ def test_cli_list(repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
 
 def test_readme_configuration_table_matches_settings_table() -> None:
     """The README's key table is generated from settings.SETTINGS; regenerate it when a setting changes."""
-    from kiln.settings import markdown_table
+    from kiln.config.settings import markdown_table
 
     assert markdown_table() in (REPO / "README.md").read_text(), (
         "README.md: the Configuration table is stale; paste the output of "
-        "kiln.settings.markdown_table() (command in HACKING.md)"
+        "kiln.config.settings.markdown_table() (command in HACKING.md)"
     )
 
 

@@ -17,8 +17,9 @@ from xml.etree import ElementTree
 import pytest
 
 from fixtures.conformance.standin import make_standin_tarball
-from kiln import cli, conformance
-from kiln.errors import CommandError, InputError, KilnError
+from kiln import cli
+from kiln.core.errors import CommandError, InputError, KilnError
+from kiln.vm import conformance
 
 # image-builder's documented command ("Run the e2e node conformance tests"), verbatim.
 UPSTREAM = (
@@ -210,7 +211,7 @@ def test_cli_bad_tarball_exits_2_before_booting(
     build.mkdir()
     manifest = {"builds": [{"custom_data": {"build_name": "debian-12", "kubernetes_semver": "v1.30.2"}}]}
     (build / "packer-manifest.json").write_text(json.dumps(manifest))
-    from kiln import boot
+    from kiln.vm import boot
 
     monkeypatch.setattr(boot, "start", lambda *a, **k: pytest.fail("must not boot"))
     junk = tmp_path / "kubernetes-test.tar.gz"

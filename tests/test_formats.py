@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kiln import formats
+from kiln.artifacts import formats
 
 
 def test_live_command_line_adds_the_images_extra_kernel_params() -> None:

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from kiln import config, goss, gotemplate
-from kiln.gossmatch import GossSpecError, compile_matcher, patterns, stream_matcher
+from kiln import config
+from kiln.goss import gotemplate
+from kiln.goss import specs as goss
+from kiln.goss.matchers import GossSpecError, compile_matcher, patterns, stream_matcher
 
 FINAL_EXTRA = {
     "verify_user": "kiln-verify",

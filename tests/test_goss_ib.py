@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln import goss, gotemplate
-from kiln.gotemplate import TemplateError, go_regex, render, semver_compare
+from kiln.goss import gotemplate
+from kiln.goss import specs as goss
+from kiln.goss.gotemplate import TemplateError, go_regex, render, semver_compare
 
 SPEC = Path(__file__).resolve().parent / "fixtures" / "goss-ib" / "node.yaml"
 VARS = {
@@ -137,7 +138,8 @@ def test_kiln_goss_render_prints_the_merged_spec(tmp_path: Path, capsys: pytest.
 def test_user_specs_and_vars_extend_kilns(tmp_path: Path) -> None:
     """goss_spec_dir, goss_vars_file and goss_vars_inline: the user's spec runs beside kiln's, with vars
     merged over kiln's; evaluated here against a probe that answers like the built image would."""
-    from kiln import config, verify
+    from kiln import config
+    from kiln.goss import verify
 
     specs = tmp_path / "specs"
     specs.mkdir()

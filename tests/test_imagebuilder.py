@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from kiln import cli, config
-from kiln.errors import ConfigError
-from kiln.settings import ALIASES, BY_NAME, IMAGE_BUILDER_IGNORED
+from kiln.config.settings import ALIASES, BY_NAME, IMAGE_BUILDER_IGNORED
+from kiln.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "imagebuilder"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from gcs_servers import BUCKET, FakeGcs, FaultProxy, make_build_dir
-from kiln import gcs, images, upload
-from kiln.builddir import BuildDir
-from kiln.errors import InputError, UploadError
+from kiln.core.builddir import BuildDir
+from kiln.core.errors import InputError, UploadError
+from kiln.publish import gcs, images, upload
 
 FAST = gcs.RetryPolicy(attempts=6, initial=0.02, maximum=0.2)
 

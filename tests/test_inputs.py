@@ -13,9 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kiln import boot, cidata, cli, config, images, inputs
-from kiln.builddir import BuildDir
-from kiln.errors import ConfigError, InputError
+from kiln import cli, config
+from kiln.config.settings import BY_NAME
+from kiln.core import inputs
+from kiln.core.builddir import BuildDir
+from kiln.core.errors import ConfigError, InputError
+from kiln.publish import images
+from kiln.vm import boot, cidata
 
 REPO = Path(__file__).resolve().parents[1]
 KILN = [sys.executable, "-m", "kiln"]
@@ -224,7 +228,7 @@ def test_reader_limits_size_encoding_nesting_and_integers(tmp_path: Path) -> Non
 
 
 def test_key_file_limits(tmp_path: Path) -> None:
-    from kiln import gcs
+    from kiln.publish import gcs
 
     for path, expect in ((Path("/dev/zero"), "character device"), (tmp_path, "directory")):
         with pytest.raises(InputError, match=expect):
@@ -391,7 +395,7 @@ def test_cidata_never_replaces_a_foreign_file(tmp_path: Path) -> None:
 
 
 def test_build_never_replaces_a_foreign_build_dir(tmp_path: Path) -> None:
-    from kiln import build
+    from kiln.build import pipeline as build
 
     cfg = config.load("debian-12", overrides={"output_dir": str(tmp_path)}, repo_root=REPO)
     foreign = tmp_path / cfg.artifact_name
@@ -499,7 +503,7 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-keys = st.sampled_from(sorted(config.BY_NAME) + ["nope", "crictl_version", ""])
+keys = st.sampled_from(sorted(BY_NAME) + ["nope", "crictl_version", ""])
 
 
 @HYPO

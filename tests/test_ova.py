@@ -9,8 +9,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kiln import ova
-from kiln.errors import BuildError, InputError
+from kiln.artifacts import ova
+from kiln.core.errors import BuildError, InputError
 
 NS = {
     "ovf": "http://schemas.dmtf.org/ovf/envelope/1",

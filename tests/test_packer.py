@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln import cli, config, packer, validate
-from kiln.errors import BuildError
+from kiln import cli, config
+from kiln.build import packer, validate
+from kiln.core.errors import BuildError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,7 +195,7 @@ def test_real_packer_starts_qemu_with_kilns_arguments(
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_QEMU_ARGV", str(tmp_path / "argv"))
     cfg = config.load("debian-12", overrides={"ssh_timeout": "5s", "firmware": firmware}, repo_root=REPO)
-    from kiln import render
+    from kiln.build import render
 
     ctx = render.placeholder_context(cfg, tmp_path / "ctx", ssh_port=2399)
     base = ctx.base_disk

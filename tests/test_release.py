@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from gcs_servers import BUCKET, FakeGcs, get_object, make_build_dir, object_names, read_object
-from kiln import build, config, gcs, inputs, release
-from kiln.builddir import sha256_file
+from kiln import config
+from kiln.build import pipeline as build
+from kiln.core import inputs
+from kiln.core.builddir import sha256_file
+from kiln.publish import gcs, release
 
 pytestmark = pytest.mark.gcs
 
@@ -100,7 +103,7 @@ def test_a_failed_entry_does_not_stop_the_others(
         "accelerator": "kvm",
     }
     broken = config.load("debian-12", overrides=overrides, repo_root=REPO)
-    from kiln import vm
+    from kiln.vm import qemu as vm
 
     monkeypatch.setattr(vm, "kvm_available", lambda: False)  # the machine may have a usable /dev/kvm
     entries = release.run([broken, good], client(server), BUCKET)

@@ -13,7 +13,9 @@ import pytest
 
 from conftest import ALL_FORMATS, SITE_VAR_FILES
 from gcs_servers import BUCKET, FakeGcs, object_names, read_object
-from kiln import build, config, gcs, release
+from kiln import config
+from kiln.build import pipeline as build
+from kiln.publish import gcs, release
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.vm, pytest.mark.gcs]
@@ -23,7 +25,7 @@ def _standin_config(built_image, tmp_path: Path) -> config.Config:  # type: igno
     """The config the built image was built from (the site's and the stand-in's var files; any port)."""
     semver = built_image.dir.kubernetes_semver
     standin = subprocess.run(
-        [sys.executable, str(REPO / "tests/fixtures/k8s_standin.py"), "vars", "--version", semver],
+        [sys.executable, str(REPO / "hack/k8s_standin.py"), "vars", "--version", semver],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     var_file = tmp_path / "standin.json"

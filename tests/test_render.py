@@ -15,8 +15,9 @@ from pathlib import Path
 import hcl2
 import pytest
 
-from kiln import config, render
-from kiln.errors import InputError
+from kiln import config
+from kiln.build import render
+from kiln.core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln import config, sbom
-from kiln.settings import BY_NAME
+from kiln import config
+from kiln.artifacts import sbom
+from kiln.config.settings import BY_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 SUMS = {"kubelet": "a" * 64, "kubeadm": "b" * 64, "kubectl": "c" * 64}

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln import bootstrap, build, config, stages
+from kiln import config
+from kiln.build import bootstrap, stages
+from kiln.build import pipeline as build
 
 REPO = Path(__file__).resolve().parents[1]
 

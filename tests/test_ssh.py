@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from kiln import ssh
-from kiln.errors import CommandError, InputError
+from kiln.core.errors import CommandError, InputError
+from kiln.vm import ssh
 
 # --- keys ------------------------------------------------------------------------------------------------
 

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from kiln import build, builddir, config, inputs, stages
-from kiln.errors import InputError
-from kiln.progress import Null
-from kiln.render import Output
-from kiln.runtime import Runtime
+from kiln import config
+from kiln.build import pipeline as build
+from kiln.build import stages
+from kiln.build.render import Output
+from kiln.core import builddir, inputs
+from kiln.core.errors import InputError
+from kiln.core.progress import Null
+from kiln.core.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ALL_FORMATS, SITE_MAKE_VAR, SITE_VAR_FILES
-from kiln import build, config, stages
-from kiln.builddir import BuildDir
+from kiln import config
+from kiln.build import pipeline as build
+from kiln.build import stages
+from kiln.core.builddir import BuildDir
 from test_vm_build import offline_hygiene
 
 pytestmark = pytest.mark.vm

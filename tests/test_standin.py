@@ -1,4 +1,4 @@
-"""The offline stand-in server (tests/fixtures/k8s_standin.py): what it serves is what its var file promises.
+"""The offline stand-in server (hack/k8s_standin.py): what it serves is what its var file promises.
 
 The containerd and runc it serves are the host Debian's real binaries (apt-get download), in the layout of
 the upstream release downloads kiln's containerd role unpacks; this checks that layout, that they run, and
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+sys.path.insert(0, str(REPO / "hack"))
 
-import k8s_standin  # noqa: E402  (test fixture, found through the path above)
+import k8s_standin  # noqa: E402  (the stand-in server in hack/, found through the path above)
 
 from kiln import config  # noqa: E402
 

@@ -26,9 +26,10 @@ from gcs_servers import (
     object_names,
 )
 from gcs_servers import read_object as server_read
-from kiln import cli, gcs, upload
-from kiln.builddir import BuildDir
-from kiln.errors import InputError
+from kiln import cli
+from kiln.core.builddir import BuildDir
+from kiln.core.errors import InputError
+from kiln.publish import gcs, upload
 
 REPO = Path(__file__).resolve().parents[1]
 KILN = [sys.executable, "-m", "kiln"]

@@ -29,8 +29,8 @@ from gcs_servers import (
     object_names,
     read_object,
 )
-from kiln import gcs, upload
-from kiln.builddir import BuildDir
+from kiln.core.builddir import BuildDir
+from kiln.publish import gcs, upload
 
 pytestmark = pytest.mark.gcs
 CHUNK = 256 * 1024

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from kiln import cli, config, goss, verify
-from kiln.errors import InputError, VerifyError
+from kiln import cli, config
+from kiln.core.errors import InputError, VerifyError
+from kiln.goss import specs as goss
+from kiln.goss import verify
 
 
 def _build_dir(tmp_path: Path, with_qcow2: bool = True) -> Path:
@@ -90,7 +92,7 @@ def test_a_broken_spec_fails_before_any_boot(tmp_path: Path, monkeypatch: pytest
     def no_boot(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("booted a VM for a spec that cannot run")
 
-    monkeypatch.setattr("kiln.vm.VM", no_boot)
+    monkeypatch.setattr("kiln.vm.qemu.VM", no_boot)
     d = _build_dir(tmp_path)
     with pytest.raises(InputError, match=r"goss.yaml: resource type 'http' is not supported"):
         verify.verify_build_dir(d, workdir=tmp_path / "work")
@@ -153,7 +155,7 @@ class FakeSession:
 def test_goss_binary_is_copied_with_spec_and_vars_and_its_json_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("kiln.ssh.Session", FakeSession)
+    monkeypatch.setattr("kiln.vm.ssh.Session", FakeSession)
     FakeSession.instances.clear()
     binary = tmp_path / "goss"
     binary.write_text("#!/bin/sh\n")
@@ -204,8 +206,8 @@ def test_the_packer_hook_command_is_one_goss_check_accepts() -> None:
 def test_goss_check_on_an_unreachable_host_is_one_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kiln import ssh
-    from kiln.vm import free_port
+    from kiln.vm import ssh
+    from kiln.vm.qemu import free_port
 
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps(config.load("debian-12").to_json()))

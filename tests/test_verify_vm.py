@@ -16,8 +16,12 @@ from typing import Any
 
 import pytest
 
-from kiln import builddir, cidata, cli, goss, ssh, verify
-from kiln.vm import VM
+from kiln import cli
+from kiln.core import builddir
+from kiln.goss import specs as goss
+from kiln.goss import verify
+from kiln.vm import cidata, ssh
+from kiln.vm.qemu import VM
 
 pytestmark = pytest.mark.vm
 

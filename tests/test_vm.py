@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from kiln import proc, vm
-from kiln.errors import InputError
+from kiln.core import proc
+from kiln.core.errors import InputError
+from kiln.vm import qemu as vm
 
 
 @pytest.fixture
@@ -252,7 +253,7 @@ def test_port_taken_between_pick_and_start_is_retried(
 
 def test_wait_for_ssh_fails_fast_when_qemu_dies(tmp_path: Path, probe_disk: Path) -> None:
     key = tmp_path / "key"
-    from kiln import ssh
+    from kiln.vm import ssh
 
     pair = ssh.generate_keypair(key)
     machine = _tiny(probe_disk, tmp_path / "w").start()
@@ -281,7 +282,7 @@ def test_shutdown_cleanly_raises_when_guest_ignores_powerdown(tmp_path: Path, pr
 
 _CHILD = """
 import sys, time
-from kiln import vm
+from kiln.vm import qemu as vm
 m = vm.VM(sys.argv[1], workdir=sys.argv[2], accelerator="tcg", memory=64, cpus=1, stop_timeout=0)
 with m:
     print(m.pid, flush=True)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from kiln import cidata, ova
-from kiln.ssh import generate_keypair
-from kiln.vm import VM
+from kiln.artifacts import ova
+from kiln.vm import cidata
+from kiln.vm.qemu import VM
+from kiln.vm.ssh import generate_keypair
 
 pytestmark = pytest.mark.vm
 
@@ -210,7 +211,7 @@ def test_ova_disk_converted_back_boots(built_image, tmp_path):
 
 def test_second_build_with_unchanged_base_inputs_skips_the_base_stage(built_image):
     """The base stage of a second build with the build's own inputs: found in the cache, not rebuilt."""
-    from kiln import bootstrap
+    from kiln.build import bootstrap
 
     values = built_image.dir.config
     repo = Path(__file__).resolve().parents[1]

@@ -1,0 +1,358 @@
+"""Live formats from the finished, sysprepped root filesystem (no second provisioning run):
+
+    squashfs   squashfs/filesystem.squashfs + .packages (name, version) + .manifest (every path: type,
+               mode, owner, size, sha256 of files) + .hash (sha256)
+    iso        NAME.iso: a hybrid live ISO (grub-mkrescue, i.e. xorriso): El Torito for BIOS (GRUB's
+               i386-pc eltorito image) and for UEFI (an EFI System Partition image with GRUB), plus an
+               MBR/GPT so that it also boots written to a USB stick. Debian live-boot mounts the squashfs
+               under a tmpfs overlay.
+    netboot    netboot/{vmlinuz, initrd, filesystem.squashfs, boot.ipxe}: the initrd fetches the squashfs
+               over HTTP (`fetch=URL` on the kernel command line); `kiln serve` serves the set
+    platform   NAME.platform.tgz: platform/etc/version/{platform,os-release,gitstatus} and
+               platform/x86_64/{vmlinuz,initrd,initrd.hash,filesystem.squashfs,filesystem.squashfs.hash,
+               filesystem.packages,filesystem.manifest}
+
+The image carries live-boot in every format (the node role installs it), so the formats never drift apart:
+the live initrd is made from the image's own kernel and initramfs-tools with `mkinitramfs` in a chroot of
+the image's tree. Needs root (loop device and mount), as the bootstrap base does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import tarfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from kiln.core import proc
+from kiln.core.builddir import sha256_file
+from kiln.core.errors import BuildError, InputError
+from kiln.core.runtime import Runtime
+
+DISK_FORMATS = ("qcow2", "ova")
+LIVE_FORMATS = ("squashfs", "iso", "netboot", "platform")
+ALL = DISK_FORMATS + LIVE_FORMATS
+SQUASHFS_DIR = "squashfs"
+NETBOOT_DIR = "netboot"
+LIVE_CMDLINE = "boot=live components console=tty0 console=ttyS0,115200n8"
+
+
+def live_cmdline(kernel_params: str = "") -> str:
+    """The live kernel command line, with the image's extra_kernel_boot_params as its disk boot has them."""
+    return f"{LIVE_CMDLINE} {kernel_params}".strip()
+
+
+TYPES = (
+    (stat.S_ISREG, "f"),
+    (stat.S_ISDIR, "d"),
+    (stat.S_ISLNK, "l"),
+    (stat.S_ISCHR, "c"),
+    (stat.S_ISBLK, "b"),
+    (stat.S_ISFIFO, "p"),
+    (stat.S_ISSOCK, "s"),
+)
+
+
+def live_wanted(formats: Sequence[str]) -> bool:
+    return any(f in LIVE_FORMATS for f in formats)
+
+
+@contextlib.contextmanager
+def root_tree(disk: Path, work: Path, runtime: Runtime | None, log_file: IO[str] | None) -> Iterator[Path]:
+    """The image's root file system, mounted read-write from a throwaway raw copy of `disk`."""
+    if os.geteuid() != 0:
+        raise InputError("formats squashfs/iso/netboot/platform: reading the image's root needs root (mount)")
+    raw = work / "root.raw"
+    mnt = work / "root"
+    mnt.mkdir(parents=True)
+    proc.run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], log_file=log_file, runtime=runtime)
+    table = json.loads(proc.output(["sfdisk", "--json", str(raw)], runtime=runtime))["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    root = table["partitions"][-1]
+    loop = proc.output(
+        [
+            "losetup",
+            "-f",
+            "--show",
+            "-o",
+            str(root["start"] * sector),
+            "--sizelimit",
+            str(root["size"] * sector),
+            str(raw),
+        ],
+        runtime=runtime,
+    ).strip()
+    mounted: list[Path] = []
+    try:
+        proc.run(["mount", loop, str(mnt)], log_file=log_file, runtime=runtime)
+        mounted.append(mnt)
+        yield mnt
+    finally:
+        for m in reversed(mounted):
+            proc.run(["umount", "-l", str(m)], check=False, log_file=log_file, runtime=runtime)
+        proc.run(["losetup", "-d", loop], check=False, log_file=log_file, runtime=runtime)
+        raw.unlink(missing_ok=True)
+
+
+def live_fstab(tree: Path) -> None:
+    """The disk's own file systems (root and ESP by UUID) do not exist in a live boot: live-boot mounts the
+    squashfs under an overlay and adds its own entries. Comment the disk's entries out in the live root."""
+    fstab = tree / "etc" / "fstab"
+    if not fstab.is_file():
+        return
+    out = []
+    for line in fstab.read_text().splitlines():
+        if line.strip().startswith(("UUID=", "LABEL=", "PARTUUID=", "/dev/")):
+            out.append(f"# kiln live: a disk entry, not used in a live boot: {line}")
+        else:
+            out.append(line)
+    fstab.write_text("\n".join(out) + "\n")
+
+
+def kernel_version(tree: Path) -> str:
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"), key=lambda p: p.stat().st_mtime)
+    if not kernels:
+        raise BuildError(f"{tree}/boot: the image has no kernel (vmlinuz-*)")
+    return kernels[-1].name.removeprefix("vmlinuz-")
+
+
+def make_squashfs(tree: Path, out: Path, runtime: Runtime | None, log_file: IO[str] | None) -> Path:
+    proc.run(
+        [
+            "mksquashfs",
+            str(tree),
+            str(out),
+            "-noappend",
+            "-comp",
+            "zstd",
+            "-Xcompression-level",
+            "6",
+            "-wildcards",
+            "-e",
+            "lost+found",
+            "-quiet",
+        ],
+        log_file=log_file,
+        runtime=runtime,
+    )
+    return out
+
+
+def write_manifest(tree: Path, out: Path) -> Path:
+    """Every path: type, mode (octal), uid:gid, size, sha256 (files) and link target (symlinks)."""
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            st = os.lstat(path)
+            kind = next((k for test, k in TYPES if test(st.st_mode)), "?")
+            rel = "/" + str(path.relative_to(tree))
+            digest = sha256_file(path) if kind == "f" else "-"
+            extra = f"\t-> {os.readlink(path)}" if kind == "l" else ""
+            lines.append(
+                f"{rel}\t{kind}\t{stat.S_IMODE(st.st_mode):04o}\t{st.st_uid}:{st.st_gid}\t{st.st_size}\t{digest}{extra}"
+            )
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def write_hash(path: Path) -> str:
+    digest = sha256_file(path)
+    Path(f"{path}.hash").write_text(f"{digest}\n")
+    return digest
+
+
+def live_initrd(tree: Path, out: Path, runtime: Runtime | None, log_file: IO[str] | None) -> str:
+    """An initrd with live-boot, made by the image's own mkinitramfs in a chroot of its tree."""
+    if (
+        not (tree / "usr/share/initramfs-tools/scripts/live").exists()
+        and not (tree / "lib/live/boot").exists()
+    ):
+        raise BuildError(f"{tree}: live-boot is not installed in the image (the node role installs it)")
+    kver = kernel_version(tree)
+    binds = [Path("/proc"), Path("/sys"), Path("/dev")]
+    mounted: list[Path] = []
+    try:
+        for b in binds:
+            target = tree / b.relative_to("/")
+            proc.run(["mount", "--bind", str(b), str(target)], log_file=log_file, runtime=runtime)
+            mounted.append(target)
+        proc.run(
+            ["chroot", str(tree), "mkinitramfs", "-o", "/tmp/kiln-live-initrd", kver],
+            log_file=log_file,
+            runtime=runtime,
+        )
+    finally:
+        for m in reversed(mounted):
+            proc.run(["umount", "-l", str(m)], check=False, log_file=log_file, runtime=runtime)
+    shutil.move(str(tree / "tmp" / "kiln-live-initrd"), out)
+    return kver
+
+
+GRUB_CFG = """# kiln live ISO: {name}
+set timeout=1
+set default=0
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+menuentry "{name} (live)" {{
+  linux /live/vmlinuz {cmdline}
+  initrd /live/initrd.img
+}}
+"""
+
+IPXE = """#!ipxe
+# kiln netboot set for {name}. `kiln serve BUILD_DIR` serves these files and writes the URL it is
+# reached at into `base`; any other HTTP server works too: set base to where the files are served.
+isset ${{base}} || set base {base}
+kernel ${{base}}/vmlinuz {cmdline} fetch=${{base}}/filesystem.squashfs ip=dhcp ${{extra}}
+initrd ${{base}}/initrd
+boot
+"""
+
+
+def ipxe_script(name: str, base: str, extra: str = "", kernel_params: str = "") -> str:
+    text = IPXE.format(name=name, base=base, cmdline=live_cmdline(kernel_params))
+    return text.replace("${extra}", extra).replace(" \n", "\n")
+
+
+def make_iso(
+    name: str,
+    kernel: Path,
+    initrd: Path,
+    squashfs: Path,
+    out: Path,
+    work: Path,
+    runtime: Runtime | None,
+    log_file: IO[str] | None,
+    kernel_params: str = "",
+) -> Path:
+    stage = work / "iso"
+    (stage / "live").mkdir(parents=True)
+    (stage / "boot" / "grub").mkdir(parents=True)
+    shutil.copyfile(kernel, stage / "live" / "vmlinuz")
+    shutil.copyfile(initrd, stage / "live" / "initrd.img")
+    os.link(squashfs, stage / "live" / "filesystem.squashfs")
+    grub_cfg = GRUB_CFG.format(name=name, cmdline=live_cmdline(kernel_params))
+    (stage / "boot" / "grub" / "grub.cfg").write_text(grub_cfg)
+    proc.run(
+        ["grub-mkrescue", "-o", str(out), str(stage), "--", "-volid", "KILN_LIVE"],
+        log_file=log_file,
+        runtime=runtime,
+    )
+    shutil.rmtree(stage)
+    return out
+
+
+def gitstatus(repo_root: Path, runtime: Runtime | None) -> str:
+    if not (repo_root / ".git").exists():
+        return "unknown (not a git checkout)\n"
+    rev = proc.run(["git", "-C", str(repo_root), "rev-parse", "HEAD"], check=False, runtime=runtime).output
+    dirty = proc.run(
+        ["git", "-C", str(repo_root), "status", "--porcelain"], check=False, runtime=runtime
+    ).output
+    return f"{rev.strip() or 'unknown'}{' dirty' if dirty.strip() else ''}\n"
+
+
+def make_platform(out: Path, files: Mapping[str, Path], os_release: str, built: float, git: str) -> Path:
+    """The Triton-style platform tarball; every file under x86_64/ that has a .hash gets one."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+
+        def add_bytes(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(built)
+            info.mode = 0o644
+            import io
+
+            tar.addfile(info, io.BytesIO(data))
+
+        add_bytes(
+            "platform/etc/version/platform",
+            time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(built)).encode() + b"\n",
+        )
+        add_bytes("platform/etc/version/os-release", os_release.encode())
+        add_bytes("platform/etc/version/gitstatus", git.encode())
+        for name, path in files.items():
+            tar.add(path, arcname=f"platform/x86_64/{name}", recursive=False)
+            if name in ("initrd", "filesystem.squashfs"):
+                add_bytes(f"platform/x86_64/{name}.hash", (sha256_file(path) + "\n").encode())
+    tmp.replace(out)
+    return out
+
+
+def produce(
+    disk: Path,
+    build_dir: Path,
+    name: str,
+    formats: Sequence[str],
+    packages_file: Path,
+    repo_root: Path,
+    work: Path,
+    *,
+    kernel_params: str = "",
+    runtime: Runtime | None = None,
+    log_file: IO[str] | None = None,
+    say: Any = None,
+) -> list[Path]:
+    """Write the live formats in `formats` into build_dir from the finished disk; returns the files made."""
+    if not live_wanted(formats):
+        return []
+    made: list[Path] = []
+    note = say or (lambda _t: None)
+    work.mkdir(parents=True, exist_ok=True)
+    sq_dir = build_dir / SQUASHFS_DIR
+    sq_dir.mkdir(exist_ok=True)
+    squash = sq_dir / "filesystem.squashfs"
+    kernel = work / "vmlinuz"
+    initrd = work / "initrd"
+    built = time.time()
+    with root_tree(disk, work, runtime, log_file) as tree:
+        live_fstab(tree)
+        note("squashfs: the root file system")
+        make_squashfs(tree, squash, runtime, log_file)
+        note("squashfs: manifest of every path")
+        write_manifest(tree, sq_dir / "filesystem.manifest")
+        os_release = (
+            (tree / "etc" / "os-release").read_text() if (tree / "etc" / "os-release").is_file() else ""
+        )
+        note("live initrd: mkinitramfs with live-boot in a chroot of the image")
+        kver = live_initrd(tree, initrd, runtime, log_file)
+        shutil.copyfile(tree / "boot" / f"vmlinuz-{kver}", kernel)
+    write_hash(squash)
+    shutil.copyfile(packages_file, sq_dir / "filesystem.packages")
+    made += [squash, Path(f"{squash}.hash"), sq_dir / "filesystem.manifest", sq_dir / "filesystem.packages"]
+    if "iso" in formats:
+        note("iso: hybrid BIOS/UEFI live ISO (grub-mkrescue, xorriso)")
+        iso = build_dir / f"{name}.iso"
+        made.append(make_iso(name, kernel, initrd, squash, iso, work, runtime, log_file, kernel_params))
+        made.append(Path(f"{iso}.sha256"))
+        Path(f"{iso}.sha256").write_text(sha256_file(iso))
+    if "netboot" in formats:
+        net = build_dir / NETBOOT_DIR
+        net.mkdir(exist_ok=True)
+        shutil.copyfile(kernel, net / "vmlinuz")
+        shutil.copyfile(initrd, net / "initrd")
+        os.link(squash, net / "filesystem.squashfs")
+        (net / "boot.ipxe").write_text(ipxe_script(name, "http://SERVER/PATH", kernel_params=kernel_params))
+        made += [net / n for n in ("vmlinuz", "initrd", "filesystem.squashfs", "boot.ipxe")]
+    if "platform" in formats:
+        note("platform: the Triton-style tarball")
+        files = {
+            "vmlinuz": kernel,
+            "initrd": initrd,
+            "filesystem.squashfs": squash,
+            "filesystem.packages": sq_dir / "filesystem.packages",
+            "filesystem.manifest": sq_dir / "filesystem.manifest",
+        }
+        tgz = build_dir / f"{name}.platform.tgz"
+        made.append(make_platform(tgz, files, os_release, built, gitstatus(repo_root, runtime)))
+    return made

@@ -1,0 +1,253 @@
+"""The OVA: an OVF 1.0 descriptor, a stream-optimized VMDK and a SHA256 manifest, as one tar.
+
+Tar member order follows the OVF specification (DMTF DSP0243, "OVF packages"): the descriptor first, the
+manifest right after it, then the disk files in the order of the descriptor's References section.
+
+The descriptor's hardware comes from the config: `cpus`, `memory` (MiB), the disk's virtual size,
+`firmware` (bios|efi, as VMware's `firmware` extra config) and `guest_os_type` (a VMware guest id such as
+`debian12-64`, with the matching CIM operating-system id in ovf:id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+from xml.sax.saxutils import escape, quoteattr
+
+from kiln.core import proc
+from kiln.core.errors import BuildError, InputError
+
+VMDK_FORMAT = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
+VIRTUAL_HW = "vmx-13"
+
+# CIM_OperatingSystem ids (DMTF) for VMware guest ids, by prefix; 101 = "Other Linux 64-Bit".
+CIM_OS_IDS = (
+    ("debian", 96),
+    ("ubuntu", 94),
+    ("centos", 107),
+    ("rhel", 80),
+    ("rocky", 80),
+    ("other", 101),
+)
+
+
+def cim_os_id(guest_os_type: str) -> int:
+    for prefix, number in CIM_OS_IDS:
+        if guest_os_type.startswith(prefix):
+            return number
+    return 101
+
+
+def disk_virtual_size(disk: Path) -> int:
+    info = json.loads(proc.output(["qemu-img", "info", "--output=json", str(disk)]))
+    return int(info["virtual-size"])
+
+
+def ovf_descriptor(
+    name: str,
+    values: Mapping[str, Any],
+    *,
+    vmdk_name: str,
+    vmdk_size: int,
+    capacity_bytes: int,
+) -> str:
+    """The OVF 1.0 descriptor text for one VM with one stream-optimized disk."""
+    cpus = int(values.get("cpus") or 2)
+    memory = int(values.get("memory") or 2048)
+    firmware = str(values.get("firmware") or "bios")
+    if firmware not in ("bios", "efi"):
+        raise InputError(f"firmware: must be bios or efi for an OVA, not {firmware!r}")
+    guest = str(values.get("guest_os_type") or "otherLinux64Guest")
+    os_label = f"{values.get('os_name', 'linux')} {values.get('os_version', '')}".strip()
+    semver = str(values.get("kubernetes_semver", ""))
+    n = quoteattr(name)
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<Envelope vmw:buildId="kiln" xmlns="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common"
+  xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
+  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
+  xmlns:vmw="http://www.vmware.com/schema/ovf"
+  xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <References>
+    <File ovf:href={quoteattr(vmdk_name)} ovf:id="file1" ovf:size="{vmdk_size}"/>
+  </References>
+  <DiskSection>
+    <Info>Virtual disk information</Info>
+    <Disk ovf:capacity="{capacity_bytes}" ovf:capacityAllocationUnits="byte" ovf:diskId="vmdisk1"
+      ovf:fileRef="file1" ovf:format="{VMDK_FORMAT}"/>
+  </DiskSection>
+  <NetworkSection>
+    <Info>The list of logical networks</Info>
+    <Network ovf:name="nic0">
+      <Description>The nic0 network</Description>
+    </Network>
+  </NetworkSection>
+  <VirtualSystem ovf:id={n}>
+    <Info>A Kubernetes {escape(semver)} node image built by kiln</Info>
+    <Name>{escape(name)}</Name>
+    <OperatingSystemSection ovf:id="{cim_os_id(guest)}" vmw:osType={quoteattr(guest)}>
+      <Info>The kind of installed guest operating system</Info>
+      <Description>{escape(os_label)}</Description>
+    </OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Info>Virtual hardware requirements</Info>
+      <System>
+        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>
+        <vssd:InstanceID>0</vssd:InstanceID>
+        <vssd:VirtualSystemIdentifier>{escape(name)}</vssd:VirtualSystemIdentifier>
+        <vssd:VirtualSystemType>{VIRTUAL_HW}</vssd:VirtualSystemType>
+      </System>
+      <Item>
+        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>
+        <rasd:Description>Number of Virtual CPUs</rasd:Description>
+        <rasd:ElementName>{cpus} virtual CPU(s)</rasd:ElementName>
+        <rasd:InstanceID>1</rasd:InstanceID>
+        <rasd:ResourceType>3</rasd:ResourceType>
+        <rasd:VirtualQuantity>{cpus}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
+        <rasd:Description>Memory Size</rasd:Description>
+        <rasd:ElementName>{memory}MB of memory</rasd:ElementName>
+        <rasd:InstanceID>2</rasd:InstanceID>
+        <rasd:ResourceType>4</rasd:ResourceType>
+        <rasd:VirtualQuantity>{memory}</rasd:VirtualQuantity>
+      </Item>
+      <Item>
+        <rasd:Address>0</rasd:Address>
+        <rasd:Description>SCSI Controller</rasd:Description>
+        <rasd:ElementName>SCSI Controller 0</rasd:ElementName>
+        <rasd:InstanceID>3</rasd:InstanceID>
+        <rasd:ResourceSubType>VirtualSCSI</rasd:ResourceSubType>
+        <rasd:ResourceType>6</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>0</rasd:AddressOnParent>
+        <rasd:ElementName>Hard Disk 1</rasd:ElementName>
+        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
+        <rasd:InstanceID>4</rasd:InstanceID>
+        <rasd:Parent>3</rasd:Parent>
+        <rasd:ResourceType>17</rasd:ResourceType>
+      </Item>
+      <Item>
+        <rasd:AddressOnParent>7</rasd:AddressOnParent>
+        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>
+        <rasd:Connection>nic0</rasd:Connection>
+        <rasd:Description>VmxNet3 ethernet adapter on "nic0"</rasd:Description>
+        <rasd:ElementName>Network adapter 1</rasd:ElementName>
+        <rasd:InstanceID>5</rasd:InstanceID>
+        <rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>
+        <rasd:ResourceType>10</rasd:ResourceType>
+      </Item>
+      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="{firmware}"/>
+      <vmw:Config ovf:required="false" vmw:key="tools.syncTimeWithHost" vmw:value="false"/>
+    </VirtualHardwareSection>
+    <ProductSection>
+      <Info>Information about the installed software</Info>
+      <Product>{escape(os_label)} Kubernetes node</Product>
+      <Version>{escape(semver)}</Version>
+      <FullVersion>{escape(name)}</FullVersion>
+{_properties(values, name)}
+    </ProductSection>
+  </VirtualSystem>
+</Envelope>
+"""
+
+
+def _properties(values: Mapping[str, Any], name: str) -> str:
+    """The ProductSection properties image-builder writes for vCenter (read-only, strings)."""
+    from kiln.core.builddir import custom_data
+
+    filled = {"build_name": name.split("+kube-")[0], "kubernetes_semver": "", **values}
+    data = custom_data(filled, str(values.get("input_hash", "")))
+    props = {
+        "BUILD_DATE": data["build_date"],
+        "BUILD_TIMESTAMP": data["build_timestamp"],
+        "CNI_VERSION": data["kubernetes_cni_semver"],
+        "CONTAINERD_VERSION": data["containerd_version"],
+        "DISTRO_ARCH": data["distro_arch"],
+        "DISTRO_NAME": data["distro_name"],
+        "DISTRO_VERSION": data["distro_version"],
+        "IMAGE_BUILDER_VERSION": data["ib_version"],
+        "KUBERNETES_SEMVER": data["kubernetes_semver"],
+        "KUBERNETES_SOURCE_TYPE": data["kubernetes_source_type"],
+        "KUBERNETES_VERSION": data["kubernetes_typed_version"],
+        "OS_NAME": data["os_name"],
+        "OS_VERSION": data["os_version"],
+        "IMAGE_NAME": name,
+    }
+    line = '      <Property ovf:key="{}" ovf:type="string" ovf:userConfigurable="false" ovf:value={}/>'
+    return "\n".join(line.format(key, quoteattr(v)) for key, v in props.items())
+
+
+def _sha256(path: Path) -> str:
+    from kiln.core.builddir import sha256_file  # the one file hash
+
+    return sha256_file(path)
+
+
+def manifest_text(files: Mapping[str, str]) -> str:
+    """The .mf: one `SHA256(NAME)= HEX` line per file, in OVA order."""
+    return "".join(f"SHA256({name})= {digest}\n" for name, digest in files.items())
+
+
+def build_ova(
+    disk: Path,
+    out: Path,
+    name: str,
+    values: Mapping[str, Any],
+    *,
+    log_file: IO[str] | None = None,
+) -> Path:
+    """Write `out` (NAME.ova) from `disk` (any format qemu-img reads). Atomic: temp file, then rename."""
+    if not disk.is_file():
+        raise BuildError(f"{disk}: no disk to package into an OVA")
+    with tempfile.TemporaryDirectory(prefix=".ova-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        vmdk = work / f"{name}-disk1.vmdk"
+        proc.run(
+            ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(disk), str(vmdk)],
+            log_file=log_file,
+        )
+        ovf = work / f"{name}.ovf"
+        ovf.write_text(
+            ovf_descriptor(
+                name,
+                values,
+                vmdk_name=vmdk.name,
+                vmdk_size=vmdk.stat().st_size,
+                capacity_bytes=disk_virtual_size(disk),
+            )
+        )
+        mf = work / f"{name}.mf"
+        mf.write_text(manifest_text({ovf.name: _sha256(ovf), vmdk.name: _sha256(vmdk)}))
+        partial = work / out.name
+        with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for member in (ovf, mf, vmdk):  # OVF order: descriptor, manifest, then disks
+                info = tar.gettarinfo(str(member), arcname=member.name)
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                info.mode = 0o644
+                with open(member, "rb") as f:
+                    tar.addfile(info, f)
+        os.replace(partial, out)
+    return out
+
+
+def read_ova(path: Path) -> tuple[list[str], dict[str, bytes]]:
+    """Member names in tar order and the small members' contents (.ovf, .mf), for checks and tests."""
+    with tarfile.open(path) as tar:
+        names = tar.getnames()
+        small: dict[str, bytes] = {}
+        for member in tar.getmembers():
+            if member.name.endswith((".ovf", ".mf")):
+                f = tar.extractfile(member)
+                if f is not None:
+                    small[member.name] = f.read()
+    return names, small

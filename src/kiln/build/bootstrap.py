@@ -1,0 +1,427 @@
+"""The `bootstrap` install method: a bootable GPT base disk made from Debian packages, cached by input hash.
+
+Steps (all as root, no partition loop devices needed):
+  1. mmdebstrap the suite into a directory (kernel, systemd, openssh-server, cloud-init, python3, sudo, grub).
+  2. Write fstab, hostname, GRUB defaults and a one-shot bootloader installer into that tree.
+  3. Make a sparse raw disk with a GPT: BIOS boot partition (1 MiB), ESP (FAT32), root (ext4). The ESP is
+     formatted in place (`mkfs.fat --offset`), the root filesystem is created and filled from the tree in
+     place (`mkfs.ext4 -E offset=... -d TREE`).
+  4. Boot that disk once under QEMU with the extracted kernel/initrd and `init=` pointing at the installer,
+     which runs `grub-install` for i386-pc and x86_64-efi (removable path) and `update-grub` where /dev/vda
+     is an ordinary disk, then powers off. The disk now boots by itself on BIOS and on UEFI.
+  5. Convert to qcow2 and publish into the cache atomically (temp dir + rename).
+
+The cache key hashes every input: suite, mirror, package list, disk size, the bootstrap code version
+(LAYOUT_VERSION) and the files in bootstrap/. A second build with the same inputs reuses the base
+and says so.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from kiln.core import proc
+from kiln.core.errors import BuildError, InputError
+from kiln.core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# kiln's bootstrap code version: bump whenever this module changes what ends up on the base disk.
+LAYOUT_VERSION = 1
+
+SECTOR = 512
+MIB = 1024 * 1024
+BIOS_BOOT_MIB = 1
+ESP_MIB = 100
+FIRST_MIB = 1  # the GPT and alignment before partition 1
+
+GUID_BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+GUID_ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GUID_LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+
+# What a base disk needs to boot, reach the network, take a cloud-init seed and be provisioned by Ansible.
+# `bootstrap_packages` from the config is added to these.
+REQUIRED_PACKAGES = (
+    "linux-image-amd64",
+    "initramfs-tools",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
+    "grub2-common",
+    "dosfstools",
+    "e2fsprogs",
+    "openssh-server",
+    "cloud-init",
+    "cloud-guest-utils",
+    "ifupdown",
+    "isc-dhcp-client",
+    "iproute2",
+    "netbase",
+    "python3",
+    "python3-apt",
+    "sudo",
+    "ca-certificates",
+    "gnupg",
+)
+
+BOOTLOADER_MARKER = "KILN-BOOTLOADER-OK"
+INSTALLER_IN_GUEST = "/usr/local/sbin/kiln-install-bootloader"
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    name: str
+    start: int  # sectors
+    size: int  # sectors
+    type_guid: str
+
+    @property
+    def offset(self) -> int:
+        return self.start * SECTOR
+
+    @property
+    def size_bytes(self) -> int:
+        return self.size * SECTOR
+
+
+def layout(disk_size_mib: int) -> list[Partition]:
+    """The partition table of a base disk of `disk_size_mib` MiB: BIOS boot, ESP, root (the rest)."""
+    min_mib = FIRST_MIB + BIOS_BOOT_MIB + ESP_MIB + 512 + 1
+    if disk_size_mib < min_mib:
+        raise InputError(
+            f"disk_size: {disk_size_mib} MiB is too small for a bootstrap base (minimum {min_mib})"
+        )
+    per_mib = MIB // SECTOR
+    bios_start = FIRST_MIB * per_mib
+    esp_start = bios_start + BIOS_BOOT_MIB * per_mib
+    root_start = esp_start + ESP_MIB * per_mib
+    # leave the last MiB for the backup GPT (33 sectors) and alignment
+    root_size = (disk_size_mib - 1) * per_mib - root_start
+    return [
+        Partition(1, "bios", bios_start, BIOS_BOOT_MIB * per_mib, GUID_BIOS_BOOT),
+        Partition(2, "esp", esp_start, ESP_MIB * per_mib, GUID_ESP),
+        Partition(3, "root", root_start, root_size, GUID_LINUX),
+    ]
+
+
+def sfdisk_script(parts: Iterable[Partition], disk_guid: str) -> str:
+    """The sfdisk input that writes `parts` as a GPT."""
+    lines = ["label: gpt", f"label-id: {disk_guid}", "unit: sectors", ""]
+    for p in parts:
+        lines.append(f"start={p.start}, size={p.size}, type={p.type_guid}, name={p.name}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """Every input of a base disk. Its key names the cache entry."""
+
+    suite: str
+    mirror: str
+    packages: tuple[str, ...]
+    disk_size_mib: int
+    files_digest: str = ""
+    layout_version: int = LAYOUT_VERSION
+
+    def key(self) -> str:
+        """What lands on the disk; not where the packages came from (the mirror is left out)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "mirror"}
+        blob = json.dumps(fields, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def files_digest(repo_root: Path) -> str:
+    """Hash of the files in bootstrap/ (installer script, GRUB defaults) that shape the base disk.
+
+    Changes to this module's procedure bump LAYOUT_VERSION instead, so that edits which do not change the
+    disk (comments, formatting) keep the cache.
+    """
+    h = hashlib.sha256()
+    folder = repo_root / "bootstrap"
+    for path in sorted(folder.glob("*")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def spec_from_config(values: Any, repo_root: Path) -> BaseSpec:
+    """BaseSpec from a Config (or a plain mapping of config values)."""
+    extra = values.get("bootstrap_packages") or []
+    if isinstance(extra, str):
+        extra = [p for p in extra.replace(",", " ").split() if p]
+    packages = tuple(sorted(set(REQUIRED_PACKAGES) | {str(p) for p in extra}))
+    return BaseSpec(
+        suite=str(values.get("bootstrap_suite") or "bookworm"),
+        mirror=str(values.get("bootstrap_mirror") or "http://deb.debian.org/debian"),
+        packages=packages,
+        disk_size_mib=int(values.get("disk_size") or 20480),
+        files_digest=files_digest(repo_root),
+    )
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A finished, cached base disk."""
+
+    key: str
+    dir: Path
+    cached: bool  # True when reused from the cache
+    info: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def disk(self) -> Path:
+        return self.dir / "base.qcow2"
+
+    @property
+    def kernel(self) -> Path:
+        return self.dir / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.dir / "initrd.img"
+
+    @property
+    def root_uuid(self) -> str:
+        return str(self.info.get("root_uuid", ""))
+
+
+def cached(spec: BaseSpec, cache_dir: Path) -> BaseImage | None:
+    entry = cache_dir / "bootstrap" / spec.key()
+    info_path = entry / "info.json"
+    if not (info_path.is_file() and (entry / "base.qcow2").is_file()):
+        return None
+    return BaseImage(spec.key(), entry, True, json.loads(info_path.read_text()))
+
+
+def ensure_base(
+    spec: BaseSpec,
+    cache_dir: Path,
+    repo_root: Path,
+    *,
+    accelerator: str = "tcg",
+    log_file: IO[str] | None = None,
+    say: Callable[[str], None] = print,
+    runtime: Runtime | None = None,
+) -> BaseImage:
+    """Return the cached base for `spec`, building it first when the cache has none.
+
+    Concurrent builds of the same key serialise on a lock file; the loser of the race reuses the winner's
+    result. A half-built base never becomes visible (built in a temp dir, then renamed).
+    """
+    root = proc.ensure_dir(cache_dir / "bootstrap")
+    key = spec.key()
+    hit = cached(spec, cache_dir)
+    if hit is not None:
+        say(f"base: reusing cached base disk {hit.dir} (key {key}, inputs unchanged)")
+        return hit
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        hit = cached(spec, cache_dir)
+        if hit is not None:
+            say(f"base: reusing cached base disk {hit.dir} (key {key}, built by a concurrent run)")
+            return hit
+        if os.geteuid() != 0:
+            raise InputError(
+                "bootstrap: building the base disk needs root (mmdebstrap into a directory, mkfs -d)",
+                hint="run the build as root, or use install_method installer/cloudimg",
+            )
+        say(f"base: no cached base for key {key}; building it ({spec.suite} from {spec.mirror})")
+        work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
+        try:
+            info = _build(
+                spec, work, repo_root, accelerator=accelerator, log_file=log_file, say=say, runtime=runtime
+            )
+            (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            shutil.rmtree(work / "rootfs", ignore_errors=True)
+            os.rename(work, root / key)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    say(f"base: cached as {root / key}")
+    return BaseImage(key, root / key, False, info)
+
+
+def _build(
+    spec: BaseSpec,
+    work: Path,
+    repo_root: Path,
+    *,
+    accelerator: str,
+    log_file: IO[str] | None,
+    say: Callable[[str], None],
+    runtime: Runtime | None = None,
+) -> dict[str, object]:
+    started = time.monotonic()
+    tree = work / "rootfs"
+    say(f"base: mmdebstrap {spec.suite} ({len(spec.packages)} packages; a few minutes)")
+    proc.run(
+        [
+            "mmdebstrap",
+            "--variant=apt",
+            "--mode=root",
+            "--format=directory",
+            f"--include={','.join(spec.packages)}",
+            '--customize-hook=rm -f "$1"/etc/ssh/ssh_host_*',
+            spec.suite,
+            str(tree),
+            spec.mirror,
+        ],
+        log_file=log_file,
+        runtime=runtime,
+        capture=False,
+        tail_lines=60,
+    )
+    root_uuid = str(uuid.uuid4())
+    esp_serial = uuid.uuid4().hex[:8].upper()
+    esp_uuid = f"{esp_serial[:4]}-{esp_serial[4:]}"
+    _customize_tree(tree, repo_root, spec, root_uuid, esp_uuid)
+    kernel, initrd = _kernel_files(tree)
+    shutil.copy2(kernel, work / "vmlinuz")
+    shutil.copy2(initrd, work / "initrd.img")
+
+    say("base: partitioning and filling the disk (GPT: bios_grub, ESP, ext4 root)")
+    raw = work / "base.raw"
+    parts = layout(spec.disk_size_mib)
+    with open(raw, "wb") as f:
+        f.truncate(spec.disk_size_mib * MIB)
+    proc.run(
+        ["sfdisk", "--quiet", str(raw)], input_text=sfdisk_script(parts, str(uuid.uuid4())), log_file=log_file
+    )
+    esp, root = parts[1], parts[2]
+    proc.run(
+        [
+            "mkfs.fat", "-F", "32", "-s", "1", "-n", "EFI", "-i", esp_serial,
+            f"--offset={esp.start}", str(raw), str(esp.size_bytes // 1024),
+        ],
+        log_file=log_file,
+        runtime=runtime,
+    )  # fmt: skip
+    proc.run(
+        [
+            "mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid,
+            "-E", f"offset={root.offset}", "-d", str(tree), str(raw), f"{root.size_bytes // 1024}k",
+        ],
+        log_file=log_file,
+        runtime=runtime,
+    )  # fmt: skip
+
+    say(f"base: installing GRUB (BIOS + UEFI) from inside a one-shot VM ({accelerator})")
+    _install_bootloader(raw, work, root_uuid, accelerator=accelerator, log_file=log_file, runtime=runtime)
+
+    say("base: converting to qcow2")
+    proc.run(
+        ["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "base.qcow2")],
+        log_file=log_file,
+        runtime=runtime,
+    )
+    raw.unlink()
+    return {
+        "key": spec.key(),
+        "spec": asdict(spec),
+        "root_uuid": root_uuid,
+        "esp_uuid": esp_uuid,
+        "partitions": [asdict(p) for p in parts],
+        "kernel": kernel.name,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str, esp_uuid: str) -> None:
+    etc = tree / "etc"
+    (etc / "fstab").write_text(
+        "# kiln bootstrap: filesystems by UUID\n"
+        f"UUID={root_uuid} / ext4 errors=remount-ro,discard 0 1\n"
+        f"UUID={esp_uuid} /boot/efi vfat umask=0077 0 1\n"
+    )
+    (tree / "boot" / "efi").mkdir(parents=True, exist_ok=True)
+    (etc / "hostname").write_text("localhost\n")
+    (etc / "hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+    # cloud-init renders the real network config (ENI) from its datasource; this only sources it
+    (etc / "network" / "interfaces").write_text(
+        "# kiln bootstrap: cloud-init writes interfaces.d/50-cloud-init\n"
+        "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n"
+    )
+    (etc / "network" / "interfaces.d").mkdir(exist_ok=True)
+    (etc / "apt" / "sources.list").write_text(
+        f"deb {spec.mirror} {spec.suite} main\ndeb {spec.mirror} {spec.suite}-updates main\n"
+    )
+    shutil.copy2(repo_root / "bootstrap" / "grub.cfg", etc / "default" / "grub")
+    installer = tree / INSTALLER_IN_GUEST.lstrip("/")
+    installer.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(repo_root / "bootstrap" / "install-bootloader.sh", installer)
+    installer.chmod(0o755)
+    # no identity baked into the base: machine-id empty (systemd fills it at first boot), no host keys
+    (etc / "machine-id").write_text("")
+    dbus_id = tree / "var" / "lib" / "dbus" / "machine-id"
+    if dbus_id.is_file() or dbus_id.is_symlink():
+        dbus_id.unlink()
+    for key in (etc / "ssh").glob("ssh_host_*"):
+        key.unlink()
+
+
+def _kernel_files(tree: Path) -> tuple[Path, Path]:
+    for kernel in sorted((tree / "boot").glob("vmlinuz-*"), reverse=True):
+        initrd = tree / "boot" / f"initrd.img-{kernel.name.removeprefix('vmlinuz-')}"
+        if initrd.is_file():
+            return kernel, initrd
+    raise BuildError(
+        f"{tree}/boot: no kernel with an initrd after mmdebstrap (is linux-image-amd64 included?)"
+    )
+
+
+def qemu_accel_args(accelerator: str) -> list[str]:
+    if accelerator == "kvm":
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def _install_bootloader(
+    raw: Path,
+    work: Path,
+    root_uuid: str,
+    *,
+    accelerator: str,
+    log_file: IO[str] | None,
+    runtime: Runtime | None = None,
+) -> None:
+    serial = work / "bootloader-serial.log"
+    argv = [
+        "qemu-system-x86_64",
+        *qemu_accel_args(accelerator),
+        "-machine", "q35",
+        "-smp", "2",
+        "-m", "1024",
+        "-nodefaults",
+        "-display", "none",
+        "-no-reboot",
+        "-serial", f"file:{serial}",
+        "-kernel", str(work / "vmlinuz"),
+        "-initrd", str(work / "initrd.img"),
+        "-append", f"root=UUID={root_uuid} ro console=ttyS0 init={INSTALLER_IN_GUEST} panic=-1 quiet",
+        "-drive", f"file={raw},format=raw,if=virtio,cache=unsafe",
+        "-nic", "none",
+    ]  # fmt: skip
+    proc.run(argv, log_file=log_file, timeout=900, runtime=runtime)
+    text = serial.read_text(errors="replace") if serial.exists() else ""
+    if log_file is not None:
+        log_file.write(text)
+        log_file.flush()
+    if BOOTLOADER_MARKER not in text:
+        tail = "\n".join(text.splitlines()[-25:])
+        raise BuildError(
+            f"bootstrap: installing GRUB in the one-shot VM failed; serial console tail:\n{tail}"
+        )

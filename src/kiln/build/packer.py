@@ -1,0 +1,132 @@
+"""The Packer driver: version detection, `packer init` (>= 1.7), `packer validate`, `packer build`.
+
+Every run goes through kiln.proc. The environment puts kiln's virtualenv first on PATH (Packer's ansible
+provisioner runs `ansible-playbook` from there) and turns off Packer's update check. `build()` writes
+Packer's whole output to a log file and shows the current stage (Packer's `==> NAME: ...` lines).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
+
+from kiln.core import proc
+from kiln.core.errors import BuildError, CommandError, InputError
+from kiln.core.runtime import Runtime
+
+MODERN = (1, 7, 0)
+STAGE_RE = re.compile(r"^(?:\S+ )?==> (?P<source>[\w.-]+): (?P<stage>.*)$")
+
+
+def version(runtime: Runtime | None = None) -> tuple[int, int, int]:
+    """The installed Packer's version, e.g. (1, 6, 6). ToolMissingError names the package if absent.
+    A read-only query: it runs even under --dry-run."""
+    rt = runtime.live() if runtime is not None else None
+    key = rt.path if rt is not None else ""
+    if key not in _VERSIONS:
+        _VERSIONS[key] = _version(rt)
+    return _VERSIONS[key]
+
+
+_VERSIONS: dict[str, tuple[int, int, int]] = {}  # per tool PATH: one `packer version` per process
+
+
+def _version(runtime: Runtime | None) -> tuple[int, int, int]:
+    text = proc.output(["packer", "version"], runtime=runtime)
+    match = re.search(r"Packer v?(\d+)\.(\d+)\.(\d+)", text)
+    if not match:
+        raise InputError(f"packer version: cannot parse its output: {text.strip()[:200]!r}")
+    return (int(match.group(1)), int(match.group(2)), int(match.group(3)))
+
+
+def _env_extra(debug: bool = False) -> dict[str, str]:
+    """Packer's own debug log; the rest of Packer's environment comes with the Runtime."""
+    return {"PACKER_LOG": "1"} if debug else {}
+
+
+def needs_init(packer_version: tuple[int, int, int]) -> bool:
+    return packer_version >= MODERN
+
+
+def init(render_dir: Path, log_file: IO[str] | None = None, runtime: Runtime | None = None) -> None:
+    """`packer init` (Packer >= 1.7): installs the plugins named in required_plugins. Needs the network."""
+    try:
+        proc.run(["packer", "init", "."], cwd=render_dir, log_file=log_file, runtime=runtime)
+    except CommandError as err:
+        raise BuildError(
+            f"{render_dir}: packer init failed (exit {err.returncode})\n{err.output_tail.rstrip()}",
+            hint="packer init downloads the qemu/vmware/ansible plugins from GitHub",
+        ) from err
+
+
+def validate(
+    render_dir: Path, syntax_only: bool = False, only: Sequence[str] = (), runtime: Runtime | None = None
+) -> str:
+    """Run the real `packer validate` on a rendered directory; ConfigError-like BuildError on failure."""
+    argv = ["packer", "validate"]
+    if syntax_only:
+        argv.append("-syntax-only")
+    if only:
+        argv.append("-only=" + ",".join(f"{b}.node" for b in only))
+    argv.append(".")
+    if needs_init(version(runtime)) and not syntax_only:
+        init(render_dir, runtime=runtime)
+    try:
+        return proc.output(argv, cwd=render_dir, runtime=runtime)
+    except CommandError as err:
+        raise BuildError(
+            f"{render_dir / 'node.pkr.hcl'}: packer validate failed\n{err.output_tail.rstrip()}"
+        ) from err
+
+
+def build(
+    render_dir: Path,
+    log_path: Path,
+    only: Sequence[str] = (),
+    debug: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+    secret_values: Sequence[str] = (),
+    runtime: Runtime | None = None,
+) -> None:
+    """`packer build` with its whole output in log_path and each stage passed to on_stage (default: print).
+
+    Raises BuildError naming the log on failure; Ctrl-C stops Packer and its QEMU (process group).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    show = on_stage or (lambda line: print(line, flush=True))
+    started = time.monotonic()
+
+    def on_line(line: str) -> None:
+        match = STAGE_RE.match(line.strip())
+        if match:
+            elapsed = int(time.monotonic() - started)
+            show(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {match.group('source')}: {match.group('stage')}")
+
+    argv = ["packer", "build", "-color=false", "-on-error=cleanup"]
+    if only:
+        argv.append("-only=" + ",".join(f"{b}.node" for b in only))
+    argv.append(".")
+    with open(log_path, "a") as log_file:
+        log_file.write(f"kiln: {proc.quote(argv)} (in {render_dir})\n")
+        log_file.flush()
+        if needs_init(version(runtime)):
+            init(render_dir, log_file=log_file, runtime=runtime)
+        try:
+            proc.run(
+                argv,
+                cwd=render_dir,
+                extra_env=_env_extra(debug),
+                log_file=log_file,
+                on_line=on_line,
+                capture=False,
+                secret_values=secret_values,
+                runtime=runtime,
+            )
+        except CommandError as err:
+            raise BuildError(
+                f"{log_path}: packer build failed (exit {err.returncode})\n{err.output_tail.rstrip()}",
+                hint=f"the whole log is {log_path}; rerun with --debug (DEBUG=1) for Packer's own log",
+            ) from err

@@ -1,0 +1,638 @@
+"""The build pipeline: a chain of content-addressed stages over one workspace (see kiln.stages).
+
+    result = run_build(cfg)            # cfg: a kiln.config.Config
+    result.path                        # packer/output/BUILD_NAME+kube-SEMVER/
+
+Stages (the terminal shows which one runs; everything goes to build.log):
+  base        install_method bootstrap: the cached base disk (kiln.bootstrap)
+  os          a Packer build on a qcow2 overlay of the base: extra_roles_before, node, containerd, cni,
+              providers; cached in cache_dir/stages/ID/
+  kubernetes  a Packer build on an overlay of the os stage: kubernetes, extra_roles_after, the package
+              list, the in-guest goss check, sysprep; cached likewise
+  finalize    compressed qcow2 + sha256, OVA + sha256, manifest, config.json, verify, publish (always runs)
+
+A build resumes from the longest cached prefix and says so. Targets that are not bootstrap targets, and
+vmware-iso builds, run os and kubernetes in one Packer build (no parent disk to stack an overlay on).
+
+How a stage runs is separate from what it is: `PackerRunner` boots the parent disk in QEMU under Packer and
+runs the stage's roles over SSH. Every run gets this build's own fresh key and a new cloud-init
+instance-id, so a cached stage never carries another build's credentials forward.
+
+Failure safety: everything happens in OUTPUT_DIR/.NAME.tmp-XXXX; the final directory appears only after
+every stage succeeded. On failure or Ctrl-C the temp dir and any half-made stage are removed, the log is
+kept in OUTPUT_DIR/logs/ and its path is printed. An unchanged rebuild is a no-op ("up to date").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+from kiln import __version__
+from kiln.build import bootstrap
+from kiln.core import builddir
+from kiln.vm import cidata
+from kiln.core import inputs
+from kiln.artifacts import ova
+from kiln.build import packer
+from kiln.core import proc
+from kiln.build import stages
+from kiln.config import Config
+from kiln.core.errors import BuildError, InputError, KilnError
+from kiln.core.progress import LogFile, Monitor, Multi, Null
+from kiln.build.render import BuildContext, Output
+from kiln.core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+STAGES = ("base", "os", "kubernetes", "finalize")
+SERIAL_LOG = "build-serial.log"
+FINALIZE_COMMAND = "sudo /usr/local/sbin/kiln-finalize"  # written by the sysprep role; Packer's shutdown
+STAGE_SHUTDOWN = "sudo shutdown -P now"  # the os stage ends without sysprep
+VMWARE_TOOLS = ("vmrun", "vmware", "vmplayer", "vmware-vdiskmanager")
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    name: str
+    stages: dict[str, float]  # stage -> wall seconds
+    base_cached: bool | None  # None when there is no base stage
+    input_hash: str
+    up_to_date: bool = False
+    reused: dict[str, str] = field(default_factory=dict)  # stage -> cached stage ID it reused
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass
+class Workspace:
+    """Runtime state of one build: what every stage function gets."""
+
+    cfg: Config
+    runtime: Runtime
+    monitor: Monitor
+    name: str
+    temp: Path  # OUTPUT/.NAME.tmp-*: becomes the build dir
+    work: Path  # temp/work: keys, seeds, renders (removed before publish)
+    log_path: Path
+    log_file: IO[str]
+    accelerator: str
+    builder: str
+    ids: dict[str, stages.StageId]
+    debug: bool = False
+    disk: Output | None = None  # the current stage's output disk
+    base: bootstrap.BaseImage | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        return self.cfg.values
+
+    @property
+    def packages_file(self) -> Path:
+        return self.temp / f"{self.name}.packages"
+
+    @contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        self.monitor.begin(name, what)
+        started = time.monotonic()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            took = time.monotonic() - started
+            self.timings[name] = round(took, 1)
+            self.monitor.end(
+                name, took, ok, f"reused {self.reused[name][:12]}" if name in self.reused else ""
+            )
+
+
+# --- helpers the stages share ------------------------------------------------------------------------------
+
+
+def required_tools(values: Mapping[str, Any]) -> list[str]:
+    tools = ["packer", "qemu-system-x86_64", "qemu-img", "ansible-playbook"]
+    if values.get("install_method") == "bootstrap":
+        tools += ["mmdebstrap", "sfdisk", "mkfs.fat", "mkfs.ext4"]
+    return tools
+
+
+def check_tools(values: Mapping[str, Any], runtime: Runtime | None = None) -> None:
+    """ToolMissingError (exit 2) naming the package for the first missing program (on the runtime's PATH,
+    which has kiln's virtualenv first: Packer runs ansible-playbook from there)."""
+    for tool in required_tools(values):
+        proc.which(tool, runtime)
+
+
+def check_vmware(cfg: Config, runtime: Runtime) -> None:
+    """vmware-iso needs VMware Workstation, Player or Fusion: without it, fail now (exit 2), not after
+    Packer has started."""
+    import shutil as _sh
+
+    if any(_sh.which(tool, path=runtime.path or None) for tool in VMWARE_TOOLS):
+        return
+    raise InputError(
+        f"builder vmware-iso: VMware is not installed (none of {', '.join(VMWARE_TOOLS)} on PATH)",
+        hint=f"build the qcow2 with QEMU instead: `make build-qemu-{cfg.target}` (kiln build {cfg.target} "
+        "--only qemu); kiln makes the OVA from it",
+    )
+
+
+def cloud_config(username: str, public_key: str) -> str:
+    """user-data for the build VM: the build user with the per-build key, sudo, no password at all."""
+    doc = {
+        "users": [
+            {
+                "name": username,
+                "groups": ["sudo"],
+                "shell": "/bin/bash",
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "lock_passwd": True,
+                "ssh_authorized_keys": [public_key],
+            }
+        ],
+        "ssh_pwauth": False,
+        "disable_root": True,
+        "growpart": {"mode": "auto", "devices": ["/"]},
+    }
+    return "#cloud-config\n" + json.dumps(doc, indent=2) + "\n"
+
+
+def write_seed(path: Path, username: str, public_key: str, instance_id: str) -> Path:
+    # hostname localhost: resolvable without touching /etc/hosts, and nothing build-specific left behind
+    meta = f"instance-id: {instance_id}\nlocal-hostname: localhost\n"
+    return cidata.write_iso(path, {"user-data": cloud_config(username, public_key), "meta-data": meta})
+
+
+# --- how a stage runs ------------------------------------------------------------------------------------
+
+
+class PackerRunner:
+    """Runs a stage as a Packer build in a booted VM: the parent disk (if any) through a qcow2 overlay,
+    this build's fresh key and seed, the stage's roles (`kiln_stage`), and for the last stage the in-guest
+    goss check and sysprep. Returns the disk Packer wrote. (A chroot runner for bootstrap targets would
+    implement the same `run`.)"""
+
+    def run(self, ws: Workspace, stage: str, parent: Path | None, last: bool) -> Output:
+        from kiln.build import render
+        from kiln.vm.ssh import generate_keypair
+        from kiln.vm.qemu import free_port
+
+        values = ws.values
+        repo = ws.cfg.repo_root
+        sdir = ws.work / stage
+        sdir.mkdir(mode=0o700)
+        keys = generate_keypair(sdir / "key", comment=f"kiln-build-{ws.name}")
+        seed = write_seed(
+            sdir / "seed.iso",
+            str(values["ssh_username"]),
+            keys.public_line,
+            f"kiln-{stage}-{uuid.uuid4().hex[:12]}",
+        )
+        staged = parent is not None
+        context = BuildContext(
+            ssh_private_key_file=keys.private_key,
+            ssh_public_key=keys.public_line,
+            password_hash=render.random_password_hash(ws.runtime)
+            if values["install_method"] == "installer"
+            else "",
+            ssh_port=free_port(),
+            output_dir=sdir / "packer-output",
+            manifest_path=sdir / "packer-manifest.json",
+            accelerator=ws.accelerator,
+            base_disk=parent,
+            base_disk_checksum="none",
+            seed_iso=seed,
+            playbook=repo / "ansible" / "playbook.yml",
+            sysprep_playbook=repo / "ansible" / "sysprep.yml",
+            shutdown_command=FINALIZE_COMMAND if last else STAGE_SHUTDOWN,
+            extra_vars={"kiln_packages_file": str(ws.packages_file), "kiln_stage": stage},
+            ansible_config=repo / "ansible" / "ansible.cfg",
+            serial_log=ws.temp / SERIAL_LOG,
+            kiln_command=[sys.executable, "-m", "kiln"],
+            goss_check=last,
+            sysprep=last,
+            use_backing_file=staged,
+            compress=not staged,
+        )
+        rendered = render.render(ws.cfg, context, sdir / "packer", packer.version(ws.runtime), ws.runtime)
+        ws.monitor.log(stage, f"rendered template: {rendered.template}", show=False)
+        shims = str(repo / "packer" / "shims")  # qemu-img -F for Packer 1.6.6's overlays (see the shim)
+        runtime = replace(ws.runtime, env={**ws.runtime.env, "PATH": f"{shims}{os.pathsep}{ws.runtime.path}"})
+        packer.build(
+            rendered.dir,
+            ws.log_path,
+            only=[ws.builder],
+            debug=ws.debug,
+            on_stage=lambda line: ws.monitor.log(stage, line),
+            runtime=runtime,
+        )
+        out = rendered.outputs[ws.builder]
+        if not out.disk.is_file() and not ws.runtime.dry_run:
+            raise BuildError(f"{out.disk.parent}: Packer finished but wrote no {out.disk.name}")
+        shutil.rmtree(sdir / "key", ignore_errors=True)  # the stage's key goes as soon as the stage ends
+        return out
+
+
+# --- the stages --------------------------------------------------------------------------------------------
+
+
+def stage_base(ws: Workspace) -> None:
+    if ws.values["install_method"] != "bootstrap":
+        ws.monitor.log("base", f"install_method {ws.values['install_method']}: Packer installs the OS itself")
+        return
+    spec = bootstrap.spec_from_config(ws.cfg, ws.cfg.repo_root)
+    if ws.runtime.dry_run:
+        hit = bootstrap.cached(spec, ws.cfg.path("cache_dir"))
+        ws.monitor.log(
+            "base", f"would {'reuse' if hit else 'build'} the base disk {spec.key()} ({spec.suite})"
+        )
+        entry = ws.cfg.path("cache_dir") / "bootstrap" / spec.key()
+        ws.base = hit or bootstrap.BaseImage(spec.key(), entry, False)
+        return
+    ws.base = bootstrap.ensure_base(
+        spec,
+        ws.cfg.path("cache_dir"),
+        ws.cfg.repo_root,
+        accelerator=ws.accelerator,
+        log_file=ws.log_file,
+        say=lambda t: ws.monitor.log("base", t),
+        runtime=ws.runtime,
+    )
+
+
+def _staged(ws: Workspace) -> bool:
+    return ws.builder == "qemu" and ws.values["install_method"] == "bootstrap"
+
+
+def stage_cached(
+    ws: Workspace, stage: str, parent_disk: Path | None, last: bool, runner: PackerRunner
+) -> Path:
+    """Run `stage` on top of `parent_disk` unless the cache has it; returns the stage's cached disk."""
+    cache_dir = ws.cfg.path("cache_dir")
+    sid = ws.ids[stage]
+    if ws.runtime.dry_run:
+        hit = stages.lookup(cache_dir, sid.id)
+        ws.monitor.log(stage, f"{'would reuse' if hit else 'would build'} stage {sid.short}")
+        runner.run(ws, stage, parent_disk, last)
+        return stages.disk(cache_dir, sid.id)
+    with stages.locked(cache_dir, sid.id):  # a concurrent build of the same stage waits, then reuses it
+        hit = stages.lookup(cache_dir, sid.id)
+        if hit is not None:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(hit.created))
+            ws.monitor.log(
+                stage, f"{stage}: reusing stage {sid.short} (built {when}, {inputs.human(hit.size)})"
+            )
+            ws.reused[stage] = sid.id
+            stages.touch(cache_dir, hit)
+            return stages.disk(cache_dir, sid.id)
+        out = runner.run(ws, stage, parent_disk, last)
+        record = stages.Record(
+            id=sid.id,
+            stage=stage,
+            parent=sid.parent,
+            target=ws.cfg.target,
+            parent_disk=str(parent_disk or ""),
+            size=0,
+            created=time.time(),
+            last_used=time.time(),
+            inputs=sid.inputs,
+        )
+        if parent_disk is not None:  # record the parent by absolute path, whatever Packer wrote
+            proc.run(
+                ["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(parent_disk), str(out.disk)],
+                log_file=ws.log_file,
+                runtime=ws.runtime,
+            )
+        # the package list the stage wrote travels with it (a build that reuses the stage needs it)
+        extra = (
+            {PACKAGES_KEPT: ws.packages_file} if stage == "kubernetes" and ws.packages_file.is_file() else {}
+        )
+        cached = stages.store(cache_dir, sid.id, out.disk, record, extra)
+        ws.monitor.log(stage, f"{stage}: cached as stage {sid.short} ({inputs.human(record.size)})")
+        return cached
+
+
+def stage_provision(ws: Workspace, runner: PackerRunner) -> None:
+    """The os and kubernetes stages: stacked and cached for bootstrap targets on qemu, else one Packer run."""
+    if _staged(ws):
+        base_disk = ws.base.disk if ws.base is not None else None
+        with ws.stage("os", "Packer build: extra_roles_before, node, containerd, cni, providers"):
+            os_disk = stage_cached(ws, "os", base_disk, False, runner)
+        with ws.stage("kubernetes", "Packer build: kubernetes, extra_roles_after, goss check, sysprep"):
+            k8s_disk = stage_cached(ws, "kubernetes", os_disk, True, runner)
+        ws.disk = Output(k8s_disk, "qcow2", False)
+        _packages_from_record(ws)
+        return
+    with ws.stage("os", f"Packer build ({ws.builder}): the OS and every role, goss check, sysprep"):
+        ws.disk = runner.run(ws, "all", ws.base.disk if ws.base is not None else None, True)
+    ws.timings.setdefault("kubernetes", 0.0)
+
+
+PACKAGES_KEPT = "packages.txt"
+
+
+def _packages_from_record(ws: Workspace) -> None:
+    """The package list is written by the kubernetes stage's run and stored with the stage; a build that
+    reuses the stage takes the stored copy."""
+    if ws.runtime.dry_run:
+        return
+    cache_dir = ws.cfg.path("cache_dir")
+    kept = stages.root(cache_dir) / ws.ids["kubernetes"].id / PACKAGES_KEPT
+    if kept.is_file() and not ws.packages_file.is_file():
+        shutil.copyfile(kept, ws.packages_file)
+    if not ws.packages_file.is_file():
+        raise BuildError(f"{ws.packages_file}: the provision playbook wrote no package list")
+
+
+def stage_finalize(ws: Workspace, verify: bool) -> None:
+    """Post-process the disk the last Packer run wrote (as render said where and in which format)."""
+    if ws.runtime.dry_run:
+        ws.monitor.log(
+            "finalize", "would write NAME.qcow2, NAME.ova, sha256 sidecars, manifest; verify; publish"
+        )
+        return
+    if ws.disk is None:
+        raise BuildError(f"{ws.temp}: no disk to finalize")
+    finalize_disk(ws, ws.disk)
+    if verify:
+        from kiln.goss.verify import verify_build
+
+        results = verify_build(ws.temp, monitor=ws.monitor, accelerator=ws.accelerator, runtime=ws.runtime)
+        ws.monitor.log("finalize", f"verify: {len(results)} checks passed; reports in goss/")
+
+
+def finalize_disk(ws: Workspace, disk: Output) -> None:
+    """NAME.qcow2 (compressed, standalone), NAME.ova, their .sha256, packer-manifest.json, config.json."""
+    qcow2 = ws.temp / f"{ws.name}.qcow2"
+    if (
+        disk.format == "qcow2"
+        and disk.compressed
+        and disk.disk.parent != stages.root(ws.cfg.path("cache_dir"))
+    ):
+        os.rename(disk.disk, qcow2)  # Packer's disk_compression already did it
+    else:  # a stage overlay (flattened through its backing chain) or a VMware VMDK
+        proc.run(
+            ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk.disk), str(qcow2)],
+            log_file=ws.log_file,
+            runtime=ws.runtime,
+        )
+    builddir.write_sha256(qcow2)
+    ova_path = ws.temp / f"{ws.name}.ova"
+    ova.build_ova(qcow2, ova_path, ws.name, ws.values, log_file=ws.log_file)
+    builddir.write_sha256(ova_path)
+    from kiln.artifacts import formats
+    from kiln.artifacts import sbom
+
+    spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.plain(), ws.packages_file)
+    files = [qcow2, ova_path, spdx] + ([ws.packages_file] if ws.packages_file.is_file() else [])
+    wanted = list(ws.values.get("formats") or ())
+    if formats.live_wanted(wanted):
+        started = time.monotonic()
+        files += formats.produce(
+            qcow2, ws.temp, ws.name, wanted, ws.packages_file, ws.cfg.repo_root, ws.work / "formats",
+            kernel_params=str(ws.values.get("extra_kernel_boot_params") or ""),
+            runtime=ws.runtime, log_file=ws.log_file, say=lambda t: ws.monitor.log("finalize", t),
+        )  # fmt: skip
+        ws.timings["formats"] = round(time.monotonic() - started, 1)
+        ws.monitor.log("finalize", f"live formats {', '.join(wanted)} made in {ws.timings['formats']:.0f}s")
+    data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
+    builddir.write_manifest(ws.temp / builddir.MANIFEST, ws.name, files, data, ws.builder)
+    (ws.temp / builddir.CONFIG).write_text(json.dumps(ws.cfg.to_json(), indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(ws.work, ignore_errors=True)  # keys, seeds and vars go before anything can copy them
+    (ws.temp / SERIAL_LOG).unlink(missing_ok=True)
+    builddir.BuildDir.open(ws.temp)  # the contract other commands read
+
+
+# --- the pipeline ------------------------------------------------------------------------------------------
+
+
+def run_stages(ws: Workspace, verify: bool, publish: Callable[[], None] | None = None) -> None:
+    """The stage sequence, the same for a build and a dry run; `publish` runs last, inside finalize."""
+    with ws.stage("base", "base disk"):
+        stage_base(ws)
+    stage_provision(ws, PackerRunner())
+    with ws.stage("finalize", "qcow2, OVA, sha256, manifest, verify"):
+        stage_finalize(ws, verify)
+        if publish is not None:
+            publish()
+
+
+def input_hash(cfg: Config) -> str:
+    """The finished image's input hash: the ID of its finalize stage."""
+    return plan_ids(cfg)["finalize"].id
+
+
+def plan_ids(cfg: Config) -> dict[str, stages.StageId]:
+    base_key = ""
+    if cfg.values["install_method"] == "bootstrap":
+        base_key = bootstrap.spec_from_config(cfg, cfg.repo_root).key()
+    return stages.stage_ids(cfg.plain(), cfg.repo_root, base_key)
+
+
+def run_build(
+    cfg: Config,
+    *,
+    only: str | None = None,
+    monitor: Monitor | None = None,
+    runtime: Runtime | None = None,
+    verify: bool = True,
+    force: bool = False,
+) -> BuildResult:
+    """Build the image described by `cfg` and publish it into its build directory.
+
+    When the build directory already holds a verified build with the same input hash, nothing runs and
+    nothing is touched (`up_to_date`), unless `force`. With a dry-run runtime the stages and the commands
+    they would run are printed and nothing is written.
+    """
+    from kiln.config import default_runtime
+    from kiln.vm.qemu import pick_accelerator
+
+    rt = runtime or default_runtime()
+    mon: Monitor = monitor or Null()
+    values = cfg.values
+    builder = only or str(values["builder"])
+    name = cfg.artifact_name
+    final = cfg.path("output_dir") / name
+    ids = plan_ids(cfg)
+    digest = ids["finalize"].id
+    if not force and up_to_date(final, digest):
+        mon.log("build", f"{final} is up to date (input hash {digest[:12]}); --force rebuilds")
+        return BuildResult(final, name, {}, None, digest, up_to_date=True)
+    check_replaceable_build(final)
+    if builder == "vmware-iso":
+        check_vmware(cfg, rt)
+    check_tools(values, rt)
+    setting = str(values.get("accelerator", "auto"))
+    if rt.dry_run:  # no probe VM under --dry-run: auto shows as tcg, as `kiln render` does
+        accelerator = "tcg" if setting == "auto" else setting
+        return _dry_run(cfg, rt, mon, name, final, builder, accelerator, ids, verify)
+    accelerator = pick_accelerator(setting)
+
+    out_root = proc.ensure_dir(cfg.path("output_dir"))
+    temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
+    log_path = temp / builddir.LOG
+    # append mode: kiln.packer.build appends Packer's output through its own handle to the same file
+    log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
+    ws = Workspace(
+        cfg, rt, Multi(mon, LogFile(log_file)), name, temp, temp / "work", log_path, log_file, accelerator,
+        builder, ids, debug=rt.debug,
+    )  # fmt: skip
+    ok = False
+    try:
+        ws.monitor.log(
+            "build", f"kiln {__version__}: building {name} ({values['install_method']}, {accelerator})"
+        )
+        ws.monitor.log("build", f"input hash {digest}", show=False)
+        ws.monitor.log("build", "config: " + json.dumps(cfg.plain(), sort_keys=True), show=False)
+        ws.work.mkdir(mode=0o700)
+
+        def publish() -> None:
+            temp.chmod(0o755)  # mkdtemp made it private; the published build is readable like its files
+            inputs.mark(temp, f"kiln build of {name}")
+            _publish(temp, final)
+
+        run_stages(ws, verify, publish)
+        ok = True
+        ws.monitor.log("build", "stages: " + json.dumps(ws.timings), show=False)
+        ws.monitor.log(
+            "build",
+            f"built {final} in {sum(v for k, v in ws.timings.items() if k != 'formats'):.0f}s "
+            + _stage_summary(ws.timings),
+        )
+        base_cached = ws.base.cached if ws.base is not None else None
+        return BuildResult(final, name, dict(ws.timings), base_cached, digest, reused=dict(ws.reused))
+    except BaseException as exc:
+        log_file.write(f"kiln: build failed: {exc!r}\n")
+        log_file.flush()
+        kept = _keep_log(log_path, out_root, name)
+        if kept is not None:
+            mon.log("build", f"build failed; the whole log is kept at {kept}")
+            if isinstance(exc, KilnError) and not exc.hint:
+                exc.hint = f"build log: {kept}"
+        raise
+    finally:
+        log_file.close()
+        if not ok:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _dry_run(
+    cfg: Config,
+    rt: Runtime,
+    mon: Monitor,
+    name: str,
+    final: Path,
+    builder: str,
+    accelerator: str,
+    ids: dict[str, stages.StageId],
+    verify: bool,
+) -> BuildResult:
+    """Print the stages, their IDs and the commands they would run; write nothing anywhere."""
+    with tempfile.TemporaryDirectory(prefix="kiln-dry-run-") as tmp:
+        temp = Path(tmp)
+        with open(os.devnull, "w") as null:
+            ws = Workspace(
+                cfg, rt, mon, name, temp, temp / "work", temp / builddir.LOG, null, accelerator, builder, ids
+            )
+            ws.work.mkdir()
+            for stage, sid in ids.items():
+                mon.log("plan", f"{stage}: stage ID {sid.short}")
+            run_stages(ws, verify)
+    mon.log("build", f"dry run: would publish {final}")
+    return BuildResult(final, name, dict(ws.timings), None, ids["finalize"].id)
+
+
+def up_to_date(final: Path, digest: str) -> bool:
+    """`final` is a kiln build dir, verified, whose manifest records `digest`, with its artifacts there.
+    Reads only; any doubt means "not up to date"."""
+    if not (final / inputs.MARKER).is_file() or not (final / "goss" / "report.json").is_file():
+        return False
+    try:
+        build = builddir.BuildDir.open(final)
+    except KilnError:
+        return False
+    if build.custom_data.get("input_hash") != digest:
+        return False
+    listed = [f.get("name") for f in _manifest_files(final)]
+    return bool(listed) and all(isinstance(n, str) and (final / n).is_file() for n in listed)
+
+
+def _manifest_files(final: Path) -> list[dict[str, Any]]:
+    try:
+        manifest = inputs.read_json_object(final / builddir.MANIFEST, "Packer manifest")
+        files = manifest["builds"][-1]["files"]
+    except (KilnError, KeyError, IndexError, TypeError):
+        return []
+    return [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
+
+
+def check_replaceable_build(final: Path) -> None:
+    """kiln replaces a build dir only if it made it: its marker, or (builds from before the marker) a
+    packer-manifest.json whose custom_data carries kiln_version. Anything else: InputError, exit 2."""
+    if not final.exists() and not final.is_symlink():
+        return
+    if final.is_dir() and not final.is_symlink():
+        if (final / inputs.MARKER).is_file():
+            return
+        try:
+            if builddir.BuildDir.open(final).custom_data.get("kiln_version"):
+                return
+        except KilnError:
+            pass
+    raise InputError(
+        f"{final}: exists and was not made by kiln (no {inputs.MARKER} marker); kiln will not replace it",
+        hint="move it away, or set output_dir to another directory",
+    )
+
+
+def _stage_summary(timings: Mapping[str, float]) -> str:
+    return "(" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")"
+
+
+def _publish(temp: Path, final: Path) -> None:
+    """Rename temp into place; an older build of the same name is replaced only now."""
+    old: Path | None = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(final, old)
+    try:
+        os.rename(temp, final)
+    except OSError:
+        if old is not None:
+            os.rename(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _keep_log(log_path: Path, out_root: Path, name: str) -> Path | None:
+    if not log_path.is_file():
+        return None
+    logs = out_root / "logs"
+    logs.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    kept = logs / f"{name}-{stamp}.log"
+    shutil.copy2(log_path, kept)
+    serial = log_path.parent / SERIAL_LOG
+    if serial.is_file():
+        shutil.copy2(serial, logs / f"{name}-{stamp}.serial.log")
+    reports = log_path.parent / "goss"
+    if reports.is_dir():  # a failed verify: its reports outlive the temp dir
+        shutil.copytree(reports, logs / f"{name}-{stamp}.goss")
+    return kept

@@ -1,0 +1,837 @@
+"""Config loading: layering, coercion, derived values, validation, origins.
+
+The layering rule (lowest to highest; a later layer overrides an earlier one key by key):
+
+  1. built-in defaults (kiln.settings.SETTINGS)
+  2. config/common.json
+  3. the OS file, config/<target>.json
+  4. config/kubernetes.json, then config/containerd.json, then config/cni.json
+  5. each file in PACKER_VAR_FILES, in the order given (JSON, or HCL for *.hcl such as *.pkrvars.hcl)
+  6. `-var key=value` on the command line (PACKER_FLAGS in make)
+
+Then derived keys that no layer set are computed from kubernetes_semver (origin "derived"). Every
+problem in every layer is collected and reported at once as a ConfigError (exit 2), each as
+`FILE: KEY: problem`. Nothing here writes files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from kiln.config.settings import (
+    ALIASES,
+    BY_NAME,
+    IMAGE_BUILDER_IGNORED,
+    SEMVER_RE,
+    SETTINGS,
+    SHARED_FILES,
+    Setting,
+    unprintable,
+)
+from kiln.core import builddir, inputs, paths
+from kiln.core.errors import ConfigError, InputError
+from kiln.core.runtime import Runtime
+
+DEFAULT = "default"
+DERIVED = "derived"
+CLI = "-var"
+
+
+def repo_root() -> Path:
+    """kiln's data root (see kiln.core.paths): KILN_REPO_ROOT, else the checkout, else the wheel's data."""
+    return paths.find_root(os.environ.get("KILN_REPO_ROOT"))
+
+
+_default_root = repo_root  # load() has a parameter of the same name
+
+
+def default_runtime(dry_run: bool = False, debug: bool = False) -> Runtime:
+    """The Runtime of this process: its environment, with kiln's virtualenv first on PATH (Packer's ansible
+    provisioner runs `ansible-playbook` from there) and Packer's update check off. Made once by the CLI."""
+    import sys
+
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if venv_bin not in path.split(os.pathsep):
+        path = f"{venv_bin}{os.pathsep}{path}"
+    env.update(PATH=path, CHECKPOINT_DISABLE="1", PACKER_NO_COLOR="1")
+    return Runtime(dry_run=dry_run, debug=debug, env=MappingProxyType(env))
+
+
+def targets(root: Path | None = None) -> list[str]:
+    """The OS files in config/: every *.json except the shared layer files, sorted."""
+    config_dir = (root or repo_root()) / "config"
+    return sorted(p.stem for p in config_dir.glob("*.json") if p.stem not in SHARED_FILES)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved, validated config of one target: values (typed) and where each came from."""
+
+    target: str
+    values: Mapping[str, Any]
+    origins: Mapping[str, str]
+    repo_root: Path
+    var_files: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())  # one line per file that set keys kiln ignores
+
+    def get(self, key: str) -> Any:
+        if key not in self.values:
+            raise KeyError(f"{key}: not a kiln setting")
+        return self.values[key]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+    @property
+    def artifact_name(self) -> str:
+        return builddir.artifact_name(self.values["build_name"], self.values["kubernetes_semver"])
+
+    def plain(self) -> dict[str, Any]:
+        """The values as plain JSON types (lists and dicts), for templates and Ansible extra vars."""
+        return {k: _plain(v) for k, v in self.values.items()}
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        """`{"key": {"value": V, "origin": "file"}}`, as stored in build dirs as config.json."""
+        return {k: {"value": _plain(v), "origin": self.origins[k]} for k, v in self.values.items()}
+
+    def path(self, key: str) -> Path:
+        """A location setting (output_dir, cache_dir) resolved against the checkout, or for an installed
+        wheel against the current directory."""
+        return (paths.work_root(self.repo_root, Path.cwd()) / str(self.values[key])).resolve()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    if isinstance(value, Mapping):
+        return MappingProxyType(dict(value))
+    return value
+
+
+def _suggest(key: str) -> str:
+    """'did you mean': image-builder's names first (a near-miss of one of them means its kiln key), then
+    kiln's own names; a weak match suggests nothing rather than the wrong key."""
+    close = difflib.get_close_matches(key, list(ALIASES), n=1, cutoff=0.85)
+    if close:
+        return f" (did you mean '{close[0]}', image-builder's name for '{ALIASES[close[0]].name}'?)"
+    close = difflib.get_close_matches(key, list(BY_NAME), n=1, cutoff=0.8)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    close = difflib.get_close_matches(key, list(IMAGE_BUILDER_IGNORED), n=1, cutoff=0.85)
+    if close:
+        return f" (did you mean '{close[0]}'? kiln accepts and ignores that image-builder key)"
+    return ""
+
+
+def _label(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except (ValueError, OSError, RuntimeError):  # outside the repo; a symlink loop; a name too long
+        return inputs.clip(str(path), 200).strip("'\"")
+
+
+TARGET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}", re.ASCII)
+
+
+def check_target(target: str, root: Path | None = None) -> str:
+    """`target` if it names an OS file in config/ (a name from `kiln list`, never a path), else InputError."""
+    known = targets(root)
+    if target in known:
+        return target
+    hint = f"known targets: {', '.join(known) or 'none'}"
+    if not TARGET_RE.fullmatch(target):
+        raise InputError(
+            f"{inputs.clip(target)}: not a target name (a target is a name from `kiln list`, not a path)",
+            hint=hint,
+        )
+    close = difflib.get_close_matches(target, known, n=1)
+    if close:
+        hint = f"did you mean '{close[0]}'? {hint}"
+    raise InputError(f"config/{target}.json: no such target", hint=hint)
+
+
+# --- reading layer files ---------------------------------------------------------------------------------
+
+
+def _read_text(path: Path, label: str, problems: list[str]) -> str | None:
+    try:
+        return inputs.read_text(path, "var file")
+    except InputError as err:
+        problems.append(err.message.replace(str(path), label, 1))
+        return None
+
+
+def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    text = _read_text(path, label, problems)
+    if text is None:
+        return None
+    try:
+        data = inputs.loads_json(text, label, "var file")
+    except InputError as err:
+        problems.append(err.message)
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{label}: must hold a JSON object of settings, not {_json_type(data)}")
+        return None
+    return data
+
+
+_HCL_ATTR = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def hcl_top_level_names(text: str) -> list[tuple[str, int]]:
+    """(name, line) of each top-level `name = ...` attribute, in order, duplicates included.
+
+    python-hcl2 keeps only the last of two equal attributes; Packer refuses them, and so does kiln.
+    """
+    names: list[tuple[str, int]] = []
+    depth = 0
+    line = 1
+    i = 0
+    at_line_start = True
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+            at_line_start = True
+            i += 1
+            continue
+        if c in " \t\r":
+            i += 1
+            continue
+        if c == "#" or text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        if text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            line += text.count("\n", i, end)
+            i = end
+            continue
+        if text.startswith("<<", i):  # heredoc: skip to its terminator line
+            m = re.match(r"<<-?([A-Za-z_][A-Za-z0-9_]*)", text[i:])
+            if m:
+                tag = m.group(1)
+                closing = re.compile(rf"^\s*{tag}\s*$", re.M).search(text, i + m.end())
+                stop = n if closing is None else closing.end()
+                line += text.count("\n", i, stop)
+                i = stop
+                at_line_start = False
+                continue
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                if text[i] == "\\":
+                    i += 1
+                elif text[i] == "\n":
+                    line += 1
+                i += 1
+            i += 1
+            at_line_start = False
+            continue
+        if depth == 0 and at_line_start:
+            m = _HCL_ATTR.match(text, i)
+            if m and re.match(r"\s*=(?!=)", text[m.end() :]):
+                names.append((m.group(0), line))
+        if c in "{[(":
+            depth += 1
+        elif c in "}])":
+            depth = max(0, depth - 1)
+        at_line_start = False
+        i += 1
+    return names
+
+
+def _read_hcl(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    import hcl2  # python-hcl2; imported here so that plain JSON configs don't pay for lark
+
+    text = _read_text(path, label, problems)
+    if text is None:
+        return None
+    seen: dict[str, int] = {}
+    duplicate = False
+    for name, line in hcl_top_level_names(text):
+        if name in seen:
+            problems.append(f"{label}: line {line}: {name}: set twice (first on line {seen[name]})")
+            duplicate = True
+        seen.setdefault(name, line)
+    if duplicate:
+        return None
+    try:
+        options = hcl2.SerializationOptions(
+            with_comments=False, explicit_blocks=False, strip_string_quotes=True, preserve_heredocs=False
+        )
+        data = hcl2.loads(text, serialization_options=options)
+    except RecursionError:
+        problems.append(f"{label}: var file is nested too deeply")
+        return None
+    except Exception as exc:  # lark raises many exception types; all carry line/column when known
+        at_line = getattr(exc, "line", None)
+        column = getattr(exc, "column", None)
+        where = f"line {at_line} column {column}: " if at_line is not None else ""
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        problems.append(f"{label}: {where}malformed HCL: {first}")
+        return None
+    problem = inputs.check_data(data)
+    if problem:
+        problems.append(f"{label}: var file {problem}")
+        return None
+    out = {k: _unhcl(v) for k, v in data.items()}
+    for key, value in list(out.items()):
+        if "${" in json.dumps(value):
+            problems.append(f"{label}: {key}: expressions (${{...}}) are not supported in var files")
+            del out[key]
+    return out
+
+
+def _unhcl(value: Any) -> Any:
+    """Undo python-hcl2's leftovers: '${...}' wrappers are not allowed in var files; keep plain data."""
+    if isinstance(value, list):
+        return [_unhcl(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k).strip('"'): _unhcl(v) for k, v in value.items() if not str(k).startswith("__")}
+    return value
+
+
+def _read_layer(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    if path.suffix == ".hcl":
+        return _read_hcl(path, label, problems)
+    return _read_json(path, label, problems)
+
+
+# --- types ---------------------------------------------------------------------------------------------
+
+
+def _check_type(setting: Setting, value: Any) -> str | None:
+    """None if `value` has the setting's type, else a problem ('wrong type: ...')."""
+    want = setting.type
+    if want is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want is list:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    elif want is dict:
+        ok = isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values())
+    else:
+        ok = isinstance(value, want)
+    if ok:
+        return None
+    return f"wrong type: want {setting.type_name}, got {_json_type(value)} {json.dumps(value)[:60]}"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, Mapping):
+        return "map"
+    return "null" if value is None else type(value).__name__
+
+
+_INT_RE = re.compile(r"-?[0-9]{1,30}", re.ASCII)
+
+
+def coerce(setting: Setting, raw: Any) -> Any:
+    """A `-var key=value` string to the setting's type. ValueError names what was expected."""
+    if not isinstance(raw, str) or setting.type is str:
+        return raw
+    text = raw.strip()
+    if setting.type is int:
+        if not _INT_RE.fullmatch(text):
+            raise ValueError(f"wrong type: want a number (ASCII digits), got {inputs.clip(raw)}")
+        return int(text)
+    if setting.type is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"wrong type: want bool (true/false), got {inputs.clip(raw)}")
+    if text.startswith("[") or text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"malformed JSON value {inputs.clip(raw)}: {exc.msg}") from None
+        except RecursionError:
+            raise ValueError("JSON value nested too deeply") from None
+    if setting.type is list:
+        return [part for part in text.replace(",", " ").split() if part]
+    raise ValueError(f"wrong type: want a JSON object, got {raw!r}")
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def load(
+    target: str,
+    var_files: Iterable[str | os.PathLike[str]] = (),
+    overrides: Mapping[str, Any] | None = None,
+    repo_root: Path | None = None,
+    override_origin: str = CLI,
+) -> Config:
+    """Resolve and validate the config of `target` (an OS file name such as "ubuntu-2204").
+
+    `var_files` are PACKER_VAR_FILES entries, `overrides` are `-var key=value` pairs (strings are coerced
+    to each key's type). Raises InputError for an unknown target and ConfigError listing every problem.
+    """
+    root = (repo_root or _default_root()).resolve()
+    check_target(target, root)
+    os_file = root / "config" / f"{target}.json"
+
+    problems: list[str] = []
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    origins: dict[str, str] = {s.name: DEFAULT for s in SETTINGS}
+
+    layers: list[Path] = [root / "config" / "common.json", os_file]
+    layers += [root / "config" / f"{name}.json" for name in SHARED_FILES if name != "common"]
+    var_paths = [Path(p) for p in var_files]
+    layering = _Layering()
+    for path in layers:
+        if path.is_file() or path == os_file:
+            _apply_file(path, _label(path, root), values, origins, problems, layering)
+    for path in var_paths:
+        full = path if path.is_absolute() else Path.cwd() / path
+        label = _label(full, root)
+        if _absent(full):
+            problems.append(f"{label}: var file not found (from PACKER_VAR_FILES / --var-file)")
+            continue
+        _apply_file(full, label, values, origins, problems, layering)
+    for key, raw in (overrides or {}).items():
+        setting = BY_NAME.get(key) or ALIASES.get(key)
+        if setting is None:
+            problems.append(f"{override_origin} {key}: unknown key{_suggest(key)}")
+            continue
+        try:
+            value = coerce(setting, raw)
+        except ValueError as exc:
+            problems.append(f"{override_origin} {key}: {exc}")
+            continue
+        layering.pending.pop(setting.name, None)
+        _set(setting, value, override_origin, values, origins, problems)
+
+    _resolve_templates(values, origins, problems, layering)
+    _packer_spellings(values, origins)
+    _derive(values, origins)
+    _select_versioned_sums(values)
+    _check_values(values, origins, problems)
+    _check_consistency(root, values, origins, problems)
+    if problems:
+        raise ConfigError(
+            problems, hint="fix the keys above; `kiln config TARGET` shows where each value comes from"
+        )
+    return Config(
+        target=target,
+        values=MappingProxyType({k: _freeze(v) for k, v in values.items()}),
+        origins=MappingProxyType(dict(origins)),
+        repo_root=root,
+        var_files=tuple(str(p) for p in var_paths),
+        warnings=tuple(
+            f"{label}: image-builder keys kiln does not use, ignored: {', '.join(keys)} "
+            "(README: Coming from image-builder)"
+            for label, keys in layering.ignored.items()
+        ),
+    )
+
+
+def _absent(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False  # the reader names what is wrong (a name too long, a NUL byte)
+    return False
+
+
+@dataclass
+class _Layering:
+    """What layering collects besides values: templated values waiting for {{user}} resolution, the values
+    of image-builder keys kiln ignores (a {{user}} reference may name one), and which keys were ignored."""
+
+    pending: dict[str, tuple[Any, str]] = field(default_factory=dict)  # key -> (raw value, origin)
+    extra: dict[str, tuple[Any, str]] = field(default_factory=dict)  # ignored key -> (value, origin)
+    ignored: dict[str, list[str]] = field(default_factory=dict)  # origin label -> ignored keys
+
+
+_USER_REF = re.compile(r"\{\{\s*user\s+`([^`]*)`\s*\}\}")
+_PACKER_FUNC = re.compile(r"\{\{\s*(env|timestamp|isotime|uuid|template_dir|pwd|build_name|split|replace)\b")
+
+
+def _templated(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value and bool(_USER_REF.search(value) or _PACKER_FUNC.search(value))
+    if isinstance(value, list):
+        return any(_templated(v) for v in value)
+    return False
+
+
+def _apply_file(
+    path: Path,
+    label: str,
+    values: dict[str, Any],
+    origins: dict[str, str],
+    problems: list[str],
+    layering: _Layering | None = None,
+) -> None:
+    data = _read_layer(path, label, problems)
+    if data is None:
+        return
+    layering = layering if layering is not None else _Layering()
+    for key, value in data.items():
+        setting = BY_NAME.get(key)
+        origin = label
+        if setting is None and key in ALIASES:
+            setting = ALIASES[key]
+            origin = f"{label} (image-builder: {key})"
+        if setting is None:
+            if key in IMAGE_BUILDER_IGNORED:
+                layering.ignored.setdefault(label, []).append(key)
+                if value is not None:
+                    layering.extra[key] = (value, label)
+                continue
+            problems.append(f"{label}: {key}: unknown key{_suggest(key)}")
+            continue
+        if value is None:
+            continue  # null: "not set here", as in Packer
+        if _templated(value):
+            layering.pending[setting.name] = (value, origin)  # resolved after layering
+            continue
+        layering.pending.pop(setting.name, None)
+        _set_coerced(setting, value, origin, values, origins, problems)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, Mapping):
+        return json.dumps(dict(value), sort_keys=True)
+    return "" if value is None else str(value)
+
+
+def _resolve_templates(
+    values: dict[str, Any], origins: dict[str, str], problems: list[str], layering: _Layering
+) -> None:
+    """Resolve Packer's {{user `KEY`}} references after layering (the highest layer's value of KEY wins),
+    with cycle detection; each error names the file and the key that holds the reference."""
+    done: dict[str, str] = {}
+
+    def lookup(name: str, stack: tuple[str, ...], origin: str, key: str) -> str | None:
+        setting = BY_NAME.get(name) or ALIASES.get(name)
+        target = setting.name if setting is not None else name
+        if target in stack:
+            chain = " -> ".join((*stack, target))
+            problems.append(f"{origin}: {key}: {{{{user `{name}`}}}} refers back to itself ({chain})")
+            return None
+        if target in done:
+            return done[target]
+        if setting is not None:
+            if target in layering.pending:
+                raw, where = layering.pending[target]
+                text = expand(raw if isinstance(raw, str) else _as_text(raw), (*stack, target), where, target)
+            else:
+                text = _as_text(values[target])
+        elif name in layering.extra:
+            raw, where = layering.extra[name]
+            text = expand(_as_text(raw), (*stack, target), where, name)
+        else:
+            problems.append(f"{origin}: {key}: {{{{user `{name}`}}}} names no variable any layer sets")
+            return None
+        if text is not None:
+            done[target] = text
+        return text
+
+    def expand(text: str, stack: tuple[str, ...], origin: str, key: str) -> str | None:
+        func = _PACKER_FUNC.search(text)
+        if func:
+            problems.append(
+                f"{origin}: {key}: Packer function {{{{{func.group(1)}}}}} is not supported in var files "
+                "(only {{user `KEY`}} references are)"
+            )
+            return None
+        failed = False
+
+        def sub(m: re.Match[str]) -> str:
+            nonlocal failed
+            got = lookup(m.group(1), stack, origin, key)
+            if got is None:
+                failed = True
+                return ""
+            return got
+
+        out = _USER_REF.sub(sub, text)
+        return None if failed else out
+
+    for key, (raw, origin) in list(layering.pending.items()):
+        setting = BY_NAME[key]
+        if isinstance(raw, list):
+            items = [expand(v, (key,), origin, key) if isinstance(v, str) else v for v in raw]
+            if any(v is None for v in items):
+                continue
+            resolved: Any = items
+        else:
+            text = lookup(key, (), origin, key) if key not in done else done[key]
+            if text is None:
+                continue
+            resolved = text
+        _set_coerced(
+            setting, resolved, origin, values, origins, problems, " (after resolving {{user}} references)"
+        )
+
+
+def _set_coerced(
+    setting: Setting,
+    value: Any,
+    origin: str,
+    values: dict[str, Any],
+    origins: dict[str, str],
+    problems: list[str],
+    note: str = "",
+) -> None:
+    """A Packer-style string ('40960', 'true', 'a b c') coerced to the key's type, then set."""
+    if isinstance(value, str) and setting.type is not str:
+        try:
+            value = coerce(setting, value)
+        except ValueError as exc:
+            problems.append(f"{origin}: {setting.name}: {exc}{note}")
+            return
+    _set(setting, value, origin, values, origins, problems)
+
+
+def _set(
+    setting: Setting,
+    value: Any,
+    origin: str,
+    values: dict[str, Any],
+    origins: dict[str, str],
+    problems: list[str],
+) -> None:
+    wrong = _check_type(setting, value)
+    if wrong:
+        problems.append(f"{origin}: {setting.name}: {wrong}")
+        return
+    values[setting.name] = value
+    origins[setting.name] = origin
+
+
+def derived_kubernetes(semver: str) -> dict[str, str]:
+    """kubernetes_series / _deb_version / _rpm_version and the pkgs.k8s.io repos from one semver."""
+    match = SEMVER_RE.match(semver)
+    if not match:
+        return {}
+    major, minor = match.group(1), match.group(2)
+    series = f"v{major}.{minor}"
+    bare = semver[1:]
+    deb_repo = f"https://pkgs.k8s.io/core:/stable:/{series}/deb/"
+    rpm_repo = f"https://pkgs.k8s.io/core:/stable:/{series}/rpm/"
+    return {
+        "kubernetes_series": series,
+        "kubernetes_deb_version": f"{bare}-1.1",
+        "kubernetes_rpm_version": bare,
+        "kubernetes_deb_repo": deb_repo,
+        "kubernetes_deb_gpg_key": f"{deb_repo}Release.key",
+        "kubernetes_rpm_repo": rpm_repo,
+        "kubernetes_rpm_gpg_key": f"{rpm_repo}repodata/repomd.xml.key",
+    }
+
+
+def _packer_spellings(values: dict[str, Any], origins: dict[str, str]) -> None:
+    """Packer spellings image-builder's var files use, in kiln's form: a checksum given as the URL of a
+    checksum file (with the old iso_checksum_type "file") is file:URL; a qemu firmware given as the path of
+    an OVMF/EFI image (`"firmware": "OVMF.fd"`) is efi; on a cloudimg target, iso_url and iso_checksum name
+    the cloud image (image-builder's qemu cloudimg files use them for it)."""
+    if values.get("install_method") == "cloudimg" and values.get("iso_url"):
+        for kind in ("url", "checksum"):
+            if values.get(f"iso_{kind}"):
+                values[f"cloudimg_{kind}"] = values[f"iso_{kind}"]
+                origins[f"cloudimg_{kind}"] = f"{origins[f'iso_{kind}']} (image-builder: iso_{kind})"
+    for key in ("iso_checksum", "cloudimg_checksum"):
+        value = values.get(key)
+        if isinstance(value, str) and re.match(r"(?i)https?://", value):
+            values[key] = f"file:{value}"
+    firmware = values.get("firmware")
+    if isinstance(firmware, str) and re.search(r"(?i)(ovmf|edk2|efi).*\.(fd|bin)$", firmware):
+        values["firmware"] = "efi"
+
+
+CRICTL_RELEASE = (
+    "https://github.com/kubernetes-sigs/cri-tools/releases/download/v{v}/crictl-v{v}-linux-amd64.tar.gz"
+)
+RUNC_RELEASE = "https://github.com/opencontainers/runc/releases/download/v{v}/runc.amd64"
+CONTAINERD_RELEASE = (
+    "https://github.com/containerd/containerd/releases/download/v{v}/containerd-{v}-linux-amd64.tar.gz"
+)
+
+
+def _derive(values: dict[str, Any], origins: dict[str, str]) -> None:
+    derived = derived_kubernetes(str(values["kubernetes_semver"]))
+    containerd = str(values["containerd_version"]).removeprefix("v")
+    derived["containerd_url"] = CONTAINERD_RELEASE.format(v=containerd)
+    if values["kubernetes_source_type"] == "http" and "kubernetes_series" in derived:
+        # kubeadm needs crictl; the packages bring cri-tools, the http source brings the minor's release
+        derived["crictl_version"] = derived["kubernetes_series"][1:] + ".0"
+    crictl = str(values["crictl_version"] or derived.get("crictl_version", "")).removeprefix("v")
+    if crictl:
+        derived["crictl_url"] = CRICTL_RELEASE.format(v=crictl)
+    runc = str(values["runc_version"]).removeprefix("v")
+    if runc and values["containerd_source_type"] == "http":
+        derived["runc_url"] = RUNC_RELEASE.format(v=runc)
+    for key, value in derived.items():
+        if origins[key] == DEFAULT:
+            values[key] = value
+            origins[key] = DERIVED
+
+
+def _text_problem(value: Any, multiline: bool = False) -> str | None:
+    """Every string in a value (list items, map keys and values too) must be printable, with no control
+    characters: a newline in a duration or a NUL in a path ends up in a template or a command line."""
+    items: list[Any] = []
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    elif isinstance(value, Mapping):
+        items = [*value.keys(), *value.values()]
+    for item in items:
+        if isinstance(item, str):
+            problem = unprintable(item.replace("\n", " ").replace("\t", " ") if multiline else item)
+            if problem:
+                return f"{problem}: {inputs.clip(item)}"
+    return None
+
+
+def _select_versioned_sums(values: dict[str, Any]) -> None:
+    """kubernetes_http_sha256 may hold sums for several versions as "VERSION/NAME" keys (one var file for a
+    build of several Kubernetes versions); keep the plain NAME entries and those of kubernetes_semver, so
+    that the value, and the stage IDs, depend only on this build's version."""
+    sums = values.get("kubernetes_http_sha256")
+    if not isinstance(sums, Mapping) or not any("/" in str(k) for k in sums):
+        return
+    prefix = f"{values['kubernetes_semver']}/"
+    chosen = {k: v for k, v in sums.items() if "/" not in str(k)}
+    chosen.update({str(k)[len(prefix) :]: v for k, v in sums.items() if str(k).startswith(prefix)})
+    values["kubernetes_http_sha256"] = chosen
+
+
+def _check_values(values: dict[str, Any], origins: dict[str, str], problems: list[str]) -> None:
+    for setting in SETTINGS:
+        value = values[setting.name]
+        origin = origins[setting.name]
+        if setting.type is not bool and setting.type is not int:
+            text_problem = _text_problem(value, setting.multiline)
+            if text_problem:
+                problems.append(f"{origin}: {setting.name}: {text_problem}")
+                continue
+        if value == "" and origin != DEFAULT and (setting.derived or setting.default != ""):
+            problems.append(
+                f"{origin}: {setting.name}: must not be empty"
+                + (
+                    ""
+                    if setting.derived
+                    else f" (the default is {inputs.clip(setting.default)}; remove the key to use it)"
+                )
+            )
+            continue
+        if setting.validator is None or value in ("", [], {}):
+            continue  # empty = unset; required keys are checked in _check_consistency
+        problem = setting.validator(value)
+        if problem:
+            problems.append(f"{origin}: {setting.name}: {problem}")
+
+
+def _need(
+    key: str, because: str, values: dict[str, Any], origins: dict[str, str], problems: list[str]
+) -> None:
+    if values[key] in ("", [], {}, None):
+        cause = because.split(" ")[0]
+        where = origins.get(cause, origins[key])
+        also = f" (emptied by {origins[key]})" if origins[key] not in (DEFAULT, DERIVED, where) else ""
+        problems.append(f"{where}: {key}: required when {because} (set by {where}){also}")
+
+
+_MUST_MATCH = ("kubernetes_series", "kubernetes_deb_version", "kubernetes_rpm_version")
+
+
+def _check_consistency(
+    root: Path, values: dict[str, Any], origins: dict[str, str], problems: list[str]
+) -> None:
+    """Required keys and settings that contradict each other; each problem names the file that set it."""
+    for key in ("build_name", "os_name", "os_version"):
+        if not values[key]:
+            problems.append(f"{origins[key]}: {key}: required (set it in the OS file)")
+    method = values["install_method"]
+    builder = values["builder"]
+    if method == "installer":
+        for key in ("iso_url", "iso_checksum", "boot_command", "boot_files"):
+            _need(key, "install_method is installer", values, origins, problems)
+        if values["firmware"] == "efi":
+            problems.append(
+                f"{origins['firmware']}: firmware: efi is not supported with install_method installer "
+                "(boot_command drives the BIOS boot menu); use bios, or a cloudimg/bootstrap target"
+            )
+    elif method == "cloudimg":
+        for key in ("cloudimg_url", "cloudimg_checksum", "boot_files"):
+            _need(key, "install_method is cloudimg", values, origins, problems)
+    elif method == "bootstrap":
+        for key in ("bootstrap_suite", "bootstrap_mirror"):
+            _need(key, "install_method is bootstrap", values, origins, problems)
+        if values["os_family"] != "debian":
+            problems.append(f"{origins['os_family']}: os_family: install_method bootstrap needs debian")
+    if method in ("cloudimg", "bootstrap") and builder == "vmware-iso":
+        problems.append(
+            f"{origins['builder']}: builder: vmware-iso cannot build install_method {method} "
+            f"(set in {origins['install_method']}); use builder qemu"
+        )
+    for name in values["boot_files"]:
+        path = root / "packer" / "http" / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            problems.append(f"{origins['boot_files']}: boot_files: {name}: must be a path under packer/http/")
+        elif not path.is_file():
+            problems.append(f"{origins['boot_files']}: boot_files: packer/http/{name}: no such file")
+    if values["kubernetes_source_type"] == "http":
+        _need("kubernetes_http_source", "kubernetes_source_type is http", values, origins, problems)
+        missing = sorted({"kubelet", "kubeadm", "kubectl"} - set(values["kubernetes_http_sha256"]))
+        if missing:
+            problems.append(
+                f"{origins['kubernetes_http_sha256']}: kubernetes_http_sha256: missing sha256 for "
+                f"{', '.join(missing)} (required when kubernetes_source_type is http)"
+            )
+    if values["cni_source_type"] == "http":  # containerd's URL is derived and its sums published beside it
+        for key in ("cni_url", "cni_sha256"):
+            _need(key, "cni_source_type is http", values, origins, problems)
+    semver = str(values["kubernetes_semver"])
+    for key, want in derived_kubernetes(semver).items():
+        if origins[key] == DERIVED or key not in _MUST_MATCH:
+            continue
+        # an explicit series must equal the derived one; package versions must be of the same release
+        # (1.30.2-2.1 or 1.30.2-150500.1.1 for v1.30.2: a different package revision is fine)
+        ok = values[key] == want if key == "kubernetes_series" else str(values[key]).startswith(semver[1:])
+        if not ok:
+            problems.append(
+                f"{origins[key]}: {key}: {values[key]} contradicts kubernetes_semver {semver} "
+                f"(from {origins['kubernetes_semver']}); remove it to derive {want}"
+            )

@@ -1,0 +1,261 @@
+"""The one helper that runs every external program.
+
+argv lists only (never a shell), the command logged at debug level, an explicit environment, the child
+in its own process group so that Ctrl-C / SIGTERM stop it and everything it started (QEMU under Packer),
+and on failure a CommandError with the command, the exit code and the tail of the output.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from kiln.core.errors import CommandError, Interrupted, ToolMissingError
+from kiln.core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Which Debian package (or pip extra) provides each external program kiln runs.
+PROVIDERS: dict[str, str] = {
+    "packer": "Debian package 'packer' (make deps)",
+    "qemu-system-x86_64": "Debian package 'qemu-system-x86' (make deps)",
+    "qemu-img": "Debian package 'qemu-utils' (make deps)",
+    "mmdebstrap": "Debian package 'mmdebstrap' (make deps)",
+    "mkfs.ext4": "Debian package 'e2fsprogs' (make deps)",
+    "mkfs.fat": "Debian package 'dosfstools' (make deps)",
+    "sfdisk": "Debian package 'fdisk' (make deps)",
+    "xorriso": "Debian package 'xorriso' (make deps)",
+    "ansible-playbook": "pip package 'ansible-core' (installed into .venv by make deps)",
+    "openssl": "Debian package 'openssl'",
+    "goss": "the goss release binary (optional; kiln evaluates specs itself without it)",
+}
+
+
+def _runtime(runtime: Runtime | None) -> Runtime:
+    if runtime is not None:
+        return runtime
+    from kiln.config import default_runtime  # library callers that pass none get this process's environment
+
+    return default_runtime()
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    output: str
+
+
+def which(program: str, runtime: Runtime | None = None) -> str:
+    """Absolute path of `program` on the runtime's PATH, or ToolMissingError naming its package."""
+    path = shutil.which(program, path=_runtime(runtime).path or None)
+    if path is None:
+        provider = PROVIDERS.get(program, "its package")
+        raise ToolMissingError(f"{program}: not found on PATH", hint=f"install {provider}")
+    return path
+
+
+def quote(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def _child_env(
+    runtime: Runtime, env: Mapping[str, str] | None, extra_env: Mapping[str, str] | None
+) -> dict[str, str]:
+    base = dict(runtime.env if env is None else env)
+    if extra_env:
+        base.update(extra_env)
+    return base
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    log_file: IO[str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+    check: bool = True,
+    capture: bool = True,
+    input_text: str | None = None,
+    tail_lines: int = 40,
+    timeout: float | None = None,
+    secret_values: Sequence[str] = (),
+    runtime: Runtime | None = None,
+) -> Result:
+    """Run argv to completion.
+
+    Output (stdout and stderr merged) is streamed line by line to `log_file` and `on_line`, and the last
+    `tail_lines` lines go into the CommandError on failure. With capture=True the whole output is returned.
+    `secret_values` are masked wherever output is logged or stored.
+    """
+    rt = _runtime(runtime)
+    args = [os.fspath(a) for a in argv]
+    program = args[0]
+    if os.sep not in program:
+        args[0] = which(program, rt)
+    log.debug("run: %s", quote(args))
+    if rt.dry_run:
+        print(f"would run: {quote(args)}")
+        return Result(args, 0, "")
+
+    def mask(text: str) -> str:
+        for secret in secret_values:
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    captured: list[str] = []
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=_child_env(rt, env, extra_env),
+            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # own process group: we stop it and its children together
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissingError(
+            f"{program}: not found", hint=f"install {PROVIDERS.get(program, 'it')}"
+        ) from exc
+
+    timer: threading.Timer | None = None
+    if timeout is not None:
+        timer = threading.Timer(timeout, lambda: terminate(proc))
+        timer.start()
+    try:
+        if input_text is not None and proc.stdin is not None:
+            proc.stdin.write(input_text)
+            proc.stdin.close()
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = mask(raw)
+            tail.append(line)
+            if capture:
+                captured.append(line)
+            if log_file is not None:
+                log_file.write(line)
+                log_file.flush()
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+        returncode = proc.wait()
+    except KeyboardInterrupt:
+        terminate(proc)
+        raise Interrupted(f"{os.path.basename(program)}: interrupted") from None
+    except BaseException:
+        terminate(proc)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    output = "".join(captured)
+    if check and returncode != 0:
+        raise CommandError(args, returncode, "".join(tail))
+    return Result(args, returncode, output)
+
+
+def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """Stop a child and its whole process group: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
+    """Run argv and return its output (stdout+stderr) as text."""
+    return run(argv, **kwargs).output  # type: ignore[arg-type]
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so that every cleanup path (children, temp dirs) runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGKILL this child when the process that spawned it dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    log_path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    die_with_parent: bool = True,
+    runtime: Runtime | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a long-running child (QEMU) and return at once; `proc.run` is for run-to-completion.
+
+    Same conventions as `run`: argv list, the program resolved on PATH (ToolMissingError names its
+    package), the command logged at debug level, its own process group (stop it with `terminate`),
+    stdin from /dev/null, stdout+stderr appended to `log_path`. With `die_with_parent` the kernel kills
+    the child if this process dies without cleaning up (note: "parent" is the spawning thread).
+    There is no --dry-run handling here: a long-running child has no placeholder, so callers check
+    `runtime.dry_run` themselves.
+    """
+    rt = _runtime(runtime)
+    args = [os.fspath(a) for a in argv]
+    program = args[0]
+    if os.sep not in program:
+        args[0] = which(program, rt)
+    log.debug("spawn: %s", quote(args))
+    with open(log_path, "ab") as out:
+        try:
+            return subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=_child_env(rt, env, extra_env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if die_with_parent else None,
+            )
+        except FileNotFoundError as exc:
+            raise ToolMissingError(
+                f"{program}: not found", hint=f"install {PROVIDERS.get(program, 'it')}"
+            ) from exc

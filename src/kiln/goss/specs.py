@@ -1,0 +1,632 @@
+"""goss specs: vars rendering, spec loading, the evaluator over testinfra, and reports.
+
+The specs in `goss/` are real goss files: `goss -g goss/goss.yaml --vars vars.yaml validate`
+gives the same verdict as kiln. kiln renders them itself (strict Go templates, `gotemplate`), follows the
+`gossfile` includes, checks every resource type, attribute and matcher up front (`GossSpecError`, exit 2,
+for anything it does not support) and then evaluates each resource on a host through pytest-testinfra's
+modules (`host.package`, `host.service`, `host.file`, `host.sysctl`, `host.user`, `host.group`, `host.run`)
+over paramiko -- the same modules on a `local://` host in the tests.
+
+Phases: `build` (goss/goss.yaml) runs inside the build before sysprep; `final`
+(goss/goss-final.yaml: everything in build plus hygiene.yaml) runs on the finished image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import jinja2
+import yaml
+
+from kiln.core import paths
+from kiln.core.errors import InputError
+from kiln.goss import gotemplate
+from kiln.goss.matchers import GossSpecError, Matcher, compile_matcher, stream_matcher
+
+log = logging.getLogger(__name__)
+
+SPEC_DIR = paths.find_root() / "goss"  # TODO runtime
+VARS_TEMPLATE = "vars.yaml.j2"
+ENTRY = {"build": "goss.yaml", "final": "goss-final.yaml"}
+
+# Per resource type: attributes that are checked (and whether goss reads them as a stream), plus the ones
+# that only configure the check. Anything else in a spec is an error.
+_COMMON = {"skip", "title", "meta"}
+ATTRIBUTES: dict[str, dict[str, str]] = {
+    # attribute -> "value" | "stream" | "config"
+    "package": {"installed": "value", "versions": "value", "name": "config"},
+    "service": {"enabled": "value", "running": "value", "name": "config"},
+    "kernel-param": {"value": "value", "name": "config"},
+    "file": {
+        "exists": "value",
+        "mode": "value",
+        "size": "value",
+        "owner": "value",
+        "group": "value",
+        "filetype": "value",
+        "contents": "stream",
+        "md5": "value",
+        "sha256": "value",
+        "linked-to": "value",
+        "path": "config",
+    },
+    "command": {
+        "exit-status": "value",
+        "stdout": "stream",
+        "stderr": "stream",
+        "exec": "config",
+        "timeout": "config",
+    },
+    "user": {
+        "exists": "value",
+        "uid": "value",
+        "gid": "value",
+        "groups": "value",
+        "home": "value",
+        "shell": "value",
+        "username": "config",
+    },
+    "group": {"exists": "value", "gid": "value", "groupname": "config"},
+    "matching": {"matches": "value", "content": "config"},
+}
+REQUIRED = {"kernel-param": "value", "command": "exit-status", "matching": "matches"}
+# goss's type names in its JSON output
+GOSS_TYPE = {
+    "package": "Package",
+    "service": "Service",
+    "kernel-param": "KernelParam",
+    "file": "File",
+    "command": "Command",
+    "user": "User",
+    "group": "Group",
+    "matching": "Matching",
+}
+
+
+# --- vars --------------------------------------------------------------------------------------------
+
+
+def _words(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return value.replace(",", " ").split()
+    return [str(v) for v in value]
+
+
+def read_vars_file(path: Path, what: str = "goss vars file") -> dict[str, Any]:
+    """A YAML (or JSON) file of goss vars, as `goss --vars` reads it; InputError names the file."""
+    from kiln.core import inputs
+
+    text = inputs.read_text(path, what)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: {what} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is not None and not isinstance(data, dict):
+        raise InputError(f"{path}: {what} must hold a mapping")
+    return dict(data or {})
+
+
+def render_vars(
+    values: Mapping[str, Any], extra: Mapping[str, Any] | None = None, spec_dir: Path = SPEC_DIR
+) -> dict[str, Any]:
+    """Render `vars.yaml.j2` from the resolved config values (strict: a missing key is an error)."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(spec_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["words"] = _words
+    env.filters["regex_escape"] = lambda s: _regex_escape(str(s))
+    env.filters["yaml"] = _to_yaml
+    context = dict(values)
+    context.update(extra or {})
+    path = spec_dir / VARS_TEMPLATE
+    try:
+        text = env.get_template(VARS_TEMPLATE).render(**context)
+    except jinja2.UndefinedError as exc:
+        raise InputError(
+            f"{path}: {exc.message}", hint="the resolved config lacks a key the goss vars need"
+        ) from exc
+    except jinja2.TemplateError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: rendered vars are not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: rendered vars must be a mapping")
+    return data
+
+
+def _to_yaml(value: Any) -> str:
+    """A scalar or list as YAML (JSON is YAML); an undefined value raises instead of printing."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _regex_escape(text: str) -> str:
+    """Escape for Go's RE2 (a subset of what re.escape does, and all of it valid in RE2)."""
+    return "".join("\\" + c if c in r".^$*+?()[]{}|\/" else c for c in text)
+
+
+def write_vars(vars_: Mapping[str, Any], path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(
+        "# goss vars rendered by kiln from the resolved config\n"
+        + yaml.safe_dump(dict(vars_), sort_keys=True)
+    )
+    os.replace(tmp, path)
+    return path
+
+
+# --- spec loading --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    """One attribute of one resource to check."""
+
+    matcher: Matcher
+    expected: Any
+
+
+@dataclass
+class Resource:
+    type: str
+    id: str
+    attrs: dict[str, Any]
+    source: str
+    checks: dict[str, Check] = field(default_factory=dict)
+
+    @property
+    def skip(self) -> bool:
+        return bool(self.attrs.get("skip", False))
+
+
+@dataclass
+class Spec:
+    entry: Path
+    files: list[Path]
+    resources: list[Resource]
+
+    def of_type(self, kind: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == kind]
+
+
+def load_spec(entry: Path, vars_: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Spec:
+    """Render and load `entry` and its gossfile includes; validate every resource and matcher."""
+    data = {"Vars": dict(vars_), "Env": dict(env or {})}
+    merged: dict[tuple[str, str], Resource] = {}
+    files: list[Path] = []
+    _load_file(entry.resolve(), data, merged, files, stack=())
+    return Spec(entry, files, list(merged.values()))
+
+
+def _load_file(
+    path: Path,
+    data: Mapping[str, Any],
+    merged: dict[tuple[str, str], Resource],
+    files: list[Path],
+    stack: tuple[Path, ...],
+) -> None:
+    if path in stack:
+        raise GossSpecError(f"{path}: gossfile include cycle via {' -> '.join(str(p) for p in stack)}")
+    if not path.is_file():
+        where = f"{stack[-1]}: gossfile" if stack else "goss spec"
+        raise GossSpecError(f"{where}: {path} does not exist")
+    files.append(path)
+    text = gotemplate.render(path.read_text(), data, name=str(path))
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise GossSpecError(f"{path}: not valid YAML after rendering: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise GossSpecError(f"{path}: a gossfile must be a mapping of resource types")
+    for include_key, attrs in (doc.get("gossfile") or {}).items():
+        attrs = attrs or {}
+        if attrs.get("skip"):
+            continue
+        target = Path(attrs.get("file", include_key))
+        if not target.is_absolute():
+            target = path.parent / target
+        matches = (
+            sorted(target.parent.glob(target.name)) if any(c in target.name for c in "*?[") else [target]
+        )
+        for included in matches:
+            _load_file(included.resolve(), data, merged, files, stack + (path,))
+    for kind, resources in doc.items():
+        if kind == "gossfile":
+            continue
+        if kind not in GOSS_TYPES:
+            continue  # goss ignores top-level keys that are no resource type (e.g. YAML anchor holders)
+        if kind not in ATTRIBUTES:
+            raise GossSpecError(
+                f"{path}: resource type {kind!r} is not supported by kiln's evaluator",
+                hint=f"supported: {', '.join(sorted(ATTRIBUTES))}",
+            )
+        for rid, attrs in (resources or {}).items():
+            rid = str(rid)
+            merged[(kind, rid)] = _compile_resource(kind, rid, attrs or {}, path)
+
+
+# Every resource type goss knows; a top-level key outside this set is ignored, as goss ignores it.
+GOSS_TYPES = frozenset(
+    {
+        "package", "file", "addr", "port", "service", "user", "group", "command", "dns", "process",
+        "kernel-param", "mount", "interface", "http", "matching", "gossfile",
+    }
+)  # fmt: skip
+
+
+def _compile_resource(kind: str, rid: str, attrs: Mapping[str, Any], path: Path) -> Resource:
+    where = f"{path}: {kind}.{rid}"
+    if kind == "file" and "contains" in attrs and "contents" not in attrs:
+        # goss before 0.4 spelled it `contains`; goss still reads it as `contents`
+        attrs = {("contents" if k == "contains" else k): v for k, v in attrs.items()}
+    known = ATTRIBUTES[kind]
+    resource = Resource(kind, rid, dict(attrs), str(path))
+    for name, expected in attrs.items():
+        if name in _COMMON:
+            continue
+        role = known.get(name)
+        if role is None:
+            raise GossSpecError(
+                f"{where}: attribute {name!r} is not supported for {kind}",
+                hint=f"supported: {', '.join(sorted(set(known) | _COMMON))}",
+            )
+        if role == "config":
+            continue
+        matcher = (
+            stream_matcher(expected, f"{where}.{name}")
+            if role == "stream"
+            else compile_matcher(expected, f"{where}.{name}")
+        )
+        resource.checks[name] = Check(matcher, expected)
+    required = REQUIRED.get(kind)
+    if required and required not in resource.checks:
+        raise GossSpecError(f"{where}: required attribute {required!r} is missing")
+    if (
+        kind in ("package", "file", "user", "group")
+        and "installed" not in resource.checks
+        and "exists" not in resource.checks
+    ):
+        raise GossSpecError(
+            f"{where}: required attribute {'installed' if kind == 'package' else 'exists'!r} is missing"
+        )
+    return resource
+
+
+# --- evaluation ----------------------------------------------------------------------------------------
+
+
+class Probe(Protocol):
+    """What the evaluator asks of a host. `TestinfraProbe` answers with testinfra's modules."""
+
+    def package(self, name: str) -> tuple[bool, list[str]]: ...
+    def service(self, name: str) -> tuple[bool, bool]: ...
+    def kernel_param(self, name: str) -> str: ...
+    def file(self, path: str, wanted: set[str]) -> dict[str, Any]: ...
+    def command(self, cmd: str, timeout: float) -> tuple[int, str, str]: ...
+    def user(self, name: str) -> dict[str, Any]: ...
+    def group(self, name: str) -> dict[str, Any]: ...
+
+
+@dataclass
+class Result:
+    resource_type: str
+    resource_id: str
+    property: str
+    successful: bool
+    skipped: bool
+    expected: Any
+    found: Any
+    err: str = ""
+    duration: float = 0.0
+    source: str = ""
+
+    def title(self) -> str:
+        return f"{self.resource_type}: {self.resource_id}: {self.property}"
+
+
+class ProbeError(Exception):
+    """The host could not answer (e.g. a file that does not exist has no mode)."""
+
+
+def evaluate(spec: Spec, probe: Probe, on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    results: list[Result] = []
+    for resource in spec.resources:
+        for result in _evaluate_resource(resource, probe):
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return results
+
+
+def _evaluate_resource(res: Resource, probe: Probe) -> Iterable[Result]:
+    start = time.monotonic()
+    if res.skip:
+        for prop, check in res.checks.items():
+            yield Result(res.type, res.id, prop, True, True, check.expected, None, source=res.source)
+        return
+    try:
+        state = _observe(res, probe)
+        observe_error = ""
+    except ProbeError as exc:
+        state, observe_error = {}, str(exc)
+    for prop, check in res.checks.items():
+        if prop not in state:
+            err = observe_error or f"{prop}: {state.get('_missing', 'not available')}"
+            yield Result(
+                res.type,
+                res.id,
+                prop,
+                False,
+                False,
+                check.expected,
+                None,
+                err,
+                time.monotonic() - start,
+                res.source,
+            )
+            continue
+        found = state[prop]
+        ok = check.matcher(found)
+        yield Result(
+            res.type, res.id, prop, ok, False, check.expected, found, "", time.monotonic() - start, res.source
+        )
+
+
+def _observe(res: Resource, probe: Probe) -> dict[str, Any]:
+    a = res.attrs
+    if res.type == "package":
+        installed, versions = probe.package(str(a.get("name", res.id)))
+        state: dict[str, Any] = {"installed": installed}
+        if installed:
+            state["versions"] = versions
+        else:
+            state["_missing"] = "package is not installed"
+        return state
+    if res.type == "service":
+        enabled, running = probe.service(str(a.get("name", res.id)))
+        return {"enabled": enabled, "running": running}
+    if res.type == "kernel-param":
+        return {"value": probe.kernel_param(str(a.get("name", res.id)))}
+    if res.type == "file":
+        info = probe.file(str(a.get("path", res.id)), set(res.checks))
+        if not info.get("exists"):
+            return {"exists": False, "_missing": "file does not exist"}
+        return info
+    if res.type == "command":
+        timeout = float(a.get("timeout", 10000)) / 1000.0
+        rc, out, err = probe.command(str(a.get("exec", res.id)), timeout)
+        return {"exit-status": rc, "stdout": out, "stderr": err}
+    if res.type == "user":
+        info = probe.user(str(a.get("username", res.id)))
+        return info if info.get("exists") else {"exists": False, "_missing": "user does not exist"}
+    if res.type == "group":
+        info = probe.group(str(a.get("groupname", res.id)))
+        return info if info.get("exists") else {"exists": False, "_missing": "group does not exist"}
+    if res.type == "matching":
+        return {"matches": a.get("content")}
+    raise GossSpecError(f"{res.source}: {res.type}.{res.id}: resource type not supported")
+
+
+class TestinfraProbe:
+    """Answers the evaluator's questions with pytest-testinfra's host modules (any backend)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    def package(self, name: str) -> tuple[bool, list[str]]:
+        pkg = self.host.package(name)
+        if not pkg.is_installed:
+            return False, []
+        return True, [str(pkg.version)]
+
+    def service(self, name: str) -> tuple[bool, bool]:
+        svc = self.host.service(name)
+        return bool(svc.is_enabled), bool(svc.is_running)
+
+    def kernel_param(self, name: str) -> str:
+        try:
+            return str(self.host.sysctl(name))
+        except AssertionError as exc:
+            raise ProbeError(f"kernel-param {name}: not found") from exc
+
+    def file(self, path: str, wanted: set[str]) -> dict[str, Any]:
+        """Only what the spec asks for is read (each attribute is a round trip to the host)."""
+        f = self.host.file(path)
+        if not f.exists:
+            return {"exists": False}
+        info: dict[str, Any] = {"exists": True}
+        if wanted & {"filetype", "linked-to", "size", "contents", "md5", "sha256"}:
+            if f.is_symlink:
+                filetype = "symlink"
+            elif f.is_directory:
+                filetype = "directory"
+            elif f.is_socket:
+                filetype = "socket"
+            elif f.is_pipe:
+                filetype = "pipe"
+            else:
+                filetype = "file"
+            info["filetype"] = filetype
+        if "mode" in wanted:
+            info["mode"] = f"{f.mode:04o}"
+        if "owner" in wanted:
+            info["owner"] = f.user
+        if "group" in wanted:
+            info["group"] = f.group
+        if "linked-to" in wanted and info["filetype"] == "symlink":
+            info["linked-to"] = self.host.run("readlink %s", path).stdout.rstrip("\n")
+        if info.get("filetype") in ("file", "symlink"):
+            if "size" in wanted:
+                info["size"] = f.size
+            if "contents" in wanted:
+                info["contents"] = f.content_string
+            if "md5" in wanted:
+                info["md5"] = f.md5sum
+            if "sha256" in wanted:
+                info["sha256"] = f.sha256sum
+        return info
+
+    def command(self, cmd: str, timeout: float) -> tuple[int, str, str]:
+        result = self.host.run("timeout %s /bin/sh -c %s", f"{max(timeout, 1):g}", cmd)
+        return int(result.rc), str(result.stdout), str(result.stderr)
+
+    def user(self, name: str) -> dict[str, Any]:
+        u = self.host.user(name)
+        if not u.exists:
+            return {"exists": False}
+        return {
+            "exists": True,
+            "uid": u.uid,
+            "gid": u.gid,
+            "groups": list(u.groups),
+            "home": u.home,
+            "shell": u.shell,
+        }
+
+    def group(self, name: str) -> dict[str, Any]:
+        g = self.host.group(name)
+        if not g.exists:
+            return {"exists": False}
+        return {"exists": True, "gid": g.gid}
+
+
+# --- reports -------------------------------------------------------------------------------------------
+
+
+def summary(results: list[Result]) -> dict[str, Any]:
+    failed = sum(1 for r in results if not r.successful)
+    skipped = sum(1 for r in results if r.skipped)
+    return {"test-count": len(results), "failed-count": failed, "skipped-count": skipped}
+
+
+def failures(results: list[Result]) -> list[Result]:
+    return [r for r in results if not r.successful]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, str):
+        text = value.strip()
+        return text if len(text) < 200 else text[:200] + "..."
+    return json.dumps(value, default=str)
+
+
+def failure_table(results: list[Result]) -> str:
+    """A plain-text table of failures: resource, property, expected, found."""
+    rows = [("RESOURCE", "PROPERTY", "EXPECTED", "FOUND")]
+    for r in failures(results):
+        found = r.err or _fmt(r.found)
+        rows.append((f"{r.resource_type} {r.resource_id}", r.property, _fmt(r.expected), found))
+    widths = [min(max(len(row[i].splitlines()[0] if row[i] else "") for row in rows), 60) for i in range(3)]
+    lines = []
+    for row in rows:
+        cells = [row[i].replace("\n", "\\n") for i in range(4)]
+        lines.append("  ".join(cells[i].ljust(widths[i]) for i in range(3)) + "  " + cells[3])
+    return "\n".join(lines)
+
+
+def report_json(results: list[Result], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """goss's JSON output shape (`goss validate -f json`): results + summary, plus kiln's meta."""
+    return {
+        "results": [
+            {
+                "resource-type": GOSS_TYPE.get(r.resource_type, r.resource_type),
+                "resource-id": r.resource_id,
+                "property": r.property,
+                "successful": r.successful,
+                "skipped": r.skipped,
+                "expected": r.expected,
+                "found": r.found,
+                "err": r.err or None,
+                "duration": int(r.duration * 1e9),
+                "source": r.source,
+            }
+            for r in results
+        ],
+        "summary": summary(results),
+        "kiln": dict(meta or {}),
+    }
+
+
+def write_reports(
+    results: list[Result], report_dir: Path, meta: Mapping[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """Write report.json and junit.xml into `report_dir` (each atomically)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    json_path = report_dir / "report.json"
+    tmp = report_dir / ".report.json.tmp"
+    tmp.write_text(json.dumps(report_json(results, meta), indent=2, default=str) + "\n")
+    os.replace(tmp, json_path)
+
+    s = summary(results)
+    suite = ET.Element(
+        "testsuite",
+        name="goss",
+        tests=str(s["test-count"]),
+        failures=str(s["failed-count"]),
+        skipped=str(s["skipped-count"]),
+        time=f"{sum(r.duration for r in results):.3f}",
+    )
+    for r in results:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"goss.{r.resource_type}",
+            name=f"{r.resource_id}: {r.property}",
+            time=f"{r.duration:.3f}",
+        )
+        if r.skipped:
+            ET.SubElement(case, "skipped")
+        elif not r.successful:
+            failure = ET.SubElement(case, "failure", message=f"{r.title()}: expected {_fmt(r.expected)}")
+            failure.text = f"expected: {_fmt(r.expected)}\nfound: {r.err or _fmt(r.found)}\nspec: {r.source}"
+    junit_path = report_dir / "junit.xml"
+    tmp = report_dir / ".junit.xml.tmp"
+    root = ET.Element("testsuites", name="kiln-verify")
+    root.append(suite)
+    ET.ElementTree(root).write(tmp, encoding="unicode", xml_declaration=True)
+    os.replace(tmp, junit_path)
+    return json_path, junit_path
+
+
+def results_from_goss_json(doc: Mapping[str, Any]) -> list[Result]:
+    """Read `goss validate -f json` output into kiln's results (used when the goss binary runs)."""
+    reverse = {v: k for k, v in GOSS_TYPE.items()}
+    out = []
+    for item in doc.get("results", []):
+        out.append(
+            Result(
+                reverse.get(item.get("resource-type", ""), str(item.get("resource-type"))),
+                str(item.get("resource-id")),
+                str(item.get("property")),
+                bool(item.get("successful")),
+                bool(item.get("skipped")),
+                item.get("expected"),
+                item.get("found"),
+                str(item.get("err") or ""),
+                float(item.get("duration") or 0) / 1e9,
+            )
+        )
+    return out
+
+
+def result_dicts(results: list[Result]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]
