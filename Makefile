@@ -201,7 +201,10 @@ lint: deps-python ## ruff (lint + format check), mypy on src/, the CI definition
 	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 ##@ Housekeeping
-.PHONY: clean help
+.PHONY: clean help docs-tables
+docs-tables: deps-python ## Regenerate the generated tables in docs/settings.md and docs/image-builder.md
+	$(VENV)/bin/python hack/docs-tables.py
+
 clean: ## Remove build outputs, caches and rendered templates (keeps .venv)
 	rm -rf packer/output packer/.rendered .cache/kiln cloudinit/cidata.iso .pytest_cache
 

@@ -32,6 +32,9 @@ from kiln import config
 from kiln.build import pipeline as build  # noqa: E402
 from kiln.core import progress
 
+RUNTIME = config.default_runtime()  # the one runtime, as the CLI makes it
+
+
 VERSIONS = ("v1.36.1", "v1.35.7", "v1.34.10", "v1.33.13", "v1.32.13")
 
 
@@ -62,7 +65,7 @@ def main() -> int:
         cfg = config.load(args.target, var_files=[str(var_file)], overrides={**base, **overrides})
         print(f"--- {label}", flush=True)
         started = time.monotonic()
-        result = build.run_build(cfg, monitor=monitor, verify=not args.no_verify)
+        result = build.run_build(cfg, monitor=monitor, verify=not args.no_verify, runtime=RUNTIME)
         took = time.monotonic() - started
         print(f"--- {label}: {took:.1f}s (up to date: {result.up_to_date}; reused: {sorted(result.reused)})")
         return took

@@ -31,6 +31,9 @@ from kiln.build import pipeline as build  # noqa: E402
 from kiln.core import inputs
 from kiln.publish import gcs, release
 
+RUNTIME = config.default_runtime()  # the one runtime, as the CLI makes it
+
+
 TARGETS = 7
 VERSIONS = ("v1.34.2", "v1.35.1", "v1.36.1")
 
@@ -58,7 +61,9 @@ def prepare(root: Path, index: int, version: str, size: int, extra: str = "", se
 def measure(label: str, configs: list[config.Config], server: FakeGcs) -> dict[str, float]:
     client = gcs.Client(gcs.credentials(None, server.url), server.url)
     started = time.monotonic()
-    entries = release.run(configs, client, BUCKET, channel="ci")  # ci/: a changed image replaces the old one
+    entries = release.run(
+        configs, client, BUCKET, channel="ci", runtime=RUNTIME
+    )  # ci/: a changed image replaces the old one
     took = time.monotonic() - started
     statuses = {s: sum(e.status == s for e in entries) for s in {e.status for e in entries}}
     st = client.stats

@@ -20,6 +20,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from kiln import config  # noqa: E402
 from kiln.build import packer, render, validate
 
+RUNTIME = config.default_runtime()  # the one runtime, as the CLI makes it
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,7 +30,7 @@ def main() -> int:
     args = parser.parse_args()
 
     targets = config.targets(ROOT)
-    version = packer.version()
+    version = packer.version(runtime=RUNTIME)
     print(f"{len(targets)} targets, Packer {'.'.join(map(str, version))}, {args.rounds} round(s)")
     print(f"{'target':<22} {'load':>8} {'render':>8} {'parse':>8} {'kiln':>8} {'packer':>8}")
     total_kiln = total_packer = 0.0
@@ -39,8 +41,8 @@ def main() -> int:
                 t0 = time.perf_counter()
                 cfg = config.load(target, repo_root=ROOT)
                 t1 = time.perf_counter()
-                ctx = render.placeholder_context(cfg, Path(tmp) / f"ctx{i}")
-                result = render.render(cfg, ctx, Path(tmp) / "rendered", version)
+                ctx = render.placeholder_context(cfg, Path(tmp) / f"ctx{i}", runtime=RUNTIME)
+                result = render.render(cfg, ctx, Path(tmp) / "rendered", version, runtime=RUNTIME)
                 t2 = time.perf_counter()
                 validate.parse_rendered(result.template)
                 t3 = time.perf_counter()
@@ -52,7 +54,7 @@ def main() -> int:
             packer_s = 0.0
             if not args.no_packer:
                 t0 = time.perf_counter()
-                packer.validate(Path(tmp) / "rendered")
+                packer.validate(Path(tmp) / "rendered", runtime=RUNTIME)
                 packer_s = time.perf_counter() - t0
         total_kiln += kiln
         total_packer += packer_s

@@ -15,8 +15,9 @@ from kiln import cli
 from kiln.core import proc
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError
-from kiln.vm import boot, cidata, ssh
+from kiln.vm import accel, boot, cidata, control, ssh
 from kiln.vm import qemu as vm
+from kiln_runtime import RUNTIME
 
 
 def _build_dir(root: Path, *, qcow2: bool = True) -> BuildDir:
@@ -26,7 +27,8 @@ def _build_dir(root: Path, *, qcow2: bool = True) -> BuildDir:
     (path / "packer-manifest.json").write_text(json.dumps(manifest))
     if qcow2:
         proc.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", str(path / "debian-12+kube-v1.30.2.qcow2"), "8M"]
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(path / "debian-12+kube-v1.30.2.qcow2"), "8M"],
+            runtime=RUNTIME,
         )
     return BuildDir.open(path)
 
@@ -67,9 +69,15 @@ def test_recycled_pid_that_is_not_our_qemu_counts_as_gone(tmp_path: Path) -> Non
 def test_running_qemu_of_this_run_dir_is_found_and_stopped(tmp_path: Path) -> None:
     build = _build_dir(tmp_path)
     disk = tmp_path / "probe.img"
-    disk.write_bytes(vm.probe_boot_sector())
+    disk.write_bytes(accel.probe_boot_sector())
     machine = vm.VM(
-        disk, workdir=boot.run_dir(build) / "vm", accelerator="tcg", memory=64, cpus=1, detach=True
+        disk,
+        workdir=boot.run_dir(build) / "vm",
+        accelerator="tcg",
+        memory=64,
+        cpus=1,
+        detach=True,
+        runtime=RUNTIME,
     )
     machine.start()
     try:
@@ -79,10 +87,10 @@ def test_running_qemu_of_this_run_dir_is_found_and_stopped(tmp_path: Path) -> No
         (boot.run_dir(build) / "state.json").write_text(json.dumps(asdict(state)))
         assert boot.read_state(build) == state
         with pytest.raises(InputError, match="already booted"):
-            boot.start(build)
+            boot.start(build, runtime=RUNTIME)
         stopped = boot.stop(build, timeout=0)
         assert stopped == state
-        assert not vm.pid_alive(state.pid)
+        assert not control.pid_alive(state.pid)
         assert boot.read_state(build) is None
     finally:
         machine.stop(timeout=0)
@@ -93,15 +101,18 @@ def test_disk_for_prefers_qcow2_then_ova_vmdk(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="neither debian-12\\+kube-v1.30.2.qcow2 nor .*ova is there"):
         boot.disk_for(build, tmp_path / "w")
     raw = tmp_path / "disk.raw"
-    raw.write_bytes(vm.probe_boot_sector().ljust(1 << 20, b"\0"))
+    raw.write_bytes(accel.probe_boot_sector().ljust(1 << 20, b"\0"))
     vmdk = tmp_path / "disk-1.vmdk"
-    proc.run(["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(raw), str(vmdk)])
+    proc.run(
+        ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(raw), str(vmdk)],
+        runtime=RUNTIME,
+    )
     with tarfile.open(build.ova, "w") as tar:
         tar.add(vmdk, arcname="debian-12+kube-v1.30.2-disk1.vmdk")
     disk, fmt = boot.disk_for(build, tmp_path / "w")
-    assert fmt == "vmdk" and vm.detect_format(disk) == "vmdk"
-    proc.run(["qemu-img", "compare", "-f", "vmdk", "-F", "raw", str(disk), str(raw)])
-    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(build.qcow2), "1M"])
+    assert fmt == "vmdk" and vm.detect_format(disk, RUNTIME) == "vmdk"
+    proc.run(["qemu-img", "compare", "-f", "vmdk", "-F", "raw", str(disk), str(raw)], runtime=RUNTIME)
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(build.qcow2), "1M"], runtime=RUNTIME)
     assert boot.disk_for(build, tmp_path / "w") == (build.qcow2, "qcow2")
 
 

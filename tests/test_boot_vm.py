@@ -19,6 +19,7 @@ from fixtures.conformance.standin import make_standin_tarball
 from kiln import cli
 from kiln.vm import boot, cidata, conformance, ssh
 from kiln.vm import qemu as vm
+from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.vm
@@ -127,7 +128,9 @@ def test_ova_vmdk_is_the_same_disk_for_qemu(built_image, tmp_path: Path) -> None
     if not build.ova.is_file():
         pytest.skip(f"{build.ova} not built")
     vmdk = boot.extract_vmdk(build.ova, tmp_path)
-    assert vm.detect_format(vmdk) == "vmdk"
+    assert vm.detect_format(vmdk, RUNTIME) == "vmdk"
     from kiln.core import proc
 
-    proc.run(["qemu-img", "compare", "-f", "vmdk", "-F", "qcow2", str(vmdk), str(build.qcow2)])
+    proc.run(
+        ["qemu-img", "compare", "-f", "vmdk", "-F", "qcow2", str(vmdk), str(build.qcow2)], runtime=RUNTIME
+    )

@@ -11,6 +11,7 @@ import pytest
 
 from kiln.build import bootstrap
 from kiln.core.errors import InputError
+from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def test_ensure_base_reuses_a_cached_entry_and_says_so(tmp_path):
     (entry / "base.qcow2").write_bytes(b"qcow")
     (entry / "info.json").write_text(json.dumps({"root_uuid": "u"}))
     said: list[str] = []
-    base = bootstrap.ensure_base(spec, tmp_path, REPO, say=said.append)
+    base = bootstrap.ensure_base(spec, tmp_path, REPO, say=said.append, runtime=RUNTIME)
     assert base.cached and base.disk == entry / "base.qcow2" and base.root_uuid == "u"
     assert any("reusing cached base" in s for s in said)
 

@@ -21,28 +21,34 @@ from kiln import config
 from kiln.build import pipeline as build
 from kiln.core import builddir
 from kiln.core.errors import ToolMissingError
-from kiln.vm import cidata
+from kiln.vm import checkboot, cidata
+from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_build_seed_has_the_key_and_no_password():
-    text = build.cloud_config("builder", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0 kiln-build")
+def test_build_seed_has_the_key_and_no_password(tmp_path):
+    """The build VM's seed comes from the one user-data generator (cloudinit/templates) and leaves nothing
+    of itself in the image: no marker file, no distro default user, hostname localhost."""
+    values = {"build_name": "debian-12"}
+    login = checkboot.make_login(tmp_path, user="builder", values=values, purpose="build")
+    label, files = cidata.read_iso(login.seed)  # pycdlib reads it back; no external tool needed
+    assert label == "cidata" and set(files) == {"user-data", "meta-data"}
+    text = files["user-data"].decode()
     assert text.startswith("#cloud-config\n")
     doc = yaml.safe_load(text)
     user = doc["users"][0]
-    assert user["name"] == "builder" and user["lock_passwd"] is True
-    assert user["ssh_authorized_keys"] == ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE0 kiln-build"]
+    assert user["name"] == "builder" and user["lock_passwd"] is True and user["groups"] == ["sudo"]
+    assert user["ssh_authorized_keys"] == [login.keys.public_line]
     assert doc["ssh_pwauth"] is False
     assert "passwd" not in user and "plain_text_passwd" not in user and "chpasswd" not in doc
     assert "default" not in doc["users"], "no distro default user in the build VM"
-
-
-def test_write_seed_is_a_cidata_iso(tmp_path):
-    iso = build.write_seed(tmp_path / "seed.iso", "builder", "ssh-ed25519 AAAA k", "iid-1")
-    label, files = cidata.read_iso(iso)  # pycdlib reads it back; no external tool needed
-    assert label == "cidata" and set(files) == {"user-data", "meta-data"}
-    assert b"ssh-ed25519 AAAA k" in files["user-data"] and b"instance-id: iid-1" in files["meta-data"]
+    assert "write_files" not in doc and "ssh_authorized_keys" not in doc
+    meta = yaml.safe_load(files["meta-data"])
+    assert meta["local-hostname"] == "localhost" and meta["instance-id"] == login.instance_id
+    assert login.instance_id.startswith("kiln-build-")
+    login.forget()
+    assert not login.keys.private_key.exists()
 
 
 def test_manifest_keeps_packer_fields_and_adds_custom_data(tmp_path):
@@ -112,7 +118,7 @@ def test_publish_replaces_an_older_build_only_at_the_end(tmp_path):
 def test_missing_tool_names_its_package(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ToolMissingError) as err:
-        build.check_tools({"install_method": "bootstrap"})
+        build.check_tools({"install_method": "bootstrap"}, runtime=config.default_runtime())
     assert "packer" in err.value.message and "Debian package 'packer'" in (err.value.hint or "")
 
 
@@ -227,12 +233,12 @@ def test_playbooks_pass_ansible_syntax_check():
 
 def test_kvm_forced_without_usable_kvm_is_bad_input_naming_the_setting(monkeypatch, tmp_path):
     from kiln.core.errors import InputError
-    from kiln.vm import qemu as vm
+    from kiln.vm import accel
 
-    monkeypatch.setattr(vm, "kvm_available", lambda: False)
+    monkeypatch.setattr(accel, "kvm_available", lambda: False)
     cfg = config.load("debian-12", overrides={"accelerator": "kvm", "output_dir": str(tmp_path / "out")})
     with pytest.raises(InputError) as err:
-        build.run_build(cfg)
+        build.run_build(cfg, runtime=RUNTIME)
     assert err.value.exit_code == 2 and "accelerator" in err.value.message
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing written"
 

@@ -14,6 +14,9 @@ from kiln import config
 from kiln.goss import gotemplate
 from kiln.goss import specs as goss
 from kiln.goss.matchers import GossSpecError, compile_matcher, patterns, stream_matcher
+from kiln_runtime import RUNTIME
+
+SPEC_DIR = goss.spec_dir(RUNTIME.root)
 
 FINAL_EXTRA = {
     "verify_user": "kiln-verify",
@@ -192,8 +195,8 @@ def _values(target: str) -> dict[str, Any]:
 def test_every_target_renders_complete_vars_and_a_valid_spec(target: str, phase: str) -> None:
     """No goss variable left undefined, for every shipped target and both phases (strict rendering)."""
     extra = {"phase": phase, **(FINAL_EXTRA if phase == "final" else {})}
-    vars_ = goss.render_vars(_values(target), extra)
-    spec = goss.load_spec(goss.SPEC_DIR / goss.ENTRY[phase], vars_)
+    vars_ = goss.render_vars(_values(target), extra, spec_dir=SPEC_DIR)
+    spec = goss.load_spec(SPEC_DIR / goss.ENTRY[phase], vars_)
     ids = {(r.type, r.id) for r in spec.resources}
     assert ("service", "containerd") in ids and ("command", "kubelet --version") in ids
     if phase == "final":
@@ -211,17 +214,19 @@ def test_vars_follow_the_config() -> None:
     values = _values("debian-12")
     values.update(kubernetes_semver="v1.29.4", kubernetes_series="v1.29", kubernetes_deb_version="1.29.4-1.1")
     values.update(kubernetes_source_type="pkg", extra_packages=("jq", "htop"))
-    vars_ = goss.render_vars(values, {"phase": "build"})
+    vars_ = goss.render_vars(values, {"phase": "build"}, spec_dir=SPEC_DIR)
     assert vars_["kubernetes_semver_regex"] == "v1\\.29\\.4"
     assert vars_["kubernetes_pkg_version"] == "1.29.4-1.1"
     assert {"jq", "htop"} <= set(vars_["node_packages"])
-    spec = goss.load_spec(goss.SPEC_DIR / "goss.yaml", vars_)
+    spec = goss.load_spec(SPEC_DIR / "goss.yaml", vars_)
     kubelet = next(r for r in spec.resources if r.type == "package" and r.id == "kubelet")
     assert kubelet.checks["versions"].matcher(["1.29.4-1.1"]) and not kubelet.checks["versions"].matcher(
         ["1.30.2-1.1"]
     )
     values["kubernetes_source_type"] = "http"
-    spec = goss.load_spec(goss.SPEC_DIR / "goss.yaml", goss.render_vars(values, {"phase": "build"}))
+    spec = goss.load_spec(
+        SPEC_DIR / "goss.yaml", goss.render_vars(values, {"phase": "build"}, spec_dir=SPEC_DIR)
+    )
     assert not any(r.type == "package" and r.id == "kubelet" for r in spec.resources)
 
 
@@ -233,7 +238,9 @@ def test_site_settings_are_checked_by_kilns_specs() -> None:
     by_phase = {}
     for phase in ("build", "final"):
         extra = {"phase": phase, **(FINAL_EXTRA if phase == "final" else {})}
-        spec = goss.load_spec(goss.SPEC_DIR / goss.ENTRY[phase], goss.render_vars(values, extra))
+        spec = goss.load_spec(
+            SPEC_DIR / goss.ENTRY[phase], goss.render_vars(values, extra, spec_dir=SPEC_DIR)
+        )
         by_phase[phase] = {(r.type, r.id): r for r in spec.resources}
     build, final = by_phase["build"], by_phase["final"]
     grub = build[("file", "/etc/default/grub.d/90-kiln-extra.cfg")].checks["contents"].matcher
@@ -252,7 +259,9 @@ def test_site_settings_are_checked_by_kilns_specs() -> None:
         "# kiln: containerd_additional_settings\n"
     )
     plain = dict(config.load("debian-12").values)
-    spec = goss.load_spec(goss.SPEC_DIR / "goss.yaml", goss.render_vars(plain, {"phase": "build"}))
+    spec = goss.load_spec(
+        SPEC_DIR / "goss.yaml", goss.render_vars(plain, {"phase": "build"}, spec_dir=SPEC_DIR)
+    )
     ids = {(r.type, r.id) for r in spec.resources}
     assert ("file", "/etc/kiln/kubeadm-image-repository") not in ids
     assert ("file", "/etc/default/grub.d/90-kiln-extra.cfg") not in ids
@@ -262,7 +271,9 @@ def test_site_settings_are_checked_by_kilns_specs() -> None:
 def test_containerd_version_is_checked_with_either_source(source: str) -> None:
     values = _values("debian-12")
     values.update(containerd_source_type=source, containerd_version="1.6.20")
-    spec = goss.load_spec(goss.SPEC_DIR / "goss.yaml", goss.render_vars(values, {"phase": "build"}))
+    spec = goss.load_spec(
+        SPEC_DIR / "goss.yaml", goss.render_vars(values, {"phase": "build"}, spec_dir=SPEC_DIR)
+    )
     check = next(r for r in spec.resources if r.id == "containerd --version").checks["stdout"].matcher
     assert check("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n")
     assert check("containerd github.com/containerd/containerd/v2 v1.6.20 0123abc\n")
@@ -275,9 +286,9 @@ def test_missing_config_key_for_vars_is_an_input_error() -> None:
     values = _values("debian-12")
     del values["kubernetes_series"]
     with pytest.raises(goss.InputError, match=r"vars.yaml.j2: 'kubernetes_series' is undefined"):
-        goss.render_vars(values, {"phase": "build"})
+        goss.render_vars(values, {"phase": "build"}, spec_dir=SPEC_DIR)
     with pytest.raises(goss.InputError, match="verify_user"):
-        goss.render_vars(_values("debian-12"), {"phase": "final"})
+        goss.render_vars(_values("debian-12"), {"phase": "final"}, spec_dir=SPEC_DIR)
 
 
 def _spec_dir(tmp_path: Path, files: dict[str, str]) -> Path:

@@ -10,6 +10,9 @@ import pytest
 from kiln.goss import gotemplate
 from kiln.goss import specs as goss
 from kiln.goss.gotemplate import TemplateError, go_regex, render, semver_compare
+from kiln_runtime import RUNTIME
+
+SPEC_DIR = goss.spec_dir(RUNTIME.root)
 
 SPEC = Path(__file__).resolve().parent / "fixtures" / "goss-ib" / "node.yaml"
 VARS = {
@@ -157,16 +160,19 @@ def test_user_specs_and_vars_extend_kilns(tmp_path: Path) -> None:
         },
     )
     values = cfg.plain()
-    assert verify.user_vars(values) == {"site": "rack4", "must_exist": False}
-    assert verify.user_spec(values, "build") == specs / "goss.yaml"
-    assert verify.user_spec(values, "final") == specs / "goss.yaml"
-    vars_ = {**goss.render_vars(values, {"phase": "build"}), **verify.user_vars(values)}
-    spec = goss.load_spec(verify.user_spec(values, "build"), vars_)
+    assert verify.user_vars(values, RUNTIME.root) == {"site": "rack4", "must_exist": False}
+    assert verify.user_spec(values, "build", RUNTIME.root) == specs / "goss.yaml"
+    assert verify.user_spec(values, "final", RUNTIME.root) == specs / "goss.yaml"
+    vars_ = {
+        **goss.render_vars(values, {"phase": "build"}, spec_dir=SPEC_DIR),
+        **verify.user_vars(values, RUNTIME.root),
+    }
+    spec = goss.load_spec(verify.user_spec(values, "build", RUNTIME.root), vars_)
     assert [(r.type, r.id) for r in spec.resources] == [("file", "/etc/site-rack4")]
     with pytest.raises(Exception, match="goss_vars_inline: not a JSON object"):
         config.load("debian-12", overrides={"goss_vars_inline": "[1"})
     with pytest.raises(Exception, match="goss_spec_dir has no goss.yaml"):
-        verify.user_spec({"goss_spec_dir": str(tmp_path / "nothing")}, "build")
+        verify.user_spec({"goss_spec_dir": str(tmp_path / "nothing")}, "build", RUNTIME.root)
 
 
 def test_printf_q_quotes_as_go_does() -> None:

@@ -20,6 +20,7 @@ from kiln.core.builddir import BuildDir
 from kiln.core.errors import ConfigError, InputError
 from kiln.publish import images
 from kiln.vm import boot, cidata
+from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 KILN = [sys.executable, "-m", "kiln"]
@@ -402,7 +403,7 @@ def test_build_never_replaces_a_foreign_build_dir(tmp_path: Path) -> None:
     foreign.mkdir()
     (foreign / "keep").write_text("mine")
     with pytest.raises(InputError, match="was not made by kiln"):
-        build.run_build(cfg)
+        build.run_build(cfg, runtime=RUNTIME)
     assert os.listdir(foreign) == ["keep"]
 
 

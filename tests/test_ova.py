@@ -11,6 +11,7 @@ import pytest
 
 from kiln.artifacts import ova
 from kiln.core.errors import BuildError, InputError
+from kiln_runtime import RUNTIME
 
 NS = {
     "ovf": "http://schemas.dmtf.org/ovf/envelope/1",
@@ -45,7 +46,7 @@ def small_disk(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(small_disk, tmp_path_factory):
     out = tmp_path_factory.mktemp("ova") / "node.ova"
-    ova.build_ova(small_disk, out, "debian-12+kube-v1.30.2", VALUES)
+    ova.build_ova(small_disk, out, "debian-12+kube-v1.30.2", VALUES, runtime=RUNTIME)
     return out
 
 
@@ -118,6 +119,6 @@ def test_bios_firmware_and_bad_firmware(small_disk, tmp_path):
 
 def test_no_partial_ova_on_failure(tmp_path):
     with pytest.raises(BuildError, match="missing.qcow2"):
-        ova.build_ova(tmp_path / "missing.qcow2", tmp_path / "x.ova", "x", VALUES)
+        ova.build_ova(tmp_path / "missing.qcow2", tmp_path / "x.ova", "x", VALUES, runtime=RUNTIME)
     assert not (tmp_path / "x.ova").exists()
     assert list(tmp_path.iterdir()) == []

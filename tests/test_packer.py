@@ -12,6 +12,7 @@ import pytest
 
 from kiln import cli, config
 from kiln.build import packer, validate
+from kiln.config import default_runtime  # made per test: the fixtures change PATH
 from kiln.core.errors import BuildError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,23 +21,23 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("target", config.targets(REPO))
 def test_every_shipped_target_passes_real_packer_validate(target: str, tmp_path: Path) -> None:
     cfg = config.load(target, repo_root=REPO)
-    result = validate.validate_target(cfg, tmp_path)
+    result = validate.validate_target(cfg, tmp_path, runtime=default_runtime())
     assert result.kiln_seconds < 10
     assert "Error" not in result.packer_output
 
 
 def test_packer_version_is_detected() -> None:
-    major, minor, _ = packer.version()
+    major, minor, _ = packer.version(runtime=default_runtime())
     assert (major, minor) >= (1, 6)
 
 
 def test_real_packer_validate_rejects_a_broken_template(tmp_path: Path) -> None:
     cfg = config.load("debian-12", repo_root=REPO)
-    result = validate.validate_target(cfg, tmp_path)
+    result = validate.validate_target(cfg, tmp_path, runtime=default_runtime())
     template = result.render_dir / "node.pkr.hcl"
     template.write_text(template.read_text().replace('format           = "qcow2"', 'format = "tiff"'))
     with pytest.raises(BuildError, match="packer validate failed"):
-        packer.validate(result.render_dir)
+        packer.validate(result.render_dir, runtime=default_runtime())
 
 
 FAKE_PACKER = """#!/usr/bin/env python3
@@ -75,7 +76,7 @@ def fake_packer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_build_logs_everything_and_shows_stages(fake_packer: Path, tmp_path: Path) -> None:
     stages: list[str] = []
     log = tmp_path / "logs" / "build.log"
-    packer.build(tmp_path, log, only=["qemu"], debug=True, on_stage=stages.append)
+    packer.build(tmp_path, log, only=["qemu"], debug=True, on_stage=stages.append, runtime=default_runtime())
     assert [s.split("] ", 1)[1] for s in stages] == [
         "qemu: Retrieving ISO",
         "qemu: Starting VM, booting disk image",
@@ -91,7 +92,7 @@ def test_build_failure_names_the_log(
     monkeypatch.setenv("FAKE_PACKER_FAIL", "1")
     log = tmp_path / "build.log"
     with pytest.raises(BuildError) as exc:
-        packer.build(tmp_path, log, on_stage=lambda s: None)
+        packer.build(tmp_path, log, on_stage=lambda s: None, runtime=default_runtime())
     assert str(log) in exc.value.message and "Error: boot failed" in exc.value.message
     assert "packer debug log line" not in log.read_text()  # no PACKER_LOG without debug
 
@@ -197,14 +198,22 @@ def test_real_packer_starts_qemu_with_kilns_arguments(
     cfg = config.load("debian-12", overrides={"ssh_timeout": "5s", "firmware": firmware}, repo_root=REPO)
     from kiln.build import render
 
-    ctx = render.placeholder_context(cfg, tmp_path / "ctx", ssh_port=2399)
+    ctx = render.placeholder_context(cfg, tmp_path / "ctx", ssh_port=2399, runtime=default_runtime())
     base = ctx.base_disk
     assert base is not None
     subprocess.run(["qemu-img", "create", "-f", "qcow2", str(base), "64M"], check=True, capture_output=True)
     before = base.read_bytes()
-    rendered = render.render(cfg, ctx, tmp_path / "rendered", packer.version())
+    rendered = render.render(
+        cfg, ctx, tmp_path / "rendered", packer.version(runtime=default_runtime()), runtime=default_runtime()
+    )
     with pytest.raises(BuildError):
-        packer.build(rendered.dir, tmp_path / "build.log", only=["qemu"], on_stage=lambda line: None)
+        packer.build(
+            rendered.dir,
+            tmp_path / "build.log",
+            only=["qemu"],
+            on_stage=lambda line: None,
+            runtime=default_runtime(),
+        )
     argv = (tmp_path / "argv").read_text().split("\n")
     assert [a for a in argv if a == "-netdev"] == ["-netdev"]  # kiln's replaces Packer's
     assert argv[argv.index("-netdev") + 1] == "user,id=user.0,hostfwd=tcp:127.0.0.1:2399-:22"

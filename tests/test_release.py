@@ -21,6 +21,7 @@ from kiln.build import pipeline as build
 from kiln.core import inputs
 from kiln.core.builddir import sha256_file
 from kiln.publish import gcs, release
+from kiln_runtime import RUNTIME
 
 pytestmark = pytest.mark.gcs
 
@@ -62,7 +63,7 @@ def test_release_publishes_what_is_missing_and_nothing_twice(server: FakeGcs, tm
     a = prepared(tmp_path / "out", "v1.30.2-0-test")  # not a vX.Y.Z tag: the ci channel
     plan = release.plan([a], c, bucket)
     assert [(e.status, e.channel) for e in plan] == [("build", "ci")]
-    first = release.run([a], c, bucket)
+    first = release.run([a], c, bucket, runtime=RUNTIME)
     assert [e.status for e in first] == ["reused"], release.summary(first)
     name = a.artifact_name
     objects = object_names(server.url, bucket, f"ci/v1.30.2-0-test/{name}")
@@ -77,7 +78,7 @@ def test_release_publishes_what_is_missing_and_nothing_twice(server: FakeGcs, tm
     assert set(entry["urls"]) >= {"ova", "sha256", "sbom"} and entry["target"] == "debian-12"
 
     c2 = client(server)
-    second = release.run([a], c2, bucket)
+    second = release.run([a], c2, bucket, runtime=RUNTIME)
     assert [e.status for e in second] == ["published"] and c2.stats.bytes_sent == 0
     print(
         f"\nunchanged re-release: {c2.stats.requests} requests, 0 bytes (first: {c.stats.requests} requests)"
@@ -85,7 +86,7 @@ def test_release_publishes_what_is_missing_and_nothing_twice(server: FakeGcs, tm
 
     b = prepared(tmp_path / "out", "v1.31.0-0-test")
     c3 = client(server)
-    third = release.run([a, b], c3, bucket)
+    third = release.run([a, b], c3, bucket, runtime=RUNTIME)
     assert [e.status for e in third] == ["published", "reused"]
     assert third[0].bytes_sent == 0 and third[1].bytes_sent > 0
     names = {i["name"] for i in json.loads(read_object(server.url, bucket, "index.json"))["images"]}
@@ -106,7 +107,7 @@ def test_a_failed_entry_does_not_stop_the_others(
     from kiln.vm import qemu as vm
 
     monkeypatch.setattr(vm, "kvm_available", lambda: False)  # the machine may have a usable /dev/kvm
-    entries = release.run([broken, good], client(server), BUCKET)
+    entries = release.run([broken, good], client(server), BUCKET, runtime=RUNTIME)
     assert [e.status for e in entries] == ["failed", "reused"]
     assert "accelerator" in entries[0].detail and "failed" in release.summary(entries)
 

@@ -16,6 +16,7 @@ from gcs_servers import BUCKET, FakeGcs, object_names, read_object
 from kiln import config
 from kiln.build import pipeline as build
 from kiln.publish import gcs, release
+from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.vm, pytest.mark.gcs]
@@ -41,7 +42,7 @@ def test_release_of_the_built_image(built_image, tmp_path: Path) -> None:  # typ
     server = FakeGcs()
     try:
         c = gcs.Client(gcs.credentials(None, server.url), server.url)
-        first = release.run([cfg], c, BUCKET)
+        first = release.run([cfg], c, BUCKET, runtime=RUNTIME)
         assert [e.status for e in first] == ["reused"], release.summary(first)  # no rebuild
         prefix = f"{first[0].channel}/{built_image.dir.kubernetes_semver}/{built_image.dir.name}"
         assert {prefix + s for s in (".ova", ".ova.sha256", ".spdx.json")} <= set(
@@ -50,7 +51,7 @@ def test_release_of_the_built_image(built_image, tmp_path: Path) -> None:  # typ
         index = json.loads(read_object(server.url, BUCKET, "index.json"))
         assert [i["input_hash"] for i in index["images"]] == [built_image.dir.custom_data["input_hash"]]
         c2 = gcs.Client(gcs.credentials(None, server.url), server.url)
-        second = release.run([cfg], c2, BUCKET)
+        second = release.run([cfg], c2, BUCKET, runtime=RUNTIME)
         assert [e.status for e in second] == ["published"] and c2.stats.bytes_sent == 0
         print(
             f"\nrelease of the built image: {first[0].seconds:.1f}s, {c.stats.requests} requests, "

@@ -18,6 +18,7 @@ import pytest
 from kiln import config
 from kiln.build import render
 from kiln.core.errors import InputError
+from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
@@ -119,7 +120,7 @@ def test_render_writes_boot_files_with_build_credentials(tmp_path: Path) -> None
     for target in ("ubuntu-2204", "ubuntu-1804", "centos-7", "rockylinux-9", "ubuntu-2404-cloudimg"):
         cfg = config.load(target, repo_root=REPO)
         out = tmp_path / target
-        result = render.render(cfg, golden_context(cfg), out, (1, 6, 6))
+        result = render.render(cfg, golden_context(cfg), out, (1, 6, 6), runtime=RUNTIME)
         assert result.template == out / "node.pkr.hcl" and Path(result) == result.template
         files = [out / "http" / name for name in cfg.get("boot_files")]
         text = "\n".join(f.read_text() for f in files)
@@ -148,8 +149,8 @@ def test_shipped_boot_files_hold_no_fixed_password() -> None:
 
 def test_placeholder_context_makes_fresh_credentials(tmp_path: Path) -> None:
     cfg = config.load("ubuntu-2204", repo_root=REPO)
-    a = render.placeholder_context(cfg, tmp_path / "a")
-    b = render.placeholder_context(cfg, tmp_path / "b")
+    a = render.placeholder_context(cfg, tmp_path / "a", runtime=RUNTIME)
+    b = render.placeholder_context(cfg, tmp_path / "b", runtime=RUNTIME)
     assert a.ssh_public_key != b.ssh_public_key and a.password_hash != b.password_hash
     assert a.password_hash.startswith("$6$") and oct(a.ssh_private_key_file.stat().st_mode)[-3:] == "600"
 
@@ -166,7 +167,7 @@ def test_render_failure_leaves_nothing(tmp_path: Path) -> None:
     (out / ".kiln-output").write_text("made by kiln\n")  # an earlier render: kiln may replace it
     (out / "previous").write_text("kept")
     with pytest.raises(InputError, match="packer/http/ubuntu/autoinstall/user-data"):
-        render.render(cfg, golden_context(cfg), out, (1, 6, 6))
+        render.render(cfg, golden_context(cfg), out, (1, 6, 6), runtime=RUNTIME)
     assert [p.name for p in tmp_path.iterdir() if p.name != "repo"] == ["out"]
     assert (out / "previous").read_text() == "kept"  # the old render survives a failed one
 
@@ -189,7 +190,7 @@ def test_render_reports_each_builders_output_disk(tmp_path: Path) -> None:
         goss_check=False,
         shutdown_command="sudo /usr/local/sbin/kiln-finalize",
     )
-    result = render.render(cfg, ctx, tmp_path / "r", (1, 6, 6))
+    result = render.render(cfg, ctx, tmp_path / "r", (1, 6, 6), runtime=RUNTIME)
     text = result.template.read_text()
     assert 'vm_name          = "x.raw-build"' in text
     assert f'"-serial", "file:{tmp_path}/serial.log"' in text
@@ -212,7 +213,7 @@ def test_rendered_cloud_init_files_are_valid_yaml(tmp_path: Path, proxy: str) ->
     ):
         cfg = config.load(target, overrides={"http_proxy": proxy, "apt_mirror": proxy}, repo_root=REPO)
         out = tmp_path / f"{target}-{bool(proxy)}"
-        render.render(cfg, golden_context(cfg), out, (1, 6, 6))
+        render.render(cfg, golden_context(cfg), out, (1, 6, 6), runtime=RUNTIME)
         text = (out / "http" / name).read_text()
         assert text.startswith("#cloud-config\n")
         data = yaml.safe_load(text)
@@ -235,7 +236,7 @@ def test_rendered_kickstart_passes_pykickstart(tmp_path: Path, target: str, vers
     from pykickstart.version import makeVersion, stringToVersion
 
     cfg = config.load(target, repo_root=REPO)
-    render.render(cfg, golden_context(cfg), tmp_path / "out", (1, 6, 6))
+    render.render(cfg, golden_context(cfg), tmp_path / "out", (1, 6, 6), runtime=RUNTIME)
     (name,) = cfg.get("boot_files")
     text = (tmp_path / "out" / "http" / name).read_text()
     handler = makeVersion(stringToVersion(version))
@@ -250,7 +251,7 @@ def test_rendered_preseed_passes_debconf(tmp_path: Path) -> None:
     import subprocess
 
     cfg = config.load("ubuntu-1804", overrides={"http_proxy": "http://10.0.2.2:3128"}, repo_root=REPO)
-    render.render(cfg, golden_context(cfg), tmp_path / "out", (1, 6, 6))
+    render.render(cfg, golden_context(cfg), tmp_path / "out", (1, 6, 6), runtime=RUNTIME)
     preseed = tmp_path / "out" / "http" / "ubuntu" / "preseed.cfg"
     result = subprocess.run(
         ["debconf-set-selections", "--checkonly", str(preseed)], capture_output=True, text=True

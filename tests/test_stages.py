@@ -19,6 +19,7 @@ from kiln.core import builddir, inputs
 from kiln.core.errors import InputError
 from kiln.core.progress import Null
 from kiln.core.runtime import Runtime
+from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -222,7 +223,7 @@ def test_finalize_takes_a_vmware_output_dir_to_an_ova(tmp_path: Path) -> None:
     temp.mkdir()
     with open(temp / "build.log", "a") as log:
         ws = build.Workspace(
-            cfg, Runtime(), Null(), cfg.artifact_name, temp, tmp_path / "work", temp / "build.log", log,
+            cfg, RUNTIME, Null(), cfg.artifact_name, temp, tmp_path / "work", temp / "build.log", log,
             "tcg", "vmware-iso", build.plan_ids(cfg),
         )  # fmt: skip
         build.finalize_disk(ws, Output(vmware_dir / "disk.vmdk", "vmdk", False))
@@ -239,7 +240,7 @@ def test_vmware_iso_without_vmware_fails_at_once_naming_the_qemu_way(tmp_path: P
     )  # default builder: vmware-iso
     started = time.monotonic()
     with pytest.raises(InputError) as err:
-        build.run_build(cfg, runtime=Runtime(env={"PATH": "/usr/bin:/bin"}))
+        build.run_build(cfg, runtime=Runtime(root=RUNTIME.root, env={"PATH": "/usr/bin:/bin"}))
     assert time.monotonic() - started < 1.0
     assert err.value.exit_code == 2 and "make build-qemu-ubuntu-1804" in (err.value.hint or "")
     assert not (tmp_path / "out").exists()

@@ -27,6 +27,7 @@ from gcs_servers import (
 )
 from gcs_servers import read_object as server_read
 from kiln import cli
+from kiln.cli import publish as cli_publish
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError
 from kiln.publish import gcs, upload
@@ -429,7 +430,7 @@ def test_no_credentials_at_all_is_exit_2(tmp_path: Path, monkeypatch: pytest.Mon
     bd = make_build_dir(tmp_path, size=10)
     assert cli.main(["upload", str(bd)]) == 2
     args = cli.build_parser().parse_args(["images", "ls"])
-    client = cli._gcs_client(args, read_only=True)
+    client = cli_publish._gcs_client(args, read_only=True)
     assert client.endpoint == gcs.DEFAULT_ENDPOINT
     assert type(client._session).__name__ == "Session"  # plain requests: no credentials attached
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from kiln import cli, config
 from kiln.core.errors import InputError, VerifyError
 from kiln.goss import specs as goss
 from kiln.goss import verify
+from kiln_runtime import RUNTIME
 
 
 def _build_dir(tmp_path: Path, with_qcow2: bool = True) -> Path:
@@ -81,21 +83,21 @@ def test_verify_bad_build_dirs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_a_broken_spec_fails_before_any_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec_dir = tmp_path / "spec"
-    spec_dir.mkdir()
+    runtime = dataclasses.replace(RUNTIME, root=tmp_path / "root")  # a data root with a broken spec
+    spec_dir = goss.spec_dir(runtime.root)
+    spec_dir.mkdir(parents=True)
     for name in ("vars.yaml.j2", "goss.yaml"):
-        (spec_dir / name).write_text((goss.SPEC_DIR / name).read_text())
+        (spec_dir / name).write_text((goss.spec_dir(RUNTIME.root) / name).read_text())
     (spec_dir / "goss.yaml").write_text("http:\n  http://example:\n    status: 200\n")
     (spec_dir / "goss-final.yaml").write_text("gossfile:\n  goss.yaml: {}\n")
-    monkeypatch.setattr(goss, "SPEC_DIR", spec_dir)
 
     def no_boot(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("booted a VM for a spec that cannot run")
 
-    monkeypatch.setattr("kiln.vm.qemu.VM", no_boot)
+    monkeypatch.setattr("kiln.vm.checkboot.VM", no_boot)
     d = _build_dir(tmp_path)
     with pytest.raises(InputError, match=r"goss.yaml: resource type 'http' is not supported"):
-        verify.verify_build_dir(d, workdir=tmp_path / "work")
+        verify.verify_build_dir(d, workdir=tmp_path / "work", runtime=runtime)
     assert not (d / "goss").exists()
 
 
@@ -163,8 +165,9 @@ def test_goss_binary_is_copied_with_spec_and_vars_and_its_json_read(
     key.write_text("k")
     values = dict(config.load("debian-12").values)
     results = verify.check_host(
-        "10.0.2.15", 22, "builder", key, values, phase="build", report_dir=tmp_path / "r", goss_binary=binary
-    )
+        "10.0.2.15", 22, "builder", key, values, phase="build", report_dir=tmp_path / "r", goss_binary=binary,
+        spec_dir=goss.spec_dir(RUNTIME.root), root=RUNTIME.root,
+    )  # fmt: skip
     (session,) = FakeSession.instances
     remote = {Path(p).name: v for p, v in session.puts.items()}
     assert remote["goss"][1] == 0o755

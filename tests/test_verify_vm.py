@@ -22,6 +22,7 @@ from kiln.goss import specs as goss
 from kiln.goss import verify
 from kiln.vm import cidata, ssh
 from kiln.vm.qemu import VM
+from kiln_runtime import RUNTIME
 
 pytestmark = pytest.mark.vm
 
@@ -89,7 +90,7 @@ def test_broken_image_fails_in_build_check_and_verify(
     keys = ssh.generate_keypair(tmp_path / "key", comment="kiln-test-breaker")
     seed = cidata.write_seed(tmp_path / "seed.iso", [keys.public_line], user="kiln", values=build.config)
     workdir = tmp_path / "break"
-    with VM(build.qcow2, workdir=workdir, firmware=build.firmware, cidata=seed) as vm:
+    with VM(build.qcow2, workdir=workdir, firmware=build.firmware, cidata=seed, runtime=RUNTIME) as vm:
         vm.wait_for_ssh("kiln", keys.private_key)
         with vm.ssh("kiln", keys.private_key) as session:
             session.run("sudo cloud-init status --wait", check=False, timeout=900)

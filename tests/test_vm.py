@@ -22,21 +22,23 @@ import pytest
 
 from kiln.core import proc
 from kiln.core.errors import InputError
+from kiln.vm import accel, control
 from kiln.vm import qemu as vm
+from kiln_runtime import RUNTIME
 
 
 @pytest.fixture
 def probe_disk(tmp_path: Path) -> Path:
     disk = tmp_path / "artifact" / "probe.img"
     disk.parent.mkdir()
-    disk.write_bytes(vm.probe_boot_sector().ljust(1 << 20, b"\0"))
+    disk.write_bytes(accel.probe_boot_sector().ljust(1 << 20, b"\0"))
     return disk
 
 
 def _tiny(disk: Path, workdir: Path, **kwargs: object) -> vm.VM:
     """A VM for the probe disk: TCG, 64 MiB, 1 vCPU, no ACPI wait on stop (nothing there to power off)."""
     args: dict[str, object] = {"accelerator": "tcg", "memory": 64, "cpus": 1, "stop_timeout": 0, **kwargs}
-    return vm.VM(disk, workdir=workdir, **args)  # type: ignore[arg-type]
+    return vm.VM(disk, workdir=workdir, runtime=RUNTIME, **args)  # type: ignore[arg-type]
 
 
 def _sha(path: Path) -> str:
@@ -52,7 +54,7 @@ def _qemu_pids_using(path: Path) -> list[int]:
             cmd = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"qemu-system" in cmd and str(path).encode() in cmd and vm.pid_alive(int(entry.name)):
+        if b"qemu-system" in cmd and str(path).encode() in cmd and control.pid_alive(int(entry.name)):
             pids.append(int(entry.name))
     return pids
 
@@ -70,31 +72,31 @@ def _wait_for(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-d
 
 
 def test_probe_boot_sector_layout() -> None:
-    sector = vm.probe_boot_sector()
+    sector = accel.probe_boot_sector()
     assert len(sector) == 512 and sector.endswith(b"\x55\xaa")
     # `mov si, imm16` points at the message: 0x7c00 + code length
     si = int.from_bytes(sector[9:11], "little")
-    assert sector[si - 0x7C00 :].startswith(vm.PROBE_MARKER)
+    assert sector[si - 0x7C00 :].startswith(accel.PROBE_MARKER)
 
 
 def test_probe_under_tcg_reaches_marker_and_exit_port() -> None:
-    ok, took = vm.probe_accelerator("tcg")
+    ok, took = accel.probe_accelerator("tcg", RUNTIME)
     assert ok
-    assert took < vm.PROBE_TIMEOUT
+    assert took < accel.PROBE_TIMEOUT
 
 
 def test_pick_accelerator_rejects_unknown_setting() -> None:
     with pytest.raises(InputError, match="accelerator: must be one of auto, kvm, tcg"):
-        vm.pick_accelerator("hvf")
+        accel.pick_accelerator("hvf", RUNTIME)
 
 
 def test_forced_kvm_without_dev_kvm_is_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm, "kvm_available", lambda: False)
+    monkeypatch.setattr(accel, "kvm_available", lambda: False)
     with pytest.raises(InputError) as err:
-        vm.pick_accelerator("kvm")
+        accel.pick_accelerator("kvm", RUNTIME)
     assert err.value.message.startswith("accelerator: 'kvm'")
     assert err.value.exit_code == 2
-    assert vm.pick_accelerator("tcg") == "tcg"
+    assert accel.pick_accelerator("tcg", RUNTIME) == "tcg"
 
 
 @pytest.mark.parametrize(
@@ -106,23 +108,23 @@ def test_auto_uses_kvm_only_when_probe_proves_it(
 ) -> None:
     calls: list[str] = []
 
-    def fake_probe(accel: str, timeout: float = vm.PROBE_TIMEOUT) -> tuple[bool, float]:
-        calls.append(accel)
-        return (True, 0.07) if accel == "tcg" else kvm_result
+    def fake_probe(name: str, runtime: object, timeout: float = accel.PROBE_TIMEOUT) -> tuple[bool, float]:
+        calls.append(name)
+        return (True, 0.07) if name == "tcg" else kvm_result
 
-    monkeypatch.setattr(vm, "_ACCEL_CACHE", {})
-    monkeypatch.setattr(vm, "kvm_available", lambda: True)
-    monkeypatch.setattr(vm, "probe_accelerator", fake_probe)
-    assert vm.pick_accelerator("auto") == expected
-    assert vm.pick_accelerator("auto") == expected
+    monkeypatch.setattr(accel, "_ACCEL_CACHE", {})
+    monkeypatch.setattr(accel, "kvm_available", lambda: True)
+    monkeypatch.setattr(accel, "probe_accelerator", fake_probe)
+    assert accel.pick_accelerator("auto", RUNTIME) == expected
+    assert accel.pick_accelerator("auto", RUNTIME) == expected
     assert calls == ["tcg", "kvm"]  # probed once per process
 
 
 def test_auto_without_dev_kvm_is_tcg_without_probing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm, "_ACCEL_CACHE", {})
-    monkeypatch.setattr(vm, "kvm_available", lambda: False)
-    monkeypatch.setattr(vm, "probe_accelerator", lambda *a, **k: pytest.fail("must not probe"))
-    assert vm.pick_accelerator("auto") == "tcg"
+    monkeypatch.setattr(accel, "_ACCEL_CACHE", {})
+    monkeypatch.setattr(accel, "kvm_available", lambda: False)
+    monkeypatch.setattr(accel, "probe_accelerator", lambda *a, **k: pytest.fail("must not probe"))
+    assert accel.pick_accelerator("auto", RUNTIME) == "tcg"
 
 
 # --- command line --------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def test_qemu_argv_bios_with_seed_and_kernel(tmp_path: Path, probe_disk: Path) -
     kernel.write_bytes(b"k")
     machine = vm.VM(
         probe_disk, workdir=tmp_path / "w,1", cidata=seed, accelerator="tcg", memory=1024, cpus=1,
-        kernel=kernel, append="root=/dev/vda console=ttyS0", extra_args=["-no-reboot"],
+        kernel=kernel, append="root=/dev/vda console=ttyS0", extra_args=["-no-reboot"], runtime=RUNTIME,
     )  # fmt: skip
     machine.accelerator = "tcg"
     machine.ssh_port = 2222
@@ -155,7 +157,9 @@ def test_qemu_argv_bios_with_seed_and_kernel(tmp_path: Path, probe_disk: Path) -
 
 
 def test_qemu_argv_efi_copies_vars(tmp_path: Path, probe_disk: Path) -> None:
-    machine = vm.VM(probe_disk, workdir=tmp_path / "w", firmware="efi", accelerator="tcg", overlay=False)
+    machine = vm.VM(
+        probe_disk, workdir=tmp_path / "w", firmware="efi", accelerator="tcg", overlay=False, runtime=RUNTIME
+    )
     machine.workdir.mkdir()
     machine.accelerator = "kvm"
     machine.qmp_socket = "/tmp/q.sock"
@@ -171,18 +175,18 @@ def test_qemu_argv_efi_copies_vars(tmp_path: Path, probe_disk: Path) -> None:
 
 def test_bad_inputs_are_input_errors(tmp_path: Path, probe_disk: Path) -> None:
     with pytest.raises(InputError, match="disk image not found"):
-        vm.VM(tmp_path / "nope.qcow2", workdir=tmp_path)
+        vm.VM(tmp_path / "nope.qcow2", workdir=tmp_path, runtime=RUNTIME)
     with pytest.raises(InputError, match="firmware: must be one of bios, efi"):
-        vm.VM(probe_disk, workdir=tmp_path, firmware="uefi")
+        vm.VM(probe_disk, workdir=tmp_path, firmware="uefi", runtime=RUNTIME)
     with pytest.raises(InputError, match="cidata ISO not found"):
-        vm.VM(probe_disk, workdir=tmp_path, cidata=tmp_path / "missing.iso")
+        vm.VM(probe_disk, workdir=tmp_path, cidata=tmp_path / "missing.iso", runtime=RUNTIME)
 
 
 def test_detect_format(tmp_path: Path, probe_disk: Path) -> None:
-    assert vm.detect_format(probe_disk) == "raw"
+    assert vm.detect_format(probe_disk, RUNTIME) == "raw"
     q = tmp_path / "d.qcow2"
-    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(q), "1M"])
-    assert vm.detect_format(q) == "qcow2"
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(q), "1M"], runtime=RUNTIME)
+    assert vm.detect_format(q, RUNTIME) == "qcow2"
 
 
 # --- real QEMU lifecycle --------------------------------------------------------------------------------
@@ -196,18 +200,19 @@ def test_start_overlay_serial_qmp_and_stop_leave_artifact_and_nothing_running(
     machine = _tiny(probe_disk, work)
     with machine:
         assert machine.running() and machine.pid
-        info = json.loads(proc.output(["qemu-img", "info", "--output=json", "-U", str(machine.overlay_path)]))
+        argv = ["qemu-img", "info", "--output=json", "-U", str(machine.overlay_path)]
+        info = json.loads(proc.output(argv, runtime=RUNTIME))
         assert info["format"] == "qcow2"
         assert info["backing-filename"] == str(probe_disk)  # absolute
         assert info["backing-filename-format"] == "raw"
-        assert _wait_for(lambda: vm.PROBE_MARKER in machine.serial_log.read_bytes())
+        assert _wait_for(lambda: accel.PROBE_MARKER in machine.serial_log.read_bytes())
         assert vm.qmp(machine.qmp_socket, "query-status")["status"] == "running"
         assert int(machine.pidfile.read_text()) == machine.pid
         with socket.create_connection(("127.0.0.1", machine.ssh_port), timeout=5):
             pass  # the forward listens on loopback
         assert machine.state()["ssh_port"] == machine.ssh_port
         pid = machine.pid
-    assert not vm.pid_alive(pid)
+    assert not control.pid_alive(pid)
     assert not machine.overlay_path.exists()
     assert not Path(machine.qmp_socket).exists()
     assert machine.serial_log.exists()  # the log stays
@@ -282,8 +287,12 @@ def test_shutdown_cleanly_raises_when_guest_ignores_powerdown(tmp_path: Path, pr
 
 _CHILD = """
 import sys, time
+from kiln.config import default_runtime
 from kiln.vm import qemu as vm
-m = vm.VM(sys.argv[1], workdir=sys.argv[2], accelerator="tcg", memory=64, cpus=1, stop_timeout=0)
+RUNTIME = default_runtime()
+m = vm.VM(
+    sys.argv[1], workdir=sys.argv[2], accelerator="tcg", memory=64, cpus=1, stop_timeout=0, runtime=RUNTIME
+)
 with m:
     print(m.pid, flush=True)
     time.sleep(600)
@@ -305,10 +314,10 @@ def test_no_qemu_left_after_ctrl_c_or_parent_killed(tmp_path: Path, probe_disk: 
     try:
         assert child.stdout is not None
         qemu_pid = int(child.stdout.readline())
-        assert vm.pid_alive(qemu_pid)
+        assert control.pid_alive(qemu_pid)
         child.send_signal(sig)
         child.wait(timeout=60)
-        assert _wait_for(lambda: not vm.pid_alive(qemu_pid), 15)
+        assert _wait_for(lambda: not control.pid_alive(qemu_pid), 15)
         assert _qemu_pids_using(work) == []
     finally:
         if child.poll() is None:

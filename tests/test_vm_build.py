@@ -18,6 +18,7 @@ from kiln.artifacts import ova
 from kiln.vm import cidata
 from kiln.vm.qemu import VM
 from kiln.vm.ssh import generate_keypair
+from kiln_runtime import RUNTIME
 
 pytestmark = pytest.mark.vm
 
@@ -184,7 +185,15 @@ def _boot_and_check(disk: Path, firmware: str, built_image, tmp_path: Path) -> N
     files = cidata.render_seed([keys.public_line], user=USER, values=built_image.dir.config)
     files["user-data"] = files["user-data"].replace("  - default\n", "")
     seed = cidata.write_iso(tmp_path / "seed.iso", files)
-    vm = VM(disk, workdir=tmp_path / "vm", firmware=firmware, accelerator="auto", cidata=seed, memory=2048)
+    vm = VM(
+        disk,
+        workdir=tmp_path / "vm",
+        firmware=firmware,
+        accelerator="auto",
+        cidata=seed,
+        memory=2048,
+        runtime=RUNTIME,
+    )
     vm._kiln_build_user = built_image.dir.custom_data["ssh_username"]  # type: ignore[attr-defined]
     with vm:
         assert vm.kernel is None
@@ -219,7 +228,7 @@ def test_second_build_with_unchanged_base_inputs_skips_the_base_stage(built_imag
     spec = bootstrap.spec_from_config(values, repo)
     assert bootstrap.cached(spec, cache_dir) is not None, "the build did not leave its base in the cache"
     said: list[str] = []
-    base = bootstrap.ensure_base(spec, cache_dir, repo, say=said.append)
+    base = bootstrap.ensure_base(spec, cache_dir, repo, say=said.append, runtime=RUNTIME)
     assert base.cached and base.disk.is_file()
     assert any("reusing cached base disk" in line for line in said)
     changed = bootstrap.BaseSpec(**{**spec.__dict__, "disk_size_mib": spec.disk_size_mib + 1024})

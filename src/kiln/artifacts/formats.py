@@ -64,7 +64,7 @@ def live_wanted(formats: Sequence[str]) -> bool:
 
 
 @contextlib.contextmanager
-def root_tree(disk: Path, work: Path, runtime: Runtime | None, log_file: IO[str] | None) -> Iterator[Path]:
+def root_tree(disk: Path, work: Path, runtime: Runtime, log_file: IO[str] | None) -> Iterator[Path]:
     """The image's root file system, mounted read-write from a throwaway raw copy of `disk`."""
     if os.geteuid() != 0:
         raise InputError("formats squashfs/iso/netboot/platform: reading the image's root needs root (mount)")
@@ -122,7 +122,7 @@ def kernel_version(tree: Path) -> str:
     return kernels[-1].name.removeprefix("vmlinuz-")
 
 
-def make_squashfs(tree: Path, out: Path, runtime: Runtime | None, log_file: IO[str] | None) -> Path:
+def make_squashfs(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None) -> Path:
     proc.run(
         [
             "mksquashfs",
@@ -169,7 +169,7 @@ def write_hash(path: Path) -> str:
     return digest
 
 
-def live_initrd(tree: Path, out: Path, runtime: Runtime | None, log_file: IO[str] | None) -> str:
+def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None) -> str:
     """An initrd with live-boot, made by the image's own mkinitramfs in a chroot of its tree."""
     if (
         not (tree / "usr/share/initramfs-tools/scripts/live").exists()
@@ -230,7 +230,7 @@ def make_iso(
     squashfs: Path,
     out: Path,
     work: Path,
-    runtime: Runtime | None,
+    runtime: Runtime,
     log_file: IO[str] | None,
     kernel_params: str = "",
 ) -> Path:
@@ -251,7 +251,7 @@ def make_iso(
     return out
 
 
-def gitstatus(repo_root: Path, runtime: Runtime | None) -> str:
+def gitstatus(repo_root: Path, runtime: Runtime) -> str:
     if not (repo_root / ".git").exists():
         return "unknown (not a git checkout)\n"
     rev = proc.run(["git", "-C", str(repo_root), "rev-parse", "HEAD"], check=False, runtime=runtime).output
@@ -299,7 +299,7 @@ def produce(
     work: Path,
     *,
     kernel_params: str = "",
-    runtime: Runtime | None = None,
+    runtime: Runtime,
     log_file: IO[str] | None = None,
     say: Any = None,
 ) -> list[Path]:

@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from kiln.core import proc
 from kiln.core.errors import BuildError, InputError
+from kiln.core.runtime import Runtime
 
 VMDK_FORMAT = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
 VIRTUAL_HW = "vmx-13"
@@ -43,8 +44,8 @@ def cim_os_id(guest_os_type: str) -> int:
     return 101
 
 
-def disk_virtual_size(disk: Path) -> int:
-    info = json.loads(proc.output(["qemu-img", "info", "--output=json", str(disk)]))
+def disk_virtual_size(disk: Path, runtime: Runtime) -> int:
+    info = json.loads(proc.output(["qemu-img", "info", "--output=json", str(disk)], runtime=runtime.live()))
     return int(info["virtual-size"])
 
 
@@ -204,6 +205,7 @@ def build_ova(
     values: Mapping[str, Any],
     *,
     log_file: IO[str] | None = None,
+    runtime: Runtime,
 ) -> Path:
     """Write `out` (NAME.ova) from `disk` (any format qemu-img reads). Atomic: temp file, then rename."""
     if not disk.is_file():
@@ -214,6 +216,7 @@ def build_ova(
         proc.run(
             ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(disk), str(vmdk)],
             log_file=log_file,
+            runtime=runtime,
         )
         ovf = work / f"{name}.ovf"
         ovf.write_text(
@@ -222,7 +225,7 @@ def build_ova(
                 values,
                 vmdk_name=vmdk.name,
                 vmdk_size=vmdk.stat().st_size,
-                capacity_bytes=disk_virtual_size(disk),
+                capacity_bytes=disk_virtual_size(disk, runtime),
             )
         )
         mf = work / f"{name}.mf"

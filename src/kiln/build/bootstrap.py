@@ -215,7 +215,7 @@ def ensure_base(
     accelerator: str = "tcg",
     log_file: IO[str] | None = None,
     say: Callable[[str], None] = print,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> BaseImage:
     """Return the cached base for `spec`, building it first when the cache has none.
 
@@ -263,7 +263,7 @@ def _build(
     accelerator: str,
     log_file: IO[str] | None,
     say: Callable[[str], None],
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> dict[str, object]:
     started = time.monotonic()
     tree = work / "rootfs"
@@ -299,7 +299,9 @@ def _build(
     with open(raw, "wb") as f:
         f.truncate(spec.disk_size_mib * MIB)
     proc.run(
-        ["sfdisk", "--quiet", str(raw)], input_text=sfdisk_script(parts, str(uuid.uuid4())), log_file=log_file
+        ["sfdisk", "--quiet", str(raw)], input_text=sfdisk_script(parts, str(uuid.uuid4())),
+        log_file=log_file,
+        runtime=runtime,
     )
     esp, root = parts[1], parts[2]
     proc.run(
@@ -396,7 +398,7 @@ def _install_bootloader(
     *,
     accelerator: str,
     log_file: IO[str] | None,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> None:
     serial = work / "bootloader-serial.log"
     argv = [

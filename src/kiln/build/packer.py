@@ -21,7 +21,7 @@ MODERN = (1, 7, 0)
 STAGE_RE = re.compile(r"^(?:\S+ )?==> (?P<source>[\w.-]+): (?P<stage>.*)$")
 
 
-def version(runtime: Runtime | None = None) -> tuple[int, int, int]:
+def version(runtime: Runtime) -> tuple[int, int, int]:
     """The installed Packer's version, e.g. (1, 6, 6). ToolMissingError names the package if absent.
     A read-only query: it runs even under --dry-run."""
     rt = runtime.live() if runtime is not None else None
@@ -34,7 +34,7 @@ def version(runtime: Runtime | None = None) -> tuple[int, int, int]:
 _VERSIONS: dict[str, tuple[int, int, int]] = {}  # per tool PATH: one `packer version` per process
 
 
-def _version(runtime: Runtime | None) -> tuple[int, int, int]:
+def _version(runtime: Runtime) -> tuple[int, int, int]:
     text = proc.output(["packer", "version"], runtime=runtime)
     match = re.search(r"Packer v?(\d+)\.(\d+)\.(\d+)", text)
     if not match:
@@ -51,7 +51,7 @@ def needs_init(packer_version: tuple[int, int, int]) -> bool:
     return packer_version >= MODERN
 
 
-def init(render_dir: Path, log_file: IO[str] | None = None, runtime: Runtime | None = None) -> None:
+def init(render_dir: Path, log_file: IO[str] | None = None, *, runtime: Runtime) -> None:
     """`packer init` (Packer >= 1.7): installs the plugins named in required_plugins. Needs the network."""
     try:
         proc.run(["packer", "init", "."], cwd=render_dir, log_file=log_file, runtime=runtime)
@@ -63,7 +63,7 @@ def init(render_dir: Path, log_file: IO[str] | None = None, runtime: Runtime | N
 
 
 def validate(
-    render_dir: Path, syntax_only: bool = False, only: Sequence[str] = (), runtime: Runtime | None = None
+    render_dir: Path, syntax_only: bool = False, only: Sequence[str] = (), *, runtime: Runtime
 ) -> str:
     """Run the real `packer validate` on a rendered directory; ConfigError-like BuildError on failure."""
     argv = ["packer", "validate"]
@@ -89,7 +89,8 @@ def build(
     debug: bool = False,
     on_stage: Callable[[str], None] | None = None,
     secret_values: Sequence[str] = (),
-    runtime: Runtime | None = None,
+    *,
+    runtime: Runtime,
 ) -> None:
     """`packer build` with its whole output in log_path and each stage passed to on_stage (default: print).
 

@@ -132,7 +132,7 @@ def required_tools(values: Mapping[str, Any]) -> list[str]:
     return tools
 
 
-def check_tools(values: Mapping[str, Any], runtime: Runtime | None = None) -> None:
+def check_tools(values: Mapping[str, Any], runtime: Runtime) -> None:
     """ToolMissingError (exit 2) naming the package for the first missing program (on the runtime's PATH,
     which has kiln's virtualenv first: Packer runs ansible-playbook from there)."""
     for tool in required_tools(values):
@@ -153,32 +153,6 @@ def check_vmware(cfg: Config, runtime: Runtime) -> None:
     )
 
 
-def cloud_config(username: str, public_key: str) -> str:
-    """user-data for the build VM: the build user with the per-build key, sudo, no password at all."""
-    doc = {
-        "users": [
-            {
-                "name": username,
-                "groups": ["sudo"],
-                "shell": "/bin/bash",
-                "sudo": "ALL=(ALL) NOPASSWD:ALL",
-                "lock_passwd": True,
-                "ssh_authorized_keys": [public_key],
-            }
-        ],
-        "ssh_pwauth": False,
-        "disable_root": True,
-        "growpart": {"mode": "auto", "devices": ["/"]},
-    }
-    return "#cloud-config\n" + json.dumps(doc, indent=2) + "\n"
-
-
-def write_seed(path: Path, username: str, public_key: str, instance_id: str) -> Path:
-    # hostname localhost: resolvable without touching /etc/hosts, and nothing build-specific left behind
-    meta = f"instance-id: {instance_id}\nlocal-hostname: localhost\n"
-    return cidata.write_iso(path, {"user-data": cloud_config(username, public_key), "meta-data": meta})
-
-
 # --- how a stage runs ------------------------------------------------------------------------------------
 
 
@@ -190,20 +164,17 @@ class PackerRunner:
 
     def run(self, ws: Workspace, stage: str, parent: Path | None, last: bool) -> Output:
         from kiln.build import render
-        from kiln.vm.ssh import generate_keypair
+        from kiln.vm import checkboot
         from kiln.vm.qemu import free_port
 
         values = ws.values
-        repo = ws.cfg.repo_root
+        repo = ws.runtime.root
         sdir = ws.work / stage
         sdir.mkdir(mode=0o700)
-        keys = generate_keypair(sdir / "key", comment=f"kiln-build-{ws.name}")
-        seed = write_seed(
-            sdir / "seed.iso",
-            str(values["ssh_username"]),
-            keys.public_line,
-            f"kiln-{stage}-{uuid.uuid4().hex[:12]}",
-        )
+        # the one-time login Packer uses, from the one user-data generator (kiln.vm.checkboot)
+        login = checkboot.make_login(sdir, user=str(values["ssh_username"]), values=values, purpose="build")
+        assert login.keys is not None and login.seed is not None
+        keys, seed = login.keys, login.seed
         staged = parent is not None
         context = BuildContext(
             ssh_private_key_file=keys.private_key,
@@ -245,7 +216,7 @@ class PackerRunner:
         out = rendered.outputs[ws.builder]
         if not out.disk.is_file() and not ws.runtime.dry_run:
             raise BuildError(f"{out.disk.parent}: Packer finished but wrote no {out.disk.name}")
-        shutil.rmtree(sdir / "key", ignore_errors=True)  # the stage's key goes as soon as the stage ends
+        login.forget()  # the stage's key goes as soon as the stage ends
         return out
 
 
@@ -394,7 +365,7 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
         )
     builddir.write_sha256(qcow2)
     ova_path = ws.temp / f"{ws.name}.ova"
-    ova.build_ova(qcow2, ova_path, ws.name, ws.values, log_file=ws.log_file)
+    ova.build_ova(qcow2, ova_path, ws.name, ws.values, log_file=ws.log_file, runtime=ws.runtime)
     builddir.write_sha256(ova_path)
     from kiln.artifacts import formats
     from kiln.artifacts import sbom
@@ -450,7 +421,7 @@ def run_build(
     *,
     only: str | None = None,
     monitor: Monitor | None = None,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
     verify: bool = True,
     force: bool = False,
 ) -> BuildResult:
@@ -460,10 +431,9 @@ def run_build(
     nothing is touched (`up_to_date`), unless `force`. With a dry-run runtime the stages and the commands
     they would run are printed and nothing is written.
     """
-    from kiln.config import default_runtime
     from kiln.vm.qemu import pick_accelerator
 
-    rt = runtime or default_runtime()
+    rt = runtime
     mon: Monitor = monitor or Null()
     values = cfg.values
     builder = only or str(values["builder"])
@@ -482,7 +452,7 @@ def run_build(
     if rt.dry_run:  # no probe VM under --dry-run: auto shows as tcg, as `kiln render` does
         accelerator = "tcg" if setting == "auto" else setting
         return _dry_run(cfg, rt, mon, name, final, builder, accelerator, ids, verify)
-    accelerator = pick_accelerator(setting)
+    accelerator = pick_accelerator(setting, rt)
 
     out_root = proc.ensure_dir(cfg.path("output_dir"))
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))

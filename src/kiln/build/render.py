@@ -328,7 +328,7 @@ def render(
     context: BuildContext,
     out_dir: Path,
     packer_version: tuple[int, int, int],
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> Rendered:
     """Render everything a Packer run needs into out_dir, atomically: on any error nothing is left behind.
     An existing out_dir is replaced only after the new render succeeded (and only if kiln made it).
@@ -379,7 +379,7 @@ def render(
 # --- build credentials and placeholder contexts -----------------------------------------------------------
 
 
-def random_password_hash(runtime: Runtime | None = None) -> str:
+def random_password_hash(runtime: Runtime) -> str:
     """A SHA-512 crypt hash of a random password that is never stored or shown (installers need one).
     A pure computation: it runs even under --dry-run."""
     password = secrets.token_urlsafe(24)
@@ -397,7 +397,7 @@ def random_password_hash(runtime: Runtime | None = None) -> str:
 
 
 def placeholder_context(
-    config: Config, work_dir: Path, ssh_port: int = 2222, runtime: Runtime | None = None
+    config: Config, work_dir: Path, ssh_port: int = 2222, *, runtime: Runtime
 ) -> BuildContext:
     """A context for `kiln render` / `kiln validate` without a build: a throwaway key pair, a random
     password hash, and empty stand-in files for the bootstrap base disk and seed. `auto` accelerator

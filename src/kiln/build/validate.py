@@ -40,7 +40,8 @@ def validate_target(
     work_dir: Path,
     syntax_only: bool = False,
     packer_version: tuple[int, int, int] | None = None,
-    runtime: Runtime | None = None,
+    *,
+    runtime: Runtime,
 ) -> Validated:
     """Render `config` with placeholder build credentials into work_dir, parse it with python-hcl2, then
     run the real `packer validate`. Returns the time spent in kiln and in Packer."""

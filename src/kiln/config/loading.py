@@ -53,7 +53,7 @@ def repo_root() -> Path:
 _default_root = repo_root  # load() has a parameter of the same name
 
 
-def default_runtime(dry_run: bool = False, debug: bool = False) -> Runtime:
+def default_runtime(dry_run: bool = False, debug: bool = False, root: Path | None = None) -> Runtime:
     """The Runtime of this process: its environment, with kiln's virtualenv first on PATH (Packer's ansible
     provisioner runs `ansible-playbook` from there) and Packer's update check off. Made once by the CLI."""
     import sys
@@ -64,7 +64,7 @@ def default_runtime(dry_run: bool = False, debug: bool = False) -> Runtime:
     if venv_bin not in path.split(os.pathsep):
         path = f"{venv_bin}{os.pathsep}{path}"
     env.update(PATH=path, CHECKPOINT_DISABLE="1", PACKER_NO_COLOR="1")
-    return Runtime(dry_run=dry_run, debug=debug, env=MappingProxyType(env))
+    return Runtime(root=root or repo_root(), dry_run=dry_run, debug=debug, env=MappingProxyType(env))
 
 
 def targets(root: Path | None = None) -> list[str]:

@@ -41,14 +41,6 @@ PROVIDERS: dict[str, str] = {
 }
 
 
-def _runtime(runtime: Runtime | None) -> Runtime:
-    if runtime is not None:
-        return runtime
-    from kiln.config import default_runtime  # library callers that pass none get this process's environment
-
-    return default_runtime()
-
-
 @dataclass(frozen=True)
 class Result:
     argv: list[str]
@@ -56,9 +48,9 @@ class Result:
     output: str
 
 
-def which(program: str, runtime: Runtime | None = None) -> str:
+def which(program: str, runtime: Runtime) -> str:
     """Absolute path of `program` on the runtime's PATH, or ToolMissingError naming its package."""
-    path = shutil.which(program, path=_runtime(runtime).path or None)
+    path = shutil.which(program, path=runtime.path or None)
     if path is None:
         provider = PROVIDERS.get(program, "its package")
         raise ToolMissingError(f"{program}: not found on PATH", hint=f"install {provider}")
@@ -92,7 +84,7 @@ def run(
     tail_lines: int = 40,
     timeout: float | None = None,
     secret_values: Sequence[str] = (),
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> Result:
     """Run argv to completion.
 
@@ -100,7 +92,7 @@ def run(
     `tail_lines` lines go into the CommandError on failure. With capture=True the whole output is returned.
     `secret_values` are masked wherever output is logged or stored.
     """
-    rt = _runtime(runtime)
+    rt = runtime
     args = [os.fspath(a) for a in argv]
     program = args[0]
     if os.sep not in program:
@@ -188,9 +180,9 @@ def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
         proc.wait()
 
 
-def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
+def output(argv: Sequence[str | os.PathLike[str]], *, runtime: Runtime, **kwargs: object) -> str:
     """Run argv and return its output (stdout+stderr) as text."""
-    return run(argv, **kwargs).output  # type: ignore[arg-type]
+    return run(argv, runtime=runtime, **kwargs).output  # type: ignore[arg-type]
 
 
 def install_sigterm_handler() -> None:
@@ -226,7 +218,7 @@ def spawn(
     extra_env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     die_with_parent: bool = True,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running child (QEMU) and return at once; `proc.run` is for run-to-completion.
 
@@ -237,7 +229,7 @@ def spawn(
     There is no --dry-run handling here: a long-running child has no placeholder, so callers check
     `runtime.dry_run` themselves.
     """
-    rt = _runtime(runtime)
+    rt = runtime
     args = [os.fspath(a) for a in argv]
     program = args[0]
     if os.sep not in program:

@@ -1,21 +1,25 @@
-"""What varies per run and is not configuration: dry-run, debug, the tool PATH and the child environment.
+"""What varies per run and is not configuration: dry-run, debug, the data root and the child environment.
 
 One frozen `Runtime` is made by the CLI (from the environment it was started with, via
-`config.default_runtime()`) and passed down to everything that runs a program. Nothing below the CLI and
-config loading reads the process environment; library callers that pass no runtime get
-`config.default_runtime()`.
+`config.default_runtime()`) and passed down, as a required argument, to everything that runs a program,
+writes output or finds kiln's data. Nothing below the CLI and config loading reads the process environment
+or makes a Runtime of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
 
 
 @dataclass(frozen=True)
 class Runtime:
-    dry_run: bool = False  # print the commands that would run, run nothing, write nothing
+    root: (
+        Path  # kiln's data root: config/, packer/, goss/, ansible/, cloudinit/, bootstrap/ (kiln.core.paths)
+    )
+    dry_run: bool = False  # print what would run or be written; run nothing, write nothing, upload nothing
     debug: bool = False  # debug logging, tracebacks, Packer's own log
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # the child environment
 

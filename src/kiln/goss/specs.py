@@ -26,15 +26,20 @@ from typing import Any, Protocol
 import jinja2
 import yaml
 
-from kiln.core import paths
 from kiln.core.errors import InputError
 from kiln.goss import gotemplate
 from kiln.goss.matchers import GossSpecError, Matcher, compile_matcher, stream_matcher
 
 log = logging.getLogger(__name__)
 
-SPEC_DIR = paths.find_root() / "goss"  # TODO runtime
 VARS_TEMPLATE = "vars.yaml.j2"
+
+
+def spec_dir(root: Path) -> Path:
+    """kiln's own goss specs under the data root (kiln.core.paths)."""
+    return root / "goss"
+
+
 ENTRY = {"build": "goss.yaml", "final": "goss-final.yaml"}
 
 # Per resource type: attributes that are checked (and whether goss reads them as a stream), plus the ones
@@ -117,7 +122,7 @@ def read_vars_file(path: Path, what: str = "goss vars file") -> dict[str, Any]:
 
 
 def render_vars(
-    values: Mapping[str, Any], extra: Mapping[str, Any] | None = None, spec_dir: Path = SPEC_DIR
+    values: Mapping[str, Any], extra: Mapping[str, Any] | None = None, *, spec_dir: Path
 ) -> dict[str, Any]:
     """Render `vars.yaml.j2` from the resolved config values (strict: a missing key is an error)."""
     env = jinja2.Environment(

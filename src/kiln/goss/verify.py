@@ -25,15 +25,17 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln.core import inputs
+from kiln.core import inputs, paths
 from kiln.core.errors import InputError, VerifyError
 from kiln.core.progress import Monitor, Null
 from kiln.core.runtime import Runtime
 from kiln.goss import specs as goss
+from kiln.vm import checkboot
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,8 @@ def check_host(
     report_dir: Path | None = None,
     goss_binary: Path | None = None,
     extra_vars: Mapping[str, Any] | None = None,
-    spec_dir: Path = goss.SPEC_DIR,
+    spec_dir: Path,
+    root: Path,
     meta: Mapping[str, Any] | None = None,
     skip_ids: Collection[str] = (),
 ) -> list[goss.Result]:
@@ -108,10 +111,10 @@ def check_host(
     if goss_binary is not None and not Path(goss_binary).is_file():
         raise InputError(f"{goss_binary}: goss binary not found")
     vars_ = goss.render_vars(values, {"phase": phase, **(extra_vars or {})}, spec_dir=spec_dir)
-    vars_.update(user_vars(values))
+    vars_.update(user_vars(values, root))
     entry = spec_dir / goss.ENTRY[phase]
     spec = goss.load_spec(entry, vars_)  # validates every resource and matcher up front
-    user_entry = user_spec(values, phase)
+    user_entry = user_spec(values, phase, root)
     if user_entry is not None:  # the user's specs run as well, with the same vars
         spec.resources.extend(goss.load_spec(user_entry, vars_).resources)
         spec.files.append(user_entry)
@@ -149,19 +152,18 @@ def check_host(
     return results
 
 
-def _user_path(raw: str) -> Path:
-    from kiln.config import repo_root
-
+def _user_path(raw: str, root: Path) -> Path:
+    """A user's goss location, relative to the checkout (or, for an installed wheel, the current dir)."""
     path = Path(raw)
-    return path if path.is_absolute() else repo_root() / path
+    return path if path.is_absolute() else paths.work_root(root, Path.cwd()) / path
 
 
-def user_vars(values: Mapping[str, Any]) -> dict[str, Any]:
+def user_vars(values: Mapping[str, Any], root: Path) -> dict[str, Any]:
     """goss_vars_file, then goss_vars_inline, merged over kiln's vars (InputError names the file)."""
     out: dict[str, Any] = {}
     raw = str(values.get("goss_vars_file") or "")
     if raw:
-        out.update(goss.read_vars_file(_user_path(raw), "goss_vars_file"))
+        out.update(goss.read_vars_file(_user_path(raw, root), "goss_vars_file"))
     inline = values.get("goss_vars_inline") or ""
     if isinstance(inline, Mapping):
         out.update(inline)
@@ -173,12 +175,12 @@ def user_vars(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def user_spec(values: Mapping[str, Any], phase: str) -> Path | None:
+def user_spec(values: Mapping[str, Any], phase: str, root: Path) -> Path | None:
     """The user's entry gossfile for `phase` in goss_spec_dir, or None."""
     raw = str(values.get("goss_spec_dir") or "")
     if not raw:
         return None
-    folder = _user_path(raw)
+    folder = _user_path(raw, root)
     names = ["goss.yaml"] if phase == "build" else ["goss-final.yaml", "goss.yaml"]
     for name in names:
         if (folder / name).is_file():
@@ -263,153 +265,109 @@ def raise_on_failure(results: list[goss.Result], what: str, report_dir: Path | N
     )
 
 
+@dataclass(frozen=True)
+class Target:
+    """What `verify_image` boots: a disk, or a live ISO / netboot set with `disk` as the blank local disk."""
+
+    disk: Path
+    live: str | None = None  # None (the disk itself), "iso" or "netboot"
+    live_iso: Path | None = None
+    netboot_build: Any = None  # the BuildDir whose netboot set `kiln serve` serves
+
+
 def verify_image(
-    qcow2: Path,
+    target: Target,
     values: Mapping[str, Any],
     workdir: Path,
     report_dir: Path,
+    options: checkboot.BootOptions,
     *,
-    firmware: str = "bios",
-    accelerator: str = "auto",
+    runtime: Runtime,
     goss_binary: Path | None = None,
-    memory: int = 2048,
-    cpus: int = 2,
-    boot_timeout: float = 900.0,
-    on_boot: Callable[[Any], None] | None = None,
     monitor: Monitor | None = None,
-    runtime: Runtime | None = None,
-    live: str | None = None,
-    live_iso: Path | None = None,
-    netboot_build: Any = None,
 ) -> list[goss.Result]:
-    """Boot `qcow2` on a throwaway overlay and run the final-phase spec (build checks + hygiene).
+    """Boot `target` through the check-boot (a throwaway overlay; the artifact is never written) and run
+    the final-phase spec (build checks + hygiene) as a one-time user.
 
-    `live`: "iso" boots `live_iso` from a CD (plus the seed as a second CD), "netboot" chain-loads
-    `netboot_build`'s boot.ipxe from `kiln serve` through QEMU's iPXE ROM (the seed over HTTP); `qcow2` is
-    then an empty local disk. Checks that only make sense on a disk (LIVE_SKIPS) are skipped by name.
+    A live target boots `live_iso` from a CD (plus the seed as a second CD), or chain-loads
+    `netboot_build`'s boot.ipxe from `kiln serve` through QEMU's iPXE ROM (the seed over HTTP). Checks that
+    only make sense on a disk (LIVE_SKIPS) are then skipped by name.
 
     Raises VerifyError (exit 1) naming every failed check, after writing report_dir/report.json,
     report_dir/junit.xml and report_dir/vars-final.yaml. `workdir` holds the overlay, the seed, the
-    one-time key and the serial log; it is removed afterwards unless verification failed to boot.
+    one-time key and the serial log.
     """
-    from kiln.vm import cidata, ssh
-
-    qcow2 = Path(qcow2)
-    if not qcow2.is_file():
-        raise InputError(f"{qcow2}: image not found")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    marker = f"kiln-verify-{uuid.uuid4().hex[:12]}"
-    instance_id = f"iid-{marker}"
-    extra = {"verify_user": VERIFY_USER, "verify_key_marker": marker, "verify_instance_id": instance_id}
+    if not target.disk.is_file():
+        raise InputError(f"{target.disk}: image not found")
+    if target.live not in (None, "iso", "netboot"):
+        raise InputError(f"--format {target.live!r}: want disk, iso or netboot")
+    spec_dir = goss.spec_dir(runtime.root)
     # Render and validate vars and spec before booting: a broken spec costs no boot.
-    goss.load_spec(goss.SPEC_DIR / goss.ENTRY["final"], goss.render_vars(values, {"phase": "final", **extra}))
-
-    keys = ssh.generate_keypair(workdir / "key", comment=marker)
-    files = cidata.render_seed(
-        [keys.public_line],
-        user=VERIFY_USER,
-        instance_id=instance_id,
-        values=values,
+    probe_extra = {"verify_user": VERIFY_USER, "verify_key_marker": "-", "verify_instance_id": "-"}
+    goss.load_spec(
+        spec_dir / goss.ENTRY["final"],
+        goss.render_vars(values, {"phase": "final", **probe_extra}, spec_dir=spec_dir),
     )
-    files["user-data"] = files["user-data"].rstrip("\n") + "\n" + VERIFY_CLOUD_CONFIG
-    if live:
-        files["user-data"] += LIVE_CLOUD_CONFIG
-    seed: Path | None = cidata.write_iso(workdir / "seed.iso", files)
+    login = checkboot.make_login(
+        workdir,
+        user=VERIFY_USER,
+        values=values,
+        purpose="verify",
+        extra_user_data=VERIFY_CLOUD_CONFIG + (LIVE_CLOUD_CONFIG if target.live else ""),
+        write_iso=target.live != "netboot",  # netboot: the seed comes over HTTP (ds=nocloud;s=URL)
+    )
+    extra = {
+        "verify_user": VERIFY_USER,
+        "verify_key_marker": login.instance_id,
+        "verify_instance_id": login.instance_id,
+    }
     mon: Monitor = monitor or Null()
-    what = f"{live} live boot" if live else f"{qcow2.name} on a throwaway overlay"
-    mon.log("verify", f"booting {what} ({firmware})")
+    what = f"{target.live} live boot" if target.live else f"{target.disk.name} on a throwaway overlay"
+    mon.log("verify", f"booting {what} ({options.firmware})")
     started = time.monotonic()
     server = None
-    vm_args: dict[str, Any] = {}
-    if live == "iso":
-        vm_args = {"boot": "cdrom", "live_iso": live_iso}
-    elif live == "netboot":
+    if target.live == "iso":
+        options = replace(options, boot="cdrom", live_iso=target.live_iso)
+    elif target.live == "netboot":
         from kiln.vm.serve import Server
 
-        seed_bytes = {k: v.encode() if isinstance(v, str) else v for k, v in files.items()}
-        server = Server(netboot_build, seed=seed_bytes).start()
-        vm_args = {"boot": "net", "bootfile": f"{server.base}/boot.ipxe"}
-        seed = None  # the seed comes over HTTP: ds=nocloud;s=URL
-    elif live is not None:
-        raise InputError(f"--format {live!r}: want disk, iso or netboot")
+        seed_bytes = {k: v.encode() for k, v in login.files.items()}
+        server = Server(target.netboot_build, seed=seed_bytes).start()
+        options = replace(options, boot="net", bootfile=f"{server.base}/boot.ipxe")
+    # cloud-init's outcome is the spec's to judge (hygiene.yaml checks `cloud-init status`)
+    options = replace(options, cloud_init=checkboot.CLOUD_INIT_WAIT)
     try:
-        results = _boot_and_check(
-            qcow2, values, workdir, report_dir, firmware=firmware, accelerator=accelerator, seed=seed,
-            memory=memory, cpus=cpus, runtime=runtime, vm_args=vm_args, keys=keys, boot_timeout=boot_timeout,
-            on_boot=on_boot, goss_binary=goss_binary, extra=extra, started=started, mon=mon, live=live,
-        )  # fmt: skip
+        with checkboot.booted(target.disk, workdir / "vm", login, options, runtime) as vm:
+            up = time.monotonic() - started
+            mon.log("verify", f"guest up after {up:.0f}s; running checks")
+            assert login.private_key is not None
+            results = check_host(
+                "127.0.0.1",
+                vm.ssh_port,
+                VERIFY_USER,
+                login.private_key,
+                values,
+                spec_dir=spec_dir,
+                root=runtime.root,
+                phase="final",
+                report_dir=report_dir,
+                goss_binary=goss_binary,
+                extra_vars=extra,
+                meta={
+                    "image": str(target.disk),
+                    "firmware": options.firmware,
+                    "format": target.live or "disk",
+                    "boot_to_ssh_s": round(up, 1),
+                    "skipped_disk_only": sorted(LIVE_SKIPS) if target.live else [],
+                },
+                skip_ids=LIVE_SKIPS if target.live else (),
+            )
     finally:
         if server is not None:
             server.stop()
-    shutil.rmtree(keys.directory, ignore_errors=True)
-    raise_on_failure(results, str(live_iso or qcow2), report_dir)
+        login.forget()
+    raise_on_failure(results, str(target.live_iso or target.disk), report_dir)
     return results
-
-
-def _boot_and_check(
-    qcow2: Path,
-    values: Mapping[str, Any],
-    workdir: Path,
-    report_dir: Path,
-    *,
-    firmware: str,
-    accelerator: str,
-    seed: Path | None,
-    memory: int,
-    cpus: int,
-    runtime: Runtime | None,
-    vm_args: Mapping[str, Any],
-    keys: Any,
-    boot_timeout: float,
-    on_boot: Callable[[Any], None] | None,
-    goss_binary: Path | None,
-    extra: Mapping[str, Any],
-    started: float,
-    mon: Monitor,
-    live: str | None,
-) -> list[goss.Result]:
-    from kiln.vm.qemu import VM
-
-    with VM(
-        qcow2,
-        workdir=workdir / "vm",
-        firmware=firmware,
-        accelerator=accelerator,
-        cidata=seed,
-        memory=memory,
-        cpus=cpus,
-        runtime=runtime,
-        **vm_args,
-    ) as vm:
-        vm.wait_for_ssh(VERIFY_USER, keys.private_key, timeout=boot_timeout)
-        # Wait for cloud-init to finish, but let the spec judge its outcome (hygiene.yaml checks
-        # `cloud-init status`): an error there is a reported failure, not an aborted verification.
-        with vm.ssh(VERIFY_USER, keys.private_key) as session:
-            session.run(["cloud-init", "status", "--wait"], check=False, timeout=boot_timeout)
-        up = time.monotonic() - started
-        mon.log("verify", f"guest up after {up:.0f}s; running checks")
-        if on_boot is not None:
-            on_boot(vm)
-        return check_host(
-            "127.0.0.1",
-            vm.ssh_port,
-            VERIFY_USER,
-            keys.private_key,
-            values,
-            phase="final",
-            report_dir=report_dir,
-            goss_binary=goss_binary,
-            extra_vars=extra,
-            meta={
-                "image": str(qcow2),
-                "firmware": firmware,
-                "format": live or "disk",
-                "boot_to_ssh_s": round(up, 1),
-                "skipped_disk_only": sorted(LIVE_SKIPS) if live else [],
-            },  # fmt: skip
-            skip_ids=LIVE_SKIPS if live else (),
-        )
 
 
 def verify_build_dir(
@@ -420,7 +378,7 @@ def verify_build_dir(
     firmware: str | None = None,
     goss_binary: Path | None = None,
     monitor: Monitor | None = None,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
     fmt: str = "disk",
 ) -> list[goss.Result]:
     """`kiln verify BUILD_DIR [--format disk|iso|netboot]`: verify_image on the build's qcow2 (reports in
@@ -450,18 +408,14 @@ def verify_build_dir(
         raise InputError(f"--format {fmt!r}: want disk, iso or netboot")
     try:
         return verify_image(
-            image,
+            Target(image, None if fmt == "disk" else fmt, live_iso, build if fmt == "netboot" else None),
             values,
             work,
             reports,
-            firmware=firmware,
-            accelerator=accelerator or str(build.setting("accelerator", "auto") or "auto"),
+            checkboot.options_for(build, firmware=firmware, accelerator=accelerator),
             goss_binary=goss_binary,
             monitor=monitor,
             runtime=runtime,
-            live=None if fmt == "disk" else fmt,
-            live_iso=live_iso,
-            netboot_build=build if fmt == "netboot" else None,
         )
     finally:
         if own_tmp:
@@ -474,7 +428,7 @@ def verify_build(
     monitor: Monitor | None = None,
     accelerator: str | None = None,
     goss_binary: Path | None = None,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> list[goss.Result]:
     """The build pipeline's verify step (kiln.build calls it on its temp build dir before the rename).
 

@@ -170,7 +170,7 @@ def run(
     *,
     channel: str | None = None,
     artifacts: Sequence[str] = DEFAULT_ARTIFACTS,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
     monitor: Monitor | None = None,
     base_url: str = "https://storage.googleapis.com",
 ) -> list[Entry]:

@@ -30,8 +30,9 @@ from kiln.core import inputs
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError, KilnError
 from kiln.core.runtime import Runtime
-from kiln.vm import cidata, ssh
-from kiln.vm.qemu import VM, VMError, pid_alive, stop_process
+from kiln.vm import checkboot, cidata, ssh
+from kiln.vm.control import pid_alive, stop_process
+from kiln.vm.qemu import VM
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +182,12 @@ def start(
     user: str | None = None,
     firmware: str | None = None,
     accelerator: str | None = None,
-    memory: int = 2048,
-    cpus: int = 2,
+    memory: int | None = None,
+    cpus: int | None = None,
     hostname: str | None = None,
     detach: bool = False,
     timeout: float = 900.0,
-    runtime: Runtime | None = None,
+    runtime: Runtime,
 ) -> tuple[VM, BootState]:
     """Boot `build` on a throwaway overlay and wait for SSH and cloud-init (a cloud-init error is
     printed as a warning; the VM stays up so that you can look).
@@ -209,44 +210,36 @@ def start(
     try:
         disk, fmt = disk_for(build, rdir)
         if cidata_iso is None:
-            pair = ssh.generate_keypair(rdir / "key", comment=f"kiln-boot-{build.name}")
-            login = user or cidata.DEFAULT_USER
-            seed = cidata.write_seed(
-                rdir / "seed.iso",
-                [pair.public_line],
-                user=login,
-                hostname=hostname,
+            login = checkboot.make_login(
+                rdir,
+                user=user or cidata.DEFAULT_USER,
                 values=build.values(),
+                purpose="boot",
+                hostname=hostname,
             )
-            key_path: Path | None = pair.private_key
         else:
             if not cidata_iso.is_file():
                 raise InputError(f"{cidata_iso}: cidata ISO not found (from --cidata)")
-            seed = cidata_iso
-            login = user or seed_user(cidata_iso)
-            key_path = key
-            if key_path is not None:
-                ssh.load_private_key(key_path)  # bad key: exit 2 before booting
-        vm = VM(
-            disk,
-            workdir=rdir / "vm",
-            firmware=firmware or build.firmware,
-            accelerator=accelerator or str(build.setting("accelerator", "auto") or "auto"),
-            cidata=seed,
+            login = checkboot.user_seed(cidata_iso, user or seed_user(cidata_iso), key)
+        options = checkboot.options_for(
+            build,
             memory=memory,
             cpus=cpus,
+            firmware=firmware,
+            accelerator=accelerator,
             disk_format=fmt,
             detach=detach,
-            runtime=runtime,
+            timeout=timeout,
+            cloud_init=checkboot.CLOUD_INIT_WARN,  # keep the VM: logging in to look is the point
         )
-        vm.start()
-        dry_run = runtime is not None and runtime.dry_run
-        if dry_run:  # the command lines were printed; nothing runs, nothing stays
+        vm = checkboot.start(disk, rdir / "vm", login, options, runtime)
+        if runtime.dry_run:  # the command lines were printed; nothing runs, nothing stays
             _cleanup(rdir)
+        key_path = login.private_key
         state = BootState(
             pid=vm.pid or 0,
             ssh_port=vm.ssh_port,
-            user=login,
+            user=login.user,
             key=str(key_path) if key_path else "",
             qmp_socket=vm.qmp_socket,
             serial_log=str(vm.serial_log),
@@ -257,44 +250,16 @@ def start(
             detached=detach,
             started=time.time(),
         )
-        if dry_run:
+        if runtime.dry_run:
             return vm, state
         _write_state(rdir, state)
-        if key_path is not None:
-            vm.wait_for_ssh(login, key_path, timeout=timeout)
-            try:
-                vm.wait_for_cloud_init(login, key_path, timeout=timeout)
-            except VMError as exc:  # keep the VM: logging in to look is the point of `kiln boot`
-                log.warning("WARNING: %s", exc.message)
-        else:
-            _wait_for_banner(vm, timeout)
+        checkboot.wait(vm, login, options)
         return vm, state
     except BaseException:
         if vm is not None:
             vm.stop(timeout=0)
         _cleanup(rdir)
         raise
-
-
-def _wait_for_banner(vm: VM, timeout: float) -> None:
-    """Without a key, "up" means sshd answers with its banner through the port forward."""
-    import socket
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        reason = vm.died()
-        if reason:
-            raise VMError(f"{vm.disk}: {reason}")
-        try:
-            with socket.create_connection(("127.0.0.1", vm.ssh_port), timeout=5) as s:
-                s.settimeout(10)
-                if s.recv(64).startswith(b"SSH-"):
-                    log.info("sshd is up (no private key given: cloud-init status not checked)")
-                    return
-        except OSError:
-            pass
-        time.sleep(3)
-    raise VMError(f"{vm.disk}: sshd did not answer within {timeout:.0f}s", hint=f"see {vm.serial_log}")
 
 
 def _write_state(rdir: Path, state: BootState) -> None:

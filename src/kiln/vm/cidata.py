@@ -212,11 +212,13 @@ def render_seed(
     values: Mapping[str, Any] | None = None,
     network_config: bool = False,
     templates: str | os.PathLike[str] | None = None,
+    build: bool = False,
 ) -> dict[str, str]:
     """Render user-data, meta-data (and network-config) from cloudinit/templates.
 
     `values` come from the resolved config (see seed_values). The instance id is new on every call
-    unless given, so cloud-init treats each boot of a seed as a first boot.
+    unless given, so cloud-init treats each boot of a seed as a first boot. `build`: the seed of a build VM,
+    which leaves nothing of itself in the image (no marker file, no image default user, hostname localhost).
     """
     import jinja2
 
@@ -226,7 +228,7 @@ def render_seed(
     if not _USER_RE.match(user):
         raise InputError(f"cidata: user {user!r} is not a valid login name")
     vals = seed_values(values or {})
-    host = hostname or default_hostname(vals["build_name"])
+    host = "localhost" if build else hostname or default_hostname(vals["build_name"])
     if not _HOSTNAME_RE.match(host):
         raise InputError(f"cidata: hostname {host!r} is not a valid host name (letters, digits, dashes)")
     context = {
@@ -235,6 +237,7 @@ def render_seed(
         "hostname": host,
         "instance_id": instance_id or f"kiln-{host}-{uuid.uuid4().hex[:12]}",
         "ssh_authorized_keys": keys,
+        "build": build,
     }
     root = Path(templates) if templates is not None else template_dir()
     env = jinja2.Environment(

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -41,13 +40,14 @@ from types import TracebackType
 from typing import Any
 
 from kiln.core import proc
-from kiln.core.errors import InputError, KilnError
+from kiln.core.errors import InputError
 from kiln.core.runtime import Runtime
+from kiln.vm.accel import ACCELERATORS, pick_accelerator
+from kiln.vm.control import VMError, qmp, stop_process
 from kiln.vm.ssh import Session, SSHError
 
 log = logging.getLogger(__name__)
 
-ACCELERATORS = ("auto", "kvm", "tcg")
 FIRMWARES = ("bios", "efi")
 
 # OVMF builds in the order we prefer them: (code, vars). Debian's `ovmf` package ships the first pair.
@@ -58,99 +58,7 @@ OVMF_PAIRS = (
     ("/usr/share/edk2/x64/OVMF_CODE.fd", "/usr/share/edk2/x64/OVMF_VARS.fd"),
 )
 
-# The accelerator probe: a BIOS boot sector (16-bit real mode, loaded at 0x7c00) that writes PROBE_MARKER
-# to COM1 (0x3f8) and then writes 0x10 to isa-debug-exit (port 0xf4), which makes QEMU exit with
-# (0x10 << 1) | 1 = 33. Assembled by hand:
-#   cli; xor ax,ax; mov ds,ax; mov dx,0x3f8; mov si,msg; cld
-#   l: lodsb; test al,al; jz d; out dx,al; jmp l
-#   d: mov dx,0xf4; mov al,0x10; out dx,al; h: hlt; jmp h
-#   msg: db "KILN-PROBE-OK", 10, 0
-PROBE_MARKER = b"KILN-PROBE-OK"
-_PROBE_CODE = bytes.fromhex("fa31c08ed8baf803be1d7cfcac84c07403eeebf8baf400b010eef4ebfd")
-PROBE_EXIT_CODE = 33
-PROBE_TIMEOUT = 8.0  # seconds; TCG needs well under one
-
-_ACCEL_CACHE: dict[str, str] = {}
 _LIVE: set[VM] = set()
-
-
-class VMError(KilnError):
-    """QEMU failed to start, died, or the guest did not come up in time (exit 1)."""
-
-
-def probe_boot_sector() -> bytes:
-    """The 512-byte probe disk image (code, message, zero padding, 0x55AA signature)."""
-    body = _PROBE_CODE + PROBE_MARKER + b"\n\0"
-    assert len(_PROBE_CODE) == 0x1D, "message offset baked into `mov si` must match the code length"
-    return body.ljust(510, b"\0") + b"\x55\xaa"
-
-
-def probe_accelerator(accel: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, float]:
-    """Boot the probe sector under `accel`; (reached the marker and exit port in time, seconds taken)."""
-    qemu = proc.which("qemu-system-x86_64")
-    with tempfile.TemporaryDirectory(prefix="kiln-probe-") as tmp:
-        disk = Path(tmp) / "probe.img"
-        disk.write_bytes(probe_boot_sector())
-        serial = Path(tmp) / "serial.log"
-        argv = [
-            qemu, "-nodefaults", "-display", "none", "-no-reboot", "-m", "16",
-            "-accel", accel if accel != "tcg" else "tcg,thread=multi",
-            "-drive", f"file={_escape(disk)},format=raw,if=ide,index=0",
-            "-chardev", f"file,id=ser0,path={_escape(serial)}", "-serial", "chardev:ser0",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        ]  # fmt: skip
-        start = time.monotonic()
-        result = proc.run(argv, check=False, timeout=timeout, tail_lines=10)
-        took = time.monotonic() - start
-        marker = serial.is_file() and PROBE_MARKER in serial.read_bytes()
-        ok = result.returncode == PROBE_EXIT_CODE and marker
-        log.debug("accelerator probe %s: rc=%s marker=%s %.2fs", accel, result.returncode, marker, took)
-        return ok, took
-
-
-def kvm_available() -> bool:
-    return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
-
-
-def pick_accelerator(setting: str) -> str:
-    """Resolve the `accelerator` setting to "kvm" or "tcg".
-
-    "tcg" is always honoured. "kvm" requires a usable /dev/kvm (InputError naming the setting otherwise).
-    "auto" picks kvm only when /dev/kvm is there AND the probe boots under kvm within PROBE_TIMEOUT, and
-    no slower than 3x tcg (on machines where /dev/kvm exists but firmware crawls, the probe times out).
-    The probe runs once per process.
-    """
-    if setting not in ACCELERATORS:
-        raise InputError(f"accelerator: must be one of {', '.join(ACCELERATORS)}, not {setting!r}")
-    if setting == "tcg":
-        return "tcg"
-    if setting == "kvm":
-        if not kvm_available():
-            raise InputError(
-                "accelerator: 'kvm' requested but /dev/kvm is missing or not accessible",
-                hint="set accelerator to 'auto' or 'tcg' (slower, works everywhere)",
-            )
-        return "kvm"
-    if "auto" not in _ACCEL_CACHE:
-        _ACCEL_CACHE["auto"] = _probe_auto()
-    return _ACCEL_CACHE["auto"]
-
-
-def _probe_auto() -> str:
-    if not kvm_available():
-        log.info("accelerator auto: /dev/kvm not usable, using tcg")
-        return "tcg"
-    tcg_ok, tcg_time = probe_accelerator("tcg")
-    limit = max(PROBE_TIMEOUT, 3 * tcg_time) if tcg_ok else PROBE_TIMEOUT
-    kvm_ok, kvm_time = probe_accelerator("kvm", timeout=limit)
-    if kvm_ok and (not tcg_ok or kvm_time <= 3 * tcg_time + 1.0):
-        log.info("accelerator auto: kvm works (probe %.2fs, tcg %.2fs), using kvm", kvm_time, tcg_time)
-        return "kvm"
-    outcome = f"took {kvm_time:.2f}s" if kvm_ok else f"did not finish in {limit:.0f}s"
-    log.info(
-        "accelerator auto: /dev/kvm exists but the kvm probe %s (tcg: %.2fs), using tcg", outcome, tcg_time
-    )
-    return "tcg"
 
 
 def _escape(path: str | os.PathLike[str]) -> str:
@@ -165,9 +73,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def detect_format(disk: str | os.PathLike[str]) -> str:
-    """The image format qemu-img reports ("qcow2", "raw", "vmdk", ...)."""
-    out = proc.output(["qemu-img", "info", "--output=json", os.fspath(disk)])
+def detect_format(disk: str | os.PathLike[str], runtime: Runtime) -> str:
+    """The image format qemu-img reports ("qcow2", "raw", "vmdk", ...): a query, run even under --dry-run."""
+    out = proc.output(["qemu-img", "info", "--output=json", os.fspath(disk)], runtime=runtime.live())
     try:
         return str(json.loads(out[out.index("{") :])["format"])
     except (ValueError, KeyError) as exc:
@@ -184,123 +92,11 @@ def find_ovmf() -> tuple[Path, Path]:
     )
 
 
-# --- QMP -------------------------------------------------------------------------------------------
-
-
-def qmp(socket_path: str | os.PathLike[str], command: str, timeout: float = 5.0, **arguments: Any) -> Any:
-    """Send one QMP command and return its "return" value; VMError on error or no answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(os.fspath(socket_path))
-            stream = s.makefile("rwb")
-            _qmp_read(stream)  # greeting
-            for execute, args in (("qmp_capabilities", {}), (command, arguments)):
-                msg: dict[str, Any] = {"execute": execute}
-                if args:
-                    msg["arguments"] = args
-                stream.write(json.dumps(msg).encode() + b"\n")
-                stream.flush()
-                reply = _qmp_read(stream)
-                if "error" in reply:
-                    raise VMError(f"QMP {execute}: {reply['error'].get('desc', reply['error'])}")
-            return reply.get("return")
-        except (OSError, ValueError) as exc:
-            raise VMError(f"QMP {command} via {socket_path}: {exc}") from exc
-
-
-def _qmp_read(stream: Any) -> dict[str, Any]:
-    while True:
-        line = stream.readline()
-        if not line:
-            raise VMError("QMP: connection closed")
-        msg = json.loads(line)
-        if "event" not in msg:
-            return dict(msg)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def stop_process(
-    pid: int, qmp_socket: str | None, *, timeout: float = 60.0, popen: Any = None, kill: bool = True
-) -> bool:
-    """Stop a QEMU by pid: ACPI powerdown (QMP) and wait `timeout`; then QMP quit; then SIGTERM/SIGKILL
-    of its process group. True when the guest powered off by itself. Used by VM.stop and `kiln boot --stop`
-    (which has only the pid and socket from the state file). kill=False: only ask and wait."""
-
-    def alive() -> bool:
-        if popen is not None:
-            return bool(popen.poll() is None)
-        return pid_alive(pid)
-
-    def wait(seconds: float) -> bool:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            if not alive():
-                return True
-            time.sleep(0.2)
-        return not alive()
-
-    if not alive():
-        return True
-    clean = False
-    if qmp_socket and timeout > 0:
-        try:
-            qmp(qmp_socket, "system_powerdown")
-            clean = wait(timeout)
-        except VMError as exc:
-            log.debug("powerdown failed: %s", exc)
-    if not kill:
-        return clean or not alive()
-    if not clean and alive() and qmp_socket:
-        try:
-            qmp(qmp_socket, "quit")
-            wait(5)
-        except VMError:
-            pass
-    if alive():
-        if popen is not None:
-            proc.terminate(popen, grace=5)
-        else:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        break
-                if wait(5):
-                    break
-    if popen is not None:
-        try:
-            popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-    return clean
-
-
 # --- the VM ----------------------------------------------------------------------------------------
 
 
 class VM:
     """One QEMU guest on a throwaway overlay. Use as a context manager, or start() / stop()."""
-
-    def _rt(self) -> Runtime | None:
-        """The runtime for children: the one given, else (a default Runtime()) the process's own."""
-        return self.runtime if self.runtime.env else None
 
     def __init__(
         self,
@@ -320,7 +116,7 @@ class VM:
         overlay: bool = True,
         detach: bool = False,
         stop_timeout: float = 10.0,
-        runtime: Runtime | None = None,
+        runtime: Runtime,
         boot: str = "disk",
         live_iso: str | os.PathLike[str] | None = None,
         bootfile: str | None = None,
@@ -362,7 +158,7 @@ class VM:
         self.extra_args = list(extra_args)
         self.use_overlay = overlay
         self.detach = detach
-        self.runtime = runtime if runtime is not None else Runtime()
+        self.runtime = runtime
         self.boot = boot
         self.live_iso = Path(live_iso).resolve() if live_iso is not None else None
         self.bootfile = bootfile
@@ -398,14 +194,14 @@ class VM:
             self.accelerator = "tcg" if self.accelerator_setting == "auto" else self.accelerator_setting
             fmt = self.disk_format or ("qcow2" if self.disk.suffix == ".qcow2" else "raw")
         else:
-            self.accelerator = pick_accelerator(self.accelerator_setting)
-            fmt = self.disk_format or detect_format(self.disk)
+            self.accelerator = pick_accelerator(self.accelerator_setting, self.runtime)
+            fmt = self.disk_format or detect_format(self.disk, self.runtime)
         if self.use_overlay and not self._overlay_made:
             self.overlay_path.unlink(missing_ok=True)
             backing = ["-F", fmt, "-b", str(self.disk)]  # absolute path + format: no probing, no surprises
             proc.run(
                 ["qemu-img", "create", "-q", "-f", "qcow2", *backing, str(self.overlay_path)],
-                runtime=self._rt(),
+                runtime=self.runtime,
             )
             self._overlay_made = True
         self._setup_qmp_path()
@@ -422,7 +218,7 @@ class VM:
             with open(self.qemu_log, "a") as fh:
                 fh.write(f"# {proc.quote(argv)}\n")
             self._popen = proc.spawn(
-                argv, log_path=self.qemu_log, die_with_parent=not self.detach, runtime=self._rt()
+                argv, log_path=self.qemu_log, die_with_parent=not self.detach, runtime=self.runtime
             )
             self.started_at = time.monotonic()
             _LIVE.add(self)
@@ -641,6 +437,26 @@ class VM:
                 "SSH up as %s on 127.0.0.1:%d after %.0fs", user, self.ssh_port, time.monotonic() - start
             )
             return
+
+    def wait_for_banner(self, timeout: float = 900.0) -> None:
+        """Without a key, "up" means sshd answers with its banner through the port forward."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            reason = self.died()
+            if reason:
+                raise VMError(f"{self.disk}: {reason}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=5) as s:
+                    s.settimeout(10)
+                    if s.recv(64).startswith(b"SSH-"):
+                        log.info("sshd is up (no private key given: cloud-init status not checked)")
+                        return
+            except OSError:
+                pass
+            time.sleep(3)
+        raise VMError(
+            f"{self.disk}: sshd did not answer within {timeout:.0f}s", hint=f"see {self.serial_log}"
+        )
 
     def ssh(self, user: str, key_path: str | os.PathLike[str], timeout: float = 120.0) -> Session:
         """A new `kiln.ssh.Session` into the guest (retries until `timeout`)."""

@@ -1,0 +1,59 @@
+"""The CLI's command registry: each command module registers its subcommands with `@command`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from kiln import config
+from kiln.core.errors import InputError
+
+Handler = Callable[[argparse.Namespace], int]
+
+# Each entry adds one or more subcommands to the parser. Library modules stay free of argparse.
+REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+
+
+def command(func: Callable[[argparse._SubParsersAction], None]) -> Callable[..., None]:  # type: ignore[type-arg]
+    REGISTRY.append(func)
+    return func
+
+
+def config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--var-file",
+        "-var-file",
+        dest="var_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a JSON or .pkrvars.hcl file layered over the config files (repeatable; after PACKER_VAR_FILES)",
+    )
+    p.add_argument(
+        "--var",
+        "-var",
+        dest="vars",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting (repeatable; highest precedence, like packer -var)",
+    )
+
+
+def load_config(args: argparse.Namespace, target: str, extra: dict[str, str] | None = None) -> config.Config:
+    """config.load with PACKER_VAR_FILES (space-separated, as image-builder users pass it) and -var pairs."""
+    import os
+
+    var_files = os.environ.get("PACKER_VAR_FILES", "").split() + list(args.var_files)
+    overrides: dict[str, str] = {}
+    for pair in args.vars:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"-var {pair!r}: want KEY=VALUE")
+        overrides[key.strip()] = value
+    overrides.update(extra or {})
+    cfg = config.load(target, var_files=var_files, overrides=overrides, repo_root=args.runtime.root)
+    for line in cfg.warnings:
+        print(f"kiln: warning: {line}", file=sys.stderr)
+    return cfg
