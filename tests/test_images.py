@@ -14,6 +14,7 @@ from gcs_servers import BUCKET, FakeGcs, FaultProxy, make_build_dir
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError, UploadError
 from kiln.publish import gcs, images, upload
+from kiln_runtime import RUNTIME
 
 FAST = gcs.RetryPolicy(attempts=6, initial=0.02, maximum=0.2)
 
@@ -46,7 +47,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[FakeGcs, list[P
     client = gcs.Client(gcs.credentials(None, server.url), server.url)
     for bd in builds:
         opts = upload.Options(bucket=BUCKET, artifacts=("ova", "qcow2"))
-        _, results = upload.publish_build(BuildDir.open(bd), client, opts)
+        _, results = upload.publish_build(BuildDir.open(bd), client, opts, runtime=RUNTIME)
         assert all(r.action == "uploaded" for r in results)
     yield server, builds
     server.stop()

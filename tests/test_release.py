@@ -104,9 +104,9 @@ def test_a_failed_entry_does_not_stop_the_others(
         "accelerator": "kvm",
     }
     broken = config.load("debian-12", overrides=overrides, repo_root=REPO)
-    from kiln.vm import qemu as vm
+    from kiln.vm import accel
 
-    monkeypatch.setattr(vm, "kvm_available", lambda: False)  # the machine may have a usable /dev/kvm
+    monkeypatch.setattr(accel, "kvm_available", lambda: False)  # the machine may have a usable /dev/kvm
     entries = release.run([broken, good], client(server), BUCKET, runtime=RUNTIME)
     assert [e.status for e in entries] == ["failed", "reused"]
     assert "accelerator" in entries[0].detail and "failed" in release.summary(entries)

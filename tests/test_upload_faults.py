@@ -31,6 +31,7 @@ from gcs_servers import (
 )
 from kiln.core.builddir import BuildDir
 from kiln.publish import gcs, upload
+from kiln_runtime import RUNTIME
 
 pytestmark = pytest.mark.gcs
 CHUNK = 256 * 1024
@@ -67,7 +68,9 @@ def proxy_for(request: pytest.FixtureRequest):
 
 def publish(endpoint: str, bd: Path, **opts) -> tuple[list[upload.Result], gcs.Client]:
     client = gcs.Client(gcs.credentials(None, endpoint), endpoint, retry=FAST, chunk_size=CHUNK)
-    _, results = upload.publish_build(BuildDir.open(bd), client, upload.Options(bucket=BUCKET, **opts))
+    _, results = upload.publish_build(
+        BuildDir.open(bd), client, upload.Options(bucket=BUCKET, **opts), runtime=RUNTIME
+    )
     return results, client
 
 

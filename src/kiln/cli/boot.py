@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-from kiln import config
 from kiln.cli.base import command, config_options, load_config
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import (
@@ -97,7 +96,7 @@ def _cmd_cidata(args: argparse.Namespace) -> int:
         from kiln.config.settings import SETTINGS
 
         values = {s.name: s.default for s in SETTINGS}
-    out = args.output or config.repo_root() / "cloudinit" / "cidata.iso"
+    out = args.output or args.runtime.root / "cloudinit" / "cidata.iso"
     cidata.write_seed(
         out, keys, user=args.user or cidata.DEFAULT_USER, hostname=args.hostname,
         instance_id=args.instance_id, values=values, network_config=args.network_config,

@@ -82,9 +82,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     rows = []
     problems: list[str] = []
-    for target in config.targets():
+    for target in config.targets(args.runtime.root):
         try:
-            cfg = config.load(target)
+            cfg = config.load(target, repo_root=args.runtime.root)
         except ConfigError as err:
             problems += err.problems
             continue
@@ -176,7 +176,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     if bool(args.all) == bool(args.target):
         raise InputError("validate: give a TARGET or --all")
-    names = config.targets() if args.all else [config.check_target(args.target)]
+    names = config.targets(args.runtime.root) if args.all else [config.check_target(args.target)]
     problems: list[str] = []
     failed: list[str] = []
     for name in names:
@@ -261,11 +261,11 @@ def _register_cache(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     prune.set_defaults(func=_cmd_cache_prune)
 
 
-def _cache_dir() -> Path:
+def _cache_dir(args: argparse.Namespace) -> Path:
     """cache_dir as common.json and the user's var files set it (the stage cache is shared by targets)."""
-    return config.load(config.targets()[0], var_files=os.environ.get("PACKER_VAR_FILES", "").split()).path(
-        "cache_dir"
-    )
+    root = args.runtime.root
+    var_files = os.environ.get("PACKER_VAR_FILES", "").split()
+    return config.load(config.targets(root)[0], var_files=var_files, repo_root=root).path("cache_dir")
 
 
 def _cmd_cache_ls(args: argparse.Namespace) -> int:
@@ -275,7 +275,7 @@ def _cmd_cache_ls(args: argparse.Namespace) -> int:
     from kiln.build import stages
     from kiln.core import inputs
 
-    records = stages.entries(_cache_dir())
+    records = stages.entries(_cache_dir(args))
     if args.json:
         print(json.dumps([asdict(r) for r in records], indent=2))
         return EXIT_OK
@@ -293,7 +293,7 @@ def _cmd_cache_prune(args: argparse.Namespace) -> int:
     from kiln.core import inputs
 
     max_size = stages.parse_size(args.max_size) if args.max_size else None
-    removed = stages.prune(_cache_dir(), max_size=max_size, older_than_days=args.older_than)
+    removed = stages.prune(_cache_dir(args), max_size=max_size, older_than_days=args.older_than)
     for r in removed:
         print(f"removed {r.id[:12]} ({r.stage}, {r.target}, {inputs.human(r.size)})")
     print(f"{len(removed)} stage(s) removed")

@@ -41,7 +41,8 @@ def _gcs_options(p: argparse.ArgumentParser, key_file: bool = True) -> None:
 
 
 def _gcs_client(args: argparse.Namespace, read_only: bool = False) -> gcs.Client:
-    """Writers need credentials; readers (images ls) fall back to anonymous access for public buckets."""
+    """Writers need credentials; readers (images ls, --plan, --dry-run) fall back to anonymous access for
+    public buckets, and their client refuses every write."""
 
     key = args.key_file or (Path(os.environ["KEY_FILE"]) if os.environ.get("KEY_FILE") else None)
     endpoint = args.endpoint or gcs.DEFAULT_ENDPOINT
@@ -52,7 +53,7 @@ def _gcs_client(args: argparse.Namespace, read_only: bool = False) -> gcs.Client
             raise
         logging.getLogger(__name__).info("no GCS credentials: listing anonymously (public buckets only)")
         creds = gcs.credentials(None, None, anonymous=True)
-    return gcs.Client(creds, endpoint)
+    return gcs.Client(creds, endpoint, read_only=read_only)
 
 
 def _bucket(args: argparse.Namespace, setting: object = None) -> str:
@@ -119,6 +120,12 @@ def _register_release(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     _gcs_options(p)
     _channel_flags(p, "publish under")
     p.add_argument("--plan", action="store_true", help="only print what would be built (nothing is built)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="say what would be built and published; build, upload and index nothing",
+    )
     p.add_argument("--qcow2", action="store_true", help="publish the qcow2 too (default: OVA, sha256, SBOM)")
     p.add_argument(
         "--base-url",
@@ -135,7 +142,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
     from kiln.core import progress
     from kiln.publish import release
 
-    names = args.targets or ([t for t in config.targets()] if args.all else [])
+    names = args.targets or (config.targets(args.runtime.root) if args.all else [])
     if not names:
         raise InputError("release: give TARGET... or --all")
     configs = []
@@ -143,7 +150,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
         for version in args.kubernetes_versions or [None]:
             configs.append(load_config(args, name, {"kubernetes_semver": version} if version else None))
     bucket = _bucket(args)
-    client = _gcs_client(args, read_only=args.plan)
+    client = _gcs_client(args, read_only=args.plan or args.runtime.dry_run)
     if args.plan:
         entries = release.plan(configs, client, bucket, args.channel)
         if args.json:
@@ -184,15 +191,14 @@ def _cmd_upload(args: argparse.Namespace) -> int:
         channel=args.channel,
         artifacts=kinds,
         force=args.force,
-        dry_run=bool(args.dry_run),
         parallel=max(1, args.parallel),
     )
     upload.plan(bd, opts)  # bad input (exit 2) before credentials are even looked at
-    client = _gcs_client(args)
+    client = _gcs_client(args, read_only=args.runtime.dry_run)
     reporter = upload.MonitorReporter(progress.for_mode(args.progress, sys.stderr))
-    channel, results = upload.publish_build(bd, client, opts, reporter)
+    channel, results = upload.publish_build(bd, client, opts, reporter, runtime=args.runtime)
     if args.json:
-        print(json.dumps(upload.results_json(bd, opts, channel, results, client), indent=2))
+        print(json.dumps(upload.results_json(bd, opts, channel, results, client, args.runtime), indent=2))
     else:
         print(upload.summary(results))
         st = client.stats

@@ -180,7 +180,10 @@ class Client:
         retry: RetryPolicy | None = None,
         timeout: float = 120.0,
         chunk_size: int = CHUNK_SIZE,
+        read_only: bool = False,
     ) -> None:
+        """`read_only`: every request that would change the bucket is refused before it is sent (the CLI
+        makes a read-only client for --dry-run and for listing)."""
         from google.auth.transport.requests import AuthorizedSession
 
         if chunk_size % (256 * 1024):
@@ -189,6 +192,7 @@ class Client:
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.chunk_size = chunk_size
+        self.read_only = read_only
         self.stats = Stats()
         self.cancel = threading.Event()  # set: every request and upload block raises Interrupted
         self._local = threading.local()
@@ -222,6 +226,8 @@ class Client:
         """Send, retrying RETRYABLE_STATUS and dropped connections. `allow` statuses are returned too."""
         from google.auth.exceptions import RefreshError, TransportError
 
+        if self.read_only and method not in ("GET", "HEAD"):
+            raise UploadError(f"{what}: refusing {method}: this client is read-only (--dry-run or a listing)")
         body = kwargs.get("data")
         sent = len(body) if isinstance(body, bytes | bytearray) else 0
         for attempt in range(self.retry.attempts):

@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kiln import __version__
@@ -45,7 +46,7 @@ class Entry:
     kubernetes_semver: str
     input_hash: str
     channel: str
-    status: str  # published | build | (after a run) built | reused | failed
+    status: str  # published | build | (after a run) built | reused | failed | would-build | would-publish
     name: str
     detail: str = ""
     seconds: float = 0.0
@@ -189,7 +190,11 @@ def run(
         try:
             cfg = by_name[entry.name]
             final = cfg.path("output_dir") / entry.name
-            if build.up_to_date(final, entry.input_hash):
+            local = build.up_to_date(final, entry.input_hash)
+            if runtime.dry_run:
+                _dry_run_entry(entry, cfg, final, local, client, bucket, artifacts, runtime, mon)
+                continue
+            if local:
                 mon.log("release", f"{entry.name}: using the local build {final} (same input hash)")
                 entry.status = "reused"
             else:
@@ -197,15 +202,8 @@ def run(
                 build.run_build(cfg, monitor=mon, runtime=runtime)
                 entry.status = "built"
             bd = BuildDir.open(final)
-            have = upload.available(bd)
-            formats = tuple(k for k in ("iso", "squashfs", "netboot", "platform") if k in have)
-            opts = upload.Options(
-                bucket=bucket,
-                channel=entry.channel,
-                artifacts=tuple(a for a in artifacts if a != "sbom" or bd.sbom.is_file()) + formats,
-                metadata={"input_hash": entry.input_hash, "kiln_version": __version__},
-            )
-            _, results = upload.publish_build(bd, client, opts, upload.MonitorReporter(mon))
+            opts = _options(bd, entry, bucket, artifacts)
+            _, results = upload.publish_build(bd, client, opts, upload.MonitorReporter(mon), runtime=runtime)
             bad = [r for r in results if not r.ok]
             if bad:
                 raise UploadError("; ".join(f"{r.url}: {r.action}: {r.detail}" for r in bad))
@@ -218,6 +216,50 @@ def run(
             entry.seconds = round(time.monotonic() - started, 1)
             entry.bytes_sent = client.stats.bytes_sent - sent_before
     return entries
+
+
+def _options(bd: BuildDir, entry: Entry, bucket: str, artifacts: Sequence[str]) -> upload.Options:
+    have = upload.available(bd)
+    formats = tuple(k for k in ("iso", "squashfs", "netboot", "platform") if k in have)
+    return upload.Options(
+        bucket=bucket,
+        channel=entry.channel,
+        artifacts=tuple(a for a in artifacts if a != "sbom" or bd.sbom.is_file()) + formats,
+        metadata={"input_hash": entry.input_hash, "kiln_version": __version__},
+    )
+
+
+def _dry_run_entry(
+    entry: Entry,
+    cfg: Config,
+    final: Path,
+    local: bool,
+    client: Client,
+    bucket: str,
+    artifacts: Sequence[str],
+    runtime: Runtime,
+    mon: Monitor,
+) -> None:
+    """What a release would do for `entry`, said and not done: nothing is built, uploaded or indexed.
+
+    Only a local build with the entry's own input hash is ever looked at; any other build dir there (a stale
+    one) is not what the release would publish, so it is neither opened nor uploaded."""
+    prefix = f"gs://{bucket}/{object_name(entry.channel, entry.kubernetes_semver, '')}"
+    if local:
+        bd = BuildDir.open(final)
+        opts = _options(bd, entry, bucket, artifacts)
+        _, results = upload.publish_build(bd, client, opts, upload.MonitorReporter(mon), runtime=runtime)
+        for r in results:
+            mon.log("release", f"{entry.name}: {r.action}: {r.url}")
+        entry.status = "would-publish"
+        entry.detail = f"local build {final}; {len(results)} objects under {prefix}; index.json entry"
+    else:
+        if final.exists():
+            mon.log("release", f"{entry.name}: {final} holds another input hash; a release would rebuild it")
+        build.run_build(cfg, monitor=mon, runtime=runtime)  # prints the stages and commands, runs nothing
+        entry.status = "would-build"
+        entry.detail = f"build, verify, then publish {', '.join(artifacts)} under {prefix}; index.json entry"
+    mon.log("release", f"{entry.name}: dry run: {entry.detail}")
 
 
 def matrix_json(entries: Sequence[Entry]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import google_crc32c
 from kiln.core.builddir import MANIFEST, BuildDir
 from kiln.core.errors import InputError, Interrupted, UploadError
 from kiln.core.progress import Monitor
+from kiln.core.runtime import Runtime
 from kiln.publish.bucket import channel_for, object_name
 from kiln.publish.gcs import Client, ObjectInfo, PreconditionFailed, Stats
 
@@ -125,7 +126,6 @@ class Options:
     channel: str | None = None  # None: from the version
     artifacts: tuple[str, ...] = DEFAULT_ARTIFACTS
     force: bool = False
-    dry_run: bool = False
     parallel: int = 4
     metadata: Mapping[str, str] = field(default_factory=dict)  # added to every object (release: input_hash)
 
@@ -239,7 +239,8 @@ class Publisher:
     client: Client
     opts: Options
     channel: str
-    reporter: Reporter = field(default_factory=Reporter)
+    reporter: Reporter
+    runtime: Runtime  # dry-run: read the bucket, plan every object, write nothing
 
     def publish(self, items: list[Item]) -> list[Result]:
         """Hash everything first (bad local checksums stop the run before any write), then publish."""
@@ -290,22 +291,22 @@ class Publisher:
         remote = _remote(c, bucket, name)
         if remote.matches(h):
             if remote.sidecar_text == h.sha256:
-                res.action = "would-skip" if self.opts.dry_run else "skipped"
+                res.action = "would-skip" if self.runtime.dry_run else "skipped"
                 res.detail = "identical object already published"
                 return
-            res.action = "would-write-sidecar" if self.opts.dry_run else "sidecar-written"
+            res.action = "would-write-sidecar" if self.runtime.dry_run else "sidecar-written"
             res.detail = "object identical; its .sha256 was missing or wrong"
-            if not self.opts.dry_run:
+            if not self.runtime.dry_run:
                 self._write_sidecar(name, h, remote.sidecar_generation, item.path)
             return
         if remote.obj is not None and self.channel == "release" and not self.opts.force:
-            res.action = "would-refuse" if self.opts.dry_run else "refused"
+            res.action = "would-refuse" if self.runtime.dry_run else "refused"
             res.detail = (
                 f"a different image is published there (sha256 {remote.recorded_sha256() or 'unknown'}); "
                 "release objects are create-only: pass --force to replace it"
             )
             return
-        if self.opts.dry_run:
+        if self.runtime.dry_run:
             res.action = "would-upload"
             res.detail = "replace" if remote.obj else "new"
             return
@@ -391,21 +392,25 @@ def _content_type(name: str) -> str:
 
 
 def publish_build(
-    bd: BuildDir, client: Client, opts: Options, reporter: Reporter | None = None
+    bd: BuildDir, client: Client, opts: Options, reporter: Reporter | None = None, *, runtime: Runtime
 ) -> tuple[str, list[Result]]:
+    """Publish `bd`'s artifacts per `opts`. Under a dry-run runtime every object is planned against what the
+    bucket holds (would-upload, would-skip, ...) and nothing is written, in the bucket or beside the build."""
     channel, items = plan(bd, opts)
-    pub = Publisher(client, opts, channel, reporter or Reporter())
+    pub = Publisher(client, opts, channel, reporter or Reporter(), runtime)
     return channel, pub.publish(items)
 
 
-def results_json(bd: BuildDir, opts: Options, channel: str, results: list[Result], client: Client) -> dict:
+def results_json(
+    bd: BuildDir, opts: Options, channel: str, results: list[Result], client: Client, runtime: Runtime
+) -> dict:
     return {
         "build": str(bd.path),
         "name": bd.name,
         "bucket": opts.bucket,
         "channel": channel,
         "version": bd.kubernetes_semver,
-        "dry_run": opts.dry_run,
+        "dry_run": runtime.dry_run,
         "requests": client.stats.requests,
         "bytes_sent": client.stats.bytes_sent,
         "retries": client.stats.retries,
