@@ -7,7 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from kiln.config.settings import image_builder_table, markdown_table
+from kiln.config.imagebuilder import image_builder_table
+from kiln.config.settings import markdown_table
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 TABLES = (

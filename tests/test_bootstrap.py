@@ -86,10 +86,11 @@ def test_spec_from_config_adds_required_packages_and_hashes_boot_files(tmp_path)
     # the installer script is an input: editing it makes a new key
     fake_repo = tmp_path / "repo"
     shutil.copytree(REPO / "bootstrap", fake_repo / "bootstrap")
-    same = bootstrap.spec_from_config({"bootstrap_packages": ["htop"], "disk_size": 8192}, fake_repo)
+    values = {"bootstrap_suite": "bookworm", "bootstrap_packages": ["htop"], "disk_size": 8192}
+    same = bootstrap.spec_from_config(values, fake_repo)
     assert same.key() == spec.key()
     (fake_repo / "bootstrap" / "install-bootloader.sh").write_text("#!/bin/sh\nexit 1\n")
-    changed = bootstrap.spec_from_config({"bootstrap_packages": ["htop"], "disk_size": 8192}, fake_repo)
+    changed = bootstrap.spec_from_config(values, fake_repo)
     assert changed.key() != spec.key()
 
 

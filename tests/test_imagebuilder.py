@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from kiln import cli, config
-from kiln.config.settings import ALIASES, BY_NAME, IMAGE_BUILDER_IGNORED
+from kiln.config.imagebuilder import ALIASES, IMAGE_BUILDER_IGNORED
+from kiln.config.settings import BY_NAME
 from kiln.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,6 +18,7 @@ and says so.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -32,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from kiln.config import Config
+from kiln.config.settings import BY_NAME
 from kiln.core import proc
 from kiln.core.errors import BuildError, InputError
 from kiln.core.runtime import Runtime
@@ -160,15 +163,20 @@ def files_digest(repo_root: Path) -> str:
 
 def spec_from_config(values: Any, repo_root: Path) -> BaseSpec:
     """BaseSpec from a Config (or a plain mapping of config values)."""
-    extra = values.get("bootstrap_packages") or []
+    given = values.values if isinstance(values, Config) else values
+
+    def get(key: str) -> Any:  # a Config has every key; a partial mapping takes the table's defaults
+        return given.get(key, BY_NAME[key].default)
+
+    extra = get("bootstrap_packages") or []
     if isinstance(extra, str):
         extra = [p for p in extra.replace(",", " ").split() if p]
     packages = tuple(sorted(set(REQUIRED_PACKAGES) | {str(p) for p in extra}))
     return BaseSpec(
-        suite=str(values.get("bootstrap_suite") or "bookworm"),
-        mirror=str(values.get("bootstrap_mirror") or "http://deb.debian.org/debian"),
+        suite=str(get("bootstrap_suite")),
+        mirror=str(get("bootstrap_mirror")),
         packages=packages,
-        disk_size_mib=int(values.get("disk_size") or 20480),
+        disk_size_mib=int(get("disk_size")),
         files_digest=files_digest(repo_root),
     )
 
@@ -207,6 +215,13 @@ def cached(spec: BaseSpec, cache_dir: Path) -> BaseImage | None:
     return BaseImage(spec.key(), entry, True, json.loads(info_path.read_text()))
 
 
+def _used(base: BaseImage) -> BaseImage:
+    """Record a reuse: info.json's mtime is the entry's last use (kiln cache ls / prune)."""
+    with contextlib.suppress(OSError):
+        os.utime(base.dir / "info.json")
+    return base
+
+
 def ensure_base(
     spec: BaseSpec,
     cache_dir: Path,
@@ -227,13 +242,13 @@ def ensure_base(
     hit = cached(spec, cache_dir)
     if hit is not None:
         say(f"base: reusing cached base disk {hit.dir} (key {key}, inputs unchanged)")
-        return hit
+        return _used(hit)
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         hit = cached(spec, cache_dir)
         if hit is not None:
             say(f"base: reusing cached base disk {hit.dir} (key {key}, built by a concurrent run)")
-            return hit
+            return _used(hit)
         if os.geteuid() != 0:
             raise InputError(
                 "bootstrap: building the base disk needs root (mmdebstrap into a directory, mkfs -d)",

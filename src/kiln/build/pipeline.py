@@ -56,7 +56,6 @@ from kiln.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-STAGES = ("base", "os", "kubernetes", "finalize")
 SERIAL_LOG = "build-serial.log"
 FINALIZE_COMMAND = "sudo /usr/local/sbin/kiln-finalize"  # written by the sysprep role; Packer's shutdown
 STAGE_SHUTDOWN = "sudo shutdown -P now"  # the os stage ends without sysprep
@@ -413,7 +412,7 @@ def plan_ids(cfg: Config) -> dict[str, stages.StageId]:
     base_key = ""
     if cfg.values["install_method"] == "bootstrap":
         base_key = bootstrap.spec_from_config(cfg, cfg.repo_root).key()
-    return stages.stage_ids(cfg.plain(), cfg.repo_root, base_key)
+    return stages.stage_ids(cfg.plain(), cfg.repo_root, cfg.work_root, base_key)
 
 
 def run_build(

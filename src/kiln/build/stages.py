@@ -6,12 +6,18 @@
     kubernetes  kubernetes, extra_roles_after, the package list, the in-guest goss check and sysprep
     finalize    qcow2, OVA, manifest, SBOM, verify, publish (never cached: it always runs)
 
+`STAGES` is the stage table: each stage's name, layout version, how it runs, whether it is cached, what it
+makes and the files it reads. The settings it reads are declared by each setting (`Setting.stage`). The
+build, its dry run, the stage IDs and `kiln cache ls|prune` all read the table.
+
 A stage's ID is sha256(parent ID, stage name, the stage's layout version, the settings it reads, the
-files it reads). Settings that only say where bytes come from (mirrors, proxies, the stand-in server's URL)
-are left out (`Setting.location`), so changing them reuses every stage. The finished image's input hash is
+files it reads, by content and by path relative to their root). Settings that only say where bytes come
+from (mirrors, proxies, the stand-in server's URL) are left out (`Setting.location`), so changing them
+reuses every stage; the same inputs in any checkout give the same IDs. The finished image's input hash is
 the ID of `finalize`.
 
-Cache layout (under cache_dir/stages/):
+Cache layout (under cache_dir/stages/; the bootstrap base disks under cache_dir/bootstrap/, see
+kiln.build.bootstrap, are listed and pruned with them):
 
     ID/disk.qcow2      the stage's disk: a qcow2 overlay whose backing file is the parent stage's disk
     ID/record.json     stage, parent, target, inputs, size, created, last_used
@@ -36,86 +42,78 @@ from typing import Any
 
 from kiln import __version__
 from kiln.core.errors import InputError
-from kiln.config.settings import BY_NAME
+from kiln.config.settings import SETTINGS, STAGE_NAMES
 
-# Bump a stage's layout when kiln's code changes what that stage puts on the disk.
-LAYOUT = {"base": 1, "os": 1, "kubernetes": 1, "finalize": 1}
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table: everything the build, its dry run, the stage IDs and the cache know
+    about a stage comes from here (and the settings it reads from each Setting's `stage`)."""
 
-_KUBERNETES_KEYS = {k for k in BY_NAME if k.startswith(("kubernetes_", "crictl_", "goss_"))} | {
-    "extra_roles_after"
-}
-_FINALIZE_KEYS = {"cpus", "memory", "guest_os_type", "builder", "formats", "disk_size"}
-_BASE_KEYS = {k for k in BY_NAME if k.startswith(("iso_", "cloudimg_", "bootstrap_", "boot_"))} | {
-    "os_name", "os_version", "os_family", "install_method", "firmware", "disk_size",
-}  # fmt: skip
+    name: str
+    layout: int  # bump when kiln's code changes what this stage puts on the disk
+    runner: str  # how it runs: "bootstrap" (mmdebstrap, no VM), "packer" (a Packer build), "local" (host tools)
+    cached: bool  # kept in cache_dir (the base under bootstrap/, the others under stages/)
+    makes: str  # what it makes, as the progress line says
+    files: tuple[str, ...]  # globs under the data root whose content is an input
+    user_files: tuple[str, ...] = ()  # settings naming the user's files (roles, specs) whose content counts
 
-# The files each stage reads (globs relative to the repo root). The templates are read by every Packer run.
-FILES = {
-    "base": ("bootstrap/*", "packer/http/**/*"),
-    "os": (
-        "ansible/playbook.yml", "ansible/ansible.cfg", "ansible/roles/node/**/*",
-        "ansible/roles/containerd/**/*", "ansible/roles/cni/**/*", "ansible/roles/providers/**/*",
-        "ansible/roles/extra_roles/**/*",
-        "packer/templates/*", "packer/shims/*",
-    ),
-    "kubernetes": (
-        "ansible/playbook.yml", "ansible/sysprep.yml", "ansible/ansible.cfg",
-        "ansible/roles/kubernetes/**/*", "ansible/roles/extra_roles/**/*", "ansible/roles/sysprep/**/*",
-        "goss/**/*", "packer/templates/*", "packer/shims/*",
-    ),
-    "finalize": ("goss/**/*",),
-}  # fmt: skip
-CACHED = ("os", "kubernetes")
+
+STAGES: tuple[Stage, ...] = (
+    Stage("base", 1, "bootstrap", True, "the OS on a disk (GPT, ESP, ext4 root) from distro packages",
+          ("bootstrap/*", "packer/http/**/*")),
+    Stage("os", 1, "packer", True, "extra_roles_before, node, containerd, cni, providers",
+          ("ansible/playbook.yml", "ansible/ansible.cfg", "ansible/roles/node/**/*",
+           "ansible/roles/containerd/**/*", "ansible/roles/cni/**/*", "ansible/roles/providers/**/*",
+           "ansible/roles/extra_roles/**/*", "packer/templates/*", "packer/shims/*"),
+          ("extra_roles_before",)),
+    Stage("kubernetes", 1, "packer", True, "kubernetes, extra_roles_after, goss check, sysprep",
+          ("ansible/playbook.yml", "ansible/sysprep.yml", "ansible/ansible.cfg",
+           "ansible/roles/kubernetes/**/*", "ansible/roles/extra_roles/**/*", "ansible/roles/sysprep/**/*",
+           "goss/**/*", "packer/templates/*", "packer/shims/*"),
+          ("extra_roles_after", "goss_spec_dir", "goss_vars_file")),
+    Stage("finalize", 1, "local", False, "qcow2, OVA, sha256, manifest, SBOM, live formats, verify",
+          ("goss/**/*",)),
+)  # fmt: skip
+BY_STAGE: dict[str, Stage] = {s.name: s for s in STAGES}
+assert tuple(BY_STAGE) == STAGE_NAMES, "the stage table and the settings' stage names agree"
 
 
 def stage_settings(stage: str) -> list[str]:
-    """The settings a stage reads (location settings never count)."""
-    content = [s.name for s in BY_NAME.values() if not s.location]
-    if stage == "base":
-        return [k for k in content if k in _BASE_KEYS]
-    if stage == "kubernetes":
-        return [k for k in content if k in _KUBERNETES_KEYS]
-    if stage == "finalize":
-        return [k for k in content if k in _FINALIZE_KEYS]
-    return [k for k in content if k not in _KUBERNETES_KEYS | _FINALIZE_KEYS | _BASE_KEYS]
+    """The settings a stage reads, as each setting declares it (location settings never count)."""
+    return [s.name for s in SETTINGS if stage in s.stages and not s.location]
 
 
-def files_digest(repo_root: Path, patterns: tuple[str, ...]) -> str:
+def files_digest(root: Path, patterns: tuple[str, ...]) -> str:
+    """Content and paths relative to `root`: the same files in any checkout (or wheel) hash the same."""
     h = hashlib.sha256()
     seen: set[Path] = set()
     for pattern in patterns:
-        for path in sorted(repo_root.glob(pattern)):
+        for path in sorted(root.glob(pattern)):
             if path.is_file() and path not in seen:
                 seen.add(path)
-                h.update(str(path.relative_to(repo_root)).encode() + b"\0" + path.read_bytes() + b"\0")
+                h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
-def _extra_role_files(values: Mapping[str, Any], key: str, repo_root: Path) -> str:
-    """Custom roles given as paths are inputs too: their files' content goes into the ID."""
+def user_files_digest(values: Mapping[str, Any], keys: tuple[str, ...], root: Path) -> str:
+    """The user's roles, specs and vars files named by `keys`: their content and their paths relative to
+    what was named (never absolute paths), so the same files anywhere give the same ID."""
     h = hashlib.sha256()
-    for role in values.get(key) or ():
-        path = Path(str(role))
-        path = path if path.is_absolute() else repo_root / path
-        if path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if f.is_file():
-                    h.update(str(f.relative_to(path)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def _user_goss_files(values: Mapping[str, Any], repo_root: Path) -> str:
-    """The user's goss specs and vars file are inputs of the stage that runs the in-guest check."""
-    h = hashlib.sha256()
-    for key in ("goss_spec_dir", "goss_vars_file"):
-        raw = str(values.get(key) or "")
-        if not raw:
-            continue
-        path = Path(raw) if Path(raw).is_absolute() else repo_root / raw
-        files = sorted(path.rglob("*")) if path.is_dir() else [path]
-        for f in files:
-            if f.is_file():
-                h.update(str(f).encode() + b"\0" + f.read_bytes())
+    for key in keys:
+        raw = values.get(key) or ()
+        for item in [raw] if isinstance(raw, str) else raw:
+            path = Path(str(item))
+            path = path if path.is_absolute() else root / path
+            if path.is_dir():
+                files = sorted(f for f in path.rglob("*") if f.is_file())
+            elif path.is_file():
+                files = [path]
+            else:
+                continue
+            h.update(key.encode() + b"\0")
+            for f in files:
+                rel = f.relative_to(path) if f != path else Path(f.name)
+                h.update(str(rel).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -131,28 +129,26 @@ class StageId:
         return self.id[:12]
 
 
-def stage_ids(values: Mapping[str, Any], repo_root: Path, base_key: str = "") -> dict[str, StageId]:
-    """The IDs of base, os, kubernetes and finalize for a resolved config (plain values)."""
+def stage_ids(values: Mapping[str, Any], root: Path, work_root: Path, base_key: str = "") -> dict[str, StageId]:
+    """The IDs of every stage in the table for a resolved config (plain values). `root` is the data root
+    (kiln's own files), `work_root` where the user's relative paths point (kiln.core.paths.work_root)."""
     out: dict[str, StageId] = {}
     parent = ""
-    for stage in ("base", "os", "kubernetes", "finalize"):
+    for stage in STAGES:
         inputs: dict[str, Any] = {
-            "layout": LAYOUT[stage],
-            "settings": {k: values.get(k) for k in stage_settings(stage)},
-            "files": files_digest(repo_root, FILES[stage]),
+            "layout": stage.layout,
+            "settings": {k: values.get(k) for k in stage_settings(stage.name)},
+            "files": files_digest(root, stage.files),
         }
-        if stage == "base" and base_key:
+        if stage.user_files:
+            inputs["user_files"] = user_files_digest(values, stage.user_files, work_root)
+        if stage.name == "base" and base_key:
             inputs["bootstrap"] = base_key  # kiln.bootstrap's own key of the base disk
-        if stage == "os":
-            inputs["roles"] = _extra_role_files(values, "extra_roles_before", repo_root)
-        if stage == "kubernetes":
-            inputs["roles"] = _extra_role_files(values, "extra_roles_after", repo_root)
-            inputs["user_specs"] = _user_goss_files(values, repo_root)
-        if stage == "finalize":
+        if stage.name == "finalize":
             inputs["kiln"] = __version__
-        blob = json.dumps({"parent": parent, "stage": stage, "inputs": inputs}, sort_keys=True, default=str)
+        blob = json.dumps({"parent": parent, "stage": stage.name, "inputs": inputs}, sort_keys=True, default=str)
         sid = hashlib.sha256(blob.encode()).hexdigest()
-        out[stage] = StageId(stage, sid, parent, inputs)
+        out[stage.name] = StageId(stage.name, sid, parent, inputs)
         parent = sid
     return out
 
@@ -257,7 +253,16 @@ def store(
     return base / sid / DISK
 
 
+BASE_ROOT = "bootstrap"  # cache_dir/bootstrap/KEY/{base.qcow2,info.json,...}: kiln.build.bootstrap's entries
+BASE_DISK = "base.qcow2"
+
+
 def entries(cache_dir: Path) -> list[Record]:
+    """Every finished cache entry: the bootstrap base disks and the stages built on them."""
+    return _base_entries(cache_dir) + _stage_entries(cache_dir)
+
+
+def _stage_entries(cache_dir: Path) -> list[Record]:
     base = root(cache_dir)
     if not base.is_dir():
         return []
@@ -271,24 +276,72 @@ def entries(cache_dir: Path) -> list[Record]:
     return out
 
 
+def _base_entries(cache_dir: Path) -> list[Record]:
+    """The bootstrap base disks as records (stage "base"); last use is info.json's mtime, which
+    kiln.build.bootstrap touches on every reuse."""
+    base = cache_dir / BASE_ROOT
+    if not base.is_dir():
+        return []
+    out = []
+    for entry in sorted(base.iterdir()):
+        info_path, disk_path = entry / "info.json", entry / BASE_DISK
+        if entry.name.startswith(".") or not (info_path.is_file() and disk_path.is_file()):
+            continue
+        try:
+            info = json.loads(info_path.read_text())
+        except (OSError, ValueError):
+            continue
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        used = info_path.stat().st_mtime
+        suite = str(info.get("suite", "")) if isinstance(info, dict) else ""
+        out.append(Record(entry.name, "base", "", f"bootstrap {suite}".strip(), "", size, used, used, {}))
+    return out
+
+
+def entry_disk(cache_dir: Path, record: Record) -> Path:
+    if record.stage == "base":
+        return cache_dir / BASE_ROOT / record.id / BASE_DISK
+    return disk(cache_dir, record.id)
+
+
+def _entry_dir(cache_dir: Path, record: Record) -> Path:
+    return entry_disk(cache_dir, record).parent
+
+
+def _held_entry(cache_dir: Path, record: Record) -> bool:
+    if record.stage != "base":
+        return _held(cache_dir, record.id)
+    path = cache_dir / BASE_ROOT / f"{record.id}.lock"
+    if not path.exists():
+        return False
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
 def prune(cache_dir: Path, max_size: int | None = None, older_than_days: float | None = None) -> list[Record]:
-    """Delete least recently used stages first until the cache fits `max_size` bytes and nothing is older
-    than `older_than_days` (by last use). A stage held by a running build is never deleted, and a stage goes
-    together with the stages built on it (their disks would lose their backing file). Stale temp entries of
-    interrupted builds go too."""
+    """Delete least recently used entries first until the cache fits `max_size` bytes and nothing is older
+    than `older_than_days` (by last use). An entry held by a running build is never deleted, and an entry
+    goes together with the stages built on it (their disks would lose their backing file). Stale temp
+    entries of interrupted builds go too."""
     if max_size is None and older_than_days is None:
         raise InputError("cache prune: give --max-size and/or --older-than")
-    base = root(cache_dir)
-    for stale in base.glob(".*.tmp-*") if base.is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)
+    for folder in (root(cache_dir), cache_dir / BASE_ROOT):
+        for stale in folder.glob(".*.tmp-*") if folder.is_dir() else []:
+            shutil.rmtree(stale, ignore_errors=True)
     records = entries(cache_dir)
-    children: dict[str, list[Record]] = {}
+    children: dict[str, list[Record]] = {}  # a stage's disk is backed by its parent's: link them by path
     for r in records:
-        children.setdefault(r.parent, []).append(r)
+        if r.parent_disk:
+            children.setdefault(str(Path(r.parent_disk)), []).append(r)
 
     def family(r: Record) -> list[Record]:
         out = [r]
-        for child in children.get(r.id, []):
+        for child in children.get(str(entry_disk(cache_dir, r)), []):
             out += family(child)
         return out
 
@@ -304,10 +357,10 @@ def prune(cache_dir: Path, max_size: int | None = None, older_than_days: float |
         if not (too_old or too_big):
             continue
         group = [x for x in family(r) if x.id not in gone]
-        if any(_held(cache_dir, x.id) for x in group):
+        if any(_held_entry(cache_dir, x) for x in group):
             continue
         for x in group:
-            shutil.rmtree(base / x.id, ignore_errors=True)
+            shutil.rmtree(_entry_dir(cache_dir, x), ignore_errors=True)
             gone.add(x.id)
             total -= x.size
             removed.append(x)

@@ -26,22 +26,22 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from kiln.config.settings import (
-    ALIASES,
-    BY_NAME,
-    IMAGE_BUILDER_IGNORED,
-    SEMVER_RE,
-    SETTINGS,
-    SHARED_FILES,
-    Setting,
-    unprintable,
+from kiln.config.derive import (
+    DEFAULT,
+    DERIVED,
+    derive,
+    derived_kubernetes,
+    packer_spellings,
+    select_versioned_sums,
 )
+from kiln.config.imagebuilder import ALIASES, IMAGE_BUILDER_IGNORED
+from kiln.config.readers import json_type, read_layer
+from kiln.config.settings import BY_NAME, SETTINGS, SHARED_FILES, Setting
+from kiln.config.validators import unprintable
 from kiln.core import builddir, inputs, paths
 from kiln.core.errors import ConfigError, InputError
 from kiln.core.runtime import Runtime
 
-DEFAULT = "default"
-DERIVED = "derived"
 CLI = "-var"
 
 
@@ -104,10 +104,16 @@ class Config:
         """`{"key": {"value": V, "origin": "file"}}`, as stored in build dirs as config.json."""
         return {k: {"value": _plain(v), "origin": self.origins[k]} for k, v in self.values.items()}
 
+    @property
+    def work_root(self) -> Path:
+        """Where relative locations and the user's relative paths point: the checkout, or for an installed
+        wheel the current directory (kiln.core.paths.work_root)."""
+        return paths.work_root(self.repo_root, Path.cwd())
+
     def path(self, key: str) -> Path:
         """A location setting (output_dir, cache_dir) resolved against the checkout, or for an installed
         wheel against the current directory."""
-        return (paths.work_root(self.repo_root, Path.cwd()) / str(self.values[key])).resolve()
+        return (self.work_root / str(self.values[key])).resolve()
 
 
 def _plain(value: Any) -> Any:
@@ -168,157 +174,6 @@ def check_target(target: str, root: Path | None = None) -> str:
     raise InputError(f"config/{target}.json: no such target", hint=hint)
 
 
-# --- reading layer files ---------------------------------------------------------------------------------
-
-
-def _read_text(path: Path, label: str, problems: list[str]) -> str | None:
-    try:
-        return inputs.read_text(path, "var file")
-    except InputError as err:
-        problems.append(err.message.replace(str(path), label, 1))
-        return None
-
-
-def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
-    text = _read_text(path, label, problems)
-    if text is None:
-        return None
-    try:
-        data = inputs.loads_json(text, label, "var file")
-    except InputError as err:
-        problems.append(err.message)
-        return None
-    if not isinstance(data, dict):
-        problems.append(f"{label}: must hold a JSON object of settings, not {_json_type(data)}")
-        return None
-    return data
-
-
-_HCL_ATTR = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-
-
-def hcl_top_level_names(text: str) -> list[tuple[str, int]]:
-    """(name, line) of each top-level `name = ...` attribute, in order, duplicates included.
-
-    python-hcl2 keeps only the last of two equal attributes; Packer refuses them, and so does kiln.
-    """
-    names: list[tuple[str, int]] = []
-    depth = 0
-    line = 1
-    i = 0
-    at_line_start = True
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\n":
-            line += 1
-            at_line_start = True
-            i += 1
-            continue
-        if c in " \t\r":
-            i += 1
-            continue
-        if c == "#" or text.startswith("//", i):
-            while i < n and text[i] != "\n":
-                i += 1
-            continue
-        if text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            end = n if end < 0 else end + 2
-            line += text.count("\n", i, end)
-            i = end
-            continue
-        if text.startswith("<<", i):  # heredoc: skip to its terminator line
-            m = re.match(r"<<-?([A-Za-z_][A-Za-z0-9_]*)", text[i:])
-            if m:
-                tag = m.group(1)
-                closing = re.compile(rf"^\s*{tag}\s*$", re.M).search(text, i + m.end())
-                stop = n if closing is None else closing.end()
-                line += text.count("\n", i, stop)
-                i = stop
-                at_line_start = False
-                continue
-        if c == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                if text[i] == "\\":
-                    i += 1
-                elif text[i] == "\n":
-                    line += 1
-                i += 1
-            i += 1
-            at_line_start = False
-            continue
-        if depth == 0 and at_line_start:
-            m = _HCL_ATTR.match(text, i)
-            if m and re.match(r"\s*=(?!=)", text[m.end() :]):
-                names.append((m.group(0), line))
-        if c in "{[(":
-            depth += 1
-        elif c in "}])":
-            depth = max(0, depth - 1)
-        at_line_start = False
-        i += 1
-    return names
-
-
-def _read_hcl(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
-    import hcl2  # python-hcl2; imported here so that plain JSON configs don't pay for lark
-
-    text = _read_text(path, label, problems)
-    if text is None:
-        return None
-    seen: dict[str, int] = {}
-    duplicate = False
-    for name, line in hcl_top_level_names(text):
-        if name in seen:
-            problems.append(f"{label}: line {line}: {name}: set twice (first on line {seen[name]})")
-            duplicate = True
-        seen.setdefault(name, line)
-    if duplicate:
-        return None
-    try:
-        options = hcl2.SerializationOptions(
-            with_comments=False, explicit_blocks=False, strip_string_quotes=True, preserve_heredocs=False
-        )
-        data = hcl2.loads(text, serialization_options=options)
-    except RecursionError:
-        problems.append(f"{label}: var file is nested too deeply")
-        return None
-    except Exception as exc:  # lark raises many exception types; all carry line/column when known
-        at_line = getattr(exc, "line", None)
-        column = getattr(exc, "column", None)
-        where = f"line {at_line} column {column}: " if at_line is not None else ""
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        problems.append(f"{label}: {where}malformed HCL: {first}")
-        return None
-    problem = inputs.check_data(data)
-    if problem:
-        problems.append(f"{label}: var file {problem}")
-        return None
-    out = {k: _unhcl(v) for k, v in data.items()}
-    for key, value in list(out.items()):
-        if "${" in json.dumps(value):
-            problems.append(f"{label}: {key}: expressions (${{...}}) are not supported in var files")
-            del out[key]
-    return out
-
-
-def _unhcl(value: Any) -> Any:
-    """Undo python-hcl2's leftovers: '${...}' wrappers are not allowed in var files; keep plain data."""
-    if isinstance(value, list):
-        return [_unhcl(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k).strip('"'): _unhcl(v) for k, v in value.items() if not str(k).startswith("__")}
-    return value
-
-
-def _read_layer(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
-    if path.suffix == ".hcl":
-        return _read_hcl(path, label, problems)
-    return _read_json(path, label, problems)
-
-
 # --- types ---------------------------------------------------------------------------------------------
 
 
@@ -335,21 +190,7 @@ def _check_type(setting: Setting, value: Any) -> str | None:
         ok = isinstance(value, want)
     if ok:
         return None
-    return f"wrong type: want {setting.type_name}, got {_json_type(value)} {json.dumps(value)[:60]}"
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "list"
-    if isinstance(value, Mapping):
-        return "map"
-    return "null" if value is None else type(value).__name__
+    return f"wrong type: want {setting.type_name}, got {json_type(value)} {json.dumps(value)[:60]}"
 
 
 _INT_RE = re.compile(r"-?[0-9]{1,30}", re.ASCII)
@@ -433,9 +274,9 @@ def load(
         _set(setting, value, override_origin, values, origins, problems)
 
     _resolve_templates(values, origins, problems, layering)
-    _packer_spellings(values, origins)
-    _derive(values, origins)
-    _select_versioned_sums(values)
+    packer_spellings(values, origins)
+    derive(values, origins)
+    select_versioned_sums(values)
     _check_values(values, origins, problems)
     _check_consistency(root, values, origins, problems)
     if problems:
@@ -496,7 +337,7 @@ def _apply_file(
     problems: list[str],
     layering: _Layering | None = None,
 ) -> None:
-    data = _read_layer(path, label, problems)
+    data = read_layer(path, label, problems)
     if data is None:
         return
     layering = layering if layering is not None else _Layering()
@@ -638,74 +479,6 @@ def _set(
     origins[setting.name] = origin
 
 
-def derived_kubernetes(semver: str) -> dict[str, str]:
-    """kubernetes_series / _deb_version / _rpm_version and the pkgs.k8s.io repos from one semver."""
-    match = SEMVER_RE.match(semver)
-    if not match:
-        return {}
-    major, minor = match.group(1), match.group(2)
-    series = f"v{major}.{minor}"
-    bare = semver[1:]
-    deb_repo = f"https://pkgs.k8s.io/core:/stable:/{series}/deb/"
-    rpm_repo = f"https://pkgs.k8s.io/core:/stable:/{series}/rpm/"
-    return {
-        "kubernetes_series": series,
-        "kubernetes_deb_version": f"{bare}-1.1",
-        "kubernetes_rpm_version": bare,
-        "kubernetes_deb_repo": deb_repo,
-        "kubernetes_deb_gpg_key": f"{deb_repo}Release.key",
-        "kubernetes_rpm_repo": rpm_repo,
-        "kubernetes_rpm_gpg_key": f"{rpm_repo}repodata/repomd.xml.key",
-    }
-
-
-def _packer_spellings(values: dict[str, Any], origins: dict[str, str]) -> None:
-    """Packer spellings image-builder's var files use, in kiln's form: a checksum given as the URL of a
-    checksum file (with the old iso_checksum_type "file") is file:URL; a qemu firmware given as the path of
-    an OVMF/EFI image (`"firmware": "OVMF.fd"`) is efi; on a cloudimg target, iso_url and iso_checksum name
-    the cloud image (image-builder's qemu cloudimg files use them for it)."""
-    if values.get("install_method") == "cloudimg" and values.get("iso_url"):
-        for kind in ("url", "checksum"):
-            if values.get(f"iso_{kind}"):
-                values[f"cloudimg_{kind}"] = values[f"iso_{kind}"]
-                origins[f"cloudimg_{kind}"] = f"{origins[f'iso_{kind}']} (image-builder: iso_{kind})"
-    for key in ("iso_checksum", "cloudimg_checksum"):
-        value = values.get(key)
-        if isinstance(value, str) and re.match(r"(?i)https?://", value):
-            values[key] = f"file:{value}"
-    firmware = values.get("firmware")
-    if isinstance(firmware, str) and re.search(r"(?i)(ovmf|edk2|efi).*\.(fd|bin)$", firmware):
-        values["firmware"] = "efi"
-
-
-CRICTL_RELEASE = (
-    "https://github.com/kubernetes-sigs/cri-tools/releases/download/v{v}/crictl-v{v}-linux-amd64.tar.gz"
-)
-RUNC_RELEASE = "https://github.com/opencontainers/runc/releases/download/v{v}/runc.amd64"
-CONTAINERD_RELEASE = (
-    "https://github.com/containerd/containerd/releases/download/v{v}/containerd-{v}-linux-amd64.tar.gz"
-)
-
-
-def _derive(values: dict[str, Any], origins: dict[str, str]) -> None:
-    derived = derived_kubernetes(str(values["kubernetes_semver"]))
-    containerd = str(values["containerd_version"]).removeprefix("v")
-    derived["containerd_url"] = CONTAINERD_RELEASE.format(v=containerd)
-    if values["kubernetes_source_type"] == "http" and "kubernetes_series" in derived:
-        # kubeadm needs crictl; the packages bring cri-tools, the http source brings the minor's release
-        derived["crictl_version"] = derived["kubernetes_series"][1:] + ".0"
-    crictl = str(values["crictl_version"] or derived.get("crictl_version", "")).removeprefix("v")
-    if crictl:
-        derived["crictl_url"] = CRICTL_RELEASE.format(v=crictl)
-    runc = str(values["runc_version"]).removeprefix("v")
-    if runc and values["containerd_source_type"] == "http":
-        derived["runc_url"] = RUNC_RELEASE.format(v=runc)
-    for key, value in derived.items():
-        if origins[key] == DEFAULT:
-            values[key] = value
-            origins[key] = DERIVED
-
-
 def _text_problem(value: Any, multiline: bool = False) -> str | None:
     """Every string in a value (list items, map keys and values too) must be printable, with no control
     characters: a newline in a duration or a NUL in a path ends up in a template or a command line."""
@@ -722,19 +495,6 @@ def _text_problem(value: Any, multiline: bool = False) -> str | None:
             if problem:
                 return f"{problem}: {inputs.clip(item)}"
     return None
-
-
-def _select_versioned_sums(values: dict[str, Any]) -> None:
-    """kubernetes_http_sha256 may hold sums for several versions as "VERSION/NAME" keys (one var file for a
-    build of several Kubernetes versions); keep the plain NAME entries and those of kubernetes_semver, so
-    that the value, and the stage IDs, depend only on this build's version."""
-    sums = values.get("kubernetes_http_sha256")
-    if not isinstance(sums, Mapping) or not any("/" in str(k) for k in sums):
-        return
-    prefix = f"{values['kubernetes_semver']}/"
-    chosen = {k: v for k, v in sums.items() if "/" not in str(k)}
-    chosen.update({str(k)[len(prefix) :]: v for k, v in sums.items() if str(k).startswith(prefix)})
-    values["kubernetes_http_sha256"] = chosen
 
 
 def _check_values(values: dict[str, Any], origins: dict[str, str], problems: list[str]) -> None:

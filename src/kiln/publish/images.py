@@ -18,7 +18,7 @@ from pathlib import Path
 
 import requests
 
-from kiln.config.settings import unprintable, url_problem
+from kiln.config.validators import unprintable, url_problem
 from kiln.core.builddir import sha256_file
 from kiln.core.errors import InputError, UploadError
 from kiln.core.inputs import clip

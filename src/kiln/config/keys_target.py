@@ -1,0 +1,158 @@
+"""The target's keys: what OS, how it gets onto the disk (config/BUILD_NAME.json)."""
+
+from __future__ import annotations
+
+from kiln.config.setting import Setting as S
+from kiln.config.validators import (
+    _checksum,
+    _duration,
+    _name,
+    _one_of,
+    _url,
+)
+
+TARGET: tuple[S, ...] = (
+    # --- the target: what OS, how it gets onto the disk (config/<build_name>.json) ------------------------
+    S(
+        "build_name",
+        str,
+        "",
+        "Image name; the OS file is config/BUILD_NAME.json. Required.",
+        "os",
+        _name,
+        stage="os",
+    ),
+    S(
+        "os_name",
+        str,
+        "",
+        "Distribution: ubuntu, debian, centos, rockylinux. Required.",
+        "os",
+        _one_of("ubuntu", "debian", "centos", "rockylinux"),
+        aliases=("distro_name",),
+        stage="base",
+    ),
+    S("os_version", str, "", "Distribution version, e.g. 22.04, 12, 9. Required.", "os", stage="base"),
+    S(
+        "os_family",
+        str,
+        "debian",
+        "Package family: debian (apt) or redhat (yum/dnf).",
+        "os",
+        _one_of("debian", "redhat"),
+        stage="base",
+    ),
+    S(
+        "install_method",
+        str,
+        "installer",
+        "How the OS gets onto the disk: installer (ISO + boot_command + boot files), cloudimg (cloud image + "
+        "cloud-init seed, qemu only), bootstrap (base disk built locally from distro packages, qemu only).",
+        "os",
+        _one_of("installer", "cloudimg", "bootstrap"),
+        stage="base",
+    ),
+    S(
+        "firmware",
+        str,
+        "bios",
+        "Boot firmware of the build VM and the image: bios or efi (OVMF on qemu; an OVMF image path, as "
+        "image-builder's qemu files give it, means efi).",
+        "os",
+        _one_of("bios", "efi"),
+        stage="base",
+    ),
+    S(
+        "guest_os_type",
+        str,
+        "other5xlinux-64guest",
+        "VMware guest OS id written to the VMX/OVF.",
+        "os",
+        stage="finalize",
+    ),
+    S("iso_url", str, "", "installer: URL of the installer ISO.", "os", _url, stage="base"),
+    S(
+        "iso_checksum",
+        str,
+        "",
+        "installer: checksum of the ISO as TYPE:HEX, bare HEX, or file:URL (a bare URL means file:URL).",
+        "os",
+        _checksum,
+        stage="base",
+    ),
+    S(
+        "boot_command",
+        list,
+        [],
+        "installer: keys Packer types at the boot menu. {{ .HTTPIP }} and "
+        "{{ .HTTPPort }} reach Packer's HTTP server, which serves the boot files.",
+        "os",
+        stage="base",
+    ),
+    S(
+        "boot_wait",
+        str,
+        "10s",
+        "installer: wait before typing boot_command.",
+        "os",
+        _duration,
+        stage="base",
+        location=True,
+    ),
+    S(
+        "boot_files",
+        list,
+        [],
+        "installer/cloudimg: boot files under packer/http/ (preseed, autoinstall "
+        "user-data/meta-data, kickstart), rendered with the build's SSH key and served over HTTP.",
+        "os",
+        stage="base",
+    ),
+    S("cloudimg_url", str, "", "cloudimg: URL of the cloud image (qcow2).", "os", _url, stage="base"),
+    S(
+        "cloudimg_checksum",
+        str,
+        "",
+        "cloudimg: checksum of the cloud image as TYPE:HEX.",
+        "os",
+        _checksum,
+        stage="base",
+    ),
+    S(
+        "bootstrap_suite",
+        str,
+        "",
+        "bootstrap: Debian suite for mmdebstrap, e.g. bookworm.",
+        "os",
+        stage="base",
+    ),
+    S(
+        "bootstrap_mirror",
+        str,
+        "http://deb.debian.org/debian",
+        "bootstrap: Debian mirror for mmdebstrap.",
+        "os",
+        _url,
+        stage="base",
+        location=True,
+    ),
+    S(
+        "bootstrap_packages",
+        list,
+        [],
+        "bootstrap: extra packages in the base disk (kernel, sshd, cloud-init and "
+        "python3 are always included).",
+        "os",
+        stage="base",
+    ),
+    S(
+        "ssh_timeout",
+        str,
+        "60m",
+        "How long Packer waits for SSH into the build VM.",
+        "os",
+        _duration,
+        stage="os",
+        location=True,
+    ),
+)

@@ -1,0 +1,176 @@
+"""Reading layer files: JSON, and Packer's .pkrvars.hcl (parsed with python-hcl2, located with a small lexer
+for top-level names so that errors carry a line). Each reader appends `FILE: problem` lines and returns None
+on failure; config loading collects them all before reporting."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kiln.core import inputs
+from kiln.core.errors import InputError
+
+
+def _read_text(path: Path, label: str, problems: list[str]) -> str | None:
+    try:
+        return inputs.read_text(path, "var file")
+    except InputError as err:
+        problems.append(err.message.replace(str(path), label, 1))
+        return None
+
+
+def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    text = _read_text(path, label, problems)
+    if text is None:
+        return None
+    try:
+        data = inputs.loads_json(text, label, "var file")
+    except InputError as err:
+        problems.append(err.message)
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{label}: must hold a JSON object of settings, not {json_type(data)}")
+        return None
+    return data
+
+
+_HCL_ATTR = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def hcl_top_level_names(text: str) -> list[tuple[str, int]]:
+    """(name, line) of each top-level `name = ...` attribute, in order, duplicates included.
+
+    python-hcl2 keeps only the last of two equal attributes; Packer refuses them, and so does kiln.
+    """
+    names: list[tuple[str, int]] = []
+    depth = 0
+    line = 1
+    i = 0
+    at_line_start = True
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+            at_line_start = True
+            i += 1
+            continue
+        if c in " \t\r":
+            i += 1
+            continue
+        if c == "#" or text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        if text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            line += text.count("\n", i, end)
+            i = end
+            continue
+        if text.startswith("<<", i):  # heredoc: skip to its terminator line
+            m = re.match(r"<<-?([A-Za-z_][A-Za-z0-9_]*)", text[i:])
+            if m:
+                tag = m.group(1)
+                closing = re.compile(rf"^\s*{tag}\s*$", re.M).search(text, i + m.end())
+                stop = n if closing is None else closing.end()
+                line += text.count("\n", i, stop)
+                i = stop
+                at_line_start = False
+                continue
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                if text[i] == "\\":
+                    i += 1
+                elif text[i] == "\n":
+                    line += 1
+                i += 1
+            i += 1
+            at_line_start = False
+            continue
+        if depth == 0 and at_line_start:
+            m = _HCL_ATTR.match(text, i)
+            if m and re.match(r"\s*=(?!=)", text[m.end() :]):
+                names.append((m.group(0), line))
+        if c in "{[(":
+            depth += 1
+        elif c in "}])":
+            depth = max(0, depth - 1)
+        at_line_start = False
+        i += 1
+    return names
+
+
+def _read_hcl(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    import hcl2  # python-hcl2; imported here so that plain JSON configs don't pay for lark
+
+    text = _read_text(path, label, problems)
+    if text is None:
+        return None
+    seen: dict[str, int] = {}
+    duplicate = False
+    for name, line in hcl_top_level_names(text):
+        if name in seen:
+            problems.append(f"{label}: line {line}: {name}: set twice (first on line {seen[name]})")
+            duplicate = True
+        seen.setdefault(name, line)
+    if duplicate:
+        return None
+    try:
+        options = hcl2.SerializationOptions(
+            with_comments=False, explicit_blocks=False, strip_string_quotes=True, preserve_heredocs=False
+        )
+        data = hcl2.loads(text, serialization_options=options)
+    except RecursionError:
+        problems.append(f"{label}: var file is nested too deeply")
+        return None
+    except Exception as exc:  # lark raises many exception types; all carry line/column when known
+        at_line = getattr(exc, "line", None)
+        column = getattr(exc, "column", None)
+        where = f"line {at_line} column {column}: " if at_line is not None else ""
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        problems.append(f"{label}: {where}malformed HCL: {first}")
+        return None
+    problem = inputs.check_data(data)
+    if problem:
+        problems.append(f"{label}: var file {problem}")
+        return None
+    out = {k: _unhcl(v) for k, v in data.items()}
+    for key, value in list(out.items()):
+        if "${" in json.dumps(value):
+            problems.append(f"{label}: {key}: expressions (${{...}}) are not supported in var files")
+            del out[key]
+    return out
+
+
+def _unhcl(value: Any) -> Any:
+    """Undo python-hcl2's leftovers: '${...}' wrappers are not allowed in var files; keep plain data."""
+    if isinstance(value, list):
+        return [_unhcl(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k).strip('"'): _unhcl(v) for k, v in value.items() if not str(k).startswith("__")}
+    return value
+
+
+def read_layer(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    if path.suffix == ".hcl":
+        return _read_hcl(path, label, problems)
+    return _read_json(path, label, problems)
+
+
+def json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, Mapping):
+        return "map"
+    return "null" if value is None else type(value).__name__
