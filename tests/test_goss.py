@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kiln import config
-from kiln.goss import gotemplate
+from kiln.goss import gotemplate, reports
 from kiln.goss import specs as goss
 from kiln.goss.matchers import GossSpecError, compile_matcher, patterns, stream_matcher
 from kiln_runtime import RUNTIME
@@ -380,7 +380,7 @@ command:
 """
     d = _spec_dir(tmp_path, {"s.yaml": spec_text})
     results = goss.evaluate(goss.load_spec(d / "s.yaml", {}), FakeProbe())
-    failed = {(r.resource_type, r.resource_id, r.property) for r in goss.failures(results)}
+    failed = {(r.resource_type, r.resource_id, r.property) for r in reports.failures(results)}
     assert failed == {
         ("package", "runc", "installed"),
         ("package", "runc", "versions"),
@@ -391,12 +391,12 @@ command:
     }
     skipped = [r for r in results if r.skipped]
     assert [(r.resource_id, r.property) for r in skipped] == [("crictl --version", "exit-status")]
-    assert goss.summary(results) == {"test-count": 18, "failed-count": 6, "skipped-count": 1}
-    table = goss.failure_table(results)
+    assert reports.summary(results) == {"test-count": 18, "failed-count": 6, "skipped-count": 1}
+    table = reports.failure_table(results)
     assert "service kubelet" in table and "enabled" in table and "false" in table
     assert "net.bridge.bridge-nf-call-iptables: not found" in table
 
-    json_path, junit_path = goss.write_reports(results, tmp_path / "goss", {"phase": "build"})
+    json_path, junit_path = reports.write_reports(results, tmp_path / "goss", {"phase": "build"})
     doc = json.loads(json_path.read_text())
     assert doc["summary"]["failed-count"] == 6
     kubelet = next(r for r in doc["results"] if r["resource-id"] == "kubelet")
@@ -407,7 +407,7 @@ command:
     assert suite is not None and suite.get("tests") == "18" and suite.get("failures") == "6"
     assert len(suite.findall("testcase/failure")) == 6 and len(suite.findall("testcase/skipped")) == 1
     # goss's own JSON output reads back into the same results (the goss-binary path)
-    again = goss.results_from_goss_json(doc)
+    again = reports.results_from_goss_json(doc)
     assert [(r.resource_type, r.resource_id, r.property, r.successful) for r in again] == [
         (r.resource_type, r.resource_id, r.property, r.successful) for r in results
     ]
@@ -469,6 +469,6 @@ package:
     d = _spec_dir(tmp_path, {"local.yaml": spec_text})
     probe = goss.TestinfraProbe(testinfra.get_host("local://"))
     results = goss.evaluate(goss.load_spec(d / "local.yaml", {}), probe)
-    failed = [(r.resource_id, r.property) for r in goss.failures(results)]
-    assert failed == [("must-fail", "stdout")], goss.failure_table(results)
+    failed = [(r.resource_id, r.property) for r in reports.failures(results)]
+    assert failed == [("must-fail", "stdout")], reports.failure_table(results)
     assert len(results) > 20

@@ -4,6 +4,7 @@ that records its argv; its real counterpart is the VM build test (tests/test_vm_
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -76,7 +77,13 @@ def fake_packer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_build_logs_everything_and_shows_stages(fake_packer: Path, tmp_path: Path) -> None:
     stages: list[str] = []
     log = tmp_path / "logs" / "build.log"
-    packer.build(tmp_path, log, only=["qemu"], debug=True, on_stage=stages.append, runtime=default_runtime())
+    packer.build(
+        tmp_path,
+        log,
+        only=["qemu"],
+        on_stage=stages.append,
+        runtime=dataclasses.replace(default_runtime(), debug=True),
+    )
     assert [s.split("] ", 1)[1] for s in stages] == [
         "qemu: Retrieving ISO",
         "qemu: Starting VM, booting disk image",

@@ -15,6 +15,7 @@ from kiln import config
 from kiln.build import pipeline as build
 from kiln.build import stages
 from kiln.build.render import Output
+from kiln.build.workspace import Workspace
 from kiln.core import builddir, inputs
 from kiln.core.errors import InputError
 from kiln.core.progress import Null
@@ -222,7 +223,7 @@ def test_finalize_takes_a_vmware_output_dir_to_an_ova(tmp_path: Path) -> None:
     temp = tmp_path / "temp"
     temp.mkdir()
     with open(temp / "build.log", "a") as log:
-        ws = build.Workspace(
+        ws = Workspace(
             cfg, RUNTIME, Null(), cfg.artifact_name, temp, tmp_path / "work", temp / "build.log", log,
             "tcg", "vmware-iso", build.plan_ids(cfg),
         )  # fmt: skip

@@ -18,8 +18,8 @@ import pytest
 
 from kiln import cli
 from kiln.core import builddir
+from kiln.goss import reports, verify
 from kiln.goss import specs as goss
-from kiln.goss import verify
 from kiln.vm import cidata, ssh
 from kiln.vm.qemu import VM
 from kiln_runtime import RUNTIME
@@ -106,7 +106,7 @@ def test_broken_image_fails_in_build_check_and_verify(
             ib_spec = goss.load_spec(ib_file, ib_vars)
             probe = verify._testinfra_probe("127.0.0.1", vm.ssh_port, "kiln", keys.private_key)
             ib_results = goss.evaluate(ib_spec, probe)
-            assert not goss.failures(ib_results), goss.failure_table(ib_results)
+            assert not reports.failures(ib_results), reports.failure_table(ib_results)
             assert len(ib_results) >= 7
             session.run("sudo systemctl disable --now containerd")
 

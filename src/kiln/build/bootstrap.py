@@ -314,7 +314,8 @@ def _build(
     with open(raw, "wb") as f:
         f.truncate(spec.disk_size_mib * MIB)
     proc.run(
-        ["sfdisk", "--quiet", str(raw)], input_text=sfdisk_script(parts, str(uuid.uuid4())),
+        ["sfdisk", "--quiet", str(raw)],
+        input_text=sfdisk_script(parts, str(uuid.uuid4())),
         log_file=log_file,
         runtime=runtime,
     )

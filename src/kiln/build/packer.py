@@ -86,7 +86,6 @@ def build(
     render_dir: Path,
     log_path: Path,
     only: Sequence[str] = (),
-    debug: bool = False,
     on_stage: Callable[[str], None] | None = None,
     secret_values: Sequence[str] = (),
     *,
@@ -119,7 +118,7 @@ def build(
             proc.run(
                 argv,
                 cwd=render_dir,
-                extra_env=_env_extra(debug),
+                extra_env=_env_extra(runtime.debug),
                 log_file=log_file,
                 on_line=on_line,
                 capture=False,

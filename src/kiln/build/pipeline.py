@@ -14,9 +14,7 @@ Stages (the terminal shows which one runs; everything goes to build.log):
 A build resumes from the longest cached prefix and says so. Targets that are not bootstrap targets, and
 vmware-iso builds, run os and kubernetes in one Packer build (no parent disk to stack an overlay on).
 
-How a stage runs is separate from what it is: `PackerRunner` boots the parent disk in QEMU under Packer and
-runs the stage's roles over SSH. Every run gets this build's own fresh key and a new cloud-init
-instance-id, so a cached stage never carries another build's credentials forward.
+How a stage runs is separate from what it is (kiln.build.runners); the stage table is kiln.build.stages.
 
 Failure safety: everything happens in OUTPUT_DIR/.NAME.tmp-XXXX; the final directory appears only after
 every stage succeeded. On failure or Ctrl-C the temp dir and any half-made stage are removed, the log is
@@ -29,36 +27,28 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from kiln import __version__
-from kiln.build import bootstrap
-from kiln.core import builddir
-from kiln.vm import cidata
-from kiln.core import inputs
 from kiln.artifacts import ova
-from kiln.build import packer
-from kiln.core import proc
-from kiln.build import stages
+from kiln.build import bootstrap, stages
+from kiln.build.render import Output
+from kiln.build.runners import PackerRunner
+from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.config import Config
+from kiln.core import builddir, inputs, proc
 from kiln.core.errors import BuildError, InputError, KilnError
 from kiln.core.progress import LogFile, Monitor, Multi, Null
-from kiln.build.render import BuildContext, Output
 from kiln.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-SERIAL_LOG = "build-serial.log"
-FINALIZE_COMMAND = "sudo /usr/local/sbin/kiln-finalize"  # written by the sysprep role; Packer's shutdown
-STAGE_SHUTDOWN = "sudo shutdown -P now"  # the os stage ends without sysprep
 VMWARE_TOOLS = ("vmrun", "vmware", "vmplayer", "vmware-vdiskmanager")
 
 
@@ -74,51 +64,6 @@ class BuildResult:
 
     def __str__(self) -> str:
         return str(self.path)
-
-
-@dataclass
-class Workspace:
-    """Runtime state of one build: what every stage function gets."""
-
-    cfg: Config
-    runtime: Runtime
-    monitor: Monitor
-    name: str
-    temp: Path  # OUTPUT/.NAME.tmp-*: becomes the build dir
-    work: Path  # temp/work: keys, seeds, renders (removed before publish)
-    log_path: Path
-    log_file: IO[str]
-    accelerator: str
-    builder: str
-    ids: dict[str, stages.StageId]
-    debug: bool = False
-    disk: Output | None = None  # the current stage's output disk
-    base: bootstrap.BaseImage | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    reused: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def values(self) -> Mapping[str, Any]:
-        return self.cfg.values
-
-    @property
-    def packages_file(self) -> Path:
-        return self.temp / f"{self.name}.packages"
-
-    @contextmanager
-    def stage(self, name: str, what: str) -> Iterator[None]:
-        self.monitor.begin(name, what)
-        started = time.monotonic()
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            took = time.monotonic() - started
-            self.timings[name] = round(took, 1)
-            self.monitor.end(
-                name, took, ok, f"reused {self.reused[name][:12]}" if name in self.reused else ""
-            )
 
 
 # --- helpers the stages share ------------------------------------------------------------------------------
@@ -150,73 +95,6 @@ def check_vmware(cfg: Config, runtime: Runtime) -> None:
         hint=f"build the qcow2 with QEMU instead: `make build-qemu-{cfg.target}` (kiln build {cfg.target} "
         "--only qemu); kiln makes the OVA from it",
     )
-
-
-# --- how a stage runs ------------------------------------------------------------------------------------
-
-
-class PackerRunner:
-    """Runs a stage as a Packer build in a booted VM: the parent disk (if any) through a qcow2 overlay,
-    this build's fresh key and seed, the stage's roles (`kiln_stage`), and for the last stage the in-guest
-    goss check and sysprep. Returns the disk Packer wrote. (A chroot runner for bootstrap targets would
-    implement the same `run`.)"""
-
-    def run(self, ws: Workspace, stage: str, parent: Path | None, last: bool) -> Output:
-        from kiln.build import render
-        from kiln.vm import checkboot
-        from kiln.vm.qemu import free_port
-
-        values = ws.values
-        repo = ws.runtime.root
-        sdir = ws.work / stage
-        sdir.mkdir(mode=0o700)
-        # the one-time login Packer uses, from the one user-data generator (kiln.vm.checkboot)
-        login = checkboot.make_login(sdir, user=str(values["ssh_username"]), values=values, purpose="build")
-        assert login.keys is not None and login.seed is not None
-        keys, seed = login.keys, login.seed
-        staged = parent is not None
-        context = BuildContext(
-            ssh_private_key_file=keys.private_key,
-            ssh_public_key=keys.public_line,
-            password_hash=render.random_password_hash(ws.runtime)
-            if values["install_method"] == "installer"
-            else "",
-            ssh_port=free_port(),
-            output_dir=sdir / "packer-output",
-            manifest_path=sdir / "packer-manifest.json",
-            accelerator=ws.accelerator,
-            base_disk=parent,
-            base_disk_checksum="none",
-            seed_iso=seed,
-            playbook=repo / "ansible" / "playbook.yml",
-            sysprep_playbook=repo / "ansible" / "sysprep.yml",
-            shutdown_command=FINALIZE_COMMAND if last else STAGE_SHUTDOWN,
-            extra_vars={"kiln_packages_file": str(ws.packages_file), "kiln_stage": stage},
-            ansible_config=repo / "ansible" / "ansible.cfg",
-            serial_log=ws.temp / SERIAL_LOG,
-            kiln_command=[sys.executable, "-m", "kiln"],
-            goss_check=last,
-            sysprep=last,
-            use_backing_file=staged,
-            compress=not staged,
-        )
-        rendered = render.render(ws.cfg, context, sdir / "packer", packer.version(ws.runtime), ws.runtime)
-        ws.monitor.log(stage, f"rendered template: {rendered.template}", show=False)
-        shims = str(repo / "packer" / "shims")  # qemu-img -F for Packer 1.6.6's overlays (see the shim)
-        runtime = replace(ws.runtime, env={**ws.runtime.env, "PATH": f"{shims}{os.pathsep}{ws.runtime.path}"})
-        packer.build(
-            rendered.dir,
-            ws.log_path,
-            only=[ws.builder],
-            debug=ws.debug,
-            on_stage=lambda line: ws.monitor.log(stage, line),
-            runtime=runtime,
-        )
-        out = rendered.outputs[ws.builder]
-        if not out.disk.is_file() and not ws.runtime.dry_run:
-            raise BuildError(f"{out.disk.parent}: Packer finished but wrote no {out.disk.name}")
-        login.forget()  # the stage's key goes as soon as the stage ends
-        return out
 
 
 # --- the stages --------------------------------------------------------------------------------------------
@@ -366,8 +244,7 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
     ova_path = ws.temp / f"{ws.name}.ova"
     ova.build_ova(qcow2, ova_path, ws.name, ws.values, log_file=ws.log_file, runtime=ws.runtime)
     builddir.write_sha256(ova_path)
-    from kiln.artifacts import formats
-    from kiln.artifacts import sbom
+    from kiln.artifacts import formats, sbom
 
     spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.plain(), ws.packages_file)
     files = [qcow2, ova_path, spdx] + ([ws.packages_file] if ws.packages_file.is_file() else [])
@@ -460,7 +337,7 @@ def run_build(
     log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     ws = Workspace(
         cfg, rt, Multi(mon, LogFile(log_file)), name, temp, temp / "work", log_path, log_file, accelerator,
-        builder, ids, debug=rt.debug,
+        builder, ids,
     )  # fmt: skip
     ok = False
     try:

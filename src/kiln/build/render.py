@@ -30,9 +30,8 @@ from typing import Any
 import jinja2
 
 from kiln import __version__
-from kiln.core import inputs
-from kiln.core import proc
 from kiln.config import Config
+from kiln.core import inputs, proc
 from kiln.core.errors import InputError
 from kiln.core.runtime import Runtime
 

@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from kiln import __version__
-from kiln.core.errors import InputError
 from kiln.config.settings import SETTINGS, STAGE_NAMES
+from kiln.core.errors import InputError
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -51,7 +52,7 @@ class Stage:
 
     name: str
     layout: int  # bump when kiln's code changes what this stage puts on the disk
-    runner: str  # how it runs: "bootstrap" (mmdebstrap, no VM), "packer" (a Packer build), "local" (host tools)
+    runner: str  # how it runs: "bootstrap" (mmdebstrap, no VM), "packer" (a Packer VM), "local" (host tools)
     cached: bool  # kept in cache_dir (the base under bootstrap/, the others under stages/)
     makes: str  # what it makes, as the progress line says
     files: tuple[str, ...]  # globs under the data root whose content is an input
@@ -129,7 +130,9 @@ class StageId:
         return self.id[:12]
 
 
-def stage_ids(values: Mapping[str, Any], root: Path, work_root: Path, base_key: str = "") -> dict[str, StageId]:
+def stage_ids(
+    values: Mapping[str, Any], root: Path, work_root: Path, base_key: str = ""
+) -> dict[str, StageId]:
     """The IDs of every stage in the table for a resolved config (plain values). `root` is the data root
     (kiln's own files), `work_root` where the user's relative paths point (kiln.core.paths.work_root)."""
     out: dict[str, StageId] = {}
@@ -146,7 +149,9 @@ def stage_ids(values: Mapping[str, Any], root: Path, work_root: Path, base_key: 
             inputs["bootstrap"] = base_key  # kiln.bootstrap's own key of the base disk
         if stage.name == "finalize":
             inputs["kiln"] = __version__
-        blob = json.dumps({"parent": parent, "stage": stage.name, "inputs": inputs}, sort_keys=True, default=str)
+        blob = json.dumps(
+            {"parent": parent, "stage": stage.name, "inputs": inputs}, sort_keys=True, default=str
+        )
         sid = hashlib.sha256(blob.encode()).hexdigest()
         out[stage.name] = StageId(stage.name, sid, parent, inputs)
         parent = sid

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.build import packer
+from kiln.build.render import placeholder_context, render
 from kiln.config import Config
 from kiln.core.errors import InputError
-from kiln.build.render import placeholder_context, render
 from kiln.core.runtime import Runtime
 
 

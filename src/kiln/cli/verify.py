@@ -11,6 +11,7 @@ from kiln.core.errors import (
     EXIT_OK,
     InputError,
 )
+from kiln.goss import reports
 
 # --- verification: verify, goss-check (goss.py, verify.py) ---------------------------------------------
 
@@ -100,7 +101,6 @@ def _cmd_goss_render(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from kiln.core import progress
-    from kiln.goss import specs as goss
     from kiln.goss import verify
 
     results = verify.verify_build_dir(
@@ -113,7 +113,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         fmt=args.fmt,
         monitor=progress.for_mode(args.progress),
     )
-    s = goss.summary(results)
+    s = reports.summary(results)
     print(
         f"{args.build_dir}: verified ({args.fmt}): {s['test-count']} checks passed "
         f"({s['skipped-count']} skipped); reports in {args.build_dir / 'goss'}"
@@ -147,6 +147,6 @@ def _cmd_goss_check(args: argparse.Namespace) -> int:
         root=args.runtime.root,
     )
     verify.raise_on_failure(results, f"{args.user}@{args.host}:{args.port}", args.report_dir)
-    s = goss.summary(results)
+    s = reports.summary(results)
     print(f"goss {args.phase} phase: {s['test-count']} checks passed ({s['skipped-count']} skipped)")
     return EXIT_OK

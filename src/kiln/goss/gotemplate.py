@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.core.errors import InputError
+from kiln.goss.gofuncs import FUNCTIONS, go_kind, go_text, truthy
 
 
 class TemplateError(InputError):
@@ -179,16 +180,6 @@ def _declaration(rest: str, name: str, line: int, action: str) -> tuple[list[str
     return [], rest
 
 
-def _truthy(value: Any) -> bool:
-    if value is None or value is False:
-        return False
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value != 0
-    if isinstance(value, str | list | tuple | dict):
-        return len(value) > 0
-    return True
-
-
 def _format(value: Any, where: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -197,7 +188,7 @@ def _format(value: Any, where: str) -> str:
     if value is None:
         raise TemplateError(f"{where}: value is null")
     if isinstance(value, list | tuple | Mapping):
-        return _text(value)  # as Go prints them: [a b], map[k:v] (a flow list reads back as YAML)
+        return go_text(value)  # as Go prints them: [a b], map[k:v] (a flow list reads back as YAML)
     raise TemplateError(f"{where}: cannot print a {type(value).__name__} into the spec")
 
 
@@ -236,7 +227,7 @@ class _Renderer:
                         raise TemplateError(f"{self.name}:{node.line}: {var} is assigned but never declared")
             elif node.kind == "if":
                 for cond, body in node.branches:
-                    if _truthy(self.eval(cond, dot, node.line)):
+                    if truthy(self.eval(cond, dot, node.line)):
                         out.append(self.render(body, dot))
                         break
                 else:
@@ -244,7 +235,7 @@ class _Renderer:
             elif node.kind == "with":
                 for cond, body in node.branches:
                     value = self.eval(cond, dot, node.line)
-                    if _truthy(value):
+                    if truthy(value):
                         self.scopes.append({n: value for n in node.names})
                         try:
                             out.append(self.render(body, value))
@@ -423,15 +414,15 @@ class _Renderer:
             return bool(result)
         if name == "not":
             need(1)
-            return not _truthy(args[0])
+            return not truthy(args[0])
         if name == "and":
             for arg in args:
-                if not _truthy(arg):
+                if not truthy(arg):
                     return arg
             return args[-1] if args else True
         if name == "or":
             for arg in args:
-                if _truthy(arg):
+                if truthy(arg):
                     return arg
             return args[-1] if args else False
         if name == "len":
@@ -461,16 +452,16 @@ class _Renderer:
             specs = re.findall(r"%([sdvq])", args[0])
             # %q as Go quotes: a double-quoted string with backslash escapes (JSON's are the same for text)
             quoted = [
-                json.dumps(_text(a), ensure_ascii=False) if spec == "q" else a
+                json.dumps(go_text(a), ensure_ascii=False) if spec == "q" else a
                 for spec, a in zip(specs, args[1:], strict=False)
             ]
             try:
-                return fmt % tuple(_text(a) if not isinstance(a, int | float) else a for a in quoted)
+                return fmt % tuple(go_text(a) if not isinstance(a, int | float) else a for a in quoted)
             except (TypeError, ValueError) as exc:
                 raise TemplateError(f"{where}: printf: {exc}") from exc
-        if name in _SPRIG:
+        if name in FUNCTIONS:
             try:
-                return _SPRIG[name](*args)
+                return FUNCTIONS[name](*args)
             except TemplateError:
                 raise
             except (TypeError, ValueError, re.error, IndexError, KeyError) as exc:
@@ -489,144 +480,7 @@ def _comparable(a: Any, b: Any, name: str, where: str) -> tuple[Any, Any]:
             return a, b
     elif type(a) is type(b) or (isinstance(a, str) and isinstance(b, str)):
         return a, b
-    raise TemplateError(f"{where}: incompatible types for comparison ({_kind(a)} and {_kind(b)})")
-
-
-def _kind(value: Any) -> str:
-    return "nil" if value is None else type(value).__name__
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "<nil>"
-    if isinstance(value, list | tuple):
-        return "[" + " ".join(_text(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return (
-            "map["
-            + " ".join(f"{k}:{_text(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
-            + "]"
-        )
-    return str(value)
-
-
-def go_regex(pattern: str) -> str:
-    """A Go (RE2) pattern as a Python one: \\Q...\\E quotes literally; the rest of RE2 is a Python subset."""
-    out: list[str] = []
-    pos = 0
-    while True:
-        start = pattern.find("\\Q", pos)
-        if start < 0:
-            out.append(pattern[pos:])
-            break
-        out.append(pattern[pos:start])
-        end = pattern.find("\\E", start + 2)
-        literal = pattern[start + 2 :] if end < 0 else pattern[start + 2 : end]
-        out.append(re.escape(literal))
-        if end < 0:
-            break
-        pos = end + 2
-    return "".join(out)
-
-
-def _version_tuple(text: str) -> tuple[tuple[int, ...], bool]:
-    """'v1.30.2-rc.1' -> ((1, 30, 2), True: has a pre-release); missing parts are 0; 'x'/'*' count as 0."""
-    m = re.match(
-        r"^\s*v?([0-9xX*]+)(?:\.([0-9xX*]+))?(?:\.([0-9xX*]+))?(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?\s*$",
-        text,
-    )
-    if not m:
-        raise ValueError(f"{text!r} is not a semantic version")
-    parts = tuple(int(p) if p and p.isdigit() else 0 for p in m.group(1, 2, 3))
-    return parts, bool(m.group(4))
-
-
-def semver_compare(constraint: str, version: str) -> bool:
-    """sprig's semverCompare: `>=1.30.0`, `< 1.31`, `~1.30`, `^1.2`, `1.30.x`, `!=1.2.3`, `a, b` (and),
-    `a || b` (or). A pre-release version satisfies a range only when the range itself names one."""
-    ver, ver_pre = _version_tuple(version)
-    for alternative in constraint.split("||"):
-        ok = True
-        terms = [t for t in re.split(r"\s*,\s*|\s+(?=[<>=!~^])", alternative.strip()) if t]
-        if not terms:
-            continue
-        allows_pre = "-" in alternative
-        if ver_pre and not allows_pre:
-            ok = False
-        for term in terms:
-            m = re.match(r"^(>=|<=|!=|=|>|<|~|\^)?\s*(.+)$", term.strip())
-            if not m:
-                raise ValueError(f"malformed constraint {term!r}")
-            op, want_text = m.group(1) or "=", m.group(2)
-            want, _ = _version_tuple(want_text)
-            given = len(
-                [
-                    p
-                    for p in re.split(r"[.-]", want_text.lstrip("v").split("+")[0].split("-")[0])
-                    if p and p not in "xX*"
-                ]
-            )
-            if op == "=" and given < 3:  # 1.30 / 1.30.x: any patch
-                op = "~"
-            if op == "~":
-                upper = (want[0] + 1, 0, 0) if given <= 1 else (want[0], want[1] + 1, 0)
-                ok = ok and want <= ver < upper
-            elif op == "^":
-                upper = (want[0] + 1, 0, 0) if want[0] else (0, want[1] + 1, 0)
-                ok = ok and want <= ver < upper
-            else:
-                ok = ok and {
-                    "=": ver == want, "!=": ver != want, ">": ver > want, "<": ver < want,
-                    ">=": ver >= want, "<=": ver <= want,
-                }[op]  # fmt: skip
-        if ok:
-            return True
-    return False
-
-
-def _default(default: Any, *value: Any) -> Any:
-    return value[0] if value and _truthy(value[0]) else default
-
-
-_SPRIG: dict[str, Any] = {
-    "contains": lambda sub, s: str(sub) in _text(s),
-    "hasPrefix": lambda pre, s: _text(s).startswith(str(pre)),
-    "hasSuffix": lambda suf, s: _text(s).endswith(str(suf)),
-    "semverCompare": lambda c, v: semver_compare(str(c), str(v)),
-    "regexMatch": lambda pattern, s: re.search(go_regex(str(pattern)), _text(s)) is not None,
-    "toLower": lambda s: _text(s).lower(),
-    "toUpper": lambda s: _text(s).upper(),
-    "lower": lambda s: _text(s).lower(),
-    "upper": lambda s: _text(s).upper(),
-    "trim": lambda s: _text(s).strip(),
-    "trimPrefix": lambda pre, s: _text(s).removeprefix(str(pre)),
-    "trimSuffix": lambda suf, s: _text(s).removesuffix(str(suf)),
-    "replace": lambda old, new, s: _text(s).replace(str(old), str(new)),
-    "splitList": lambda sep, s: _text(s).split(str(sep)),
-    "split": lambda sep, s: {f"_{i}": p for i, p in enumerate(_text(s).split(str(sep)))},
-    "join": lambda sep, items: str(sep).join(_text(i) for i in (items or [])),
-    "default": _default,
-    "empty": lambda v: not _truthy(v),
-    "toString": _text,
-    "quote": lambda *v: " ".join(f'"{_text(x)}"' for x in v),
-    "list": lambda *v: list(v),
-    "dict": lambda *kv: {str(kv[i]): kv[i + 1] for i in range(0, len(kv) - 1, 2)},
-    "ternary": lambda a, b, cond: a if _truthy(cond) else b,
-    "print": lambda *v: "".join(_text(x) for x in v),
-    "println": lambda *v: " ".join(_text(x) for x in v) + "\n",
-    "slice": lambda seq, *ix: seq[slice(*ix)] if ix else seq,
-    "mkSlice": lambda *v: list(v),  # goss's own
-    "has": lambda item, seq: item in (seq or []),
-    "hasKey": lambda m, k: isinstance(m, Mapping) and k in m,
-    "keys": lambda *maps: sorted(str(k) for m in maps for k in (m or {})),
-    "toJson": lambda v: json.dumps(v, separators=(",", ":")),
-    "regexReplaceAll": lambda pattern, s, repl: re.sub(
-        go_regex(str(pattern)), re.sub(r"\$\{?(\w+)\}?", r"\\g<\1>", str(repl)), _text(s)
-    ),
-    "regexFind": lambda pattern, s: m.group(0) if (m := re.search(go_regex(str(pattern)), _text(s))) else "",
-}
+    raise TemplateError(f"{where}: incompatible types for comparison ({go_kind(a)} and {go_kind(b)})")
 
 
 def render(source: str, data: Mapping[str, Any], name: str = "<template>") -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kiln.core.errors import InputError
-from kiln.goss.gotemplate import go_regex
+from kiln.goss.gofuncs import go_regex
 
 
 class GossSpecError(InputError):

@@ -34,6 +34,7 @@ from kiln.core import inputs, paths
 from kiln.core.errors import InputError, VerifyError
 from kiln.core.progress import Monitor, Null
 from kiln.core.runtime import Runtime
+from kiln.goss import reports
 from kiln.goss import specs as goss
 from kiln.vm import checkboot
 
@@ -139,14 +140,14 @@ def check_host(
             spec, _testinfra_probe(host, port, user, key_file), on_result=_Progress(len(spec.resources))
         )
         engine = "kiln (testinfra over paramiko)"
-    s = goss.summary(results)
+    s = reports.summary(results)
     log.info(
         "goss %s phase: %d checks, %d failed, %d skipped in %.1fs (%s)",
         phase, s["test-count"], s["failed-count"], s["skipped-count"], time.monotonic() - started, engine,
     )  # fmt: skip
     if report_dir is not None:
         goss.write_vars(vars_, report_dir / f"vars-{phase}.yaml")
-        goss.write_reports(
+        reports.write_reports(
             results, report_dir, {"phase": phase, "engine": engine, "spec": str(entry), **(meta or {})}
         )
     return results
@@ -252,16 +253,16 @@ def _run_goss_binary(
         raise VerifyError(
             f"goss in the guest exited {rc} without a JSON report:\n{(out + err)[-2000:]}"
         ) from exc
-    return goss.results_from_goss_json(doc)
+    return reports.results_from_goss_json(doc)
 
 
 def raise_on_failure(results: list[goss.Result], what: str, report_dir: Path | None) -> None:
-    bad = goss.failures(results)
+    bad = reports.failures(results)
     if not bad:
         return
     where = f"; reports in {report_dir}" if report_dir is not None else ""
     raise VerifyError(
-        f"{what}: {len(bad)} of {len(results)} goss checks failed{where}\n{goss.failure_table(results)}"
+        f"{what}: {len(bad)} of {len(results)} goss checks failed{where}\n{reports.failure_table(results)}"
     )
 
 

@@ -1,0 +1,63 @@
+"""The workspace of one build: the value every stage function gets (config, runtime, monitor, the temp build
+dir, the log, the stage IDs) and what the stages have made so far."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from kiln.build import bootstrap, stages
+from kiln.build.render import Output
+from kiln.config import Config
+from kiln.core.progress import Monitor
+from kiln.core.runtime import Runtime
+
+SERIAL_LOG = "build-serial.log"  # the build VM's console, in the temp build dir while a stage runs
+
+
+@dataclass
+class Workspace:
+    """Runtime state of one build: what every stage function gets."""
+
+    cfg: Config
+    runtime: Runtime
+    monitor: Monitor
+    name: str
+    temp: Path  # OUTPUT/.NAME.tmp-*: becomes the build dir
+    work: Path  # temp/work: keys, seeds, renders (removed before publish)
+    log_path: Path
+    log_file: IO[str]
+    accelerator: str
+    builder: str
+    ids: dict[str, stages.StageId]
+    disk: Output | None = None  # the current stage's output disk
+    base: bootstrap.BaseImage | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        return self.cfg.values
+
+    @property
+    def packages_file(self) -> Path:
+        return self.temp / f"{self.name}.packages"
+
+    @contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        self.monitor.begin(name, what)
+        started = time.monotonic()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            took = time.monotonic() - started
+            self.timings[name] = round(took, 1)
+            self.monitor.end(
+                name, took, ok, f"reused {self.reused[name][:12]}" if name in self.reused else ""
+            )
