@@ -139,7 +139,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     cfg = load_config(args, args.target)
     if args.output is not None and str(args.output) in ("", "."):
         raise InputError("render -o: an empty path or '.' is not an output directory")
-    out = args.output or (cfg.repo_root / "packer" / ".rendered" / args.target)
+    out = args.output or (cfg.work_root / "packer" / ".rendered" / args.target)
     inputs.check_replaceable(out, "render output directory")  # before anything is written
     try:
         out = out.resolve()

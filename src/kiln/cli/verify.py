@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from kiln.cli.base import command
+from kiln.cli.base import command, config_options, load_config
 from kiln.core.errors import (
     EXIT_OK,
     InputError,
@@ -66,11 +66,25 @@ def _register_goss(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     r = gsub.add_parser(
         "render", help="print a spec rendered and merged as goss does (gossfile includes followed)"
     )
-    r.add_argument("gossfile", metavar="GOSSFILE", type=Path)
+    r.add_argument(
+        "gossfile",
+        metavar="GOSSFILE",
+        type=Path,
+        nargs="?",
+        help="a gossfile (default: kiln's own, with --target)",
+    )
     r.add_argument(
         "--vars", action="append", default=[], type=Path, metavar="FILE", help="YAML/JSON vars file"
     )
     r.add_argument("--vars-inline", default=None, metavar="JSON", help="vars as JSON, over --vars")
+    r.add_argument(
+        "--target",
+        help="render kiln's own spec with the vars of this target's config (layered as for a build)",
+    )
+    r.add_argument(
+        "--phase", choices=("build", "final"), default="build", help="with --target (default: build)"
+    )
+    config_options(r)
     r.set_defaults(func=_cmd_goss_render)
 
 
@@ -81,8 +95,25 @@ def _cmd_goss_render(args: argparse.Namespace) -> int:
 
     from kiln.core import inputs
     from kiln.goss import specs as goss
+    from kiln.goss import verify
 
     variables: dict[str, object] = {}
+    gossfile = args.gossfile
+    if args.target:  # kiln's vars for the target (and the user's goss_vars_file / goss_vars_inline)
+        cfg = load_config(args, args.target)
+        spec_dir = goss.spec_dir(args.runtime.root)
+        placeholders = {
+            "verify_user": verify.VERIFY_USER,
+            "verify_key_marker": "-",
+            "verify_instance_id": "-",
+        }
+        variables.update(
+            goss.render_vars(cfg.values, {"phase": args.phase, **placeholders}, spec_dir=spec_dir)
+        )
+        variables.update(verify.user_vars(cfg.values, args.runtime.root))
+        gossfile = gossfile or spec_dir / goss.ENTRY[args.phase]
+    if gossfile is None:
+        raise InputError("goss render: give GOSSFILE, or --target TARGET for kiln's own spec")
     for path in args.vars:
         variables.update(goss.read_vars_file(path))
     if args.vars_inline:
@@ -90,8 +121,8 @@ def _cmd_goss_render(args: argparse.Namespace) -> int:
         if not isinstance(inline, dict):
             raise InputError("--vars-inline: must be a JSON object")
         variables.update(inline)
-    inputs.check_regular(args.gossfile, "gossfile")
-    spec = goss.load_spec(args.gossfile, variables, env=dict(os.environ))
+    inputs.check_regular(gossfile, "gossfile")
+    spec = goss.load_spec(gossfile, variables, env=dict(os.environ))
     merged: dict[str, dict[str, object]] = {}
     for resource in spec.resources:
         merged.setdefault(resource.type, {})[resource.id] = resource.attrs
