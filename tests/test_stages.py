@@ -4,6 +4,8 @@ backing chains), and the finalize path for a VMware-format output (a VMDK made b
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import threading
 import time
@@ -262,3 +264,67 @@ def test_up_to_date_needs_marker_report_hash_and_files(tmp_path: Path) -> None:
     assert build.up_to_date(final, "H") and not build.up_to_date(final, "other")
     (final / "a.qcow2").unlink()
     assert not build.up_to_date(final, "H")
+
+
+def _checkout_copy(dest: Path) -> Path:
+    """The tracked files of this checkout, copied to `dest` (as a second clone would have them)."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in files.decode().split("\0"):
+        if name and (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def test_the_suites_stage_ids_are_the_same_from_two_checkouts(tmp_path: Path) -> None:
+    """Stage IDs hash kiln's files by path relative to their root and the user's files by content: the suite's
+    image (the site var file and a goss_spec_dir of the user's) has the same IDs from checkouts in two
+    different directories, each run from its own tree."""
+    import json
+    import subprocess
+    import sys
+
+    ids = []
+    for where in ("a/one", "b/elsewhere/two"):
+        root = _checkout_copy(tmp_path / where)
+        specs = tmp_path / where / "site-specs"  # the user's own specs, at another absolute path each time
+        specs.mkdir()
+        (specs / "goss.yaml").write_text("file:\n  /etc/hostname:\n    exists: true\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("KILN_REPO_ROOT", "PACKER_VAR_FILES")}
+        env["PYTHONPATH"] = str(root / "src")
+        run = subprocess.run(
+            [sys.executable, "-m", "kiln", "stages", "debian-12", "--json",
+             "--var-file", str(root / "tests" / "fixtures" / "site" / "node.json"),
+             "--var", f"goss_spec_dir={specs}", "--var", f"output_dir={root / 'out'}"],
+            cwd=root, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        doc = json.loads(run.stdout)
+        ids.append({s["stage"]: s["id"] for s in doc["stages"]})
+    assert ids[0] == ids[1]
+    assert list(ids[0]) == [s.name for s in stages.STAGES]
+    # and a change to one of the user's spec files is a change of the kubernetes stage (content counts)
+    (tmp_path / "b/elsewhere/two/site-specs/goss.yaml").write_text("file:\n  /etc/hosts:\n    exists: true\n")
+    cfg = config.load(
+        "debian-12", overrides={"goss_spec_dir": str(tmp_path / "b/elsewhere/two/site-specs")}, repo_root=REPO
+    )
+    before = config.load(
+        "debian-12", overrides={"goss_spec_dir": str(tmp_path / "a/one/site-specs")}, repo_root=REPO
+    )
+    a, b = build.plan_ids(before), build.plan_ids(cfg)
+    assert a["os"].id == b["os"].id and a["kubernetes"].id != b["kubernetes"].id
+
+
+def test_each_setting_feeds_the_stages_it_declares() -> None:
+    """Which stage a setting feeds is declared in the settings table, not guessed from its name."""
+    from kiln.config.settings import BY_NAME, SETTINGS, STAGE_NAMES
+
+    for s in SETTINGS:
+        assert s.stages and set(s.stages) <= set(STAGE_NAMES), s.name
+        for stage in STAGE_NAMES:
+            assert (s.name in stages.stage_settings(stage)) == (stage in s.stages and not s.location), s.name
+    assert BY_NAME["kubernetes_semver"].stages == ("kubernetes",)
+    assert BY_NAME["disk_size"].stages == ("base", "finalize")
+    assert BY_NAME["apt_mirror"].location and "apt_mirror" not in stages.stage_settings("os")

@@ -176,20 +176,24 @@ def stage_cached(
         return cached
 
 
-def stage_provision(ws: Workspace, runner: PackerRunner) -> None:
-    """The os and kubernetes stages: stacked and cached for bootstrap targets on qemu, else one Packer run."""
+def stage_os(ws: Workspace, runner: PackerRunner) -> None:
+    """Stacked and cached on the base for bootstrap targets on qemu; otherwise the one Packer run that
+    installs the OS and runs every role (the kubernetes stage then has nothing left to do)."""
     if _staged(ws):
         base_disk = ws.base.disk if ws.base is not None else None
-        with ws.stage("os", "Packer build: extra_roles_before, node, containerd, cni, providers"):
-            os_disk = stage_cached(ws, "os", base_disk, False, runner)
-        with ws.stage("kubernetes", "Packer build: kubernetes, extra_roles_after, goss check, sysprep"):
-            k8s_disk = stage_cached(ws, "kubernetes", os_disk, True, runner)
-        ws.disk = Output(k8s_disk, "qcow2", False)
-        _packages_from_record(ws)
+        ws.disk = Output(stage_cached(ws, "os", base_disk, False, runner), "qcow2", False)
         return
-    with ws.stage("os", f"Packer build ({ws.builder}): the OS and every role, goss check, sysprep"):
-        ws.disk = runner.run(ws, "all", ws.base.disk if ws.base is not None else None, True)
-    ws.timings.setdefault("kubernetes", 0.0)
+    ws.monitor.log("os", f"one Packer build ({ws.builder}): the OS and every role, goss check, sysprep")
+    ws.disk = runner.run(ws, "all", ws.base.disk if ws.base is not None else None, True)
+
+
+def stage_kubernetes(ws: Workspace, runner: PackerRunner) -> None:
+    if not _staged(ws):
+        ws.monitor.log("kubernetes", "done within the os stage's Packer build")
+        return
+    assert ws.disk is not None
+    ws.disk = Output(stage_cached(ws, "kubernetes", ws.disk.disk, True, runner), "qcow2", False)
+    _packages_from_record(ws)
 
 
 PACKAGES_KEPT = "packages.txt"
@@ -208,7 +212,7 @@ def _packages_from_record(ws: Workspace) -> None:
         raise BuildError(f"{ws.packages_file}: the provision playbook wrote no package list")
 
 
-def stage_finalize(ws: Workspace, verify: bool) -> None:
+def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | None = None) -> None:
     """Post-process the disk the last Packer run wrote (as render said where and in which format)."""
     if ws.runtime.dry_run:
         ws.monitor.log(
@@ -223,6 +227,8 @@ def stage_finalize(ws: Workspace, verify: bool) -> None:
 
         results = verify_build(ws.temp, monitor=ws.monitor, accelerator=ws.accelerator, runtime=ws.runtime)
         ws.monitor.log("finalize", f"verify: {len(results)} checks passed; reports in goss/")
+    if publish is not None:
+        publish()
 
 
 def finalize_disk(ws: Workspace, disk: Output) -> None:
@@ -270,14 +276,18 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
 
 
 def run_stages(ws: Workspace, verify: bool, publish: Callable[[], None] | None = None) -> None:
-    """The stage sequence, the same for a build and a dry run; `publish` runs last, inside finalize."""
-    with ws.stage("base", "base disk"):
-        stage_base(ws)
-    stage_provision(ws, PackerRunner())
-    with ws.stage("finalize", "qcow2, OVA, sha256, manifest, verify"):
-        stage_finalize(ws, verify)
-        if publish is not None:
-            publish()
+    """The stages of the stage table, in its order, the same for a build and a dry run; `publish` runs last,
+    inside finalize."""
+    runner = PackerRunner()
+    steps: dict[str, Callable[[], None]] = {
+        "base": lambda: stage_base(ws),
+        "os": lambda: stage_os(ws, runner),
+        "kubernetes": lambda: stage_kubernetes(ws, runner),
+        "finalize": lambda: stage_finalize(ws, verify, publish),
+    }
+    for stage in stages.STAGES:
+        with ws.stage(stage.name, stage.makes):
+            steps[stage.name]()
 
 
 def input_hash(cfg: Config) -> str:
@@ -285,10 +295,21 @@ def input_hash(cfg: Config) -> str:
     return plan_ids(cfg)["finalize"].id
 
 
+def base_spec(cfg: Config) -> bootstrap.BaseSpec | None:
+    """The bootstrap base disk's inputs, or None for targets whose OS Packer installs."""
+    if cfg.values["install_method"] != "bootstrap":
+        return None
+    return bootstrap.spec_from_config(cfg, cfg.repo_root)
+
+
+def base_cached(cfg: Config) -> bool:
+    spec = base_spec(cfg)
+    return spec is not None and bootstrap.cached(spec, cfg.path("cache_dir")) is not None
+
+
 def plan_ids(cfg: Config) -> dict[str, stages.StageId]:
-    base_key = ""
-    if cfg.values["install_method"] == "bootstrap":
-        base_key = bootstrap.spec_from_config(cfg, cfg.repo_root).key()
+    spec = base_spec(cfg)
+    base_key = spec.key() if spec is not None else ""
     return stages.stage_ids(cfg.plain(), cfg.repo_root, cfg.work_root, base_key)
 
 

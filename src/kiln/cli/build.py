@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from kiln import config
 from kiln.cli.base import command, config_options, load_config
@@ -53,6 +54,14 @@ def _register_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     config_options(p)
     p.set_defaults(func=_cmd_validate)
 
+    p = sub.add_parser(
+        "stages", help="a target's stages from the stage table: IDs, how each runs, cache hits"
+    )
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    config_options(p)
+    p.set_defaults(func=_cmd_stages)
+
     p = sub.add_parser("build", help="build a target's image with Packer")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--only", choices=("qemu", "vmware-iso"), help="builder (default: the target's `builder`)")
@@ -73,6 +82,42 @@ def _register_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Packer's own log too")
     config_options(p)
     p.set_defaults(func=_cmd_build)
+
+
+def _cmd_stages(args: argparse.Namespace) -> int:
+    """The stage table for one target: what the build would reuse and what it would run. Reads only."""
+    import json
+
+    from kiln.build import pipeline, stages
+
+    cfg = load_config(args, args.target)
+    ids = pipeline.plan_ids(cfg)
+    cache_dir = cfg.path("cache_dir")
+    rows: list[dict[str, Any]] = []
+    for stage in stages.STAGES:
+        sid = ids[stage.name]
+        if not stage.cached:
+            state = "always runs"
+        elif stage.name == "base":
+            state = (
+                "no base (the OS installs in the os stage)"
+                if not pipeline.base_spec(cfg)
+                else ("cached" if pipeline.base_cached(cfg) else "would build")
+            )
+        else:
+            state = "cached" if stages.lookup(cache_dir, sid.id) else "would build"
+        row = {"stage": stage.name, "id": sid.id, "runner": stage.runner, "cached": stage.cached}
+        row.update(state=state, makes=stage.makes, settings=sorted(sid.inputs["settings"]))
+        rows.append(row)
+    if args.json:
+        doc = {"target": cfg.target, "input_hash": ids["finalize"].id, "stages": rows}
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(f"{'STAGE':<11} {'ID':<14} {'RUNNER':<10} {'STATE':<12} MAKES")
+    for r in rows:
+        print(f"{r['stage']:<11} {r['id'][:12]:<14} {r['runner']:<10} {r['state']:<12} {r['makes']}")
+    print(f"input hash: {ids['finalize'].id}")
+    return EXIT_OK
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
