@@ -201,9 +201,9 @@ lint: deps-python ## ruff (lint + format check), mypy on src/, the CI definition
 	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 ##@ Housekeeping
-.PHONY: clean help docs-tables
-docs-tables: deps-python ## Regenerate the generated tables in docs/settings.md and docs/image-builder.md
-	$(VENV)/bin/python hack/docs-tables.py
+.PHONY: clean help generate
+generate: deps-python ## Regenerate what comes from the settings table: docs/settings.md, docs/image-builder.md, config/typed.py
+	$(VENV)/bin/python hack/generate.py
 
 clean: ## Remove build outputs, caches and rendered templates (keeps .venv)
 	rm -rf packer/output packer/.rendered .cache/kiln cloudinit/cidata.iso .pytest_cache

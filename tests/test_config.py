@@ -331,8 +331,8 @@ def test_readme_configuration_table_matches_settings_table() -> None:
     from kiln.config.settings import markdown_table
 
     assert markdown_table() in (REPO / "docs" / "settings.md").read_text(), (
-        "docs/settings.md: the settings table is stale; run `make docs-tables` "
-        "(hack/docs-tables.py regenerates it from the settings table)"
+        "docs/settings.md: the settings table is stale; run `make generate` "
+        "(hack/generate.py regenerates it from the settings table)"
     )
 
 

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from kiln.artifacts import ova
+from kiln.config.typed import Settings
 from kiln.core.errors import BuildError, InputError
 from kiln_runtime import RUNTIME
 
@@ -46,7 +47,7 @@ def small_disk(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(small_disk, tmp_path_factory):
     out = tmp_path_factory.mktemp("ova") / "node.ova"
-    ova.build_ova(small_disk, out, "debian-12+kube-v1.30.2", VALUES, runtime=RUNTIME)
+    ova.build_ova(small_disk, out, "debian-12+kube-v1.30.2", Settings.from_values(VALUES), runtime=RUNTIME)
     return out
 
 
@@ -108,17 +109,27 @@ def test_vmdk_is_stream_optimized_and_converts_back_to_the_same_data(built, smal
 
 def test_bios_firmware_and_bad_firmware(small_disk, tmp_path):
     text = ova.ovf_descriptor(
-        "n", {**VALUES, "firmware": "bios"}, vmdk_name="d.vmdk", vmdk_size=1, capacity_bytes=2
+        "n",
+        Settings.from_values({**VALUES, "firmware": "bios"}),
+        vmdk_name="d.vmdk",
+        vmdk_size=1,
+        capacity_bytes=2,
     )
     assert 'vmw:key="firmware" vmw:value="bios"' in text
     with pytest.raises(InputError, match="firmware"):
         ova.ovf_descriptor(
-            "n", {**VALUES, "firmware": "coreboot"}, vmdk_name="d", vmdk_size=1, capacity_bytes=2
+            "n",
+            Settings.from_values({**VALUES, "firmware": "coreboot"}),
+            vmdk_name="d",
+            vmdk_size=1,
+            capacity_bytes=2,
         )
 
 
 def test_no_partial_ova_on_failure(tmp_path):
     with pytest.raises(BuildError, match="missing.qcow2"):
-        ova.build_ova(tmp_path / "missing.qcow2", tmp_path / "x.ova", "x", VALUES, runtime=RUNTIME)
+        ova.build_ova(
+            tmp_path / "missing.qcow2", tmp_path / "x.ova", "x", Settings.from_values(VALUES), runtime=RUNTIME
+        )
     assert not (tmp_path / "x.ova").exists()
     assert list(tmp_path.iterdir()) == []

@@ -24,7 +24,7 @@ SRC = REPO / "src" / "kiln"
 WINGS: dict[str, set[str]] = {
     "core": set(),
     "config": {"core"},
-    "artifacts": {"core"},
+    "artifacts": {"core", "config"},
     "vm": {"core", "config", "artifacts"},
     "goss": {"core", "config", "vm"},
     "build": {"core", "config", "artifacts", "vm", "goss"},

@@ -2,5 +2,5 @@
 
 The OVA (OVF, stream-optimized VMDK, manifest), the live ISO / netboot / platform formats and the SPDX SBOM.
 
-Imports: `kiln.core` only. Nothing here boots a VM or reads settings; callers pass plain values.
+Imports: `kiln.core`, and `kiln.config` for the typed `Settings` a build passes. Nothing here boots a VM.
 """

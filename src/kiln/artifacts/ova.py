@@ -16,9 +16,10 @@ import tarfile
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from xml.sax.saxutils import escape, quoteattr
 
+from kiln.config.typed import Settings
 from kiln.core import proc
 from kiln.core.errors import BuildError, InputError
 from kiln.core.runtime import Runtime
@@ -51,21 +52,20 @@ def disk_virtual_size(disk: Path, runtime: Runtime) -> int:
 
 def ovf_descriptor(
     name: str,
-    values: Mapping[str, Any],
+    settings: Settings,
     *,
     vmdk_name: str,
     vmdk_size: int,
     capacity_bytes: int,
+    input_hash: str = "",
 ) -> str:
-    """The OVF 1.0 descriptor text for one VM with one stream-optimized disk."""
-    cpus = int(values.get("cpus") or 2)
-    memory = int(values.get("memory") or 2048)
-    firmware = str(values.get("firmware") or "bios")
+    """The OVF 1.0 descriptor text for one VM with one stream-optimized disk: the VM's CPUs, memory,
+    firmware and guest type are the build's settings (no defaults of its own)."""
+    cpus, memory, firmware, guest = settings.cpus, settings.memory, settings.firmware, settings.guest_os_type
     if firmware not in ("bios", "efi"):
         raise InputError(f"firmware: must be bios or efi for an OVA, not {firmware!r}")
-    guest = str(values.get("guest_os_type") or "otherLinux64Guest")
-    os_label = f"{values.get('os_name', 'linux')} {values.get('os_version', '')}".strip()
-    semver = str(values.get("kubernetes_semver", ""))
+    os_label = f"{settings.os_name or 'linux'} {settings.os_version}".strip()
+    semver = settings.kubernetes_semver
     n = quoteattr(name)
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <Envelope vmw:buildId="kiln" xmlns="http://schemas.dmtf.org/ovf/envelope/1"
@@ -154,19 +154,20 @@ def ovf_descriptor(
       <Product>{escape(os_label)} Kubernetes node</Product>
       <Version>{escape(semver)}</Version>
       <FullVersion>{escape(name)}</FullVersion>
-{_properties(values, name)}
+{_properties(settings, name, input_hash)}
     </ProductSection>
   </VirtualSystem>
 </Envelope>
 """
 
 
-def _properties(values: Mapping[str, Any], name: str) -> str:
+def _properties(settings: Settings, name: str, input_hash: str) -> str:
     """The ProductSection properties image-builder writes for vCenter (read-only, strings)."""
     from kiln.core.builddir import custom_data
 
-    filled = {"build_name": name.split("+kube-")[0], "kubernetes_semver": "", **values}
-    data = custom_data(filled, str(values.get("input_hash", "")))
+    values = settings.mapping()
+    values["build_name"] = values["build_name"] or name.split("+kube-")[0]
+    data = custom_data(values, input_hash)
     props = {
         "BUILD_DATE": data["build_date"],
         "BUILD_TIMESTAMP": data["build_timestamp"],
@@ -202,8 +203,9 @@ def build_ova(
     disk: Path,
     out: Path,
     name: str,
-    values: Mapping[str, Any],
+    settings: Settings,
     *,
+    input_hash: str = "",
     log_file: IO[str] | None = None,
     runtime: Runtime,
 ) -> Path:
@@ -222,10 +224,11 @@ def build_ova(
         ovf.write_text(
             ovf_descriptor(
                 name,
-                values,
+                settings,
                 vmdk_name=vmdk.name,
                 vmdk_size=vmdk.stat().st_size,
                 capacity_bytes=disk_virtual_size(disk, runtime),
+                input_hash=input_hash,
             )
         )
         mf = work / f"{name}.mf"

@@ -248,7 +248,10 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
         )
     builddir.write_sha256(qcow2)
     ova_path = ws.temp / f"{ws.name}.ova"
-    ova.build_ova(qcow2, ova_path, ws.name, ws.values, log_file=ws.log_file, runtime=ws.runtime)
+    ova.build_ova(
+        qcow2, ova_path, ws.name, ws.cfg.settings,
+        input_hash=ws.ids["finalize"].id, log_file=ws.log_file, runtime=ws.runtime,
+    )  # fmt: skip
     builddir.write_sha256(ova_path)
     from kiln.artifacts import formats, sbom
 

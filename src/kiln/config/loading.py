@@ -35,10 +35,12 @@ from kiln.config.derive import (
     select_versioned_sums,
 )
 from kiln.config.imagebuilder import ALIASES, IMAGE_BUILDER_IGNORED
+from kiln.config.model import Config, freeze
 from kiln.config.readers import json_type, read_layer
 from kiln.config.settings import BY_NAME, SETTINGS, SHARED_FILES, Setting
+from kiln.config.typed import Settings
 from kiln.config.validators import unprintable
-from kiln.core import builddir, inputs, paths
+from kiln.core import inputs, paths
 from kiln.core.errors import ConfigError, InputError
 from kiln.core.runtime import Runtime
 
@@ -71,65 +73,6 @@ def targets(root: Path | None = None) -> list[str]:
     """The OS files in config/: every *.json except the shared layer files, sorted."""
     config_dir = (root or repo_root()) / "config"
     return sorted(p.stem for p in config_dir.glob("*.json") if p.stem not in SHARED_FILES)
-
-
-@dataclass(frozen=True)
-class Config:
-    """The resolved, validated config of one target: values (typed) and where each came from."""
-
-    target: str
-    values: Mapping[str, Any]
-    origins: Mapping[str, str]
-    repo_root: Path
-    var_files: tuple[str, ...] = field(default=())
-    warnings: tuple[str, ...] = field(default=())  # one line per file that set keys kiln ignores
-
-    def get(self, key: str) -> Any:
-        if key not in self.values:
-            raise KeyError(f"{key}: not a kiln setting")
-        return self.values[key]
-
-    def __getitem__(self, key: str) -> Any:
-        return self.get(key)
-
-    @property
-    def artifact_name(self) -> str:
-        return builddir.artifact_name(self.values["build_name"], self.values["kubernetes_semver"])
-
-    def plain(self) -> dict[str, Any]:
-        """The values as plain JSON types (lists and dicts), for templates and Ansible extra vars."""
-        return {k: _plain(v) for k, v in self.values.items()}
-
-    def to_json(self) -> dict[str, dict[str, Any]]:
-        """`{"key": {"value": V, "origin": "file"}}`, as stored in build dirs as config.json."""
-        return {k: {"value": _plain(v), "origin": self.origins[k]} for k, v in self.values.items()}
-
-    @property
-    def work_root(self) -> Path:
-        """Where relative locations and the user's relative paths point: the checkout, or for an installed
-        wheel the current directory (kiln.core.paths.work_root)."""
-        return paths.work_root(self.repo_root, Path.cwd())
-
-    def path(self, key: str) -> Path:
-        """A location setting (output_dir, cache_dir) resolved against the checkout, or for an installed
-        wheel against the current directory."""
-        return (self.work_root / str(self.values[key])).resolve()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return tuple(value)
-    if isinstance(value, Mapping):
-        return MappingProxyType(dict(value))
-    return value
 
 
 def _suggest(key: str) -> str:
@@ -283,15 +226,17 @@ def load(
         raise ConfigError(
             problems, hint="fix the keys above; `kiln config TARGET` shows where each value comes from"
         )
+    frozen = MappingProxyType({k: freeze(v) for k, v in values.items()})
     return Config(
         target=target,
-        values=MappingProxyType({k: _freeze(v) for k, v in values.items()}),
+        values=frozen,
+        settings=Settings.from_values(frozen),
         origins=MappingProxyType(dict(origins)),
         repo_root=root,
         var_files=tuple(str(p) for p in var_paths),
         warnings=tuple(
             f"{label}: image-builder keys kiln does not use, ignored: {', '.join(keys)} "
-            "(README: Coming from image-builder)"
+            "(docs/image-builder.md)"
             for label, keys in layering.ignored.items()
         ),
     )
