@@ -14,9 +14,11 @@ from kiln.config.settings import markdown_table, typed_source
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 ROWS = r"\n(?:\|.*\|\n)+"
+SETTINGS_HEAD = r"\| key \| file \| type \| default \| meaning \|"
+IB_HEAD = r"\| image-builder key \| in kiln \|"
 TABLES = (
-    (DOCS / "settings.md", re.compile(r"\| key \| file \| type \| default \| meaning \|" + ROWS), markdown_table),
-    (DOCS / "image-builder.md", re.compile(r"\| image-builder key \| in kiln \|" + ROWS), image_builder_table),
+    (DOCS / "settings.md", re.compile(SETTINGS_HEAD + ROWS), markdown_table),
+    (DOCS / "image-builder.md", re.compile(IB_HEAD + ROWS), image_builder_table),
 )
 
 for path, pattern, table in TABLES:

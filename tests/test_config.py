@@ -373,3 +373,55 @@ def test_release_urls_of_crictl_and_runc_are_derived(repo: Path) -> None:
     assert cfg.origins["runc_url"] == cfg.origins["crictl_url"] == "derived"
     plain = config.load("debian-12", repo_root=repo)
     assert plain.get("crictl_url") == plain.get("runc_url") == ""  # nothing to download
+
+
+def test_typed_settings_are_generated_from_the_table_and_current() -> None:
+    """config/typed.py is generated from the settings table (make generate); a value's type and default
+    exist once, in the table."""
+    from kiln.config.settings import typed_source
+
+    assert (REPO / "src" / "kiln" / "config" / "typed.py").read_text() == typed_source(), (
+        "src/kiln/config/typed.py is stale: run `make generate`"
+    )
+
+
+def test_config_carries_typed_settings_equal_to_its_values(repo: Path) -> None:
+    import dataclasses
+
+    from kiln.config.settings import SETTINGS
+
+    cfg = config.load("debian-12", overrides={"memory": "6144", "extra_packages": "jq htop"}, repo_root=repo)
+    s = cfg.settings
+    assert s.memory == 6144 and isinstance(s.memory, int)
+    assert s.extra_packages == ("jq", "htop")
+    for setting in SETTINGS:
+        value = getattr(s, setting.name)
+        raw = cfg.values[setting.name]
+        assert value == raw or tuple(value) == tuple(raw), setting.name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.memory = 1  # type: ignore[misc]
+
+
+def test_an_older_build_dirs_values_take_the_tables_defaults() -> None:
+    from kiln.config.settings import BY_NAME
+    from kiln.config.typed import Settings
+
+    s = Settings.from_values({"build_name": "debian-12"})
+    assert s.memory == BY_NAME["memory"].default and s.guest_os_type == BY_NAME["guest_os_type"].default
+    with pytest.raises(TypeError, match="memory"):
+        Settings.from_values({"memory": "lots"})
+
+
+def test_the_ova_describes_the_vm_the_settings_table_declares(tmp_path: Path) -> None:
+    """No module keeps its own defaults: the OVF's memory, CPUs and guest type are the build's settings
+    (ova.py's own fallbacks, 2048 MiB and otherLinux64Guest, had drifted from the table)."""
+    from kiln.artifacts import ova
+    from kiln.config.settings import BY_NAME
+
+    cfg = config.load("debian-12", repo_root=REPO)
+    text = ova.ovf_descriptor(
+        cfg.artifact_name, cfg.settings, vmdk_name="d.vmdk", vmdk_size=1, capacity_bytes=2
+    )
+    assert f"<rasd:VirtualQuantity>{cfg.settings.memory}</rasd:VirtualQuantity>" in text
+    assert f'vmw:osType="{cfg.settings.guest_os_type}"' in text
+    assert cfg.settings.memory == BY_NAME["memory"].default == 4096

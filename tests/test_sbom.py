@@ -33,7 +33,7 @@ def test_sbom_is_valid_spdx_and_names_the_node_components(tmp_path: Path, overri
     packages = tmp_path / "x.packages"
     packages.write_text("containerd\t1.6.20~ds1-1+b1\nrunc\t1.1.5+ds1-1\nlibc6\t2.36-9\n")
     cfg = config.load("debian-12", overrides=overrides, repo_root=REPO)
-    out = sbom.write(tmp_path / "x.spdx.json", cfg.artifact_name, cfg.plain(), packages)
+    out = sbom.write(tmp_path / "x.spdx.json", cfg.artifact_name, cfg.settings, packages)
     tool = Path(sys.executable).parent / "pyspdxtools"
     r = subprocess.run([str(tool), "-i", str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -13,11 +13,11 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kiln import __version__
+from kiln.config.typed import Settings
 
 _SAFE = re.compile(r"[^A-Za-z0-9.-]+")
 # SPDX's download-location grammar takes a host name with a domain and no port; anything else (a lab mirror
@@ -74,18 +74,18 @@ def _package(
 
 
 def document(
-    name: str, values: Mapping[str, Any], packages: list[tuple[str, str]], created: float | None = None
+    name: str, s: Settings, packages: list[tuple[str, str]], created: float | None = None
 ) -> dict[str, Any]:
-    """The SPDX document of image `name` built from `values` (the resolved config) with `packages`."""
-    debian = str(values.get("os_family", "debian")) == "debian"
-    distro = str(values.get("os_name", "debian"))
+    """The SPDX document of image `name` built with settings `s` (the resolved config) with `packages`."""
+    debian = s.os_family == "debian"
+    distro = s.os_name
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created if created is not None else time.time()))
     image_id = "SPDXRef-Image"
     pkgs: list[dict[str, Any]] = [
         _package(
             image_id,
             name,
-            str(values.get("kubernetes_semver", "")),
+            s.kubernetes_semver,
             None,
             "NOASSERTION",
             None,
@@ -102,11 +102,11 @@ def document(
             sid += "-x"
         seen.add(sid)
         pkgs.append(_package(sid, pkg_name, version, purl, "NOASSERTION", None))
-    semver = str(values.get("kubernetes_semver", ""))
-    sums = values.get("kubernetes_http_sha256") or {}
-    http_source = str(values.get("kubernetes_http_source", "")).rstrip("/")
+    semver = s.kubernetes_semver
+    sums = s.kubernetes_http_sha256
+    http_source = s.kubernetes_http_source.rstrip("/")
     for binary in ("kubelet", "kubeadm", "kubectl"):
-        if values.get("kubernetes_source_type") == "http":
+        if s.kubernetes_source_type == "http":
             source = f"{http_source}/{semver}/bin/linux/amd64/{binary}"
             pkgs.append(
                 _package(
@@ -120,7 +120,7 @@ def document(
                 )
             )
         elif binary not in by_name:
-            repo = str(values.get("kubernetes_deb_repo" if debian else "kubernetes_rpm_repo", ""))
+            repo = s.kubernetes_deb_repo if debian else s.kubernetes_rpm_repo
             pkgs.append(
                 _package(
                     _spdx_id("Kubernetes", binary),
@@ -133,29 +133,28 @@ def document(
                 )
             )
     # release downloads (not packages): (installed?, name, version key, purl, url key, sha256 key)
-    http_containerd = values.get("containerd_source_type") == "http"
+    http_containerd = s.containerd_source_type == "http"
     releases = (
-        (http_containerd, "containerd", "containerd_version",
-         "pkg:github/containerd/containerd@v{bare}", "containerd_url", "containerd_sha256"),
-        (http_containerd and bool(values.get("runc_version")), "runc", "runc_version",
-         "pkg:github/opencontainers/runc@v{bare}", "runc_url", "runc_sha256"),
-        (bool(values.get("crictl_version")), "crictl", "crictl_version",
-         "pkg:github/kubernetes-sigs/cri-tools@v{bare}", "crictl_url", "crictl_sha256"),
-        (values.get("cni_source_type") == "http", "cni-plugins", "cni_plugins_version",
-         "pkg:github/containernetworking/plugins@{version}", "cni_url", "cni_sha256"),
+        (http_containerd, "containerd", s.containerd_version,
+         "pkg:github/containerd/containerd@v{bare}", s.containerd_url, s.containerd_sha256),
+        (http_containerd and bool(s.runc_version), "runc", s.runc_version,
+         "pkg:github/opencontainers/runc@v{bare}", s.runc_url, s.runc_sha256),
+        (bool(s.crictl_version), "crictl", s.crictl_version,
+         "pkg:github/kubernetes-sigs/cri-tools@v{bare}", s.crictl_url, s.crictl_sha256),
+        (s.cni_source_type == "http", "cni-plugins", s.cni_plugins_version,
+         "pkg:github/containernetworking/plugins@{version}", s.cni_url, s.cni_sha256),
     )  # fmt: skip
-    for installed, name, version_key, purl, url_key, sha_key in releases:
+    for installed, name, version, purl, url, sha in releases:
         if not installed:
             continue
-        version = str(values.get(version_key, ""))
         pkgs.append(
             _package(
                 _spdx_id("Runtime", name),
                 name,
                 version,
                 purl.format(version=version, bare=version.lstrip("v")),
-                str(values.get(url_key, "")),
-                str(values.get(sha_key) or "") or None,
+                url,
+                sha or None,
                 "release download, sha256-verified (against the published sum file when no sha256 is set)",
             )
         )
@@ -179,9 +178,9 @@ def document(
     }
 
 
-def write(path: Path, name: str, values: Mapping[str, Any], packages_file: Path) -> Path:
+def write(path: Path, name: str, settings: Settings, packages_file: Path) -> Path:
     packages = read_packages(packages_file) if packages_file.is_file() else []
-    doc = document(name, values, packages)
+    doc = document(name, settings, packages)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(path)

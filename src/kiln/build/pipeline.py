@@ -101,7 +101,7 @@ def check_vmware(cfg: Config, runtime: Runtime) -> None:
 
 
 def stage_base(ws: Workspace) -> None:
-    if ws.values["install_method"] != "bootstrap":
+    if ws.settings.install_method != "bootstrap":
         ws.monitor.log("base", f"install_method {ws.values['install_method']}: Packer installs the OS itself")
         return
     spec = bootstrap.spec_from_config(ws.cfg, ws.cfg.repo_root)
@@ -125,7 +125,7 @@ def stage_base(ws: Workspace) -> None:
 
 
 def _staged(ws: Workspace) -> bool:
-    return ws.builder == "qemu" and ws.values["install_method"] == "bootstrap"
+    return ws.builder == "qemu" and ws.settings.install_method == "bootstrap"
 
 
 def stage_cached(
@@ -255,14 +255,14 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
     builddir.write_sha256(ova_path)
     from kiln.artifacts import formats, sbom
 
-    spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.plain(), ws.packages_file)
+    spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.settings, ws.packages_file)
     files = [qcow2, ova_path, spdx] + ([ws.packages_file] if ws.packages_file.is_file() else [])
-    wanted = list(ws.values.get("formats") or ())
+    wanted = list(ws.settings.formats)
     if formats.live_wanted(wanted):
         started = time.monotonic()
         files += formats.produce(
             qcow2, ws.temp, ws.name, wanted, ws.packages_file, ws.cfg.repo_root, ws.work / "formats",
-            kernel_params=str(ws.values.get("extra_kernel_boot_params") or ""),
+            kernel_params=ws.settings.extra_kernel_boot_params,
             runtime=ws.runtime, log_file=ws.log_file, say=lambda t: ws.monitor.log("finalize", t),
         )  # fmt: skip
         ws.timings["formats"] = round(time.monotonic() - started, 1)
@@ -300,7 +300,7 @@ def input_hash(cfg: Config) -> str:
 
 def base_spec(cfg: Config) -> bootstrap.BaseSpec | None:
     """The bootstrap base disk's inputs, or None for targets whose OS Packer installs."""
-    if cfg.values["install_method"] != "bootstrap":
+    if cfg.settings.install_method != "bootstrap":
         return None
     return bootstrap.spec_from_config(cfg, cfg.repo_root)
 
@@ -336,7 +336,7 @@ def run_build(
     rt = runtime
     mon: Monitor = monitor or Null()
     values = cfg.values
-    builder = only or str(values["builder"])
+    builder = only or cfg.settings.builder
     name = cfg.artifact_name
     final = cfg.path("output_dir") / name
     ids = plan_ids(cfg)
@@ -348,7 +348,7 @@ def run_build(
     if builder == "vmware-iso":
         check_vmware(cfg, rt)
     check_tools(values, rt)
-    setting = str(values.get("accelerator", "auto"))
+    setting = cfg.settings.accelerator
     if rt.dry_run:  # no probe VM under --dry-run: auto shows as tcg, as `kiln render` does
         accelerator = "tcg" if setting == "auto" else setting
         return _dry_run(cfg, rt, mon, name, final, builder, accelerator, ids, verify)

@@ -35,7 +35,7 @@ class PackerRunner:
         sdir = ws.work / stage
         sdir.mkdir(mode=0o700)
         # the one-time login Packer uses, from the one user-data generator (kiln.vm.checkboot)
-        login = checkboot.make_login(sdir, user=str(values["ssh_username"]), values=values, purpose="build")
+        login = checkboot.make_login(sdir, user=ws.settings.ssh_username, values=values, purpose="build")
         assert login.keys is not None and login.seed is not None
         keys, seed = login.keys, login.seed
         staged = parent is not None
@@ -43,7 +43,7 @@ class PackerRunner:
             ssh_private_key_file=keys.private_key,
             ssh_public_key=keys.public_line,
             password_hash=render.random_password_hash(ws.runtime)
-            if values["install_method"] == "installer"
+            if ws.settings.install_method == "installer"
             else "",
             ssh_port=free_port(),
             output_dir=sdir / "packer-output",

@@ -13,6 +13,7 @@ from typing import IO, Any
 from kiln.build import bootstrap, stages
 from kiln.build.render import Output
 from kiln.config import Config
+from kiln.config.typed import Settings
 from kiln.core.progress import Monitor
 from kiln.core.runtime import Runtime
 
@@ -41,7 +42,12 @@ class Workspace:
 
     @property
     def values(self) -> Mapping[str, Any]:
+        """The resolved values as a plain mapping (for templates and Ansible); prefer `settings`."""
         return self.cfg.values
+
+    @property
+    def settings(self) -> Settings:
+        return self.cfg.settings
 
     @property
     def packages_file(self) -> Path:

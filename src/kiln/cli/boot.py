@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from kiln.cli.base import command, config_options, load_config
+from kiln.config.typed import Settings
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import (
     EXIT_OK,
@@ -169,10 +170,10 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     results = args.results or build.path / "conformance"
     with tempfile.TemporaryDirectory(prefix="kiln-e2e-") as tmp:
         binaries = conformance.extract_binaries(args.tests, Path(tmp))  # bad tarball: exit 2, nothing booted
-        with boot.booted(build) as state, boot.session(state) as session:
+        with boot.booted(build, runtime=args.runtime) as state, boot.session(state) as session:
             result = conformance.run(
                 session, binaries, results, flags=flags,
-                cni_bin_dirs=list(dict.fromkeys([str(build.setting("cni_bin_dir", "/opt/cni/bin")),
+                cni_bin_dirs=list(dict.fromkeys([Settings.from_values(build.values()).cni_bin_dir,
                                                  *conformance.CNI_BIN_DIRS])),
                 timeout=args.timeout, on_line=lambda ln: print(ln, flush=True),
             )  # fmt: skip

@@ -137,10 +137,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
             {
                 "target": target,
                 "os": f"{cfg.get('os_name')} {cfg.get('os_version')}",
-                "builder": cfg.get("builder"),
+                "builder": cfg.settings.builder,
                 "builders": list(sources_for(cfg)),
-                "install_method": cfg.get("install_method"),
-                "firmware": cfg.get("firmware"),
+                "install_method": cfg.settings.install_method,
+                "firmware": cfg.settings.firmware,
             }
         )
     if args.json:
@@ -267,7 +267,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     for cfg in configs:
         try:
             result = build_mod.run_build(
-                cfg, only=str(cfg.get("builder")), monitor=monitor, runtime=args.runtime, force=args.force,
+                cfg, only=cfg.settings.builder, monitor=monitor, runtime=args.runtime, force=args.force,
                 verify=args.verify,
             )  # fmt: skip
         except KilnError as err:

@@ -119,7 +119,7 @@ def plan(configs: Sequence[Config], client: Client, bucket: str, channel: str | 
     index = read_index(client, bucket)
     entries = []
     for cfg in configs:
-        semver = str(cfg["kubernetes_semver"])
+        semver = cfg.settings.kubernetes_semver
         ch = channel_for(semver, channel)
         digest = build.input_hash(cfg)
         name = cfg.artifact_name

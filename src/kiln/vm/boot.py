@@ -323,7 +323,7 @@ def session(state: BootState, timeout: float = 60.0) -> ssh.Session:
 
 
 @contextlib.contextmanager
-def booted(build: BuildDir, **start_args: Any) -> Iterator[BootState]:
+def booted(build: BuildDir, *, runtime: Runtime, **start_args: Any) -> Iterator[BootState]:
     """The running boot of `build`, or a temporary one for the duration of the block."""
     state = read_state(build)
     if state is not None:
@@ -332,7 +332,7 @@ def booted(build: BuildDir, **start_args: Any) -> Iterator[BootState]:
         yield state
         return
     log.info("%s is not booted; booting it for this run", build.path)
-    vm, state = start(build, **start_args)
+    vm, state = start(build, runtime=runtime, **start_args)
     try:
         yield state
     finally:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.config.settings import BY_NAME
+from kiln.config.typed import Settings
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError
 from kiln.core.runtime import Runtime
@@ -128,15 +128,12 @@ def options_for(build: BuildDir, **overrides: Any) -> BootOptions:
     """Boot options from what a build directory recorded (memory, cpus, firmware, accelerator); a key an
     older build dir lacks takes its default from the settings table. `overrides` that are None are ignored."""
 
-    def recorded(key: str) -> Any:
-        value = build.setting(key)
-        return BY_NAME[key].default if value in (None, "") else value
-
+    s = Settings.from_values(build.values())
     values: dict[str, Any] = {
-        "memory": int(recorded("memory")),
-        "cpus": int(recorded("cpus")),
+        "memory": s.memory,
+        "cpus": s.cpus,
         "firmware": build.firmware,
-        "accelerator": str(recorded("accelerator")),
+        "accelerator": s.accelerator,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return BootOptions(**values)
