@@ -1,6 +1,6 @@
 """The Packer driver: version detection, `packer init` (>= 1.7), `packer validate`, `packer build`.
 
-Every run goes through kiln.proc. The environment puts kiln's virtualenv first on PATH (Packer's ansible
+Every run goes through kiln.core.proc. The environment puts kiln's virtualenv first on PATH (Packer's ansible
 provisioner runs `ansible-playbook` from there) and turns off Packer's update check. `build()` writes
 Packer's whole output to a log file and shows the current stage (Packer's `==> NAME: ...` lines).
 """

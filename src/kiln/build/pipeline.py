@@ -1,10 +1,10 @@
-"""The build pipeline: a chain of content-addressed stages over one workspace (see kiln.stages).
+"""The build pipeline: a chain of content-addressed stages over one workspace (the stage table is kiln.build.stages).
 
     result = run_build(cfg)            # cfg: a kiln.config.Config
     result.path                        # packer/output/BUILD_NAME+kube-SEMVER/
 
 Stages (the terminal shows which one runs; everything goes to build.log):
-  base        install_method bootstrap: the cached base disk (kiln.bootstrap)
+  base        install_method bootstrap: the cached base disk (kiln.build.bootstrap)
   os          a Packer build on a qcow2 overlay of the base: extra_roles_before, node, containerd, cni,
               providers; cached in cache_dir/stages/ID/
   kubernetes  a Packer build on an overlay of the os stage: kubernetes, extra_roles_after, the package
@@ -357,7 +357,7 @@ def run_build(
     out_root = proc.ensure_dir(cfg.path("output_dir"))
     temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
     log_path = temp / builddir.LOG
-    # append mode: kiln.packer.build appends Packer's output through its own handle to the same file
+    # append mode: kiln.build.packer.build appends Packer's output through its own handle to the same file
     log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     ws = Workspace(
         cfg, rt, Multi(mon, LogFile(log_file)), name, temp, temp / "work", log_path, log_file, accelerator,

@@ -9,7 +9,7 @@
   OUT/ansible-vars.json   the config values as Ansible extra vars
 
 The template depends on the Packer version: >= 1.7 needs `packer { required_plugins {...} }` (and
-`packer init`), which 1.6.6 rejects; `packer_version` picks the form (detected by kiln.packer).
+`packer init`), which 1.6.6 rejects; `packer_version` picks the form (detected by kiln.build.packer).
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def template_vars(
     vmx_data: dict[str, str] = {"ethernet0.pciSlotNumber": "32"}
     if c["firmware"] == "efi":
         vmx_data["firmware"] = "efi"
-    # kiln's provenance is written once, by the build (kiln.builddir.custom_data); Packer's own manifest
+    # kiln's provenance is written once, by the build (kiln.core.builddir.custom_data); Packer's own manifest
     # of a stage run carries only what the caller passes
     custom_data = dict(context.custom_data)
     return {
@@ -331,7 +331,7 @@ def render(
 ) -> Rendered:
     """Render everything a Packer run needs into out_dir, atomically: on any error nothing is left behind.
     An existing out_dir is replaced only after the new render succeeded (and only if kiln made it).
-    `packer_version` decides the template form (kiln.packer.version() tells the installed one)."""
+    `packer_version` decides the template form (kiln.build.packer.version() tells the installed one)."""
     if not context.password_hash and config.get("install_method") == "installer":
         context = replace(context, password_hash=random_password_hash(runtime))
     out_dir = Path(out_dir)

@@ -1,6 +1,6 @@
 """The build as a chain of content-addressed stages, and the stage cache.
 
-    base        the OS on a disk: kiln's bootstrap disk (cached by kiln.bootstrap), or the installer /
+    base        the OS on a disk: kiln's bootstrap disk (cached by kiln.build.bootstrap), or the installer /
                 cloud image (those targets install the OS inside the `os` stage's Packer run)
     os          extra_roles_before, node, containerd, cni, providers
     kubernetes  kubernetes, extra_roles_after, the package list, the in-guest goss check and sysprep
@@ -146,7 +146,7 @@ def stage_ids(
         if stage.user_files:
             inputs["user_files"] = user_files_digest(values, stage.user_files, work_root)
         if stage.name == "base" and base_key:
-            inputs["bootstrap"] = base_key  # kiln.bootstrap's own key of the base disk
+            inputs["bootstrap"] = base_key  # kiln.build.bootstrap's own key of the base disk
         if stage.name == "finalize":
             inputs["kiln"] = __version__
         blob = json.dumps(

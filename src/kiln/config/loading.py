@@ -2,7 +2,7 @@
 
 The layering rule (lowest to highest; a later layer overrides an earlier one key by key):
 
-  1. built-in defaults (kiln.settings.SETTINGS)
+  1. built-in defaults (kiln.config.settings.SETTINGS)
   2. config/common.json
   3. the OS file, config/<target>.json
   4. config/kubernetes.json, then config/containerd.json, then config/cni.json

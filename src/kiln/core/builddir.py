@@ -6,7 +6,7 @@ packer/output/BUILD_NAME+kube-KUBERNETES_SEMVER/
   NAME.ova                OVF + stream-optimized VMDK + .mf, as a tar
   NAME.ova.sha256         bare hex, as image-builder writes it
   NAME.packages           every installed package and version, read from the image
-  NAME.spdx.json          the SPDX 2.3 SBOM (kiln.sbom)
+  NAME.spdx.json          the SPDX 2.3 SBOM (kiln.artifacts.sbom)
   packer-manifest.json    Packer's manifest; builds[-1].custom_data holds kiln's provenance
   config.json             the resolved config: {"key": {"value": ..., "origin": "file"}}
   build.log               the whole build log

@@ -1,4 +1,4 @@
-"""goss specs: vars rendering, spec loading, the evaluator over testinfra, and reports.
+"""goss specs: vars rendering, spec loading, the evaluator over testinfra (reports are kiln.goss.reports).
 
 The specs in `goss/` are real goss files: `goss -g goss/goss.yaml --vars vars.yaml validate`
 gives the same verdict as kiln. kiln renders them itself (strict Go templates, `gotemplate`), follows the

@@ -5,11 +5,11 @@ Two entry points:
 - `check_host(...)` runs one phase's spec on a reachable SSH host. It is what `kiln goss-check` does
   inside the build (Packer's shell-local provisioner calls it between provisioning and sysprep, against
   the build VM; a non-zero exit fails the build).
-- `verify_image(qcow2, values, workdir, report_dir, ...)` boots the artifact with `kiln.vm.VM` on a
-  throwaway overlay (the artifact is never written), logs in as a one-time user with a one-time key
-  delivered through a cloud-init seed, runs the "final" phase (the build checks plus hygiene), writes
-  `report.json` and `junit.xml` into `report_dir` and raises VerifyError (exit 1) listing every failure.
-  With `live="iso"` or `live="netboot"` it boots the build's live ISO or netboot set instead.
+- `verify_image(Target, values, workdir, report_dir, BootOptions, runtime=)` boots the artifact through the
+  check-boot (kiln.vm.checkboot: a throwaway overlay, the artifact is never written), logs in as a one-time
+  user with a one-time key delivered through a cloud-init seed, runs the "final" phase (the build checks plus
+  hygiene), writes `report.json` and `junit.xml` into `report_dir` and raises VerifyError (exit 1) listing
+  every failure. A live `Target` ("iso" or "netboot") boots the build's live ISO or netboot set instead.
 - `verify_build_dir(BUILD_DIR, fmt=...)` is `kiln verify`; `verify_build(temp_dir, monitor=...)` is the
   build pipeline's finalize step, before the temp dir is renamed into place.
 

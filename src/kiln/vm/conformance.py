@@ -175,7 +175,7 @@ def extract_binaries(tarball: Path, dest: Path) -> dict[str, Path]:
 
 
 class Remote(Protocol):
-    """What the run needs from the guest: kiln.ssh.Session has exactly this."""
+    """What the run needs from the guest: kiln.vm.ssh.Session has exactly this."""
 
     def run(
         self, cmd: str | Sequence[str], *, check: bool = ..., timeout: float | None = ...,

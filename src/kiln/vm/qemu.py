@@ -459,7 +459,7 @@ class VM:
         )
 
     def ssh(self, user: str, key_path: str | os.PathLike[str], timeout: float = 120.0) -> Session:
-        """A new `kiln.ssh.Session` into the guest (retries until `timeout`)."""
+        """A new `kiln.vm.ssh.Session` into the guest (retries until `timeout`)."""
         session = Session("127.0.0.1", self.ssh_port, user, key_path, timeout=timeout, alive=self.died)
         self._login = (user, Path(key_path))
         return session

@@ -7,7 +7,7 @@
     /seed/user-data, /seed/meta-data (--cidata ISO|DIR): a NoCloud seed; the kernel command line then says
                            ds=nocloud-net;s=BASE/seed/
 
-Production netboot serves the same files from any HTTP server (README: nginx, dnsmasq + iPXE).
+Production netboot serves the same files from any HTTP server (docs/live.md: nginx, dnsmasq + iPXE).
 """
 
 from __future__ import annotations
