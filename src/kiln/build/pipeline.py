@@ -1,4 +1,4 @@
-"""The build pipeline: a chain of content-addressed stages over one workspace (the stage table is kiln.build.stages).
+"""The build pipeline: a chain of content-addressed stages over one workspace (stage table: build.stages).
 
     result = run_build(cfg)            # cfg: a kiln.config.Config
     result.path                        # packer/output/BUILD_NAME+kube-SEMVER/
