@@ -14,7 +14,7 @@ from kiln.config.settings import markdown_table, typed_source
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
 ROWS = r"\n(?:\|.*\|\n)+"
-SETTINGS_HEAD = r"\| key \| file \| type \| default \| meaning \|"
+SETTINGS_HEAD = r"\| key \| file \| (?:stage \| )?type \| default \| meaning \|"
 IB_HEAD = r"\| image-builder key \| in kiln \|"
 TABLES = (
     (DOCS / "settings.md", re.compile(SETTINGS_HEAD + ROWS), markdown_table),

@@ -32,7 +32,10 @@ LAYER_ORDER = ("common", "os", "kubernetes", "containerd", "cni")
 
 def markdown_table() -> str:
     """docs/settings.md's table, generated from SETTINGS."""
-    rows = ["| key | file | type | default | meaning |", "|-----|------|------|---------|---------|"]
+    rows = [
+        "| key | file | stage | type | default | meaning |",
+        "|-----|------|-------|------|---------|---------|",
+    ]
     for s in SETTINGS:
         file = "config/BUILD_NAME.json" if s.file == "os" else f"config/{s.file}.json"
         if s.derived:
@@ -41,7 +44,10 @@ def markdown_table() -> str:
             default = "(empty)"
         else:
             default = f"`{_fmt(s.default)}`"
-        rows.append(f"| `{s.name}` | {file} | {s.type_name} | {default} | {s.help.replace('|', '/')} |")
+        stage = ", ".join(s.stages) + (" (location)" if s.location else "")
+        rows.append(
+            f"| `{s.name}` | {file} | {stage} | {s.type_name} | {default} | {s.help.replace('|', '/')} |"
+        )
     return "\n".join(rows)
 
 
