@@ -56,16 +56,23 @@ def bucket_state(base: str, bucket: str) -> dict[str, tuple[str, str, str]]:
     }
 
 
-def stale_build(out: Path, cfg: config.Config) -> Path:
-    """A finished, verified build dir at the config's output path whose input hash is NOT the config's (an
-    older build a release must never publish as the current one)."""
-    d = make_build_dir(out, version=str(cfg["kubernetes_semver"]), size=1 << 20, seed=7)
+def verified_build(out: Path, cfg: config.Config, input_hash: str, seed: int) -> Path:
+    """A finished, verified build dir at the config's output path that records `input_hash`."""
+    d = make_build_dir(out, version=cfg.settings.kubernetes_semver, size=1 << 20, seed=seed)
     manifest = json.loads((d / "packer-manifest.json").read_text())
-    manifest["builds"][-1]["custom_data"].update(input_hash="0" * 64, kiln_version="0.0.1")
+    manifest["builds"][-1]["custom_data"].update(input_hash=input_hash, kiln_version="0.0.1")
+    manifest["builds"][-1]["files"] = [{"name": f"{d.name}.ova"}, {"name": f"{d.name}.qcow2"}]
     (d / "packer-manifest.json").write_text(json.dumps(manifest))
     (d / "goss").mkdir()
     (d / "goss" / "report.json").write_text("{}")
     inputs.mark(d, "test")
+    return d
+
+
+def stale_build(out: Path, cfg: config.Config) -> Path:
+    """A build dir whose input hash is NOT the config's (an older build a release must never publish as
+    the current one)."""
+    d = verified_build(out, cfg, "0" * 64, seed=7)
     assert not build.up_to_date(d, build.input_hash(cfg))
     return d
 
@@ -118,14 +125,8 @@ def test_dry_run_release_with_a_stale_local_build_writes_nothing(
     assert stale.is_dir() and (stale / f"{stale.name}.ova").is_file()  # not touched, not published
 
     # the same with the local build up to date: it says what it would publish, object by object
-    d = make_build_dir(tmp_path / "fresh", version=version, size=1 << 20, seed=9)
-    manifest = json.loads((d / "packer-manifest.json").read_text())
-    manifest["builds"][-1]["custom_data"].update(input_hash=build.input_hash(cfg))
-    manifest["builds"][-1]["files"] = [{"name": f"{d.name}.ova"}, {"name": f"{d.name}.qcow2"}]
-    (d / "packer-manifest.json").write_text(json.dumps(manifest))
-    (d / "goss").mkdir()
-    (d / "goss" / "report.json").write_text("{}")
-    inputs.mark(d, "test")
+    fresh = verified_build(tmp_path / "fresh", cfg, build.input_hash(cfg), seed=9)
+    assert build.up_to_date(fresh, build.input_hash(cfg))
     fresh_out = tmp_path / "fresh"
     argv = [
         "--dry-run",

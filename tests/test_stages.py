@@ -182,6 +182,41 @@ def test_prune_lru_first_with_descendants_and_never_a_held_stage(tmp_path: Path)
         stages.prune(cache)
 
 
+def test_cache_ls_and_prune_cover_the_bootstrap_base(tmp_path: Path) -> None:
+    """The bootstrap base disks are cache entries too: listed as stage "base", and pruned together with the
+    stages whose disks they back (never while a build holds the base's lock)."""
+    import fcntl
+
+    cache = tmp_path / "cache"
+    base_dir = cache / "bootstrap" / "basekey1"
+    base_dir.mkdir(parents=True)
+    base_disk = qcow2(base_dir / "base.qcow2")
+    (base_dir / "info.json").write_text(json.dumps({"suite": "bookworm"}))
+    old = time.time() - 30 * 86400
+    os.utime(base_dir / "info.json", (old, old))
+    os_disk = stages.store(
+        cache, "os1", qcow2(tmp_path / "a.qcow2", base_disk), record("os1", "os", "b", str(base_disk), old)
+    )
+    stages.store(
+        cache, "k1", qcow2(tmp_path / "b.qcow2", os_disk), record("k1", "kubernetes", "os1", str(os_disk))
+    )
+    listed = {r.id: r for r in stages.entries(cache)}
+    assert set(listed) == {"basekey1", "os1", "k1"} and listed["basekey1"].stage == "base"
+    assert listed["basekey1"].size > 0 and listed["basekey1"].target == "bootstrap bookworm"
+
+    with open(cache / "bootstrap" / "basekey1.lock", "w") as lock:  # a build is making the base
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert [r.id for r in stages.prune(cache, max_size=0) if r.stage == "base"] == [], "held: kept"
+    assert base_dir.is_dir()
+    os2 = record("os2", "os", "b", str(base_disk))
+    stages.store(cache, "os2", qcow2(tmp_path / "c.qcow2", base_disk), os2)
+        cache, "os2", qcow2(tmp_path / "c.qcow2", base_disk), record("os2", "os", "b", str(base_disk))
+    )
+    removed = stages.prune(cache, older_than_days=20)
+    assert sorted(r.id for r in removed) == ["basekey1", "os2"], "the base goes with the stage it backs"
+    assert not base_dir.exists() and stages.entries(cache) == []
+
+
 def test_lock_makes_the_second_builder_wait_then_reuse(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     made: list[str] = []

@@ -224,8 +224,8 @@ def locked(cache_dir: Path, sid: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _held(cache_dir: Path, sid: str) -> bool:
-    path = root(cache_dir) / ".locks" / f"{sid}.lock"
+def _held(path: Path) -> bool:
+    """Someone holds the flock on `path` (a running build making or using that entry)."""
     if not path.exists():
         return False
     with open(path, "a") as fh:
@@ -314,18 +314,9 @@ def _entry_dir(cache_dir: Path, record: Record) -> Path:
 
 
 def _held_entry(cache_dir: Path, record: Record) -> bool:
-    if record.stage != "base":
-        return _held(cache_dir, record.id)
-    path = cache_dir / BASE_ROOT / f"{record.id}.lock"
-    if not path.exists():
-        return False
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+    if record.stage == "base":  # kiln.build.bootstrap's lock
+        return _held(cache_dir / BASE_ROOT / f"{record.id}.lock")
+    return _held(root(cache_dir) / ".locks" / f"{record.id}.lock")
 
 
 def prune(cache_dir: Path, max_size: int | None = None, older_than_days: float | None = None) -> list[Record]:
