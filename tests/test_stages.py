@@ -210,8 +210,6 @@ def test_cache_ls_and_prune_cover_the_bootstrap_base(tmp_path: Path) -> None:
     assert base_dir.is_dir()
     os2 = record("os2", "os", "b", str(base_disk))
     stages.store(cache, "os2", qcow2(tmp_path / "c.qcow2", base_disk), os2)
-        cache, "os2", qcow2(tmp_path / "c.qcow2", base_disk), record("os2", "os", "b", str(base_disk))
-    )
     removed = stages.prune(cache, older_than_days=20)
     assert sorted(r.id for r in removed) == ["basekey1", "os2"], "the base goes with the stage it backs"
     assert not base_dir.exists() and stages.entries(cache) == []
