@@ -17,7 +17,7 @@ import yaml
 
 from fixtures.conformance.standin import make_standin_tarball
 from kiln import cli
-from kiln.vm import boot, cidata, conformance, ssh
+from kiln.vm import boot, cidata, conformance, control, ssh
 from kiln.vm import qemu as vm
 from kiln_runtime import RUNTIME
 
@@ -110,7 +110,7 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
 
         # stop: no QEMU left, run dir cleaned, artifact untouched
         assert cli.main(["boot", "--stop", str(build.path)]) == 0
-        assert not vm.pid_alive(state.pid)
+        assert not control.pid_alive(state.pid)
         assert boot.read_state(build) is None
         assert not (rdir / "vm" / "overlay.qcow2").exists()
         assert (rdir / "vm" / "serial.log").exists()

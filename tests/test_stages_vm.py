@@ -32,7 +32,7 @@ pytestmark = pytest.mark.vm
 
 REPO = Path(__file__).resolve().parents[1]
 OTHER_VERSION = "v1.31.4"
-STANDIN = [sys.executable, str(REPO / "tests" / "fixtures" / "k8s_standin.py"), "run"]
+STANDIN = [sys.executable, str(REPO / "hack" / "k8s_standin.py"), "run"]
 
 
 def _flags(out: Path) -> list[str]:

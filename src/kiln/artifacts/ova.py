@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from kiln.config.typed import Settings
 from kiln.core import proc
+from kiln.core.builddir import sha256_file
 from kiln.core.errors import BuildError, InputError
 from kiln.core.runtime import Runtime
 
@@ -188,12 +189,6 @@ def _properties(settings: Settings, name: str, input_hash: str) -> str:
     return "\n".join(line.format(key, quoteattr(v)) for key, v in props.items())
 
 
-def _sha256(path: Path) -> str:
-    from kiln.core.builddir import sha256_file  # the one file hash
-
-    return sha256_file(path)
-
-
 def manifest_text(files: Mapping[str, str]) -> str:
     """The .mf: one `SHA256(NAME)= HEX` line per file, in OVA order."""
     return "".join(f"SHA256({name})= {digest}\n" for name, digest in files.items())
@@ -232,7 +227,7 @@ def build_ova(
             )
         )
         mf = work / f"{name}.mf"
-        mf.write_text(manifest_text({ovf.name: _sha256(ovf), vmdk.name: _sha256(vmdk)}))
+        mf.write_text(manifest_text({ovf.name: sha256_file(ovf), vmdk.name: sha256_file(vmdk)}))
         partial = work / out.name
         with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
             for member in (ovf, mf, vmdk):  # OVF order: descriptor, manifest, then disks

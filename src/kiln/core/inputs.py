@@ -34,9 +34,12 @@ def clip(value: object, width: int = SHOW) -> str:
 
 
 def human(size: int) -> str:
+    """The one size formatter: "512 bytes", "1.5 MB", "20 GB" (binary units; one decimal below 10)."""
     for unit, factor in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
         if size >= factor:
-            return f"{size / factor:.0f} {unit}"
+            value = size / factor
+            text = f"{value:.1f}".rstrip("0").rstrip(".") if value < 10 else f"{value:.0f}"
+            return f"{text} {unit}"
     return f"{size} bytes"
 
 

@@ -181,7 +181,7 @@ def _download_into(
 ) -> Download:
     if final.is_symlink() or (final.exists() and not final.is_file()):
         raise InputError(f"{final}: exists and is not a regular file; kiln will not replace it")
-    if final.is_file() and _sha256(final) == expected:
+    if final.is_file() and sha256_file(final) == expected:
         return Download(url, final, final.stat().st_size, expected, "present", 0, time.monotonic() - t0)
     if final.is_file():
         raise InputError(
@@ -235,7 +235,7 @@ def _download_into(
         log.info("%s: %s, resuming at byte %d in %.1fs", url, problem, part.stat().st_size, delay)
         time.sleep(delay)
 
-    got = _sha256(part)
+    got = sha256_file(part)
     if got != expected:
         part.unlink()
         part_sum.unlink(missing_ok=True)
@@ -290,7 +290,3 @@ def _total(r: requests.Response, offset: int) -> int | None:
 def _starts_at(r: requests.Response, offset: int) -> bool:
     m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
     return bool(m and int(m.group(1)) == offset)
-
-
-def _sha256(path: Path) -> str:
-    return sha256_file(path)

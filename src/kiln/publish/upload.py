@@ -33,6 +33,7 @@ import google_crc32c
 
 from kiln.core.builddir import MANIFEST, BuildDir
 from kiln.core.errors import InputError, Interrupted, UploadError
+from kiln.core.inputs import human
 from kiln.core.progress import Monitor
 from kiln.core.runtime import Runtime
 from kiln.publish.bucket import channel_for, object_name
@@ -449,16 +450,7 @@ def summary(results: list[Result]) -> str:
     rows = [f"{'ARTIFACT':<9} {'ACTION':<16} {'SIZE':>10} {'SENT':>10} {'TIME':>7}  {'SHA256':<16}  OBJECT"]
     for r in results:
         rows.append(
-            f"{r.artifact:<9} {r.action:<16} {_human(r.size):>10} {_human(r.bytes_sent):>10} "
+            f"{r.artifact:<9} {r.action:<16} {human(r.size):>10} {human(r.bytes_sent):>10} "
             f"{r.seconds:>6.1f}s  {r.sha256[:16]:<16}  {r.url}"
         )
     return "\n".join(rows)
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
