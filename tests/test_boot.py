@@ -19,6 +19,8 @@ from kiln.vm import accel, boot, cidata, control, ssh
 from kiln.vm import qemu as vm
 from kiln_runtime import RUNTIME
 
+TEMPLATES = cidata.template_dir(RUNTIME.root)
+
 
 def _build_dir(root: Path, *, qcow2: bool = True) -> BuildDir:
     path = root / "debian-12+kube-v1.30.2"
@@ -130,7 +132,7 @@ def test_ova_without_vmdk_or_not_a_tar(tmp_path: Path) -> None:
 
 def test_seed_user_from_a_users_seed(tmp_path: Path) -> None:
     pair = ssh.generate_keypair(tmp_path / "k")
-    iso = cidata.write_seed(tmp_path / "seed.iso", [pair.public_line], user="alice")
+    iso = cidata.write_seed(tmp_path / "seed.iso", [pair.public_line], user="alice", templates=TEMPLATES)
     assert boot.seed_user(iso) == "alice"
     bare = cidata.write_iso(tmp_path / "bare.iso", {"user-data": "#cloud-config\n", "meta-data": ""})
     with pytest.raises(InputError, match="names no user; pass --user"):
@@ -149,7 +151,7 @@ def test_cli_exit_2_paths_boot_nothing(
     assert cli.main(["boot", str(build.path), "--cidata", str(tmp_path / "none.iso")]) == 2
     assert "cidata ISO not found" in capsys.readouterr().err
     pair = ssh.generate_keypair(tmp_path / "k")
-    iso = cidata.write_seed(tmp_path / "seed.iso", [pair.public_line])
+    iso = cidata.write_seed(tmp_path / "seed.iso", [pair.public_line], templates=TEMPLATES)
     junk_key = tmp_path / "junk"
     junk_key.write_text("not a key")
     assert cli.main(["boot", str(build.path), "--cidata", str(iso), "-i", str(junk_key)]) == 2

@@ -31,7 +31,7 @@ def test_build_seed_has_the_key_and_no_password(tmp_path):
     """The build VM's seed comes from the one user-data generator (cloudinit/templates) and leaves nothing
     of itself in the image: no marker file, no distro default user, hostname localhost."""
     values = {"build_name": "debian-12"}
-    login = checkboot.make_login(tmp_path, user="builder", values=values, purpose="build")
+    login = checkboot.make_login(tmp_path, user="builder", values=values, purpose="build", root=RUNTIME.root)
     label, files = cidata.read_iso(login.seed)  # pycdlib reads it back; no external tool needed
     assert label == "cidata" and set(files) == {"user-data", "meta-data"}
     text = files["user-data"].decode()

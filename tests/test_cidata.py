@@ -15,6 +15,9 @@ import yaml
 from kiln import cli, config
 from kiln.core.errors import InputError
 from kiln.vm import cidata, ssh
+from kiln_runtime import RUNTIME
+
+TEMPLATES = cidata.template_dir(RUNTIME.root)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,6 +57,7 @@ def test_seed_iso_reads_back_with_label_names_and_contents(tmp_path: Path, pubke
         instance_id="iid-123",
         values={"build_name": "debian-12", "kubernetes_semver": "v1.30.2"},
         network_config=True,
+        templates=TEMPLATES,
     )
     label, joliet, rr = _read_back(out)
     assert label == "cidata"
@@ -82,11 +86,15 @@ def test_seed_iso_reads_back_with_label_names_and_contents(tmp_path: Path, pubke
 
 
 def test_instance_id_is_new_each_time_and_hostname_defaults_from_build_name(pubkey: str) -> None:
-    a = yaml.safe_load(cidata.render_seed([pubkey], values={"build_name": "ubuntu_2204.x"})["meta-data"])
-    b = yaml.safe_load(cidata.render_seed([pubkey], values={"build_name": "ubuntu_2204.x"})["meta-data"])
+    a = yaml.safe_load(
+        cidata.render_seed([pubkey], values={"build_name": "ubuntu_2204.x"}, templates=TEMPLATES)["meta-data"]
+    )
+    b = yaml.safe_load(
+        cidata.render_seed([pubkey], values={"build_name": "ubuntu_2204.x"}, templates=TEMPLATES)["meta-data"]
+    )
     assert a["instance-id"] != b["instance-id"]
     assert a["local-hostname"] == "ubuntu-2204-x"
-    assert "network-config" not in cidata.render_seed([pubkey])
+    assert "network-config" not in cidata.render_seed([pubkey], templates=TEMPLATES)
 
 
 @pytest.mark.parametrize(
@@ -99,7 +107,7 @@ def test_instance_id_is_new_each_time_and_hostname_defaults_from_build_name(pubk
 )
 def test_bad_user_or_hostname_is_input_error(pubkey: str, kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(InputError, match=message):
-        cidata.render_seed([pubkey], **kwargs)
+        cidata.render_seed([pubkey], templates=TEMPLATES, **kwargs)
 
 
 def test_public_key_validation(tmp_path: Path) -> None:
@@ -197,4 +205,4 @@ def test_make_C_cloudinit_writes_cidata_iso(tmp_path: Path, pubkey: str) -> None
 def test_templates_are_data_files() -> None:
     for name in cidata.TEMPLATES.values():
         assert (REPO / "cloudinit" / "templates" / name).is_file()
-    assert config.repo_root() / "cloudinit" / "templates" == cidata.template_dir()
+    assert cidata.template_dir(RUNTIME.root) == RUNTIME.root / "cloudinit" / "templates"

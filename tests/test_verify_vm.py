@@ -24,6 +24,8 @@ from kiln.vm import cidata, ssh
 from kiln.vm.qemu import VM
 from kiln_runtime import RUNTIME
 
+TEMPLATES = cidata.template_dir(RUNTIME.root)
+
 pytestmark = pytest.mark.vm
 
 
@@ -88,7 +90,9 @@ def test_broken_image_fails_in_build_check_and_verify(
     src = _build_dir(built_image)
     build = builddir.BuildDir.open(src)
     keys = ssh.generate_keypair(tmp_path / "key", comment="kiln-test-breaker")
-    seed = cidata.write_seed(tmp_path / "seed.iso", [keys.public_line], user="kiln", values=build.config)
+    seed = cidata.write_seed(
+        tmp_path / "seed.iso", [keys.public_line], user="kiln", values=build.config, templates=TEMPLATES
+    )
     workdir = tmp_path / "break"
     with VM(build.qcow2, workdir=workdir, firmware=build.firmware, cidata=seed, runtime=RUNTIME) as vm:
         vm.wait_for_ssh("kiln", keys.private_key)

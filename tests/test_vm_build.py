@@ -20,6 +20,8 @@ from kiln.vm.qemu import VM
 from kiln.vm.ssh import generate_keypair
 from kiln_runtime import RUNTIME
 
+TEMPLATES = cidata.template_dir(RUNTIME.root)
+
 pytestmark = pytest.mark.vm
 
 USER = "kilntest"
@@ -182,7 +184,9 @@ def vm_build_user(vm: VM) -> str:
 
 def _boot_and_check(disk: Path, firmware: str, built_image, tmp_path: Path) -> None:
     keys = generate_keypair(tmp_path / "key", comment="kiln-test")
-    files = cidata.render_seed([keys.public_line], user=USER, values=built_image.dir.config)
+    files = cidata.render_seed(
+        [keys.public_line], user=USER, values=built_image.dir.config, templates=TEMPLATES
+    )
     files["user-data"] = files["user-data"].replace("  - default\n", "")
     seed = cidata.write_iso(tmp_path / "seed.iso", files)
     vm = VM(

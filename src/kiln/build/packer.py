@@ -24,8 +24,8 @@ STAGE_RE = re.compile(r"^(?:\S+ )?==> (?P<source>[\w.-]+): (?P<stage>.*)$")
 def version(runtime: Runtime) -> tuple[int, int, int]:
     """The installed Packer's version, e.g. (1, 6, 6). ToolMissingError names the package if absent.
     A read-only query: it runs even under --dry-run."""
-    rt = runtime.live() if runtime is not None else None
-    key = rt.path if rt is not None else ""
+    rt = runtime.live()
+    key = rt.path
     if key not in _VERSIONS:
         _VERSIONS[key] = _version(rt)
     return _VERSIONS[key]

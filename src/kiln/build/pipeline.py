@@ -137,7 +137,8 @@ def stage_cached(
     if ws.runtime.dry_run:
         hit = stages.lookup(cache_dir, sid.id)
         ws.monitor.log(stage, f"{'would reuse' if hit else 'would build'} stage {sid.short}")
-        runner.run(ws, stage, parent_disk, last)
+        if hit is None:  # what the run would be; a cached stage runs nothing
+            runner.run(ws, stage, parent_disk, last)
         return stages.disk(cache_dir, sid.id)
     with stages.locked(cache_dir, sid.id):  # a concurrent build of the same stage waits, then reuses it
         hit = stages.lookup(cache_dir, sid.id)

@@ -382,7 +382,7 @@ def random_password_hash(runtime: Runtime) -> str:
     """A SHA-512 crypt hash of a random password that is never stored or shown (installers need one).
     A pure computation: it runs even under --dry-run."""
     password = secrets.token_urlsafe(24)
-    rt = runtime.live() if runtime is not None else None
+    rt = runtime.live()
     out = proc.run(
         ["openssl", "passwd", "-6", "-stdin"],
         input_text=password + "\n",

@@ -35,7 +35,9 @@ class PackerRunner:
         sdir = ws.work / stage
         sdir.mkdir(mode=0o700)
         # the one-time login Packer uses, from the one user-data generator (kiln.vm.checkboot)
-        login = checkboot.make_login(sdir, user=ws.settings.ssh_username, values=values, purpose="build")
+        login = checkboot.make_login(
+            sdir, user=ws.settings.ssh_username, values=values, purpose="build", root=ws.runtime.root
+        )
         assert login.keys is not None and login.seed is not None
         keys, seed = login.keys, login.seed
         staged = parent is not None

@@ -319,15 +319,21 @@ def _held_entry(cache_dir: Path, record: Record) -> bool:
     return _held(root(cache_dir) / ".locks" / f"{record.id}.lock")
 
 
-def prune(cache_dir: Path, max_size: int | None = None, older_than_days: float | None = None) -> list[Record]:
+def prune(
+    cache_dir: Path,
+    max_size: int | None = None,
+    older_than_days: float | None = None,
+    *,
+    dry_run: bool = False,
+) -> list[Record]:
     """Delete least recently used entries first until the cache fits `max_size` bytes and nothing is older
     than `older_than_days` (by last use). An entry held by a running build is never deleted, and an entry
     goes together with the stages built on it (their disks would lose their backing file). Stale temp
-    entries of interrupted builds go too."""
+    entries of interrupted builds go too. `dry_run`: the same choice, returned, and nothing deleted."""
     if max_size is None and older_than_days is None:
         raise InputError("cache prune: give --max-size and/or --older-than")
     for folder in (root(cache_dir), cache_dir / BASE_ROOT):
-        for stale in folder.glob(".*.tmp-*") if folder.is_dir() else []:
+        for stale in folder.glob(".*.tmp-*") if folder.is_dir() and not dry_run else []:
             shutil.rmtree(stale, ignore_errors=True)
     records = entries(cache_dir)
     children: dict[str, list[Record]] = {}  # a stage's disk is backed by its parent's: link them by path
@@ -356,7 +362,8 @@ def prune(cache_dir: Path, max_size: int | None = None, older_than_days: float |
         if any(_held_entry(cache_dir, x) for x in group):
             continue
         for x in group:
-            shutil.rmtree(_entry_dir(cache_dir, x), ignore_errors=True)
+            if not dry_run:
+                shutil.rmtree(_entry_dir(cache_dir, x), ignore_errors=True)
             gone.add(x.id)
             total -= x.size
             removed.append(x)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from kiln.cli.base import command, config_options, load_config
-from kiln.config.typed import Settings
+from kiln.core import paths
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import (
     EXIT_OK,
@@ -97,10 +97,15 @@ def _cmd_cidata(args: argparse.Namespace) -> int:
         from kiln.config.settings import SETTINGS
 
         values = {s.name: s.default for s in SETTINGS}
-    out = args.output or args.runtime.root / "cloudinit" / "cidata.iso"
+    # cloudinit/cidata.iso in a checkout (what `make -C cloudinit` writes), else in the current directory
+    out = args.output or paths.work_root(args.runtime.root, Path.cwd()) / "cloudinit" / "cidata.iso"
+    if args.runtime.dry_run:
+        print(f"would write {out} (volume cidata; {len(keys)} key(s) from {source})")
+        return EXIT_OK
     cidata.write_seed(
         out, keys, user=args.user or cidata.DEFAULT_USER, hostname=args.hostname,
         instance_id=args.instance_id, values=values, network_config=args.network_config,
+        templates=cidata.template_dir(args.runtime.root),
     )  # fmt: skip
     user = args.user or cidata.DEFAULT_USER
     print(f"wrote {out} (volume cidata; {len(keys)} key(s) from {source}; user {user})")
@@ -114,6 +119,10 @@ def _cmd_boot(args: argparse.Namespace) -> int:
 
     build = BuildDir.open(args.build_dir)
     if args.stop:
+        if args.runtime.dry_run:
+            running = boot.read_state(build)
+            print(f"would stop QEMU pid {running.pid}" if running else f"{build.path}: is not booted")
+            return EXIT_OK
         state = boot.stop(build)
         print(f"stopped QEMU pid {state.pid}" if state else f"{build.path}: was not booted")
         return EXIT_OK
@@ -163,17 +172,23 @@ def _cmd_ssh(args: argparse.Namespace) -> int:
 def _cmd_conformance(args: argparse.Namespace) -> int:
     import tempfile
 
-    from kiln.vm import boot, conformance
+    from kiln.vm import boot, checkboot, conformance
 
     build = BuildDir.open(args.build_dir)
     flags = conformance.Flags().with_overrides(nodes=args.nodes, focus=args.focus, skip=args.skip)
     results = args.results or build.path / "conformance"
+    if args.runtime.dry_run:  # nothing is booted, extracted or run
+        print(
+            f"would boot {build.path} (unless it is booted), run the node conformance tests from {args.tests}"
+        )
+        print(f"would write the results to {results}")
+        return EXIT_OK
     with tempfile.TemporaryDirectory(prefix="kiln-e2e-") as tmp:
         binaries = conformance.extract_binaries(args.tests, Path(tmp))  # bad tarball: exit 2, nothing booted
         with boot.booted(build, runtime=args.runtime) as state, boot.session(state) as session:
             result = conformance.run(
                 session, binaries, results, flags=flags,
-                cni_bin_dirs=list(dict.fromkeys([Settings.from_values(build.values()).cni_bin_dir,
+                cni_bin_dirs=list(dict.fromkeys([checkboot.settings_of(build).cni_bin_dir,
                                                  *conformance.CNI_BIN_DIRS])),
                 timeout=args.timeout, on_line=lambda ln: print(ln, flush=True),
             )  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,6 +185,9 @@ def _cmd_render(args: argparse.Namespace) -> int:
         raise InputError("render -o: an empty path or '.' is not an output directory")
     out = args.output or (cfg.work_root / "packer" / ".rendered" / args.target)
     inputs.check_replaceable(out, "render output directory")  # before anything is written
+    if args.runtime.dry_run:
+        print(f"would render {args.target} into {out} (with throwaway credentials beside it)")
+        return EXIT_OK
     try:
         out = out.resolve()
     except (OSError, RuntimeError) as exc:
@@ -221,7 +223,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     if bool(args.all) == bool(args.target):
         raise InputError("validate: give a TARGET or --all")
-    names = config.targets(args.runtime.root) if args.all else [config.check_target(args.target)]
+    names = (
+        config.targets(args.runtime.root)
+        if args.all
+        else [config.check_target(args.target, args.runtime.root)]
+    )
     problems: list[str] = []
     failed: list[str] = []
     for name in names:
@@ -299,18 +305,22 @@ def _register_cache(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     ls = csub.add_parser("ls", help="cached stages: ID, stage, target, size, last used")
     ls.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    config_options(ls)
     ls.set_defaults(func=_cmd_cache_ls)
     prune = csub.add_parser("prune", help="delete least recently used stages (never one a build holds)")
     prune.add_argument("--max-size", metavar="SIZE", help="shrink the cache to this size (20G, 500M, ...)")
     prune.add_argument("--older-than", type=float, metavar="DAYS", help="delete stages unused for DAYS")
+    config_options(prune)
     prune.set_defaults(func=_cmd_cache_prune)
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
-    """cache_dir as common.json and the user's var files set it (the stage cache is shared by targets)."""
-    root = args.runtime.root
-    var_files = os.environ.get("PACKER_VAR_FILES", "").split()
-    return config.load(config.targets(root)[0], var_files=var_files, repo_root=root).path("cache_dir")
+    """cache_dir as config/common.json, PACKER_VAR_FILES, --var-file and --var set it (the stage cache is
+    shared by every target, so any target's config says where it is)."""
+    names = config.targets(args.runtime.root)
+    if not names:
+        raise InputError(f"{args.runtime.root / 'config'}: no target config, so no cache_dir")
+    return load_config(args, names[0]).path("cache_dir")
 
 
 def _cmd_cache_ls(args: argparse.Namespace) -> int:
@@ -338,8 +348,11 @@ def _cmd_cache_prune(args: argparse.Namespace) -> int:
     from kiln.core import inputs
 
     max_size = stages.parse_size(args.max_size) if args.max_size else None
-    removed = stages.prune(_cache_dir(args), max_size=max_size, older_than_days=args.older_than)
+    removed = stages.prune(
+        _cache_dir(args), max_size=max_size, older_than_days=args.older_than, dry_run=args.runtime.dry_run
+    )
+    verb = "would remove" if args.runtime.dry_run else "removed"
     for r in removed:
-        print(f"removed {r.id[:12]} ({r.stage}, {r.target}, {inputs.human(r.size)})")
-    print(f"{len(removed)} stage(s) removed")
+        print(f"{verb} {r.id[:12]} ({r.stage}, {r.target}, {inputs.human(r.size)})")
+    print(f"{len(removed)} cache entries {'would be ' if args.runtime.dry_run else ''}removed")
     return EXIT_OK

@@ -261,6 +261,9 @@ def _cmd_images_get(args: argparse.Namespace) -> int:
 
     base = args.base_url or os.environ.get("KILN_DOWNLOAD_BASE_URL") or images.DEFAULT_BASE_URL
     url = images.resolve_url(args.image, base, _bucket(args))
+    if args.runtime.dry_run:
+        print(f"would download {url} into {args.output_dir} (checked against {url}.sha256)")
+        return EXIT_OK
     monitor = progress.for_mode(args.progress, sys.stderr)
     started = time.monotonic()
     monitor.begin(url, "download")

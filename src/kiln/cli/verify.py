@@ -144,6 +144,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         fmt=args.fmt,
         monitor=progress.for_mode(args.progress),
     )
+    if args.runtime.dry_run:
+        return EXIT_OK
     s = reports.summary(results)
     print(
         f"{args.build_dir}: verified ({args.fmt}): {s['test-count']} checks passed "

@@ -87,15 +87,24 @@ class Settings:
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:
-        """From resolved values (a Config's, or a build dir's config.json). A key that an older build dir
-        lacks takes the table's default; a value of the wrong type is a TypeError."""
+        """From resolved values (a Config's, or a build dir's config.json or manifest). A key that an older
+        build dir lacks takes the table's default; numbers and booleans recorded as strings are read back; a
+        value of the wrong type is a TypeError."""
         out: dict[str, Any] = {{}}
         for s in SETTINGS:
-            value = values.get(s.name, s.default)
+            value: Any = values.get(s.name)
+            value = s.default if value is None else value
+            if isinstance(value, str) and s.type is int and value.strip().lstrip("-").isdigit():
+                value = int(value)  # custom_data records every value as a string
+            elif isinstance(value, str) and s.type is bool and value.lower() in ("true", "false"):
+                value = value.lower() == "true"
             if s.type is list:
-                value = tuple(str(v) for v in (value or ()))
+                items = value.split() if isinstance(value, str) else value
+                value = tuple(str(v) for v in (items or ()))
             elif s.type is dict:
-                value = MappingProxyType({{str(k): str(v) for k, v in dict(value or {{}}).items()}})
+                if not isinstance(value, Mapping):
+                    raise TypeError(f"{{s.name}}: {{value!r}} is not a map")
+                value = MappingProxyType({{str(k): str(v) for k, v in value.items()}})
             elif not isinstance(value, s.type) or (s.type is int and isinstance(value, bool)):
                 raise TypeError(f"{{s.name}}: {{value!r}} is not a {{s.type_name}}")
             out[s.name] = value

@@ -298,22 +298,29 @@ def verify_image(
     report_dir/junit.xml and report_dir/vars-final.yaml. `workdir` holds the overlay, the seed, the
     one-time key and the serial log.
     """
-    if not target.disk.is_file():
-        raise InputError(f"{target.disk}: image not found")
     if target.live not in (None, "iso", "netboot"):
         raise InputError(f"--format {target.live!r}: want disk, iso or netboot")
     spec_dir = goss.spec_dir(runtime.root)
     # Render and validate vars and spec before booting: a broken spec costs no boot.
     probe_extra = {"verify_user": VERIFY_USER, "verify_key_marker": "-", "verify_instance_id": "-"}
-    goss.load_spec(
+    spec = goss.load_spec(
         spec_dir / goss.ENTRY["final"],
         goss.render_vars(values, {"phase": "final", **probe_extra}, spec_dir=spec_dir),
     )
+    if runtime.dry_run:  # nothing is booted, written or checked
+        shown = target.live_iso or target.disk
+        print(f"would boot {shown} ({target.live or 'disk'}, {options.firmware}) on a throwaway overlay")
+        entry = spec_dir / goss.ENTRY["final"]
+        print(f"would run the {len(spec.resources)} goss resources of {entry}; reports in {report_dir}")
+        return []
+    if not target.disk.is_file():
+        raise InputError(f"{target.disk}: image not found")
     login = checkboot.make_login(
         workdir,
         user=VERIFY_USER,
         values=values,
         purpose="verify",
+        root=runtime.root,
         extra_user_data=VERIFY_CLOUD_CONFIG + (LIVE_CLOUD_CONFIG if target.live else ""),
         write_iso=target.live != "netboot",  # netboot: the seed comes over HTTP (ds=nocloud;s=URL)
     )
@@ -402,7 +409,8 @@ def verify_build_dir(
         if live_iso is not None and not live_iso.is_file():
             raise InputError(f"{live_iso}: missing; build with FORMATS='qcow2 ova iso'")
         reports = build.path / "goss" / f"{fmt}-{firmware}"
-        work.mkdir(parents=True, exist_ok=True)
+        if not runtime.dry_run:
+            work.mkdir(parents=True, exist_ok=True)
         image = work / "empty-local-disk.qcow2"  # a diskless node's blank local disk
         proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8G"], runtime=runtime)
     else:

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -203,18 +204,45 @@ def start(
             f"{build.path}: already booted (QEMU pid {existing.pid}, ssh port {existing.ssh_port})",
             hint=f"stop it with `kiln boot --stop {build.path}`",
         )
+    if runtime.dry_run:  # print what would run; nothing in the build dir is created, extracted or removed
+        with tempfile.TemporaryDirectory(prefix="kiln-boot-dry-run-") as tmp:
+            return _start(build, Path(tmp), cidata_iso, key, user, firmware, accelerator, memory, cpus,
+                          hostname, detach, timeout, runtime)  # fmt: skip
     rdir = run_dir(build)
     _cleanup(rdir)
     rdir.mkdir(parents=True, exist_ok=True)  # may hold the previous boot's logs
+    return _start(build, rdir, cidata_iso, key, user, firmware, accelerator, memory, cpus,
+                  hostname, detach, timeout, runtime)  # fmt: skip
+
+
+def _start(
+    build: BuildDir,
+    rdir: Path,
+    cidata_iso: Path | None,
+    key: Path | None,
+    user: str | None,
+    firmware: str | None,
+    accelerator: str | None,
+    memory: int | None,
+    cpus: int | None,
+    hostname: str | None,
+    detach: bool,
+    timeout: float,
+    runtime: Runtime,
+) -> tuple[VM, BootState]:
     vm: VM | None = None
     try:
-        disk, fmt = disk_for(build, rdir)
+        if runtime.dry_run and not build.qcow2.is_file() and build.ova.is_file():
+            disk, fmt = rdir / "disk.vmdk", "vmdk"  # would be extracted from the OVA
+        else:
+            disk, fmt = disk_for(build, rdir)
         if cidata_iso is None:
             login = checkboot.make_login(
                 rdir,
                 user=user or cidata.DEFAULT_USER,
                 values=build.values(),
                 purpose="boot",
+                root=runtime.root,
                 hostname=hostname,
             )
         else:
@@ -233,8 +261,6 @@ def start(
             cloud_init=checkboot.CLOUD_INIT_WARN,  # keep the VM: logging in to look is the point
         )
         vm = checkboot.start(disk, rdir / "vm", login, options, runtime)
-        if runtime.dry_run:  # the command lines were printed; nothing runs, nothing stays
-            _cleanup(rdir)
         key_path = login.private_key
         state = BootState(
             pid=vm.pid or 0,

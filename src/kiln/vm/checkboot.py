@@ -64,13 +64,15 @@ def make_login(
     user: str,
     values: Mapping[str, Any],
     purpose: str,
+    root: Path,
     hostname: str | None = None,
     extra_user_data: str = "",
     write_iso: bool = True,
 ) -> Login:
     """A key pair in `workdir/key` and a seed in `workdir/seed.iso` for `user`.
 
-    `purpose` names the boot in the key's comment and the instance id (`build`, `verify`, `boot`). A `build`
+    `purpose` names the boot in the key's comment and the instance id (`build`, `verify`, `boot`); `root` is
+    the data root whose cloudinit/templates render the seed. A `build`
     seed leaves nothing of itself in the image (no marker file, no hostname, no image default user);
     `extra_user_data` is cloud-config appended to the user-data.
     """
@@ -83,6 +85,7 @@ def make_login(
         hostname=hostname,
         instance_id=instance_id,
         values=values,
+        templates=cidata.template_dir(root),
         build=purpose == "build",
     )
     if extra_user_data:
@@ -124,11 +127,19 @@ class BootOptions:
             raise ValueError(f"cloud_init: one of {CLOUD_INIT_MODES}, not {self.cloud_init!r}")
 
 
+def settings_of(build: BuildDir) -> Settings:
+    """The typed settings a build directory recorded (config.json, else its manifest's custom_data)."""
+    try:
+        return Settings.from_values(build.values())
+    except TypeError as exc:
+        raise InputError(f"{build.path}: recorded settings: {exc}") from None
+
+
 def options_for(build: BuildDir, **overrides: Any) -> BootOptions:
     """Boot options from what a build directory recorded (memory, cpus, firmware, accelerator); a key an
     older build dir lacks takes its default from the settings table. `overrides` that are None are ignored."""
 
-    s = Settings.from_values(build.values())
+    s = settings_of(build)
     values: dict[str, Any] = {
         "memory": s.memory,
         "cpus": s.cpus,

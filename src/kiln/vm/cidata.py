@@ -92,11 +92,9 @@ _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HOSTNAME_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
-def template_dir() -> Path:
-    """cloudinit/templates in the kiln checkout (data users may edit, not Python strings)."""
-    from kiln.config import repo_root
-
-    return repo_root() / "cloudinit" / "templates"
+def template_dir(root: Path) -> Path:
+    """cloudinit/templates under kiln's data root (data users may edit, not Python strings)."""
+    return root / "cloudinit" / "templates"
 
 
 def parse_public_key(line: str, source: str) -> str:
@@ -211,7 +209,7 @@ def render_seed(
     instance_id: str | None = None,
     values: Mapping[str, Any] | None = None,
     network_config: bool = False,
-    templates: str | os.PathLike[str] | None = None,
+    templates: str | os.PathLike[str],
     build: bool = False,
 ) -> dict[str, str]:
     """Render user-data, meta-data (and network-config) from cloudinit/templates.
@@ -239,7 +237,7 @@ def render_seed(
         "ssh_authorized_keys": keys,
         "build": build,
     }
-    root = Path(templates) if templates is not None else template_dir()
+    root = Path(templates)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         undefined=jinja2.StrictUndefined,

@@ -189,13 +189,19 @@ class VM:
         """Create the overlay (first start only), start QEMU and return once its monitor answers."""
         if self.running():
             raise VMError(f"{self.disk}: VM already running (pid {self.pid})")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if self.runtime.dry_run:  # print the command lines, start nothing
+        if self.runtime.dry_run:  # print the command lines; start, create or delete nothing
             self.accelerator = "tcg" if self.accelerator_setting == "auto" else self.accelerator_setting
             fmt = self.disk_format or ("qcow2" if self.disk.suffix == ".qcow2" else "raw")
-        else:
-            self.accelerator = pick_accelerator(self.accelerator_setting, self.runtime)
-            fmt = self.disk_format or detect_format(self.disk, self.runtime)
+            if self.use_overlay:  # proc.run prints it under dry-run
+                create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(self.disk)]
+                proc.run([*create, str(self.overlay_path)], runtime=self.runtime)
+            self.qmp_socket = str(self.workdir / "qmp.sock")
+            self.ssh_port = 2222
+            print(f"would run: {proc.quote(self.qemu_argv(fmt))}")
+            return self
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.accelerator = pick_accelerator(self.accelerator_setting, self.runtime)
+        fmt = self.disk_format or detect_format(self.disk, self.runtime)
         if self.use_overlay and not self._overlay_made:
             self.overlay_path.unlink(missing_ok=True)
             backing = ["-F", fmt, "-b", str(self.disk)]  # absolute path + format: no probing, no surprises
@@ -205,10 +211,6 @@ class VM:
             )
             self._overlay_made = True
         self._setup_qmp_path()
-        if self.runtime.dry_run:
-            self.ssh_port = 2222
-            print(f"would run: {proc.quote(self.qemu_argv(fmt))}")
-            return self
         last_error = ""
         for attempt in range(3):
             self.ssh_port = free_port()
