@@ -361,3 +361,17 @@ def test_each_setting_feeds_the_stages_it_declares() -> None:
     assert BY_NAME["kubernetes_semver"].stages == ("kubernetes",)
     assert BY_NAME["disk_size"].stages == ("base", "finalize")
     assert BY_NAME["apt_mirror"].location and "apt_mirror" not in stages.stage_settings("os")
+
+
+def test_a_role_named_by_name_is_hashed_by_its_content(tmp_path: Path) -> None:
+    """extra_roles_before/after name roles as Ansible finds them (ansible/roles/NAME): editing such a role
+    is a change of the stage that runs it, though its name stays the same."""
+    root = tmp_path / "root"
+    tasks = root / "ansible" / "roles" / "site_role" / "tasks"
+    tasks.mkdir(parents=True)
+    (tasks / "main.yml").write_text("- ansible.builtin.debug: {msg: a}\n")
+    values = {"extra_roles_before": ["site_role"], "extra_roles_after": ["missing_role"]}
+    a = stages.stage_ids(values, root, tmp_path)
+    (tasks / "main.yml").write_text("- ansible.builtin.debug: {msg: b}\n")
+    b = stages.stage_ids(values, root, tmp_path)
+    assert a["base"].id == b["base"].id and a["os"].id != b["os"].id

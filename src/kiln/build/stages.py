@@ -96,22 +96,33 @@ def files_digest(root: Path, patterns: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
-def user_files_digest(values: Mapping[str, Any], keys: tuple[str, ...], root: Path) -> str:
+def _user_path(key: str, item: str, root: Path, work_root: Path) -> Path | None:
+    """Where the file or folder the user named lies. Roles resolve as Ansible resolves them (a name in
+    ansible/roles/, then a path from the playbook's folder or the work root); specs and vars files from the
+    work root."""
+    path = Path(item)
+    if path.is_absolute():
+        return path if path.exists() else None
+    if key.startswith("extra_roles"):
+        candidates = [root / "ansible" / "roles" / item, root / "ansible" / item, work_root / item]
+    else:
+        candidates = [work_root / item]
+    return next((c for c in candidates if c.exists()), None)
+
+
+def user_files_digest(values: Mapping[str, Any], keys: tuple[str, ...], root: Path, work_root: Path) -> str:
     """The user's roles, specs and vars files named by `keys`: their content and their paths relative to
     what was named (never absolute paths), so the same files anywhere give the same ID."""
     h = hashlib.sha256()
     for key in keys:
         raw = values.get(key) or ()
         for item in [raw] if isinstance(raw, str) else raw:
-            path = Path(str(item))
-            path = path if path.is_absolute() else root / path
-            if path.is_dir():
-                files = sorted(f for f in path.rglob("*") if f.is_file())
-            elif path.is_file():
-                files = [path]
-            else:
+            h.update(f"{key}\0{item}\0".encode() if key.startswith("extra_roles") else key.encode() + b"\0")
+            path = _user_path(key, str(item), root, work_root)
+            if path is None:
+                h.update(b"(missing)\0")
                 continue
-            h.update(key.encode() + b"\0")
+            files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
             for f in files:
                 rel = f.relative_to(path) if f != path else Path(f.name)
                 h.update(str(rel).encode() + b"\0" + f.read_bytes() + b"\0")
@@ -144,7 +155,7 @@ def stage_ids(
             "files": files_digest(root, stage.files),
         }
         if stage.user_files:
-            inputs["user_files"] = user_files_digest(values, stage.user_files, work_root)
+            inputs["user_files"] = user_files_digest(values, stage.user_files, root, work_root)
         if stage.name == "base" and base_key:
             inputs["bootstrap"] = base_key  # kiln.build.bootstrap's own key of the base disk
         if stage.name == "finalize":
