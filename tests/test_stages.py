@@ -375,3 +375,22 @@ def test_a_role_named_by_name_is_hashed_by_its_content(tmp_path: Path) -> None:
     (tasks / "main.yml").write_text("- ansible.builtin.debug: {msg: b}\n")
     b = stages.stage_ids(values, root, tmp_path)
     assert a["base"].id == b["base"].id and a["os"].id != b["os"].id
+
+
+def test_prune_never_deletes_an_entry_a_running_build_stands_on(tmp_path: Path) -> None:
+    """A build holds a shared use lock on the base and the stages its disk is backed by until it ends;
+    prune skips them (and what they back) while it runs, and frees them after."""
+    import contextlib
+
+    cache = tmp_path / "cache"
+    old = time.time() - 30 * 86400
+    os_disk = stages.store(cache, "os1", qcow2(tmp_path / "a.qcow2"), record("os1", "os", used=old))
+    k1 = record("k1", "kubernetes", "os1", str(os_disk))
+    stages.store(cache, "k1", qcow2(tmp_path / "b.qcow2", os_disk), k1)
+        cache, "k1", qcow2(tmp_path / "b.qcow2", os_disk), record("k1", "kubernetes", "os1", str(os_disk))
+    )
+    with contextlib.ExitStack() as holds:
+        stages.hold_shared(stages.use_lock(cache, "kubernetes", "k1"), holds)
+        stages.hold_shared(stages.use_lock(cache, "kubernetes", "k1"), holds)  # a second build, same stage
+        assert stages.prune(cache, older_than_days=1) == [], "k1 is in use, so is os1 beneath it"
+    assert sorted(r.id for r in stages.prune(cache, older_than_days=1)) == ["k1", "os1"]

@@ -113,6 +113,8 @@ def stage_base(ws: Workspace) -> None:
         entry = ws.cfg.path("cache_dir") / "bootstrap" / spec.key()
         ws.base = hit or bootstrap.BaseImage(spec.key(), entry, False)
         return
+    # held until the build ends: kiln cache prune never deletes the base under a running build's stages
+    stages.hold_shared(stages.use_lock(ws.cfg.path("cache_dir"), "base", spec.key()), ws.holds)
     ws.base = bootstrap.ensure_base(
         spec,
         ws.cfg.path("cache_dir"),
@@ -149,6 +151,7 @@ def stage_cached(
             )
             ws.reused[stage] = sid.id
             stages.touch(cache_dir, hit)
+            stages.hold_shared(stages.use_lock(cache_dir, stage, sid.id), ws.holds)
             return stages.disk(cache_dir, sid.id)
         out = runner.run(ws, stage, parent_disk, last)
         record = stages.Record(
@@ -172,6 +175,7 @@ def stage_cached(
         extra = (
             {PACKAGES_KEPT: ws.packages_file} if stage == "kubernetes" and ws.packages_file.is_file() else {}
         )
+        stages.hold_shared(stages.use_lock(cache_dir, stage, sid.id), ws.holds)  # before prune can see it
         cached = stages.store(cache_dir, sid.id, out.disk, record, extra)
         ws.monitor.log(stage, f"{stage}: cached as stage {sid.short} ({inputs.human(record.size)})")
         return cached
@@ -398,6 +402,7 @@ def run_build(
                 exc.hint = f"build log: {kept}"
         raise
     finally:
+        ws.holds.close()
         log_file.close()
         if not ok:
             shutil.rmtree(temp, ignore_errors=True)

@@ -235,6 +235,21 @@ def locked(cache_dir: Path, sid: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def use_lock(cache_dir: Path, record_or_stage: str, key: str) -> Path:
+    """The file a build holds a shared lock on while it uses an entry (as a backing disk, or to finalize
+    from): `kiln cache prune` never deletes an entry whose use lock is held."""
+    if record_or_stage == "base":
+        return cache_dir / BASE_ROOT / f"{key}.use"
+    return root(cache_dir) / ".locks" / f"{key}.use"
+
+
+def hold_shared(path: Path, stack: contextlib.ExitStack) -> None:
+    """Take a shared lock on `path` until `stack` closes (several builds may use one entry at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = stack.enter_context(open(path, "a"))
+    fcntl.flock(fh, fcntl.LOCK_SH)
+
+
 def _held(path: Path) -> bool:
     """Someone holds the flock on `path` (a running build making or using that entry)."""
     if not path.exists():
@@ -325,9 +340,12 @@ def _entry_dir(cache_dir: Path, record: Record) -> Path:
 
 
 def _held_entry(cache_dir: Path, record: Record) -> bool:
+    """A build is making the entry (its lock) or using it (its use lock)."""
     if record.stage == "base":  # kiln.build.bootstrap's lock
-        return _held(cache_dir / BASE_ROOT / f"{record.id}.lock")
-    return _held(root(cache_dir) / ".locks" / f"{record.id}.lock")
+        making = cache_dir / BASE_ROOT / f"{record.id}.lock"
+    else:
+        making = root(cache_dir) / ".locks" / f"{record.id}.lock"
+    return _held(making) or _held(use_lock(cache_dir, record.stage, record.id))
 
 
 def prune(

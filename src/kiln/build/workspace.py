@@ -3,6 +3,7 @@ dir, the log, the stage IDs) and what the stages have made so far."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ class Workspace:
     disk: Output | None = None  # the current stage's output disk
     base: bootstrap.BaseImage | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # shared use locks on the cache entries this build stands on, released when the build ends
+    holds: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     reused: dict[str, str] = field(default_factory=dict)
 
     @property
