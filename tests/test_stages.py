@@ -387,8 +387,6 @@ def test_prune_never_deletes_an_entry_a_running_build_stands_on(tmp_path: Path) 
     os_disk = stages.store(cache, "os1", qcow2(tmp_path / "a.qcow2"), record("os1", "os", used=old))
     k1 = record("k1", "kubernetes", "os1", str(os_disk))
     stages.store(cache, "k1", qcow2(tmp_path / "b.qcow2", os_disk), k1)
-        cache, "k1", qcow2(tmp_path / "b.qcow2", os_disk), record("k1", "kubernetes", "os1", str(os_disk))
-    )
     with contextlib.ExitStack() as holds:
         stages.hold_shared(stages.use_lock(cache, "kubernetes", "k1"), holds)
         stages.hold_shared(stages.use_lock(cache, "kubernetes", "k1"), holds)  # a second build, same stage
