@@ -425,3 +425,16 @@ def test_the_ova_describes_the_vm_the_settings_table_declares(tmp_path: Path) ->
     assert f"<rasd:VirtualQuantity>{cfg.settings.memory}</rasd:VirtualQuantity>" in text
     assert f'vmw:osType="{cfg.settings.guest_os_type}"' in text
     assert cfg.settings.memory == BY_NAME["memory"].default == 4096
+
+
+def test_a_config_from_another_root_is_refused_where_it_meets_the_runtime(tmp_path: Path, repo: Path) -> None:
+    """The data root has one value: a config loaded from one root never renders or builds with another."""
+    import dataclasses
+
+    from kiln.build import pipeline
+    from kiln_runtime import RUNTIME
+
+    cfg = config.load("debian-12", repo_root=repo)
+    other = dataclasses.replace(RUNTIME, root=tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="data root"):
+        pipeline.run_build(cfg, runtime=other)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import hcl2
@@ -167,7 +168,7 @@ def test_render_failure_leaves_nothing(tmp_path: Path) -> None:
     (out / ".kiln-output").write_text("made by kiln\n")  # an earlier render: kiln may replace it
     (out / "previous").write_text("kept")
     with pytest.raises(InputError, match="packer/http/ubuntu/autoinstall/user-data"):
-        render.render(cfg, golden_context(cfg), out, (1, 6, 6), runtime=RUNTIME)
+        render.render(cfg, golden_context(cfg), out, (1, 6, 6), runtime=replace(RUNTIME, root=root))
     assert [p.name for p in tmp_path.iterdir() if p.name != "repo"] == ["out"]
     assert (out / "previous").read_text() == "kept"  # the old render survives a failed one
 

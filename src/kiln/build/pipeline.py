@@ -339,6 +339,7 @@ def run_build(
     from kiln.vm.qemu import pick_accelerator
 
     rt = runtime
+    cfg.check_root(rt.root)
     mon: Monitor = monitor or Null()
     values = cfg.values
     builder = only or cfg.settings.builder

@@ -332,6 +332,7 @@ def render(
     """Render everything a Packer run needs into out_dir, atomically: on any error nothing is left behind.
     An existing out_dir is replaced only after the new render succeeded (and only if kiln made it).
     `packer_version` decides the template form (kiln.build.packer.version() tells the installed one)."""
+    config.check_root(runtime.root)
     if not context.password_hash and config.get("install_method") == "installer":
         context = replace(context, password_hash=random_password_hash(runtime))
     out_dir = Path(out_dir)

@@ -11,6 +11,7 @@ from typing import Any
 
 from kiln.config.typed import Settings
 from kiln.core import builddir, paths
+from kiln.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,15 @@ class Config:
         """Where relative locations and the user's relative paths point: the checkout, or for an installed
         wheel the current directory (kiln.core.paths.work_root)."""
         return paths.work_root(self.repo_root, Path.cwd())
+
+    def check_root(self, root: Path) -> None:
+        """The data root this config was loaded from is the run's (`runtime.root`): the one root, checked
+        wherever both meet (rendering, building), so that the two can never disagree."""
+        if self.repo_root.resolve() != Path(root).resolve():
+            raise InputError(
+                f"{self.target}: config was loaded from {self.repo_root}, but this run's data root is {root}",
+                hint="load the config with repo_root=runtime.root",
+            )
 
     def path(self, key: str) -> Path:
         """A location setting (output_dir, cache_dir) resolved against the checkout, or for an installed
