@@ -94,7 +94,15 @@ def test_broken_image_fails_in_build_check_and_verify(
         tmp_path / "seed.iso", [keys.public_line], user="kiln", values=build.config, templates=TEMPLATES
     )
     workdir = tmp_path / "break"
-    with VM(build.qcow2, workdir=workdir, firmware=build.firmware, cidata=seed, runtime=RUNTIME) as vm:
+    with VM(
+        build.qcow2,
+        workdir=workdir,
+        firmware=build.firmware,
+        cidata=seed,
+        runtime=RUNTIME,
+        memory=2048,
+        cpus=2,
+    ) as vm:
         vm.wait_for_ssh("kiln", keys.private_key)
         with vm.ssh("kiln", keys.private_key) as session:
             session.run("sudo cloud-init status --wait", check=False, timeout=900)

@@ -158,7 +158,14 @@ def test_qemu_argv_bios_with_seed_and_kernel(tmp_path: Path, probe_disk: Path) -
 
 def test_qemu_argv_efi_copies_vars(tmp_path: Path, probe_disk: Path) -> None:
     machine = vm.VM(
-        probe_disk, workdir=tmp_path / "w", firmware="efi", accelerator="tcg", overlay=False, runtime=RUNTIME
+        probe_disk,
+        workdir=tmp_path / "w",
+        firmware="efi",
+        accelerator="tcg",
+        overlay=False,
+        runtime=RUNTIME,
+        memory=64,
+        cpus=1,
     )
     machine.workdir.mkdir()
     machine.accelerator = "kvm"
@@ -175,11 +182,13 @@ def test_qemu_argv_efi_copies_vars(tmp_path: Path, probe_disk: Path) -> None:
 
 def test_bad_inputs_are_input_errors(tmp_path: Path, probe_disk: Path) -> None:
     with pytest.raises(InputError, match="disk image not found"):
-        vm.VM(tmp_path / "nope.qcow2", workdir=tmp_path, runtime=RUNTIME)
+        vm.VM(tmp_path / "nope.qcow2", workdir=tmp_path, runtime=RUNTIME, memory=64, cpus=1)
     with pytest.raises(InputError, match="firmware: must be one of bios, efi"):
-        vm.VM(probe_disk, workdir=tmp_path, firmware="uefi", runtime=RUNTIME)
+        vm.VM(probe_disk, workdir=tmp_path, firmware="uefi", runtime=RUNTIME, memory=64, cpus=1)
     with pytest.raises(InputError, match="cidata ISO not found"):
-        vm.VM(probe_disk, workdir=tmp_path, cidata=tmp_path / "missing.iso", runtime=RUNTIME)
+        vm.VM(
+            probe_disk, workdir=tmp_path, cidata=tmp_path / "missing.iso", runtime=RUNTIME, memory=64, cpus=1
+        )
 
 
 def test_detect_format(tmp_path: Path, probe_disk: Path) -> None:

@@ -197,6 +197,7 @@ def _boot_and_check(disk: Path, firmware: str, built_image, tmp_path: Path) -> N
         cidata=seed,
         memory=2048,
         runtime=RUNTIME,
+        cpus=2,
     )
     vm._kiln_build_user = built_image.dir.custom_data["ssh_username"]  # type: ignore[attr-defined]
     with vm:

@@ -294,6 +294,21 @@ def template_vars(
     }
 
 
+# the user's goss files, which `kiln goss-check` opens from Packer's working directory (the render dir)
+_USER_GOSS_PATHS = ("goss_spec_dir", "goss_vars_file")
+
+
+def _for_goss_check(config: Config) -> dict[str, dict[str, Any]]:
+    """Config.to_json() with the user's relative goss paths made absolute against the work root, so that
+    `kiln goss-check`, run by Packer from the render dir, opens the files the stage IDs hashed."""
+    data = config.to_json()
+    for key in _USER_GOSS_PATHS:
+        raw = str(data[key]["value"] or "")
+        if raw and not Path(raw).is_absolute():
+            data[key]["value"] = str(config.work_root / raw)
+    return data
+
+
 def render_template(
     config: Config, context: BuildContext, render_dir: Path, packer_version: tuple[int, int, int]
 ) -> str:
@@ -351,7 +366,7 @@ def render(
         text = render_template(config, context, out_dir, packer_version)
         tmp.chmod(0o755)
         (tmp / TEMPLATE_OUT).write_text(text)
-        (tmp / "config.json").write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(json.dumps(_for_goss_check(config), indent=2, sort_keys=True) + "\n")
         ansible_vars = {
             **config.plain(),
             "ansible_python_interpreter": "/usr/bin/python3",

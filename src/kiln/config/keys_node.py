@@ -236,9 +236,9 @@ NODE: tuple[S, ...] = (
     S(
         "gcs_bucket",
         str,
-        "",
+        "capv-images",
         "GCS bucket `kiln upload` and `kiln release` publish to when --bucket and KILN_GCS_BUCKET are not "
-        "given (then capv-images).",
+        "given.",
         "common",
         _name,
         location=True,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import google_crc32c
 
+from kiln.config.settings import BY_NAME
 from kiln.core.builddir import MANIFEST, BuildDir
 from kiln.core.errors import InputError, Interrupted, UploadError
 from kiln.core.inputs import human
@@ -41,7 +42,7 @@ from kiln.publish.gcs import Client, ObjectInfo, PreconditionFailed, Stats
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKET = "capv-images"
+DEFAULT_BUCKET = str(BY_NAME["gcs_bucket"].default)  # the settings table holds the default
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HASH_BUFFER = 8 * 1024 * 1024
 DEFAULT_ARTIFACTS = ("ova",)

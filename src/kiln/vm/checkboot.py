@@ -112,8 +112,8 @@ class BootOptions:
 
     memory: int
     cpus: int
-    firmware: str = "bios"
-    accelerator: str = "auto"
+    firmware: str
+    accelerator: str
     disk_format: str | None = None  # detected unless given
     boot: str = "disk"  # disk | cdrom (live ISO) | net (iPXE)
     live_iso: Path | None = None
@@ -143,7 +143,7 @@ def options_for(build: BuildDir, **overrides: Any) -> BootOptions:
     values: dict[str, Any] = {
         "memory": s.memory,
         "cpus": s.cpus,
-        "firmware": build.firmware,
+        "firmware": s.firmware,
         "accelerator": s.accelerator,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})

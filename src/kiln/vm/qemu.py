@@ -2,7 +2,8 @@
 
 Used by `kiln boot`, `kiln ssh`, `kiln conformance`, `kiln verify` and the VM tests.
 
-    with VM(build.qcow2, workdir=tmp, firmware=build.firmware, cidata=seed_iso) as vm:
+    with VM(build.qcow2, workdir=tmp, firmware=build.firmware, cidata=seed_iso, memory=4096, cpus=2,
+            runtime=runtime) as vm:
         vm.wait_for_ssh("kiln", key)
         vm.wait_for_cloud_init("kiln", key)
         with vm.ssh("kiln", key) as s:
@@ -106,8 +107,8 @@ class VM:
         firmware: str = "bios",
         accelerator: str = "auto",
         cidata: str | os.PathLike[str] | None = None,
-        memory: int = 2048,
-        cpus: int = 2,
+        memory: int,
+        cpus: int,
         disk_format: str | None = None,
         kernel: str | os.PathLike[str] | None = None,
         initrd: str | os.PathLike[str] | None = None,
