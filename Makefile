@@ -202,7 +202,7 @@ lint: deps-python ## ruff (lint + format check), mypy on src/, the CI definition
 
 ##@ Housekeeping
 .PHONY: clean help generate
-generate: deps-python ## Regenerate what comes from the settings table: docs/settings.md, docs/image-builder.md, config/typed.py
+generate: deps-python ## Regenerate what comes from the settings table: docs/settings.md, docs/image-builder.md, src/kiln/config/typed.py
 	$(VENV)/bin/python hack/generate.py
 
 clean: ## Remove build outputs, caches and rendered templates (keeps .venv)

@@ -31,7 +31,7 @@ source "qemu" "node" {
   memory           = 4096
   accelerator      = "tcg"
   headless         = true
-  # kiln bootstrap: the cached base disk (built by kiln.bootstrap), first booted with its own kernel
+  # kiln bootstrap: the cached base disk (built by kiln.build.bootstrap), first booted with its own kernel
   iso_url          = "/kiln-cache/bootstrap/KEY/base.qcow2"
   iso_checksum     = "none"
   disk_image       = true
