@@ -160,6 +160,10 @@ def _cmd_ssh(args: argparse.Namespace) -> int:
     build = BuildDir.open(args.build_dir)
     state = boot.require_state(build)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if args.runtime.dry_run:
+        what = " ".join(cmd) if cmd else "an interactive shell"
+        print(f"would run {what} as {state.user} on 127.0.0.1:{state.ssh_port} (QEMU pid {state.pid})")
+        return EXIT_OK
     with boot.session(state) as session:
         if not cmd:
             return session.interactive(term=os.environ.get("TERM", "xterm"))
