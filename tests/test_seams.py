@@ -229,3 +229,29 @@ def test_progress_json_flag_on_a_dry_run_build(tmp_path: Path) -> None:
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     begins = [e["stage"] for e in events if e["event"] == "begin"]
     assert begins == [s.name for s in stages.STAGES]
+
+
+def test_dry_run_reaches_every_command_that_writes(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--dry-run has one carrier and every command honours it: render, cidata and cache prune say what they
+    would write or delete, and the tree is the same afterwards, byte for byte and mtime for mtime."""
+    import time as _time
+
+    from kiln import cli
+    from kiln.vm import ssh
+
+    cache = tmp_path / "cache"
+    disk = tmp_path / "d.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1M"], check=True)
+    old = _time.time() - 90 * 86400
+    stages.store(cache, "os1", disk, stages.Record("os1", "os", "", "debian-12", "", 0, old, old, {}))
+    (stages.root(cache) / ".stale.tmp-1").mkdir()
+    key = ssh.generate_keypair(tmp_path / "key")
+    before = tree_digest(tmp_path)
+    out = tmp_path / "rendered"
+    assert cli.main(["--dry-run", "render", "debian-12", "-o", str(out)]) == 0
+    seed = ["--dry-run", "cidata", "--ssh-public-key", str(key.public_key), "-o", str(tmp_path / "s.iso")]
+    assert cli.main(seed) == 0
+    assert cli.main(["--dry-run", "cache", "prune", "--older-than", "1", "--var", f"cache_dir={cache}"]) == 0
+    printed = capsys.readouterr().out
+    assert "would render debian-12" in printed and "would write" in printed and "would remove os1" in printed
+    assert tree_digest(tmp_path) == before
