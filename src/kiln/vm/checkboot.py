@@ -44,16 +44,14 @@ class Login:
 
     user: str
     instance_id: str
-    keys: ssh.KeyPair | None  # None when the user brought their own seed
+    private_key: Path | None  # None when the user's own seed came without a key
     seed: Path | None  # the NoCloud ISO; None when the seed travels over HTTP (netboot)
     files: Mapping[str, str] = field(default_factory=dict)  # the seed's files, for serving over HTTP
-
-    @property
-    def private_key(self) -> Path | None:
-        return self.keys.private_key if self.keys else None
+    keys: ssh.KeyPair | None = None  # the key pair kiln made for this boot; never the user's own key
 
     def forget(self) -> None:
-        """Remove the one-time private key (the boot it was made for is over)."""
+        """Remove the one-time key pair kiln made (the boot it was made for is over). A user's own key is
+        never touched."""
         if self.keys is not None:
             shutil.rmtree(self.keys.directory, ignore_errors=True)
 
@@ -91,18 +89,16 @@ def make_login(
     if extra_user_data:
         files["user-data"] = files["user-data"].rstrip("\n") + "\n" + extra_user_data
     seed = cidata.write_iso(workdir / "seed.iso", files) if write_iso else None
-    return Login(user=user, instance_id=instance_id, keys=keys, seed=seed, files=files)
+    return Login(user, instance_id, keys.private_key, seed, files, keys)
 
 
 def user_seed(iso: Path, user: str, key: Path | None) -> Login:
     """A login from a seed the user made (`--cidata ISO [--key KEY]`); checked before anything boots."""
     if not iso.is_file():
         raise InputError(f"{iso}: cidata ISO not found (from --cidata)")
-    keys = None
     if key is not None:
         ssh.load_private_key(key)  # bad key: exit 2 before booting
-        keys = ssh.KeyPair(private_key=key, public_key=key, public_line="", directory=key.parent)
-    return Login(user=user, instance_id="", keys=keys, seed=iso)
+    return Login(user=user, instance_id="", private_key=key, seed=iso)
 
 
 @dataclass(frozen=True)
