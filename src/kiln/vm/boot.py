@@ -204,88 +204,69 @@ def start(
             f"{build.path}: already booted (QEMU pid {existing.pid}, ssh port {existing.ssh_port})",
             hint=f"stop it with `kiln boot --stop {build.path}`",
         )
-    if runtime.dry_run:  # print what would run; nothing in the build dir is created, extracted or removed
-        with tempfile.TemporaryDirectory(prefix="kiln-boot-dry-run-") as tmp:
-            return _start(build, Path(tmp), cidata_iso, key, user, firmware, accelerator, memory, cpus,
-                          hostname, detach, timeout, runtime)  # fmt: skip
-    rdir = run_dir(build)
-    _cleanup(rdir)
-    rdir.mkdir(parents=True, exist_ok=True)  # may hold the previous boot's logs
-    return _start(build, rdir, cidata_iso, key, user, firmware, accelerator, memory, cpus,
-                  hostname, detach, timeout, runtime)  # fmt: skip
-
-
-def _start(
-    build: BuildDir,
-    rdir: Path,
-    cidata_iso: Path | None,
-    key: Path | None,
-    user: str | None,
-    firmware: str | None,
-    accelerator: str | None,
-    memory: int | None,
-    cpus: int | None,
-    hostname: str | None,
-    detach: bool,
-    timeout: float,
-    runtime: Runtime,
-) -> tuple[VM, BootState]:
-    vm: VM | None = None
-    try:
-        if runtime.dry_run and not build.qcow2.is_file() and build.ova.is_file():
-            disk, fmt = rdir / "disk.vmdk", "vmdk"  # would be extracted from the OVA
+    with contextlib.ExitStack() as scratch:
+        if runtime.dry_run:  # print what would run; nothing in the build dir is created, extracted or removed
+            rdir = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="kiln-boot-dry-run-")))
         else:
-            disk, fmt = disk_for(build, rdir)
-        if cidata_iso is None:
-            login = checkboot.make_login(
-                rdir,
-                user=user or cidata.DEFAULT_USER,
-                values=build.values(),
-                purpose="boot",
-                root=runtime.root,
-                hostname=hostname,
+            rdir = run_dir(build)
+            _cleanup(rdir)
+            rdir.mkdir(parents=True, exist_ok=True)  # may hold the previous boot's logs
+        vm: VM | None = None
+        try:
+            if runtime.dry_run and not build.qcow2.is_file() and build.ova.is_file():
+                disk, fmt = rdir / "disk.vmdk", "vmdk"  # would be extracted from the OVA
+            else:
+                disk, fmt = disk_for(build, rdir)
+            if cidata_iso is None:
+                login = checkboot.make_login(
+                    rdir,
+                    user=user or cidata.DEFAULT_USER,
+                    values=build.values(),
+                    purpose="boot",
+                    root=runtime.root,
+                    hostname=hostname,
+                )
+            else:
+                if not cidata_iso.is_file():
+                    raise InputError(f"{cidata_iso}: cidata ISO not found (from --cidata)")
+                login = checkboot.user_seed(cidata_iso, user or seed_user(cidata_iso), key)
+            options = checkboot.options_for(
+                build,
+                memory=memory,
+                cpus=cpus,
+                firmware=firmware,
+                accelerator=accelerator,
+                disk_format=fmt,
+                detach=detach,
+                timeout=timeout,
+                cloud_init=checkboot.CLOUD_INIT_WARN,  # keep the VM: logging in to look is the point
             )
-        else:
-            if not cidata_iso.is_file():
-                raise InputError(f"{cidata_iso}: cidata ISO not found (from --cidata)")
-            login = checkboot.user_seed(cidata_iso, user or seed_user(cidata_iso), key)
-        options = checkboot.options_for(
-            build,
-            memory=memory,
-            cpus=cpus,
-            firmware=firmware,
-            accelerator=accelerator,
-            disk_format=fmt,
-            detach=detach,
-            timeout=timeout,
-            cloud_init=checkboot.CLOUD_INIT_WARN,  # keep the VM: logging in to look is the point
-        )
-        vm = checkboot.start(disk, rdir / "vm", login, options, runtime)
-        key_path = login.private_key
-        state = BootState(
-            pid=vm.pid or 0,
-            ssh_port=vm.ssh_port,
-            user=login.user,
-            key=str(key_path) if key_path else "",
-            qmp_socket=vm.qmp_socket,
-            serial_log=str(vm.serial_log),
-            run_dir=str(rdir),
-            disk=str(disk),
-            firmware=vm.firmware,
-            accelerator=vm.accelerator or "",
-            detached=detach,
-            started=time.time(),
-        )
-        if runtime.dry_run:
+            vm = checkboot.start(disk, rdir / "vm", login, options, runtime)
+            key_path = login.private_key
+            state = BootState(
+                pid=vm.pid or 0,
+                ssh_port=vm.ssh_port,
+                user=login.user,
+                key=str(key_path) if key_path else "",
+                qmp_socket=vm.qmp_socket,
+                serial_log=str(vm.serial_log),
+                run_dir=str(rdir),
+                disk=str(disk),
+                firmware=vm.firmware,
+                accelerator=vm.accelerator or "",
+                detached=detach,
+                started=time.time(),
+            )
+            if runtime.dry_run:
+                return vm, state
+            _write_state(rdir, state)
+            checkboot.wait(vm, login, options)
             return vm, state
-        _write_state(rdir, state)
-        checkboot.wait(vm, login, options)
-        return vm, state
-    except BaseException:
-        if vm is not None:
-            vm.stop(timeout=0)
-        _cleanup(rdir)
-        raise
+        except BaseException:
+            if vm is not None:
+                vm.stop(timeout=0)
+            _cleanup(rdir)
+            raise
 
 
 def _write_state(rdir: Path, state: BootState) -> None:

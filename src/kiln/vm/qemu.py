@@ -190,27 +190,28 @@ class VM:
         """Create the overlay (first start only), start QEMU and return once its monitor answers."""
         if self.running():
             raise VMError(f"{self.disk}: VM already running (pid {self.pid})")
-        if self.runtime.dry_run:  # print the command lines; start, create or delete nothing
+        dry_run = self.runtime.dry_run  # print the command lines; start, create or delete nothing
+        if dry_run:
             self.accelerator = "tcg" if self.accelerator_setting == "auto" else self.accelerator_setting
             fmt = self.disk_format or ("qcow2" if self.disk.suffix == ".qcow2" else "raw")
-            if self.use_overlay:  # proc.run prints it under dry-run
-                create = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(self.disk)]
-                proc.run([*create, str(self.overlay_path)], runtime=self.runtime)
+        else:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.accelerator = pick_accelerator(self.accelerator_setting, self.runtime)
+            fmt = self.disk_format or detect_format(self.disk, self.runtime)
+        if self.use_overlay and not self._overlay_made:
+            if not dry_run:
+                self.overlay_path.unlink(missing_ok=True)
+            backing = ["-F", fmt, "-b", str(self.disk)]  # absolute path + format: no probing, no surprises
+            proc.run(  # under dry-run proc.run prints it
+                ["qemu-img", "create", "-q", "-f", "qcow2", *backing, str(self.overlay_path)],
+                runtime=self.runtime,
+            )
+            self._overlay_made = not dry_run
+        if dry_run:
             self.qmp_socket = str(self.workdir / "qmp.sock")
             self.ssh_port = 2222
             print(f"would run: {proc.quote(self.qemu_argv(fmt))}")
             return self
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.accelerator = pick_accelerator(self.accelerator_setting, self.runtime)
-        fmt = self.disk_format or detect_format(self.disk, self.runtime)
-        if self.use_overlay and not self._overlay_made:
-            self.overlay_path.unlink(missing_ok=True)
-            backing = ["-F", fmt, "-b", str(self.disk)]  # absolute path + format: no probing, no surprises
-            proc.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", *backing, str(self.overlay_path)],
-                runtime=self.runtime,
-            )
-            self._overlay_made = True
         self._setup_qmp_path()
         last_error = ""
         for attempt in range(3):
