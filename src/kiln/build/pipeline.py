@@ -142,6 +142,8 @@ def stage_cached(
         if hit is None:  # what the run would be; a cached stage runs nothing
             runner.run(ws, stage, parent_disk, last)
         return stages.disk(cache_dir, sid.id)
+    # held until the build ends, taken before the entry exists: prune never deletes it under this build
+    stages.hold_shared(stages.use_lock(cache_dir, stage, sid.id), ws.holds)
     with stages.locked(cache_dir, sid.id):  # a concurrent build of the same stage waits, then reuses it
         hit = stages.lookup(cache_dir, sid.id)
         if hit is not None:
@@ -151,7 +153,6 @@ def stage_cached(
             )
             ws.reused[stage] = sid.id
             stages.touch(cache_dir, hit)
-            stages.hold_shared(stages.use_lock(cache_dir, stage, sid.id), ws.holds)
             return stages.disk(cache_dir, sid.id)
         out = runner.run(ws, stage, parent_disk, last)
         record = stages.Record(
@@ -175,7 +176,6 @@ def stage_cached(
         extra = (
             {PACKAGES_KEPT: ws.packages_file} if stage == "kubernetes" and ws.packages_file.is_file() else {}
         )
-        stages.hold_shared(stages.use_lock(cache_dir, stage, sid.id), ws.holds)  # before prune can see it
         cached = stages.store(cache_dir, sid.id, out.disk, record, extra)
         ws.monitor.log(stage, f"{stage}: cached as stage {sid.short} ({inputs.human(record.size)})")
         return cached

@@ -102,14 +102,8 @@ def _cmd_goss_render(args: argparse.Namespace) -> int:
     if args.target:  # kiln's vars for the target (and the user's goss_vars_file / goss_vars_inline)
         cfg = load_config(args, args.target)
         spec_dir = goss.spec_dir(args.runtime.root)
-        placeholders = {
-            "verify_user": verify.VERIFY_USER,
-            "verify_key_marker": "-",
-            "verify_instance_id": "-",
-        }
-        variables.update(
-            goss.render_vars(cfg.values, {"phase": args.phase, **placeholders}, spec_dir=spec_dir)
-        )
+        extra = {"phase": args.phase, **verify.PLACEHOLDER_VARS}
+        variables.update(goss.render_vars(cfg.values, extra, spec_dir=spec_dir))
         variables.update(verify.user_vars(cfg.values, args.runtime.root))
         gossfile = gossfile or spec_dir / goss.ENTRY[args.phase]
     if gossfile is None:

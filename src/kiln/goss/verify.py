@@ -41,6 +41,8 @@ from kiln.vm import checkboot
 log = logging.getLogger(__name__)
 
 VERIFY_USER = "kiln-verify"
+# stand-ins for a verify boot's one-time facts, to render and check the final spec without booting
+PLACEHOLDER_VARS = {"verify_user": VERIFY_USER, "verify_key_marker": "-", "verify_instance_id": "-"}
 PHASES = ("build", "final")
 
 # Appended to the seed's user-data for `kiln verify`: keep whatever host keys the image carries, so that a
@@ -302,10 +304,9 @@ def verify_image(
         raise InputError(f"--format {target.live!r}: want disk, iso or netboot")
     spec_dir = goss.spec_dir(runtime.root)
     # Render and validate vars and spec before booting: a broken spec costs no boot.
-    probe_extra = {"verify_user": VERIFY_USER, "verify_key_marker": "-", "verify_instance_id": "-"}
     spec = goss.load_spec(
         spec_dir / goss.ENTRY["final"],
-        goss.render_vars(values, {"phase": "final", **probe_extra}, spec_dir=spec_dir),
+        goss.render_vars(values, {"phase": "final", **PLACEHOLDER_VARS}, spec_dir=spec_dir),
     )
     if runtime.dry_run:  # nothing is booted, written or checked
         shown = target.live_iso or target.disk
