@@ -2,6 +2,7 @@
 cloudinit/, bootstrap/) are copied into the package as kiln/data/, where kiln.core.paths finds them when
 kiln runs from an installed wheel. Everything else is in pyproject.toml."""
 
+import subprocess
 from pathlib import Path
 
 from setuptools import setup
@@ -28,6 +29,9 @@ class BuildPyWithData(build_py):
                 out = target / rel
                 out.parent.mkdir(parents=True, exist_ok=True)
                 self.copy_file(str(path), str(out))
+        # the commit `kiln --version` shows for an installed wheel (a checkout asks git itself)
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+        (target / "COMMIT").write_text(head.stdout.strip() + "\n" if head.returncode == 0 else "unknown\n")
 
 
 setup(cmdclass={"build_py": BuildPyWithData})

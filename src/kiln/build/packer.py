@@ -7,9 +7,11 @@ Packer's whole output to a log file and shows the current stage (Packer's `==> N
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -19,6 +21,36 @@ from kiln.core.runtime import Runtime
 
 MODERN = (1, 7, 0)
 STAGE_RE = re.compile(r"^(?:\S+ )?==> (?P<source>[\w.-]+): (?P<stage>.*)$")
+ON_ERROR = ("cleanup", "abort", "ask", "run-cleanup-provisioner")
+
+
+@dataclass(frozen=True)
+class PackerFlags:
+    """Packer's own `packer build` flags, as image-builder users pass them in PACKER_FLAGS.
+
+    on_error: Packer's -on-error (cleanup by default; abort keeps the failed VM's output for inspection,
+    ask asks at the terminal). debug: Packer's -debug (pause before each step). timestamp_ui: Packer's
+    -timestamp-ui. ask and debug talk to the terminal, so Packer then runs attached to it. (Packer's -force
+    is kiln's --force: rebuild even when the build dir is up to date.)
+    """
+
+    on_error: str = "cleanup"
+    debug: bool = False
+    timestamp_ui: bool = False
+
+    @property
+    def interactive(self) -> bool:
+        return self.on_error == "ask" or self.debug
+
+    @property
+    def keeps_output(self) -> bool:
+        """A failed build leaves its work for inspection (kiln keeps the temp build dir too)."""
+        return self.on_error in ("abort", "ask") or self.debug
+
+    def argv(self) -> list[str]:
+        return (
+            [f"-on-error={self.on_error}"] + ["-debug"] * self.debug + ["-timestamp-ui"] * self.timestamp_ui
+        )
 
 
 def version(runtime: Runtime) -> tuple[int, int, int]:
@@ -89,12 +121,19 @@ def build(
     on_stage: Callable[[str], None] | None = None,
     secret_values: Sequence[str] = (),
     *,
+    flags: PackerFlags = PackerFlags(),
     runtime: Runtime,
 ) -> None:
     """`packer build` with its whole output in log_path and each stage passed to on_stage (default: print).
 
-    Raises BuildError naming the log on failure; Ctrl-C stops Packer and its QEMU (process group).
+    Raises BuildError naming the log on failure; Ctrl-C stops Packer and its QEMU (process group). With an
+    interactive flag (-on-error=ask, -debug) Packer runs attached to the terminal, which it needs.
     """
+    if flags.interactive and not runtime.dry_run and not os.isatty(0):
+        raise InputError(
+            "packer: -on-error=ask and -debug ask questions at a terminal, and stdin is not one",
+            hint="use -on-error=abort to keep a failed build's output without a terminal",
+        )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     show = on_stage or (lambda line: print(line, flush=True))
     started = time.monotonic()
@@ -105,7 +144,7 @@ def build(
             elapsed = int(time.monotonic() - started)
             show(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {match.group('source')}: {match.group('stage')}")
 
-    argv = ["packer", "build", "-color=false", "-on-error=cleanup"]
+    argv = ["packer", "build", "-color=false", *flags.argv()]
     if only:
         argv.append("-only=" + ",".join(f"{b}.node" for b in only))
     argv.append(".")
@@ -122,6 +161,7 @@ def build(
                 log_file=log_file,
                 on_line=on_line,
                 capture=False,
+                attach=flags.interactive,
                 secret_values=secret_values,
                 runtime=runtime,
             )

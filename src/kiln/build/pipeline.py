@@ -38,6 +38,7 @@ from typing import Any
 from kiln import __version__
 from kiln.artifacts import ova
 from kiln.build import bootstrap, stages
+from kiln.build.packer import PackerFlags
 from kiln.build.render import Output
 from kiln.build.runners import PackerRunner
 from kiln.build.workspace import SERIAL_LOG, Workspace
@@ -329,6 +330,7 @@ def run_build(
     runtime: Runtime,
     verify: bool = True,
     force: bool = False,
+    packer_flags: PackerFlags | None = None,
 ) -> BuildResult:
     """Build the image described by `cfg` and publish it into its build directory.
 
@@ -341,6 +343,7 @@ def run_build(
     rt = runtime
     cfg.check_root(rt.root)
     mon: Monitor = monitor or Null()
+    flags = packer_flags or PackerFlags()
     values = cfg.values
     builder = only or cfg.settings.builder
     name = cfg.artifact_name
@@ -357,7 +360,7 @@ def run_build(
     setting = cfg.settings.accelerator
     if rt.dry_run:  # no probe VM under --dry-run: auto shows as tcg, as `kiln render` does
         accelerator = "tcg" if setting == "auto" else setting
-        return _dry_run(cfg, rt, mon, name, final, builder, accelerator, ids, verify)
+        return _dry_run(cfg, rt, mon, name, final, builder, accelerator, ids, verify, flags)
     accelerator = pick_accelerator(setting, rt)
 
     out_root = proc.ensure_dir(cfg.path("output_dir"))
@@ -367,7 +370,7 @@ def run_build(
     log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
     ws = Workspace(
         cfg, rt, Multi(mon, LogFile(log_file)), name, temp, temp / "work", log_path, log_file, accelerator,
-        builder, ids,
+        builder, ids, packer_flags=flags,
     )  # fmt: skip
     ok = False
     try:
@@ -405,7 +408,11 @@ def run_build(
     finally:
         ws.holds.close()
         log_file.close()
-        if not ok:
+        if not ok and ws.packer_flags.keeps_output:
+            mon.log(
+                "build", f"-on-error={ws.packer_flags.on_error}: the failed build's work is kept in {temp}"
+            )
+        elif not ok:
             shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -419,14 +426,16 @@ def _dry_run(
     accelerator: str,
     ids: dict[str, stages.StageId],
     verify: bool,
+    flags: PackerFlags,
 ) -> BuildResult:
     """Print the stages, their IDs and the commands they would run; write nothing anywhere."""
     with tempfile.TemporaryDirectory(prefix="kiln-dry-run-") as tmp:
         temp = Path(tmp)
         with open(os.devnull, "w") as null:
             ws = Workspace(
-                cfg, rt, mon, name, temp, temp / "work", temp / builddir.LOG, null, accelerator, builder, ids
-            )
+                cfg, rt, mon, name, temp, temp / "work", temp / builddir.LOG, null, accelerator, builder, ids,
+                packer_flags=flags,
+            )  # fmt: skip
             ws.work.mkdir()
             for stage, sid in ids.items():
                 mon.log("plan", f"{stage}: stage ID {sid.short}")

@@ -75,6 +75,7 @@ class PackerRunner:
             ws.log_path,
             only=[ws.builder],
             on_stage=lambda line: ws.monitor.log(stage, line),
+            flags=ws.packer_flags,
             runtime=runtime,
         )
         out = rendered.outputs[ws.builder]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kiln.build import bootstrap, stages
+from kiln.build.packer import PackerFlags
 from kiln.build.render import Output
 from kiln.config import Config
 from kiln.config.typed import Settings
@@ -42,6 +43,7 @@ class Workspace:
     # shared use locks on the cache entries this build stands on, released when the build ends
     holds: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     reused: dict[str, str] = field(default_factory=dict)
+    packer_flags: PackerFlags = field(default_factory=PackerFlags)  # PACKER_FLAGS: -on-error, -debug, ...
 
     @property
     def values(self) -> Mapping[str, Any]:

@@ -12,44 +12,137 @@ CLI -> load and validate config -> render -> run Packer -> post-process -> verif
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import traceback
+from typing import IO, Any
 
 from kiln import __version__, config
-from kiln.cli import boot, build, publish, verify  # noqa: F401  (each registers its subcommands)
+from kiln.cli import boot, build, completion, publish, verify  # noqa: F401  (each registers its subcommands)
 from kiln.cli.base import REGISTRY
 from kiln.core import proc
 from kiln.core.errors import EXIT_INTERRUPTED, EXIT_OK, KilnError
 
+GLOBAL_DEFAULTS = {"debug": False, "dry_run": False, "progress": "auto"}
 
-def _add_global_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks on error")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print external commands instead of running them"
-    )
+
+def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """The global flags, on the top parser and on every subcommand's, so that they work anywhere on the
+    line (`kiln build debian-12 --dry-run`). Below the top they default to SUPPRESS: a subparser never
+    resets what was given before the subcommand. A subcommand that has its own flag of that name keeps it."""
+    taken = {s for a in parser._actions for s in a.option_strings}
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    if "--debug" not in taken:
+        parser.add_argument(
+            "--debug", action="store_true", help="debug logging and tracebacks on error", **default
+        )
+    if "--dry-run" not in taken:
+        parser.add_argument(
+            "--dry-run", action="store_true", help="print what would run or be written; do nothing", **default
+        )
+    if "--progress" in taken:
+        return
     parser.add_argument(
         "--progress",
         choices=("auto", "plain", "json"),
-        default="auto",
-        help="how builds report progress: plain lines (auto) or JSON lines for CI systems (json)",
+        help="plain lines (auto), or JSON lines on stdout for CI systems (json: nothing else on stdout)",
+        **(default or {"default": "auto"}),
     )
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += [child, *_subparsers(child)]
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln", description="Bake Kubernetes node VM images.")
-    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
-    _add_global_options(parser)
+    parser.add_argument("--version", action="version", version=f"kiln {version_text()}")
+    _add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in REGISTRY:
         register(sub)
+    for child in _subparsers(parser):
+        _add_global_options(child, top=False)
     return parser
+
+
+def version_text() -> str:
+    """kiln's version and the commit it was built from: the checkout's HEAD (with "+dirty" for local
+    changes), else the commit the wheel recorded at build time, else "unknown commit"."""
+    from kiln.core import paths
+
+    return f"{__version__} (commit {paths.commit() or 'unknown'})"
+
+
+class _JsonStdout:
+    """`--progress json`: stdout carries JSON lines only. A line printed by any command (`would run: ...`,
+    a table) becomes {"event": "output", "line": ...}; a line that is already one JSON object (the
+    progress sink's events, `--json` output) passes unchanged."""
+
+    def __init__(self, real: IO[str]) -> None:
+        self.real = real
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        stripped = line.strip()
+        if stripped.startswith("{") and stripped.endswith("}"):
+            try:
+                json.loads(stripped)
+            except ValueError:
+                pass
+            else:
+                self.real.write(stripped + "\n")
+                return
+        self.real.write(json.dumps({"event": "output", "line": line}) + "\n")
+
+    def flush(self) -> None:
+        if self.pending:
+            line, self.pending = self.pending, ""
+            self._line(line)
+        self.real.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return str(getattr(self.real, "encoding", "utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name, value in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    if args.progress == "json" and not isinstance(sys.stdout, _JsonStdout):
+        sys.stdout = _JsonStdout(sys.stdout)  # type: ignore[assignment]
+        try:
+            return _main(args)
+        finally:
+            sys.stdout.flush()
+            sys.stdout = sys.stdout.real  # type: ignore[attr-defined]
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from kiln import config
 from kiln.core.errors import InputError
@@ -38,6 +39,35 @@ def config_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override one setting (repeatable; highest precedence, like packer -var)",
+    )
+
+
+def packer_flag_options(p: argparse.ArgumentParser, force: bool = False) -> None:
+    """Packer's own build flags, as image-builder users put them in PACKER_FLAGS next to -var."""
+    from kiln.build.packer import ON_ERROR
+
+    p.add_argument(
+        "-on-error", "--on-error", dest="on_error", choices=ON_ERROR, default="cleanup",
+        help="Packer's -on-error: cleanup (default); abort or ask keep a failed build's work for inspection",
+    )  # fmt: skip
+    p.add_argument(
+        "-debug", dest="packer_debug", action="store_true",
+        help="Packer's -debug: pause before each step (needs a terminal; not kiln's --debug)",
+    )  # fmt: skip
+    p.add_argument("-timestamp-ui", dest="timestamp_ui", action="store_true", help="Packer's -timestamp-ui")
+    if force:
+        p.add_argument(
+            "-force", dest="force", action="store_true", help="Packer's -force: the same as --force"
+        )
+
+
+def packer_flags(args: argparse.Namespace) -> Any:
+    from kiln.build.packer import PackerFlags
+
+    return PackerFlags(
+        on_error=getattr(args, "on_error", "cleanup"),
+        debug=bool(getattr(args, "packer_debug", False)),
+        timestamp_ui=bool(getattr(args, "timestamp_ui", False)),
     )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln import config
-from kiln.cli.base import command, config_options, load_config
+from kiln.cli.base import command, config_options, load_config, packer_flag_options, packer_flags
 from kiln.core.errors import (
     EXIT_OK,
     BuildError,
@@ -51,6 +51,7 @@ def _register_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--all", action="store_true", help="every target in config/")
     p.add_argument("--syntax-only", action="store_true", help="packer validate -syntax-only")
     config_options(p)
+    packer_flag_options(p, force=True)  # PACKER_FLAGS is shared with the build targets; validate needs none
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser(
@@ -80,6 +81,7 @@ def _register_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Packer's own log too")
     config_options(p)
+    packer_flag_options(p, force=True)
     p.set_defaults(func=_cmd_build)
 
 
@@ -274,7 +276,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         try:
             result = build_mod.run_build(
                 cfg, only=cfg.settings.builder, monitor=monitor, runtime=args.runtime, force=args.force,
-                verify=args.verify,
+                verify=args.verify, packer_flags=packer_flags(args),
             )  # fmt: skip
         except KilnError as err:
             if len(configs) == 1:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kiln import config
-from kiln.cli.base import command, config_options, load_config
+from kiln.cli.base import command, config_options, load_config, packer_flag_options, packer_flags
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import (
     EXIT_FAILED,
@@ -133,6 +133,7 @@ def _register_release(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="public download base URL in the index (default: storage.googleapis.com)",
     )
     config_options(p)
+    packer_flag_options(p)
     p.set_defaults(func=_cmd_release)
 
 
@@ -162,7 +163,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
     entries = release.run(
         configs, client, bucket, channel=args.channel, artifacts=artifacts, runtime=args.runtime,
         monitor=progress.for_mode(args.progress, sys.stderr if args.json else None),
-        base_url=args.base_url or images.DEFAULT_BASE_URL,
+        base_url=args.base_url or images.DEFAULT_BASE_URL, packer_flags=packer_flags(args),
     )  # fmt: skip
     if args.json:
         print(json.dumps({"entries": release.as_json(entries), "requests": client.stats.requests,

@@ -50,3 +50,33 @@ def work_root(data_root: Path, cwd: Path) -> Path:
     """Where relative locations (output_dir, cache_dir, ...) resolve: the checkout, or for an installed
     wheel (whose data is read-only package data) the current directory."""
     return data_root if is_checkout(data_root) else cwd
+
+
+def commit() -> str:
+    """The commit kiln runs from: a checkout's HEAD (short, "+dirty" when the tree has changes), else the
+    one the wheel build recorded in kiln/data/COMMIT, else "" (a source tree without git)."""
+    import subprocess
+
+    if (CHECKOUT / ".git").exists():
+        try:
+            head = subprocess.run(
+                ["git", "-C", str(CHECKOUT), "rev-parse", "--short=12", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(CHECKOUT), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+            return head + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        return (PACKAGE_DATA / "COMMIT").read_text().strip()
+    except OSError:
+        return ""

@@ -84,9 +84,13 @@ def run(
     tail_lines: int = 40,
     timeout: float | None = None,
     secret_values: Sequence[str] = (),
+    attach: bool = False,
     runtime: Runtime,
 ) -> Result:
     """Run argv to completion.
+
+    With `attach` the child talks to kiln's own terminal (stdin, stdout, stderr inherited: Packer's
+    -on-error=ask); `log_file` then only records that it did.
 
     Output (stdout and stderr merged) is streamed line by line to `log_file` and `on_line`, and the last
     `tail_lines` lines go into the CommandError on failure. With capture=True the whole output is returned.
@@ -110,6 +114,14 @@ def run(
 
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     captured: list[str] = []
+    if attach:
+        if log_file is not None:
+            log_file.write(f"kiln: {quote(args)} runs attached to the terminal; its output is not logged\n")
+            log_file.flush()
+        returncode = subprocess.call(args, cwd=cwd, env=_child_env(rt, env, extra_env))
+        if check and returncode != 0:
+            raise CommandError(args, returncode, "(output went to the terminal)")
+        return Result(args, returncode, "")
     try:
         proc = subprocess.Popen(
             args,

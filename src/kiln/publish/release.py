@@ -26,6 +26,7 @@ from typing import Any
 
 from kiln import __version__
 from kiln.build import pipeline as build
+from kiln.build.packer import PackerFlags
 from kiln.config import Config
 from kiln.core.builddir import BuildDir, sha256_file
 from kiln.core.errors import KilnError, UploadError
@@ -174,8 +175,10 @@ def run(
     runtime: Runtime,
     monitor: Monitor | None = None,
     base_url: str = "https://storage.googleapis.com",
+    packer_flags: PackerFlags | None = None,
 ) -> list[Entry]:
-    """Plan, then build (or reuse) and publish every entry that is not published yet."""
+    """Plan, then build (or reuse) and publish every entry that is not published yet. `packer_flags` are
+    PACKER_FLAGS' Packer flags for the builds."""
     mon = monitor or Null()
     entries = plan(configs, client, bucket, channel)
     by_name = {cfg.artifact_name: cfg for cfg in configs}
@@ -199,7 +202,7 @@ def run(
                 entry.status = "reused"
             else:
                 mon.log("release", f"{entry.name}: building (input hash {entry.input_hash[:12]})")
-                build.run_build(cfg, monitor=mon, runtime=runtime)
+                build.run_build(cfg, monitor=mon, runtime=runtime, packer_flags=packer_flags)
                 entry.status = "built"
             bd = BuildDir.open(final)
             opts = _options(bd, entry, bucket, artifacts)
