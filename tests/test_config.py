@@ -147,10 +147,10 @@ def test_targets_lists_os_files_only(repo: Path) -> None:
 
 
 def test_unknown_key_suggests_nearest(repo: Path) -> None:
-    edit(repo / "config/common.json", cpu=4)
+    edit(repo / "config/common.json", cpuss=4)
     with pytest.raises(ConfigError) as exc:
         config.load("debian-12", repo_root=repo)
-    assert "config/common.json: cpu: unknown key (did you mean 'cpus'?)" in problems(exc)
+    assert "config/common.json: cpuss: unknown key (did you mean 'cpus'?)" in problems(exc)
 
 
 def test_string_for_number(repo: Path) -> None:
@@ -165,7 +165,7 @@ def test_string_for_number(repo: Path) -> None:
 
 
 def test_all_errors_reported_at_once(repo: Path) -> None:
-    edit(repo / "config/common.json", cpu=4, memory="lots")
+    edit(repo / "config/common.json", cpuss=4, memory="lots")
     edit(repo / "config/kubernetes.json", kubernetes_semver="1.30")
     with pytest.raises(ConfigError) as exc:
         config.load("debian-12", overrides={"disk_sise": "1"}, repo_root=repo)
@@ -229,7 +229,7 @@ def test_missing_boot_file(repo: Path) -> None:
             "kubernetes_series: v1.29 contradicts kubernetes_semver",
         ),
         (
-            "debian-12",
+            "rockylinux-9",
             {"kubernetes_rpm_version": "1.29.1"},
             f"kubernetes_rpm_version: 1.29.1 contradicts kubernetes_semver {SEMVER}",
         ),

@@ -219,8 +219,14 @@ def template_vars(
     )
     http_dir = render_dir / "http"
     qemuargs: list[list[str]] = [["-cpu", "max"]]
-    if c["firmware"] == "efi":
-        qemuargs.append(["-bios", OVMF])
+    if c["firmware"] == "efi" and c["efi_firmware_vars"]:  # a code/vars pair: pflash, vars copied per build
+        vars_copy = render_dir / "efi_vars.fd"
+        qemuargs += [
+            ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={c['efi_firmware_code']}"],
+            ["-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"],
+        ]
+    elif c["firmware"] == "efi":
+        qemuargs.append(["-bios", c["efi_firmware_code"] or OVMF])
     if c["install_method"] == "bootstrap":
         for what in ("base_disk", "seed_iso"):
             if getattr(context, what) is None:
@@ -366,6 +372,10 @@ def render(
         text = render_template(config, context, out_dir, packer_version)
         tmp.chmod(0o755)
         (tmp / TEMPLATE_OUT).write_text(text)
+        if config.get("firmware") == "efi" and config.get("efi_firmware_vars"):
+            shutil.copyfile(
+                config.get("efi_firmware_vars"), tmp / "efi_vars.fd"
+            )  # the template's pflash unit 1
         (tmp / "config.json").write_text(json.dumps(_for_goss_check(config), indent=2, sort_keys=True) + "\n")
         ansible_vars = {
             **config.plain(),

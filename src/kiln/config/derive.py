@@ -52,6 +52,32 @@ def packer_spellings(values: dict[str, Any], origins: dict[str, str]) -> None:
     firmware = values.get("firmware")
     if isinstance(firmware, str) and re.search(r"(?i)(ovmf|edk2|efi).*\.(fd|bin)$", firmware):
         values["firmware"] = "efi"
+    # apt repos as image-builder's files write them: quoted ("\"URL SUITE\""), and extra_repos entries as
+    # "URL SUITE [COMPONENT...]" instead of a deb line
+    repo = values.get("kubernetes_deb_repo")
+    if isinstance(repo, str):
+        values["kubernetes_deb_repo"] = " ".join(_unquote(repo).split())
+    repos = values.get("extra_repos")
+    if isinstance(repos, list):
+        values["extra_repos"] = [_deb_line(r) if isinstance(r, str) else r for r in repos]
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    while len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def _deb_line(entry: str) -> str:
+    """An extra_repos entry: a deb line or a path stays; "URL SUITE [COMPONENT...]" becomes a deb line."""
+    entry = _unquote(entry)
+    words = entry.split()
+    if len(words) < 2 or not re.match(r"(?i)https?://", words[0]):
+        return entry
+    if len(words) == 2 and not words[1].endswith("/"):
+        words.append("main")
+    return "deb " + " ".join(words)
 
 
 CRICTL_RELEASE = (

@@ -2,12 +2,17 @@
 
 Three kinds: keys kiln implements under the same name (`IMAGE_BUILDER_SAME_NAME`), keys kiln maps to its own
 (`ALIASES`, from each setting's `aliases`), and keys kiln accepts and ignores with a reason
-(`IMAGE_BUILDER_IGNORED`: one warning line per file, never an error). docs/image-builder.md's table is
+(`IMAGE_BUILDER_IGNORED`: one warning line per file, never an error; it takes in the keys of
+image-builder's other builders from kiln.config.builders). `SPELLINGS` are keys that set a kiln key in
+another form (efi_boot). docs/image-builder.md's table is
 generated from them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from kiln.config.builders import BUILDER_KEYS
 from kiln.config.settings import SETTINGS, Setting
 
 # image-builder keys kiln accepts and does not use, each with the reason. A var file that sets one gets a
@@ -217,6 +222,21 @@ IMAGE_BUILDER_IGNORED: dict[str, str] = {
 
 ALIASES: dict[str, Setting] = {a: s for s in SETTINGS for a in s.aliases}
 
+# the keys of image-builder's other builders (OpenStack, AWS, Azure, ova/ESX, ...), each with its builder
+IMAGE_BUILDER_IGNORED.update(
+    {k: why for k, why in BUILDER_KEYS.items() if k not in IMAGE_BUILDER_IGNORED and k not in ALIASES}
+)
+
+
+def _efi_boot(value: object) -> str:
+    return "efi" if str(value).strip().lower() in ("true", "1", "yes") else "bios"
+
+
+# image-builder keys that set a kiln key in another form: name -> (kiln key, conversion)
+SPELLINGS: dict[str, tuple[str, Callable[[object], object]]] = {
+    "efi_boot": ("firmware", _efi_boot),  # qemu's efi_boot: true is firmware efi
+}
+
 
 # image-builder keys that kiln implements under the same name (its var files set them unchanged)
 IMAGE_BUILDER_SAME_NAME = (
@@ -227,7 +247,8 @@ IMAGE_BUILDER_SAME_NAME = (
     "kubernetes_rpm_gpg_key", "kubernetes_http_source", "kubernetes_container_registry", "containerd_version",
     "containerd_url", "containerd_sha256", "containerd_additional_settings", "crictl_version", "crictl_url",
     "crictl_sha256", "runc_version", "runc_url", "runc_sha256", "pause_image", "extra_repos",
-    "disable_public_repos", "ansible_user_vars", "extra_kernel_boot_params",
+    "disable_public_repos", "ansible_user_vars", "extra_kernel_boot_params", "efi_firmware_code",
+    "efi_firmware_vars",
 )  # fmt: skip
 
 
@@ -237,6 +258,7 @@ def image_builder_table() -> str:
     entries: list[tuple[str, str]] = []
     entries += [(name, f"same name (`{name}`)") for name in IMAGE_BUILDER_SAME_NAME]
     entries += [(alias, f"mapped to `{s.name}`") for alias, s in ALIASES.items()]
+    entries += [(name, f"sets `{key}` (true: efi)") for name, (key, _) in SPELLINGS.items()]
     entries += [(name, f"ignored: {why}") for name, why in IMAGE_BUILDER_IGNORED.items()]
     for name, what in sorted(entries):
         rows.append(f"| `{name}` | {what} |")

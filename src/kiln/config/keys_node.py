@@ -6,6 +6,7 @@ from __future__ import annotations
 from kiln.config.setting import Setting as S
 from kiln.config.validators import (
     _abs_path,
+    _apt_repo,
     _bare_version,
     _formats,
     _image_ref,
@@ -72,9 +73,10 @@ NODE: tuple[S, ...] = (
         "kubernetes_deb_repo",
         str,
         "",
-        "pkg: apt repo, derived from the series (https://pkgs.k8s.io/core:/stable:/v1.36/deb/).",
+        "pkg: apt repo, derived from the series (https://pkgs.k8s.io/core:/stable:/v1.36/deb/): a URL (a "
+        "flat repo), or image-builder's `URL SUITE [COMPONENT...]` (a suite alone gets component main).",
         "kubernetes",
-        _url,
+        _apt_repo,
         derived=True,
         stage="kubernetes",
     ),
@@ -347,8 +349,8 @@ NODE: tuple[S, ...] = (
         "extra_repos",
         list,
         [],
-        "Extra apt sources (`deb URL SUITE COMPONENTS` lines, or .list/.sources file paths on the build "
-        "host) added before packages are installed.",
+        "Extra apt sources (`deb URL SUITE COMPONENTS` lines, image-builder's `URL SUITE [COMPONENT...]`, "
+        "or .list/.sources file paths on the build host) added before packages are installed.",
         "common",
         stage="os",
     ),

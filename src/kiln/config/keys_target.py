@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kiln.config.setting import Setting as S
 from kiln.config.validators import (
+    _abs_path,
     _checksum,
     _duration,
     _name,
@@ -61,6 +62,28 @@ TARGET: tuple[S, ...] = (
         "os",
         _one_of("bios", "efi"),
         stage="base",
+    ),
+    S(
+        "efi_firmware_code",
+        str,
+        "",
+        "efi, qemu builds: the OVMF code image the build VM boots (image-builder's qemu key); empty: the "
+        "host's OVMF (Debian's ovmf package).",
+        "os",
+        _abs_path,
+        stage="base",
+        location=True,
+    ),
+    S(
+        "efi_firmware_vars",
+        str,
+        "",
+        "efi, qemu builds: the OVMF variable store template that goes with efi_firmware_code (copied per "
+        "build, never written); empty: the code image alone, as -bios.",
+        "os",
+        _abs_path,
+        stage="base",
+        location=True,
     ),
     S(
         "guest_os_type",

@@ -34,7 +34,8 @@ from kiln.config.derive import (
     packer_spellings,
     select_versioned_sums,
 )
-from kiln.config.imagebuilder import ALIASES, IMAGE_BUILDER_IGNORED
+from kiln.config.fit import check_fit
+from kiln.config.imagebuilder import ALIASES, IMAGE_BUILDER_IGNORED, SPELLINGS
 from kiln.config.model import Config, freeze
 from kiln.config.readers import json_type, read_layer
 from kiln.config.settings import BY_NAME, SETTINGS, SHARED_FILES, Setting
@@ -76,18 +77,25 @@ def targets(root: Path | None = None) -> list[str]:
 
 
 def _suggest(key: str) -> str:
-    """'did you mean': image-builder's names first (a near-miss of one of them means its kiln key), then
-    kiln's own names; a weak match suggests nothing rather than the wrong key."""
-    close = difflib.get_close_matches(key, list(ALIASES), n=1, cutoff=0.85)
-    if close:
-        return f" (did you mean '{close[0]}', image-builder's name for '{ALIASES[close[0]].name}'?)"
-    close = difflib.get_close_matches(key, list(BY_NAME), n=1, cutoff=0.8)
-    if close:
-        return f" (did you mean '{close[0]}'?)"
-    close = difflib.get_close_matches(key, list(IMAGE_BUILDER_IGNORED), n=1, cutoff=0.85)
-    if close:
-        return f" (did you mean '{close[0]}'? kiln accepts and ignores that image-builder key)"
-    return ""
+    """'did you mean': the nearest name among kiln's keys and image-builder's names for them; only when none
+    is near, the nearest image-builder key kiln ignores. A weak match suggests nothing rather than the
+    wrong key."""
+
+    def nearest(names: Iterable[str]) -> str:
+        best, score = "", 0.0
+        for name in names:
+            ratio = difflib.SequenceMatcher(None, key, name).ratio()
+            if ratio > score:
+                best, score = name, ratio
+        return best if score >= 0.8 else ""
+
+    best = nearest([*BY_NAME, *ALIASES])
+    if best in ALIASES:
+        return f" (did you mean '{best}', image-builder's name for '{ALIASES[best].name}'?)"
+    if best:
+        return f" (did you mean '{best}'?)"
+    best = nearest(IMAGE_BUILDER_IGNORED)
+    return f" (did you mean '{best}'? kiln accepts and ignores that image-builder key)" if best else ""
 
 
 def _label(path: Path, root: Path) -> str:
@@ -123,6 +131,8 @@ def check_target(target: str, root: Path | None = None) -> str:
 def _check_type(setting: Setting, value: Any) -> str | None:
     """None if `value` has the setting's type, else a problem ('wrong type: ...')."""
     want = setting.type
+    if want is int and isinstance(value, float):
+        return f"wrong type: want a whole number, got {value}"
     if want is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif want is list:
@@ -196,6 +206,8 @@ def load(
     for path in layers:
         if path.is_file() or path == os_file:
             _apply_file(path, _label(path, root), values, origins, problems, layering)
+    os_values = dict(values)
+    layering.raw = []  # from here on: the user's layers, checked against the target's identity
     for path in var_paths:
         full = path if path.is_absolute() else Path.cwd() / path
         label = _label(full, root)
@@ -215,6 +227,10 @@ def load(
             continue
         layering.pending.pop(setting.name, None)
         _set(setting, value, override_origin, values, origins, problems)
+    user_layers = list(layering.raw)
+    if overrides:
+        user_layers.append((override_origin, dict(overrides)))
+    check_fit(root, target, os_values, user_layers, problems)
 
     _resolve_templates(values, origins, problems, layering)
     packer_spellings(values, origins)
@@ -223,9 +239,7 @@ def load(
     _check_values(values, origins, problems)
     _check_consistency(root, values, origins, problems)
     if problems:
-        raise ConfigError(
-            problems, hint="fix the keys above; `kiln config TARGET` shows where each value comes from"
-        )
+        raise ConfigError(problems, hint=_hint(problems, target))
     frozen = MappingProxyType({k: freeze(v) for k, v in values.items()})
     return Config(
         target=target,
@@ -240,6 +254,26 @@ def load(
             for label, keys in layering.ignored.items()
         ),
     )
+
+
+def _hint(problems: list[str], target: str) -> str:
+    """One hint that fits what went wrong (the first kind of problem that applies)."""
+    text = "\n".join(problems)
+    if "does not fit target" in text:
+        return "build the target the file was written for, or drop the file from PACKER_VAR_FILES"
+    if "malformed" in text or "must hold a" in text:
+        return "fix the file's syntax at the line given; `kiln config TARGET --var-file FILE` checks it"
+    if "not found" in text or "cannot read" in text:
+        return (
+            "check the paths in PACKER_VAR_FILES / --var-file (relative paths start at the current directory)"
+        )
+    if "unknown key" in text:
+        return "docs/settings.md lists kiln's keys; docs/image-builder.md the image-builder keys kiln knows"
+    if "wrong type" in text:
+        return "docs/settings.md gives each key's type; -var values are converted from text"
+    if "required when" in text:
+        return "set the required keys, or choose another source type"
+    return f"`kiln config {target}` shows where each value comes from"
 
 
 def _absent(path: Path) -> bool:
@@ -260,6 +294,7 @@ class _Layering:
     pending: dict[str, tuple[Any, str]] = field(default_factory=dict)  # key -> (raw value, origin)
     extra: dict[str, tuple[Any, str]] = field(default_factory=dict)  # ignored key -> (value, origin)
     ignored: dict[str, list[str]] = field(default_factory=dict)  # origin label -> ignored keys
+    raw: list[tuple[str, dict[str, Any]]] | None = None  # (label, data) of each user layer, once collected
 
 
 _USER_REF = re.compile(r"\{\{\s*user\s+`([^`]*)`\s*\}\}")
@@ -286,11 +321,17 @@ def _apply_file(
     if data is None:
         return
     layering = layering if layering is not None else _Layering()
+    if layering.raw is not None:
+        layering.raw.append((label, data))
     for key, value in data.items():
         setting = BY_NAME.get(key)
         origin = label
         if setting is None and key in ALIASES:
             setting = ALIASES[key]
+            origin = f"{label} (image-builder: {key})"
+        if setting is None and key in SPELLINGS and value is not None:
+            kiln_key, convert = SPELLINGS[key]
+            setting, value = BY_NAME[kiln_key], convert(value)
             origin = f"{label} (image-builder: {key})"
         if setting is None:
             if key in IMAGE_BUILDER_IGNORED:
@@ -416,6 +457,8 @@ def _set(
     origins: dict[str, str],
     problems: list[str],
 ) -> None:
+    if setting.type is int and isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)  # "cpus": 4.0 is 4, as Packer reads it
     wrong = _check_type(setting, value)
     if wrong:
         problems.append(f"{origin}: {setting.name}: {wrong}")
@@ -479,6 +522,7 @@ def _need(
 
 
 _MUST_MATCH = ("kubernetes_series", "kubernetes_deb_version", "kubernetes_rpm_version")
+_OTHER_PACKAGES = {"debian": "rpm", "redhat": "deb"}  # os_family -> the package kind it never installs
 
 
 def _check_consistency(
@@ -511,6 +555,11 @@ def _check_consistency(
             f"{origins['builder']}: builder: vmware-iso cannot build install_method {method} "
             f"(set in {origins['install_method']}); use builder qemu"
         )
+    for key in ("efi_firmware_code", "efi_firmware_vars"):
+        if values[key] and values["firmware"] == "efi" and not Path(values[key]).is_file():
+            problems.append(f"{origins[key]}: {key}: {values[key]}: no such file on this host")
+    if values["efi_firmware_vars"] and not values["efi_firmware_code"]:
+        problems.append(f"{origins['efi_firmware_vars']}: efi_firmware_vars: needs efi_firmware_code")
     for name in values["boot_files"]:
         path = root / "packer" / "http" / name
         if ".." in Path(name).parts or Path(name).is_absolute():
@@ -532,6 +581,8 @@ def _check_consistency(
     for key, want in derived_kubernetes(semver).items():
         if origins[key] == DERIVED or key not in _MUST_MATCH:
             continue
+        if key == f"kubernetes_{_OTHER_PACKAGES.get(values['os_family'])}_version":
+            continue  # the other family's package version: image-builder's shared files set both; unused here
         # an explicit series must equal the derived one; package versions must be of the same release
         # (1.30.2-2.1 or 1.30.2-150500.1.1 for v1.30.2: a different package revision is fine)
         ok = values[key] == want if key == "kubernetes_series" else str(values[key]).startswith(semver[1:])

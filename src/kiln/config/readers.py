@@ -4,6 +4,7 @@ on failure; config loading collects them all before reporting."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -22,6 +23,9 @@ def _read_text(path: Path, label: str, problems: list[str]) -> str | None:
         return None
 
 
+FORMATS = "var files are JSON objects (*.json), Packer HCL (*.pkrvars.hcl, *.hcl) or YAML (*.yaml, *.yml)"
+
+
 def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
     text = _read_text(path, label, problems)
     if text is None:
@@ -29,7 +33,14 @@ def _read_json(path: Path, label: str, problems: list[str]) -> dict[str, Any] | 
     try:
         data = inputs.loads_json(text, label, "var file")
     except InputError as err:
-        problems.append(err.message)
+        if "malformed JSON" not in err.message:
+            problems.append(err.message)
+        elif isinstance(_yaml_or_none(text), dict):
+            problems.append(f"{err.message} (this file reads as YAML: name it .yaml or .yml; {FORMATS})")
+        elif re.search(r"(?m)^\s*[A-Za-z_][A-Za-z0-9_-]*\s*=", text):
+            problems.append(f"{err.message} (this file reads as HCL: name it .pkrvars.hcl; {FORMATS})")
+        else:
+            problems.append(f"{err.message} ({FORMATS})")
         return None
     if not isinstance(data, dict):
         problems.append(f"{label}: must hold a JSON object of settings, not {json_type(data)}")
@@ -156,9 +167,80 @@ def _unhcl(value: Any) -> Any:
     return value
 
 
+def _yaml_or_none(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a safe loader without aliases
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
+
+
+def _no_alias_loader() -> Any:
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        """SafeLoader that refuses aliases: a var file has no use for them, and they make a few bytes
+        expand into gigabytes ("billion laughs")."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, "YAML aliases are not allowed", event.start_mark
+                )
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+@functools.cache
+def _loader() -> Any:
+    return _no_alias_loader()
+
+
+def _read_yaml(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+    import yaml
+
+    text = _read_text(path, label, problems)
+    if text is None:
+        return None
+    try:
+        data = yaml.load(text, Loader=_loader())  # noqa: S506 - SafeLoader without aliases
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        problems.append(f"{label}: {where}malformed YAML: {exc.problem or exc.context}")
+        return None
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        problems.append(f"{label}: malformed YAML: {inputs.clip(str(exc))}")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{label}: must hold a YAML mapping of settings, not {json_type(data)}")
+        return None
+    problem = inputs.check_data(data)
+    if problem:
+        problems.append(f"{label}: var file {problem}")
+        return None
+    # YAML's own scalars (dates, floats) go in as the text a JSON file would hold
+    return {str(k): _plain(v) for k, v in data.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
 def read_layer(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
     if path.suffix == ".hcl":
         return _read_hcl(path, label, problems)
+    if path.suffix in (".yaml", ".yml"):
+        return _read_yaml(path, label, problems)
     return _read_json(path, label, problems)
 
 

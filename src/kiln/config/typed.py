@@ -23,6 +23,8 @@ class Settings:
     os_family: str
     install_method: str
     firmware: str
+    efi_firmware_code: str
+    efi_firmware_vars: str
     guest_os_type: str
     iso_url: str
     iso_checksum: str

@@ -194,3 +194,20 @@ def _formats(value: list[str]) -> str | None:
 
 def _abs_path(value: str) -> str | None:
     return None if value.startswith("/") else f"must be an absolute path in the guest (got {_show(value)})"
+
+
+_APT_WORD = re.compile(r"[A-Za-z0-9._:/~+-]+", re.ASCII)
+
+
+def _apt_repo(value: str) -> str | None:
+    """An apt repository: a URL, or image-builder's "URL SUITE [COMPONENT...]"."""
+    words = value.split()
+    if not words:
+        return "is empty"
+    problem = _url(words[0])
+    if problem:
+        return problem
+    for word in words[1:]:
+        if not _APT_WORD.fullmatch(word):
+            return f"suite/component {word!r} is not an apt suite or component name"
+    return None
