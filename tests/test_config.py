@@ -216,11 +216,6 @@ def test_missing_boot_file(repo: Path) -> None:
 @pytest.mark.parametrize(
     ("target", "changes", "expect"),
     [
-        (
-            "debian-12",
-            {"kubernetes_source_type": "http"},
-            "kubernetes_http_source: required when kubernetes_source_type is http",
-        ),
         ("debian-12", {"builder": "vmware-iso"}, "builder: vmware-iso cannot build install_method bootstrap"),
         ("ubuntu-2204", {"firmware": "efi"}, "firmware: efi is not supported with install_method installer"),
         (
@@ -232,11 +227,6 @@ def test_missing_boot_file(repo: Path) -> None:
             "rockylinux-9",
             {"kubernetes_rpm_version": "1.29.1"},
             f"kubernetes_rpm_version: 1.29.1 contradicts kubernetes_semver {SEMVER}",
-        ),
-        (
-            "debian-12",
-            {"cni_source_type": "http"},
-            "cni_url: required when cni_source_type is http",
         ),
         ("ubuntu-2204", {"iso_checksum": "45f873de"}, "iso_checksum: malformed checksum"),
     ],

@@ -339,10 +339,10 @@ def test_long_values_are_cut_in_errors() -> None:
 
 def test_a_missing_key_names_the_var_file_that_caused_it(tmp_path: Path) -> None:
     var = tmp_path / "src.json"
-    var.write_text(json.dumps({"kubernetes_source_type": "http"}))
+    var.write_text(json.dumps({"install_method": "cloudimg"}))
     with pytest.raises(ConfigError) as err:
         config.load("debian-12", var_files=[var], repo_root=REPO)
-    assert any(p.startswith(f"{var}: kubernetes_http_source: required") for p in err.value.problems)
+    assert any(p.startswith(f"{var}: cloudimg_url: required") for p in err.value.problems), err.value.problems
 
 
 # --- targets are names --------------------------------------------------------------------------------------

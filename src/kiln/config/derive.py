@@ -54,9 +54,13 @@ def packer_spellings(values: dict[str, Any], origins: dict[str, str]) -> None:
         values["firmware"] = "efi"
     # apt repos as image-builder's files write them: quoted ("\"URL SUITE\""), and extra_repos entries as
     # "URL SUITE [COMPONENT...]" instead of a deb line
-    repo = values.get("kubernetes_deb_repo")
-    if isinstance(repo, str):
-        values["kubernetes_deb_repo"] = " ".join(_unquote(repo).split())
+    for key in ("cni_sha256", "containerd_sha256", "crictl_sha256", "runc_sha256"):
+        value = values.get(key)
+        if isinstance(value, str) and value.lower().startswith("sha256:"):
+            values[key] = value[len("sha256:") :]  # image-builder's checksums carry Ansible's TYPE: prefix
+    for key in ("kubernetes_deb_repo", "kubernetes_rpm_gpg_key"):
+        if isinstance(values.get(key), str):
+            values[key] = " ".join(_unquote(values[key]).split())
     repos = values.get("extra_repos")
     if isinstance(repos, list):
         values["extra_repos"] = [_deb_line(r) if isinstance(r, str) else r for r in repos]
@@ -102,10 +106,26 @@ def derive(values: dict[str, Any], origins: dict[str, str]) -> None:
     runc = str(values["runc_version"]).removeprefix("v")
     if runc and values["containerd_source_type"] == "http":
         derived["runc_url"] = RUNC_RELEASE.format(v=runc)
+    if values["kubernetes_source_type"] == "http":
+        derived["kubernetes_http_source"] = K8S_RELEASES
+    cni = str(values["cni_plugins_version"])
+    if values["cni_source_type"] == "http" and cni:
+        source = str(values["cni_http_source"]).rstrip("/")
+        derived["cni_url"] = f"{source}/{cni}/cni-plugins-linux-amd64-{cni}.tgz"
     for key, value in derived.items():
-        if origins[key] == DEFAULT:
-            values[key] = value
-            origins[key] = DERIVED
+        _derive(key, value, values, origins)
+    if values["cni_source_type"] == "http" and values["cni_url"]:
+        _derive("cni_sha256", f"{values['cni_url']}.sha256", values, origins)
+
+
+K8S_RELEASES = "https://dl.k8s.io/release"  # image-builder's default kubernetes_http_source
+
+
+def _derive(key: str, value: Any, values: dict[str, Any], origins: dict[str, str]) -> None:
+    """Set a derived value where no layer set one (a layer's explicit "" stays, and is refused later)."""
+    if origins[key] == DEFAULT:
+        values[key] = value
+        origins[key] = DERIVED
 
 
 def select_versioned_sums(values: dict[str, Any]) -> None:

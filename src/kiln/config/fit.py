@@ -29,8 +29,9 @@ IDENTITY_KEYS = {
 
 
 def _same_version(given: str, target: str) -> bool:
+    """24.04, 24.04.1 and image-builder's 2404 all fit 24.04; 8 does not fit 9."""
     given, target = given.strip().lower(), target.strip().lower()
-    return given == target or given.startswith(target + ".")
+    return given == target or given.startswith(target + ".") or given == target.replace(".", "")
 
 
 def _os_files(root: Path) -> dict[str, Mapping[str, Any]]:

@@ -27,6 +27,7 @@ _VSPHERE = "vSphere builder setting (vsphere-iso/vsphere-clone); kiln builds loc
 _ARCH = "kiln builds amd64"
 _ECR = "ECR credential provider: " + _UNUSED
 _IMMUTABLE = "immutable-root images: " + _UNUSED
+_POST = "kiln writes its own artifacts (formats); post-process the build dir instead"
 _META = "image-builder's build metadata; kiln writes its own (build_date, build_timestamp, kiln_version)"
 IMAGE_BUILDER_IGNORED: dict[str, str] = {
     # keys of image-builder's current config/, qemu/, ova/ and raw/ var files (2026)
@@ -173,8 +174,6 @@ IMAGE_BUILDER_IGNORED: dict[str, str] = {
     "enable_containerd_audit": _UNUSED,
     "kubernetes_cni_deb_version": "the pkg source installs the distro's containernetworking-plugins",
     "kubernetes_cni_rpm_version": _RPM,
-    "kubernetes_cni_http_source": "kiln takes the full tarball URL in cni_url",
-    "kubernetes_cni_http_checksum": "kiln takes the tarball's sha256 in cni_sha256",
     "kubernetes_cni_http_checksum_arch": "kiln builds amd64",
     "firstboot_custom_roles_pre": _UNUSED,
     "firstboot_custom_roles_post": _UNUSED,
@@ -218,6 +217,22 @@ IMAGE_BUILDER_IGNORED: dict[str, str] = {
     "ubuntu_repo": "use apt_mirror",
     "ubuntu_security_repo": "use apt_mirror",
     "node_conformance": "use `kiln conformance`",
+    "ssh_private_key_file": "kiln logs in with a key it makes for each build and removes afterwards",
+    "ssh_public_key": "kiln logs in with a key it makes for each build and removes afterwards",
+    "custom_post_processor": _POST,
+    "custom_post_processor_command": _POST,
+    "kubevirt": _UNUSED,
+    "pypy_http_source": _FLATCAR,
+    "containerd_arch": _ARCH,
+}
+
+# image-builder's defaults for ignored keys that other values refer to with {{user `KEY`}}
+IGNORED_DEFAULTS: dict[str, str] = {
+    "crictl_arch": "amd64",
+    "containerd_arch": "amd64",
+    "kubernetes_goarch": "amd64",
+    "kubernetes_cni_http_checksum_arch": "amd64",
+    "kubernetes_rpm_repo_arch": "x86_64",
 }
 
 ALIASES: dict[str, Setting] = {a: s for s in SETTINGS for a in s.aliases}

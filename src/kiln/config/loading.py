@@ -35,7 +35,8 @@ from kiln.config.derive import (
     select_versioned_sums,
 )
 from kiln.config.fit import check_fit
-from kiln.config.imagebuilder import ALIASES, IMAGE_BUILDER_IGNORED, SPELLINGS
+from kiln.config.hints import hint_for, suggest
+from kiln.config.imagebuilder import ALIASES, IGNORED_DEFAULTS, IMAGE_BUILDER_IGNORED, SPELLINGS
 from kiln.config.model import Config, freeze
 from kiln.config.readers import json_type, read_layer
 from kiln.config.settings import BY_NAME, SETTINGS, SHARED_FILES, Setting
@@ -74,28 +75,6 @@ def targets(root: Path | None = None) -> list[str]:
     """The OS files in config/: every *.json except the shared layer files, sorted."""
     config_dir = (root or repo_root()) / "config"
     return sorted(p.stem for p in config_dir.glob("*.json") if p.stem not in SHARED_FILES)
-
-
-def _suggest(key: str) -> str:
-    """'did you mean': the nearest name among kiln's keys and image-builder's names for them; only when none
-    is near, the nearest image-builder key kiln ignores. A weak match suggests nothing rather than the
-    wrong key."""
-
-    def nearest(names: Iterable[str]) -> str:
-        best, score = "", 0.0
-        for name in names:
-            ratio = difflib.SequenceMatcher(None, key, name).ratio()
-            if ratio > score:
-                best, score = name, ratio
-        return best if score >= 0.8 else ""
-
-    best = nearest([*BY_NAME, *ALIASES])
-    if best in ALIASES:
-        return f" (did you mean '{best}', image-builder's name for '{ALIASES[best].name}'?)"
-    if best:
-        return f" (did you mean '{best}'?)"
-    best = nearest(IMAGE_BUILDER_IGNORED)
-    return f" (did you mean '{best}'? kiln accepts and ignores that image-builder key)" if best else ""
 
 
 def _label(path: Path, root: Path) -> str:
@@ -218,7 +197,7 @@ def load(
     for key, raw in (overrides or {}).items():
         setting = BY_NAME.get(key) or ALIASES.get(key)
         if setting is None:
-            problems.append(f"{override_origin} {key}: unknown key{_suggest(key)}")
+            problems.append(f"{override_origin} {key}: unknown key{suggest(key)}")
             continue
         try:
             value = coerce(setting, raw)
@@ -239,7 +218,7 @@ def load(
     _check_values(values, origins, problems)
     _check_consistency(root, values, origins, problems)
     if problems:
-        raise ConfigError(problems, hint=_hint(problems, target))
+        raise ConfigError(problems, hint=hint_for(problems, target))
     frozen = MappingProxyType({k: freeze(v) for k, v in values.items()})
     return Config(
         target=target,
@@ -252,28 +231,12 @@ def load(
             f"{label}: image-builder keys kiln does not use, ignored: {', '.join(keys)} "
             "(docs/image-builder.md)"
             for label, keys in layering.ignored.items()
+        )
+        + tuple(
+            f"{label}: comment keys (a leading _) skipped: {', '.join(keys)}"
+            for label, keys in layering.comments.items()
         ),
     )
-
-
-def _hint(problems: list[str], target: str) -> str:
-    """One hint that fits what went wrong (the first kind of problem that applies)."""
-    text = "\n".join(problems)
-    if "does not fit target" in text:
-        return "build the target the file was written for, or drop the file from PACKER_VAR_FILES"
-    if "malformed" in text or "must hold a" in text:
-        return "fix the file's syntax at the line given; `kiln config TARGET --var-file FILE` checks it"
-    if "not found" in text or "cannot read" in text:
-        return (
-            "check the paths in PACKER_VAR_FILES / --var-file (relative paths start at the current directory)"
-        )
-    if "unknown key" in text:
-        return "docs/settings.md lists kiln's keys; docs/image-builder.md the image-builder keys kiln knows"
-    if "wrong type" in text:
-        return "docs/settings.md gives each key's type; -var values are converted from text"
-    if "required when" in text:
-        return "set the required keys, or choose another source type"
-    return f"`kiln config {target}` shows where each value comes from"
 
 
 def _absent(path: Path) -> bool:
@@ -295,6 +258,7 @@ class _Layering:
     extra: dict[str, tuple[Any, str]] = field(default_factory=dict)  # ignored key -> (value, origin)
     ignored: dict[str, list[str]] = field(default_factory=dict)  # origin label -> ignored keys
     raw: list[tuple[str, dict[str, Any]]] | None = None  # (label, data) of each user layer, once collected
+    comments: dict[str, list[str]] = field(default_factory=dict)  # origin label -> "_..." keys skipped
 
 
 _USER_REF = re.compile(r"\{\{\s*user\s+`([^`]*)`\s*\}\}")
@@ -333,13 +297,16 @@ def _apply_file(
             kiln_key, convert = SPELLINGS[key]
             setting, value = BY_NAME[kiln_key], convert(value)
             origin = f"{label} (image-builder: {key})"
+        if setting is None and key.startswith("_"):
+            layering.comments.setdefault(label, []).append(key)  # "_comment": JSON's only comment
+            continue
         if setting is None:
             if key in IMAGE_BUILDER_IGNORED:
                 layering.ignored.setdefault(label, []).append(key)
                 if value is not None:
                     layering.extra[key] = (value, label)
                 continue
-            problems.append(f"{label}: {key}: unknown key{_suggest(key)}")
+            problems.append(f"{label}: {key}: unknown key{suggest(key)}")
             continue
         if value is None:
             continue  # null: "not set here", as in Packer
@@ -385,6 +352,8 @@ def _resolve_templates(
         elif name in layering.extra:
             raw, where = layering.extra[name]
             text = expand(_as_text(raw), (*stack, target), where, name)
+        elif name in IGNORED_DEFAULTS:
+            text = IGNORED_DEFAULTS[name]
         else:
             problems.append(f"{origin}: {key}: {{{{user `{name}`}}}} names no variable any layer sets")
             return None
@@ -566,17 +535,8 @@ def _check_consistency(
             problems.append(f"{origins['boot_files']}: boot_files: {name}: must be a path under packer/http/")
         elif not path.is_file():
             problems.append(f"{origins['boot_files']}: boot_files: packer/http/{name}: no such file")
-    if values["kubernetes_source_type"] == "http":
-        _need("kubernetes_http_source", "kubernetes_source_type is http", values, origins, problems)
-        missing = sorted({"kubelet", "kubeadm", "kubectl"} - set(values["kubernetes_http_sha256"]))
-        if missing:
-            problems.append(
-                f"{origins['kubernetes_http_sha256']}: kubernetes_http_sha256: missing sha256 for "
-                f"{', '.join(missing)} (required when kubernetes_source_type is http)"
-            )
-    if values["cni_source_type"] == "http":  # containerd's URL is derived and its sums published beside it
-        for key in ("cni_url", "cni_sha256"):
-            _need(key, "cni_source_type is http", values, origins, problems)
+    # http sources: URLs and checksum files are derived from the release layouts (kiln.config.derive); a
+    # binary without a sum in kubernetes_http_sha256 is checked against NAME.sha256 beside it
     semver = str(values["kubernetes_semver"])
     for key, want in derived_kubernetes(semver).items():
         if origins[key] == DERIVED or key not in _MUST_MATCH:

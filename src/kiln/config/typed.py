@@ -71,6 +71,7 @@ class Settings:
     containerd_sha256: str
     cni_source_type: str
     cni_plugins_version: str
+    cni_http_source: str
     cni_url: str
     cni_sha256: str
     cni_bin_dir: str

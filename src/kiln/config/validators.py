@@ -211,3 +211,20 @@ def _apt_repo(value: str) -> str | None:
         if not _APT_WORD.fullmatch(word):
             return f"suite/component {word!r} is not an apt suite or component name"
     return None
+
+
+def _sha256_or_url(value: str) -> str | None:
+    """A sha256 hex digest, or the URL of a checksum file (image-builder's files give either; Ansible's
+    get_url takes `sha256:URL`)."""
+    if SHA256_RE.match(value) or _url(value) is None:
+        return None
+    return f"not a sha256 hex digest or the URL of a checksum file: {_show(value)}"
+
+
+def _urls(value: str) -> str | None:
+    """One URL, or several separated by spaces (yum's gpgkey, as image-builder's older files give it)."""
+    for word in value.split() or [value]:
+        problem = _url(word)
+        if problem:
+            return f"{_show(word)}: {problem}" if len(value.split()) > 1 else problem
+    return None
