@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -106,13 +107,45 @@ def _words(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+class GoYamlLoader(yaml.SafeLoader):
+    """YAML as goss reads specs (Go's gopkg.in/yaml.v3): a tag it does not know (`!vault`) keeps the plain
+    value under it instead of failing; a date-like scalar stays the text it is (Go decodes it into a string
+    for an untyped field; PyYAML would make it a date); only true/false are booleans (YAML 1.1's yes/no/on/
+    off are strings, as in Go)."""
+
+
+def _untagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+# Go's YAML (v3, as goss uses it) reads only true/false as booleans; yes/no/on/off stay strings
+GoYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+GoYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+GoYamlLoader.add_multi_constructor("!", _untagged)
+GoYamlLoader.add_multi_constructor("tag:", _untagged)  # unknown global tags; the standard ones are exact
+GoYamlLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)  # type: ignore[type-var]
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=GoYamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_vars_file(path: Path, what: str = "goss vars file") -> dict[str, Any]:
     """A YAML (or JSON) file of goss vars, as `goss --vars` reads it; InputError names the file."""
     from kiln.core import inputs
 
     text = inputs.read_text(path, what)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: {what} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is not None and not isinstance(data, dict):
@@ -234,7 +267,7 @@ def _load_file(
     files.append(path)
     text = gotemplate.render(path.read_text(), data, name=str(path))
     try:
-        doc = yaml.safe_load(text) or {}
+        doc = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise GossSpecError(f"{path}: not valid YAML after rendering: {exc}") from exc
     if not isinstance(doc, dict):
@@ -266,6 +299,16 @@ def _load_file(
             merged[(kind, rid)] = _compile_resource(kind, rid, attrs or {}, path)
 
 
+def _drop_nulls(value: Any) -> Any:
+    """List items that rendered to nothing (`- ` under a range that produced no value) are left out, as goss
+    leaves them out."""
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value if v is not None]
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items()}
+    return value
+
+
 # Every resource type goss knows; a top-level key outside this set is ignored, as goss ignores it.
 GOSS_TYPES = frozenset(
     {
@@ -285,6 +328,9 @@ def _compile_resource(kind: str, rid: str, attrs: Mapping[str, Any], path: Path)
     for name, expected in attrs.items():
         if name in _COMMON:
             continue
+        if expected is None:
+            continue  # `versions:` with nothing under it (a template that rendered empty): goss skips it
+        expected = _drop_nulls(expected)
         role = known.get(name)
         if role is None:
             raise GossSpecError(
