@@ -57,8 +57,19 @@ def _gcs_client(args: argparse.Namespace, read_only: bool = False) -> gcs.Client
 
 
 def _bucket(args: argparse.Namespace, setting: object = None) -> str:
+    """--bucket, else KILN_GCS_BUCKET, else the build's gcs_bucket, else the default; `gs://` is stripped and
+    the name checked against GCS's rules before any request."""
+    from kiln.config.validators import bucket_name, bucket_problem
 
-    return str(args.bucket or os.environ.get("KILN_GCS_BUCKET") or setting or upload.DEFAULT_BUCKET)
+    sources = [(args.bucket, "--bucket"), (os.environ.get("KILN_GCS_BUCKET"), "KILN_GCS_BUCKET")]
+    given, where = next(
+        ((g, w) for g, w in sources if g), (str(setting or upload.DEFAULT_BUCKET), "gcs_bucket")
+    )
+    name = bucket_name(str(given))
+    problem = bucket_problem(name)
+    if problem:
+        raise InputError(f"{where}: {problem}")
+    return name
 
 
 def _channel_flags(p: argparse.ArgumentParser, verb: str) -> None:

@@ -100,6 +100,7 @@ def check_fit(
             spelled.setdefault("install_method", "disk_image")
         fits = [t for t in _fits(os_files, want) if t != target]
         it_is = " ".join(want[k] for k in ("os_name", "os_version") if k in want) or "another OS"
+        it_is += " from a cloud image" if cloud else ""
         fit = f"it fits {', '.join(fits)}" if fits else f"no kiln target builds {it_is}"
         this = f"{target} ({os_values['os_name']} {os_values['os_version']}, {os_values['install_method']})"
         for key in wrong:

@@ -78,6 +78,9 @@ def url_problem(value: str, schemes: tuple[str, ...] = ("http", "https", "file")
         return None if parts.path.startswith("/") and not parts.netloc else "must be file:///ABSOLUTE/PATH"
     if not parts.hostname:
         return "has no host"
+    host = parts.hostname
+    if ":" not in host and not all(c.isalnum() or c in ".-_" for c in host):
+        return f"host {host!r} is not a host name or address"
     if port is not None and not 0 < port < 65536:
         return f"has port {port} out of range"
     return None
@@ -228,3 +231,33 @@ def _urls(value: str) -> str | None:
         if problem:
             return f"{_show(word)}: {problem}" if len(value.split()) > 1 else problem
     return None
+
+
+_BUCKET_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{1,220}[a-z0-9])?", re.ASCII)
+
+
+def bucket_problem(name: str) -> str | None:
+    """GCS's bucket naming rules: 3-63 characters (222 with dots, 63 per dot-separated part), lowercase
+    letters, digits, -, _ and .; starting and ending with a letter or digit; not an IP address."""
+    if not _BUCKET_RE.fullmatch(name) or len(name) < 3:
+        return (
+            f"{_show(name)} is not a GCS bucket name (3-63 lowercase letters, digits, '-', '_' and '.', "
+            "starting and ending with a letter or digit)"
+        )
+    if "." not in name and len(name) > 63 or any(len(part) > 63 for part in name.split(".")):
+        return f"{_show(name)} is too long for a GCS bucket name"
+    if re.fullmatch(r"[0-9.]+", name) or name.startswith("goog") or ".." in name:
+        return f"{_show(name)} is not allowed as a GCS bucket name"
+    return None
+
+
+def bucket_name(text: str) -> str:
+    """A bucket as users write it (`gs://b`, `gs://b/`, `b`) -> `b`."""
+    text = text.strip()
+    if text.lower().startswith("gs://"):
+        text = text[5:]
+    return text.rstrip("/")
+
+
+def _bucket(value: str) -> str | None:
+    return bucket_problem(bucket_name(value))

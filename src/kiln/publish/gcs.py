@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import requests
 
-from kiln.core import inputs
+from kiln.core import inputs, net
 from kiln.core.errors import InputError, Interrupted, UploadError
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,12 @@ class Stats:
             self.retries += retries
 
 
+def _network_hint(endpoint: str) -> str:
+    if endpoint == DEFAULT_ENDPOINT:
+        return "check the network and DNS of this machine, or give --endpoint for a GCS-compatible server"
+    return f"check --endpoint {endpoint} (is the server running and reachable from here?)"
+
+
 class Client:
     """One bucket-agnostic JSON-API client. Thread-safe enough for one upload per thread."""
 
@@ -234,7 +240,9 @@ class Client:
             self._check_cancel()
             self.stats.add(requests=1, bytes_sent=sent)
             try:
-                resp = self._session.request(method, url, timeout=self.timeout, **kwargs)
+                resp = self._session.request(
+                    method, url, timeout=(net.CONNECT_TIMEOUT, self.timeout), **kwargs
+                )
             except RefreshError as exc:
                 source = getattr(self._creds, "_kiln_key_file", None)
                 whose = f"key file {source}" if source else "credentials"
@@ -244,7 +252,10 @@ class Client:
                     hint="check that the service account and its key still exist and are enabled",
                 ) from None
             except (requests.ConnectionError, requests.Timeout, TransportError) as exc:
-                problem = f"{type(exc).__name__}"
+                failure = net.describe(exc, url)
+                if not failure.retryable:  # a name that does not resolve, a refused connection: say so now
+                    raise UploadError(f"{what}: {failure.cause}", hint=_network_hint(self.endpoint)) from None
+                problem = failure.cause
             else:
                 if resp.status_code in ok or resp.status_code in allow:
                     return resp
@@ -271,6 +282,18 @@ class Client:
 
     def _o(self, bucket: str, name: str) -> str:
         return f"{self.endpoint}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}"
+
+    def check_bucket(self, bucket: str) -> None:
+        """InputError naming the bucket when it does not exist (asked when a 404 leaves it open whether the
+        object or the whole bucket is missing)."""
+        resp = self.request(
+            "GET", f"{self.endpoint}/storage/v1/b/{bucket}", f"gs://{bucket}", allow=(403, 404)
+        )
+        if resp.status_code == 404:
+            raise InputError(
+                f"gs://{bucket}: no such bucket",
+                hint="check the bucket name (--bucket, KILN_GCS_BUCKET or gcs_bucket), or create the bucket",
+            )
 
     # --- objects ---------------------------------------------------------------------------------------
 
@@ -309,8 +332,12 @@ class Client:
             if token:
                 params["pageToken"] = token
             resp = self.request(
-                "GET", f"{self.endpoint}/storage/v1/b/{bucket}/o", f"gs://{bucket}/{prefix}", params=params
-            )
+                "GET", f"{self.endpoint}/storage/v1/b/{bucket}/o", f"gs://{bucket}/{prefix}", params=params,
+                allow=(404,),
+            )  # fmt: skip
+            if resp.status_code == 404:  # listing a bucket that is not there
+                self.check_bucket(bucket)
+                raise UploadError(f"gs://{bucket}/{prefix}: HTTP 404 listing the bucket")
             body = resp.json()
             for item in body.get("items", []):
                 yield ObjectInfo.from_resource(item)

@@ -19,6 +19,7 @@ from pathlib import Path
 import requests
 
 from kiln.config.validators import unprintable, url_problem
+from kiln.core import net
 from kiln.core.builddir import sha256_file
 from kiln.core.errors import InputError, UploadError
 from kiln.core.inputs import clip
@@ -199,7 +200,7 @@ def _download_into(
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         problem = ""
         try:
-            with s.get(url, headers=headers, stream=True, timeout=timeout) as r:
+            with s.get(url, headers=headers, stream=True, timeout=(net.CONNECT_TIMEOUT, timeout)) as r:
                 if r.status_code == 416 and offset:
                     break  # we hold the whole object already
                 if r.status_code == 404:
@@ -224,7 +225,12 @@ def _download_into(
                         break
                     problem = f"short body ({offset} of {total} bytes)"
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            problem = type(exc).__name__
+            failure = net.describe(exc, url)
+            if not failure.retryable:
+                raise UploadError(
+                    f"{url}: {failure.cause}; {part} is kept: run the same command again"
+                ) from None
+            problem = failure.cause
         failures += 1
         if failures >= retry.attempts:
             raise UploadError(
@@ -258,9 +264,12 @@ def _download_into(
 def _fetch_sha256(s: requests.Session, url: str, retry: RetryPolicy, timeout: float) -> str:
     for attempt in range(retry.attempts):
         try:
-            r = s.get(url, timeout=timeout)
+            r = s.get(url, timeout=(net.CONNECT_TIMEOUT, timeout))
         except (requests.ConnectionError, requests.Timeout) as exc:
-            problem = type(exc).__name__
+            failure = net.describe(exc, url)
+            if not failure.retryable:
+                raise UploadError(f"{url}: {failure.cause}") from None
+            problem = failure.cause
         else:
             if r.status_code == 200:
                 words = r.text.split()

@@ -73,6 +73,7 @@ def read_index(client: Client, bucket: str) -> Index:
     generation makes the conditional write fail and retry, never lose an entry)."""
     info = client.get_object(bucket, INDEX)
     if info is None:
+        client.check_bucket(bucket)  # no index yet, or no bucket at all: "build everything" needs the first
         return Index()
     got = client.read_object(bucket, INDEX, max_bytes=64 << 20)
     if got is None:
