@@ -64,8 +64,10 @@ def _package(
         pkg["externalRefs"] = [
             {"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl}
         ]
-    if sha256:
-        pkg["checksums"] = [{"algorithm": "SHA256", "checksumValue": sha256}]
+    if sha256 and re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        pkg["checksums"] = [{"algorithm": "SHA256", "checksumValue": sha256.lower()}]
+    elif sha256:  # the URL of the checksum file it was checked against: not a digest, so a comment
+        pkg["comment"] = f"{pkg.get('comment', '')} (sha256 checked against {sha256})".strip()
     if comment:
         pkg["comment"] = comment
     if source and source != "NOASSERTION":

@@ -40,7 +40,7 @@ from kiln.artifacts import ova
 from kiln.build import bootstrap, stages
 from kiln.build.packer import PackerFlags
 from kiln.build.render import Output
-from kiln.build.runners import PackerRunner
+from kiln.build.runners import ChrootRunner, PackerRunner
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.config import Config
 from kiln.core import builddir, inputs, proc
@@ -132,7 +132,7 @@ def _staged(ws: Workspace) -> bool:
 
 
 def stage_cached(
-    ws: Workspace, stage: str, parent_disk: Path | None, last: bool, runner: PackerRunner
+    ws: Workspace, stage: str, parent_disk: Path | None, last: bool, runner: PackerRunner | ChrootRunner
 ) -> Path:
     """Run `stage` on top of `parent_disk` unless the cache has it; returns the stage's cached disk."""
     cache_dir = ws.cfg.path("cache_dir")
@@ -167,7 +167,9 @@ def stage_cached(
             last_used=time.time(),
             inputs=sid.inputs,
         )
-        if parent_disk is not None:  # record the parent by absolute path, whatever Packer wrote
+        if out.format == "tree":  # a packed tree stands alone: no backing disk to keep
+            record.parent_disk = ""
+        elif parent_disk is not None:  # record the parent by absolute path, whatever Packer wrote
             proc.run(
                 ["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(parent_disk), str(out.disk)],
                 log_file=ws.log_file,
@@ -182,23 +184,27 @@ def stage_cached(
         return cached
 
 
-def stage_os(ws: Workspace, runner: PackerRunner) -> None:
+def _output(path: Path) -> Output:
+    return Output(path, "tree" if path.name == stages.TREE else "qcow2", False)
+
+
+def stage_os(ws: Workspace, runner: PackerRunner | ChrootRunner) -> None:
     """Stacked and cached on the base for bootstrap targets on qemu; otherwise the one Packer run that
     installs the OS and runs every role (the kubernetes stage then has nothing left to do)."""
     if _staged(ws):
         base_disk = ws.base.disk if ws.base is not None else None
-        ws.disk = Output(stage_cached(ws, "os", base_disk, False, runner), "qcow2", False)
+        ws.disk = _output(stage_cached(ws, "os", base_disk, False, runner))
         return
     ws.monitor.log("os", f"one Packer build ({ws.builder}): the OS and every role, goss check, sysprep")
     ws.disk = runner.run(ws, "all", ws.base.disk if ws.base is not None else None, True)
 
 
-def stage_kubernetes(ws: Workspace, runner: PackerRunner) -> None:
+def stage_kubernetes(ws: Workspace, runner: PackerRunner | ChrootRunner) -> None:
     if not _staged(ws):
         ws.monitor.log("kubernetes", "done within the os stage's Packer build")
         return
     assert ws.disk is not None
-    ws.disk = Output(stage_cached(ws, "kubernetes", ws.disk.disk, True, runner), "qcow2", False)
+    ws.disk = _output(stage_cached(ws, "kubernetes", ws.disk.disk, True, runner))
     _packages_from_record(ws)
 
 
@@ -227,6 +233,8 @@ def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | No
         return
     if ws.disk is None:
         raise BuildError(f"{ws.temp}: no disk to finalize")
+    if ws.disk.format == "tree":
+        ws.disk = disk_from_tree(ws, ws.disk.disk)
     finalize_disk(ws, ws.disk)
     if verify:
         from kiln.goss.verify import verify_build
@@ -235,6 +243,25 @@ def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | No
         ws.monitor.log("finalize", f"verify: {len(results)} checks passed; reports in goss/")
     if publish is not None:
         publish()
+
+
+def disk_from_tree(ws: Workspace, tar: Path) -> Output:
+    """The chroot runner's last tree made into the finished disk, offline (kiln.build.chroot)."""
+    from kiln.build import chroot
+
+    if ws.base is None:
+        raise BuildError(f"{tar}: a tree needs the base disk to become a disk")
+    work = ws.work / "finalize"
+    work.mkdir(mode=0o700, exist_ok=True)
+    tree, raw = work / "tree", work / f"{ws.name}.raw"
+    started = time.monotonic()
+    try:
+        chroot.unpack(tar, tree, log_file=ws.log_file, runtime=ws.runtime)
+        chroot.disk_from_tree(ws.base, tree, raw, log_file=ws.log_file, runtime=ws.runtime)
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    ws.monitor.log("finalize", f"disk made from the tree in {time.monotonic() - started:.0f}s (no boot)")
+    return Output(raw, "raw", False)
 
 
 def finalize_disk(ws: Workspace, disk: Output) -> None:
@@ -287,7 +314,9 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
 def run_stages(ws: Workspace, verify: bool, publish: Callable[[], None] | None = None) -> None:
     """The stages of the stage table, in its order, the same for a build and a dry run; `publish` runs last,
     inside finalize."""
-    runner = PackerRunner()
+    runner: PackerRunner | ChrootRunner = (
+        ChrootRunner() if ws.settings.provisioner == "chroot" and _staged(ws) else PackerRunner()
+    )
     steps: dict[str, Callable[[], None]] = {
         "base": lambda: stage_base(ws),
         "os": lambda: stage_os(ws, runner),
@@ -357,6 +386,10 @@ def run_build(
     if builder == "vmware-iso":
         check_vmware(cfg, rt)
     check_tools(values, rt)
+    if cfg.settings.provisioner == "chroot" and not rt.dry_run:
+        from kiln.build import chroot
+
+        chroot.check_host(rt)
     setting = cfg.settings.accelerator
     if rt.dry_run:  # no probe VM under --dry-run: auto shows as tcg, as `kiln render` does
         accelerator = "tcg" if setting == "auto" else setting

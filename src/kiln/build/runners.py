@@ -1,14 +1,17 @@
 """How a stage runs, separate from what it is. `PackerRunner` boots the parent disk in QEMU under Packer and
 runs the stage's roles over SSH, with this build's own one-time login (kiln.vm.checkboot) and a new
-cloud-init instance-id, so a cached stage never carries another build's credentials forward. (A chroot
-runner for bootstrap targets implements the same `run`.)"""
+cloud-init instance-id, so a cached stage never carries another build's credentials forward. `ChrootRunner`
+(provisioner chroot, bootstrap targets) runs the same roles against the stage's root tree, booting nothing."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from kiln.build import packer
 from kiln.build.render import BuildContext, Output
@@ -83,3 +86,64 @@ class PackerRunner:
             raise BuildError(f"{out.disk.parent}: Packer finished but wrote no {out.disk.name}")
         login.forget()  # the stage's key goes as soon as the stage ends
         return out
+
+
+class ChrootRunner:
+    """Runs a stage's roles at native speed against the stage's root tree, through Ansible's chroot
+    connection (kiln.build.chroot): the parent is the base disk (its root filesystem is copied out) or the
+    previous stage's packed tree; the result is this stage's packed tree (TREE). Nothing boots: the finished
+    disk is made offline in finalize and booted once there, for goss and the hygiene checks."""
+
+    def run(self, ws: Workspace, stage: str, parent: Path | None, last: bool) -> Output:
+        from kiln.build import chroot
+
+        repo = ws.runtime.root
+        sdir = ws.work / stage
+        sdir.mkdir(mode=0o700)
+        out = sdir / chroot.TREE
+        if ws.runtime.dry_run:
+            ws.monitor.log(
+                stage, f"would provision the {stage} tree in a chroot (Ansible {chroot.CONNECTION})"
+            )
+            return Output(out, "tree", False)
+        tree = sdir / "tree"
+        started = time.monotonic()
+        if parent is not None and parent.name == chroot.TREE:
+            chroot.unpack(parent, tree, log_file=ws.log_file, runtime=ws.runtime)
+        elif ws.base is not None:
+            chroot.base_tree(ws.base, tree, sdir, log_file=ws.log_file, runtime=ws.runtime)
+        else:
+            raise BuildError(f"{stage}: the chroot runner needs the base disk or a parent tree")
+        ws.monitor.log(stage, f"tree ready in {time.monotonic() - started:.0f}s; provisioning in a chroot")
+        playbooks = [repo / "ansible" / "playbook.yml"] + ([repo / "ansible" / "sysprep.yml"] if last else [])
+        extra = {
+            **chroot.host_view(ws.cfg.plain()),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "kiln_stage": stage,
+            "kiln_runner": "chroot",
+            "kiln_packages_file": str(ws.packages_file),
+        }
+        user_vars = str(ws.values.get("ansible_user_vars") or "")
+        try:
+            chroot.run_playbooks(
+                tree, sdir, playbooks, extra, repo_root=repo, user_vars=user_vars, log_file=ws.log_file,
+                on_line=_task_lines(ws, stage), runtime=ws.runtime,
+            )  # fmt: skip
+            chroot.pack(tree, out, log_file=ws.log_file, runtime=ws.runtime)
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
+        return Output(out, "tree", False)
+
+
+def _task_lines(ws: Workspace, stage: str) -> Any:
+    """Show Ansible's TASK lines as the stage's progress (the whole output is in the build log)."""
+    started = time.monotonic()
+
+    def on_line(line: str) -> None:
+        if line.startswith("TASK [") or line.startswith("PLAY ["):
+            elapsed = int(time.monotonic() - started)
+            ws.monitor.log(
+                stage, f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {line.split(' *')[0]}", show=False
+            )
+
+    return on_line

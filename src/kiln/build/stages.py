@@ -158,6 +158,10 @@ def stage_ids(
             inputs["user_files"] = user_files_digest(values, stage.user_files, root, work_root)
         if stage.name == "base" and base_key:
             inputs["bootstrap"] = base_key  # kiln.build.bootstrap's own key of the base disk
+        if stage.name == "kubernetes":
+            unpinned = _unpinned_kubernetes_source(values)
+            if unpinned:
+                inputs["unpinned_source"] = unpinned
         if stage.name == "finalize":
             inputs["kiln"] = __version__
         blob = json.dumps(
@@ -169,9 +173,22 @@ def stage_ids(
     return out
 
 
+def _unpinned_kubernetes_source(values: Mapping[str, Any]) -> str:
+    """With the http source and a binary whose sum kubernetes_http_sha256 does not give, the binary is only
+    what the source serves (checked against the .sha256 beside it): the source then names the content and
+    goes into the stage ID, as a location otherwise would not."""
+    if values.get("kubernetes_source_type") != "http":
+        return ""
+    sums = values.get("kubernetes_http_sha256") or {}
+    if all(name in sums for name in ("kubelet", "kubeadm", "kubectl")):
+        return ""
+    return str(values.get("kubernetes_http_source") or "")
+
+
 # --- the cache ---------------------------------------------------------------------------------------------
 
 DISK = "disk.qcow2"
+TREE = "tree.tar.zst"  # a chroot-provisioned stage keeps its root tree (kiln.build.chroot) instead of a disk
 RECORD = "record.json"
 
 
@@ -200,7 +217,7 @@ def lookup(cache_dir: Path, sid: str) -> Record | None:
         record = Record(**data)
     except (OSError, ValueError, TypeError):
         return None
-    if not (entry / DISK).is_file():
+    if not ((entry / DISK).is_file() or (entry / TREE).is_file()):
         return None
     if record.parent_disk and not Path(record.parent_disk).is_file():
         return None
@@ -208,7 +225,9 @@ def lookup(cache_dir: Path, sid: str) -> Record | None:
 
 
 def disk(cache_dir: Path, sid: str) -> Path:
-    return root(cache_dir) / sid / DISK
+    """The entry's artifact: its disk, or its packed tree for a chroot-provisioned stage."""
+    entry = root(cache_dir) / sid
+    return entry / TREE if (entry / TREE).is_file() else entry / DISK
 
 
 def touch(cache_dir: Path, record: Record) -> None:
@@ -266,22 +285,23 @@ def _held(path: Path) -> bool:
 def store(
     cache_dir: Path, sid: str, made: Path, record: Record, extra: Mapping[str, Path] | None = None
 ) -> Path:
-    """Move the finished stage disk `made` (and copies of `extra` files: name -> path) into the cache
-    atomically: a concurrent build sees the whole entry or none of it. Returns the cached disk path."""
+    """Move the finished stage disk (or packed tree) `made` (and copies of `extra` files: name -> path) into
+    the cache atomically: a concurrent build sees the whole entry or none of it. Returns the cached path."""
     base = root(cache_dir)
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=base))
     try:
         for name, path in (extra or {}).items():
             shutil.copyfile(path, tmp / name)
-        shutil.move(str(made), tmp / DISK)
-        record.size = (tmp / DISK).stat().st_size
+        name = TREE if made.name == TREE else DISK
+        shutil.move(str(made), tmp / name)
+        record.size = (tmp / name).stat().st_size
         _write_record(tmp, record)
         os.rename(tmp, base / sid)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return base / sid / DISK
+    return base / sid / name
 
 
 BASE_ROOT = "bootstrap"  # cache_dir/bootstrap/KEY/{base.qcow2,info.json,...}: kiln.build.bootstrap's entries

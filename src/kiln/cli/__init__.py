@@ -63,7 +63,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln", description="Bake Kubernetes node VM images.")
-    parser.add_argument("--version", action="version", version=f"kiln {version_text()}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show kiln's version and commit and exit")
     _add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in REGISTRY:
@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     for child in _subparsers(parser):
         _add_global_options(child, top=False)
     return parser
+
+
+class _Version(argparse.Action):
+    """--version, computed only when asked for (it runs git)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"kiln {version_text()}")
+        parser.exit()
 
 
 def version_text() -> str:
@@ -82,13 +90,15 @@ def version_text() -> str:
 
 
 class _JsonStdout:
-    """`--progress json`: stdout carries JSON lines only. A line printed by any command (`would run: ...`,
-    a table) becomes {"event": "output", "line": ...}; a line that is already one JSON object (the
-    progress sink's events, `--json` output) passes unchanged."""
+    """`--progress json`: stdout carries JSON lines only. A JSON document a command prints (`--json`, even
+    indented over many lines) goes out as one line; a line that is already one JSON object (the progress
+    sink's events) passes unchanged; any other line (`would run: ...`, a table) becomes
+    {"event": "output", "line": ...}."""
 
     def __init__(self, real: IO[str]) -> None:
         self.real = real
         self.pending = ""
+        self.document: list[str] = []  # lines of a JSON document being printed
 
     def write(self, text: str) -> int:
         self.pending += text
@@ -98,21 +108,38 @@ class _JsonStdout:
         return len(text)
 
     def _line(self, line: str) -> None:
-        stripped = line.strip()
-        if stripped.startswith("{") and stripped.endswith("}"):
+        if self.document or line.strip()[:1] in ("{", "["):
+            self.document.append(line)
             try:
-                json.loads(stripped)
+                data = json.loads("\n".join(self.document))
             except ValueError:
-                pass
+                if len(self.document) < 100_000:
+                    return  # not whole yet
+                data = None
+            lines, self.document = self.document, []
+            if data is not None:
+                self.real.write(json.dumps(data, separators=(",", ":")) + "\n")
             else:
-                self.real.write(stripped + "\n")
-                return
+                for held in lines:
+                    self._plain(held)
+            return
+        self._plain(line)
+
+    def _plain(self, line: str) -> None:
         self.real.write(json.dumps({"event": "output", "line": line}) + "\n")
 
     def flush(self) -> None:
         if self.pending:
             line, self.pending = self.pending, ""
             self._line(line)
+        self.real.flush()
+
+    def close_out(self) -> None:
+        """At exit: what never became a whole document goes out as output lines."""
+        self.flush()
+        lines, self.document = self.document, []
+        for held in lines:
+            self._plain(held)
         self.real.flush()
 
     def isatty(self) -> bool:
@@ -137,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _main(args)
         finally:
-            sys.stdout.flush()
+            sys.stdout.close_out()  # type: ignore[attr-defined]
             sys.stdout = sys.stdout.real  # type: ignore[attr-defined]
     return _main(args)
 

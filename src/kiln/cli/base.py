@@ -64,11 +64,17 @@ def packer_flag_options(p: argparse.ArgumentParser, force: bool = False) -> None
 def packer_flags(args: argparse.Namespace) -> Any:
     from kiln.build.packer import PackerFlags
 
-    return PackerFlags(
+    flags = PackerFlags(
         on_error=getattr(args, "on_error", "cleanup"),
         debug=bool(getattr(args, "packer_debug", False)),
         timestamp_ui=bool(getattr(args, "timestamp_ui", False)),
     )
+    if flags.interactive and not args.runtime.dry_run and not sys.stdin.isatty():
+        raise InputError(  # said before anything is built, not when Packer first runs
+            "-on-error=ask and -debug ask questions at a terminal, and stdin is not one",
+            hint="use -on-error=abort to keep a failed build's work without a terminal",
+        )
+    return flags
 
 
 def load_config(args: argparse.Namespace, target: str, extra: dict[str, str] | None = None) -> config.Config:

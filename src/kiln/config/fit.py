@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 # the names image-builder's files give a distribution, in kiln's spelling
-_DISTRO = {"rocky": "rockylinux", "rockylinux": "rockylinux", "centos": "centos", "ubuntu": "ubuntu",
-           "debian": "debian"}  # fmt: skip
+_DISTRO = {"rocky": "rockylinux"}  # image-builder's `distribution` spelling of kiln's os_name
 # image-builder's identity keys that kiln otherwise ignores -> the kiln key they speak for
 IDENTITY_KEYS = {
     "distribution": "os_name",
@@ -28,10 +27,11 @@ IDENTITY_KEYS = {
 }
 
 
-def _same_version(given: str, target: str) -> bool:
-    """24.04, 24.04.1 and image-builder's 2404 all fit 24.04; 8 does not fit 9."""
+def _same_version(given: str, target: str, dotless: bool = False) -> bool:
+    """24.04 and 24.04.1 fit 24.04, and with `dotless` (image-builder's distribution_version) 2404 does too;
+    8 does not fit 9."""
     given, target = given.strip().lower(), target.strip().lower()
-    return given == target or given.startswith(target + ".") or given == target.replace(".", "")
+    return given == target or given.startswith(target + ".") or (dotless and given == target.replace(".", ""))
 
 
 def _os_files(root: Path) -> dict[str, Mapping[str, Any]]:
@@ -56,7 +56,7 @@ def _fits(os_files: Mapping[str, Mapping[str, Any]], want: Mapping[str, str]) ->
         ok = True
         for key, value in want.items():
             have = str(data.get(key, "installer" if key == "install_method" else ""))
-            ok = ok and (_same_version(value, have) if key == "os_version" else value == have)
+            ok = ok and (_same_version(value, have, dotless=True) if key == "os_version" else value == have)
         if ok:
             out.append(name)
     return out
@@ -79,6 +79,8 @@ def check_fit(
             kiln_key = {"distro_name": "os_name"}.get(key, IDENTITY_KEYS.get(key, key))
             if kiln_key not in ("os_name", "os_version", "os_family") or value in (None, ""):
                 continue
+            if not isinstance(value, str | int | float) or "{{" in str(value):
+                continue  # a type error the key's own check reports; a {{user}} reference resolved later
             text = str(value).strip().lower()
             if kiln_key == "os_name":
                 text = _DISTRO.get(text, text)
@@ -88,7 +90,11 @@ def check_fit(
         wrong = [
             k
             for k, v in want.items()
-            if not (_same_version(v, str(os_values[k])) if k == "os_version" else v == str(os_values[k]))
+            if not (
+                _same_version(v, str(os_values[k]), dotless=spelled[k] in IDENTITY_KEYS)
+                if k == "os_version"
+                else v == str(os_values[k])
+            )
         ]
         cloud = disk_image and os_values["install_method"] == "installer"
         if not wrong and not cloud:

@@ -142,6 +142,17 @@ TARGET: tuple[S, ...] = (
         stage="base",
     ),
     S(
+        "provisioner",
+        str,
+        "vm",
+        "bootstrap targets on qemu: how the os and kubernetes stages provision the root tree: vm (Ansible "
+        "over SSH in a booted build VM) or chroot (Ansible's chroot connection at native speed, the tree "
+        "never booted until the finished disk's one check boot). Other targets always use vm.",
+        "os",
+        _one_of("vm", "chroot"),
+        stage="os",
+    ),
+    S(
         "bootstrap_suite",
         str,
         "",

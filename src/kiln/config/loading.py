@@ -519,6 +519,11 @@ def _check_consistency(
             _need(key, "install_method is bootstrap", values, origins, problems)
         if values["os_family"] != "debian":
             problems.append(f"{origins['os_family']}: os_family: install_method bootstrap needs debian")
+    if values["provisioner"] == "chroot" and (method != "bootstrap" or builder != "qemu"):
+        problems.append(
+            f"{origins['provisioner']}: provisioner: chroot needs install_method bootstrap and builder qemu "
+            f"(this target: {method}, {builder}); use provisioner vm"
+        )
     if method in ("cloudimg", "bootstrap") and builder == "vmware-iso":
         problems.append(
             f"{origins['builder']}: builder: vmware-iso cannot build install_method {method} "

@@ -33,6 +33,7 @@ class Settings:
     boot_files: tuple[str, ...]
     cloudimg_url: str
     cloudimg_checksum: str
+    provisioner: str
     bootstrap_suite: str
     bootstrap_mirror: str
     bootstrap_packages: tuple[str, ...]

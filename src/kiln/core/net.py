@@ -46,6 +46,11 @@ def describe(exc: BaseException, url: str) -> Failure:
         port = 0
     chain = _chain(exc)
     text = " ".join(str(e) for e in chain)
+    proxy = next((e for e in chain if type(e).__name__ == "ProxyError"), None)
+    if proxy is not None:
+        return Failure(f"the proxy for {host}:{port} failed ({_first_line(proxy)})", False)
+    if "EOF occurred in violation of protocol" in text or "UNEXPECTED_EOF" in text:
+        return Failure(f"the TLS connection to {host}:{port} was cut", True)
     dns = next((e for e in chain if isinstance(e, socket.gaierror)), None)
     if dns is not None or "Name or service not known" in text or "name resolution" in text.lower():
         why = dns.strerror if dns is not None and dns.strerror else "the name is not known"

@@ -118,7 +118,15 @@ def run(
         if log_file is not None:
             log_file.write(f"kiln: {quote(args)} runs attached to the terminal; its output is not logged\n")
             log_file.flush()
-        returncode = subprocess.call(args, cwd=cwd, env=_child_env(rt, env, extra_env))
+        child = subprocess.Popen(args, cwd=cwd, env=_child_env(rt, env, extra_env), start_new_session=True)
+        try:
+            returncode = child.wait(timeout=timeout)
+        except KeyboardInterrupt:
+            terminate(child)  # the whole process group: Packer and its QEMU
+            raise Interrupted(f"{os.path.basename(program)}: interrupted") from None
+        except BaseException:
+            terminate(child)
+            raise
         if check and returncode != 0:
             raise CommandError(args, returncode, "(output went to the terminal)")
         return Result(args, returncode, "")

@@ -299,14 +299,23 @@ def _load_file(
             merged[(kind, rid)] = _compile_resource(kind, rid, attrs or {}, path)
 
 
-def _drop_nulls(value: Any) -> Any:
+def _drop_nulls(value: Any, seen: dict[int, Any] | None = None) -> Any:
     """List items that rendered to nothing (`- ` under a range that produced no value) are left out, as goss
-    leaves them out."""
+    leaves them out. A node YAML aliases many times is walked once (no "billion laughs" expansion)."""
+    seen = {} if seen is None else seen
+    if not isinstance(value, list | dict):
+        return value
+    if id(value) in seen:
+        return seen[id(value)]
     if isinstance(value, list):
-        return [_drop_nulls(v) for v in value if v is not None]
-    if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items()}
-    return value
+        out: Any = []
+        seen[id(value)] = out
+        out.extend(_drop_nulls(v, seen) for v in value if v is not None)
+    else:
+        out = {}
+        seen[id(value)] = out
+        out.update({k: _drop_nulls(v, seen) for k, v in value.items()})
+    return out
 
 
 # Every resource type goss knows; a top-level key outside this set is ignored, as goss ignores it.

@@ -440,7 +440,10 @@ class Client:
                 tally.add(requests=1, bytes_sent=length)
             try:
                 r = self._session.put(
-                    session_url, data=body if length else b"", headers=headers, timeout=self.timeout
+                    session_url,
+                    data=body if length else b"",
+                    headers=headers,
+                    timeout=(net.CONNECT_TIMEOUT, self.timeout),
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 problem = type(exc).__name__

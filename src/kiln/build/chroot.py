@@ -1,0 +1,254 @@
+"""The chroot runner's tools: root trees out of the base disk, Ansible through its chroot connection, trees
+packed for the stage cache, and the finished disk made offline from a tree.
+
+Everything that mounts runs inside a private mount namespace (`unshare --mount --propagation private`): the
+mounts (/proc, /sys, /dev, resolv.conf, the base disk's loop mount) belong to that one child process and go
+when it exits, however it exits, so a cached tree never keeps a mount. What the runner writes into the tree
+for the stage (policy-rc.d, an empty resolv.conf to bind over) is removed on every exit path, and a process
+a package left running inside the tree is killed before the tree is packed.
+
+Needs root (mount, chroot) and Ansible's community.general collection (the `ansible` package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from kiln.build import bootstrap
+from kiln.core import proc
+from kiln.core.errors import BuildError, CommandError, InputError
+from kiln.core.runtime import Runtime
+
+TREE = "tree.tar.zst"  # a stage's tree in the cache: tar (numeric owners, xattrs, ACLs), zstd on every core
+CONNECTION = "community.general.chroot"
+POLICY_RC_D = "usr/sbin/policy-rc.d"
+_TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
+_IN_NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--"]
+
+
+QEMU_HOST = "10.0.2.2"  # the build host as a QEMU user-network guest reaches it
+
+
+def host_view(values: Any) -> Any:
+    """Values as the chroot sees the network: a URL at QEMU's address of the build host (the stand-in
+    server, an apt cache on the host) is the build host itself, 127.0.0.1, in a chroot."""
+    if isinstance(values, str):
+        return values.replace(f"://{QEMU_HOST}:", "://127.0.0.1:").replace(
+            f"://{QEMU_HOST}/", "://127.0.0.1/"
+        )
+    if isinstance(values, Mapping):
+        return {k: host_view(v) for k, v in values.items()}
+    if isinstance(values, list | tuple):
+        return [host_view(v) for v in values]
+    return values
+
+
+def check_host(runtime: Runtime) -> None:
+    """Root, and Ansible's chroot connection, before anything is made."""
+    if os.geteuid() != 0:
+        raise InputError(
+            "provisioner chroot: needs root (mount and chroot into the stage's tree)",
+            hint="run as root, or use provisioner vm",
+        )
+    try:
+        import ansible_collections.community.general  # noqa: F401
+    except ImportError:
+        raise InputError(
+            f"provisioner chroot: Ansible's {CONNECTION} connection is not installed",
+            hint="install the `ansible` package into kiln's virtualenv (make deps does)",
+        ) from None
+    proc.which("unshare", runtime)
+    proc.which("zstd", runtime)
+
+
+def root_partition(base: bootstrap.BaseImage) -> bootstrap.Partition:
+    parts = base.info.get("partitions")
+    if isinstance(parts, list) and parts:
+        return bootstrap.Partition(**parts[-1])
+    spec = base.info.get("spec")
+    size = int(spec["disk_size_mib"]) if isinstance(spec, dict) else 0
+    return bootstrap.layout(size)[-1]
+
+
+def base_tree(
+    base: bootstrap.BaseImage, tree: Path, work: Path, *, log_file: IO[str] | None, runtime: Runtime
+) -> None:
+    """The base disk's root filesystem, GRUB's files and grub.cfg included, copied into `tree`. The mount is
+    read-write on a temp copy of the disk: its journal may need replaying, which a read-only mount cannot."""
+    raw = work / "base.raw"
+    root = root_partition(base)
+    tree.mkdir(parents=True)
+    try:
+        proc.run(
+            ["qemu-img", "convert", "-O", "raw", str(base.disk), str(raw)], log_file=log_file, runtime=runtime
+        )
+        script = (
+            "set -eu\nm=$(mktemp -d)\n"
+            f'mount -o loop,offset={root.offset},sizelimit={root.size_bytes} "$1" "$m"\n'
+            f'tar -C "$m" {" ".join(_TAR_FLAGS)} -cf - . | tar -C "$2" {" ".join(_TAR_FLAGS)} -xpf -\n'
+        )
+        proc.run([*_IN_NAMESPACE, "sh", "-c", script, "sh", str(raw), str(tree)], log_file=log_file,
+                 runtime=runtime)  # fmt: skip
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def pack(tree: Path, out: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None:
+    """`tree` as one zstd-compressed tar (every core), written under a temp name and renamed."""
+    part = out.with_name(out.name + ".part")
+    script = f'set -eu\ntar -C "$1" {" ".join(_TAR_FLAGS)} -cf - . | zstd -q -T0 -3 -o "$2"\n'
+    try:
+        proc.run(["sh", "-c", script, "sh", str(tree), str(part)], log_file=log_file, runtime=runtime)
+        os.rename(part, out)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def unpack(tar: Path, tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None:
+    tree.mkdir(parents=True)
+    script = f'set -eu\nzstd -q -d -c "$1" | tar -C "$2" {" ".join(_TAR_FLAGS)} -xpf -\n'
+    proc.run(["sh", "-c", script, "sh", str(tar), str(tree)], log_file=log_file, runtime=runtime)
+
+
+# The stage's mounts, made inside the namespace; the command runs while they are there.
+_MOUNTS = """set -eu
+t="$1"; shift
+mount -t proc proc "$t/proc"
+mount -t sysfs sysfs "$t/sys"
+mount --rbind /dev "$t/dev"
+mount --bind "$KILN_RESOLV_CONF" "$t/etc/resolv.conf"
+exec "$@"
+"""
+
+
+@contextlib.contextmanager
+def prepared(tree: Path, work: Path) -> Iterator[Path]:
+    """Make `tree` ready for a stage (no service starts, a resolv.conf to bind over) and put it back on every
+    exit; yields the host resolv.conf copy to bind. Processes left running in the tree are killed."""
+    policy = tree / POLICY_RC_D
+    resolv = tree / "etc" / "resolv.conf"
+    made_resolv = not (resolv.exists() or resolv.is_symlink())
+    if resolv.is_symlink():  # a bind mount needs a file to cover; keep the link to put back
+        link = os.readlink(resolv)
+        resolv.unlink()
+    else:
+        link = None
+    saved = resolv.read_bytes() if resolv.is_file() else None
+    host_resolv = work / "resolv.conf"
+    try:
+        host_resolv.write_bytes(Path("/etc/resolv.conf").read_bytes())
+    except OSError:
+        host_resolv.write_text("")
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text("#!/bin/sh\n# kiln: no service starts while a stage provisions this tree\nexit 101\n")
+    policy.chmod(0o755)
+    resolv.parent.mkdir(parents=True, exist_ok=True)
+    if made_resolv or link is not None:
+        resolv.write_text("")
+    try:
+        yield host_resolv
+    finally:
+        kill_processes_in(tree)
+        policy.unlink(missing_ok=True)
+        if made_resolv:
+            resolv.unlink(missing_ok=True)
+        elif link is not None:
+            resolv.unlink(missing_ok=True)
+            os.symlink(link, resolv)
+        elif saved is not None:
+            resolv.write_bytes(saved)  # whatever a task wrote over the bind mount's file is undone
+        host_resolv.unlink(missing_ok=True)
+
+
+def kill_processes_in(tree: Path) -> list[int]:
+    """SIGKILL every process whose root directory is `tree` (a daemon a postinst started despite
+    policy-rc.d); returns their pids."""
+    target = os.path.realpath(tree)
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "root") == target:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    deadline = time.monotonic() + 5
+    while killed and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in killed):
+        time.sleep(0.05)
+    return killed
+
+
+def run_playbooks(
+    tree: Path,
+    work: Path,
+    playbooks: Sequence[Path],
+    extra_vars: Mapping[str, Any],
+    *,
+    repo_root: Path,
+    user_vars: str = "",
+    log_file: IO[str] | None,
+    on_line: Any = None,
+    runtime: Runtime,
+) -> None:
+    """ansible-playbook with the chroot connection against `tree`, in a private mount namespace with /proc,
+    /sys, /dev and the host's resolv.conf mounted for the run."""
+    vars_file = work / "ansible-vars.json"
+    vars_file.write_text(json.dumps(dict(extra_vars), indent=2, sort_keys=True) + "\n")
+    env = {
+        "ANSIBLE_CONFIG": str(repo_root / "ansible" / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
+        "ANSIBLE_REMOTE_TEMP": "/tmp/.kiln-ansible",
+    }
+    with prepared(tree, work) as host_resolv:
+        for playbook in playbooks:
+            argv = [
+                *_IN_NAMESPACE, "sh", "-c", _MOUNTS, "sh", str(tree),
+                "ansible-playbook", "-i", f"{tree},", "-c", CONNECTION, "--extra-vars", f"@{vars_file}",
+            ]  # fmt: skip
+            if user_vars:
+                argv += ["--extra-vars", user_vars]
+            argv.append(str(playbook))
+            try:
+                proc.run(
+                    argv, extra_env={**env, "KILN_RESOLV_CONF": str(host_resolv)}, log_file=log_file,
+                    on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
+                )  # fmt: skip
+            except CommandError as err:
+                raise BuildError(
+                    f"{playbook.name} in the chroot of {tree} failed (exit {err.returncode})\n"
+                    f"{err.output_tail.rstrip()}"
+                ) from err
+    leftovers = tree / "tmp" / ".kiln-ansible"
+    shutil.rmtree(leftovers, ignore_errors=True)
+
+
+def disk_from_tree(
+    base: bootstrap.BaseImage, tree: Path, raw: Path, *, log_file: IO[str] | None, runtime: Runtime
+) -> None:
+    """The finished disk, made offline: the base disk's partition table, BIOS boot partition and ESP (GRUB
+    for BIOS and UEFI), and a root filesystem made from `tree` with the base's UUID (so GRUB finds it)."""
+    root = root_partition(base)
+    if not base.root_uuid:
+        raise BuildError(f"{base.dir}/info.json: no root_uuid recorded; rebuild the base (kiln cache prune)")
+    proc.run(
+        ["qemu-img", "convert", "-O", "raw", str(base.disk), str(raw)], log_file=log_file, runtime=runtime
+    )
+    proc.run(
+        [
+            "mkfs.ext4", "-q", "-F", "-L", "root", "-U", base.root_uuid,
+            "-E", f"offset={root.offset}", "-d", str(tree), str(raw), f"{root.size_bytes // 1024}k",
+        ],
+        log_file=log_file,
+        runtime=runtime,
+    )  # fmt: skip
