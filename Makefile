@@ -9,7 +9,7 @@ PYTEST := $(VENV)/bin/pytest
 # apt packages kiln drives; make deps installs them (as root, or with sudo)
 APT_PACKAGES := packer qemu-system-x86 qemu-utils ovmf xorriso mtools dosfstools fdisk \
   e2fsprogs mmdebstrap grub-pc-bin grub-efi-amd64-bin grub-common squashfs-tools ipxe-qemu openssh-client \
-  openssl ca-certificates git zsh
+  openssl ca-certificates git zsh zstd util-linux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ##@ Setup
