@@ -1,0 +1,124 @@
+"""The chroot runner's tools on small trees (root only: mount namespaces, chroot, owners): what a stage puts
+into a tree and takes out again on every exit, packed trees that keep owners, links and xattrs, processes
+left in a tree, the network as a chroot sees it, and the config's checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kiln import config
+from kiln.build import chroot
+from kiln.core.errors import ConfigError
+from kiln_runtime import RUNTIME
+
+REPO = Path(__file__).resolve().parents[1]
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def _tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    for d in ("etc", "usr/sbin", "proc", "sys", "dev", "tmp"):
+        (tree / d).mkdir(parents=True)
+    return tree
+
+
+def test_prepared_puts_the_tree_back_on_every_exit(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(RuntimeError), chroot.prepared(tree, work) as resolv:
+        assert (tree / chroot.POLICY_RC_D).read_text().endswith("exit 101\n")
+        assert (tree / "etc/resolv.conf").is_file() and resolv.is_file()
+        raise RuntimeError("a failed task")
+    assert not (tree / chroot.POLICY_RC_D).exists() and not (tree / "etc/resolv.conf").exists()
+    # a resolv.conf the tree had, and one that was a link, come back as they were
+    (tree / "etc/resolv.conf").write_text("nameserver 192.0.2.53\n")
+    with chroot.prepared(tree, work):
+        (tree / "etc/resolv.conf").write_text("changed by a task\n")
+    assert (tree / "etc/resolv.conf").read_text() == "nameserver 192.0.2.53\n"
+    (tree / "etc/resolv.conf").unlink()
+    (tree / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    with chroot.prepared(tree, work):
+        assert not (tree / "etc/resolv.conf").is_symlink()
+    assert os.readlink(tree / "etc/resolv.conf") == "../run/systemd/resolve/stub-resolv.conf"
+    assert not list(work.iterdir()), "the host's resolv.conf copy goes too"
+
+
+@root_only
+def test_pack_and_unpack_keep_owners_modes_links_and_xattrs(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    f = tree / "usr/sbin/tool"
+    f.write_text("#!/bin/sh\n")
+    os.chown(f, 1234, 5678)
+    f.chmod(0o4755)  # after chown, which clears setuid
+    os.link(f, tree / "usr/sbin/tool-hardlink")
+    (tree / "etc/link").symlink_to("/usr/sbin/tool")
+    os.setxattr(f, "user.kiln", b"yes")
+    out = tmp_path / chroot.TREE
+    chroot.pack(tree, out, log_file=None, runtime=RUNTIME)
+    back = tmp_path / "back"
+    chroot.unpack(out, back, log_file=None, runtime=RUNTIME)
+    g = back / "usr/sbin/tool"
+    st = g.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 5678, 0o4755)
+    assert st.st_ino == (back / "usr/sbin/tool-hardlink").stat().st_ino
+    assert os.readlink(back / "etc/link") == "/usr/sbin/tool"
+    assert os.getxattr(g, "user.kiln") == b"yes"
+    assert not list(tmp_path.glob("*.part"))
+
+
+@root_only
+def test_processes_left_in_a_tree_are_killed(tmp_path: Path) -> None:
+    import sys
+    import time
+
+    tree = _tree(tmp_path)
+    # a "daemon" whose root directory is the tree (Python chroots itself, then waits)
+    code = f"import os, time; os.chroot({str(tree)!r}); print('in', flush=True); time.sleep(300)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "in"
+        deadline = time.monotonic() + 5
+        while os.readlink(f"/proc/{child.pid}/root") != str(tree.resolve()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert chroot.kill_processes_in(tree) == [child.pid]
+        assert child.wait(timeout=10) != 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+def test_the_network_as_a_chroot_sees_it() -> None:
+    values = {"kubernetes_http_source": "http://10.0.2.2:35631", "apt_cache": "http://10.0.2.2/",
+              "extra_repos": ["deb http://10.0.2.2:80/debian bookworm main"],
+              "other": "http://10.0.2.20:1/"}  # fmt: skip
+    seen = chroot.host_view(values)
+    assert (
+        seen["kubernetes_http_source"] == "http://127.0.0.1:35631"
+        and seen["apt_cache"] == "http://127.0.0.1/"
+    )
+    assert seen["extra_repos"] == ["deb http://127.0.0.1:80/debian bookworm main"]
+    assert seen["other"] == "http://10.0.2.20:1/"
+
+
+def test_provisioner_chroot_is_for_bootstrap_targets_on_qemu() -> None:
+    assert (
+        config.load("debian-12", overrides={"provisioner": "chroot"}, repo_root=REPO)["provisioner"]
+        == "chroot"
+    )
+    with pytest.raises(ConfigError, match="provisioner: chroot needs install_method bootstrap"):
+        config.load("ubuntu-2204", overrides={"provisioner": "chroot"}, repo_root=REPO)
+
+
+def test_a_chroot_build_runs_no_packer_and_caches_trees() -> None:
+    run = subprocess.run(
+        [str(REPO / ".venv/bin/kiln"), "build", "debian-12", "--dry-run", "-var", "provisioner=chroot"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "packer build" not in run.stdout
+    assert "in a chroot (Ansible community.general.chroot)" in run.stdout + run.stderr

@@ -1,0 +1,111 @@
+"""The chroot runner for real: debian-12 provisioned in a chroot at native speed, the finished disk made
+offline and booted once (verify: goss final phase and hygiene), its package list against the suite's
+VM-provisioned image; and an interrupted chroot stage (SIGINT, SIGTERM) that leaves no mount, no process
+and no cache entry behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SITE_MAKE_VAR
+from kiln import config
+from kiln.build import pipeline as build
+from kiln.build import stages
+from kiln.core.builddir import BuildDir
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the chroot runner needs root")]
+
+
+def _accel() -> str:
+    return os.environ.get("KILN_TEST_ACCELERATOR", "tcg")
+
+
+def _mounts_under(path: Path) -> list[str]:
+    text = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout
+    return [m for m in text.splitlines() if m.startswith(str(path))]
+
+
+def _rooted_under(path: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "root").startswith(str(path)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_chroot_build_boots_passes_the_checks_and_has_the_vm_images_packages(built_image, tmp_path):
+    out = tmp_path / "out"
+    flags = f"-var provisioner=chroot -var output_dir={out} -var accelerator={_accel()}"
+    started = time.monotonic()
+    run = subprocess.run(
+        ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1", SITE_MAKE_VAR,
+         f"PACKER_FLAGS={flags}", "FORMATS=qcow2"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert run.returncode == 0, run.stdout[-6000:]
+    assert (
+        "Waiting for SSH" not in run.stdout and "packer build" not in run.stdout
+    )  # nothing booted to provision
+    (path,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "logs"]
+    bd = BuildDir.open(path)
+    assert "verify:" in run.stdout and "checks passed" in run.stdout, run.stdout[-3000:]
+    vm_packages = (built_image.path / f"{built_image.dir.name}.packages").read_text().splitlines()
+    chroot_packages = (path / f"{bd.name}.packages").read_text().splitlines()
+    assert set(chroot_packages) == set(vm_packages), sorted(set(chroot_packages) ^ set(vm_packages))
+    assert not _mounts_under(tmp_path) and not _rooted_under(tmp_path)
+    print(f"\nchroot-provisioned debian-12, verified: {took:.0f}s (the suite's VM-provisioned image: "
+          f"{built_image.seconds:.0f}s)")  # fmt: skip
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(built_image, tmp_path, sig):
+    cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
+    extra = "jq" if sig == signal.SIGINT else "jq tree"
+    overrides = {"provisioner": "chroot", "extra_packages": extra}
+    sid = build.plan_ids(config.load("debian-12", overrides=overrides, repo_root=REPO))["os"].id
+    out = tmp_path / "out"
+    argv = [str(REPO / ".venv/bin/kiln"), "build", "debian-12", "--no-verify", "-var", "provisioner=chroot",
+            "-var", f"extra_packages={extra}", "-var", f"output_dir={out}",
+            "-var", "formats=qcow2"]  # fmt: skip
+    log = tmp_path / "log"
+    with open(log, "wb") as fh:
+        child = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PACKER_VAR_FILES": ""},
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while "provisioning in a chroot" not in log.read_text() and time.monotonic() < deadline:
+            assert child.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(4)  # Ansible is at work in the tree, its mounts in place
+        child.send_signal(sig)
+        assert child.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    time.sleep(1)
+    assert not _mounts_under(tmp_path), _mounts_under(tmp_path)
+    assert not _rooted_under(tmp_path) and not _rooted_under(out)
+    assert stages.lookup(cache_dir, sid) is None
+    assert not list(stages.root(cache_dir).glob(f".{sid}.tmp-*")), "no half-made stage"
+    leftovers = [p for p in out.iterdir() if p.name != "logs"] if out.exists() else []
+    assert not leftovers, leftovers
+    if sig == signal.SIGTERM:  # and the next build goes through (with the stand-in: the kubernetes stage too)
+        version = config.load("debian-12", repo_root=REPO)["kubernetes_semver"]
+        standin = [str(REPO / ".venv/bin/python"), "hack/k8s_standin.py", "run", "--version", version, "--"]
+        again = subprocess.run([*standin, *argv, "--var-file", "{varfile}"], cwd=REPO, capture_output=True,
+                               text=True, env={**os.environ, "PACKER_VAR_FILES": ""})  # fmt: skip
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
