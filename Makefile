@@ -174,15 +174,18 @@ release-all: deps ## Release every target that builds on this machine kind (debi
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
 
 ##@ Tests
-.PHONY: test test-unit test-vm lint
+.PHONY: test test-unit test-vm test-vm-runner lint
 test: deps lint ## Lint, then run every test, VM builds and GCS servers included (what CI runs)
-	$(PYTEST) -v --durations=25
+	$(PYTEST) -v --durations=25 -m 'not vm_runner'
+
+test-vm-runner: deps ## Build debian-12 with the VM runner too and compare it with the chroot-built image (~20 min)
+	$(PYTEST) -v -m vm_runner
 
 test-unit: deps ## Run the fast tests only (no VM)
 	$(PYTEST) -m 'not vm'
 
 test-vm: deps ## Run only the VM tests (build, boot, verify)
-	$(PYTEST) -v -m vm
+	$(PYTEST) -v -m 'vm and not vm_runner'
 
 .PHONY: test-gcs bench-upload
 test-gcs: deps-python ## Run the GCS tests only (upload, faults, images ls/get; they start their own servers)

@@ -100,7 +100,16 @@ def test_zsh_completion_loads() -> None:
 
 
 def test_packer_flags_reach_packer() -> None:
-    run = kiln("build", "debian-12", "--dry-run", "-on-error=abort", "-timestamp-ui", "-force")
+    run = kiln(
+        "build",
+        "debian-12",
+        "--dry-run",
+        "-on-error=abort",
+        "-timestamp-ui",
+        "-force",
+        "-var",
+        "provisioner=vm",
+    )
     assert run.returncode == 0, run.stderr
     builds = [line for line in run.stdout.splitlines() if "packer build" in line]
     assert builds and all("-on-error=abort -timestamp-ui" in line for line in builds)

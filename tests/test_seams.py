@@ -192,7 +192,7 @@ def test_dry_run_build_prints_stages_and_commands_and_writes_nothing(tmp_path: P
         (d / "keep").write_text("x")
     before = (tree_digest(out), tree_digest(cache), tree_digest(REPO / "packer" / "output"))
     result = subprocess.run(
-        [sys.executable, "-m", "kiln", "--dry-run", "build", "debian-12",
+        [sys.executable, "-m", "kiln", "--dry-run", "build", "debian-12", "--var", "provisioner=vm",
          "--var", f"output_dir={out}", "--var", f"cache_dir={cache}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PACKER_VAR_FILES": ""},

@@ -125,14 +125,34 @@ class ChrootRunner:
         }
         user_vars = str(ws.values.get("ansible_user_vars") or "")
         try:
-            chroot.run_playbooks(
-                tree, sdir, playbooks, extra, repo_root=repo, user_vars=user_vars, log_file=ws.log_file,
-                on_line=_task_lines(ws, stage), runtime=ws.runtime,
-            )  # fmt: skip
+            for playbook in playbooks:
+                chroot.run_playbooks(
+                    tree, sdir, [playbook], extra, repo_root=repo, user_vars=user_vars, log_file=ws.log_file,
+                    on_line=_task_lines(ws, stage), runtime=ws.runtime,
+                )  # fmt: skip
+                if last and playbook.name == "playbook.yml":  # before sysprep, as the VM runner's check
+                    _check_tree(ws, stage, tree)
             chroot.pack(tree, out, log_file=ws.log_file, runtime=ws.runtime)
         finally:
             shutil.rmtree(tree, ignore_errors=True)
         return Output(out, "tree", False)
+
+
+def _check_tree(ws: Workspace, stage: str, tree: Path) -> None:
+    """The build phase's goss checks that a tree can answer (kiln.goss.verify.check_tree); a failure ends
+    the stage before anything is packed or cached."""
+    from kiln.goss import specs, verify
+
+    results, deferred = verify.check_tree(
+        tree, ws.values, spec_dir=specs.spec_dir(ws.runtime.root), root=ws.runtime.root
+    )
+    failed = [r for r in results if not r.successful and not r.skipped]
+    ws.monitor.log(
+        stage,
+        f"goss build phase: {len(results)} checks, {len(failed)} failed (in the chroot; {deferred} "
+        "resources wait for the boot check)",
+    )
+    verify.raise_on_failure(results, "goss build phase (chroot)", None)
 
 
 def _task_lines(ws: Workspace, stage: str) -> Any:

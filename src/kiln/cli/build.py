@@ -107,7 +107,10 @@ def _cmd_stages(args: argparse.Namespace) -> int:
             )
         else:
             state = "cached" if stages.lookup(cache_dir, sid.id) else "would build"
-        row = {"stage": stage.name, "id": sid.id, "runner": stage.runner, "cached": stage.cached}
+        runner = stage.runner
+        if runner == "packer" and cfg.settings.provisioner == "chroot":  # bootstrap on qemu (config checks it)
+            runner = "chroot"
+        row = {"stage": stage.name, "id": sid.id, "runner": runner, "cached": stage.cached}
         row.update(state=state, makes=stage.makes, settings=sorted(sid.inputs["settings"]))
         rows.append(row)
     if args.json:

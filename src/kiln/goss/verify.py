@@ -448,3 +448,54 @@ def verify_build(
     return verify_build_dir(
         Path(build_dir), accelerator=accelerator, goss_binary=goss_binary, monitor=monitor, runtime=runtime
     )
+
+
+# What a root tree that was never booted can answer (kiln.build.chroot): the rest (services, ports,
+# processes, kernel parameters, commands) waits for the finished disk's one boot (the final phase).
+TREE_TYPES = frozenset({"package", "file", "user", "group", "matching"})
+RUNTIME_PATHS = ("/proc/", "/sys/", "/run/", "/dev/")  # files a running system makes
+
+
+def _in_tree(resource: goss.Resource) -> bool:
+    if resource.type not in TREE_TYPES:
+        return False
+    return not (
+        resource.type == "file" and str(resource.attrs.get("path", resource.id)).startswith(RUNTIME_PATHS)
+    )
+
+
+def check_tree(
+    tree: Path,
+    values: Mapping[str, Any],
+    *,
+    spec_dir: Path,
+    root: Path,
+    extra_vars: Mapping[str, Any] | None = None,
+) -> tuple[list[goss.Result], int]:
+    """The build phase's file, package, user and group checks against a root tree, in a chroot (fail fast,
+    before the tree is packed). Returns the results and how many resources wait for the boot."""
+    from testinfra.backend.local import LocalBackend
+    from testinfra.host import Host
+
+    class ChrootBackend(LocalBackend):  # type: ignore[misc]
+        """testinfra's local backend with every command run as `chroot TREE /bin/sh -c CMD`."""
+
+        def run(self, command: str, *args: str, **kwargs: Any) -> Any:
+            return self.run_local("chroot %s /bin/sh -c %s", str(tree), self.get_command(command, *args))
+
+    vars_ = goss.render_vars(values, {"phase": "build", **(extra_vars or {})}, spec_dir=spec_dir)
+    vars_.update(user_vars(values, root))
+    spec = goss.load_spec(spec_dir / goss.ENTRY["build"], vars_)
+    user_entry = user_spec(values, "build", root)
+    if user_entry is not None:
+        spec.resources.extend(goss.load_spec(user_entry, vars_).resources)
+    deferred = [r for r in spec.resources if not _in_tree(r)]
+    spec.resources = [r for r in spec.resources if _in_tree(r)]
+    started = time.monotonic()
+    results = goss.evaluate(spec, goss.TestinfraProbe(Host(ChrootBackend())))
+    s = reports.summary(results)
+    log.info(
+        "goss build phase (chroot): %d checks, %d failed in %.1fs; %d resources wait for the boot",
+        s["test-count"], s["failed-count"], time.monotonic() - started, len(deferred),
+    )  # fmt: skip
+    return results, len(deferred)
