@@ -108,7 +108,7 @@ def _cmd_stages(args: argparse.Namespace) -> int:
         else:
             state = "cached" if stages.lookup(cache_dir, sid.id) else "would build"
         runner = stage.runner
-        if runner == "packer" and cfg.settings.provisioner == "chroot":  # bootstrap on qemu (config checks it)
+        if runner == "packer" and cfg.settings.provisioner == "chroot":  # bootstrap, qemu (config checks it)
             runner = "chroot"
         row = {"stage": stage.name, "id": sid.id, "runner": runner, "cached": stage.cached}
         row.update(state=state, makes=stage.makes, settings=sorted(sid.inputs["settings"]))
