@@ -260,6 +260,10 @@ def test_goss_render_renders_kilns_own_spec_with_a_targets_vars() -> None:
     run = kiln("goss", "render", "--target", "debian-12", "--phase", "final")
     assert run.returncode == 0, run.stderr
     assert "containerd" in run.stdout and "{{" not in run.stdout
+    run = kiln("goss", "render", "goss/goss.yaml", "--target", "debian-12")
+    assert run.returncode == 0 and "cni-plugins-executable" in run.stdout, run.stderr
+    run = kiln("goss", "render", "goss/goss.yaml")  # image-builder's habit: the file alone
+    assert run.returncode == 2 and "--target TARGET" in run.stderr, run.stderr
 
 
 # --- the network: fast failures with their cause ----------------------------------------------------------

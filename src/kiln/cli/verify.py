@@ -116,7 +116,19 @@ def _cmd_goss_render(args: argparse.Namespace) -> int:
             raise InputError("--vars-inline: must be a JSON object")
         variables.update(inline)
     inputs.check_regular(gossfile, "gossfile")
-    spec = goss.load_spec(gossfile, variables, env=dict(os.environ))
+    try:
+        spec = goss.load_spec(gossfile, variables, env=dict(os.environ))
+    except InputError as err:
+        own = goss.spec_dir(args.runtime.root).resolve()
+        if (
+            not args.target
+            and Path(gossfile).resolve().is_relative_to(own)
+            and "is not defined" in err.message
+        ):
+            err.hint = (
+                f"kiln's own specs render with a target's vars: kiln goss render {gossfile} --target TARGET"
+            )
+        raise
     merged: dict[str, dict[str, object]] = {}
     for resource in spec.resources:
         merged.setdefault(resource.type, {})[resource.id] = resource.attrs
