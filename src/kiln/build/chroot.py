@@ -188,6 +188,17 @@ def kill_processes_in(tree: Path) -> list[int]:
     return killed
 
 
+def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = "") -> list[str]:
+    """ansible-playbook against `tree`, inside the namespace that mounts what the run needs."""
+    argv = [
+        *_IN_NAMESPACE, "sh", "-c", _MOUNTS, "sh", str(tree),
+        "ansible-playbook", "-i", f"{tree},", "-c", CONNECTION, "--extra-vars", f"@{vars_file}",
+    ]  # fmt: skip
+    if user_vars:
+        argv += ["--extra-vars", user_vars]
+    return [*argv, str(playbook)]
+
+
 def run_playbooks(
     tree: Path,
     work: Path,
@@ -212,13 +223,7 @@ def run_playbooks(
     }
     with prepared(tree, work) as host_resolv:
         for playbook in playbooks:
-            argv = [
-                *_IN_NAMESPACE, "sh", "-c", _MOUNTS, "sh", str(tree),
-                "ansible-playbook", "-i", f"{tree},", "-c", CONNECTION, "--extra-vars", f"@{vars_file}",
-            ]  # fmt: skip
-            if user_vars:
-                argv += ["--extra-vars", user_vars]
-            argv.append(str(playbook))
+            argv = playbook_argv(tree, vars_file, playbook, user_vars)
             try:
                 proc.run(
                     argv, extra_env={**env, "KILN_RESOLV_CONF": str(host_resolv)}, log_file=log_file,

@@ -16,6 +16,7 @@ from typing import Any
 from kiln.build import packer
 from kiln.build.render import BuildContext, Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
+from kiln.core import proc
 from kiln.core.errors import BuildError
 
 FINALIZE_COMMAND = "sudo /usr/local/sbin/kiln-finalize"  # written by the sysprep role; Packer's shutdown
@@ -101,10 +102,14 @@ class ChrootRunner:
         sdir = ws.work / stage
         sdir.mkdir(mode=0o700)
         out = sdir / chroot.TREE
+        playbooks = [repo / "ansible" / "playbook.yml"] + ([repo / "ansible" / "sysprep.yml"] if last else [])
         if ws.runtime.dry_run:
             ws.monitor.log(
                 stage, f"would provision the {stage} tree in a chroot (Ansible {chroot.CONNECTION})"
             )
+            for playbook in playbooks:  # as proc.run says it under --dry-run
+                argv = chroot.playbook_argv(sdir / "tree", sdir / "ansible-vars.json", playbook)
+                print(f"would run: {proc.quote(argv)}")
             return Output(out, "tree", False)
         tree = sdir / "tree"
         started = time.monotonic()
@@ -115,7 +120,6 @@ class ChrootRunner:
         else:
             raise BuildError(f"{stage}: the chroot runner needs the base disk or a parent tree")
         ws.monitor.log(stage, f"tree ready in {time.monotonic() - started:.0f}s; provisioning in a chroot")
-        playbooks = [repo / "ansible" / "playbook.yml"] + ([repo / "ansible" / "sysprep.yml"] if last else [])
         extra = {
             **chroot.host_view(ws.cfg.plain()),
             "ansible_python_interpreter": "/usr/bin/python3",
