@@ -71,3 +71,29 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     assert len(dirs) == 1, f"expected one build dir in {out_root}, got {dirs}"
     print(f"\nbuilt_image: {dirs[0]} in {seconds:.0f}s")
     return BuiltImage(BuildDir.open(dirs[0]), proc.stdout, seconds)
+
+
+def interrupt_build(
+    argv: list[str], log: Path, marker: str, sig: int, *, wait: float, poll: float, settle: float
+) -> None:
+    """Start `kiln build` (argv) logging to `log`, send `sig` `settle` seconds after `marker` shows in the
+    log, and check that kiln exits 130. It must still be running until the marker shows (within `wait`)."""
+    import signal
+
+    with open(log, "wb") as fh:
+        # a suite started in the background inherits SIGINT ignored: give the child the default back
+        child = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PACKER_VAR_FILES": ""},
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + wait
+        while marker not in log.read_text() and time.monotonic() < deadline:
+            assert child.poll() is None, log.read_text()[-3000:]
+            time.sleep(poll)
+        time.sleep(settle)
+        child.send_signal(sig)
+        assert child.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SITE_MAKE_VAR
+from conftest import SITE_MAKE_VAR, interrupt_build
 from kiln import config
 from kiln.build import pipeline as build
 from kiln.build import stages
@@ -97,22 +97,8 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
             "-var", f"extra_packages={extra}", "-var", f"output_dir={out}",
             "-var", "formats=qcow2"]  # fmt: skip
     log = tmp_path / "log"
-    with open(log, "wb") as fh:
-        child = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "PACKER_VAR_FILES": ""},
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
-    try:
-        deadline = time.monotonic() + 300
-        while "provisioning in a chroot" not in log.read_text() and time.monotonic() < deadline:
-            assert child.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.5)
-        time.sleep(4)  # Ansible is at work in the tree, its mounts in place
-        child.send_signal(sig)
-        assert child.wait(timeout=120) == 130, log.read_text()[-3000:]
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    # Ansible at work in the tree, its mounts in place, 4 s after the stage starts provisioning
+    interrupt_build(argv, log, "provisioning in a chroot", sig, wait=300, poll=0.5, settle=4)
     time.sleep(1)
     assert not _mounts_under(tmp_path), _mounts_under(tmp_path)
     assert not _rooted_under(tmp_path) and not _rooted_under(out)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALL_FORMATS, SITE_MAKE_VAR, SITE_VAR_FILES
+from conftest import ALL_FORMATS, SITE_MAKE_VAR, SITE_VAR_FILES, interrupt_build
 from kiln import config
 from kiln.build import pipeline as build
 from kiln.build import stages
@@ -128,23 +128,7 @@ def test_interrupted_stage_leaves_no_cache_entry(built_image, tmp_path):
     sid = build.plan_ids(cfg)["os"].id
     log = tmp_path / "log"
     argv = [str(REPO / ".venv" / "bin" / "kiln"), "build", "debian-12", *changed, *_flags(out)]
-    with open(log, "wb") as fh:
-        # a suite started in the background inherits SIGINT ignored: give the child the default back
-        child = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "PACKER_VAR_FILES": ""},
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
-    try:
-        deadline = time.monotonic() + 600
-        while "Waiting for SSH" not in log.read_text() and time.monotonic() < deadline:
-            assert child.poll() is None, log.read_text()[-3000:]
-            time.sleep(2)
-        time.sleep(5)
-        child.send_signal(signal.SIGINT)
-        assert child.wait(timeout=120) == 130, log.read_text()[-3000:]
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    interrupt_build(argv, log, "Waiting for SSH", signal.SIGINT, wait=600, poll=2, settle=5)
     time.sleep(1)
     assert stages.lookup(cache_dir, sid) is None
     assert not list(stages.root(cache_dir).glob(f".{sid}.tmp-*")), "no half-made stage"

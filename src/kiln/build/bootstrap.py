@@ -328,14 +328,7 @@ def _build(
         log_file=log_file,
         runtime=runtime,
     )  # fmt: skip
-    proc.run(
-        [
-            "mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid,
-            "-E", f"offset={root.offset}", "-d", str(tree), str(raw), f"{root.size_bytes // 1024}k",
-        ],
-        log_file=log_file,
-        runtime=runtime,
-    )  # fmt: skip
+    make_root_fs(raw, root, root_uuid, tree, log_file=log_file, runtime=runtime)
 
     say(f"base: installing GRUB (BIOS + UEFI) from inside a one-shot VM ({accelerator})")
     _install_bootloader(raw, work, root_uuid, accelerator=accelerator, log_file=log_file, runtime=runtime)
@@ -356,6 +349,20 @@ def _build(
         "kernel": kernel.name,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def make_root_fs(
+    raw: Path, root: Partition, root_uuid: str, tree: Path, *, log_file: IO[str] | None, runtime: Runtime
+) -> None:
+    """The root filesystem of a disk, made in place in its partition and filled from `tree` (no mount)."""
+    proc.run(
+        [
+            "mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid,
+            "-E", f"offset={root.offset}", "-d", str(tree), str(raw), f"{root.size_bytes // 1024}k",
+        ],
+        log_file=log_file,
+        runtime=runtime,
+    )  # fmt: skip
 
 
 def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str, esp_uuid: str) -> None:

@@ -87,9 +87,7 @@ def base_tree(
     root = root_partition(base)
     tree.mkdir(parents=True)
     try:
-        proc.run(
-            ["qemu-img", "convert", "-O", "raw", str(base.disk), str(raw)], log_file=log_file, runtime=runtime
-        )
+        _raw_copy(base, raw, log_file=log_file, runtime=runtime)
         script = (
             "set -eu\nm=$(mktemp -d)\n"
             f'mount -o loop,offset={root.offset},sizelimit={root.size_bytes} "$1" "$m"\n'
@@ -246,14 +244,12 @@ def disk_from_tree(
     root = root_partition(base)
     if not base.root_uuid:
         raise BuildError(f"{base.dir}/info.json: no root_uuid recorded; rebuild the base (kiln cache prune)")
+    _raw_copy(base, raw, log_file=log_file, runtime=runtime)
+    bootstrap.make_root_fs(raw, root, base.root_uuid, tree, log_file=log_file, runtime=runtime)
+
+
+def _raw_copy(base: bootstrap.BaseImage, raw: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None:
+    """A sparse raw copy of the base disk to read or rewrite (the cached qcow2 is never written)."""
     proc.run(
         ["qemu-img", "convert", "-O", "raw", str(base.disk), str(raw)], log_file=log_file, runtime=runtime
     )
-    proc.run(
-        [
-            "mkfs.ext4", "-q", "-F", "-L", "root", "-U", base.root_uuid,
-            "-E", f"offset={root.offset}", "-d", str(tree), str(raw), f"{root.size_bytes // 1024}k",
-        ],
-        log_file=log_file,
-        runtime=runtime,
-    )  # fmt: skip

@@ -47,6 +47,14 @@ class PackerFlags:
         """A failed build leaves its work for inspection (kiln keeps the temp build dir too)."""
         return self.on_error in ("abort", "ask") or self.debug
 
+    def check_terminal(self, dry_run: bool) -> None:
+        """InputError when an interactive flag meets a stdin that is no terminal (nothing would answer)."""
+        if self.interactive and not dry_run and not os.isatty(0):
+            raise InputError(
+                "-on-error=ask and -debug ask questions at a terminal, and stdin is not one",
+                hint="use -on-error=abort to keep a failed build's work without a terminal",
+            )
+
     def argv(self) -> list[str]:
         return (
             [f"-on-error={self.on_error}"] + ["-debug"] * self.debug + ["-timestamp-ui"] * self.timestamp_ui
@@ -129,11 +137,7 @@ def build(
     Raises BuildError naming the log on failure; Ctrl-C stops Packer and its QEMU (process group). With an
     interactive flag (-on-error=ask, -debug) Packer runs attached to the terminal, which it needs.
     """
-    if flags.interactive and not runtime.dry_run and not os.isatty(0):
-        raise InputError(
-            "packer: -on-error=ask and -debug ask questions at a terminal, and stdin is not one",
-            hint="use -on-error=abort to keep a failed build's output without a terminal",
-        )
+    flags.check_terminal(runtime.dry_run)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     show = on_stage or (lambda line: print(line, flush=True))
     started = time.monotonic()

@@ -25,8 +25,6 @@ from kiln.cli.base import REGISTRY
 from kiln.core import proc
 from kiln.core.errors import EXIT_INTERRUPTED, EXIT_OK, KilnError
 
-GLOBAL_DEFAULTS = {"debug": False, "dry_run": False, "progress": "auto"}
-
 
 def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     """The global flags, on the top parser and on every subcommand's, so that they work anywhere on the
@@ -155,10 +153,7 @@ class _JsonStdout:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    for name, value in GLOBAL_DEFAULTS.items():
-        if not hasattr(args, name):
-            setattr(args, name, value)
+    args = parser.parse_args(argv)  # the top parser gives every global option its default
     if args.progress == "json" and not isinstance(sys.stdout, _JsonStdout):
         sys.stdout = _JsonStdout(sys.stdout)  # type: ignore[assignment]
         try:

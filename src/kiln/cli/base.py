@@ -69,11 +69,7 @@ def packer_flags(args: argparse.Namespace) -> Any:
         debug=bool(getattr(args, "packer_debug", False)),
         timestamp_ui=bool(getattr(args, "timestamp_ui", False)),
     )
-    if flags.interactive and not args.runtime.dry_run and not sys.stdin.isatty():
-        raise InputError(  # said before anything is built, not when Packer first runs
-            "-on-error=ask and -debug ask questions at a terminal, and stdin is not one",
-            hint="use -on-error=abort to keep a failed build's work without a terminal",
-        )
+    flags.check_terminal(args.runtime.dry_run)  # said before anything is built, not when Packer first runs
     return flags
 
 

@@ -57,23 +57,15 @@ def commit() -> str:
     one the wheel build recorded in kiln/data/COMMIT, else "" (a source tree without git)."""
     import subprocess
 
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(CHECKOUT), *args], capture_output=True, text=True, timeout=5)
+        done.check_returncode()
+        return done.stdout.strip()
+
     if (CHECKOUT / ".git").exists():
         try:
-            head = subprocess.run(
-                ["git", "-C", str(CHECKOUT), "rev-parse", "--short=12", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=True,
-            ).stdout.strip()
-            dirty = subprocess.run(
-                ["git", "-C", str(CHECKOUT), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=True,
-            ).stdout.strip()
-            return head + ("+dirty" if dirty else "")
+            head = git("rev-parse", "--short=12", "HEAD")
+            return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
         except (OSError, subprocess.SubprocessError):
             pass
     try:
