@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -35,7 +34,7 @@ from typing import IO, Any
 
 from kiln.config import Config
 from kiln.config.settings import BY_NAME
-from kiln.core import proc
+from kiln.core import proc, tempdirs
 from kiln.core.errors import BuildError, InputError
 from kiln.core.runtime import Runtime
 
@@ -255,7 +254,8 @@ def ensure_base(
                 hint="run the build as root, or use install_method installer/cloudimg",
             )
         say(f"base: no cached base for key {key}; building it ({spec.suite} from {spec.mirror})")
-        work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
+        owned = tempdirs.create(root, key)
+        work = owned.path
         try:
             info = _build(
                 spec, work, repo_root, accelerator=accelerator, log_file=log_file, say=say, runtime=runtime
@@ -266,6 +266,8 @@ def ensure_base(
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+        finally:
+            owned.release()
     say(f"base: cached as {root / key}")
     return BaseImage(key, root / key, False, info)
 

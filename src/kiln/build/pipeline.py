@@ -43,7 +43,7 @@ from kiln.build.render import Output
 from kiln.build.runners import ChrootRunner, PackerRunner
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.config import Config
-from kiln.core import builddir, inputs, proc
+from kiln.core import builddir, inputs, proc, space, tempdirs
 from kiln.core.errors import BuildError, InputError, KilnError
 from kiln.core.progress import LogFile, Monitor, Multi, Null
 from kiln.core.runtime import Runtime
@@ -233,6 +233,8 @@ def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | No
         return
     if ws.disk is None:
         raise BuildError(f"{ws.temp}: no disk to finalize")
+    ws.needs["finalize"] = finalize_needs(ws, ws.disk)
+    space.check(ws.temp, ws.needs["finalize"], "finalize")
     if ws.disk.format == "tree":
         ws.disk = disk_from_tree(ws, ws.disk.disk)
     finalize_disk(ws, ws.disk)
@@ -243,6 +245,28 @@ def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | No
         ws.monitor.log("finalize", f"verify: {len(results)} checks passed; reports in goss/")
     if publish is not None:
         publish()
+
+
+TREE_RATIO = 3.0  # a root tree unpacked is about 3 x its zstd -3 tar
+OUTPUT_RATIO = 0.45  # a compressed artifact (qcow2, OVA, squashfs, ISO, ...) is about 0.45 x the root
+
+
+def finalize_needs(ws: Workspace, disk: Output) -> int:
+    """What finalize writes at its peak, estimated: from a tree, the unpacked tree and the raw disk made
+    from it; then the compressed qcow2, the OVA and each live format."""
+    if disk.format == "tree":
+        root = int(disk.disk.stat().st_size * TREE_RATIO)
+        making = 2 * root
+    else:  # a stage disk (its backing chain in the cache) or Packer's output
+        root = disk.disk.stat().st_blocks * 512 if disk.disk.exists() else 0
+        if ws.base is not None:
+            root += ws.base.disk.stat().st_blocks * 512
+        making = 0
+    from kiln.artifacts import formats
+
+    live = len([f for f in ws.settings.formats if f not in ("qcow2", "ova")]) if formats.live_wanted(
+        list(ws.settings.formats)) else 0  # fmt: skip
+    return max(making, root) + int(root * OUTPUT_RATIO * (2 + live))
 
 
 def disk_from_tree(ws: Workspace, tar: Path) -> Output:
@@ -379,6 +403,7 @@ def run_build(
     final = cfg.path("output_dir") / name
     ids = plan_ids(cfg)
     digest = ids["finalize"].id
+    collect_stale(cfg, mon, rt)
     if not force and up_to_date(final, digest):
         mon.log("build", f"{final} is up to date (input hash {digest[:12]}); --force rebuilds")
         return BuildResult(final, name, {}, None, digest, up_to_date=True)
@@ -397,7 +422,8 @@ def run_build(
     accelerator = pick_accelerator(setting, rt)
 
     out_root = proc.ensure_dir(cfg.path("output_dir"))
-    temp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_root))
+    owned = tempdirs.create(out_root, name)
+    temp = owned.path
     log_path = temp / builddir.LOG
     # append mode: kiln.build.packer.build appends Packer's output through its own handle to the same file
     log_file = open(log_path, "a", buffering=1)  # noqa: SIM115 - closed in finally
@@ -432,7 +458,7 @@ def run_build(
     except BaseException as exc:
         log_file.write(f"kiln: build failed: {exc!r}\n")
         log_file.flush()
-        kept = _keep_log(log_path, out_root, name)
+        kept = _keep_log(log_path, out_root, name, move=not flags.keeps_output)
         if kept is not None:
             mon.log("build", f"build failed; the whole log is kept at {kept}")
             if isinstance(exc, KilnError) and not exc.hint:
@@ -442,11 +468,31 @@ def run_build(
         ws.holds.close()
         log_file.close()
         if not ok and ws.packer_flags.keeps_output:
+            (temp / tempdirs.KEPT).write_text(f"kept by -on-error={ws.packer_flags.on_error}\n")
             mon.log(
                 "build", f"-on-error={ws.packer_flags.on_error}: the failed build's work is kept in {temp}"
             )
         elif not ok:
             shutil.rmtree(temp, ignore_errors=True)
+        owned.release()
+
+
+def collect_stale(cfg: Config, mon: Monitor, rt: Runtime) -> list[tempdirs.Stale]:
+    """Remove what runs that died (kill -9, OOM) left in the output dir, the stage cache and the temp dir,
+    and say so in one line; --dry-run says what it would remove."""
+    cache = cfg.path("cache_dir")
+    stale: list[tempdirs.Stale] = []
+    for parent, prefix in (
+        (cfg.path("output_dir"), ""),
+        (stages.root(cache), ""),
+        (cache / stages.BASE_ROOT, ""),
+        (Path(tempfile.gettempdir()), "kiln-"),
+    ):
+        stale += tempdirs.collect(parent, prefix=prefix, dry_run=rt.dry_run)
+    if stale:
+        line = tempdirs.describe(stale)
+        mon.log("build", f"would have {line}" if rt.dry_run else line)
+    return stale
 
 
 def _dry_run(
@@ -540,18 +586,28 @@ def _publish(temp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _keep_log(log_path: Path, out_root: Path, name: str) -> Path | None:
+def _keep_log(log_path: Path, out_root: Path, name: str, *, move: bool) -> Path | None:
+    """The failed build's log (and serial log, goss reports) into OUTPUT/logs/. `move`: renamed out of the
+    temp dir that is about to go, which needs no space (the build may have failed on a full disk)."""
     if not log_path.is_file():
         return None
     logs = out_root / "logs"
-    logs.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     kept = logs / f"{name}-{stamp}.log"
-    shutil.copy2(log_path, kept)
-    serial = log_path.parent / SERIAL_LOG
-    if serial.is_file():
-        shutil.copy2(serial, logs / f"{name}-{stamp}.serial.log")
-    reports = log_path.parent / "goss"
-    if reports.is_dir():  # a failed verify: its reports outlive the temp dir
-        shutil.copytree(reports, logs / f"{name}-{stamp}.goss")
+    keep: Callable[[Path, Path], object] = os.replace if move else shutil.copy2
+    try:
+        logs.mkdir(exist_ok=True)
+        keep(log_path, kept)
+        serial = log_path.parent / SERIAL_LOG
+        if serial.is_file():
+            keep(serial, logs / f"{name}-{stamp}.serial.log")
+        reports = log_path.parent / "goss"
+        if reports.is_dir():  # a failed verify: its reports outlive the temp dir
+            if move:
+                os.replace(reports, logs / f"{name}-{stamp}.goss")
+            else:
+                shutil.copytree(reports, logs / f"{name}-{stamp}.goss")
+    except OSError as exc:
+        log.warning("%s: could not keep the failed build's log: %s", logs, exc.strerror or exc)
+        return kept if kept.is_file() else None
     return kept

@@ -22,7 +22,8 @@ kiln.build.bootstrap, are listed and pruned with them):
     ID/disk.qcow2      the stage's disk: a qcow2 overlay whose backing file is the parent stage's disk
     ID/record.json     stage, parent, target, inputs, size, created, last_used
     .locks/ID.lock     held while a build makes or uses ID (flock); prune never deletes a held stage
-    .ID.tmp-*          a stage being written; renamed to ID only when complete (never mistaken for done)
+    .ID.tmp-PID-*      a stage being written, locked by its build (kiln.core.tempdirs); renamed to ID only
+                       when complete (never mistaken for done)
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -42,6 +42,7 @@ from typing import Any
 
 from kiln import __version__
 from kiln.config.settings import SETTINGS, STAGE_NAMES
+from kiln.core import tempdirs
 from kiln.core.errors import InputError
 
 
@@ -289,7 +290,8 @@ def store(
     the cache atomically: a concurrent build sees the whole entry or none of it. Returns the cached path."""
     base = root(cache_dir)
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{sid}.tmp-", dir=base))
+    owned = tempdirs.create(base, sid)
+    tmp = owned.path
     try:
         for name, path in (extra or {}).items():
             shutil.copyfile(path, tmp / name)
@@ -301,6 +303,8 @@ def store(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        owned.release()
     return base / sid / name
 
 
@@ -368,6 +372,14 @@ def _held_entry(cache_dir: Path, record: Record) -> bool:
     return _held(making) or _held(use_lock(cache_dir, record.stage, record.id))
 
 
+def collect_stale(cache_dir: Path, *, dry_run: bool = False) -> list[tempdirs.Stale]:
+    """Temp entries (stages and base disks) whose build died, removed (kiln.core.tempdirs.collect)."""
+    return [
+        *tempdirs.collect(root(cache_dir), dry_run=dry_run),
+        *tempdirs.collect(cache_dir / BASE_ROOT, dry_run=dry_run),
+    ]
+
+
 def prune(
     cache_dir: Path,
     max_size: int | None = None,
@@ -377,13 +389,13 @@ def prune(
 ) -> list[Record]:
     """Delete least recently used entries first until the cache fits `max_size` bytes and nothing is older
     than `older_than_days` (by last use). An entry held by a running build is never deleted, and an entry
-    goes together with the stages built on it (their disks would lose their backing file). Stale temp
-    entries of interrupted builds go too. `dry_run`: the same choice, returned, and nothing deleted."""
+    goes together with the stages built on it (their disks would lose their backing file). Temp entries
+    of builds that died go too (kiln.core.tempdirs: never one that a live build is writing). `dry_run`:
+    the same choice, returned, and nothing deleted."""
     if max_size is None and older_than_days is None:
         raise InputError("cache prune: give --max-size and/or --older-than")
-    for folder in (root(cache_dir), cache_dir / BASE_ROOT):
-        for stale in folder.glob(".*.tmp-*") if folder.is_dir() and not dry_run else []:
-            shutil.rmtree(stale, ignore_errors=True)
+    if not dry_run:
+        collect_stale(cache_dir)
     records = entries(cache_dir)
     children: dict[str, list[Record]] = {}  # a stage's disk is backed by its parent's: link them by path
     for r in records:

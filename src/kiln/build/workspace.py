@@ -4,6 +4,7 @@ dir, the log, the stage IDs) and what the stages have made so far."""
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from kiln.build.packer import PackerFlags
 from kiln.build.render import Output
 from kiln.config import Config
 from kiln.config.typed import Settings
+from kiln.core import space
 from kiln.core.progress import Monitor
 from kiln.core.runtime import Runtime
 
@@ -44,6 +46,7 @@ class Workspace:
     holds: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     reused: dict[str, str] = field(default_factory=dict)
     packer_flags: PackerFlags = field(default_factory=PackerFlags)  # PACKER_FLAGS: -on-error, -debug, ...
+    needs: dict[str, int] = field(default_factory=dict)  # stage -> bytes it needs (estimate), for errors
 
     @property
     def values(self) -> Mapping[str, Any]:
@@ -66,6 +69,13 @@ class Workspace:
         try:
             yield
             ok = True
+        except Exception as exc:
+            if space.is_full(exc):  # one clear error, whichever tool or write hit the full filesystem
+                cache = self.cfg.path("cache_dir")
+                raise space.full(
+                    [self.temp, stages.root(cache), Path(tempfile.gettempdir())], name, self.needs.get(name)
+                ) from exc
+            raise
         finally:
             took = time.monotonic() - started
             self.timings[name] = round(took, 1)

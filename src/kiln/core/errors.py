@@ -63,6 +63,11 @@ class BuildError(KilnError):
     """A build stage failed."""
 
 
+class DiskFullError(BuildError):
+    """A filesystem kiln writes to ran out of space (or would: the pre-flight check); names the path, the
+    free space and the space needed."""
+
+
 class VerifyError(KilnError):
     """An image failed verification (goss)."""
 

@@ -2,7 +2,9 @@
 
 argv lists only (never a shell), the command logged at debug level, an explicit environment, the child
 in its own process group so that Ctrl-C / SIGTERM stop it and everything it started (QEMU under Packer),
-and on failure a CommandError with the command, the exit code and the tail of the output.
+and on failure a CommandError with the command, the exit code and the tail of the output. Every child and
+its descendants carry the watchdog's token, so that they end when kiln ends, even by kill -9
+(kiln.core.watchdog).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from kiln.core import watchdog
 from kiln.core.errors import CommandError, Interrupted, ToolMissingError
 from kiln.core.runtime import Runtime
 
@@ -62,11 +65,20 @@ def quote(argv: Sequence[str]) -> str:
 
 
 def _child_env(
-    runtime: Runtime, env: Mapping[str, str] | None, extra_env: Mapping[str, str] | None
+    runtime: Runtime,
+    env: Mapping[str, str] | None,
+    extra_env: Mapping[str, str] | None,
+    *,
+    dies_with_kiln: bool = True,
 ) -> dict[str, str]:
+    """The child's environment: the runtime's (or `env`), `extra_env`, and the watchdog's token, which
+    every descendant inherits, so that the whole tree ends when kiln ends (kiln.core.watchdog)."""
     base = dict(runtime.env if env is None else env)
     if extra_env:
         base.update(extra_env)
+    base.pop(watchdog.VARIABLE, None)
+    if dies_with_kiln:
+        base.update(watchdog.marker())
     return base
 
 
@@ -245,7 +257,8 @@ def spawn(
     Same conventions as `run`: argv list, the program resolved on PATH (ToolMissingError names its
     package), the command logged at debug level, its own process group (stop it with `terminate`),
     stdin from /dev/null, stdout+stderr appended to `log_path`. With `die_with_parent` the kernel kills
-    the child if this process dies without cleaning up (note: "parent" is the spawning thread).
+    the child if this process dies without cleaning up (note: "parent" is the spawning thread), and the
+    child carries the watchdog's token (kiln.core.watchdog); without it, the child outlives kiln.
     There is no --dry-run handling here: a long-running child has no placeholder, so callers check
     `runtime.dry_run` themselves.
     """
@@ -260,7 +273,7 @@ def spawn(
             return subprocess.Popen(
                 args,
                 cwd=cwd,
-                env=_child_env(rt, env, extra_env),
+                env=_child_env(rt, env, extra_env, dies_with_kiln=die_with_parent),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

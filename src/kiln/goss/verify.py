@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln.core import inputs, paths
+from kiln.core import inputs, paths, tempdirs
 from kiln.core.errors import InputError, VerifyError
 from kiln.core.progress import Monitor, Null
 from kiln.core.runtime import Runtime
@@ -398,8 +398,8 @@ def verify_build_dir(
     build = BuildDir.open(build_dir)
     values: dict[str, Any] = build.values()
     firmware = firmware or build.firmware
-    own_tmp = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="kiln-verify-")) if workdir is None else Path(workdir)
+    owned = None if workdir is not None else tempdirs.create(Path(tempfile.gettempdir()), "kiln-verify")
+    work = owned.path if owned is not None else Path(workdir or "")
     live_iso: Path | None = None
     if fmt == "disk":
         image, reports = build.qcow2, build.path / "goss"
@@ -428,8 +428,9 @@ def verify_build_dir(
             runtime=runtime,
         )
     finally:
-        if own_tmp:
+        if owned is not None:
             shutil.rmtree(work, ignore_errors=True)
+            owned.release()
 
 
 def verify_build(

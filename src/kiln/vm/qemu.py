@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kiln.core import proc
+from kiln.core import proc, tempdirs
 from kiln.core.errors import InputError
 from kiln.core.runtime import Runtime
 from kiln.vm.accel import ACCELERATORS, pick_accelerator
@@ -172,6 +172,7 @@ class VM:
         self.ssh_port: int = 0
         self.qmp_socket: str = ""
         self._qmp_dir: str | None = None
+        self._qmp_owned: tempdirs.TempDir | None = None
         self._popen: subprocess.Popen[bytes] | None = None
         self._overlay_made = False
         self._login: tuple[str, Path] | None = None  # last user and key that logged in: poweroff fallback
@@ -295,7 +296,8 @@ class VM:
         if len(os.fsencode(candidate)) < 100:  # sun_path is 108 bytes
             self.qmp_socket = str(candidate)
         else:
-            self._qmp_dir = tempfile.mkdtemp(prefix="kiln-qmp-")
+            self._qmp_owned = tempdirs.create(Path(tempfile.gettempdir()), "kiln-qmp")
+            self._qmp_dir = str(self._qmp_owned.path)
             self.qmp_socket = os.path.join(self._qmp_dir, "qmp.sock")
         Path(self.qmp_socket).unlink(missing_ok=True)
 
@@ -391,6 +393,9 @@ class VM:
         if self._qmp_dir:
             shutil.rmtree(self._qmp_dir, ignore_errors=True)
             self._qmp_dir = None
+        if self._qmp_owned is not None:
+            self._qmp_owned.release()
+            self._qmp_owned = None
 
     def __enter__(self) -> VM:
         if not self.running():

@@ -27,6 +27,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from kiln.core import tempdirs
 from kiln.core.errors import CommandError, InputError, KilnError
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,11 @@ def generate_keypair(directory: str | os.PathLike[str] | None = None, comment: s
     shutil.rmtree(pair.directory)). The private key file is 0600 in OpenSSH format, so both paramiko and
     the `ssh` command line accept it. Nothing is written anywhere else.
     """
-    root = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="kiln-key-"))
+    # a dir of our own is locked for this process's life: if kiln is killed, the next run removes the key
+    if directory is not None:
+        root = Path(directory)
+    else:
+        root = tempdirs.create(Path(tempfile.gettempdir()), "kiln-key").path
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
     key = ed25519.Ed25519PrivateKey.generate()
