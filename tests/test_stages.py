@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from kiln import config
+from kiln.build import finalize, stages
 from kiln.build import pipeline as build
-from kiln.build import stages
 from kiln.build.render import Output
 from kiln.build.workspace import Workspace
 from kiln.core import builddir, inputs
@@ -262,7 +262,7 @@ def test_finalize_takes_a_vmware_output_dir_to_an_ova(tmp_path: Path) -> None:
             cfg, RUNTIME, Null(), cfg.artifact_name, temp, tmp_path / "work", temp / "build.log", log,
             "tcg", "vmware-iso", build.plan_ids(cfg),
         )  # fmt: skip
-        build.finalize_disk(ws, Output(vmware_dir / "disk.vmdk", "vmdk", False))
+        finalize.finalize_disk(ws, Output(vmware_dir / "disk.vmdk", "vmdk", False))
     bd = builddir.BuildDir.open(temp)
     assert bd.ova.is_file() and bd.qcow2.is_file()
     assert (temp / f"{bd.name}.ova.sha256").read_text() == builddir.sha256_file(bd.ova)

@@ -99,6 +99,16 @@ def base_tree(
         raw.unlink(missing_ok=True)
 
 
+def stage_needs(parent: Path | None, base: bootstrap.BaseImage | None) -> int:
+    """A chroot stage's peak use of the work dir, estimated: from a packed tree, the tree (about 3 x its
+    tar) grown by the stage and packed again; from the base disk, its raw copy, the tree and the pack."""
+    if parent is not None and parent.name == TREE and parent.is_file():
+        return 4 * parent.stat().st_size + (256 << 20)
+    if base is not None and base.disk.is_file():
+        return int(2.5 * base.disk.stat().st_blocks * 512) + (256 << 20)
+    return 0
+
+
 def pack(tree: Path, out: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None:
     """`tree` as one zstd-compressed tar (every core), written under a temp name and renamed."""
     part = out.with_name(out.name + ".part")

@@ -36,14 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from kiln import __version__
-from kiln.artifacts import ova
 from kiln.build import bootstrap, stages
+from kiln.build.finalize import stage_finalize
 from kiln.build.packer import PackerFlags
 from kiln.build.render import Output
 from kiln.build.runners import ChrootRunner, PackerRunner
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.config import Config
-from kiln.core import builddir, inputs, proc, space, tempdirs
+from kiln.core import builddir, inputs, proc, tempdirs
 from kiln.core.errors import BuildError, InputError, KilnError
 from kiln.core.progress import LogFile, Monitor, Multi, Null
 from kiln.core.runtime import Runtime
@@ -222,114 +222,6 @@ def _packages_from_record(ws: Workspace) -> None:
         shutil.copyfile(kept, ws.packages_file)
     if not ws.packages_file.is_file():
         raise BuildError(f"{ws.packages_file}: the provision playbook wrote no package list")
-
-
-def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | None = None) -> None:
-    """Post-process the disk the last Packer run wrote (as render said where and in which format)."""
-    if ws.runtime.dry_run:
-        ws.monitor.log(
-            "finalize", "would write NAME.qcow2, NAME.ova, sha256 sidecars, manifest; verify; publish"
-        )
-        return
-    if ws.disk is None:
-        raise BuildError(f"{ws.temp}: no disk to finalize")
-    ws.needs["finalize"] = finalize_needs(ws, ws.disk)
-    space.check(ws.temp, ws.needs["finalize"], "finalize")
-    if ws.disk.format == "tree":
-        ws.disk = disk_from_tree(ws, ws.disk.disk)
-    finalize_disk(ws, ws.disk)
-    if verify:
-        from kiln.goss.verify import verify_build
-
-        results = verify_build(ws.temp, monitor=ws.monitor, accelerator=ws.accelerator, runtime=ws.runtime)
-        ws.monitor.log("finalize", f"verify: {len(results)} checks passed; reports in goss/")
-    if publish is not None:
-        publish()
-
-
-TREE_RATIO = 3.0  # a root tree unpacked is about 3 x its zstd -3 tar
-OUTPUT_RATIO = 0.45  # a compressed artifact (qcow2, OVA, squashfs, ISO, ...) is about 0.45 x the root
-
-
-def finalize_needs(ws: Workspace, disk: Output) -> int:
-    """What finalize writes at its peak, estimated: from a tree, the unpacked tree and the raw disk made
-    from it; then the compressed qcow2, the OVA and each live format."""
-    if disk.format == "tree":
-        root = int(disk.disk.stat().st_size * TREE_RATIO)
-        making = 2 * root
-    else:  # a stage disk (its backing chain in the cache) or Packer's output
-        root = disk.disk.stat().st_blocks * 512 if disk.disk.exists() else 0
-        if ws.base is not None:
-            root += ws.base.disk.stat().st_blocks * 512
-        making = 0
-    from kiln.artifacts import formats
-
-    live = len([f for f in ws.settings.formats if f not in ("qcow2", "ova")]) if formats.live_wanted(
-        list(ws.settings.formats)) else 0  # fmt: skip
-    return max(making, root) + int(root * OUTPUT_RATIO * (2 + live))
-
-
-def disk_from_tree(ws: Workspace, tar: Path) -> Output:
-    """The chroot runner's last tree made into the finished disk, offline (kiln.build.chroot)."""
-    from kiln.build import chroot
-
-    if ws.base is None:
-        raise BuildError(f"{tar}: a tree needs the base disk to become a disk")
-    work = ws.work / "finalize"
-    work.mkdir(mode=0o700, exist_ok=True)
-    tree, raw = work / "tree", work / f"{ws.name}.raw"
-    started = time.monotonic()
-    try:
-        chroot.unpack(tar, tree, log_file=ws.log_file, runtime=ws.runtime)
-        chroot.disk_from_tree(ws.base, tree, raw, log_file=ws.log_file, runtime=ws.runtime)
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
-    ws.monitor.log("finalize", f"disk made from the tree in {time.monotonic() - started:.0f}s (no boot)")
-    return Output(raw, "raw", False)
-
-
-def finalize_disk(ws: Workspace, disk: Output) -> None:
-    """NAME.qcow2 (compressed, standalone), NAME.ova, their .sha256, packer-manifest.json, config.json."""
-    qcow2 = ws.temp / f"{ws.name}.qcow2"
-    if (
-        disk.format == "qcow2"
-        and disk.compressed
-        and disk.disk.parent != stages.root(ws.cfg.path("cache_dir"))
-    ):
-        os.rename(disk.disk, qcow2)  # Packer's disk_compression already did it
-    else:  # a stage overlay (flattened through its backing chain) or a VMware VMDK
-        proc.run(
-            ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk.disk), str(qcow2)],
-            log_file=ws.log_file,
-            runtime=ws.runtime,
-        )
-    builddir.write_sha256(qcow2)
-    ova_path = ws.temp / f"{ws.name}.ova"
-    ova.build_ova(
-        qcow2, ova_path, ws.name, ws.cfg.settings,
-        input_hash=ws.ids["finalize"].id, log_file=ws.log_file, runtime=ws.runtime,
-    )  # fmt: skip
-    builddir.write_sha256(ova_path)
-    from kiln.artifacts import formats, sbom
-
-    spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.settings, ws.packages_file)
-    files = [qcow2, ova_path, spdx] + ([ws.packages_file] if ws.packages_file.is_file() else [])
-    wanted = list(ws.settings.formats)
-    if formats.live_wanted(wanted):
-        started = time.monotonic()
-        files += formats.produce(
-            qcow2, ws.temp, ws.name, wanted, ws.packages_file, ws.cfg.repo_root, ws.work / "formats",
-            kernel_params=ws.settings.extra_kernel_boot_params,
-            runtime=ws.runtime, log_file=ws.log_file, say=lambda t: ws.monitor.log("finalize", t),
-        )  # fmt: skip
-        ws.timings["formats"] = round(time.monotonic() - started, 1)
-        ws.monitor.log("finalize", f"live formats {', '.join(wanted)} made in {ws.timings['formats']:.0f}s")
-    data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
-    builddir.write_manifest(ws.temp / builddir.MANIFEST, ws.name, files, data, ws.builder)
-    (ws.temp / builddir.CONFIG).write_text(json.dumps(ws.cfg.to_json(), indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(ws.work, ignore_errors=True)  # keys, seeds and vars go before anything can copy them
-    (ws.temp / SERIAL_LOG).unlink(missing_ok=True)
-    builddir.BuildDir.open(ws.temp)  # the contract other commands read
 
 
 # --- the pipeline ------------------------------------------------------------------------------------------

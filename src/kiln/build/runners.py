@@ -16,7 +16,7 @@ from typing import Any
 from kiln.build import packer
 from kiln.build.render import BuildContext, Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
-from kiln.core import proc
+from kiln.core import proc, space
 from kiln.core.errors import BuildError
 
 FINALIZE_COMMAND = "sudo /usr/local/sbin/kiln-finalize"  # written by the sysprep role; Packer's shutdown
@@ -113,6 +113,8 @@ class ChrootRunner:
             return Output(out, "tree", False)
         tree = sdir / "tree"
         started = time.monotonic()
+        ws.needs[stage] = chroot.stage_needs(parent, ws.base)
+        space.check(sdir, ws.needs[stage], f"the {stage} stage")
         if parent is not None and parent.name == chroot.TREE:
             chroot.unpack(parent, tree, log_file=ws.log_file, runtime=ws.runtime)
         elif ws.base is not None:

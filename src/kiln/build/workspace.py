@@ -70,11 +70,11 @@ class Workspace:
             yield
             ok = True
         except Exception as exc:
-            if space.is_full(exc):  # one clear error, whichever tool or write hit the full filesystem
-                cache = self.cfg.path("cache_dir")
-                raise space.full(
-                    [self.temp, stages.root(cache), Path(tempfile.gettempdir())], name, self.needs.get(name)
-                ) from exc
+            paths = [self.temp.parent, stages.root(self.cfg.path("cache_dir")), Path(tempfile.gettempdir())]
+            if space.filled(exc, paths):  # one clear error, whichever tool or write hit the full filesystem
+                err = space.full(paths, name, self.needs.get(name))
+                err.message += f"\n{exc}"[:2000] if not space.is_full(exc) else ""
+                raise err from exc
             raise
         finally:
             took = time.monotonic() - started

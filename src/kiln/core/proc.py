@@ -194,6 +194,66 @@ def run(
     return Result(args, returncode, output)
 
 
+class Background:
+    """A run-to-completion command that runs while kiln does something else (the compressed qcow2 while
+    the OVA is written): same conventions as `run`, output streamed to `log_file`. Use as a context
+    manager: leaving it by an exception (Ctrl-C included) stops the child and its group; `wait()` raises
+    CommandError as `run` would."""
+
+    def __init__(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        log_file: IO[str] | None = None,
+        tail_lines: int = 40,
+        runtime: Runtime,
+    ) -> None:
+        self.args = [os.fspath(a) for a in argv]
+        if os.sep not in self.args[0]:
+            self.args[0] = which(self.args[0], runtime)
+        self.dry_run = runtime.dry_run
+        self.proc: subprocess.Popen[str] | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self.pump: threading.Thread | None = None
+        log.debug("run (background): %s", quote(self.args))
+        if self.dry_run:
+            print(f"would run: {quote(self.args)}")
+            return
+        self.proc = subprocess.Popen(
+            self.args, env=_child_env(runtime, None, None), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+        )  # fmt: skip
+
+        def pump(out: IO[str]) -> None:
+            for line in out:
+                self.tail.append(line)
+                if log_file is not None:
+                    log_file.write(line)
+                    log_file.flush()
+
+        assert self.proc.stdout is not None
+        self.pump = threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True)
+        self.pump.start()
+
+    def wait(self) -> None:
+        if self.proc is None:
+            return
+        returncode = self.proc.wait()
+        if self.pump is not None:
+            self.pump.join()
+        if returncode != 0:
+            raise CommandError(self.args, returncode, "".join(self.tail))
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if self.proc is not None and exc is not None:
+            terminate(self.proc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"{os.path.basename(self.args[0])}: interrupted") from None
+
+
 def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """Stop a child and its whole process group: SIGTERM, then SIGKILL after `grace` seconds."""
     if proc.poll() is not None:

@@ -3,7 +3,7 @@ filesystem fills anyway (kiln's own writes raise OSError ENOSPC; a tool it runs 
 device" or "Disk quota exceeded" in its output).
 
     space.check(out_dir, needed, "finalize")       # DiskFullError before anything is written
-    if space.is_full(exc): raise space.full(paths, "finalize", needed) from exc
+    if space.filled(exc, paths): raise space.full(paths, "finalize", needed) from exc
 """
 
 from __future__ import annotations
@@ -73,11 +73,23 @@ def is_full(exc: BaseException) -> bool:
     return False
 
 
+NEARLY_FULL = 64 << 20  # a tool that failed with this little left was most likely stopped by it
+
+
+def filled(exc: BaseException, paths: Sequence[Path]) -> bool:
+    """`exc` is a full filesystem: it says so, or a command failed while one of `paths` has almost no
+    space left (qemu-img's VMDK writer says "Invalid argument" when a write comes up short)."""
+    if is_full(exc):
+        return True
+    if isinstance(exc, DiskFullError) or not isinstance(exc, CommandError | OSError):
+        return False
+    return any(free(p) < NEARLY_FULL for p in paths)
+
+
 def full(paths: Sequence[Path], what: str, needed: int | None) -> DiskFullError:
     """The error for a filesystem that filled while `what` ran: names the fullest of `paths` (the output
     dir, the cache, the temp dir), its free space and the space `what` needs (when known)."""
-    existing = [p for p in paths if p is not None]
-    fullest = min(existing, key=free) if existing else Path(".")
+    fullest = min(paths, key=free) if paths else Path(".")
     have = free(fullest)
     need = f"; {what} needs about {human(needed)} there" if needed else ""
     return DiskFullError(

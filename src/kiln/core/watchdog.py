@@ -60,7 +60,7 @@ def _start() -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C at the terminal reaches kiln, which cleans up; not the watchdog
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            env={},  # it runs no program; nothing of the build environment reaches it
         )
     finally:
         os.close(read_end)
