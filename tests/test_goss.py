@@ -472,3 +472,32 @@ package:
     failed = [(r.resource_id, r.property) for r in reports.failures(results)]
     assert failed == [("must-fail", "stdout")], reports.failure_table(results)
     assert len(results) > 20
+
+
+def test_a_resource_names_its_phase_with_goss_meta(tmp_path: Path) -> None:
+    from kiln.goss.verify import phase_of
+
+    spec = tmp_path / "phases.yaml"
+    spec.write_text(
+        "package:\n  containerd: {installed: true}\n"
+        "service:\n  kubelet: {enabled: true}\n"
+        "  containerd: {enabled: true, meta: {kiln_phase: tree}}\n"  # needs a running system: stays boot
+        "file:\n  /etc/hostname: {exists: true}\n  /run/containerd: {exists: true}\n"
+        "  /etc/machine-id: {exists: true, meta: {kiln_phase: boot, owner: sig-node}}\n"
+        "command:\n  crictl --version: {exit-status: 0, meta: {kiln_phase: tree}}\n"
+        "  kubeadm version: {exit-status: 0}\n"
+    )
+    phases = {f"{r.type} {r.id}": phase_of(r) for r in goss.load_spec(spec, {}).resources}
+    assert phases == {
+        "package containerd": "tree",
+        "service kubelet": "boot",
+        "service containerd": "boot",
+        "file /etc/hostname": "tree",
+        "file /run/containerd": "boot",
+        "file /etc/machine-id": "boot",
+        "command crictl --version": "tree",
+        "command kubeadm version": "boot",
+    }
+    spec.write_text("package:\n  containerd: {installed: true, meta: {kiln_phase: boots}}\n")
+    with pytest.raises(GossSpecError, match=r"phases.yaml: package.containerd: meta.kiln_phase 'boots'"):
+        goss.load_spec(spec, {})

@@ -334,6 +334,13 @@ def _compile_resource(kind: str, rid: str, attrs: Mapping[str, Any], path: Path)
         attrs = {("contents" if k == "contains" else k): v for k, v in attrs.items()}
     known = ATTRIBUTES[kind]
     resource = Resource(kind, rid, dict(attrs), str(path))
+    meta = attrs.get("meta")
+    phase = meta.get("kiln_phase") if isinstance(meta, dict) else None
+    if phase is not None and phase not in ("tree", "boot"):
+        raise GossSpecError(
+            f"{where}: meta.kiln_phase {phase!r} is not a phase",
+            hint="tree (checked in the chroot) or boot (checked in the boot of the finished image)",
+        )
     for name, expected in attrs.items():
         if name in _COMMON:
             continue

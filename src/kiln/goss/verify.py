@@ -457,12 +457,33 @@ TREE_TYPES = frozenset({"package", "file", "user", "group", "matching"})
 RUNTIME_PATHS = ("/proc/", "/sys/", "/run/", "/dev/")  # files a running system makes
 
 
-def _in_tree(resource: goss.Resource) -> bool:
+PHASES = ("tree", "boot")  # `meta: {kiln_phase: boot}` on a goss resource says where it is checked
+TREE_CAPABLE = TREE_TYPES | {"command"}  # a command may ask for the tree: it then runs in the chroot
+
+
+def phase_of(resource: goss.Resource) -> str:
+    """Where a resource of the build phase is checked by the chroot runner: "tree" (in the chroot, before
+    the tree is packed) or "boot" (in the one boot of the finished image). A resource names its phase with
+    goss's own `meta` attribute, `meta: {kiln_phase: boot}` or `tree` (valid goss: real goss ignores it);
+    without one, files, packages, users, groups and matchers go to the tree (except files a running system
+    makes) and services, ports, processes, kernel params and commands to the boot. A resource that asks
+    for the tree but needs a running system (a service, a port) stays in the boot."""
+    meta = resource.attrs.get("meta")
+    asked = meta.get("kiln_phase") if isinstance(meta, dict) else None
+    if asked == "boot":
+        return "boot"
+    if asked == "tree" and resource.type in TREE_CAPABLE:
+        return "tree"
     if resource.type not in TREE_TYPES:
-        return False
-    return not (
-        resource.type == "file" and str(resource.attrs.get("path", resource.id)).startswith(RUNTIME_PATHS)
+        return "boot"
+    runtime_file = resource.type == "file" and str(resource.attrs.get("path", resource.id)).startswith(
+        RUNTIME_PATHS
     )
+    return "boot" if runtime_file else "tree"
+
+
+def _in_tree(resource: goss.Resource) -> bool:
+    return phase_of(resource) == "tree"
 
 
 def check_tree(
