@@ -97,9 +97,10 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
         ova.build_ova(qcow2, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
                       log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
     else:  # a stage overlay (flattened through its backing chain), a disk made from a tree, a VMware VMDK
-        # the compressed qcow2 (parallel coroutines: compression on every core) while the OVA's
-        # streamOptimized VMDK, which compresses in order on one core, is written from the same disk
-        argv = ["qemu-img", "convert", "-c", "-m", "8", "-W", "-O", "qcow2", str(disk.disk), str(qcow2)]
+        # the compressed qcow2 on one core while the OVA's streamOptimized VMDK is written from the same
+        # disk on the other: both compress in order, at about the same speed (`-W`, out-of-order writes,
+        # would spread the qcow2 over both cores but place its clusters differently on every run)
+        argv = ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk.disk), str(qcow2)]
         with proc.Background(argv, log_file=ws.log_file, runtime=ws.runtime) as converting:
             ova.build_ova(disk.disk, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
                           log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip

@@ -20,7 +20,7 @@ import traceback
 from typing import IO, Any
 
 from kiln import __version__, config
-from kiln.cli import boot, build, completion, publish, verify  # noqa: F401  (each registers its subcommands)
+from kiln.cli import artifacts, boot, build, completion, publish, verify  # noqa: F401  (each registers its subcommands)
 from kiln.cli.base import REGISTRY
 from kiln.core import proc
 from kiln.core.errors import EXIT_INTERRUPTED, EXIT_OK, KilnError

@@ -12,6 +12,17 @@ from kiln.config.validators import (
 )
 
 COMMON: tuple[S, ...] = (
+    S(
+        "source_date_epoch",
+        int,
+        0,
+        "Reproducible images: the time (Unix seconds) every timestamp kiln writes or asks a tool to write "
+        "is clamped to (file times in the finished root, the ext4 root's own times, the OVA's members). "
+        "0: the commit time of the kiln checkout, else the newest input file's time.",
+        "common",
+        _between(0, 1 << 40),
+        stage="finalize",
+    ),
     # --- common: the build VM and the provisioning environment (config/common.json) ------------------------
     S(
         "builder",

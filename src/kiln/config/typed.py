@@ -38,6 +38,7 @@ class Settings:
     bootstrap_mirror: str
     bootstrap_packages: tuple[str, ...]
     ssh_timeout: str
+    source_date_epoch: int
     builder: str
     cpus: int
     memory: int

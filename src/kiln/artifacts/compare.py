@@ -1,0 +1,171 @@
+"""`kiln diff A B`: what differs between two builds.
+
+    packages   added, removed and changed (NAME.packages: name TAB version)
+    files      added, removed and changed paths in the root, and which of type, mode, owner, size, content
+               or link target changed (NAME.files.jsonl, kiln.artifacts.filelist)
+    config     each setting whose value differs, with each side's value and origin (config.json)
+    artifacts  the sha256 of each artifact both builds have (qcow2, OVA, ISO, ...: NAME.EXT.sha256)
+
+Artifacts are matched by kind (what follows the build's name), so builds of two Kubernetes versions
+compare. A section one side cannot answer (a VM-runner build has no file manifest) says so and counts as
+no difference. `equal()` is what the exit code says: 0 equal, 1 different.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kiln.artifacts import filelist
+from kiln.core import inputs
+from kiln.core.builddir import CONFIG, BuildDir
+from kiln.core.errors import InputError
+
+_FILE_FIELDS = ("type", "mode", "uid", "gid", "size", "sha256", "target", "rdev")
+
+
+def packages(build: BuildDir) -> dict[str, str] | None:
+    path = build.path / f"{build.name}.packages"
+    if not path.is_file():
+        return None
+    out = {}
+    for number, line in enumerate(inputs.read_text(path, "package list").splitlines(), 1):
+        if not line.strip():
+            continue
+        name, sep, version = line.partition("\t")
+        if not sep:
+            raise InputError(f"{path}:{number}: want NAME<TAB>VERSION, got {inputs.clip(line)}")
+        out[name] = version
+    return out
+
+
+def config(build: BuildDir) -> dict[str, dict[str, Any]]:
+    path = build.path / CONFIG
+    if not path.is_file():
+        return {}
+    raw = inputs.read_json_object(path, "build config")
+    return {
+        k: (v if isinstance(v, dict) and "value" in v else {"value": v, "origin": ""}) for k, v in raw.items()
+    }
+
+
+def artifacts(build: BuildDir) -> dict[str, str]:
+    """kind -> sha256, from the sha256 sidecars (kind: the file name after the build's name, '.qcow2')."""
+    out = {}
+    for sidecar in sorted(build.path.glob(f"{build.name}*.sha256")):
+        kind = sidecar.name[len(build.name) : -len(".sha256")]
+        digest = inputs.read_text(sidecar, "sha256 file").split()
+        if digest:
+            out[kind] = digest[0]
+    return out
+
+
+def _dict_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "added": {k: b[k] for k in sorted(b.keys() - a.keys())},
+        "removed": {k: a[k] for k in sorted(a.keys() - b.keys())},
+        "changed": {k: [a[k], b[k]] for k in sorted(a.keys() & b.keys()) if a[k] != b[k]},
+    }
+
+
+def diff(a: BuildDir, b: BuildDir) -> dict[str, Any]:
+    out: dict[str, Any] = {"a": str(a.path), "b": str(b.path)}
+    pa, pb = packages(a), packages(b)
+    out["packages"] = _dict_diff(pa, pb) if pa is not None and pb is not None else {"unavailable": True}
+    fa_path, fb_path = a.path / f"{a.name}{filelist.SUFFIX}", b.path / f"{b.name}{filelist.SUFFIX}"
+    if fa_path.is_file() and fb_path.is_file():
+        fa, fb = filelist.read(fa_path), filelist.read(fb_path)
+        changed = {}
+        for path in sorted(fa.keys() & fb.keys()):
+            fields = [f for f in _FILE_FIELDS if fa[path].get(f) != fb[path].get(f)]
+            if fields:
+                changed[path] = fields
+        out["files"] = {
+            "added": sorted(fb.keys() - fa.keys()),
+            "removed": sorted(fa.keys() - fb.keys()),
+            "changed": changed,
+        }
+    else:
+        missing = [str(p) for p in (fa_path, fb_path) if not p.is_file()]
+        out["files"] = {"unavailable": True, "missing": missing}
+    ca, cb = config(a), config(b)
+    out["config"] = {
+        key: {"a": ca.get(key), "b": cb.get(key)}
+        for key in sorted(ca.keys() | cb.keys())
+        if (ca.get(key) or {}).get("value") != (cb.get(key) or {}).get("value")
+    }
+    aa, ab = artifacts(a), artifacts(b)
+    out["artifacts"] = {
+        kind: {"a": aa.get(kind), "b": ab.get(kind), "equal": aa.get(kind) == ab.get(kind)}
+        for kind in sorted(aa.keys() | ab.keys())
+    }
+    return out
+
+
+def equal(result: dict[str, Any]) -> bool:
+    for section in ("packages", "files"):
+        part = result[section]
+        if not part.get("unavailable") and any(part[k] for k in ("added", "removed", "changed")):
+            return False
+    return not result["config"] and all(v["equal"] for v in result["artifacts"].values())
+
+
+def render(result: dict[str, Any], limit: int = 40) -> str:
+    """The human form: one section per kind of difference, at most `limit` lines each."""
+    lines = [f"a: {result['a']}", f"b: {result['b']}"]
+
+    def section(title: str, items: list[str]) -> None:
+        lines.append(f"{title}: {len(items) or 'no'} difference{'s' if len(items) != 1 else ''}")
+        lines.extend(f"  {item}" for item in items[:limit])
+        if len(items) > limit:
+            lines.append(f"  ... {len(items) - limit} more (--json shows all)")
+
+    p = result["packages"]
+    if p.get("unavailable"):
+        lines.append("packages: not compared (a package list is missing)")
+    else:
+        section(
+            "packages",
+            [f"+ {k} {v}" for k, v in p["added"].items()]
+            + [f"- {k} {v}" for k, v in p["removed"].items()]
+            + [f"~ {k} {va} -> {vb}" for k, (va, vb) in p["changed"].items()],
+        )
+    f = result["files"]
+    if f.get("unavailable"):
+        lines.append(f"files: not compared (no file manifest: {', '.join(f['missing'])})")
+    else:
+        section(
+            "files",
+            [f"+ {x}" for x in f["added"]]
+            + [f"- {x}" for x in f["removed"]]
+            + [f"~ {x} ({', '.join(fields)})" for x, fields in f["changed"].items()],
+        )
+
+    def shown(side: dict[str, Any] | None) -> str:
+        if side is None:
+            return "(unset)"
+        origin = f" [{side.get('origin')}]" if side.get("origin") else ""
+        return f"{inputs.clip(str(side.get('value')))}{origin}"
+
+    section("config", [f"~ {k}: {shown(v['a'])} -> {shown(v['b'])}" for k, v in result["config"].items()])
+    section(
+        "artifacts",
+        [
+            f"~ {kind}: {(v['a'] or '(none)')[:16]} -> {(v['b'] or '(none)')[:16]}"
+            for kind, v in result["artifacts"].items()
+            if not v["equal"]
+        ],
+    )
+    lines.append("equal" if equal(result) else "different")
+    return "\n".join(lines)
+
+
+def open_build(path: Path) -> BuildDir:
+    """A build directory; a URL or index entry is refused for now with what to do instead."""
+    text = str(path)
+    if "://" in text:
+        raise InputError(
+            f"{text}: kiln diff compares build directories",
+            hint="download the published image's directory (or `kiln release` index entry) first",
+        )
+    return BuildDir.open(path)
