@@ -17,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from kiln.artifacts import filelist
+from kiln.config.settings import SETTINGS
 from kiln.core import inputs
 from kiln.core.builddir import CONFIG, BuildDir
 from kiln.core.errors import InputError
 
+# where and how a build ran, not what it makes (the settings in no stage ID: output_dir, mirrors, proxies,
+# download URLs, whose content the checksums pin): shown, not counted as a difference
+WHERE = frozenset(s.name for s in SETTINGS if s.location)
 _FILE_FIELDS = ("type", "mode", "uid", "gid", "size", "sha256", "target", "rdev")
 
 
@@ -89,11 +93,13 @@ def diff(a: BuildDir, b: BuildDir) -> dict[str, Any]:
         missing = [str(p) for p in (fa_path, fb_path) if not p.is_file()]
         out["files"] = {"unavailable": True, "missing": missing}
     ca, cb = config(a), config(b)
-    out["config"] = {
-        key: {"a": ca.get(key), "b": cb.get(key)}
+    differing = [
+        key
         for key in sorted(ca.keys() | cb.keys())
         if (ca.get(key) or {}).get("value") != (cb.get(key) or {}).get("value")
-    }
+    ]
+    out["config"] = {k: {"a": ca.get(k), "b": cb.get(k)} for k in differing if k not in WHERE}
+    out["config_where"] = {k: {"a": ca.get(k), "b": cb.get(k)} for k in differing if k in WHERE}
     aa, ab = artifacts(a), artifacts(b)
     out["artifacts"] = {
         kind: {"a": aa.get(kind), "b": ab.get(kind), "equal": aa.get(kind) == ab.get(kind)}
@@ -148,6 +154,10 @@ def render(result: dict[str, Any], limit: int = 40) -> str:
         return f"{inputs.clip(str(side.get('value')))}{origin}"
 
     section("config", [f"~ {k}: {shown(v['a'])} -> {shown(v['b'])}" for k, v in result["config"].items()])
+    where = result.get("config_where") or {}
+    if where:
+        lines.append(f"where it was built ({len(where)}, not counted: output dir, mirrors, URLs, ...):")
+        lines.extend(f"  ~ {k}: {shown(v['a'])} -> {shown(v['b'])}" for k, v in list(where.items())[:limit])
     section(
         "artifacts",
         [

@@ -10,6 +10,7 @@ The descriptor's hardware comes from the config: `cpus`, `memory` (MiB), the dis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tarfile
@@ -59,9 +60,11 @@ def ovf_descriptor(
     vmdk_size: int,
     capacity_bytes: int,
     input_hash: str = "",
+    built: float | None = None,
 ) -> str:
     """The OVF 1.0 descriptor text for one VM with one stream-optimized disk: the VM's CPUs, memory,
-    firmware and guest type are the build's settings (no defaults of its own)."""
+    firmware and guest type are the build's settings (no defaults of its own). BUILD_DATE and
+    BUILD_TIMESTAMP are `built` (the build's source date, for reproducible OVAs), else now."""
     cpus, memory, firmware, guest = settings.cpus, settings.memory, settings.firmware, settings.guest_os_type
     if firmware not in ("bios", "efi"):
         raise InputError(f"firmware: must be bios or efi for an OVA, not {firmware!r}")
@@ -155,20 +158,20 @@ def ovf_descriptor(
       <Product>{escape(os_label)} Kubernetes node</Product>
       <Version>{escape(semver)}</Version>
       <FullVersion>{escape(name)}</FullVersion>
-{_properties(settings, name, input_hash)}
+{_properties(settings, name, input_hash, built)}
     </ProductSection>
   </VirtualSystem>
 </Envelope>
 """
 
 
-def _properties(settings: Settings, name: str, input_hash: str) -> str:
+def _properties(settings: Settings, name: str, input_hash: str, built: float | None) -> str:
     """The ProductSection properties image-builder writes for vCenter (read-only, strings)."""
     from kiln.core.builddir import custom_data
 
     values = settings.mapping()
     values["build_name"] = values["build_name"] or name.split("+kube-")[0]
-    data = custom_data(values, input_hash)
+    data = custom_data(values, input_hash, built)
     props = {
         "BUILD_DATE": data["build_date"],
         "BUILD_TIMESTAMP": data["build_timestamp"],
@@ -194,6 +197,21 @@ def manifest_text(files: Mapping[str, str]) -> str:
     return "".join(f"SHA256({name})= {digest}\n" for name, digest in files.items())
 
 
+def fix_content_id(vmdk: Path, seed: str) -> None:
+    """Overwrite the VMDK descriptor's random CID (8 hex digits, in the first sectors) with one derived
+    from `seed`."""
+    digest = hashlib.sha256(f"kiln:vmdk-cid:{seed}".encode()).hexdigest()
+    with open(vmdk, "r+b") as fh:
+        head = fh.read(65536)
+        at = head.find(b"\nCID=")
+        end = head.find(b"\n", at + 5) if at >= 0 else -1
+        value = head[at + 5 : end] if end > 0 else b""
+        if not (1 <= len(value) <= 8 and all(c in b"0123456789abcdef" for c in value)):
+            raise BuildError(f"{vmdk}: no CID in the VMDK descriptor where qemu-img writes it")
+        fh.seek(at + 5)
+        fh.write(("f" + digest)[: len(value)].encode())  # as many digits as qemu-img wrote (%x, no padding)
+
+
 def build_ova(
     disk: Path,
     out: Path,
@@ -201,10 +219,13 @@ def build_ova(
     settings: Settings,
     *,
     input_hash: str = "",
+    epoch: int = 0,
     log_file: IO[str] | None = None,
     runtime: Runtime,
 ) -> Path:
-    """Write `out` (NAME.ova) from `disk` (any format qemu-img reads). Atomic: temp file, then rename."""
+    """Write `out` (NAME.ova) from `disk` (any format qemu-img reads). Atomic: temp file, then rename.
+    Reproducible: the members' times are `epoch` and the VMDK's content ID, which qemu-img draws at random,
+    comes from `input_hash`, so the same disk makes the same bytes."""
     if not disk.is_file():
         raise BuildError(f"{disk}: no disk to package into an OVA")
     with tempfile.TemporaryDirectory(prefix=".ova-", dir=out.parent) as tmp:
@@ -215,6 +236,8 @@ def build_ova(
             log_file=log_file,
             runtime=runtime,
         )
+        if not runtime.dry_run:
+            fix_content_id(vmdk, input_hash or name)
         ovf = work / f"{name}.ovf"
         ovf.write_text(
             ovf_descriptor(
@@ -224,6 +247,7 @@ def build_ova(
                 vmdk_size=vmdk.stat().st_size,
                 capacity_bytes=disk_virtual_size(disk, runtime),
                 input_hash=input_hash,
+                built=epoch or None,
             )
         )
         mf = work / f"{name}.mf"
@@ -235,6 +259,7 @@ def build_ova(
                 info.uid = info.gid = 0
                 info.uname = info.gname = "root"
                 info.mode = 0o644
+                info.mtime = epoch
                 with open(member, "rb") as f:
                     tar.addfile(info, f)
         os.replace(partial, out)

@@ -180,9 +180,21 @@ def document(
     }
 
 
-def write(path: Path, name: str, settings: Settings, packages_file: Path) -> Path:
+def write(
+    path: Path,
+    name: str,
+    settings: Settings,
+    packages_file: Path,
+    *,
+    created: float | None = None,
+    seed: str = "",
+) -> Path:
+    """NAME.spdx.json. Reproducible with `created` (the build's source date) and `seed` (its input hash):
+    the document's namespace is derived from them instead of drawn at random."""
     packages = read_packages(packages_file) if packages_file.is_file() else []
-    doc = document(name, settings, packages)
+    doc = document(name, settings, packages, created)
+    if seed:
+        doc["documentNamespace"] = f"https://kiln.invalid/spdx/{name}-{uuid.uuid5(uuid.NAMESPACE_URL, seed)}"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     tmp.replace(path)

@@ -354,17 +354,61 @@ def _build(
 
 
 def make_root_fs(
-    raw: Path, root: Partition, root_uuid: str, tree: Path, *, log_file: IO[str] | None, runtime: Runtime
+    raw: Path,
+    root: Partition,
+    root_uuid: str,
+    tree: Path,
+    *,
+    epoch: int | None = None,
+    hash_seed: str | None = None,
+    log_file: IO[str] | None,
+    runtime: Runtime,
 ) -> None:
-    """The root filesystem of a disk, made in place in its partition and filled from `tree` (no mount)."""
+    """The root filesystem of a disk, made in place in its partition and filled from `tree` (no mount).
+
+    With `epoch` (reproducible images) the filesystem's own times are `epoch` (E2FSPROGS_FAKE_TIME), its
+    directory hash seed is `hash_seed`, and every inode's ctime and atime (mkfs copies them from the tree,
+    where no one can set a ctime and mkfs's own reading moves the atime) are rewritten to `epoch` with
+    debugfs. The tree's mtimes must be clamped already."""
+    extended = f"offset={root.offset}" + (f",hash_seed={hash_seed}" if hash_seed else "")
     proc.run(
         [
             "mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid,
-            "-E", f"offset={root.offset}", "-d", str(tree), str(raw), f"{root.size_bytes // 1024}k",
+            "-E", extended, "-d", str(tree), str(raw), f"{root.size_bytes // 1024}k",
         ],
+        extra_env={"E2FSPROGS_FAKE_TIME": str(epoch)} if epoch is not None else None,
         log_file=log_file,
         runtime=runtime,
     )  # fmt: skip
+    if epoch is None:
+        return
+    script = raw.with_name(raw.name + ".ctimes")
+    with open(script, "w") as fh:
+        for path in ["/", *_tree_paths(tree)]:
+            # ctime from the unpack, atime from mkfs's own reading of the tree: both to the epoch
+            fh.write(f'sif "{path}" ctime @{epoch}\nsif "{path}" atime @{epoch}\n')
+    try:
+        proc.run(
+            ["debugfs", "-w", "-f", str(script), f"{raw}?offset={root.offset}"],
+            extra_env={"E2FSPROGS_FAKE_TIME": str(epoch)},  # the superblock's write time
+            log_file=None,  # 80,000 lines of "sif": not for the log
+            runtime=runtime,
+        )
+    finally:
+        script.unlink(missing_ok=True)
+
+
+def _tree_paths(tree: Path) -> list[str]:
+    """Every path under `tree`, as debugfs names it inside the filesystem; names debugfs cannot quote
+    (a double quote or a newline) are left out."""
+    out = []
+    for top, dirs, files in os.walk(tree):
+        rel = "/" + os.path.relpath(top, tree) if top != str(tree) else ""
+        for name in dirs + files:
+            path = f"{rel}/{name}"
+            if '"' not in path and "\n" not in path:
+                out.append(path)
+    return out
 
 
 def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str, esp_uuid: str) -> None:

@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -247,15 +248,38 @@ def run_playbooks(
 
 
 def disk_from_tree(
-    base: bootstrap.BaseImage, tree: Path, raw: Path, *, log_file: IO[str] | None, runtime: Runtime
+    base: bootstrap.BaseImage,
+    tree: Path,
+    raw: Path,
+    *,
+    epoch: int,
+    seed: str,
+    log_file: IO[str] | None,
+    runtime: Runtime,
 ) -> None:
     """The finished disk, made offline: the base disk's partition table, BIOS boot partition and ESP (GRUB
-    for BIOS and UEFI), and a root filesystem made from `tree` with the base's UUID (so GRUB finds it)."""
+    for BIOS and UEFI), and a root filesystem made from `tree` with the base's UUID (so GRUB finds it).
+    Reproducible: every time in the tree is clamped to `epoch` first, and the filesystem's hash seed comes
+    from `seed` (the tree's stage ID), so the same tree makes the same bytes."""
     root = root_partition(base)
     if not base.root_uuid:
         raise BuildError(f"{base.dir}/info.json: no root_uuid recorded; rebuild the base (kiln cache prune)")
+    clamp_times(tree, epoch)
     _raw_copy(base, raw, log_file=log_file, runtime=runtime)
-    bootstrap.make_root_fs(raw, root, base.root_uuid, tree, log_file=log_file, runtime=runtime)
+    hash_seed = str(uuid.uuid5(uuid.NAMESPACE_URL, f"kiln:ext4-hash-seed:{seed}"))
+    bootstrap.make_root_fs(raw, root, base.root_uuid, tree, epoch=epoch, hash_seed=hash_seed,
+                           log_file=log_file, runtime=runtime)  # fmt: skip
+
+
+def clamp_times(tree: Path, epoch: int) -> None:
+    """Every access and modification time in `tree` at most `epoch` (SOURCE_DATE_EPOCH's rule: clamp, so
+    that a file older than the epoch keeps its time); the access time is set to the modification time."""
+    for top, dirs, files in os.walk(tree):
+        for name in [*dirs, *files, ""] if top == str(tree) else [*dirs, *files]:
+            path = os.path.join(top, name) if name else top
+            st = os.lstat(path)
+            mtime = min(int(st.st_mtime), epoch)
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
 def _raw_copy(base: bootstrap.BaseImage, raw: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.artifacts import ova
+from kiln.artifacts import filelist, ova
 from kiln.build import stages
 from kiln.build.render import Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
@@ -77,7 +77,9 @@ def disk_from_tree(ws: Workspace, tar: Path) -> Output:
     started = time.monotonic()
     try:
         chroot.unpack(tar, tree, log_file=ws.log_file, runtime=ws.runtime)
-        chroot.disk_from_tree(ws.base, tree, raw, log_file=ws.log_file, runtime=ws.runtime)
+        filelist.write(tree, ws.temp / f"{ws.name}{filelist.SUFFIX}")
+        chroot.disk_from_tree(ws.base, tree, raw, epoch=ws.epoch, seed=ws.ids["kubernetes"].id,
+                              log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     ws.monitor.log("finalize", f"disk made from the tree in {time.monotonic() - started:.0f}s (no boot)")
@@ -95,7 +97,7 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
     ):
         os.rename(disk.disk, qcow2)  # Packer's disk_compression already did it
         ova.build_ova(qcow2, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
-                      log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
+                      epoch=ws.epoch, log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
     else:  # a stage overlay (flattened through its backing chain), a disk made from a tree, a VMware VMDK
         # the compressed qcow2 on one core while the OVA's streamOptimized VMDK is written from the same
         # disk on the other: both compress in order, at about the same speed (`-W`, out-of-order writes,
@@ -103,14 +105,17 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
         argv = ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk.disk), str(qcow2)]
         with proc.Background(argv, log_file=ws.log_file, runtime=ws.runtime) as converting:
             ova.build_ova(disk.disk, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
-                          log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
+                          epoch=ws.epoch, log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
             converting.wait()
     builddir.write_sha256(qcow2)
     builddir.write_sha256(ova_path)
     from kiln.artifacts import formats, sbom
 
-    spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.settings, ws.packages_file)
+    spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.settings, ws.packages_file,
+                      created=ws.epoch or None, seed=ws.ids["kubernetes"].id)  # fmt: skip
     files = [qcow2, ova_path, spdx] + ([ws.packages_file] if ws.packages_file.is_file() else [])
+    listing = ws.temp / f"{ws.name}{filelist.SUFFIX}"
+    files += [listing] if listing.is_file() else []
     wanted = list(ws.settings.formats)
     if formats.live_wanted(wanted):
         started = time.monotonic()

@@ -43,7 +43,7 @@ from kiln.build.render import Output
 from kiln.build.runners import ChrootRunner, PackerRunner
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.config import Config
-from kiln.core import builddir, inputs, proc, tempdirs
+from kiln.core import builddir, inputs, paths, proc, tempdirs
 from kiln.core.errors import BuildError, InputError, KilnError
 from kiln.core.progress import LogFile, Monitor, Multi, Null
 from kiln.core.runtime import Runtime
@@ -323,6 +323,7 @@ def run_build(
         cfg, rt, Multi(mon, LogFile(log_file)), name, temp, temp / "work", log_path, log_file, accelerator,
         builder, ids, packer_flags=flags,
     )  # fmt: skip
+    ws.epoch = cfg.settings.source_date_epoch or paths.source_date_epoch(rt.root)
     ok = False
     try:
         ws.monitor.log(

@@ -47,6 +47,7 @@ class Workspace:
     reused: dict[str, str] = field(default_factory=dict)
     packer_flags: PackerFlags = field(default_factory=PackerFlags)  # PACKER_FLAGS: -on-error, -debug, ...
     needs: dict[str, int] = field(default_factory=dict)  # stage -> bytes it needs (estimate), for errors
+    epoch: int = 0  # source_date_epoch, resolved once: every time finalize writes is clamped to it
 
     @property
     def values(self) -> Mapping[str, Any]:

@@ -72,3 +72,29 @@ def commit() -> str:
         return (PACKAGE_DATA / "COMMIT").read_text().strip()
     except OSError:
         return ""
+
+
+def source_date_epoch(root: Path) -> int:
+    """The default time a reproducible image's timestamps are clamped to: the commit time of the kiln
+    checkout (HEAD), else the newest mtime of kiln's input files under `root` (config, ansible, goss,
+    packer, bootstrap)."""
+    import subprocess
+
+    if (CHECKOUT / ".git").exists():
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(CHECKOUT), "log", "-1", "--format=%ct", "HEAD"],
+                capture_output=True, text=True, timeout=5,
+            )  # fmt: skip
+            if done.returncode == 0 and done.stdout.strip().isdigit():
+                return int(done.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    newest = 0.0
+    for sub in ("config", "ansible", "goss", "packer", "bootstrap"):
+        for path in (root / sub).rglob("*"):
+            try:
+                newest = max(newest, path.lstat().st_mtime)
+            except OSError:
+                continue
+    return int(newest)

@@ -35,6 +35,7 @@ PROVIDERS: dict[str, str] = {
     "qemu-img": "Debian package 'qemu-utils' (make deps)",
     "mmdebstrap": "Debian package 'mmdebstrap' (make deps)",
     "mkfs.ext4": "Debian package 'e2fsprogs' (make deps)",
+    "debugfs": "Debian package 'e2fsprogs' (make deps)",
     "mkfs.fat": "Debian package 'dosfstools' (make deps)",
     "sfdisk": "Debian package 'fdisk' (make deps)",
     "xorriso": "Debian package 'xorriso' (make deps)",

@@ -336,7 +336,7 @@ def _compile_resource(kind: str, rid: str, attrs: Mapping[str, Any], path: Path)
     resource = Resource(kind, rid, dict(attrs), str(path))
     meta = attrs.get("meta")
     phase = meta.get("kiln_phase") if isinstance(meta, dict) else None
-    if phase is not None and phase not in ("tree", "boot"):
+    if phase is not None and phase not in ("tree", "boot"):  # kiln.goss.verify.RESOURCE_PHASES
         raise GossSpecError(
             f"{where}: meta.kiln_phase {phase!r} is not a phase",
             hint="tree (checked in the chroot) or boot (checked in the boot of the finished image)",

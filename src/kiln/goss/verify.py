@@ -457,7 +457,7 @@ TREE_TYPES = frozenset({"package", "file", "user", "group", "matching"})
 RUNTIME_PATHS = ("/proc/", "/sys/", "/run/", "/dev/")  # files a running system makes
 
 
-PHASES = ("tree", "boot")  # `meta: {kiln_phase: boot}` on a goss resource says where it is checked
+RESOURCE_PHASES = ("tree", "boot")  # `meta: {kiln_phase: boot}` on a goss resource: where it is checked
 TREE_CAPABLE = TREE_TYPES | {"command"}  # a command may ask for the tree: it then runs in the chroot
 
 
