@@ -170,12 +170,11 @@ def render(result: dict[str, Any], limit: int = 40) -> str:
     return "\n".join(lines)
 
 
-def open_build(path: Path) -> BuildDir:
+def open_build(text: str) -> BuildDir:
     """A build directory; a URL or index entry is refused for now with what to do instead."""
-    text = str(path)
     if "://" in text:
         raise InputError(
             f"{text}: kiln diff compares build directories",
             hint="download the published image's directory (or `kiln release` index entry) first",
         )
-    return BuildDir.open(path)
+    return BuildDir.open(Path(text))

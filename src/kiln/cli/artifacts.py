@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from kiln.cli.base import command
 from kiln.core.errors import EXIT_FAILED, EXIT_OK
@@ -17,8 +16,8 @@ def _register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         help="compare two builds: packages, root files, config (with origins), artifact digests; "
         "exit 0 equal, 1 different, 2 bad input",
     )
-    p.add_argument("a", metavar="A", type=Path, help="a build directory")
-    p.add_argument("b", metavar="B", type=Path, help="another build directory")
+    p.add_argument("a", metavar="A", help="a build directory")
+    p.add_argument("b", metavar="B", help="another build directory")
     p.add_argument("--json", action="store_true", help="the whole comparison as JSON")
     p.set_defaults(func=_cmd_diff)
 
