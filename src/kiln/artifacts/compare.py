@@ -30,8 +30,11 @@ _FILE_FIELDS = ("type", "mode", "uid", "gid", "size", "sha256", "target", "rdev"
 
 def packages(build: BuildDir) -> dict[str, str] | None:
     path = build.path / f"{build.name}.packages"
-    if not path.is_file():
-        return None
+    return read_packages(path) if path.is_file() else None
+
+
+def read_packages(path: Path) -> dict[str, str]:
+    """NAME.packages: name TAB version per line."""
     out = {}
     for number, line in enumerate(inputs.read_text(path, "package list").splitlines(), 1):
         if not line.strip():

@@ -9,14 +9,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from kiln.artifacts import filelist, ova
 from kiln.build import stages
 from kiln.build.render import Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
-from kiln.core import builddir, proc, space
+from kiln.core import builddir, paths, proc, space
 from kiln.core.errors import BuildError
 
 
@@ -126,9 +126,49 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
         )  # fmt: skip
         ws.timings["formats"] = round(time.monotonic() - started, 1)
         ws.monitor.log("finalize", f"live formats {', '.join(wanted)} made in {ws.timings['formats']:.0f}s")
+    files.append(write_provenance(ws, files))
     data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
     builddir.write_manifest(ws.temp / builddir.MANIFEST, ws.name, files, data, ws.builder)
     (ws.temp / builddir.CONFIG).write_text(json.dumps(ws.cfg.to_json(), indent=2, sort_keys=True) + "\n")
     shutil.rmtree(ws.work, ignore_errors=True)  # keys, seeds and vars go before anything can copy them
     (ws.temp / SERIAL_LOG).unlink(missing_ok=True)
     builddir.BuildDir.open(ws.temp)  # the contract other commands read
+
+
+def _ci_run(env: Mapping[str, str]) -> dict[str, str]:
+    """The CI run this build is part of, from the variables GitHub Actions, Cloud Build and GitLab set."""
+    if env.get("GITHUB_RUN_ID"):
+        server, repo = env.get("GITHUB_SERVER_URL", "https://github.com"), env.get("GITHUB_REPOSITORY", "")
+        return {"run": env["GITHUB_RUN_ID"], "url": f"{server}/{repo}/actions/runs/{env['GITHUB_RUN_ID']}"}
+    if env.get("CI_JOB_URL"):
+        return {"run": env.get("CI_JOB_ID", ""), "url": env["CI_JOB_URL"]}
+    if env.get("BUILD_ID") and env.get("PROJECT_ID"):
+        return {
+            "run": env["BUILD_ID"],
+            "url": f"https://console.cloud.google.com/cloud-build/builds/{env['BUILD_ID']}",
+        }
+    return {}
+
+
+def write_provenance(ws: Workspace, files: list[Path]) -> Path:
+    """NAME.intoto.jsonl over every artifact in `files`, signed when the build has a signing key."""
+    from kiln.artifacts import compare, provenance
+
+    runner = (
+        ws.settings.provisioner
+        if ws.builder == "qemu" and ws.settings.install_method == "bootstrap"
+        else "vm"
+    )
+    pkgs = compare.read_packages(ws.packages_file) if ws.packages_file.is_file() else {}
+    stmt = provenance.statement(
+        files, ws.cfg.plain(), pkgs, target=ws.cfg.target, runner=runner, commit=paths.commit(),
+        input_hash=ws.ids["finalize"].id, ci=_ci_run(ws.runtime.env), started=ws.started,
+        finished=time.time(),
+    )  # fmt: skip
+    out = provenance.write(ws.temp / f"{ws.name}{provenance.SUFFIX}", stmt, ws.signing_key)
+    ws.monitor.log(
+        "finalize",
+        f"provenance: {out.name} ({len(files)} subjects), "
+        + ("signed" if ws.signing_key is not None else "UNSIGNED: no --signing-key / KILN_SIGNING_KEY"),
+    )
+    return out

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln import __version__
+from kiln.artifacts import provenance
 from kiln.build import bootstrap, stages
 from kiln.build.finalize import stage_finalize
 from kiln.build.packer import PackerFlags
@@ -276,6 +277,7 @@ def run_build(
     verify: bool = True,
     force: bool = False,
     packer_flags: PackerFlags | None = None,
+    signing_key: Path | None = None,
 ) -> BuildResult:
     """Build the image described by `cfg` and publish it into its build directory.
 
@@ -295,6 +297,7 @@ def run_build(
     final = cfg.path("output_dir") / name
     ids = plan_ids(cfg)
     digest = ids["finalize"].id
+    key = provenance.load_private_key(signing_key) if signing_key is not None else None  # exit 2 up front
     collect_stale(cfg, mon, rt)
     if not force and up_to_date(final, digest):
         mon.log("build", f"{final} is up to date (input hash {digest[:12]}); --force rebuilds")
@@ -324,6 +327,7 @@ def run_build(
         builder, ids, packer_flags=flags,
     )  # fmt: skip
     ws.epoch = cfg.settings.source_date_epoch or paths.source_date_epoch(rt.root)
+    ws.signing_key = key
     ok = False
     try:
         ws.monitor.log(

@@ -48,6 +48,8 @@ class Workspace:
     packer_flags: PackerFlags = field(default_factory=PackerFlags)  # PACKER_FLAGS: -on-error, -debug, ...
     needs: dict[str, int] = field(default_factory=dict)  # stage -> bytes it needs (estimate), for errors
     epoch: int = 0  # source_date_epoch, resolved once: every time finalize writes is clamped to it
+    signing_key: Any = None  # the provenance's signing key (kiln.artifacts.provenance), loaded once
+    started: float = field(default_factory=time.time)
 
     @property
     def values(self) -> Mapping[str, Any]:

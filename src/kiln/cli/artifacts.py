@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from kiln.cli.base import command
 from kiln.core.errors import EXIT_FAILED, EXIT_OK
@@ -21,6 +22,17 @@ def _register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--json", action="store_true", help="the whole comparison as JSON")
     p.set_defaults(func=_cmd_diff)
 
+    p = sub.add_parser("provenance", help="check a build's signed provenance")
+    psub = p.add_subparsers(dest="provenance_cmd", required=True)
+    v = psub.add_parser(
+        "verify",
+        help="check NAME.intoto.jsonl's signature and every subject's sha256; exit 1 names the failed "
+        "check, 2 a malformed input",
+    )
+    v.add_argument("build_dir", metavar="BUILD_DIR", help="a build directory")
+    v.add_argument("--key", required=True, type=Path, metavar="PUB", help="the signer's public key (PEM)")
+    v.set_defaults(func=_cmd_provenance_verify)
+
 
 def _cmd_diff(args: argparse.Namespace) -> int:
     from kiln.artifacts import compare
@@ -32,3 +44,18 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     else:
         print(compare.render(result))
     return EXIT_OK if compare.equal(result) else EXIT_FAILED
+
+
+def _cmd_provenance_verify(args: argparse.Namespace) -> int:
+    from kiln.artifacts import provenance
+    from kiln.core.errors import InputError
+
+    if "://" in args.build_dir:
+        raise InputError(
+            f"{args.build_dir}: kiln provenance verify checks a build directory",
+            hint="download the published directory (image, sidecars, NAME.intoto.jsonl) first",
+        )
+    for line in provenance.verify(Path(args.build_dir), args.key):
+        print(line)
+    print("provenance: ok")
+    return EXIT_OK

@@ -80,6 +80,11 @@ def _register_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="build one image per version (repeatable), sharing the os stage (default: kubernetes_semver)",
     )
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="Packer's own log too")
+    p.add_argument(
+        "--signing-key", type=Path, metavar="PEM",
+        help="sign the build's provenance (NAME.intoto.jsonl) with this ed25519 or ECDSA P-256 private key "
+        "(env KILN_SIGNING_KEY); unsigned without one",
+    )  # fmt: skip
     config_options(p)
     packer_flag_options(p, force=True)
     p.set_defaults(func=_cmd_build)
@@ -274,12 +279,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
         more = {**extra, "kubernetes_semver": version} if version else extra
         configs.append(load_config(args, args.target, more))
     monitor = progress.for_mode(args.progress)
+    import os
+
+    from_env = os.environ.get("KILN_SIGNING_KEY")
+    key_path = args.signing_key or (Path(from_env) if from_env else None)
     failed: list[str] = []
     for cfg in configs:
         try:
             result = build_mod.run_build(
                 cfg, only=cfg.settings.builder, monitor=monitor, runtime=args.runtime, force=args.force,
-                verify=args.verify, packer_flags=packer_flags(args),
+                verify=args.verify, packer_flags=packer_flags(args), signing_key=key_path,
             )  # fmt: skip
         except KilnError as err:
             if len(configs) == 1:

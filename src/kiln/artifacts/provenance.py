@@ -1,0 +1,248 @@
+"""Signed provenance: NAME.intoto.jsonl, an in-toto Statement v1 with a SLSA provenance v1 predicate, in a
+DSSE envelope signed with the build's signing key (ed25519 or ECDSA P-256, PEM), or unsigned when none is
+given (and the build says so).
+
+    subject                 every artifact of the build with its sha256
+    buildDefinition         the target, the resolved config (values only), the downloaded files with their
+                            URL and sha256, the package set (as purls)
+    runDetails.builder      the runner (chroot or vm), kiln's version and commit, the CI run when there is one
+
+`verify(build_dir, public_key)` checks the signature and then every subject's digest against the files;
+a malformed envelope or key is InputError (exit 2), a failed check VerifyError (exit 1) saying which.
+DSSE: the signature is over PAE("DSSEv1", payloadType, payload), as the DSSE spec defines it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kiln import __version__
+from kiln.core import inputs
+from kiln.core.builddir import sha256_file
+from kiln.core.errors import InputError, VerifyError
+
+SUFFIX = ".intoto.jsonl"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT = "https://in-toto.io/Statement/v1"
+SLSA = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "https://kiln.invalid/buildtypes/image/v1"
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def load_private_key(path: Path) -> Any:
+    """An ed25519 or ECDSA P-256 private key from a PEM file; InputError (exit 2) names the file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    data = inputs.read_bytes(path, "signing key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    raise InputError(f"{path}: a {type(key).__name__}; kiln signs with ed25519 or ECDSA P-256 keys")
+
+
+def load_public_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    data = inputs.read_bytes(path, "public key")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not a PEM public key ({exc})") from None
+    if isinstance(key, ed25519.Ed25519PublicKey) or (
+        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    ):
+        return key
+    raise InputError(f"{path}: a {type(key).__name__}; kiln verifies ed25519 or ECDSA P-256 signatures")
+
+
+def _keyid(public: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def _sign(key: Any, message: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return bytes(key.sign(message, ec.ECDSA(hashes.SHA256())))
+    return bytes(key.sign(message))
+
+
+def _check(public: Any, signature: bytes, message: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        else:
+            public.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def downloads(values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The files a build downloads with a pinned sha256: each `X_url` with its `X_sha256`."""
+    out = []
+    for key in sorted(values):
+        if not key.endswith("_url") or not values[key]:
+            continue
+        digest = values.get(key[: -len("_url")] + "_sha256")
+        if isinstance(digest, str) and len(digest) == 64:
+            out.append({"uri": str(values[key]), "digest": {"sha256": digest}, "name": key[: -len("_url")]})
+    return out
+
+
+def statement(
+    subjects: Sequence[Path],
+    values: Mapping[str, Any],
+    packages: Mapping[str, str],
+    *,
+    target: str,
+    runner: str,
+    commit: str,
+    input_hash: str,
+    ci: Mapping[str, str],
+    started: float,
+    finished: float,
+) -> dict[str, Any]:
+    import time
+
+    def when(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    deps = downloads(values)
+    deps += [{"uri": f"pkg:deb/{values.get('os_name') or 'debian'}/{n}@{v}?arch=amd64"} for n, v in
+             sorted(packages.items())]  # fmt: skip
+    return {
+        "_type": STATEMENT,
+        "subject": [{"name": p.name, "digest": {"sha256": sha256_file(p)}} for p in subjects],
+        "predicateType": SLSA,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {"target": target, "config": dict(values)},
+                "internalParameters": {"input_hash": input_hash},
+                "resolvedDependencies": deps,
+            },
+            "runDetails": {
+                "builder": {
+                    "id": f"https://kiln.invalid/builders/{runner}",
+                    "version": {"kiln": __version__, "commit": commit},
+                    **({"builderDependencies": [{"uri": ci["url"]}]} if ci.get("url") else {}),
+                },
+                "metadata": {
+                    "invocationId": ci.get("run", "") or input_hash,
+                    "startedOn": when(started),
+                    "finishedOn": when(finished),
+                },
+            },
+        },
+    }
+
+
+def envelope(stmt: Mapping[str, Any], key: Any | None) -> dict[str, Any]:
+    payload = json.dumps(stmt, sort_keys=True, separators=(",", ":")).encode()
+    signatures = []
+    if key is not None:
+        sig = base64.b64encode(_sign(key, pae(PAYLOAD_TYPE, payload))).decode()
+        signatures.append({"keyid": _keyid(key.public_key()), "sig": sig})
+    return {
+        "payloadType": PAYLOAD_TYPE,
+        "payload": base64.b64encode(payload).decode(),
+        "signatures": signatures,
+    }
+
+
+def write(path: Path, stmt: Mapping[str, Any], key: Any | None) -> Path:
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(envelope(stmt, key), sort_keys=True) + "\n")
+    part.replace(path)
+    return path
+
+
+def read(path: Path) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+    """(envelope, statement, payload bytes); InputError for anything malformed."""
+    text = inputs.read_text(path, "provenance")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise InputError(f"{path}: want one DSSE envelope (one JSON line), got {len(lines)} lines")
+    try:
+        env = json.loads(lines[0])
+        payload = base64.b64decode(env["payload"], validate=True)
+        stmt = json.loads(payload)
+        sigs = env["signatures"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a DSSE envelope with an in-toto statement ({exc})") from None
+    if not isinstance(env, dict) or env.get("payloadType") != PAYLOAD_TYPE or not isinstance(sigs, list):
+        raise InputError(f"{path}: payloadType must be {PAYLOAD_TYPE} and signatures a list")
+    if (
+        not isinstance(stmt, dict)
+        or stmt.get("_type") != STATEMENT
+        or not isinstance(stmt.get("subject"), list)
+    ):
+        raise InputError(f"{path}: the payload is not an in-toto Statement v1 with subjects")
+    return env, stmt, payload
+
+
+def find(build_dir: Path) -> Path:
+    found = sorted(build_dir.glob(f"*{SUFFIX}"))
+    if len(found) != 1:
+        raise InputError(f"{build_dir}: want one *{SUFFIX} file, found {len(found)}",
+                         hint="builds since kiln writes provenance have NAME.intoto.jsonl")  # fmt: skip
+    return found[0]
+
+
+def verify(build_dir: Path, public_key: Path) -> list[str]:
+    """Check the signature, then every subject's digest; returns what was checked (one line each)."""
+    path = find(build_dir)
+    env, stmt, payload = read(path)
+    public = load_public_key(public_key)
+    if not env["signatures"]:
+        raise VerifyError(f"{path}: unsigned (the build was given no signing key)")
+    message = pae(PAYLOAD_TYPE, payload)
+    good = False
+    for sig in env["signatures"]:
+        try:
+            raw = base64.b64decode(sig["sig"], validate=True)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}: malformed signature ({exc})") from None
+        good = good or _check(public, raw, message)
+    if not good:
+        raise VerifyError(f"{path}: signature check failed: no signature verifies with {public_key}")
+    checked = [f"signature: ok ({public_key})"]
+    for subject in stmt["subject"]:
+        name = subject.get("name") if isinstance(subject, dict) else None
+        want = (subject.get("digest") or {}).get("sha256") if isinstance(subject, dict) else None
+        if not isinstance(name, str) or "/" in name or not isinstance(want, str):
+            raise InputError(f"{path}: malformed subject {inputs.clip(subject)}")
+        artifact = build_dir / name
+        if not artifact.is_file():
+            raise VerifyError(f"{artifact}: subject missing (the provenance names it)")
+        got = sha256_file(artifact)
+        if got != want:
+            raise VerifyError(f"{artifact}: digest check failed: sha256 {got}, the provenance says {want}")
+        checked.append(f"{name}: sha256 ok")
+    return checked
