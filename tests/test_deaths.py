@@ -141,6 +141,8 @@ def test_a_dead_builds_temp_dir_is_collected_and_a_live_ones_is_not(tmp_path: Pa
     child, pid, held = _start(tmp_path, 'run(["sleep", "305"], runtime=rt)', parent=str(out))
     (Path(held) / "disk.raw").write_bytes(b"x" * 4096)
     assert tempdirs.collect(out) == [], "both owners live"
+    # killed mid-build, not while it forks: a child between fork and exec still holds the lock briefly
+    assert _wait_for(lambda: bool(_tokened(pid)), 10)
     child.kill()
     child.wait()
     assert _wait_for(lambda: not _tokened(pid), 15)
@@ -160,7 +162,7 @@ def test_collect_leaves_what_is_not_ours_kept_or_in_use(tmp_path: Path) -> None:
     busy = tempdirs.create(tmp_path, "busy")
     busy.release()
     # a dying child still working there
-    sleeper = subprocess.Popen(["sh", "-c", "sleep 306", "sh", str(busy.path)])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(306)", str(busy.path)])
     assert _wait_for(lambda: str(busy.path) in _cmdline_of(sleeper.pid), 10)
     try:
         assert tempdirs.collect(tmp_path) == []
@@ -199,6 +201,7 @@ def test_a_mount_left_in_a_dead_dir_is_detached_not_descended(tmp_path: Path) ->
 def test_cache_prune_leaves_a_live_builds_temp_entry_alone(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     child, pid, held = _start(tmp_path, 'run(["sleep", "307"], runtime=rt)', parent=str(stages.root(cache)))
+    assert _wait_for(lambda: bool(_tokened(pid)), 10)
     argv = [sys.executable, "-m", "kiln", "cache", "prune", "--older-than", "0",
             "--var", f"cache_dir={cache}"]  # fmt: skip
     env = {**os.environ, "PACKER_VAR_FILES": ""}

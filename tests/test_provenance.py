@@ -36,8 +36,12 @@ def _build(tmp_path: Path, signing_key: Path | None) -> Path:
     (build / f"{NAME}.qcow2").write_bytes(b"disk" * 1000)
     (build / f"{NAME}.packages").write_text("containerd\t1.6.20\n")
     values = {"os_name": "debian", "containerd_url": "http://x/c.tgz", "containerd_sha256": "ab" * 32}
+    (build / "squashfs").mkdir()
+    (build / "squashfs" / "filesystem.squashfs").write_bytes(b"live root")
     stmt = provenance.statement(
-        [build / f"{NAME}.qcow2", build / f"{NAME}.packages"], values, {"containerd": "1.6.20"},
+        build,
+        [build / f"{NAME}.qcow2", build / f"{NAME}.packages", build / "squashfs" / "filesystem.squashfs"],
+        values, {"containerd": "1.6.20"},
         target="debian-12", runner="chroot", commit="abc123", input_hash="f" * 64,
         ci={"run": "42", "url": "https://ci.example/runs/42"}, started=0, finished=60,
     )  # fmt: skip
@@ -53,6 +57,7 @@ def test_a_signed_build_verifies_and_says_what_it_checked(tmp_path: Path, kind: 
     assert cli.main(["provenance", "verify", str(build), "--key", str(public)]) == 0
     out = capsys.readouterr().out
     assert "signature: ok" in out and f"{NAME}.qcow2: sha256 ok" in out and "provenance: ok" in out
+    assert "squashfs/filesystem.squashfs: sha256 ok" in out  # live formats live in subdirectories
     env, stmt, _ = provenance.read(build / f"{NAME}{provenance.SUFFIX}")
     assert stmt["predicateType"] == "https://slsa.dev/provenance/v1"
     deps = stmt["predicate"]["buildDefinition"]["resolvedDependencies"]

@@ -79,7 +79,7 @@ def scan(tree: Path) -> Iterator[dict[str, object]]:
 def write(tree: Path, out: Path) -> Path:
     """NAME.files.jsonl for `tree`, written under a temp name and renamed."""
     part = out.with_name(out.name + ".part")
-    with open(part, "w") as fh:
+    with open(part, "w", errors="surrogateescape") as fh:
         for entry in scan(tree):
             fh.write(json.dumps(entry, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n")
     os.replace(part, out)
@@ -89,7 +89,10 @@ def write(tree: Path, out: Path) -> Path:
 def read(path: Path) -> dict[str, dict[str, object]]:
     """path -> entry; InputError names the file and line of anything malformed."""
     out: dict[str, dict[str, object]] = {}
-    lines = inputs.read_text(path, "file manifest", limit=1 << 30).splitlines()
+    lines = inputs.read_text(path, "file manifest", limit=1 << 30).split(
+        "\n"
+    )  # not splitlines: U+2028 in a name
+    lines = lines[:-1] if lines and lines[-1] == "" else lines
     for number, line in enumerate(lines, 1):
         try:
             entry = json.loads(line)

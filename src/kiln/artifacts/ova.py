@@ -198,18 +198,26 @@ def manifest_text(files: Mapping[str, str]) -> str:
 
 
 def fix_content_id(vmdk: Path, seed: str) -> None:
-    """Overwrite the VMDK descriptor's random CID (8 hex digits, in the first sectors) with one derived
-    from `seed`."""
-    digest = hashlib.sha256(f"kiln:vmdk-cid:{seed}".encode()).hexdigest()
+    """Overwrite the VMDK descriptor's random CID with 8 hex digits derived from `seed`. qemu-img writes it
+    unpadded (`%x`: 1 to 8 digits), so the descriptor text is rewritten in its NUL-padded area (the
+    sparse header's descriptorOffset and descriptorSize, in sectors) and re-padded."""
+    import re
+    import struct
+
+    cid = hashlib.sha256(f"kiln:vmdk-cid:{seed}".encode()).hexdigest()[:8].encode()
     with open(vmdk, "r+b") as fh:
-        head = fh.read(65536)
-        at = head.find(b"\nCID=")
-        end = head.find(b"\n", at + 5) if at >= 0 else -1
-        value = head[at + 5 : end] if end > 0 else b""
-        if not (1 <= len(value) <= 8 and all(c in b"0123456789abcdef" for c in value)):
+        header = fh.read(512)
+        if header[:4] != b"KDMV":
+            raise BuildError(f"{vmdk}: not a sparse VMDK (no KDMV header)")
+        offset, size = struct.unpack_from("<QQ", header, 28)
+        fh.seek(offset * 512)
+        area = fh.read(size * 512)
+        text = area.split(b"\0", 1)[0]
+        fixed, count = re.subn(rb"\nCID=[0-9a-f]{1,8}\n", b"\nCID=" + cid + b"\n", text, count=1)
+        if count != 1 or len(fixed) > len(area):
             raise BuildError(f"{vmdk}: no CID in the VMDK descriptor where qemu-img writes it")
-        fh.seek(at + 5)
-        fh.write(("f" + digest)[: len(value)].encode())  # as many digits as qemu-img wrote (%x, no padding)
+        fh.seek(offset * 512)
+        fh.write(fixed + b"\0" * (len(area) - len(fixed)))
 
 
 def build_ova(

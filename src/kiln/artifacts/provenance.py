@@ -45,9 +45,11 @@ def load_private_key(path: Path) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     data = inputs.read_bytes(path, "signing key")
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise InputError(f"{path}: not an unencrypted PEM private key ({exc})") from None
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key
@@ -61,9 +63,11 @@ def load_public_key(path: Path) -> Any:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     data = inputs.read_bytes(path, "public key")
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise InputError(f"{path}: not a PEM public key ({exc})") from None
     if isinstance(key, ed25519.Ed25519PublicKey) or (
         isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
@@ -115,7 +119,15 @@ def downloads(values: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def statement(
+    root: Path,
     subjects: Sequence[Path],
     values: Mapping[str, Any],
     packages: Mapping[str, str],
@@ -138,7 +150,7 @@ def statement(
              sorted(packages.items())]  # fmt: skip
     return {
         "_type": STATEMENT,
-        "subject": [{"name": p.name, "digest": {"sha256": sha256_file(p)}} for p in subjects],
+        "subject": [{"name": _relative(p, root), "digest": {"sha256": sha256_file(p)}} for p in subjects],
         "predicateType": SLSA,
         "predicate": {
             "buildDefinition": {
@@ -235,9 +247,13 @@ def verify(build_dir: Path, public_key: Path) -> list[str]:
     checked = [f"signature: ok ({public_key})"]
     for subject in stmt["subject"]:
         name = subject.get("name") if isinstance(subject, dict) else None
-        want = (subject.get("digest") or {}).get("sha256") if isinstance(subject, dict) else None
-        if not isinstance(name, str) or "/" in name or not isinstance(want, str):
+        digest = subject.get("digest") if isinstance(subject, dict) else None
+        want = digest.get("sha256") if isinstance(digest, dict) else None
+        if not isinstance(name, str) or not isinstance(want, str):
             raise InputError(f"{path}: malformed subject {inputs.clip(subject)}")
+        parts = Path(name).parts
+        if not parts or name.startswith("/") or ".." in parts:
+            raise InputError(f"{path}: subject {inputs.clip(name)} is not a path inside the build directory")
         artifact = build_dir / name
         if not artifact.is_file():
             raise VerifyError(f"{artifact}: subject missing (the provenance names it)")

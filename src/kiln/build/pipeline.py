@@ -353,8 +353,12 @@ def run_build(
         base_cached = ws.base.cached if ws.base is not None else None
         return BuildResult(final, name, dict(ws.timings), base_cached, digest, reused=dict(ws.reused))
     except BaseException as exc:
-        log_file.write(f"kiln: build failed: {exc!r}\n")
-        log_file.flush()
+        try:
+            log_file.write(f"kiln: build failed: {exc!r}\n")
+            log_file.flush()
+        except OSError:
+            pass  # a full disk: the error itself says so
+
         kept = _keep_log(log_path, out_root, name, move=not flags.keeps_output)
         if kept is not None:
             mon.log("build", f"build failed; the whole log is kept at {kept}")
@@ -365,7 +369,7 @@ def run_build(
         ws.holds.close()
         log_file.close()
         if not ok and ws.packer_flags.keeps_output:
-            (temp / tempdirs.KEPT).write_text(f"kept by -on-error={ws.packer_flags.on_error}\n")
+            (temp / tempdirs.KEPT).touch()  # an empty file: it needs no data block on a full disk
             mon.log(
                 "build", f"-on-error={ws.packer_flags.on_error}: the failed build's work is kept in {temp}"
             )

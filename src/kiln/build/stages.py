@@ -390,12 +390,10 @@ def prune(
     """Delete least recently used entries first until the cache fits `max_size` bytes and nothing is older
     than `older_than_days` (by last use). An entry held by a running build is never deleted, and an entry
     goes together with the stages built on it (their disks would lose their backing file). Temp entries
-    of builds that died go too (kiln.core.tempdirs: never one that a live build is writing). `dry_run`:
-    the same choice, returned, and nothing deleted."""
+    of builds that died are `collect_stale`'s (`kiln cache prune` runs both). `dry_run`: the same choice,
+    returned, and nothing deleted."""
     if max_size is None and older_than_days is None:
         raise InputError("cache prune: give --max-size and/or --older-than")
-    if not dry_run:
-        collect_stale(cache_dir)
     records = entries(cache_dir)
     children: dict[str, list[Record]] = {}  # a stage's disk is backed by its parent's: link them by path
     for r in records:

@@ -76,7 +76,7 @@ class Workspace:
             paths = [self.temp.parent, stages.root(self.cfg.path("cache_dir")), Path(tempfile.gettempdir())]
             if space.filled(exc, paths):  # one clear error, whichever tool or write hit the full filesystem
                 err = space.full(paths, name, self.needs.get(name))
-                err.message += f"\n{exc}"[:2000] if not space.is_full(exc) else ""
+                err.message += f"\n{exc}"[:2000]  # what the tool or the write said
                 raise err from exc
             raise
         finally:

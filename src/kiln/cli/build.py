@@ -359,12 +359,15 @@ def _cmd_cache_ls(args: argparse.Namespace) -> int:
 
 def _cmd_cache_prune(args: argparse.Namespace) -> int:
     from kiln.build import stages
-    from kiln.core import inputs
+    from kiln.core import inputs, tempdirs
 
     max_size = stages.parse_size(args.max_size) if args.max_size else None
     removed = stages.prune(
         _cache_dir(args), max_size=max_size, older_than_days=args.older_than, dry_run=args.runtime.dry_run
     )
+    stale = stages.collect_stale(_cache_dir(args), dry_run=args.runtime.dry_run)  # after: never a live one
+    if stale:
+        print(("would have " if args.runtime.dry_run else "") + tempdirs.describe(stale))
     verb = "would remove" if args.runtime.dry_run else "removed"
     for r in removed:
         print(f"{verb} {r.id[:12]} ({r.stage}, {r.target}, {inputs.human(r.size)})")

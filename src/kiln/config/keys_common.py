@@ -20,7 +20,7 @@ COMMON: tuple[S, ...] = (
         "is clamped to (file times in the finished root, the ext4 root's own times, the OVA's members). "
         "0: the commit time of the kiln checkout, else the newest input file's time.",
         "common",
-        _between(0, 1 << 40),
+        _between(0, (1 << 33) - 1),  # a tar (OVA) member's mtime field holds 33 bits
         stage="finalize",
     ),
     # --- common: the build VM and the provisioning environment (config/common.json) ------------------------

@@ -58,7 +58,8 @@ def commit() -> str:
     import subprocess
 
     def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(CHECKOUT), *args], capture_output=True, text=True, timeout=5)
+        argv = ["git", "-c", f"safe.directory={CHECKOUT}", "-C", str(CHECKOUT), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=5)
         done.check_returncode()
         return done.stdout.strip()
 
@@ -83,7 +84,7 @@ def source_date_epoch(root: Path) -> int:
     if (CHECKOUT / ".git").exists():
         try:
             done = subprocess.run(
-                ["git", "-C", str(CHECKOUT), "log", "-1", "--format=%ct", "HEAD"],
+                ["git", "-c", f"safe.directory={CHECKOUT}", "-C", str(CHECKOUT), "log", "-1", "--format=%ct"],
                 capture_output=True, text=True, timeout=5,
             )  # fmt: skip
             if done.returncode == 0 and done.stdout.strip().isdigit():

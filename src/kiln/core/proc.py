@@ -251,6 +251,10 @@ class Background:
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
         if self.proc is not None and exc is not None:
             terminate(self.proc)
+        if self.pump is not None:
+            self.pump.join(timeout=15)  # the pipe closed with the child: nothing writes the log after us
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(f"{os.path.basename(self.args[0])}: interrupted") from None
 

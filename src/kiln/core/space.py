@@ -76,12 +76,20 @@ def is_full(exc: BaseException) -> bool:
 NEARLY_FULL = 64 << 20  # a tool that failed with this little left was most likely stopped by it
 
 
+def _own_enospc(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def filled(exc: BaseException, paths: Sequence[Path]) -> bool:
-    """`exc` is a full filesystem: it says so, or a command failed while one of `paths` has almost no
-    space left (qemu-img's VMDK writer says "Invalid argument" when a write comes up short)."""
-    if is_full(exc):
+    """`exc` is one of `paths` filling up: kiln's own write failed with ENOSPC, or a command failed while
+    one of `paths` has almost no space left (whatever it said: qemu-img's VMDK writer says "Invalid
+    argument" when a write comes up short). A tool that only says "No space left on device" while every
+    path has room is not this build host's disk (a build VM's disk, a guest's apt) and stays its own error."""
+    if isinstance(exc, DiskFullError):
+        return False
+    if _own_enospc(exc):
         return True
-    if isinstance(exc, DiskFullError) or not isinstance(exc, CommandError | OSError):
+    if not isinstance(exc, KilnError | OSError):
         return False
     return any(free(p) < NEARLY_FULL for p in paths)
 
@@ -89,7 +97,7 @@ def filled(exc: BaseException, paths: Sequence[Path]) -> bool:
 def full(paths: Sequence[Path], what: str, needed: int | None) -> DiskFullError:
     """The error for a filesystem that filled while `what` ran: names the fullest of `paths` (the output
     dir, the cache, the temp dir), its free space and the space `what` needs (when known)."""
-    fullest = min(paths, key=free) if paths else Path(".")
+    fullest = min(paths, key=free) if paths else Path(".")  # the low one (filled() saw it), or the fullest
     have = free(fullest)
     need = f"; {what} needs about {human(needed)} there" if needed else ""
     return DiskFullError(

@@ -42,7 +42,10 @@ def create(parent: Path, name: str, mode: int = 0o700) -> TempDir:
     parent.mkdir(parents=True, exist_ok=True)
     while True:
         path = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent))
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # a collector took it before we could lock it: make another
         fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a collector that saw it unlocked removes it
         if os.fstat(fd).st_nlink > 0:
             if mode != 0o700:
@@ -80,6 +83,8 @@ def collect(parent: Path, *, prefix: str = "", dry_run: bool = False) -> list[St
         except OSError:
             continue  # not a directory (or gone already)
         try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                continue  # another user's (a shared /tmp): not ours to judge
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -132,7 +137,7 @@ def in_use(path: Path) -> list[int]:
 
 def mounts_under(path: Path) -> list[str]:
     """Mount points at or below `path` in this mount namespace, deepest first."""
-    inside = os.fspath(path).rstrip(os.sep) + os.sep
+    inside = os.path.realpath(path).rstrip(os.sep) + os.sep
     found = []
     try:
         with open("/proc/self/mountinfo") as fh:
