@@ -385,8 +385,10 @@ def make_root_fs(
     script = raw.with_name(raw.name + ".ctimes")
     with open(script, "w") as fh:
         for path in ["/", *_tree_paths(tree)]:
-            # ctime from the unpack, atime from mkfs's own reading of the tree: both to the epoch
-            fh.write(f'sif "{path}" ctime @{epoch}\nsif "{path}" atime @{epoch}\n')
+            # ctime from the unpack, atime from mkfs's own reading of the tree: to the epoch, the atime one
+            # second after it (relatime writes an atime that is not newer than the ctime on every read: a
+            # `find /` in the booted image would write every directory's inode)
+            fh.write(f'sif "{path}" ctime @{epoch}\nsif "{path}" atime @{epoch + 1}\n')
     try:
         proc.run(
             ["debugfs", "-w", "-f", str(script), f"{raw}?offset={root.offset}"],

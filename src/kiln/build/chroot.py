@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -272,14 +273,28 @@ def disk_from_tree(
 
 
 def clamp_times(tree: Path, epoch: int) -> None:
-    """Every access and modification time in `tree` at most `epoch` (SOURCE_DATE_EPOCH's rule: clamp, so
-    that a file older than the epoch keeps its time); the access time is set to the modification time."""
+    """Every modification time in `tree` at most `epoch` (SOURCE_DATE_EPOCH's rule: clamp; an older file
+    keeps its time to the nanosecond). systemd's ConditionNeedsUpdate compares /usr's mtime, to the
+    nanosecond, with the TIMESTAMP_NSEC that /etc/.updated and /var/.updated record; when /usr moves, the
+    records move with it, or the first boot would rebuild the hwdb and the linker cache."""
+    limit = epoch * 1_000_000_000
+    usr = tree / "usr"
+    usr_before = os.lstat(usr).st_mtime_ns if usr.is_dir() else None
     for top, dirs, files in os.walk(tree):
-        for name in [*dirs, *files, ""] if top == str(tree) else [*dirs, *files]:
+        names = [*dirs, *files, ""] if top == str(tree) else [*dirs, *files]
+        for name in names:
             path = os.path.join(top, name) if name else top
             st = os.lstat(path)
-            mtime = min(int(st.st_mtime), epoch)
-            os.utime(path, (mtime, mtime), follow_symlinks=False)
+            if st.st_mtime_ns > limit:
+                os.utime(path, ns=(limit, limit), follow_symlinks=False)
+    if usr_before is None:
+        return
+    usr_after = os.lstat(usr).st_mtime_ns
+    for record in (tree / "etc" / ".updated", tree / "var" / ".updated"):
+        if usr_after != usr_before and record.is_file() and not record.is_symlink():
+            text = record.read_text(errors="replace")
+            record.write_text(re.sub(r"TIMESTAMP_NSEC=\d+", f"TIMESTAMP_NSEC={usr_after}", text))
+            os.utime(record, ns=(min(limit, usr_after), min(limit, usr_after)), follow_symlinks=False)
 
 
 def _raw_copy(base: bootstrap.BaseImage, raw: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None:
