@@ -9,7 +9,6 @@ s (socket). Written by finalize from the tree the disk is made of (the chroot ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kiln.core import inputs
+from kiln.core.builddir import sha256_file
 from kiln.core.errors import InputError
 
 SUFFIX = ".files.jsonl"
@@ -30,14 +30,6 @@ _TYPES = {
     stat.S_IFIFO: "p",
     stat.S_IFSOCK: "s",
 }
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def scan(tree: Path) -> Iterator[dict[str, object]]:
@@ -64,7 +56,7 @@ def scan(tree: Path) -> Iterator[dict[str, object]]:
                 "size": st.st_size if kind in ("f", "l") else 0,
             }
             if kind == "f":
-                entry["sha256"] = _sha256(path)
+                entry["sha256"] = sha256_file(Path(path))
             elif kind == "l":
                 entry["target"] = os.readlink(path)
             elif kind in ("c", "b"):
