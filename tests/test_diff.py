@@ -12,6 +12,7 @@ import pytest
 
 from kiln import cli
 from kiln.artifacts import compare, filelist
+from kiln.core.builddir import BuildDir
 
 NAME = "debian-12+kube-v1.36.1"
 
@@ -77,7 +78,7 @@ def test_diff_bad_input_is_exit_2(tmp_path: Path, capsys) -> None:  # type: igno
     assert cli.main(["diff", str(tmp_path / "nope"), str(tmp_path)]) == 2
     assert "not a build directory" in capsys.readouterr().err
     assert cli.main(["diff", "https://storage.googleapis.com/b/release/x", str(tmp_path)]) == 2
-    assert "compares build directories" in capsys.readouterr().err
+    assert "not the URL of a published image's file" in capsys.readouterr().err
 
 
 def test_a_side_without_a_file_manifest_is_said_not_compared(tmp_path: Path) -> None:
@@ -85,6 +86,6 @@ def test_a_side_without_a_file_manifest_is_said_not_compared(tmp_path: Path) -> 
     a = _build(tmp_path / "a", packages={"jq": "1.6"}, config={}, qcow2="aa" * 32, tree=tree)
     b = _build(tmp_path / "b", packages={"jq": "1.6"}, config={}, qcow2="aa" * 32, tree=tree)
     (b / f"{NAME}{filelist.SUFFIX}").unlink()
-    result = compare.diff(compare.open_build(str(a)), compare.open_build(str(b)))
+    result = compare.diff(compare.local(BuildDir.open(a)), compare.local(BuildDir.open(b)))
     assert result["files"]["unavailable"] and compare.equal(result)
     assert "files: not compared" in compare.render(result)

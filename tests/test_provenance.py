@@ -102,3 +102,28 @@ def test_the_signature_is_over_dsse_pae() -> None:
         provenance.pae("application/vnd.in-toto+json", b"{}")
         == b"DSSEv1 28 application/vnd.in-toto+json 2 {}"
     )
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "p256"])
+def test_an_independent_dsse_implementation_verifies_the_envelope(tmp_path: Path, kind: str) -> None:
+    """securesystemslib (the in-toto project's DSSE code, not kiln's) accepts the envelope and its
+    signature, and rejects it once the payload is changed."""
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import VerificationError
+    from securesystemslib.signer import SSlibKey
+
+    private, public = _keys(tmp_path, kind)
+    build = _build(tmp_path, private)
+    text = (build / f"{NAME}{provenance.SUFFIX}").read_text()
+    raw = json.loads(text)
+    pub = serialization.load_pem_public_key(public.read_bytes())
+    scheme = {"ed25519": "ed25519", "p256": "ecdsa-sha2-nistp256"}[kind]
+    key = SSlibKey.from_crypto(pub, keyid=raw["signatures"][0]["keyid"], scheme=scheme)  # type: ignore[arg-type]
+    envelope = Envelope.from_dict(json.loads(text))  # from_dict changes the dict it is given
+    assert list(envelope.verify([key], 1)) == [key.keyid]
+    statement = json.loads(envelope.payload)
+    assert statement["_type"] == "https://in-toto.io/Statement/v1" and statement["subject"]
+    statement["subject"][0]["digest"]["sha256"] = "0" * 64
+    raw["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    with pytest.raises(VerificationError):
+        Envelope.from_dict(raw).verify([key], 1)

@@ -6,6 +6,10 @@
     config     each setting whose value differs, with each side's value and origin (config.json)
     artifacts  the sha256 of each artifact both builds have (qcow2, OVA, ISO, ...: NAME.EXT.sha256)
 
+Either side can be a published image instead (`published`: the URL of any of its files): its config,
+package set and artifact digests come from its provenance (NAME.intoto.jsonl, which release publishes),
+its file manifest from NAME.files.jsonl beside it.
+
 Artifacts are matched by kind (what follows the build's name), so builds of two Kubernetes versions
 compare. A section one side cannot answer (a VM-runner build has no file manifest) says so and counts as
 no difference. `equal()` is what the exit code says: 0 equal, 1 different.
@@ -13,6 +17,8 @@ no difference. `equal()` is what the exit code says: 0 equal, 1 different.
 
 from __future__ import annotations
 
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +63,14 @@ def config(build: BuildDir) -> dict[str, dict[str, Any]]:
 
 
 def artifacts(build: BuildDir) -> dict[str, str]:
-    """kind -> sha256, from the sha256 sidecars (kind: the file name after the build's name, '.qcow2')."""
+    """kind -> sha256 (kind: the file name after the build's name, '.qcow2'), from the provenance's subjects
+    (what a published image is compared by, too), else from the sha256 sidecars."""
+    from kiln.artifacts import provenance
+
+    envelope = build.path / f"{build.name}{provenance.SUFFIX}"
+    if envelope.is_file():
+        _, stmt, _ = provenance.read(envelope)
+        return {_kind(rel, build.name): d for rel, d in provenance.subjects(stmt, str(envelope))}
     out = {}
     for sidecar in sorted(build.path.glob(f"{build.name}*.sha256")):
         kind = sidecar.name[len(build.name) : -len(".sha256")]
@@ -65,6 +78,73 @@ def artifacts(build: BuildDir) -> dict[str, str]:
         if digest:
             out[kind] = digest[0]
     return out
+
+
+def _kind(rel: str, name: str) -> str:
+    return rel[len(name) :] if rel.startswith(name + ".") else rel
+
+
+@dataclass
+class Side:
+    """What one side of a comparison says about its image; None: that side cannot answer the section."""
+
+    label: str
+    packages: dict[str, str] | None
+    files: dict[str, dict[str, Any]] | None
+    files_source: str  # where the file manifest is (or would be), for "not compared" lines
+    config: dict[str, dict[str, Any]]
+    artifacts: dict[str, str]
+
+
+def local(build: BuildDir) -> Side:
+    listing = build.path / f"{build.name}{filelist.SUFFIX}"
+    return Side(
+        str(build.path),
+        packages(build),
+        filelist.read(listing) if listing.is_file() else None,
+        str(listing),
+        config(build),
+        artifacts(build),
+    )
+
+
+def published(url: str, say: Any = None) -> Side:
+    """A published image, from the URL of any of its files: its provenance's resolved config, package set
+    (purls) and subjects' digests, and the file manifest published beside it."""
+    from kiln.artifacts import provenance
+    from kiln.publish import images
+
+    folder, name = images.published_image(url)
+    where = f"{folder}/{name}{provenance.SUFFIX}"
+    raw = images.fetch(where)
+    if raw is None:
+        raise InputError(f"{where}: not published; kiln diff reads a published image's provenance",
+                         hint="`kiln release` publishes NAME.intoto.jsonl beside each image")  # fmt: skip
+    _, stmt, _ = provenance.parse(raw.decode("utf-8", "replace"), where)
+    build_def = (stmt.get("predicate") or {}).get("buildDefinition") or {}
+    values = (build_def.get("externalParameters") or {}).get("config")
+    if not isinstance(values, dict):
+        raise InputError(f"{where}: no resolved config in the provenance (externalParameters.config)")
+    pkgs: dict[str, str] = {}
+    for dep in build_def.get("resolvedDependencies") or []:
+        uri = dep.get("uri", "") if isinstance(dep, dict) else ""
+        if uri.startswith("pkg:deb/"):
+            pkg, _, version = uri.split("?", 1)[0].rpartition("/")[2].partition("@")
+            pkgs[pkg] = urllib.parse.unquote(version)
+    listing_url = f"{folder}/{name}{filelist.SUFFIX}"
+    text = images.fetch(listing_url)
+    files = filelist.parse(text.decode("utf-8", "replace"), listing_url) if text is not None else None
+    arts = {}
+    for rel, digest in provenance.subjects(stmt, where):
+        arts[_kind(rel, name)] = digest
+    return Side(
+        f"{folder}/{name}",
+        pkgs,
+        files,
+        listing_url,
+        {k: {"value": v, "origin": "provenance"} for k, v in values.items()},
+        arts,
+    )
 
 
 def _dict_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -75,13 +155,12 @@ def _dict_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def diff(a: BuildDir, b: BuildDir) -> dict[str, Any]:
-    out: dict[str, Any] = {"a": str(a.path), "b": str(b.path)}
-    pa, pb = packages(a), packages(b)
+def diff(a: Side, b: Side) -> dict[str, Any]:
+    out: dict[str, Any] = {"a": a.label, "b": b.label}
+    pa, pb = a.packages, b.packages
     out["packages"] = _dict_diff(pa, pb) if pa is not None and pb is not None else {"unavailable": True}
-    fa_path, fb_path = a.path / f"{a.name}{filelist.SUFFIX}", b.path / f"{b.name}{filelist.SUFFIX}"
-    if fa_path.is_file() and fb_path.is_file():
-        fa, fb = filelist.read(fa_path), filelist.read(fb_path)
+    fa, fb = a.files, b.files
+    if fa is not None and fb is not None:
         changed = {}
         for path in sorted(fa.keys() & fb.keys()):
             fields = [f for f in _FILE_FIELDS if fa[path].get(f) != fb[path].get(f)]
@@ -93,9 +172,9 @@ def diff(a: BuildDir, b: BuildDir) -> dict[str, Any]:
             "changed": changed,
         }
     else:
-        missing = [str(p) for p in (fa_path, fb_path) if not p.is_file()]
+        missing = [s.files_source for s in (a, b) if s.files is None]
         out["files"] = {"unavailable": True, "missing": missing}
-    ca, cb = config(a), config(b)
+    ca, cb = a.config, b.config
     differing = [
         key
         for key in sorted(ca.keys() | cb.keys())
@@ -103,7 +182,7 @@ def diff(a: BuildDir, b: BuildDir) -> dict[str, Any]:
     ]
     out["config"] = {k: {"a": ca.get(k), "b": cb.get(k)} for k in differing if k not in WHERE}
     out["config_where"] = {k: {"a": ca.get(k), "b": cb.get(k)} for k in differing if k in WHERE}
-    aa, ab = artifacts(a), artifacts(b)
+    aa, ab = a.artifacts, b.artifacts
     out["artifacts"] = {
         kind: {"a": aa.get(kind), "b": ab.get(kind), "equal": aa.get(kind) == ab.get(kind)}
         for kind in sorted(aa.keys() | ab.keys())
@@ -173,11 +252,11 @@ def render(result: dict[str, Any], limit: int = 40) -> str:
     return "\n".join(lines)
 
 
-def open_build(text: str) -> BuildDir:
-    """A build directory; a URL or index entry is refused for now with what to do instead."""
-    if "://" in text:
-        raise InputError(
-            f"{text}: kiln diff compares build directories",
-            hint="download the published image's directory (or `kiln release` index entry) first",
-        )
-    return BuildDir.open(Path(text))
+def open_side(text: str, base_url: str, bucket: str) -> Side:
+    """A build directory, or a published image: a URL, gs://BUCKET/PATH, CHANNEL/VERSION/FILE or
+    NAME+kube-VERSION.ova (kiln.publish.images.resolve_url) naming any of its files."""
+    from kiln.publish import images
+
+    if not images.names_published(text):
+        return local(BuildDir.open(Path(text)))
+    return published(images.resolve_url(text, base_url, bucket))

@@ -80,17 +80,20 @@ def write(tree: Path, out: Path) -> Path:
 
 def read(path: Path) -> dict[str, dict[str, object]]:
     """path -> entry; InputError names the file and line of anything malformed."""
+    return parse(inputs.read_text(path, "file manifest", limit=1 << 30), str(path))
+
+
+def parse(text: str, where: str) -> dict[str, dict[str, object]]:
+    """A manifest's text (from a file or a URL `where`) as path -> entry."""
     out: dict[str, dict[str, object]] = {}
-    lines = inputs.read_text(path, "file manifest", limit=1 << 30).split(
-        "\n"
-    )  # not splitlines: U+2028 in a name
+    lines = text.split("\n")  # not splitlines: U+2028 in a name
     lines = lines[:-1] if lines and lines[-1] == "" else lines
     for number, line in enumerate(lines, 1):
         try:
             entry = json.loads(line)
         except ValueError as exc:
-            raise InputError(f"{path}:{number}: not a JSON object: {exc}") from None
+            raise InputError(f"{where}:{number}: not a JSON object: {exc}") from None
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise InputError(f"{path}:{number}: an entry needs a 'path'")
+            raise InputError(f"{where}:{number}: an entry needs a 'path'")
         out[entry["path"]] = entry
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,25 +197,29 @@ def write(path: Path, stmt: Mapping[str, Any], key: Any | None) -> Path:
 
 def read(path: Path) -> tuple[dict[str, Any], dict[str, Any], bytes]:
     """(envelope, statement, payload bytes); InputError for anything malformed."""
-    text = inputs.read_text(path, "provenance")
+    return parse(inputs.read_text(path, "provenance"), str(path))
+
+
+def parse(text: str, where: str) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+    """An envelope's text (from a file or a URL `where`) as (envelope, statement, payload bytes)."""
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) != 1:
-        raise InputError(f"{path}: want one DSSE envelope (one JSON line), got {len(lines)} lines")
+        raise InputError(f"{where}: want one DSSE envelope (one JSON line), got {len(lines)} lines")
     try:
         env = json.loads(lines[0])
         payload = base64.b64decode(env["payload"], validate=True)
         stmt = json.loads(payload)
         sigs = env["signatures"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a DSSE envelope with an in-toto statement ({exc})") from None
+        raise InputError(f"{where}: not a DSSE envelope with an in-toto statement ({exc})") from None
     if not isinstance(env, dict) or env.get("payloadType") != PAYLOAD_TYPE or not isinstance(sigs, list):
-        raise InputError(f"{path}: payloadType must be {PAYLOAD_TYPE} and signatures a list")
+        raise InputError(f"{where}: payloadType must be {PAYLOAD_TYPE} and signatures a list")
     if (
         not isinstance(stmt, dict)
         or stmt.get("_type") != STATEMENT
         or not isinstance(stmt.get("subject"), list)
     ):
-        raise InputError(f"{path}: the payload is not an in-toto Statement v1 with subjects")
+        raise InputError(f"{where}: the payload is not an in-toto Statement v1 with subjects")
     return env, stmt, payload
 
 
@@ -227,33 +231,50 @@ def find(build_dir: Path) -> Path:
     return found[0]
 
 
-def verify(build_dir: Path, public_key: Path) -> list[str]:
-    """Check the signature, then every subject's digest; returns what was checked (one line each)."""
-    path = find(build_dir)
-    env, stmt, payload = read(path)
-    public = load_public_key(public_key)
+def check_signature(env: Mapping[str, Any], payload: bytes, public: Any, where: str, key: str) -> str:
+    """VerifyError unless a signature over PAE(payload) verifies with `public` (named `key`)."""
     if not env["signatures"]:
-        raise VerifyError(f"{path}: unsigned (the build was given no signing key)")
+        raise VerifyError(f"{where}: unsigned (the build was given no signing key)")
     message = pae(PAYLOAD_TYPE, payload)
     good = False
     for sig in env["signatures"]:
         try:
             raw = base64.b64decode(sig["sig"], validate=True)
         except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{path}: malformed signature ({exc})") from None
+            raise InputError(f"{where}: malformed signature ({exc})") from None
         good = good or _check(public, raw, message)
     if not good:
-        raise VerifyError(f"{path}: signature check failed: no signature verifies with {public_key}")
-    checked = [f"signature: ok ({public_key})"]
+        raise VerifyError(f"{where}: signature check failed: no signature verifies with {key}")
+    return f"signature: ok ({key}, key id {_keyid(public)[:16]})"
+
+
+def subjects(stmt: Mapping[str, Any], where: str) -> list[tuple[str, str]]:
+    """(path in the build dir, sha256) per subject; InputError for a malformed one or a path outside."""
+    out = []
     for subject in stmt["subject"]:
         name = subject.get("name") if isinstance(subject, dict) else None
         digest = subject.get("digest") if isinstance(subject, dict) else None
         want = digest.get("sha256") if isinstance(digest, dict) else None
         if not isinstance(name, str) or not isinstance(want, str):
-            raise InputError(f"{path}: malformed subject {inputs.clip(subject)}")
+            raise InputError(f"{where}: malformed subject {inputs.clip(subject)}")
         parts = Path(name).parts
         if not parts or name.startswith("/") or ".." in parts:
-            raise InputError(f"{path}: subject {inputs.clip(name)} is not a path inside the build directory")
+            raise InputError(f"{where}: subject {inputs.clip(name)} is not a path inside the build directory")
+        out.append((name, want.lower()))
+    return out
+
+
+def verify(build_dir: Path, public_key: Path) -> list[str]:
+    """Check the signature, then every subject's digest; returns what was checked (one line each)."""
+    public = load_public_key(public_key)
+    return verify_with(build_dir, public, str(public_key))
+
+
+def verify_with(build_dir: Path, public: Any, key: str) -> list[str]:
+    path = find(build_dir)
+    env, stmt, payload = read(path)
+    checked = [check_signature(env, payload, public, str(path), key)]
+    for name, want in subjects(stmt, str(path)):
         artifact = build_dir / name
         if not artifact.is_file():
             raise VerifyError(f"{artifact}: subject missing (the provenance names it)")
@@ -262,3 +283,57 @@ def verify(build_dir: Path, public_key: Path) -> list[str]:
             raise VerifyError(f"{artifact}: digest check failed: sha256 {got}, the provenance says {want}")
         checked.append(f"{name}: sha256 ok")
     return checked
+
+
+def verify_published(url: str, public_key: Path, say: Callable[[str], None] | None = None) -> list[str]:
+    """The same checks on a published image, from the URL of any of its files: the envelope beside it,
+    its signature, then each subject that was published, streamed and hashed (subjects a release did not
+    publish, such as a qcow2 left out, are listed as not checked). At least one subject must check."""
+    from kiln.publish import images, upload
+
+    public = load_public_key(public_key)
+    folder, name = images.published_image(url)
+    where = f"{folder}/{name}{SUFFIX}"
+    text = images.fetch(where)
+    if text is None:
+        raise VerifyError(f"{where}: no provenance published beside {url}")
+    env, stmt, payload = parse(text.decode("utf-8", "replace"), where)
+    checked = [check_signature(env, payload, public, where, str(public_key))]
+    found = 0
+    for rel, want in subjects(stmt, where):
+        obj = upload.object_file(name, rel)
+        if obj is None:
+            checked.append(f"{rel}: not a kind kiln publishes; not checked")
+            continue
+        target = f"{folder}/{obj}"
+        if say:
+            say(f"hashing {target}")
+        got = images.sha256_of(target)
+        if got is None:
+            checked.append(f"{rel}: not published ({target}); not checked")
+            continue
+        if got != want:
+            raise VerifyError(f"{target}: digest check failed: sha256 {got}, the provenance says {want}")
+        found += 1
+        checked.append(f"{rel}: sha256 ok ({target})")
+    if not found:
+        count = len(stmt["subject"])
+        raise VerifyError(f"{where}: none of its {count} subjects is published under {folder}/")
+    return checked
+
+
+def signing_status(build_dir: Path, public: Any | None) -> str:
+    """For `kiln release --require-signature`: VerifyError unless the build's provenance is signed (and,
+    given the release's key, signed by it and true of every subject)."""
+    path = find(build_dir)
+    env, _, payload = read(path)
+    if public is None:
+        if not env["signatures"]:
+            raise VerifyError(f"{path}: unsigned (the build was given no signing key)")
+        return f"{path.name}: signed"
+    verify_with(build_dir, public, "the release's signing key")
+    return f"{path.name}: signed with the release's key; every subject checked"
+
+
+def public_of(private: Any) -> Any:
+    return private.public_key()

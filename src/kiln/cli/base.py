@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kiln import config
@@ -89,3 +90,13 @@ def load_config(args: argparse.Namespace, target: str, extra: dict[str, str] | N
     for line in cfg.warnings:
         print(f"kiln: warning: {line}", file=sys.stderr)
     return cfg
+
+
+def signing_key_path(args: argparse.Namespace) -> Path | None:
+    """--signing-key, else KILN_SIGNING_KEY: the provenance signing key's PEM file (loaded, and checked,
+    by whoever signs: a bad key is exit 2 before anything runs)."""
+    import os
+
+    from_env = os.environ.get("KILN_SIGNING_KEY")
+    given = getattr(args, "signing_key", None)
+    return Path(given) if given else (Path(from_env) if from_env else None)

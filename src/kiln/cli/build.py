@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from kiln import config
-from kiln.cli.base import command, config_options, load_config, packer_flag_options, packer_flags
+from kiln.cli.base import (
+    command,
+    config_options,
+    load_config,
+    packer_flag_options,
+    packer_flags,
+    signing_key_path,
+)
 from kiln.core.errors import (
     EXIT_OK,
     BuildError,
@@ -279,10 +286,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         more = {**extra, "kubernetes_semver": version} if version else extra
         configs.append(load_config(args, args.target, more))
     monitor = progress.for_mode(args.progress)
-    import os
-
-    from_env = os.environ.get("KILN_SIGNING_KEY")
-    key_path = args.signing_key or (Path(from_env) if from_env else None)
+    key_path = signing_key_path(args)
     failed: list[str] = []
     for cfg in configs:
         try:

@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 from kiln import config
-from kiln.cli.base import command, config_options, load_config, packer_flag_options, packer_flags
+from kiln.cli.base import (
+    command,
+    config_options,
+    load_config,
+    packer_flag_options,
+    packer_flags,
+    signing_key_path,
+)
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import (
     EXIT_FAILED,
@@ -89,7 +96,7 @@ def _register_publish(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--artifacts",
         default="ova",
-        help=f"comma list of {','.join([*upload.ARTIFACTS, *upload.GROUPS])} (default: ova)",
+        help=f"comma list of {','.join(upload.KINDS)} (default: ova)",
     )
     p.add_argument("--all", action="store_true", help="every artifact the build directory has")
     p.add_argument("--force", action="store_true", help="replace a different image at a release path")
@@ -137,7 +144,20 @@ def _register_release(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         default=argparse.SUPPRESS,
         help="say what would be built and published; build, upload and index nothing",
     )
-    p.add_argument("--qcow2", action="store_true", help="publish the qcow2 too (default: OVA, sha256, SBOM)")
+    p.add_argument(
+        "--qcow2", action="store_true",
+        help="publish the qcow2 too (default: OVA and its sha256, with the SBOM, provenance, file "
+        "manifest and package list)",
+    )  # fmt: skip
+    p.add_argument(
+        "--signing-key", type=Path, metavar="PEM",
+        help="sign the provenance of what this release builds (env KILN_SIGNING_KEY)",
+    )  # fmt: skip
+    p.add_argument(
+        "--require-signature", action="store_true",
+        help="publish an image only when its provenance is signed with the signing key and true of every "
+        "artifact (a reused unsigned build fails, nothing of it uploaded)",
+    )  # fmt: skip
     p.add_argument(
         "--base-url",
         default=None,
@@ -175,6 +195,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
         configs, client, bucket, channel=args.channel, artifacts=artifacts, runtime=args.runtime,
         monitor=progress.for_mode(args.progress, sys.stderr if args.json else None),
         base_url=args.base_url or images.DEFAULT_BASE_URL, packer_flags=packer_flags(args),
+        signing_key=signing_key_path(args), require_signature=args.require_signature,
     )  # fmt: skip
     if args.json:
         print(json.dumps({"entries": release.as_json(entries), "requests": client.stats.requests,

@@ -29,7 +29,7 @@ from kiln.build import pipeline as build
 from kiln.build.packer import PackerFlags
 from kiln.config import Config
 from kiln.core.builddir import BuildDir, sha256_file
-from kiln.core.errors import KilnError, UploadError
+from kiln.core.errors import InputError, KilnError, UploadError
 from kiln.core.inputs import loads_json
 from kiln.core.progress import Monitor, Null
 from kiln.core.runtime import Runtime
@@ -37,7 +37,7 @@ from kiln.publish import upload
 from kiln.publish.bucket import INDEX, channel_for, object_name
 from kiln.publish.gcs import Client, PreconditionFailed
 
-DEFAULT_ARTIFACTS = ("ova", "sbom")
+DEFAULT_ARTIFACTS = ("ova", *upload.RECORDS)  # each record only when the build has it
 INDEX_ATTEMPTS = 12
 
 
@@ -139,18 +139,24 @@ def index_entry(
         return f"{base_url.rstrip('/')}/{bucket}/{object_name(channel, semver, filename)}"
 
     urls = {"ova": url(bd.ova.name), "sha256": url(bd.ova.name + ".sha256")}
-    if "sbom" in artifacts and bd.sbom.is_file():
-        urls["sbom"] = url(bd.sbom.name)
-    if "qcow2" in artifacts and bd.qcow2.is_file():
-        urls["qcow2"] = url(bd.qcow2.name)
-    for kind in ("iso", "platform"):
-        if kind in artifacts:
-            urls[kind] = url(upload.ARTIFACTS[kind](bd)[1])
+    for kind in ("qcow2", *upload.RECORDS, "iso", "platform"):
+        local, obj = upload.files_of(bd, kind)[0]
+        if kind in artifacts and local.is_file():
+            urls[kind] = url(obj)
     for kind in ("squashfs", "netboot"):
         if kind in artifacts:
             urls[kind] = url(f"{kind}/{bd.name}/")
     sidecar = bd.path / f"{bd.ova.name}.sha256"
     digest = sidecar.read_text().strip() if sidecar.is_file() else sha256_file(bd.ova)
+    extra: dict[str, Any] = {}
+    envelope = upload.files_of(bd, "provenance")[0][0]
+    if "provenance" in urls:
+        from kiln.artifacts import provenance
+
+        env, _, _ = provenance.read(envelope)
+        keyids = [str(s.get("keyid", "")) for s in env["signatures"] if isinstance(s, dict)]
+        extra["provenance"] = {"url": urls["provenance"], "sha256": sha256_file(envelope),
+                               "signed": bool(keyids), "keyids": keyids}  # fmt: skip
     return {
         "name": bd.name,
         "target": bd.build_name,
@@ -163,6 +169,7 @@ def index_entry(
         "input_hash": bd.custom_data.get("input_hash", ""),
         "kiln_version": bd.custom_data.get("kiln_version", __version__),
         "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
     }
 
 
@@ -177,10 +184,23 @@ def run(
     monitor: Monitor | None = None,
     base_url: str = "https://storage.googleapis.com",
     packer_flags: PackerFlags | None = None,
+    signing_key: Path | None = None,
+    require_signature: bool = False,
 ) -> list[Entry]:
     """Plan, then build (or reuse) and publish every entry that is not published yet. `packer_flags` are
-    PACKER_FLAGS' Packer flags for the builds."""
+    PACKER_FLAGS' Packer flags for the builds; builds sign their provenance with `signing_key`.
+
+    With `require_signature`, an entry is published only when its provenance is signed with that key and
+    true of every artifact: an unsigned or foreign-signed local build fails before anything is uploaded."""
+    from kiln.artifacts import provenance
+
     mon = monitor or Null()
+    key = provenance.load_private_key(signing_key) if signing_key is not None else None  # exit 2 up front
+    if require_signature and key is None:
+        raise InputError(
+            "--require-signature: no signing key",
+            hint="give --signing-key PEM or KILN_SIGNING_KEY: builds are signed with it, reused ones checked",
+        )
     entries = plan(configs, client, bucket, channel)
     by_name = {cfg.artifact_name: cfg for cfg in configs}
     for entry in entries:
@@ -196,6 +216,8 @@ def run(
             final = cfg.path("output_dir") / entry.name
             local = build.up_to_date(final, entry.input_hash)
             if runtime.dry_run:
+                if require_signature and local and key is not None:
+                    mon.log("release", f"{entry.name}: {provenance.signing_status(final, key.public_key())}")
                 _dry_run_entry(entry, cfg, final, local, client, bucket, artifacts, runtime, mon)
                 continue
             if local:
@@ -203,9 +225,13 @@ def run(
                 entry.status = "reused"
             else:
                 mon.log("release", f"{entry.name}: building (input hash {entry.input_hash[:12]})")
-                build.run_build(cfg, monitor=mon, runtime=runtime, packer_flags=packer_flags)
+                build.run_build(
+                    cfg, monitor=mon, runtime=runtime, packer_flags=packer_flags, signing_key=signing_key
+                )
                 entry.status = "built"
             bd = BuildDir.open(final)
+            if require_signature and key is not None:
+                mon.log("release", f"{entry.name}: {provenance.signing_status(bd.path, key.public_key())}")
             opts = _options(bd, entry, bucket, artifacts)
             _, results = upload.publish_build(bd, client, opts, upload.MonitorReporter(mon), runtime=runtime)
             bad = [r for r in results if not r.ok]
@@ -228,7 +254,7 @@ def _options(bd: BuildDir, entry: Entry, bucket: str, artifacts: Sequence[str]) 
     return upload.Options(
         bucket=bucket,
         channel=entry.channel,
-        artifacts=tuple(a for a in artifacts if a != "sbom" or bd.sbom.is_file()) + formats,
+        artifacts=tuple(a for a in artifacts if a not in upload.RECORDS or a in have) + formats,
         metadata={"input_hash": entry.input_hash, "kiln_version": __version__},
     )
 

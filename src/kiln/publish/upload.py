@@ -48,46 +48,56 @@ HASH_BUFFER = 8 * 1024 * 1024
 DEFAULT_ARTIFACTS = ("ova",)
 
 
-def _suffix(ext: str) -> Callable[[BuildDir], tuple[Path, str]]:
-    return lambda bd: (bd.path / f"{bd.name}.{ext}", f"{bd.name}.{ext}")
+def layout(name: str) -> dict[str, list[tuple[str, str]]]:
+    """Artifact kind -> [(file in the build dir, object file name under CHANNEL/VERSION/)] for build NAME.
+
+    Names are prefixed with NAME so that builds of several OSes for one Kubernetes version share a version
+    folder without clashing; the live formats get a folder per format, as epoxy-images deploys them."""
+    return {
+        "ova": [(f"{name}.ova",) * 2],
+        "qcow2": [(f"{name}.qcow2",) * 2],
+        "packages": [(f"{name}.packages",) * 2],
+        "sbom": [(f"{name}.spdx.json",) * 2],
+        "provenance": [(f"{name}.intoto.jsonl",) * 2],  # the signed provenance (kiln.artifacts.provenance)
+        "files": [(f"{name}.files.jsonl",) * 2],  # the root's file manifest (kiln.artifacts.filelist)
+        "manifest": [(MANIFEST, f"{name}.{MANIFEST}")],
+        "iso": [(f"{name}.iso", f"iso/{name}.iso")],
+        "platform": [(f"{name}.platform.tgz", f"platform/{name}.platform.tgz")],
+        "squashfs": [
+            (f"squashfs/{n}", f"squashfs/{name}/{n}")
+            for n in (
+                "filesystem.squashfs",
+                "filesystem.squashfs.hash",
+                "filesystem.manifest",
+                "filesystem.packages",
+            )
+        ],  # fmt: skip
+        "netboot": [
+            (f"netboot/{n}", f"netboot/{name}/{n}")
+            for n in ("vmlinuz", "initrd", "filesystem.squashfs", "boot.ipxe")
+        ],
+    }
 
 
-# artifact kind -> (local file, object file name). Names are prefixed with NAME so that builds of several
-# OSes for one Kubernetes version share a version folder without clashing.
-ARTIFACTS: dict[str, Callable[[BuildDir], tuple[Path, str]]] = {
-    "ova": _suffix("ova"),
-    "qcow2": _suffix("qcow2"),
-    "packages": _suffix("packages"),
-    "sbom": _suffix("spdx.json"),
-    "manifest": lambda bd: (bd.path / MANIFEST, f"{bd.name}.{MANIFEST}"),
-    # live formats: a folder per format under the version, as epoxy-images deploys them
-    "iso": lambda bd: (bd.path / f"{bd.name}.iso", f"iso/{bd.name}.iso"),
-    "platform": lambda bd: (bd.path / f"{bd.name}.platform.tgz", f"platform/{bd.name}.platform.tgz"),
-}
+KINDS = tuple(layout("NAME"))
+# what release publishes beside the image when the build has it: a reader can check and compare it
+# (`kiln provenance verify URL`, `kiln diff BUILD URL`)
+RECORDS = ("sbom", "provenance", "files", "packages")
 
-# formats made of several files: kind -> [(local file, object file name)]
-GROUPS: dict[str, Callable[[BuildDir], list[tuple[Path, str]]]] = {
-    "squashfs": lambda bd: [
-        (bd.path / "squashfs" / n, f"squashfs/{bd.name}/{n}")
-        for n in (
-            "filesystem.squashfs",
-            "filesystem.squashfs.hash",
-            "filesystem.manifest",
-            "filesystem.packages",
-        )
-    ],
-    "netboot": lambda bd: [
-        (bd.path / "netboot" / n, f"netboot/{bd.name}/{n}")
-        for n in ("vmlinuz", "initrd", "filesystem.squashfs", "boot.ipxe")
-    ],
-}
+
+def files_of(bd: BuildDir, kind: str) -> list[tuple[Path, str]]:
+    """(local file, object file name) for each file of an artifact kind."""
+    return [(bd.path / local, obj) for local, obj in layout(bd.name)[kind]]
+
+
+def object_file(name: str, local: str) -> str | None:
+    """The object file name (under CHANNEL/VERSION/) a file of build NAME is published as, if any."""
+    return next((obj for files in layout(name).values() for rel, obj in files if rel == local), None)
 
 
 def available(bd: BuildDir) -> tuple[str, ...]:
     """Every artifact kind the build dir has."""
-    kinds = [k for k, where in ARTIFACTS.items() if where(bd)[0].is_file()]
-    kinds += [k for k, files in GROUPS.items() if all(p.is_file() for p, _ in files(bd))]
-    return tuple(kinds)
+    return tuple(k for k in KINDS if all(p.is_file() for p, _ in files_of(bd, k)))
 
 
 @dataclass(frozen=True)
@@ -171,12 +181,11 @@ def plan(bd: BuildDir, opts: Options) -> tuple[str, list[Item]]:
     problems = []
     items = []
     for kind in opts.artifacts:
-        if kind not in ARTIFACTS and kind not in GROUPS:
-            known = ", ".join([*ARTIFACTS, *GROUPS])
+        if kind not in KINDS:
+            known = ", ".join(KINDS)
             problems.append(f"--artifacts: unknown artifact {kind!r} (known: {known})")
             continue
-        files = GROUPS[kind](bd) if kind in GROUPS else [ARTIFACTS[kind](bd)]
-        for path, filename in files:
+        for path, filename in files_of(bd, kind):
             if not path.is_file():
                 problems.append(f"{path}: missing ({kind} artifact of {bd.name})")
                 continue
@@ -388,6 +397,8 @@ def _mtime(path: Path) -> dict[str, str]:
 def _content_type(name: str) -> str:
     if name.endswith(".json"):
         return "application/json"
+    if name.endswith(".jsonl"):
+        return "application/jsonl"
     if name.endswith(".packages"):
         return "text/plain"
     return "application/octet-stream"
