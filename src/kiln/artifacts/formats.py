@@ -12,6 +12,11 @@
                platform/x86_64/{vmlinuz,initrd,initrd.hash,filesystem.squashfs,filesystem.squashfs.hash,
                filesystem.packages,filesystem.manifest}
 
+Reproducible: every tool runs with SOURCE_DATE_EPOCH (the build's source date): mksquashfs clamps file
+times and sets its creation time, mkinitramfs writes a reproducible cpio, xorriso gets the volume dates
+and UUID from it, and the ISO's EFI image (mformat's) gets a volume serial derived from the build's seed
+instead of a random one; the platform tarball has fixed owners, mtimes and gzip header time.
+
 The image carries live-boot in every format (the node role installs it), so the formats never drift apart:
 the live initrd is made from the image's own kernel and initramfs-tools with `mkinitramfs` in a chroot of
 the image's tree. Needs root (loop device and mount), as the bootstrap base does.
@@ -20,6 +25,7 @@ the image's tree. Needs root (loop device and mount), as the bootstrap base does
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -122,7 +128,13 @@ def kernel_version(tree: Path) -> str:
     return kernels[-1].name.removeprefix("vmlinuz-")
 
 
-def make_squashfs(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None) -> Path:
+def _sde(epoch: int) -> dict[str, str]:
+    return {"SOURCE_DATE_EPOCH": str(epoch)} if epoch else {}
+
+
+def make_squashfs(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None, epoch: int = 0) -> Path:
+    """zstd squashfs of `tree`; with `epoch`, file times after it are clamped to it and it is the
+    creation time (mksquashfs's SOURCE_DATE_EPOCH rule; its output order is reproducible by default)."""
     proc.run(
         [
             "mksquashfs",
@@ -138,6 +150,7 @@ def make_squashfs(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | N
             "lost+found",
             "-quiet",
         ],
+        extra_env=_sde(epoch),
         log_file=log_file,
         runtime=runtime,
     )
@@ -169,7 +182,7 @@ def write_hash(path: Path) -> str:
     return digest
 
 
-def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None) -> str:
+def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None, epoch: int = 0) -> str:
     """An initrd with live-boot, made by the image's own mkinitramfs in a chroot of its tree."""
     if (
         not (tree / "usr/share/initramfs-tools/scripts/live").exists()
@@ -186,6 +199,7 @@ def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | Non
             mounted.append(target)
         proc.run(
             ["chroot", str(tree), "mkinitramfs", "-o", "/tmp/kiln-live-initrd", kver],
+            extra_env=_sde(epoch),
             log_file=log_file,
             runtime=runtime,
         )
@@ -233,7 +247,10 @@ def make_iso(
     runtime: Runtime,
     log_file: IO[str] | None,
     kernel_params: str = "",
+    epoch: int = 0,
+    seed: str = "",
 ) -> Path:
+    """The hybrid live ISO. With `epoch` (and `seed`), two runs on the same files make the same bytes."""
     stage = work / "iso"
     (stage / "live").mkdir(parents=True)
     (stage / "boot" / "grub").mkdir(parents=True)
@@ -242,13 +259,54 @@ def make_iso(
     os.link(squashfs, stage / "live" / "filesystem.squashfs")
     grub_cfg = GRUB_CFG.format(name=name, cmdline=live_cmdline(kernel_params))
     (stage / "boot" / "grub" / "grub.cfg").write_text(grub_cfg)
+    dates = []
+    if epoch:
+        stamp = time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
+        dates = ["-volume_date", "uuid", stamp, "-volume_date", "all_file_dates", f"={epoch}",
+                 "-volume_date", "c", f"={epoch}", "-volume_date", "m", f"={epoch}"]  # fmt: skip
     proc.run(
-        ["grub-mkrescue", "-o", str(out), str(stage), "--", "-volid", "KILN_LIVE"],
+        ["grub-mkrescue", "-o", str(out), str(stage), "--", "-volid", "KILN_LIVE", *dates],
+        extra_env=_sde(epoch),
         log_file=log_file,
         runtime=runtime,
     )
+    if epoch and not runtime.dry_run:
+        set_efi_serial(out, hashlib.sha256(f"kiln-iso-esp:{seed}".encode()).digest()[:4])
     shutil.rmtree(stage)
     return out
+
+
+def set_efi_serial(iso: Path, serial: bytes) -> bool:
+    """Give the FAT file system of the ISO's EFI El Torito image the volume serial `serial` (mformat
+    picks a random one, the one byte-for-byte difference left between two grub-mkrescue runs). The image
+    is found through the El Torito boot catalog; returns False when the ISO has no EFI FAT image."""
+    sector = 2048
+    with iso.open("r+b") as f:
+        f.seek(17 * sector)
+        record = f.read(sector)
+        if record[0:1] != b"\x00" or record[1:6] != b"CD001" or not record[7:30].startswith(b"EL TORITO"):
+            return False
+        f.seek(int.from_bytes(record[0x47:0x4B], "little") * sector)
+        catalog = f.read(sector)
+        platform = catalog[1]  # the validation entry's platform, for the default entry
+        for at in range(32, sector, 32):
+            entry = catalog[at : at + 32]
+            if entry[0] in (0x90, 0x91):  # a section header: its entries are for this platform
+                platform = entry[1]
+                continue
+            if entry[0] in (0x88, 0x00) and platform == 0xEF and any(entry[8:12]):
+                start = int.from_bytes(entry[8:12], "little") * sector
+                f.seek(start)
+                boot = f.read(512)
+                if boot[510:512] != b"\x55\xaa":
+                    continue
+                offset = 0x43 if boot[0x42] == 0x29 and boot[0x52:0x57] == b"FAT32" else 0x27
+                if boot[offset - 1] != 0x29:  # no extended boot signature: no serial to set
+                    continue
+                f.seek(start + offset)
+                f.write(serial)
+                return True
+    return False
 
 
 def gitstatus(repo_root: Path, runtime: Runtime) -> str:
@@ -262,18 +320,30 @@ def gitstatus(repo_root: Path, runtime: Runtime) -> str:
 
 
 def make_platform(out: Path, files: Mapping[str, Path], os_release: str, built: float, git: str) -> Path:
-    """The Triton-style platform tarball; every file under x86_64/ that has a .hash gets one."""
+    """The Triton-style platform tarball; every file under x86_64/ that has a .hash gets one. Members are
+    in a fixed order with owner root, mode 0644 and mtime `built` (the source date), and the gzip header
+    carries `built` too."""
+    import gzip
+
     tmp = out.with_name(f".{out.name}.tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
+
+    def fixed(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = int(built), 0, 0, "root", "root"
+        info.mode = 0o644
+        return info
+
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=int(built)) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
 
         def add_bytes(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            info.mtime = int(built)
-            info.mode = 0o644
             import io
 
-            tar.addfile(info, io.BytesIO(data))
+            tar.addfile(fixed(info), io.BytesIO(data))
 
         add_bytes(
             "platform/etc/version/platform",
@@ -282,7 +352,7 @@ def make_platform(out: Path, files: Mapping[str, Path], os_release: str, built: 
         add_bytes("platform/etc/version/os-release", os_release.encode())
         add_bytes("platform/etc/version/gitstatus", git.encode())
         for name, path in files.items():
-            tar.add(path, arcname=f"platform/x86_64/{name}", recursive=False)
+            tar.add(path, arcname=f"platform/x86_64/{name}", recursive=False, filter=fixed)
             if name in ("initrd", "filesystem.squashfs"):
                 add_bytes(f"platform/x86_64/{name}.hash", (sha256_file(path) + "\n").encode())
     tmp.replace(out)
@@ -302,8 +372,12 @@ def produce(
     runtime: Runtime,
     log_file: IO[str] | None = None,
     say: Any = None,
+    epoch: int = 0,
+    seed: str = "",
 ) -> list[Path]:
-    """Write the live formats in `formats` into build_dir from the finished disk; returns the files made."""
+    """Write the live formats in `formats` into build_dir from the finished disk; returns the files made.
+    `epoch` is the build's source date (0: now, not reproducible), `seed` what the ISO's ESP serial comes
+    from (the stage ID)."""
     if not live_wanted(formats):
         return []
     made: list[Path] = []
@@ -314,18 +388,18 @@ def produce(
     squash = sq_dir / "filesystem.squashfs"
     kernel = work / "vmlinuz"
     initrd = work / "initrd"
-    built = time.time()
+    built = epoch or time.time()
     with root_tree(disk, work, runtime, log_file) as tree:
         live_fstab(tree)
         note("squashfs: the root file system")
-        make_squashfs(tree, squash, runtime, log_file)
+        make_squashfs(tree, squash, runtime, log_file, epoch)
         note("squashfs: manifest of every path")
         write_manifest(tree, sq_dir / "filesystem.manifest")
         os_release = (
             (tree / "etc" / "os-release").read_text() if (tree / "etc" / "os-release").is_file() else ""
         )
         note("live initrd: mkinitramfs with live-boot in a chroot of the image")
-        kver = live_initrd(tree, initrd, runtime, log_file)
+        kver = live_initrd(tree, initrd, runtime, log_file, epoch)
         shutil.copyfile(tree / "boot" / f"vmlinuz-{kver}", kernel)
     write_hash(squash)
     shutil.copyfile(packages_file, sq_dir / "filesystem.packages")
@@ -333,7 +407,8 @@ def produce(
     if "iso" in formats:
         note("iso: hybrid BIOS/UEFI live ISO (grub-mkrescue, xorriso)")
         iso = build_dir / f"{name}.iso"
-        made.append(make_iso(name, kernel, initrd, squash, iso, work, runtime, log_file, kernel_params))
+        made.append(make_iso(name, kernel, initrd, squash, iso, work, runtime, log_file, kernel_params,
+                             epoch=epoch, seed=seed))  # fmt: skip
         made.append(Path(f"{iso}.sha256"))
         Path(f"{iso}.sha256").write_text(sha256_file(iso))
     if "netboot" in formats:

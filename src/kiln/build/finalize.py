@@ -121,7 +121,7 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
         started = time.monotonic()
         files += formats.produce(
             qcow2, ws.temp, ws.name, wanted, ws.packages_file, ws.cfg.repo_root, ws.work / "formats",
-            kernel_params=ws.settings.extra_kernel_boot_params,
+            kernel_params=ws.settings.extra_kernel_boot_params, epoch=ws.epoch, seed=ws.ids["kubernetes"].id,
             runtime=ws.runtime, log_file=ws.log_file, say=lambda t: ws.monitor.log("finalize", t),
         )  # fmt: skip
         ws.timings["formats"] = round(time.monotonic() - started, 1)
