@@ -53,6 +53,13 @@ def test_sfdisk_writes_the_layout_to_a_file(tmp_path):
     assert pt["id"].upper() == "0F4E0C2A-7E22-4B0B-9E55-6F7C8A1B2C3D"
     got = [(p["start"], p["size"], p["type"].upper(), p["name"]) for p in pt["partitions"]]
     assert got == [(p.start, p.size, p.type_guid, p.name) for p in parts]
+    # every GUID comes from the disk's: the same script twice makes the same bytes
+    again = tmp_path / "again.raw"
+    with open(again, "wb") as f:
+        f.truncate(2048 * 1024 * 1024)
+    subprocess.run(["sfdisk", "--quiet", str(again)], input=script, text=True, check=True)
+    assert disk.read_bytes()[: 1 << 20] == again.read_bytes()[: 1 << 20]
+    assert bootstrap.disk_ids("k1") == bootstrap.disk_ids("k1") != bootstrap.disk_ids("k2")
 
 
 def _spec(**over):

@@ -21,7 +21,7 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 def _tree(tmp_path: Path) -> Path:
     tree = tmp_path / "tree"
-    for d in ("etc", "usr/sbin", "proc", "sys", "dev", "tmp"):
+    for d in ("etc/dpkg/dpkg.cfg.d", "usr/sbin", "proc", "sys", "dev", "tmp"):
         (tree / d).mkdir(parents=True)
     return tree
 
@@ -32,9 +32,11 @@ def test_prepared_puts_the_tree_back_on_every_exit(tmp_path: Path) -> None:
     work.mkdir()
     with pytest.raises(RuntimeError), chroot.prepared(tree, work) as resolv:
         assert (tree / chroot.POLICY_RC_D).read_text().endswith("exit 101\n")
+        assert "force-unsafe-io" in (tree / chroot.UNSAFE_IO).read_text()
         assert (tree / "etc/resolv.conf").is_file() and resolv.is_file()
         raise RuntimeError("a failed task")
     assert not (tree / chroot.POLICY_RC_D).exists() and not (tree / "etc/resolv.conf").exists()
+    assert not (tree / chroot.UNSAFE_IO).exists()
     # a resolv.conf the tree had, and one that was a link, come back as they were
     (tree / "etc/resolv.conf").write_text("nameserver 192.0.2.53\n")
     with chroot.prepared(tree, work):

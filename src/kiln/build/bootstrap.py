@@ -122,11 +122,21 @@ def layout(disk_size_mib: int) -> list[Partition]:
 
 
 def sfdisk_script(parts: Iterable[Partition], disk_guid: str) -> str:
-    """The sfdisk input that writes `parts` as a GPT."""
+    """The sfdisk input that writes `parts` as a GPT, every GUID derived from the disk's (sfdisk would draw
+    the partitions' at random)."""
     lines = ["label: gpt", f"label-id: {disk_guid}", "unit: sectors", ""]
     for p in parts:
-        lines.append(f"start={p.start}, size={p.size}, type={p.type_guid}, name={p.name}")
+        part_guid = uuid.uuid5(uuid.UUID(disk_guid), f"partition-{p.number}")
+        lines.append(f"start={p.start}, size={p.size}, type={p.type_guid}, uuid={part_guid}, name={p.name}")
     return "\n".join(lines) + "\n"
+
+
+def disk_ids(key: str) -> tuple[str, str, str]:
+    """(root filesystem UUID, ESP serial, disk GUID) of the base disk with cache key `key`: derived from the
+    key, so that two builds of one base from an empty cache make the same disk (never random)."""
+    space = uuid.uuid5(uuid.NAMESPACE_URL, f"https://kiln.invalid/bootstrap/{key}")
+    esp_serial = hashlib.sha256(f"{space}:esp".encode()).hexdigest()[:8].upper()
+    return str(uuid.uuid5(space, "root")), esp_serial, str(uuid.uuid5(space, "disk"))
 
 
 @dataclass(frozen=True)
@@ -293,6 +303,8 @@ def _build(
             "--format=directory",
             f"--include={','.join(spec.packages)}",
             '--customize-hook=rm -f "$1"/etc/ssh/ssh_host_*',
+            # no fsync per file: a failed or interrupted run's tree is thrown away anyway
+            "--dpkgopt=force-unsafe-io",
             spec.suite,
             str(tree),
             spec.mirror,
@@ -302,8 +314,7 @@ def _build(
         capture=False,
         tail_lines=60,
     )
-    root_uuid = str(uuid.uuid4())
-    esp_serial = uuid.uuid4().hex[:8].upper()
+    root_uuid, esp_serial, disk_guid = disk_ids(spec.key())
     esp_uuid = f"{esp_serial[:4]}-{esp_serial[4:]}"
     _customize_tree(tree, repo_root, spec, root_uuid, esp_uuid)
     kernel, initrd = _kernel_files(tree)
@@ -317,7 +328,7 @@ def _build(
         f.truncate(spec.disk_size_mib * MIB)
     proc.run(
         ["sfdisk", "--quiet", str(raw)],
-        input_text=sfdisk_script(parts, str(uuid.uuid4())),
+        input_text=sfdisk_script(parts, disk_guid),
         log_file=log_file,
         runtime=runtime,
     )

@@ -32,6 +32,9 @@ from kiln.core.runtime import Runtime
 TREE = "tree.tar.zst"  # a stage's tree in the cache: tar (numeric owners, xattrs, ACLs), zstd on every core
 CONNECTION = "community.general.chroot"
 POLICY_RC_D = "usr/sbin/policy-rc.d"
+# dpkg without an fsync per file while a stage runs (a failed stage's tree is thrown away, a finished one is
+# packed after dpkg is done); removed with policy-rc.d, so the image's dpkg is as Debian ships it
+UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/kiln-stage-unsafe-io"
 _TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 _IN_NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--"]
 
@@ -160,6 +163,9 @@ def prepared(tree: Path, work: Path) -> Iterator[Path]:
     policy.parent.mkdir(parents=True, exist_ok=True)
     policy.write_text("#!/bin/sh\n# kiln: no service starts while a stage provisions this tree\nexit 101\n")
     policy.chmod(0o755)
+    unsafe = tree / UNSAFE_IO
+    if unsafe.parent.is_dir():
+        unsafe.write_text("# kiln: while a stage provisions this tree only\nforce-unsafe-io\n")
     resolv.parent.mkdir(parents=True, exist_ok=True)
     if made_resolv or link is not None:
         resolv.write_text("")
@@ -168,6 +174,7 @@ def prepared(tree: Path, work: Path) -> Iterator[Path]:
     finally:
         kill_processes_in(tree)
         policy.unlink(missing_ok=True)
+        unsafe.unlink(missing_ok=True)
         if made_resolv:
             resolv.unlink(missing_ok=True)
         elif link is not None:
