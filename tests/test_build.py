@@ -6,6 +6,7 @@ hangs with a child standing in for QEMU); the real pipeline runs in tests/test_v
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -148,13 +149,20 @@ def _env(bin_dir: Path, out: Path) -> dict[str, str]:
     return env
 
 
-CLOUDIMG = "ubuntu-2404-cloudimg"  # no base stage: the fake packer is reached within seconds
+CLOUDIMG = "ubuntu-2404-cloudimg"  # a local image as its base: the fake packer is reached within seconds
 
 
 def _kiln_build(out: Path) -> list[str]:
+    image = (
+        out.parent / "cloud.qcow2"
+    )  # a small qcow2 stands in for the cloud image (the base stage checks it)
+    if not image.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
     return [
         sys.executable, "-m", "kiln", "build", CLOUDIMG, "--var", f"output_dir={out}",
-        "--var", "accelerator=tcg",
+        "--var", "accelerator=tcg", "--var", f"cloudimg_url={image}",
+        "--var", f"cloudimg_checksum=sha256:{digest}", "--var", f"cache_dir={out.parent / 'cache'}",
     ]  # fmt: skip
 
 

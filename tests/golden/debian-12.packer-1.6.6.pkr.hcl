@@ -17,7 +17,8 @@ source "qemu" "node" {
   memory           = 4096
   accelerator      = "tcg"
   headless         = true
-  # kiln bootstrap: the cached base disk (built by kiln.build.bootstrap), first booted with its own kernel
+  # a stage on a cached base: kiln's bootstrap disk (first booted with its own kernel) or the checked cloud
+  # image (kiln.build.cloudimg), or the previous stage's disk, through a qcow2 overlay
   iso_url          = "/kiln-cache/bootstrap/KEY/base.qcow2"
   iso_checksum     = "none"
   disk_image       = true

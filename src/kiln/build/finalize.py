@@ -55,8 +55,8 @@ def finalize_needs(ws: Workspace, disk: Output) -> int:
         making = 2 * root
     else:  # a stage disk (its backing chain in the cache) or Packer's output
         root = disk.disk.stat().st_blocks * 512 if disk.disk.exists() else 0
-        if ws.base is not None:
-            root += ws.base.disk.stat().st_blocks * 512
+        if ws.base_disk is not None and ws.base_disk.exists():
+            root += ws.base_disk.stat().st_blocks * 512
         making = 0
     from kiln.artifacts import formats
 

@@ -103,6 +103,9 @@ def check_vmware(cfg: Config, runtime: Runtime) -> None:
 
 
 def stage_base(ws: Workspace) -> None:
+    if ws.settings.install_method == "cloudimg" and _staged(ws):
+        _cloud_base(ws)
+        return
     if ws.settings.install_method != "bootstrap":
         ws.monitor.log("base", f"install_method {ws.values['install_method']}: Packer installs the OS itself")
         return
@@ -128,8 +131,29 @@ def stage_base(ws: Workspace) -> None:
     )
 
 
+def _cloud_base(ws: Workspace) -> None:
+    """A cloudimg target's base: the cloud image, downloaded once and checked (kiln.build.cloudimg)."""
+    from kiln.build import cloudimg
+
+    cache_dir = ws.cfg.path("cache_dir")
+    digest = cloudimg.resolve(ws.settings.cloudimg_url, ws.settings.cloudimg_checksum)
+    if ws.runtime.dry_run:
+        hit = cloudimg.cached(digest, cache_dir)
+        ws.monitor.log("base", f"would {'reuse' if hit else 'download and check'} the cloud image "
+                       f"{ws.settings.cloudimg_url} ({digest})")  # fmt: skip
+        ws.cloud = hit or cloudimg.CloudBase(digest.key, cache_dir / cloudimg.ROOT / digest.key, False, {})
+        return
+    stages.hold_shared(stages.use_lock(cache_dir, "base", digest.key), ws.holds)
+    ws.cloud = cloudimg.ensure(
+        ws.values, cache_dir, say=lambda t: ws.monitor.log("base", t),
+        progress=lambda done, total: ws.monitor.progress("download", done, total, "bytes"),
+        log_file=ws.log_file, runtime=ws.runtime,
+    )  # fmt: skip
+
+
 def _staged(ws: Workspace) -> bool:
-    return ws.builder == "qemu" and ws.settings.install_method == "bootstrap"
+    """Stages stacked on a cached base: bootstrap and cloudimg targets on qemu."""
+    return ws.builder == "qemu" and ws.settings.install_method in ("bootstrap", "cloudimg")
 
 
 def stage_cached(
@@ -193,11 +217,10 @@ def stage_os(ws: Workspace, runner: PackerRunner | ChrootRunner) -> None:
     """Stacked and cached on the base for bootstrap targets on qemu; otherwise the one Packer run that
     installs the OS and runs every role (the kubernetes stage then has nothing left to do)."""
     if _staged(ws):
-        base_disk = ws.base.disk if ws.base is not None else None
-        ws.disk = _output(stage_cached(ws, "os", base_disk, False, runner))
+        ws.disk = _output(stage_cached(ws, "os", ws.base_disk, False, runner))
         return
     ws.monitor.log("os", f"one Packer build ({ws.builder}): the OS and every role, goss check, sysprep")
-    ws.disk = runner.run(ws, "all", ws.base.disk if ws.base is not None else None, True)
+    ws.disk = runner.run(ws, "all", ws.base_disk, True)
 
 
 def stage_kubernetes(ws: Workspace, runner: PackerRunner | ChrootRunner) -> None:
@@ -265,6 +288,12 @@ def base_cached(cfg: Config) -> bool:
 def plan_ids(cfg: Config) -> dict[str, stages.StageId]:
     spec = base_spec(cfg)
     base_key = spec.key() if spec is not None else ""
+    if cfg.settings.install_method == "cloudimg" and cfg.settings.builder == "qemu":
+        from kiln.build import cloudimg
+
+        # the image's digest names the base (a checksum file is read here, once per run): a new image at
+        # the same URL is a new os stage
+        base_key = cloudimg.resolve(cfg.settings.cloudimg_url, cfg.settings.cloudimg_checksum).key
     return stages.stage_ids(cfg.plain(), cfg.repo_root, cfg.work_root, base_key)
 
 
@@ -350,7 +379,8 @@ def run_build(
             f"built {final} in {sum(v for k, v in ws.timings.items() if k != 'formats'):.0f}s "
             + _stage_summary(ws.timings),
         )
-        base_cached = ws.base.cached if ws.base is not None else None
+        base = ws.base or ws.cloud
+        base_cached = base.cached if base is not None else None
         return BuildResult(final, name, dict(ws.timings), base_cached, digest, reused=dict(ws.reused))
     except BaseException as exc:
         try:
@@ -362,8 +392,10 @@ def run_build(
         kept = _keep_log(log_path, out_root, name, move=not flags.keeps_output)
         if kept is not None:
             mon.log("build", f"build failed; the whole log is kept at {kept}")
-            if isinstance(exc, KilnError) and not exc.hint:
-                exc.hint = f"build log: {kept}"
+            serial = kept.with_name(kept.stem + ".serial.log")
+            where = f"build log: {kept}" + (f"; the VM's console: {serial}" if serial.is_file() else "")
+            if isinstance(exc, KilnError):
+                exc.hint = f"{exc.hint}; {where}" if exc.hint else where
         raise
     finally:
         ws.holds.close()

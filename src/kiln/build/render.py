@@ -227,6 +227,10 @@ def template_vars(
         ]
     elif c["firmware"] == "efi":
         qemuargs.append(["-bios", c["efi_firmware_code"] or OVMF])
+    if c["install_method"] == "cloudimg" and context.base_disk is not None:  # a stage on the cached image
+        if context.seed_iso is None:
+            raise InputError(f"{config.target}: a cloudimg stage needs the build context's seed_iso")
+        qemuargs.append(["-cdrom", str(context.seed_iso)])
     if c["install_method"] == "bootstrap":
         for what in ("base_disk", "seed_iso"):
             if getattr(context, what) is None:

@@ -74,14 +74,25 @@ class PackerRunner:
         ws.monitor.log(stage, f"rendered template: {rendered.template}", show=False)
         shims = str(repo / "packer" / "shims")  # qemu-img -F for Packer 1.6.6's overlays (see the shim)
         runtime = replace(ws.runtime, env={**ws.runtime.env, "PATH": f"{shims}{os.pathsep}{ws.runtime.path}"})
-        packer.build(
-            rendered.dir,
-            ws.log_path,
-            only=[ws.builder],
-            on_stage=lambda line: ws.monitor.log(stage, line),
-            flags=ws.packer_flags,
-            runtime=runtime,
-        )
+        try:
+            packer.build(
+                rendered.dir,
+                ws.log_path,
+                only=[ws.builder],
+                on_stage=lambda line: ws.monitor.log(stage, line),
+                flags=ws.packer_flags,
+                runtime=runtime,
+            )
+        except BuildError as err:
+            if "Timeout waiting for SSH" not in err.message:
+                raise
+            what = "the cloud image" if ws.settings.install_method == "cloudimg" else "the VM"
+            raise BuildError(
+                f"{stage}: {what} never answered SSH within ssh_timeout ({ws.settings.ssh_timeout}): "
+                "a disk without cloud-init (or without an SSH server) never takes the build's key from the "
+                "cidata seed",
+                hint="the VM's console shows how far it got (the serial log, kept beside the build log)",
+            ) from err
         out = rendered.outputs[ws.builder]
         if not out.disk.is_file() and not ws.runtime.dry_run:
             raise BuildError(f"{out.disk.parent}: Packer finished but wrote no {out.disk.name}")

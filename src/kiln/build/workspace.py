@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.build import bootstrap, stages
+from kiln.build import bootstrap, cloudimg, stages
 from kiln.build.packer import PackerFlags
 from kiln.build.render import Output
 from kiln.config import Config
@@ -41,6 +41,7 @@ class Workspace:
     ids: dict[str, stages.StageId]
     disk: Output | None = None  # the current stage's output disk
     base: bootstrap.BaseImage | None = None
+    cloud: cloudimg.CloudBase | None = None  # a cloudimg target's base: the checked cloud image
     timings: dict[str, float] = field(default_factory=dict)
     # shared use locks on the cache entries this build stands on, released when the build ends
     holds: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -50,6 +51,13 @@ class Workspace:
     epoch: int = 0  # source_date_epoch, resolved once: every time finalize writes is clamped to it
     signing_key: Any = None  # the provenance's signing key (kiln.artifacts.provenance), loaded once
     started: float = field(default_factory=time.time)
+
+    @property
+    def base_disk(self) -> Path | None:
+        """The disk the os stage stands on: the bootstrap base or the cloud image."""
+        if self.base is not None:
+            return self.base.disk
+        return self.cloud.disk if self.cloud is not None else None
 
     @property
     def values(self) -> Mapping[str, Any]:

@@ -131,15 +131,27 @@ TARGET: tuple[S, ...] = (
         "os",
         stage="base",
     ),
-    S("cloudimg_url", str, "", "cloudimg: URL of the cloud image (qcow2).", "os", _url, stage="base"),
+    S(
+        "cloudimg_url",
+        str,
+        "",
+        "cloudimg: URL of the cloud image (qcow2, or a raw disk), or a local path; downloaded once into the "
+        "cache and checked against cloudimg_checksum.",
+        "os",
+        _url,
+        stage="base",
+        location=True,  # the image's digest (resolved from cloudimg_checksum) is in the base's ID instead
+    ),
     S(
         "cloudimg_checksum",
         str,
         "",
-        "cloudimg: checksum of the cloud image as TYPE:HEX.",
+        "cloudimg: the image's checksum as TYPE:HEX (sha256, sha512, sha1, md5), bare HEX, or file:URL of a "
+        "SHA256SUMS/SHA512SUMS file (read for the image's file name). Required.",
         "os",
         _checksum,
         stage="base",
+        location=True,  # likewise: the resolved digest names the image, not how it was given
     ),
     S(
         "provisioner",

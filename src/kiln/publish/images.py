@@ -15,6 +15,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -409,3 +410,35 @@ def sha256_of(
     if total is not None and done != total:
         raise UploadError(f"{url}: got {done} of {total} bytes")
     return sha.hexdigest()
+
+
+def save(
+    url: str,
+    out: Path,
+    sha: Any,
+    *,
+    session: requests.Session | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float = 60.0,
+    on_progress: Callable[[int, int | None], None] | None = None,
+) -> int:
+    """Stream `url` into `out`, feeding every block to `sha` (a hashlib object); returns the bytes written.
+    A 404 or any other failure is UploadError (exit 1) naming the URL and the cause."""
+    r = _get(session or requests.Session(), url, retry or RetryPolicy(), timeout, stream=True)
+    if r is None:
+        raise UploadError(f"{url}: not found (HTTP 404)")
+    total = _total(r, 0)
+    done = 0
+    with r, out.open("wb") as dst:
+        try:
+            for block in r.iter_content(1 << 20):
+                sha.update(block)
+                dst.write(block)
+                done += len(block)
+                if on_progress:
+                    on_progress(done, total)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise UploadError(f"{url}: {net.describe(exc, url).cause} after {done} bytes") from None
+    if total is not None and done != total:
+        raise UploadError(f"{url}: got {done} of {total} bytes")
+    return done

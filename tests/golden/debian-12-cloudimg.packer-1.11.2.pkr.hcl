@@ -1,0 +1,89 @@
+# Rendered by kiln 0.1.0 for debian-12-cloudimg (Packer 1.11.2). Do not edit:
+# change config/*.json or packer/templates/ and run `kiln render debian-12-cloudimg`.
+
+packer {
+  required_version = ">= 1.7.0"
+  required_plugins {
+    qemu = {
+      version = ">= 1.1.0"
+      source  = "github.com/hashicorp/qemu"
+    }
+    vmware = {
+      version = ">= 1.0.11"
+      source  = "github.com/hashicorp/vmware"
+    }
+    ansible = {
+      version = ">= 1.1.1"
+      source  = "github.com/hashicorp/ansible"
+    }
+  }
+}
+
+source "qemu" "node" {
+  vm_name          = "debian-12-cloudimg+kube-v1.36.1.qcow2"
+  output_directory = "/kiln-build/packer-output"
+  format           = "qcow2"
+  disk_compression = true
+  disk_interface   = "virtio"
+  net_device       = "virtio-net"
+  disk_size        = "20480M"
+  cpus             = 2
+  memory           = 4096
+  accelerator      = "tcg"
+  headless         = true
+  iso_url          = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
+  iso_checksum     = "file:https://cloud.debian.org/images/cloud/bookworm/latest/SHA512SUMS"
+  disk_image       = true
+  boot_wait        = "1s"
+  cd_files         = [
+    "/kiln-build/rendered/http/cloudimg/user-data",
+    "/kiln-build/rendered/http/cloudimg/meta-data"
+  ]
+  cd_label         = "cidata"
+  qemuargs         = [
+    ["-cpu", "max"],
+    ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:2299-:22"]
+  ]
+  ssh_username         = "builder"
+  ssh_private_key_file = "/kiln-build/work/key/id_ed25519"
+  ssh_timeout          = "60m"
+  host_port_min        = 2299
+  host_port_max        = 2299
+  vnc_bind_address     = "127.0.0.1"
+  shutdown_command     = "sudo shutdown -P now"
+}
+
+
+build {
+  sources = ["source.qemu.node"]
+
+  # 1. provision: extra_roles_before, kiln's roles, extra_roles_after (ansible/playbook.yml)
+  provisioner "ansible" {
+    playbook_file    = "@REPO@/ansible/playbook.yml"
+    user             = "builder"
+    use_proxy        = false
+    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3", "ANSIBLE_CONFIG=@REPO@/ansible/ansible.cfg"]
+    extra_arguments  = ["--extra-vars", "@/kiln-build/rendered/ansible-vars.json"]
+  }
+
+  # 2. kiln:goss-check hook: the in-guest goss specs run against the build VM before sysprep; a non-zero
+  #    exit fails the build. Host/port/user come from Packer's communicator, the key is this build's key.
+  provisioner "shell-local" {
+    inline = ["kiln goss-check --host ${build.Host} --port ${build.Port} --user ${build.User} --key /kiln-build/work/key/id_ed25519 --config /kiln-build/rendered/config.json --phase build"]
+  }
+
+  # 3. sysprep: generalize the image (ansible/sysprep.yml); the build user goes at shutdown
+  provisioner "ansible" {
+    playbook_file    = "@REPO@/ansible/sysprep.yml"
+    user             = "builder"
+    use_proxy        = false
+    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=True", "ANSIBLE_SSH_RETRIES=3", "ANSIBLE_CONFIG=@REPO@/ansible/ansible.cfg"]
+    extra_arguments  = ["--extra-vars", "@/kiln-build/rendered/ansible-vars.json"]
+  }
+
+  post-processor "manifest" {
+    output      = "/kiln-build/packer-manifest.json"
+    strip_path  = true
+    custom_data = {}
+  }
+}
