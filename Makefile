@@ -53,6 +53,9 @@ K8S_STANDIN_WRAP = $(if $(filter 1,$(K8S_STANDIN)),$(VENV)/bin/python hack/k8s_s
   build-debian-12 \
   build-qemu-debian-12 \
   validate-debian-12 \
+  build-debian-12-cloudimg \
+  build-qemu-debian-12-cloudimg \
+  validate-debian-12-cloudimg \
   build-rockylinux-9 \
   build-qemu-rockylinux-9 \
   build-ova-rockylinux-9 \
@@ -91,6 +94,12 @@ build-qemu-debian-12: deps ## Build debian-12 with the qemu builder (qcow2)
 	$(KILN_ENV) $(KILN) build debian-12 --only qemu $(KILN_FLAGS)
 validate-debian-12: deps ## Render debian-12 and run the real packer validate on it
 	$(KILN_ENV) $(KILN) validate debian-12 $(PACKER_FLAGS)
+build-debian-12-cloudimg: deps ## Build debian-12-cloudimg (Debian's generic cloud image) with its default builder (qemu)
+	$(KILN_ENV) $(KILN) build debian-12-cloudimg $(KILN_FLAGS)
+build-qemu-debian-12-cloudimg: deps ## Build debian-12-cloudimg with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build debian-12-cloudimg --only qemu $(KILN_FLAGS)
+validate-debian-12-cloudimg: deps ## Render debian-12-cloudimg and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate debian-12-cloudimg $(PACKER_FLAGS)
 build-rockylinux-9: deps ## Build rockylinux-9 with its default builder (vmware-iso)
 	$(KILN_ENV) $(KILN) build rockylinux-9 $(KILN_FLAGS)
 build-qemu-rockylinux-9: deps ## Build rockylinux-9 with the qemu builder (qcow2)
@@ -148,6 +157,7 @@ RELEASE_ARGS = $(if $(GCS_BUCKET),--bucket $(GCS_BUCKET)) $(if $(KEY_FILE),--key
 .PHONY: release-all \
   release-centos-7 \
   release-debian-12 \
+  release-debian-12-cloudimg \
   release-rockylinux-9 \
   release-ubuntu-1804 \
   release-ubuntu-2004 \
@@ -158,6 +168,8 @@ release-centos-7: deps ## Build (if needed), verify and publish centos-7 to GCS 
 	$(KILN_ENV) $(KILN) release centos-7 $(RELEASE_ARGS)
 release-debian-12: deps ## Build (if needed), verify and publish debian-12 to GCS unless already published
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
+release-debian-12-cloudimg: deps ## Build (if needed), verify and publish debian-12-cloudimg to GCS unless already published
+	$(KILN_ENV) $(KILN) release debian-12-cloudimg $(RELEASE_ARGS)
 release-rockylinux-9: deps ## Build (if needed), verify and publish rockylinux-9 to GCS unless already published
 	$(KILN_ENV) $(KILN) release rockylinux-9 $(RELEASE_ARGS)
 release-ubuntu-1804: deps ## Build (if needed), verify and publish ubuntu-1804 to GCS unless already published
@@ -174,18 +186,21 @@ release-all: deps ## Release every target that builds on this machine kind (debi
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
 
 ##@ Tests
-.PHONY: test test-unit test-vm test-vm-runner lint
+.PHONY: test test-unit test-vm test-vm-runner test-cloudimg lint
 test: deps lint ## Lint, then run every test, VM builds and GCS servers included (what CI runs)
-	$(PYTEST) -v --durations=25 -m 'not vm_runner'
+	$(PYTEST) -v --durations=25 -m 'not vm_runner and not cloudimg'
 
 test-vm-runner: deps ## Build debian-12 with the VM runner too and compare it with the chroot-built image (~20 min)
 	$(PYTEST) -v -m vm_runner
+
+test-cloudimg: deps ## Build debian-12-cloudimg end to end from a locally served cloud image, boot it on BIOS and UEFI (~25 min)
+	$(PYTEST) -v -m cloudimg
 
 test-unit: deps ## Run the fast tests only (no VM)
 	$(PYTEST) -m 'not vm'
 
 test-vm: deps ## Run only the VM tests (build, boot, verify)
-	$(PYTEST) -v -m 'vm and not vm_runner'
+	$(PYTEST) -v -m 'vm and not vm_runner and not cloudimg'
 
 .PHONY: test-gcs bench-upload
 test-gcs: deps-python ## Run the GCS tests only (upload, faults, images ls/get; they start their own servers)

@@ -280,7 +280,18 @@ def base_spec(cfg: Config) -> bootstrap.BaseSpec | None:
     return bootstrap.spec_from_config(cfg, cfg.repo_root)
 
 
+def has_base(cfg: Config) -> bool:
+    """A cached base under the stages: kiln's bootstrap disk, or a cloudimg target's cloud image (qemu)."""
+    method = cfg.settings.install_method
+    return method == "bootstrap" or (method == "cloudimg" and cfg.settings.builder == "qemu")
+
+
 def base_cached(cfg: Config) -> bool:
+    if cfg.settings.install_method == "cloudimg":
+        from kiln.build import cloudimg
+
+        digest = cloudimg.resolve(cfg.settings.cloudimg_url, cfg.settings.cloudimg_checksum)
+        return has_base(cfg) and cloudimg.cached(digest, cfg.path("cache_dir")) is not None
     spec = base_spec(cfg)
     return spec is not None and bootstrap.cached(spec, cfg.path("cache_dir")) is not None
 

@@ -114,12 +114,14 @@ def _cmd_stages(args: argparse.Namespace) -> int:
         elif stage.name == "base":
             state = (
                 "no base (the OS installs in the os stage)"
-                if not pipeline.base_spec(cfg)
+                if not pipeline.has_base(cfg)
                 else ("cached" if pipeline.base_cached(cfg) else "would build")
             )
         else:
             state = "cached" if stages.lookup(cache_dir, sid.id) else "would build"
         runner = stage.runner
+        if stage.name == "base" and cfg.settings.install_method == "cloudimg":
+            runner = "download"  # the cloud image, checked and cached (kiln.build.cloudimg)
         if runner == "packer" and cfg.settings.provisioner == "chroot":  # bootstrap, qemu (config checks it)
             runner = "chroot"
         row = {"stage": stage.name, "id": sid.id, "runner": runner, "cached": stage.cached}
