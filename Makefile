@@ -6,10 +6,11 @@ VENV ?= .venv
 PYTHON ?= python3
 KILN := $(VENV)/bin/kiln
 PYTEST := $(VENV)/bin/pytest
-# apt packages kiln drives; make deps installs them (as root, or with sudo)
+# apt packages kiln drives (and apt-cacher-ng, the package cache the tests build through); make deps installs
+# them (as root, or with sudo)
 APT_PACKAGES := packer qemu-system-x86 qemu-utils ovmf xorriso mtools dosfstools fdisk \
   e2fsprogs mmdebstrap grub-pc-bin grub-efi-amd64-bin grub-common squashfs-tools ipxe-qemu openssh-client \
-  openssl ca-certificates git zsh zstd util-linux
+  openssl ca-certificates git zsh zstd util-linux apt-cacher-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ##@ Setup

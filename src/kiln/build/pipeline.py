@@ -85,6 +85,36 @@ def check_tools(values: Mapping[str, Any], runtime: Runtime) -> None:
         proc.which(tool, runtime)
 
 
+def check_package_cache(cfg: Config) -> None:
+    """`apt_cache` must answer before any stage runs: a stopped cache would otherwise show as apt timing out
+    deep in the os stage (and with disable_public_repos the cache is the only way to packages). Exit 1."""
+    import socket
+    import urllib.parse
+
+    from kiln.build import chroot
+    from kiln.core import net
+
+    url = cfg.settings.apt_cache
+    if not url:
+        return
+    seen = str(chroot.host_view(url))  # QEMU's address of the build host is this host
+    parts = urllib.parse.urlsplit(seen)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname or "", port), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        cause = net.describe(exc, seen).cause if isinstance(exc, OSError) else str(exc)
+        raise BuildError(
+            f"apt_cache {url}: {cause}",
+            hint="start the package cache, or unset apt_cache"
+            + (
+                "; disable_public_repos is on, so the cache is the build's only package source"
+                if cfg.settings.disable_public_repos
+                else ""
+            ),
+        ) from None
+
+
 def check_vmware(cfg: Config, runtime: Runtime) -> None:
     """vmware-iso needs VMware Workstation, Player or Fusion: without it, fail now (exit 2), not after
     Packer has started."""
@@ -346,6 +376,8 @@ def run_build(
     if builder == "vmware-iso":
         check_vmware(cfg, rt)
     check_tools(values, rt)
+    if not rt.dry_run:
+        check_package_cache(cfg)
     if cfg.settings.provisioner == "chroot" and not rt.dry_run:
         from kiln.build import chroot
 
