@@ -126,6 +126,10 @@ def test_each_fault_is_named_and_leaves_nothing_in_the_cache(
     with pytest.raises(InputError, match=r"not a qcow2 or raw disk image \(it starts with '<html>") as bad:
         ensure(f"{base}/page.html", f"sha256:{_sha(www / 'page.html')}")
     assert bad.value.exit_code == 2
+    iso = www / "installer.iso"  # an isohybrid installer: an MBR, and ISO 9660's CD001 at 0x8001
+    iso.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\0" * (0x8001 - 512) + b"CD001" + b"\0" * 4000)
+    with pytest.raises(InputError, match=r"an ISO 9660 image, not a cloud image"):
+        ensure(f"{base}/installer.iso", f"sha256:{_sha(iso)}")
     layered = _qcow2(www / "layered.qcow2", backing=image)
     with pytest.raises(InputError, match=r"a qcow2 with a backing file"):
         ensure(f"{base}/layered.qcow2", f"sha256:{_sha(layered)}")

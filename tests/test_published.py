@@ -147,6 +147,18 @@ def test_a_release_publishes_and_indexes_the_provenance_which_verifies_and_diffs
     c.put_small(BUCKET, f"{prefix}.intoto.jsonl", (local / f"{name}.intoto.jsonl").read_bytes())
     bad = kiln("provenance", "verify", url, "--key", str(stranger))
     assert bad.returncode == 1 and "signature check failed" in bad.stderr, bad.stdout + bad.stderr
+    # a signed statement about another image, replayed under a new name and version
+    replay = "ci/v1.35.0-0-replay/debian-12+kube-v1.35.0-0-replay"
+    c.put_small(BUCKET, f"{replay}.intoto.jsonl", (local / f"{name}.intoto.jsonl").read_bytes())
+    c.put_small(BUCKET, f"{replay}.ova", (local / f"{name}.ova").read_bytes())
+    bad = kiln("provenance", "verify", f"{server.url}/{BUCKET}/{replay}.ova", "--key", str(public))
+    assert bad.returncode == 1 and "not about this image" in bad.stderr, bad.stdout + bad.stderr
+    # a file the statement does not name (the image's own files put back as they were)
+    c.put_small(BUCKET, f"{prefix}.ova", (local / f"{name}.ova").read_bytes())
+    c.put_small(BUCKET, f"ci/v1.33.0-0-pub/iso/{name}.iso", b"an ISO nobody signed")
+    bad = kiln("provenance", "verify", f"{server.url}/{BUCKET}/ci/v1.33.0-0-pub/iso/{name}.iso", "--key",
+               str(public))  # fmt: skip
+    assert bad.returncode == 1 and "not a subject" in bad.stderr, bad.stdout + bad.stderr
     missing = kiln("provenance", "verify", f"{server.url}/{BUCKET}/ci/v9.9.9/x+kube-v9.9.9.ova", "--key",
                    str(public))  # fmt: skip
     assert missing.returncode == 1 and "no provenance published" in missing.stderr, missing.stderr

@@ -115,7 +115,7 @@ def published(url: str, say: Any = None) -> Side:
     from kiln.publish import images
 
     folder, name = images.published_image(url)
-    where = f"{folder}/{name}{provenance.SUFFIX}"
+    where = f"{folder}/{urllib.parse.quote(name)}{provenance.SUFFIX}"
     raw = images.fetch(where)
     if raw is None:
         raise InputError(f"{where}: not published; kiln diff reads a published image's provenance",
@@ -131,12 +131,21 @@ def published(url: str, say: Any = None) -> Side:
         if uri.startswith("pkg:deb/"):
             pkg, _, version = uri.split("?", 1)[0].rpartition("/")[2].partition("@")
             pkgs[pkg] = urllib.parse.unquote(version)
-    listing_url = f"{folder}/{name}{filelist.SUFFIX}"
-    text = images.fetch(listing_url)
-    files = filelist.parse(text.decode("utf-8", "replace"), listing_url) if text is not None else None
     arts = {}
     for rel, digest in provenance.subjects(stmt, where):
         arts[_kind(rel, name)] = digest
+    listing_url = f"{folder}/{urllib.parse.quote(name)}{filelist.SUFFIX}"
+    text = images.fetch(listing_url)
+    files = None
+    if text is not None:
+        import hashlib
+
+        got, want = hashlib.sha256(text).hexdigest(), arts.get(filelist.SUFFIX)
+        if got != want:  # the manifest must be the one the provenance names
+            raise InputError(
+                f"{listing_url}: sha256 {got}, but the provenance says {want or '(not a subject)'}"
+            )
+        files = filelist.parse(text.decode("utf-8", "replace"), listing_url)
     return Side(
         f"{folder}/{name}",
         pkgs,

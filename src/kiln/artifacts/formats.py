@@ -300,11 +300,16 @@ def set_efi_serial(iso: Path, serial: bytes) -> bool:
                 boot = f.read(512)
                 if boot[510:512] != b"\x55\xaa":
                     continue
-                offset = 0x43 if boot[0x42] == 0x29 and boot[0x52:0x57] == b"FAT32" else 0x27
-                if boot[offset - 1] != 0x29:  # no extended boot signature: no serial to set
+                fat32 = boot[0x42] in (0x28, 0x29) and boot[0x52:0x57] == b"FAT32"
+                offset = 0x43 if fat32 else 0x27
+                if boot[offset - 1] not in (0x28, 0x29):  # no extended boot signature: no serial to set
                     continue
                 f.seek(start + offset)
                 f.write(serial)
+                backup = int.from_bytes(boot[0x32:0x34], "little") if fat32 else 0
+                if backup not in (0, 0xFFFF):  # FAT32 keeps a copy of the boot sector
+                    f.seek(start + backup * int.from_bytes(boot[0x0B:0x0D], "little") + offset)
+                    f.write(serial)
                 return True
     return False
 

@@ -286,9 +286,13 @@ def verify_with(build_dir: Path, public: Any, key: str) -> list[str]:
 
 
 def verify_published(url: str, public_key: Path, say: Callable[[str], None] | None = None) -> list[str]:
-    """The same checks on a published image, from the URL of any of its files: the envelope beside it,
-    its signature, then each subject that was published, streamed and hashed (subjects a release did not
-    publish, such as a qcow2 left out, are listed as not checked). At least one subject must check."""
+    """The same checks on a published image, from the URL of any of its files: the envelope beside it and
+    its signature; that the statement is about this image (every subject is a file of NAME, built for the
+    Kubernetes version the folder and NAME say); then each subject that was published, streamed and hashed.
+    Subjects a release did not publish (a qcow2 left out) are listed as not checked, but the file the URL
+    names must be a subject and must check."""
+    import urllib.parse
+
     from kiln.publish import images, upload
 
     public = load_public_key(public_key)
@@ -299,13 +303,23 @@ def verify_published(url: str, public_key: Path, say: Callable[[str], None] | No
         raise VerifyError(f"{where}: no provenance published beside {url}")
     env, stmt, payload = parse(text.decode("utf-8", "replace"), where)
     checked = [check_signature(env, payload, public, where, str(public_key))]
-    found = 0
+    config = ((stmt.get("predicate") or {}).get("buildDefinition") or {}).get("externalParameters") or {}
+    semver = str((config.get("config") or {}).get("kubernetes_semver") or "")
+    version = folder.rsplit("/", 1)[-1]
+    if not semver or not name.endswith(f"+kube-{semver}") or (version.startswith("v") and version != semver):
+        raise VerifyError(
+            f"{where}: built for Kubernetes {semver or '(none)'}, published as {name} under {version}/: "
+            "the statement is not about this image"
+        )
+    named = upload.local_file(name, urllib.parse.unquote(url[len(folder) + 1 :]))
+    wanted = {named} if named is not None and not named.endswith(SUFFIX) else set()
     for rel, want in subjects(stmt, where):
         obj = upload.object_file(name, rel)
         if obj is None:
-            checked.append(f"{rel}: not a kind kiln publishes; not checked")
-            continue
-        target = f"{folder}/{obj}"
+            raise VerifyError(
+                f"{where}: subject {inputs.clip(rel)} is not a file of {name} that kiln publishes"
+            )
+        target = f"{folder}/{urllib.parse.quote(obj)}"
         if say:
             say(f"hashing {target}")
         got = images.sha256_of(target)
@@ -314,9 +328,12 @@ def verify_published(url: str, public_key: Path, say: Callable[[str], None] | No
             continue
         if got != want:
             raise VerifyError(f"{target}: digest check failed: sha256 {got}, the provenance says {want}")
-        found += 1
+        wanted.discard(rel)
         checked.append(f"{rel}: sha256 ok ({target})")
-    if not found:
+    if wanted:
+        raise VerifyError(f"{url}: not a subject of {where} (or not published): the provenance does "
+                          "not vouch for it")  # fmt: skip
+    if len(checked) == 1 or all(line.endswith("not checked") for line in checked[1:]):
         count = len(stmt["subject"])
         raise VerifyError(f"{where}: none of its {count} subjects is published under {folder}/")
     return checked

@@ -41,7 +41,7 @@ from kiln.core.runtime import Runtime
 log = logging.getLogger(__name__)
 
 # kiln's bootstrap code version: bump whenever this module changes what ends up on the base disk.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: disk, partition and filesystem ids derived from the key, not random
 
 SECTOR = 512
 MIB = 1024 * 1024
@@ -303,8 +303,10 @@ def _build(
             "--format=directory",
             f"--include={','.join(spec.packages)}",
             '--customize-hook=rm -f "$1"/etc/ssh/ssh_host_*',
-            # no fsync per file: a failed or interrupted run's tree is thrown away anyway
+            # no fsync per file: a failed or interrupted run's tree is thrown away anyway. mmdebstrap keeps
+            # --dpkgopt options in the tree (dpkg.cfg.d/99mmdebstrap): the hook takes it out again
             "--dpkgopt=force-unsafe-io",
+            '--customize-hook=rm -f "$1"/etc/dpkg/dpkg.cfg.d/99mmdebstrap',
             spec.suite,
             str(tree),
             spec.mirror,

@@ -220,7 +220,11 @@ def _download(url: str, out: Path, digest: Digest, progress: Callable[[int, int 
     done = 0
     if local is not None:
         try:
-            with local.open("rb") as src, out.open("wb") as dst:
+            src = local.open("rb")
+        except OSError as exc:
+            raise InputError(f"cloudimg_url: {local}: {exc.strerror or exc}") from None
+        try:
+            with src, out.open("wb") as dst:
                 while block := src.read(1 << 20):
                     sha.update(block)
                     dst.write(block)
@@ -228,7 +232,9 @@ def _download(url: str, out: Path, digest: Digest, progress: Callable[[int, int 
                     if progress:
                         progress(done, None)
         except OSError as exc:
-            raise InputError(f"cloudimg_url: {local}: {exc.strerror or exc}") from None
+            raise BuildError(
+                f"{out}: copying {local} into the cache failed ({exc.strerror or exc})"
+            ) from None
     else:
         try:
             done = images.save(url, out, sha, on_progress=progress)
@@ -263,7 +269,17 @@ def _kind(path: Path, url: str, runtime: Runtime) -> str:
                 f"cloudimg_url: {url}: a qcow2 with a backing file ({clip(info['backing-filename'])}); "
                 "kiln takes standalone images only"
             )
+        data_file = ((info.get("format-specific") or {}).get("data") or {}).get("data-file")
+        if data_file:  # an external data file would open a host file to the build VM, as a backing file would
+            raise InputError(f"cloudimg_url: {url}: a qcow2 with an external data file ({clip(data_file)}); "
+                             "kiln takes standalone images only")  # fmt: skip
         return "qcow2"
+    with path.open("rb") as f:
+        f.seek(0x8001)
+        iso9660 = f.read(5) == b"CD001"
+    if iso9660:  # an installer ISO (isohybrid ones carry an MBR too) is not a cloud image
+        raise InputError(f"cloudimg_url: {url}: an ISO 9660 image, not a cloud image's disk",
+                         hint="install_method installer takes ISOs (iso_url)")  # fmt: skip
     if len(head) >= 1024 and (head[510:512] == b"\x55\xaa" or head[512:520] == b"EFI PART"):
         return "raw"
     shown = head[:16].decode("latin-1").encode("unicode_escape").decode()

@@ -349,7 +349,10 @@ def _base_entries(cache_dir: Path) -> list[Record]:
         size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
         used = info_path.stat().st_mtime
         suite = str(info.get("suite", "")) if isinstance(info, dict) else ""
-        out.append(Record(entry.name, "base", "", f"bootstrap {suite}".strip(), "", size, used, used, {}))
+        label = (
+            str(info.get("label") or f"bootstrap {suite}".strip()) if isinstance(info, dict) else "bootstrap"
+        )
+        out.append(Record(entry.name, "base", "", label, "", size, used, used, {}))
     return out
 
 

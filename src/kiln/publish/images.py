@@ -22,7 +22,7 @@ import requests
 from kiln.config.validators import unprintable, url_problem
 from kiln.core import net
 from kiln.core.builddir import sha256_file
-from kiln.core.errors import InputError, UploadError
+from kiln.core.errors import BuildError, InputError, UploadError
 from kiln.core.inputs import clip
 from kiln.publish.bucket import CHANNELS, OBJECT_RE, channel_for
 from kiln.publish.gcs import RETRYABLE_STATUS, Client, RetryPolicy
@@ -312,7 +312,7 @@ def names_published(text: str) -> bool:
     path) rather than a local build directory (which wins when it exists)."""
     if "://" in text:
         return True
-    return not Path(text).is_dir() and text.endswith(_TOP)
+    return not Path(text).is_dir() and text.endswith((*_TOP, ".iso", ".platform.tgz"))
 
 
 def published_image(url: str) -> tuple[str, str]:
@@ -373,10 +373,13 @@ def fetch(
         return None
     with r:
         data = bytearray()
-        for block in r.iter_content(BLOCK):
-            data += block
-            if len(data) > max_bytes:
-                raise UploadError(f"{url}: larger than {max_bytes} bytes; not a record kiln publishes")
+        try:
+            for block in r.iter_content(BLOCK):
+                data += block
+                if len(data) > max_bytes:
+                    raise UploadError(f"{url}: larger than {max_bytes} bytes; not a record kiln publishes")
+        except requests.RequestException as exc:
+            raise UploadError(f"{url}: {net.describe(exc, url).cause} after {len(data)} bytes") from None
     return bytes(data)
 
 
@@ -404,7 +407,7 @@ def sha256_of(
                 done += len(block)
                 if on_progress:
                     on_progress(done, total)
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.RequestException as exc:
             cause = net.describe(exc, url).cause
             raise UploadError(f"{url}: {cause} after {done} bytes; run it again") from None
     if total is not None and done != total:
@@ -429,16 +432,19 @@ def save(
         raise UploadError(f"{url}: not found (HTTP 404)")
     total = _total(r, 0)
     done = 0
-    with r, out.open("wb") as dst:
-        try:
-            for block in r.iter_content(1 << 20):
-                sha.update(block)
-                dst.write(block)
-                done += len(block)
-                if on_progress:
-                    on_progress(done, total)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise UploadError(f"{url}: {net.describe(exc, url).cause} after {done} bytes") from None
+    try:
+        with r, out.open("wb") as dst:
+            try:
+                for block in r.iter_content(1 << 20):
+                    sha.update(block)
+                    dst.write(block)
+                    done += len(block)
+                    if on_progress:
+                        on_progress(done, total)
+            except requests.RequestException as exc:
+                raise UploadError(f"{url}: {net.describe(exc, url).cause} after {done} bytes") from None
+    except OSError as exc:
+        raise BuildError(f"{out}: could not write the download ({exc.strerror or exc})") from None
     if total is not None and done != total:
         raise UploadError(f"{url}: got {done} of {total} bytes")
     return done

@@ -123,8 +123,12 @@ def plan(configs: Sequence[Config], client: Client, bucket: str, channel: str | 
     for cfg in configs:
         semver = cfg.settings.kubernetes_semver
         ch = channel_for(semver, channel)
-        digest = build.input_hash(cfg)
         name = cfg.artifact_name
+        try:  # a cloudimg target reads its checksum file here: one unreachable source fails its entry only
+            digest = build.input_hash(cfg)
+        except KilnError as err:
+            entries.append(Entry(cfg.target, semver, "", ch, "failed", name, err.message.splitlines()[0]))
+            continue
         done = _published(client, bucket, index, name, ch, semver, digest)
         entries.append(Entry(cfg.target, semver, digest, ch, "published" if done else "build", name))
     return entries
@@ -204,6 +208,9 @@ def run(
     entries = plan(configs, client, bucket, channel)
     by_name = {cfg.artifact_name: cfg for cfg in configs}
     for entry in entries:
+        if entry.status == "failed":  # planning it failed (kiln.publish.release.plan said why)
+            mon.log("release", f"{entry.name}: FAILED: {entry.detail}")
+            continue
         if entry.status == "published":
             mon.log(
                 "release", f"{entry.name}: published with input hash {entry.input_hash[:12]}; nothing to do"

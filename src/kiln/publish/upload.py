@@ -91,8 +91,24 @@ def files_of(bd: BuildDir, kind: str) -> list[tuple[Path, str]]:
 
 
 def object_file(name: str, local: str) -> str | None:
-    """The object file name (under CHANNEL/VERSION/) a file of build NAME is published as, if any."""
-    return next((obj for files in layout(name).values() for rel, obj in files if rel == local), None)
+    """The object file name (under CHANNEL/VERSION/) a file of build NAME is published as, if any (an
+    artifact's .sha256 sidecar goes beside the artifact's object)."""
+    pairs = [pair for files in layout(name).values() for pair in files]
+    found = next((obj for rel, obj in pairs if rel == local), None)
+    if found is None and local.endswith(".sha256"):
+        base = next((obj for rel, obj in pairs if rel == local[: -len(".sha256")]), None)
+        found = base + ".sha256" if base is not None else None
+    return found
+
+
+def local_file(name: str, obj: str) -> str | None:
+    """The file in the build dir that object file name `obj` (under CHANNEL/VERSION/) was published from."""
+    pairs = [pair for files in layout(name).values() for pair in files]
+    found = next((rel for rel, o in pairs if o == obj), None)
+    if found is None and obj.endswith(".sha256"):
+        base = next((rel for rel, o in pairs if o == obj[: -len(".sha256")]), None)
+        found = base + ".sha256" if base is not None else None
+    return found
 
 
 def available(bd: BuildDir) -> tuple[str, ...]:
