@@ -33,6 +33,11 @@ def golden_context(config_: config.Config) -> render.BuildContext:
     extra: dict[str, object] = {}
     if config_.get("install_method") == "bootstrap":
         extra = {"base_disk": Path("/kiln-cache/bootstrap/KEY/base.qcow2"), "seed_iso": work / "seed.iso"}
+    if config_.get("install_method") == "cloudimg":  # a build's stages boot the cached, checked image
+        extra = {
+            "base_disk": Path("/kiln-cache/bootstrap/cloudimg-KEY/base.qcow2"),
+            "seed_iso": work / "seed.iso",
+        }
     return render.BuildContext(
         ssh_private_key_file=work / "key" / "id_ed25519",
         ssh_public_key=PUBLIC_KEY,
@@ -84,8 +89,9 @@ def test_sources_follow_install_method() -> None:
     debian = rendered_text("debian-12", (1, 6, 6))
     assert 'source "vmware-iso"' not in debian
     assert "disk_image       = true" in debian and '"-cdrom", "/kiln-build/work/seed.iso"' in debian
-    cloud = rendered_text("ubuntu-2404-cloudimg", (1, 6, 6))
-    assert 'cd_label         = "cidata"' in cloud and "/kiln-build/rendered/http/cloudimg/user-data" in cloud
+    cloud = rendered_text("ubuntu-2404-cloudimg", (1, 6, 6))  # a stage on the cached, checked cloud image
+    assert 'iso_url          = "/kiln-cache/bootstrap/cloudimg-KEY/base.qcow2"' in cloud
+    assert '"-cdrom", "/kiln-build/work/seed.iso"' in cloud and "use_backing_file" in cloud
 
 
 def test_goss_hook_and_manifest() -> None:

@@ -28,7 +28,7 @@ WINGS: dict[str, set[str]] = {
     "vm": {"core", "config", "artifacts"},
     "goss": {"core", "config", "vm"},
     "build": {"core", "config", "artifacts", "vm", "goss"},
-    "publish": {"core", "config", "build"},
+    "publish": {"core", "config", "artifacts", "build"},  # artifacts: the layout and provenance it publishes
     "cli": {"core", "config", "artifacts", "vm", "goss", "build", "publish"},
 }
 MAX_LINES = 600

@@ -17,17 +17,16 @@ source "qemu" "node" {
   memory           = 4096
   accelerator      = "tcg"
   headless         = true
-  iso_url          = "https://cloud-images.ubuntu.com/releases/24.04/release/ubuntu-24.04-server-cloudimg-amd64.img"
-  iso_checksum     = "sha256:b63f266fa4bdf146dea5b0938fceac694cb3393688fb12a048ba2fc72e7bfe1b"
+  # a stage on a cached base: kiln's bootstrap disk (first booted with its own kernel) or the checked cloud
+  # image (kiln.build.cloudimg), or the previous stage's disk, through a qcow2 overlay
+  iso_url          = "/kiln-cache/bootstrap/cloudimg-KEY/base.qcow2"
+  iso_checksum     = "none"
   disk_image       = true
-  boot_wait        = "1s"
-  cd_files         = [
-    "/kiln-build/rendered/http/cloudimg/user-data",
-    "/kiln-build/rendered/http/cloudimg/meta-data"
-  ]
-  cd_label         = "cidata"
+  use_backing_file = false
+  boot_wait        = "1s"  # no boot menu to wait for: the disk boots straight away
   qemuargs         = [
     ["-cpu", "max"],
+    ["-cdrom", "/kiln-build/work/seed.iso"],
     ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:2299-:22"]
   ]
   ssh_username         = "builder"

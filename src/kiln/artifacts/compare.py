@@ -111,12 +111,12 @@ def local(build: BuildDir) -> Side:
 def published(url: str, say: Any = None) -> Side:
     """A published image, from the URL of any of its files: its provenance's resolved config, package set
     (purls) and subjects' digests, and the file manifest published beside it."""
-    from kiln.artifacts import provenance
-    from kiln.publish import images
+    from kiln.artifacts import layout, provenance
+    from kiln.core import fetch
 
-    folder, name = images.published_image(url)
+    folder, name = layout.published_image(url)
     where = f"{folder}/{urllib.parse.quote(name)}{provenance.SUFFIX}"
-    raw = images.fetch(where)
+    raw = fetch.fetch(where)
     if raw is None:
         raise InputError(f"{where}: not published; kiln diff reads a published image's provenance",
                          hint="`kiln release` publishes NAME.intoto.jsonl beside each image")  # fmt: skip
@@ -135,7 +135,7 @@ def published(url: str, say: Any = None) -> Side:
     for rel, digest in provenance.subjects(stmt, where):
         arts[_kind(rel, name)] = digest
     listing_url = f"{folder}/{urllib.parse.quote(name)}{filelist.SUFFIX}"
-    text = images.fetch(listing_url)
+    text = fetch.fetch(listing_url)
     files = None
     if text is not None:
         import hashlib
@@ -259,13 +259,3 @@ def render(result: dict[str, Any], limit: int = 40) -> str:
     )
     lines.append("equal" if equal(result) else "different")
     return "\n".join(lines)
-
-
-def open_side(text: str, base_url: str, bucket: str) -> Side:
-    """A build directory, or a published image: a URL, gs://BUCKET/PATH, CHANNEL/VERSION/FILE or
-    NAME+kube-VERSION.ova (kiln.publish.images.resolve_url) naming any of its files."""
-    from kiln.publish import images
-
-    if not images.names_published(text):
-        return local(BuildDir.open(Path(text)))
-    return published(images.resolve_url(text, base_url, bucket))

@@ -293,12 +293,13 @@ def verify_published(url: str, public_key: Path, say: Callable[[str], None] | No
     names must be a subject and must check."""
     import urllib.parse
 
-    from kiln.publish import images, upload
+    from kiln.artifacts import layout
+    from kiln.core import fetch
 
     public = load_public_key(public_key)
-    folder, name = images.published_image(url)
+    folder, name = layout.published_image(url)
     where = f"{folder}/{name}{SUFFIX}"
-    text = images.fetch(where)
+    text = fetch.fetch(where)
     if text is None:
         raise VerifyError(f"{where}: no provenance published beside {url}")
     env, stmt, payload = parse(text.decode("utf-8", "replace"), where)
@@ -311,10 +312,10 @@ def verify_published(url: str, public_key: Path, say: Callable[[str], None] | No
             f"{where}: built for Kubernetes {semver or '(none)'}, published as {name} under {version}/: "
             "the statement is not about this image"
         )
-    named = upload.local_file(name, urllib.parse.unquote(url[len(folder) + 1 :]))
+    named = layout.local_file(name, urllib.parse.unquote(url[len(folder) + 1 :]))
     wanted = {named} if named is not None and not named.endswith(SUFFIX) else set()
     for rel, want in subjects(stmt, where):
-        obj = upload.object_file(name, rel)
+        obj = layout.object_file(name, rel)
         if obj is None:
             raise VerifyError(
                 f"{where}: subject {inputs.clip(rel)} is not a file of {name} that kiln publishes"
@@ -322,7 +323,7 @@ def verify_published(url: str, public_key: Path, say: Callable[[str], None] | No
         target = f"{folder}/{urllib.parse.quote(obj)}"
         if say:
             say(f"hashing {target}")
-        got = images.sha256_of(target)
+        got = fetch.sha256_of(target)
         if got is None:
             checked.append(f"{rel}: not published ({target}); not checked")
             continue

@@ -97,7 +97,7 @@ def resolve(url: str, checksum: str) -> Digest:
 
 
 def _from_file(url: str, sums_url: str) -> Digest:
-    from kiln.publish import images
+    from kiln.core import fetch
 
     name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
     local = _local_path(sums_url)
@@ -108,7 +108,7 @@ def _from_file(url: str, sums_url: str) -> Digest:
             raise InputError(f"cloudimg_checksum: {local}: {exc.strerror or exc}") from None
     else:
         try:
-            raw = images.fetch(sums_url, max_bytes=4 << 20, timeout=30.0)
+            raw = fetch.fetch(sums_url, max_bytes=4 << 20, timeout=30.0)
         except UploadError as err:
             raise UploadError(f"cloudimg_checksum: {err.message}") from None
     if raw is None:
@@ -213,7 +213,7 @@ def _used(base: CloudBase) -> CloudBase:
 
 def _download(url: str, out: Path, digest: Digest, progress: Callable[[int, int | None], None] | None) -> int:
     """Stream `url` into `out`, hashing as it goes; BuildError (exit 1) when the digest differs."""
-    from kiln.publish import images
+    from kiln.core import fetch
 
     local = _local_path(url)
     sha = hashlib.new(digest.algorithm)
@@ -237,7 +237,7 @@ def _download(url: str, out: Path, digest: Digest, progress: Callable[[int, int 
             ) from None
     else:
         try:
-            done = images.save(url, out, sha, on_progress=progress)
+            done = fetch.save(url, out, sha, on_progress=progress)
         except UploadError as err:
             raise UploadError(f"cloudimg_url: {err.message}") from None
     if sha.hexdigest() != digest.hex:

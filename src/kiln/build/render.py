@@ -437,7 +437,10 @@ def placeholder_context(
     pair = generate_keypair(work_dir / "key", comment="kiln-placeholder")
     key, public = pair.private_key, pair.public_line
     stand_ins: dict[str, Path] = {}
-    if config.get("install_method") == "bootstrap":
+    # what a build runs: its stages boot the cached base (the bootstrap disk, or the checked cloud image)
+    if config.get("install_method") == "bootstrap" or (
+        config.get("install_method") == "cloudimg" and config.get("builder") == "qemu"
+    ):
         for what, name in (("base_disk", "base.qcow2"), ("seed_iso", "seed.iso")):
             path = work_dir / name
             path.touch()

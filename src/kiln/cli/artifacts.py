@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from kiln.cli.base import command
 from kiln.core.errors import EXIT_FAILED, EXIT_OK
@@ -57,6 +58,18 @@ def _published_options(p: argparse.ArgumentParser) -> None:
                    "(default: $KILN_GCS_BUCKET, else capv-images)")  # fmt: skip
 
 
+def _side(text: str, args: argparse.Namespace) -> Any:
+    """A build directory, or a published image: a URL, gs://BUCKET/PATH, CHANNEL/VERSION/FILE or
+    NAME+kube-VERSION.ova (kiln.publish.images.resolve_url) naming any of its files."""
+    from kiln.artifacts import compare, layout
+    from kiln.core.builddir import BuildDir
+    from kiln.publish import images
+
+    if not layout.names_published(text):
+        return compare.local(BuildDir.open(Path(text)))
+    return compare.published(images.resolve_url(text, args.base_url, _bucket(args)))
+
+
 def _bucket(args: argparse.Namespace) -> str:
     from kiln.cli.publish import _bucket as bucket
 
@@ -66,8 +79,7 @@ def _bucket(args: argparse.Namespace) -> str:
 def _cmd_diff(args: argparse.Namespace) -> int:
     from kiln.artifacts import compare
 
-    bucket = _bucket(args)
-    a, b = (compare.open_side(x, args.base_url, bucket) for x in (args.a, args.b))
+    a, b = (_side(x, args) for x in (args.a, args.b))
     result = compare.diff(a, b)
     if args.json:
         print(json.dumps({**result, "equal": compare.equal(result)}, indent=2, sort_keys=True))
@@ -77,11 +89,11 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_provenance_verify(args: argparse.Namespace) -> int:
-    from kiln.artifacts import provenance
+    from kiln.artifacts import layout, provenance
     from kiln.publish import images
 
     where = args.build_dir
-    if not images.names_published(where):
+    if not layout.names_published(where):
         lines = provenance.verify(Path(where), args.key)
     else:
         url = images.resolve_url(where, args.base_url, _bucket(args))

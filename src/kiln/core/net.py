@@ -7,6 +7,7 @@ worth a retry, as are 408, 429 and 5xx answers (the callers' RETRYABLE_STATUS).
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 import urllib.parse
@@ -73,3 +74,26 @@ def describe(exc: BaseException, url: str) -> Failure:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
+
+
+class _Retryable:
+    """`status in RETRYABLE_STATUS`: 408, 429 and every 5xx but 501 (what GCS documents as retryable)."""
+
+    def __contains__(self, status: object) -> bool:
+        return isinstance(status, int) and (status in (408, 429) or (500 <= status <= 599 and status != 501))
+
+
+RETRYABLE_STATUS = _Retryable()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: attempt n waits up to min(maximum, initial * multiplier**n)."""
+
+    attempts: int = 8
+    initial: float = 0.5
+    maximum: float = 20.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0.5, 1.0) * min(self.maximum, self.initial * self.multiplier**attempt)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 import urllib.parse
@@ -27,21 +26,13 @@ import requests
 
 from kiln.core import inputs, net
 from kiln.core.errors import InputError, Interrupted, UploadError
+from kiln.core.net import RETRYABLE_STATUS, RetryPolicy  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 
-
-class _Retryable:
-    """`status in RETRYABLE_STATUS`: 408, 429 and every 5xx but 501 (what GCS documents as retryable)."""
-
-    def __contains__(self, status: object) -> bool:
-        return isinstance(status, int) and (status in (408, 429) or (500 <= status <= 599 and status != 501))
-
-
-RETRYABLE_STATUS = _Retryable()
 
 # A multiple of 256 KiB, as resumable uploads require. Chunks are streamed from the file, so a large one
 # costs no memory, and fewer chunks mean fewer round trips (512 MiB to fake-gcs-server: 3-5 s in 512 MiB
@@ -56,19 +47,6 @@ class NoCredentials(InputError):
 
 class PreconditionFailed(UploadError):
     """The server refused a write because the object's generation was not the expected one (HTTP 412)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter: attempt n waits up to min(maximum, initial * multiplier**n)."""
-
-    attempts: int = 8
-    initial: float = 0.5
-    maximum: float = 20.0
-    multiplier: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0.5, 1.0) * min(self.maximum, self.initial * self.multiplier**attempt)
 
 
 @dataclass(frozen=True)

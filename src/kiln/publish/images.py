@@ -15,14 +15,13 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import requests
 
 from kiln.config.validators import unprintable, url_problem
 from kiln.core import net
 from kiln.core.builddir import sha256_file
-from kiln.core.errors import BuildError, InputError, UploadError
+from kiln.core.errors import InputError, UploadError
 from kiln.core.inputs import clip
 from kiln.publish.bucket import CHANNELS, OBJECT_RE, channel_for
 from kiln.publish.gcs import RETRYABLE_STATUS, Client, RetryPolicy
@@ -300,151 +299,3 @@ def _total(r: requests.Response, offset: int) -> int | None:
 def _starts_at(r: requests.Response, offset: int) -> bool:
     m = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
     return bool(m and int(m.group(1)) == offset)
-
-
-# what follows NAME in the file name of a published record or image, at the version folder's top level
-_TOP = (".ova", ".qcow2", ".packages", ".spdx.json", ".intoto.jsonl", ".files.jsonl", ".packer-manifest.json",
-        ".ova.sha256", ".qcow2.sha256")  # fmt: skip
-
-
-def names_published(text: str) -> bool:
-    """Whether a command-line word names a published image (a URL, gs://..., or a published file's name or
-    path) rather than a local build directory (which wins when it exists)."""
-    if "://" in text:
-        return True
-    return not Path(text).is_dir() and text.endswith((*_TOP, ".iso", ".platform.tgz"))
-
-
-def published_image(url: str) -> tuple[str, str]:
-    """(version folder URL, NAME) of the image a published file's URL belongs to: any of its top-level
-    files (NAME.ova, NAME.intoto.jsonl, ...), its ISO (iso/NAME.iso) or platform tarball."""
-    folder = url.rpartition("/")[0]
-    name = file_name_of(url)
-    for sub, suffix in (("/iso", ".iso"), ("/platform", ".platform.tgz")):
-        if folder.endswith(sub) and name.endswith(suffix):
-            return folder[: -len(sub)], name[: -len(suffix)]
-    for suffix in sorted(_TOP, key=len, reverse=True):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return folder, name[: -len(suffix)]
-    raise InputError(
-        f"{clip(url)}: not the URL of a published image's file",
-        hint="give the URL of its NAME.ova, NAME.qcow2 or NAME.intoto.jsonl",
-    )
-
-
-def _get(
-    s: requests.Session, url: str, retry: RetryPolicy, timeout: float, stream: bool = False
-) -> requests.Response | None:
-    """GET with kiln's retry rules; None for 404, UploadError (exit 1) for anything else that fails."""
-    problem = ""
-    for attempt in range(retry.attempts):
-        try:
-            r = s.get(url, timeout=(net.CONNECT_TIMEOUT, timeout), stream=stream)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            failure = net.describe(exc, url)
-            if not failure.retryable:
-                raise UploadError(f"{url}: {failure.cause}") from None
-            problem = failure.cause
-        else:
-            if r.status_code == 200:
-                return r
-            r.close()
-            if r.status_code == 404:
-                return None
-            if r.status_code not in RETRYABLE_STATUS:
-                raise UploadError(f"{url}: HTTP {r.status_code}")
-            problem = f"HTTP {r.status_code}"
-        if attempt + 1 < retry.attempts:
-            time.sleep(retry.delay(attempt))
-    raise UploadError(f"{url}: giving up after {retry.attempts} attempts (last: {problem})")
-
-
-def fetch(
-    url: str,
-    *,
-    session: requests.Session | None = None,
-    retry: RetryPolicy | None = None,
-    timeout: float = 60.0,
-    max_bytes: int = 256 << 20,
-) -> bytes | None:
-    """A small published file's bytes (a record: provenance, file manifest, package list); None if absent."""
-    r = _get(session or requests.Session(), url, retry or RetryPolicy(), timeout, stream=True)
-    if r is None:
-        return None
-    with r:
-        data = bytearray()
-        try:
-            for block in r.iter_content(BLOCK):
-                data += block
-                if len(data) > max_bytes:
-                    raise UploadError(f"{url}: larger than {max_bytes} bytes; not a record kiln publishes")
-        except requests.RequestException as exc:
-            raise UploadError(f"{url}: {net.describe(exc, url).cause} after {len(data)} bytes") from None
-    return bytes(data)
-
-
-def sha256_of(
-    url: str,
-    *,
-    session: requests.Session | None = None,
-    retry: RetryPolicy | None = None,
-    timeout: float = 60.0,
-    on_progress: Callable[[int, int | None], None] | None = None,
-) -> str | None:
-    """The SHA-256 of a published object's bytes, streamed (nothing is stored); None if it is absent."""
-    import hashlib
-
-    r = _get(session or requests.Session(), url, retry or RetryPolicy(), timeout, stream=True)
-    if r is None:
-        return None
-    sha = hashlib.sha256()
-    total = _total(r, 0)
-    done = 0
-    with r:
-        try:
-            for block in r.iter_content(1 << 20):
-                sha.update(block)
-                done += len(block)
-                if on_progress:
-                    on_progress(done, total)
-        except requests.RequestException as exc:
-            cause = net.describe(exc, url).cause
-            raise UploadError(f"{url}: {cause} after {done} bytes; run it again") from None
-    if total is not None and done != total:
-        raise UploadError(f"{url}: got {done} of {total} bytes")
-    return sha.hexdigest()
-
-
-def save(
-    url: str,
-    out: Path,
-    sha: Any,
-    *,
-    session: requests.Session | None = None,
-    retry: RetryPolicy | None = None,
-    timeout: float = 60.0,
-    on_progress: Callable[[int, int | None], None] | None = None,
-) -> int:
-    """Stream `url` into `out`, feeding every block to `sha` (a hashlib object); returns the bytes written.
-    A 404 or any other failure is UploadError (exit 1) naming the URL and the cause."""
-    r = _get(session or requests.Session(), url, retry or RetryPolicy(), timeout, stream=True)
-    if r is None:
-        raise UploadError(f"{url}: not found (HTTP 404)")
-    total = _total(r, 0)
-    done = 0
-    try:
-        with r, out.open("wb") as dst:
-            try:
-                for block in r.iter_content(1 << 20):
-                    sha.update(block)
-                    dst.write(block)
-                    done += len(block)
-                    if on_progress:
-                        on_progress(done, total)
-            except requests.RequestException as exc:
-                raise UploadError(f"{url}: {net.describe(exc, url).cause} after {done} bytes") from None
-    except OSError as exc:
-        raise BuildError(f"{out}: could not write the download ({exc.strerror or exc})") from None
-    if total is not None and done != total:
-        raise UploadError(f"{url}: got {done} of {total} bytes")
-    return done

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import google_crc32c
 
+from kiln.artifacts.layout import KINDS, RECORDS, files_of, layout, local_file, object_file  # noqa: F401
 from kiln.config.settings import BY_NAME
-from kiln.core.builddir import MANIFEST, BuildDir
+from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError, Interrupted, UploadError
 from kiln.core.inputs import human
 from kiln.core.progress import Monitor
@@ -46,69 +47,6 @@ DEFAULT_BUCKET = str(BY_NAME["gcs_bucket"].default)  # the settings table holds 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 HASH_BUFFER = 8 * 1024 * 1024
 DEFAULT_ARTIFACTS = ("ova",)
-
-
-def layout(name: str) -> dict[str, list[tuple[str, str]]]:
-    """Artifact kind -> [(file in the build dir, object file name under CHANNEL/VERSION/)] for build NAME.
-
-    Names are prefixed with NAME so that builds of several OSes for one Kubernetes version share a version
-    folder without clashing; the live formats get a folder per format, as epoxy-images deploys them."""
-    return {
-        "ova": [(f"{name}.ova",) * 2],
-        "qcow2": [(f"{name}.qcow2",) * 2],
-        "packages": [(f"{name}.packages",) * 2],
-        "sbom": [(f"{name}.spdx.json",) * 2],
-        "provenance": [(f"{name}.intoto.jsonl",) * 2],  # the signed provenance (kiln.artifacts.provenance)
-        "files": [(f"{name}.files.jsonl",) * 2],  # the root's file manifest (kiln.artifacts.filelist)
-        "manifest": [(MANIFEST, f"{name}.{MANIFEST}")],
-        "iso": [(f"{name}.iso", f"iso/{name}.iso")],
-        "platform": [(f"{name}.platform.tgz", f"platform/{name}.platform.tgz")],
-        "squashfs": [
-            (f"squashfs/{n}", f"squashfs/{name}/{n}")
-            for n in (
-                "filesystem.squashfs",
-                "filesystem.squashfs.hash",
-                "filesystem.manifest",
-                "filesystem.packages",
-            )
-        ],  # fmt: skip
-        "netboot": [
-            (f"netboot/{n}", f"netboot/{name}/{n}")
-            for n in ("vmlinuz", "initrd", "filesystem.squashfs", "boot.ipxe")
-        ],
-    }
-
-
-KINDS = tuple(layout("NAME"))
-# what release publishes beside the image when the build has it: a reader can check and compare it
-# (`kiln provenance verify URL`, `kiln diff BUILD URL`)
-RECORDS = ("sbom", "provenance", "files", "packages")
-
-
-def files_of(bd: BuildDir, kind: str) -> list[tuple[Path, str]]:
-    """(local file, object file name) for each file of an artifact kind."""
-    return [(bd.path / local, obj) for local, obj in layout(bd.name)[kind]]
-
-
-def object_file(name: str, local: str) -> str | None:
-    """The object file name (under CHANNEL/VERSION/) a file of build NAME is published as, if any (an
-    artifact's .sha256 sidecar goes beside the artifact's object)."""
-    pairs = [pair for files in layout(name).values() for pair in files]
-    found = next((obj for rel, obj in pairs if rel == local), None)
-    if found is None and local.endswith(".sha256"):
-        base = next((obj for rel, obj in pairs if rel == local[: -len(".sha256")]), None)
-        found = base + ".sha256" if base is not None else None
-    return found
-
-
-def local_file(name: str, obj: str) -> str | None:
-    """The file in the build dir that object file name `obj` (under CHANNEL/VERSION/) was published from."""
-    pairs = [pair for files in layout(name).values() for pair in files]
-    found = next((rel for rel, o in pairs if o == obj), None)
-    if found is None and obj.endswith(".sha256"):
-        base = next((rel for rel, o in pairs if o == obj[: -len(".sha256")]), None)
-        found = base + ".sha256" if base is not None else None
-    return found
 
 
 def available(bd: BuildDir) -> tuple[str, ...]:
