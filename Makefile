@@ -187,9 +187,9 @@ release-all: deps ## Release every target that builds on this machine kind (debi
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
 
 ##@ Tests
-.PHONY: test test-unit test-vm test-vm-runner test-cloudimg lint
+.PHONY: test test-unit test-vm test-vm-runner test-cloudimg test-repro-cold lint
 test: deps lint ## Lint, then run every test, VM builds and GCS servers included (what CI runs)
-	$(PYTEST) -v --durations=25 -m 'not vm_runner and not cloudimg'
+	$(PYTEST) -v --durations=25 -m 'not vm_runner and not cloudimg and not repro_cold'
 
 test-vm-runner: deps ## Build debian-12 with the VM runner too and compare it with the chroot-built image (~20 min)
 	$(PYTEST) -v -m vm_runner
@@ -197,11 +197,14 @@ test-vm-runner: deps ## Build debian-12 with the VM runner too and compare it wi
 test-cloudimg: deps ## Build debian-12-cloudimg end to end from a locally served cloud image, boot it on BIOS and UEFI (~25 min)
 	$(PYTEST) -v -m cloudimg
 
+test-repro-cold: deps ## Build debian-12 twice from empty caches and check the artifacts are the same bytes (~20 min)
+	$(PYTEST) -v -s -m repro_cold
+
 test-unit: deps ## Run the fast tests only (no VM)
 	$(PYTEST) -m 'not vm'
 
 test-vm: deps ## Run only the VM tests (build, boot, verify)
-	$(PYTEST) -v -m 'vm and not vm_runner and not cloudimg'
+	$(PYTEST) -v -m 'vm and not vm_runner and not cloudimg and not repro_cold'
 
 .PHONY: test-gcs bench-upload
 test-gcs: deps-python ## Run the GCS tests only (upload, faults, images ls/get; they start their own servers)
