@@ -187,15 +187,18 @@ release-all: deps ## Release every target that builds on this machine kind (debi
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
 
 ##@ Tests
-.PHONY: test test-unit test-vm test-vm-runner test-cloudimg test-repro-cold lint
+.PHONY: test test-unit test-vm test-vm-runner test-cloudimg test-apt-cache test-repro-cold lint
 test: deps lint ## Lint, then run every test, VM builds and GCS servers included (what CI runs)
-	$(PYTEST) -v --durations=25 -m 'not vm_runner and not cloudimg and not repro_cold'
+	$(PYTEST) -v --durations=25 -m 'not vm_runner and not cloudimg and not repro_cold and not apt_cache'
 
 test-vm-runner: deps ## Build debian-12 with the VM runner too and compare it with the chroot-built image (~20 min)
 	$(PYTEST) -v -m vm_runner
 
 test-cloudimg: deps ## Build debian-12-cloudimg end to end from a locally served cloud image, boot it on BIOS and UEFI (~25 min)
 	$(PYTEST) -v -m cloudimg
+
+test-apt-cache: deps ## Build debian-12 twice through a real apt-cacher-ng: cache hits, no cache setting left, kiln diff of one extra package (~10 min)
+	$(PYTEST) -v -s -m apt_cache
 
 test-repro-cold: deps ## Build debian-12 twice from empty caches and check the artifacts are the same bytes (~20 min)
 	$(PYTEST) -v -s -m repro_cold
@@ -204,7 +207,7 @@ test-unit: deps ## Run the fast tests only (no VM)
 	$(PYTEST) -m 'not vm'
 
 test-vm: deps ## Run only the VM tests (build, boot, verify)
-	$(PYTEST) -v -m 'vm and not vm_runner and not cloudimg and not repro_cold'
+	$(PYTEST) -v -m 'vm and not vm_runner and not cloudimg and not repro_cold and not apt_cache'
 
 .PHONY: test-gcs bench-upload
 test-gcs: deps-python ## Run the GCS tests only (upload, faults, images ls/get; they start their own servers)

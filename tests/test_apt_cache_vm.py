@@ -10,7 +10,9 @@ that its os stage downloads every package again:
 - `kiln diff` between the suite image and the first build names `tree`, its files and its dpkg records,
   and nothing else in the root;
 - a build whose cache is stopped fails at once, before any stage, and says so (also with
-  disable_public_repos, which the site settings turn on)."""
+  disable_public_repos, which the site settings turn on).
+
+The two builds take about 10 minutes: `make test-apt-cache` runs them; `make test` runs the last check."""
 
 from __future__ import annotations
 
@@ -132,6 +134,7 @@ def builds(built_image, cache: Cache, tmp_path_factory: pytest.TempPathFactory) 
     return Builds(root / "first" / NAME, root / "second" / NAME, started)
 
 
+@pytest.mark.apt_cache
 def test_the_second_builds_packages_come_from_the_cache(builds: Builds, cache: Cache) -> None:
     rows = [r for r in cache.lines(builds.second_started) if r[4].endswith(".deb")]
     served = {r[4] for r in rows if r[1] == "O"}
@@ -145,11 +148,13 @@ def test_the_second_builds_packages_come_from_the_cache(builds: Builds, cache: C
     assert any("/tree_" in path for path in hits)
 
 
+@pytest.mark.apt_cache
 def test_the_image_keeps_no_package_cache_setting(builds: Builds) -> None:
     listing = (builds.first / f"{NAME}.files.jsonl").read_text()
     assert "/etc/apt/apt.conf.d/90kiln-proxy" not in listing
 
 
+@pytest.mark.apt_cache
 def test_kiln_diff_names_the_one_extra_package_and_its_files(built_image, builds: Builds) -> None:  # type: ignore[no-untyped-def]
     if not (built_image.path / f"{NAME}.files.jsonl").is_file():
         pytest.skip("the suite image predates file manifests")
