@@ -187,9 +187,14 @@ release-all: deps ## Release every target that builds on this machine kind (debi
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
 
 ##@ Tests
-.PHONY: test test-unit test-vm test-vm-runner test-cloudimg test-apt-cache test-repro-cold lint
-test: deps lint ## Lint, then run every test, VM builds and GCS servers included (what CI runs)
-	$(PYTEST) -v --durations=25 -m 'not vm_runner and not cloudimg and not repro_cold and not apt_cache'
+.PHONY: test test-unit test-vm test-vm-more test-vm-runner test-cloudimg test-apt-cache test-repro-cold lint
+# the long VM tests, each with a target of its own; `make test` (CI) runs none of them
+LONG_VM_TESTS = vm_runner or cloudimg or repro_cold or apt_cache
+test: deps lint ## Lint, then the suite CI runs: unit, GCS, the shared image's build, boot and checks (not vm_more)
+	$(PYTEST) -v --durations=40 -m 'not ($(LONG_VM_TESTS)) and not vm_more'
+
+test-vm-more: deps ## The further boots of the shared image: UEFI, OVA, live ISO, netboot, kiln verify, a Kubernetes bump, kill -9 (~30 min)
+	$(PYTEST) -v --durations=20 -m 'vm_more'
 
 test-vm-runner: deps ## Build debian-12 with the VM runner too and compare it with the chroot-built image (~20 min)
 	$(PYTEST) -v -m vm_runner
@@ -206,8 +211,8 @@ test-repro-cold: deps ## Build debian-12 twice from empty caches and check the a
 test-unit: deps ## Run the fast tests only (no VM)
 	$(PYTEST) -m 'not vm'
 
-test-vm: deps ## Run only the VM tests (build, boot, verify)
-	$(PYTEST) -v -m 'vm and not vm_runner and not cloudimg and not repro_cold and not apt_cache'
+test-vm: deps ## Run the VM tests of make test and test-vm-more (build, every boot, verify)
+	$(PYTEST) -v -m 'vm and not ($(LONG_VM_TESTS))'
 
 .PHONY: test-gcs bench-upload
 test-gcs: deps-python ## Run the GCS tests only (upload, faults, images ls/get; they start their own servers)

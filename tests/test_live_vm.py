@@ -69,6 +69,7 @@ def test_platform_tarball_layout_and_hashes(built_image, tmp_path):
     print("\nsizes (bytes): " + json.dumps(sizes))
 
 
+@pytest.mark.vm_more
 @pytest.mark.parametrize("firmware", ["bios", "efi"])
 def test_iso_boots_and_passes_verify(built_image, tmp_path, firmware):
     started = time.monotonic()
@@ -81,6 +82,7 @@ def test_iso_boots_and_passes_verify(built_image, tmp_path, firmware):
     assert report
 
 
+@pytest.mark.vm_more
 def test_netboot_through_ipxe_from_kiln_serve_passes_verify(built_image):
     started = time.monotonic()
     r = kiln("verify", str(built_image.path), "--format", "netboot", "--accelerator",

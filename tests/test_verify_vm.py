@@ -57,6 +57,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.vm_more
 def test_good_image_passes_kiln_verify(
     built_image: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -84,6 +85,7 @@ def test_good_image_passes_kiln_verify(
     assert _sha256(qcow2) == before, "kiln verify wrote to the artifact"
 
 
+@pytest.mark.vm_more
 def test_broken_image_fails_in_build_check_and_verify(
     built_image: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -207,12 +207,14 @@ def _boot_and_check(disk: Path, firmware: str, built_image, tmp_path: Path) -> N
         _node_checks(vm, keys.private_key, built_image.dir.kubernetes_semver, firmware)
 
 
+@pytest.mark.vm_more
 def test_qcow2_boots_with_uefi(built_image, tmp_path):
     _boot_and_check(built_image.dir.qcow2, "efi", built_image, tmp_path)
 
 
 # The qcow2 on BIOS (the build's firmware) is booted by the OVA test below (the same disk, converted back,
 # with the same node checks), by test_verify_vm (kiln verify) and by test_boot_vm (kiln boot): no fourth boot.
+@pytest.mark.vm_more
 def test_ova_disk_converted_back_boots(built_image, tmp_path):
     with tarfile.open(built_image.dir.ova) as tar:
         vmdk_name = next(n for n in tar.getnames() if n.endswith(".vmdk"))
