@@ -232,6 +232,37 @@ boot
 """
 
 
+# Fixed-size files in every live ISO that `kiln hosts` overwrites in place for a per-host ISO (the file
+# system's layout stays as written; only these extents differ): the GRUB config, whose kernel command line
+# then points cloud-init at the NoCloud seed beside it, and the seed. YAML and grub.cfg both end in blank
+# lines, which is the padding.
+ISO_GRUB_CFG = "boot/grub/grub.cfg"
+ISO_SEED_DIR = "kiln/seed"
+ISO_SLOTS = {ISO_GRUB_CFG: 8192, f"{ISO_SEED_DIR}/meta-data": 4096, f"{ISO_SEED_DIR}/user-data": 262144}
+ISO_MEDIUM = "/run/live/medium"  # where live-boot leaves the ISO mounted
+
+
+def grub_cfg(name: str, kernel_params: str = "", extra: str = "") -> str:
+    cmdline = f"{live_cmdline(kernel_params)} {extra}".strip()
+    return GRUB_CFG.format(name=name, cmdline=cmdline)
+
+
+def padded(text: str, size: int, what: str) -> bytes:
+    data = text.encode()
+    if len(data) > size:
+        raise InputError(f"{what}: {len(data)} bytes, more than the {size} its place in the ISO holds")
+    return data + b"\n" * (size - len(data))
+
+
+def placeholder(path: str) -> str:
+    if path == ISO_GRUB_CFG:
+        raise ValueError(path)
+    head = "#cloud-config\n" if path.endswith("user-data") else ""
+    return (
+        head + "# the place of a per-host NoCloud seed: `kiln hosts` writes one here in a copy of this ISO\n"
+    )
+
+
 def ipxe_script(name: str, base: str, extra: str = "", kernel_params: str = "") -> str:
     text = IPXE.format(name=name, base=base, cmdline=live_cmdline(kernel_params))
     return text.replace("${extra}", extra).replace(" \n", "\n")
@@ -257,8 +288,10 @@ def make_iso(
     shutil.copyfile(kernel, stage / "live" / "vmlinuz")
     shutil.copyfile(initrd, stage / "live" / "initrd.img")
     os.link(squashfs, stage / "live" / "filesystem.squashfs")
-    grub_cfg = GRUB_CFG.format(name=name, cmdline=live_cmdline(kernel_params))
-    (stage / "boot" / "grub" / "grub.cfg").write_text(grub_cfg)
+    for path, size in ISO_SLOTS.items():
+        text = grub_cfg(name, kernel_params) if path == ISO_GRUB_CFG else placeholder(path)
+        (stage / path).parent.mkdir(parents=True, exist_ok=True)
+        (stage / path).write_bytes(padded(text, size, path))
     dates = []
     if epoch:
         stamp = time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))

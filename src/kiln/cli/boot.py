@@ -220,7 +220,57 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--advertise", help="the URL clients reach this server at (default: http://10.0.2.2:PORT)")
     p.add_argument("--cidata", type=Path, metavar="ISO|DIR", help="also serve this NoCloud seed at /seed/")
+    p.add_argument(
+        "--hosts", type=Path, metavar="INVENTORY",
+        help="serve per-host iPXE scripts, seeds and ISOs for the hosts of this inventory (docs/hosts.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allow", action="append", default=[], metavar="CIDR",
+        help="clients that may fetch seeds (repeatable; default: the subnet of --address)",
+    )  # fmt: skip
+    _seed_key_options(p)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("hosts", help="per-host ISOs, seeds and iPXE scripts from a build and an inventory")
+    p.add_argument("inventory", metavar="INVENTORY", type=Path, help="YAML or JSON (docs/hosts.md)")
+    _build_dir_arg(p)
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="directory to write")
+    p.add_argument(
+        "--base-url", default="",
+        help="URL the netboot set is served at, hosts' files under BASE/hosts/ (default: set by the chain)",
+    )  # fmt: skip
+    _seed_key_options(p)
+    p.set_defaults(func=_cmd_hosts)
+
+
+def _seed_key_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ssh-public-key", action="append", default=[], metavar="FILE",
+        help="public key the hosts' seeds authorize (repeatable; default: SSH_PUBLIC_KEY, else ~/.ssh/*.pub)",
+    )  # fmt: skip
+    p.add_argument("--user", default=None, help="login user the seeds create (default: kiln)")
+
+
+def _cmd_hosts(args: argparse.Namespace) -> int:
+    from kiln.config import inventory
+    from kiln.vm import cidata, hosts
+
+    inv = inventory.load(args.inventory)  # a bad inventory is exit 2 before anything is written
+    build = BuildDir.open(args.build_dir)
+    keys, source = _public_keys(args)
+    if args.runtime.dry_run:
+        from kiln.core import inputs
+
+        inputs.check_replaceable(args.output, "kiln hosts output directory")
+        for host in inv.hosts:
+            print(f"would write {args.output / host.name}/ for {host.name} ({', '.join(host.macs)})")
+        return EXIT_OK
+    written = hosts.write_all(
+        inv, build, args.output, keys=keys, user=args.user or cidata.DEFAULT_USER, base_url=args.base_url,
+        templates=cidata.template_dir(args.runtime.root), say=lambda line: print(line, flush=True),
+    )  # fmt: skip
+    print(f"wrote {len(written)} host(s) to {args.output} ({len(keys)} key(s) from {source})")
+    return EXIT_OK
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -230,10 +280,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     build = BuildDir.open(args.build_dir)
     seed = serve.seed_files(args.cidata) if args.cidata else None
-    server = serve.Server(build, address=args.address, port=args.port, advertise=args.advertise, seed=seed)
+    allow = serve.parse_allow(args.allow) if args.allow else None
+    factory = None
+    if args.hosts is not None:
+        from kiln.vm import cidata, hosts
+
+        keys, _ = _public_keys(args)
+        factory = hosts.Factory(
+            args.hosts, build, keys=keys, user=args.user or cidata.DEFAULT_USER,
+            templates=cidata.template_dir(args.runtime.root), say=lambda line: print(line, flush=True),
+        )  # fmt: skip
+    if args.runtime.dry_run:
+        print(f"would serve {build.path} on {args.address}:{args.port}")
+        return EXIT_OK
+    server = serve.Server(
+        build, address=args.address, port=args.port, advertise=args.advertise, seed=seed, hosts=factory,
+        allow=allow,
+    )  # fmt: skip
     with server:
         print(f"serving {server.dir} on {args.address}:{server.port} as {server.base}", flush=True)
         print(f"  iPXE: chain {server.base}/boot.ipxe", flush=True)
+        if factory is not None:
+            count = len(factory.inventory().hosts)
+            print(f"  {count} host(s) from {args.hosts}: {server.base}/hosts/NAME/", flush=True)
+            print(f"  seeds to: {', '.join(str(n) for n in server.allow)}", flush=True)
         print(
             f"  QEMU: qemu-system-x86_64 -m 2048 -boot n -netdev user,id=n0,bootfile={server.base}/boot.ipxe "
             "-device virtio-net-pci,netdev=n0",

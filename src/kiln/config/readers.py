@@ -199,21 +199,28 @@ def _loader() -> Any:
     return _no_alias_loader()
 
 
-def _read_yaml(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
+def parse_yaml(text: str, label: str) -> Any:
+    """YAML without aliases; malformed text is an InputError naming `label`, line and column."""
     import yaml
 
+    try:
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - SafeLoader without aliases
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        raise InputError(f"{label}: {where}malformed YAML: {exc.problem or exc.context}") from None
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:
+        raise InputError(f"{label}: malformed YAML: {inputs.clip(str(exc))}") from None
+
+
+def _read_yaml(path: Path, label: str, problems: list[str]) -> dict[str, Any] | None:
     text = _read_text(path, label, problems)
     if text is None:
         return None
     try:
-        data = yaml.load(text, Loader=_loader())  # noqa: S506 - SafeLoader without aliases
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        problems.append(f"{label}: {where}malformed YAML: {exc.problem or exc.context}")
-        return None
-    except (yaml.YAMLError, RecursionError, ValueError) as exc:
-        problems.append(f"{label}: malformed YAML: {inputs.clip(str(exc))}")
+        data = parse_yaml(text, label)
+    except InputError as err:
+        problems.append(err.message)
         return None
     if not isinstance(data, dict):
         problems.append(f"{label}: must hold a YAML mapping of settings, not {json_type(data)}")

@@ -121,13 +121,17 @@ class VM:
         boot: str = "disk",
         live_iso: str | os.PathLike[str] | None = None,
         bootfile: str | None = None,
+        mac: str | None = None,
+        guest_address: str = "",
     ) -> None:
         """`disk`: the image (qcow2, raw, vmdk...; format detected unless `disk_format`). With overlay=False
         QEMU writes to `disk` itself (for reusing an overlay made earlier). `detach`: QEMU survives this
         process (for `kiln boot --detach`); then only stop()/stop_process() end it. `stop_timeout`: how
         long stop() and leaving the `with` block wait for an ACPI powerdown before killing QEMU.
         `boot`: disk (the default), cdrom (boot `live_iso` from an El Torito CD; `disk` is then an empty
-        local disk), net (QEMU's iPXE ROM chain-loads `bootfile`, an http:// URL, over user networking)."""
+        local disk), net (QEMU's iPXE ROM chain-loads `bootfile`, an http:// URL, over user networking).
+        `mac`: the NIC's MAC address; `guest_address`: the address in QEMU's user network (10.0.2.0/24) that
+        the SSH port forwards to, for a guest with a static address (default: the one DHCP hands out)."""
         if boot not in ("disk", "cdrom", "net"):
             raise InputError(f"boot: must be disk, cdrom or net, not {boot!r}")
         if boot == "cdrom" and (live_iso is None or not Path(live_iso).is_file()):
@@ -163,6 +167,8 @@ class VM:
         self.boot = boot
         self.live_iso = Path(live_iso).resolve() if live_iso is not None else None
         self.bootfile = bootfile
+        self.mac = mac
+        self.guest_address = guest_address
         self.stop_timeout = stop_timeout
         self.serial_log = self.workdir / "serial.log"
         self.qemu_log = self.workdir / "qemu.log"
@@ -261,10 +267,11 @@ class VM:
             "-qmp", f"unix:{_escape(self.qmp_socket)},server=on,wait=off",
             "-pidfile", str(self.pidfile),
             "-drive", f"file={_escape(drive_file)},format={drive_fmt},if=virtio,discard=unmap",
-            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-{self.guest_address}:22"
             + (f",bootfile={self.bootfile}" if self.boot == "net" else ""),
             "-device", "virtio-net-pci,netdev=net0"
-            + {"disk": "", "net": ",bootindex=0", "cdrom": ",romfile="}[self.boot],
+            + {"disk": "", "net": ",bootindex=0", "cdrom": ",romfile="}[self.boot]
+            + (f",mac={self.mac}" if self.mac else ""),
             "-device", "virtio-rng-pci",
         ]  # fmt: skip
         if self.boot == "cdrom" and self.live_iso is not None:
