@@ -39,9 +39,13 @@ from kiln.vm import cidata
 MAX_CMDLINE = 1800  # of the kernel's 2048, leaving room for what the boot loader adds
 
 
+LIVE = {"growpart": {"mode": "off"}, "resize_rootfs": False}  # a live root is a squashfs under a tmpfs
+
+
 @dataclass(frozen=True)
 class Seed:
-    files: dict[str, str]  # meta-data, user-data, network-config
+    files: dict[str, str]  # meta-data, user-data, network-config: for a disk image (cidata.iso)
+    live: dict[str, str]  # the same for a live boot (ISO, netboot): no root to grow
     network_b64: str  # network-config for the kernel command line
     digest: str
 
@@ -95,13 +99,29 @@ def seed(
     files = cidata.render_seed(
         keys, user=user, hostname=host.name, instance_id=instance, values=values, templates=templates
     )
-    if host.user_data:
-        merged = merge(yaml.safe_load(files["user-data"]) or {}, host.user_data)
-        files["user-data"] = "#cloud-config\n" + yaml.safe_dump(merged, sort_keys=False, width=1 << 16)
+    user_data = merge(yaml.safe_load(files["user-data"]) or {}, host.user_data)
+    files["user-data"] = _cloud_config(user_data)
     files["network-config"] = yaml.safe_dump(net, sort_keys=False)
+    live = {**files, "user-data": _cloud_config(merge(user_data, LIVE))}
     packed = gzip.compress(files["network-config"].encode(), mtime=0)
-    digest = hashlib.sha256("\0".join(f"{k}={v}" for k, v in sorted(files.items())).encode()).hexdigest()
-    return Seed(files, base64.b64encode(packed).decode(), digest)
+    digest = hashlib.sha256("\0".join(f"{k}={v}" for k, v in sorted(live.items())).encode()).hexdigest()
+    return Seed(files, live, base64.b64encode(packed).decode(), digest)
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None  # write_files content stays readable
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
+def _cloud_config(doc: Mapping[str, Any]) -> str:
+    return "#cloud-config\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1 << 16)
 
 
 def kernel_args(seed_url: str, host_seed: Seed, host: Host) -> str:
@@ -122,7 +142,7 @@ def iso_patch(build_name: str, kernel_params: str, host: Host, host_seed: Seed) 
     # grub.cfg: the ds argument holds a `;`, which GRUB's script reads as a command separator unquoted
     out = {formats.ISO_GRUB_CFG: formats.grub_cfg(f"{build_name} ({host.name})", kernel_params, extra)}
     for name in ("meta-data", "user-data"):
-        out[f"{formats.ISO_SEED_DIR}/{name}"] = host_seed.files[name]
+        out[f"{formats.ISO_SEED_DIR}/{name}"] = host_seed.live[name]
     return {p: formats.padded(t, formats.ISO_SLOTS[p], f"{where}: {p}") for p, t in out.items()}
 
 
@@ -278,7 +298,7 @@ def write_host(
         (out / name).write_bytes(data)
         own += len(data)
 
-    for name, text in host_seed.files.items():
+    for name, text in host_seed.live.items():  # served over HTTP for netboot
         put(name, text.encode())
     put("cidata.iso", seed_iso_bytes(host_seed))
     script = ipxe_host(build_name, base_url, host, host_seed, kernel_params).encode()

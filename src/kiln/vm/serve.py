@@ -193,8 +193,8 @@ class Server:
         body: bytes | None = None
         if asset == "boot.ipxe":
             body = hosts.ipxe_host(self.name, self.base, host, seed, self.kernel_params).encode()
-        elif asset in seed.files:
-            body = seed.files[asset].encode()
+        elif asset in seed.live:  # the seed netboot fetches
+            body = seed.live[asset].encode()
         elif asset == "vendor-data":
             body = b""
         elif asset == "cidata.iso":
