@@ -128,6 +128,10 @@ BAD = [
      "hosts[1] (b): addresses: 10.0.2.5"),
     (f"{A}\n    macs: ['52:54:00:00:00:02']", "not both"),
     ("hosts:\n  - [1, 2]", "hosts[0]: must be a mapping"),
+    (f"{A}\n    user_data: {{1: x}}", "hosts[0] (a): user_data: key 1 is not a string"),
+    (f"{A}\n    addresses: ['127.0.0.5/8']", "loopback, multicast or unspecified"),
+    (f"{A}\n    addresses: ['2001:db8::5/64']\n    gateway: '2001:db9::1'", "outside the host's subnet"),
+    ("hosts:\n  - name: a\n    macs: ['52:54:00:00:00:0x']", "hosts[0] (a): macs: '52:54:00:00:00:0x'"),
     ("hosts: {a: 1", "malformed YAML"),
 ]  # fmt: skip
 
@@ -142,6 +146,39 @@ def test_bad_inventories_are_exit_2_naming_file_host_and_key(
     assert str(path) in err.value.message and expected in err.value.message, err.value.message
     assert cli.main(["hosts", str(path), str(tmp_path), "-o", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_ipv6_dates_and_dhcp_name_servers(tmp_path: Path) -> None:
+    text = """hosts:
+  - name: v6
+    mac: "52:54:00:00:00:06"
+    addresses: ["2001:db8::6/64"]
+    gateway: "fe80::1"
+    user_data: {write_files: [{path: /etc/when, content: 2026-12-03}]}
+  - name: dhcp
+    mac: "52:54:00:00:00:07"
+    nameservers: ["192.0.2.53"]
+"""
+    v6, dhcp = inventory.load(_inv(tmp_path, text)).hosts
+    assert v6.user_data["write_files"][0]["content"] == "2026-12-03"  # YAML's date, as its text
+    net = hosts.network_config(v6)["ethernets"]["nic0"]
+    assert net["gateway6"] == "fe80::1" and net["addresses"] == ["2001:db8::6/64"]
+    assert hosts.network_config(dhcp)["ethernets"]["nic0"] == {
+        "match": {"macaddress": "52:54:00:00:00:07"}, "dhcp4": True,
+        "nameservers": {"addresses": ["192.0.2.53"]},
+    }  # fmt: skip
+
+
+def test_a_kernel_command_line_past_the_limit_is_named(tmp_path: Path) -> None:
+    digits = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(1, 200)]  # gzip finds no pattern
+    many = ", ".join(f'"2001:db8::{d[:4]}:{d[4:8]}:{d[8:12]}:{d[12:16]}/64"' for d in digits)
+    text = f"hosts:\n  - name: big\n    mac: '52:54:00:00:00:08'\n    addresses: [{many}]\n"
+    host = inventory.load(_inv(tmp_path, text)).hosts[0]
+    s = hosts.seed(host, values={}, keys=[KEY], user="kiln", templates=TEMPLATES)
+    with pytest.raises(InputError, match="host big: its kernel command line would be"):
+        hosts.iso_patch("debian-12", "", host, s)
+    with pytest.raises(InputError, match="host big: its kernel command line would be"):
+        hosts.ipxe_host("debian-12", "http://10.0.2.2:8080", host, s)
 
 
 def test_a_missing_or_foreign_inventory_file_is_named(tmp_path: Path) -> None:
@@ -213,7 +250,9 @@ def test_kiln_hosts_writes_every_hosts_media_and_the_iso_differs_only_in_its_slo
     ipxe = (a / "boot.ipxe").read_text()
     assert "ds=nocloud-net;s=${base}/hosts/node-a/" in ipxe and "set base http://10.0.2.2:8080" in ipxe
     chain = (out / "boot.ipxe").read_text()
-    assert "iseq ${net0/mac} 52:54:00:ab:cd:ef && chain ${base}/hosts/node-b/boot.ipxe" in chain
+    assert "iseq ${netX/mac} 52:54:00:ab:cd:ef && goto host1 ||" in chain
+    assert ":host1\nset host node-b\nchain ${base}/hosts/node-b/boot.ipxe || goto failed" in chain
+    assert (a / "user-data").stat().st_mode & 0o777 == 0o600 and a.stat().st_mode & 0o777 == 0o700
     # a second run replaces kiln's own output; a foreign directory is refused
     assert cli.main(argv) == 0
     foreign = tmp_path / "foreign"
@@ -263,10 +302,11 @@ def test_serve_hosts_answers_by_name_and_mac_refuses_the_rest_and_shares_one_gen
     inv_path = _inv(tmp_path, GOOD)
     said: list[str] = []
     factory = hosts.Factory(inv_path, build, keys=[KEY], user="kiln", templates=TEMPLATES, say=said.append)
-    with serve.Server(build, hosts=factory) as server:
+    server_said: list[str] = []
+    with serve.Server(build, hosts=factory, say=server_said.append) as server:
         url = f"http://127.0.0.1:{server.port}"
         status, chain = _get(f"{url}/boot.ipxe")
-        assert status == 200 and b"iseq ${net0/mac} 52:54:00:12:34:56 && chain" in chain
+        assert status == 200 and b"iseq ${netX/mac} 52:54:00:12:34:56 && goto host0" in chain
         assert _get(f"{url}/hosts/node-a/meta-data")[1].startswith(b"instance-id:")
         by_mac = _get(f"{url}/hosts/01-52-54-00-12-34-56")
         assert by_mac == _get(f"{url}/hosts/node-a/boot.ipxe") and by_mac[0] == 200
@@ -306,6 +346,11 @@ def test_serve_hosts_answers_by_name_and_mac_refuses_the_rest_and_shares_one_gen
         inv_path.write_text("hosts: [")
         assert _get(f"{url}/hosts/node-c/meta-data")[0] == 200
         assert any("serving the inventory as it was" in line for line in said)
+        # a host whose ISO cannot be made: 500 to the client, the reason on the server's terminal
+        huge = GOOD.replace('runcmd: [["touch", "/run/kiln-host-a"]]', "bootcmd: ['" + "x" * 300_000 + "']")
+        inv_path.write_text(huge)
+        assert _get(f"{url}/hosts/node-a.iso")[0] == 500
+        assert any("more than the 262144" in line for line in server_said)
 
 
 def test_serve_refuses_seeds_to_addresses_outside_the_allow_list(build: BuildDir, tmp_path: Path) -> None:
@@ -316,7 +361,8 @@ def test_serve_refuses_seeds_to_addresses_outside_the_allow_list(build: BuildDir
         url = f"http://127.0.0.1:{server.port}"
         assert _get(f"{url}/hosts/node-a/user-data")[0] == 403
         assert _get(f"{url}/hosts/node-a.iso")[0] == 403
-        assert _get(f"{url}/hosts/nobody/user-data")[0] == 404  # an unknown host stays a 404
+        assert _get(f"{url}/hosts/nobody/user-data")[0] == 403  # which hosts exist is not told either
+        assert _get(f"{url}/boot.ipxe")[0] == 403  # the chain lists the hosts and their MACs
         assert _get(f"{url}/vmlinuz")[0] == 200  # the netboot set is no secret
     assert server.allowed("192.0.2.7") and not server.allowed("10.0.2.15")
     with pytest.raises(InputError, match="--allow 'x'"):

@@ -258,16 +258,18 @@ def _cmd_hosts(args: argparse.Namespace) -> int:
     inv = inventory.load(args.inventory)  # a bad inventory is exit 2 before anything is written
     build = BuildDir.open(args.build_dir)
     keys, source = _public_keys(args)
-    if args.runtime.dry_run:
-        from kiln.core import inputs
-
-        inputs.check_replaceable(args.output, "kiln hosts output directory")
+    user, templates = args.user or cidata.DEFAULT_USER, cidata.template_dir(args.runtime.root)
+    if args.runtime.dry_run:  # every check of a real run, then nothing written
+        plan = hosts.prepare(inv, build, args.output, keys=keys, user=user, base_url=args.base_url,
+                             templates=templates)  # fmt: skip
+        iso = "its ISO, " if plan.iso is not None else ""
         for host in inv.hosts:
-            print(f"would write {args.output / host.name}/ for {host.name} ({', '.join(host.macs)})")
+            macs = ", ".join(host.macs)
+            print(f"would write {args.output / host.name}/ for {host.name} ({iso}seed, iPXE by {macs})")
         return EXIT_OK
     written = hosts.write_all(
-        inv, build, args.output, keys=keys, user=args.user or cidata.DEFAULT_USER, base_url=args.base_url,
-        templates=cidata.template_dir(args.runtime.root), say=lambda line: print(line, flush=True),
+        inv, build, args.output, keys=keys, user=user, base_url=args.base_url, templates=templates,
+        say=lambda line: print(line, flush=True),
     )  # fmt: skip
     print(f"wrote {len(written)} host(s) to {args.output} ({len(keys)} key(s) from {source})")
     return EXIT_OK
@@ -295,7 +297,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_OK
     server = serve.Server(
         build, address=args.address, port=args.port, advertise=args.advertise, seed=seed, hosts=factory,
-        allow=allow,
+        allow=allow, say=lambda line: print(line, file=sys.stderr, flush=True),
     )  # fmt: skip
     with server:
         print(f"serving {server.dir} on {args.address}:{server.port} as {server.base}", flush=True)

@@ -95,7 +95,7 @@ def load(path: str | Path) -> Inventory:
 
 
 def parse(data: dict[str, Any], file: Path) -> Inventory:
-    unknown = sorted(set(data) - set(TOP_KEYS))
+    unknown = sorted(str(k) for k in set(data) - set(TOP_KEYS))
     if unknown:
         key = unknown[0][:60] if unknown[0].isprintable() else inputs.clip(unknown[0])
         raise InputError(f"{file}: {key}: unknown key (an inventory holds hosts:)")
@@ -125,7 +125,7 @@ def _host(file: Path, index: int, entry: object) -> Host:
     def bad(key: str, why: str) -> InputError:
         return InputError(f"{where}: {key}: {why}")
 
-    unknown = sorted(set(entry) - set(HOST_KEYS))
+    unknown = sorted(str(k) for k in set(entry) - set(HOST_KEYS))
     if unknown:
         key = unknown[0][:60] if unknown[0].isprintable() else inputs.clip(unknown[0], 40)
         raise bad(key, f"unknown key (a host takes {', '.join(HOST_KEYS)})")
@@ -135,20 +135,21 @@ def _host(file: Path, index: int, entry: object) -> Host:
                           "at most 63, no leading or trailing dash)")  # fmt: skip
     if "mac" in entry and "macs" in entry:
         raise bad("macs", "give mac or macs, not both")
+    mac_key = "macs" if "macs" in entry else "mac"
     raw_macs = entry["macs"] if "macs" in entry else [entry.get("mac")] if "mac" in entry else []
     if not isinstance(raw_macs, list) or not raw_macs:
-        raise bad("mac", 'every host needs its MAC address (mac: "52:54:00:12:34:56", or macs: [...])')
+        raise bad(mac_key, 'every host needs its MAC address (mac: "52:54:00:12:34:56", or macs: [...])')
     macs = []
     for mac in raw_macs:
         if isinstance(mac, int) and not isinstance(mac, bool):
-            raise bad("mac", f"YAML reads this MAC as the number {mac} (base 60): quote it, "
+            raise bad(mac_key, f"YAML reads this MAC as the number {mac} (base 60): quote it, "
                              f'mac: "{_sexagesimal(mac)}"')  # fmt: skip
         norm = normal_mac(mac) if isinstance(mac, str) else None
         if norm is None:
-            raise bad("mac", f"{inputs.clip(mac)} is not a MAC address (six hex pairs: 52:54:00:12:34:56)")
+            raise bad(mac_key, f"{inputs.clip(mac)} is not a MAC address (six hex pairs: 52:54:00:12:34:56)")
         first = int(norm[:2], 16)
         if first & 1 or norm == "00:00:00:00:00:00":
-            raise bad("mac", f"{norm} is a multicast or null address, never a NIC's")
+            raise bad(mac_key, f"{norm} is a multicast or null address, never a NIC's")
         if norm in macs:
             raise bad("macs", f"{norm} is listed twice")
         macs.append(norm)
@@ -158,7 +159,8 @@ def _host(file: Path, index: int, entry: object) -> Host:
         if not addresses:
             raise bad("gateway", "a gateway needs static addresses (without addresses the host uses DHCP)")
         same = [a for a in addresses if a.version == gateway.version]
-        if not any(gateway in a.network for a in same):
+        link_local_v6 = gateway.version == 6 and gateway.is_link_local and bool(same)
+        if not link_local_v6 and not any(gateway in a.network for a in same):
             nets = ", ".join(str(a.network) for a in same) or f"no IPv{gateway.version} address"
             raise bad("gateway", f"{gateway} is outside the host's subnet ({nets})")
         if any(gateway == a.ip for a in addresses):
@@ -175,7 +177,28 @@ def _host(file: Path, index: int, entry: object) -> Host:
         user_data = {}
     if not isinstance(user_data, dict):
         raise bad("user_data", f"must be a mapping (cloud-config keys), not {json_type(user_data)}")
+    user_data = _plain(user_data, lambda why: bad("user_data", why))
     return Host(name, tuple(macs), addresses, gateway, nameservers, user_data)
+
+
+def _plain(value: Any, bad: Any, depth: int = 0) -> Any:
+    """user_data as JSON holds it: string keys; YAML's dates and other scalars as their text."""
+    if depth > 64:
+        raise bad("nested too deeply")
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise bad(f"key {inputs.clip(key)} is not a string (quote it)")
+            out[key] = _plain(item, bad, depth + 1)
+        return out
+    if isinstance(value, list):
+        return [_plain(v, bad, depth + 1) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, bytes):
+        raise bad("binary values are not cloud-config")
+    return str(value)
 
 
 def _sexagesimal(number: int) -> str:
@@ -212,6 +235,8 @@ def _addresses(value: object, bad: Any) -> tuple[Address, ...]:
                 "addresses", f"{inputs.clip(item)} is not an address with a valid CIDR prefix"
             ) from None
         net = iface.network
+        if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
+            raise bad("addresses", f"{item} is a loopback, multicast or unspecified address, not a host's")
         if (
             iface.version == 4
             and net.prefixlen < 31

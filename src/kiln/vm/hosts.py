@@ -58,6 +58,8 @@ def network_config(host: Host) -> dict[str, Any]:
         nic: dict[str, Any] = {"match": {"macaddress": mac}}
         if host.dhcp:
             nic["dhcp4"] = True
+            if i == 0 and host.nameservers:
+                nic["nameservers"] = {"addresses": [str(n) for n in host.nameservers]}
         elif i == 0:
             nic["dhcp4"] = False
             nic["addresses"] = [str(a) for a in host.addresses]
@@ -124,11 +126,19 @@ def _cloud_config(doc: Mapping[str, Any]) -> str:
     return "#cloud-config\n" + yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1 << 16)
 
 
+def check_cmdline(line: str, host: Host) -> str:
+    """The kernel takes 2048 bytes and cuts the rest silently, network-config's base64 with it."""
+    if len(line.encode()) > MAX_CMDLINE:
+        raise InputError(
+            f"host {host.name}: its kernel command line would be {len(line.encode())} bytes, more than the "
+            f"{MAX_CMDLINE} kiln allows (the kernel keeps 2048): fewer addresses or a shorter "
+            "extra_kernel_boot_params"
+        )
+    return line
+
+
 def kernel_args(seed_url: str, host_seed: Seed, host: Host) -> str:
-    args = f"'ds=nocloud;s={seed_url}' network-config={host_seed.network_b64}"
-    if len(args) > MAX_CMDLINE:
-        raise InputError(f"host {host.name}: its network config makes a kernel command line too long")
-    return args
+    return f"'ds=nocloud;s={seed_url}' network-config={host_seed.network_b64}"
 
 
 # --- the per-host live ISO ---------------------------------------------------------------------------
@@ -139,6 +149,7 @@ def iso_patch(build_name: str, kernel_params: str, host: Host, host_seed: Seed) 
     where = f"host {host.name}"
     url = f"file://{formats.ISO_MEDIUM}/{formats.ISO_SEED_DIR}/"
     extra = kernel_args(url, host_seed, host)
+    check_cmdline(f"{formats.live_cmdline(kernel_params)} {extra}", host)
     # grub.cfg: the ds argument holds a `;`, which GRUB's script reads as a command separator unquoted
     out = {formats.ISO_GRUB_CFG: formats.grub_cfg(f"{build_name} ({host.name})", kernel_params, extra)}
     for name in ("meta-data", "user-data"):
@@ -179,7 +190,8 @@ Slots = Mapping[str, tuple[int, int]]  # ISO path -> (byte offset, size)
 
 def write_iso(base: Path, out: Path, patch: Mapping[str, bytes], where: Slots) -> None:
     """A copy of `base` at `out` (shared extents where the file system can) with `patch` laid over it."""
-    with open(base, "rb") as src, open(out, "wb") as dst:
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(base, "rb") as src, os.fdopen(fd, "wb") as dst:
         size = os.fstat(src.fileno()).st_size
         done = 0
         try:
@@ -236,6 +248,9 @@ def ipxe_host(build_name: str, base: str, host: Host, host_seed: Seed, kernel_pa
     """The host's iPXE script: the build's netboot set, the host's seed at BASE/hosts/NAME/."""
     args = f"ds=nocloud-net;s=${{base}}/hosts/{host.name}/ network-config={host_seed.network_b64}"
     text = formats.ipxe_script(f"{build_name} ({host.name})", base or "", args, kernel_params)
+    line = next(ln for ln in text.splitlines() if ln.startswith("kernel "))
+    # iPXE expands ${base} before the kernel sees the line: count it at the length it will have
+    check_cmdline(line.replace("${base}", base or "http://" + "x" * 60), host)
     if not base:
         text = text.replace("isset ${base} || set base\n", "")
         head, _, body = text.partition("\nkernel ")
@@ -244,13 +259,24 @@ def ipxe_host(build_name: str, base: str, host: Host, host_seed: Seed, kernel_pa
 
 
 def ipxe_chain(base: str, macs: Mapping[str, str]) -> str:
-    """One script for every host: picks the host by `${net0/mac}`; an unknown MAC stops with a message."""
+    """One script for every host: picks the host by the MAC of the NIC that booted (`${netX/mac}`); an
+    unknown MAC, or a host script that cannot be fetched, stops with a message saying which."""
     lines = ["#!ipxe", "# kiln: per-host boot by MAC (kiln hosts / kiln serve --hosts)"]
     if base:
         lines.append(f"isset ${{base}} || set base {base}")
+    names = sorted(set(macs.values()))
+    label = {name: f"host{i}" for i, name in enumerate(names)}
     for mac, name in sorted(macs.items()):
-        lines.append(f"iseq ${{net0/mac}} {mac} && chain ${{base}}/hosts/{name}/boot.ipxe ||")
-    lines += ["echo kiln: no host in the inventory has MAC ${net0/mac}", "shell", ""]
+        lines.append(f"iseq ${{netX/mac}} {mac} && goto {label[name]} ||")
+    lines += ["echo kiln: no host in the inventory has MAC ${netX/mac}", "shell", "exit 1"]
+    for name in names:
+        lines += [
+            f":{label[name]}",
+            f"set host {name}",
+            f"chain ${{base}}/hosts/{name}/boot.ipxe || goto failed",
+        ]
+    lines += [":failed", "echo kiln: cannot fetch ${base}/hosts/${host}/boot.ipxe (is this client allowed?)",
+              "shell", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -295,7 +321,9 @@ def write_host(
 
     def put(name: str, data: bytes) -> None:
         nonlocal own
-        (out / name).write_bytes(data)
+        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         own += len(data)
 
     for name, text in host_seed.live.items():  # served over HTTP for netboot
@@ -317,6 +345,41 @@ def live_iso(build: BuildDir) -> Path | None:
     return iso if iso.is_file() else None
 
 
+@dataclass(frozen=True)
+class Plan:
+    seeds: dict[str, Seed]
+    params: str  # the build's extra_kernel_boot_params
+    iso: Path | None
+    where: Slots | None
+
+
+def prepare(
+    inventory: Inventory,
+    build: BuildDir,
+    out: Path,
+    *,
+    keys: Sequence[str],
+    user: str,
+    base_url: str,
+    templates: str | os.PathLike[str],
+) -> Plan:
+    """Everything `kiln hosts` checks before it writes (a dry run stops here): OUT may be written, every
+    host's seed fits its slots and every kernel command line fits."""
+    inputs.check_replaceable(out, "kiln hosts output directory")
+    values = build.values()
+    params = str(values.get("extra_kernel_boot_params") or "")
+    iso = live_iso(build)
+    where = slots(iso) if iso is not None else None
+    seeds = {
+        h.name: seed(h, values=values, keys=keys, user=user, templates=templates) for h in inventory.hosts
+    }
+    for host in inventory.hosts:
+        ipxe_host(build.name, base_url, host, seeds[host.name], params)
+        if iso is not None:
+            iso_patch(build.name, params, host, seeds[host.name])
+    return Plan(seeds, params, iso, where)
+
+
 def write_all(
     inventory: Inventory,
     build: BuildDir,
@@ -330,22 +393,16 @@ def write_all(
 ) -> list[Written]:
     """Every host's media under OUT/NAME (each written to a temp dir, then renamed into place), and the
     chain script OUT/boot.ipxe. OUT must be new, empty, or kiln's (inputs.check_replaceable)."""
-    inputs.check_replaceable(out, "kiln hosts output directory")
-    values = build.values()
-    params = str(values.get("extra_kernel_boot_params") or "")
-    iso = live_iso(build)
-    where = slots(iso) if iso is not None else None
+    plan = prepare(inventory, build, out, keys=keys, user=user, base_url=base_url, templates=templates)
+    seeds, params, iso, where = plan.seeds, plan.params, plan.iso, plan.where
     if iso is None:
         say(f"{build.path}: no live ISO (build with FORMATS including iso): per-host ISOs not written")
-    seeds = {
-        h.name: seed(h, values=values, keys=keys, user=user, templates=templates) for h in inventory.hosts
-    }
     out.mkdir(parents=True, exist_ok=True)
     inputs.mark(out, f"kiln hosts {inventory.path} {build.path}")
     written = []
     for host in inventory.hosts:
         started = time.monotonic()
-        tmp = tempdirs.create(out, host.name, mode=0o755)
+        tmp = tempdirs.create(out, host.name)  # 0700: seeds carry keys and may carry join tokens
         try:
             own = write_host(tmp.path, host, seeds[host.name], build_name=build.name, kernel_params=params,
                              base_url=base_url, iso=iso, where=where)  # fmt: skip
@@ -408,6 +465,7 @@ class Factory:
         self.kernel_params = str(self.values.get("extra_kernel_boot_params") or "")
         self.iso = live_iso(build)
         self._where: Slots | None = None
+        self._iso_stamp: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
         self._inventory = self._load(inventory_path)  # a bad file at start is exit 2
@@ -455,8 +513,11 @@ class Factory:
     def slots(self) -> Slots:
         if self.iso is None:
             raise InputError(f"{self.build.path}: no live ISO (build with FORMATS including iso)")
-        if self._where is None:
+        st = self.iso.stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._where is None or stamp != self._iso_stamp:  # an ISO rebuilt in place: read its slots again
             self._where = slots(self.iso)
+            self._iso_stamp = stamp
         return self._where
 
     def iso_patch(self, host: Host) -> dict[str, bytes]:

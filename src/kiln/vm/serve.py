@@ -36,7 +36,7 @@ from pathlib import Path
 from kiln.artifacts.formats import NETBOOT_DIR, ipxe_script
 from kiln.config.inventory import normal_mac
 from kiln.core.builddir import BuildDir
-from kiln.core.errors import InputError
+from kiln.core.errors import InputError, KilnError
 from kiln.vm import hosts
 from kiln.vm.hosts import Factory
 
@@ -70,6 +70,7 @@ class Server:
         seed: Mapping[str, bytes] | None = None,
         hosts: Factory | None = None,
         allow: Sequence[Network] | None = None,
+        say: Callable[[str], None] = lambda _line: None,
     ) -> None:
         self.dir = build.path / NETBOOT_DIR
         missing = [n for n in FILES if not (self.dir / n).is_file()]
@@ -82,6 +83,7 @@ class Server:
         self.kernel_params = str(build.values().get("extra_kernel_boot_params") or "")
         self.seed = dict(seed or {})
         self.hosts = hosts
+        self.say = say
         self.allow = list(allow) if allow is not None else served_networks(address)
         server = self
 
@@ -96,7 +98,12 @@ class Server:
                 self._answer(head=False)
 
             def _answer(self, head: bool) -> None:
-                answer = server.lookup(self.path.split("?", 1)[0], self.client_address[0])
+                try:
+                    answer = server.lookup(self.path.split("?", 1)[0], self.client_address[0])
+                except KilnError as err:  # a host whose media cannot be made: say why here, 500 there
+                    server.say(f"kiln serve: {self.path}: {err.message}")
+                    self.send_error(500)
+                    return
                 if answer is None or answer.status != 200:
                     self.send_error(answer.status if answer else 404)
                     return
@@ -153,6 +160,8 @@ class Server:
         except UnicodeDecodeError:
             return None
         if name == "boot.ipxe":
+            if self.hosts is not None and not self.allowed(client):  # the chain lists hosts and MACs
+                return FORBIDDEN
             body = self.script()
             return Answer(len(body), body=body)
         if name in FILES:
@@ -166,10 +175,12 @@ class Server:
                 return FORBIDDEN
             return Answer(len(self.seed[parts[1]]), body=self.seed[parts[1]])
         if parts[0] == "hosts" and self.hosts is not None and len(parts) in (2, 3):
-            return self._host_asset(parts[1:], client)
+            if not self.allowed(client):  # before any lookup: which names exist is not told either
+                return FORBIDDEN
+            return self._host_asset(parts[1:])
         return None
 
-    def _host_asset(self, parts: list[str], client: str) -> Answer | None:
+    def _host_asset(self, parts: list[str]) -> Answer | None:
         factory = self.hosts
         assert factory is not None
         if len(parts) == 1:
@@ -187,8 +198,6 @@ class Server:
             asset = parts[1]
             if asset.startswith("01-"):
                 asset = "boot.ipxe" if normal_mac(asset[3:]) in host.macs else ""
-        if not self.allowed(client):
-            return FORBIDDEN
         seed = factory.seed(host)
         body: bytes | None = None
         if asset == "boot.ipxe":
