@@ -86,7 +86,10 @@ def _log_of(out: Path) -> Path:
     return path / "build.log"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGTERM's case also builds again after the interruption (a whole os, kubernetes and finalize): vm_more
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.vm_more)], ids=["SIGINT", "SIGTERM"]
+)
 def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(built_image, tmp_path, sig):
     cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
     extra = "jq" if sig == signal.SIGINT else "jq tree"
