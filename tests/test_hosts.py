@@ -241,6 +241,7 @@ def test_kiln_hosts_writes_every_hosts_media_and_the_iso_differs_only_in_its_slo
     assert one == two and (a / "node-a.iso").read_bytes() != base.read_bytes()
     cfg = _iso_file(a / "node-a.iso", "/boot/grub/grub.cfg").decode()
     assert "'ds=nocloud;s=file:///run/live/medium/kiln/seed/'" in cfg and "network-config=" in cfg
+    assert " nonetworking " in cfg  # live-boot leaves the network to cloud-init
     assert "quiet" in cfg  # the build's extra_kernel_boot_params stay
     assert _iso_file(a / "node-a.iso", "/kiln/seed/meta-data").rstrip(b"\n") == (
         a / "meta-data"

@@ -148,7 +148,9 @@ def iso_patch(build_name: str, kernel_params: str, host: Host, host_seed: Seed) 
     """ISO path -> the bytes that replace that slot's content."""
     where = f"host {host.name}"
     url = f"file://{formats.ISO_MEDIUM}/{formats.ISO_SEED_DIR}/"
-    extra = kernel_args(url, host_seed, host)
+    # nonetworking: live-boot would otherwise write a DHCP stanza for every NIC into /etc/network/interfaces,
+    # and ifupdown would bring them up before cloud-init's own config (static addresses) is looked at
+    extra = f"nonetworking {kernel_args(url, host_seed, host)}"
     check_cmdline(f"{formats.live_cmdline(kernel_params)} {extra}", host)
     # grub.cfg: the ds argument holds a `;`, which GRUB's script reads as a command separator unquoted
     out = {formats.ISO_GRUB_CFG: formats.grub_cfg(f"{build_name} ({host.name})", kernel_params, extra)}
