@@ -43,9 +43,18 @@ pytestmark = [
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below 32768: apt-cacher-ng 3.7.4 cannot bind one above ("Error resolving address for
+    binding"), and the kernel hands out ephemeral ports from 32768 up."""
+    import random
+
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below 32768")
 
 
 @dataclass
