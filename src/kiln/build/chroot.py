@@ -226,10 +226,13 @@ def run_playbooks(
     user_vars: str = "",
     log_file: IO[str] | None,
     on_line: Any = None,
+    epoch: int = 0,
     runtime: Runtime,
 ) -> None:
     """ansible-playbook with the chroot connection against `tree`, in a private mount namespace with /proc,
-    /sys, /dev and the host's resolv.conf mounted for the run."""
+    /sys, /dev and the host's resolv.conf mounted for the run. With `epoch`, every command in the chroot
+    sees SOURCE_DATE_EPOCH (the chroot connection passes ansible's environment on): mkinitramfs, run by
+    dpkg triggers, then writes the same initrd for the same files."""
     vars_file = work / "ansible-vars.json"
     vars_file.write_text(json.dumps(dict(extra_vars), indent=2, sort_keys=True) + "\n")
     env = {
@@ -237,6 +240,7 @@ def run_playbooks(
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
         "ANSIBLE_REMOTE_TEMP": "/tmp/.kiln-ansible",
+        **({"SOURCE_DATE_EPOCH": str(epoch)} if epoch else {}),
     }
     with prepared(tree, work) as host_resolv:
         for playbook in playbooks:

@@ -145,7 +145,7 @@ class ChrootRunner:
             for playbook in playbooks:
                 chroot.run_playbooks(
                     tree, sdir, [playbook], extra, repo_root=repo, user_vars=user_vars, log_file=ws.log_file,
-                    on_line=_task_lines(ws, stage), runtime=ws.runtime,
+                    on_line=_task_lines(ws, stage), epoch=ws.epoch, runtime=ws.runtime,
                 )  # fmt: skip
                 if last and playbook.name == "playbook.yml":  # before sysprep, as the VM runner's check
                     _check_tree(ws, stage, tree)
