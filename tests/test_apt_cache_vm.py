@@ -2,8 +2,8 @@
 
 apt-cacher-ng (Debian's package) runs on the build host for the module, with a config of its own (no
 mirror remapping: requests go to the host asked for). debian-12 is built twice through it (`apt_cache`,
-with `extra_packages: tree`), the second time with an empty stage cache (the base disk hard-linked in), so
-that its os stage downloads every package again:
+with `extra_packages: tree`), each from an empty stage cache of its own (the base disk hard-linked in), so
+that each os stage downloads every package: the first through a cold cache, the second through a warm one:
 - the second build's packages come from the cache: counted in the cache's own log (`O` lines served
   without an `I` line fetched), its os stage timed against the first's;
 - the finished image keeps no cache or proxy setting for apt;
@@ -113,7 +113,9 @@ def _build(out: Path, cache: Cache, *extra: str) -> subprocess.CompletedProcess:
 def _os_seconds(build_dir: Path) -> float:
     for line in (build_dir / "build.log").read_text().splitlines():
         if "kiln: stage os: ok in " in line:
-            return float(line.rsplit("ok in ", 1)[1].rstrip("s"))
+            took = line.rsplit("ok in ", 1)[1]
+            assert "reused" not in took, f"{build_dir}: the os stage came from the stage cache: {line}"
+            return float(took.rstrip("s"))
     raise AssertionError(f"{build_dir}/build.log: no os stage ran")
 
 
@@ -124,21 +126,25 @@ class Builds:
     second_started: float
 
 
-@pytest.fixture(scope="module")
-def builds(built_image, cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> Builds:  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("apt-cache-builds")
-    first = _build(root / "first", cache)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    # the second build: an empty stage cache but the same base disk (hard links, no copy)
+def _fresh_cache(root: Path) -> Path:
+    """An empty stage cache but the suite's base disk (hard links, no copy): the os stage runs for real."""
     cfg = config.load("debian-12", var_files=SITE_VAR_FILES, repo_root=REPO)
     spec = build.base_spec(cfg)
     assert spec is not None
-    fresh = root / "stage-cache"
-    (fresh / "bootstrap").mkdir(parents=True)
-    shutil.copytree(cfg.path("cache_dir") / "bootstrap" / spec.key(), fresh / "bootstrap" / spec.key(),
+    (root / "bootstrap").mkdir(parents=True)
+    shutil.copytree(cfg.path("cache_dir") / "bootstrap" / spec.key(), root / "bootstrap" / spec.key(),
                     copy_function=os.link)  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="module")
+def builds(built_image, cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> Builds:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("apt-cache-builds")
+    # both builds from an empty stage cache: the first fills the package cache, the second reads it
+    first = _build(root / "first", cache, f"-var cache_dir={_fresh_cache(root / 'cache-1')}")
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     started = time.time()
-    second = _build(root / "second", cache, f"-var cache_dir={fresh}")
+    second = _build(root / "second", cache, f"-var cache_dir={_fresh_cache(root / 'cache-2')}")
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
     return Builds(root / "first" / NAME, root / "second" / NAME, started)
 
