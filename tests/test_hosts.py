@@ -269,8 +269,8 @@ def test_a_seed_bigger_than_its_slot_is_named(build: BuildDir, tmp_path: Path) -
     big = GOOD.replace('runcmd: [["touch", "/run/kiln-host-a"]]', "bootcmd: ['" + "x" * 300_000 + "']")
     inv = inventory.load(_inv(tmp_path, big))
     with pytest.raises(InputError, match="host node-a: kiln/seed/user-data: .* more than the 262144"):
-        hosts.write_all(inv, build, tmp_path / "out", keys=[KEY], user="kiln", base_url="",
-                        templates=TEMPLATES, say=print)  # fmt: skip
+        hosts.prepare(inv, build, tmp_path / "out", keys=[KEY], user="kiln", base_url="", templates=TEMPLATES)
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_iso_without_slots_is_named(tmp_path: Path) -> None:
@@ -332,9 +332,8 @@ def test_serve_hosts_answers_by_name_and_mac_refuses_the_rest_and_shares_one_gen
         assert factory.generations == 1 and len(results) == 2 and results[0] == results[1]
         first = inventory.load(inv_path).hosts[0]
         (tmp_path / "h").mkdir()
-        hosts.write_host(tmp_path / "h", first, factory.seed(first), build_name=build.name,
-                         kernel_params="quiet", base_url="", iso=factory.iso,
-                         where=factory.slots())  # fmt: skip
+        made = hosts.media(build.name, "quiet", "", first, factory.seed(first), iso=True)
+        hosts.write_host(tmp_path / "h", first, made, iso=factory.iso, where=factory.slots())
         written = tmp_path / "h" / "node-a.iso"
         assert results[0] == written.read_bytes()
         assert _get(f"{url}/hosts/node-a/node-a.iso")[1] == results[0] and factory.generations == 1

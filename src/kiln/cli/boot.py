@@ -259,18 +259,16 @@ def _cmd_hosts(args: argparse.Namespace) -> int:
     build = BuildDir.open(args.build_dir)
     keys, source = _public_keys(args)
     user, templates = args.user or cidata.DEFAULT_USER, cidata.template_dir(args.runtime.root)
-    if args.runtime.dry_run:  # every check of a real run, then nothing written
-        plan = hosts.prepare(inv, build, args.output, keys=keys, user=user, base_url=args.base_url,
-                             templates=templates)  # fmt: skip
+    # every check of a real run first; a dry run stops after them, having written nothing
+    plan = hosts.prepare(inv, build, args.output, keys=keys, user=user, base_url=args.base_url,
+                         templates=templates)  # fmt: skip
+    if args.runtime.dry_run:
         iso = "its ISO, " if plan.iso is not None else ""
         for host in inv.hosts:
             macs = ", ".join(host.macs)
             print(f"would write {args.output / host.name}/ for {host.name} ({iso}seed, iPXE by {macs})")
         return EXIT_OK
-    written = hosts.write_all(
-        inv, build, args.output, keys=keys, user=user, base_url=args.base_url, templates=templates,
-        say=lambda line: print(line, flush=True),
-    )  # fmt: skip
+    written = hosts.write_all(inv, build, args.output, plan, say=lambda line: print(line, flush=True))
     print(f"wrote {len(written)} host(s) to {args.output} ({len(keys)} key(s) from {source})")
     return EXIT_OK
 

@@ -56,19 +56,13 @@ def network_config(host: Host) -> dict[str, Any]:
     ethernets: dict[str, Any] = {}
     for i, mac in enumerate(host.macs):
         nic: dict[str, Any] = {"match": {"macaddress": mac}}
-        if host.dhcp:
-            nic["dhcp4"] = True
-            if i == 0 and host.nameservers:
-                nic["nameservers"] = {"addresses": [str(n) for n in host.nameservers]}
-        elif i == 0:
-            nic["dhcp4"] = False
+        nic["dhcp4"] = host.dhcp
+        if i == 0 and not host.dhcp:
             nic["addresses"] = [str(a) for a in host.addresses]
             if host.gateway is not None:
                 nic["gateway6" if host.gateway.version == 6 else "gateway4"] = str(host.gateway)
-            if host.nameservers:
-                nic["nameservers"] = {"addresses": [str(n) for n in host.nameservers]}
-        else:
-            nic["dhcp4"] = False
+        if i == 0 and host.nameservers:
+            nic["nameservers"] = {"addresses": [str(n) for n in host.nameservers]}
         ethernets[f"nic{i}"] = nic
     return {"version": 2, "ethernets": ethernets}
 
@@ -159,8 +153,8 @@ def iso_patch(build_name: str, kernel_params: str, host: Host, host_seed: Seed) 
     return {p: formats.padded(t, formats.ISO_SLOTS[p], f"{where}: {p}") for p, t in out.items()}
 
 
-def slots(iso: Path) -> dict[str, tuple[int, int]]:  # noqa: D401
-    """ISO path -> (byte offset, size) of each slot in `iso`; BuildError when the ISO has none (built by
+def slots(iso: Path) -> dict[str, tuple[int, int]]:
+    """ISO path -> (byte offset, size) of each slot in `iso`; InputError when the ISO has none (built by
     a kiln before per-host slots) or they are not the size kiln writes."""
     import pycdlib
 
@@ -208,8 +202,7 @@ def write_iso(base: Path, out: Path, patch: Mapping[str, bytes], where: Slots) -
             src.seek(0)
             dst.seek(0)
             dst.truncate()
-            while block := src.read(1 << 22):
-                dst.write(block)
+            shutil.copyfileobj(src, dst, 1 << 22)
         for path, data in patch.items():
             offset, length = where[path]
             assert len(data) == length
@@ -304,20 +297,27 @@ class Written:
     host: str
     seconds: float
     unique_bytes: int  # what this host adds beyond what hosts share (its slots, seed files and scripts)
-    allocated: int  # blocks the host's directory takes on disk (its ISO's shared extents included)
 
 
-def write_host(
-    out: Path,
-    host: Host,
-    host_seed: Seed,
-    *,
-    build_name: str,
-    kernel_params: str,
-    base_url: str,
-    iso: Path | None,
-    where: Slots | None,
-) -> int:
+@dataclass(frozen=True)
+class Media:
+    """What a host's files are made of, checked: its seed, its iPXE script and, with a live ISO, its
+    ISO slots."""
+
+    seed: Seed
+    script: str
+    patch: dict[str, bytes] | None
+
+
+def media(
+    build_name: str, kernel_params: str, base_url: str, host: Host, host_seed: Seed, iso: bool
+) -> Media:
+    """A host's media; InputError when its seed outgrows a slot or a kernel command line is too long."""
+    patch = iso_patch(build_name, kernel_params, host, host_seed) if iso else None
+    return Media(host_seed, ipxe_host(build_name, base_url, host, host_seed, kernel_params), patch)
+
+
+def write_host(out: Path, host: Host, made: Media, *, iso: Path | None, where: Slots | None) -> int:
     """The host's files in the (new, empty) directory `out`; returns the bytes that are the host's own."""
     own = 0
 
@@ -328,17 +328,16 @@ def write_host(
             fh.write(data)
         own += len(data)
 
-    for name, text in host_seed.live.items():  # served over HTTP for netboot
+    for name, text in made.seed.live.items():  # served over HTTP for netboot
         put(name, text.encode())
-    put("cidata.iso", seed_iso_bytes(host_seed))
-    script = ipxe_host(build_name, base_url, host, host_seed, kernel_params).encode()
+    put("cidata.iso", seed_iso_bytes(made.seed))
+    script = made.script.encode()
     put("boot.ipxe", script)
     for mac in host.macs:
         put(pxe_name(mac), script)
-    if iso is not None and where is not None:
-        patch = iso_patch(build_name, kernel_params, host, host_seed)
-        write_iso(iso, out / f"{host.name}.iso", patch, where)
-        own += sum(len(d) for d in patch.values())
+    if iso is not None and where is not None and made.patch is not None:
+        write_iso(iso, out / f"{host.name}.iso", made.patch, where)
+        own += sum(len(d) for d in made.patch.values())
     return own
 
 
@@ -349,8 +348,8 @@ def live_iso(build: BuildDir) -> Path | None:
 
 @dataclass(frozen=True)
 class Plan:
-    seeds: dict[str, Seed]
-    params: str  # the build's extra_kernel_boot_params
+    media: dict[str, Media]  # by host name
+    base_url: str
     iso: Path | None
     where: Slots | None
 
@@ -365,39 +364,27 @@ def prepare(
     base_url: str,
     templates: str | os.PathLike[str],
 ) -> Plan:
-    """Everything `kiln hosts` checks before it writes (a dry run stops here): OUT may be written, every
-    host's seed fits its slots and every kernel command line fits."""
+    """Everything `kiln hosts` checks and makes before it writes (a dry run stops here): OUT may be
+    written, every host's seed fits its slots and every kernel command line fits."""
     inputs.check_replaceable(out, "kiln hosts output directory")
     values = build.values()
     params = str(values.get("extra_kernel_boot_params") or "")
     iso = live_iso(build)
     where = slots(iso) if iso is not None else None
-    seeds = {
-        h.name: seed(h, values=values, keys=keys, user=user, templates=templates) for h in inventory.hosts
-    }
-    for host in inventory.hosts:
-        ipxe_host(build.name, base_url, host, seeds[host.name], params)
-        if iso is not None:
-            iso_patch(build.name, params, host, seeds[host.name])
-    return Plan(seeds, params, iso, where)
+    made = {
+        h.name: media(build.name, params, base_url, h,
+                      seed(h, values=values, keys=keys, user=user, templates=templates), iso is not None)
+        for h in inventory.hosts
+    }  # fmt: skip
+    return Plan(made, base_url, iso, where)
 
 
 def write_all(
-    inventory: Inventory,
-    build: BuildDir,
-    out: Path,
-    *,
-    keys: Sequence[str],
-    user: str,
-    base_url: str,
-    templates: str | os.PathLike[str],
-    say: Callable[[str], None],
+    inventory: Inventory, build: BuildDir, out: Path, plan: Plan, *, say: Callable[[str], None]
 ) -> list[Written]:
-    """Every host's media under OUT/NAME (each written to a temp dir, then renamed into place), and the
-    chain script OUT/boot.ipxe. OUT must be new, empty, or kiln's (inputs.check_replaceable)."""
-    plan = prepare(inventory, build, out, keys=keys, user=user, base_url=base_url, templates=templates)
-    seeds, params, iso, where = plan.seeds, plan.params, plan.iso, plan.where
-    if iso is None:
+    """Every host's media of `plan` (prepare) under OUT/NAME (each written to a temp dir, then renamed
+    into place), and the chain script OUT/boot.ipxe."""
+    if plan.iso is None:
         say(f"{build.path}: no live ISO (build with FORMATS including iso): per-host ISOs not written")
     out.mkdir(parents=True, exist_ok=True)
     inputs.mark(out, f"kiln hosts {inventory.path} {build.path}")
@@ -406,8 +393,7 @@ def write_all(
         started = time.monotonic()
         tmp = tempdirs.create(out, host.name)  # 0700: seeds carry keys and may carry join tokens
         try:
-            own = write_host(tmp.path, host, seeds[host.name], build_name=build.name, kernel_params=params,
-                             base_url=base_url, iso=iso, where=where)  # fmt: skip
+            own = write_host(tmp.path, host, plan.media[host.name], iso=plan.iso, where=plan.where)
             final = out / host.name
             if final.is_dir() and not final.is_symlink():
                 old = tempdirs.create(out, f"{host.name}.old")
@@ -421,14 +407,12 @@ def write_all(
             raise
         finally:
             tmp.release()
-        allocated = sum(f.stat().st_blocks * 512 for f in final.iterdir())
-        done = Written(host.name, time.monotonic() - started, own, allocated)
+        done = Written(host.name, time.monotonic() - started, own)
         written.append(done)
         say(f"{host.name}: {final}/ ({len(host.macs)} MAC(s), {'DHCP' if host.dhcp else 'static'}) "
             f"in {done.seconds:.2f} s, {inputs.human(own)} of its own")  # fmt: skip
     macs = {m: h.name for h in inventory.hosts for m in h.macs}
-    chain = out / "boot.ipxe"
-    chain.write_text(ipxe_chain(base_url, macs))
+    (out / "boot.ipxe").write_text(ipxe_chain(plan.base_url, macs))
     return written
 
 

@@ -84,7 +84,11 @@ class Server:
         self.seed = dict(seed or {})
         self.hosts = hosts
         self.say = say
-        self.allow = list(allow) if allow is not None else served_networks(address)
+        # the allow-list guards seeds only; a server with none asks no interface for its subnets
+        if allow is not None:
+            self.allow = list(allow)
+        else:
+            self.allow = served_networks(address) if (self.seed or hosts is not None) else []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
