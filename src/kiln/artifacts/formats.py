@@ -29,20 +29,21 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import tarfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from kiln.artifacts import layers
+from kiln.artifacts.layers import make_squashfs, source_date_env, write_manifest  # noqa: F401
 from kiln.core import proc
 from kiln.core.builddir import sha256_file
 from kiln.core.errors import BuildError, InputError
 from kiln.core.runtime import Runtime
 
 DISK_FORMATS = ("qcow2", "ova")
-LIVE_FORMATS = ("squashfs", "iso", "netboot", "platform")
+LIVE_FORMATS = ("squashfs", "iso", "netboot", "platform", "overlay")
 ALL = DISK_FORMATS + LIVE_FORMATS
 SQUASHFS_DIR = "squashfs"
 NETBOOT_DIR = "netboot"
@@ -52,17 +53,6 @@ LIVE_CMDLINE = "boot=live components console=tty0 console=ttyS0,115200n8"
 def live_cmdline(kernel_params: str = "") -> str:
     """The live kernel command line, with the image's extra_kernel_boot_params as its disk boot has them."""
     return f"{LIVE_CMDLINE} {kernel_params}".strip()
-
-
-TYPES = (
-    (stat.S_ISREG, "f"),
-    (stat.S_ISDIR, "d"),
-    (stat.S_ISLNK, "l"),
-    (stat.S_ISCHR, "c"),
-    (stat.S_ISBLK, "b"),
-    (stat.S_ISFIFO, "p"),
-    (stat.S_ISSOCK, "s"),
-)
 
 
 def live_wanted(formats: Sequence[str]) -> bool:
@@ -128,54 +118,6 @@ def kernel_version(tree: Path) -> str:
     return kernels[-1].name.removeprefix("vmlinuz-")
 
 
-def _sde(epoch: int) -> dict[str, str]:
-    return {"SOURCE_DATE_EPOCH": str(epoch)} if epoch else {}
-
-
-def make_squashfs(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None, epoch: int = 0) -> Path:
-    """zstd squashfs of `tree`; with `epoch`, file times after it are clamped to it and it is the
-    creation time (mksquashfs's SOURCE_DATE_EPOCH rule; its output order is reproducible by default)."""
-    proc.run(
-        [
-            "mksquashfs",
-            str(tree),
-            str(out),
-            "-noappend",
-            "-comp",
-            "zstd",
-            "-Xcompression-level",
-            "6",
-            "-wildcards",
-            "-e",
-            "lost+found",
-            "-quiet",
-        ],
-        extra_env=_sde(epoch),
-        log_file=log_file,
-        runtime=runtime,
-    )
-    return out
-
-
-def write_manifest(tree: Path, out: Path) -> Path:
-    """Every path: type, mode (octal), uid:gid, size, sha256 (files) and link target (symlinks)."""
-    lines = []
-    for dirpath, dirnames, filenames in os.walk(tree):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            path = Path(dirpath) / name
-            st = os.lstat(path)
-            kind = next((k for test, k in TYPES if test(st.st_mode)), "?")
-            rel = "/" + str(path.relative_to(tree))
-            digest = sha256_file(path) if kind == "f" else "-"
-            extra = f"\t-> {os.readlink(path)}" if kind == "l" else ""
-            lines.append(
-                f"{rel}\t{kind}\t{stat.S_IMODE(st.st_mode):04o}\t{st.st_uid}:{st.st_gid}\t{st.st_size}\t{digest}{extra}"
-            )
-    out.write_text("\n".join(lines) + "\n")
-    return out
-
-
 def write_hash(path: Path) -> str:
     digest = sha256_file(path)
     Path(f"{path}.hash").write_text(f"{digest}\n")
@@ -199,7 +141,7 @@ def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | Non
             mounted.append(target)
         proc.run(
             ["chroot", str(tree), "mkinitramfs", "-o", "/tmp/kiln-live-initrd", kver],
-            extra_env=_sde(epoch),
+            extra_env=source_date_env(epoch),
             log_file=log_file,
             runtime=runtime,
         )
@@ -263,8 +205,39 @@ def placeholder(path: str) -> str:
     )
 
 
-def ipxe_script(name: str, base: str, extra: str = "", kernel_params: str = "") -> str:
-    text = IPXE.format(name=name, base=base, cmdline=live_cmdline(kernel_params))
+IPXE_LAYERED = """#!ipxe
+# kiln netboot set for {name}: the base and the overlay squashfs, stacked by live-boot. `kiln serve
+# BUILD_DIR` serves these files and writes the URL it is reached at into `base`; any other HTTP server
+# works too: set base to where the files are served. iPXE puts each image into the initramfs under
+# {medium}/live/ (kiln-live.cpio makes that directory and the stack's module file first).
+isset ${{base}} || set base {base}
+kernel ${{base}}/vmlinuz {cmdline} live-media=/{medium} ${{extra}}
+initrd ${{base}}/initrd
+initrd ${{base}}/{cpio}
+{images}
+boot
+"""
+
+
+def netboot_images(netboot: Path) -> list[str] | None:
+    """The images a netboot set stacks, bottom first (a layered set has kiln-live.cpio), or None."""
+    if not (netboot / layers.NETBOOT_CPIO).is_file():
+        return None
+    return [layers.BASE, layers.OVERLAY]
+
+
+def ipxe_script(
+    name: str, base: str, extra: str = "", kernel_params: str = "", images: Sequence[str] | None = None
+) -> str:
+    """The netboot set's iPXE script; `images` (bottom first) for a base + overlay set."""
+    if images:
+        lines = "\n".join(f"initrd ${{base}}/{f} {n}" for f, n in layers.netboot_initrds(images))
+        text = IPXE_LAYERED.format(
+            name=name, base=base, cmdline=live_cmdline(kernel_params), medium=layers.NETBOOT_MEDIUM,
+            cpio=layers.NETBOOT_CPIO, images=lines,
+        )  # fmt: skip
+    else:
+        text = IPXE.format(name=name, base=base, cmdline=live_cmdline(kernel_params))
     return text.replace("${extra}", extra).replace(" \n", "\n")
 
 
@@ -272,7 +245,7 @@ def make_iso(
     name: str,
     kernel: Path,
     initrd: Path,
-    squashfs: Path,
+    squashfs: Path | Sequence[Path],
     out: Path,
     work: Path,
     runtime: Runtime,
@@ -281,13 +254,20 @@ def make_iso(
     epoch: int = 0,
     seed: str = "",
 ) -> Path:
-    """The hybrid live ISO. With `epoch` (and `seed`), two runs on the same files make the same bytes."""
+    """The hybrid live ISO. With `epoch` (and `seed`), two runs on the same files make the same bytes.
+    `squashfs` is the root, or the images of a base + overlay stack (bottom first), which go into /live/
+    under their own names with the module file that stacks them."""
     stage = work / "iso"
     (stage / "live").mkdir(parents=True)
     (stage / "boot" / "grub").mkdir(parents=True)
     shutil.copyfile(kernel, stage / "live" / "vmlinuz")
     shutil.copyfile(initrd, stage / "live" / "initrd.img")
-    os.link(squashfs, stage / "live" / "filesystem.squashfs")
+    if isinstance(squashfs, Path):
+        os.link(squashfs, stage / "live" / "filesystem.squashfs")
+    else:
+        for image in squashfs:
+            os.link(image, stage / "live" / image.name)
+        (stage / "live" / layers.MODULE).write_text(layers.module_text([i.name for i in squashfs]))
     for path, size in ISO_SLOTS.items():
         text = grub_cfg(name, kernel_params) if path == ISO_GRUB_CFG else placeholder(path)
         (stage / path).parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +279,7 @@ def make_iso(
                  "-volume_date", "c", f"={epoch}", "-volume_date", "m", f"={epoch}"]  # fmt: skip
     proc.run(
         ["grub-mkrescue", "-o", str(out), str(stage), "--", "-volid", "KILN_LIVE", *dates],
-        extra_env=_sde(epoch),
+        extra_env=source_date_env(epoch),
         log_file=log_file,
         runtime=runtime,
     )
@@ -412,41 +392,62 @@ def produce(
     say: Any = None,
     epoch: int = 0,
     seed: str = "",
+    base: Path | None = None,
 ) -> list[Path]:
     """Write the live formats in `formats` into build_dir from the finished disk; returns the files made.
     `epoch` is the build's source date (0: now, not reproducible), `seed` what the ISO's ESP serial comes
-    from (the stage ID)."""
+    from (the stage ID). With `overlay`, `base` is the base squashfs (the os stage's root, made once per os
+    stage by kiln.build.finalize): the overlay holds the rest, and the ISO and netboot set boot the stack."""
     if not live_wanted(formats):
         return []
+    layered = "overlay" in formats
+    if layered and base is None:
+        raise BuildError(f"{build_dir}: format overlay: no base squashfs to put the overlay on")
+    full = any(f in formats for f in ("squashfs", "platform")) or (
+        not layered and any(f in formats for f in ("iso", "netboot"))
+    )
     made: list[Path] = []
     note = say or (lambda _t: None)
     work.mkdir(parents=True, exist_ok=True)
     sq_dir = build_dir / SQUASHFS_DIR
-    sq_dir.mkdir(exist_ok=True)
     squash = sq_dir / "filesystem.squashfs"
     kernel = work / "vmlinuz"
     initrd = work / "initrd"
+    manifest = work / "root.manifest"
     built = epoch or time.time()
+    stack: list[Path] = []
     with root_tree(disk, work, runtime, log_file) as tree:
         live_fstab(tree)
-        note("squashfs: the root file system")
-        make_squashfs(tree, squash, runtime, log_file, epoch)
-        note("squashfs: manifest of every path")
-        write_manifest(tree, sq_dir / "filesystem.manifest")
+        note("manifest of every path in the root")
+        write_manifest(tree, manifest)
+        if full:
+            note("squashfs: the root file system")
+            sq_dir.mkdir(exist_ok=True)
+            make_squashfs(tree, squash, runtime, log_file, epoch)
+        if layered:
+            assert base is not None
+            note("overlay: what this version adds to the base, as an overlay squashfs")
+            out = build_dir / layers.DIR
+            made += layers.make_overlay(tree, base, out, work, manifest, epoch=epoch, runtime=runtime,
+                                 log_file=log_file, say=note)  # fmt: skip
+            stack = [out / layers.BASE, out / layers.OVERLAY]
         os_release = (
             (tree / "etc" / "os-release").read_text() if (tree / "etc" / "os-release").is_file() else ""
         )
         note("live initrd: mkinitramfs with live-boot in a chroot of the image")
         kver = live_initrd(tree, initrd, runtime, log_file, epoch)
         shutil.copyfile(tree / "boot" / f"vmlinuz-{kver}", kernel)
-    write_hash(squash)
-    shutil.copyfile(packages_file, sq_dir / "filesystem.packages")
-    made += [squash, Path(f"{squash}.hash"), sq_dir / "filesystem.manifest", sq_dir / "filesystem.packages"]
+    if full:
+        write_hash(squash)
+        shutil.copyfile(manifest, sq_dir / "filesystem.manifest")
+        shutil.copyfile(packages_file, sq_dir / "filesystem.packages")
+        made += [squash, Path(f"{squash}.hash")]
+        made += [sq_dir / "filesystem.manifest", sq_dir / "filesystem.packages"]
     if "iso" in formats:
-        note("iso: hybrid BIOS/UEFI live ISO (grub-mkrescue, xorriso)")
+        note("iso: hybrid BIOS/UEFI live ISO (grub-mkrescue, xorriso)" + (", stacked" if layered else ""))
         iso = build_dir / f"{name}.iso"
-        made.append(make_iso(name, kernel, initrd, squash, iso, work, runtime, log_file, kernel_params,
-                             epoch=epoch, seed=seed))  # fmt: skip
+        made.append(make_iso(name, kernel, initrd, stack or squash, iso, work, runtime, log_file,
+                             kernel_params, epoch=epoch, seed=seed))  # fmt: skip
         made.append(Path(f"{iso}.sha256"))
         Path(f"{iso}.sha256").write_text(sha256_file(iso))
     if "netboot" in formats:
@@ -454,12 +455,21 @@ def produce(
         net.mkdir(exist_ok=True)
         shutil.copyfile(kernel, net / "vmlinuz")
         shutil.copyfile(initrd, net / "initrd")
-        os.link(squash, net / "filesystem.squashfs")
-        (net / "boot.ipxe").write_text(ipxe_script(name, "http://SERVER/PATH", kernel_params=kernel_params))
-        made += [net / n for n in ("vmlinuz", "initrd", "filesystem.squashfs", "boot.ipxe")]
+        if layered:
+            for image in stack:
+                os.link(image, net / image.name)
+            (net / layers.NETBOOT_CPIO).write_bytes(layers.netboot_cpio([i.name for i in stack]))
+            files = [*(i.name for i in stack), layers.NETBOOT_CPIO]
+        else:
+            os.link(squash, net / "filesystem.squashfs")
+            files = ["filesystem.squashfs"]
+        images = [i.name for i in stack] or None
+        script = ipxe_script(name, "http://SERVER/PATH", kernel_params=kernel_params, images=images)
+        (net / "boot.ipxe").write_text(script)
+        made += [net / n for n in ("vmlinuz", "initrd", *files, "boot.ipxe")]
     if "platform" in formats:
         note("platform: the Triton-style tarball")
-        files = {
+        files_in = {
             "vmlinuz": kernel,
             "initrd": initrd,
             "filesystem.squashfs": squash,
@@ -467,5 +477,5 @@ def produce(
             "filesystem.manifest": sq_dir / "filesystem.manifest",
         }
         tgz = build_dir / f"{name}.platform.tgz"
-        made.append(make_platform(tgz, files, os_release, built, gitstatus(repo_root, runtime)))
+        made.append(make_platform(tgz, files_in, os_release, built, gitstatus(repo_root, runtime)))
     return made

@@ -5,6 +5,7 @@ anything is written (kiln.core.space)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -119,10 +120,11 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
     wanted = list(ws.settings.formats)
     if formats.live_wanted(wanted):
         started = time.monotonic()
+        base = live_base(ws) if "overlay" in wanted else None
         files += formats.produce(
             qcow2, ws.temp, ws.name, wanted, ws.packages_file, ws.cfg.repo_root, ws.work / "formats",
             kernel_params=ws.settings.extra_kernel_boot_params, epoch=ws.epoch, seed=ws.ids["kubernetes"].id,
-            runtime=ws.runtime, log_file=ws.log_file, say=lambda t: ws.monitor.log("finalize", t),
+            runtime=ws.runtime, log_file=ws.log_file, say=lambda t: ws.monitor.log("finalize", t), base=base,
         )  # fmt: skip
         ws.timings["formats"] = round(time.monotonic() - started, 1)
         ws.monitor.log("finalize", f"live formats {', '.join(wanted)} made in {ws.timings['formats']:.0f}s")
@@ -133,6 +135,52 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
     shutil.rmtree(ws.work, ignore_errors=True)  # keys, seeds and vars go before anything can copy them
     (ws.temp / SERIAL_LOG).unlink(missing_ok=True)
     builddir.BuildDir.open(ws.temp)  # the contract other commands read
+
+
+LIVE_BASE_VERSION = "1"  # how a base squashfs is made: a change here makes new bases
+
+
+def live_base(ws: Workspace) -> Path:
+    """The base squashfs of format overlay: the os stage's root tree, generalized by the same sysprep
+    playbook as the finished image (no host keys, machine-id, apt lists or logs), its fstab as the live
+    root has it. Made once per os stage, source date and sysprep roles, and kept in the os stage's cache
+    entry, so every Kubernetes version built on that os stage shares one file (kiln cache prune removes it
+    with the entry)."""
+    from kiln.artifacts import formats
+    from kiln.build import chroot, runners
+
+    cache = ws.cfg.path("cache_dir")
+    os_id = ws.ids["os"].id
+    tar = stages.disk(cache, os_id)
+    if tar.name != chroot.TREE or not tar.is_file():
+        raise BuildError(f"{tar.parent}: format overlay: the os stage has no root tree (provisioner chroot)")
+    roles = stages.files_digest(ws.runtime.root / "ansible", ("sysprep.yml", "roles/sysprep/**/*"))
+    key = hashlib.sha256(f"{LIVE_BASE_VERSION}:{os_id}:{ws.epoch}:{roles}".encode()).hexdigest()[:16]
+    dest = tar.parent / f"live-base-{key}.squashfs"
+    with stages.locked(cache, os_id):
+        if dest.is_file():
+            ws.monitor.log("finalize", f"overlay: the base {dest} is made already (os stage {os_id[:12]})")
+            return dest
+        started = time.monotonic()
+        work = ws.work / "live-base"
+        work.mkdir(mode=0o700)
+        tree = work / "tree"
+        part = dest.with_name(f".{dest.name}.part")
+        try:
+            chroot.unpack(tar, tree, log_file=ws.log_file, runtime=ws.runtime)
+            runners.run_in_chroot(ws, "finalize", tree, work, ws.runtime.root / "ansible" / "sysprep.yml")
+            formats.live_fstab(tree)
+            formats.make_squashfs(tree, part, ws.runtime, ws.log_file, ws.epoch)
+            os.rename(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
+    ws.monitor.log(
+        "finalize",
+        f"overlay: base squashfs made from the os stage's tree in {time.monotonic() - started:.0f}s "
+        f"({dest.stat().st_size / 1e6:.0f} MB)",
+    )
+    return dest
 
 
 def _ci_run(env: Mapping[str, str]) -> dict[str, str]:

@@ -133,26 +133,34 @@ class ChrootRunner:
         else:
             raise BuildError(f"{stage}: the chroot runner needs the base disk or a parent tree")
         ws.monitor.log(stage, f"tree ready in {time.monotonic() - started:.0f}s; provisioning in a chroot")
-        extra = {
-            **chroot.host_view(ws.cfg.plain()),
-            "ansible_python_interpreter": "/usr/bin/python3",
-            "kiln_stage": stage,
-            "kiln_runner": "chroot",
-            "kiln_packages_file": str(ws.packages_file),
-        }
-        user_vars = str(ws.values.get("ansible_user_vars") or "")
         try:
             for playbook in playbooks:
-                chroot.run_playbooks(
-                    tree, sdir, [playbook], extra, repo_root=repo, user_vars=user_vars, log_file=ws.log_file,
-                    on_line=_task_lines(ws, stage), epoch=ws.epoch, runtime=ws.runtime,
-                )  # fmt: skip
+                run_in_chroot(ws, stage, tree, sdir, playbook)
                 if last and playbook.name == "playbook.yml":  # before sysprep, as the VM runner's check
                     _check_tree(ws, stage, tree)
             chroot.pack(tree, out, log_file=ws.log_file, runtime=ws.runtime)
         finally:
             shutil.rmtree(tree, ignore_errors=True)
         return Output(out, "tree", False)
+
+
+def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: Path) -> None:
+    """One playbook against `tree` through the chroot connection, with the build's values as the roles'
+    variables (the build's own and the user's ansible_user_vars)."""
+    from kiln.build import chroot
+
+    extra = {
+        **chroot.host_view(ws.cfg.plain()),
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "kiln_stage": stage,
+        "kiln_runner": "chroot",
+        "kiln_packages_file": str(ws.packages_file),
+    }
+    user_vars = str(ws.values.get("ansible_user_vars") or "")
+    chroot.run_playbooks(
+        tree, work, [playbook], extra, repo_root=ws.runtime.root, user_vars=user_vars, log_file=ws.log_file,
+        on_line=_task_lines(ws, stage), epoch=ws.epoch, runtime=ws.runtime,
+    )  # fmt: skip
 
 
 def _check_tree(ws: Workspace, stage: str, tree: Path) -> None:

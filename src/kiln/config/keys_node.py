@@ -288,7 +288,10 @@ NODE: tuple[S, ...] = (
         list,
         ["qcow2", "ova"],
         "What the build writes: qcow2, ova (always), and the live formats squashfs, iso (hybrid BIOS/UEFI "
-        "live ISO), netboot (kernel, initrd, squashfs, boot.ipxe), platform (Triton-style tarball). "
+        "live ISO), netboot (kernel, initrd, squashfs, boot.ipxe), platform (Triton-style tarball), "
+        "overlay (the os stage's root as a base squashfs shared by every Kubernetes version, and this "
+        "version's changes as an overlay squashfs; the ISO and netboot set then boot the two stacked; "
+        "provisioner chroot). "
         "FORMATS=... in make.",
         "common",
         _formats,

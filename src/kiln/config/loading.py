@@ -524,6 +524,11 @@ def _check_consistency(
             f"{origins['provisioner']}: provisioner: chroot needs install_method bootstrap and builder qemu "
             f"(this target: {method}, {builder}); use provisioner vm"
         )
+    if "overlay" in values["formats"] and (values["provisioner"] != "chroot" or method != "bootstrap"):
+        problems.append(
+            f"{origins['formats']}: formats: overlay needs provisioner chroot (its base is the os stage's "
+            f"root tree; this target: install_method {method}, provisioner {values['provisioner']})"
+        )
     if method in ("cloudimg", "bootstrap") and builder == "vmware-iso":
         problems.append(
             f"{origins['builder']}: builder: vmware-iso cannot build install_method {method} "

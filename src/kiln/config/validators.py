@@ -187,7 +187,7 @@ def _json_object(value: str) -> str | None:
     return None if isinstance(data, dict) else f"must be a JSON object, not {type(data).__name__}"
 
 
-_FORMATS = ("qcow2", "ova", "squashfs", "iso", "netboot", "platform")
+_FORMATS = ("qcow2", "ova", "squashfs", "iso", "netboot", "platform", "overlay")
 
 
 def _formats(value: list[str]) -> str | None:

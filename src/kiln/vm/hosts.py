@@ -239,10 +239,18 @@ shell
 """
 
 
-def ipxe_host(build_name: str, base: str, host: Host, host_seed: Seed, kernel_params: str = "") -> str:
-    """The host's iPXE script: the build's netboot set, the host's seed at BASE/hosts/NAME/."""
+def ipxe_host(
+    build_name: str,
+    base: str,
+    host: Host,
+    host_seed: Seed,
+    kernel_params: str = "",
+    images: Sequence[str] | None = None,
+) -> str:
+    """The host's iPXE script: the build's netboot set (`images`: a base + overlay set's), the host's seed
+    at BASE/hosts/NAME/."""
     args = f"ds=nocloud-net;s=${{base}}/hosts/{host.name}/ network-config={host_seed.network_b64}"
-    text = formats.ipxe_script(f"{build_name} ({host.name})", base or "", args, kernel_params)
+    text = formats.ipxe_script(f"{build_name} ({host.name})", base or "", args, kernel_params, images)
     line = next(ln for ln in text.splitlines() if ln.startswith("kernel "))
     # iPXE expands ${base} before the kernel sees the line: count it at the length it will have
     check_cmdline(line.replace("${base}", base or "http://" + "x" * 60), host)
@@ -310,11 +318,18 @@ class Media:
 
 
 def media(
-    build_name: str, kernel_params: str, base_url: str, host: Host, host_seed: Seed, iso: bool
+    build_name: str,
+    kernel_params: str,
+    base_url: str,
+    host: Host,
+    host_seed: Seed,
+    iso: bool,
+    images: Sequence[str] | None = None,
 ) -> Media:
-    """A host's media; InputError when its seed outgrows a slot or a kernel command line is too long."""
+    """A host's media; InputError when its seed outgrows a slot or a kernel command line is too long.
+    `images`: the images a base + overlay netboot set stacks."""
     patch = iso_patch(build_name, kernel_params, host, host_seed) if iso else None
-    return Media(host_seed, ipxe_host(build_name, base_url, host, host_seed, kernel_params), patch)
+    return Media(host_seed, ipxe_host(build_name, base_url, host, host_seed, kernel_params, images), patch)
 
 
 def write_host(out: Path, host: Host, made: Media, *, iso: Path | None, where: Slots | None) -> int:
@@ -371,9 +386,10 @@ def prepare(
     params = str(values.get("extra_kernel_boot_params") or "")
     iso = live_iso(build)
     where = slots(iso) if iso is not None else None
+    images = formats.netboot_images(build.path / formats.NETBOOT_DIR)
     made = {
-        h.name: media(build.name, params, base_url, h,
-                      seed(h, values=values, keys=keys, user=user, templates=templates), iso is not None)
+        h.name: media(build.name, params, base_url, h, seed(h, values=values, keys=keys, user=user,
+                      templates=templates), iso is not None, images)
         for h in inventory.hosts
     }  # fmt: skip
     return Plan(made, base_url, iso, where)

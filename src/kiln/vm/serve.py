@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.artifacts.formats import NETBOOT_DIR, ipxe_script
+from kiln.artifacts.formats import NETBOOT_DIR, ipxe_script, netboot_images
+from kiln.artifacts.layers import NETBOOT_CPIO
 from kiln.config.inventory import normal_mac
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError, KilnError
@@ -73,7 +74,9 @@ class Server:
         say: Callable[[str], None] = lambda _line: None,
     ) -> None:
         self.dir = build.path / NETBOOT_DIR
-        missing = [n for n in FILES if not (self.dir / n).is_file()]
+        self.images = netboot_images(self.dir)  # a base + overlay set: the images it stacks
+        self.files = FILES if self.images is None else ("vmlinuz", "initrd", NETBOOT_CPIO, *self.images)
+        missing = [n for n in self.files if not (self.dir / n).is_file()]
         if missing:
             raise InputError(
                 f"{self.dir}: no netboot set ({', '.join(missing)} missing)",
@@ -147,7 +150,7 @@ class Server:
             macs = {m: h.name for h in self.hosts.inventory().hosts for m in h.macs}
             return hosts.ipxe_chain(self.base, macs).encode()
         extra = f"ds=nocloud-net;s={self.base}/seed/" if self.seed else ""
-        return ipxe_script(self.name, self.base, extra, self.kernel_params).encode()
+        return ipxe_script(self.name, self.base, extra, self.kernel_params, self.images).encode()
 
     def allowed(self, client: str) -> bool:
         try:
@@ -168,7 +171,7 @@ class Server:
                 return FORBIDDEN
             body = self.script()
             return Answer(len(body), body=body)
-        if name in FILES:
+        if name in self.files:
             file = self.dir / name
             return Answer(file.stat().st_size, path=file)
         parts = name.split("/")
@@ -205,7 +208,7 @@ class Server:
         seed = factory.seed(host)
         body: bytes | None = None
         if asset == "boot.ipxe":
-            body = hosts.ipxe_host(self.name, self.base, host, seed, self.kernel_params).encode()
+            body = hosts.ipxe_host(self.name, self.base, host, seed, self.kernel_params, self.images).encode()
         elif asset in seed.live:  # the seed netboot fetches
             body = seed.live[asset].encode()
         elif asset == "vendor-data":

@@ -1,0 +1,141 @@
+"""Base + overlay (kiln.artifacts.layers): the overlay made from two real trees, squashed with mksquashfs and
+stacked by the kernel's overlayfs, shows exactly the finished tree; the netboot cpio is what the kernel's
+initramfs unpacker reads."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from pathlib import Path
+
+import pytest
+
+from kiln.artifacts import formats, layers
+from kiln_runtime import RUNTIME
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="owners, devices, whiteouts and mounts need root")
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _trees(tmp: Path) -> tuple[Path, Path]:
+    base, final = tmp / "base", tmp / "final"
+    for t in (base, final):
+        t.mkdir()
+        _write(t / "etc/hostname", "node\n")
+        _write(t / "etc/same-size", "aaaa\n")
+        _write(t / "usr/bin/tool", "#!/bin/sh\n", 0o755)
+        _write(t / "usr/share/doc/a/README", "docs\n")
+        _write(t / "var/log/old.log", "log\n")
+        _write(t / "opt/was-dir/inner", "x\n")
+        _write(t / "opt/was-file", "y\n")
+        (t / "usr/bin/link").symlink_to("tool")
+        _write(t / "usr/lib/libhard.so", "hard\n")
+        os.link(t / "usr/lib/libhard.so", t / "usr/lib/libhard.so.1")
+        _write(t / "srv/owned", "z\n")
+        os.chown(t / "srv/owned", 1000, 1000)
+        _write(t / "usr/bin/ping", "ping\n", 0o755)
+        (t / "lost+found").mkdir()
+    os.setxattr(base / "usr/bin/ping", "user.kiln", b"cap")
+    os.setxattr(final / "usr/bin/ping", "user.kiln", b"cap2")  # xattr only
+    _write(final / "etc/same-size", "bbbb\n")  # content, same size
+    (final / "usr/bin/tool").chmod(0o700)  # mode only
+    os.chown(final / "srv/owned", 0, 0)  # owner only
+    (final / "var/log/old.log").unlink()  # removed file
+    for p in sorted((final / "usr/share/doc").rglob("*"), reverse=True):  # removed tree
+        p.unlink() if p.is_file() else p.rmdir()
+    (final / "usr/share/doc").rmdir()
+    for p in (final / "opt/was-dir").iterdir():  # dir -> file
+        p.unlink()
+    (final / "opt/was-dir").rmdir()
+    _write(final / "opt/was-dir", "now a file\n")
+    (final / "opt/was-file").unlink()  # file -> dir
+    _write(final / "opt/was-file/sub/new", "new\n")
+    (final / "opt/was-file/sub/l").symlink_to("new")
+    (final / "usr/bin/link").unlink()
+    (final / "usr/bin/link").symlink_to("/usr/bin/tool")  # link target
+    _write(final / "usr/local/bin/kubelet", "kubelet v1.36.1\n", 0o755)  # new, with new parents
+    os.link(final / "usr/local/bin/kubelet", final / "usr/local/bin/kubelet-hard")
+    _write(final / "usr/lib/libhard.so", "HARD\n")  # both names of a hard link change
+    os.mkfifo(final / "run-fifo")
+    return base, final
+
+
+@root_only
+def test_the_stacked_overlay_shows_exactly_the_finished_tree(tmp_path: Path) -> None:
+    base, final = _trees(tmp_path)
+    out = tmp_path / "overlay"
+    out.mkdir()
+    diff = layers.diff_tree(final, base, out)
+    # whiteouts: the removed file and the removed directory (one for the whole tree)
+    assert stat.S_ISCHR(os.lstat(out / "var/log/old.log").st_mode)
+    assert os.lstat(out / "usr/share/doc").st_rdev == 0 and stat.S_ISCHR(
+        os.lstat(out / "usr/share/doc").st_mode
+    )
+    assert not (out / "usr/share/doc/a").exists()
+    assert diff.whiteouts == 2, diff
+    # unchanged files stay out; the directories on the way to a change come in with their metadata
+    assert not (out / "etc/hostname").exists() and (out / "etc/same-size").read_text() == "bbbb\n"
+    assert (out / "usr/bin/tool").stat().st_mode & 0o777 == 0o700
+    assert os.getxattr(out / "usr/bin/ping", "user.kiln") == b"cap2"
+    assert (out / "usr/local/bin/kubelet").stat().st_ino == (out / "usr/local/bin/kubelet-hard").stat().st_ino
+    assert not (out / "lost+found").exists()
+    for name in ("base", "overlay"):
+        formats.make_squashfs(tmp_path / name if name == "base" else out, tmp_path / f"{name}.squashfs",
+                              RUNTIME, None, epoch=1_700_000_000)  # fmt: skip
+    with layers.mounted_stack([tmp_path / "base.squashfs", tmp_path / "overlay.squashfs"], tmp_path / "mnt",
+                              log_file=None, runtime=RUNTIME) as merged:  # fmt: skip
+        formats.write_manifest(merged, tmp_path / "merged.manifest")
+        assert (merged / "usr/local/bin/kubelet").read_text() == "kubelet v1.36.1\n"
+        assert not (merged / "usr/share/doc").exists() and not (merged / "var/log/old.log").exists()
+    formats.write_manifest(final, tmp_path / "final.manifest")
+    merged_lines = layers.comparable((tmp_path / "merged.manifest").read_text())
+    assert merged_lines == layers.comparable((tmp_path / "final.manifest").read_text())
+    assert len(merged_lines) > 20
+    assert not list((tmp_path / "mnt").glob("*/*")), "everything is unmounted"
+
+
+@root_only
+def test_an_unchanged_tree_makes_an_empty_overlay(tmp_path: Path) -> None:
+    base, _ = _trees(tmp_path)
+    out = tmp_path / "overlay"
+    out.mkdir()
+    diff = layers.diff_tree(base, base, out)
+    assert (diff.files, diff.whiteouts, diff.dirs) == (0, 0, 0) and os.listdir(out) == []
+
+
+def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """name -> (mode, data) of a newc archive, read as the kernel's unpacker does."""
+    out, at = {}, 0
+    while True:
+        assert data[at : at + 6] == b"070701", at
+        fields = [int(data[at + 6 + 8 * i : at + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = fields[1], fields[6], fields[11]
+        at += 110
+        name = data[at : at + namesize - 1].decode()
+        at += namesize
+        at += -at % 4
+        body = data[at : at + size]
+        at += size
+        at += -at % 4
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (mode, body)
+
+
+def test_the_netboot_cpio_makes_the_medium_and_lists_the_stack() -> None:
+    data = layers.netboot_cpio(["base.squashfs", "overlay.squashfs"])
+    assert len(data) % 512 == 0
+    entries = _read_cpio(data)
+    assert (
+        entries["kiln-live"][0] == stat.S_IFDIR | 0o755
+        and entries["kiln-live/live"][0] == stat.S_IFDIR | 0o755
+    )
+    assert entries["kiln-live/live/filesystem.module"][1] == b"base.squashfs\noverlay.squashfs\n"
+    assert layers.netboot_initrds(["base.squashfs"]) == [("base.squashfs", "kiln-live/live/base.squashfs")]
+    assert struct.calcsize("8s") == 8  # (the archive's fields are 8 hex digits each)
