@@ -187,9 +187,9 @@ release-all: deps ## Release every target that builds on this machine kind (debi
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
 
 ##@ Tests
-.PHONY: test test-unit test-vm test-vm-more test-vm-runner test-cloudimg test-apt-cache test-repro-cold lint
+.PHONY: test test-unit test-vm test-vm-more test-vm-runner test-cloudimg test-apt-cache test-repro-cold test-overlay lint
 # the long VM tests, each with a target of its own; `make test` (CI) runs none of them
-LONG_VM_TESTS = vm_runner or cloudimg or repro_cold or apt_cache
+LONG_VM_TESTS = vm_runner or cloudimg or repro_cold or apt_cache or overlay
 test: deps lint ## Lint, then the suite CI runs: unit, GCS, the shared image's build, boot and checks (not vm_more)
 	$(PYTEST) -v --durations=40 -m 'not ($(LONG_VM_TESTS)) and not vm_more'
 
@@ -207,6 +207,9 @@ test-apt-cache: deps ## Build debian-12 twice through a real apt-cacher-ng: cach
 
 test-repro-cold: deps ## Build debian-12 twice from empty caches and check the artifacts are the same bytes (~20 min)
 	$(PYTEST) -v -s -m repro_cold
+
+test-overlay: deps ## Build debian-12 for two Kubernetes versions as one base + two overlays, boot each stacked ISO and one netboot set (~25 min)
+	$(PYTEST) -v -s -m overlay
 
 test-unit: deps ## Run the fast tests only (no VM)
 	$(PYTEST) -m 'not vm'
