@@ -1,5 +1,6 @@
-"""Squashfs images of a root (mksquashfs, the root's manifest) and base + overlay: one base squashfs per os stage, and per Kubernetes version an overlay squashfs with only
-what that version's kubernetes and finalize stages changed, stacked by live-boot at boot.
+"""Squashfs images of a root (mksquashfs, the root's manifest) and base + overlay: one base squashfs per os
+stage, and per Kubernetes version an overlay squashfs with only what that version's kubernetes and finalize
+stages changed, stacked by live-boot at boot.
 
 The overlay is the difference between the finished live root and the base root, as overlayfs reads a
 stack of lower layers: files, links and devices that are new or differ (content, mode, owner, xattrs, link
