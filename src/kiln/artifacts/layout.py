@@ -4,6 +4,7 @@ the release index, `kiln provenance verify URL` and `kiln diff ... URL` all read
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from pathlib import Path
 
@@ -40,7 +41,31 @@ def layout(name: str) -> dict[str, list[tuple[str, str]]]:
             (f"netboot/{n}", f"netboot/{name}/{n}")
             for n in ("vmlinuz", "initrd", "filesystem.squashfs", "boot.ipxe")
         ],
+        # base + overlay: the overlay beside the image; the base once per content, outside any version
+        # folder (SHARED_BASE: the uploader names it by the build's overlay.json, shared_base_object)
+        "overlay": [
+            (f"overlay/{n}", f"overlay/{name}/{n}")
+            for n in ("overlay.squashfs", "filesystem.module", "overlay.json")
+        ]
+        + [("overlay/base.squashfs", SHARED_BASE)],
     }
+
+
+SHARED_BASE = "{shared base}"
+BASES = "bases"  # bucket folder of the base squashfs images: bases/SHA256/base.squashfs
+
+
+def shared_base_object(bd: BuildDir) -> str:
+    """The object name of a build's base squashfs: by its content, so that every version built on one os
+    stage (and every release of them) publishes it once."""
+    info = bd.path / "overlay" / "overlay.json"
+    try:
+        digest = str(json.loads(info.read_text())["base"]["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{info}: no base digest to publish the base under ({err})") from None
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise InputError(f"{info}: base.sha256: not a sha256 ({clip(digest)})")
+    return f"{BASES}/{digest}/base.squashfs"
 
 
 KINDS = tuple(layout("NAME"))

@@ -321,6 +321,8 @@ def verify_published(url: str, public_key: Path, say: Callable[[str], None] | No
                 f"{where}: subject {inputs.clip(rel)} is not a file of {name} that kiln publishes"
             )
         target = f"{folder}/{urllib.parse.quote(obj)}"
+        if obj == layout.SHARED_BASE:  # published once by content, at the bucket's top: bases/SHA256/
+            target = f"{folder.rsplit('/', 2)[0]}/{layout.BASES}/{want}/base.squashfs"
         if say:
             say(f"hashing {target}")
         got = fetch.sha256_of(target)

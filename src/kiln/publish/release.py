@@ -147,7 +147,7 @@ def index_entry(
         local, obj = upload.files_of(bd, kind)[0]
         if kind in artifacts and local.is_file():
             urls[kind] = url(obj)
-    for kind in ("squashfs", "netboot"):
+    for kind in ("squashfs", "netboot", "overlay"):
         if kind in artifacts:
             urls[kind] = url(f"{kind}/{bd.name}/")
     sidecar = bd.path / f"{bd.ova.name}.sha256"
@@ -161,6 +161,20 @@ def index_entry(
         keyids = [str(s.get("keyid", "")) for s in env["signatures"] if isinstance(s, dict)]
         extra["provenance"] = {"url": urls["provenance"], "sha256": sha256_file(envelope),
                                "signed": bool(keyids), "keyids": keyids}  # fmt: skip
+    if "overlay" in artifacts:  # which overlay goes on which base
+        info = json.loads((bd.path / "overlay" / "overlay.json").read_text())
+        base_obj = upload.shared_base_object(bd)
+        extra["overlay"] = {
+            "url": url(f"overlay/{bd.name}/overlay.squashfs"),
+            "sha256": info["overlay"]["sha256"],
+            "size": info["overlay"]["size"],
+            "module": url(f"overlay/{bd.name}/filesystem.module"),
+            "base": {
+                "url": f"{base_url.rstrip('/')}/{bucket}/{base_obj}",
+                "sha256": info["base"]["sha256"],
+                "size": info["base"]["size"],
+            },  # fmt: skip
+        }
     return {
         "name": bd.name,
         "target": bd.build_name,
@@ -257,7 +271,7 @@ def run(
 
 def _options(bd: BuildDir, entry: Entry, bucket: str, artifacts: Sequence[str]) -> upload.Options:
     have = upload.available(bd)
-    formats = tuple(k for k in ("iso", "squashfs", "netboot", "platform") if k in have)
+    formats = tuple(k for k in ("iso", "squashfs", "netboot", "platform", "overlay") if k in have)
     return upload.Options(
         bucket=bucket,
         channel=entry.channel,

@@ -31,7 +31,16 @@ from pathlib import Path
 
 import google_crc32c
 
-from kiln.artifacts.layout import KINDS, RECORDS, files_of, layout, local_file, object_file  # noqa: F401
+from kiln.artifacts.layout import (  # noqa: F401
+    KINDS,
+    RECORDS,
+    SHARED_BASE,
+    files_of,
+    layout,
+    local_file,
+    object_file,
+    shared_base_object,
+)
 from kiln.config.settings import BY_NAME
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError, Interrupted, UploadError
@@ -142,6 +151,9 @@ def plan(bd: BuildDir, opts: Options) -> tuple[str, list[Item]]:
         for path, filename in files_of(bd, kind):
             if not path.is_file():
                 problems.append(f"{path}: missing ({kind} artifact of {bd.name})")
+                continue
+            if filename == SHARED_BASE:
+                items.append(Item(kind, path, shared_base_object(bd)))
                 continue
             items.append(Item(kind, path, object_name(channel, bd.kubernetes_semver, filename)))
     if problems:
