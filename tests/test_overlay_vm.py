@@ -32,6 +32,7 @@ pytestmark = [
 ]
 ACCEL = os.environ.get("KILN_TEST_ACCELERATOR", "tcg")
 VERSIONS = ("v1.36.1", "v1.35.4")
+FORMATS = "qcow2 ova overlay iso netboot"
 
 
 def _kiln(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
@@ -49,7 +50,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BuildDir]:
             "--var-file", "{varfile}", *[a for f in SITE_VAR_FILES for a in ("--var-file", str(f))],
             *[a for v in VERSIONS for a in ("--kubernetes-version", v)],
             "--var", f"output_dir={out}", "--var", f"accelerator={ACCEL}",
-            "--var", "formats=qcow2 ova overlay iso netboot"]  # fmt: skip
+            "--var", f"formats={FORMATS}"]  # fmt: skip
     done = subprocess.run(
         argv, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PACKER_VAR_FILES": ""}
     )
@@ -114,3 +115,46 @@ def test_the_layered_netboot_set_boots_through_ipxe(builds: dict[str, BuildDir])
     print(
         f"\n{bd.name}: the layered netboot set booted and passed verify in {time.monotonic() - started:.0f}s"
     )
+
+
+@pytest.mark.gcs
+def test_release_publishes_the_base_once_and_says_which_overlay_goes_on_it(
+    builds: dict[str, BuildDir], tmp_path: Path
+) -> None:
+    from gcs_servers import BUCKET, FakeGcs, object_names, read_object
+    from kiln import config
+    from kiln.publish import gcs, release
+    from kiln_runtime import RUNTIME
+
+    configs = []
+    for version, bd in builds.items():
+        argv = [sys.executable, str(REPO / "hack/k8s_standin.py"), "vars", "--version", version]
+        standin = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        (tmp_path / f"{version}.json").write_text(standin)
+        overrides = {"output_dir": str(bd.path.parent), "formats": FORMATS, "accelerator": ACCEL}
+        configs.append(config.load("debian-12", var_files=[*SITE_VAR_FILES, tmp_path / f"{version}.json"],
+                                   overrides=overrides, repo_root=REPO))  # fmt: skip
+    server = FakeGcs()
+    try:
+        c = gcs.Client(gcs.credentials(None, server.url), server.url)
+        entries = release.run(configs, c, BUCKET, runtime=RUNTIME)
+        assert [e.status for e in entries] == ["reused", "reused"], release.summary(entries)
+        bases = object_names(server.url, BUCKET, "bases/")
+        assert [n for n in bases if n.endswith("base.squashfs")] and len(
+            [n for n in bases if n.endswith("base.squashfs")]
+        ) == 1, bases
+        base_size = (next(iter(builds.values())).path / layers.DIR / layers.BASE).stat().st_size
+        index = json.loads(read_object(server.url, BUCKET, "index.json") or b"{}")
+        overlays = {i["kubernetes_semver"]: i["overlay"] for i in index["images"]}
+        assert sorted(overlays) == sorted(VERSIONS), index
+        assert len({o["base"]["url"] for o in overlays.values()}) == 1
+        for version, o in overlays.items():
+            info = json.loads((builds[version].path / layers.DIR / layers.INFO).read_text())
+            assert o["sha256"] == info["overlay"]["sha256"] and o["base"]["sha256"] == info["base"]["sha256"]
+            assert o["base"]["url"].endswith(f"/bases/{info['base']['sha256']}/base.squashfs")
+        sent = sum(e.bytes_sent for e in entries)
+        print(f"\nrelease of two overlay builds: {sent / 1e6:.0f} MB sent; the base "
+              f"({base_size / 1e6:.0f} MB) once")  # fmt: skip
+        assert min(e.bytes_sent for e in entries) < max(e.bytes_sent for e in entries) - base_size // 2
+    finally:
+        server.stop()
