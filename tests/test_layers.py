@@ -139,3 +139,18 @@ def test_the_netboot_cpio_makes_the_medium_and_lists_the_stack() -> None:
     assert entries["kiln-live/live/filesystem.module"][1] == b"base.squashfs\noverlay.squashfs\n"
     assert layers.netboot_initrds(["base.squashfs"]) == [("base.squashfs", "kiln-live/live/base.squashfs")]
     assert struct.calcsize("8s") == 8  # (the archive's fields are 8 hex digits each)
+
+
+def test_overlay_needs_the_chroot_runner() -> None:
+    from kiln import config
+    from kiln.core.errors import ConfigError
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = config.load("debian-12", overrides={"formats": "qcow2 ova overlay iso"}, repo_root=repo)
+    assert "overlay" in cfg.settings.formats
+    with pytest.raises(ConfigError) as err:
+        config.load("debian-12", overrides={"formats": "qcow2 overlay", "provisioner": "vm"}, repo_root=repo)
+    assert any("formats: overlay needs provisioner chroot" in p for p in err.value.problems), err.value.problems
+    with pytest.raises(ConfigError) as err:
+        config.load("debian-12", overrides={"formats": "qcow2 overlays"}, repo_root=repo)
+    assert any("unknown format" in p and "overlay" in p for p in err.value.problems), err.value.problems
