@@ -150,7 +150,8 @@ def test_overlay_needs_the_chroot_runner() -> None:
     assert "overlay" in cfg.settings.formats
     with pytest.raises(ConfigError) as err:
         config.load("debian-12", overrides={"formats": "qcow2 overlay", "provisioner": "vm"}, repo_root=repo)
-    assert any("formats: overlay needs provisioner chroot" in p for p in err.value.problems), err.value.problems
+    problems = err.value.problems
+    assert any("formats: overlay needs provisioner chroot" in p for p in problems), problems
     with pytest.raises(ConfigError) as err:
         config.load("debian-12", overrides={"formats": "qcow2 overlays"}, repo_root=repo)
     assert any("unknown format" in p and "overlay" in p for p in err.value.problems), err.value.problems
