@@ -399,6 +399,7 @@ def run_build(
         builder, ids, packer_flags=flags,
     )  # fmt: skip
     ws.epoch = cfg.settings.source_date_epoch or paths.source_date_epoch(rt.root)
+    ws.stage_epoch = cfg.settings.source_date_epoch or stages.STAGE_SOURCE_DATE
     ws.signing_key = key
     ok = False
     try:

@@ -138,6 +138,7 @@ class ChrootRunner:
                 run_in_chroot(ws, stage, tree, sdir, playbook)
                 if last and playbook.name == "playbook.yml":  # before sysprep, as the VM runner's check
                     _check_tree(ws, stage, tree)
+            chroot.clamp_times(tree, ws.stage_epoch)  # the same tree at any commit, any day
             chroot.pack(tree, out, log_file=ws.log_file, runtime=ws.runtime)
         finally:
             shutil.rmtree(tree, ignore_errors=True)
@@ -159,7 +160,7 @@ def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: P
     user_vars = str(ws.values.get("ansible_user_vars") or "")
     chroot.run_playbooks(
         tree, work, [playbook], extra, repo_root=ws.runtime.root, user_vars=user_vars, log_file=ws.log_file,
-        on_line=_task_lines(ws, stage), epoch=ws.epoch, runtime=ws.runtime,
+        on_line=_task_lines(ws, stage), epoch=ws.stage_epoch, runtime=ws.runtime,
     )  # fmt: skip
 
 

@@ -186,6 +186,12 @@ def _unpinned_kubernetes_source(values: Mapping[str, Any]) -> str:
     return str(values.get("kubernetes_http_source") or "")
 
 
+# The date the os and kubernetes stages' tools are given (SOURCE_DATE_EPOCH: mkinitramfs's cpio, ...) and
+# their trees' times are clamped to when source_date_epoch is not set: a constant, not the commit's time,
+# so that a stage cached at one commit is the same bytes as one made at the next (the finished image's times
+# are then clamped to source_date_epoch, by default the commit's time, which is later).
+STAGE_SOURCE_DATE = 1704067200  # 2024-01-01T00:00:00Z
+
 # --- the cache ---------------------------------------------------------------------------------------------
 
 DISK = "disk.qcow2"
