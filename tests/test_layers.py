@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.artifacts import formats, layers
+from kiln.artifacts import formats, layers, layout
+from kiln.build import chroot
 from kiln_runtime import RUNTIME
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="owners, devices, whiteouts and mounts need root")
@@ -69,6 +70,10 @@ def _trees(tmp: Path) -> tuple[Path, Path]:
 @root_only
 def test_the_stacked_overlay_shows_exactly_the_finished_tree(tmp_path: Path) -> None:
     base, final = _trees(tmp_path)
+    for tree in (base, final):  # older than the squashfs date: the stack must keep every directory's time
+        chroot.clamp_times(tree, 1_600_000_000)
+    (final / "usr").touch()
+    os.utime(final / "usr", (1_500_000_000, 1_500_000_000))
     out = tmp_path / "overlay"
     out.mkdir()
     diff = layers.diff_tree(final, base, out)
@@ -93,6 +98,8 @@ def test_the_stacked_overlay_shows_exactly_the_finished_tree(tmp_path: Path) -> 
         formats.write_manifest(merged, tmp_path / "merged.manifest")
         assert (merged / "usr/local/bin/kubelet").read_text() == "kubelet v1.36.1\n"
         assert not (merged / "usr/share/doc").exists() and not (merged / "var/log/old.log").exists()
+        for d in ("usr", "usr/local/bin", "opt/was-file/sub", "var/log", ""):  # made, or written into
+            assert os.lstat(merged / d).st_mtime == os.lstat(final / d).st_mtime, d
     formats.write_manifest(final, tmp_path / "final.manifest")
     merged_lines = layers.comparable((tmp_path / "merged.manifest").read_text())
     assert merged_lines == layers.comparable((tmp_path / "final.manifest").read_text())
@@ -155,3 +162,12 @@ def test_overlay_needs_the_chroot_runner() -> None:
     with pytest.raises(ConfigError) as err:
         config.load("debian-12", overrides={"formats": "qcow2 overlays"}, repo_root=repo)
     assert any("unknown format" in p and "overlay" in p for p in err.value.problems), err.value.problems
+
+
+def test_a_layered_netboot_set_publishes_its_own_files_and_the_base_once() -> None:
+    plain, layered = layout.layout("N")["netboot"], layout.layout("N", layered=True)["netboot"]
+    assert ("netboot/filesystem.squashfs", "netboot/N/filesystem.squashfs") in plain
+    assert ("netboot/kiln-live.cpio", "netboot/N/kiln-live.cpio") in layered
+    assert ("netboot/base.squashfs", layout.SHARED_BASE) in layered  # by content, under bases/
+    assert layout.object_file("N", "netboot/overlay.squashfs") == "netboot/N/overlay.squashfs"
+    assert layout.object_file("N", "overlay/base.squashfs") == layout.SHARED_BASE

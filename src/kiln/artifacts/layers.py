@@ -265,6 +265,11 @@ def diff_tree(final: Path, base: Path, out: Path) -> Diff:
 
     _copy_meta(str(final), out_st, str(out))
     walk("")
+    # a directory's times move with every entry made in it: set them last, deepest first (systemd compares
+    # /usr's mtime with /etc/.updated at every boot: ConditionNeedsUpdate)
+    for rel in sorted(made, key=lambda r: (-r.count(os.sep), r)):
+        st = out_st if rel == "" else os.lstat(os.path.join(final, rel))
+        os.utime(os.path.join(out, rel), ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
     return counts
 
 
@@ -279,7 +284,7 @@ def mounted_stack(
         lowers: list[str] = []
         for i, image in enumerate(images):
             m = work / f"layer{i}"
-            m.mkdir(parents=True)
+            m.mkdir(parents=True, exist_ok=True)
             proc.run(["mount", "-t", "squashfs", "-o", "loop,ro", str(image), str(m)], log_file=log_file,
                      runtime=runtime)  # fmt: skip
             mounts.append(m)
@@ -288,14 +293,20 @@ def mounted_stack(
             yield mounts[0]
             return
         merged = work / "merged"
-        merged.mkdir()
+        merged.mkdir(exist_ok=True)
         proc.run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={':'.join(lowers)}", str(merged)],
                  log_file=log_file, runtime=runtime)  # fmt: skip
         mounts.append(merged)
         yield merged
     finally:
         for m in reversed(mounts):
-            proc.run(["umount", str(m)], check=False, log_file=log_file, runtime=runtime)
+            done = proc.run(["umount", str(m)], check=False, log_file=log_file, runtime=runtime)
+            if done.returncode != 0:  # busy: detach it now, the kernel lets go when the last user does
+                proc.run(["umount", "-l", str(m)], check=False, log_file=log_file, runtime=runtime)
+        with contextlib.suppress(OSError):
+            for m in sorted(work.iterdir()):
+                m.rmdir()
+            work.rmdir()
 
 
 def cpio_dirs(names: Sequence[str], files: dict[str, bytes] | None = None) -> bytes:
@@ -369,9 +380,12 @@ def make_overlay(
     try:
         with mounted_stack([base], work / "base-mount", log_file=log_file, runtime=runtime) as lower:
             diff = diff_tree(tree, lower, staging)
-        make_squashfs(staging, out / OVERLAY, runtime, log_file, epoch)
+        part = out / f".{OVERLAY}.part"
+        make_squashfs(staging, part, runtime, log_file, epoch)
+        os.rename(part, out / OVERLAY)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        (out / f".{OVERLAY}.part").unlink(missing_ok=True)
     try:
         os.link(base, out / BASE)
     except OSError:  # the stage cache on another file system: a copy

@@ -13,7 +13,7 @@ from kiln.core.errors import InputError
 from kiln.core.inputs import clip
 
 
-def layout(name: str) -> dict[str, list[tuple[str, str]]]:
+def layout(name: str, layered: bool = False) -> dict[str, list[tuple[str, str]]]:
     """Artifact kind -> [(file in the build dir, object file name under CHANNEL/VERSION/)] for build NAME.
 
     Names are prefixed with NAME so that builds of several OSes for one Kubernetes version share a version
@@ -39,8 +39,14 @@ def layout(name: str) -> dict[str, list[tuple[str, str]]]:
         ],  # fmt: skip
         "netboot": [
             (f"netboot/{n}", f"netboot/{name}/{n}")
-            for n in ("vmlinuz", "initrd", "filesystem.squashfs", "boot.ipxe")
-        ],
+            for n in (
+                "vmlinuz",
+                "initrd",
+                "boot.ipxe",
+                *(_LAYERED if layered else ("filesystem.squashfs",)),
+            )
+        ]
+        + ([("netboot/base.squashfs", SHARED_BASE)] if layered else []),
         # base + overlay: the overlay beside the image; the base once per content, outside any version
         # folder (SHARED_BASE: the uploader names it by the build's overlay.json, shared_base_object)
         "overlay": [
@@ -52,6 +58,10 @@ def layout(name: str) -> dict[str, list[tuple[str, str]]]:
 
 
 SHARED_BASE = "{shared base}"
+_LAYERED = (
+    "overlay.squashfs",
+    "kiln-live.cpio",
+)  # a base + overlay netboot set (kiln.artifacts.layers)
 BASES = "bases"  # bucket folder of the base squashfs images: bases/SHA256/base.squashfs
 
 
@@ -76,13 +86,14 @@ RECORDS = ("sbom", "provenance", "files", "packages")
 
 def files_of(bd: BuildDir, kind: str) -> list[tuple[Path, str]]:
     """(local file, object file name) for each file of an artifact kind."""
-    return [(bd.path / local, obj) for local, obj in layout(bd.name)[kind]]
+    layered = (bd.path / "netboot" / "kiln-live.cpio").is_file()
+    return [(bd.path / local, obj) for local, obj in layout(bd.name, layered)[kind]]
 
 
 def object_file(name: str, local: str) -> str | None:
     """The object file name (under CHANNEL/VERSION/) a file of build NAME is published as, if any (an
     artifact's .sha256 sidecar goes beside the artifact's object)."""
-    pairs = [pair for files in layout(name).values() for pair in files]
+    pairs = [pair for layered in (False, True) for files in layout(name, layered).values() for pair in files]
     found = next((obj for rel, obj in pairs if rel == local), None)
     if found is None and local.endswith(".sha256"):
         base = next((obj for rel, obj in pairs if rel == local[: -len(".sha256")]), None)
@@ -92,7 +103,7 @@ def object_file(name: str, local: str) -> str | None:
 
 def local_file(name: str, obj: str) -> str | None:
     """The file in the build dir that object file name `obj` (under CHANNEL/VERSION/) was published from."""
-    pairs = [pair for files in layout(name).values() for pair in files]
+    pairs = [pair for layered in (False, True) for files in layout(name, layered).values() for pair in files]
     found = next((rel for rel, o in pairs if o == obj), None)
     if found is None and obj.endswith(".sha256"):
         base = next((rel for rel, o in pairs if o == obj[: -len(".sha256")]), None)

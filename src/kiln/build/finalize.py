@@ -143,9 +143,9 @@ LIVE_BASE_VERSION = "1"  # how a base squashfs is made: a change here makes new 
 def live_base(ws: Workspace) -> Path:
     """The base squashfs of format overlay: the os stage's root tree, generalized by the same sysprep
     playbook as the finished image (no host keys, machine-id, apt lists or logs), its fstab as the live
-    root has it. Made once per os stage, source date and sysprep roles, and kept in the os stage's cache
-    entry, so every Kubernetes version built on that os stage shares one file (kiln cache prune removes it
-    with the entry)."""
+    root has it, its times the stage's date. Made once per os stage and sysprep roles, and kept in the os
+    stage's cache entry (its size counted in the entry's record), so every Kubernetes version built on that
+    os stage, at any commit, shares one file; kiln cache prune removes it with the entry."""
     from kiln.artifacts import formats
     from kiln.build import chroot, runners
 
@@ -155,23 +155,30 @@ def live_base(ws: Workspace) -> Path:
     if tar.name != chroot.TREE or not tar.is_file():
         raise BuildError(f"{tar.parent}: format overlay: the os stage has no root tree (provisioner chroot)")
     roles = stages.files_digest(ws.runtime.root / "ansible", ("sysprep.yml", "roles/sysprep/**/*"))
-    key = hashlib.sha256(f"{LIVE_BASE_VERSION}:{os_id}:{ws.epoch}:{roles}".encode()).hexdigest()[:16]
+    # the stage's own date, not the commit's: the same base for every commit that reuses the os stage
+    key = hashlib.sha256(f"{LIVE_BASE_VERSION}:{os_id}:{ws.stage_epoch}:{roles}".encode()).hexdigest()[:16]
     dest = tar.parent / f"live-base-{key}.squashfs"
-    with stages.locked(cache, os_id):
+    with stages.locked(cache, f"{os_id}-live-base"):  # not the stage's own lock: builds reusing it go on
         if dest.is_file():
             ws.monitor.log("finalize", f"overlay: the base {dest} is made already (os stage {os_id[:12]})")
             return dest
         started = time.monotonic()
         work = ws.work / "live-base"
         work.mkdir(mode=0o700)
+        space.check(work, chroot.stage_needs(tar, None), "the overlay's base")
         tree = work / "tree"
         part = dest.with_name(f".{dest.name}.part")
         try:
             chroot.unpack(tar, tree, log_file=ws.log_file, runtime=ws.runtime)
             runners.run_in_chroot(ws, "finalize", tree, work, ws.runtime.root / "ansible" / "sysprep.yml")
             formats.live_fstab(tree)
-            formats.make_squashfs(tree, part, ws.runtime, ws.log_file, ws.epoch)
+            chroot.clamp_times(tree, ws.stage_epoch)
+            formats.make_squashfs(tree, part, ws.runtime, ws.log_file, ws.stage_epoch)
             os.rename(part, dest)
+            record = stages.lookup(cache, os_id)
+            if record is not None:  # kiln cache prune --max-size counts it with the entry
+                record.size += dest.stat().st_size
+                stages.touch(cache, record)
         finally:
             part.unlink(missing_ok=True)
             shutil.rmtree(work, ignore_errors=True)

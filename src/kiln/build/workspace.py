@@ -51,7 +51,7 @@ class Workspace:
     epoch: int = 0  # source_date_epoch, resolved once: every time finalize writes is clamped to it
     # what the os and kubernetes stages' tools are told the date is, and their trees' times are clamped to:
     # source_date_epoch when set (then it is in their IDs), else STAGE_SOURCE_DATE (kiln.build.stages)
-    stage_epoch: int = 0
+    stage_epoch: int = stages.STAGE_SOURCE_DATE
     signing_key: Any = None  # the provenance's signing key (kiln.artifacts.provenance), loaded once
     started: float = field(default_factory=time.time)
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import google_crc32c
 
 from kiln.artifacts.layout import (  # noqa: F401
+    BASES,
     KINDS,
     RECORDS,
     SHARED_BASE,
@@ -276,7 +277,11 @@ class Publisher:
             if not self.runtime.dry_run:
                 self._write_sidecar(name, h, remote.sidecar_generation, item.path)
             return
-        if remote.obj is not None and self.channel == "release" and not self.opts.force:
+        shared = name.startswith(f"{BASES}/")  # a base squashfs named by its content: never replaced
+        if shared and not name.startswith(f"{BASES}/{h.sha256}/"):
+            raise InputError(f"{item.path}: sha256 {h.sha256}, but its overlay.json names it {name}",
+                             hint="the build dir changed after the build; rebuild it")  # fmt: skip
+        if remote.obj is not None and (shared or (self.channel == "release" and not self.opts.force)):
             res.action = "would-refuse" if self.runtime.dry_run else "refused"
             res.detail = (
                 f"a different image is published there (sha256 {remote.recorded_sha256() or 'unknown'}); "
