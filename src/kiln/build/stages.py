@@ -159,6 +159,8 @@ def stage_ids(
             inputs["user_files"] = user_files_digest(values, stage.user_files, root, work_root)
         if stage.name == "base" and base_key:
             inputs["bootstrap"] = base_key  # kiln.build.bootstrap's own key of the base disk
+        if stage.name == "os" and not values.get("source_date_epoch"):
+            inputs["stage_source_date"] = STAGE_SOURCE_DATE  # the date the stages' tools are given
         if stage.name == "kubernetes":
             unpinned = _unpinned_kubernetes_source(values)
             if unpinned:

@@ -18,8 +18,9 @@ COMMON: tuple[S, ...] = (
         0,
         "Reproducible images: the time (Unix seconds) every timestamp kiln writes or asks a tool to write "
         "is clamped to (file times in the finished root, the ext4 root's own times, the OVA's members). "
-        "0: the commit time of the kiln checkout, else the newest input file's time. When set, the os and "
-        "kubernetes stages run with it too (else with a fixed date: cached stages serve every commit).",
+        "0: the commit time of the kiln checkout, else the newest input file's time. When set, the chroot "
+        "runner's os and kubernetes stages run with it too (else with a fixed date: cached stages serve "
+        "every commit).",
         "common",
         _between(0, (1 << 33) - 1),  # a tar (OVA) member's mtime field holds 33 bits
         stage="os",
