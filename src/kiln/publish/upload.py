@@ -153,8 +153,10 @@ def plan(bd: BuildDir, opts: Options) -> tuple[str, list[Item]]:
             if not path.is_file():
                 problems.append(f"{path}: missing ({kind} artifact of {bd.name})")
                 continue
-            if filename == SHARED_BASE:
-                items.append(Item(kind, path, shared_base_object(bd)))
+            if filename == SHARED_BASE:  # the overlay's and the netboot set's base: one object, sent once
+                obj = shared_base_object(bd)
+                if all(i.object_name != obj for i in items):
+                    items.append(Item(kind, path, obj))
                 continue
             items.append(Item(kind, path, object_name(channel, bd.kubernetes_semver, filename)))
     if problems:
