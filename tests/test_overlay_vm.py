@@ -149,7 +149,7 @@ def test_release_publishes_the_base_once_and_says_which_overlay_goes_on_it(
     try:
         c = gcs.Client(gcs.credentials(None, server.url), server.url)
         entries = release.run(configs, c, BUCKET, runtime=RUNTIME)
-        assert [e.status for e in entries] == ["reused", "reused"], release.summary(entries)  # verified builds
+        assert [e.status for e in entries] == ["reused", "reused"], release.summary(entries)  # verified
         bases = object_names(server.url, BUCKET, "bases/")
         assert [n for n in bases if n.endswith("base.squashfs")] and len(
             [n for n in bases if n.endswith("base.squashfs")]
