@@ -143,7 +143,7 @@ def plan(bd: BuildDir, opts: Options) -> tuple[str, list[Item]]:
     """The channel and the artifacts to publish; InputError (exit 2) for unknown kinds or missing files."""
     channel = channel_for(bd.kubernetes_semver, opts.channel)
     problems = []
-    items = []
+    items: list[Item] = []
     for kind in opts.artifacts:
         if kind not in KINDS:
             known = ", ".join(KINDS)
