@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from kiln.build.stages import STAGE_SOURCE_DATE
 from kiln.config import Config
 from kiln.config.settings import BY_NAME
 from kiln.core import proc, tempdirs
@@ -149,6 +150,9 @@ class BaseSpec:
     disk_size_mib: int
     files_digest: str = ""
     layout_version: int = LAYOUT_VERSION
+    # SOURCE_DATE_EPOCH for mmdebstrap and the maintainer scripts it runs (the kernel's initrd, made by
+    # update-initramfs then, was gzip with the run's own times and temp name: two bases, two initrds)
+    source_date: int = 0
 
     def key(self) -> str:
         """What lands on the disk; not where the packages came from (the mirror is left out)."""
@@ -187,6 +191,7 @@ def spec_from_config(values: Any, repo_root: Path) -> BaseSpec:
         packages=packages,
         disk_size_mib=int(get("disk_size")),
         files_digest=files_digest(repo_root),
+        source_date=int(get("source_date_epoch") or STAGE_SOURCE_DATE),
     )
 
 
@@ -311,6 +316,7 @@ def _build(
             str(tree),
             spec.mirror,
         ],
+        extra_env={"SOURCE_DATE_EPOCH": str(spec.source_date)} if spec.source_date else None,
         log_file=log_file,
         runtime=runtime,
         capture=False,
