@@ -25,7 +25,7 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -111,7 +111,6 @@ class Diff:
     dirs: int = 0  # directories made in the overlay (new, changed, or on the way to a change)
     whiteouts: int = 0
     bytes: int = 0  # of the regular files copied
-    changed: list[str] = field(default_factory=list)  # a sample, for the log
 
     def summary(self) -> str:
         return (
@@ -248,8 +247,6 @@ def diff_tree(final: Path, base: Path, out: Path) -> Diff:
             ensure_dir(rel)
             counts.bytes += _copy_entry(f, sf, os.path.join(out, r), links)
             counts.files += 1
-            if len(counts.changed) < 20:
-                counts.changed.append("/" + r)
 
     def _copy_tree(rel: str) -> None:
         for top, dirs, files in os.walk(os.path.join(final, rel)):
