@@ -8,7 +8,8 @@ Steps (all as root, no partition loop devices needed):
      place (`mkfs.ext4 -E offset=... -d TREE`).
   4. Boot that disk once under QEMU with the extracted kernel/initrd and `init=` pointing at the installer,
      which runs `grub-install` for i386-pc and x86_64-efi (removable path) and `update-grub` where /dev/vda
-     is an ordinary disk, then powers off. The disk now boots by itself on BIOS and on UEFI.
+     is an ordinary disk, then powers off. The disk now boots by itself on BIOS and on UEFI. kiln then
+     sets every time on the ESP to the source date (grub-install wrote them on the VM's clock).
   5. Convert to qcow2 and publish into the cache atomically (temp dir + rename).
 
 The cache key hashes every input: suite, mirror, package list, disk size, the bootstrap code version
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from kiln.build import fat
 from kiln.build.stages import STAGE_SOURCE_DATE
 from kiln.config import Config
 from kiln.config.settings import BY_NAME
@@ -42,7 +44,9 @@ from kiln.core.runtime import Runtime
 log = logging.getLogger(__name__)
 
 # kiln's bootstrap code version: bump whenever this module changes what ends up on the base disk.
-LAYOUT_VERSION = 2  # 2: disk, partition and filesystem ids derived from the key, not random
+# 2: disk, partition and filesystem ids derived from the key, not random
+# 3: the ESP's FAT times set to the source date after the GRUB VM (they were that VM's clock)
+LAYOUT_VERSION = 3
 
 SECTOR = 512
 MIB = 1024 * 1024
@@ -353,6 +357,8 @@ def _build(
 
     say(f"base: installing GRUB (BIOS + UEFI) from inside a one-shot VM ({accelerator})")
     _install_bootloader(raw, work, root_uuid, accelerator=accelerator, log_file=log_file, runtime=runtime)
+    # grub-install wrote the ESP on the GRUB VM's clock: every FAT time to the source date instead
+    fat.clamp_fat_times(raw, esp.offset, spec.source_date or STAGE_SOURCE_DATE)
 
     say("base: converting to qcow2")
     proc.run(
