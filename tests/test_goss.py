@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -422,6 +424,12 @@ def test_evaluate_on_the_local_machine_with_testinfra(tmp_path: Path) -> None:
 
     shutil.copy("/etc/passwd", tmp_path / "passwd-copy")
     (tmp_path / "link").symlink_to(tmp_path / "passwd-copy")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # a link to nothing does not exist
+    (tmp_path / "a dir with spaces").mkdir(mode=0o750)
+    (tmp_path / "a dir with spaces").chmod(0o750)
+    os.mkfifo(tmp_path / "fifo")
+    shutil.copy(tmp_path / "passwd-copy", tmp_path / "passwd-copy-2")
+    (tmp_path / "passwd-copy-2").chmod(0o640)
     uid_root = "0"
     spec_text = f"""
 file:
@@ -436,6 +444,22 @@ file:
     linked-to: {tmp_path}/passwd-copy
   {tmp_path}/missing:
     exists: false
+  {tmp_path}/dangling:
+    exists: false
+  {tmp_path}/a dir with spaces:
+    exists: true
+    filetype: directory
+    mode: "0750"
+  {tmp_path}/fifo:
+    exists: true
+    filetype: pipe
+  {tmp_path}/passwd-copy-2:
+    exists: true
+    mode: "0640"
+    owner: root
+    group: root
+    size: {(tmp_path / "passwd-copy").stat().st_size}
+    sha256: {hashlib.sha256((tmp_path / "passwd-copy").read_bytes()).hexdigest()}
   /etc:
     exists: true
     filetype: directory
@@ -501,3 +525,45 @@ def test_a_resource_names_its_phase_with_goss_meta(tmp_path: Path) -> None:
     spec.write_text("package:\n  containerd: {installed: true, meta: {kiln_phase: boots}}\n")
     with pytest.raises(GossSpecError, match=r"phases.yaml: package.containerd: meta.kiln_phase 'boots'"):
         goss.load_spec(spec, {})
+
+
+def test_a_file_check_is_one_round_trip_and_resources_overlap(tmp_path: Path) -> None:
+    """Over SSH to a TCG guest each question costs about a second: a file's type, mode, owner, group and
+    size come from one command, and the evaluator keeps a few resources in flight, in the spec's order."""
+    import threading
+    import time as time_mod
+
+    import testinfra
+
+    host = testinfra.get_host("local://")
+    calls: list[str] = []
+    in_flight, peak = [0], [0]
+    lock = threading.Lock()
+    real_run = host.run
+
+    def counting_run(command: str, *args: str, **kwargs: Any) -> Any:
+        with lock:
+            calls.append(command)
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            time_mod.sleep(0.2)  # a round trip's latency, so that overlap can show
+            return real_run(command, *args, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    host.run = counting_run  # type: ignore[method-assign]
+    paths = [tmp_path / f"f{i}" for i in range(8)]
+    for p in paths:
+        p.write_text("x")
+    spec = tmp_path / "files.yaml"
+    entry = "{exists: true, filetype: file, mode: '0644', owner: root, size: 1}"
+    spec.write_text("file:\n" + "".join(f"  {p}: {entry}\n" for p in paths))
+    for p in paths:
+        p.chmod(0o644)
+    results = goss.evaluate(goss.load_spec(spec, {}), goss.TestinfraProbe(host))
+    assert all(r.successful for r in results), reports.failure_table(results)
+    assert len(calls) == len(paths)  # one command per file
+    assert peak[0] > 1  # resources overlapped
+    assert [r.resource_id for r in results][:: len(results) // len(paths)] == [str(p) for p in paths]
