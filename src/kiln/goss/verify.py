@@ -371,12 +371,40 @@ def verify_image(
                 },
                 skip_ids=LIVE_SKIPS if target.live else (),
             )
+            profile = boot_profile("127.0.0.1", vm.ssh_port, login.private_key, report_dir)
+            if profile:
+                mon.log("verify", f"boot profile: {profile}")
     finally:
         if server is not None:
             server.stop()
         login.forget()
     raise_on_failure(results, str(target.live_iso or target.disk), report_dir)
     return results
+
+
+BOOT_PROFILE = "boot-profile.txt"
+
+
+def boot_profile(host: str, port: int, key_file: Path, report_dir: Path | None) -> str:
+    """Where the guest's boot went: `systemd-analyze time` and the slowest units of `blame`, written to
+    report_dir/boot-profile.txt. Returns the "Startup finished" line, or "" when the guest has no
+    systemd-analyze (or it cannot tell yet); it never fails a verify."""
+    from kiln.vm.ssh import Session
+
+    script = "systemd-analyze time; echo; systemd-analyze blame --no-pager | head -n 15"
+    try:
+        with Session(host, port, VERIFY_USER, key_file, timeout=30) as session:
+            rc, out, _ = session.run(["sudo", "sh", "-c", script], check=False, timeout=60)
+    except Exception as exc:  # a profile is a nicety: no SSH, no profile
+        log.info("boot profile: not available (%s)", exc)
+        return ""
+    if rc != 0 or "Startup finished" not in out:
+        return ""
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / BOOT_PROFILE).write_text(out)
+    first = out.splitlines()[0]
+    return first.removeprefix("Startup finished in ").strip()
 
 
 def verify_build_dir(
