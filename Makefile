@@ -45,8 +45,11 @@ KILN_ENV = PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(K8S_STANDIN_WRAP)
 # host Debian's real containerd and runc repackaged as their release downloads (all with sha256s), over local
 # HTTP for the duration of the command, and selects them (the http sources) through a var file.
 K8S_STANDIN_VERSION ?= $(shell PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(KILN) config debian-12 --get kubernetes_semver)
+# K8S_STANDIN_PORT: the stand-in's host port (default 0: any free one). The download URLs carry it into the
+# SBOM, so two builds that should be the same bytes give the same port.
+K8S_STANDIN_PORT ?= 0
 K8S_STANDIN_WRAP = $(if $(filter 1,$(K8S_STANDIN)),$(VENV)/bin/python hack/k8s_standin.py run \
-  $(foreach v,$(or $(KUBERNETES_VERSIONS),$(K8S_STANDIN_VERSION)),--version $(v)) --)
+  --port $(K8S_STANDIN_PORT) $(foreach v,$(or $(KUBERNETES_VERSIONS),$(K8S_STANDIN_VERSION)),--version $(v)) --)
 .PHONY: build-centos-7 \
   build-qemu-centos-7 \
   build-ova-centos-7 \

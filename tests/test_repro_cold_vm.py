@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -26,13 +27,23 @@ SAME = (f"{NAME}.qcow2", f"{NAME}.files.jsonl", f"{NAME}.packages", f"{NAME}.spd
         "squashfs/filesystem.squashfs", "squashfs/filesystem.manifest")  # fmt: skip
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# the stand-in's URLs are inputs (the SBOM records where each binary came from): one port for both builds
+STANDIN_PORT = _free_port()
+
+
 def _cold_build(root: Path) -> Path:
     accel = os.environ.get("KILN_TEST_ACCELERATOR", "tcg")
     flags = (f"-var output_dir={root / 'out'} -var cache_dir={root / 'cache'} -var accelerator={accel} "
              "--no-verify")  # fmt: skip
     done = subprocess.run(
         ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1", SITE_MAKE_VAR,
-         f"PACKER_FLAGS={flags}", "FORMATS=qcow2 squashfs"],
+         f"PACKER_FLAGS={flags}", "FORMATS=qcow2 squashfs", f"K8S_STANDIN_PORT={STANDIN_PORT}"],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
