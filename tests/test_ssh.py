@@ -102,6 +102,7 @@ class _Server(paramiko.ServerInterface):
             assert child.stdin is not None
             while data := channel.recv(4096):
                 child.stdin.write(data)
+                child.stdin.flush()  # as sshd: what the client sent reaches the command now
             child.stdin.close()
 
         def pump_err() -> None:

@@ -138,9 +138,11 @@ def check_host(
             host,
             port,
         )
-        results = goss.evaluate(
-            spec, _testinfra_probe(host, port, user, key_file), on_result=_Progress(len(spec.resources))
-        )
+        probe = _testinfra_probe(host, port, user, key_file)
+        try:
+            results = goss.evaluate(spec, probe, on_result=_Progress(len(spec.resources)))
+        finally:
+            probe.host.backend.close()
         engine = "kiln (testinfra over paramiko)"
     s = reports.summary(results)
     log.info(
@@ -194,24 +196,31 @@ def user_spec(values: Mapping[str, Any], phase: str, root: Path) -> Path | None:
 def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> goss.TestinfraProbe:
     import warnings
 
-    from testinfra.backend import get_backend
     from testinfra.host import Host
+
+    from kiln.goss.rootshell import RootShellBackend
 
     # Throwaway VMs have new host keys on every boot: paramiko's "unknown host key" warning is noise.
     logging.getLogger("paramiko").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="Unknown .* host key", module="paramiko")
-    # A fresh Host (not testinfra.get_host's process-wide cache): each VM gets its own connection.
-    backend = get_backend(
-        f"paramiko://{user}@{host}:{port}", ssh_identity_file=str(key_file), sudo=True, timeout=60
+    # A fresh Host (not testinfra.get_host's process-wide cache): each VM gets its own connection, and
+    # each checking thread one root shell on it (`sudo -n /bin/sh -s`, kiln.goss.rootshell).
+    backend = RootShellBackend(
+        f"{user}@{host}:{port}", ssh_identity_file=str(key_file), sudo=True, timeout=60
     )
     target = f"{user}@{host}:{port}"
     # Preflight: the login works and sudo needs no password (checks as a user without root would all
     # fail for the wrong reason). Connection errors become one clear VerifyError, not a traceback.
     try:
         result = backend.run("id -u")
-    except Exception as exc:  # paramiko/socket errors of every kind
-        raise VerifyError(f"{target}: cannot run commands over SSH: {exc}") from exc
+    except Exception as exc:  # paramiko/socket errors of every kind, or a shell sudo would not start
+        backend.close()
+        raise VerifyError(
+            f"{target}: cannot run commands over SSH: {exc}",
+            hint="the checks run as root through passwordless sudo (NOPASSWD)",
+        ) from exc
     if result.rc != 0 or result.stdout.strip() != "0":
+        backend.close()
         raise VerifyError(
             f"{target}: `sudo id -u` failed (exit {result.rc}): "
             f"{(result.stderr or result.stdout).strip()[:300]}",

@@ -1,0 +1,91 @@
+"""The long-lived shell behind verify's checks (kiln.goss.rootshell), over a real SSH connection to the
+in-process server of test_ssh.py, which runs each exec request with bash. The real counterpart, with
+`sudo -n /bin/sh -s` in a guest's OpenSSH, is every verify boot of the VM tests (tests/test_verify_vm.py)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import testinfra.host
+
+from kiln.goss import reports
+from kiln.goss import specs as goss
+from kiln.goss.rootshell import RootShellBackend, ShellError
+from kiln.vm import ssh
+from test_ssh import server  # noqa: F401  (the fixture)
+
+
+def _backend(port: int, key: ssh.KeyPair, **kwargs: object) -> RootShellBackend:
+    return RootShellBackend(
+        f"tester@127.0.0.1:{port}", ssh_identity_file=str(key.private_key), timeout=10, **kwargs
+    )
+
+
+def test_commands_keep_their_own_output_exit_status_and_stdin(server: tuple[int, ssh.KeyPair]) -> None:  # noqa: F811
+    port, key = server
+    b = _backend(port, key)
+    try:
+        r = b.run("printf 'a\\nb' ; echo err >&2; exit 3")
+        assert (r.rc, r.stdout, r.stderr) == (3, "a\nb", "err\n")
+        r = b.run("cat; echo after")  # stdin is /dev/null: the next command is not read as input
+        assert (r.rc, r.stdout) == (0, "after\n")
+        r = b.run("head -c 200000 /dev/zero | tr '\\0' x; printf KILN-fake 0 0 0")  # big, and a fake frame
+        assert r.rc == 0 and len(r.stdout) == 200000 + len("KILN-fake")
+        r = b.run("echo %s %s", "it's", "$HOME; rm -rf /")  # arguments quoted
+        assert r.stdout == "it's $HOME; rm -rf /\n"
+        r = b.run("cd /; export KILN_X=1")  # each command in a shell of its own: nothing carries over
+        assert b.run("echo ${KILN_X:-unset}").stdout == "unset\n"
+        r = b.run("printf '\\377\\000\\n'")
+        assert r.stdout_bytes == b"\xff\x00\n"
+    finally:
+        b.close()
+
+
+def test_threads_get_shells_of_their_own(server: tuple[int, ssh.KeyPair]) -> None:  # noqa: F811
+    port, key = server
+    b = _backend(port, key)
+    out: dict[int, str] = {}
+
+    def work(i: int) -> None:
+        for _ in range(5):
+            out[i] = b.run("sleep 0.05; echo %s", str(i)).stdout
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert out == {i: f"{i}\n" for i in range(4)}
+        assert len(b._shells) == 4
+    finally:
+        b.close()
+
+
+def test_a_shell_that_cannot_start_is_named(server: tuple[int, ssh.KeyPair]) -> None:  # noqa: F811
+    port, key = server
+    b = _backend(port, key, sudo=True)  # no sudo on this side: bash says so, and the error carries it
+    with pytest.raises(ShellError, match=r"sudo -n /bin/sh -s.* ended \(exit"):
+        b.run("id -u")
+    b.close()
+
+
+def test_goss_checks_through_the_shell(server: tuple[int, ssh.KeyPair], tmp_path: Path) -> None:  # noqa: F811
+    port, key = server
+    (tmp_path / "f").write_text("hello\n")
+    (tmp_path / "f").chmod(0o640)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"file:\n  {tmp_path}/f: {{exists: true, filetype: file, mode: '0640', contents: [hello]}}\n"
+        f"  {tmp_path}/none: {{exists: false}}\n"
+        "command:\n  echo one: {exit-status: 0, stdout: [one]}\n  exit 4: {exit-status: 4}\n"
+    )
+    b = _backend(port, key)
+    try:
+        results = goss.evaluate(goss.load_spec(spec, {}), goss.TestinfraProbe(testinfra.host.Host(b)))
+    finally:
+        b.close()
+    assert all(r.successful for r in results), reports.failure_table(results)
+    assert len(results) >= 6
