@@ -3,7 +3,8 @@
 
 With the chroot runner (provisioner chroot):
     1. cold            an empty cache_dir (base, os, kubernetes, finalize, verify)
-    2. unchanged       the same inputs again: "up to date", nothing boots (goal: <= 2 s)
+    2. unchanged       the same inputs again: "up to date", nothing boots; in-process, then through
+                       `make build-qemu-TARGET` as an operator runs it (goal: <= 2 s of make)
     3. kubernetes      another kubernetes_semver: rebuilds from `kubernetes` (goal: <= 0.25 x cold)
     4. extra_packages  another extra_packages: rebuilds from `os`
     5. three versions  three more Kubernetes versions of one OS, sharing the os stage
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,10 +80,35 @@ def main() -> int:
         print(f"--- {label}: {took:.1f}s (up to date: {result.up_to_date}; reused: {sorted(result.reused)})")
         return took
 
+    def run_make(provisioner: str = "chroot", **overrides: str) -> float:
+        """The unchanged rebuild as an operator runs it: `make build-qemu-TARGET`, wall time of make
+        (its deps check, kiln's start-up and the up-to-date check)."""
+        flags = {
+            "output_dir": str(work / f"out-{provisioner}"),
+            "cache_dir": str(work / f"cache-{provisioner}"),
+            "accelerator": args.accelerator,
+            "provisioner": provisioner,
+            **overrides,
+        }
+        argv = ["make", "--no-print-directory", f"build-qemu-{args.target}", f"PACKER_VAR_FILES={var_file}",
+                "PACKER_FLAGS=" + " ".join(f"-var {k}={v}" for k, v in flags.items())]  # fmt: skip
+        if args.no_verify:
+            argv[-1] += " --no-verify"
+        print(f"--- unchanged rebuild through make: {' '.join(argv[:3])} ...", flush=True)
+        started = time.monotonic()
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        took = time.monotonic() - started
+        if done.returncode != 0:  # reported, and the other scenarios still run
+            print(f"make failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}", flush=True)
+            return float("nan")
+        print(f"--- unchanged rebuild through make: {took:.1f}s ({done.stdout.strip().splitlines()[-1:]})")
+        return took
+
     figures: dict[str, float] = {}
     try:
         figures["cold"] = run("cold build", kubernetes_semver=VERSIONS[0])
         figures["unchanged"] = run("unchanged rebuild", kubernetes_semver=VERSIONS[0])
+        figures["unchanged_make"] = run_make(kubernetes_semver=VERSIONS[0])
         figures["kubernetes_semver"] = run("kubernetes_semver change", kubernetes_semver=VERSIONS[1])
         figures["extra_packages"] = run(
             "extra_packages change", kubernetes_semver=VERSIONS[0], extra_packages="jq"
