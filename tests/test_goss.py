@@ -567,3 +567,31 @@ def test_a_file_check_is_one_round_trip_and_resources_overlap(tmp_path: Path) ->
     assert len(calls) == len(paths)  # one command per file
     assert peak[0] > 1  # resources overlapped
     assert [r.resource_id for r in results][:: len(results) // len(paths)] == [str(p) for p in paths]
+
+
+def test_packages_come_from_one_dpkg_query_with_testinfras_answers() -> None:
+    """One query for every package, and the same verdicts and versions as testinfra's own module."""
+    import shutil as sh
+
+    import testinfra
+
+    if not sh.which("dpkg-query"):
+        pytest.skip("needs dpkg")
+    host = testinfra.get_host("local://")
+    calls: list[str] = []
+    real_run = host.run
+
+    def counting_run(command: str, *args: str, **kwargs: Any) -> Any:
+        calls.append(command)
+        return real_run(command, *args, **kwargs)
+
+    probe = goss.TestinfraProbe(host)
+    host.run = counting_run  # type: ignore[method-assign]
+    names = ["bash", "coreutils", "dpkg", "kiln-no-such-package", "libc6"]
+    answers = {n: probe.package(n) for n in names}
+    assert calls == [goss.TestinfraProbe.DPKG_QUERY]
+    host.run = real_run  # type: ignore[method-assign]
+    for name in names:
+        pkg = host.package(name)
+        assert answers[name] == ((True, [pkg.version]) if pkg.is_installed else (False, [])), name
+    assert answers["bash"][0] and not answers["kiln-no-such-package"][0]
