@@ -181,6 +181,20 @@ def test_a_kernel_command_line_past_the_limit_is_named(tmp_path: Path) -> None:
         hosts.ipxe_host("debian-12", "http://10.0.2.2:8080", host, s)
 
 
+def test_a_layered_netboot_host_keeps_live_boot_off_the_network(tmp_path: Path) -> None:
+    """A base + overlay set brings its images as initrds (no network in the initramfs): live-boot is told
+    `nonetworking`, as on the ISO, so cloud-init's network config is the one that counts; a plain set
+    fetches its squashfs over DHCP in the initramfs and keeps `ip=dhcp`."""
+    a = inventory.load(_inv(tmp_path, GOOD)).hosts[0]
+    s = hosts.seed(a, values={}, keys=[KEY], user="kiln", templates=TEMPLATES)
+    layered = hosts.ipxe_host("debian-12", "http://10.0.2.2:8080", a, s, images=["base", "overlay"])
+    kernel = next(ln for ln in layered.splitlines() if ln.startswith("kernel "))
+    assert " nonetworking " in kernel and "network-config=" in kernel and "ip=dhcp" not in kernel
+    plain = hosts.ipxe_host("debian-12", "http://10.0.2.2:8080", a, s)
+    kernel = next(ln for ln in plain.splitlines() if ln.startswith("kernel "))
+    assert "nonetworking" not in kernel and "ip=dhcp" in kernel
+
+
 def test_a_missing_or_foreign_inventory_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="inv.yaml"):
         inventory.load(tmp_path / "inv.yaml")

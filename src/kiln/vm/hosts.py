@@ -250,6 +250,9 @@ def ipxe_host(
     """The host's iPXE script: the build's netboot set (`images`: a base + overlay set's), the host's seed
     at BASE/hosts/NAME/."""
     args = f"ds=nocloud-net;s=${{base}}/hosts/{host.name}/ network-config={host_seed.network_b64}"
+    if images:  # the images come as initrds, no network in the initramfs: as for the ISO (iso_patch), keep
+        # live-boot from writing a DHCP stanza per NIC that ifupdown would bring up before cloud-init's own
+        args = f"nonetworking {args}"
     text = formats.ipxe_script(f"{build_name} ({host.name})", base or "", args, kernel_params, images)
     line = next(ln for ln in text.splitlines() if ln.startswith("kernel "))
     # iPXE expands ${base} before the kernel sees the line: count it at the length it will have
