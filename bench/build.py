@@ -129,7 +129,8 @@ def main() -> int:
         vs_vm = f"{seconds / vm_cold:>10.3f}" if vm_cold else f"{'-':>10}"
         print(f"{name:<22} {seconds:>9.1f} {seconds / cold:>8.3f} {vs_vm}")
     if args.json:
-        args.json.write_text(json.dumps({k: round(v, 1) for k, v in figures.items()}, indent=2) + "\n")
+        rounded = {k: (None if v != v else round(v, 1)) for k, v in figures.items()}  # NaN (failed): null
+        args.json.write_text(json.dumps(rounded, indent=2) + "\n")
     return 0
 
 

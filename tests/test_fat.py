@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build.fat import clamp_fat_times, fat_datetime
+from kiln.build.fat import fat_datetime, set_fat_times
 from kiln.core.errors import BuildError
 
 pytestmark = pytest.mark.skipif(
@@ -49,8 +49,8 @@ def test_two_esps_written_at_different_times_become_the_same_bytes(tmp_path: Pat
     a = _esp(tmp_path, "a", 1_800_000_000)
     b = _esp(tmp_path, "b", 1_900_000_000)
     assert a.read_bytes() != b.read_bytes()
-    touched = clamp_fat_times(a, OFFSET, EPOCH)
-    assert clamp_fat_times(b, OFFSET, EPOCH) == touched
+    touched = set_fat_times(a, OFFSET, EPOCH)
+    assert set_fat_times(b, OFFSET, EPOCH) == touched
     # the label, 3 directories with "." and "..", 4 files (one deleted)
     assert touched >= 1 + 3 * 3 + 4
     assert a.read_bytes() == b.read_bytes()
@@ -76,4 +76,4 @@ def test_a_disk_without_fat_at_the_offset_is_named(tmp_path: Path) -> None:
     image = tmp_path / "blank.img"
     image.write_bytes(b"\0" * (OFFSET + 4096))
     with pytest.raises(BuildError, match="no FAT boot sector at byte 1048576"):
-        clamp_fat_times(image, OFFSET, EPOCH)
+        set_fat_times(image, OFFSET, EPOCH)

@@ -16,6 +16,7 @@ from kiln import config
 from kiln.goss import gotemplate, reports
 from kiln.goss import specs as goss
 from kiln.goss.matchers import GossSpecError, compile_matcher, patterns, stream_matcher
+from kiln.goss.probe import TestinfraProbe
 from kiln_runtime import RUNTIME
 
 SPEC_DIR = goss.spec_dir(RUNTIME.root)
@@ -423,6 +424,7 @@ def test_evaluate_on_the_local_machine_with_testinfra(tmp_path: Path) -> None:
     import testinfra
 
     shutil.copy("/etc/passwd", tmp_path / "passwd-copy")
+    (tmp_path / "passwd-copy").chmod(0o644)  # a link's mode and size are its target's, as in testinfra
     (tmp_path / "link").symlink_to(tmp_path / "passwd-copy")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # a link to nothing does not exist
     (tmp_path / "a dir with spaces").mkdir(mode=0o750)
@@ -442,6 +444,8 @@ file:
     exists: true
     filetype: symlink
     linked-to: {tmp_path}/passwd-copy
+    mode: "0644"
+    size: {(tmp_path / "passwd-copy").stat().st_size}
   {tmp_path}/missing:
     exists: false
   {tmp_path}/dangling:
@@ -491,7 +495,7 @@ package:
   kiln-no-such-package: {{installed: false}}
 """
     d = _spec_dir(tmp_path, {"local.yaml": spec_text})
-    probe = goss.TestinfraProbe(testinfra.get_host("local://"))
+    probe = TestinfraProbe(testinfra.get_host("local://"))
     results = goss.evaluate(goss.load_spec(d / "local.yaml", {}), probe)
     failed = [(r.resource_id, r.property) for r in reports.failures(results)]
     assert failed == [("must-fail", "stdout")], reports.failure_table(results)
@@ -562,7 +566,7 @@ def test_a_file_check_is_one_round_trip_and_resources_overlap(tmp_path: Path) ->
     spec.write_text("file:\n" + "".join(f"  {p}: {entry}\n" for p in paths))
     for p in paths:
         p.chmod(0o644)
-    results = goss.evaluate(goss.load_spec(spec, {}), goss.TestinfraProbe(host))
+    results = goss.evaluate(goss.load_spec(spec, {}), TestinfraProbe(host))
     assert all(r.successful for r in results), reports.failure_table(results)
     assert len(calls) == len(paths)  # one command per file
     assert peak[0] > 1  # resources overlapped
@@ -585,11 +589,11 @@ def test_packages_come_from_one_dpkg_query_with_testinfras_answers() -> None:
         calls.append(command)
         return real_run(command, *args, **kwargs)
 
-    probe = goss.TestinfraProbe(host)
+    probe = TestinfraProbe(host)
     host.run = counting_run  # type: ignore[method-assign]
     names = ["bash", "coreutils", "dpkg", "kiln-no-such-package", "libc6"]
     answers = {n: probe.package(n) for n in names}
-    assert calls == [goss.TestinfraProbe.DPKG_QUERY]
+    assert calls == [TestinfraProbe.DPKG_QUERY]
     host.run = real_run  # type: ignore[method-assign]
     for name in names:
         pkg = host.package(name)

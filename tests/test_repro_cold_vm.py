@@ -33,17 +33,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# the stand-in's URLs are inputs (the SBOM records where each binary came from): one port for both builds
-STANDIN_PORT = _free_port()
-
-
-def _cold_build(root: Path) -> Path:
+def _cold_build(root: Path, standin_port: int) -> Path:
     accel = os.environ.get("KILN_TEST_ACCELERATOR", "tcg")
     flags = (f"-var output_dir={root / 'out'} -var cache_dir={root / 'cache'} -var accelerator={accel} "
              "--no-verify")  # fmt: skip
     done = subprocess.run(
         ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1", SITE_MAKE_VAR,
-         f"PACKER_FLAGS={flags}", "FORMATS=qcow2 squashfs", f"K8S_STANDIN_PORT={STANDIN_PORT}"],
+         f"PACKER_FLAGS={flags}", "FORMATS=qcow2 squashfs", f"K8S_STANDIN_PORT={standin_port}"],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
@@ -52,7 +48,9 @@ def _cold_build(root: Path) -> Path:
 
 
 def test_two_builds_from_empty_caches_are_the_same_bytes(tmp_path: Path) -> None:
-    a, b = _cold_build(tmp_path / "a"), _cold_build(tmp_path / "b")
+    # the stand-in's URLs are inputs (the SBOM records where each binary came from): one port for both
+    port = _free_port()
+    a, b = _cold_build(tmp_path / "a", port), _cold_build(tmp_path / "b", port)
     diff = subprocess.run(
         [str(REPO / ".venv/bin/kiln"), "diff", str(a), str(b), "--json"], capture_output=True, text=True
     )

@@ -12,6 +12,7 @@ import testinfra.host
 
 from kiln.goss import reports
 from kiln.goss import specs as goss
+from kiln.goss.probe import TestinfraProbe
 from kiln.goss.rootshell import RootShellBackend, ShellError
 from kiln.vm import ssh
 from test_ssh import server  # noqa: F401  (the fixture)
@@ -84,7 +85,7 @@ def test_goss_checks_through_the_shell(server: tuple[int, ssh.KeyPair], tmp_path
     )
     b = _backend(port, key)
     try:
-        results = goss.evaluate(goss.load_spec(spec, {}), goss.TestinfraProbe(testinfra.host.Host(b)))
+        results = goss.evaluate(goss.load_spec(spec, {}), TestinfraProbe(testinfra.host.Host(b)))
     finally:
         b.close()
     assert all(r.successful for r in results), reports.failure_table(results)

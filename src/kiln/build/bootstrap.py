@@ -358,7 +358,7 @@ def _build(
     say(f"base: installing GRUB (BIOS + UEFI) from inside a one-shot VM ({accelerator})")
     _install_bootloader(raw, work, root_uuid, accelerator=accelerator, log_file=log_file, runtime=runtime)
     # grub-install wrote the ESP on the GRUB VM's clock: every FAT time to the source date instead
-    fat.clamp_fat_times(raw, esp.offset, spec.source_date or STAGE_SOURCE_DATE)
+    fat.set_fat_times(raw, esp.offset, spec.source_date)
 
     say("base: converting to qcow2")
     proc.run(

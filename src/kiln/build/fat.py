@@ -22,15 +22,18 @@ ATTR_DIR = 0x10
 END_OF_CHAIN = 0x0FFFFFF8
 
 
+FIRST, LAST = 315532800, 4354819199  # 1980-01-01 and 2107-12-31 23:59:59 UTC: the dates FAT can hold
+
+
 def fat_datetime(epoch: int) -> tuple[int, int]:
     """(date, time) words of a FAT entry for `epoch` in UTC; FAT counts from 1980 in 2-second steps."""
-    t = time.gmtime(max(epoch, 315532800))  # 1980-01-01, the first date FAT has
+    t = time.gmtime(min(max(epoch, FIRST), LAST))
     date = ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
     clock = (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2)
     return date, clock
 
 
-def clamp_fat_times(image: Path, offset: int, epoch: int) -> int:
+def set_fat_times(image: Path, offset: int, epoch: int) -> int:
     """Set every short entry's times in the FAT32 filesystem at byte `offset` of `image` to `epoch`.
     Returns the number of entries rewritten."""
     date, clock = fat_datetime(epoch)
@@ -41,19 +44,26 @@ def clamp_fat_times(image: Path, offset: int, epoch: int) -> int:
             raise BuildError(f"{image}: no FAT boot sector at byte {offset}")
         bytes_per_sector, per_cluster, reserved, fats = struct.unpack_from("<HBHB", boot, 11)
         sectors_per_fat, root_cluster = struct.unpack_from("<I4xI", boot, 36)
+        (total_sectors,) = struct.unpack_from("<I", boot, 32)
         if struct.unpack_from("<H", boot, 22)[0] != 0 or sectors_per_fat == 0 or not per_cluster:
             raise BuildError(f"{image}: the filesystem at byte {offset} is not FAT32")
         cluster_bytes = bytes_per_sector * per_cluster
         f.seek(offset + reserved * bytes_per_sector)
         fat = f.read(sectors_per_fat * bytes_per_sector)
         data = offset + (reserved + fats * sectors_per_fat) * bytes_per_sector
-        clusters_in_fat = len(fat) // 4
+        # the clusters the data region holds (the FAT's tail past them maps beyond the filesystem's end)
+        first_data = reserved + fats * sectors_per_fat
+        last_cluster = min(len(fat) // 4, (total_sectors - first_data) // per_cluster + 2)
 
         def chain(first: int) -> list[int]:
             out: list[int] = []
             cluster = first
-            while 2 <= cluster < END_OF_CHAIN and cluster < clusters_in_fat:
-                if len(out) > clusters_in_fat:
+            while 2 <= cluster < END_OF_CHAIN:
+                if cluster >= last_cluster:
+                    raise BuildError(
+                        f"{image}: cluster {cluster} past the FAT32 data region ({last_cluster})"
+                    )
+                if len(out) > last_cluster:
                     raise BuildError(f"{image}: a loop in the FAT's cluster chain from {first}")
                 out.append(cluster)
                 cluster = struct.unpack_from("<I", fat, cluster * 4)[0] & 0x0FFFFFFF
@@ -67,13 +77,17 @@ def clamp_fat_times(image: Path, offset: int, epoch: int) -> int:
             if first in seen:
                 continue
             seen.add(first)
+            ended = False
             for cluster in chain(first):
+                if ended:  # the directory's end marker came: what follows in its clusters is no entry
+                    break
                 where = data + (cluster - 2) * cluster_bytes
                 f.seek(where)
                 block = bytearray(f.read(cluster_bytes))
                 changed = False
                 for at in range(0, len(block), ENTRY):
                     if block[at] == 0:  # no entry after this one in the directory
+                        ended = True
                         break
                     attr = block[at + 11]
                     if attr == ATTR_LFN:

@@ -3,11 +3,15 @@ shell and a `sudo` for every command.
 
 Each probe question is a command in the guest. testinfra opens an SSH channel for each and wraps it in
 `sudo /bin/sh -c`: under TCG, sudo's PAM stack and the shells cost about a second a command, which was most
-of a verify's check time. Here each worker thread keeps one channel running `sudo -n /bin/sh -s` and writes
-its commands to that shell's stdin, one line each. The shell runs a command as `/bin/sh -c CMD` with stdin
-from /dev/null (a command cannot read the next one) and its output in files of a private temp dir, then
-writes a frame: a marker line with the exit status and the two lengths, then stdout and stderr. Every
-command still runs in a shell of its own, as root, in sudo's environment, as with testinfra's `sudo=True`.
+of a verify's check time. Here each checking thread keeps one channel running `sudo -n /bin/sh -s` and
+writes its commands to that shell's stdin, one line each. The shell runs a command as `/bin/sh -c CMD` with
+stdin from /dev/null (a command cannot read the next one) and its output in files of a private temp dir,
+then writes a frame: a marker line (a random token) with the exit status and the two lengths, then exactly
+that many bytes of stdout and of stderr. Every command still runs in a shell of its own, as root, in sudo's
+environment, as with testinfra's `sudo=True`.
+
+A shell that dies, answers out of frame or stays silent past COMMAND_TIMEOUT raises ShellError (a
+ProbeError: the resource fails and names it) and is closed; the thread's next command opens another.
 """
 
 from __future__ import annotations
@@ -21,37 +25,50 @@ import paramiko
 from testinfra.backend import base
 from testinfra.backend.paramiko import ParamikoBackend
 
-COMMAND_TIMEOUT = 600.0  # a command that outlives this fails (goss commands carry their own `timeout`)
+from kiln.goss.specs import ProbeError
+
+# A command that outlives this fails. goss commands carry their own `timeout` (kiln runs them under
+# `timeout`); this only ends a shell that stopped answering.
+COMMAND_TIMEOUT = 3600.0
 
 
-class ShellError(RuntimeError):
-    """The root shell could not be started, or died."""
+class ShellError(ProbeError):
+    """The root shell could not be started, died, or answered out of frame."""
 
 
 class _Shell:
     def __init__(self, transport: paramiko.Transport, timeout: float, command: str) -> None:
         self.marker = f"KILN-{secrets.token_hex(8)}".encode()
         self.command = command
+        self.buf = bytearray()
         self.chan = transport.open_session()
-        self.chan.settimeout(timeout)
-        self.chan.exec_command(command)
-        self.buf = b""
-        self.chan.sendall(b"T=$(mktemp -d) || exit 97\nprintf '%s READY\\n' " + self.marker + b"\n")
-        self._line()
+        try:
+            self.chan.settimeout(timeout)
+            self.chan.exec_command(command)
+            self.chan.sendall(b"T=$(mktemp -d) || exit 97\nprintf '%s READY\\n' " + self.marker + b"\n")
+            while self._line(skip_noise=True) != b"READY":  # a login script may print before the marker
+                pass
+        except BaseException:
+            self.chan.close()
+            raise
 
-    def _line(self) -> bytes:
-        while b"\n" not in self.buf:
-            self._fill()
-        line, _, self.buf = self.buf.partition(b"\n")
-        if not line.startswith(self.marker + b" "):
-            raise ShellError(f"root shell: unexpected output {line[:200]!r}")
-        return line[len(self.marker) + 1 :]
+    def _line(self, skip_noise: bool = False) -> bytes:
+        while True:
+            while b"\n" not in self.buf:
+                self._fill()
+            at = self.buf.index(b"\n")
+            line = bytes(self.buf[:at])
+            del self.buf[: at + 1]
+            if line.startswith(self.marker + b" "):
+                return line[len(self.marker) + 1 :]
+            if not skip_noise:
+                raise ShellError(f"`{self.command}`: output out of frame: {line[:200]!r}")
 
     def _fill(self) -> None:
         try:
             data = self.chan.recv(65536)
         except TimeoutError as exc:
-            raise ShellError(f"root shell: no answer in {self.chan.gettimeout():.0f}s") from exc
+            raise ShellError(f"`{self.command}`: no answer in {self.chan.gettimeout():.0f}s") from exc
         if not data:
             err = b""
             while self.chan.recv_stderr_ready():
@@ -63,20 +80,24 @@ class _Shell:
         self.buf += data
 
     def run(self, command: str) -> tuple[int, bytes, bytes]:
+        # the temp dir gone (a command removed it) ends the shell loudly rather than framing empty output;
+        # `head -c` sends exactly the counted bytes even if something still appends to the files
         line = (
+            '[ -d "$T" ] || exit 98; '
             f'/bin/sh -c {shlex.quote(command)} </dev/null >"$T/o" 2>"$T/e"; r=$?; '
-            f"printf '%s %d %d %d\\n' {self.marker.decode()} \"$r\" "
-            f'"$(wc -c <"$T/o")" "$(wc -c <"$T/e")"; cat "$T/o" "$T/e"\n'
+            'n=$(wc -c <"$T/o"); m=$(wc -c <"$T/e"); '
+            f'printf \'%s %d %d %d\\n\' {self.marker.decode()} "$r" "$n" "$m"; '
+            'head -c "$n" "$T/o"; head -c "$m" "$T/e"\n'
         )
         self.chan.sendall(line.encode())
         fields = self._line().split()
-        if len(fields) != 3:
-            raise ShellError(f"root shell: bad frame {fields!r}")
+        if len(fields) != 3 or not all(f.isdigit() for f in fields):
+            raise ShellError(f"`{self.command}`: a bad frame {fields!r}")
         rc, out_len, err_len = (int(f) for f in fields)
         while len(self.buf) < out_len + err_len:
             self._fill()
-        out, err = self.buf[:out_len], self.buf[out_len : out_len + err_len]
-        self.buf = self.buf[out_len + err_len :]
+        out, err = bytes(self.buf[:out_len]), bytes(self.buf[out_len : out_len + err_len])
+        del self.buf[: out_len + err_len]
         return rc, out, err
 
     def close(self) -> None:
@@ -95,6 +116,8 @@ class RootShellBackend(ParamikoBackend):
 
     def __init__(self, hostspec: str, **kwargs: Any) -> None:
         super().__init__(hostspec, **kwargs)
+        if self.sudo_user is not None:
+            raise ValueError("RootShellBackend: sudo_user is not supported (the shells are root's)")
         self._local = threading.local()
         self._shells: list[_Shell] = []
         self._lock = threading.Lock()
@@ -113,14 +136,28 @@ class RootShellBackend(ParamikoBackend):
     def run(self, command: str, *args: str, **kwargs: Any) -> base.CommandResult:
         text = self.quote(command, *args)  # no sudo wrapper: the shell is root already
         try:
-            rc, out, err = self._shell().run(text)
-        except (ShellError, OSError, paramiko.SSHException):
-            self._local.shell = None  # a broken shell is not used again; the next command opens another
-            raise
+            shell = self._shell()
+        except (OSError, paramiko.SSHException) as exc:  # the connection is gone: each check says so
+            raise ShellError(f"{self.host.name}:{self.host.port}: no shell: {exc}") from exc
+        try:
+            rc, out, err = shell.run(text)
+        except (ShellError, OSError, paramiko.SSHException) as exc:
+            # a broken shell is closed and not used again; the thread's next command opens another
+            self._local.shell = None
+            with self._lock:
+                if shell in self._shells:
+                    self._shells.remove(shell)
+            shell.close()
+            if isinstance(exc, ShellError):
+                raise
+            raise ShellError(f"`{shell.command}`: {exc}") from exc
         return self.result(rc, self.encode(text), out, err)
 
     def close(self) -> None:
+        """Every shell, then the SSH connection."""
         with self._lock:
             shells, self._shells = self._shells, []
         for shell in shells:
             shell.close()
+        if "client" in self.__dict__:  # functools.cached_property: connected
+            self.client.close()

@@ -3,9 +3,10 @@
 The specs in `goss/` are real goss files: `goss -g goss/goss.yaml --vars vars.yaml validate`
 gives the same verdict as kiln. kiln renders them itself (strict Go templates, `gotemplate`), follows the
 `gossfile` includes, checks every resource type, attribute and matcher up front (`GossSpecError`, exit 2,
-for anything it does not support) and then evaluates each resource on a host through pytest-testinfra's
-modules (`host.package`, `host.service`, `host.file`, `host.sysctl`, `host.user`, `host.group`, `host.run`)
-over paramiko -- the same modules on a `local://` host in the tests.
+for anything it does not support) and then evaluates each resource on a host through a Probe:
+kiln.goss.probe answers with pytest-testinfra (one command per file, one `dpkg-query` for every package,
+testinfra's modules for the rest), over SSH through kiln.goss.rootshell's root shells, in a chroot, or on a
+`local://` host in the tests. A few resources are checked at once; the results keep the spec's order.
 
 Phases: `build` (goss/goss.yaml) runs inside the build before sysprep; `final`
 (goss/goss-final.yaml: everything in build plus hygiene.yaml) runs on the finished image.
@@ -17,9 +18,9 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -380,7 +381,7 @@ def _compile_resource(kind: str, rid: str, attrs: Mapping[str, Any], path: Path)
 
 
 class Probe(Protocol):
-    """What the evaluator asks of a host. `TestinfraProbe` answers with testinfra's modules."""
+    """What the evaluator asks of a host. `kiln.goss.probe.TestinfraProbe` answers through testinfra."""
 
     def package(self, name: str) -> tuple[bool, list[str]]: ...
     def service(self, name: str) -> tuple[bool, bool]: ...
@@ -412,10 +413,11 @@ class ProbeError(Exception):
     """The host could not answer (e.g. a file that does not exist has no mode)."""
 
 
-# Resources checked at once. Each probe question is a round trip (over SSH, a channel, a shell and sudo in
-# the guest: about a second under TCG); paramiko multiplexes channels on one connection, and the local and
-# chroot backends are subprocesses, so a few at a time overlap the waits. Results keep the spec's order.
-WORKERS = 4
+# Resources checked at once. Each probe question is a command in the host (under TCG a second or more of
+# the guest's CPU), so a few at a time keep both emulated CPUs busy while another command's output travels;
+# more would only queue on those CPUs and stretch each command towards its goss `timeout`. Results keep
+# the spec's order.
+WORKERS = 2
 
 
 def evaluate(
@@ -425,16 +427,19 @@ def evaluate(
     *,
     workers: int = WORKERS,
 ) -> list[Result]:
-    from concurrent.futures import ThreadPoolExecutor
-
     results: list[Result] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="goss") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="goss")
+    try:
         pending = [pool.submit(_resource_results, r, probe) for r in spec.resources]
         for future in pending:
             for result in future.result():
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: the resources not started yet never start
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return results
 
 
@@ -509,118 +514,3 @@ def _observe(res: Resource, probe: Probe) -> dict[str, Any]:
     if res.type == "matching":
         return {"matches": a.get("content")}
     raise GossSpecError(f"{res.source}: {res.type}.{res.id}: resource type not supported")
-
-
-class TestinfraProbe:
-    """Answers the evaluator's questions with pytest-testinfra's host modules (any backend)."""
-
-    __test__ = False  # not a pytest class
-
-    def __init__(self, host: Any) -> None:
-        self.host = host
-        self._dpkg: dict[str, tuple[bool, str]] | None = None
-        self._dpkg_lock = threading.Lock()
-
-    # Every package dpkg knows, in one query (testinfra asks dpkg twice per package: each one a second
-    # or more under TCG). Installed as testinfra's DebianPackage says: "install" or "hold", "ok installed".
-    DPKG_QUERY = "dpkg-query -W -f '${Package}\\t${Status}\\t${Version}\\n'"
-
-    def _dpkg_packages(self) -> dict[str, tuple[bool, str]]:
-        with self._dpkg_lock:
-            if self._dpkg is None:
-                out = self.host.run(self.DPKG_QUERY)
-                table: dict[str, tuple[bool, str]] = {}
-                if out.rc == 0:  # no dpkg (an rpm system): an empty table, testinfra answers
-                    for line in str(out.stdout).splitlines():
-                        fields = line.split("\t")
-                        if len(fields) == 3:
-                            status = fields[1].split()
-                            ok = status[:1] in (["install"], ["hold"]) and status[1:3] == ["ok", "installed"]
-                            if not table.get(fields[0], (False, ""))[0]:  # multi-arch: installed wins
-                                table[fields[0]] = (ok, fields[2])
-                self._dpkg = table
-            return self._dpkg
-
-    def package(self, name: str) -> tuple[bool, list[str]]:
-        known = self._dpkg_packages() if ":" not in name else {}  # name:arch: dpkg-query answers that
-        if known:
-            installed, version = known.get(name, (False, ""))
-            return (True, [version]) if installed else (False, [])
-        pkg = self.host.package(name)
-        if not pkg.is_installed:
-            return False, []
-        return True, [str(pkg.version)]
-
-    def service(self, name: str) -> tuple[bool, bool]:
-        svc = self.host.service(name)
-        return bool(svc.is_enabled), bool(svc.is_running)
-
-    def kernel_param(self, name: str) -> str:
-        try:
-            return str(self.host.sysctl(name))
-        except AssertionError as exc:
-            raise ProbeError(f"kernel-param {name}: not found") from exc
-
-    # One round trip for a file's type, mode, owner, group, size and link target (testinfra's File asks
-    # one question per attribute). `test -e` follows a link, as testinfra's File.exists does: a dangling
-    # link does not exist; the type tests follow it too, except -L; stat reports the path itself.
-    FILE_SCRIPT = (
-        'p="$1"; test -e "$p" || { echo missing; exit 0; }; t=file; '
-        'if test -L "$p"; then t=symlink; elif test -d "$p"; then t=directory; '
-        'elif test -S "$p"; then t=socket; elif test -p "$p"; then t=pipe; fi; '
-        'echo "$t"; stat -c "%a %U %G %s" -- "$p"; '
-        'if test "$t" = symlink; then readlink -- "$p"; fi'
-    )
-    FILE_TYPES = ("file", "symlink", "directory", "socket", "pipe")
-
-    def file(self, path: str, wanted: set[str]) -> dict[str, Any]:
-        """One round trip for everything but contents and digests, which are read only when asked for."""
-        out = self.host.run("/bin/sh -c %s kiln-file %s", self.FILE_SCRIPT, path)
-        lines = str(out.stdout).split("\n")
-        if (
-            out.rc != 0
-            or lines[0] not in ("missing", *self.FILE_TYPES)
-            or (lines[0] != "missing" and len(lines) < 2)
-        ):
-            raise ProbeError(f"file {path}: cannot stat it (exit {out.rc}): {str(out.stderr).strip()[:200]}")
-        if lines[0] == "missing":
-            return {"exists": False}
-        mode, owner, group, size = lines[1].split(" ")
-        info: dict[str, Any] = {"exists": True, "filetype": lines[0], "mode": f"{int(mode, 8):04o}"}
-        info.update(owner=owner, group=group)
-        if lines[0] == "symlink":
-            info["linked-to"] = lines[2] if len(lines) > 2 else ""
-        if lines[0] in ("file", "symlink"):
-            info["size"] = int(size)
-            if wanted & {"contents", "md5", "sha256"}:
-                f = self.host.file(path)
-                if "contents" in wanted:
-                    info["contents"] = f.content_string
-                if "md5" in wanted:
-                    info["md5"] = f.md5sum
-                if "sha256" in wanted:
-                    info["sha256"] = f.sha256sum
-        return info
-
-    def command(self, cmd: str, timeout: float) -> tuple[int, str, str]:
-        result = self.host.run("timeout %s /bin/sh -c %s", f"{max(timeout, 1):g}", cmd)
-        return int(result.rc), str(result.stdout), str(result.stderr)
-
-    def user(self, name: str) -> dict[str, Any]:
-        u = self.host.user(name)
-        if not u.exists:
-            return {"exists": False}
-        return {
-            "exists": True,
-            "uid": u.uid,
-            "gid": u.gid,
-            "groups": list(u.groups),
-            "home": u.home,
-            "shell": u.shell,
-        }
-
-    def group(self, name: str) -> dict[str, Any]:
-        g = self.host.group(name)
-        if not g.exists:
-            return {"exists": False}
-        return {"exists": True, "gid": g.gid}

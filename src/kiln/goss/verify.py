@@ -36,6 +36,7 @@ from kiln.core.progress import Monitor, Null
 from kiln.core.runtime import Runtime
 from kiln.goss import reports
 from kiln.goss import specs as goss
+from kiln.goss.probe import TestinfraProbe
 from kiln.vm import checkboot
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def user_spec(values: Mapping[str, Any], phase: str, root: Path) -> Path | None:
     raise InputError(f"{folder}: goss_spec_dir has no {' or '.join(names)}")
 
 
-def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> goss.TestinfraProbe:
+def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> TestinfraProbe:
     import warnings
 
     from testinfra.host import Host
@@ -226,7 +227,7 @@ def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> goss.Te
             f"{(result.stderr or result.stdout).strip()[:300]}",
             hint="the checks run as root through passwordless sudo (NOPASSWD)",
         )
-    return goss.TestinfraProbe(Host(backend))
+    return TestinfraProbe(Host(backend))
 
 
 def _run_goss_binary(
@@ -410,8 +411,11 @@ def boot_profile(host: str, port: int, key_file: Path, report_dir: Path | None) 
     if rc != 0 or "Startup finished" not in out:
         return ""
     if report_dir is not None:
-        report_dir.mkdir(parents=True, exist_ok=True)
-        (report_dir / BOOT_PROFILE).write_text(out)
+        try:
+            report_dir.mkdir(parents=True, exist_ok=True)
+            (report_dir / BOOT_PROFILE).write_text(out)
+        except OSError as exc:
+            log.info("boot profile: not written (%s)", exc)
     first = out.splitlines()[0]
     return first.removeprefix("Startup finished in ").strip()
 
@@ -551,7 +555,7 @@ def check_tree(
     deferred = [r for r in spec.resources if not _in_tree(r)]
     spec.resources = [r for r in spec.resources if _in_tree(r)]
     started = time.monotonic()
-    results = goss.evaluate(spec, goss.TestinfraProbe(Host(ChrootBackend())))
+    results = goss.evaluate(spec, TestinfraProbe(Host(ChrootBackend())))
     s = reports.summary(results)
     log.info(
         "goss build phase (chroot): %d checks, %d failed in %.1fs; %d resources wait for the boot",

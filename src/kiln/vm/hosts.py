@@ -250,8 +250,10 @@ def ipxe_host(
     """The host's iPXE script: the build's netboot set (`images`: a base + overlay set's), the host's seed
     at BASE/hosts/NAME/."""
     args = f"ds=nocloud-net;s=${{base}}/hosts/{host.name}/ network-config={host_seed.network_b64}"
-    if images:  # the images come as initrds, no network in the initramfs: as for the ISO (iso_patch), keep
-        # live-boot from writing a DHCP stanza per NIC that ifupdown would bring up before cloud-init's own
+    # A base + overlay set's images come as initrds, with no network in the initramfs: as on the ISO
+    # (iso_patch), live-boot must not write a DHCP stanza per NIC for ifupdown to bring up before
+    # cloud-init's own config is read.
+    if images:
         args = f"nonetworking {args}"
     text = formats.ipxe_script(f"{build_name} ({host.name})", base or "", args, kernel_params, images)
     line = next(ln for ln in text.splitlines() if ln.startswith("kernel "))
