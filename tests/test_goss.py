@@ -531,7 +531,9 @@ def test_a_resource_names_its_phase_with_goss_meta(tmp_path: Path) -> None:
         goss.load_spec(spec, {})
 
 
-def test_a_file_check_is_one_round_trip_and_resources_overlap(tmp_path: Path) -> None:
+def test_a_file_check_is_one_round_trip_and_resources_overlap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Over SSH to a TCG guest each question costs about a second: a file's type, mode, owner, group and
     size come from one command, and the evaluator keeps a few resources in flight, in the spec's order."""
     import threading
@@ -557,7 +559,7 @@ def test_a_file_check_is_one_round_trip_and_resources_overlap(tmp_path: Path) ->
             with lock:
                 in_flight[0] -= 1
 
-    host.run = counting_run  # type: ignore[method-assign]
+    monkeypatch.setattr(host, "run", counting_run)
     paths = [tmp_path / f"f{i}" for i in range(8)]
     for p in paths:
         p.write_text("x")
@@ -573,7 +575,7 @@ def test_a_file_check_is_one_round_trip_and_resources_overlap(tmp_path: Path) ->
     assert [r.resource_id for r in results][:: len(results) // len(paths)] == [str(p) for p in paths]
 
 
-def test_packages_come_from_one_dpkg_query_with_testinfras_answers() -> None:
+def test_packages_come_from_one_dpkg_query_with_testinfras_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     """One query for every package, and the same verdicts and versions as testinfra's own module."""
     import shutil as sh
 
@@ -590,11 +592,12 @@ def test_packages_come_from_one_dpkg_query_with_testinfras_answers() -> None:
         return real_run(command, *args, **kwargs)
 
     probe = TestinfraProbe(host)
-    host.run = counting_run  # type: ignore[method-assign]
+    assert host.package  # testinfra's system detection (which package module), before the count
+    monkeypatch.setattr(host, "run", counting_run)
     names = ["bash", "coreutils", "dpkg", "kiln-no-such-package", "libc6"]
     answers = {n: probe.package(n) for n in names}
     assert calls == [TestinfraProbe.DPKG_QUERY]
-    host.run = real_run  # type: ignore[method-assign]
+    monkeypatch.undo()
     for name in names:
         pkg = host.package(name)
         assert answers[name] == ((True, [pkg.version]) if pkg.is_installed else (False, [])), name

@@ -90,3 +90,27 @@ def test_goss_checks_through_the_shell(server: tuple[int, ssh.KeyPair], tmp_path
         b.close()
     assert all(r.successful for r in results), reports.failure_table(results)
     assert len(results) >= 6
+
+
+def test_a_silent_shell_fails_its_command_and_every_later_one_at_once(
+    server: tuple[int, ssh.KeyPair],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wedged guest keeps its connection up: after one command outlived the timeout, the others fail
+    at once instead of each waiting it out again."""
+    import time
+
+    from kiln.goss import rootshell
+
+    monkeypatch.setattr(rootshell, "COMMAND_TIMEOUT", 1.0)
+    port, key = server
+    b = _backend(port, key)
+    try:
+        with pytest.raises(ShellError, match="no answer in 1s"):
+            b.run("sleep 5")
+        started = time.monotonic()
+        with pytest.raises(ShellError, match="no answer"):
+            b.run("true")
+        assert time.monotonic() - started < 0.5
+    finally:
+        b.close()

@@ -44,7 +44,7 @@ def set_fat_times(image: Path, offset: int, epoch: int) -> int:
             raise BuildError(f"{image}: no FAT boot sector at byte {offset}")
         bytes_per_sector, per_cluster, reserved, fats = struct.unpack_from("<HBHB", boot, 11)
         sectors_per_fat, root_cluster = struct.unpack_from("<I4xI", boot, 36)
-        (total_sectors,) = struct.unpack_from("<I", boot, 32)
+        total_sectors = struct.unpack_from("<H", boot, 19)[0] or struct.unpack_from("<I", boot, 32)[0]
         if struct.unpack_from("<H", boot, 22)[0] != 0 or sectors_per_fat == 0 or not per_cluster:
             raise BuildError(f"{image}: the filesystem at byte {offset} is not FAT32")
         cluster_bytes = bytes_per_sector * per_cluster
@@ -53,6 +53,8 @@ def set_fat_times(image: Path, offset: int, epoch: int) -> int:
         data = offset + (reserved + fats * sectors_per_fat) * bytes_per_sector
         # the clusters the data region holds (the FAT's tail past them maps beyond the filesystem's end)
         first_data = reserved + fats * sectors_per_fat
+        if total_sectors <= first_data:
+            raise BuildError(f"{image}: the filesystem at byte {offset} is not FAT32 (no data region)")
         last_cluster = min(len(fat) // 4, (total_sectors - first_data) // per_cluster + 2)
 
         def chain(first: int) -> list[int]:

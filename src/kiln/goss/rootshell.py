@@ -10,8 +10,9 @@ then writes a frame: a marker line (a random token) with the exit status and the
 that many bytes of stdout and of stderr. Every command still runs in a shell of its own, as root, in sudo's
 environment, as with testinfra's `sudo=True`.
 
-A shell that dies, answers out of frame or stays silent past COMMAND_TIMEOUT raises ShellError (a
-ProbeError: the resource fails and names it) and is closed; the thread's next command opens another.
+A shell that dies or answers out of frame raises ShellError (a ProbeError: the resource fails and names
+it) and is closed; the thread's next command opens another. A shell silent past its timeout, or a broken
+connection, fails that command and every later one at once.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from testinfra.backend.paramiko import ParamikoBackend
 from kiln.goss.specs import ProbeError
 
 # A command that outlives this fails. goss commands carry their own `timeout` (kiln runs them under
-# `timeout`); this only ends a shell that stopped answering.
+# `timeout`); this only ends a shell that stopped answering. A shell must start within START_TIMEOUT.
 COMMAND_TIMEOUT = 3600.0
+START_TIMEOUT = 60.0
+NOISE_LIMIT = 64 * 1024  # what a login script may print before the marker
 
 
 class ShellError(ProbeError):
@@ -41,13 +44,15 @@ class _Shell:
         self.marker = f"KILN-{secrets.token_hex(8)}".encode()
         self.command = command
         self.buf = bytearray()
-        self.chan = transport.open_session()
+        self.chan = transport.open_session(timeout=START_TIMEOUT)
         try:
-            self.chan.settimeout(timeout)
+            self.chan.settimeout(START_TIMEOUT)
             self.chan.exec_command(command)
-            self.chan.sendall(b"T=$(mktemp -d) || exit 97\nprintf '%s READY\\n' " + self.marker + b"\n")
-            while self._line(skip_noise=True) != b"READY":  # a login script may print before the marker
+            # the marker on a line of its own even after noise without a newline
+            self.chan.sendall(b"T=$(mktemp -d) || exit 97\nprintf '\\n%s READY\\n' " + self.marker + b"\n")
+            while self._line(skip_noise=True) != b"READY":
                 pass
+            self.chan.settimeout(timeout)
         except BaseException:
             self.chan.close()
             raise
@@ -55,6 +60,8 @@ class _Shell:
     def _line(self, skip_noise: bool = False) -> bytes:
         while True:
             while b"\n" not in self.buf:
+                if skip_noise and len(self.buf) > NOISE_LIMIT:
+                    raise ShellError(f"`{self.command}`: {len(self.buf)} bytes of output before its marker")
                 self._fill()
             at = self.buf.index(b"\n")
             line = bytes(self.buf[:at])
@@ -80,11 +87,11 @@ class _Shell:
         self.buf += data
 
     def run(self, command: str) -> tuple[int, bytes, bytes]:
-        # the temp dir gone (a command removed it) ends the shell loudly rather than framing empty output;
-        # `head -c` sends exactly the counted bytes even if something still appends to the files
+        # output files gone (the command removed the temp dir) end the shell loudly rather than framing
+        # empty output; `head -c` sends exactly the counted bytes even if something still appends to them
         line = (
-            '[ -d "$T" ] || exit 98; '
             f'/bin/sh -c {shlex.quote(command)} </dev/null >"$T/o" 2>"$T/e"; r=$?; '
+            '[ -f "$T/o" ] && [ -f "$T/e" ] || { echo "kiln: $T vanished under the command" >&2; exit 98; }; '
             'n=$(wc -c <"$T/o"); m=$(wc -c <"$T/e"); '
             f'printf \'%s %d %d %d\\n\' {self.marker.decode()} "$r" "$n" "$m"; '
             'head -c "$n" "$T/o"; head -c "$m" "$T/e"\n'
@@ -118,6 +125,9 @@ class RootShellBackend(ParamikoBackend):
         super().__init__(hostspec, **kwargs)
         if self.sudo_user is not None:
             raise ValueError("RootShellBackend: sudo_user is not supported (the shells are root's)")
+        # a shell that stopped answering, or a connection that broke: every later command fails at once
+        # (a wedged guest keeps its TCP connection up; each resource would wait out the timeout again)
+        self._dead: str | None = None
         self._local = threading.local()
         self._shells: list[_Shell] = []
         self._lock = threading.Lock()
@@ -135,22 +145,31 @@ class RootShellBackend(ParamikoBackend):
 
     def run(self, command: str, *args: str, **kwargs: Any) -> base.CommandResult:
         text = self.quote(command, *args)  # no sudo wrapper: the shell is root already
+        if self._dead is not None:
+            raise ShellError(self._dead)
         try:
             shell = self._shell()
-        except (OSError, paramiko.SSHException) as exc:  # the connection is gone: each check says so
-            raise ShellError(f"{self.host.name}:{self.host.port}: no shell: {exc}") from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:  # the connection is gone
+            self._dead = f"{self.host.name}:{self.host.port}: no shell: {exc}"
+            raise ShellError(self._dead) from exc
+        except ShellError as exc:
+            if "no answer" in str(exc):
+                self._dead = str(exc)
+            raise
         try:
             rc, out, err = shell.run(text)
-        except (ShellError, OSError, paramiko.SSHException) as exc:
-            # a broken shell is closed and not used again; the thread's next command opens another
+        except (ShellError, OSError, EOFError, paramiko.SSHException) as exc:
+            # a broken shell is closed and not used again; the thread's next command opens another, unless
+            # the shell stopped answering or the connection broke
             self._local.shell = None
             with self._lock:
                 if shell in self._shells:
                     self._shells.remove(shell)
             shell.close()
-            if isinstance(exc, ShellError):
-                raise
-            raise ShellError(f"`{shell.command}`: {exc}") from exc
+            error = exc if isinstance(exc, ShellError) else ShellError(f"`{shell.command}`: {exc}")
+            if not isinstance(exc, ShellError) or "no answer" in str(exc):
+                self._dead = str(error)
+            raise error from exc
         return self.result(rc, self.encode(text), out, err)
 
     def close(self) -> None:
