@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -115,3 +116,64 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
         again = subprocess.run([*standin, *argv, "--var-file", "{varfile}"], cwd=REPO, capture_output=True,
                                text=True, env={**os.environ, "PACKER_VAR_FILES": ""})  # fmt: skip
         assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+
+
+POSTINST = """#!/bin/sh
+# a package whose postinst starts its service: once through policy-rc.d, the way invoke-rc.d and
+# deb-systemd-invoke ask, and once behind its back, as some postinsts do
+set -e
+if [ "$1" = configure ]; then
+    rc=0
+    /usr/sbin/policy-rc.d kiln-test-daemon start || rc=$?
+    echo "$rc" > /var/lib/kiln-test-daemon.policy
+    start-stop-daemon --start --background --make-pidfile --pidfile /var/lib/kiln-test-daemon.pid \\
+        --exec /bin/sleep -- 600
+fi
+"""
+
+
+def _daemon_deb(where: Path) -> Path:
+    root = where / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: kiln-test-daemon\nVersion: 1.0\nArchitecture: all\n"
+        "Maintainer: kiln tests <t@kiln.invalid>\nDescription: kiln test fixture: a postinst starts a daemon\n"
+    )
+    (root / "DEBIAN" / "postinst").write_text(POSTINST)
+    (root / "DEBIAN" / "postinst").chmod(0o755)
+    deb = where / "kiln-test-daemon.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
+                   capture_output=True)  # fmt: skip
+    return deb
+
+
+def test_a_postinst_that_starts_a_service_leaves_no_process_after_the_stage(built_image, tmp_path):
+    """The suite image's os-stage tree, provisioned again as a stage is (kiln.build.chroot.run_playbooks:
+    Ansible's chroot connection in the stage's namespace and mounts) with a play that installs a package
+    whose postinst starts a daemon: policy-rc.d says no (101) while the stage runs, the daemon that
+    started anyway is gone when the stage ends, and nothing stays mounted or rooted in the tree."""
+    from kiln.build import chroot
+    from kiln_runtime import RUNTIME
+
+    log = (built_image.path / "build.log").read_text()
+    found = re.search(r"os: (?:cached as stage|ok in [\d.]+s reused) ([0-9a-f]{12})", log)
+    if found is None:
+        pytest.skip("the suite image's build log names no os stage (KILN_TEST_BUILD_DIR of another kind)")
+    cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
+    (entry,) = stages.root(cache_dir).glob(f"{found.group(1)}*")
+    tree, work = tmp_path / "tree", tmp_path / "work"
+    work.mkdir()
+    chroot.unpack(entry / stages.TREE, tree, log_file=None, runtime=RUNTIME)
+    shutil.copy(_daemon_deb(tmp_path), tree / "tmp" / "kiln-test-daemon.deb")
+    play = tmp_path / "play.yml"
+    play.write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.command: dpkg -i /tmp/kiln-test-daemon.deb\n"
+    )
+    chroot.run_playbooks(tree, work, [play], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
+    assert (tree / "var/lib/kiln-test-daemon.policy").read_text().strip() == "101"  # no service starts
+    pid = int((tree / "var/lib/kiln-test-daemon.pid").read_text())  # and yet this one did
+    time.sleep(0.5)
+    assert not Path(f"/proc/{pid}").exists() or not os.readlink(f"/proc/{pid}/root").startswith(str(tree))
+    assert not _rooted_under(tree) and not _mounts_under(tmp_path)
+    assert not (tree / chroot.POLICY_RC_D).exists()  # the stage's policy goes with it
