@@ -137,7 +137,7 @@ def _daemon_deb(where: Path) -> Path:
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
         "Package: kiln-test-daemon\nVersion: 1.0\nArchitecture: all\n"
-        "Maintainer: kiln tests <t@kiln.invalid>\nDescription: kiln test fixture: a postinst starts a daemon\n"
+        "Maintainer: kiln tests <t@kiln.invalid>\nDescription: kiln test: a postinst starts a daemon\n"
     )
     (root / "DEBIAN" / "postinst").write_text(POSTINST)
     (root / "DEBIAN" / "postinst").chmod(0o755)
