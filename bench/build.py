@@ -65,14 +65,18 @@ def main() -> int:
     var_file.write_text(json.dumps(k8s_standin.var_values(list(VERSIONS), url)))
     monitor = progress.Terminal()
 
-    def run(label: str, provisioner: str = "chroot", **overrides: str) -> float:
-        base = {
+    def settings(provisioner: str, overrides: dict[str, str]) -> dict[str, str]:
+        """One runner's output and cache dirs in the work dir, the accelerator, and the scenario's values."""
+        return {
             "output_dir": str(work / f"out-{provisioner}"),
             "cache_dir": str(work / f"cache-{provisioner}"),
             "accelerator": args.accelerator,
             "provisioner": provisioner,
+            **overrides,
         }
-        cfg = config.load(args.target, var_files=[str(var_file)], overrides={**base, **overrides})
+
+    def run(label: str, provisioner: str = "chroot", **overrides: str) -> float:
+        cfg = config.load(args.target, var_files=[str(var_file)], overrides=settings(provisioner, overrides))
         print(f"--- {label}", flush=True)
         started = time.monotonic()
         result = build.run_build(cfg, monitor=monitor, verify=not args.no_verify, runtime=RUNTIME)
@@ -83,13 +87,7 @@ def main() -> int:
     def run_make(provisioner: str = "chroot", **overrides: str) -> float:
         """The unchanged rebuild as an operator runs it: `make build-qemu-TARGET`, wall time of make
         (its deps check, kiln's start-up and the up-to-date check)."""
-        flags = {
-            "output_dir": str(work / f"out-{provisioner}"),
-            "cache_dir": str(work / f"cache-{provisioner}"),
-            "accelerator": args.accelerator,
-            "provisioner": provisioner,
-            **overrides,
-        }
+        flags = settings(provisioner, overrides)
         argv = ["make", "--no-print-directory", f"build-qemu-{args.target}", f"PACKER_VAR_FILES={var_file}",
                 "PACKER_FLAGS=" + " ".join(f"-var {k}={v}" for k, v in flags.items())]  # fmt: skip
         if args.no_verify:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import SITE_MAKE_VAR
+from kiln.vm.qemu import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "debian-12+kube-v1.36.1"
@@ -25,12 +25,6 @@ pytestmark = [
 ]
 SAME = (f"{NAME}.qcow2", f"{NAME}.files.jsonl", f"{NAME}.packages", f"{NAME}.spdx.json",
         "squashfs/filesystem.squashfs", "squashfs/filesystem.manifest")  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cold_build(root: Path, standin_port: int) -> Path:
@@ -49,7 +43,7 @@ def _cold_build(root: Path, standin_port: int) -> Path:
 
 def test_two_builds_from_empty_caches_are_the_same_bytes(tmp_path: Path) -> None:
     # the stand-in's URLs are inputs (the SBOM records where each binary came from): one port for both
-    port = _free_port()
+    port = free_port()
     a, b = _cold_build(tmp_path / "a", port), _cold_build(tmp_path / "b", port)
     diff = subprocess.run(
         [str(REPO / ".venv/bin/kiln"), "diff", str(a), str(b), "--json"], capture_output=True, text=True

@@ -210,23 +210,23 @@ def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> Testinf
         f"{user}@{host}:{port}", ssh_identity_file=str(key_file), sudo=True, timeout=60
     )
     target = f"{user}@{host}:{port}"
+    hint = "the checks run as root through passwordless sudo (NOPASSWD)"
     # Preflight: the login works and sudo needs no password (checks as a user without root would all
     # fail for the wrong reason). Connection errors become one clear VerifyError, not a traceback.
     try:
-        result = backend.run("id -u")
-    except Exception as exc:  # paramiko/socket errors of every kind, or a shell sudo would not start
+        try:
+            result = backend.run("id -u")
+        except Exception as exc:  # paramiko/socket errors of every kind, or a shell sudo would not start
+            raise VerifyError(f"{target}: cannot run commands over SSH: {exc}", hint=hint) from exc
+        if result.rc != 0 or result.stdout.strip() != "0":
+            raise VerifyError(
+                f"{target}: `sudo id -u` failed (exit {result.rc}): "
+                f"{(result.stderr or result.stdout).strip()[:300]}",
+                hint=hint,
+            )
+    except VerifyError:
         backend.close()
-        raise VerifyError(
-            f"{target}: cannot run commands over SSH: {exc}",
-            hint="the checks run as root through passwordless sudo (NOPASSWD)",
-        ) from exc
-    if result.rc != 0 or result.stdout.strip() != "0":
-        backend.close()
-        raise VerifyError(
-            f"{target}: `sudo id -u` failed (exit {result.rc}): "
-            f"{(result.stderr or result.stdout).strip()[:300]}",
-            hint="the checks run as root through passwordless sudo (NOPASSWD)",
-        )
+        raise
     return TestinfraProbe(Host(backend))
 
 
