@@ -5,6 +5,7 @@ runner makes an image with the same package list."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -60,10 +61,10 @@ def test_the_suite_image_was_provisioned_in_a_chroot_and_booted_once(built_image
 
 @pytest.mark.vm_runner
 def test_the_vm_runner_image_has_the_chroot_images_packages(built_image, tmp_path):
-    """The same inputs through the VM runner (provisioner vm): the same package list; `make test-vm-runner`
-    (a TCG build of ~15 minutes, outside .ci/run)."""
+    """The same inputs through the VM runner (provisioner vm): the same package list, and the same checks
+    of the one verify boot, all passed; `make test-vm-runner` (a TCG build of ~35 minutes, not in .ci/run)."""
     out = tmp_path / "out"
-    flags = f"-var provisioner=vm -var output_dir={out} -var accelerator={_accel()} --no-verify"
+    flags = f"-var provisioner=vm -var output_dir={out} -var accelerator={_accel()}"
     started = time.monotonic()
     run = subprocess.run(
         ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1", SITE_MAKE_VAR,
@@ -77,9 +78,20 @@ def test_the_vm_runner_image_has_the_chroot_images_packages(built_image, tmp_pat
     vm_packages = (path / f"{BuildDir.open(path).name}.packages").read_text().splitlines()
     chroot_packages = (built_image.path / f"{built_image.dir.name}.packages").read_text().splitlines()
     assert set(chroot_packages) == set(vm_packages), sorted(set(chroot_packages) ^ set(vm_packages))
+    vm_checks, chroot_checks = _checks(path), _checks(built_image.path)
+    assert vm_checks == chroot_checks, sorted(set(vm_checks.items()) ^ set(chroot_checks.items()))
+    assert "failed" not in vm_checks.values(), sorted(k for k, v in vm_checks.items() if v == "failed")
     print(
         f"\nVM runner: {took:.0f}s; chroot runner (the suite image, with verify): {built_image.seconds:.0f}s"
     )
+
+
+def _checks(build_dir: Path) -> dict[tuple[str, str, str], str]:
+    """What the verify boot checked on a build (goss/report.json): (type, id, property) -> its outcome."""
+    report = json.loads((build_dir / "goss" / "report.json").read_text())
+    return {(r["resource-type"], r["resource-id"], r["property"]):
+            "skipped" if r["skipped"] else "passed" if r["successful"] else "failed"
+            for r in report["results"]}  # fmt: skip
 
 
 def _log_of(out: Path) -> Path:
