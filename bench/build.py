@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip the verify step in every build")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument(
-        "--no-vm", action="store_true", help="skip the VM runner's cold build (20 min of TCG)"
+        "--no-vm", action="store_true", help="skip the VM runner's cold build (about 30 min of TCG)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()

@@ -222,3 +222,18 @@ def test_goss_check_on_an_unreachable_host_is_one_clear_error(
     assert rc == 1
     assert f"u@127.0.0.1:{port}: cannot run commands over SSH" in err
     assert "Traceback" not in err
+
+
+def test_a_check_leaves_paramikos_logger_as_kiln_vm_ssh_set_it(tmp_path: Path) -> None:
+    """kiln.vm.ssh keeps paramiko's logger at CRITICAL: waiting for a guest's sshd goes through refused and
+    reset connections, each an ERROR with a traceback in paramiko. A check must not lower it, or every later
+    boot in the same process (a bench, a release, `kiln serve`) prints those tracebacks."""
+    import logging
+
+    from kiln.vm import ssh
+    from kiln.vm.qemu import free_port
+
+    keys = ssh.generate_keypair(tmp_path / "key")
+    with pytest.raises(VerifyError, match="cannot run commands over SSH"):
+        verify._testinfra_probe("127.0.0.1", free_port(), "u", keys.private_key)
+    assert logging.getLogger("paramiko").level == logging.CRITICAL

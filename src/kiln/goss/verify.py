@@ -203,8 +203,9 @@ def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> Testinf
 
     from kiln.goss.rootshell import RootShellBackend
 
-    # Throwaway VMs have new host keys on every boot: paramiko's "unknown host key" warning is noise.
-    logging.getLogger("paramiko").setLevel(logging.ERROR)
+    # Throwaway VMs have new host keys on every boot: paramiko's "unknown host key" warning is noise. (Its
+    # logger's level is kiln.vm.ssh's to set, once: lowering it here made every later boot in the same
+    # process print paramiko's traceback for each refused connection while the guest came up.)
     warnings.filterwarnings("ignore", message="Unknown .* host key", module="paramiko")
     # A fresh Host (not testinfra.get_host's process-wide cache): each VM gets its own connection, and
     # each checking thread one root shell on it (`sudo -n /bin/sh -s`, kiln.goss.rootshell).
