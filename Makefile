@@ -199,7 +199,7 @@ test: deps lint ## Lint, then the suite CI runs: unit, GCS, the shared image's b
 test-vm-more: deps ## The further boots of the shared image: UEFI, OVA, live ISO, netboot, kiln verify, a Kubernetes bump, kill -9 (~30 min)
 	$(PYTEST) -v --durations=20 -m 'vm_more'
 
-test-vm-runner: deps ## Build and verify debian-12 with the VM runner too; the same package list and checks as the chroot-built image (~40 min)
+test-vm-runner: deps ## Build and verify debian-12 with the VM runner too; the same package list and checks as the chroot-built image (~40 min with the suite image)
 	$(PYTEST) -v -m vm_runner
 
 test-cloudimg: deps ## Build debian-12-cloudimg end to end from a locally served cloud image, boot it on BIOS and UEFI (~25 min)

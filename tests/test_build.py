@@ -48,6 +48,8 @@ def test_build_seed_has_the_key_and_no_password(tmp_path):
     meta = yaml.safe_load(files["meta-data"])
     assert meta["local-hostname"] == "localhost" and meta["instance-id"] == login.instance_id
     assert login.instance_id.startswith("kiln-build-")
+    # its host keys go with sysprep: one fast ed25519 key, not an RSA key that takes 5 to 30 s under TCG
+    assert doc["ssh_genkeytypes"] == ["ed25519"]
     login.forget()
     assert not login.keys.private_key.exists()
 

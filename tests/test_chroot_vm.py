@@ -1,7 +1,7 @@
 """The chroot runner for real: the suite's debian-12 image is provisioned in a chroot at native speed, its
 disk made offline and booted once (verify: goss final phase and hygiene); an interrupted chroot stage
 (SIGINT, SIGTERM) leaves no mount, no process and no cache entry behind; and (`make test-vm-runner`) the VM
-runner makes an image with the same package list."""
+runner makes an image with the same package list, whose verify boot makes the same checks, all passed."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_the_suite_image_was_provisioned_in_a_chroot_and_booted_once(built_image
 @pytest.mark.vm_runner
 def test_the_vm_runner_image_has_the_chroot_images_packages(built_image, tmp_path):
     """The same inputs through the VM runner (provisioner vm): the same package list, and the same checks
-    of the one verify boot, all passed; `make test-vm-runner` (a TCG build of ~35 minutes, not in .ci/run)."""
+    of the one verify boot, all passed; `make test-vm-runner` (~40 minutes of TCG; not in .ci/run)."""
     out = tmp_path / "out"
     flags = f"-var provisioner=vm -var output_dir={out} -var accelerator={_accel()}"
     started = time.monotonic()
@@ -79,6 +79,7 @@ def test_the_vm_runner_image_has_the_chroot_images_packages(built_image, tmp_pat
     chroot_packages = (built_image.path / f"{built_image.dir.name}.packages").read_text().splitlines()
     assert set(chroot_packages) == set(vm_packages), sorted(set(chroot_packages) ^ set(vm_packages))
     vm_checks, chroot_checks = _checks(path), _checks(built_image.path)
+    assert vm_checks, f"{path}/goss/report.json: no checks"
     assert vm_checks == chroot_checks, sorted(set(vm_checks.items()) ^ set(chroot_checks.items()))
     assert "failed" not in vm_checks.values(), sorted(k for k, v in vm_checks.items() if v == "failed")
     print(
@@ -88,8 +89,11 @@ def test_the_vm_runner_image_has_the_chroot_images_packages(built_image, tmp_pat
 
 def _checks(build_dir: Path) -> dict[tuple[str, str, str], str]:
     """What the verify boot checked on a build (goss/report.json): (type, id, property) -> its outcome. The
-    boot's one-time instance id (in the path of cloud-init's instance dir) is the same for both."""
-    report = json.loads((build_dir / "goss" / "report.json").read_text())
+    boot's one-time instance id (in the path of cloud-init's instance dir) is written as kiln-verify-ID."""
+    path = build_dir / "goss" / "report.json"
+    if not path.is_file():
+        pytest.fail(f"{path}: missing; the build was not verified (made with --no-verify?)")
+    report = json.loads(path.read_text())
     return {(r["resource-type"], re.sub(r"kiln-verify-[0-9a-f]+", "kiln-verify-ID", r["resource-id"]),
              r["property"]): "skipped" if r["skipped"] else "passed" if r["successful"] else "failed"
             for r in report["results"]}  # fmt: skip
