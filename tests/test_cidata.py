@@ -211,8 +211,6 @@ def test_templates_are_data_files() -> None:
 def test_a_users_seed_makes_every_host_key_type_and_the_verify_seed_one(pubkey: str) -> None:
     """A user's seed (`kiln cidata`, `make -C cloudinit`) leaves host key types to cloud-init's defaults;
     only kiln's own throwaway boots (build VM, verify) ask for a single ed25519 key."""
-    import yaml
-
     from kiln.goss import verify
 
     user_seed = yaml.safe_load(cidata.render_seed([pubkey], templates=TEMPLATES)["user-data"])
