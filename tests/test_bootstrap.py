@@ -90,13 +90,13 @@ def test_spec_from_config_adds_required_packages_and_hashes_boot_files(tmp_path)
     assert "htop" in spec.packages and "linux-image-amd64" in spec.packages and "cloud-init" in spec.packages
     assert list(spec.packages) == sorted(spec.packages)
     assert spec.disk_size_mib == 8192
-    # the installer script is an input: editing it makes a new key
+    # the GRUB defaults are an input: editing them makes a new key
     fake_repo = tmp_path / "repo"
     shutil.copytree(REPO / "bootstrap", fake_repo / "bootstrap")
     values = {"bootstrap_suite": "bookworm", "bootstrap_packages": ["htop"], "disk_size": 8192}
     same = bootstrap.spec_from_config(values, fake_repo)
     assert same.key() == spec.key()
-    (fake_repo / "bootstrap" / "install-bootloader.sh").write_text("#!/bin/sh\nexit 1\n")
+    (fake_repo / "bootstrap" / "grub.cfg").write_text("GRUB_TIMEOUT=5\n")
     changed = bootstrap.spec_from_config(values, fake_repo)
     assert changed.key() != spec.key()
 

@@ -55,7 +55,7 @@ def cloud_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     cfg = config.load("debian-12", var_files=SITE_VAR_FILES, repo_root=REPO)
     spec = build.base_spec(cfg)
     assert spec is not None
-    base = bootstrap.ensure_base(spec, cfg.path("cache_dir"), REPO, accelerator=ACCEL, runtime=RUNTIME)
+    base = bootstrap.ensure_base(spec, cfg.path("cache_dir"), REPO, runtime=RUNTIME)
     www = tmp_path_factory.mktemp("cloud-images")
     (www / IMAGE).symlink_to(base.disk)
     sha = hashlib.sha512()

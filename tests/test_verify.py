@@ -237,3 +237,50 @@ def test_a_check_leaves_paramikos_logger_as_kiln_vm_ssh_set_it(tmp_path: Path) -
     with pytest.raises(VerifyError, match="cannot run commands over SSH"):
         verify._testinfra_probe("127.0.0.1", free_port(), "u", keys.private_key)
     assert logging.getLogger("paramiko").level == logging.CRITICAL
+
+
+def _settled(tmp_path, *, cloud_init=True, cmdline="root=UUID=x ro"):
+    """checkboot.CLOUD_INIT_SETTLED with its paths under tmp_path, run by the real sh in the background."""
+    import subprocess
+
+    from kiln.vm import checkboot
+
+    run, etc, proc_ = tmp_path / "run", tmp_path / "etc", tmp_path / "proc"
+    for d in (run, etc, proc_, tmp_path / "bin"):
+        d.mkdir(parents=True, exist_ok=True)
+    (proc_ / "cmdline").write_text(cmdline + "\n")
+    if cloud_init:
+        fake = tmp_path / "bin" / "cloud-init"
+        fake.write_text("#!/bin/sh\nexit 99\n")  # present, never run: the loop reads files only
+        fake.chmod(0o755)
+    script = (
+        checkboot.CLOUD_INIT_SETTLED.replace("/run/cloud-init", str(run))
+        .replace("/etc/cloud/", f"{etc}/")
+        .replace("/proc/cmdline", str(proc_ / "cmdline"))
+    )
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+    if not cloud_init:
+        env["PATH"] = str(tmp_path / "empty-path")  # sh's builtin `command -v` finds nothing there
+    return subprocess.Popen(["/bin/sh", "-c", script], env=env), run, etc
+
+
+def test_the_cloud_init_wait_ends_on_the_files_cloud_init_status_reads(tmp_path):
+    """Still running without result.json; done when the final stage writes it; a generator's "disabled" mark,
+    the marker file or the kernel parameter end it too; no cloud-init at all ends it at once."""
+    import subprocess
+
+    proc_, run, _ = _settled(tmp_path / "a")
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc_.wait(timeout=1.5)
+    (run / "result.json").write_text('{"v1": {"errors": []}}')
+    assert proc_.wait(timeout=5) == 0
+    proc_, run, _ = _settled(tmp_path / "b")
+    (run / "disabled").write_text("")
+    assert proc_.wait(timeout=5) == 0
+    proc_, _, etc = _settled(tmp_path / "c")
+    (etc / "cloud-init.disabled").write_text("")
+    assert proc_.wait(timeout=5) == 0
+    proc_, _, _ = _settled(tmp_path / "d", cmdline="ro quiet cloud-init=disabled")
+    assert proc_.wait(timeout=5) == 0
+    proc_, _, _ = _settled(tmp_path / "e", cloud_init=False)
+    assert proc_.wait(timeout=5) == 0

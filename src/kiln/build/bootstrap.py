@@ -2,14 +2,14 @@
 
 Steps (all as root, no partition loop devices needed):
   1. mmdebstrap the suite into a directory (kernel, systemd, openssh-server, cloud-init, python3, sudo, grub).
-  2. Write fstab, hostname, GRUB defaults and a one-shot bootloader installer into that tree.
+  2. Write fstab, hostname and GRUB defaults into that tree, and GRUB's files (its modules, core.img, the
+     EFI image and grub.cfg) as grub-install and update-grub would (kiln.build.bootloader).
   3. Make a sparse raw disk with a GPT: BIOS boot partition (1 MiB), ESP (FAT32), root (ext4). The ESP is
      formatted in place (`mkfs.fat --offset`), the root filesystem is created and filled from the tree in
      place (`mkfs.ext4 -E offset=... -d TREE`).
-  4. Boot that disk once under QEMU with the extracted kernel/initrd and `init=` pointing at the installer,
-     which runs `grub-install` for i386-pc and x86_64-efi (removable path) and `update-grub` where /dev/vda
-     is an ordinary disk, then powers off. The disk now boots by itself on BIOS and on UEFI. kiln then
-     sets every time on the ESP to the source date (grub-install wrote them on the VM's clock).
+  4. Install GRUB offline: boot.img into the MBR, core.img into the BIOS boot partition, the EFI image to
+     the ESP's removable path. The disk now boots by itself on BIOS and on UEFI, and no VM was booted to
+     make it. kiln then sets every time on the ESP to the source date.
   5. Convert to qcow2 and publish into the cache atomically (temp dir + rename).
 
 The cache key hashes every input: suite, mirror, package list, disk size, the bootstrap code version
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.build import fat
+from kiln.build import bootloader, fat
 from kiln.build.stages import STAGE_SOURCE_DATE
 from kiln.config import Config
 from kiln.config.settings import BY_NAME
@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 # kiln's bootstrap code version: bump whenever this module changes what ends up on the base disk.
 # 2: disk, partition and filesystem ids derived from the key, not random
 # 3: the ESP's FAT times set to the source date after the GRUB VM (they were that VM's clock)
-LAYOUT_VERSION = 3
+# 4: GRUB installed offline (kiln.build.bootloader), no GRUB VM; kiln writes grub.cfg
+LAYOUT_VERSION = 4
 
 SECTOR = 512
 MIB = 1024 * 1024
@@ -84,9 +85,6 @@ REQUIRED_PACKAGES = (
     "ca-certificates",
     "gnupg",
 )
-
-BOOTLOADER_MARKER = "KILN-BOOTLOADER-OK"
-INSTALLER_IN_GUEST = "/usr/local/sbin/kiln-install-bootloader"
 
 
 @dataclass(frozen=True)
@@ -166,7 +164,7 @@ class BaseSpec:
 
 
 def files_digest(repo_root: Path) -> str:
-    """Hash of the files in bootstrap/ (installer script, GRUB defaults) that shape the base disk.
+    """Hash of the files in bootstrap/ (the GRUB defaults) that shape the base disk.
 
     Changes to this module's procedure bump LAYOUT_VERSION instead, so that edits which do not change the
     disk (comments, formatting) keep the cache.
@@ -245,7 +243,6 @@ def ensure_base(
     cache_dir: Path,
     repo_root: Path,
     *,
-    accelerator: str = "tcg",
     log_file: IO[str] | None = None,
     say: Callable[[str], None] = print,
     runtime: Runtime,
@@ -276,9 +273,7 @@ def ensure_base(
         owned = tempdirs.create(root, key)
         work = owned.path
         try:
-            info = _build(
-                spec, work, repo_root, accelerator=accelerator, log_file=log_file, say=say, runtime=runtime
-            )
+            info = _build(spec, work, repo_root, log_file=log_file, say=say, runtime=runtime)
             (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
             shutil.rmtree(work / "rootfs", ignore_errors=True)
             os.rename(work, root / key)
@@ -296,7 +291,6 @@ def _build(
     work: Path,
     repo_root: Path,
     *,
-    accelerator: str,
     log_file: IO[str] | None,
     say: Callable[[str], None],
     runtime: Runtime,
@@ -332,10 +326,13 @@ def _build(
     kernel, initrd = _kernel_files(tree)
     shutil.copy2(kernel, work / "vmlinuz")
     shutil.copy2(initrd, work / "initrd.img")
+    parts = layout(spec.disk_size_mib)
+    bios, esp, root = parts
+    images = bootloader.prepare_tree(tree, root.number, root_uuid, kernel.name.removeprefix("vmlinuz-"),
+                                     log_file=log_file, runtime=runtime)  # fmt: skip
 
     say("base: partitioning and filling the disk (GPT: bios_grub, ESP, ext4 root)")
     raw = work / "base.raw"
-    parts = layout(spec.disk_size_mib)
     with open(raw, "wb") as f:
         f.truncate(spec.disk_size_mib * MIB)
     proc.run(
@@ -344,7 +341,6 @@ def _build(
         log_file=log_file,
         runtime=runtime,
     )
-    esp, root = parts[1], parts[2]
     proc.run(
         [
             "mkfs.fat", "-F", "32", "-s", "1", "-n", "EFI", "-i", esp_serial,
@@ -355,9 +351,10 @@ def _build(
     )  # fmt: skip
     make_root_fs(raw, root, root_uuid, tree, log_file=log_file, runtime=runtime)
 
-    say(f"base: installing GRUB (BIOS + UEFI) from inside a one-shot VM ({accelerator})")
-    _install_bootloader(raw, work, root_uuid, accelerator=accelerator, log_file=log_file, runtime=runtime)
-    # grub-install wrote the ESP on the GRUB VM's clock: every FAT time to the source date instead
+    say("base: installing GRUB (BIOS + UEFI) offline: MBR, BIOS boot partition, ESP")
+    bootloader.install_disk(raw, images, bios_boot=(bios.start, bios.size), esp_offset=esp.offset,
+                            log_file=log_file, runtime=runtime)  # fmt: skip
+    # mtools wrote the ESP's entries on this machine's clock: every FAT time to the source date instead
     fat.set_fat_times(raw, esp.offset, spec.source_date)
 
     say("base: converting to qcow2")
@@ -458,10 +455,6 @@ def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str,
         f"deb {spec.mirror} {spec.suite} main\ndeb {spec.mirror} {spec.suite}-updates main\n"
     )
     shutil.copy2(repo_root / "bootstrap" / "grub.cfg", etc / "default" / "grub")
-    installer = tree / INSTALLER_IN_GUEST.lstrip("/")
-    installer.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(repo_root / "bootstrap" / "install-bootloader.sh", installer)
-    installer.chmod(0o755)
     # no identity baked into the base: machine-id empty (systemd fills it at first boot), no host keys
     (etc / "machine-id").write_text("")
     dbus_id = tree / "var" / "lib" / "dbus" / "machine-id"
@@ -479,47 +472,3 @@ def _kernel_files(tree: Path) -> tuple[Path, Path]:
     raise BuildError(
         f"{tree}/boot: no kernel with an initrd after mmdebstrap (is linux-image-amd64 included?)"
     )
-
-
-def qemu_accel_args(accelerator: str) -> list[str]:
-    if accelerator == "kvm":
-        return ["-accel", "kvm", "-cpu", "host"]
-    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
-
-
-def _install_bootloader(
-    raw: Path,
-    work: Path,
-    root_uuid: str,
-    *,
-    accelerator: str,
-    log_file: IO[str] | None,
-    runtime: Runtime,
-) -> None:
-    serial = work / "bootloader-serial.log"
-    argv = [
-        "qemu-system-x86_64",
-        *qemu_accel_args(accelerator),
-        "-machine", "q35",
-        "-smp", "2",
-        "-m", "1024",
-        "-nodefaults",
-        "-display", "none",
-        "-no-reboot",
-        "-serial", f"file:{serial}",
-        "-kernel", str(work / "vmlinuz"),
-        "-initrd", str(work / "initrd.img"),
-        "-append", f"root=UUID={root_uuid} ro console=ttyS0 init={INSTALLER_IN_GUEST} panic=-1 quiet",
-        "-drive", f"file={raw},format=raw,if=virtio,cache=unsafe",
-        "-nic", "none",
-    ]  # fmt: skip
-    proc.run(argv, log_file=log_file, timeout=900, runtime=runtime)
-    text = serial.read_text(errors="replace") if serial.exists() else ""
-    if log_file is not None:
-        log_file.write(text)
-        log_file.flush()
-    if BOOTLOADER_MARKER not in text:
-        tail = "\n".join(text.splitlines()[-25:])
-        raise BuildError(
-            f"bootstrap: installing GRUB in the one-shot VM failed; serial console tail:\n{tail}"
-        )

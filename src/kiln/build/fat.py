@@ -1,7 +1,7 @@
 """Every time in a FAT32 filesystem set to one date, in place, so that the same files make the same bytes.
 
-The base disk's ESP is written by `grub-install` inside the one-shot GRUB VM, on that VM's clock: two cold
-builds of the same inputs made two ESPs that differed only in the directory entries' creation, access and
+The base disk's ESP is written by mtools (kiln.build.bootloader), on this machine's clock: two cold builds
+of the same inputs would make two ESPs that differ only in the directory entries' creation, access and
 write times. No tool here sets a FAT entry's times after the fact (mtools' `mcopy -m` copies a file's
 mtime, not a directory's, and stamps the creation time with the clock), so this walks the directory tree
 from the root cluster and rewrites the time fields of every short entry: files, directories, "." and "..",

@@ -154,7 +154,6 @@ def stage_base(ws: Workspace) -> None:
         spec,
         ws.cfg.path("cache_dir"),
         ws.cfg.repo_root,
-        accelerator=ws.accelerator,
         log_file=ws.log_file,
         say=lambda t: ws.monitor.log("base", t),
         runtime=ws.runtime,
