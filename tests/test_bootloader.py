@@ -4,6 +4,7 @@ base disk got its GRUB this way, and test_vm_build's boot of a fresh base."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import struct
@@ -39,7 +40,7 @@ def test_the_mbr_keeps_the_partition_table_and_points_at_core_img():
     assert struct.unpack_from("<Q", out, 0x5C)[0] == 2048
     assert out[0x66:0x68] == b"\x90\x90"
     assert out[0x68:0x1B8] == boot[0x68:0x1B8]
-    with pytest.raises(BuildError, match="512 bytes"):
+    with pytest.raises(BuildError, match="boot.img is 511 bytes, not 512"):
         bootloader.mbr(boot[:511], sector0, 2048)
 
 
@@ -63,6 +64,12 @@ def test_core_img_gets_a_blocklist_of_its_own_sectors():
     assert out[512:26945] == core[512:]
     with pytest.raises(BuildError, match="53 sectors; the BIOS boot partition holds 40"):
         bootloader.embedded_core(bytes(core), 2048, 40)
+    moved = bytearray(core)
+    struct.pack_into("<QHH", moved, 500, 7, 52, 0x820)
+    with pytest.raises(BuildError, match=r"blocklist is \(7, 52\), not grub-mkimage's \(2, 52\)"):
+        bootloader.embedded_core(bytes(moved), 2048, 2048)
+    with pytest.raises(BuildError, match="53 sectors; the BIOS boot partition holds 40"):
+        bootloader.embedded_core(bytes(core), 2048, 40)
     with pytest.raises(BuildError, match="shorter than one sector"):
         bootloader.embedded_core(b"x" * 100, 2048, 2048)
 
@@ -73,26 +80,75 @@ def test_grubenv_is_an_empty_1024_byte_block():
 
 
 def _tree(tmp_path: Path, extra: str = "") -> Path:
+    """A tree that a chroot can run sh in (the host's sh and the libraries it loads), with kiln's GRUB
+    defaults (bootstrap/grub.cfg) as /etc/default/grub and `extra` as a grub.d file."""
     tree = tmp_path / "tree"
     (tree / "etc" / "default" / "grub.d").mkdir(parents=True)
+    (tree / "tmp").mkdir()
     shutil.copy2(REPO / "bootstrap" / "grub.cfg", tree / "etc" / "default" / "grub")
-    (tree / "etc" / "os-release").write_text(
-        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
-    )
     if extra:
         (tree / "etc" / "default" / "grub.d" / "90-extra.cfg").write_text(extra)
-    (tree / "etc" / "default" / "grub.d" / "init-select.cfg").write_text("# nothing\n")
+    sh = Path(os.path.realpath("/bin/sh"))
+    libs = re.findall(r"(/\S+) \(0x", subprocess.run(["ldd", str(sh)], capture_output=True, text=True).stdout)
+    for path in [str(sh), *libs]:
+        dest = tree / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+    for path in ("/lib64/ld-linux-x86-64.so.2",):
+        if Path(path).exists() and not (tree / path.lstrip("/")).exists():
+            (tree / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.realpath(path), tree / path.lstrip("/"))
+    (tree / "bin").mkdir(exist_ok=True)
+    if not (tree / "bin" / "sh").exists():
+        os.symlink(str(sh), tree / "bin" / "sh")
     return tree
 
 
-def test_grub_cfg_follows_etc_default_grub(tmp_path):
-    """bootstrap/grub.cfg (the defaults kiln ships) and a grub.d file that appends to the command line,
-    as the node role's extra_kernel_boot_params file does."""
-    tree = _tree(tmp_path, '# kiln\nGRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX mitigations=auto"\n')
-    defaults = bootloader.read_defaults(tree)
-    assert defaults["GRUB_CMDLINE_LINUX"] == "console=tty0 console=ttyS0,115200n8 mitigations=auto"
-    assert "GRUB_DISTRIBUTOR" not in defaults  # command substitution: left to update-grub
-    cfg = bootloader.grub_cfg(bootloader.os_name(tree), "6.1.0-50-amd64", UUID, defaults)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+
+
+def _defaults(tree: Path) -> dict[str, str]:
+    from kiln_runtime import RUNTIME
+
+    return bootloader.read_defaults(tree, log_file=None, runtime=RUNTIME)
+
+
+@needs_root
+def test_the_defaults_are_read_as_sh_reads_them(tmp_path):
+    """/etc/default/grub and grub.d sourced by sh in the tree, as grub-mkconfig sources them: comments,
+    `$VAR` (no prefix confusion), unset variables, conditionals and command substitution."""
+    tree = _tree(
+        tmp_path,
+        "# kiln\n"
+        'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX mitigations=auto" # a comment sh drops\n'
+        'GRUB_CMDLINE_LINUX_DEFAULT="quiet $GRUB_CMDLINE_LINUX_DEFAULT$UNSET_VARIABLE"\n'
+        "if false; then GRUB_TIMEOUT=30; fi\n"
+        "GRUB_DISABLE_RECOVERY=$(echo true)\n",
+    )
+    d = _defaults(tree)
+    assert d["GRUB_CMDLINE_LINUX"] == "console=tty0 console=ttyS0,115200n8 mitigations=auto"
+    assert d["GRUB_CMDLINE_LINUX_DEFAULT"] == "quiet"
+    assert d["GRUB_TIMEOUT"] == "1" and d["GRUB_DISABLE_RECOVERY"] == "true"
+    assert d["GRUB_DISTRIBUTOR"] == "Debian"  # `lsb_release ... || echo Debian`: no lsb_release in the tree
+    assert d["GRUB_TERMINAL"] == "console serial" and d["GRUB_TERMINAL_INPUT"] == ""
+    assert not (tree / "tmp" / ".kiln-grub-defaults").exists()
+    (tree / "etc" / "default" / "grub.d" / "90-extra.cfg").write_text('GRUB_CMDLINE_LINUX="unterminated\n')
+    with pytest.raises(BuildError, match=r"sourcing /etc/default/grub and /etc/default/grub.d/\*.cfg failed"):
+        _defaults(tree)
+
+
+DEFAULTS = {
+    "GRUB_DEFAULT": "0", "GRUB_TIMEOUT": "1", "GRUB_DISTRIBUTOR": "Debian",
+    "GRUB_CMDLINE_LINUX": "console=tty0 console=ttyS0,115200n8 mitigations=auto",
+    "GRUB_CMDLINE_LINUX_DEFAULT": "",
+    "GRUB_TERMINAL": "console serial", "GRUB_TERMINAL_INPUT": "", "GRUB_TERMINAL_OUTPUT": "",
+    "GRUB_SERIAL_COMMAND": "serial --speed=115200 --unit=0 --word=8 --parity=no --stop=1",
+    "GRUB_DISABLE_RECOVERY": "",
+}  # fmt: skip
+
+
+def test_grub_cfg_follows_etc_default_grub():
+    cfg = bootloader.grub_cfg("6.1.0-50-amd64", UUID, DEFAULTS)
     linux = [line.strip() for line in cfg.splitlines() if line.strip().startswith("linux")]
     assert linux == [
         f"linux\t/boot/vmlinuz-6.1.0-50-amd64 root=UUID={UUID} ro console=tty0 console=ttyS0,115200n8 "
@@ -100,10 +156,13 @@ def test_grub_cfg_follows_etc_default_grub(tmp_path):
         f"linux\t/boot/vmlinuz-6.1.0-50-amd64 root=UUID={UUID} ro single console=tty0 console=ttyS0,115200n8 "
         "mitigations=auto",
     ]
-    assert "menuentry 'Debian GNU/Linux' " in cfg
+    assert (
+        "menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu --class os "
+        f"--id 'gnulinux-simple-{UUID}' {{" in cfg
+    )
     assert "initrd\t/boot/initrd.img-6.1.0-50-amd64" in cfg
     assert f"search --no-floppy --fs-uuid --set=root {UUID}" in cfg
-    assert "set timeout=1\n" in cfg and "set default=0\n" in cfg
+    assert "set timeout=1\n" in cfg and '   set default="0"\n' in cfg and "save_env next_entry" in cfg
     assert "serial --speed=115200 --unit=0 --word=8 --parity=no --stop=1\n" in cfg
     assert "terminal_input console serial\nterminal_output console serial\n" in cfg
     # the node role's chroot task appends extra_kernel_boot_params to exactly these lines
@@ -112,28 +171,42 @@ def test_grub_cfg_follows_etc_default_grub(tmp_path):
     assert len(re.findall(r"^(\s*linux\s+/\S+\s.*?)$", cfg, re.M)) == 2
 
 
+def test_grub_cfg_options_update_grub_knows():
+    changed = {"GRUB_DISABLE_RECOVERY": "true", "GRUB_DISTRIBUTOR": "", "GRUB_TERMINAL_OUTPUT": "console",
+               "GRUB_DEFAULT": f"gnulinux-simple-{UUID}"}  # fmt: skip
+    cfg = bootloader.grub_cfg("6.1", UUID, {**DEFAULTS, **changed})
+    assert cfg.count("menuentry ") == 1 and "menuentry 'GNU/Linux' " in cfg
+    assert "terminal_input console serial\nterminal_output console\n" in cfg
+    assert f'set default="gnulinux-simple-{UUID}"' in cfg
+    plain = bootloader.grub_cfg("6.1", UUID, {**DEFAULTS, "GRUB_TERMINAL": ""})
+    assert "terminal_" not in plain and "serial --" not in plain
+
+
 @pytest.mark.skipif(shutil.which("grub-script-check") is None, reason="grub-common (make deps) is missing")
 def test_grub_cfg_is_valid_grub_script(tmp_path):
-    tree = _tree(tmp_path)
     cfg = tmp_path / "grub.cfg"
-    cfg.write_text(
-        bootloader.grub_cfg("Debian GNU/Linux", "6.1.0-50-amd64", UUID, bootloader.read_defaults(tree))
-    )
+    cfg.write_text(bootloader.grub_cfg("6.1.0-50-amd64", UUID, DEFAULTS))
     subprocess.run(["grub-script-check", str(cfg)], check=True)
 
 
-def test_a_default_kiln_cannot_write_into_grub_cfg_is_an_error(tmp_path):
-    tree = _tree(tmp_path, "GRUB_TIMEOUT='1; reboot'\n")
-    with pytest.raises(BuildError, match="not a GRUB menu entry or timeout"):
-        bootloader.grub_cfg("Debian", "6.1", UUID, bootloader.read_defaults(tree))
-    broken = _tree(tmp_path / "b", 'GRUB_CMDLINE_LINUX="unterminated\n')
-    with pytest.raises(BuildError, match=r"90-extra.cfg: GRUB_CMDLINE_LINUX: cannot read"):
-        bootloader.read_defaults(broken)
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("GRUB_DEFAULT", "saved", "GRUB_DEFAULT='saved': kiln writes grub.cfg offline"),
+        ("GRUB_TIMEOUT", "1; reboot", "GRUB_TIMEOUT='1; reboot': want a number of seconds"),
+        ("GRUB_TERMINAL", "console serial}", "'serial}' is not a terminal name"),
+        ("GRUB_SERIAL_COMMAND", "serial; reboot", "GRUB_SERIAL_COMMAND='serial; reboot'"),
+    ],
+)
+def test_a_default_kiln_cannot_write_into_grub_cfg_is_an_error_naming_the_key(key, value, message):
+    with pytest.raises(BuildError, match=re.escape(message)):
+        bootloader.grub_cfg("6.1", UUID, {**DEFAULTS, key: value})
 
 
 def test_a_tree_without_grub_is_an_error_before_anything_runs(tmp_path):
     from kiln_runtime import RUNTIME
 
-    tree = _tree(tmp_path)
+    tree = tmp_path / "tree"
+    tree.mkdir()
     with pytest.raises(BuildError, match="no GRUB for i386-pc, x86_64-efi in the tree"):
         bootloader.prepare_tree(tree, 3, UUID, "6.1", log_file=None, runtime=RUNTIME)

@@ -265,22 +265,50 @@ def _settled(tmp_path, *, cloud_init=True, cmdline="root=UUID=x ro"):
 
 
 def test_the_cloud_init_wait_ends_on_the_files_cloud_init_status_reads(tmp_path):
-    """Still running without result.json; done when the final stage writes it; a generator's "disabled" mark,
-    the marker file or the kernel parameter end it too; no cloud-init at all ends it at once."""
+    """Still running without result.json; done when the final stage writes it. A generator's "disabled"
+    mark, the marker file or the kernel parameter end it while no stage has started (no status.json), unless
+    `cloud-init=enabled` overrides them; no cloud-init at all ends it at once."""
     import subprocess
 
-    proc_, run, _ = _settled(tmp_path / "a")
-    with pytest.raises(subprocess.TimeoutExpired):
-        proc_.wait(timeout=1.5)
-    (run / "result.json").write_text('{"v1": {"errors": []}}')
-    assert proc_.wait(timeout=5) == 0
-    proc_, run, _ = _settled(tmp_path / "b")
-    (run / "disabled").write_text("")
-    assert proc_.wait(timeout=5) == 0
-    proc_, _, etc = _settled(tmp_path / "c")
-    (etc / "cloud-init.disabled").write_text("")
-    assert proc_.wait(timeout=5) == 0
-    proc_, _, _ = _settled(tmp_path / "d", cmdline="ro quiet cloud-init=disabled")
-    assert proc_.wait(timeout=5) == 0
-    proc_, _, _ = _settled(tmp_path / "e", cloud_init=False)
-    assert proc_.wait(timeout=5) == 0
+    started = []
+
+    def settled(name, **kwargs):
+        proc_, run, etc = _settled(tmp_path / name, **kwargs)
+        started.append(proc_)
+        return proc_, run, etc
+
+    def still_waiting(proc_):
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc_.wait(timeout=1.5)
+
+    try:
+        proc_, run, _ = settled("a")
+        still_waiting(proc_)
+        (run / "result.json").write_text('{"v1": {"errors": []}}')
+        assert proc_.wait(timeout=5) == 0
+        proc_, run, _ = settled("b")
+        (run / "disabled").write_text("")
+        assert proc_.wait(timeout=5) == 0
+        proc_, _, etc = settled("c")
+        (etc / "cloud-init.disabled").write_text("")
+        assert proc_.wait(timeout=5) == 0
+        proc_, _, _ = settled("d", cmdline="ro quiet cloud-init=disabled")
+        assert proc_.wait(timeout=5) == 0
+        proc_, _, _ = settled("e", cloud_init=False)
+        assert proc_.wait(timeout=5) == 0
+        # a stage has started (status.json): a marker a runcmd touches does not end the wait
+        proc_, run, etc = settled("f")
+        (run / "status.json").write_text('{"v1": {"stage": "modules-final"}}')
+        (etc / "cloud-init.disabled").write_text("")
+        still_waiting(proc_)
+        (run / "result.json").write_text('{"v1": {"errors": []}}')
+        assert proc_.wait(timeout=5) == 0
+        # cloud-init=enabled on the kernel command line overrides the marks
+        proc_, run, _ = settled("g", cmdline="ro cloud-init=enabled")
+        (run / "disabled").write_text("")
+        still_waiting(proc_)
+    finally:
+        for proc_ in started:
+            if proc_.poll() is None:
+                proc_.kill()
+                proc_.wait()

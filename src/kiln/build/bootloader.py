@@ -4,11 +4,12 @@ tree and on the raw disk file, with no VM, no mount and no loop device.
 
 - The images: the tree's own `grub-mkimage`, run in a chroot of the tree (nothing mounted), builds
   core.img and the EFI image with the prefix `(,gptN)/boot/grub` (the disk GRUB was loaded from,
-  partition N) and the modules grub-install picks for an ext4 root on a GPT disk. On Debian 12's GRUB 2.06
-  both are byte for byte the files grub-install writes.
+  partition N) and the modules grub-install picks for an ext4 root on a GPT disk, and grub-install's
+  grub.efi (the EFI image with an empty prefix). On Debian 12's GRUB 2.06 the three are byte for byte the
+  files grub-install writes.
 - /boot/grub: both platforms' modules and lists, the font, the translations, an empty grubenv and a
-  grub.cfg written from /etc/default/grub (`grub_cfg`): a chroot cannot run `update-grub`, which asks the
-  running system which device holds /.
+  grub.cfg written from /etc/default/grub as the tree's sh reads it (`grub_cfg`), checked by the tree's
+  grub-script-check: a chroot cannot run `update-grub`, which asks the running system which device holds /.
 - The disk: boot.img's code in the protective MBR (the partition table and disk signature kept), with the
   sector of core.img and the drive-check jump turned into two nops, as grub-bios-setup writes them; core.img
   in the BIOS boot partition, its blocklist pointing at its own sectors. grub-bios-setup also appends
@@ -19,7 +20,7 @@ tree and on the raw disk file, with no VM, no mount and no loop device.
 
 from __future__ import annotations
 
-import shlex
+import re
 import shutil
 import struct
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from kiln.core import proc
-from kiln.core.errors import BuildError
+from kiln.core.errors import BuildError, CommandError
 from kiln.core.runtime import Runtime
 
 SECTOR = 512
@@ -95,18 +96,31 @@ def prepare_tree(
     prefix = f"(,gpt{root_partition})/boot/grub"
     core = "/boot/grub/i386-pc/core.img"
     efi = "/boot/grub/x86_64-efi/core.efi"
-    for fmt, out, modules in (("i386-pc", core, BIOS_MODULES), ("x86_64-efi", efi, EFI_MODULES)):
+    # grub.efi: grub-install's "backward-compatibility" copy of the EFI image, with an empty prefix
+    for fmt, out, where, modules in (
+        ("i386-pc", core, prefix, BIOS_MODULES),
+        ("x86_64-efi", efi, prefix, EFI_MODULES),
+        ("x86_64-efi", "/boot/grub/x86_64-efi/grub.efi", "", EFI_MODULES),
+    ):
         proc.run(
-            ["chroot", str(tree), "grub-mkimage", "-O", fmt, "-o", out, "-p", prefix, *modules],
+            ["chroot", str(tree), "grub-mkimage", "-O", fmt, "-o", out, "-p", where, *modules],
             log_file=log_file,
             runtime=runtime,
         )
-    shutil.copy2(tree / efi.lstrip("/"), grub / "x86_64-efi" / "grub.efi")
     (grub / "grubenv").write_bytes(grubenv())
-    defaults = read_defaults(tree)
+    defaults = read_defaults(tree, log_file=log_file, runtime=runtime)
     cfg = grub / "grub.cfg"
-    cfg.write_text(grub_cfg(os_name(tree), kernel_version, root_uuid, defaults))
-    cfg.chmod(0o600)  # as grub-mkconfig writes it (it may hold a password)
+    cfg.write_text(grub_cfg(kernel_version, root_uuid, defaults))
+    cfg.chmod(0o600)  # as Debian 12's update-grub left it on the base disks it made
+    try:
+        proc.run(["chroot", str(tree), "grub-script-check", "/boot/grub/grub.cfg"], log_file=log_file,
+                 runtime=runtime)  # fmt: skip
+    except CommandError as exc:
+        raise BuildError(
+            f"{cfg}: grub-script-check finds a syntax error in the grub.cfg made from {DEFAULTS_FILES}: "
+            f"{exc.output_tail.strip()}",
+            hint="look at GRUB_CMDLINE_LINUX* and GRUB_SERIAL_COMMAND in the tree's /etc/default/grub",
+        ) from exc
     return Images(tree / core.lstrip("/"), grub / "i386-pc" / "boot.img", tree / efi.lstrip("/"))
 
 
@@ -116,67 +130,107 @@ def grubenv() -> bytes:
     return head + b"#" * (1024 - len(head))
 
 
-def read_defaults(tree: Path) -> dict[str, str]:
-    """/etc/default/grub and /etc/default/grub.d/*.cfg as update-grub reads them, for the plain
-    `KEY=value` lines (a value may be quoted and may use `$KEY` of a key set before it); lines with command
-    substitution are skipped."""
-    values: dict[str, str] = {}
-    files = [tree / "etc" / "default" / "grub", *sorted((tree / "etc" / "default" / "grub.d").glob("*.cfg"))]
-    for path in files:
-        if not path.is_file():
-            continue
-        for line in path.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or "=" not in line or "`" in line or "$(" in line:
-                continue
-            key, _, raw = line.partition("=")
-            if not key.isidentifier():
-                continue
-            try:
-                words = shlex.split(raw)
-            except ValueError as exc:
-                raise BuildError(f"{path}: {key}: cannot read the value {raw!r}: {exc}") from exc
-            value = " ".join(words)
-            for name, known in values.items():
-                value = value.replace(f"${{{name}}}", known).replace(f"${name}", known)
-            values[key] = value.strip()
-    return values
+# What grub-mkconfig reads (00_header, 10_linux), sourced by sh in the tree as grub-mkconfig sources it
+DEFAULTS = (
+    "GRUB_DEFAULT", "GRUB_TIMEOUT", "GRUB_DISTRIBUTOR", "GRUB_CMDLINE_LINUX", "GRUB_CMDLINE_LINUX_DEFAULT",
+    "GRUB_TERMINAL", "GRUB_TERMINAL_INPUT", "GRUB_TERMINAL_OUTPUT", "GRUB_SERIAL_COMMAND",
+    "GRUB_DISABLE_RECOVERY",
+)  # fmt: skip
+DEFAULTS_FILES = "/etc/default/grub and /etc/default/grub.d/*.cfg"
+_SOURCE = (
+    "set -e; [ ! -e /etc/default/grub ] || . /etc/default/grub; "
+    'for f in /etc/default/grub.d/*.cfg; do if [ -e "$f" ]; then . "$f"; fi; done; '
+    "printf '%s\\0' " + " ".join(f'"${{{k}-}}"' for k in DEFAULTS) + ' > "$0"'
+)
+_ANSWER = "tmp/.kiln-grub-defaults"  # in the tree: where the chroot's sh writes what it read
 
 
-def os_name(tree: Path) -> str:
-    """The menu entry's title: NAME from the tree's os-release, as update-grub's GRUB_DISTRIBUTOR gives it."""
-    for path in (tree / "etc" / "os-release", tree / "usr" / "lib" / "os-release"):
-        if path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
-                if line.startswith("NAME="):
-                    return " ".join(shlex.split(line.partition("=")[2])) or "Linux"
-    return "Linux"
+def read_defaults(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> dict[str, str]:
+    """The GRUB defaults of `tree`, as grub-mkconfig sees them: /etc/default/grub and grub.d/*.cfg sourced by
+    the tree's sh in a chroot (comments, quoting, `$VAR`, conditionals and command substitution as sh reads
+    them). BuildError, naming the files, when sh fails on them."""
+    answer = tree / _ANSWER
+    try:
+        proc.run(["chroot", str(tree), "/bin/sh", "-c", _SOURCE, "/" + _ANSWER], log_file=log_file,
+                 runtime=runtime)  # fmt: skip
+        values = answer.read_bytes().decode(errors="replace").split("\0")
+    except CommandError as exc:
+        raise BuildError(f"{tree}: sourcing {DEFAULTS_FILES} failed: {exc.output_tail.strip()}") from exc
+    finally:
+        answer.unlink(missing_ok=True)
+    if len(values) != len(DEFAULTS) + 1:
+        raise BuildError(
+            f"{tree}: sourcing {DEFAULTS_FILES} gave {len(values) - 1} values, not {len(DEFAULTS)}"
+        )
+    return {k: v.strip() for k, v in zip(DEFAULTS, values, strict=False)}
 
 
-def grub_cfg(name: str, kernel_version: str, root_uuid: str, defaults: dict[str, str]) -> str:
-    """grub.cfg for one kernel on an ext4 root found by UUID: the default entry and a recovery entry, with
-    the timeout, terminals and kernel parameters of /etc/default/grub (`read_defaults`)."""
+_WORD = re.compile(r"[A-Za-z0-9_]+")
+_SERIAL = re.compile(r"serial(\s+--?[A-Za-z0-9_-]+(=[A-Za-z0-9_.,:-]+)?)*")
+
+
+def grub_cfg(kernel_version: str, root_uuid: str, defaults: dict[str, str]) -> str:
+    """grub.cfg for one kernel on an ext4 root found by UUID, in the shape of Debian's update-grub output:
+    grubenv's next_entry (grub-reboot), the terminals and timeout, the default entry and (unless
+    GRUB_DISABLE_RECOVERY=true) a recovery entry, with the menu entry ids update-grub gives them. A default
+    kiln cannot write as update-grub would (GRUB_DEFAULT=saved, a title) is a BuildError naming the key."""
+    simple, recovery_id = f"gnulinux-simple-{root_uuid}", f"gnulinux-{kernel_version}-recovery-{root_uuid}"
+    default = defaults.get("GRUB_DEFAULT", "") or "0"
+    if not (default.isdigit() or default in (simple, recovery_id)):
+        raise BuildError(
+            f"{DEFAULTS_FILES}: GRUB_DEFAULT={default!r}: kiln writes grub.cfg offline and takes a menu "
+            f"entry number or id ({simple}); `update-grub` on the running node reads the rest"
+        )
+    timeout = defaults.get("GRUB_TIMEOUT", "") or "5"
+    if not timeout.lstrip("-").isdigit():
+        raise BuildError(f"{DEFAULTS_FILES}: GRUB_TIMEOUT={timeout!r}: want a number of seconds")
+    terminal = defaults.get("GRUB_TERMINAL", "")
+    inputs = (defaults.get("GRUB_TERMINAL_INPUT", "") or terminal).split()
+    outputs = (defaults.get("GRUB_TERMINAL_OUTPUT", "") or terminal).split()
+    for key, words in (("GRUB_TERMINAL_INPUT", inputs), ("GRUB_TERMINAL_OUTPUT", outputs)):
+        bad = [w for w in words if not _WORD.fullmatch(w)]
+        if bad:
+            raise BuildError(f"{DEFAULTS_FILES}: {key} (or GRUB_TERMINAL): {bad[0]!r} is not a terminal name")
+    serial = defaults.get("GRUB_SERIAL_COMMAND", "") or "serial"
+    if "serial" in inputs + outputs and not _SERIAL.fullmatch(serial):
+        raise BuildError(
+            f"{DEFAULTS_FILES}: GRUB_SERIAL_COMMAND={serial!r}: want `serial --OPTION=VALUE ...`"
+        )
+    distributor = defaults.get("GRUB_DISTRIBUTOR", "")
+    name = f"{distributor} GNU/Linux" if distributor else "GNU/Linux"
     always = defaults.get("GRUB_CMDLINE_LINUX", "")
     cmdline = " ".join(p for p in (always, defaults.get("GRUB_CMDLINE_LINUX_DEFAULT", "")) if p)
-    recovery = " ".join(p for p in ("single", always) if p)
-    entries = ((name, cmdline), (f"{name}, with Linux {kernel_version} (recovery mode)", recovery))
+    entries = [(name, simple, cmdline)]
+    if defaults.get("GRUB_DISABLE_RECOVERY", "") != "true":
+        recovery = " ".join(p for p in ("single", always) if p)
+        entries.append((f"{name}, with Linux {kernel_version} (recovery mode)", recovery_id, recovery))
     lines = [
         "# kiln: written with the base disk's boot loader, offline, from /etc/default/grub",
         "# (kiln.build.bootloader). `update-grub` on the running system writes Debian's own.",
-        f"set default={_grub_word(defaults.get('GRUB_DEFAULT', '0'))}",
         "if [ -s $prefix/grubenv ]; then",
+        "  set have_grubenv=true",
         "  load_env",
         "fi",
+        'if [ "${next_entry}" ] ; then',
+        '   set default="${next_entry}"',
+        "   set next_entry=",
+        "   save_env next_entry",
+        "   set boot_once=true",
+        "else",
+        f'   set default="{default}"',
+        "fi",
     ]
-    terminals = defaults.get("GRUB_TERMINAL", "")
-    if "serial" in terminals.split():
-        lines.append(defaults.get("GRUB_SERIAL_COMMAND", "serial"))
-    if terminals:
-        lines += [f"terminal_input {terminals}", f"terminal_output {terminals}"]
-    lines.append(f"set timeout={_grub_word(defaults.get('GRUB_TIMEOUT', '5'))}")
-    for title, params in entries:
+    if "serial" in inputs + outputs:
+        lines.append(serial)
+    if inputs:
+        lines.append(f"terminal_input {' '.join(inputs)}")
+    if outputs:
+        lines.append(f"terminal_output {' '.join(outputs)}")
+    lines.append(f"set timeout={timeout}")
+    for title, ident, params in entries:
         lines += [
-            f"menuentry '{_quoted(title)}' --class debian --class gnu-linux --class gnu --class os {{",
+            f"menuentry '{_quoted(title)}' --class debian --class gnu-linux --class gnu --class os "
+            f"--id '{ident}' {{",
             "\tinsmod gzio",
             "\tinsmod part_gpt",
             "\tinsmod ext2",
@@ -194,19 +248,14 @@ def _quoted(text: str) -> str:
     return text.replace("'", "'\\''")
 
 
-def _grub_word(text: str) -> str:
-    word = text.strip() or "0"
-    if not all(c.isalnum() or c in "-_.>" for c in word):
-        raise BuildError(f"/etc/default/grub: {word!r} is not a GRUB menu entry or timeout kiln can write")
-    return word
-
-
 def mbr(boot_img: bytes, sector0: bytes, core_sector: int) -> bytes:
     """The disk's first sector with GRUB's boot code: boot.img up to the MBR's own data (disk signature and
     partition table kept from `sector0`), the BIOS parameter block kept, where core.img starts, and the
     drive check disabled (a hard disk: some BIOSes pass a wrong drive number)."""
-    if len(boot_img) != SECTOR or len(sector0) != SECTOR:
-        raise BuildError(f"boot.img and the disk's first sector must be {SECTOR} bytes")
+    if len(boot_img) != SECTOR:
+        raise BuildError(f"boot.img is {len(boot_img)} bytes, not {SECTOR}")
+    if len(sector0) != SECTOR:
+        raise BuildError(f"the disk's first sector is {len(sector0)} bytes, not {SECTOR}")
     out = bytearray(boot_img[:MBR_DATA]) + bytearray(sector0[MBR_DATA:])
     out[BPB_START:BPB_END] = sector0[BPB_START:BPB_END]
     out[KERNEL_SECTOR : KERNEL_SECTOR + 8] = struct.pack("<Q", core_sector)
@@ -223,7 +272,12 @@ def embedded_core(core_img: bytes, first_sector: int, room_sectors: int) -> byte
     if len(core_img) < SECTOR:
         raise BuildError("core.img is shorter than one sector")
     out = bytearray(core_img) + bytes(sectors * SECTOR - len(core_img))
-    segment = struct.unpack_from("<H", out, BLOCKLIST + 10)[0]
+    start, count, segment = struct.unpack_from("<QHH", out, BLOCKLIST)
+    if (start, count) != (2, sectors - 1):  # what grub-mkimage leaves: a core.img of another layout
+        raise BuildError(
+            f"core.img's blocklist is ({start}, {count}), not grub-mkimage's (2, {sectors - 1}): "
+            "a GRUB whose core.img kiln does not know how to embed"
+        )
     struct.pack_into("<QHH", out, BLOCKLIST, first_sector + 1, sectors - 1, segment)
     return bytes(out)
 
@@ -241,13 +295,20 @@ def install_disk(
     (`bios_boot`: first sector and size in sectors) and the EFI image to EFI/BOOT/BOOTX64.EFI on the FAT
     ESP at byte `esp_offset`."""
     first, size = bios_boot
-    core = embedded_core(images.core_img.read_bytes(), first, size)
+    try:
+        core = embedded_core(images.core_img.read_bytes(), first, size)
+    except BuildError as exc:
+        raise BuildError(f"{images.core_img}: {exc.message}") from exc
     with open(raw, "r+b") as disk:
         sector0 = disk.read(SECTOR)
         if sector0[510:512] != b"\x55\xaa":
             raise BuildError(f"{raw}: no partition table in the first sector")
+        try:
+            code = mbr(images.boot_img.read_bytes(), sector0, first)
+        except BuildError as exc:
+            raise BuildError(f"{images.boot_img} on {raw}: {exc.message}") from exc
         disk.seek(0)
-        disk.write(mbr(images.boot_img.read_bytes(), sector0, first))
+        disk.write(code)
         disk.seek(first * SECTOR)
         disk.write(core + bytes(size * SECTOR - len(core)))
     target = f"{raw}@@{esp_offset}"

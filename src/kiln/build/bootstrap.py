@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 # 2: disk, partition and filesystem ids derived from the key, not random
 # 3: the ESP's FAT times set to the source date after the GRUB VM (they were that VM's clock)
 # 4: GRUB installed offline (kiln.build.bootloader), no GRUB VM; kiln writes grub.cfg
-LAYOUT_VERSION = 4
+# 5: grub.cfg from the defaults as sh sources them, with update-grub's ids and next_entry; grub.efi as
+#    grub-install makes it
+LAYOUT_VERSION = 5
 
 SECTOR = 512
 MIB = 1024 * 1024

@@ -37,15 +37,19 @@ CLOUD_INIT_WARN = "warn"  # wait, and log its error as a warning (the VM stays u
 CLOUD_INIT_WAIT = "wait"  # wait, and leave judging it to the caller (goss's hygiene spec checks its status)
 CLOUD_INIT_MODES = (CLOUD_INIT_CHECK, CLOUD_INIT_WARN, CLOUD_INIT_WAIT)
 
-# Wait until cloud-init has finished or will not run, as `cloud-init status --wait` decides it (cloud-init
-# 22.4's cmd/status.py), from the files it decides by: the final stage's result.json (written after
-# status.json says no stage runs), the generator's "disabled" mark, the marker file, the kernel parameter.
-# No cloud-init: nothing to wait for. A shell loop, not `cloud-init status`: that starts Python and
-# imports cloud-init each time, about 9 s of an emulated CPU (TCG) in every verify boot.
+# Wait until cloud-init's final stage has finished, or cloud-init has not started and will not run: what
+# `cloud-init status --wait` waits for (cloud-init 22.4's cmd/status.py), read from the files it reads. Done:
+# result.json, which the final stage writes after status.json says no stage runs. Disabled: the generator's
+# "disabled" mark, the marker file or `cloud-init=disabled`, while no status.json says a stage has started
+# and `cloud-init=enabled` does not override them. (`status --wait` also stops early when status.json
+# records an error; this waits on to the end, and the hygiene spec's `cloud-init status --long` reports
+# the error.) No cloud-init: nothing to wait for. A shell loop, not
+# `cloud-init status`, which starts Python and imports cloud-init each time (9 to 15 s of an emulated CPU).
 CLOUD_INIT_SETTLED = (
     "command -v cloud-init >/dev/null 2>&1 || exit 0; r=/run/cloud-init; "
-    "until [ -e $r/result.json ] || [ -e $r/disabled ] || [ -e /etc/cloud/cloud-init.disabled ] "
-    "|| grep -qw cloud-init=disabled /proc/cmdline; do sleep 1; done"
+    "until [ -e $r/result.json ] || { [ ! -e $r/status.json ] && ! grep -qw cloud-init=enabled /proc/cmdline "
+    "&& { [ -e $r/disabled ] || [ -e /etc/cloud/cloud-init.disabled ] "
+    "|| grep -qw cloud-init=disabled /proc/cmdline; }; }; do sleep 1; done"
 )
 
 
