@@ -94,10 +94,6 @@ def _tree(tmp_path: Path, extra: str = "") -> Path:
         dest = tree / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest)
-    for path in ("/lib64/ld-linux-x86-64.so.2",):
-        if Path(path).exists() and not (tree / path.lstrip("/")).exists():
-            (tree / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(os.path.realpath(path), tree / path.lstrip("/"))
     (tree / "bin").mkdir(exist_ok=True)
     if not (tree / "bin" / "sh").exists():
         os.symlink(str(sh), tree / "bin" / "sh")

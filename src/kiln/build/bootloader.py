@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 import shutil
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -192,7 +191,8 @@ def grub_cfg(kernel_version: str, root_uuid: str, defaults: dict[str, str]) -> s
         if bad:
             raise BuildError(f"{DEFAULTS_FILES}: {key} (or GRUB_TERMINAL): {bad[0]!r} is not a terminal name")
     serial = defaults.get("GRUB_SERIAL_COMMAND", "") or "serial"
-    if "serial" in inputs + outputs and not _SERIAL.fullmatch(serial):
+    on_serial = "serial" in inputs + outputs
+    if on_serial and not _SERIAL.fullmatch(serial):
         raise BuildError(
             f"{DEFAULTS_FILES}: GRUB_SERIAL_COMMAND={serial!r}: want `serial --OPTION=VALUE ...`"
         )
@@ -220,7 +220,7 @@ def grub_cfg(kernel_version: str, root_uuid: str, defaults: dict[str, str]) -> s
         f'   set default="{default}"',
         "fi",
     ]
-    if "serial" in inputs + outputs:
+    if on_serial:
         lines.append(serial)
     if inputs:
         lines.append(f"terminal_input {' '.join(inputs)}")
@@ -313,9 +313,8 @@ def install_disk(
         disk.write(core + bytes(size * SECTOR - len(core)))
     target = f"{raw}@@{esp_offset}"
     env = {"MTOOLS_SKIP_CHECK": "1"}
-    parts: Sequence[str] = EFI_BOOT_PATH
-    for depth in range(1, len(parts)):
-        proc.run(["mmd", "-i", target, "::/" + "/".join(parts[:depth])], extra_env=env,
+    for depth in range(1, len(EFI_BOOT_PATH)):
+        proc.run(["mmd", "-i", target, "::/" + "/".join(EFI_BOOT_PATH[:depth])], extra_env=env,
                  log_file=log_file, runtime=runtime)  # fmt: skip
-    proc.run(["mcopy", "-i", target, str(images.efi_image), "::/" + "/".join(parts)], extra_env=env,
+    proc.run(["mcopy", "-i", target, str(images.efi_image), "::/" + "/".join(EFI_BOOT_PATH)], extra_env=env,
              log_file=log_file, runtime=runtime)  # fmt: skip

@@ -43,8 +43,8 @@ CLOUD_INIT_MODES = (CLOUD_INIT_CHECK, CLOUD_INIT_WARN, CLOUD_INIT_WAIT)
 # "disabled" mark, the marker file or `cloud-init=disabled`, while no status.json says a stage has started
 # and `cloud-init=enabled` does not override them. (`status --wait` also stops early when status.json
 # records an error; this waits on to the end, and the hygiene spec's `cloud-init status --long` reports
-# the error.) No cloud-init: nothing to wait for. A shell loop, not
-# `cloud-init status`, which starts Python and imports cloud-init each time (9 to 15 s of an emulated CPU).
+# the error.) No cloud-init: nothing to wait for. A shell loop, not `cloud-init status`, which starts
+# Python and imports cloud-init each time (9 to 15 s of an emulated CPU).
 CLOUD_INIT_SETTLED = (
     "command -v cloud-init >/dev/null 2>&1 || exit 0; r=/run/cloud-init; "
     "until [ -e $r/result.json ] || { [ ! -e $r/status.json ] && ! grep -qw cloud-init=enabled /proc/cmdline "
