@@ -10,7 +10,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paramiko
@@ -73,8 +73,15 @@ def test_load_private_key_errors(tmp_path: Path) -> None:
 
 
 class _Server(paramiko.ServerInterface):
+    """Runs each exec request with bash. As sshd does, a client that goes away ends its command (the
+    command is killed), and nothing of a session outlives the fixture: `close` kills the commands still
+    running and joins every thread, so no thread dies later, inside another test."""
+
     def __init__(self, allowed: paramiko.PKey) -> None:
         self.allowed = allowed
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -89,39 +96,65 @@ class _Server(paramiko.ServerInterface):
         )
 
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
-        threading.Thread(target=self._exec, args=(channel, command.decode()), daemon=True).start()
+        self._start(self._exec, channel, command.decode())
         return True
 
-    @staticmethod
-    def _exec(channel: paramiko.Channel, command: str) -> None:
+    def _start(self, target: Callable[..., None], *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        with self.lock:
+            self.threads.append(t)
+        t.start()
+
+    def close(self) -> None:
+        with self.lock:
+            children, threads = list(self.children), list(self.threads)
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+        for t in threads:
+            t.join(timeout=10)
+
+    def _exec(self, channel: paramiko.Channel, command: str) -> None:
         child = subprocess.Popen(
             ["bash", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
+        with self.lock:
+            self.children.append(child)
 
         def pump_in() -> None:
             assert child.stdin is not None
-            while data := channel.recv(4096):
-                child.stdin.write(data)
-                child.stdin.flush()  # as sshd: what the client sent reaches the command now
-            child.stdin.close()
+            try:
+                while data := channel.recv(4096):
+                    child.stdin.write(data)
+                    child.stdin.flush()  # as sshd: what the client sent reaches the command now
+                child.stdin.close()
+            except OSError:  # the command ended (or was killed) before its input did
+                pass
 
         def pump_err() -> None:
             assert child.stderr is not None
-            while data := child.stderr.read1(4096):  # type: ignore[attr-defined]
-                channel.sendall_stderr(data)
+            try:
+                while data := child.stderr.read1(4096):  # type: ignore[attr-defined]
+                    channel.sendall_stderr(data)
+            except OSError:  # the client went away: sshd ends the command
+                child.kill()
 
-        threads = [
-            threading.Thread(target=pump_in, daemon=True),
-            threading.Thread(target=pump_err, daemon=True),
-        ]
-        for t in threads:
-            t.start()
+        self._start(pump_in)
+        err = threading.Thread(target=pump_err, daemon=True)
+        err.start()
         assert child.stdout is not None
-        while data := child.stdout.read1(4096):  # type: ignore[attr-defined]
-            channel.sendall(data)
+        try:
+            while data := child.stdout.read1(4096):  # type: ignore[attr-defined]
+                channel.sendall(data)
+        except OSError:  # the client went away: sshd ends the command
+            child.kill()
         rc = child.wait()
-        threads[1].join()
-        channel.send_exit_status(rc)
+        err.join()
+        try:
+            if rc >= 0:  # a killed command has a signal, not a status (sshd sends exit-signal)
+                channel.send_exit_status(rc)
+        except OSError:
+            pass
         channel.close()
 
 
@@ -170,6 +203,7 @@ def server(tmp_path: Path) -> Iterator[tuple[int, ssh.KeyPair]]:
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     transports: list[paramiko.Transport] = []
+    handler = _Server(allowed)
 
     def serve() -> None:
         while True:
@@ -180,14 +214,18 @@ def server(tmp_path: Path) -> Iterator[tuple[int, ssh.KeyPair]]:
             t = paramiko.Transport(conn)
             t.add_server_key(host_key)
             t.set_subsystem_handler("sftp", paramiko.SFTPServer, _SFTP)
-            t.start_server(server=_Server(allowed))
+            t.start_server(server=handler)
             transports.append(t)
 
-    threading.Thread(target=serve, daemon=True).start()
+    accepter = threading.Thread(target=serve, daemon=True)
+    accepter.start()
     yield listener.getsockname()[1], client_key
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (close alone does not, on Linux)
     listener.close()
+    accepter.join(timeout=10)
     for t in transports:
         t.close()
+    handler.close()
 
 
 def test_run_stdout_stderr_exit_code_and_streaming(server: tuple[int, ssh.KeyPair]) -> None:
