@@ -296,10 +296,13 @@ def test_the_cloud_init_wait_ends_on_the_files_cloud_init_status_reads(tmp_path)
         assert proc_.wait(timeout=5) == 0
         proc_, _, _ = settled("e", cloud_init=False)
         assert proc_.wait(timeout=5) == 0
-        # a stage has started (status.json): a marker a runcmd touches does not end the wait
+        # a stage has started (status.json): a marker a runcmd touches does not end the wait. Both files are
+        # there before the loop starts (written after it, the loop could see the marker but not yet status.json)
+        for d in ("run", "etc"):
+            (tmp_path / "f" / d).mkdir(parents=True)
+        (tmp_path / "f" / "run" / "status.json").write_text('{"v1": {"stage": "modules-final"}}')
+        (tmp_path / "f" / "etc" / "cloud-init.disabled").write_text("")
         proc_, run, etc = settled("f")
-        (run / "status.json").write_text('{"v1": {"stage": "modules-final"}}')
-        (etc / "cloud-init.disabled").write_text("")
         still_waiting(proc_)
         (run / "result.json").write_text('{"v1": {"errors": []}}')
         assert proc_.wait(timeout=5) == 0
