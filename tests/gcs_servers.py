@@ -169,8 +169,6 @@ class FaultProxy:
     seen: list[Seen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self._lock = threading.Lock()
         self._publish_lock = threading.Lock()  # finalisation + precondition check are one atomic step
         self._sessions: dict[str, tuple[str, str, int]] = {}  # upload_id -> (bucket, name, generation)
@@ -187,7 +185,9 @@ class FaultProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any  # noqa: N815
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # the port is the kernel's pick, held
+        self.port = int(self.httpd.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -344,7 +344,14 @@ class FaultProxy:
         if cut:
             h.wfile.write(body[: len(body) // 2])
             h.wfile.flush()
-            time.sleep(0.3)  # let the client read what was sent: an RST discards unread received data
+            # the client gets every byte sent, then the end of the stream mid-body; it gives up on this
+            # connection and closes it, and only then is it reset (an RST sent earlier would discard the
+            # bytes the client had not read yet, however long a timer waited on a loaded machine)
+            with contextlib.suppress(OSError):
+                h.connection.shutdown(socket.SHUT_WR)
+                h.connection.settimeout(30)
+                while h.connection.recv(65536):
+                    pass
             _rst(h)
             return
         h.wfile.write(body)
@@ -377,8 +384,6 @@ class TokenServer:
         )
         self.tokens: set[str] = set()
         self.grants: list[dict] = []
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/token"
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -412,7 +417,9 @@ class TokenServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # the port is the kernel's pick, held
+        self.port = int(self.httpd.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}/token"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def key_file(self, path: Path) -> Path:

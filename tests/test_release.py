@@ -126,7 +126,7 @@ def test_two_releases_updating_the_index_at_once_lose_no_entry(server: FakeGcs) 
         def put_small(self, *args, **kwargs):  # both read the same generation, then both write
             if self.first:
                 self.first = False
-                barrier.wait(10)
+                barrier.wait(60)
             return super().put_small(*args, **kwargs)
 
     def job(n: int) -> None:

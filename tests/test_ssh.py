@@ -5,6 +5,7 @@ shell). The real counterpart, a guest's OpenSSH sshd, is tests/test_boot_vm.py."
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -72,6 +73,10 @@ def test_load_private_key_errors(tmp_path: Path) -> None:
 # --- an in-process SSH server (fake server side) ----------------------------------------------------------
 
 
+# what paramiko raises when the other end of a channel or transport has gone
+_GONE = (OSError, EOFError, paramiko.SSHException)
+
+
 class _Server(paramiko.ServerInterface):
     """Runs each exec request with bash. As sshd does, a client that goes away ends its command (the
     command is killed), and nothing of a session outlives the fixture: `close` kills the commands still
@@ -82,6 +87,7 @@ class _Server(paramiko.ServerInterface):
         self.children: list[subprocess.Popen[bytes]] = []
         self.threads: list[threading.Thread] = []
         self.lock = threading.Lock()
+        self.closing = False
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -107,12 +113,14 @@ class _Server(paramiko.ServerInterface):
 
     def close(self) -> None:
         with self.lock:
+            self.closing = True  # a command that starts from now on is killed at once
             children, threads = list(self.children), list(self.threads)
         for child in children:
             if child.poll() is None:
                 child.kill()
         for t in threads:
             t.join(timeout=10)
+            assert not t.is_alive(), f"the fake SSH server's {t.name} outlived its test"
 
     def _exec(self, channel: paramiko.Channel, command: str) -> None:
         child = subprocess.Popen(
@@ -120,6 +128,8 @@ class _Server(paramiko.ServerInterface):
         )
         with self.lock:
             self.children.append(child)
+            if self.closing:
+                child.kill()
 
         def pump_in() -> None:
             assert child.stdin is not None
@@ -128,7 +138,7 @@ class _Server(paramiko.ServerInterface):
                     child.stdin.write(data)
                     child.stdin.flush()  # as sshd: what the client sent reaches the command now
                 child.stdin.close()
-            except OSError:  # the command ended (or was killed) before its input did
+            except _GONE:  # the command ended (or was killed) before its input did, or the client left
                 pass
 
         def pump_err() -> None:
@@ -136,7 +146,7 @@ class _Server(paramiko.ServerInterface):
             try:
                 while data := child.stderr.read1(4096):  # type: ignore[attr-defined]
                     channel.sendall_stderr(data)
-            except OSError:  # the client went away: sshd ends the command
+            except _GONE:  # the client went away: sshd ends the command
                 child.kill()
 
         self._start(pump_in)
@@ -146,16 +156,16 @@ class _Server(paramiko.ServerInterface):
         try:
             while data := child.stdout.read1(4096):  # type: ignore[attr-defined]
                 channel.sendall(data)
-        except OSError:  # the client went away: sshd ends the command
+        except _GONE:  # the client went away: sshd ends the command
             child.kill()
         rc = child.wait()
         err.join()
         try:
             if rc >= 0:  # a killed command has a signal, not a status (sshd sends exit-signal)
                 channel.send_exit_status(rc)
-        except OSError:
+            channel.close()
+        except _GONE:
             pass
-        channel.close()
 
 
 class _SFTPHandle(paramiko.SFTPHandle):
@@ -212,10 +222,13 @@ def server(tmp_path: Path) -> Iterator[tuple[int, ssh.KeyPair]]:
             except OSError:
                 return
             t = paramiko.Transport(conn)
+            transports.append(t)
             t.add_server_key(host_key)
             t.set_subsystem_handler("sftp", paramiko.SFTPServer, _SFTP)
-            t.start_server(server=handler)
-            transports.append(t)
+            try:
+                t.start_server(server=handler)
+            except _GONE:  # a client that gave up during the handshake: serve the next one
+                t.close()
 
     accepter = threading.Thread(target=serve, daemon=True)
     accepter.start()
@@ -286,7 +299,8 @@ def test_connect_retries_until_timeout_on_closed_port(tmp_path: Path) -> None:
         ssh.Session("127.0.0.1", port, "kiln", key.private_key, timeout=4, connect_timeout=1)
     took = time.monotonic() - start
     assert 4 <= took < 15
-    assert "3 attempts" in err.value.message or "4 attempts" in err.value.message
+    attempts = re.search(r"(\d+) attempts", err.value.message)
+    assert attempts and int(attempts.group(1)) >= 2  # 3 on an idle machine; a slow attempt leaves room for 2
     assert "Unable to connect" in err.value.message
 
 

@@ -169,7 +169,7 @@ def test_prune_lru_first_with_descendants_and_never_a_held_stage(tmp_path: Path)
 
     t = threading.Thread(target=hold)
     t.start()
-    held.wait(5)
+    assert held.wait(30)
     try:
         removed = stages.prune(cache, older_than_days=5)
     finally:
@@ -277,7 +277,7 @@ def test_vmware_iso_without_vmware_fails_at_once_naming_the_qemu_way(tmp_path: P
     started = time.monotonic()
     with pytest.raises(InputError) as err:
         build.run_build(cfg, runtime=Runtime(root=RUNTIME.root, env={"PATH": "/usr/bin:/bin"}))
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10  # refused before Packer starts (a Packer run takes far longer)
     assert err.value.exit_code == 2 and "make build-qemu-ubuntu-1804" in (err.value.hint or "")
     assert not (tmp_path / "out").exists()
 

@@ -285,19 +285,19 @@ def test_the_cloud_init_wait_ends_on_the_files_cloud_init_status_reads(tmp_path)
         proc_, run, _ = settled("a")
         still_waiting(proc_)
         (run / "result.json").write_text('{"v1": {"errors": []}}')
-        assert proc_.wait(timeout=5) == 0
+        assert proc_.wait(timeout=15) == 0
         proc_, run, _ = settled("b")
         (run / "disabled").write_text("")
-        assert proc_.wait(timeout=5) == 0
+        assert proc_.wait(timeout=15) == 0
         proc_, _, etc = settled("c")
         (etc / "cloud-init.disabled").write_text("")
-        assert proc_.wait(timeout=5) == 0
+        assert proc_.wait(timeout=15) == 0
         proc_, _, _ = settled("d", cmdline="ro quiet cloud-init=disabled")
-        assert proc_.wait(timeout=5) == 0
+        assert proc_.wait(timeout=15) == 0
         proc_, _, _ = settled("e", cloud_init=False)
-        assert proc_.wait(timeout=5) == 0
+        assert proc_.wait(timeout=15) == 0
         # a stage has started (status.json): a marker a runcmd touches does not end the wait. Both files are
-        # there before the loop starts (written after it, the loop could see the marker but not yet status.json)
+        # there before the loop starts (written after it, the loop could see the marker before status.json)
         for d in ("run", "etc"):
             (tmp_path / "f" / d).mkdir(parents=True)
         (tmp_path / "f" / "run" / "status.json").write_text('{"v1": {"stage": "modules-final"}}')
@@ -305,7 +305,7 @@ def test_the_cloud_init_wait_ends_on_the_files_cloud_init_status_reads(tmp_path)
         proc_, run, etc = settled("f")
         still_waiting(proc_)
         (run / "result.json").write_text('{"v1": {"errors": []}}')
-        assert proc_.wait(timeout=5) == 0
+        assert proc_.wait(timeout=15) == 0
         # cloud-init=enabled on the kernel command line overrides the marks
         proc_, run, _ = settled("g", cmdline="ro cloud-init=enabled")
         (run / "disabled").write_text("")
