@@ -200,19 +200,9 @@ def kill_processes_in(tree: Path) -> list[int]:
         except (OSError, ValueError):
             continue
     deadline = time.monotonic() + 5
-    while killed and time.monotonic() < deadline and any(_running(p) for p in killed):
+    while killed and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in killed):
         time.sleep(0.05)
     return killed
-
-
-def _running(pid: int) -> bool:
-    """Whether `pid` still runs. A zombie does not: it holds no root directory or mount any more, and it
-    stays in /proc until its parent reaps it (when that parent is the caller, not before this returns)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = "") -> list[str]:
