@@ -105,11 +105,13 @@ class _Server(paramiko.ServerInterface):
         self._start(self._exec, channel, command.decode())
         return True
 
-    def _start(self, target: Callable[..., None], *args: object) -> None:
+    def _start(self, target: Callable[..., None], *args: object) -> threading.Thread:
+        """Every thread of the server starts here, so that `close` joins it."""
         t = threading.Thread(target=target, args=args, daemon=True)
         with self.lock:
             self.threads.append(t)
         t.start()
+        return t
 
     def close(self) -> None:
         with self.lock:
@@ -150,8 +152,7 @@ class _Server(paramiko.ServerInterface):
                 child.kill()
 
         self._start(pump_in)
-        err = threading.Thread(target=pump_err, daemon=True)
-        err.start()
+        err = self._start(pump_err)
         assert child.stdout is not None
         try:
             while data := child.stdout.read1(4096):  # type: ignore[attr-defined]
