@@ -239,8 +239,9 @@ def test_a_check_leaves_paramikos_logger_as_kiln_vm_ssh_set_it(tmp_path: Path) -
     assert logging.getLogger("paramiko").level == logging.CRITICAL
 
 
-def _settled(tmp_path, *, cloud_init=True, cmdline="root=UUID=x ro"):
-    """checkboot.CLOUD_INIT_SETTLED with its paths under tmp_path, run by the real sh in the background."""
+def _settled(tmp_path, *, cloud_init=True, cmdline="root=UUID=x ro", files=None):
+    """checkboot.CLOUD_INIT_SETTLED with its paths under tmp_path, run by the real sh in the background;
+    `files` ({path under tmp_path: text}, such as run/status.json) are written before the loop starts."""
     import subprocess
 
     from kiln.vm import checkboot
@@ -249,6 +250,8 @@ def _settled(tmp_path, *, cloud_init=True, cmdline="root=UUID=x ro"):
     for d in (run, etc, proc_, tmp_path / "bin"):
         d.mkdir(parents=True, exist_ok=True)
     (proc_ / "cmdline").write_text(cmdline + "\n")
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(text)
     if cloud_init:
         fake = tmp_path / "bin" / "cloud-init"
         fake.write_text("#!/bin/sh\nexit 99\n")  # present, never run: the loop reads files only
@@ -298,11 +301,8 @@ def test_the_cloud_init_wait_ends_on_the_files_cloud_init_status_reads(tmp_path)
         assert proc_.wait(timeout=15) == 0
         # a stage has started (status.json): a marker a runcmd touches does not end the wait. Both files are
         # there before the loop starts (written after it, the loop could see the marker before status.json)
-        for d in ("run", "etc"):
-            (tmp_path / "f" / d).mkdir(parents=True)
-        (tmp_path / "f" / "run" / "status.json").write_text('{"v1": {"stage": "modules-final"}}')
-        (tmp_path / "f" / "etc" / "cloud-init.disabled").write_text("")
-        proc_, run, etc = settled("f")
+        stage = '{"v1": {"stage": "modules-final"}}'
+        proc_, run, etc = settled("f", files={"run/status.json": stage, "etc/cloud-init.disabled": ""})
         still_waiting(proc_)
         (run / "result.json").write_text('{"v1": {"errors": []}}')
         assert proc_.wait(timeout=15) == 0
