@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
 KILN := $(VENV)/bin/kiln
-PYTEST := $(VENV)/bin/pytest
+# exec: the SIGTERM make passes on reaches pytest, not a shell in between (see KILN_ENV)
+PYTEST := exec $(VENV)/bin/pytest
 # apt packages kiln drives (and apt-cacher-ng, the package cache the tests build through); make deps installs
 # them (as root, or with sudo)
 APT_PACKAGES := packer qemu-system-x86 qemu-utils ovmf xorriso mtools dosfstools fdisk \
@@ -40,7 +41,11 @@ KILN_FLAGS = $(if $(filter 1,$(FOREGROUND)),--foreground) $(if $(filter 1,$(DEBU
   $(if $(filter 1,$(K8S_STANDIN)),--var-file {varfile}) \
   $(foreach v,$(KUBERNETES_VERSIONS),--kubernetes-version $(v)) $(if $(filter 1,$(FORCE)),--force) \
   $(if $(FORMATS),--var "formats=$(FORMATS)")
-KILN_ENV = PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(K8S_STANDIN_WRAP)
+# `exec`: the recipe's shell becomes kiln (or K8S_STANDIN's wrapper, which passes signals on), so the SIGTERM
+# that make sends its child when make itself is stopped reaches kiln. make passes SIGTERM to its children
+# only; a shell left in between would die and leave kiln building. (bash already execs a lone command; the
+# `exec` keeps it so whatever the recipe's shell.)
+KILN_ENV = exec env PACKER_VAR_FILES="$(PACKER_VAR_FILES)" $(K8S_STANDIN_WRAP)
 # K8S_STANDIN=1: offline builds. Serves TEST FIXTURE stand-ins for kubelet/kubeadm/kubectl and crictl, and the
 # host Debian's real containerd and runc repackaged as their release downloads (all with sha256s), over local
 # HTTP for the duration of the command, and selects them (the http sources) through a var file.

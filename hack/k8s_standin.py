@@ -334,6 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     child = subprocess.Popen(
         [a.replace("{url}", url).replace("{varfile}", varfile.name) for a in command], env=env
     )
+
+    def pass_on(signum: int, frame: object) -> None:
+        """SIGTERM or SIGHUP to the wrapper (make passes SIGTERM to its child) goes to the command, which
+        then cleans up and ends; the wrapper waits for it and only then stops serving."""
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
+            signal.signal(sig, pass_on)
     try:
         return child.wait()
     except KeyboardInterrupt:

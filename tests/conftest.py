@@ -74,10 +74,19 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
 
 
 def interrupt_build(
-    argv: list[str], log: Path, marker: str, sig: int, *, wait: float, poll: float, settle: float
+    argv: list[str],
+    log: Path,
+    marker: str,
+    sig: int,
+    *,
+    wait: float,
+    poll: float,
+    settle: float,
+    code: int = 130,
 ) -> None:
     """Start `kiln build` (argv) logging to `log`, send `sig` `settle` seconds after `marker` shows in the
-    log, and check that kiln exits 130. It must still be running until the marker shows (within `wait`)."""
+    log, and check that it exits `code` (kiln: 130; `make`, which ends by the signal it was sent: minus
+    that signal). It must still be running until the marker shows (within `wait`)."""
     import signal
 
     with open(log, "wb") as fh:
@@ -92,8 +101,24 @@ def interrupt_build(
             time.sleep(poll)
         time.sleep(settle)
         child.send_signal(sig)
-        assert child.wait(timeout=120) == 130, log.read_text()[-3000:]
+        assert child.wait(timeout=120) == code, log.read_text()[-3000:]
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines of the live processes that name `text` (a test's temp dir) anywhere in their argv."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "status").read_text()
+        except OSError:
+            continue
+        if text in argv and "zombie" not in state.lower():
+            found.append(f"{entry.name}: {argv}")
+    return found

@@ -1,7 +1,8 @@
 """The chroot runner for real: the suite's debian-12 image is provisioned in a chroot at native speed, its
 disk made offline and booted once (verify: goss final phase and hygiene); an interrupted chroot stage
-(SIGINT, SIGTERM) leaves no mount, no process and no cache entry behind; and (`make test-vm-runner`) the VM
-runner makes an image with the same package list, whose verify boot makes the same checks, all passed."""
+(SIGINT, SIGTERM, and SIGTERM to `make`) leaves no mount, no process and no cache entry behind; and (`make
+test-vm-runner`) the VM runner makes an image with the same package list, whose verify boot makes the same
+checks, all passed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SITE_MAKE_VAR, interrupt_build
+from conftest import SITE_MAKE_VAR, interrupt_build, processes_naming
 from kiln import config
 from kiln.build import pipeline as build
 from kiln.build import stages
@@ -133,6 +134,33 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
         again = subprocess.run([*standin, *argv, "--var-file", "{varfile}"], cwd=REPO, capture_output=True,
                                text=True, env={**os.environ, "PACKER_VAR_FILES": ""})  # fmt: skip
         assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+
+
+def test_stopping_make_mid_chroot_stage_stops_kiln_and_leaves_nothing(built_image, tmp_path):
+    """`kill MAKE_PID` during `make build-qemu-debian-12 K8S_STANDIN=1`'s chroot stage: SIGTERM to make alone
+    (a CI runner's or a supervisor's stop), which make passes to its child only. It reaches kiln (the recipe
+    execs the stand-in wrapper, which passes it on), and kiln cleans up as for its own SIGTERM."""
+    cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
+    extra = "jq less"
+    overrides = {"provisioner": "chroot", "extra_packages": extra}
+    sid = build.plan_ids(config.load("debian-12", overrides=overrides, repo_root=REPO))["os"].id
+    out = tmp_path / "out"
+    flags = f"-var provisioner=chroot -var 'extra_packages={extra}' -var output_dir={out} -var formats=qcow2"
+    argv = ["make", "--no-print-directory", "-o", "deps", "build-qemu-debian-12", "K8S_STANDIN=1",
+            f"PACKER_FLAGS={flags}"]  # fmt: skip
+    log = tmp_path / "log"
+    interrupt_build(argv, log, "provisioning in a chroot", signal.SIGTERM, wait=300, poll=0.5, settle=4,
+                    code=-signal.SIGTERM)  # fmt: skip
+    text = log.read_text()
+    assert "interrupted" in text.lower(), text[-3000:]  # kiln's own cleanup ran, not the watchdog's
+    time.sleep(1)
+    assert not processes_naming(str(tmp_path)), "kiln (or the stand-in wrapper) outlived make"
+    assert not _mounts_under(tmp_path), _mounts_under(tmp_path)
+    assert not _rooted_under(tmp_path) and not _rooted_under(out)
+    assert stages.lookup(cache_dir, sid) is None
+    assert not list(stages.root(cache_dir).glob(f".{sid}.tmp-*")), "no half-made stage"
+    leftovers = [p for p in out.iterdir() if p.name != "logs"] if out.exists() else []
+    assert not leftovers, leftovers
 
 
 POSTINST = """#!/bin/sh

@@ -1,9 +1,10 @@
-"""SIGINT and SIGTERM to `kiln build` in each stage: base (mmdebstrap), os (packer), kubernetes (packer, on
-top of a cached os stage) and finalize (qemu-img convert, on top of cached stages). Each time: exit 130, no
-child process survives, no temp dir or partial output is left, no cache entry appears for the interrupted
-stage, and the cached stages it started from are intact. The programs that hang are fakes on PATH (each
-records its pid); the real counterpart is test_stages_vm.py::test_interrupted_stage_leaves_no_cache_entry,
-which interrupts a real Packer/QEMU/Ansible run."""
+"""SIGINT, SIGTERM and SIGHUP to `kiln build` in each stage: base (mmdebstrap), os (packer), kubernetes
+(packer, on top of a cached os stage) and finalize (qemu-img convert, on top of cached stages). Each time:
+exit 130, no child process survives, no temp dir or partial output is left, no cache entry appears for the
+interrupted stage, and the cached stages it started from are intact. The programs that hang are fakes on
+PATH (each records its pid); the real counterpart is
+test_stages_vm.py::test_interrupted_stage_leaves_no_cache_entry, which interrupts a real Packer/QEMU/Ansible
+run."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import processes_naming
 from kiln import config
 from kiln.build import bootstrap, stages
 from kiln.build import pipeline as build
@@ -72,6 +74,14 @@ def seed_cache(cfg: config.Config, upto: str) -> dict[str, Path]:
     return disks
 
 
+def _alive(pid: int) -> bool:
+    """`pid` runs (a zombie, ended and waiting to be reaped, does not)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
+
+
 CASES = {
     # stage interrupted: (fake program that hangs, the last stage already cached)
     "base": ("mmdebstrap", None),
@@ -81,7 +91,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 @pytest.mark.parametrize("stage", list(CASES))
 def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, sig: signal.Signals) -> None:
     if os.geteuid() != 0 and stage == "base":
@@ -121,10 +133,7 @@ def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, 
     assert f"==> {stage}:" in output, output
     time.sleep(0.3)
     for pid in map(int, pids.read_text().split()):
-        alive = (
-            Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-        )
-        assert not alive, f"process {pid} survived"
+        assert not _alive(pid), f"process {pid} survived"
     assert not [p for p in out.iterdir() if p.name != "logs"] if out.exists() else True, "no partial output"
     ids = build.plan_ids(cfg)
     if stage in ("os", "kubernetes"):
@@ -133,3 +142,43 @@ def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, 
     assert not list((cache / "bootstrap").glob(".*.tmp-*")) if (cache / "bootstrap").exists() else True
     for name, disk in before.items():
         assert disk.is_file(), f"the cached {name} stage was touched"
+
+
+@pytest.mark.parametrize("standin", [False, True], ids=["plain", "K8S_STANDIN"])
+def test_stopping_make_stops_kiln(tmp_path: Path, standin: bool) -> None:
+    """`kill MAKE_PID` (SIGTERM to make alone, as a CI runner or a supervisor sends it): make passes SIGTERM
+    to its child only, so the recipe must `exec` kiln (and K8S_STANDIN's wrapper must pass it on), or kiln
+    goes on building with nobody waiting for it. Here the os stage's Packer (a fake on PATH) hangs."""
+    out, cache, pids, bin_dir = tmp_path / "out", tmp_path / "cache", tmp_path / "pids", tmp_path / "bin"
+    overrides = {"output_dir": str(out), "cache_dir": str(cache), "accelerator": "tcg", "provisioner": "vm"}
+    cfg = config.load("debian-12", overrides=overrides, repo_root=REPO)
+    seed_cache(cfg, "base")
+    fake(bin_dir, "packer", pids, 'if [ "$1" = version ]; then echo "Packer v1.6.6"; exit 0; fi')
+    path = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    flags = " ".join(f"--var {k}={v}" for k, v in overrides.items())
+    # -o deps: the checkout's apt packages and virtualenv are taken as they are (the suite runs from them)
+    argv = ["make", "--no-print-directory", "-o", "deps", "build-qemu-debian-12", f"PACKER_FLAGS={flags}",
+            "PACKER_VAR_FILES=", *(["K8S_STANDIN=1"] if standin else [])]  # fmt: skip
+    make = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PATH": path}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (pids.exists() and len(pids.read_text().split()) >= 2):
+        if make.poll() is not None:
+            pytest.fail(make.stdout.read() if make.stdout else "make exited")
+        assert time.monotonic() < deadline, "the fake packer never started"
+        time.sleep(0.2)
+    make.send_signal(signal.SIGTERM)  # to make alone, not its process group
+    try:
+        output, _ = make.communicate(timeout=60)  # ends when the last holder of make's stdout (kiln) is gone
+    except subprocess.TimeoutExpired:
+        os.killpg(make.pid, signal.SIGKILL)  # kiln and its fakes kept make's session
+        make.communicate()
+        pytest.fail("kiln went on building after make was stopped (SIGTERM did not reach it)")
+    assert "==> os:" in output, output
+    assert "interrupted" in output.lower(), output  # kiln itself saw the signal and cleaned up
+    time.sleep(0.5)
+    for pid in map(int, pids.read_text().split()):
+        assert not _alive(pid), f"process {pid} survived"
+    assert not processes_naming(str(tmp_path)), "kiln (or its wrapper) outlived make"
+    assert not [p for p in out.iterdir() if p.name != "logs"] if out.exists() else True, "no partial output"
+    assert stages.lookup(cache, build.plan_ids(cfg)["os"].id) is None

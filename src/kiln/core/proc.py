@@ -283,12 +283,16 @@ def output(argv: Sequence[str | os.PathLike[str]], *, runtime: Runtime, **kwargs
 
 
 def install_sigterm_handler() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so that every cleanup path (children, temp dirs) runs."""
+    """Turn SIGTERM and SIGHUP (the terminal or SSH session closed) into KeyboardInterrupt, so that every
+    cleanup path (children, mounts, temp dirs) runs. A SIGHUP that kiln was started ignoring (nohup) stays
+    ignored."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, handler)
 
 
 def ensure_dir(path: Path) -> Path:
