@@ -6,6 +6,7 @@ anything is written (kiln.core.space)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -86,7 +87,7 @@ def disk_from_tree(ws: Workspace, tar: Path) -> Output:
         marks.append(time.monotonic())
     finally:
         shutil.rmtree(tree, ignore_errors=True)
-    unpack, listing, filesystem = (b - a for a, b in zip(marks, marks[1:], strict=True))
+    unpack, listing, filesystem = (b - a for a, b in itertools.pairwise(marks))
     ws.monitor.log(
         "finalize",
         f"disk made from the tree in {time.monotonic() - marks[0]:.0f}s (no boot: unpacked {unpack:.0f}s, "
