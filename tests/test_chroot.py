@@ -73,6 +73,65 @@ def test_pack_and_unpack_keep_owners_modes_links_and_xattrs(tmp_path: Path) -> N
     assert not list(tmp_path.glob("*.part"))
 
 
+def _stat_view(tree: Path) -> dict[str, tuple]:
+    """Everything the next step reads of a tree: per path, type and mode, owner, size, links, mtime,
+    contents or link target, and xattrs."""
+    view = {}
+    for top, dirs, files in os.walk(tree):
+        for name in sorted([*dirs, *files]):
+            path = Path(top) / name
+            st = path.lstat()
+            body = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else b""
+            xattrs = {} if path.is_symlink() else {k: os.getxattr(path, k) for k in os.listxattr(path)}
+            view[str(path.relative_to(tree))] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_nlink, st.st_mtime_ns, body, xattrs
+            )  # fmt: skip
+    return view
+
+
+@root_only
+def test_a_kept_tree_is_taken_only_by_the_reader_of_its_packed_copy(tmp_path: Path) -> None:
+    """The hand-off between stages: the tree a stage packed is taken (moved, not unpacked) by whoever
+    reads that packed file next, also after the stage cache renamed it; any other file, a copy included,
+    is unpacked, and the kept tree is removed first. Taken or unpacked, the next step sees the same tree."""
+    tree = _tree(tmp_path)
+    f = tree / "usr/sbin/tool"
+    f.write_text("#!/bin/sh\n")
+    os.chown(f, 1234, 5678)
+    f.chmod(0o4755)
+    os.link(f, tree / "usr/sbin/tool-hardlink")
+    os.setxattr(f, "user.kiln", b"yes")
+    chroot.clamp_times(tree, 1704067200)
+    packed = tmp_path / "stage" / chroot.TREE
+    packed.parent.mkdir()
+    chroot.pack(tree, packed, log_file=None, runtime=RUNTIME)
+    unpacked = tmp_path / "unpacked"
+    chroot.unpack(packed, unpacked, log_file=None, runtime=RUNTIME)
+    expected = _stat_view(unpacked)
+
+    cached = tmp_path / "cache" / "id" / chroot.TREE  # the cache's store renames the packed file
+    cached.parent.mkdir(parents=True)
+    handoff = chroot.hand_off(packed, tree)
+    os.rename(packed, cached)
+    taken = tmp_path / "next" / "tree"
+    assert chroot.take_or_unpack(handoff, cached, taken, log_file=None, runtime=RUNTIME)
+    assert not tree.exists() and _stat_view(taken) == expected
+
+    copy = tmp_path / "copy" / chroot.TREE  # the same bytes, another file: unpacked
+    copy.parent.mkdir()
+    copy.write_bytes(cached.read_bytes())
+    other = tmp_path / "other"
+    assert not chroot.take_or_unpack(
+        chroot.hand_off(cached, taken), copy, other, log_file=None, runtime=RUNTIME
+    )
+    assert not taken.exists(), "a hand-off that is not taken is removed"
+    assert _stat_view(other) == expected
+
+    again = tmp_path / "again"  # no hand-off: unpacked
+    assert not chroot.take_or_unpack(None, cached, again, log_file=None, runtime=RUNTIME)
+    assert _stat_view(again) == expected
+
+
 @root_only
 def test_processes_left_in_a_tree_are_killed(tmp_path: Path) -> None:
     import sys

@@ -77,8 +77,9 @@ def disk_from_tree(ws: Workspace, tar: Path) -> Output:
     work.mkdir(mode=0o700, exist_ok=True)
     tree, raw = work / "tree", work / f"{ws.name}.raw"
     marks = [time.monotonic()]  # where the time goes: unpacking, the file list, the file system
+    handoff, ws.handoff = ws.handoff, None
     try:
-        chroot.unpack(tar, tree, log_file=ws.log_file, runtime=ws.runtime)
+        taken = chroot.take_or_unpack(handoff, tar, tree, log_file=ws.log_file, runtime=ws.runtime)
         marks.append(time.monotonic())
         filelist.write(tree, ws.temp / f"{ws.name}{filelist.SUFFIX}")
         marks.append(time.monotonic())
@@ -90,7 +91,8 @@ def disk_from_tree(ws: Workspace, tar: Path) -> Output:
     unpack, listing, filesystem = (b - a for a, b in itertools.pairwise(marks))
     ws.monitor.log(
         "finalize",
-        f"disk made from the tree in {time.monotonic() - marks[0]:.0f}s (no boot: unpacked {unpack:.0f}s, "
+        f"disk made from the tree in {time.monotonic() - marks[0]:.0f}s (no boot: "
+        f"{'taken from the kubernetes stage' if taken else 'unpacked'} {unpack:.0f}s, "
         f"file list {listing:.0f}s, file system {filesystem:.0f}s)",
     )
     return Output(raw, "raw", False)

@@ -126,13 +126,19 @@ class ChrootRunner:
         started = time.monotonic()
         ws.needs[stage] = chroot.stage_needs(parent, ws.base)
         space.check(sdir, ws.needs[stage], f"the {stage} stage")
+        handoff, ws.handoff = ws.handoff, None
+        taken = False
         if parent is not None and parent.name == chroot.TREE:
-            chroot.unpack(parent, tree, log_file=ws.log_file, runtime=ws.runtime)
-        elif ws.base is not None:
-            chroot.base_tree(ws.base, tree, sdir, log_file=ws.log_file, runtime=ws.runtime)
+            taken = chroot.take_or_unpack(handoff, parent, tree, log_file=ws.log_file, runtime=ws.runtime)
         else:
-            raise BuildError(f"{stage}: the chroot runner needs the base disk or a parent tree")
-        ws.monitor.log(stage, f"tree ready in {time.monotonic() - started:.0f}s; provisioning in a chroot")
+            if handoff is not None:  # a tree no one reads (the VM runner's, a base disk's)
+                shutil.rmtree(handoff.tree, ignore_errors=True)
+            if ws.base is None:
+                raise BuildError(f"{stage}: the chroot runner needs the base disk or a parent tree")
+            chroot.base_tree(ws.base, tree, sdir, log_file=ws.log_file, runtime=ws.runtime)
+        how = "taken from the last stage" if taken else "ready"
+        ws.monitor.log(stage, f"tree {how} in {time.monotonic() - started:.0f}s; provisioning in a chroot")
+        kept = False
         try:
             for playbook in playbooks:
                 run_in_chroot(ws, stage, tree, sdir, playbook)
@@ -140,8 +146,10 @@ class ChrootRunner:
                     _check_tree(ws, stage, tree)
             chroot.clamp_times(tree, ws.stage_epoch)  # the same tree at any commit, any day
             chroot.pack(tree, out, log_file=ws.log_file, runtime=ws.runtime)
+            ws.handoff, kept = chroot.hand_off(out, tree), True  # the next stage or finalize takes it
         finally:
-            shutil.rmtree(tree, ignore_errors=True)
+            if not kept:
+                shutil.rmtree(tree, ignore_errors=True)
         return Output(out, "tree", False)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.build import bootstrap, cloudimg, stages
+from kiln.build import bootstrap, chroot, cloudimg, stages
 from kiln.build.packer import PackerFlags
 from kiln.build.render import Output
 from kiln.config import Config
@@ -53,6 +53,9 @@ class Workspace:
     # source_date_epoch when set (then it is in their IDs), else STAGE_SOURCE_DATE (kiln.build.stages)
     stage_epoch: int = stages.STAGE_SOURCE_DATE
     signing_key: Any = None  # the provenance's signing key (kiln.artifacts.provenance), loaded once
+    # the last chroot stage's root tree, kept unpacked for whichever reads its packed copy next (the next
+    # stage or finalize: chroot.take_or_unpack); it lives in `work`, which goes with the build however it ends
+    handoff: chroot.Handoff | None = None
     started: float = field(default_factory=time.time)
 
     @property
