@@ -73,6 +73,15 @@ def built_image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     return BuiltImage(BuildDir.open(dirs[0]), proc.stdout, seconds)
 
 
+def default_signals() -> None:
+    """preexec_fn for a child that a test will signal: a suite started in the background (`cmd &`) or under
+    `nohup` inherits SIGINT or SIGHUP ignored, and an ignored disposition survives exec; give both back."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def interrupt_build(
     argv: list[str],
     log: Path,
@@ -87,13 +96,10 @@ def interrupt_build(
     """Start `kiln build` (argv) logging to `log`, send `sig` `settle` seconds after `marker` shows in the
     log, and check that it exits `code` (kiln: 130; `make`, which ends by the signal it was sent: minus
     that signal). It must still be running until the marker shows (within `wait`)."""
-    import signal
-
     with open(log, "wb") as fh:
-        # a suite started in the background inherits SIGINT ignored: give the child the default back
         child = subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
                                  env={**os.environ, "PACKER_VAR_FILES": ""},
-                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                                 preexec_fn=default_signals)  # fmt: skip
     try:
         deadline = time.monotonic() + wait
         while marker not in log.read_text() and time.monotonic() < deadline:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import processes_naming
+from conftest import default_signals, processes_naming
 from kiln import config
 from kiln.build import bootstrap, stages
 from kiln.build import pipeline as build
@@ -117,10 +117,8 @@ def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, 
     env = {**os.environ, "PACKER_VAR_FILES": "", "PATH": path}
     argv = [sys.executable, "-m", "kiln", "build", "debian-12", "--no-verify",
             *[a for k, v in overrides.items() for a in ("--var", f"{k}={v}")]]  # fmt: skip
-    # a suite started in the background inherits SIGINT ignored: the child gets the default disposition back
     child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                             start_new_session=True, preexec_fn=default_signals)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (pids.exists() and len(pids.read_text().split()) >= 2):
         if child.poll() is not None:
@@ -182,3 +180,24 @@ def test_stopping_make_stops_kiln(tmp_path: Path, standin: bool) -> None:
     assert not processes_naming(str(tmp_path)), "kiln (or its wrapper) outlived make"
     assert not [p for p in out.iterdir() if p.name != "logs"] if out.exists() else True, "no partial output"
     assert stages.lookup(cache, build.plan_ids(cfg)["os"].id) is None
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["terminal", "nohup"])
+def test_sighup_stops_kiln_unless_it_was_started_ignoring_it(ignored: bool) -> None:
+    """A closed terminal or SSH session (SIGHUP) stops kiln like SIGTERM; under `nohup` (SIGHUP ignored when
+    kiln starts) it keeps building. Runs in a child so that pytest's own handlers are untouched."""
+    probe = (
+        "import os, signal\n"
+        "from kiln.core import proc\n"
+        "proc.install_sigterm_handler()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    print('kept going')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    disposition = signal.SIG_IGN if ignored else signal.SIG_DFL
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGHUP, disposition))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("kept going" if ignored else "interrupted")
