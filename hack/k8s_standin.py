@@ -328,24 +328,35 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     env = dict(os.environ, KILN_K8S_STANDIN_URL=url)
-    varfile = tempfile.NamedTemporaryFile("w", prefix="k8s-standin-", suffix=".json", delete=False)
-    with varfile:
-        json.dump(var_values(args.version, url), varfile, indent=2)
-    child = subprocess.Popen(
-        [a.replace("{url}", url).replace("{varfile}", varfile.name) for a in command], env=env
-    )
+    child: subprocess.Popen[bytes] | None = None
+    early: list[int] = []  # a signal that came before the command started: passed on once it has
 
     def pass_on(signum: int, frame: object) -> None:
         """SIGTERM or SIGHUP to the wrapper (make passes SIGTERM to its child) goes to the command, which
         then cleans up and ends; the wrapper waits for it and only then stops serving."""
-        child.send_signal(signum)
+        if child is None:
+            early.append(signum)
+        else:
+            child.send_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
             signal.signal(sig, pass_on)
+    varfile = tempfile.NamedTemporaryFile("w", prefix="k8s-standin-", suffix=".json", delete=False)
     try:
+        with varfile:
+            json.dump(var_values(args.version, url), varfile, indent=2)
+        if early:
+            return 128 + early[0]
+        child = subprocess.Popen(
+            [a.replace("{url}", url).replace("{varfile}", varfile.name) for a in command], env=env
+        )
+        for signum in early:
+            child.send_signal(signum)
         return child.wait()
     except KeyboardInterrupt:
+        if child is None:
+            return 130
         child.send_signal(signal.SIGINT)
         return child.wait() or 130
     finally:

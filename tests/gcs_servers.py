@@ -41,20 +41,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_http(url: str, timeout: float = 15.0, alive: subprocess.Popen | None = None) -> None:
-    """Until `url` answers. ChildProcessError when the server process `alive` has exited (a port taken)."""
+def _wait_http(
+    url: str,
+    timeout: float = 15.0,
+    alive: subprocess.Popen | None = None,
+    ours: Callable[[requests.Response], bool] | None = None,
+) -> None:
+    """Until `url` answers. ChildProcessError when the server process `alive` has exited (a port taken),
+    or when the answer is not `ours` (another server holds the port, and ours will exit)."""
     deadline = time.monotonic() + timeout
     while True:
         if alive is not None and alive.poll() is not None:
             raise ChildProcessError(f"exited {alive.returncode}")
         try:
-            requests.get(url, timeout=1, verify=False)
-            if alive is None or alive.poll() is None:  # the answer came from our server, still running
-                return
+            answer = requests.get(url, timeout=1, verify=False)
         except requests.RequestException:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+            continue
+        if ours is not None and not ours(answer):
+            raise ChildProcessError(f"{url}: another server answered ({answer.status_code})")
+        return
+
+
+def _lists_buckets(answer: requests.Response) -> bool:
+    """fake-gcs-server's (and GCS's) answer to a bucket listing."""
+    try:
+        return answer.ok and answer.json().get("kind") == "storage#buckets"
+    except ValueError:
+        return False
 
 
 class FakeGcs:
@@ -83,11 +99,14 @@ class FakeGcs:
                 "-public-host", f"127.0.0.1:{self.http_port}",
                 "-log-level", "warn",
             ]  # fmt: skip
-            self.proc = subprocess.Popen(argv, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+            with self.log.open("wb") as out:
+                self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
             try:
-                _wait_http(self.url + "/storage/v1/b", alive=self.proc)
+                _wait_http(self.url + "/storage/v1/b", alive=self.proc, ours=_lists_buckets)
                 break
             except ChildProcessError as exc:
+                self.proc.kill()  # a server whose port another answers on is not ours to keep
+                self.proc.wait()
                 if attempt == 2:
                     text = self.log.read_text()[-2000:]
                     raise RuntimeError(f"fake-gcs-server did not start: {text}") from exc

@@ -5,6 +5,8 @@ left in a tree, the network as a chroot sees it, and the config's checks."""
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -101,10 +103,14 @@ def test_a_kept_tree_is_taken_only_by_the_reader_of_its_packed_copy(tmp_path: Pa
     f.chmod(0o4755)
     os.link(f, tree / "usr/sbin/tool-hardlink")
     os.setxattr(f, "user.kiln", b"yes")
+    (tree / "run").mkdir(exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as agent:  # a socket a stage left (tar cannot hold one)
+        agent.bind(str(tree / "run" / "agent.sock"))
     chroot.clamp_times(tree, 1704067200)
     packed = tmp_path / "stage" / chroot.TREE
     packed.parent.mkdir()
     chroot.pack(tree, packed, log_file=None, runtime=RUNTIME)
+    assert not (tree / "run" / "agent.sock").exists(), "the tree handed on is the tree packed"
     unpacked = tmp_path / "unpacked"
     chroot.unpack(packed, unpacked, log_file=None, runtime=RUNTIME)
     expected = _stat_view(unpacked)
@@ -130,6 +136,33 @@ def test_a_kept_tree_is_taken_only_by_the_reader_of_its_packed_copy(tmp_path: Pa
     again = tmp_path / "again"  # no hand-off: unpacked
     assert not chroot.take_or_unpack(None, cached, again, log_file=None, runtime=RUNTIME)
     assert _stat_view(again) == expected
+
+    rewritten = chroot.hand_off(cached, again)  # the same file (inode) written again: unpacked
+    with cached.open("r+b") as fh:
+        fh.write(fh.read())
+    assert not rewritten.holds(cached)
+    assert not chroot.take_or_unpack(rewritten, cached, tmp_path / "fresh", log_file=None, runtime=RUNTIME)
+    assert not again.exists()
+
+
+@root_only
+def test_a_kept_tree_is_removed_at_once_when_the_cache_copies_its_packed_file(tmp_path: Path) -> None:
+    """A cache_dir on another file system gets a copy of the packed tree (shutil.move): no reader can take
+    the kept tree then, so it goes at once instead of holding its space until the build ends."""
+    tree = _tree(tmp_path)
+    packed = tmp_path / "stage" / chroot.TREE
+    packed.parent.mkdir()
+    chroot.pack(tree, packed, log_file=None, runtime=RUNTIME)
+    handoff = chroot.hand_off(packed, tree)
+    assert handoff.tree_bytes == int(chroot.TREE_RATIO * packed.stat().st_size)
+    assert chroot.still_held(handoff, packed) is handoff and tree.is_dir()
+    copied = tmp_path / "cache" / chroot.TREE
+    copied.parent.mkdir()
+    shutil.copy2(packed, copied)
+    packed.unlink()
+    assert chroot.still_held(handoff, copied) is None
+    assert not tree.exists()
+    assert chroot.still_held(None, copied) is None
 
 
 @root_only
@@ -183,3 +216,19 @@ def test_a_chroot_build_runs_no_packer_and_caches_trees() -> None:
     assert run.returncode == 0, run.stderr
     assert "packer build" not in run.stdout
     assert "in a chroot (Ansible community.general.chroot)" in run.stdout + run.stderr
+
+
+def test_the_space_check_counts_a_kept_tree_as_there_already(tmp_path: Path, monkeypatch) -> None:
+    """The stage or finalize after a chroot stage finds its tree on disk (taken, or removed before anything
+    is unpacked): the check asks only for what is still to be written, and for everything without one."""
+    from kiln.core import space
+    from kiln.core.errors import DiskFullError
+
+    packed = tmp_path / chroot.TREE
+    packed.write_bytes(b"x" * 1_000_000)
+    handoff = chroot.hand_off(packed, tmp_path / "tree")
+    needs = 4 * 1_000_000
+    monkeypatch.setattr(space, "free", lambda path: needs - handoff.tree_bytes)
+    chroot.check_space(tmp_path, needs, handoff, "the kubernetes stage")
+    with pytest.raises(DiskFullError, match="the kubernetes stage needs about"):
+        chroot.check_space(tmp_path, needs, None, "the kubernetes stage")

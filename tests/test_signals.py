@@ -201,3 +201,23 @@ def test_sighup_stops_kiln_unless_it_was_started_ignoring_it(ignored: bool) -> N
                           preexec_fn=lambda: signal.signal(signal.SIGHUP, disposition))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ("kept going" if ignored else "interrupted")
+
+
+def test_a_second_stop_signal_does_not_cut_the_cleanup_short() -> None:
+    """A stop sent to the whole process group reaches kiln twice (directly, and through make or the
+    K8S_STANDIN wrapper): the first starts the cleanup, the ones after it are ignored."""
+    probe = (
+        "import os, signal\n"
+        "from kiln.core import proc\n"
+        "proc.install_sigterm_handler()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "except KeyboardInterrupt:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    print('cleaned up')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                          preexec_fn=default_signals)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cleaned up"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,19 +101,43 @@ def fake() -> FakeGcs:
     server.stop()
 
 
-def test_the_test_servers_start_when_a_port_they_were_given_is_taken(monkeypatch) -> None:
+@pytest.mark.parametrize("holder", ["silent", "answering"])
+def test_the_test_servers_start_when_a_port_they_were_given_is_taken(monkeypatch, holder: str) -> None:
     """fake-gcs-server takes its ports on the command line: one taken between "found free" and the server's
-    bind makes it exit, and it is started again on new ports. The emulator binds port 0 and keeps it."""
-    import socket
+    bind makes it exit, and it is started again on new ports; a holder that answers HTTP is not taken for
+    the server. The emulator binds port 0 and keeps it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import gcs_servers
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        ports = iter([busy, busy])
-        real = gcs_servers.free_port
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = b'{"kind": "something#else"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    real = gcs_servers.free_port
+    with contextlib.ExitStack() as stack:
+        if holder == "silent":  # listens, never answers
+            taken = stack.enter_context(socket.socket())
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            ports = iter([busy, busy])
+        else:  # another HTTP server on the HTTP port
+            other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+            threading.Thread(target=other.serve_forever, daemon=True).start()
+            stack.callback(other.server_close)
+            stack.callback(other.shutdown)
+            busy = other.server_address[1]
+            ports = iter([real(), busy])
         monkeypatch.setattr(gcs_servers, "free_port", lambda: next(ports, None) or real())
         server = FakeGcs()
         try:

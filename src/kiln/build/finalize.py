@@ -32,7 +32,12 @@ def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | No
     if ws.disk is None:
         raise BuildError(f"{ws.temp}: no disk to finalize")
     ws.needs["finalize"] = finalize_needs(ws, ws.disk)
-    space.check(ws.temp, ws.needs["finalize"], "finalize")
+    if ws.disk.format == "tree":
+        from kiln.build import chroot
+
+        chroot.check_space(ws.temp, ws.needs["finalize"], ws.handoff, "finalize")
+    else:
+        space.check(ws.temp, ws.needs["finalize"], "finalize")
     if ws.disk.format == "tree":
         ws.disk = disk_from_tree(ws, ws.disk.disk)
     finalize_disk(ws, ws.disk)
@@ -45,7 +50,6 @@ def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | No
         publish()
 
 
-TREE_RATIO = 3.3  # a root tree unpacked is about 3.3 x its zstd -3 tar (measured: debian-12, 1.1 GB)
 OUTPUT_RATIO = 0.45  # a compressed artifact (qcow2, OVA, squashfs, ISO, ...) is about 0.45 x the root
 
 
@@ -53,7 +57,9 @@ def finalize_needs(ws: Workspace, disk: Output) -> int:
     """What finalize writes at its peak, estimated: from a tree, the unpacked tree and the raw disk made
     from it; then the compressed qcow2, the OVA and each live format."""
     if disk.format == "tree":
-        root = int(disk.disk.stat().st_size * TREE_RATIO)
+        from kiln.build import chroot
+
+        root = int(disk.disk.stat().st_size * chroot.TREE_RATIO)
         making = 2 * root
     else:  # a stage disk (its backing chain in the cache) or Packer's output
         root = disk.disk.stat().st_blocks * 512 if disk.disk.exists() else 0

@@ -234,6 +234,10 @@ def stage_cached(
             {PACKAGES_KEPT: ws.packages_file} if stage == "kubernetes" and ws.packages_file.is_file() else {}
         )
         cached = stages.store(cache_dir, sid.id, out.disk, record, extra)
+        if out.format == "tree":  # the tree kept for the next reader waits only if the cache kept its file
+            from kiln.build import chroot
+
+            ws.handoff = chroot.still_held(ws.handoff, cached)
         ws.monitor.log(stage, f"{stage}: cached as stage {sid.short} ({inputs.human(record.size)})")
         return cached
 

@@ -16,7 +16,7 @@ from typing import Any
 from kiln.build import packer
 from kiln.build.render import BuildContext, Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
-from kiln.core import proc, space
+from kiln.core import proc
 from kiln.core.errors import BuildError
 
 FINALIZE_COMMAND = "sudo /usr/local/sbin/kiln-finalize"  # written by the sysprep role; Packer's shutdown
@@ -125,7 +125,7 @@ class ChrootRunner:
         tree = sdir / "tree"
         started = time.monotonic()
         ws.needs[stage] = chroot.stage_needs(parent, ws.base)
-        space.check(sdir, ws.needs[stage], f"the {stage} stage")
+        chroot.check_space(sdir, ws.needs[stage], ws.handoff, f"the {stage} stage")
         handoff, ws.handoff = ws.handoff, None
         taken = False
         if parent is not None and parent.name == chroot.TREE:

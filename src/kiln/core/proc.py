@@ -285,9 +285,12 @@ def output(argv: Sequence[str | os.PathLike[str]], *, runtime: Runtime, **kwargs
 def install_sigterm_handler() -> None:
     """Turn SIGTERM and SIGHUP (the terminal or SSH session closed) into KeyboardInterrupt, so that every
     cleanup path (children, mounts, temp dirs) runs. A SIGHUP that kiln was started ignoring (nohup) stays
-    ignored."""
+    ignored. Only the first one counts: a closed terminal or a stop sent to the whole process group reaches
+    kiln twice (directly and through make or a wrapper), and a second raise would cut the cleanup short."""
 
     def handler(signum: int, frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)

@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Collection, Mapping
@@ -359,40 +360,46 @@ def verify_image(
         options = replace(options, boot="net", bootfile=f"{server.base}/boot.ipxe")
     # cloud-init's outcome is the spec's to judge (hygiene.yaml checks `cloud-init status`)
     options = replace(options, cloud_init=checkboot.CLOUD_INIT_WAIT)
+    # the profile's `systemd-analyze blame` takes 6-13 s under TCG: it runs beside the checks (its own
+    # session, on the guest's other CPU), not after them
+    stopped = threading.Event()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="boot-profile")
     try:
         with checkboot.booted(target.disk, workdir / "vm", login, options, runtime) as vm:
             up = time.monotonic() - started
             mon.log("verify", f"guest up after {up:.0f}s; running checks")
             assert login.private_key is not None
-            # the profile's `systemd-analyze blame` takes 10 s or more under TCG: it runs beside the checks
-            # (its own session, on the guest's other CPU), not after them
-            with ThreadPoolExecutor(1, thread_name_prefix="boot-profile") as pool:
-                profiling = pool.submit(boot_profile, "127.0.0.1", vm.ssh_port, login.private_key, report_dir)
-                results = check_host(
-                    "127.0.0.1",
-                    vm.ssh_port,
-                    VERIFY_USER,
-                    login.private_key,
-                    values,
-                    spec_dir=spec_dir,
-                    root=runtime.root,
-                    phase="final",
-                    report_dir=report_dir,
-                    goss_binary=goss_binary,
-                    extra_vars=extra,
-                    meta={
-                        "image": str(target.disk),
-                        "firmware": options.firmware,
-                        "format": target.live or "disk",
-                        "boot_to_ssh_s": round(up, 1),
-                        "skipped_disk_only": sorted(LIVE_SKIPS) if target.live else [],
-                    },
-                    skip_ids=LIVE_SKIPS if target.live else (),
-                )
-                profile = profiling.result()
+            profiling = pool.submit(
+                boot_profile, "127.0.0.1", vm.ssh_port, login.private_key, report_dir, stopped=stopped
+            )
+            results = check_host(
+                "127.0.0.1",
+                vm.ssh_port,
+                VERIFY_USER,
+                login.private_key,
+                values,
+                spec_dir=spec_dir,
+                root=runtime.root,
+                phase="final",
+                report_dir=report_dir,
+                goss_binary=goss_binary,
+                extra_vars=extra,
+                meta={
+                    "image": str(target.disk),
+                    "firmware": options.firmware,
+                    "format": target.live or "disk",
+                    "boot_to_ssh_s": round(up, 1),
+                    "skipped_disk_only": sorted(LIVE_SKIPS) if target.live else [],
+                },
+                skip_ids=LIVE_SKIPS if target.live else (),
+            )
+            profile = profiling.result()
             if profile:
                 mon.log("verify", f"boot profile: {profile}")
     finally:
+        # after a failed check or an interrupt QEMU is gone by now: the profile gives up at once
+        stopped.set()
+        pool.shutdown(wait=True, cancel_futures=True)
         if server is not None:
             server.stop()
         login.forget()
@@ -403,15 +410,19 @@ def verify_image(
 BOOT_PROFILE = "boot-profile.txt"
 
 
-def boot_profile(host: str, port: int, key_file: Path, report_dir: Path | None) -> str:
+def boot_profile(
+    host: str, port: int, key_file: Path, report_dir: Path | None, *, stopped: threading.Event | None = None
+) -> str:
     """Where the guest's boot went: `systemd-analyze time` and the slowest units of `blame`, written to
     report_dir/boot-profile.txt. Returns the "Startup finished" line, or "" when the guest has no
-    systemd-analyze (or it cannot tell yet); it never fails a verify."""
+    systemd-analyze (or it cannot tell yet); it never fails a verify. Once `stopped` is set (the boot is
+    over) it stops trying to log in."""
     from kiln.vm.ssh import Session
 
     script = "systemd-analyze time; echo; systemd-analyze blame --no-pager | head -n 15"
     try:
-        with Session(host, port, VERIFY_USER, key_file, timeout=30) as session:
+        alive = (lambda: "the boot is over" if stopped.is_set() else None) if stopped is not None else None
+        with Session(host, port, VERIFY_USER, key_file, timeout=30, alive=alive) as session:
             rc, out, _ = session.run(["sudo", "sh", "-c", script], check=False, timeout=60)
     except Exception as exc:  # a profile is a nicety: no SSH, no profile
         log.info("boot profile: not available (%s)", exc)
