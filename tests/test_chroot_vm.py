@@ -55,8 +55,10 @@ def test_the_suite_image_was_provisioned_in_a_chroot_and_booted_once(built_image
     if not out:
         pytest.skip("KILN_TEST_BUILD_DIR: the image was not built by this session")
     assert "Waiting for SSH" not in out and "packer build" not in out, out[-3000:]
-    assert re.search(r"goss build phase: \d+ checks, 0 failed \(in the chroot", out), out[-3000:]
-    assert "disk made from the tree" in out and "checks passed" in out
+    # a warm local cache (not CI's) gives the kubernetes stage from it: its build-phase checks ran then
+    if "kubernetes: reusing stage" not in out:
+        assert re.search(r"goss build phase: \d+ checks, 0 failed \(in the chroot", out), out[-3000:]
+    assert "disk made from the tree" in out and "checks passed" in out  # a tree: only the chroot runner's
     assert not _mounts_under(built_image.path.parent) and not _rooted_under(built_image.path.parent)
 
 
