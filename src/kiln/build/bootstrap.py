@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 #    grub-install makes it
 LAYOUT_VERSION = 5
 
-SECTOR = 512
+SECTOR = bootloader.SECTOR
 MIB = 1024 * 1024
 BIOS_BOOT_MIB = 1
 ESP_MIB = 100
