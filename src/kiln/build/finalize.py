@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from kiln.artifacts import filelist, ova
-from kiln.build import stages
+from kiln.build import chroot, stages
 from kiln.build.render import Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.core import builddir, paths, proc, space
@@ -32,12 +32,7 @@ def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | No
     if ws.disk is None:
         raise BuildError(f"{ws.temp}: no disk to finalize")
     ws.needs["finalize"] = finalize_needs(ws, ws.disk)
-    if ws.disk.format == "tree":
-        from kiln.build import chroot
-
-        chroot.check_space(ws.temp, ws.needs["finalize"], ws.handoff, "finalize")
-    else:
-        space.check(ws.temp, ws.needs["finalize"], "finalize")
+    chroot.check_space(ws.temp, ws.needs["finalize"], ws.handoff, "finalize")  # no hand-off: space.check
     if ws.disk.format == "tree":
         ws.disk = disk_from_tree(ws, ws.disk.disk)
     finalize_disk(ws, ws.disk)
@@ -57,8 +52,6 @@ def finalize_needs(ws: Workspace, disk: Output) -> int:
     """What finalize writes at its peak, estimated: from a tree, the unpacked tree and the raw disk made
     from it; then the compressed qcow2, the OVA and each live format."""
     if disk.format == "tree":
-        from kiln.build import chroot
-
         root = int(disk.disk.stat().st_size * chroot.TREE_RATIO)
         making = 2 * root
     else:  # a stage disk (its backing chain in the cache) or Packer's output
@@ -75,8 +68,6 @@ def finalize_needs(ws: Workspace, disk: Output) -> int:
 
 def disk_from_tree(ws: Workspace, tar: Path) -> Output:
     """The chroot runner's last tree made into the finished disk, offline (kiln.build.chroot)."""
-    from kiln.build import chroot
-
     if ws.base is None:
         raise BuildError(f"{tar}: a tree needs the base disk to become a disk")
     work = ws.work / "finalize"
@@ -164,7 +155,7 @@ def live_base(ws: Workspace) -> Path:
     stage's cache entry (its size counted in the entry's record), so every Kubernetes version built on that
     os stage, at any commit, shares one file; kiln cache prune removes it with the entry."""
     from kiln.artifacts import formats
-    from kiln.build import chroot, runners
+    from kiln.build import runners
 
     cache = ws.cfg.path("cache_dir")
     os_id = ws.ids["os"].id

@@ -37,7 +37,7 @@ from typing import Any
 
 from kiln import __version__
 from kiln.artifacts import provenance
-from kiln.build import bootstrap, stages
+from kiln.build import bootstrap, chroot, stages
 from kiln.build.finalize import stage_finalize
 from kiln.build.packer import PackerFlags
 from kiln.build.render import Output
@@ -91,7 +91,6 @@ def check_package_cache(cfg: Config) -> None:
     import socket
     import urllib.parse
 
-    from kiln.build import chroot
     from kiln.core import net
 
     url = cfg.settings.apt_cache
@@ -235,8 +234,6 @@ def stage_cached(
         )
         cached = stages.store(cache_dir, sid.id, out.disk, record, extra)
         if out.format == "tree":  # the tree kept for the next reader waits only if the cache kept its file
-            from kiln.build import chroot
-
             ws.handoff = chroot.still_held(ws.handoff, cached)
         ws.monitor.log(stage, f"{stage}: cached as stage {sid.short} ({inputs.human(record.size)})")
         return cached
@@ -382,8 +379,6 @@ def run_build(
     if not rt.dry_run:
         check_package_cache(cfg)
     if cfg.settings.provisioner == "chroot" and not rt.dry_run:
-        from kiln.build import chroot
-
         chroot.check_host(rt)
     setting = cfg.settings.accelerator
     if rt.dry_run:  # no probe VM under --dry-run: auto shows as tcg, as `kiln render` does

@@ -411,7 +411,7 @@ BOOT_PROFILE = "boot-profile.txt"
 
 
 def boot_profile(
-    host: str, port: int, key_file: Path, report_dir: Path | None, *, stopped: threading.Event | None = None
+    host: str, port: int, key_file: Path, report_dir: Path | None, *, stopped: threading.Event
 ) -> str:
     """Where the guest's boot went: `systemd-analyze time` and the slowest units of `blame`, written to
     report_dir/boot-profile.txt. Returns the "Startup finished" line, or "" when the guest has no
@@ -420,8 +420,11 @@ def boot_profile(
     from kiln.vm.ssh import Session
 
     script = "systemd-analyze time; echo; systemd-analyze blame --no-pager | head -n 15"
+
+    def alive() -> str | None:
+        return "the boot is over" if stopped.is_set() else None
+
     try:
-        alive = (lambda: "the boot is over" if stopped.is_set() else None) if stopped is not None else None
         with Session(host, port, VERIFY_USER, key_file, timeout=30, alive=alive) as session:
             rc, out, _ = session.run(["sudo", "sh", "-c", script], check=False, timeout=60)
     except Exception as exc:  # a profile is a nicety: no SSH, no profile
