@@ -124,18 +124,24 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
     # Ansible at work in the tree, its mounts in place, 4 s after the stage starts provisioning
     interrupt_build(argv, log, "provisioning in a chroot", sig, wait=300, poll=0.5, settle=4)
     time.sleep(1)
-    assert not _mounts_under(tmp_path), _mounts_under(tmp_path)
-    assert not _rooted_under(tmp_path) and not _rooted_under(out)
-    assert stages.lookup(cache_dir, sid) is None
-    assert not list(stages.root(cache_dir).glob(f".{sid}.tmp-*")), "no half-made stage"
-    leftovers = [p for p in out.iterdir() if p.name != "logs"] if out.exists() else []
-    assert not leftovers, leftovers
+    _assert_nothing_left(tmp_path, out, cache_dir, sid)
     if sig == signal.SIGTERM:  # and the next build goes through (with the stand-in: the kubernetes stage too)
         version = config.load("debian-12", repo_root=REPO)["kubernetes_semver"]
         standin = [str(REPO / ".venv/bin/python"), "hack/k8s_standin.py", "run", "--version", version, "--"]
         again = subprocess.run([*standin, *argv, "--var-file", "{varfile}"], cwd=REPO, capture_output=True,
                                text=True, env={**os.environ, "PACKER_VAR_FILES": ""})  # fmt: skip
         assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+
+
+def _assert_nothing_left(tmp_path: Path, out: Path, cache_dir: Path, sid: str) -> None:
+    """After an interrupted chroot stage: no mount and no process rooted in the test's dirs, no cache entry
+    (or half-made one) for the stage, no output but the log."""
+    assert not _mounts_under(tmp_path), _mounts_under(tmp_path)
+    assert not _rooted_under(tmp_path) and not _rooted_under(out)
+    assert stages.lookup(cache_dir, sid) is None
+    assert not list(stages.root(cache_dir).glob(f".{sid}.tmp-*")), "no half-made stage"
+    leftovers = [p for p in out.iterdir() if p.name != "logs"] if out.exists() else []
+    assert not leftovers, leftovers
 
 
 def test_stopping_make_mid_chroot_stage_stops_kiln_and_leaves_nothing(built_image, tmp_path):
@@ -157,12 +163,7 @@ def test_stopping_make_mid_chroot_stage_stops_kiln_and_leaves_nothing(built_imag
     assert "interrupted" in text.lower(), text[-3000:]  # kiln's own cleanup ran, not the watchdog's
     time.sleep(1)
     assert not processes_naming(str(tmp_path)), "kiln (or the stand-in wrapper) outlived make"
-    assert not _mounts_under(tmp_path), _mounts_under(tmp_path)
-    assert not _rooted_under(tmp_path) and not _rooted_under(out)
-    assert stages.lookup(cache_dir, sid) is None
-    assert not list(stages.root(cache_dir).glob(f".{sid}.tmp-*")), "no half-made stage"
-    leftovers = [p for p in out.iterdir() if p.name != "logs"] if out.exists() else []
-    assert not leftovers, leftovers
+    _assert_nothing_left(tmp_path, out, cache_dir, sid)
 
 
 POSTINST = """#!/bin/sh

@@ -91,6 +91,16 @@ CASES = {
 }
 
 
+def _wait_for_fake(child: subprocess.Popen[str], pids: Path, what: str) -> None:
+    """Until the fake that hangs has recorded its pid and its child's (`child` still running)."""
+    deadline = time.monotonic() + 120
+    while not (pids.exists() and len(pids.read_text().split()) >= 2):
+        if child.poll() is not None:
+            pytest.fail(child.stdout.read() if child.stdout else f"{child.args[0]} exited")
+        assert time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize(
     "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
 )
@@ -119,12 +129,7 @@ def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, 
             *[a for k, v in overrides.items() for a in ("--var", f"{k}={v}")]]  # fmt: skip
     child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True, preexec_fn=default_signals)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (pids.exists() and len(pids.read_text().split()) >= 2):
-        if child.poll() is not None:
-            pytest.fail(child.stdout.read() if child.stdout else "exited")
-        assert time.monotonic() < deadline, "the fake program never started"
-        time.sleep(0.2)
+    _wait_for_fake(child, pids, "the fake program")
     child.send_signal(sig)
     output, _ = child.communicate(timeout=60)
     assert child.returncode == 130, output
@@ -159,12 +164,7 @@ def test_stopping_make_stops_kiln(tmp_path: Path, standin: bool) -> None:
             "PACKER_VAR_FILES=", *(["K8S_STANDIN=1"] if standin else [])]  # fmt: skip
     make = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PATH": path}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (pids.exists() and len(pids.read_text().split()) >= 2):
-        if make.poll() is not None:
-            pytest.fail(make.stdout.read() if make.stdout else "make exited")
-        assert time.monotonic() < deadline, "the fake packer never started"
-        time.sleep(0.2)
+    _wait_for_fake(make, pids, "the fake packer")
     make.send_signal(signal.SIGTERM)  # to make alone, not its process group
     try:
         output, _ = make.communicate(timeout=60)  # ends when the last holder of make's stdout (kiln) is gone
