@@ -164,6 +164,20 @@ def test_string_for_number(repo: Path) -> None:
     assert "config/common.json: memory: wrong type: want a number (ASCII digits)" in problems(exc)
 
 
+def test_an_emptied_key_names_what_removing_it_gives(repo: Path, tmp_path: Path) -> None:
+    """An empty string in a user layer is an error that says what the key is without that layer: the
+    target's own value where its OS file sets one, else the default."""
+    varfile = tmp_path / "mine.json"
+    varfile.write_text(json.dumps({"provisioner": ""}))
+    with pytest.raises(ConfigError) as exc:
+        config.load("debian-12", [varfile], repo_root=repo)
+    text = problems(exc)
+    assert "provisioner: must not be empty (without it: 'chroot', from config/debian-12.json; remove" in text
+    with pytest.raises(ConfigError) as exc:
+        config.load("ubuntu-2204", [varfile], repo_root=repo)
+    assert "provisioner: must not be empty (the default is 'vm'; remove the key to use it)" in problems(exc)
+
+
 def test_all_errors_reported_at_once(repo: Path) -> None:
     edit(repo / "config/common.json", cpuss=4, memory="lots")
     edit(repo / "config/kubernetes.json", kubernetes_semver="1.30")

@@ -5,6 +5,7 @@ in-process server of test_ssh.py, which runs each exec request with bash. The re
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -112,5 +113,28 @@ def test_a_silent_shell_fails_its_command_and_every_later_one_at_once(
         with pytest.raises(ShellError, match="no answer"):
             b.run("true")
         assert time.monotonic() - started < 2.5  # at once, not after another 5 s timeout
+    finally:
+        b.close()
+
+
+def test_the_operators_ssh_config_does_not_redirect_the_login(
+    server: tuple[int, ssh.KeyPair],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `Host *` in ~/.ssh/config (a common laptop setup) must not replace the verify login's user, port or
+    key, nor send it through a proxy; and a throwaway VM's new host key is no warning."""
+    port, key = server
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        "Host *\n  User somebody-else\n  Port 1\n  IdentityFile ~/.ssh/id_work\n  ProxyCommand false\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    b = _backend(port, key)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # paramiko warns with UserWarning
+            assert b.run("echo $USER-ok").stdout.endswith("-ok\n")
     finally:
         b.close()

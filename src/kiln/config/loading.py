@@ -185,7 +185,7 @@ def load(
     for path in layers:
         if path.is_file() or path == os_file:
             _apply_file(path, _label(path, root), values, origins, problems, layering)
-    os_values = dict(values)
+    os_values, os_origins = dict(values), dict(origins)
     layering.raw = []  # from here on: the user's layers, checked against the target's identity
     for path in var_paths:
         full = path if path.is_absolute() else Path.cwd() / path
@@ -215,7 +215,7 @@ def load(
     packer_spellings(values, origins)
     derive(values, origins)
     select_versioned_sums(values)
-    _check_values(values, origins, problems)
+    _check_values(values, origins, problems, underneath=(os_values, os_origins))
     _check_consistency(root, values, origins, problems)
     if problems:
         raise ConfigError(problems, hint=hint_for(problems, target))
@@ -454,7 +454,14 @@ def _text_problem(value: Any, multiline: bool = False) -> str | None:
     return None
 
 
-def _check_values(values: dict[str, Any], origins: dict[str, str], problems: list[str]) -> None:
+def _check_values(
+    values: dict[str, Any],
+    origins: dict[str, str],
+    problems: list[str],
+    underneath: tuple[Mapping[str, Any], Mapping[str, str]],
+) -> None:
+    """`underneath`: the values and origins of the repo's layers alone (defaults, shared and OS files), what
+    a user layer's key falls back to when it is removed."""
     for setting in SETTINGS:
         value = values[setting.name]
         origin = origins[setting.name]
@@ -469,7 +476,7 @@ def _check_values(values: dict[str, Any], origins: dict[str, str], problems: lis
                 + (
                     ""
                     if setting.derived
-                    else f" (the default is {inputs.clip(setting.default)}; remove the key to use it)"
+                    else f" ({_fallback(setting, origin, underneath)}; remove the key to use it)"
                 )
             )
             continue
@@ -478,6 +485,16 @@ def _check_values(values: dict[str, Any], origins: dict[str, str], problems: lis
         problem = setting.validator(value)
         if problem:
             problems.append(f"{origin}: {setting.name}: {problem}")
+
+
+def _fallback(setting: Setting, origin: str, underneath: tuple[Mapping[str, Any], Mapping[str, str]]) -> str:
+    """What the key would be without the layer that emptied it: the target's value (an OS file's
+    `provisioner: chroot`), or the default."""
+    values, origins = underneath
+    below = values[setting.name]
+    if origins[setting.name] not in (DEFAULT, origin) and below not in ("", None):
+        return f"without it: {inputs.clip(below)}, from {origins[setting.name]}"
+    return f"the default is {inputs.clip(setting.default)}"
 
 
 def _need(

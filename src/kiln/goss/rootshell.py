@@ -17,6 +17,7 @@ connection, fails that command and every later one at once.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import shlex
 import threading
@@ -27,6 +28,7 @@ from testinfra.backend import base
 from testinfra.backend.paramiko import ParamikoBackend
 
 from kiln.goss.specs import ProbeError
+from kiln.vm import ssh
 
 # A command that outlives this fails. goss commands carry their own `timeout` (kiln runs them under
 # `timeout`); this only ends a shell that stopped answering. A shell must start within START_TIMEOUT.
@@ -131,6 +133,16 @@ class RootShellBackend(ParamikoBackend):
         self._local = threading.local()
         self._shells: list[_Shell] = []
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def client(self) -> paramiko.SSHClient:
+        """kiln.vm.ssh's connection, not testinfra's: testinfra's reads ~/.ssh/config over the host spec,
+        so an operator's `Host *` with User, Port, IdentityFile or ProxyCommand replaced the verify login,
+        and it warns about every throwaway VM's new host key."""
+        if not self.ssh_identity_file or not self.host.user:
+            raise ValueError("RootShellBackend: the host spec's user and ssh_identity_file are the login")
+        key = ssh.load_private_key(self.ssh_identity_file)
+        return ssh.open_client(self.host.name, int(self.host.port or 22), self.host.user, key, self.timeout)
 
     def _shell(self) -> _Shell:
         shell = getattr(self._local, "shell", None)

@@ -199,16 +199,10 @@ def user_spec(values: Mapping[str, Any], phase: str, root: Path) -> Path | None:
 
 
 def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> TestinfraProbe:
-    import warnings
-
     from testinfra.host import Host
 
     from kiln.goss.rootshell import RootShellBackend
 
-    # Throwaway VMs have new host keys on every boot: paramiko's "unknown host key" warning is noise. (Its
-    # logger's level is kiln.vm.ssh's to set, once: lowering it here made every later boot in the same
-    # process print paramiko's traceback for each refused connection while the guest came up.)
-    warnings.filterwarnings("ignore", message="Unknown .* host key", module="paramiko")
     # A fresh Host (not testinfra.get_host's process-wide cache): each VM gets its own connection, and
     # each checking thread one root shell on it (`sudo -n /bin/sh -s`, kiln.goss.rootshell).
     backend = RootShellBackend(

@@ -101,6 +101,34 @@ def load_private_key(path: str | os.PathLike[str]) -> paramiko.PKey:
     raise InputError(f"{key_path}: not a private key paramiko can read ({'; '.join(errors)})")
 
 
+def open_client(host: str, port: int, user: str, key: paramiko.PKey, timeout: float) -> paramiko.SSHClient:
+    """One SSH connection by this module's rules: the host key offered is accepted and not kept, the key
+    given is the only key tried (no agent, no ~/.ssh keys), and no ~/.ssh/config applies (an operator's
+    `Host *` with User, Port, IdentityFile or ProxyCommand would send a throwaway VM's login elsewhere)."""
+    client = paramiko.SSHClient()
+    # Throwaway VM on loopback, fresh host keys per boot: accept, remember nothing (module doc).
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect(
+            host,
+            port=port,
+            username=user,
+            pkey=key,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            allow_agent=False,
+            look_for_keys=False,
+        )
+    except BaseException:
+        client.close()
+        raise
+    transport = client.get_transport()
+    if transport is not None:
+        transport.set_keepalive(15)
+    return client
+
+
 def _command_text(cmd: str | Sequence[str]) -> str:
     return cmd if isinstance(cmd, str) else shlex.join(str(c) for c in cmd)
 
@@ -146,28 +174,11 @@ class Session:
         attempt = 0
         while True:
             attempt += 1
-            client = paramiko.SSHClient()
-            # Throwaway VM on loopback, fresh host keys per boot: accept, remember nothing (module doc).
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
             try:
-                client.connect(
-                    self.host,
-                    port=self.port,
-                    username=self.user,
-                    pkey=self._key,
-                    timeout=connect_timeout,
-                    banner_timeout=connect_timeout,
-                    auth_timeout=connect_timeout,
-                    allow_agent=False,
-                    look_for_keys=False,
-                )
-                transport = client.get_transport()
-                if transport is not None:
-                    transport.set_keepalive(15)
+                client = open_client(self.host, self.port, self.user, self._key, connect_timeout)
                 log.debug("ssh: connected to %s after %d attempt(s)", self.target, attempt)
                 return client
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                client.close()
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if alive is not None:
                 reason = alive()
