@@ -21,7 +21,10 @@ import json, sys
 s = json.load(open(sys.argv[1]))
 print(s["ssh_port"], s["user"], s["key"] or "-")
 ' "$state")
-opts=(-p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
+# The VM is on this machine's loopback: a proxy or jump host from ~/.ssh/config (`Host *`) would reach some
+# other machine's 127.0.0.1. Command-line options win over the config file.
+opts=(-p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
+  -o ProxyCommand=none -o ProxyJump=none)
 if [ "$key" != "-" ]; then
   opts+=(-i "$key" -o IdentitiesOnly=yes)
 fi
