@@ -125,12 +125,17 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
     interrupt_build(argv, log, "provisioning in a chroot", sig, wait=300, poll=0.5, settle=4)
     time.sleep(1)
     _assert_nothing_left(tmp_path, out, cache_dir, sid)
-    if sig == signal.SIGTERM:  # and the next build goes through (with the stand-in: the kubernetes stage too)
+    if sig == signal.SIGTERM:  # the next build goes through (with the stand-in: the kubernetes stage too),
+        # from a shell whose Ansible settings would break it if they reached kiln's Ansible (no such Python)
         version = config.load("debian-12", repo_root=REPO)["kubernetes_semver"]
         standin = [str(REPO / ".venv/bin/python"), "hack/k8s_standin.py", "run", "--version", version, "--"]
+        shell = {"ANSIBLE_PYTHON_INTERPRETER": "/nonexistent/python3", "ANSIBLE_FORCE_COLOR": "1"}
         again = subprocess.run([*standin, *argv, "--var-file", "{varfile}"], cwd=REPO, capture_output=True,
-                               text=True, env={**os.environ, "PACKER_VAR_FILES": ""})  # fmt: skip
+                               text=True, env={**os.environ, "PACKER_VAR_FILES": "", **shell})  # fmt: skip
         assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert "environment: ANSIBLE_FORCE_COLOR, ANSIBLE_PYTHON_INTERPRETER (kiln's" in again.stdout
+        logs = list(out.glob("*/build.log"))
+        assert logs and "\x1b[" not in logs[0].read_text()  # Ansible's output as kiln's ansible.cfg sets it
 
 
 def _assert_nothing_left(tmp_path: Path, out: Path, cache_dir: Path, sid: str) -> None:

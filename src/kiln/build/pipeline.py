@@ -404,6 +404,12 @@ def run_build(
         ws.monitor.log(
             "build", f"kiln {__version__}: building {name} ({values['install_method']}, {accelerator})"
         )
+        if rt.withheld:
+            ws.monitor.log(
+                "build",
+                f"not passed on to Ansible from your environment: {', '.join(rt.withheld)} "
+                "(kiln's ansible/ansible.cfg sets how it provisions; docs/building.md)",
+            )
         ws.monitor.log("build", f"input hash {digest}", show=False)
         ws.monitor.log("build", "config: " + json.dumps(cfg.plain(), sort_keys=True), show=False)
         ws.work.mkdir(mode=0o700)

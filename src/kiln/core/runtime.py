@@ -22,6 +22,8 @@ class Runtime:
     dry_run: bool = False  # print what would run or be written; run nothing, write nothing, upload nothing
     debug: bool = False  # debug logging, tracebacks, Packer's own log
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # the child environment
+    # names of the caller's environment variables left out of `env` (config.default_runtime says which)
+    withheld: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
