@@ -19,6 +19,7 @@ import pytest
 
 from conftest import SITE_MAKE_VAR, interrupt_build, processes_naming
 from kiln import config
+from kiln.artifacts import filelist
 from kiln.build import pipeline as build
 from kiln.build import stages
 from kiln.core.builddir import BuildDir
@@ -126,16 +127,40 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
     time.sleep(1)
     _assert_nothing_left(tmp_path, out, cache_dir, sid)
     if sig == signal.SIGTERM:  # the next build goes through (with the stand-in: the kubernetes stage too),
-        # from a shell whose Ansible settings would break it if they reached kiln's Ansible (no such Python)
+        # from a hardened shell: umask 077, and Ansible settings that would break the build if they reached
+        # kiln's Ansible (no such Python)
         version = config.load("debian-12", repo_root=REPO)["kubernetes_semver"]
         standin = [str(REPO / ".venv/bin/python"), "hack/k8s_standin.py", "run", "--version", version, "--"]
         shell = {"ANSIBLE_PYTHON_INTERPRETER": "/nonexistent/python3", "ANSIBLE_FORCE_COLOR": "1"}
-        again = subprocess.run([*standin, *argv, "--var-file", "{varfile}"], cwd=REPO, capture_output=True,
-                               text=True, env={**os.environ, "PACKER_VAR_FILES": "", **shell})  # fmt: skip
+        role = tmp_path / "site_role"  # a user's role, as they are written: no modes given
+        (role / "tasks").mkdir(parents=True)
+        (role / "tasks" / "main.yml").write_text(SITE_ROLE)
+        more = ["--var-file", "{varfile}", "-var", f"extra_roles_after={role}"]
+        again = subprocess.run([*standin, *argv, *more], cwd=REPO, capture_output=True, text=True,
+                               env={**os.environ, "PACKER_VAR_FILES": "", **shell}, umask=0o077)  # fmt: skip
         assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
         assert "environment: ANSIBLE_FORCE_COLOR, ANSIBLE_PYTHON_INTERPRETER (kiln's" in again.stdout
         logs = list(out.glob("*/build.log"))
         assert logs and "\x1b[" not in logs[0].read_text()  # Ansible's output as kiln's ansible.cfg sets it
+        # every file both images have has the same mode as in the suite's image, built under umask 022
+        mine = filelist.read(next(out.glob("*/*.files.jsonl")))
+        theirs = filelist.read(next(built_image.path.glob("*.files.jsonl")))
+        differ = {p: (mine[p]["mode"], theirs[p]["mode"]) for p in mine.keys() & theirs.keys()
+                  if mine[p]["mode"] != theirs[p]["mode"]}  # fmt: skip
+        assert not differ, sorted(differ.items())[:20]
+        assert (mine["/etc/kiln-site.conf"]["mode"], mine["/etc/kiln-site.d"]["mode"]) == ("0644", "0755")
+
+
+SITE_ROLE = """\
+- name: A site file
+  ansible.builtin.copy:
+    content: "site=1\\n"
+    dest: /etc/kiln-site.conf
+- name: A site directory
+  ansible.builtin.file:
+    path: /etc/kiln-site.d
+    state: directory
+"""
 
 
 def _assert_nothing_left(tmp_path: Path, out: Path, cache_dir: Path, sid: str) -> None:

@@ -170,6 +170,11 @@ def _main(args: argparse.Namespace) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(message)s",
     )
     proc.install_sigterm_handler()
+    # One umask whatever the caller's: the chroot runner's Ansible, dpkg's scripts, mmdebstrap and kiln
+    # itself create files in the image's tree, and a hardened shell's 027 or 077 made them 0640 or 0600 (an
+    # image that differs by the shell it was built from, and apt keyrings its _apt user cannot read). Files
+    # that must stay private (keys, seeds) are created with their own modes.
+    os.umask(0o022)
     try:
         args.runtime = config.default_runtime(dry_run=bool(args.dry_run), debug=bool(args.debug))
         return int(args.func(args) or EXIT_OK)
