@@ -282,9 +282,19 @@ def kill_processes_in(tree: Path) -> list[int]:
         except (OSError, ValueError):
             continue
     deadline = time.monotonic() + 5
-    while killed and time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in killed):
+    while killed and time.monotonic() < deadline and not all(_dead(p) for p in killed):
         time.sleep(0.05)
     return killed
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie: dead, its entry waiting for a parent that may never collect it (kiln is not that
+    parent; waiting on /proc/PID alone waited out the whole 5 s for one)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = "") -> list[str]:
