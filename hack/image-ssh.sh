@@ -21,10 +21,10 @@ import json, sys
 s = json.load(open(sys.argv[1]))
 print(s["ssh_port"], s["user"], s["key"] or "-")
 ' "$state")
-# The VM is on this machine's loopback: a proxy or jump host from ~/.ssh/config (`Host *`) would reach some
-# other machine's 127.0.0.1. Command-line options win over the config file.
-opts=(-p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
-  -o ProxyCommand=none -o ProxyJump=none)
+# No ~/.ssh/config: the VM is on this machine's loopback, and a `Host *` proxy or jump host would reach
+# another machine's 127.0.0.1 (a RemoteCommand or ControlMaster there would get in the way too). Without a
+# key from the boot, ssh still tries your default keys and agent.
+opts=(-F /dev/null -p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR)
 if [ "$key" != "-" ]; then
   opts+=(-i "$key" -o IdentitiesOnly=yes)
 fi

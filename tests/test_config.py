@@ -176,6 +176,11 @@ def test_an_emptied_key_names_what_removing_it_gives(repo: Path, tmp_path: Path)
     with pytest.raises(ConfigError) as exc:
         config.load("ubuntu-2204", [varfile], repo_root=repo)
     assert "provisioner: must not be empty (the default is 'vm'; remove the key to use it)" in problems(exc)
+    lower = tmp_path / "site.json"  # a var file sets it, and a -var empties it: removing the -var gives that
+    lower.write_text(json.dumps({"provisioner": "vm"}))
+    with pytest.raises(ConfigError) as exc:
+        config.load("debian-12", [lower], overrides={"provisioner": ""}, repo_root=repo)
+    assert f"-var: provisioner: must not be empty (without it: 'vm', from {lower}; remove" in problems(exc)
 
 
 def test_ansible_settings_from_the_environment_are_withheld(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -375,6 +375,10 @@ def test_a_role_named_by_name_is_hashed_by_its_content(tmp_path: Path) -> None:
     (tasks / "main.yml").write_text("- ansible.builtin.debug: {msg: b}\n")
     b = stages.stage_ids(values, root, tmp_path)
     assert a["base"].id == b["base"].id and a["os"].id != b["os"].id
+    # a role kiln cannot find (Ansible may, through ANSIBLE_ROLES_PATH): the build warns that it is no input
+    (tmp_path / "by_path").mkdir()
+    values["extra_roles_after"] = ["missing_role", "by_path"]
+    assert stages.unfound_roles(values, root, tmp_path) == [("extra_roles_after", "missing_role")]
 
 
 def test_prune_never_deletes_an_entry_a_running_build_stands_on(tmp_path: Path) -> None:

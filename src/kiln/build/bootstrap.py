@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 # 4: GRUB installed offline (kiln.build.bootloader), no GRUB VM; kiln writes grub.cfg
 # 5: grub.cfg from the defaults as sh sources them, with update-grub's ids and next_entry; grub.efi as
 #    grub-install makes it
-LAYOUT_VERSION = 5
+# 6: made under kiln's umask 022 whatever the caller's (a base made from a 077 shell had 0600 files)
+LAYOUT_VERSION = 6
 
 SECTOR = bootloader.SECTOR
 MIB = 1024 * 1024

@@ -289,12 +289,14 @@ def kill_processes_in(tree: Path) -> list[int]:
 
 def _dead(pid: int) -> bool:
     """Gone, or a zombie: dead, its entry waiting for a parent that may never collect it (kiln is not that
-    parent; waiting on /proc/PID alone waited out the whole 5 s for one)."""
+    parent; waiting on /proc/PID alone waited out the whole 5 s for one). A daemon's main thread is a zombie
+    while its other threads still exit, so only a zombie with no thread left counts."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[:1]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
         return True
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+    return state in (["Z"], ["X"]) and threads <= 1
 
 
 def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = "") -> list[str]:

@@ -369,6 +369,13 @@ def run_build(
     digest = ids["finalize"].id
     key = provenance.load_private_key(signing_key) if signing_key is not None else None  # exit 2 up front
     collect_stale(cfg, mon, rt)
+    for setting, item in stages.unfound_roles(cfg.plain(), cfg.repo_root, cfg.work_root):
+        mon.log(
+            "build",
+            f"warning: {cfg.origins.get(setting, setting)}: {setting}: {item!r} is not in ansible/roles/, "
+            "ansible/ or the working directory, so its files are not part of the stage's cache key (a change "
+            "to them does not rebuild the stage); give its path",
+        )
     if not force and up_to_date(final, digest):
         mon.log("build", f"{final} is up to date (input hash {digest[:12]}); --force rebuilds")
         return BuildResult(final, name, {}, None, digest, up_to_date=True)

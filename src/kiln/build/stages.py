@@ -111,6 +111,18 @@ def _user_path(key: str, item: str, root: Path, work_root: Path) -> Path | None:
     return next((c for c in candidates if c.exists()), None)
 
 
+def unfound_roles(values: Mapping[str, Any], root: Path, work_root: Path) -> list[tuple[str, str]]:
+    """(key, role) for each extra role kiln cannot find: its content is not part of the stage's ID (a role
+    Ansible finds elsewhere, through ANSIBLE_ROLES_PATH or in a collection, or one that does not exist)."""
+    out = []
+    for key in ("extra_roles_before", "extra_roles_after"):
+        raw = values.get(key) or ()
+        for item in [raw] if isinstance(raw, str) else raw:
+            if _user_path(key, str(item), root, work_root) is None:
+                out.append((key, str(item)))
+    return out
+
+
 def user_files_digest(values: Mapping[str, Any], keys: tuple[str, ...], root: Path, work_root: Path) -> str:
     """The user's roles, specs and vars files named by `keys`: their content and their paths relative to
     what was named (never absolute paths), so the same files anywhere give the same ID."""

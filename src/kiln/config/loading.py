@@ -62,11 +62,16 @@ _default_root = repo_root  # load() has a parameter of the same name
 # ANSIBLE_STDOUT_CALLBACK give a log the progress cannot read, ANSIBLE_BECOME_ASK_PASS waits for a password,
 # ANSIBLE_SSH_ARGS drops kiln's SSH options. kiln's ansible/ansible.cfg decides; only where to find the
 # user's own content (extra_roles_before/after by name, the collections and plugins they use) passes.
+# (ANSIBLE_HOME: where ~/.ansible's collections and roles are when it is moved; a *_PLUGINS path adds
+# plugins to choose from, it chooses none.)
 ANSIBLE_PASSED = frozenset({
-    "ANSIBLE_ROLES_PATH", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_COLLECTIONS_PATHS", "ANSIBLE_LIBRARY",
-    "ANSIBLE_MODULE_UTILS", "ANSIBLE_FILTER_PLUGINS", "ANSIBLE_TEST_PLUGINS", "ANSIBLE_LOOKUP_PLUGINS",
-    "ANSIBLE_ACTION_PLUGINS", "ANSIBLE_VARS_PLUGINS", "ANSIBLE_VAULT_PASSWORD_FILE",
-    "ANSIBLE_VAULT_IDENTITY_LIST",
+    "ANSIBLE_HOME", "ANSIBLE_ROLES_PATH", "ANSIBLE_COLLECTIONS_PATH", "ANSIBLE_COLLECTIONS_PATHS",
+    "ANSIBLE_LIBRARY", "ANSIBLE_MODULE_UTILS", "ANSIBLE_DOC_FRAGMENT_PLUGINS", "ANSIBLE_VAULT_PASSWORD_FILE",
+    "ANSIBLE_VAULT_IDENTITY", "ANSIBLE_VAULT_IDENTITY_LIST",
+    *(f"ANSIBLE_{kind}_PLUGINS" for kind in (
+        "ACTION", "BECOME", "CACHE", "CALLBACK", "CLICONF", "CONNECTION", "FILTER", "HTTPAPI", "INVENTORY",
+        "LOOKUP", "NETCONF", "STRATEGY", "TERMINAL", "TEST", "VARS",
+    )),
 })  # fmt: skip
 
 
@@ -201,10 +206,13 @@ def load(
     layers += [root / "config" / f"{name}.json" for name in SHARED_FILES if name != "common"]
     var_paths = [Path(p) for p in var_files]
     layering = _Layering()
+    # each layer's view of what lies beneath it: what removing a key it empties would give
+    beneath: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}
     for path in layers:
         if path.is_file() or path == os_file:
+            beneath[_label(path, root)] = (dict(values), dict(origins))
             _apply_file(path, _label(path, root), values, origins, problems, layering)
-    os_values, os_origins = dict(values), dict(origins)
+    os_values = dict(values)
     layering.raw = []  # from here on: the user's layers, checked against the target's identity
     for path in var_paths:
         full = path if path.is_absolute() else Path.cwd() / path
@@ -212,7 +220,9 @@ def load(
         if _absent(full):
             problems.append(f"{label}: var file not found (from PACKER_VAR_FILES / --var-file)")
             continue
+        beneath.setdefault(label, (dict(values), dict(origins)))
         _apply_file(full, label, values, origins, problems, layering)
+    beneath[override_origin] = (dict(values), dict(origins))
     for key, raw in (overrides or {}).items():
         setting = BY_NAME.get(key) or ALIASES.get(key)
         if setting is None:
@@ -234,7 +244,7 @@ def load(
     packer_spellings(values, origins)
     derive(values, origins)
     select_versioned_sums(values)
-    _check_values(values, origins, problems, underneath=(os_values, os_origins))
+    _check_values(values, origins, problems, beneath)
     _check_consistency(root, values, origins, problems)
     if problems:
         raise ConfigError(problems, hint=hint_for(problems, target))
@@ -477,10 +487,9 @@ def _check_values(
     values: dict[str, Any],
     origins: dict[str, str],
     problems: list[str],
-    underneath: tuple[Mapping[str, Any], Mapping[str, str]],
+    beneath: Mapping[str, tuple[Mapping[str, Any], Mapping[str, str]]],
 ) -> None:
-    """`underneath`: the values and origins of the repo's layers alone (defaults, shared and OS files), what
-    a user layer's key falls back to when it is removed."""
+    """`beneath`: for each layer (its label), the values and origins before it was applied."""
     for setting in SETTINGS:
         value = values[setting.name]
         origin = origins[setting.name]
@@ -495,7 +504,7 @@ def _check_values(
                 + (
                     ""
                     if setting.derived
-                    else f" ({_fallback(setting, origin, underneath)}; remove the key to use it)"
+                    else f" ({_fallback(setting, origin, beneath)}; remove the key to use it)"
                 )
             )
             continue
@@ -506,13 +515,15 @@ def _check_values(
             problems.append(f"{origin}: {setting.name}: {problem}")
 
 
-def _fallback(setting: Setting, origin: str, underneath: tuple[Mapping[str, Any], Mapping[str, str]]) -> str:
-    """What the key would be without the layer that emptied it: the target's value (an OS file's
-    `provisioner: chroot`), or the default."""
-    values, origins = underneath
-    below = values[setting.name]
-    if origins[setting.name] not in (DEFAULT, origin) and below not in ("", None):
-        return f"without it: {inputs.clip(below)}, from {origins[setting.name]}"
+def _fallback(
+    setting: Setting, origin: str, beneath: Mapping[str, tuple[Mapping[str, Any], Mapping[str, str]]]
+) -> str:
+    """What the key would be without the layer that emptied it: a lower layer's value (an OS file's
+    `provisioner: chroot`, a var file's under a `-var`), or the default."""
+    values, origins = beneath.get(origin.split(" (image-builder: ")[0], ({}, {}))
+    below, where = values.get(setting.name), origins.get(setting.name, DEFAULT)
+    if where != DEFAULT and below not in ("", None):
+        return f"without it: {inputs.clip(below)}, from {where}"
     return f"the default is {inputs.clip(setting.default)}"
 
 

@@ -205,8 +205,9 @@ def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> Testinf
 
     # A fresh Host (not testinfra.get_host's process-wide cache): each VM gets its own connection, and
     # each checking thread one root shell on it (`sudo -n /bin/sh -s`, kiln.goss.rootshell).
+    spec_host = f"[{host}]" if ":" in host else host  # an IPv6 address, as testinfra's host spec writes it
     backend = RootShellBackend(
-        f"{user}@{host}:{port}", ssh_identity_file=str(key_file), sudo=True, timeout=60
+        f"{user}@{spec_host}:{port}", ssh_identity_file=str(key_file), sudo=True, timeout=60
     )
     target = f"{user}@{host}:{port}"
     hint = "the checks run as root through passwordless sudo (NOPASSWD)"

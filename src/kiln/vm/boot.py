@@ -57,10 +57,11 @@ class BootState:
     started: float
 
     def connect_hint(self) -> str:
-        key = f"-i {self.key} " if self.key else ""
+        key = f"-i {self.key} -o IdentitiesOnly=yes " if self.key else ""
+        # no ~/.ssh/config: a `Host *` proxy or jump host would reach another machine's 127.0.0.1
         return (
-            f"ssh {key}-p {self.ssh_port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-            f"{self.user}@127.0.0.1"
+            f"ssh -F /dev/null {key}-p {self.ssh_port} -o StrictHostKeyChecking=no "
+            f"-o UserKnownHostsFile=/dev/null {self.user}@127.0.0.1"
         )
 
 
