@@ -18,6 +18,7 @@ from typing import Any
 
 from kiln import __version__
 from kiln.config.typed import Settings
+from kiln.core import redact
 
 _SAFE = re.compile(r"[^A-Za-z0-9.-]+")
 # SPDX's download-location grammar takes a host name with a domain and no port; anything else (a lab mirror
@@ -48,6 +49,8 @@ def _package(
     sha256: str | None,
     comment: str = "",
 ) -> dict[str, Any]:
+    source = redact.line(source)  # a token in a download URL is not for the published SBOM
+    sha256 = redact.line(sha256) if sha256 else sha256  # (nor in the URL of the sum file checked against)
     location = source if source and _SPDX_URL.match(source) else "NOASSERTION"
     pkg: dict[str, Any] = {
         "SPDXID": spdx_id,

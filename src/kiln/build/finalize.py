@@ -225,7 +225,7 @@ def write_provenance(ws: Workspace, files: list[Path]) -> Path:
     pkgs = compare.read_packages(ws.packages_file) if ws.packages_file.is_file() else {}
     stmt = provenance.statement(
         ws.temp,
-        files, ws.cfg.plain(), pkgs, target=ws.cfg.target, runner=runner, commit=paths.commit(),
+        files, ws.cfg.recorded(), pkgs, target=ws.cfg.target, runner=runner, commit=paths.commit(),
         input_hash=ws.ids["finalize"].id, ci=_ci_run(ws.runtime.env), started=ws.started,
         finished=time.time(),
     )  # fmt: skip

@@ -418,7 +418,7 @@ def run_build(
                 "(kiln's ansible/ansible.cfg sets how it provisions; docs/building.md)",
             )
         ws.monitor.log("build", f"input hash {digest}", show=False)
-        ws.monitor.log("build", "config: " + json.dumps(cfg.plain(), sort_keys=True), show=False)
+        ws.monitor.log("build", "config: " + json.dumps(cfg.recorded(), sort_keys=True), show=False)
         ws.work.mkdir(mode=0o700)
 
         def publish() -> None:

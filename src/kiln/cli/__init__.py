@@ -22,7 +22,7 @@ from typing import IO, Any
 from kiln import __version__, config
 from kiln.cli import artifacts, boot, build, completion, publish, verify  # noqa: F401  (each registers its subcommands)
 from kiln.cli.base import REGISTRY
-from kiln.core import proc
+from kiln.core import proc, redact
 from kiln.core.errors import EXIT_INTERRUPTED, EXIT_OK, KilnError
 
 
@@ -181,9 +181,9 @@ def _main(args: argparse.Namespace) -> int:
     except KilnError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"kiln: error: {err.message}", file=sys.stderr)
+        print(f"kiln: error: {redact.line(err.message)}", file=sys.stderr)
         if err.hint:
-            print(f"kiln: hint: {err.hint}", file=sys.stderr)
+            print(f"kiln: hint: {redact.line(err.hint)}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)

@@ -187,7 +187,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_json(), indent=2))
     else:
         width = max(len(o) for o in cfg.origins.values())
-        for key, value in cfg.plain().items():
+        for key, value in cfg.recorded().items():
             print(f"{cfg.origins[key]:<{width}}  {key}={_fmt_value(value)}")
     return 0
 

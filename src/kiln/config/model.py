@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from kiln.config.typed import Settings
-from kiln.core import builddir, paths
+from kiln.core import builddir, paths, redact
 from kiln.core.errors import InputError
 
 
@@ -42,9 +42,14 @@ class Config:
         """The values as plain JSON types (lists and dicts), for templates and Ansible extra vars."""
         return {k: _plain(v) for k, v in self.values.items()}
 
+    def recorded(self) -> dict[str, Any]:
+        """plain() with the credentials in URLs (`http://user:password@proxy:3128`, `https://TOKEN@host`)
+        shown as `***@`: what kiln writes down (config.json, the build log, the provenance) or lists."""
+        return {k: redact.credentials(v) for k, v in self.plain().items()}
+
     def to_json(self) -> dict[str, dict[str, Any]]:
-        """`{"key": {"value": V, "origin": "file"}}`, as stored in build dirs as config.json."""
-        return {k: {"value": _plain(v), "origin": self.origins[k]} for k, v in self.values.items()}
+        """`{"key": {"value": V, "origin": "file"}}`, as stored in build dirs as config.json (recorded())."""
+        return {k: {"value": v, "origin": self.origins[k]} for k, v in self.recorded().items()}
 
     @property
     def work_root(self) -> Path:

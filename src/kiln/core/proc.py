@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.core import watchdog
+from kiln.core import redact, watchdog
 from kiln.core.errors import CommandError, Interrupted, ToolMissingError
 from kiln.core.runtime import Runtime
 
@@ -123,7 +123,7 @@ def run(
         for secret in secret_values:
             if secret:
                 text = text.replace(secret, "***")
-        return text
+        return redact.line(text)  # and a login in a URL (a proxy's, a mirror's)
 
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     captured: list[str] = []

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import IO, Any, Protocol
 
+from kiln.core import redact
+
 
 class Monitor(Protocol):
     def begin(self, stage: str, what: str) -> None: ...
@@ -57,6 +59,7 @@ class Terminal:
         self._tasks: dict[str, Any] = {}
 
     def _say(self, text: str) -> None:
+        text = redact.line(text)  # every sink shows a URL's login as ***
         if self._rich is not None:
             self._rich.console.print(text, markup=False, highlight=False)
         else:
@@ -109,7 +112,7 @@ class LogFile:
         self.fh = fh
 
     def _write(self, text: str) -> None:
-        self.fh.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+        self.fh.write(f"{time.strftime('%H:%M:%S')} {redact.line(text)}\n")
         self.fh.flush()
 
     def begin(self, stage: str, what: str) -> None:
@@ -133,7 +136,7 @@ class JsonLines:
         self.stream = stream or sys.stdout
 
     def _emit(self, event: str, stage: str, **fields: Any) -> None:
-        record = {"time": round(time.time(), 3), "event": event, "stage": stage, **fields}
+        record = {"time": round(time.time(), 3), "event": event, "stage": stage, **redact.credentials(fields)}
         print(json.dumps(record, sort_keys=False), file=self.stream, flush=True)
 
     def begin(self, stage: str, what: str) -> None:
