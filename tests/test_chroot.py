@@ -201,6 +201,13 @@ def test_the_network_as_a_chroot_sees_it() -> None:
     )
     assert seen["extra_repos"] == ["deb http://127.0.0.1:80/debian bookworm main"]
     assert seen["other"] == "http://10.0.2.20:1/"
+    # with a login, with no port or path, and never a look-alike
+    assert chroot.host_view("http://kiln:s3cret@10.0.2.2:3142") == "http://kiln:s3cret@127.0.0.1:3142"
+    assert chroot.host_view("http://10.0.2.2") == "http://127.0.0.1"
+    assert (
+        chroot.host_view("http://10.0.2.2.example/ http://x10.0.2.2:1/")
+        == "http://10.0.2.2.example/ http://x10.0.2.2:1/"
+    )
 
 
 def test_provisioner_chroot_is_for_bootstrap_targets_on_qemu() -> None:

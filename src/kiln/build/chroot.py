@@ -43,13 +43,16 @@ _IN_NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--"]
 QEMU_HOST = "10.0.2.2"  # the build host as a QEMU user-network guest reaches it
 
 
+# a URL's host part that is QEMU_HOST: after `scheme://` and any login, before a port, a path or the end
+_AT_QEMU_HOST = re.compile(r"(://(?:[^/?#@\s]*@)?)" + re.escape(QEMU_HOST) + r"(?=[:/?#\s]|$)")
+
+
 def host_view(values: Any) -> Any:
     """Values as the chroot sees the network: a URL at QEMU's address of the build host (the stand-in
-    server, an apt cache on the host) is the build host itself, 127.0.0.1, in a chroot."""
+    server, an apt cache on the host, with or without a login) is the build host itself, 127.0.0.1, in a
+    chroot."""
     if isinstance(values, str):
-        return values.replace(f"://{QEMU_HOST}:", "://127.0.0.1:").replace(
-            f"://{QEMU_HOST}/", "://127.0.0.1/"
-        )
+        return _AT_QEMU_HOST.sub(r"\g<1>127.0.0.1", values)
     if isinstance(values, Mapping):
         return {k: host_view(v) for k, v in values.items()}
     if isinstance(values, list | tuple):
