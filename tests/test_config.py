@@ -185,14 +185,18 @@ def test_an_emptied_key_names_what_removing_it_gives(repo: Path, tmp_path: Path)
 
 def test_ansible_settings_from_the_environment_are_withheld(monkeypatch: pytest.MonkeyPatch) -> None:
     """An operator's ANSIBLE_* settings do not reach kiln's Ansible runs (kiln's ansible.cfg decides), the
-    paths to their own roles and collections do; the build names what it left out. The real counterpart is
-    tests/test_chroot_vm.py's rebuild with such settings."""
+    paths to their own roles and collections do; the build names what it left out. Every child gets the
+    C.UTF-8 locale, whatever the shell's. The real counterpart is tests/test_chroot_vm.py's rebuild with such
+    settings."""
     monkeypatch.setenv("ANSIBLE_PYTHON_INTERPRETER", "/opt/py312/bin/python3")
     monkeypatch.setenv("ANSIBLE_FORCE_COLOR", "1")
     monkeypatch.setenv("ANSIBLE_ROLES_PATH", "/srv/roles")
     monkeypatch.setenv("ANSIBLE_COLLECTIONS_PATH", "/srv/collections")
     monkeypatch.setenv("NOT_ANSIBLE_X", "kept")
+    monkeypatch.setenv("LANG", "de_DE.UTF-8")
+    monkeypatch.setenv("LANGUAGE", "de:en")
     rt = config.default_runtime()
+    assert (rt.env["LANG"], rt.env["LC_ALL"], "LANGUAGE" in rt.env) == ("C.UTF-8", "C.UTF-8", False)
     assert rt.withheld == ("ANSIBLE_FORCE_COLOR", "ANSIBLE_PYTHON_INTERPRETER")
     assert "ANSIBLE_PYTHON_INTERPRETER" not in rt.env and "ANSIBLE_FORCE_COLOR" not in rt.env
     assert rt.env["ANSIBLE_ROLES_PATH"] == "/srv/roles" and rt.env["NOT_ANSIBLE_X"] == "kept"

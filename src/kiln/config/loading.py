@@ -77,8 +77,9 @@ ANSIBLE_PASSED = frozenset({
 
 def default_runtime(dry_run: bool = False, debug: bool = False, root: Path | None = None) -> Runtime:
     """The Runtime of this process: its environment, with kiln's virtualenv first on PATH (Packer's ansible
-    provisioner runs `ansible-playbook` from there), Packer's update check off, and no Ansible setting but
-    the content paths of ANSIBLE_PASSED (the rest is in `withheld`). Made once by the CLI."""
+    provisioner runs `ansible-playbook` from there), Packer's update check off, the C.UTF-8 locale, and no
+    Ansible setting but the content paths of ANSIBLE_PASSED (the rest is in `withheld`). Made once by the
+    CLI."""
     import sys
 
     env = dict(os.environ)
@@ -90,6 +91,11 @@ def default_runtime(dry_run: bool = False, debug: bool = False, root: Path | Non
     if venv_bin not in path.split(os.pathsep):
         path = f"{venv_bin}{os.pathsep}{path}"
     env.update(PATH=path, CHECKPOINT_DISABLE="1", PACKER_NO_COLOR="1")
+    # One locale for every child, the one every tree has (glibc's built-in C.UTF-8): a workstation's
+    # en_US.UTF-8 or de_DE.UTF-8 reached the chroot's maintainer scripts, where no such locale is generated
+    # (perl's "Setting locale failed" for each), and made tools answer in another language.
+    env.update(LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    env.pop("LANGUAGE", None)
     return Runtime(
         root=root or repo_root(), dry_run=dry_run, debug=debug, env=MappingProxyType(env), withheld=withheld
     )
