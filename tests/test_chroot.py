@@ -243,3 +243,20 @@ def test_the_space_check_counts_a_kept_tree_as_there_already(tmp_path: Path, mon
     chroot.check_space(tmp_path, needs, handoff, "the kubernetes stage")
     with pytest.raises(DiskFullError, match="the kubernetes stage needs about"):
         chroot.check_space(tmp_path, needs, None, "the kubernetes stage")
+
+
+def test_programs_in_a_tree_get_no_host_paths_and_the_system_path() -> None:
+    """A TMPDIR (or PYTHONPATH, PERL5LIB) of the build host names nothing in the image's tree: `mktemp` in a
+    maintainer script failed on it. PATH gets the system's sbin and bin directories (dpkg needs ldconfig)."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from kiln.core import proc
+
+    rt = replace(RUNTIME, env=MappingProxyType({"PATH": "/opt/venv/bin:/usr/bin", "TMPDIR": "/scratch",
+                                                "PYTHONPATH": "/opt/lib", "HOME": "/root"}))  # fmt: skip
+    env = proc.tree_env(rt)
+    assert "TMPDIR" not in env and "PYTHONPATH" not in env and env["HOME"] == "/root"
+    assert env["PATH"].split(":") == [
+        "/opt/venv/bin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/sbin", "/bin",
+    ]  # fmt: skip

@@ -127,11 +127,14 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
     time.sleep(1)
     _assert_nothing_left(tmp_path, out, cache_dir, sid)
     if sig == signal.SIGTERM:  # the next build goes through (with the stand-in: the kubernetes stage too),
-        # from a hardened shell: umask 077, and Ansible settings that would break the build if they reached
-        # kiln's Ansible (no such Python)
+        # from a hardened shell: umask 077, Ansible settings that would break the build if they reached
+        # kiln's Ansible (no such Python), a locale the tree does not have, and a TMPDIR only the host has
         version = config.load("debian-12", repo_root=REPO)["kubernetes_semver"]
         standin = [str(REPO / ".venv/bin/python"), "hack/k8s_standin.py", "run", "--version", version, "--"]
-        shell = {"ANSIBLE_PYTHON_INTERPRETER": "/nonexistent/python3", "ANSIBLE_FORCE_COLOR": "1"}
+        host_tmp = tmp_path / "host-tmp"
+        host_tmp.mkdir()
+        shell = {"ANSIBLE_PYTHON_INTERPRETER": "/nonexistent/python3", "ANSIBLE_FORCE_COLOR": "1",
+                 "LANG": "en_US.UTF-8", "LANGUAGE": "de", "TMPDIR": str(host_tmp)}  # fmt: skip
         role = tmp_path / "site_role"  # a user's role, as they are written: no modes given
         (role / "tasks").mkdir(parents=True)
         (role / "tasks" / "main.yml").write_text(SITE_ROLE)
@@ -160,6 +163,10 @@ SITE_ROLE = """\
   ansible.builtin.file:
     path: /etc/kiln-site.d
     state: directory
+- name: A temp file, as maintainer scripts and site scripts make them
+  ansible.builtin.shell: f=$(mktemp) && rm -f "$f"
+- name: The tree's own locale
+  ansible.builtin.shell: test "$(perl -e 1 2>&1)" = ""
 """
 
 
@@ -252,6 +259,6 @@ def test_a_postinst_that_starts_a_service_leaves_no_process_after_the_stage(buil
     assert (tree / "var/lib/kiln-test-daemon.policy").read_text().strip() == "101"  # no service starts
     pid = int((tree / "var/lib/kiln-test-daemon.pid").read_text())  # and yet this one did
     time.sleep(0.5)
-    assert not Path(f"/proc/{pid}").exists() or not os.readlink(f"/proc/{pid}/root").startswith(str(tree))
+    assert pid not in _rooted_under(tree)  # killed: gone, or a zombie until its parent collects it
     assert not _rooted_under(tree) and not _mounts_under(tmp_path)
     assert not (tree / chroot.POLICY_RC_D).exists()  # the stage's policy goes with it

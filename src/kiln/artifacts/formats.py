@@ -141,6 +141,7 @@ def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | Non
             mounted.append(target)
         proc.run(
             ["chroot", str(tree), "mkinitramfs", "-o", "/tmp/kiln-live-initrd", kver],
+            env=proc.tree_env(runtime),
             extra_env=source_date_env(epoch),
             log_file=log_file,
             runtime=runtime,

@@ -103,6 +103,7 @@ def prepare_tree(
     ):
         proc.run(
             ["chroot", str(tree), "grub-mkimage", "-O", fmt, "-o", out, "-p", where, *modules],
+            env=proc.tree_env(runtime),
             log_file=log_file,
             runtime=runtime,
         )
@@ -113,7 +114,7 @@ def prepare_tree(
     cfg.chmod(0o600)  # as Debian 12's update-grub left it on the base disks it made
     try:
         proc.run(["chroot", str(tree), "grub-script-check", "/boot/grub/grub.cfg"], log_file=log_file,
-                 runtime=runtime)  # fmt: skip
+                 env=proc.tree_env(runtime), runtime=runtime)  # fmt: skip
     except CommandError as exc:
         raise BuildError(
             f"{cfg}: grub-script-check finds a syntax error in the grub.cfg made from {DEFAULTS_FILES}: "
@@ -151,7 +152,7 @@ def read_defaults(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> 
     answer = tree / _ANSWER
     try:
         proc.run(["chroot", str(tree), "/bin/sh", "-c", _SOURCE, "/" + _ANSWER], log_file=log_file,
-                 runtime=runtime)  # fmt: skip
+                 env=proc.tree_env(runtime), runtime=runtime)  # fmt: skip
         values = answer.read_bytes().decode(errors="replace").split("\0")
     except CommandError as exc:
         raise BuildError(f"{tree}: sourcing {DEFAULTS_FILES} failed: {exc.output_tail.strip()}") from exc

@@ -317,6 +317,7 @@ def _build(
             str(tree),
             spec.mirror,
         ],
+        env=proc.tree_env(runtime),
         extra_env={"SOURCE_DATE_EPOCH": str(spec.source_date)} if spec.source_date else None,
         log_file=log_file,
         runtime=runtime,

@@ -344,8 +344,8 @@ def run_playbooks(
             argv = playbook_argv(tree, vars_file, playbook, user_vars)
             try:
                 proc.run(
-                    argv, extra_env={**env, "KILN_RESOLV_CONF": str(host_resolv)}, log_file=log_file,
-                    on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
+                    argv, env=proc.tree_env(runtime), extra_env={**env, "KILN_RESOLV_CONF": str(host_resolv)},
+                    log_file=log_file, on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
                 )  # fmt: skip
             except CommandError as err:
                 raise BuildError(

@@ -83,6 +83,23 @@ def _child_env(
     return base
 
 
+# The build host's own temp and library paths: inside an image's tree they name nothing, or the wrong thing
+# (a TMPDIR the tree lacks fails every `mktemp` there: mkinitramfs under dpkg's trigger, maintainer scripts).
+_HOST_PATHS = ("TMPDIR", "TMP", "TEMP", "TEMPDIR", "PYTHONPATH", "PYTHONSTARTUP", "PERL5LIB", "PERLLIB")
+_SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def tree_env(runtime: Runtime) -> dict[str, str]:
+    """The environment for programs that run inside an image's tree (chroot, mmdebstrap's maintainer
+    scripts, Ansible's chroot connection, which passes its own on): the runtime's without _HOST_PATHS, and
+    with the system's sbin and bin directories on PATH (dpkg needs ldconfig and start-stop-daemon there; a
+    user's or sudo's PATH can lack them)."""
+    env = {k: v for k, v in runtime.env.items() if k not in _HOST_PATHS}
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p]
+    env["PATH"] = os.pathsep.join([*path, *(d for d in _SYSTEM_PATH if d not in path)])
+    return env
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
