@@ -40,18 +40,23 @@ from kiln.artifacts import provenance
 from kiln.build import bootstrap, chroot, stages
 from kiln.build.finalize import stage_finalize
 from kiln.build.packer import PackerFlags
+from kiln.build.preflight import (
+    check_package_cache,
+    check_replaceable_build,
+    check_tools,
+    check_vmware,
+    warn_unfound_roles,
+)
 from kiln.build.render import Output
 from kiln.build.runners import ChrootRunner, PackerRunner
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.config import Config
 from kiln.core import builddir, inputs, paths, proc, tempdirs
-from kiln.core.errors import BuildError, InputError, KilnError
+from kiln.core.errors import BuildError, KilnError
 from kiln.core.progress import LogFile, Monitor, Multi, Null
 from kiln.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-VMWARE_TOOLS = ("vmrun", "vmware", "vmplayer", "vmware-vdiskmanager")
 
 
 @dataclass
@@ -66,66 +71,6 @@ class BuildResult:
 
     def __str__(self) -> str:
         return str(self.path)
-
-
-# --- helpers the stages share ------------------------------------------------------------------------------
-
-
-def required_tools(values: Mapping[str, Any]) -> list[str]:
-    tools = ["packer", "qemu-system-x86_64", "qemu-img", "ansible-playbook"]
-    if values.get("install_method") == "bootstrap":
-        tools += ["mmdebstrap", "sfdisk", "mkfs.fat", "mkfs.ext4"]
-    return tools
-
-
-def check_tools(values: Mapping[str, Any], runtime: Runtime) -> None:
-    """ToolMissingError (exit 2) naming the package for the first missing program (on the runtime's PATH,
-    which has kiln's virtualenv first: Packer runs ansible-playbook from there)."""
-    for tool in required_tools(values):
-        proc.which(tool, runtime)
-
-
-def check_package_cache(cfg: Config) -> None:
-    """`apt_cache` must answer before any stage runs: a stopped cache would otherwise show as apt timing out
-    deep in the os stage (and with disable_public_repos the cache is the only way to packages). Exit 1."""
-    import socket
-    import urllib.parse
-
-    from kiln.core import net
-
-    url = cfg.settings.apt_cache
-    if not url:
-        return
-    seen = str(chroot.host_view(url))  # QEMU's address of the build host is this host
-    parts = urllib.parse.urlsplit(seen)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        socket.create_connection((parts.hostname or "", port), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        cause = net.describe(exc, seen).cause if isinstance(exc, OSError) else str(exc)
-        raise BuildError(
-            f"apt_cache {url}: {cause}",
-            hint="start the package cache, or unset apt_cache"
-            + (
-                "; disable_public_repos is on, so the cache is the build's only package source"
-                if cfg.settings.disable_public_repos
-                else ""
-            ),
-        ) from None
-
-
-def check_vmware(cfg: Config, runtime: Runtime) -> None:
-    """vmware-iso needs VMware Workstation, Player or Fusion: without it, fail now (exit 2), not after
-    Packer has started."""
-    import shutil as _sh
-
-    if any(_sh.which(tool, path=runtime.path or None) for tool in VMWARE_TOOLS):
-        return
-    raise InputError(
-        f"builder vmware-iso: VMware is not installed (none of {', '.join(VMWARE_TOOLS)} on PATH)",
-        hint=f"build the qcow2 with QEMU instead: `make build-qemu-{cfg.target}` (kiln build {cfg.target} "
-        "--only qemu); kiln makes the OVA from it",
-    )
 
 
 # --- the stages --------------------------------------------------------------------------------------------
@@ -369,13 +314,7 @@ def run_build(
     digest = ids["finalize"].id
     key = provenance.load_private_key(signing_key) if signing_key is not None else None  # exit 2 up front
     collect_stale(cfg, mon, rt)
-    for setting, item in stages.unfound_roles(cfg.plain(), cfg.repo_root, cfg.work_root):
-        mon.log(
-            "build",
-            f"warning: {cfg.origins.get(setting, setting)}: {setting}: {item!r} is not in ansible/roles/, "
-            "ansible/ or the working directory, so its files are not part of the stage's cache key (a change "
-            "to them does not rebuild the stage); give its path",
-        )
+    warn_unfound_roles(cfg, mon)
     if not force and up_to_date(final, digest):
         mon.log("build", f"{final} is up to date (input hash {digest[:12]}); --force rebuilds")
         return BuildResult(final, name, {}, None, digest, up_to_date=True)
@@ -533,25 +472,6 @@ def _manifest_files(final: Path) -> list[dict[str, Any]]:
     except (KilnError, KeyError, IndexError, TypeError):
         return []
     return [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
-
-
-def check_replaceable_build(final: Path) -> None:
-    """kiln replaces a build dir only if it made it: its marker, or (builds from before the marker) a
-    packer-manifest.json whose custom_data carries kiln_version. Anything else: InputError, exit 2."""
-    if not final.exists() and not final.is_symlink():
-        return
-    if final.is_dir() and not final.is_symlink():
-        if (final / inputs.MARKER).is_file():
-            return
-        try:
-            if builddir.BuildDir.open(final).custom_data.get("kiln_version"):
-                return
-        except KilnError:
-            pass
-    raise InputError(
-        f"{final}: exists and was not made by kiln (no {inputs.MARKER} marker); kiln will not replace it",
-        hint="move it away, or set output_dir to another directory",
-    )
 
 
 def _stage_summary(timings: Mapping[str, float]) -> str:

@@ -14,13 +14,13 @@ from kiln.config.derive import (
     RUNC_RELEASE,
     derived_kubernetes,
 )
+from kiln.config.environ import ANSIBLE_PASSED, default_runtime
 from kiln.config.loading import (
     CLI,
     TARGET_RE,
     Config,
     check_target,
     coerce,
-    default_runtime,
     load,
     repo_root,
     targets,
@@ -28,6 +28,7 @@ from kiln.config.loading import (
 from kiln.config.readers import hcl_top_level_names
 
 __all__ = [
+    "ANSIBLE_PASSED",
     "CLI",
     "CONTAINERD_RELEASE",
     "CRICTL_RELEASE",
