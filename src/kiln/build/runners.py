@@ -178,7 +178,7 @@ def _check_tree(ws: Workspace, stage: str, tree: Path) -> None:
     from kiln.goss import specs, verify
 
     results, deferred = verify.check_tree(
-        tree, ws.values, spec_dir=specs.spec_dir(ws.runtime.root), root=ws.runtime.root
+        tree, ws.values, spec_dir=specs.spec_dir(ws.runtime.root), root=ws.runtime.root, runtime=ws.runtime
     )
     failed = [r for r in results if not r.successful and not r.skipped]
     ws.monitor.log(

@@ -550,18 +550,29 @@ def check_tree(
     *,
     spec_dir: Path,
     root: Path,
+    runtime: Runtime,
     extra_vars: Mapping[str, Any] | None = None,
 ) -> tuple[list[goss.Result], int]:
     """The build phase's file, package, user and group checks against a root tree, in a chroot (fail fast,
     before the tree is packed). Returns the results and how many resources wait for the boot."""
+    import subprocess
+
     from testinfra.backend.local import LocalBackend
     from testinfra.host import Host
 
+    from kiln.core import proc
+
+    chroot_bin, env = proc.which("chroot", runtime), proc.tree_env(runtime)
+
     class ChrootBackend(LocalBackend):  # type: ignore[misc]
-        """testinfra's local backend with every command run as `chroot TREE /bin/sh -c CMD`."""
+        """testinfra's local backend with every command run as `chroot TREE /bin/sh -c CMD`, in the
+        environment of programs in a tree (proc.tree_env), not kiln's own."""
 
         def run(self, command: str, *args: str, **kwargs: Any) -> Any:
-            return self.run_local("chroot %s /bin/sh -c %s", str(tree), self.get_command(command, *args))
+            text = self.get_command(command, *args)
+            argv = [chroot_bin, str(tree), "/bin/sh", "-c", text]
+            done = subprocess.run(argv, capture_output=True, env=env, check=False)
+            return self.result(done.returncode, self.encode(text), done.stdout, done.stderr)
 
     vars_ = goss.render_vars(values, {"phase": "build", **(extra_vars or {})}, spec_dir=spec_dir)
     vars_.update(user_vars(values, root))
