@@ -137,6 +137,14 @@ def test_render_writes_boot_files_with_build_credentials(tmp_path: Path) -> None
             assert PASSWORD_HASH in text, target
         assert json.loads((out / "config.json").read_text())["build_name"]["value"] == target
         assert json.loads((out / "ansible-vars.json").read_text())["ssh_username"] == "builder"
+    # a proxy's login: Ansible gets it, in a file for this user only; config.json records it without
+    proxy = "http://alice:s3cret@proxy:3128"
+    cfg = config.load("ubuntu-2204", overrides={"http_proxy": proxy}, repo_root=REPO)
+    out = tmp_path / "proxied"
+    render.render(cfg, golden_context(cfg), out, (1, 6, 6), runtime=RUNTIME)
+    assert json.loads((out / "ansible-vars.json").read_text())["http_proxy"] == proxy
+    assert (out / "ansible-vars.json").stat().st_mode & 0o777 == 0o600
+    assert json.loads((out / "config.json").read_text())["http_proxy"]["value"] == "http://***@proxy:3128"
 
 
 def test_shipped_boot_files_hold_no_fixed_password() -> None:

@@ -386,7 +386,11 @@ def render(
             "ansible_python_interpreter": "/usr/bin/python3",
             **context.extra_vars,
         }
-        (tmp / "ansible-vars.json").write_text(json.dumps(ansible_vars, indent=2, sort_keys=True) + "\n")
+        # the values as Ansible uses them, a proxy's login included: for this user only (config.json, which
+        # anyone may read, has them as recorded, kiln.core.redact)
+        fd = os.open(tmp / "ansible-vars.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(ansible_vars, indent=2, sort_keys=True) + "\n")
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.rename(out_dir, old / "x")
