@@ -111,16 +111,21 @@ def _user_path(key: str, item: str, root: Path, work_root: Path) -> Path | None:
     return next((c for c in candidates if c.exists()), None)
 
 
+def _named(values: Mapping[str, Any], key: str) -> list[str]:
+    """What the user named in `key`: one path (a string) or a list of roles."""
+    raw = values.get(key) or ()
+    return [raw] if isinstance(raw, str) else [str(item) for item in raw]
+
+
 def unfound_roles(values: Mapping[str, Any], root: Path, work_root: Path) -> list[tuple[str, str]]:
     """(key, role) for each extra role kiln cannot find: its content is not part of the stage's ID (a role
     Ansible finds elsewhere, through ANSIBLE_ROLES_PATH or in a collection, or one that does not exist)."""
-    out = []
-    for key in ("extra_roles_before", "extra_roles_after"):
-        raw = values.get(key) or ()
-        for item in [raw] if isinstance(raw, str) else raw:
-            if _user_path(key, str(item), root, work_root) is None:
-                out.append((key, str(item)))
-    return out
+    return [
+        (key, item)
+        for key in ("extra_roles_before", "extra_roles_after")
+        for item in _named(values, key)
+        if _user_path(key, item, root, work_root) is None
+    ]
 
 
 def user_files_digest(values: Mapping[str, Any], keys: tuple[str, ...], root: Path, work_root: Path) -> str:
@@ -128,10 +133,9 @@ def user_files_digest(values: Mapping[str, Any], keys: tuple[str, ...], root: Pa
     what was named (never absolute paths), so the same files anywhere give the same ID."""
     h = hashlib.sha256()
     for key in keys:
-        raw = values.get(key) or ()
-        for item in [raw] if isinstance(raw, str) else raw:
+        for item in _named(values, key):
             h.update(f"{key}\0{item}\0".encode() if key.startswith("extra_roles") else key.encode() + b"\0")
-            path = _user_path(key, str(item), root, work_root)
+            path = _user_path(key, item, root, work_root)
             if path is None:
                 h.update(b"(missing)\0")
                 continue
