@@ -4,6 +4,7 @@ left in a tree, the network as a chroot sees it, and the config's checks."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,7 +15,7 @@ import pytest
 
 from kiln import config
 from kiln.build import chroot
-from kiln.core.errors import ConfigError
+from kiln.core.errors import BuildError, ConfigError
 from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,3 +261,75 @@ def test_programs_in_a_tree_get_no_host_paths_and_the_system_path() -> None:
     assert env["PATH"].split(":") == [
         "/opt/venv/bin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/sbin", "/bin",
     ]  # fmt: skip
+
+
+def _shell_tree(tmp_path: Path) -> Path:
+    """A tree with the host's /bin/sh and the two libraries it needs: enough for Ansible's raw module."""
+    tree = _tree(tmp_path)
+    (tree / "bin").mkdir()
+    shutil.copy2("/bin/sh", tree / "bin" / "sh")
+    for lib in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"):
+        (tree / lib.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(lib, tree / lib.lstrip("/"))
+    return tree
+
+
+def _raw_playbook(path: Path, *commands: str) -> Path:
+    tasks = "".join(f"    - raw: {json.dumps(c)}\n" for c in commands)
+    path.write_text(f"- hosts: all\n  gather_facts: false\n  tasks:\n{tasks}")
+    return path
+
+
+_THP = "/sys/kernel/mm/transparent_hugepage/enabled"  # "always [madvise] never": a sysfs file root may write
+# capability numbers (linux/capability.h) a stage must not have, and ones it needs
+_FORBIDDEN_CAPS = {"net_admin": 12, "sys_module": 16, "sys_rawio": 17, "sys_admin": 21, "sys_boot": 22,
+                   "sys_time": 25, "mknod": 27}  # fmt: skip
+_NEEDED_CAPS = {"chown": 0, "dac_override": 1, "fowner": 3, "setgid": 6, "setuid": 7, "sys_chroot": 18,
+                "setfcap": 31}  # fmt: skip
+
+
+@root_only
+@pytest.mark.skipif(
+    not (Path("/lib64/ld-linux-x86-64.so.2").exists() and Path(_THP).exists()),
+    reason="an x86-64 glibc host with THP",
+)
+def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
+    """A role written for a build VM (sysctl -w, hostname, a look at /dev or at other processes) runs against
+    the tree in the chroot runner's walled-off stage: the host keeps its kernel parameters, host name, devices
+    and processes out of the task's reach, and a task that reaches for them fails with the hint."""
+    tree, work = _shell_tree(tmp_path), tmp_path / "work"
+    work.mkdir()
+    swappiness = Path("/proc/sys/vm/swappiness").read_text()
+    probe = _raw_playbook(
+        tmp_path / "probe.yml",
+        "read h < /proc/sys/kernel/hostname; echo $h > /tmp/hostname",
+        "for d in /dev/*; do echo ${d#/dev/}; done > /tmp/dev",
+        "read c < /proc/1/comm; echo $c > /tmp/first",
+        "for p in /proc/[0-9]*; do echo ${p#/proc/}; done > /tmp/pids",
+        "while read k v; do case $k in CapBnd:) echo $v;; esac; done < /proc/self/status > /tmp/caps",
+        "if echo 1 > /proc/sys/vm/swappiness; then echo written; else echo refused; fi > /tmp/sysctl",
+        # the value it has, written back (the host would not notice): sysfs is read-only
+        f"read line < {_THP}; v=${{line#*[}}; if echo ${{v%%]*}} > {_THP}; then echo written;"
+        " else echo refused; fi > /tmp/sys",
+    )
+    chroot.run_playbooks(tree, work, [probe], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
+    seen = {f.name: f.read_text().split() for f in (tree / "tmp").iterdir() if f.is_file()}
+    assert seen["hostname"] == ["localhost"], "its own host name, not the build host's"
+    assert set(seen["dev"]) == {
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx",
+        "fd", "stdin", "stdout", "stderr",
+    }, "no host disk, loop or kvm device"  # fmt: skip
+    assert seen["first"] == ["sh"] and all(int(p) < 1000 for p in seen["pids"]), "its own processes only"
+    caps = int(seen["caps"][0], 16)
+    assert not [name for name, bit in _FORBIDDEN_CAPS.items() if caps & (1 << bit)]
+    assert all(caps & (1 << bit) for bit in _NEEDED_CAPS.values())
+    assert seen["sysctl"] == ["refused"] and seen["sys"] == ["refused"]
+    assert Path("/proc/sys/vm/swappiness").read_text() == swappiness
+    assert not list((tree / "dev").iterdir()), "the stage's /dev went with its namespace"
+    assert not [m for m in Path("/proc/self/mountinfo").read_text().splitlines() if str(tmp_path) in m]
+
+    reaching = _raw_playbook(tmp_path / "reaching.yml", "echo 10 > /proc/sys/vm/swappiness")
+    with pytest.raises(BuildError) as failed:
+        chroot.run_playbooks(tree, work, [reaching], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
+    assert "Read-only file system" in str(failed.value) and failed.value.hint == chroot.WALLED_HINT
+    assert Path("/proc/sys/vm/swappiness").read_text() == swappiness

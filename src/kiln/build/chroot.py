@@ -7,6 +7,15 @@ when it exits, however it exits, so a cached tree never keeps a mount. What the 
 for the stage (policy-rc.d, an empty resolv.conf to bind over) is removed on every exit path, and a process
 a package left running inside the tree is killed before the tree is packed.
 
+A stage's Ansible run is walled off from the build host, as a container build is: the roles are the user's
+too, and a task written for a build VM (`sysctl -w`, `swapoff -a`, `modprobe`, `hostname`, `iptables`) would
+otherwise change the host it runs on. The run has its own host name (localhost), System V IPC and process
+IDs (it sees, and can signal, only its own processes; the kernel ends them all when the run ends, even when
+kiln is killed), read-only /proc/sys and /sys, a /dev of its own with only null, zero, full, random,
+urandom, tty and a private pts, and root's capabilities cut to what provisioning a tree needs
+(`STAGE_CAPS`). Such a task fails in the chroot, with a hint to skip it there: its effect belongs to the
+boot.
+
 Needs root (mount, chroot) and Ansible's community.general collection (the `ansible` package).
 """
 
@@ -38,6 +47,20 @@ POLICY_RC_D = "usr/sbin/policy-rc.d"
 UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/kiln-stage-unsafe-io"
 _TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 _IN_NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--"]
+# a stage's Ansible run: its own mounts, host name, System V IPC and process IDs; the namespace's first
+# process is killed when unshare dies (--kill-child), and the kernel then kills every process in it
+_STAGE_NAMESPACES = [
+    "unshare", "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child",
+    "--propagation", "private", "--",
+]  # fmt: skip
+# What root may do in a stage (setpriv's bounding set: Docker's default set, less mknod): own, chmod and chown
+# the tree's files, set file capabilities (ping's), switch users (apt's sandbox, useradd), chroot, signal its
+# own processes, raw sockets. Left out is whatever reaches the host's kernel or devices: modules, swap,
+# mounts, the clock, network configuration, reboot, raw I/O, device nodes, immutable files.
+STAGE_CAPS = (
+    "chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap", "setfcap",
+    "net_bind_service", "net_raw", "sys_chroot", "audit_write",
+)  # fmt: skip
 
 
 QEMU_HOST = "10.0.2.2"  # the build host as a QEMU user-network guest reaches it
@@ -216,14 +239,35 @@ def take_or_unpack(
     return False
 
 
-# The stage's mounts, made inside the namespace; the command runs while they are there.
+# The stage's mounts and host name, made inside its namespaces; the command runs while they are there, with
+# STAGE_CAPS only. Not `exec`: the shell stays the namespace's first process (which ignores signals it has
+# no handler for), so that Ctrl-C and SIGTERM reach Ansible as a normal process.
 _MOUNTS = """set -eu
 t="$1"; shift
-mount -t proc proc "$t/proc"
-mount -t sysfs sysfs "$t/sys"
-mount --rbind /dev "$t/dev"
+echo localhost > /proc/sys/kernel/hostname
+mount -t proc -o nosuid,nodev,noexec proc "$t/proc"
+for f in sys sysrq-trigger; do
+  [ -e "$t/proc/$f" ] || continue
+  mount --bind "$t/proc/$f" "$t/proc/$f"
+  mount -o remount,bind,ro "$t/proc/$f"
+done
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$t/sys"
+mount -t tmpfs -o nosuid,nodev,mode=0755 dev "$t/dev"
+for n in null zero full random urandom tty; do
+  : > "$t/dev/$n"
+  mount --bind "/dev/$n" "$t/dev/$n"
+done
+mkdir -m 0755 "$t/dev/pts"
+mkdir -m 1777 "$t/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts "$t/dev/pts"
+mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$t/dev/shm"
+ln -s pts/ptmx "$t/dev/ptmx"
+ln -s /proc/self/fd "$t/dev/fd"
+ln -s /proc/self/fd/0 "$t/dev/stdin"
+ln -s /proc/self/fd/1 "$t/dev/stdout"
+ln -s /proc/self/fd/2 "$t/dev/stderr"
 mount --bind "$KILN_RESOLV_CONF" "$t/etc/resolv.conf"
-exec "$@"
+setpriv --bounding-set "$KILN_STAGE_CAPS" -- "$@"
 """
 
 
@@ -305,12 +349,22 @@ def _dead(pid: int) -> bool:
 def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = "") -> list[str]:
     """ansible-playbook against `tree`, inside the namespace that mounts what the run needs."""
     argv = [
-        *_IN_NAMESPACE, "sh", "-c", _MOUNTS, "sh", str(tree),
+        *_STAGE_NAMESPACES, "sh", "-c", _MOUNTS, "sh", str(tree),
         "ansible-playbook", "-i", f"{tree},", "-c", CONNECTION, "--extra-vars", f"@{vars_file}",
     ]  # fmt: skip
     if user_vars:
         argv += ["--extra-vars", user_vars]
     return [*argv, str(playbook)]
+
+
+# how a task fails when it reaches for the build host from a stage (module doc), and what to do about it
+_WALLED = re.compile(r"Read-only file system|Operation not permitted|must be root|permission denied on key")
+WALLED_HINT = (
+    "a chroot stage keeps the build host out of a task's reach: /proc/sys and /sys are read-only, and "
+    "modprobe, swapoff, mount, mknod, iptables, hostname and the clock are refused. Skip such a task with "
+    "`when: kiln_runner | default('vm') != 'chroot'` (the boot checks its effect), or provision in a VM "
+    "with -var provisioner=vm"
+)
 
 
 def run_playbooks(
@@ -326,10 +380,10 @@ def run_playbooks(
     epoch: int = 0,
     runtime: Runtime,
 ) -> None:
-    """ansible-playbook with the chroot connection against `tree`, in a private mount namespace with /proc,
-    /sys, /dev and the host's resolv.conf mounted for the run. With `epoch`, every command in the chroot
-    sees SOURCE_DATE_EPOCH (the chroot connection passes ansible's environment on): mkinitramfs, run by
-    dpkg triggers, then writes the same initrd for the same files."""
+    """ansible-playbook with the chroot connection against `tree`, in namespaces of its own with /proc, /sys,
+    /dev and the host's resolv.conf mounted for the run, walled off from the host (module doc). With `epoch`,
+    every command in the chroot sees SOURCE_DATE_EPOCH (the chroot connection passes ansible's environment
+    on): mkinitramfs, run by dpkg triggers, then writes the same initrd for the same files."""
     vars_file = work / "ansible-vars.json"
     vars_file.write_text(json.dumps(dict(extra_vars), indent=2, sort_keys=True) + "\n")
     env = {
@@ -337,6 +391,7 @@ def run_playbooks(
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
         "ANSIBLE_REMOTE_TEMP": "/tmp/.kiln-ansible",
+        "KILN_STAGE_CAPS": ",".join(["-all", *(f"+{cap}" for cap in STAGE_CAPS)]),
         **({"SOURCE_DATE_EPOCH": str(epoch)} if epoch else {}),
     }
     with prepared(tree, work) as host_resolv:
@@ -348,9 +403,11 @@ def run_playbooks(
                     log_file=log_file, on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
                 )  # fmt: skip
             except CommandError as err:
+                walled = _WALLED.search(err.output_tail)
                 raise BuildError(
                     f"{playbook.name} in the chroot of {tree} failed (exit {err.returncode})\n"
-                    f"{err.output_tail.rstrip()}"
+                    f"{err.output_tail.rstrip()}",
+                    hint=WALLED_HINT if walled else None,
                 ) from err
     leftovers = tree / "tmp" / ".kiln-ansible"
     shutil.rmtree(leftovers, ignore_errors=True)
