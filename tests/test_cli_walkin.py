@@ -54,6 +54,28 @@ def test_progress_json_puts_only_json_on_stdout() -> None:
     assert any(e.get("line", "").startswith("would run: ") for e in events)
 
 
+def test_progress_json_passes_a_line_that_only_looks_like_json_as_output() -> None:
+    """A shell line `[ -e "$f" ] || continue` in a `would run:` started a JSON document that never ended, and
+    every event after it was held back until exit, as output."""
+    import io
+
+    from kiln.cli import _JsonStdout
+
+    real = io.StringIO()
+    out = _JsonStdout(real)
+    out.write('would run: sh -c \'\n  [ -e "$f" ] || continue\n\'\n{"event": "begin", "stage": "os"}\n')
+    out.write('{\n  "indented": [1,\n  2]\n}\n[\n')
+    assert [json.loads(line) for line in real.getvalue().splitlines()] == [
+        {"event": "output", "line": "would run: sh -c '"},
+        {"event": "output", "line": '  [ -e "$f" ] || continue'},
+        {"event": "output", "line": "'"},
+        {"event": "begin", "stage": "os"},
+        {"indented": [1, 2]},
+    ], "a document not whole yet ([) is held"
+    out.close_out()
+    assert json.loads(real.getvalue().splitlines()[-1]) == {"event": "output", "line": "["}
+
+
 def test_version_names_the_commit() -> None:
     run = kiln("--version")
     head = subprocess.run(

@@ -84,7 +84,8 @@ def host_view(values: Any) -> Any:
 
 
 def check_host(runtime: Runtime) -> None:
-    """Root, and Ansible's chroot connection, before anything is made."""
+    """Root, Ansible's chroot connection, and the tools that make and wall off a stage, before anything is
+    made."""
     if os.geteuid() != 0:
         raise InputError(
             "provisioner chroot: needs root (mount and chroot into the stage's tree)",
@@ -97,8 +98,8 @@ def check_host(runtime: Runtime) -> None:
             f"provisioner chroot: Ansible's {CONNECTION} connection is not installed",
             hint="install the `ansible` package into kiln's virtualenv (make deps does)",
         ) from None
-    proc.which("unshare", runtime)
-    proc.which("zstd", runtime)
+    for tool in ("unshare", "setpriv", "zstd"):
+        proc.which(tool, runtime)
 
 
 def root_partition(base: bootstrap.BaseImage) -> bootstrap.Partition:

@@ -90,8 +90,8 @@ def version_text() -> str:
 class _JsonStdout:
     """`--progress json`: stdout carries JSON lines only. A JSON document a command prints (`--json`, even
     indented over many lines) goes out as one line; a line that is already one JSON object (the progress
-    sink's events) passes unchanged; any other line (`would run: ...`, a table) becomes
-    {"event": "output", "line": ...}."""
+    sink's events) passes unchanged; any other line (`would run: ...`, a table, a line that starts with `[`
+    or `{` but is no JSON) becomes {"event": "output", "line": ...}."""
 
     def __init__(self, real: IO[str]) -> None:
         self.real = real
@@ -108,11 +108,14 @@ class _JsonStdout:
     def _line(self, line: str) -> None:
         if self.document or line.strip()[:1] in ("{", "["):
             self.document.append(line)
+            text = "\n".join(self.document)
             try:
-                data = json.loads("\n".join(self.document))
-            except ValueError:
-                if len(self.document) < 100_000:
-                    return  # not whole yet
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                # a document not whole yet fails at its end; one that fails before it is no JSON at all
+                # (a shell line `[ -e "$f" ]` in a `would run:`), and goes out as it is
+                if err.pos >= len(text.rstrip()) and len(self.document) < 100_000:
+                    return
                 data = None
             lines, self.document = self.document, []
             if data is not None:

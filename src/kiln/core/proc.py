@@ -41,6 +41,9 @@ PROVIDERS: dict[str, str] = {
     "xorriso": "Debian package 'xorriso' (make deps)",
     "ansible-playbook": "pip package 'ansible-core' (installed into .venv by make deps)",
     "openssl": "Debian package 'openssl'",
+    "unshare": "Debian package 'util-linux'",
+    "setpriv": "Debian package 'util-linux'",
+    "zstd": "Debian package 'zstd' (make deps)",
     "goss": "the goss release binary (optional; kiln evaluates specs itself without it)",
 }
 
