@@ -49,7 +49,7 @@ def prepare(root: Path, index: int, version: str, size: int, extra: str = "", se
         shutil.rmtree(d)
     make_build_dir(out, version=version, size=size, build_name=f"node{index}", seed=seed or index)
     manifest = json.loads((d / "packer-manifest.json").read_text())
-    manifest["builds"][-1]["custom_data"]["input_hash"] = build.input_hash(cfg)
+    manifest["builds"][-1]["custom_data"]["input_hash"] = build.input_hash(cfg, RUNTIME)
     manifest["builds"][-1]["files"] = [{"name": f"{d.name}.ova"}]
     (d / "packer-manifest.json").write_text(json.dumps(manifest))
     (d / "goss").mkdir(exist_ok=True)

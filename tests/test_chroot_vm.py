@@ -23,6 +23,7 @@ from kiln.artifacts import filelist
 from kiln.build import pipeline as build
 from kiln.build import stages
 from kiln.core.builddir import BuildDir
+from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.vm, pytest.mark.skipif(os.geteuid() != 0, reason="the chroot runner needs root")]
@@ -116,7 +117,7 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
     cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
     extra = "jq" if sig == signal.SIGINT else "jq tree"
     overrides = {"provisioner": "chroot", "extra_packages": extra}
-    sid = build.plan_ids(config.load("debian-12", overrides=overrides, repo_root=REPO))["os"].id
+    sid = build.plan_ids(config.load("debian-12", overrides=overrides, repo_root=REPO), RUNTIME)["os"].id
     out = tmp_path / "out"
     argv = [str(REPO / ".venv/bin/kiln"), "build", "debian-12", "--no-verify", "-var", "provisioner=chroot",
             "-var", f"extra_packages={extra}", "-var", f"output_dir={out}",
@@ -188,7 +189,7 @@ def test_stopping_make_mid_chroot_stage_stops_kiln_and_leaves_nothing(built_imag
     cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
     extra = "jq less"
     overrides = {"provisioner": "chroot", "extra_packages": extra}
-    sid = build.plan_ids(config.load("debian-12", overrides=overrides, repo_root=REPO))["os"].id
+    sid = build.plan_ids(config.load("debian-12", overrides=overrides, repo_root=REPO), RUNTIME)["os"].id
     out = tmp_path / "out"
     flags = f"-var provisioner=chroot -var 'extra_packages={extra}' -var output_dir={out} -var formats=qcow2"
     argv = ["make", "--no-print-directory", "-o", "deps", "build-qemu-debian-12", "K8S_STANDIN=1",

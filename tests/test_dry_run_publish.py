@@ -73,7 +73,7 @@ def stale_build(out: Path, cfg: config.Config) -> Path:
     """A build dir whose input hash is NOT the config's (an older build a release must never publish as
     the current one)."""
     d = verified_build(out, cfg, "0" * 64, seed=7)
-    assert not build.up_to_date(d, build.input_hash(cfg))
+    assert not build.up_to_date(d, build.input_hash(cfg, RUNTIME))
     return d
 
 
@@ -125,8 +125,8 @@ def test_dry_run_release_with_a_stale_local_build_writes_nothing(
     assert stale.is_dir() and (stale / f"{stale.name}.ova").is_file()  # not touched, not published
 
     # the same with the local build up to date: it says what it would publish, object by object
-    fresh = verified_build(tmp_path / "fresh", cfg, build.input_hash(cfg), seed=9)
-    assert build.up_to_date(fresh, build.input_hash(cfg))
+    fresh = verified_build(tmp_path / "fresh", cfg, build.input_hash(cfg, RUNTIME), seed=9)
+    assert build.up_to_date(fresh, build.input_hash(cfg, RUNTIME))
     fresh_out = tmp_path / "fresh"
     argv = [
         "--dry-run",

@@ -60,7 +60,8 @@ def _prepared(out: Path, version: str, signing_key: Path | None) -> tuple[config
     d = make_build_dir(out, version=version, size=1 << 20, seed=hash(version) & 0xFFFF)
     name = d.name
     manifest = json.loads((d / "packer-manifest.json").read_text())
-    manifest["builds"][-1]["custom_data"].update(input_hash=build.input_hash(cfg), kiln_version="0.1.0")
+    digest = build.input_hash(cfg, RUNTIME)
+    manifest["builds"][-1]["custom_data"].update(input_hash=digest, kiln_version="0.1.0")
     manifest["builds"][-1]["files"] = [{"name": f"{name}.ova"}, {"name": f"{name}.qcow2"}]
     (d / "packer-manifest.json").write_text(json.dumps(manifest))
     (d / f"{name}.packages").write_text("containerd\t1.6.20\nrunc\t1.1.5\n")
@@ -75,12 +76,12 @@ def _prepared(out: Path, version: str, signing_key: Path | None) -> tuple[config
     subjects = [d / f"{name}{ext}" for ext in (".ova", ".qcow2", ".spdx.json", ".packages", filelist.SUFFIX)]
     stmt = provenance.statement(
         d, subjects, cfg.plain(), {"containerd": "1.6.20", "runc": "1.1.5"}, target="debian-12",
-        runner="chroot", commit="abc", input_hash=build.input_hash(cfg), ci={}, started=0, finished=1,
+        runner="chroot", commit="abc", input_hash=digest, ci={}, started=0, finished=1,
     )  # fmt: skip
     key = provenance.load_private_key(signing_key) if signing_key else None
     provenance.write(d / f"{name}{provenance.SUFFIX}", stmt, key)
     inputs.mark(d, "test")
-    assert build.up_to_date(d, build.input_hash(cfg))
+    assert build.up_to_date(d, build.input_hash(cfg, RUNTIME))
     return cfg, d
 
 

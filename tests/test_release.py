@@ -46,14 +46,15 @@ def prepared(out: Path, version: str) -> config.Config:
     )
     d = make_build_dir(out, version=version, size=1 << 20, seed=hash(version) & 0xFFFF)
     manifest = json.loads((d / "packer-manifest.json").read_text())
-    manifest["builds"][-1]["custom_data"].update(input_hash=build.input_hash(cfg), kiln_version="0.1.0")
+    digest = build.input_hash(cfg, RUNTIME)
+    manifest["builds"][-1]["custom_data"].update(input_hash=digest, kiln_version="0.1.0")
     manifest["builds"][-1]["files"] = [{"name": f"{d.name}.ova"}, {"name": f"{d.name}.qcow2"}]
     (d / "packer-manifest.json").write_text(json.dumps(manifest))
     (d / f"{d.name}.spdx.json").write_text(json.dumps({"spdxVersion": "SPDX-2.3", "name": d.name}))
     (d / "goss").mkdir()
     (d / "goss" / "report.json").write_text("{}")
     inputs.mark(d, "test")
-    assert build.up_to_date(d, build.input_hash(cfg))
+    assert build.up_to_date(d, build.input_hash(cfg, RUNTIME))
     return cfg
 
 
@@ -61,7 +62,7 @@ def test_release_publishes_what_is_missing_and_nothing_twice(server: FakeGcs, tm
     bucket = f"{BUCKET}"
     c = client(server)
     a = prepared(tmp_path / "out", "v1.30.2-0-test")  # not a vX.Y.Z tag: the ci channel
-    plan = release.plan([a], c, bucket)
+    plan = release.plan([a], c, bucket, runtime=RUNTIME)
     assert [(e.status, e.channel) for e in plan] == [("build", "ci")]
     first = release.run([a], c, bucket, runtime=RUNTIME)
     assert [e.status for e in first] == ["reused"], release.summary(first)
@@ -69,12 +70,12 @@ def test_release_publishes_what_is_missing_and_nothing_twice(server: FakeGcs, tm
     objects = object_names(server.url, bucket, f"ci/v1.30.2-0-test/{name}")
     assert {f"ci/v1.30.2-0-test/{name}{s}" for s in (".ova", ".ova.sha256", ".spdx.json")} <= set(objects)
     meta = get_object(server.url, bucket, f"ci/v1.30.2-0-test/{name}.ova")["metadata"]
-    assert meta["input_hash"] == build.input_hash(a)
+    assert meta["input_hash"] == build.input_hash(a, RUNTIME)
     index = json.loads(read_object(server.url, bucket, "index.json"))
     (entry,) = [i for i in index["images"] if i["name"] == name]
     ova = a.path("output_dir") / name / f"{name}.ova"
     assert entry["sha256"] == sha256_file(ova) and entry["size"] == ova.stat().st_size
-    assert entry["input_hash"] == build.input_hash(a) and entry["channel"] == "ci"
+    assert entry["input_hash"] == build.input_hash(a, RUNTIME) and entry["channel"] == "ci"
     assert set(entry["urls"]) >= {"ova", "sha256", "sbom"} and entry["target"] == "debian-12"
 
     c2 = client(server)

@@ -38,7 +38,8 @@ def _standin_config(built_image, tmp_path: Path) -> config.Config:  # type: igno
 
 def test_release_of_the_built_image(built_image, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = _standin_config(built_image, tmp_path)
-    assert build.input_hash(cfg) == built_image.dir.custom_data["input_hash"], "same inputs, same hash"
+    digest = build.input_hash(cfg, RUNTIME)
+    assert digest == built_image.dir.custom_data["input_hash"], "same inputs, same hash"
     server = FakeGcs()
     try:
         c = gcs.Client(gcs.credentials(None, server.url), server.url)

@@ -22,6 +22,7 @@ from conftest import default_signals, processes_naming
 from kiln import config
 from kiln.build import bootstrap, stages
 from kiln.build import pipeline as build
+from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def seed_cache(cfg: config.Config, upto: str) -> dict[str, Path]:
     base = qcow2(entry / "base.qcow2")
     (entry / "info.json").write_text(json.dumps({"root_uuid": "x"}))
     disks = {"base": base}
-    ids = build.plan_ids(cfg)
+    ids = build.plan_ids(cfg, RUNTIME)
     parent = base
     wanted = {"base": (), "os": ("os",), "kubernetes": ("os", "kubernetes")}[upto]
     for stage in wanted:
@@ -138,7 +139,7 @@ def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, 
     for pid in map(int, pids.read_text().split()):
         assert not _alive(pid), f"process {pid} survived"
     assert not [p for p in out.iterdir() if p.name != "logs"] if out.exists() else True, "no partial output"
-    ids = build.plan_ids(cfg)
+    ids = build.plan_ids(cfg, RUNTIME)
     if stage in ("os", "kubernetes"):
         assert stages.lookup(cache, ids[stage].id) is None, "no cache entry for the interrupted stage"
     assert not list(stages.root(cache).glob(".*.tmp-*")) if stages.root(cache).exists() else True
@@ -179,7 +180,7 @@ def test_stopping_make_stops_kiln(tmp_path: Path, standin: bool) -> None:
         assert not _alive(pid), f"process {pid} survived"
     assert not processes_naming(str(tmp_path)), "kiln (or its wrapper) outlived make"
     assert not [p for p in out.iterdir() if p.name != "logs"] if out.exists() else True, "no partial output"
-    assert stages.lookup(cache, build.plan_ids(cfg)["os"].id) is None
+    assert stages.lookup(cache, build.plan_ids(cfg, RUNTIME)["os"].id) is None
 
 
 @pytest.mark.parametrize("ignored", [False, True], ids=["terminal", "nohup"])

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def ids(**overrides: str) -> dict[str, str]:
     cfg = config.load("debian-12", overrides=overrides, repo_root=REPO)
-    return {k: v.id for k, v in build.plan_ids(cfg).items()}
+    return {k: v.id for k, v in build.plan_ids(cfg, RUNTIME).items()}
 
 
 def test_kubernetes_version_change_keeps_base_and_os() -> None:
@@ -92,7 +92,7 @@ def test_versioned_sums_pick_the_builds_own() -> None:
         overrides={**base, "kubernetes_http_sha256": json.dumps(only), "kubernetes_semver": "v1.31.0"},
         repo_root=REPO,
     )
-    assert build.input_hash(cfg) == build.input_hash(alone)
+    assert build.input_hash(cfg, RUNTIME) == build.input_hash(alone, RUNTIME)
 
 
 def test_role_files_are_inputs(tmp_path: Path) -> None:
@@ -101,14 +101,14 @@ def test_role_files_are_inputs(tmp_path: Path) -> None:
     for d in ("config", "packer", "ansible"):
         subprocess.run(["cp", "-r", str(REPO / d), str(repo / d)], check=True)
     cfg = config.load("debian-12", repo_root=repo)
-    before = build.plan_ids(cfg)
+    before = build.plan_ids(cfg, RUNTIME)
     (repo / "ansible/roles/kubernetes/tasks/main.yml").write_text(
         (repo / "ansible/roles/kubernetes/tasks/main.yml").read_text() + "\n# changed\n"
     )
-    after = build.plan_ids(cfg)
+    after = build.plan_ids(cfg, RUNTIME)
     assert before["os"].id == after["os"].id and before["kubernetes"].id != after["kubernetes"].id
     (repo / "ansible/roles/node/tasks/main.yml").write_text("---\n")
-    assert build.plan_ids(cfg)["os"].id != before["os"].id
+    assert build.plan_ids(cfg, RUNTIME)["os"].id != before["os"].id
 
 
 # --- the cache ---------------------------------------------------------------------------------------------
@@ -260,13 +260,13 @@ def test_finalize_takes_a_vmware_output_dir_to_an_ova(tmp_path: Path) -> None:
     with open(temp / "build.log", "a") as log:
         ws = Workspace(
             cfg, RUNTIME, Null(), cfg.artifact_name, temp, tmp_path / "work", temp / "build.log", log,
-            "tcg", "vmware-iso", build.plan_ids(cfg),
+            "tcg", "vmware-iso", build.plan_ids(cfg, RUNTIME),
         )  # fmt: skip
         finalize.finalize_disk(ws, Output(vmware_dir / "disk.vmdk", "vmdk", False))
     bd = builddir.BuildDir.open(temp)
     assert bd.ova.is_file() and bd.qcow2.is_file()
     assert (temp / f"{bd.name}.ova.sha256").read_text() == builddir.sha256_file(bd.ova)
-    assert bd.custom_data["input_hash"] == build.input_hash(cfg)
+    assert bd.custom_data["input_hash"] == build.input_hash(cfg, RUNTIME)
     assert not (tmp_path / "work").exists(), "keys and seeds go before publish"
 
 
@@ -346,7 +346,7 @@ def test_the_suites_stage_ids_are_the_same_from_two_checkouts(tmp_path: Path) ->
     before = config.load(
         "debian-12", overrides={"goss_spec_dir": str(tmp_path / "a/one/site-specs")}, repo_root=REPO
     )
-    a, b = build.plan_ids(before), build.plan_ids(cfg)
+    a, b = build.plan_ids(before, RUNTIME), build.plan_ids(cfg, RUNTIME)
     assert a["os"].id == b["os"].id and a["kubernetes"].id != b["kubernetes"].id
 
 
@@ -371,14 +371,47 @@ def test_a_role_named_by_name_is_hashed_by_its_content(tmp_path: Path) -> None:
     tasks.mkdir(parents=True)
     (tasks / "main.yml").write_text("- ansible.builtin.debug: {msg: a}\n")
     values = {"extra_roles_before": ["site_role"], "extra_roles_after": ["missing_role"]}
-    a = stages.stage_ids(values, root, tmp_path)
+    a = stages.stage_ids(values, root, tmp_path, ())
     (tasks / "main.yml").write_text("- ansible.builtin.debug: {msg: b}\n")
-    b = stages.stage_ids(values, root, tmp_path)
+    b = stages.stage_ids(values, root, tmp_path, ())
     assert a["base"].id == b["base"].id and a["os"].id != b["os"].id
-    # a role kiln cannot find (Ansible may, through ANSIBLE_ROLES_PATH): the build warns that it is no input
+    # a role kiln cannot find (Ansible may, in a collection): the build warns that it is no input
     (tmp_path / "by_path").mkdir()
     values["extra_roles_after"] = ["missing_role", "by_path"]
-    assert stages.unfound_roles(values, root, tmp_path) == [("extra_roles_after", "missing_role")]
+    assert stages.unfound_roles(values, root, tmp_path, ()) == [("extra_roles_after", "missing_role")]
+
+
+def test_a_role_found_through_ansible_roles_path_is_hashed(tmp_path: Path, monkeypatch) -> None:
+    """A role Ansible finds through the operator's ANSIBLE_ROLES_PATH (which passes on to it) is an input of
+    the stage that runs it, found where Ansible finds it: editing it rebuilds the stage, the same role in
+    another folder gives the same ID, and a relative entry means the folder kiln was started in."""
+    import dataclasses
+
+    from kiln.config.environ import default_runtime
+
+    def role(where: Path, msg: str) -> Path:
+        (where / "site_after" / "tasks").mkdir(parents=True, exist_ok=True)
+        (where / "site_after" / "tasks" / "main.yml").write_text(f"- ansible.builtin.debug: {{msg: {msg}}}\n")
+        return where
+
+    first, second = role(tmp_path / "a" / "roles", "one"), role(tmp_path / "b" / "roles", "one")
+    monkeypatch.chdir(tmp_path / "a")
+    monkeypatch.setenv("ANSIBLE_ROLES_PATH", f"{tmp_path / 'none'}:roles")
+    rt = default_runtime()
+    assert rt.env["ANSIBLE_ROLES_PATH"] == f"{tmp_path / 'none'}:{first}", "made absolute once, at start"
+    assert rt.roles_path == (tmp_path / "none", first)
+    cfg = config.load("debian-12", overrides={"extra_roles_after": ["site_after"]}, repo_root=REPO)
+    before = build.plan_ids(cfg, rt)
+    assert stages.unfound_roles(cfg.plain(), cfg.repo_root, cfg.work_root, rt.roles_path) == []
+    role(first, "two")
+    after = build.plan_ids(cfg, rt)
+    assert before["os"].id == after["os"].id and before["kubernetes"].id != after["kubernetes"].id
+    elsewhere = dataclasses.replace(rt, env={**rt.env, "ANSIBLE_ROLES_PATH": str(second)})
+    assert build.plan_ids(cfg, elsewhere)["kubernetes"].id == before["kubernetes"].id, "by content, not place"
+    unset = dataclasses.replace(rt, env={k: v for k, v in rt.env.items() if k != "ANSIBLE_ROLES_PATH"})
+    assert stages.unfound_roles(cfg.plain(), cfg.repo_root, cfg.work_root, unset.roles_path) == [
+        ("extra_roles_after", "site_after")
+    ]
 
 
 def test_prune_never_deletes_an_entry_a_running_build_stands_on(tmp_path: Path) -> None:

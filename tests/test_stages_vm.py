@@ -26,6 +26,7 @@ from kiln import config
 from kiln.build import pipeline as build
 from kiln.build import stages
 from kiln.core.builddir import BuildDir
+from kiln_runtime import RUNTIME
 from test_vm_build import offline_hygiene
 
 pytestmark = pytest.mark.vm
@@ -126,7 +127,7 @@ def test_interrupted_stage_leaves_no_cache_entry(built_image, tmp_path):
     # a new os stage, provisioned in a build VM (the VM runner: the chroot runner has its own test)
     changed = ["--var", "extra_packages=jq", "--var", "provisioner=vm"]
     cfg = config.load("debian-12", overrides={"extra_packages": "jq", "provisioner": "vm"}, repo_root=REPO)
-    sid = build.plan_ids(cfg)["os"].id
+    sid = build.plan_ids(cfg, RUNTIME)["os"].id
     log = tmp_path / "log"
     argv = [str(REPO / ".venv" / "bin" / "kiln"), "build", "debian-12", *changed, *_flags(out)]
     interrupt_build(argv, log, "Waiting for SSH", signal.SIGINT, wait=600, poll=2, settle=5)

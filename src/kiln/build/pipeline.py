@@ -243,9 +243,9 @@ def run_stages(ws: Workspace, verify: bool, publish: Callable[[], None] | None =
             steps[stage.name]()
 
 
-def input_hash(cfg: Config) -> str:
+def input_hash(cfg: Config, runtime: Runtime) -> str:
     """The finished image's input hash: the ID of its finalize stage."""
-    return plan_ids(cfg)["finalize"].id
+    return plan_ids(cfg, runtime)["finalize"].id
 
 
 def base_spec(cfg: Config) -> bootstrap.BaseSpec | None:
@@ -271,7 +271,8 @@ def base_cached(cfg: Config) -> bool:
     return spec is not None and bootstrap.cached(spec, cfg.path("cache_dir")) is not None
 
 
-def plan_ids(cfg: Config) -> dict[str, stages.StageId]:
+def plan_ids(cfg: Config, runtime: Runtime) -> dict[str, stages.StageId]:
+    """Every stage's ID for `cfg`, the user's roles found as this run's Ansible finds them."""
     spec = base_spec(cfg)
     base_key = spec.key() if spec is not None else ""
     if cfg.settings.install_method == "cloudimg" and cfg.settings.builder == "qemu":
@@ -280,7 +281,7 @@ def plan_ids(cfg: Config) -> dict[str, stages.StageId]:
         # the image's digest names the base (a checksum file is read here, once per run): a new image at
         # the same URL is a new os stage
         base_key = cloudimg.resolve(cfg.settings.cloudimg_url, cfg.settings.cloudimg_checksum).key
-    return stages.stage_ids(cfg.plain(), cfg.repo_root, cfg.work_root, base_key)
+    return stages.stage_ids(cfg.plain(), cfg.repo_root, cfg.work_root, runtime.roles_path, base_key)
 
 
 def run_build(
@@ -310,11 +311,11 @@ def run_build(
     builder = only or cfg.settings.builder
     name = cfg.artifact_name
     final = cfg.path("output_dir") / name
-    ids = plan_ids(cfg)
+    ids = plan_ids(cfg, rt)
     digest = ids["finalize"].id
     key = provenance.load_private_key(signing_key) if signing_key is not None else None  # exit 2 up front
     collect_stale(cfg, mon, rt)
-    warn_unfound_roles(cfg, mon)
+    warn_unfound_roles(cfg, mon, rt)
     if not force and up_to_date(final, digest):
         mon.log("build", f"{final} is up to date (input hash {digest[:12]}); --force rebuilds")
         return BuildResult(final, name, {}, None, digest, up_to_date=True)

@@ -95,13 +95,13 @@ def check_replaceable_build(final: Path) -> None:
     )
 
 
-def warn_unfound_roles(cfg: Config, mon: Monitor) -> None:
+def warn_unfound_roles(cfg: Config, mon: Monitor, rt: Runtime) -> None:
     """A warning for each extra role kiln cannot find (stages.unfound_roles): Ansible may still find it, but
     its files are not part of the stage's cache key."""
-    for setting, item in stages.unfound_roles(cfg.plain(), cfg.repo_root, cfg.work_root):
+    for setting, item in stages.unfound_roles(cfg.plain(), cfg.repo_root, cfg.work_root, rt.roles_path):
         mon.log(
             "build",
             f"warning: {cfg.origins.get(setting, setting)}: {setting}: {item!r} is not in ansible/roles/, "
-            "ansible/ or the working directory, so its files are not part of the stage's cache key (a change "
-            "to them does not rebuild the stage); give its path",
+            "ANSIBLE_ROLES_PATH, ansible/ or the working directory, so its files are not part of the stage's "
+            "cache key (a change to them does not rebuild the stage); give its path",
         )

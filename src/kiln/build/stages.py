@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,15 +98,18 @@ def files_digest(root: Path, patterns: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
-def _user_path(key: str, item: str, root: Path, work_root: Path) -> Path | None:
+def _user_path(
+    key: str, item: str, root: Path, work_root: Path, roles_path: Sequence[Path] = ()
+) -> Path | None:
     """Where the file or folder the user named lies. Roles resolve as Ansible resolves them (a name in
-    ansible/roles/, then a path from the playbook's folder or the work root); specs and vars files from the
-    work root."""
+    ansible/roles/, then in each folder of ANSIBLE_ROLES_PATH, then a path from the playbook's folder or the
+    work root); specs and vars files from the work root."""
     path = Path(item)
     if path.is_absolute():
         return path if path.exists() else None
     if key.startswith("extra_roles"):
-        candidates = [root / "ansible" / "roles" / item, root / "ansible" / item, work_root / item]
+        candidates = [root / "ansible" / "roles" / item, *(d / item for d in roles_path),
+                      root / "ansible" / item, work_root / item]  # fmt: skip
     else:
         candidates = [work_root / item]
     return next((c for c in candidates if c.exists()), None)
@@ -118,25 +121,29 @@ def _named(values: Mapping[str, Any], key: str) -> list[str]:
     return [raw] if isinstance(raw, str) else [str(item) for item in raw]
 
 
-def unfound_roles(values: Mapping[str, Any], root: Path, work_root: Path) -> list[tuple[str, str]]:
+def unfound_roles(
+    values: Mapping[str, Any], root: Path, work_root: Path, roles_path: Sequence[Path]
+) -> list[tuple[str, str]]:
     """(key, role) for each extra role kiln cannot find: its content is not part of the stage's ID (a role
-    Ansible finds elsewhere, through ANSIBLE_ROLES_PATH or in a collection, or one that does not exist)."""
+    Ansible finds elsewhere, in a collection, or one that does not exist)."""
     return [
         (key, item)
         for key in ("extra_roles_before", "extra_roles_after")
         for item in _named(values, key)
-        if _user_path(key, item, root, work_root) is None
+        if _user_path(key, item, root, work_root, roles_path) is None
     ]
 
 
-def user_files_digest(values: Mapping[str, Any], keys: tuple[str, ...], root: Path, work_root: Path) -> str:
+def user_files_digest(
+    values: Mapping[str, Any], keys: tuple[str, ...], root: Path, work_root: Path, roles_path: Sequence[Path]
+) -> str:
     """The user's roles, specs and vars files named by `keys`: their content and their paths relative to
     what was named (never absolute paths), so the same files anywhere give the same ID."""
     h = hashlib.sha256()
     for key in keys:
         for item in _named(values, key):
             h.update(f"{key}\0{item}\0".encode() if key.startswith("extra_roles") else key.encode() + b"\0")
-            path = _user_path(key, item, root, work_root)
+            path = _user_path(key, item, root, work_root, roles_path)
             if path is None:
                 h.update(b"(missing)\0")
                 continue
@@ -160,10 +167,11 @@ class StageId:
 
 
 def stage_ids(
-    values: Mapping[str, Any], root: Path, work_root: Path, base_key: str = ""
+    values: Mapping[str, Any], root: Path, work_root: Path, roles_path: Sequence[Path], base_key: str = ""
 ) -> dict[str, StageId]:
     """The IDs of every stage in the table for a resolved config (plain values). `root` is the data root
-    (kiln's own files), `work_root` where the user's relative paths point (kiln.core.paths.work_root)."""
+    (kiln's own files), `work_root` where the user's relative paths point (kiln.core.paths.work_root),
+    `roles_path` where Ansible finds a role by name besides ansible/roles (Runtime.roles_path)."""
     out: dict[str, StageId] = {}
     parent = ""
     for stage in STAGES:
@@ -173,7 +181,7 @@ def stage_ids(
             "files": files_digest(root, stage.files),
         }
         if stage.user_files:
-            inputs["user_files"] = user_files_digest(values, stage.user_files, root, work_root)
+            inputs["user_files"] = user_files_digest(values, stage.user_files, root, work_root, roles_path)
         if stage.name == "base" and base_key:
             inputs["bootstrap"] = base_key  # kiln.build.bootstrap's own key of the base disk
         if stage.name == "os" and not values.get("source_date_epoch"):

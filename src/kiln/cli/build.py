@@ -104,7 +104,7 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     from kiln.build import pipeline, stages
 
     cfg = load_config(args, args.target)
-    ids = pipeline.plan_ids(cfg)
+    ids = pipeline.plan_ids(cfg, args.runtime)
     cache_dir = cfg.path("cache_dir")
     rows: list[dict[str, Any]] = []
     for stage in stages.STAGES:

@@ -184,7 +184,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
     bucket = _bucket(args)
     client = _gcs_client(args, read_only=args.plan or args.runtime.dry_run)
     if args.plan:
-        entries = release.plan(configs, client, bucket, args.channel)
+        entries = release.plan(configs, client, bucket, args.channel, runtime=args.runtime)
         if args.json:
             print(json.dumps(release.matrix_json(entries)))
         else:

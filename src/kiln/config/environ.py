@@ -40,6 +40,13 @@ def default_runtime(dry_run: bool = False, debug: bool = False, root: Path | Non
     withheld = tuple(sorted(k for k in env if k.startswith("ANSIBLE_") and k not in ANSIBLE_PASSED))
     for name in withheld:
         del env[name]
+    if env.get("ANSIBLE_ROLES_PATH"):
+        # as Ansible reads it (~ and $VARS expanded, relative to where kiln started), made absolute once: the
+        # stage IDs hash the roles found there (Runtime.roles_path), and Packer runs Ansible from elsewhere
+        env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(
+            os.path.abspath(os.path.expandvars(os.path.expanduser(p)))
+            for p in env["ANSIBLE_ROLES_PATH"].split(os.pathsep) if p
+        )  # fmt: skip
     venv_bin = str(Path(sys.executable).parent)
     path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     if venv_bin not in path.split(os.pathsep):

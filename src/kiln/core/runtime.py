@@ -8,6 +8,7 @@ or makes a Runtime of its own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,12 @@ class Runtime:
     def path(self) -> str:
         """The tool PATH children get (kiln's virtualenv first)."""
         return self.env.get("PATH", "")
+
+    @property
+    def roles_path(self) -> tuple[Path, ...]:
+        """Where Ansible finds a role by name besides kiln's ansible/roles: ANSIBLE_ROLES_PATH, which passes
+        on to Ansible (config.environ made its entries absolute), in Ansible's order."""
+        return tuple(Path(p) for p in self.env.get("ANSIBLE_ROLES_PATH", "").split(os.pathsep) if p)
 
     def live(self) -> Runtime:
         """The same runtime with dry-run off: for read-only queries (packer version) that must run."""

@@ -117,7 +117,9 @@ def _published(
     return info is not None and info.metadata.get("input_hash") == digest
 
 
-def plan(configs: Sequence[Config], client: Client, bucket: str, channel: str | None = None) -> list[Entry]:
+def plan(
+    configs: Sequence[Config], client: Client, bucket: str, channel: str | None = None, *, runtime: Runtime
+) -> list[Entry]:
     index = read_index(client, bucket)
     entries = []
     for cfg in configs:
@@ -125,7 +127,7 @@ def plan(configs: Sequence[Config], client: Client, bucket: str, channel: str | 
         ch = channel_for(semver, channel)
         name = cfg.artifact_name
         try:  # a cloudimg target reads its checksum file here: one unreachable source fails its entry only
-            digest = build.input_hash(cfg)
+            digest = build.input_hash(cfg, runtime)
         except KilnError as err:
             entries.append(Entry(cfg.target, semver, "", ch, "failed", name, err.message.splitlines()[0]))
             continue
@@ -219,7 +221,7 @@ def run(
             "--require-signature: no signing key",
             hint="give --signing-key PEM or KILN_SIGNING_KEY: builds are signed with it, reused ones checked",
         )
-    entries = plan(configs, client, bucket, channel)
+    entries = plan(configs, client, bucket, channel, runtime=runtime)
     by_name = {cfg.artifact_name: cfg for cfg in configs}
     for entry in entries:
         if entry.status == "failed":  # planning it failed (kiln.publish.release.plan said why)
