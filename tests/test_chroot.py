@@ -264,22 +264,28 @@ def test_programs_in_a_tree_get_no_host_paths_and_the_system_path() -> None:
 
 
 def _shell_tree(tmp_path: Path) -> Path:
-    """A tree with the host's /bin/sh and the two libraries it needs: enough for Ansible's raw module."""
+    """A tree with the host's /bin/sh and cat and the two libraries they need: enough for Ansible's raw
+    module."""
     tree = _tree(tmp_path)
     (tree / "bin").mkdir()
-    shutil.copy2("/bin/sh", tree / "bin" / "sh")
+    for tool in ("sh", "cat"):
+        shutil.copy2(f"/bin/{tool}", tree / "bin" / tool)
     for lib in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"):
         (tree / lib.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(lib, tree / lib.lstrip("/"))
     return tree
 
 
-def _raw_playbook(path: Path, *commands: str) -> Path:
+def _raw_playbook(path: Path, *commands: str, on_localhost: str = "") -> Path:
+    """raw tasks in the tree, and one delegated to localhost (where ansible-playbook runs) if given."""
     tasks = "".join(f"    - raw: {json.dumps(c)}\n" for c in commands)
+    if on_localhost:
+        tasks += f"    - raw: {json.dumps(on_localhost)}\n      delegate_to: localhost\n"
     path.write_text(f"- hosts: all\n  gather_facts: false\n  tasks:\n{tasks}")
     return path
 
 
+_SWAPPINESS = "/proc/sys/vm/swappiness"
 _THP = "/sys/kernel/mm/transparent_hugepage/enabled"  # "always [madvise] never": a sysfs file root may write
 # capability numbers (linux/capability.h) a stage must not have, and ones it needs
 _FORBIDDEN_CAPS = {"net_admin": 12, "sys_module": 16, "sys_rawio": 17, "sys_admin": 21, "sys_boot": 22,
@@ -299,7 +305,7 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
     and processes out of the task's reach, and a task that reaches for them fails with the hint."""
     tree, work = _shell_tree(tmp_path), tmp_path / "work"
     work.mkdir()
-    swappiness = Path("/proc/sys/vm/swappiness").read_text()
+    swappiness = Path(_SWAPPINESS).read_text()
     probe = _raw_playbook(
         tmp_path / "probe.yml",
         "read h < /proc/sys/kernel/hostname; echo $h > /tmp/hostname",
@@ -307,10 +313,15 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
         "read c < /proc/1/comm; echo $c > /tmp/first",
         "for p in /proc/[0-9]*; do echo ${p#/proc/}; done > /tmp/pids",
         "while read k v; do case $k in CapBnd:) echo $v;; esac; done < /proc/self/status > /tmp/caps",
-        "if echo 1 > /proc/sys/vm/swappiness; then echo written; else echo refused; fi > /tmp/sysctl",
-        # the value it has, written back (the host would not notice): sysfs is read-only
-        f"read line < {_THP}; v=${{line#*[}}; if echo ${{v%%]*}} > {_THP}; then echo written;"
+        # the value it has, written back (the host would not notice, were it written): /proc/sys is read-only
+        f"v=$(cat {_SWAPPINESS}); if echo $v > {_SWAPPINESS}; then echo written; else echo refused; fi"
+        " > /tmp/sysctl",
+        # so is sysfs
+        f"line=$(cat {_THP}); v=${{line#*[}}; if echo ${{v%%]*}} > {_THP}; then echo written;"
         " else echo refused; fi > /tmp/sys",
+        # and so is ansible-playbook's own view (a task delegated to localhost)
+        on_localhost=f"v=$(cat {_SWAPPINESS}); if echo $v > {_SWAPPINESS}; then echo written;"
+        f" else echo refused; fi > {tmp_path}/controller",
     )
     chroot.run_playbooks(tree, work, [probe], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
     seen = {f.name: f.read_text().split() for f in (tree / "tmp").iterdir() if f.is_file()}
@@ -324,12 +335,13 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
     assert not [name for name, bit in _FORBIDDEN_CAPS.items() if caps & (1 << bit)]
     assert all(caps & (1 << bit) for bit in _NEEDED_CAPS.values())
     assert seen["sysctl"] == ["refused"] and seen["sys"] == ["refused"]
-    assert Path("/proc/sys/vm/swappiness").read_text() == swappiness
+    assert (tmp_path / "controller").read_text().split() == ["refused"]
+    assert Path(_SWAPPINESS).read_text() == swappiness
     assert not list((tree / "dev").iterdir()), "the stage's /dev went with its namespace"
     assert not [m for m in Path("/proc/self/mountinfo").read_text().splitlines() if str(tmp_path) in m]
 
-    reaching = _raw_playbook(tmp_path / "reaching.yml", "echo 10 > /proc/sys/vm/swappiness")
+    reaching = _raw_playbook(tmp_path / "reaching.yml", f"echo $(cat {_SWAPPINESS}) > {_SWAPPINESS}")
     with pytest.raises(BuildError) as failed:
         chroot.run_playbooks(tree, work, [reaching], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
     assert "Read-only file system" in str(failed.value) and failed.value.hint == chroot.WALLED_HINT
-    assert Path("/proc/sys/vm/swappiness").read_text() == swappiness
+    assert Path(_SWAPPINESS).read_text() == swappiness

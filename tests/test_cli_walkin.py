@@ -72,8 +72,14 @@ def test_progress_json_passes_a_line_that_only_looks_like_json_as_output() -> No
         {"event": "begin", "stage": "os"},
         {"indented": [1, 2]},
     ], "a document not whole yet ([) is held"
+    # a lone `[` line, then events: held while it could still be a document, then the events stay events
+    out.write('{"event": "end", "stage": "os"}\n{"event": "begin", "stage": "kubernetes"}\n')
     out.close_out()
-    assert json.loads(real.getvalue().splitlines()[-1]) == {"event": "output", "line": "["}
+    assert [json.loads(line) for line in real.getvalue().splitlines()][5:] == [
+        {"event": "output", "line": "["},
+        {"event": "end", "stage": "os"},
+        {"event": "begin", "stage": "kubernetes"},
+    ]
 
 
 def test_version_names_the_commit() -> None:

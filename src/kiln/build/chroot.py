@@ -241,17 +241,26 @@ def take_or_unpack(
 
 
 # The stage's mounts and host name, made inside its namespaces; the command runs while they are there, with
-# STAGE_CAPS only. Not `exec`: the shell stays the namespace's first process (which ignores signals it has
-# no handler for), so that Ctrl-C and SIGTERM reach Ansible as a normal process.
+# STAGE_CAPS only (bounding, inheritable and ambient sets: none comes back at an exec). The kernel's knobs
+# under /proc and /sys are read-only both in the tree and in the namespace's own view, where ansible-playbook
+# runs (a task delegated to localhost). Not `exec`: the shell stays the namespace's first process (which
+# ignores signals it has no handler for), so that Ctrl-C and SIGTERM reach Ansible as a normal process.
 _MOUNTS = """set -eu
 t="$1"; shift
 echo localhost > /proc/sys/kernel/hostname
+read_only() {
+  mount --bind "$1" "$1"
+  mount -o remount,bind,ro "$1"
+}
+knobs() {
+  for f in sys sysrq-trigger irq bus fs acpi; do
+    [ ! -e "$1/$f" ] || read_only "$1/$f"
+  done
+}
 mount -t proc -o nosuid,nodev,noexec proc "$t/proc"
-for f in sys sysrq-trigger; do
-  [ -e "$t/proc/$f" ] || continue
-  mount --bind "$t/proc/$f" "$t/proc/$f"
-  mount -o remount,bind,ro "$t/proc/$f"
-done
+knobs "$t/proc"
+knobs /proc
+! mountpoint -q /sys || mount -o remount,bind,ro /sys
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$t/sys"
 mount -t tmpfs -o nosuid,nodev,mode=0755 dev "$t/dev"
 for n in null zero full random urandom tty; do
@@ -268,7 +277,7 @@ ln -s /proc/self/fd/0 "$t/dev/stdin"
 ln -s /proc/self/fd/1 "$t/dev/stdout"
 ln -s /proc/self/fd/2 "$t/dev/stderr"
 mount --bind "$KILN_RESOLV_CONF" "$t/etc/resolv.conf"
-setpriv --bounding-set "$KILN_STAGE_CAPS" -- "$@"
+setpriv --inh-caps=-all --ambient-caps=-all --bounding-set "$KILN_STAGE_CAPS" -- "$@"
 """
 
 
@@ -404,7 +413,8 @@ def run_playbooks(
                     log_file=log_file, on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
                 )  # fmt: skip
             except CommandError as err:
-                walled = _WALLED.search(err.output_tail)
+                # a task failed (Ansible's "fatal:"), and by reaching for the host, not the stage's own setup
+                walled = "fatal: [" in err.output_tail and _WALLED.search(err.output_tail)
                 raise BuildError(
                     f"{playbook.name} in the chroot of {tree} failed (exit {err.returncode})\n"
                     f"{err.output_tail.rstrip()}",

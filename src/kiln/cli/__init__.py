@@ -12,6 +12,7 @@ CLI -> load and validate config -> render -> run Packer -> post-process -> verif
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -106,25 +107,31 @@ class _JsonStdout:
         return len(text)
 
     def _line(self, line: str) -> None:
-        if self.document or line.strip()[:1] in ("{", "["):
+        queue = collections.deque([line])
+        while queue:
+            line = queue.popleft()
+            if not self.document and line.strip()[:1] not in ("{", "["):
+                self._plain(line)
+                continue
             self.document.append(line)
             text = "\n".join(self.document)
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as err:
                 # a document not whole yet fails at its end; one that fails before it is no JSON at all
-                # (a shell line `[ -e "$f" ]` in a `would run:`), and goes out as it is
                 if err.pos >= len(text.rstrip()) and len(self.document) < 100_000:
-                    return
-                data = None
-            lines, self.document = self.document, []
-            if data is not None:
-                self.real.write(json.dumps(data, separators=(",", ":")) + "\n")
-            else:
-                for held in lines:
-                    self._plain(held)
-            return
-        self._plain(line)
+                    continue
+                queue.extendleft(reversed(self._not_a_document()))
+                continue
+            self.document = []
+            self.real.write(json.dumps(data, separators=(",", ":")) + "\n")
+
+    def _not_a_document(self) -> list[str]:
+        """The held lines were no document: the first (a shell line `[ -e "$f" ]` in a `would run:`) goes out
+        as output; the lines after it are read again (a progress event among them stays an event)."""
+        held, self.document = self.document, []
+        self._plain(held[0])
+        return held[1:]
 
     def _plain(self, line: str) -> None:
         self.real.write(json.dumps({"event": "output", "line": line}) + "\n")
@@ -138,9 +145,9 @@ class _JsonStdout:
     def close_out(self) -> None:
         """At exit: what never became a whole document goes out as output lines."""
         self.flush()
-        lines, self.document = self.document, []
-        for held in lines:
-            self._plain(held)
+        while self.document:
+            for line in self._not_a_document():
+                self._line(line)
         self.real.flush()
 
     def isatty(self) -> bool:
