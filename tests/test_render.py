@@ -145,6 +145,11 @@ def test_render_writes_boot_files_with_build_credentials(tmp_path: Path) -> None
     assert json.loads((out / "ansible-vars.json").read_text())["http_proxy"] == proxy
     assert (out / "ansible-vars.json").stat().st_mode & 0o777 == 0o600
     assert json.loads((out / "config.json").read_text())["http_proxy"]["value"] == "http://***@proxy:3128"
+    # a role by a path from the work root: Packer runs Ansible in the render dir, so it gets the absolute path
+    cfg = config.load("ubuntu-2204", overrides={"extra_roles_after": ["tests/fixtures/site"]}, repo_root=REPO)
+    render.render(cfg, golden_context(cfg), out, (1, 6, 6), runtime=RUNTIME)
+    roles = json.loads((out / "ansible-vars.json").read_text())["extra_roles_after"]
+    assert roles == [str(cfg.work_root / "tests" / "fixtures" / "site")]
 
 
 def test_shipped_boot_files_hold_no_fixed_password() -> None:

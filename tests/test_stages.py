@@ -408,6 +408,10 @@ def test_a_role_found_through_ansible_roles_path_is_hashed(tmp_path: Path, monke
     assert before["os"].id == after["os"].id and before["kubernetes"].id != after["kubernetes"].id
     elsewhere = dataclasses.replace(rt, env={**rt.env, "ANSIBLE_ROLES_PATH": str(second)})
     assert build.plan_ids(cfg, elsewhere)["kubernetes"].id == before["kubernetes"].id, "by content, not place"
+    # Ansible is given the role kiln hashed: a name it finds the same way stays a name
+    assert stages.roles_for_ansible(cfg.plain(), cfg.repo_root, cfg.work_root, rt.roles_path) == {
+        "extra_roles_before": [], "extra_roles_after": ["site_after"],
+    }  # fmt: skip
     unset = dataclasses.replace(rt, env={k: v for k, v in rt.env.items() if k != "ANSIBLE_ROLES_PATH"})
     assert stages.unfound_roles(cfg.plain(), cfg.repo_root, cfg.work_root, unset.roles_path) == [
         ("extra_roles_after", "site_after")
@@ -429,3 +433,18 @@ def test_prune_never_deletes_an_entry_a_running_build_stands_on(tmp_path: Path) 
         stages.hold_shared(stages.use_lock(cache, "kubernetes", "k1"), holds)  # a second build, same stage
         assert stages.prune(cache, older_than_days=1) == [], "k1 is in use, so is os1 beneath it"
     assert sorted(r.id for r in stages.prune(cache, older_than_days=1)) == ["k1", "os1"]
+
+
+def test_ansible_is_given_the_role_kiln_hashed(tmp_path: Path) -> None:
+    """A role named by a path relative to the work root is the role kiln hashes; Ansible would look for that
+    path from its own working directory (Packer's render dir), so it is given the absolute path. Names,
+    absolute paths and roles kiln cannot find go to Ansible as written."""
+    root, work = tmp_path / "root", tmp_path / "work"
+    (root / "ansible" / "roles" / "by_name" / "tasks").mkdir(parents=True)
+    (work / "site" / "roles" / "mine" / "tasks").mkdir(parents=True)
+    values = {"extra_roles_before": ["by_name", "site/roles/mine"],
+              "extra_roles_after": [str(work / "site" / "roles" / "mine"), "missing/role"]}  # fmt: skip
+    assert stages.roles_for_ansible(values, root, work, ()) == {
+        "extra_roles_before": ["by_name", str(work / "site" / "roles" / "mine")],
+        "extra_roles_after": [str(work / "site" / "roles" / "mine"), "missing/role"],
+    }

@@ -30,6 +30,7 @@ from typing import Any
 import jinja2
 
 from kiln import __version__
+from kiln.build import stages
 from kiln.config import Config
 from kiln.core import inputs, proc
 from kiln.core.errors import InputError
@@ -381,8 +382,10 @@ def render(
                 config.get("efi_firmware_vars"), tmp / "efi_vars.fd"
             )  # the template's pflash unit 1
         (tmp / "config.json").write_text(json.dumps(_for_goss_check(config), indent=2, sort_keys=True) + "\n")
+        plain = config.plain()
         ansible_vars = {
-            **config.plain(),
+            **plain,
+            **stages.roles_for_ansible(plain, config.repo_root, config.work_root, runtime.roles_path),
             "ansible_python_interpreter": "/usr/bin/python3",
             **context.extra_vars,
         }

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kiln.build import packer
+from kiln.build import packer, stages
 from kiln.build.render import BuildContext, Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.core import proc
@@ -158,8 +158,10 @@ def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: P
     variables (the build's own and the user's ansible_user_vars)."""
     from kiln.build import chroot
 
+    plain = ws.cfg.plain()
     extra = {
-        **chroot.host_view(ws.cfg.plain()),
+        **chroot.host_view(plain),
+        **stages.roles_for_ansible(plain, ws.cfg.repo_root, ws.cfg.work_root, ws.runtime.roles_path),
         "ansible_python_interpreter": "/usr/bin/python3",
         "kiln_stage": stage,
         "kiln_runner": "chroot",

@@ -134,6 +134,24 @@ def unfound_roles(
     ]
 
 
+def roles_for_ansible(
+    values: Mapping[str, Any], root: Path, work_root: Path, roles_path: Sequence[Path]
+) -> dict[str, list[str]]:
+    """extra_roles_before/after as Ansible is to run them: the role kiln hashed. Ansible looks for a role
+    where `_user_path` does, except last: a relative path from its own working directory (Packer's render
+    dir, or wherever kiln was started), not the work root. A role kiln found there is given by its absolute
+    path; names and the rest stay as written."""
+    out = {}
+    for key in ("extra_roles_before", "extra_roles_after"):
+        named = _named(values, key)
+        found = [_user_path(key, item, root, work_root, roles_path) for item in named]
+        out[key] = [
+            str(path) if path is not None and path == work_root / item else item
+            for item, path in zip(named, found, strict=True)
+        ]
+    return out
+
+
 def user_files_digest(
     values: Mapping[str, Any], keys: tuple[str, ...], root: Path, work_root: Path, roles_path: Sequence[Path]
 ) -> str:
