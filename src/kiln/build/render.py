@@ -348,6 +348,17 @@ def outputs(config: Config, context: BuildContext) -> dict[str, Output]:
     return {b: facts[b] for b in sources_for(config)}
 
 
+def ansible_values(config: Config, runtime: Runtime) -> dict[str, Any]:
+    """The build's values as both runners give them to Ansible: the config's, the extra roles as kiln hashed
+    them (stages.roles_for_ansible), and the image's own Python."""
+    plain = config.plain()
+    return {
+        **plain,
+        **stages.roles_for_ansible(plain, config.repo_root, config.work_root, runtime.roles_path),
+        "ansible_python_interpreter": "/usr/bin/python3",
+    }
+
+
 def render(
     config: Config,
     context: BuildContext,
@@ -382,13 +393,7 @@ def render(
                 config.get("efi_firmware_vars"), tmp / "efi_vars.fd"
             )  # the template's pflash unit 1
         (tmp / "config.json").write_text(json.dumps(_for_goss_check(config), indent=2, sort_keys=True) + "\n")
-        plain = config.plain()
-        ansible_vars = {
-            **plain,
-            **stages.roles_for_ansible(plain, config.repo_root, config.work_root, runtime.roles_path),
-            "ansible_python_interpreter": "/usr/bin/python3",
-            **context.extra_vars,
-        }
+        ansible_vars = {**ansible_values(config, runtime), **context.extra_vars}
         # the values as Ansible uses them, a proxy's login included: for this user only (config.json, which
         # anyone may read, has them as recorded, kiln.core.redact)
         fd = os.open(tmp / "ansible-vars.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kiln.build import packer, stages
+from kiln.build import packer, render
 from kiln.build.render import BuildContext, Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.core import proc
@@ -30,7 +30,6 @@ class PackerRunner:
     implement the same `run`.)"""
 
     def run(self, ws: Workspace, stage: str, parent: Path | None, last: bool) -> Output:
-        from kiln.build import render
         from kiln.vm import checkboot
         from kiln.vm.qemu import free_port
 
@@ -158,11 +157,8 @@ def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: P
     variables (the build's own and the user's ansible_user_vars)."""
     from kiln.build import chroot
 
-    plain = ws.cfg.plain()
     extra = {
-        **chroot.host_view(plain),
-        **stages.roles_for_ansible(plain, ws.cfg.repo_root, ws.cfg.work_root, ws.runtime.roles_path),
-        "ansible_python_interpreter": "/usr/bin/python3",
+        **chroot.host_view(render.ansible_values(ws.cfg, ws.runtime)),
         "kiln_stage": stage,
         "kiln_runner": "chroot",
         "kiln_packages_file": str(ws.packages_file),

@@ -121,17 +121,27 @@ def _named(values: Mapping[str, Any], key: str) -> list[str]:
     return [raw] if isinstance(raw, str) else [str(item) for item in raw]
 
 
+EXTRA_ROLES = ("extra_roles_before", "extra_roles_after")
+
+
+def _extra_roles(
+    values: Mapping[str, Any], root: Path, work_root: Path, roles_path: Sequence[Path]
+) -> list[tuple[str, str, Path | None]]:
+    """(key, role as written, where kiln finds it or None) for each of the user's extra roles."""
+    return [
+        (key, item, _user_path(key, item, root, work_root, roles_path))
+        for key in EXTRA_ROLES
+        for item in _named(values, key)
+    ]
+
+
 def unfound_roles(
     values: Mapping[str, Any], root: Path, work_root: Path, roles_path: Sequence[Path]
 ) -> list[tuple[str, str]]:
     """(key, role) for each extra role kiln cannot find: its content is not part of the stage's ID (a role
     Ansible finds elsewhere, in a collection, or one that does not exist)."""
-    return [
-        (key, item)
-        for key in ("extra_roles_before", "extra_roles_after")
-        for item in _named(values, key)
-        if _user_path(key, item, root, work_root, roles_path) is None
-    ]
+    found = _extra_roles(values, root, work_root, roles_path)
+    return [(key, item) for key, item, path in found if path is None]
 
 
 def roles_for_ansible(
@@ -141,14 +151,9 @@ def roles_for_ansible(
     where `_user_path` does, except last: a relative path from its own working directory (Packer's render
     dir, or wherever kiln was started), not the work root. A role kiln found there is given by its absolute
     path; names and the rest stay as written."""
-    out = {}
-    for key in ("extra_roles_before", "extra_roles_after"):
-        named = _named(values, key)
-        found = [_user_path(key, item, root, work_root, roles_path) for item in named]
-        out[key] = [
-            str(path) if path is not None and path == work_root / item else item
-            for item, path in zip(named, found, strict=True)
-        ]
+    out: dict[str, list[str]] = {key: [] for key in EXTRA_ROLES}
+    for key, item, path in _extra_roles(values, root, work_root, roles_path):
+        out[key].append(str(path) if path == work_root / item else item)
     return out
 
 
