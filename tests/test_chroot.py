@@ -255,9 +255,12 @@ def test_programs_in_a_tree_get_no_host_paths_and_the_system_path() -> None:
     from kiln.core import proc
 
     rt = replace(RUNTIME, env=MappingProxyType({"PATH": "/opt/venv/bin:/usr/bin", "TMPDIR": "/scratch",
-                                                "PYTHONPATH": "/opt/lib", "HOME": "/root"}))  # fmt: skip
+                                                "PYTHONPATH": "/opt/lib", "HOME": "/root",
+                                                "LD_LIBRARY_PATH": "/opt/rh/lib64"}))  # fmt: skip
     env = proc.tree_env(rt)
     assert "TMPDIR" not in env and "PYTHONPATH" not in env and env["HOME"] == "/root"
+    assert "LD_LIBRARY_PATH" not in env, "the host's libraries: a program in the tree loads its own"
+    assert proc.tree_env(rt, host_loader=True)["LD_LIBRARY_PATH"] == "/opt/rh/lib64"
     assert env["PATH"].split(":") == [
         "/opt/venv/bin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/sbin", "/bin",
     ]  # fmt: skip
@@ -345,3 +348,58 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
         chroot.run_playbooks(tree, work, [reaching], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
     assert "Read-only file system" in str(failed.value) and failed.value.hint == chroot.WALLED_HINT
     assert Path(_SWAPPINESS).read_text() == swappiness
+
+
+@root_only
+def test_a_goss_tree_check_runs_behind_the_stage_wall(tmp_path: Path) -> None:
+    """The goss build phase's checks in the tree, a user's `command` that asks for the tree included, run
+    behind the stage's wall: the tree's own host name, and no capability to rename or reconfigure the host."""
+    from kiln.goss import verify
+
+    tree = _shell_tree(tmp_path)
+    for tool in ("hostname", "timeout", "stat"):  # what kiln's probe runs, with the libraries they need
+        shutil.copy2(f"/bin/{tool}", tree / "bin" / tool)
+        libs = subprocess.run(["ldd", f"/bin/{tool}"], capture_output=True, text=True, check=True).stdout
+        for lib in (w for w in libs.split() if w.startswith("/") and not (tree / w.lstrip("/")).exists()):
+            shutil.copy2(lib, tree / lib.lstrip("/"))
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "vars.yaml.j2").write_text("probe: 1\n")
+    # the name it has, set again (the host would not notice, were it set): refused for want of sys_admin
+    rename = 'if hostname "$(hostname)" 2>/dev/null; then echo set; else echo refused; fi'
+    (specs / "goss.yaml").write_text(
+        "file:\n  /bin/sh: {exists: true}\n"
+        "command:\n"
+        "  hostname: {exit-status: 0, stdout: [localhost], meta: {kiln_phase: tree}}\n"
+        f"  rename: {{exec: {json.dumps(rename)}, exit-status: 0, stdout: [refused],"
+        " meta: {kiln_phase: tree}}\n"
+        "  later: {exit-status: 0}\n"
+    )
+    host_name = socket.gethostname()
+    in_tree = lambda argv: chroot.walled(tree, argv, runtime=RUNTIME)  # noqa: E731
+    results, deferred = verify.check_tree(in_tree, {}, spec_dir=specs, root=tmp_path, runtime=RUNTIME)
+    assert deferred == 1, "a command that does not ask for the tree waits for the boot"
+    failed = [f"{r.title()}: found {r.found!r}" for r in results if not r.successful]
+    assert not failed and {r.resource_id for r in results} == {"/bin/sh", "hostname", "rename"}
+    assert socket.gethostname() == host_name
+    assert not [m for m in Path("/proc/self/mountinfo").read_text().splitlines() if str(tmp_path) in m]
+
+
+@root_only
+def test_the_hosts_loader_settings_stay_out_of_the_tree(tmp_path: Path) -> None:
+    """LD_PRELOAD, LD_LIBRARY_PATH and PYTHONHOME name the build host's libraries: ansible-playbook, a host
+    program, keeps them, and the programs it runs in the tree do not get them."""
+    import dataclasses
+    from types import MappingProxyType
+
+    tree, work = _shell_tree(tmp_path), tmp_path / "work"
+    work.mkdir()
+    loader = {"LD_PRELOAD": "/lib/x86_64-linux-gnu/libc.so.6", "LD_LIBRARY_PATH": "/nonexistent/kiln-lib"}
+    runtime = dataclasses.replace(RUNTIME, env=MappingProxyType({**RUNTIME.env, **loader}))
+    show = 'echo "${LD_PRELOAD:-none} ${LD_LIBRARY_PATH:-none} ${PYTHONHOME:-none}"'
+    probe = _raw_playbook(
+        tmp_path / "probe.yml", f"{show} > /tmp/loader", on_localhost=f"{show} > {tmp_path}/controller"
+    )
+    chroot.run_playbooks(tree, work, [probe], {}, repo_root=REPO, log_file=None, runtime=runtime)
+    assert (tree / "tmp" / "loader").read_text().split() == ["none", "none", "none"]
+    assert (tmp_path / "controller").read_text().split() == [*loader.values(), "none"]

@@ -61,6 +61,7 @@ STAGE_CAPS = (
     "chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap", "setfcap",
     "net_bind_service", "net_raw", "sys_chroot", "audit_write",
 )  # fmt: skip
+_CAPS_ARG = ",".join(["-all", *(f"+{cap}" for cap in STAGE_CAPS)])  # setpriv's --bounding-set
 
 
 QEMU_HOST = "10.0.2.2"  # the build host as a QEMU user-network guest reaches it
@@ -367,6 +368,21 @@ def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = 
     return [*argv, str(playbook)]
 
 
+# A command in a tree behind the stage's wall (host name, IPC, processes, capabilities), without its mounts:
+# the goss tree phase asks only about the tree's files. Not `exec`, as in _MOUNTS.
+_WALL = """echo localhost > /proc/sys/kernel/hostname
+caps="$1"; shift
+setpriv --inh-caps=-all --ambient-caps=-all --bounding-set "$caps" -- "$@"
+"""
+
+
+def walled(tree: Path, argv: Sequence[str], *, runtime: Runtime) -> list[str]:
+    """`chroot TREE ARGV` behind the stage's wall (module doc), with nothing mounted in the tree: a goss
+    tree-phase check (a user's `command` too) cannot rename, signal or reconfigure the build host."""
+    chroot_bin = proc.which("chroot", runtime)
+    return [*_STAGE_NAMESPACES, "sh", "-c", _WALL, "sh", _CAPS_ARG, chroot_bin, str(tree), *argv]
+
+
 # how a task fails when it reaches for the build host from a stage (module doc), and what to do about it
 _WALLED = re.compile(r"Read-only file system|Operation not permitted|must be root|permission denied on key")
 WALLED_HINT = (
@@ -396,12 +412,19 @@ def run_playbooks(
     on): mkinitramfs, run by dpkg triggers, then writes the same initrd for the same files."""
     vars_file = work / "ansible-vars.json"
     vars_file.write_text(json.dumps(dict(extra_vars), indent=2, sort_keys=True) + "\n")
+    # ansible-playbook keeps the host's loader settings (it is a host program), the tree does not: the chroot
+    # connection runs this in place of chroot, with the environment Ansible passes on
+    chroot_exe = work / "chroot-exe"
+    unset = " ".join(f"-u {name}" for name in proc.HOST_LOADER)
+    chroot_exe.write_text(f'#!/bin/sh\nexec env {unset} {proc.quote([proc.which("chroot", runtime)])} "$@"\n')
+    chroot_exe.chmod(0o700)
     env = {
+        "ANSIBLE_CHROOT_EXE": str(chroot_exe),
         "ANSIBLE_CONFIG": str(repo_root / "ansible" / "ansible.cfg"),
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
         "ANSIBLE_REMOTE_TEMP": "/tmp/.kiln-ansible",
-        "KILN_STAGE_CAPS": ",".join(["-all", *(f"+{cap}" for cap in STAGE_CAPS)]),
+        "KILN_STAGE_CAPS": _CAPS_ARG,
         **({"SOURCE_DATE_EPOCH": str(epoch)} if epoch else {}),
     }
     with prepared(tree, work) as host_resolv:
@@ -409,7 +432,8 @@ def run_playbooks(
             argv = playbook_argv(tree, vars_file, playbook, user_vars)
             try:
                 proc.run(
-                    argv, env=proc.tree_env(runtime), extra_env={**env, "KILN_RESOLV_CONF": str(host_resolv)},
+                    argv, env=proc.tree_env(runtime, host_loader=True),
+                    extra_env={**env, "KILN_RESOLV_CONF": str(host_resolv)},
                     log_file=log_file, on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
                 )  # fmt: skip
             except CommandError as err:

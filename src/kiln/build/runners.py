@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kiln.build import packer, render
+from kiln.build import chroot, packer, render
 from kiln.build.render import BuildContext, Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.core import proc
@@ -106,8 +106,6 @@ class ChrootRunner:
     disk is made offline in finalize and booted once there, for goss and the hygiene checks."""
 
     def run(self, ws: Workspace, stage: str, parent: Path | None, last: bool) -> Output:
-        from kiln.build import chroot
-
         repo = ws.runtime.root
         sdir = ws.work / stage
         sdir.mkdir(mode=0o700)
@@ -155,8 +153,6 @@ class ChrootRunner:
 def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: Path) -> None:
     """One playbook against `tree` through the chroot connection, with the build's values as the roles'
     variables (the build's own and the user's ansible_user_vars)."""
-    from kiln.build import chroot
-
     extra = {
         **chroot.host_view(render.ansible_values(ws.cfg, ws.runtime)),
         "kiln_stage": stage,
@@ -176,7 +172,11 @@ def _check_tree(ws: Workspace, stage: str, tree: Path) -> None:
     from kiln.goss import specs, verify
 
     results, deferred = verify.check_tree(
-        tree, ws.values, spec_dir=specs.spec_dir(ws.runtime.root), root=ws.runtime.root, runtime=ws.runtime
+        lambda argv: chroot.walled(tree, argv, runtime=ws.runtime),
+        ws.values,
+        spec_dir=specs.spec_dir(ws.runtime.root),
+        root=ws.runtime.root,
+        runtime=ws.runtime,
     )
     failed = [r for r in results if not r.successful and not r.skipped]
     ws.monitor.log(

@@ -89,15 +89,22 @@ def _child_env(
 # The build host's own temp and library paths: inside an image's tree they name nothing, or the wrong thing
 # (a TMPDIR the tree lacks fails every `mktemp` there: mkinitramfs under dpkg's trigger, maintainer scripts).
 _HOST_PATHS = ("TMPDIR", "TMP", "TEMP", "TEMPDIR", "PYTHONPATH", "PYTHONSTARTUP", "PERL5LIB", "PERLLIB")
+# How the build host loads its own programs: a host library preloaded into every program in the tree (or an
+# ld.so error from each, where the tree lacks it), a tree's python3 looking for its standard library under
+# the host's prefix. A host program may need them (a Software Collections Python sets LD_LIBRARY_PATH).
+HOST_LOADER = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONHOME")
 _SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
-def tree_env(runtime: Runtime) -> dict[str, str]:
+def tree_env(runtime: Runtime, *, host_loader: bool = False) -> dict[str, str]:
     """The environment for programs that run inside an image's tree (chroot, mmdebstrap's maintainer
-    scripts, Ansible's chroot connection, which passes its own on): the runtime's without _HOST_PATHS, and
-    with the system's sbin and bin directories on PATH (dpkg needs ldconfig and start-stop-daemon there; a
-    user's or sudo's PATH can lack them)."""
-    env = {k: v for k, v in runtime.env.items() if k not in _HOST_PATHS}
+    scripts, Ansible's chroot connection, which passes its own on): the runtime's without _HOST_PATHS and
+    HOST_LOADER, and with the system's sbin and bin directories on PATH (dpkg needs ldconfig and
+    start-stop-daemon there; a user's or sudo's PATH can lack them). `host_loader` keeps HOST_LOADER, for a
+    host program that takes them out itself before it enters the tree (kiln.build.chroot's ansible-playbook,
+    whose chroot_exe does)."""
+    dropped = _HOST_PATHS if host_loader else (*_HOST_PATHS, *HOST_LOADER)
+    env = {k: v for k, v in runtime.env.items() if k not in dropped}
     path = [p for p in env.get("PATH", "").split(os.pathsep) if p]
     env["PATH"] = os.pathsep.join([*path, *(d for d in _SYSTEM_PATH if d not in path)])
     return env

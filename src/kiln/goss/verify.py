@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -545,7 +545,7 @@ def _in_tree(resource: goss.Resource) -> bool:
 
 
 def check_tree(
-    tree: Path,
+    in_tree: Callable[[Sequence[str]], list[str]],
     values: Mapping[str, Any],
     *,
     spec_dir: Path,
@@ -553,8 +553,9 @@ def check_tree(
     runtime: Runtime,
     extra_vars: Mapping[str, Any] | None = None,
 ) -> tuple[list[goss.Result], int]:
-    """The build phase's file, package, user and group checks against a root tree, in a chroot (fail fast,
-    before the tree is packed). Returns the results and how many resources wait for the boot."""
+    """The build phase's file, package, user and group checks (and commands that ask for the tree) against
+    a root tree, before it is packed (fail fast). `in_tree` makes the argv that runs a command in the tree
+    (kiln.build.chroot.walled). Returns the results and how many resources wait for the boot."""
     import subprocess
 
     from testinfra.backend.local import LocalBackend
@@ -562,15 +563,15 @@ def check_tree(
 
     from kiln.core import proc
 
-    chroot_bin, env = proc.which("chroot", runtime), proc.tree_env(runtime)
+    env = proc.tree_env(runtime)
 
     class ChrootBackend(LocalBackend):  # type: ignore[misc]
-        """testinfra's local backend with every command run as `chroot TREE /bin/sh -c CMD`, in the
-        environment of programs in a tree (proc.tree_env), not kiln's own."""
+        """testinfra's local backend with every command run as `/bin/sh -c CMD` in the tree (`in_tree`),
+        in the environment of programs in a tree (proc.tree_env), not kiln's own."""
 
         def run(self, command: str, *args: str, **kwargs: Any) -> Any:
             text = self.get_command(command, *args)
-            argv = [chroot_bin, str(tree), "/bin/sh", "-c", text]
+            argv = in_tree(["/bin/sh", "-c", text])
             done = subprocess.run(argv, capture_output=True, env=env, check=False)
             return self.result(done.returncode, self.encode(text), done.stdout, done.stderr)
 
