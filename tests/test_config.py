@@ -203,6 +203,22 @@ def test_ansible_settings_from_the_environment_are_withheld(monkeypatch: pytest.
     assert rt.child_env()["ANSIBLE_COLLECTIONS_PATH"] == "/srv/collections"
 
 
+def test_the_system_tool_directories_are_on_the_runtime_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A root shell from a plain `su` has no sbin on PATH: kiln's tools there (chroot, mkfs.ext4, losetup)
+    are still found, after the operator's own directories and kiln's virtualenv."""
+    import sys
+
+    from kiln.core import proc
+
+    monkeypatch.setenv("PATH", "/opt/tools/bin:/usr/bin:/bin")
+    rt = config.default_runtime()
+    assert rt.path.split(":") == [
+        str(Path(sys.executable).parent), "/opt/tools/bin", "/usr/bin", "/bin",
+        "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/sbin",
+    ]  # fmt: skip
+    assert proc.which("chroot", rt) in ("/usr/sbin/chroot", "/sbin/chroot")
+
+
 def test_all_errors_reported_at_once(repo: Path) -> None:
     edit(repo / "config/common.json", cpuss=4, memory="lots")
     edit(repo / "config/kubernetes.json", kubernetes_semver="1.30")

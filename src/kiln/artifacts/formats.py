@@ -71,28 +71,17 @@ def root_tree(disk: Path, work: Path, runtime: Runtime, log_file: IO[str] | None
     table = json.loads(proc.output(["sfdisk", "--json", str(raw)], runtime=runtime))["partitiontable"]
     sector = int(table.get("sectorsize", 512))
     root = table["partitions"][-1]
-    loop = proc.output(
-        [
-            "losetup",
-            "-f",
-            "--show",
-            "-o",
-            str(root["start"] * sector),
-            "--sizelimit",
-            str(root["size"] * sector),
-            str(raw),
-        ],
-        runtime=runtime,
-    ).strip()
-    mounted: list[Path] = []
+    # mount's own loop device, which the kernel frees with the mount (autoclear): after a kill -9, the next
+    # run's collection of dead runs' temp dirs (kiln.core.tempdirs) unmounts it, and no loop device stays
+    where = f"loop,offset={root['start'] * sector},sizelimit={root['size'] * sector}"
+    mounted = False
     try:
-        proc.run(["mount", loop, str(mnt)], log_file=log_file, runtime=runtime)
-        mounted.append(mnt)
+        proc.run(["mount", "-o", where, str(raw), str(mnt)], log_file=log_file, runtime=runtime)
+        mounted = True
         yield mnt
     finally:
-        for m in reversed(mounted):
-            proc.run(["umount", "-l", str(m)], check=False, log_file=log_file, runtime=runtime)
-        proc.run(["losetup", "-d", loop], check=False, log_file=log_file, runtime=runtime)
+        if mounted:
+            proc.run(["umount", "-l", str(mnt)], check=False, log_file=log_file, runtime=runtime)
         raw.unlink(missing_ok=True)
 
 
@@ -124,6 +113,15 @@ def write_hash(path: Path) -> str:
     return digest
 
 
+# /proc, /sys and /dev bound into the tree for mkinitramfs (it reads the host's devices and modules), in a
+# mount namespace of the command's own: they go when it ends, however kiln ends
+_WITH_HOST_DEVICES = """set -eu
+t="$1"; shift
+for d in proc sys dev; do mount --bind "/$d" "$t/$d"; done
+"$@"
+"""
+
+
 def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None, epoch: int = 0) -> str:
     """An initrd with live-boot, made by the image's own mkinitramfs in a chroot of its tree."""
     if (
@@ -132,23 +130,11 @@ def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | Non
     ):
         raise BuildError(f"{tree}: live-boot is not installed in the image (the node role installs it)")
     kver = kernel_version(tree)
-    binds = [Path("/proc"), Path("/sys"), Path("/dev")]
-    mounted: list[Path] = []
-    try:
-        for b in binds:
-            target = tree / b.relative_to("/")
-            proc.run(["mount", "--bind", str(b), str(target)], log_file=log_file, runtime=runtime)
-            mounted.append(target)
-        proc.run(
-            ["chroot", str(tree), "mkinitramfs", "-o", "/tmp/kiln-live-initrd", kver],
-            env=proc.tree_env(runtime),
-            extra_env=source_date_env(epoch),
-            log_file=log_file,
-            runtime=runtime,
-        )
-    finally:
-        for m in reversed(mounted):
-            proc.run(["umount", "-l", str(m)], check=False, log_file=log_file, runtime=runtime)
+    proc.run(
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _WITH_HOST_DEVICES, "sh",
+         str(tree), "chroot", str(tree), "mkinitramfs", "-o", "/tmp/kiln-live-initrd", kver],
+        env=proc.tree_env(runtime), extra_env=source_date_env(epoch), log_file=log_file, runtime=runtime,
+    )  # fmt: skip
     shutil.move(str(tree / "tmp" / "kiln-live-initrd"), out)
     return kver
 

@@ -99,7 +99,7 @@ def check_host(runtime: Runtime) -> None:
             f"provisioner chroot: Ansible's {CONNECTION} connection is not installed",
             hint="install the `ansible` package into kiln's virtualenv (make deps does)",
         ) from None
-    for tool in ("unshare", "setpriv", "zstd"):
+    for tool in ("chroot", "unshare", "setpriv", "zstd"):
         proc.which(tool, runtime)
 
 
@@ -248,7 +248,7 @@ def take_or_unpack(
 # ignores signals it has no handler for), so that Ctrl-C and SIGTERM reach Ansible as a normal process.
 _MOUNTS = """set -eu
 t="$1"; shift
-echo localhost > /proc/sys/kernel/hostname
+hostname localhost 2>/dev/null || echo localhost > /proc/sys/kernel/hostname
 read_only() {
   mount --bind "$1" "$1"
   mount -o remount,bind,ro "$1"
@@ -369,8 +369,11 @@ def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = 
 
 
 # A command in a tree behind the stage's wall (host name, IPC, processes, capabilities), without its mounts:
-# the goss tree phase asks only about the tree's files. Not `exec`, as in _MOUNTS.
-_WALL = """echo localhost > /proc/sys/kernel/hostname
+# the goss tree phase asks only about the tree's files. Not `exec`, as in _MOUNTS. The host name is set with
+# sethostname(2) (`hostname`), which works where /proc/sys is mounted read-only (kiln in a container), and
+# through /proc where there is no `hostname` program.
+_WALL = """set -eu
+hostname localhost 2>/dev/null || echo localhost > /proc/sys/kernel/hostname
 caps="$1"; shift
 setpriv --inh-caps=-all --ambient-caps=-all --bounding-set "$caps" -- "$@"
 """
@@ -378,7 +381,9 @@ setpriv --inh-caps=-all --ambient-caps=-all --bounding-set "$caps" -- "$@"
 
 def walled(tree: Path, argv: Sequence[str], *, runtime: Runtime) -> list[str]:
     """`chroot TREE ARGV` behind the stage's wall (module doc), with nothing mounted in the tree: a goss
-    tree-phase check (a user's `command` too) cannot rename, signal or reconfigure the build host."""
+    tree-phase check (a user's `command` too) sees its own host name and processes, and lacks the
+    capabilities that rename, reconfigure or reach into the build host's kernel. Against accidents, as the
+    stage's wall: /proc is not mounted in the tree, and the namespace's own view of it is the host's."""
     chroot_bin = proc.which("chroot", runtime)
     return [*_STAGE_NAMESPACES, "sh", "-c", _WALL, "sh", _CAPS_ARG, chroot_bin, str(tree), *argv]
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from kiln.config.loading import repo_root
+from kiln.core import proc
 from kiln.core.runtime import Runtime
 
 # Ansible reads ANSIBLE_* variables over its config file, so an operator's shell settings would change how
@@ -48,10 +49,13 @@ def default_runtime(dry_run: bool = False, debug: bool = False, root: Path | Non
             for p in env["ANSIBLE_ROLES_PATH"].split(os.pathsep) if p
         )  # fmt: skip
     venv_bin = str(Path(sys.executable).parent)
-    path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    if venv_bin not in path.split(os.pathsep):
-        path = f"{venv_bin}{os.pathsep}{path}"
-    env.update(PATH=path, CHECKPOINT_DISABLE="1", PACKER_NO_COLOR="1")
+    path = [p for p in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep) if p]
+    if venv_bin not in path:
+        path.insert(0, venv_bin)
+    # and the system's sbin and bin directories, last: kiln needs root's tools (chroot, mkfs.ext4, losetup,
+    # sfdisk), and a root shell from a plain `su` has no sbin on PATH
+    path += [d for d in proc.SYSTEM_PATH if d not in path]
+    env.update(PATH=os.pathsep.join(path), CHECKPOINT_DISABLE="1", PACKER_NO_COLOR="1")
     # One locale for every child, the one every tree has (glibc's built-in C.UTF-8): a workstation's
     # en_US.UTF-8 or de_DE.UTF-8 reached the chroot's maintainer scripts, where no such locale is generated
     # (perl's "Setting locale failed" for each), and made tools answer in another language.

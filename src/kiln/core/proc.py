@@ -43,6 +43,7 @@ PROVIDERS: dict[str, str] = {
     "openssl": "Debian package 'openssl'",
     "unshare": "Debian package 'util-linux'",
     "setpriv": "Debian package 'util-linux'",
+    "chroot": "Debian package 'coreutils'",
     "zstd": "Debian package 'zstd' (make deps)",
     "goss": "the goss release binary (optional; kiln evaluates specs itself without it)",
 }
@@ -92,8 +93,9 @@ _HOST_PATHS = ("TMPDIR", "TMP", "TEMP", "TEMPDIR", "PYTHONPATH", "PYTHONSTARTUP"
 # How the build host loads its own programs: a host library preloaded into every program in the tree (or an
 # ld.so error from each, where the tree lacks it), a tree's python3 looking for its standard library under
 # the host's prefix. A host program may need them (a Software Collections Python sets LD_LIBRARY_PATH).
-HOST_LOADER = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONHOME")
-_SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+# glibc's GCONV_PATH and LOCPATH name the host's converters and locales the same way.
+HOST_LOADER = ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONHOME", "GCONV_PATH", "LOCPATH")
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 def tree_env(runtime: Runtime, *, host_loader: bool = False) -> dict[str, str]:
@@ -106,7 +108,7 @@ def tree_env(runtime: Runtime, *, host_loader: bool = False) -> dict[str, str]:
     dropped = _HOST_PATHS if host_loader else (*_HOST_PATHS, *HOST_LOADER)
     env = {k: v for k, v in runtime.env.items() if k not in dropped}
     path = [p for p in env.get("PATH", "").split(os.pathsep) if p]
-    env["PATH"] = os.pathsep.join([*path, *(d for d in _SYSTEM_PATH if d not in path)])
+    env["PATH"] = os.pathsep.join([*path, *(d for d in SYSTEM_PATH if d not in path)])
     return env
 
 
@@ -302,6 +304,31 @@ def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
         except ProcessLookupError:
             pass
         proc.wait()
+
+
+def capture(
+    argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None, runtime: Runtime
+) -> tuple[int, bytes, bytes]:
+    """Run argv to completion and return its exit status, stdout and stderr apart (a check reads each),
+    as bytes. As `run`: stdin from /dev/null, its own process group (stopped with its children when kiln
+    is interrupted), the watchdog's token; not logged (a check's answer, not the build's output)."""
+    args = [os.fspath(a) for a in argv]
+    if os.sep not in args[0]:
+        args[0] = which(args[0], runtime)
+    log.debug("run: %s", quote(args))
+    if runtime.dry_run:
+        print(f"would run: {quote(args)}")
+        return 0, b"", b""
+    child = subprocess.Popen(
+        args, env=_child_env(runtime, env, None), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = child.communicate()
+    except BaseException:
+        terminate(child)
+        raise
+    return child.returncode, out, err
 
 
 def output(argv: Sequence[str | os.PathLike[str]], *, runtime: Runtime, **kwargs: object) -> str:

@@ -556,8 +556,6 @@ def check_tree(
     """The build phase's file, package, user and group checks (and commands that ask for the tree) against
     a root tree, before it is packed (fail fast). `in_tree` makes the argv that runs a command in the tree
     (kiln.build.chroot.walled). Returns the results and how many resources wait for the boot."""
-    import subprocess
-
     from testinfra.backend.local import LocalBackend
     from testinfra.host import Host
 
@@ -567,13 +565,13 @@ def check_tree(
 
     class ChrootBackend(LocalBackend):  # type: ignore[misc]
         """testinfra's local backend with every command run as `/bin/sh -c CMD` in the tree (`in_tree`),
-        in the environment of programs in a tree (proc.tree_env), not kiln's own."""
+        in the environment of programs in a tree (proc.tree_env), not kiln's own, and as kiln runs its
+        children (proc.capture: no terminal, ended with kiln)."""
 
         def run(self, command: str, *args: str, **kwargs: Any) -> Any:
             text = self.get_command(command, *args)
-            argv = in_tree(["/bin/sh", "-c", text])
-            done = subprocess.run(argv, capture_output=True, env=env, check=False)
-            return self.result(done.returncode, self.encode(text), done.stdout, done.stderr)
+            rc, out, err = proc.capture(in_tree(["/bin/sh", "-c", text]), env=env, runtime=runtime)
+            return self.result(rc, self.encode(text), out, err)
 
     vars_ = goss.render_vars(values, {"phase": "build", **(extra_vars or {})}, spec_dir=spec_dir)
     vars_.update(user_vars(values, root))
