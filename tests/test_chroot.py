@@ -316,6 +316,9 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
         "read c < /proc/1/comm; echo $c > /tmp/first",
         "for p in /proc/[0-9]*; do echo ${p#/proc/}; done > /tmp/pids",
         "while read k v; do case $k in CapBnd:) echo $v;; esac; done < /proc/self/status > /tmp/caps",
+        # how systemd's tools see a chroot (systemctl then skips `restart`): /proc/1/root is readable, not /
+        "if ! cd /proc/1/root 2>/dev/null; then echo unreadable; elif [ . -ef / ]; then echo same;"
+        " else echo chroot; fi > /tmp/first_root",
         # the value it has, written back (the host would not notice, were it written): /proc/sys is read-only
         f"v=$(cat {_SWAPPINESS}); if echo $v > {_SWAPPINESS}; then echo written; else echo refused; fi"
         " > /tmp/sysctl",
@@ -334,6 +337,7 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
         "fd", "stdin", "stdout", "stderr",
     }, "no host disk, loop or kvm device"  # fmt: skip
     assert seen["first"] == ["sh"] and all(int(p) < 1000 for p in seen["pids"]), "its own processes only"
+    assert seen["first_root"] == ["chroot"], "systemctl knows it runs in a chroot"
     caps = int(seen["caps"][0], 16)
     assert not [name for name, bit in _FORBIDDEN_CAPS.items() if caps & (1 << bit)]
     assert all(caps & (1 << bit) for bit in _NEEDED_CAPS.values())
@@ -413,3 +417,24 @@ def test_the_wall_names_its_host_where_proc_sys_is_read_only() -> None:
     argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", read_only, "sh", *walled]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert (done.returncode, done.stdout.split()) == (0, ["localhost"]), done.stderr
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [  # what these tasks printed in a chroot stage on a Debian 12 tree (sysctl_set, modprobe, mount, ...)
+        'sysctl: permission denied on key "net.ipv4.ip_forward"',
+        "modprobe: FATAL: Module br_netfilter not found in directory /lib/modules/6.1.0-28-amd64",
+        "[Errno 2] No such file or directory: '/proc/modules'",
+        "mount: /mnt: permission denied.",
+        "System has not been booted with systemd as init system (PID 1). Can't operate.",
+        "hostname: you must be root to change the host name",
+        "date: cannot set date: Operation not permitted",
+    ],
+)
+def test_a_task_that_needs_a_running_system_gets_the_hint(stderr: str) -> None:
+    assert chroot._WALLED.search(stderr)
+
+
+def test_an_ordinary_failure_gets_no_hint() -> None:
+    assert not chroot._WALLED.search("E: Unable to locate package kubeletx")
+    assert not chroot._WALLED.search("cp: cannot stat '/srv/x': No such file or directory")

@@ -244,8 +244,11 @@ def take_or_unpack(
 # The stage's mounts and host name, made inside its namespaces; the command runs while they are there, with
 # STAGE_CAPS only (bounding, inheritable and ambient sets: none comes back at an exec). The kernel's knobs
 # under /proc and /sys are read-only both in the tree and in the namespace's own view, where ansible-playbook
-# runs (a task delegated to localhost). Not `exec`: the shell stays the namespace's first process (which
-# ignores signals it has no handler for), so that Ctrl-C and SIGTERM reach Ansible as a normal process.
+# runs (a task delegated to localhost). The namespace's first process stays a shell (which ignores signals
+# it has no handler for), so that Ctrl-C and SIGTERM reach Ansible as a normal process; it runs with
+# STAGE_CAPS too, so that a program in the tree may read its /proc/1/root, as systemd's tools do to see that
+# they run in a chroot (`systemctl restart` is then skipped, not refused: "System has not been booted with
+# systemd").
 _MOUNTS = """set -eu
 t="$1"; shift
 hostname localhost 2>/dev/null || echo localhost > /proc/sys/kernel/hostname
@@ -278,7 +281,8 @@ ln -s /proc/self/fd/0 "$t/dev/stdin"
 ln -s /proc/self/fd/1 "$t/dev/stdout"
 ln -s /proc/self/fd/2 "$t/dev/stderr"
 mount --bind "$KILN_RESOLV_CONF" "$t/etc/resolv.conf"
-setpriv --inh-caps=-all --ambient-caps=-all --bounding-set "$KILN_STAGE_CAPS" -- "$@"
+exec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set "$KILN_STAGE_CAPS" -- \\
+  sh -c '"$@"; exit $?' sh "$@"
 """
 
 
@@ -389,10 +393,16 @@ def walled(tree: Path, argv: Sequence[str], *, runtime: Runtime) -> list[str]:
 
 
 # how a task fails when it reaches for the build host from a stage (module doc), and what to do about it
-_WALLED = re.compile(r"Read-only file system|Operation not permitted|must be root|permission denied on key")
+_WALLED = re.compile(
+    r"Read-only file system|Operation not permitted|must be root|permission denied on key"
+    r"|mount: .*permission denied"
+    r"|not found in directory /lib/modules/|'/proc/modules'"  # modprobe for the host's kernel
+    r"|System has not been booted with systemd"  # hostnamectl, timedatectl: no running systemd to ask
+)
 WALLED_HINT = (
-    "a chroot stage keeps the build host out of a task's reach: /proc/sys and /sys are read-only, and "
-    "modprobe, swapoff, mount, mknod, iptables, hostname and the clock are refused. Skip such a task with "
+    "a chroot stage is no running system, and keeps the build host out of a task's reach: there is no "
+    "systemd to ask (hostnamectl, timedatectl), /proc/sys and /sys are read-only, and modprobe, swapoff, "
+    "mount, mknod, iptables, hostname and the clock are refused. Skip such a task with "
     "`when: kiln_runner | default('vm') != 'chroot'` (the boot checks its effect), or provision in a VM "
     "with -var provisioner=vm"
 )
