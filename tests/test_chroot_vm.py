@@ -153,6 +153,7 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
                   if mine[p]["mode"] != theirs[p]["mode"]}  # fmt: skip
         assert not differ, sorted(differ.items())[:20]
         assert (mine["/etc/kiln-site.conf"]["mode"], mine["/etc/kiln-site.d"]["mode"]) == ("0644", "0755")
+        assert "/etc/sysctl.d/90-kiln-site.conf" in mine, "the sysctl is in the image, for its boot to apply"
 
 
 SITE_ROLE = """\
@@ -168,6 +169,13 @@ SITE_ROLE = """\
   ansible.builtin.shell: f=$(mktemp) && rm -f "$f"
 - name: The tree's own locale
   ansible.builtin.shell: test "$(perl -e 1 2>&1)" = ""
+- name: A sysctl as written for a build VM (applied live there; written for the boot in a chroot)
+  ansible.posix.sysctl:
+    name: vm.max_map_count
+    value: "262144"
+    sysctl_file: /etc/sysctl.d/90-kiln-site.conf
+- name: systemd told to reload and restart, as a role for a running system does (skipped in a chroot)
+  ansible.builtin.shell: systemctl daemon-reload && systemctl restart containerd
 """
 
 
