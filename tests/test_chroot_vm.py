@@ -176,6 +176,8 @@ SITE_ROLE = """\
     sysctl_file: /etc/sysctl.d/90-kiln-site.conf
 - name: systemd told to reload and restart, as a role for a running system does (skipped in a chroot)
   ansible.builtin.shell: systemctl daemon-reload && systemctl restart containerd
+- name: A reboot, as after a kernel upgrade (the finished image's boot, in a chroot)
+  ansible.builtin.reboot:
 """
 
 
