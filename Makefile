@@ -207,7 +207,7 @@ test-vm-more: deps ## The further boots of the shared image: UEFI, OVA, live ISO
 test-vm-runner: deps ## Build and verify debian-12 with the VM runner too; the same package list and checks as the chroot-built image (~40 min with the suite image)
 	$(PYTEST) -v -m vm_runner
 
-test-cloudimg: deps ## Build debian-12-cloudimg end to end from a locally served cloud image, boot it on BIOS and UEFI (~25 min)
+test-cloudimg: deps ## Build debian-12-cloudimg end to end from a locally served cloud image, boot it on BIOS and UEFI (~16 min)
 	$(PYTEST) -v -m cloudimg
 
 test-apt-cache: deps ## Build debian-12 twice through a real apt-cacher-ng: cache hits, no cache setting left, kiln diff of one extra package (~10 min)

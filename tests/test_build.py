@@ -119,7 +119,10 @@ def test_publish_replaces_an_older_build_only_at_the_end(tmp_path):
 
 
 def test_missing_tool_names_its_package(monkeypatch, tmp_path):
+    from kiln.core import proc
+
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(proc, "SYSTEM_PATH", ())  # kiln adds them to PATH, and packer is in /usr/bin here
     with pytest.raises(ToolMissingError) as err:
         build.check_tools({"install_method": "bootstrap"}, runtime=config.default_runtime())
     assert "packer" in err.value.message and "Debian package 'packer'" in (err.value.hint or "")
