@@ -57,6 +57,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from kiln.core import proc
 from kiln.core.builddir import sha256_file  # the project's one file hasher (the fixture runs in kiln's venv)
 
 NAMES = ("kubelet", "kubeadm", "kubectl")
@@ -342,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
             signal.signal(sig, pass_on)
+    # make (or whatever started the wrapper) killed outright (kill -9, a CI runner's timeout) sends no signal
+    # on: the wrapper takes its parent's end as a SIGTERM, and the command takes the wrapper's as one (it
+    # cannot build on without the server), so that kiln cleans up and ends instead of building on alone
+    parent = os.getppid()
+    proc.die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:  # it ended before the request was made
+        early.append(signal.SIGTERM)
     varfile = tempfile.NamedTemporaryFile("w", prefix="k8s-standin-", suffix=".json", delete=False)
     try:
         with varfile:
@@ -349,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         if early:
             return 128 + early[0]
         child = subprocess.Popen(
-            [a.replace("{url}", url).replace("{varfile}", varfile.name) for a in command], env=env
-        )
+            [a.replace("{url}", url).replace("{varfile}", varfile.name) for a in command], env=env,
+            preexec_fn=lambda: proc.die_with_parent(signal.SIGTERM),
+        )  # fmt: skip
         for signum in early:
             child.send_signal(signum)
         return child.wait()

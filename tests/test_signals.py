@@ -148,11 +148,17 @@ def test_signal_in_each_stage_leaves_nothing_behind(tmp_path: Path, stage: str, 
         assert disk.is_file(), f"the cached {name} stage was touched"
 
 
-@pytest.mark.parametrize("standin", [False, True], ids=["plain", "K8S_STANDIN"])
-def test_stopping_make_stops_kiln(tmp_path: Path, standin: bool) -> None:
+@pytest.mark.parametrize(
+    ("standin", "stop"),
+    [(False, "term make"), (True, "term make"), (True, "kill make"), (True, "kill wrapper")],
+    ids=["plain", "K8S_STANDIN", "K8S_STANDIN-kill-9-make", "K8S_STANDIN-kill-9-wrapper"],
+)
+def test_stopping_make_stops_kiln(tmp_path: Path, standin: bool, stop: str) -> None:
     """`kill MAKE_PID` (SIGTERM to make alone, as a CI runner or a supervisor sends it): make passes SIGTERM
     to its child only, so the recipe must `exec` kiln (and K8S_STANDIN's wrapper must pass it on), or kiln
-    goes on building with nobody waiting for it. Here the os stage's Packer (a fake on PATH) hangs."""
+    goes on building with nobody waiting for it. Here the os stage's Packer (a fake on PATH) hangs. With
+    K8S_STANDIN, `kill -9` of make or of the wrapper sends nothing on: the wrapper takes make's end as a
+    SIGTERM, and kiln the wrapper's (it could not build on without the wrapper's server)."""
     out, cache, pids, bin_dir = tmp_path / "out", tmp_path / "cache", tmp_path / "pids", tmp_path / "bin"
     overrides = {"output_dir": str(out), "cache_dir": str(cache), "accelerator": "tcg", "provisioner": "vm"}
     cfg = config.load("debian-12", overrides=overrides, repo_root=REPO)
@@ -166,7 +172,11 @@ def test_stopping_make_stops_kiln(tmp_path: Path, standin: bool) -> None:
     make = subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PATH": path}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     _wait_for_fake(make, pids, "the fake packer")
-    make.send_signal(signal.SIGTERM)  # to make alone, not its process group
+    if stop == "kill wrapper":  # make's one child: the recipe execs the wrapper
+        (wrapper,) = Path(f"/proc/{make.pid}/task/{make.pid}/children").read_text().split()
+        os.kill(int(wrapper), signal.SIGKILL)
+    else:  # to make alone, not its process group
+        make.send_signal(signal.SIGKILL if stop == "kill make" else signal.SIGTERM)
     try:
         output, _ = make.communicate(timeout=60)  # ends when the last holder of make's stdout (kiln) is gone
     except subprocess.TimeoutExpired:

@@ -357,15 +357,20 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGKILL this child when the process that spawned it dies (PR_SET_PDEATHSIG)."""
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """Ask Linux to send this process `signum` when the thread that started it ends (PR_SET_PDEATHSIG)."""
     import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        libc.prctl(1, signum)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """SIGKILL this child when the process that spawned it dies."""
+    die_with_parent(signal.SIGKILL)
 
 
 def spawn(
