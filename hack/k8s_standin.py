@@ -343,13 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignored SIGHUP stays ignored
             signal.signal(sig, pass_on)
-    # make (or whatever started the wrapper) killed outright (kill -9, a CI runner's timeout) sends no signal
-    # on: the wrapper takes its parent's end as a SIGTERM, and the command takes the wrapper's as one (it
-    # cannot build on without the server), so that kiln cleans up and ends instead of building on alone
-    parent = os.getppid()
-    proc.die_with_parent(signal.SIGTERM)
-    if os.getppid() != parent:  # it ended before the request was made
-        early.append(signal.SIGTERM)
+    # make killed outright (kill -9, a CI runner's timeout) sends no signal on: started by make (MAKELEVEL),
+    # the wrapper takes make's end as a SIGTERM (make outlives its recipes, `nohup make &` included; run by
+    # hand under nohup, the wrapper goes on when its shell ends). The command takes the wrapper's end as a
+    # SIGTERM: it cannot build on without the server. Either way kiln cleans up and ends.
+    if os.environ.get("MAKELEVEL"):
+        parent = os.getppid()
+        proc.parent_death_signal(signal.SIGTERM)()
+        if os.getppid() != parent:  # make ended before the request was made
+            early.append(signal.SIGTERM)
+    with_wrapper = proc.parent_death_signal(signal.SIGTERM)
     varfile = tempfile.NamedTemporaryFile("w", prefix="k8s-standin-", suffix=".json", delete=False)
     try:
         with varfile:
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + early[0]
         child = subprocess.Popen(
             [a.replace("{url}", url).replace("{varfile}", varfile.name) for a in command], env=env,
-            preexec_fn=lambda: proc.die_with_parent(signal.SIGTERM),
+            preexec_fn=with_wrapper,
         )  # fmt: skip
         for signum in early:
             child.send_signal(signum)

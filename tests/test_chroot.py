@@ -308,7 +308,7 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
     and processes out of the task's reach, and a task that reaches for them fails with the hint."""
     tree, work = _shell_tree(tmp_path), tmp_path / "work"
     work.mkdir()
-    swappiness = Path(_SWAPPINESS).read_text()
+    swappiness, host_name = Path(_SWAPPINESS).read_text(), socket.gethostname()
     probe = _raw_playbook(
         tmp_path / "probe.yml",
         "read h < /proc/sys/kernel/hostname; echo $h > /tmp/hostname",
@@ -332,6 +332,7 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
     chroot.run_playbooks(tree, work, [probe], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
     seen = {f.name: f.read_text().split() for f in (tree / "tmp").iterdir() if f.is_file()}
     assert seen["hostname"] == ["localhost"], "its own host name, not the build host's"
+    assert socket.gethostname() == host_name, "named in a UTS namespace of its own: the host keeps its name"
     assert set(seen["dev"]) == {
         "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx",
         "fd", "stdin", "stdout", "stderr",
@@ -380,8 +381,10 @@ def test_a_goss_tree_check_runs_behind_the_stage_wall(tmp_path: Path) -> None:
         " meta: {kiln_phase: tree}}\n"
         "  later: {exit-status: 0}\n"
     )
+    host_name = socket.gethostname()
     in_tree = lambda argv: chroot.walled(tree, argv, runtime=RUNTIME)  # noqa: E731
     results, deferred = verify.check_tree(in_tree, {}, spec_dir=specs, root=tmp_path, runtime=RUNTIME)
+    assert socket.gethostname() == host_name, "the wall names its own UTS namespace, not the build host"
     assert deferred == 1, "a command that does not ask for the tree waits for the boot"
     failed = [f"{r.title()}: found {r.found!r}" for r in results if not r.successful]
     assert not failed and {r.resource_id for r in results} == {"/bin/sh", "hostname", "rename"}
@@ -424,7 +427,8 @@ def test_the_wall_names_its_host_where_proc_sys_is_read_only() -> None:
     [  # what these tasks printed in a chroot stage on a Debian 12 tree (sysctl_set, modprobe, mount, ...)
         'sysctl: permission denied on key "net.ipv4.ip_forward"',
         "modprobe: FATAL: Module br_netfilter not found in directory /lib/modules/6.1.0-28-amd64",
-        "[Errno 2] No such file or directory: '/proc/modules'",
+        "[Errno 2] No such file or directory: '/proc/modules'",  # this machine's kernel has no modules
+        "[Errno 2] No such file or directory: '/lib/modules/6.1.0-28-amd64/modules.builtin'",
         "mount: /mnt: permission denied.",
         "System has not been booted with systemd as init system (PID 1). Can't operate.",
         "hostname: you must be root to change the host name",
@@ -435,6 +439,31 @@ def test_a_task_that_needs_a_running_system_gets_the_hint(stderr: str) -> None:
     assert chroot._WALLED.search(stderr)
 
 
+def _failed_run(*tasks: tuple[str, str, bool]) -> str:
+    """Ansible's output for tasks (name, the failure's message, ignored), as the run's tail holds it."""
+    out = []
+    for name, msg, ignored in tasks:
+        out += [f"TASK [site : {name}] ****", f"fatal: [/tree]: FAILED! => {json.dumps({'msg': msg})}"]
+        out += ["...ignoring"] if ignored else []
+    return "\n".join(out) + "\n\nPLAY RECAP ****\n"
+
+
 def test_an_ordinary_failure_gets_no_hint() -> None:
     assert not chroot._WALLED.search("E: Unable to locate package kubeletx")
     assert not chroot._WALLED.search("cp: cannot stat '/srv/x': No such file or directory")
+    modprobe = "modprobe: FATAL: Module br_netfilter not found in directory /lib/modules/6.1.0-28-amd64"
+    apt = "Failed to fetch http://deb.example/pool/x.deb  404  Not Found"
+    assert chroot.hit_the_wall(_failed_run(("br_netfilter", modprobe, False)))
+    # a role that ignores its modprobe's failure, and then fails on a download: no hint about the wall
+    assert not chroot.hit_the_wall(_failed_run(("br_netfilter", modprobe, True), ("a package", apt, False)))
+    assert not chroot.hit_the_wall("ERROR! the role 'nothere' was not found\n"), "the stage's setup: no task"
+
+
+def test_a_loop_item_that_hit_the_wall_gets_the_hint() -> None:
+    item = json.dumps({"msg": 'sysctl: permission denied on key "vm.swappiness"'})
+    tail = (
+        "TASK [site : sysctls] ****\n"
+        f"failed: [/tree] (item=vm.swappiness) => {item}\n"
+        'fatal: [/tree]: FAILED! => {"msg": "One or more items failed"}\n'
+    )
+    assert chroot.hit_the_wall(tail)

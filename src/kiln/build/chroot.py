@@ -373,7 +373,7 @@ def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = 
 
 
 # A command in a tree behind the stage's wall (host name, IPC, processes, capabilities), without its mounts:
-# the goss tree phase asks only about the tree's files. Not `exec`, as in _MOUNTS. The host name is set with
+# the goss tree phase asks only about the tree's files. Not `exec`. The host name is set with
 # sethostname(2) (`hostname`), which works where /proc/sys is mounted read-only (kiln in a container), and
 # through /proc where there is no `hostname` program.
 _WALL = """set -eu
@@ -396,7 +396,7 @@ def walled(tree: Path, argv: Sequence[str], *, runtime: Runtime) -> list[str]:
 _WALLED = re.compile(
     r"Read-only file system|Operation not permitted|must be root|permission denied on key"
     r"|mount: .*permission denied"
-    r"|not found in directory /lib/modules/|'/proc/modules'"  # modprobe for the host's kernel
+    r"|not found in directory /lib/modules/|'/lib/modules/|'/proc/modules'"  # modprobe, the host's kernel
     r"|System has not been booted with systemd"  # hostnamectl, timedatectl: no running systemd to ask
 )
 WALLED_HINT = (
@@ -406,6 +406,22 @@ WALLED_HINT = (
     "`when: kiln_runner | default('vm') != 'chroot'` (the boot checks its effect), or provision in a VM "
     "with -var provisioner=vm"
 )
+
+
+def hit_the_wall(tail: str) -> bool:
+    """Whether the task that ended the run failed by reaching for the build host or for a running system:
+    the output of the last task that failed for good (a `fatal: [` that Ansible did not go on from with
+    `...ignoring`), from its TASK line on (a loop's `failed:` items too). Not the stage's own setup (no
+    task failed), nor an earlier task whose failure a role ignores."""
+    lines = tail.splitlines()
+    for end in range(len(lines) - 1, -1, -1):
+        if not lines[end].startswith("fatal: [") or lines[end + 1 : end + 2] == ["...ignoring"]:
+            continue
+        start = end
+        while start > 0 and not lines[start].startswith("TASK ["):
+            start -= 1
+        return bool(_WALLED.search("\n".join(lines[start : end + 1])))
+    return False
 
 
 def run_playbooks(
@@ -452,12 +468,10 @@ def run_playbooks(
                     log_file=log_file, on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
                 )  # fmt: skip
             except CommandError as err:
-                # a task failed (Ansible's "fatal:"), and by reaching for the host, not the stage's own setup
-                walled = "fatal: [" in err.output_tail and _WALLED.search(err.output_tail)
                 raise BuildError(
                     f"{playbook.name} in the chroot of {tree} failed (exit {err.returncode})\n"
                     f"{err.output_tail.rstrip()}",
-                    hint=WALLED_HINT if walled else None,
+                    hint=WALLED_HINT if hit_the_wall(err.output_tail) else None,
                 ) from err
     leftovers = tree / "tmp" / ".kiln-ansible"
     shutil.rmtree(leftovers, ignore_errors=True)

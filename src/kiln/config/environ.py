@@ -52,7 +52,7 @@ def default_runtime(dry_run: bool = False, debug: bool = False, root: Path | Non
     path = [p for p in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep) if p]
     if venv_bin not in path:
         path.insert(0, venv_bin)
-    # and the system's sbin and bin directories, last: kiln needs root's tools (chroot, mkfs.ext4, losetup,
+    # and the system's sbin and bin directories, last: kiln needs root's tools (chroot, mkfs.ext4, debugfs,
     # sfdisk), and a root shell from a plain `su` has no sbin on PATH
     path += [d for d in proc.SYSTEM_PATH if d not in path]
     env.update(PATH=os.pathsep.join(path), CHECKPOINT_DISABLE="1", PACKER_NO_COLOR="1")

@@ -357,20 +357,28 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def die_with_parent(signum: int = signal.SIGKILL) -> None:
-    """Ask Linux to send this process `signum` when the thread that started it ends (PR_SET_PDEATHSIG)."""
+def parent_death_signal(signum: int) -> Callable[[], None]:
+    """A function that asks Linux to send the calling process `signum` when the thread that started it ends
+    (PR_SET_PDEATHSIG). libc is looked up now, so that the function is safe to run between fork and exec
+    (a `preexec_fn`) while other threads run."""
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: prctl(1, signum) and None  # PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGKILL this child when the process that spawned it dies (PR_SET_PDEATHSIG)."""
     import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signum)  # PR_SET_PDEATHSIG = 1
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """SIGKILL this child when the process that spawned it dies."""
-    die_with_parent(signal.SIGKILL)
 
 
 def spawn(
