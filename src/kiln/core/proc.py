@@ -367,7 +367,11 @@ def parent_death_signal(signum: int) -> Callable[[], None]:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return lambda: None
-    return lambda: prctl(1, signum) and None  # PR_SET_PDEATHSIG = 1
+
+    def arm() -> None:
+        prctl(1, signum)  # PR_SET_PDEATHSIG = 1
+
+    return arm
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
