@@ -241,6 +241,12 @@ def take_or_unpack(
     return False
 
 
+# the tree's host name, with sethostname(2) (`hostname`), which works where /proc/sys is mounted read-only
+# (kiln in a container), or through /proc where there is no `hostname` program
+_LOCALHOST = "hostname localhost 2>/dev/null || echo localhost > /proc/sys/kernel/hostname"
+# root's capabilities cut to a bounding set given next: none comes back at an exec
+_SETPRIV = "setpriv --inh-caps=-all --ambient-caps=-all --bounding-set"
+
 # The stage's mounts and host name, made inside its namespaces; the command runs while they are there, with
 # STAGE_CAPS only (bounding, inheritable and ambient sets: none comes back at an exec). The kernel's knobs
 # under /proc and /sys are read-only both in the tree and in the namespace's own view, where ansible-playbook
@@ -249,9 +255,12 @@ def take_or_unpack(
 # STAGE_CAPS too, so that a program in the tree may read its /proc/1/root, as systemd's tools do to see that
 # they run in a chroot (`systemctl restart` is then skipped, not refused: "System has not been booted with
 # systemd").
-_MOUNTS = """set -eu
+_MOUNTS = (
+    """set -eu
 t="$1"; shift
-hostname localhost 2>/dev/null || echo localhost > /proc/sys/kernel/hostname
+"""
+    + _LOCALHOST
+    + """
 read_only() {
   mount --bind "$1" "$1"
   mount -o remount,bind,ro "$1"
@@ -281,9 +290,10 @@ ln -s /proc/self/fd/0 "$t/dev/stdin"
 ln -s /proc/self/fd/1 "$t/dev/stdout"
 ln -s /proc/self/fd/2 "$t/dev/stderr"
 mount --bind "$KILN_RESOLV_CONF" "$t/etc/resolv.conf"
-exec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set "$KILN_STAGE_CAPS" -- \\
-  sh -c '"$@"; exit $?' sh "$@"
 """
+    + f"""exec {_SETPRIV} "$KILN_STAGE_CAPS" -- sh -c '"$@"; exit $?' sh "$@"
+"""
+)
 
 
 @contextlib.contextmanager
@@ -373,13 +383,11 @@ def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = 
 
 
 # A command in a tree behind the stage's wall (host name, IPC, processes, capabilities), without its mounts:
-# the goss tree phase asks only about the tree's files. Not `exec`. The host name is set with
-# sethostname(2) (`hostname`), which works where /proc/sys is mounted read-only (kiln in a container), and
-# through /proc where there is no `hostname` program.
-_WALL = """set -eu
-hostname localhost 2>/dev/null || echo localhost > /proc/sys/kernel/hostname
+# the goss tree phase asks only about the tree's files. Not `exec`.
+_WALL = f"""set -eu
+{_LOCALHOST}
 caps="$1"; shift
-setpriv --inh-caps=-all --ambient-caps=-all --bounding-set "$caps" -- "$@"
+{_SETPRIV} "$caps" -- "$@"
 """
 
 

@@ -69,6 +69,16 @@ def quote(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
+def _resolved(argv: Sequence[str | os.PathLike[str]], runtime: Runtime, verb: str) -> list[str]:
+    """argv as strings, its program found on the runtime's PATH (ToolMissingError names its package), and
+    logged at debug level as `VERB: COMMAND`."""
+    args = [os.fspath(a) for a in argv]
+    if os.sep not in args[0]:
+        args[0] = which(args[0], runtime)
+    log.debug("%s: %s", verb, quote(args))
+    return args
+
+
 def _child_env(
     runtime: Runtime,
     env: Mapping[str, str] | None,
@@ -139,11 +149,8 @@ def run(
     `secret_values` are masked wherever output is logged or stored.
     """
     rt = runtime
-    args = [os.fspath(a) for a in argv]
-    program = args[0]
-    if os.sep not in program:
-        args[0] = which(program, rt)
-    log.debug("run: %s", quote(args))
+    program = os.fspath(argv[0])
+    args = _resolved(argv, rt, "run")
     if rt.dry_run:
         print(f"would run: {quote(args)}")
         return Result(args, 0, "")
@@ -312,10 +319,7 @@ def capture(
     """Run argv to completion and return its exit status, stdout and stderr apart (a check reads each),
     as bytes. As `run`: stdin from /dev/null, its own process group (stopped with its children when kiln
     is interrupted), the watchdog's token; not logged (a check's answer, not the build's output)."""
-    args = [os.fspath(a) for a in argv]
-    if os.sep not in args[0]:
-        args[0] = which(args[0], runtime)
-    log.debug("run: %s", quote(args))
+    args = _resolved(argv, runtime, "run")
     if runtime.dry_run:
         print(f"would run: {quote(args)}")
         return 0, b"", b""
@@ -374,17 +378,6 @@ def parent_death_signal(signum: int) -> Callable[[], None]:
     return arm
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGKILL this child when the process that spawned it dies (PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-
 def spawn(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -406,11 +399,8 @@ def spawn(
     `runtime.dry_run` themselves.
     """
     rt = runtime
-    args = [os.fspath(a) for a in argv]
-    program = args[0]
-    if os.sep not in program:
-        args[0] = which(program, rt)
-    log.debug("spawn: %s", quote(args))
+    program = os.fspath(argv[0])
+    args = _resolved(argv, rt, "spawn")
     with open(log_path, "ab") as out:
         try:
             return subprocess.Popen(
@@ -421,7 +411,7 @@ def spawn(
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if die_with_parent else None,
+                preexec_fn=parent_death_signal(signal.SIGKILL) if die_with_parent else None,
             )
         except FileNotFoundError as exc:
             raise ToolMissingError(
