@@ -33,7 +33,7 @@ def test_prepared_puts_the_tree_back_on_every_exit(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(RuntimeError), chroot.prepared(tree, work) as resolv:
+    with pytest.raises(RuntimeError), chroot.prepared(tree, work, runtime=RUNTIME) as resolv:
         assert (tree / chroot.POLICY_RC_D).read_text().endswith("exit 101\n")
         assert "force-unsafe-io" in (tree / chroot.UNSAFE_IO).read_text()
         assert (tree / "etc/resolv.conf").is_file() and resolv.is_file()
@@ -42,12 +42,12 @@ def test_prepared_puts_the_tree_back_on_every_exit(tmp_path: Path) -> None:
     assert not (tree / chroot.UNSAFE_IO).exists()
     # a resolv.conf the tree had, and one that was a link, come back as they were
     (tree / "etc/resolv.conf").write_text("nameserver 192.0.2.53\n")
-    with chroot.prepared(tree, work):
+    with chroot.prepared(tree, work, runtime=RUNTIME):
         (tree / "etc/resolv.conf").write_text("changed by a task\n")
     assert (tree / "etc/resolv.conf").read_text() == "nameserver 192.0.2.53\n"
     (tree / "etc/resolv.conf").unlink()
     (tree / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
-    with chroot.prepared(tree, work):
+    with chroot.prepared(tree, work, runtime=RUNTIME):
         assert not (tree / "etc/resolv.conf").is_symlink()
     assert os.readlink(tree / "etc/resolv.conf") == "../run/systemd/resolve/stub-resolv.conf"
     assert not list(work.iterdir()), "the host's resolv.conf copy goes too"
@@ -467,3 +467,22 @@ def test_a_loop_item_that_hit_the_wall_gets_the_hint() -> None:
         'fatal: [/tree]: FAILED! => {"msg": "One or more items failed"}\n'
     )
     assert chroot.hit_the_wall(tail)
+
+
+def test_a_task_that_names_the_build_hosts_kernel_gets_the_kernel_hint(tmp_path: Path) -> None:
+    """`apt-get install linux-headers-$(uname -r)` in a chroot stage asks for the build host's kernel: the
+    hint names it and the image's kernel (ansible_kernel). Other failures keep theirs, or get none."""
+    release = os.uname().release
+    (tmp_path / "boot").mkdir()
+    for name in ("vmlinuz-6.1.0-50-amd64", "initrd.img-6.1.0-50-amd64"):
+        (tmp_path / "boot" / name).write_bytes(b"")
+    headers = _failed_run(("headers", f"E: Unable to locate package linux-headers-{release}", False))
+    hint = chroot.failure_hint(headers, tmp_path)
+    assert hint is not None and release in hint and "(6.1.0-50-amd64)" in hint
+    assert "linux-headers-{{ ansible_kernel }}" in hint
+    mount = _failed_run(("mount", "mount: /mnt: permission denied.", False))
+    assert chroot.failure_hint(mount, tmp_path) == chroot.WALLED_HINT
+    apt = _failed_run(("a package", "Failed to fetch http://deb.example/pool/x.deb  404  Not Found", False))
+    assert chroot.failure_hint(apt, tmp_path) is None
+    ignored = _failed_run(("headers", f"linux-headers-{release}", True), ("a package", "404", False))
+    assert chroot.failure_hint(ignored, tmp_path) is None

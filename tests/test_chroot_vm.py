@@ -228,6 +228,22 @@ fi
 """
 
 
+def _os_stage_tree(built_image, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the suite image's os-stage tree (from the stage cache), and a work dir for a stage on it."""
+    from kiln.build import chroot
+
+    log = (built_image.path / "build.log").read_text()
+    found = re.search(r"os: (?:cached as stage|ok in [\d.]+s reused) ([0-9a-f]{12})", log)
+    if found is None:
+        pytest.skip("the suite image's build log names no os stage (KILN_TEST_BUILD_DIR of another kind)")
+    cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
+    (entry,) = stages.root(cache_dir).glob(f"{found.group(1)}*")
+    tree, work = tmp_path / "tree", tmp_path / "work"
+    work.mkdir()
+    chroot.unpack(entry / stages.TREE, tree, log_file=None, runtime=RUNTIME)
+    return tree, work
+
+
 def _daemon_deb(where: Path) -> Path:
     root = where / "pkg"
     (root / "DEBIAN").mkdir(parents=True)
@@ -249,17 +265,8 @@ def test_a_postinst_that_starts_a_service_leaves_no_process_after_the_stage(buil
     whose postinst starts a daemon: policy-rc.d says no (101) while the stage runs, the daemon that
     started anyway is gone when the stage ends, and nothing stays mounted or rooted in the tree."""
     from kiln.build import chroot
-    from kiln_runtime import RUNTIME
 
-    log = (built_image.path / "build.log").read_text()
-    found = re.search(r"os: (?:cached as stage|ok in [\d.]+s reused) ([0-9a-f]{12})", log)
-    if found is None:
-        pytest.skip("the suite image's build log names no os stage (KILN_TEST_BUILD_DIR of another kind)")
-    cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
-    (entry,) = stages.root(cache_dir).glob(f"{found.group(1)}*")
-    tree, work = tmp_path / "tree", tmp_path / "work"
-    work.mkdir()
-    chroot.unpack(entry / stages.TREE, tree, log_file=None, runtime=RUNTIME)
+    tree, work = _os_stage_tree(built_image, tmp_path)
     shutil.copy(_daemon_deb(tmp_path), tree / "tmp" / "kiln-test-daemon.deb")
     play = tmp_path / "play.yml"
     play.write_text(
@@ -273,3 +280,43 @@ def test_a_postinst_that_starts_a_service_leaves_no_process_after_the_stage(buil
     assert pid not in _rooted_under(tree)  # killed: gone, or a zombie until its parent collects it
     assert not _rooted_under(tree) and not _mounts_under(tmp_path)
     assert not (tree / chroot.POLICY_RC_D).exists()  # the stage's policy goes with it
+
+
+def test_a_role_that_installs_a_kernel_gets_the_image_booting_it(built_image, tmp_path):
+    """A role installs Debian's cloud kernel into the suite image's os-stage tree, as a stage runs it. The
+    package's hooks run in the chroot: initramfs-tools makes its initrd, and zz-update-grub finds update-grub
+    diverted to a note (before, grub-probe failed the stage: "cannot find a device for /"). ansible_kernel
+    names the image's kernel, not the build host's; the grub.cfg finalize writes boots the new kernel with
+    the parameter a role put into grub.d; update-grub and dpkg's diversions are back as they were."""
+    from kiln.artifacts import kernel
+    from kiln.build import bootloader, chroot
+
+    tree, work = _os_stage_tree(built_image, tmp_path)
+    base_kernel = kernel.newest(tree)
+    kept = {p: (tree / p).read_bytes() for p in ("usr/sbin/update-grub", "var/lib/dpkg/diversions")}
+    play = "- hosts: all\n  gather_facts: true\n  tasks:\n"
+    facts = "    - copy: {content: '{{ ansible_kernel }}|{{ ansible_kernel_version }}', dest: DEST}\n"
+    install, after = tmp_path / "install.yml", tmp_path / "after.yml"
+    install.write_text(
+        play
+        + facts.replace("DEST", "/tmp/kernel-before")
+        + "    - ansible.builtin.apt: {name: linux-image-cloud-amd64, update_cache: true}\n"
+        + "    - ansible.builtin.copy:\n        dest: /etc/default/grub.d/50-site.cfg\n"
+        + "        content: 'GRUB_CMDLINE_LINUX=\"$GRUB_CMDLINE_LINUX site.param=1\"'\n"
+        + "    - ansible.builtin.command: update-grub\n"
+    )
+    after.write_text(play + facts.replace("DEST", "/tmp/kernel-after"))
+    chroot.run_playbooks(tree, work, [install, after], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
+    before_kernel, before_build = (tree / "tmp/kernel-before").read_text().split("|")
+    assert before_kernel == base_kernel != os.uname().release
+    assert before_build.startswith("#1 SMP") and "Debian" in before_build
+    cloud = kernel.newest(tree)
+    assert cloud.endswith("-cloud-amd64") and (tree / f"boot/initrd.img-{cloud}").is_file()
+    assert (tree / "tmp/kernel-after").read_text().split("|")[0] == cloud
+    assert {p: (tree / p).read_bytes() for p in kept} == kept
+    assert not list((tree / "usr/sbin").glob("*.kiln-stage"))
+    uuid = "a04e2b00-b1e6-54ec-8743-d1441368ae80"
+    cfg = bootloader.write_cfg(tree, uuid, kernel.newest(tree), log_file=None, runtime=RUNTIME).read_text()
+    default = cfg[cfg.index("menuentry ") :].split("}", 1)[0]
+    assert f"linux\t/boot/vmlinuz-{cloud} root=UUID={uuid} ro " in default and "site.param=1" in default
+    assert f"initrd\t/boot/initrd.img-{cloud}" in default

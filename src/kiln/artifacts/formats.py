@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.artifacts import layers
+from kiln.artifacts import kernel, layers
 from kiln.artifacts.layers import make_squashfs, source_date_env, write_manifest  # noqa: F401
 from kiln.core import proc
 from kiln.core.builddir import sha256_file
@@ -100,13 +100,6 @@ def live_fstab(tree: Path) -> None:
     fstab.write_text("\n".join(out) + "\n")
 
 
-def kernel_version(tree: Path) -> str:
-    kernels = sorted((tree / "boot").glob("vmlinuz-*"), key=lambda p: p.stat().st_mtime)
-    if not kernels:
-        raise BuildError(f"{tree}/boot: the image has no kernel (vmlinuz-*)")
-    return kernels[-1].name.removeprefix("vmlinuz-")
-
-
 def write_hash(path: Path) -> str:
     digest = sha256_file(path)
     Path(f"{path}.hash").write_text(f"{digest}\n")
@@ -129,7 +122,7 @@ def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | Non
         and not (tree / "lib/live/boot").exists()
     ):
         raise BuildError(f"{tree}: live-boot is not installed in the image (the node role installs it)")
-    kver = kernel_version(tree)
+    kver = kernel.newest(tree)  # the kernel the disk boots
     proc.run(
         ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _WITH_HOST_DEVICES, "sh",
          str(tree), "chroot", str(tree), "mkinitramfs", "-o", "/tmp/kiln-live-initrd", kver],

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from kiln.artifacts import kernel
 from kiln.build import bootloader, fat
 from kiln.build.stages import STAGE_SOURCE_DATE
 from kiln.config import Config
@@ -327,12 +328,12 @@ def _build(
     root_uuid, esp_serial, disk_guid = disk_ids(spec.key())
     esp_uuid = f"{esp_serial[:4]}-{esp_serial[4:]}"
     _customize_tree(tree, repo_root, spec, root_uuid, esp_uuid)
-    kernel, initrd = _kernel_files(tree)
-    shutil.copy2(kernel, work / "vmlinuz")
+    vmlinuz, initrd = _kernel_files(tree)
+    shutil.copy2(vmlinuz, work / "vmlinuz")
     shutil.copy2(initrd, work / "initrd.img")
     parts = layout(spec.disk_size_mib)
     bios, esp, root = parts
-    images = bootloader.prepare_tree(tree, root.number, root_uuid, kernel.name.removeprefix("vmlinuz-"),
+    images = bootloader.prepare_tree(tree, root.number, root_uuid, vmlinuz.name.removeprefix("vmlinuz-"),
                                      log_file=log_file, runtime=runtime)  # fmt: skip
 
     say("base: partitioning and filling the disk (GPT: bios_grub, ESP, ext4 root)")
@@ -374,7 +375,7 @@ def _build(
         "root_uuid": root_uuid,
         "esp_uuid": esp_uuid,
         "partitions": [asdict(p) for p in parts],
-        "kernel": kernel.name,
+        "kernel": vmlinuz.name,
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -469,10 +470,9 @@ def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str,
 
 
 def _kernel_files(tree: Path) -> tuple[Path, Path]:
-    for kernel in sorted((tree / "boot").glob("vmlinuz-*"), reverse=True):
-        initrd = tree / "boot" / f"initrd.img-{kernel.name.removeprefix('vmlinuz-')}"
-        if initrd.is_file():
-            return kernel, initrd
-    raise BuildError(
-        f"{tree}/boot: no kernel with an initrd after mmdebstrap (is linux-image-amd64 included?)"
-    )
+    if not kernel.installed(tree):
+        raise BuildError(
+            f"{tree}/boot: no kernel with an initrd after mmdebstrap (is linux-image-amd64 included?)"
+        )
+    version = kernel.newest(tree)
+    return tree / "boot" / f"vmlinuz-{version}", tree / "boot" / f"initrd.img-{version}"

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.build import bootstrap
+from kiln.artifacts import kernel
+from kiln.build import bootloader, bootstrap
 from kiln.core import proc, space
 from kiln.core.errors import BuildError, CommandError, InputError
 from kiln.core.runtime import Runtime
@@ -297,9 +298,10 @@ mount --bind "$KILN_RESOLV_CONF" "$t/etc/resolv.conf"
 
 
 @contextlib.contextmanager
-def prepared(tree: Path, work: Path) -> Iterator[Path]:
-    """Make `tree` ready for a stage (no service starts, a resolv.conf to bind over) and put it back on every
-    exit; yields the host resolv.conf copy to bind. Processes left running in the tree are killed."""
+def prepared(tree: Path, work: Path, *, runtime: Runtime, log_file: IO[str] | None = None) -> Iterator[Path]:
+    """Make `tree` ready for a stage (no service starts, a resolv.conf to bind over, update-grub left to
+    finalize: bootloader.update_grub_deferred) and put it back on every exit; yields the host resolv.conf
+    copy to bind. Processes left running in the tree are killed."""
     policy = tree / POLICY_RC_D
     resolv = tree / "etc" / "resolv.conf"
     made_resolv = not (resolv.exists() or resolv.is_symlink())
@@ -324,9 +326,12 @@ def prepared(tree: Path, work: Path) -> Iterator[Path]:
     if made_resolv or link is not None:
         resolv.write_text("")
     try:
-        yield host_resolv
+        with bootloader.update_grub_deferred(tree, log_file=log_file, runtime=runtime):
+            try:
+                yield host_resolv
+            finally:
+                kill_processes_in(tree)  # before dpkg-divert puts update-grub back
     finally:
-        kill_processes_in(tree)
         policy.unlink(missing_ok=True)
         unsafe.unlink(missing_ok=True)
         if made_resolv:
@@ -416,11 +421,10 @@ WALLED_HINT = (
 )
 
 
-def hit_the_wall(tail: str) -> bool:
-    """Whether the task that ended the run failed by reaching for the build host or for a running system:
-    the output of the last task that failed for good (a `fatal: [` that Ansible did not go on from with
-    `...ignoring`), from its TASK line on (a loop's `failed:` items too). Not the stage's own setup (no
-    task failed), nor an earlier task whose failure a role ignores."""
+def failed_task(tail: str) -> str:
+    """The output of the task that ended the run: the last task that failed for good (a `fatal: [` that
+    Ansible did not go on from with `...ignoring`), from its TASK line on (a loop's `failed:` items too).
+    "" when no task failed (the stage's own setup), or only tasks whose failure a role ignores."""
     lines = tail.splitlines()
     for end in range(len(lines) - 1, -1, -1):
         if not lines[end].startswith("fatal: [") or lines[end + 1 : end + 2] == ["...ignoring"]:
@@ -428,8 +432,33 @@ def hit_the_wall(tail: str) -> bool:
         start = end
         while start > 0 and not lines[start].startswith("TASK ["):
             start -= 1
-        return bool(_WALLED.search("\n".join(lines[start : end + 1])))
-    return False
+        return "\n".join(lines[start : end + 1])
+    return ""
+
+
+def hit_the_wall(tail: str) -> bool:
+    """Whether the task that ended the run failed by reaching for the build host or for a running system."""
+    return bool(_WALLED.search(failed_task(tail)))
+
+
+HOST_KERNEL_HINT = (
+    "the task names the build host's kernel, {release}: in a chroot stage `uname -r` and /proc are the "
+    "build host's. `ansible_kernel` is the kernel the image boots ({image}); use it, as in "
+    "`linux-headers-{{{{ ansible_kernel }}}}`, or provision in a VM with -var provisioner=vm"
+)
+
+
+def failure_hint(tail: str, tree: Path) -> str | None:
+    """kiln's hint for a stage whose task failed: the wall's, or the host kernel's when the task's output
+    names the build host's kernel release (a `uname -r` in a package name or path)."""
+    task = failed_task(tail)
+    if _WALLED.search(task):
+        return WALLED_HINT
+    release = os.uname().release
+    if release and release in task:
+        image = kernel.facts(tree).get("kernel", "none installed")
+        return HOST_KERNEL_HINT.format(release=release, image=image)
+    return None
 
 
 def run_playbooks(
@@ -450,7 +479,10 @@ def run_playbooks(
     every command in the chroot sees SOURCE_DATE_EPOCH (the chroot connection passes ansible's environment
     on): mkinitramfs, run by dpkg triggers, then writes the same initrd for the same files."""
     vars_file = work / "ansible-vars.json"
-    vars_file.write_text(json.dumps(dict(extra_vars), indent=2, sort_keys=True) + "\n")
+    # the facts gathered run setup, then kiln_tree_facts (ansible/library), in that order: ansible_kernel and
+    # ansible_kernel_version describe the kernel the image boots, not the build host's (kiln.artifacts.kernel)
+    facts_in_order = {"ansible_facts_parallel": False}
+    vars_file.write_text(json.dumps({**extra_vars, **facts_in_order}, indent=2, sort_keys=True) + "\n")
     # ansible-playbook keeps the host's loader settings (it is a host program), the tree does not: the chroot
     # connection runs this in place of chroot, with the environment Ansible passes on
     chroot_exe = work / "chroot-exe"
@@ -464,22 +496,24 @@ def run_playbooks(
         "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
         "ANSIBLE_REMOTE_TEMP": "/tmp/.kiln-ansible",
         "KILN_STAGE_CAPS": _CAPS_ARG,
+        "ANSIBLE_FACTS_MODULES": "ansible.legacy.setup,kiln_tree_facts",
         **({"SOURCE_DATE_EPOCH": str(epoch)} if epoch else {}),
     }
-    with prepared(tree, work) as host_resolv:
+    with prepared(tree, work, runtime=runtime, log_file=log_file) as host_resolv:
         for playbook in playbooks:
             argv = playbook_argv(tree, vars_file, playbook, user_vars)
+            facts = json.dumps(kernel.facts(tree), sort_keys=True)  # a stage before may have added a kernel
             try:
                 proc.run(
                     argv, env=proc.tree_env(runtime, host_loader=True),
-                    extra_env={**env, "KILN_RESOLV_CONF": str(host_resolv)},
+                    extra_env={**env, "KILN_RESOLV_CONF": str(host_resolv), "KILN_TREE_FACTS": facts},
                     log_file=log_file, on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
                 )  # fmt: skip
             except CommandError as err:
                 raise BuildError(
                     f"{playbook.name} in the chroot of {tree} failed (exit {err.returncode})\n"
                     f"{err.output_tail.rstrip()}",
-                    hint=WALLED_HINT if hit_the_wall(err.output_tail) else None,
+                    hint=failure_hint(err.output_tail, tree),
                 ) from err
     leftovers = tree / "tmp" / ".kiln-ansible"
     shutil.rmtree(leftovers, ignore_errors=True)

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from kiln.artifacts import filelist, ova
-from kiln.build import chroot, stages
+from kiln.artifacts import filelist, kernel, ova
+from kiln.build import bootloader, chroot, stages
 from kiln.build.render import Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.core import builddir, paths, proc, space
@@ -77,6 +77,9 @@ def disk_from_tree(ws: Workspace, tar: Path) -> Output:
     handoff, ws.handoff = ws.handoff, None
     try:
         taken = chroot.take_or_unpack(handoff, tar, tree, log_file=ws.log_file, runtime=ws.runtime)
+        if ws.base.root_uuid:  # (none: chroot.disk_from_tree says so) the stages left update-grub to here
+            bootloader.write_cfg(tree, ws.base.root_uuid, kernel.newest(tree), log_file=ws.log_file,
+                                 runtime=ws.runtime)  # fmt: skip
         marks.append(time.monotonic())
         filelist.write(tree, ws.temp / f"{ws.name}{filelist.SUFFIX}")
         marks.append(time.monotonic())
