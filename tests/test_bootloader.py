@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build import bootloader
+from kiln.build import bootloader, standins
 from kiln.core.errors import BuildError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,8 +243,8 @@ def test_a_chroot_stage_leaves_update_grub_to_finalize_and_puts_it_back(tmp_path
     dpkg = tree / "var" / "lib" / "dpkg"
     before = {name: (dpkg / name).read_bytes() for name in ("diversions", "diversions-old")}
     real = (tree / "usr/sbin/update-grub").read_bytes()
-    with bootloader.update_grub_deferred(tree, log_file=None, runtime=RUNTIME) as diverted:
-        assert diverted == list(bootloader.DEFERRED)
+    with standins.diverted(tree, log_file=None, runtime=RUNTIME) as diverted:
+        assert diverted == ["/usr/sbin/update-grub", "/usr/sbin/grub-mkconfig"]
         for argv in (["update-grub"], ["/usr/sbin/grub-mkconfig", "-o", "/boot/grub/grub.cfg"]):
             done = _run_in(tree, "/bin/sh", "-c", " ".join(argv))
             assert done.returncode == 0 and "kiln writes /boot/grub/grub.cfg at finalize" in done.stderr
@@ -263,17 +263,17 @@ def test_update_grub_is_put_back_when_the_stage_fails_and_left_alone_where_a_pac
     from kiln_runtime import RUNTIME
 
     tree = _divert_tree(tmp_path)
-    with pytest.raises(RuntimeError), bootloader.update_grub_deferred(tree, log_file=None, runtime=RUNTIME):
+    with pytest.raises(RuntimeError), standins.diverted(tree, log_file=None, runtime=RUNTIME):
         raise RuntimeError("a task failed")
     assert _run_in(tree, "/usr/sbin/update-grub").returncode == 1
     assert not list((tree / "usr/sbin").glob("*.kiln-stage"))
     # a package of the tree diverts grub-mkconfig already: kiln's diversion would clash, so it stays
     site = ["--package", "site-grub", "--divert", "/usr/sbin/grub-mkconfig.site"]
     assert _run_in(tree, "dpkg-divert", "--quiet", *site, "--add", "/usr/sbin/grub-mkconfig").returncode == 0
-    with bootloader.update_grub_deferred(tree, log_file=None, runtime=RUNTIME) as diverted:
+    with standins.diverted(tree, log_file=None, runtime=RUNTIME) as diverted:
         assert diverted == ["/usr/sbin/update-grub"]
     assert "/usr/sbin/grub-mkconfig.site" in (tree / "var/lib/dpkg/diversions").read_text()
     # no dpkg-divert in the tree (not a Debian tree): nothing to divert
     (tree / "usr/bin/dpkg-divert").unlink()
-    with bootloader.update_grub_deferred(tree, log_file=None, runtime=RUNTIME) as diverted:
+    with standins.diverted(tree, log_file=None, runtime=RUNTIME) as diverted:
         assert diverted == []

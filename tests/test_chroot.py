@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiln import config
-from kiln.build import chroot
+from kiln.build import chroot, standins
 from kiln.core.errors import BuildError, ConfigError
 from kiln_runtime import RUNTIME
 
@@ -31,26 +31,61 @@ def _tree(tmp_path: Path) -> Path:
 
 def test_prepared_puts_the_tree_back_on_every_exit(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
+    (tree / "run" / "lock").mkdir(parents=True)
+    (tree / "run" / "adduser").write_text("")
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(RuntimeError), chroot.prepared(tree, work, runtime=RUNTIME) as resolv:
-        assert (tree / chroot.POLICY_RC_D).read_text().endswith("exit 101\n")
-        assert "force-unsafe-io" in (tree / chroot.UNSAFE_IO).read_text()
-        assert (tree / "etc/resolv.conf").is_file() and resolv.is_file()
+    host = Path("/etc/resolv.conf").read_bytes()
+    with pytest.raises(RuntimeError), standins.prepared(tree, work, runtime=RUNTIME) as run:
+        assert (tree / standins.POLICY_RC_D).read_text().endswith("exit 101\n")
+        assert "force-unsafe-io" in (tree / standins.UNSAFE_IO).read_text()
+        assert (tree / "etc/resolv.conf").read_bytes() == host  # the build host's name servers, for the stage
+        # the stage's /run: the tree's, and what a booted build VM has there
+        assert (run / "adduser").is_file() and (run / "lock").stat().st_mode & 0o7777 == 0o1777
+        assert (run / "sshd").is_dir() and (run / "systemd/resolve/stub-resolv.conf").read_bytes() == host
+        assert json.loads((run / "cloud-init/result.json").read_text())["v1"]["errors"] == []
         raise RuntimeError("a failed task")
-    assert not (tree / chroot.POLICY_RC_D).exists() and not (tree / "etc/resolv.conf").exists()
-    assert not (tree / chroot.UNSAFE_IO).exists()
-    # a resolv.conf the tree had, and one that was a link, come back as they were
+    assert not (tree / standins.POLICY_RC_D).exists() and not (tree / "etc/resolv.conf").exists()
+    assert not (tree / standins.UNSAFE_IO).exists()
+    assert sorted(os.listdir(tree / "run")) == ["adduser", "lock"]
+    assert not list(work.iterdir()), "the stage's /run goes too"
+    # the tree's own comes back over a task's change in place (which held the build host's name servers)
     (tree / "etc/resolv.conf").write_text("nameserver 192.0.2.53\n")
-    with chroot.prepared(tree, work, runtime=RUNTIME):
-        (tree / "etc/resolv.conf").write_text("changed by a task\n")
+    with standins.prepared(tree, work, runtime=RUNTIME):
+        with open(tree / "etc/resolv.conf", "a") as f:
+            f.write("options edns0\n")
     assert (tree / "etc/resolv.conf").read_text() == "nameserver 192.0.2.53\n"
+    # a link the tree had comes back; one into /run is left as it is, its target in the stage's /run
     (tree / "etc/resolv.conf").unlink()
-    (tree / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
-    with chroot.prepared(tree, work, runtime=RUNTIME):
+    (tree / "etc/resolv.conf").symlink_to("resolv.conf.static")
+    with standins.prepared(tree, work, runtime=RUNTIME):
         assert not (tree / "etc/resolv.conf").is_symlink()
+    assert os.readlink(tree / "etc/resolv.conf") == "resolv.conf.static"
+    (tree / "etc/resolv.conf").unlink()
+    (tree / "etc/resolv.conf").symlink_to("../run/resolvconf/resolv.conf")
+    with standins.prepared(tree, work, runtime=RUNTIME) as run:
+        assert os.readlink(tree / "etc/resolv.conf") == "../run/resolvconf/resolv.conf"
+        assert (run / "resolvconf/resolv.conf").read_bytes() == host
+    assert os.readlink(tree / "etc/resolv.conf") == "../run/resolvconf/resolv.conf"
+
+
+def test_a_resolv_conf_a_task_replaces_stays_and_its_backup_is_the_trees_own(tmp_path: Path) -> None:
+    """systemd-resolved's postinst: `mv /etc/resolv.conf /etc/.resolv.conf.systemd-resolved.bak` and a link to
+    its stub. In a build VM the link stays in the image and the backup holds the VM's file: here the link
+    stays and the backup holds the tree's own, not the build host's name servers. Before, kiln's bind mount
+    over the file made both fail ("Device or resource busy"), and the image kept a plain file."""
+    tree, work = _tree(tmp_path), tmp_path / "work"
+    work.mkdir()
+    (tree / "etc/resolv.conf").write_text("")  # a base disk's: empty
+    with standins.prepared(tree, work, runtime=RUNTIME):
+        os.rename(tree / "etc/resolv.conf", tree / "etc/.resolv.conf.systemd-resolved.bak")
+        (tree / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
     assert os.readlink(tree / "etc/resolv.conf") == "../run/systemd/resolve/stub-resolv.conf"
-    assert not list(work.iterdir()), "the host's resolv.conf copy goes too"
+    assert (tree / "etc/.resolv.conf.systemd-resolved.bak").read_text() == ""
+    (tree / "etc/resolv.conf").unlink()
+    with standins.prepared(tree, work, runtime=RUNTIME):  # a tree with none: a moved stand-in goes
+        os.rename(tree / "etc/resolv.conf", tree / "etc/resolv.conf.bak")
+    assert not (tree / "etc/resolv.conf.bak").exists() and not (tree / "etc/resolv.conf").exists()
 
 
 @root_only
@@ -181,7 +216,7 @@ def test_processes_left_in_a_tree_are_killed(tmp_path: Path) -> None:
         while os.readlink(f"/proc/{child.pid}/root") != str(tree.resolve()) and time.monotonic() < deadline:
             time.sleep(0.05)
         started = time.monotonic()
-        assert chroot.kill_processes_in(tree) == [child.pid]
+        assert standins.kill_processes_in(tree) == [child.pid]
         # the killed child stays a zombie until this test collects it: dead all the same, not waited out
         # for kill_processes_in's whole 5 s
         assert time.monotonic() - started < 4

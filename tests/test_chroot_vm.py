@@ -264,7 +264,7 @@ def test_a_postinst_that_starts_a_service_leaves_no_process_after_the_stage(buil
     Ansible's chroot connection in the stage's namespace and mounts) with a play that installs a package
     whose postinst starts a daemon: policy-rc.d says no (101) while the stage runs, the daemon that
     started anyway is gone when the stage ends, and nothing stays mounted or rooted in the tree."""
-    from kiln.build import chroot
+    from kiln.build import chroot, standins
 
     tree, work = _os_stage_tree(built_image, tmp_path)
     shutil.copy(_daemon_deb(tmp_path), tree / "tmp" / "kiln-test-daemon.deb")
@@ -279,7 +279,7 @@ def test_a_postinst_that_starts_a_service_leaves_no_process_after_the_stage(buil
     time.sleep(0.5)
     assert pid not in _rooted_under(tree)  # killed: gone, or a zombie until its parent collects it
     assert not _rooted_under(tree) and not _mounts_under(tmp_path)
-    assert not (tree / chroot.POLICY_RC_D).exists()  # the stage's policy goes with it
+    assert not (tree / standins.POLICY_RC_D).exists()  # the stage's policy goes with it
 
 
 def test_a_role_that_installs_a_kernel_gets_the_image_booting_it(built_image, tmp_path):
@@ -320,3 +320,53 @@ def test_a_role_that_installs_a_kernel_gets_the_image_booting_it(built_image, tm
     default = cfg[cfg.index("menuentry ") :].split("}", 1)[0]
     assert f"linux\t/boot/vmlinuz-{cloud} root=UUID={uuid} ro " in default and "site.param=1" in default
     assert f"initrd\t/boot/initrd.img-{cloud}" in default
+
+
+BUILD_VM_ROLE = """\
+- hosts: all
+  gather_facts: true
+  tasks:
+    - name: sshd's config, validated as hardening roles do (host keys, /run/sshd)
+      ansible.builtin.lineinfile:
+        {path: /etc/ssh/sshd_config, line: "PermitRootLogin no", validate: "/usr/sbin/sshd -t -f %s"}
+    - name: wait for cloud-init, as a build VM's playbook does before apt
+      ansible.builtin.shell: timeout 60 cloud-init status --wait > /tmp/kiln-test-cloud-init
+    - name: a daemon restarted with service(8)
+      ansible.builtin.shell: service ssh restart 2> /tmp/kiln-test-service
+    - name: image-builder's swapoff, when the machine has swap
+      ansible.builtin.command: swapoff -a
+      when: ansible_memory_mb.swap.total != 0
+    - name: systemd-resolved, whose postinst links resolv.conf to its stub
+      ansible.builtin.apt: {name: systemd-resolved, update_cache: true}
+    - name: what the stage resolves names with, through the link
+      ansible.builtin.shell: cat /etc/resolv.conf > /tmp/kiln-test-resolv
+"""
+
+
+def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, tmp_path):
+    """The suite image's os-stage tree, provisioned as a stage is, with tasks a build VM's roles carry: `sshd
+    -t` finds host keys and /run/sshd, `cloud-init status --wait` returns (it waited forever), `service ssh
+    restart` starts nothing, image-builder's `swapoff -a` is skipped (no swap, as in a VM from the base
+    disk), and systemd-resolved's postinst links resolv.conf to its stub (a bind mount made that fail) while
+    names still resolve. Afterwards: no host key, the tree's /run and dpkg's diversions as they were, the
+    link kept, and its backup holds the tree's own file, not the build host's name servers."""
+    from kiln.build import chroot
+
+    tree, work = _os_stage_tree(built_image, tmp_path)
+    resolv = tree / "etc/resolv.conf"
+    own = resolv.read_bytes() if resolv.is_file() and not resolv.is_symlink() else None
+    run_before = sorted(os.listdir(tree / "run"))
+    diversions = (tree / "var/lib/dpkg/diversions").read_bytes()
+    play = tmp_path / "play.yml"
+    play.write_text(BUILD_VM_ROLE)
+    chroot.run_playbooks(tree, work, [play], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
+    assert "status: done" in (tree / "tmp/kiln-test-cloud-init").read_text()
+    assert "service ssh restart skipped in a chroot stage" in (tree / "tmp/kiln-test-service").read_text()
+    assert (tree / "tmp/kiln-test-resolv").read_bytes() == Path("/etc/resolv.conf").read_bytes()
+    assert not list((tree / "etc/ssh").glob("ssh_host_*")), "the stage's throwaway host keys are gone"
+    assert os.readlink(resolv) == "../run/systemd/resolve/stub-resolv.conf"
+    if own is not None:
+        assert (tree / "etc/.resolv.conf.systemd-resolved.bak").read_bytes() == own
+    assert sorted(os.listdir(tree / "run")) == run_before
+    assert (tree / "var/lib/dpkg/diversions").read_bytes() == diversions
+    assert "kiln" not in (tree / "usr/sbin/service").read_text()

@@ -4,7 +4,7 @@
 # ansible_facts_parallel false, so this one wins). kiln reads them off the tree before the playbook runs and
 # passes them in KILN_TREE_FACTS (kiln.artifacts.kernel.facts): `ansible_kernel` is the kernel the finished
 # image boots, not the build host's, so `linux-headers-{{ ansible_kernel }}` names a package of the image's
-# kernel, as it does in a build VM booted from the base disk.
+# kernel, as it does in a build VM booted from the base disk; and the swap facts are 0, as that VM has none.
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type

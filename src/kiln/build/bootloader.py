@@ -20,11 +20,9 @@ tree and on the raw disk file, with no VM, no mount and no loop device.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -120,7 +118,7 @@ def write_cfg(
     """`tree`/boot/grub/grub.cfg for `kernel_version` from the tree's /etc/default/grub and grub.d/*.cfg, as
     update-grub writes it (grub_cfg), checked by the tree's grub-script-check. The base disk's boot loader
     gets one; the finished disk made from a chroot stage's tree gets a new one at finalize, for the kernel
-    and defaults the stages left (a chroot stage diverts update-grub itself: `update_grub_deferred`)."""
+    and defaults the stages left (a chroot stage diverts update-grub itself: kiln.build.standins)."""
     defaults = read_defaults(tree, log_file=log_file, runtime=runtime)
     cfg = tree / "boot" / "grub" / "grub.cfg"
     cfg.write_text(grub_cfg(kernel_version, root_uuid, defaults))
@@ -135,61 +133,6 @@ def write_cfg(
             hint="look at GRUB_CMDLINE_LINUX* and GRUB_SERIAL_COMMAND in the tree's /etc/default/grub",
         ) from exc
     return cfg
-
-
-# In a chroot stage grub-mkconfig cannot ask the running system which device holds / ("grub-probe: error:
-# cannot find a device for /"): a kernel package's postinst (/etc/kernel/postinst.d/zz-update-grub) failed
-# the stage with it, and so did a role's `update-grub` after it changed /etc/default/grub. While a stage
-# runs, both programs are diverted (dpkg-divert, so that a grub upgrade in the stage lands beside them) to a
-# note; finalize then writes grub.cfg from the defaults and the newest kernel the stages left (write_cfg).
-DEFERRED = ("/usr/sbin/update-grub", "/usr/sbin/grub-mkconfig")
-DIVERTED = ".kiln-stage"
-_NOTE = """#!/bin/sh
-# kiln: in place of the real program while a chroot stage provisions this tree (kiln.build.bootloader)
-echo "kiln: ${0##*/} skipped in a chroot stage: kiln writes /boot/grub/grub.cfg at finalize from \
-/etc/default/grub and grub.d/*.cfg, for the newest kernel" >&2
-exit 0
-"""
-
-
-@contextlib.contextmanager
-def update_grub_deferred(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> Iterator[list[str]]:
-    """Divert update-grub and grub-mkconfig in `tree` to a note for a stage (above), and put them back on
-    every exit, dpkg's diversion list and its backup as they were. Yields the paths diverted: none in a
-    tree without dpkg-divert, and not one the tree's own packages divert already."""
-    backup = tree / "var" / "lib" / "dpkg" / "diversions-old"
-    saved = backup.read_bytes() if backup.is_file() else None
-    done: list[str] = []
-
-    def dpkg_divert(*args: str) -> None:
-        proc.run(["chroot", str(tree), "dpkg-divert", "--quiet", "--local", "--rename", *args],
-                 env=proc.tree_env(runtime), log_file=log_file, runtime=runtime)  # fmt: skip
-
-    def put_back() -> None:
-        for path in reversed(done):
-            (tree / path.lstrip("/")).unlink(missing_ok=True)
-            dpkg_divert("--remove", path)
-        if done and saved is not None:
-            backup.write_bytes(saved)
-        elif done:
-            backup.unlink(missing_ok=True)
-
-    try:
-        for path in DEFERRED if (tree / "usr" / "bin" / "dpkg-divert").exists() else ():
-            try:
-                dpkg_divert("--divert", path + DIVERTED, "--add", path)
-            except CommandError:
-                continue  # diverted by a package of the tree already: left as it is
-            done.append(path)
-            note = tree / path.lstrip("/")
-            note.write_text(_NOTE)
-            note.chmod(0o755)
-        yield done
-    except BaseException:
-        with contextlib.suppress(CommandError):  # a failed stage's tree is thrown away: its error counts
-            put_back()
-        raise
-    put_back()
 
 
 def grubenv() -> bytes:

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 # 5: grub.cfg from the defaults as sh sources them, with update-grub's ids and next_entry; grub.efi as
 #    grub-install makes it
 # 6: made under kiln's umask 022 whatever the caller's (a base made from a 077 shell had 0600 files)
-LAYOUT_VERSION = 6
+# 7: an empty /etc/resolv.conf, not the build host's (mmdebstrap's copy); hostname and hosts 0644
+LAYOUT_VERSION = 7
 
 SECTOR = bootloader.SECTOR
 MIB = 1024 * 1024
@@ -448,8 +449,13 @@ def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str,
         f"UUID={esp_uuid} /boot/efi vfat umask=0077 0 1\n"
     )
     (tree / "boot" / "efi").mkdir(parents=True, exist_ok=True)
-    (etc / "hostname").write_text("localhost\n")
-    (etc / "hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+    # mmdebstrap copies the build host's /etc/hostname and /etc/resolv.conf into the tree, modes included (and
+    # left both there): the image gets its own, and the node's DHCP client or resolver names its servers
+    hosts = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
+    for name, text in (("hostname", "localhost\n"), ("resolv.conf", ""), ("hosts", hosts)):
+        (etc / name).unlink(missing_ok=True)
+        (etc / name).write_text(text)
+        (etc / name).chmod(0o644)
     # cloud-init renders the real network config (ENI) from its datasource; this only sources it
     (etc / "network" / "interfaces").write_text(
         "# kiln bootstrap: cloud-init writes interfaces.d/50-cloud-init\n"

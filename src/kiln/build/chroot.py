@@ -2,10 +2,11 @@
 packed for the stage cache, and the finished disk made offline from a tree.
 
 Everything that mounts runs inside a private mount namespace (`unshare --mount --propagation private`): the
-mounts (/proc, /sys, /dev, resolv.conf, the base disk's loop mount) belong to that one child process and go
-when it exits, however it exits, so a cached tree never keeps a mount. What the runner writes into the tree
-for the stage (policy-rc.d, an empty resolv.conf to bind over) is removed on every exit path, and a process
-a package left running inside the tree is killed before the tree is packed.
+mounts (/proc, /sys, /dev, the stage's /run, the base disk's loop mount) belong to that one child process
+and go when it exits, however it exits, so a cached tree never keeps a mount. What the runner puts into the
+tree for the stage (policy-rc.d, the build host's name servers, diverted programs: kiln.build.standins) is
+taken out on every exit path, and a process a package left running inside the tree is killed before the
+tree is packed.
 
 A stage's Ansible run is walled off from the build host, as a container build is: the roles are the user's
 too, and a task written for a build VM (`sysctl -w`, `swapoff -a`, `modprobe`, `hostname`, `iptables`) would
@@ -21,31 +22,24 @@ Needs root (mount, chroot) and Ansible's community.general collection (the `ansi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from kiln.artifacts import kernel
-from kiln.build import bootloader, bootstrap
+from kiln.build import bootstrap, standins
 from kiln.core import proc, space
 from kiln.core.errors import BuildError, CommandError, InputError
 from kiln.core.runtime import Runtime
 
 TREE = "tree.tar.zst"  # a stage's tree in the cache: tar (numeric owners, xattrs, ACLs), zstd on every core
 CONNECTION = "community.general.chroot"
-POLICY_RC_D = "usr/sbin/policy-rc.d"
-# dpkg without an fsync per file while a stage runs (a failed stage's tree is thrown away, a finished one is
-# packed after dpkg is done); removed with policy-rc.d, so the image's dpkg is as Debian ships it
-UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/kiln-stage-unsafe-io"
 _TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 _IN_NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--"]
 # a stage's Ansible run: its own mounts, host name, System V IPC and process IDs; the namespace's first
@@ -290,90 +284,12 @@ ln -s /proc/self/fd "$t/dev/fd"
 ln -s /proc/self/fd/0 "$t/dev/stdin"
 ln -s /proc/self/fd/1 "$t/dev/stdout"
 ln -s /proc/self/fd/2 "$t/dev/stderr"
-mount --bind "$KILN_RESOLV_CONF" "$t/etc/resolv.conf"
+mkdir -p -m 0755 "$t/run"
+mount --bind "$KILN_STAGE_RUN" "$t/run"
 """
     + f"""exec {_SETPRIV} "$KILN_STAGE_CAPS" -- sh -c '"$@"; exit $?' sh "$@"
 """
 )
-
-
-@contextlib.contextmanager
-def prepared(tree: Path, work: Path, *, runtime: Runtime, log_file: IO[str] | None = None) -> Iterator[Path]:
-    """Make `tree` ready for a stage (no service starts, a resolv.conf to bind over, update-grub left to
-    finalize: bootloader.update_grub_deferred) and put it back on every exit; yields the host resolv.conf
-    copy to bind. Processes left running in the tree are killed."""
-    policy = tree / POLICY_RC_D
-    resolv = tree / "etc" / "resolv.conf"
-    made_resolv = not (resolv.exists() or resolv.is_symlink())
-    if resolv.is_symlink():  # a bind mount needs a file to cover; keep the link to put back
-        link = os.readlink(resolv)
-        resolv.unlink()
-    else:
-        link = None
-    saved = resolv.read_bytes() if resolv.is_file() else None
-    host_resolv = work / "resolv.conf"
-    try:
-        host_resolv.write_bytes(Path("/etc/resolv.conf").read_bytes())
-    except OSError:
-        host_resolv.write_text("")
-    policy.parent.mkdir(parents=True, exist_ok=True)
-    policy.write_text("#!/bin/sh\n# kiln: no service starts while a stage provisions this tree\nexit 101\n")
-    policy.chmod(0o755)
-    unsafe = tree / UNSAFE_IO
-    if unsafe.parent.is_dir():
-        unsafe.write_text("# kiln: while a stage provisions this tree only\nforce-unsafe-io\n")
-    resolv.parent.mkdir(parents=True, exist_ok=True)
-    if made_resolv or link is not None:
-        resolv.write_text("")
-    try:
-        with bootloader.update_grub_deferred(tree, log_file=log_file, runtime=runtime):
-            try:
-                yield host_resolv
-            finally:
-                kill_processes_in(tree)  # before dpkg-divert puts update-grub back
-    finally:
-        policy.unlink(missing_ok=True)
-        unsafe.unlink(missing_ok=True)
-        if made_resolv:
-            resolv.unlink(missing_ok=True)
-        elif link is not None:
-            resolv.unlink(missing_ok=True)
-            os.symlink(link, resolv)
-        elif saved is not None:
-            resolv.write_bytes(saved)  # whatever a task wrote over the bind mount's file is undone
-        host_resolv.unlink(missing_ok=True)
-
-
-def kill_processes_in(tree: Path) -> list[int]:
-    """SIGKILL every process whose root directory is `tree` (a daemon a postinst started despite
-    policy-rc.d); returns their pids."""
-    target = os.path.realpath(tree)
-    killed = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.readlink(entry / "root") == target:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    deadline = time.monotonic() + 5
-    while killed and time.monotonic() < deadline and not all(_dead(p) for p in killed):
-        time.sleep(0.05)
-    return killed
-
-
-def _dead(pid: int) -> bool:
-    """Gone, or a zombie: dead, its entry waiting for a parent that may never collect it (kiln is not that
-    parent; waiting on /proc/PID alone waited out the whole 5 s for one). A daemon's main thread is a zombie
-    while its other threads still exit, so only a zombie with no thread left counts."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[:1]
-        threads = len(os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return True
-    return state in (["Z"], ["X"]) and threads <= 1
 
 
 def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = "") -> list[str]:
@@ -411,10 +327,12 @@ _WALLED = re.compile(
     r"|mount: .*permission denied"
     r"|not found in directory /lib/modules/|'/lib/modules/|'/proc/modules'"  # modprobe, the host's kernel
     r"|System has not been booted with systemd"  # hostnamectl, timedatectl: no running systemd to ask
+    r"|containerd\.sock|docker\.sock|Cannot connect to the Docker daemon"  # ctr/crictl pull: no daemon runs
 )
 WALLED_HINT = (
     "a chroot stage is no running system, and keeps the build host out of a task's reach: there is no "
-    "systemd to ask (hostnamectl, timedatectl), /proc/sys and /sys are read-only, and modprobe, swapoff, "
+    "systemd to ask (hostnamectl, timedatectl), no daemon runs (containerd, docker: no image pulls), "
+    "/proc/sys and /sys are read-only, and modprobe, swapoff, "
     "mount, mknod, iptables, hostname and the clock are refused. Skip such a task with "
     "`when: kiln_runner | default('vm') != 'chroot'` (the boot checks its effect), or provision in a VM "
     "with -var provisioner=vm"
@@ -461,6 +379,13 @@ def failure_hint(tail: str, tree: Path) -> str | None:
     return None
 
 
+# a build VM booted from the base disk has no swap (and the node role keeps it off): a role's `swapoff -a`
+# when ansible_swaptotal_mb > 0 (image-builder's node role) is skipped here as there, instead of failing on
+# the build host's swap
+_SWAP = {"total": 0, "free": 0, "used": 0, "cached": 0}
+NO_SWAP = {"swaptotal_mb": 0, "swapfree_mb": 0, "memory_mb": {"swap": _SWAP}}
+
+
 def run_playbooks(
     tree: Path,
     work: Path,
@@ -475,7 +400,8 @@ def run_playbooks(
     runtime: Runtime,
 ) -> None:
     """ansible-playbook with the chroot connection against `tree`, in namespaces of its own with /proc, /sys,
-    /dev and the host's resolv.conf mounted for the run, walled off from the host (module doc). With `epoch`,
+    /dev and the stage's /run mounted for the run (what it puts in the tree: kiln.build.standins), walled off
+    from the host (module doc). With `epoch`,
     every command in the chroot sees SOURCE_DATE_EPOCH (the chroot connection passes ansible's environment
     on): mkinitramfs, run by dpkg triggers, then writes the same initrd for the same files."""
     vars_file = work / "ansible-vars.json"
@@ -499,14 +425,15 @@ def run_playbooks(
         "ANSIBLE_FACTS_MODULES": "ansible.legacy.setup,kiln_tree_facts",
         **({"SOURCE_DATE_EPOCH": str(epoch)} if epoch else {}),
     }
-    with prepared(tree, work, runtime=runtime, log_file=log_file) as host_resolv:
+    with standins.prepared(tree, work, runtime=runtime, log_file=log_file) as stage_run:
         for playbook in playbooks:
             argv = playbook_argv(tree, vars_file, playbook, user_vars)
-            facts = json.dumps(kernel.facts(tree), sort_keys=True)  # a stage before may have added a kernel
+            # read before each playbook: a kernel the os stage installed is the kubernetes stage's
+            facts = json.dumps({**kernel.facts(tree), **NO_SWAP}, sort_keys=True)
             try:
                 proc.run(
                     argv, env=proc.tree_env(runtime, host_loader=True),
-                    extra_env={**env, "KILN_RESOLV_CONF": str(host_resolv), "KILN_TREE_FACTS": facts},
+                    extra_env={**env, "KILN_STAGE_RUN": str(stage_run), "KILN_TREE_FACTS": facts},
                     log_file=log_file, on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
                 )  # fmt: skip
             except CommandError as err:

@@ -1,0 +1,290 @@
+"""What a chroot stage puts into a tree while it runs, so that roles written for a build VM find what a build
+VM booted from the base disk would give them, and takes out again on every exit: `prepared(tree, work)`.
+kiln.build.chroot runs the stage; nothing here stays in the image.
+
+- No service starts: /usr/sbin/policy-rc.d (exit 101), and dpkg without an fsync per file.
+- /run is the stage's own: a directory in the stage's work dir, made from the tree's /run and bound over it
+  in the stage's mount namespace (chroot._MOUNTS), with what a booted system has there and tools check for:
+  /run/lock, sshd's privilege separation directory /run/sshd (`sshd -t`, a role's `validate:`),
+  cloud-init's record of a finished boot (`cloud-init status --wait`, which a build VM's role runs before
+  apt, waited forever in a tree no cloud-init ever ran in), and systemd-resolved's resolv.conf files. What a
+  stage writes under /run goes with the stage, as /run goes with a boot.
+- /etc/resolv.conf names the build host's name servers for the stage; afterwards the tree's own is back.
+  A task (or systemd-resolved's postinst) that replaces the file with its own (a link to resolved's stub)
+  keeps its own, as in a build VM; the link resolves into the stage's /run, so names still resolve. Before,
+  a bind mount over the file made that replacement fail ("Device or resource busy"), and the image kept a
+  plain resolv.conf beside systemd-resolved.
+- SSH host keys: `ssh-keygen -A` makes throwaway ones for the types the tree lacks (a build VM has the keys
+  cloud-init made at its first boot), so `sshd -t` finds keys; the ones kiln made are removed afterwards.
+- Diverted programs (dpkg-divert, so that an upgrade of their package lands beside them): update-grub and
+  grub-mkconfig, which cannot ask a running system which device holds / (finalize writes grub.cfg:
+  kiln.build.bootloader.write_cfg), and `service NAME start|stop|restart|...`, which, with no systemd
+  running, would start the init script's daemon in the tree, on the build host's network. The note each
+  prints says so; `service --status-all` and `service NAME status` run the real one.
+- Processes left running in the tree (a daemon a postinst started despite policy-rc.d) are killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from kiln.core import proc
+from kiln.core.errors import CommandError
+from kiln.core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+POLICY_RC_D = "usr/sbin/policy-rc.d"
+# dpkg without an fsync per file while a stage runs (a failed stage's tree is thrown away, a finished one is
+# packed after dpkg is done); removed with policy-rc.d, so the image's dpkg is as Debian ships it
+UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/kiln-stage-unsafe-io"
+STAGE_RUN = "run"  # in the stage's work dir: the tree's /run while the stage runs
+RESOLVED = ("systemd/resolve/stub-resolv.conf", "systemd/resolve/resolv.conf")  # under /run
+DIVERTED = ".kiln-stage"
+_GRUB_NOTE = """#!/bin/sh
+# kiln: in place of the real program while a chroot stage runs (kiln.build.standins)
+echo "kiln: ${0##*/} skipped in a chroot stage: kiln writes /boot/grub/grub.cfg at finalize from \\
+/etc/default/grub and grub.d/*.cfg, for the newest kernel" >&2
+exit 0
+"""
+_SERVICE_NOTE = f"""#!/bin/sh
+# kiln: in place of service(8) while a chroot stage runs (kiln.build.standins): no daemon starts in the tree
+case "${{2-}}" in
+  start|stop|restart|reload|force-reload|try-restart|condrestart|force-stop)
+    echo "kiln: service $1 $2 skipped in a chroot stage: no service runs before the image boots" >&2
+    exit 0 ;;
+esac
+exec /usr/sbin/service{DIVERTED} "$@"
+"""
+DIVERSIONS = {  # a program of the tree, and what stands in for it while a stage runs
+    "/usr/sbin/update-grub": _GRUB_NOTE,
+    "/usr/sbin/grub-mkconfig": _GRUB_NOTE,
+    "/usr/sbin/service": _SERVICE_NOTE,
+}
+
+
+@contextlib.contextmanager
+def prepared(tree: Path, work: Path, *, runtime: Runtime, log_file: IO[str] | None = None) -> Iterator[Path]:
+    """Make `tree` ready for a stage (module doc) and put it back on every exit. Yields the directory to bind
+    over the tree's /run for the stage."""
+    policy = tree / POLICY_RC_D
+    unsafe = tree / UNSAFE_IO
+    try:
+        host = Path("/etc/resolv.conf").read_bytes()
+    except OSError:
+        host = b""
+    run = work / STAGE_RUN
+    try:
+        stage_run(tree, run, host, runtime=runtime, log_file=log_file)
+        policy.parent.mkdir(parents=True, exist_ok=True)
+        policy.write_text("#!/bin/sh\n# kiln: no service starts while a chroot stage runs\nexit 101\n")
+        policy.chmod(0o755)
+        if unsafe.parent.is_dir():
+            unsafe.write_text("# kiln: while a stage provisions this tree only\nforce-unsafe-io\n")
+        with (
+            resolver(tree, run, host),
+            host_keys(tree, runtime=runtime, log_file=log_file),
+            diverted(tree, log_file=log_file, runtime=runtime),
+        ):
+            try:
+                yield run
+            finally:
+                kill_processes_in(tree)  # before the tree's own programs are put back
+    finally:
+        policy.unlink(missing_ok=True)
+        unsafe.unlink(missing_ok=True)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def stage_run(tree: Path, run: Path, resolv: bytes, *, runtime: Runtime, log_file: IO[str] | None) -> None:
+    """Make `run`, the stage's /run (module doc): a copy of the tree's (owners and modes kept), and what a
+    booted build VM has there."""
+    run.mkdir(mode=0o755)
+    if (tree / "run").is_dir():
+        proc.run(["cp", "-a", f"{tree}/run/.", f"{run}/"], log_file=log_file, runtime=runtime)
+    for name, mode in (("lock", 0o1777), ("sshd", 0o755)):
+        (run / name).mkdir(exist_ok=True)
+        (run / name).chmod(mode)
+    (run / "cloud-init").mkdir(exist_ok=True)
+    now = time.time()
+    why = "DataSourceNone [kiln chroot stage: cloud-init runs at the image's first boot]"
+    names = ("init-local", "init", "modules-config", "modules-final")
+    stages = {name: {"errors": [], "start": now, "finished": now} for name in names}
+    status = {"v1": {"datasource": why, "stage": None, **stages}}
+    result = {"v1": {"datasource": why, "errors": []}}
+    (run / "cloud-init" / "status.json").write_text(json.dumps(status, indent=1) + "\n")
+    (run / "cloud-init" / "result.json").write_text(json.dumps(result) + "\n")
+    for rel in RESOLVED:
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(resolv)
+
+
+def _into_run(link: Path) -> str | None:
+    """Where under /run a symlink in the tree points ("systemd/resolve/stub-resolv.conf"), or None."""
+    target = os.path.normpath(os.path.join("/etc", os.readlink(link)))
+    return target.removeprefix("/run/") if target.startswith("/run/") else None
+
+
+@contextlib.contextmanager
+def resolver(tree: Path, run: Path, host: bytes) -> Iterator[None]:
+    """The build host's name servers in the tree for the stage, its own resolv.conf back afterwards (module
+    doc). A resolv.conf that links into /run gets the host's servers in the stage's /run and stays as is."""
+    etc = tree / "etc" / "resolv.conf"
+    if etc.is_symlink() and _into_run(etc) is not None:
+        stub = run / str(_into_run(etc))
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_bytes(host)
+        yield
+        return
+    link = os.readlink(etc) if etc.is_symlink() else None
+    original = etc.read_bytes() if link is None and etc.is_file() else None
+    etc.parent.mkdir(parents=True, exist_ok=True)
+    standin = etc.with_name(".resolv.conf.kiln-stage")
+    standin.write_bytes(host)
+    os.replace(standin, etc)  # a file of its own (a new inode): kiln finds it again wherever a task moves it
+    mine = os.lstat(etc)
+    try:
+        yield
+    finally:
+        _put_back_resolver(tree, etc, (mine.st_dev, mine.st_ino), link, original, host)
+
+
+def _put_back_resolver(
+    tree: Path, etc: Path, mine: tuple[int, int], link: str | None, original: bytes | None, host: bytes
+) -> None:
+    def same(path: Path) -> bool:
+        st = os.lstat(path)
+        return (st.st_dev, st.st_ino) == mine
+
+    if etc.is_file() and not etc.is_symlink() and same(etc):  # still kiln's: the tree's own comes back
+        if etc.read_bytes() != host:
+            log.warning("%s: a task changed it in place; the tree's own is put back (the stage's named the "
+                        "build host's name servers)", etc)  # fmt: skip
+        etc.unlink()
+        if link is not None:
+            os.symlink(link, etc)
+        elif original is not None:
+            etc.write_bytes(original)
+        return
+    # a task replaced it (systemd-resolved links it to its stub): its own stays, as in a build VM. Kiln's
+    # stand-in, if the task kept it as a backup (/etc/.resolv.conf.systemd-resolved.bak), becomes the
+    # tree's own, or goes where the tree had none
+    for top, _dirs, files in os.walk(tree / "etc"):
+        for name in files:
+            path = Path(top) / name
+            if not path.is_symlink() and same(path):
+                if original is not None:
+                    path.write_bytes(original)
+                else:
+                    path.unlink()
+                return
+
+
+@contextlib.contextmanager
+def host_keys(tree: Path, *, runtime: Runtime, log_file: IO[str] | None) -> Iterator[list[Path]]:
+    """Throwaway SSH host keys for the types the tree lacks (module doc); the ones kiln made, unchanged, are
+    removed on every exit. Yields them; none in a tree without ssh-keygen or /etc/ssh."""
+    ssh = tree / "etc" / "ssh"
+    if not ((tree / "usr" / "bin" / "ssh-keygen").exists() and ssh.is_dir()):
+        yield []
+        return
+    before = set(ssh.glob("ssh_host_*"))
+    made: dict[Path, str] = {}
+    try:
+        proc.run(["chroot", str(tree), "ssh-keygen", "-A"], env=proc.tree_env(runtime), log_file=log_file,
+                 runtime=runtime)  # fmt: skip
+        made = {p: _digest(p) for p in sorted(set(ssh.glob("ssh_host_*")) - before)}
+        yield list(made)
+    finally:
+        made = made or {p: _digest(p) for p in set(ssh.glob("ssh_host_*")) - before}
+        for path, digest in made.items():
+            if path.is_file() and not path.is_symlink() and _digest(path) == digest:
+                path.unlink()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+@contextlib.contextmanager
+def diverted(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> Iterator[list[str]]:
+    """The DIVERSIONS in `tree` for a stage (module doc), put back on every exit, dpkg's diversion list and
+    its backup as they were. Yields the paths diverted: none in a tree without dpkg-divert, and not one the
+    tree's own packages divert already."""
+    backup = tree / "var" / "lib" / "dpkg" / "diversions-old"
+    saved = backup.read_bytes() if backup.is_file() else None
+    done: list[str] = []
+
+    def dpkg_divert(*args: str) -> None:
+        proc.run(["chroot", str(tree), "dpkg-divert", "--quiet", "--local", "--rename", *args],
+                 env=proc.tree_env(runtime), log_file=log_file, runtime=runtime)  # fmt: skip
+
+    def put_back() -> None:
+        for path in reversed(done):
+            (tree / path.lstrip("/")).unlink(missing_ok=True)
+            dpkg_divert("--remove", path)
+        if done and saved is not None:
+            backup.write_bytes(saved)
+        elif done:
+            backup.unlink(missing_ok=True)
+
+    try:
+        for path, note in DIVERSIONS.items() if (tree / "usr" / "bin" / "dpkg-divert").exists() else ():
+            if not (tree / path.lstrip("/")).exists() and path == "/usr/sbin/service":
+                continue  # no service(8) in the tree: nothing to stand in for
+            try:
+                dpkg_divert("--divert", path + DIVERTED, "--add", path)
+            except CommandError:
+                continue  # diverted by a package of the tree already: left as it is
+            done.append(path)
+            stand_in = tree / path.lstrip("/")
+            stand_in.write_text(note)
+            stand_in.chmod(0o755)
+        yield done
+    except BaseException:
+        with contextlib.suppress(CommandError):  # a failed stage's tree is thrown away: its error counts
+            put_back()
+        raise
+    put_back()
+
+
+def kill_processes_in(tree: Path) -> list[int]:
+    """SIGKILL every process whose root directory is `tree` (a daemon a postinst started despite
+    policy-rc.d); returns their pids."""
+    target = os.path.realpath(tree)
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "root") == target:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    deadline = time.monotonic() + 5
+    while killed and time.monotonic() < deadline and not all(_dead(p) for p in killed):
+        time.sleep(0.05)
+    return killed
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie: dead, its entry waiting for a parent that may never collect it (kiln is not that
+    parent; waiting on /proc/PID alone waited out the whole 5 s for one). A daemon's main thread is a zombie
+    while its other threads still exit, so only a zombie with no thread left counts."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[:1]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return True
+    return state in (["Z"], ["X"]) and threads <= 1
