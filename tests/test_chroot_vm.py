@@ -62,6 +62,11 @@ def test_the_suite_image_was_provisioned_in_a_chroot_and_booted_once(built_image
         assert re.search(r"goss build phase: \d+ checks, 0 failed \(in the chroot", out), out[-3000:]
     assert "disk made from the tree" in out and "checks passed" in out  # a tree: only the chroot runner's
     assert not _mounts_under(built_image.path.parent) and not _rooted_under(built_image.path.parent)
+    # nothing of the build host's network in the image: mmdebstrap copies its resolv.conf into the base
+    listing = built_image.dir.path / f"{built_image.dir.name}{filelist.SUFFIX}"
+    files = {e["path"]: e for e in map(json.loads, listing.read_text().splitlines())}
+    assert (files["/etc/resolv.conf"]["size"], files["/etc/resolv.conf"]["mode"]) == (0, "0644")
+    assert not [p for p in files if p.startswith("/etc/ssh/ssh_host_")]
 
 
 @pytest.mark.vm_runner
