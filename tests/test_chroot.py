@@ -69,6 +69,28 @@ def test_prepared_puts_the_tree_back_on_every_exit(tmp_path: Path) -> None:
     assert os.readlink(tree / "etc/resolv.conf") == "../run/resolvconf/resolv.conf"
 
 
+def test_a_resolv_conf_a_module_rewrites_gives_way_to_the_trees_own(tmp_path: Path) -> None:
+    """lineinfile, template and `sed -i` write a new file and rename it over resolv.conf: with the build
+    host's servers in it, it gives way to the tree's own, and so does a `backup: yes` copy of the stand-in;
+    a file of the task's own (no server of the build host's) stays, as in a build VM."""
+    host = Path("/etc/resolv.conf").read_bytes()
+    if not any(line.startswith(b"nameserver") for line in host.splitlines()):
+        pytest.skip("this host's /etc/resolv.conf names no server")
+    tree, work = _tree(tmp_path), tmp_path / "work"
+    work.mkdir()
+    (tree / "etc/resolv.conf").write_text("")
+    with standins.prepared(tree, work, runtime=RUNTIME):
+        shutil.copy(tree / "etc/resolv.conf", tree / "etc/resolv.conf.1234.2026-12-05@12:00:00~")
+        (tree / "etc/.resolv.tmp").write_bytes(host + b"options edns0\n")
+        os.rename(tree / "etc/.resolv.tmp", tree / "etc/resolv.conf")
+    assert (tree / "etc/resolv.conf").read_text() == ""
+    assert (tree / "etc/resolv.conf.1234.2026-12-05@12:00:00~").read_text() == ""
+    with standins.prepared(tree, work, runtime=RUNTIME):
+        (tree / "etc/.resolv.tmp").write_text("nameserver 192.0.2.53\n")
+        os.rename(tree / "etc/.resolv.tmp", tree / "etc/resolv.conf")
+    assert (tree / "etc/resolv.conf").read_text() == "nameserver 192.0.2.53\n"
+
+
 def test_a_resolv_conf_a_task_replaces_stays_and_its_backup_is_the_trees_own(tmp_path: Path) -> None:
     """systemd-resolved's postinst: `mv /etc/resolv.conf /etc/.resolv.conf.systemd-resolved.bak` and a link to
     its stub. In a build VM the link stays in the image and the backup holds the VM's file: here the link

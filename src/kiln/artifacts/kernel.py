@@ -60,11 +60,9 @@ def build_string(vmlinuz: Path) -> str:
 
 
 def facts(tree: Path) -> dict[str, str]:
-    """`ansible_kernel` and `ansible_kernel_version` as a build VM booted from `tree` reports them; {} for a
-    tree with no kernel (the build host's own stay)."""
+    """`ansible_kernel` and `ansible_kernel_version` as a build VM booted from `tree` reports them (the
+    version "" where the image is no bzImage: not the build host's); {} for a tree with no kernel."""
     versions = installed(tree)
     if not versions:
         return {}
-    found = {"kernel": versions[-1]}
-    build = build_string(tree / "boot" / f"vmlinuz-{versions[-1]}")
-    return {**found, "kernel_version": build} if build else found
+    return {"kernel": versions[-1], "kernel_version": build_string(tree / "boot" / f"vmlinuz-{versions[-1]}")}

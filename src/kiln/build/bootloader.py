@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from kiln.artifacts import kernel
 from kiln.core import proc
 from kiln.core.errors import BuildError, CommandError
 from kiln.core.runtime import Runtime
@@ -110,6 +111,16 @@ def prepare_tree(
     (grub / "grubenv").write_bytes(grubenv())
     write_cfg(tree, root_uuid, kernel_version, log_file=log_file, runtime=runtime)
     return Images(tree / core.lstrip("/"), grub / "i386-pc" / "boot.img", tree / efi.lstrip("/"))
+
+
+def check_cfg(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None:
+    """At the end of a chroot stage, before its tree is packed and cached: what finalize writes grub.cfg
+    from (write_cfg) is there and usable, a kernel with its initrd and GRUB defaults kiln can write (a
+    BuildError naming the key, as finalize would give two stages later). A tree without /boot/grub/grub.cfg
+    (not a bootstrap base's) is left alone."""
+    if (tree / "boot" / "grub" / "grub.cfg").is_file():
+        grub_cfg(kernel.newest(tree), "00000000-0000-0000-0000-000000000000", read_defaults(
+            tree, log_file=log_file, runtime=runtime))  # fmt: skip
 
 
 def write_cfg(

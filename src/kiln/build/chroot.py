@@ -373,8 +373,8 @@ def failure_hint(tail: str, tree: Path) -> str | None:
     if _WALLED.search(task):
         return WALLED_HINT
     release = os.uname().release
-    if release and release in task:
-        image = kernel.facts(tree).get("kernel", "none installed")
+    image = kernel.facts(tree).get("kernel", "none installed")
+    if release and release in task and release != image:  # a host running the image's kernel: no telling
         return HOST_KERNEL_HINT.format(release=release, image=image)
     return None
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kiln.build import chroot, packer, render
+from kiln.build import bootloader, chroot, packer, render
 from kiln.build.render import BuildContext, Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.core import proc
@@ -164,6 +164,7 @@ def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: P
         tree, work, [playbook], extra, repo_root=ws.runtime.root, user_vars=user_vars, log_file=ws.log_file,
         on_line=_task_lines(ws, stage), epoch=ws.stage_epoch, runtime=ws.runtime,
     )  # fmt: skip
+    bootloader.check_cfg(tree, log_file=ws.log_file, runtime=ws.runtime)  # before the tree is cached
 
 
 def _check_tree(ws: Workspace, stage: str, tree: Path) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO
 
 from kiln.core import proc
-from kiln.core.errors import CommandError
+from kiln.core.errors import BuildError, CommandError
 from kiln.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ exit 0
 """
 _SERVICE_NOTE = f"""#!/bin/sh
 # kiln: in place of service(8) while a chroot stage runs (kiln.build.standins): no daemon starts in the tree
+[ "${{1-}}" != --full-restart ] || set -- "${{2-}}" restart
 case "${{2-}}" in
   start|stop|restart|reload|force-reload|try-restart|condrestart|force-stop)
     echo "kiln: service $1 $2 skipped in a chroot stage: no service runs before the image boots" >&2
@@ -110,6 +111,10 @@ def stage_run(tree: Path, run: Path, resolv: bytes, *, runtime: Runtime, log_fil
     """Make `run`, the stage's /run (module doc): a copy of the tree's (owners and modes kept), and what a
     booted build VM has there."""
     run.mkdir(mode=0o755)
+    if (tree / "run").is_symlink():  # it would lead the copy (and the bind mount) out of the tree
+        raise BuildError(
+            f"{tree}/run: a symbolic link ({os.readlink(tree / 'run')}); a root tree's /run is a directory"
+        )
     if (tree / "run").is_dir():
         proc.run(["cp", "-a", f"{tree}/run/.", f"{run}/"], log_file=log_file, runtime=runtime)
     for name, mode in (("lock", 0o1777), ("sshd", 0o755)):
@@ -146,6 +151,8 @@ def resolver(tree: Path, run: Path, host: bytes) -> Iterator[None]:
         stub.write_bytes(host)
         yield
         return
+    if etc.is_dir() and not etc.is_symlink():
+        raise BuildError(f"{etc}: a directory, not the resolver's file; the stage cannot name servers there")
     link = os.readlink(etc) if etc.is_symlink() else None
     original = etc.read_bytes() if link is None and etc.is_file() else None
     etc.parent.mkdir(parents=True, exist_ok=True)
@@ -159,35 +166,46 @@ def resolver(tree: Path, run: Path, host: bytes) -> Iterator[None]:
         _put_back_resolver(tree, etc, (mine.st_dev, mine.st_ino), link, original, host)
 
 
+def _servers(text: bytes) -> set[bytes]:
+    return {line.split()[1] for line in text.splitlines() if line.split()[:1] == [b"nameserver"] and
+            len(line.split()) > 1}  # fmt: skip
+
+
 def _put_back_resolver(
     tree: Path, etc: Path, mine: tuple[int, int], link: str | None, original: bytes | None, host: bytes
 ) -> None:
-    def same(path: Path) -> bool:
-        st = os.lstat(path)
-        return (st.st_dev, st.st_ino) == mine
+    """After a stage: resolv.conf as the tree had it, unless a task made its own (a link, as
+    systemd-resolved's postinst does, or a file naming none of the build host's servers), which stays, as in
+    a build VM. A file that still names the build host's servers (kiln's stand-in, edited in place or
+    through a module's rename, as lineinfile and template write) gives way to the tree's own, with a
+    warning; so does every copy or move of the stand-in under /etc (a `backup: yes`, or systemd-resolved's
+    /etc/.resolv.conf.systemd-resolved.bak), or it goes where the tree had none."""
+    leaked = _servers(host)
 
-    if etc.is_file() and not etc.is_symlink() and same(etc):  # still kiln's: the tree's own comes back
+    def kilns(path: Path) -> bool:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == mine:
+            return True
+        return bool(leaked) and st.st_size < 65536 and bool(_servers(path.read_bytes()) & leaked)
+
+    if etc.is_file() and not etc.is_symlink() and kilns(etc):
         if etc.read_bytes() != host:
-            log.warning("%s: a task changed it in place; the tree's own is put back (the stage's named the "
-                        "build host's name servers)", etc)  # fmt: skip
+            log.warning("%s: a task changed it; the tree's own is put back (the stage's named the build "
+                        "host's name servers)", etc)  # fmt: skip
         etc.unlink()
         if link is not None:
             os.symlink(link, etc)
         elif original is not None:
             etc.write_bytes(original)
-        return
-    # a task replaced it (systemd-resolved links it to its stub): its own stays, as in a build VM. Kiln's
-    # stand-in, if the task kept it as a backup (/etc/.resolv.conf.systemd-resolved.bak), becomes the
-    # tree's own, or goes where the tree had none
     for top, _dirs, files in os.walk(tree / "etc"):
         for name in files:
             path = Path(top) / name
-            if not path.is_symlink() and same(path):
-                if original is not None:
-                    path.write_bytes(original)
-                else:
-                    path.unlink()
-                return
+            if path == etc or path.is_symlink() or not path.is_file() or not kilns(path):
+                continue
+            if original is not None:
+                path.write_bytes(original)
+            else:
+                path.unlink()
 
 
 @contextlib.contextmanager
@@ -199,14 +217,15 @@ def host_keys(tree: Path, *, runtime: Runtime, log_file: IO[str] | None) -> Iter
         yield []
         return
     before = set(ssh.glob("ssh_host_*"))
-    made: dict[Path, str] = {}
+    made: dict[Path, str] | None = None
     try:
         proc.run(["chroot", str(tree), "ssh-keygen", "-A"], env=proc.tree_env(runtime), log_file=log_file,
                  runtime=runtime)  # fmt: skip
         made = {p: _digest(p) for p in sorted(set(ssh.glob("ssh_host_*")) - before)}
         yield list(made)
     finally:
-        made = made or {p: _digest(p) for p in set(ssh.glob("ssh_host_*")) - before}
+        if made is None:  # ssh-keygen failed part way: what it made is what is new
+            made = {p: _digest(p) for p in set(ssh.glob("ssh_host_*")) - before}
         for path, digest in made.items():
             if path.is_file() and not path.is_symlink() and _digest(path) == digest:
                 path.unlink()
