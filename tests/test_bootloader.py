@@ -277,3 +277,23 @@ def test_update_grub_is_put_back_when_the_stage_fails_and_left_alone_where_a_pac
     (tree / "usr/bin/dpkg-divert").unlink()
     with standins.diverted(tree, log_file=None, runtime=RUNTIME) as diverted:
         assert diverted == []
+
+
+@needs_root
+def test_a_stage_that_leaves_grub_defaults_finalize_cannot_write_fails_before_it_is_cached(tmp_path):
+    """check_cfg, at the end of each chroot stage: GRUB_DEFAULT=saved (a role's) or no kernel with its initrd
+    is an error naming the key or the files, before the tree is packed; a tree without grub.cfg is left be."""
+    from kiln_runtime import RUNTIME
+
+    tree = _tree(tmp_path)
+    bootloader.check_cfg(tree, log_file=None, runtime=RUNTIME)  # no /boot/grub/grub.cfg: not a base's tree
+    (tree / "boot" / "grub").mkdir(parents=True)
+    (tree / "boot" / "grub" / "grub.cfg").write_text("")
+    with pytest.raises(BuildError, match="no kernel with its initrd"):
+        bootloader.check_cfg(tree, log_file=None, runtime=RUNTIME)
+    for name in ("vmlinuz-6.1.0-50-amd64", "initrd.img-6.1.0-50-amd64"):
+        (tree / "boot" / name).write_bytes(b"")
+    bootloader.check_cfg(tree, log_file=None, runtime=RUNTIME)
+    (tree / "etc" / "default" / "grub.d" / "50-site.cfg").write_text("GRUB_DEFAULT=saved\n")
+    with pytest.raises(BuildError, match="GRUB_DEFAULT='saved'"):
+        bootloader.check_cfg(tree, log_file=None, runtime=RUNTIME)
