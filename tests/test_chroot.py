@@ -79,12 +79,16 @@ def test_a_resolv_conf_a_module_rewrites_gives_way_to_the_trees_own(tmp_path: Pa
     tree, work = _tree(tmp_path), tmp_path / "work"
     work.mkdir()
     (tree / "etc/resolv.conf").write_text("")
+    site = tree / "etc/resolvconf/resolv.conf.d/base"  # a role's own file that names the same servers
+    site.parent.mkdir(parents=True)
     with standins.prepared(tree, work, runtime=RUNTIME):
         shutil.copy(tree / "etc/resolv.conf", tree / "etc/resolv.conf.1234.2026-12-05@12:00:00~")
         (tree / "etc/.resolv.tmp").write_bytes(host + b"options edns0\n")
         os.rename(tree / "etc/.resolv.tmp", tree / "etc/resolv.conf")
+        site.write_bytes(host + b"search example.org\n")
     assert (tree / "etc/resolv.conf").read_text() == ""
     assert (tree / "etc/resolv.conf.1234.2026-12-05@12:00:00~").read_text() == ""
+    assert site.read_bytes() == host + b"search example.org\n"  # not kiln's: left as the role wrote it
     with standins.prepared(tree, work, runtime=RUNTIME):
         (tree / "etc/.resolv.tmp").write_text("nameserver 192.0.2.53\n")
         os.rename(tree / "etc/.resolv.tmp", tree / "etc/resolv.conf")

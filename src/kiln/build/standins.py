@@ -178,17 +178,22 @@ def _put_back_resolver(
     systemd-resolved's postinst does, or a file naming none of the build host's servers), which stays, as in
     a build VM. A file that still names the build host's servers (kiln's stand-in, edited in place or
     through a module's rename, as lineinfile and template write) gives way to the tree's own, with a
-    warning; so does every copy or move of the stand-in under /etc (a `backup: yes`, or systemd-resolved's
-    /etc/.resolv.conf.systemd-resolved.bak), or it goes where the tree had none."""
+    warning; so does a move or a byte-for-byte copy of the stand-in elsewhere under /etc (a `backup: yes`,
+    systemd-resolved's /etc/.resolv.conf.systemd-resolved.bak), or it goes where the tree had none. Other
+    files are the roles' own, whatever servers they name."""
     leaked = _servers(host)
 
-    def kilns(path: Path) -> bool:
+    def same(path: Path) -> bool:
         st = os.lstat(path)
-        if (st.st_dev, st.st_ino) == mine:
-            return True
-        return bool(leaked) and st.st_size < 65536 and bool(_servers(path.read_bytes()) & leaked)
+        return (st.st_dev, st.st_ino) == mine
 
-    if etc.is_file() and not etc.is_symlink() and kilns(etc):
+    def names_the_hosts(path: Path) -> bool:
+        return bool(leaked) and path.stat().st_size < 65536 and bool(_servers(path.read_bytes()) & leaked)
+
+    def a_copy(path: Path) -> bool:  # of the stand-in, byte for byte (a backup a module made)
+        return bool(host) and path.stat().st_size == len(host) and path.read_bytes() == host
+
+    if etc.is_file() and not etc.is_symlink() and (same(etc) or names_the_hosts(etc)):
         if etc.read_bytes() != host:
             log.warning("%s: a task changed it; the tree's own is put back (the stage's named the build "
                         "host's name servers)", etc)  # fmt: skip
@@ -200,7 +205,7 @@ def _put_back_resolver(
     for top, _dirs, files in os.walk(tree / "etc"):
         for name in files:
             path = Path(top) / name
-            if path == etc or path.is_symlink() or not path.is_file() or not kilns(path):
+            if path == etc or path.is_symlink() or not path.is_file() or not (same(path) or a_copy(path)):
                 continue
             if original is not None:
                 path.write_bytes(original)
