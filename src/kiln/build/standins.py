@@ -159,11 +159,15 @@ def resolver(tree: Path, run: Path, host: bytes) -> Iterator[None]:
     standin = etc.with_name(".resolv.conf.kiln-stage")
     standin.write_bytes(host)
     os.replace(standin, etc)  # a file of its own (a new inode): kiln finds it again wherever a task moves it
-    mine = os.lstat(etc)
+    held = os.open(etc, os.O_RDONLY)  # open, its inode is not reused while the stage runs if a task unlinks it
+    mine = os.fstat(held)
     try:
         yield
     finally:
-        _put_back_resolver(tree, etc, (mine.st_dev, mine.st_ino), link, original, host)
+        try:
+            _put_back_resolver(tree, etc, (mine.st_dev, mine.st_ino), link, original, host)
+        finally:
+            os.close(held)
 
 
 def _servers(text: bytes) -> set[bytes]:
