@@ -159,7 +159,7 @@ def resolver(tree: Path, run: Path, host: bytes) -> Iterator[None]:
     standin = etc.with_name(".resolv.conf.kiln-stage")
     standin.write_bytes(host)
     os.replace(standin, etc)  # a file of its own (a new inode): kiln finds it again wherever a task moves it
-    held = os.open(etc, os.O_RDONLY)  # open, its inode is not reused while the stage runs if a task unlinks it
+    held = os.open(etc, os.O_RDONLY)  # open: its inode is not reused if a task unlinks it
     mine = os.fstat(held)
     try:
         yield
