@@ -509,25 +509,26 @@ def _failed_run(*tasks: tuple[str, str, bool]) -> str:
     return "\n".join(out) + "\n\nPLAY RECAP ****\n"
 
 
-def test_an_ordinary_failure_gets_no_hint() -> None:
+def test_an_ordinary_failure_gets_no_hint(tmp_path: Path) -> None:
     assert not chroot._WALLED.search("E: Unable to locate package kubeletx")
     assert not chroot._WALLED.search("cp: cannot stat '/srv/x': No such file or directory")
     modprobe = "modprobe: FATAL: Module br_netfilter not found in directory /lib/modules/6.1.0-28-amd64"
     apt = "Failed to fetch http://deb.example/pool/x.deb  404  Not Found"
-    assert chroot.hit_the_wall(_failed_run(("br_netfilter", modprobe, False)))
+    hint = chroot.failure_hint
+    assert hint(_failed_run(("br_netfilter", modprobe, False)), tmp_path) == chroot.WALLED_HINT
     # a role that ignores its modprobe's failure, and then fails on a download: no hint about the wall
-    assert not chroot.hit_the_wall(_failed_run(("br_netfilter", modprobe, True), ("a package", apt, False)))
-    assert not chroot.hit_the_wall("ERROR! the role 'nothere' was not found\n"), "the stage's setup: no task"
+    assert hint(_failed_run(("br_netfilter", modprobe, True), ("a package", apt, False)), tmp_path) is None
+    assert hint("ERROR! the role 'nothere' was not found\n", tmp_path) is None, "the stage's setup: no task"
 
 
-def test_a_loop_item_that_hit_the_wall_gets_the_hint() -> None:
+def test_a_loop_item_that_hit_the_wall_gets_the_hint(tmp_path: Path) -> None:
     item = json.dumps({"msg": 'sysctl: permission denied on key "vm.swappiness"'})
     tail = (
         "TASK [site : sysctls] ****\n"
         f"failed: [/tree] (item=vm.swappiness) => {item}\n"
         'fatal: [/tree]: FAILED! => {"msg": "One or more items failed"}\n'
     )
-    assert chroot.hit_the_wall(tail)
+    assert chroot.failure_hint(tail, tmp_path) == chroot.WALLED_HINT
 
 
 def test_a_task_that_names_the_build_hosts_kernel_gets_the_kernel_hint(tmp_path: Path) -> None:

@@ -354,11 +354,6 @@ def failed_task(tail: str) -> str:
     return ""
 
 
-def hit_the_wall(tail: str) -> bool:
-    """Whether the task that ended the run failed by reaching for the build host or for a running system."""
-    return bool(_WALLED.search(failed_task(tail)))
-
-
 HOST_KERNEL_HINT = (
     "the task names the build host's kernel, {release}: in a chroot stage `uname -r` and /proc are the "
     "build host's. `ansible_kernel` is the kernel the image boots ({image}); use it, as in "

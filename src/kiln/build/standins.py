@@ -145,8 +145,9 @@ def resolver(tree: Path, run: Path, host: bytes) -> Iterator[None]:
     """The build host's name servers in the tree for the stage, its own resolv.conf back afterwards (module
     doc). A resolv.conf that links into /run gets the host's servers in the stage's /run and stays as is."""
     etc = tree / "etc" / "resolv.conf"
-    if etc.is_symlink() and _into_run(etc) is not None:
-        stub = run / str(_into_run(etc))
+    into_run = _into_run(etc) if etc.is_symlink() else None
+    if into_run is not None:
+        stub = run / into_run
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_bytes(host)
         yield
