@@ -9,13 +9,14 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from kiln import config
 from kiln.build import chroot, standins
-from kiln.core.errors import BuildError, ConfigError
+from kiln.core.errors import BuildError, CommandError, ConfigError
 from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,6 +251,134 @@ def test_processes_left_in_a_tree_are_killed(tmp_path: Path) -> None:
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def _stand_in(tmp_path: Path, note: str) -> Path:
+    """A stand-in note whose real program is a script that prints `real` and its arguments."""
+    real = tmp_path / "real"
+    real.write_text('#!/bin/sh\necho "real $*"\n')
+    real.chmod(0o755)
+    script = tmp_path / "stand-in"
+    script.write_text(note.replace("@REAL@", str(real)))
+    return script
+
+
+def _ran(script: Path, *args: str) -> tuple[int, str, str]:
+    done = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, check=False)
+    return done.returncode, done.stdout.strip(), done.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--system",), ("-w", "net.ipv4.ip_forward=1"), ("net.ipv4.ip_forward=1",), ("-e", "-w", "a.b=c d"),
+     ("-p",), ("-q", "-p", "/etc/hostname"), ("-ep", "/etc/hostname"), ("--load=/etc/hostname",),
+     ("-f", "/etc/hostname"), ("--write", "kernel.panic=10")],
+)  # fmt: skip
+def test_sysctl_applies_nothing_in_a_stage_and_says_so(tmp_path: Path, args: tuple[str, ...]) -> None:
+    rc, out, err = _ran(_stand_in(tmp_path, standins._SYSCTL_NOTE), *args)
+    assert (rc, out) == (0, "") and err.startswith("kiln: sysctl ") and "not applied in a chroot stage" in err
+
+
+@pytest.mark.parametrize(
+    "args", [("-n", "kernel.ostype"), ("-a",), ("net.ipv4.ip_forward",), ("-N", "-r", "^vm")]
+)
+def test_sysctl_reads_with_the_real_one(tmp_path: Path, args: tuple[str, ...]) -> None:
+    assert _ran(_stand_in(tmp_path, standins._SYSCTL_NOTE), *args) == (0, f"real {' '.join(args)}", "")
+
+
+@pytest.mark.parametrize(
+    "args", [("-p", "/no/such.conf"), ("--load=/no/such.conf",), ("-ep", "/no/such.conf")]
+)
+def test_sysctl_names_a_missing_file_as_sysctl_does(tmp_path: Path, args: tuple[str, ...]) -> None:
+    rc, out, err = _ran(_stand_in(tmp_path, standins._SYSCTL_NOTE), *args)
+    assert rc == 255 and err.startswith('sysctl: cannot open "/no/such.conf"')
+
+
+@pytest.mark.skipif(not shutil.which("perl"), reason="perl runs the real modprobe by its name")
+def test_modprobe_loads_nothing_and_queries_with_the_real_one(tmp_path: Path) -> None:
+    """Here /lib/modules of the tree is the host's: the lookup in the image's kernel is test_chroot_vm's."""
+    script = _stand_in(tmp_path, standins._MODPROBE_NOTE)
+    for args in (("overlay",), ("-a", "overlay", "br_netfilter"), ("-r", "overlay"), ("-rv", "overlay"),
+                 ("nf_conntrack", "hashsize=1024"), ("--remove", "overlay")):  # fmt: skip
+        rc, out, err = _ran(script, *args)
+        if Path("/lib/modules").is_dir():  # the host's kernel's modules: the dry run looks there
+            continue
+        assert (rc, out) == (0, "") and f"kiln: modprobe {' '.join(args)} skipped in a chroot stage" in err
+    for args in (("-c",), ("--show-depends", "overlay"), ("-nv", "overlay"), ("-R", "x"), ("--version",)):
+        rc, out, _ = _ran(script, *args)
+        assert rc == 0 and out.startswith("real ") and out.endswith(" ".join(args))
+
+
+@pytest.mark.parametrize(
+    "args", [("if=/dev/zero", "of=/EMPTY", "bs=1M"), ("of=/var/zero.fill", "if=/dev/zero", "status=none")]
+)
+def test_free_space_zeroing_writes_nothing_in_a_stage(tmp_path: Path, args: tuple[str, ...]) -> None:
+    rc, out, err = _ran(_stand_in(tmp_path, standins._DD_NOTE), *args)
+    assert (rc, out) == (0, "") and "skipped in a chroot stage" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("if=/dev/zero", "of=/swapfile", "bs=1M", "count=512"), ("if=/dev/zero", "of=/dev/null"),
+     ("if=/boot/x", "of=/tmp/y"), ("if=/dev/zero",), ("--version",)],
+)  # fmt: skip
+def test_any_other_dd_runs_the_real_one(tmp_path: Path, args: tuple[str, ...]) -> None:
+    assert _ran(_stand_in(tmp_path, standins._DD_NOTE), *args) == (0, f"real {' '.join(args)}", "")
+
+
+@root_only
+def test_a_run_that_writes_more_than_the_disk_holds_is_stopped(tmp_path: Path) -> None:
+    """DiskGuard on a small filesystem of its own (tmpfs): the image's disk size, then the floor; proc.run's
+    watch stops the writer it guards."""
+    from kiln.core import proc
+
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "kiln-test", str(fs)], check=True)
+    try:
+        guard = chroot.DiskGuard(fs, 8 << 20)
+        assert not guard.tripped() and guard.floor == 32 << 20
+        (fs / "a").write_bytes(b"\0" * (12 << 20))
+        assert guard.tripped() and "more than the image's disk holds (8.0 MiB, disk_size)" in guard.why
+        (fs / "a").unlink()
+        guard = chroot.DiskGuard(fs, None)  # no disk size: the floor, half of what was free here
+        (fs / "b").write_bytes(b"\0" * (40 << 20))
+        assert guard.tripped() and "left free" in guard.why and "at least" in guard.why
+        (fs / "b").unlink()
+        guard = chroot.DiskGuard(fs, 8 << 20)
+        started = time.monotonic()
+        with pytest.raises(CommandError):  # an endless writer, stopped: not the filesystem's end
+            proc.run(["sh", "-c", f"while :; do head -c 1048576 /dev/zero >> {fs}/c; sleep 0.01; done"],
+                     watch=guard.tripped, runtime=RUNTIME)  # fmt: skip
+        assert time.monotonic() - started < 10 and guard.why
+        assert (fs / "c").stat().st_size < 40 << 20
+    finally:
+        subprocess.run(["umount", str(fs)], check=True)
+
+
+def test_a_path_in_a_tree_follows_the_trees_links_not_the_hosts(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "usr" / "sbin").mkdir(parents=True)
+    os.symlink("usr/sbin", tree / "sbin")
+    os.symlink("/usr", tree / "abs")  # absolute: the tree's /usr, never the build host's
+    os.symlink("/bin/kmod", tree / "usr" / "sbin" / "modprobe")
+    assert standins.in_tree(tree, "/sbin/sysctl") == tree / "usr/sbin/sysctl"
+    assert standins.in_tree(tree, "/abs/sbin/sysctl") == tree / "usr/sbin/sysctl"
+    assert standins.in_tree(tree, "/../../sbin/x") == tree / "usr/sbin/x"
+    # the last link is not followed
+    assert standins.in_tree(tree, "/sbin/modprobe") == tree / "usr/sbin/modprobe"
+    os.symlink("loop", tree / "loop")
+    with pytest.raises(BuildError, match="too many levels of symbolic links"):
+        standins.in_tree(tree, "/loop/x")
+
+
+def test_a_diversion_names_the_path_the_package_ships() -> None:
+    lists = "\n/.\n/sbin\n/sbin/sysctl\n/usr/sbin/service\n"
+    assert standins.packaged(lists, "/sbin/sysctl") == "/sbin/sysctl"
+    assert standins.packaged(lists, "/usr/sbin/sysctl") == "/sbin/sysctl"  # bookworm's procps
+    assert standins.packaged("\n/usr/sbin/sysctl\n", "/sbin/sysctl") == "/usr/sbin/sysctl"  # trixie's
+    assert standins.packaged(lists, "/usr/sbin/service") == "/usr/sbin/service"
+    assert standins.packaged(lists, "/usr/sbin/update-grub") == "/usr/sbin/update-grub"  # not installed
 
 
 def test_the_network_as_a_chroot_sees_it() -> None:

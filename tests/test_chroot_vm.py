@@ -353,6 +353,22 @@ BUILD_VM_ROLE = """\
       ansible.builtin.apt: {name: systemd-resolved, update_cache: true}
     - name: what the stage resolves names with, through the link
       ansible.builtin.shell: cat /etc/resolv.conf > /tmp/kiln-test-resolv
+    - name: kernel modules loaded now, as a build VM's role loads them
+      ansible.builtin.shell: (modprobe overlay && modprobe br_netfilter) 2> /tmp/kiln-test-modprobe
+    - name: a module the image's kernel lacks fails, as it does in a build VM
+      ansible.builtin.command: modprobe kiln_no_such_module
+      register: kiln_no_module
+      failed_when: >-
+        kiln_no_module.rc == 0 or
+        ('not found in directory /lib/modules/' ~ ansible_kernel) not in kiln_no_module.stderr
+    - name: image-builder's kernel parameters, set now and kept in a file
+      ansible.posix.sysctl:
+        {name: vm.overcommit_ratio, value: "77", sysctl_set: true, reload: true,
+         sysctl_file: /etc/sysctl.d/90-kiln-test.conf}
+    - name: every sysctl file applied now
+      ansible.builtin.shell: sysctl --system 2> /tmp/kiln-test-sysctl
+    - name: free-space zeroing, as an image's cleanup does before the disk is compressed
+      ansible.builtin.shell: (dd if=/dev/zero of=/EMPTY bs=1M; rm -f /EMPTY) 2> /tmp/kiln-test-dd
 """
 
 
@@ -360,9 +376,11 @@ def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, t
     """The suite image's os-stage tree, provisioned as a stage is, with tasks a build VM's roles carry: `sshd
     -t` finds host keys and /run/sshd, `cloud-init status --wait` returns (it waited forever), `service ssh
     restart` starts nothing, image-builder's `swapoff -a` is skipped (no swap, as in a VM from the base
-    disk), and systemd-resolved's postinst links resolv.conf to its stub (a bind mount made that fail) while
-    names still resolve. Afterwards: no host key, the tree's /run and dpkg's diversions as they were, the
-    link kept, and its backup holds the tree's own file, not the build host's name servers."""
+    disk), systemd-resolved's postinst links resolv.conf to its stub (a bind mount made that fail) while
+    names still resolve, and `modprobe` and `sysctl` (image-builder's `sysctl_set` and `reload`) pass without
+    touching the build host's kernel (they failed on the read-only /proc/sys and the build host's modules).
+    Afterwards: no host key, the tree's /run and dpkg's diversions as they were, the link kept, and its
+    backup holds the tree's own file, not the build host's name servers."""
     from kiln.build import chroot
 
     tree, work = _os_stage_tree(built_image, tmp_path)
@@ -370,6 +388,8 @@ def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, t
     own = resolv.read_bytes() if resolv.is_file() and not resolv.is_symlink() else None
     run_before = sorted(os.listdir(tree / "run"))
     diversions = (tree / "var/lib/dpkg/diversions").read_bytes()
+    overcommit = Path("/proc/sys/vm/overcommit_ratio").read_text()
+    assert overcommit.strip() != "77"
     play = tmp_path / "play.yml"
     play.write_text(BUILD_VM_ROLE)
     chroot.run_playbooks(tree, work, [play], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
@@ -385,3 +405,45 @@ def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, t
     assert sorted(os.listdir(tree / "run")) == run_before
     assert (tree / "var/lib/dpkg/diversions").read_bytes() == diversions
     assert "kiln" not in (tree / "usr/sbin/service").read_text()
+    # modprobe and sysctl: nothing reaches the build host's kernel, the files stay for the boot
+    assert "modprobe br_netfilter skipped in a chroot stage" in (tree / "tmp/kiln-test-modprobe").read_text()
+    assert "sysctl --system not applied in a chroot stage" in (tree / "tmp/kiln-test-sysctl").read_text()
+    assert (tree / "etc/sysctl.d/90-kiln-test.conf").read_text() == "vm.overcommit_ratio=77\n"
+    assert Path("/proc/sys/vm/overcommit_ratio").read_text() == overcommit
+    assert (tree / "usr/sbin/sysctl").read_bytes()[:4] == b"\x7fELF"
+    assert os.readlink(tree / "usr/sbin/modprobe") == "/bin/kmod"
+    zeroing = (tree / "tmp/kiln-test-dd").read_text()
+    assert "dd if=/dev/zero of=/EMPTY bs=1M skipped in a chroot stage" in zeroing
+    assert (tree / "usr/bin/dd").read_bytes()[:4] == b"\x7fELF"
+
+
+FILL = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: a writer with no end (zeroing that dd's stand-in does not know)
+      ansible.builtin.shell: cat /dev/zero > /var/tmp/kiln-test-fill
+"""
+
+
+def test_a_stage_that_writes_more_than_the_images_disk_holds_is_stopped(built_image, tmp_path):
+    """A build VM's writes end at its disk; a chroot stage's would end at the build host's. The stage is
+    stopped once it wrote more than the image's disk holds (here 256 MiB), with an error saying so, and the
+    stand-ins are put back."""
+    from kiln.build import chroot
+    from kiln.core import space
+    from kiln.core.errors import DiskFullError
+
+    tree, work = _os_stage_tree(built_image, tmp_path)
+    play = tmp_path / "fill.yml"
+    play.write_text(FILL)
+    free = space.free(tree)
+    stopped = r"more than the image's disk holds \(256.0 MiB, disk_size\)"
+    with pytest.raises(DiskFullError, match=stopped) as err:
+        chroot.run_playbooks(tree, work, [play], {}, repo_root=REPO, log_file=None, room=256 << 20,
+                             runtime=RUNTIME)  # fmt: skip
+    assert err.value.hint is not None and "free-space zeroing" in err.value.hint
+    written = (tree / "var/tmp/kiln-test-fill").stat().st_size
+    assert 256 << 20 < written < 4 << 30 and space.free(tree) > free - (4 << 30)
+    assert (tree / "usr/bin/dd").read_bytes()[:4] == b"\x7fELF"
+    assert not [*(tree / "usr/bin").glob("*.kiln-stage"), *(tree / "usr/sbin").glob("*.kiln-stage")]

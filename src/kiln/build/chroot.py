@@ -35,7 +35,7 @@ from typing import IO, Any
 from kiln.artifacts import kernel
 from kiln.build import bootstrap, standins
 from kiln.core import proc, space
-from kiln.core.errors import BuildError, CommandError, InputError
+from kiln.core.errors import BuildError, CommandError, DiskFullError, InputError
 from kiln.core.runtime import Runtime
 
 TREE = "tree.tar.zst"  # a stage's tree in the cache: tar (numeric owners, xattrs, ACLs), zstd on every core
@@ -332,7 +332,8 @@ _WALLED = re.compile(
 WALLED_HINT = (
     "a chroot stage is no running system, and keeps the build host out of a task's reach: there is no "
     "systemd to ask (hostnamectl, timedatectl), no daemon runs (containerd, docker: no image pulls), "
-    "/proc/sys and /sys are read-only, and modprobe, swapoff, "
+    "/proc/sys and /sys are read-only (the `sysctl` command stands in and applies nothing), the kernel is "
+    "the build host's (Ansible's modprobe module asks it; the `modprobe` command stands in), and swapoff, "
     "mount, mknod, iptables, hostname and the clock are refused. Skip such a task with "
     "`when: kiln_runner | default('vm') != 'chroot'` (the boot checks its effect), or provision in a VM "
     "with -var provisioner=vm"
@@ -381,6 +382,42 @@ _SWAP = {"total": 0, "free": 0, "used": 0, "cached": 0}
 NO_SWAP = {"swaptotal_mb": 0, "swapfree_mb": 0, "memory_mb": {"swap": _SWAP}}
 
 
+FLOOR = 1 << 30  # what a stage leaves free on the build host's filesystem, at least (or half of what was)
+DISK_HINT = (
+    "a task wrote that much into the tree (free-space zeroing such as `dd if=/dev/zero of=/EMPTY` has no "
+    "use in a chroot stage: finalize makes a new filesystem, whose free space is zero; skip it with `when: "
+    "kiln_runner | default('vm') != 'chroot'`), or the image needs a larger disk_size; nothing of the "
+    "stage was cached"
+)
+
+
+class DiskGuard:
+    """Watches the filesystem holding a stage's tree while a playbook runs: `tripped()` says True, with
+    `why`, once the run has written more than `room` bytes onto it (free space fell by that much: the
+    image's disk holds no more, and a build VM's writes end there), or left less than FLOOR free (or half of
+    what was free when it started, on a filesystem that had less than twice FLOOR)."""
+
+    def __init__(self, tree: Path, room: int | None) -> None:
+        self.tree, self.room, self.why = tree, room, ""
+        self.start = space.free(tree)
+        self.floor = min(FLOOR, self.start // 2)
+
+    def tripped(self) -> bool:
+        have = space.free(self.tree)
+        if self.room is not None and self.start - have > self.room:
+            self.why = (
+                f"stopped after writing {space.human(self.start - have)} to {self.tree}'s filesystem, more "
+                f"than the image's disk holds ({space.human(self.room)}, disk_size)"
+            )
+        elif have < self.floor:
+            self.why = (
+                f"stopped with {space.human(have)} left free on {self.tree}'s filesystem "
+                f"({space.human(self.start - have)} written); kiln leaves the build host "
+                f"{space.human(self.floor)} at least"
+            )
+        return bool(self.why)
+
+
 def run_playbooks(
     tree: Path,
     work: Path,
@@ -392,13 +429,16 @@ def run_playbooks(
     log_file: IO[str] | None,
     on_line: Any = None,
     epoch: int = 0,
+    room: int | None = None,
     runtime: Runtime,
 ) -> None:
     """ansible-playbook with the chroot connection against `tree`, in namespaces of its own with /proc, /sys,
     /dev and the stage's /run mounted for the run (what it puts in the tree: kiln.build.standins), walled off
     from the host (module doc). With `epoch`,
     every command in the chroot sees SOURCE_DATE_EPOCH (the chroot connection passes ansible's environment
-    on): mkinitramfs, run by dpkg triggers, then writes the same initrd for the same files."""
+    on): mkinitramfs, run by dpkg triggers, then writes the same initrd for the same files. With `room` (the
+    image's disk size), a run that writes more than that onto the tree's filesystem, or leaves it nearly full,
+    is stopped (DiskFullError): a build VM's writes end at its disk, a chroot's at the build host's."""
     vars_file = work / "ansible-vars.json"
     # the facts gathered run setup, then kiln_tree_facts (ansible/library), in that order: ansible_kernel and
     # ansible_kernel_version describe the kernel the image boots, not the build host's (kiln.artifacts.kernel)
@@ -425,13 +465,18 @@ def run_playbooks(
             argv = playbook_argv(tree, vars_file, playbook, user_vars)
             # read before each playbook: a kernel the os stage installed is the kubernetes stage's
             facts = json.dumps({**kernel.facts(tree), **NO_SWAP}, sort_keys=True)
+            guard = DiskGuard(tree, room)
             try:
                 proc.run(
                     argv, env=proc.tree_env(runtime, host_loader=True),
                     extra_env={**env, "KILN_STAGE_RUN": str(stage_run), "KILN_TREE_FACTS": facts},
-                    log_file=log_file, on_line=on_line, capture=False, tail_lines=60, runtime=runtime,
+                    log_file=log_file, on_line=on_line, capture=False, tail_lines=60,
+                    watch=guard.tripped if room else None, runtime=runtime,
                 )  # fmt: skip
             except CommandError as err:
+                if guard.why:
+                    raise DiskFullError(f"{playbook.name} in the chroot of {tree}: {guard.why}",
+                                        hint=DISK_HINT) from err  # fmt: skip
                 raise BuildError(
                     f"{playbook.name} in the chroot of {tree} failed (exit {err.returncode})\n"
                     f"{err.output_tail.rstrip()}",

@@ -18,9 +18,13 @@ kiln.build.chroot runs the stage; nothing here stays in the image.
   cloud-init made at its first boot), so `sshd -t` finds keys; the ones kiln made are removed afterwards.
 - Diverted programs (dpkg-divert, so that an upgrade of their package lands beside them): update-grub and
   grub-mkconfig, which cannot ask a running system which device holds / (finalize writes grub.cfg:
-  kiln.build.bootloader.write_cfg), and `service NAME start|stop|restart|...`, which, with no systemd
-  running, would start the init script's daemon in the tree, on the build host's network. The note each
-  prints says so; `service --status-all` and `service NAME status` run the real one.
+  kiln.build.bootloader.write_cfg); `service NAME start|stop|restart|...`, which, with no systemd
+  running, would start the init script's daemon in the tree, on the build host's network; and `sysctl`'s
+  and `modprobe`'s writes and loads, which would reach the build host's kernel (the stage's wall refuses
+  them) and in a build VM never reach the image either: the image applies /etc/sysctl.d and loads
+  /etc/modules-load.d at boot; and dd's free-space zeroing, which would fill the build host's disk to no
+  end. The note each prints says so; queries (`service NAME status`, `sysctl -n`, `modprobe
+  --show-depends`) and any other dd run the real program.
 - Processes left running in the tree (a daemon a postinst started despite policy-rc.d) are killed.
 """
 
@@ -57,21 +61,121 @@ echo "kiln: ${0##*/} skipped in a chroot stage: kiln writes /boot/grub/grub.cfg 
 /etc/default/grub and grub.d/*.cfg, for the newest kernel" >&2
 exit 0
 """
-_SERVICE_NOTE = f"""#!/bin/sh
+_SERVICE_NOTE = """#!/bin/sh
 # kiln: in place of service(8) while a chroot stage runs (kiln.build.standins): no daemon starts in the tree
-[ "${{1-}}" != --full-restart ] || set -- "${{2-}}" restart
-case "${{2-}}" in
+[ "${1-}" != --full-restart ] || set -- "${2-}" restart
+case "${2-}" in
   start|stop|restart|reload|force-reload|try-restart|condrestart|force-stop)
     echo "kiln: service $1 $2 skipped in a chroot stage: no service runs before the image boots" >&2
     exit 0 ;;
 esac
-exec /usr/sbin/service{DIVERTED} "$@"
+exec @REAL@ "$@"
+"""
+# sysctl(8): a setting (-w, KEY=VALUE) or a file of them (-p, --load, -f, --system) is not applied: the kernel
+# a stage runs on is the build host's, whose /proc/sys is read-only to it, and what a build VM applies live
+# never reaches its image either. The image's systemd-sysctl applies /etc/sysctl.d at boot, where the boot
+# check sees it. A file named with -p must exist, as sysctl asks; reading a setting runs the real one.
+_SYSCTL_NOTE = r"""#!/bin/sh
+# kiln: in place of sysctl(8) while a chroot stage runs (kiln.build.standins)
+missing() {
+  [ -r "$1" ] || { echo "sysctl: cannot open \"$1\": No such file or directory" >&2; exit 255; }
+}
+apply= file=
+for a in "$@"; do
+  if [ -n "$file" ]; then
+    case "$a" in -*) ;; *) missing "$a" ;; esac
+    file=
+    continue
+  fi
+  case "$a" in
+    --system|--write) apply=1 ;;
+    --load|-p|-f) apply=1 file=1 ;;
+    --load=*) apply=1; missing "${a#--load=}" ;;
+    --*) ;;
+    -*[pf]) apply=1 file=1 ;;
+    -*[wpf]*) apply=1 ;;
+    *=*) apply=1 ;;
+  esac
+done
+if [ -n "$apply" ]; then
+  echo "kiln: sysctl $* not applied in a chroot stage: the image's systemd-sysctl applies /etc/sysctl.conf \
+and /etc/sysctl.d at boot" >&2
+  exit 0
+fi
+exec @REAL@ "$@"
+"""
+# modprobe(8): a module is not loaded into (or removed from) the build host's kernel. The name is looked up
+# in the modules of the kernel the image boots (the newest in /lib/modules), as `modprobe --dry-run` finds
+# it, so a name that kernel lacks fails as it would in a build VM. Queries (--dry-run, --show-depends,
+# --showconfig, ...) run the real one, for that kernel unless a version is given. kmod picks its command
+# by the name it is run as, hence perl's exec (perl-base is Essential) to run the diverted file as modprobe.
+_MODPROBE_NOTE = r"""#!/bin/sh
+# kiln: in place of modprobe(8) while a chroot stage runs (kiln.build.standins)
+real() {
+  exec perl -e 'my $p = shift; exec { $p } "modprobe", @ARGV or die "modprobe: $!\n"' @REAL@ "$@"
+}
+kernel=$(ls /lib/modules 2>/dev/null | sort -V | tail -n 1)
+query= remove= version=
+for a in "$@"; do
+  case "$a" in
+    --dry-run|--show|--showconfig|--show-config|--show-depends|--resolve-alias|--show-modversions\
+|--dump-modversions|--show-exports|--version|--help) query=1 ;;
+    --set-version|--set-version=*) version=1 ;;
+    --remove|--remove-dependencies) remove=1 ;;
+    --*) ;;
+    -*S*) version=1 ;;
+  esac
+  case "$a" in
+    --*) ;;
+    -*[ncDRVh]*) query=1 ;;
+  esac
+  case "$a" in
+    --*) ;;
+    -*r*) remove=1 ;;
+  esac
+done
+if [ -n "$query" ]; then
+  if [ -n "$version" ] || [ -z "$kernel" ]; then real "$@"; fi
+  real -S "$kernel" "$@"
+fi
+if [ -z "$remove" ] && [ -n "$kernel" ]; then
+  (real --dry-run -S "$kernel" "$@") >/dev/null || exit $?
+fi
+echo "kiln: modprobe $* skipped in a chroot stage: the build host's kernel is not the image's; \
+/etc/modules-load.d loads a module at boot" >&2
+exit 0
+"""
+# dd(1): free-space zeroing (`dd if=/dev/zero of=/EMPTY bs=1M; rm -f /EMPTY`, common in images' cleanup, so
+# that a VM's disk compresses well) writes nothing. In a build VM it ends at the disk's end; in a chroot the
+# build host's filesystem is the disk, and finalize makes a new filesystem, whose free space is zero already.
+# Any other dd (a count, a device, another input) runs the real one.
+_DD_NOTE = r"""#!/bin/sh
+# kiln: in place of dd(1) while a chroot stage runs (kiln.build.standins)
+src= dst= count=
+for a in "$@"; do
+  case "$a" in
+    if=*) src=${a#if=} ;;
+    of=*) dst=${a#of=} ;;
+    count=*) count=1 ;;
+  esac
+done
+case "$src:$count:$dst" in
+  /dev/zero::/dev/*|/dev/zero::) ;;
+  /dev/zero::*)
+    echo "kiln: dd $* skipped in a chroot stage: finalize makes a new filesystem, its free space zero" >&2
+    exit 0 ;;
+esac
+exec @REAL@ "$@"
 """
 DIVERSIONS = {  # a program of the tree, and what stands in for it while a stage runs
     "/usr/sbin/update-grub": _GRUB_NOTE,
     "/usr/sbin/grub-mkconfig": _GRUB_NOTE,
     "/usr/sbin/service": _SERVICE_NOTE,
+    "/sbin/sysctl": _SYSCTL_NOTE,
+    "/sbin/modprobe": _MODPROBE_NOTE,
+    "/bin/dd": _DD_NOTE,
 }
+ONLY_IF_THERE = ("/usr/sbin/service", "/sbin/sysctl", "/sbin/modprobe", "/bin/dd")  # no stand-in, no program
 
 
 @contextlib.contextmanager
@@ -245,6 +349,40 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
+def in_tree(tree: Path, path: str) -> Path:
+    """`path` (absolute, as the tree names it) where it is on the build host: each directory's link followed
+    inside the tree (an absolute link names the tree's file, not the build host's; `..` stops at the tree's
+    root), the last component not followed."""
+    *dirs, last = [part for part in path.split("/") if part] or ["."]
+    here: list[str] = []
+    hops = 0
+    while dirs:
+        part = dirs.pop(0)
+        if part in (".", ".."):
+            here = here[:-1] if part == ".." else here
+            continue
+        if (tree.joinpath(*here, part)).is_symlink():
+            hops += 1
+            if hops > 40:
+                raise BuildError(f"{tree}: {path}: too many levels of symbolic links")
+            target = os.readlink(tree.joinpath(*here, part))
+            here = [] if target.startswith("/") else here
+            dirs = [p for p in target.split("/") if p] + dirs
+            continue
+        here.append(part)
+    return tree.joinpath(*here, last)
+
+
+def packaged(lists: str, path: str) -> str:
+    """`path` as the tree's dpkg lists it (`lists`: its info/*.list, joined): /sbin/sysctl and
+    /usr/sbin/sysctl are one file where /sbin is a link to usr/sbin, and a diversion must name the path the
+    package ships, or an upgrade of the package during the stage would write over the stand-in. `path`
+    itself when no package lists either."""
+    head, _, name = path.rpartition("/")
+    other = ("/usr" + head if not head.startswith("/usr/") else head[len("/usr") :]) + "/" + name
+    return other if f"\n{other}\n" in lists and f"\n{path}\n" not in lists else path
+
+
 @contextlib.contextmanager
 def diverted(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> Iterator[list[str]]:
     """The DIVERSIONS in `tree` for a stage (module doc), put back on every exit, dpkg's diversion list and
@@ -260,25 +398,29 @@ def diverted(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> Itera
 
     def put_back() -> None:
         for path in reversed(done):
-            (tree / path.lstrip("/")).unlink(missing_ok=True)
+            in_tree(tree, path).unlink(missing_ok=True)
             dpkg_divert("--remove", path)
         if done and saved is not None:
             backup.write_bytes(saved)
         elif done:
             backup.unlink(missing_ok=True)
 
+    info = tree / "var" / "lib" / "dpkg" / "info"
+    lists = "\n" + "\n".join(p.read_text(errors="replace") for p in sorted(info.glob("*.list"))) + "\n"
     try:
         for path, note in DIVERSIONS.items() if (tree / "usr" / "bin" / "dpkg-divert").exists() else ():
-            if not (tree / path.lstrip("/")).exists() and path == "/usr/sbin/service":
-                continue  # no service(8) in the tree: nothing to stand in for
+            if path in ONLY_IF_THERE and not os.path.lexists(tree / path.lstrip("/")):
+                continue  # not in the tree: nothing to stand in for
+            path = packaged(lists, path)
             try:
                 dpkg_divert("--divert", path + DIVERTED, "--add", path)
             except CommandError:
                 continue  # diverted by a package of the tree already: left as it is
             done.append(path)
-            stand_in = tree / path.lstrip("/")
-            stand_in.write_text(note)
-            stand_in.chmod(0o755)
+            fd = os.open(in_tree(tree, path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+            with os.fdopen(fd, "w") as stand_in:
+                stand_in.write(note.replace("@REAL@", path + DIVERTED))
+            os.chmod(in_tree(tree, path), 0o755)  # whatever the umask
         yield done
     except BaseException:
         with contextlib.suppress(CommandError):  # a failed stage's tree is thrown away: its error counts

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,7 @@ def run(
     input_text: str | None = None,
     tail_lines: int = 40,
     timeout: float | None = None,
+    watch: Callable[[], bool] | None = None,
     secret_values: Sequence[str] = (),
     attach: bool = False,
     runtime: Runtime,
@@ -146,7 +148,8 @@ def run(
 
     Output (stdout and stderr merged) is streamed line by line to `log_file` and `on_line`, and the last
     `tail_lines` lines go into the CommandError on failure. With capture=True the whole output is returned.
-    `secret_values` are masked wherever output is logged or stored.
+    `secret_values` are masked wherever output is logged or stored. `watch` is asked five times a second
+    while the child runs; when it says True, the child and its group are stopped (the caller tells why).
     """
     rt = runtime
     program = os.fspath(argv[0])
@@ -200,6 +203,8 @@ def run(
     if timeout is not None:
         timer = threading.Timer(timeout, lambda: terminate(proc))
         timer.start()
+    if watch is not None:
+        threading.Thread(target=_watch, args=(proc, watch), daemon=True).start()
     try:
         if input_text is not None and proc.stdin is not None:
             proc.stdin.write(input_text)
@@ -229,6 +234,14 @@ def run(
     if check and returncode != 0:
         raise CommandError(args, returncode, "".join(tail))
     return Result(args, returncode, output)
+
+
+def _watch(proc: subprocess.Popen[Any], stop: Callable[[], bool]) -> None:
+    while proc.poll() is None:
+        if stop():
+            terminate(proc)
+            return
+        time.sleep(0.2)
 
 
 class Background:
