@@ -36,7 +36,7 @@ import k8s_standin  # noqa: E402  (the stand-in server in hack/, found through t
 
 from kiln import config
 from kiln.build import pipeline as build  # noqa: E402
-from kiln.core import progress
+from kiln.core import proc, progress
 
 RUNTIME = config.default_runtime()  # the one runtime, as the CLI makes it
 
@@ -57,6 +57,7 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    proc.install_sigterm_handler()  # a stopped bench cleans up as a stopped build: children, mounts, work dir
 
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     server = k8s_standin.start()

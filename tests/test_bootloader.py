@@ -4,6 +4,7 @@ base disk got its GRUB this way, and test_vm_build's boot of a fresh base."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -297,3 +298,55 @@ def test_a_stage_that_leaves_grub_defaults_finalize_cannot_write_fails_before_it
     (tree / "etc" / "default" / "grub.d" / "50-site.cfg").write_text("GRUB_DEFAULT=saved\n")
     with pytest.raises(BuildError, match="GRUB_DEFAULT='saved'"):
         bootloader.check_cfg(tree, log_file=None, runtime=RUNTIME)
+
+
+STOCK_40 = "#!/bin/sh\nexec tail -n +3 $0\n# menu entries you want to add go after this comment\n"
+
+
+@needs_root
+def test_a_grub_d_script_kilns_grub_cfg_would_leave_out_fails_the_stage(tmp_path):
+    """update-grub runs every executable /etc/grub.d script; kiln writes grub.cfg itself. A script it does
+    not stand for (a role's, memtest86+'s), a stock one changed from what dpkg installed (a GRUB password or
+    an entry in 40_custom, a hardening role's 10_linux) or a custom.cfg for 41_custom is an error naming
+    it, before the tree is cached; stock scripts, backups and files that are not executable are not."""
+    from kiln_runtime import RUNTIME
+
+    tree = _tree(tmp_path)
+    (tree / "boot" / "grub").mkdir(parents=True)
+    (tree / "boot" / "grub" / "grub.cfg").write_text("")
+    for name in ("vmlinuz-6.1.0-50-amd64", "initrd.img-6.1.0-50-amd64"):
+        (tree / "boot" / name).write_bytes(b"")
+    grub_d = tree / "etc" / "grub.d"
+    grub_d.mkdir()
+    for name, text in (("10_linux", "#!/bin/sh\n# entries\n"), ("40_custom", STOCK_40), ("README", "x\n")):
+        (grub_d / name).write_text(text)
+        (grub_d / name).chmod(0o755)
+    sums = "".join(
+        f" /etc/grub.d/{n} {hashlib.md5((grub_d / n).read_bytes()).hexdigest()}\n"
+        for n in ("10_linux", "40_custom")
+    )
+    (tree / "var" / "lib" / "dpkg").mkdir(parents=True)
+    (tree / "var" / "lib" / "dpkg" / "status").write_text(
+        "Package: grub-common\nStatus: install ok installed\nConffiles:\n" + sums + "Description: GRUB\n\n"
+    )
+    bootloader.check_cfg(
+        tree, log_file=None, runtime=RUNTIME
+    )  # stock, unchanged: kiln's grub.cfg stands for it
+    (grub_d / "40_custom~").write_text(STOCK_40 + "menuentry 'old' {\n}\n")  # an editor's backup: not run
+    (grub_d / "45_notes").write_text("#!/bin/sh\necho x\n")  # not executable: not run
+    (grub_d / "40_custom.dpkg-dist").write_text(STOCK_40)
+    (grub_d / "40_custom.dpkg-dist").chmod(0o755)
+    assert bootloader.unrun_scripts(tree) == []
+    with (grub_d / "40_custom").open("a") as custom:
+        custom.write("set superusers=admin\npassword_pbkdf2 admin grub.pbkdf2.sha512.10000.AB\n")
+    (grub_d / "20_memtest86+").write_text("#!/bin/sh\necho \"menuentry 'Memory test' {}\"\n")
+    (grub_d / "20_memtest86+").chmod(0o755)
+    (tree / "boot" / "grub" / "custom.cfg").write_text("set timeout=30\n")
+    assert bootloader.unrun_scripts(tree) == [
+        "/etc/grub.d/20_memtest86+",
+        "/etc/grub.d/40_custom (changed)",
+        "/boot/grub/custom.cfg",
+    ]
+    with pytest.raises(BuildError, match=r"20_memtest86\+, /etc/grub.d/40_custom \(changed\)") as err:
+        bootloader.check_cfg(tree, log_file=None, runtime=RUNTIME)
+    assert err.value.hint is not None and "provisioner=vm" in err.value.hint

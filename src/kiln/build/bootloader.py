@@ -20,6 +20,8 @@ tree and on the raw disk file, with no VM, no mount and no loop device.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 import struct
@@ -116,11 +118,78 @@ def prepare_tree(
 def check_cfg(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None:
     """At the end of a chroot stage, before its tree is packed and cached: what finalize writes grub.cfg
     from (write_cfg) is there and usable, a kernel with its initrd and GRUB defaults kiln can write (a
-    BuildError naming the key, as finalize would give two stages later). A tree without /boot/grub/grub.cfg
-    (not a bootstrap base's) is left alone."""
-    if (tree / "boot" / "grub" / "grub.cfg").is_file():
-        grub_cfg(kernel.newest(tree), "00000000-0000-0000-0000-000000000000", read_defaults(
-            tree, log_file=log_file, runtime=runtime))  # fmt: skip
+    BuildError naming the key, as finalize would give two stages later), and no /etc/grub.d script whose
+    menu entries or settings kiln's grub.cfg would leave out (unrun_scripts). A tree without
+    /boot/grub/grub.cfg (not a bootstrap base's) is left alone."""
+    if not (tree / "boot" / "grub" / "grub.cfg").is_file():
+        return
+    grub_cfg(kernel.newest(tree), "00000000-0000-0000-0000-000000000000", read_defaults(
+        tree, log_file=log_file, runtime=runtime))  # fmt: skip
+    unrun = unrun_scripts(tree)
+    if unrun:
+        raise BuildError(
+            f"{tree}: {', '.join(unrun)}: kiln writes grub.cfg offline from {DEFAULTS_FILES} and runs no "
+            "/etc/grub.d script, so the image would boot without what this adds (a menu entry, a GRUB "
+            "password, an option of 10_linux)",
+            hint="put kernel parameters and GRUB settings in /etc/default/grub.d/*.cfg, or build with "
+            "-var provisioner=vm, where update-grub runs every /etc/grub.d script",
+        )
+
+
+# What kiln's grub.cfg stands for, from Debian's GRUB packages: the header, theme and Linux entries it writes
+# itself; Xen, os-prober (GRUB_DISABLE_OS_PROBER) and UEFI firmware entries, which a node image has no use
+# for; 40_custom and 41_custom as shipped, which add nothing
+STOCK_SCRIPTS = (
+    "00_header", "05_debian_theme", "10_linux", "20_linux_xen", "30_os-prober", "30_uefi-firmware",
+    "40_custom", "41_custom",
+)  # fmt: skip
+
+
+def unrun_scripts(tree: Path) -> list[str]:
+    """The executable /etc/grub.d scripts (what update-grub runs) that kiln's grub.cfg does not stand for:
+    one that is not STOCK_SCRIPTS (a role's, or another package's: memtest86+), or one of them changed from
+    what its package shipped (dpkg's conffile checksum: entries or a password in 40_custom, a hardening
+    role's edit of 10_linux); and /boot/grub/custom.cfg, which 41_custom would have GRUB read."""
+    grub_d = tree / "etc" / "grub.d"
+    shipped = _conffile_sums(tree)
+    found = []
+    for script in sorted(grub_d.iterdir()) if grub_d.is_dir() else ():
+        if not script.is_file() or not os.access(script, os.X_OK) or _garbage(script.name):
+            continue  # what update-grub runs: executable files, not backups or dpkg's leftovers
+        path = f"/etc/grub.d/{script.name}"
+        if script.name not in STOCK_SCRIPTS:
+            found.append(path)
+        elif shipped.get(path) not in (None, hashlib.md5(script.read_bytes()).hexdigest()):
+            found.append(f"{path} (changed)")
+    if (tree / "boot" / "grub" / "custom.cfg").is_file():
+        found.append("/boot/grub/custom.cfg")
+    return found
+
+
+def _garbage(name: str) -> bool:
+    """A name grub-mkconfig skips in /etc/grub.d (its grub_file_is_not_garbage, and editor backups)."""
+    return (
+        name.endswith(("~", ".rpmsave", ".rpmnew"))
+        or (name.startswith("#") and name.endswith("#"))
+        or ".dpkg-" in name
+        or name.startswith("README")
+    )
+
+
+def _conffile_sums(tree: Path) -> dict[str, str]:
+    """dpkg's checksums of the conffiles it installed (var/lib/dpkg/status, Conffiles:), by path."""
+    status = tree / "var" / "lib" / "dpkg" / "status"
+    sums: dict[str, str] = {}
+    inside = False
+    for line in status.read_text(errors="replace").splitlines() if status.is_file() else ():
+        if line.startswith("Conffiles:"):
+            inside = True
+        elif inside and line.startswith(" "):
+            path, _, rest = line.strip().partition(" ")
+            sums[path] = rest.split()[0] if rest else ""
+        else:
+            inside = False
+    return sums
 
 
 def write_cfg(
