@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +59,25 @@ def main() -> int:
     proc.install_sigterm_handler()  # a stopped bench cleans up as a stopped build: children, mounts, work dir
 
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
+    try:
+        figures = _scenarios(args, work)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    cold, vm_cold = figures["cold"], figures.get("vm_cold")
+    print(f"\n{'scenario':<22} {'seconds':>9} {'x cold':>8} {'x vm cold':>10}")
+    for name, seconds in figures.items():
+        vs_vm = f"{seconds / vm_cold:>10.3f}" if vm_cold else f"{'-':>10}"
+        print(f"{name:<22} {seconds:>9.1f} {seconds / cold:>8.3f} {vs_vm}")
+    if args.json:
+        rounded = {k: (None if v != v else round(v, 1)) for k, v in figures.items()}  # NaN (failed): null
+        args.json.write_text(json.dumps(rounded, indent=2) + "\n")
+    return 0
+
+
+def _scenarios(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """Every scenario, in one work dir; the figures by scenario name."""
     server = k8s_standin.start()
     url = f"http://{k8s_standin.GUEST_HOST}:{server.server_address[1]}"
     var_file = work / "standin.json"
@@ -95,12 +113,13 @@ def main() -> int:
             argv[-1] += " --no-verify"
         print(f"--- unchanged rebuild through make: {' '.join(argv[:3])} ...", flush=True)
         started = time.monotonic()
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+        # proc.run: a stopped bench stops make's whole process group (kiln with it), not make alone
+        done = proc.run(argv, cwd=REPO, check=False, runtime=RUNTIME)
         took = time.monotonic() - started
         if done.returncode != 0:  # reported, and the other scenarios still run
-            print(f"make failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}", flush=True)
+            print(f"make failed ({done.returncode}):\n{done.output[-4000:]}", flush=True)
             return float("nan")
-        print(f"--- unchanged rebuild through make: {took:.1f}s ({done.stdout.strip().splitlines()[-1:]})")
+        print(f"--- unchanged rebuild through make: {took:.1f}s ({done.output.strip().splitlines()[-1:]})")
         return took
 
     figures: dict[str, float] = {}
@@ -120,17 +139,7 @@ def main() -> int:
             figures["vm_cold"] = run("cold build, VM runner", "vm", kubernetes_semver=VERSIONS[0])
     finally:
         server.shutdown()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    cold, vm_cold = figures["cold"], figures.get("vm_cold")
-    print(f"\n{'scenario':<22} {'seconds':>9} {'x cold':>8} {'x vm cold':>10}")
-    for name, seconds in figures.items():
-        vs_vm = f"{seconds / vm_cold:>10.3f}" if vm_cold else f"{'-':>10}"
-        print(f"{name:<22} {seconds:>9.1f} {seconds / cold:>8.3f} {vs_vm}")
-    if args.json:
-        rounded = {k: (None if v != v else round(v, 1)) for k, v in figures.items()}  # NaN (failed): null
-        args.json.write_text(json.dumps(rounded, indent=2) + "\n")
-    return 0
+    return figures
 
 
 if __name__ == "__main__":

@@ -249,12 +249,15 @@ def test_a_chroot_stage_leaves_update_grub_to_finalize_and_puts_it_back(tmp_path
         for argv in (["update-grub"], ["/usr/sbin/grub-mkconfig", "-o", "/boot/grub/grub.cfg"]):
             done = _run_in(tree, "/bin/sh", "-c", " ".join(argv))
             assert done.returncode == 0 and "kiln writes /boot/grub/grub.cfg at finalize" in done.stderr
+        hook = tree / "etc/initramfs-tools/hooks/zz-kiln-stage"  # keeps stand-ins out of an initrd
+        assert "/usr/sbin/update-grub /usr/sbin/grub-mkconfig" in hook.read_text()
         upgraded = b"#!/bin/sh\n# grub2-common, upgraded by a role\nexit 1\n"
         (tree / "usr/sbin/grub-mkconfig.kiln-stage").write_bytes(upgraded)
     assert (tree / "usr/sbin/update-grub").read_bytes() == real
     assert (tree / "usr/sbin/grub-mkconfig").read_bytes() == upgraded
     assert {name: (dpkg / name).read_bytes() for name in before} == before
     assert not list((tree / "usr/sbin").glob("*.kiln-stage"))
+    assert not (tree / "etc/initramfs-tools").exists()  # the hook and the directories made for it
     assert _run_in(tree, "/usr/sbin/update-grub").returncode == 1  # the real one again
 
 
@@ -318,12 +321,14 @@ def test_a_grub_d_script_kilns_grub_cfg_would_leave_out_fails_the_stage(tmp_path
         (tree / "boot" / name).write_bytes(b"")
     grub_d = tree / "etc" / "grub.d"
     grub_d.mkdir()
-    for name, text in (("10_linux", "#!/bin/sh\n# entries\n"), ("40_custom", STOCK_40), ("README", "x\n")):
+    bli = "#!/bin/sh\n# a later GRUB's own script\n"  # not kiln's STOCK_SCRIPTS, but a GRUB package's
+    for name, text in (("10_linux", "#!/bin/sh\n# entries\n"), ("40_custom", STOCK_40), ("README", "x\n"),
+                       ("25_bli", bli)):  # fmt: skip
         (grub_d / name).write_text(text)
         (grub_d / name).chmod(0o755)
     sums = "".join(
         f" /etc/grub.d/{n} {hashlib.md5((grub_d / n).read_bytes()).hexdigest()}\n"
-        for n in ("10_linux", "40_custom")
+        for n in ("10_linux", "40_custom", "25_bli")
     )
     (tree / "var" / "lib" / "dpkg").mkdir(parents=True)
     (tree / "var" / "lib" / "dpkg" / "status").write_text(
@@ -333,10 +338,19 @@ def test_a_grub_d_script_kilns_grub_cfg_would_leave_out_fails_the_stage(tmp_path
         tree, log_file=None, runtime=RUNTIME
     )  # stock, unchanged: kiln's grub.cfg stands for it
     (grub_d / "40_custom~").write_text(STOCK_40 + "menuentry 'old' {\n}\n")  # an editor's backup: not run
+    (grub_d / "40_custom~").chmod(0o755)
+    (grub_d / ".40_custom.swp").write_text("x")  # a dotfile: grub-mkconfig's glob skips it
+    (grub_d / ".40_custom.swp").chmod(0o755)
+    (tree / "usr" / "lib" / "site").mkdir(parents=True)
+    (tree / "usr" / "lib" / "site" / "grub").write_text("#!/bin/sh\n")  # not executable in the tree
+    os.symlink("/usr/lib/site/grub", grub_d / "50_site")  # absolute: the tree's file, not the build host's
     (grub_d / "45_notes").write_text("#!/bin/sh\necho x\n")  # not executable: not run
     (grub_d / "40_custom.dpkg-dist").write_text(STOCK_40)
     (grub_d / "40_custom.dpkg-dist").chmod(0o755)
     assert bootloader.unrun_scripts(tree) == []
+    (tree / "usr" / "lib" / "site" / "grub").chmod(0o755)  # now update-grub would run it
+    assert bootloader.unrun_scripts(tree) == ["/etc/grub.d/50_site"]
+    (grub_d / "50_site").unlink()
     with (grub_d / "40_custom").open("a") as custom:
         custom.write("set superusers=admin\npassword_pbkdf2 admin grub.pbkdf2.sha512.10000.AB\n")
     (grub_d / "20_memtest86+").write_text("#!/bin/sh\necho \"menuentry 'Memory test' {}\"\n")

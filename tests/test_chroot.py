@@ -280,18 +280,22 @@ def test_sysctl_applies_nothing_in_a_stage_and_says_so(tmp_path: Path, args: tup
 
 
 @pytest.mark.parametrize(
-    "args", [("-n", "kernel.ostype"), ("-a",), ("net.ipv4.ip_forward",), ("-N", "-r", "^vm")]
-)
+    "args",
+    [("-n", "kernel.ostype"), ("-a",), ("net.ipv4.ip_forward",), ("-N", "-r", "^vm"), ("-rforward", "-a"),
+     ("--pattern", "w=p", "-a")],
+)  # fmt: skip
 def test_sysctl_reads_with_the_real_one(tmp_path: Path, args: tuple[str, ...]) -> None:
     assert _ran(_stand_in(tmp_path, standins._SYSCTL_NOTE), *args) == (0, f"real {' '.join(args)}", "")
 
 
 @pytest.mark.parametrize(
-    "args", [("-p", "/no/such.conf"), ("--load=/no/such.conf",), ("-ep", "/no/such.conf")]
-)
+    "args",
+    [("-p", "/no/such.conf"), ("--load=/no/such.conf",), ("-ep", "/no/such.conf"), ("-p/no/such.conf",),
+     ("-p", "/etc/hostname", "/no/such.conf"), ("-p", "/no/such*.conf")],
+)  # fmt: skip
 def test_sysctl_names_a_missing_file_as_sysctl_does(tmp_path: Path, args: tuple[str, ...]) -> None:
     rc, out, err = _ran(_stand_in(tmp_path, standins._SYSCTL_NOTE), *args)
-    assert rc == 255 and err.startswith('sysctl: cannot open "/no/such.conf"')
+    assert rc == 255 and err.startswith('sysctl: cannot open "/no/such')
 
 
 @pytest.mark.skipif(not shutil.which("perl"), reason="perl runs the real modprobe by its name")
@@ -299,10 +303,9 @@ def test_modprobe_loads_nothing_and_queries_with_the_real_one(tmp_path: Path) ->
     """Here /lib/modules of the tree is the host's: the lookup in the image's kernel is test_chroot_vm's."""
     script = _stand_in(tmp_path, standins._MODPROBE_NOTE)
     for args in (("overlay",), ("-a", "overlay", "br_netfilter"), ("-r", "overlay"), ("-rv", "overlay"),
-                 ("nf_conntrack", "hashsize=1024"), ("--remove", "overlay")):  # fmt: skip
-        rc, out, err = _ran(script, *args)
-        if Path("/lib/modules").is_dir():  # the host's kernel's modules: the dry run looks there
-            continue
+                 ("nf_conntrack", "hashsize=1024"), ("--remove", "overlay"), ("-C/etc/x.conf", "overlay"),
+                 ("-d", "/srv/cdrom", "overlay"), ("-C", "/etc/x.conf", "overlay")):  # fmt: skip
+        rc, out, err = _ran(script, *args)  # a kernel in the host's /lib/modules: its dry run is the fake's
         assert (rc, out) == (0, "") and f"kiln: modprobe {' '.join(args)} skipped in a chroot stage" in err
     for args in (("-c",), ("--show-depends", "overlay"), ("-nv", "overlay"), ("-R", "x"), ("--version",)):
         rc, out, _ = _ran(script, *args)
@@ -315,6 +318,15 @@ def test_modprobe_loads_nothing_and_queries_with_the_real_one(tmp_path: Path) ->
 def test_free_space_zeroing_writes_nothing_in_a_stage(tmp_path: Path, args: tuple[str, ...]) -> None:
     rc, out, err = _ran(_stand_in(tmp_path, standins._DD_NOTE), *args)
     assert (rc, out) == (0, "") and "skipped in a chroot stage" in err
+
+
+def test_zeroing_leaves_its_file_for_the_rm_after_it(tmp_path: Path) -> None:
+    script = _stand_in(tmp_path, standins._DD_NOTE)
+    assert _ran(script, "if=/dev/zero", f"of={tmp_path}/EMPTY", "bs=1M")[0] == 0
+    assert (tmp_path / "EMPTY").stat().st_size == 0  # made, empty, as a `rm /EMPTY` after it expects
+    (tmp_path / "kept").write_text("data")
+    assert _ran(script, "if=/dev/zero", f"of={tmp_path}/kept", "conv=notrunc")[0] == 0
+    assert (tmp_path / "kept").read_text() == "data"
 
 
 @pytest.mark.parametrize(
@@ -349,7 +361,7 @@ def test_a_run_that_writes_more_than_the_disk_holds_is_stopped(tmp_path: Path) -
         started = time.monotonic()
         with pytest.raises(CommandError):  # an endless writer, stopped: not the filesystem's end
             proc.run(["sh", "-c", f"while :; do head -c 1048576 /dev/zero >> {fs}/c; sleep 0.01; done"],
-                     watch=guard.tripped, runtime=RUNTIME)  # fmt: skip
+                     watch=guard.tripped, timeout=60, runtime=RUNTIME)  # fmt: skip
         assert time.monotonic() - started < 10 and guard.why
         assert (fs / "c").stat().st_size < 40 << 20
     finally:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from kiln.artifacts import kernel
+from kiln.build.standins import in_tree
 from kiln.core import proc
 from kiln.core.errors import BuildError, CommandError
 from kiln.core.runtime import Runtime
@@ -138,7 +139,8 @@ def check_cfg(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None
 
 # What kiln's grub.cfg stands for, from Debian's GRUB packages: the header, theme and Linux entries it writes
 # itself; Xen, os-prober (GRUB_DISABLE_OS_PROBER) and UEFI firmware entries, which a node image has no use
-# for; 40_custom and 41_custom as shipped, which add nothing
+# for; 40_custom and 41_custom as shipped, which add nothing. Any other script a GRUB package (grub-*)
+# ships unchanged (a later GRUB's 25_bli) counts as theirs.
 STOCK_SCRIPTS = (
     "00_header", "05_debian_theme", "10_linux", "20_linux_xen", "30_os-prober", "30_uefi-firmware",
     "40_custom", "41_custom",
@@ -147,46 +149,64 @@ STOCK_SCRIPTS = (
 
 def unrun_scripts(tree: Path) -> list[str]:
     """The executable /etc/grub.d scripts (what update-grub runs) that kiln's grub.cfg does not stand for:
-    one that is not STOCK_SCRIPTS (a role's, or another package's: memtest86+), or one of them changed from
-    what its package shipped (dpkg's conffile checksum: entries or a password in 40_custom, a hardening
-    role's edit of 10_linux); and /boot/grub/custom.cfg, which 41_custom would have GRUB read."""
+    one that no GRUB package ships (a role's, or another package's: memtest86+), or one changed from what
+    its package shipped (dpkg's conffile checksum: entries or a password in 40_custom, a hardening role's
+    edit of 10_linux); and /boot/grub/custom.cfg, which 41_custom would have GRUB read. Links are followed
+    inside the tree."""
     grub_d = tree / "etc" / "grub.d"
     shipped = _conffile_sums(tree)
     found = []
-    for script in sorted(grub_d.iterdir()) if grub_d.is_dir() else ():
-        if not script.is_file() or not os.access(script, os.X_OK) or _garbage(script.name):
-            continue  # what update-grub runs: executable files, not backups or dpkg's leftovers
-        path = f"/etc/grub.d/{script.name}"
-        if script.name not in STOCK_SCRIPTS:
+    for name in sorted(os.listdir(grub_d)) if grub_d.is_dir() else ():
+        path = f"/etc/grub.d/{name}"
+        script = _followed(tree, path)
+        if _garbage(name) or not script.is_file() or not os.access(script, os.X_OK):
+            continue  # what update-grub runs: executable files, not backups, signatures or dpkg's leftovers
+        package, digest = shipped.get(path, ("", ""))
+        if name not in STOCK_SCRIPTS and not package.startswith("grub"):
             found.append(path)
-        elif shipped.get(path) not in (None, hashlib.md5(script.read_bytes()).hexdigest()):
+        elif digest and digest != hashlib.md5(script.read_bytes()).hexdigest():
             found.append(f"{path} (changed)")
-    if (tree / "boot" / "grub" / "custom.cfg").is_file():
+    if _followed(tree, "/boot/grub/custom.cfg").is_file():
         found.append("/boot/grub/custom.cfg")
     return found
 
 
+def _followed(tree: Path, path: str) -> Path:
+    """`path` of the tree with its links followed inside the tree (40 at most)."""
+    where = in_tree(tree, path)
+    for _ in range(40):
+        if not where.is_symlink():
+            break
+        target = os.readlink(where)
+        path = target if target.startswith("/") else os.path.join(os.path.dirname(path), target)
+        where = in_tree(tree, path)
+    return where
+
+
 def _garbage(name: str) -> bool:
-    """A name grub-mkconfig skips in /etc/grub.d (its grub_file_is_not_garbage, and editor backups)."""
+    """A name grub-mkconfig skips in /etc/grub.d (its grub_file_is_not_garbage, the glob's dotfiles, and
+    editor backups)."""
     return (
-        name.endswith(("~", ".rpmsave", ".rpmnew"))
+        name.startswith((".", "README"))
+        or name.endswith(("~", ".rpmsave", ".rpmnew", ".sig"))
         or (name.startswith("#") and name.endswith("#"))
         or ".dpkg-" in name
-        or name.startswith("README")
     )
 
 
-def _conffile_sums(tree: Path) -> dict[str, str]:
-    """dpkg's checksums of the conffiles it installed (var/lib/dpkg/status, Conffiles:), by path."""
+def _conffile_sums(tree: Path) -> dict[str, tuple[str, str]]:
+    """dpkg's conffiles (var/lib/dpkg/status, Conffiles:): path -> (package, md5 as installed)."""
     status = tree / "var" / "lib" / "dpkg" / "status"
-    sums: dict[str, str] = {}
-    inside = False
+    sums: dict[str, tuple[str, str]] = {}
+    package, inside = "", False
     for line in status.read_text(errors="replace").splitlines() if status.is_file() else ():
-        if line.startswith("Conffiles:"):
+        if line.startswith("Package:"):
+            package, inside = line.partition(":")[2].strip(), False
+        elif line.startswith("Conffiles:"):
             inside = True
         elif inside and line.startswith(" "):
             path, _, rest = line.strip().partition(" ")
-            sums[path] = rest.split()[0] if rest else ""
+            sums[path] = (package, rest.split()[0] if rest else "")
         else:
             inside = False
     return sums

@@ -395,7 +395,8 @@ class DiskGuard:
     """Watches the filesystem holding a stage's tree while a playbook runs: `tripped()` says True, with
     `why`, once the run has written more than `room` bytes onto it (free space fell by that much: the
     image's disk holds no more, and a build VM's writes end there), or left less than FLOOR free (or half of
-    what was free when it started, on a filesystem that had less than twice FLOOR)."""
+    what was free when it started, on a filesystem that had less than twice FLOOR). It measures the
+    filesystem, so another writer there (a second build) counts too: the error says the filesystem lost it."""
 
     def __init__(self, tree: Path, room: int | None) -> None:
         self.tree, self.room, self.why = tree, room, ""
@@ -406,13 +407,13 @@ class DiskGuard:
         have = space.free(self.tree)
         if self.room is not None and self.start - have > self.room:
             self.why = (
-                f"stopped after writing {space.human(self.start - have)} to {self.tree}'s filesystem, more "
-                f"than the image's disk holds ({space.human(self.room)}, disk_size)"
+                f"stopped: {self.tree}'s filesystem lost {space.human(self.start - have)} of free space "
+                f"while it ran, more than the image's disk holds ({space.human(self.room)}, disk_size)"
             )
         elif have < self.floor:
             self.why = (
                 f"stopped with {space.human(have)} left free on {self.tree}'s filesystem "
-                f"({space.human(self.start - have)} written); kiln leaves the build host "
+                f"({space.human(self.start - have)} less than when it started); kiln leaves the build host "
                 f"{space.human(self.floor)} at least"
             )
         return bool(self.why)
@@ -473,6 +474,10 @@ def run_playbooks(
                     log_file=log_file, on_line=on_line, capture=False, tail_lines=60,
                     watch=guard.tripped if room else None, runtime=runtime,
                 )  # fmt: skip
+                if room and guard.tripped():  # filled as it ended: the tree cannot be what the image holds
+                    raise DiskFullError(
+                        f"{playbook.name} in the chroot of {tree}: {guard.why}", hint=DISK_HINT
+                    )
             except CommandError as err:
                 if guard.why:
                     raise DiskFullError(f"{playbook.name} in the chroot of {tree}: {guard.why}",

@@ -74,29 +74,35 @@ exec @REAL@ "$@"
 # sysctl(8): a setting (-w, KEY=VALUE) or a file of them (-p, --load, -f, --system) is not applied: the kernel
 # a stage runs on is the build host's, whose /proc/sys is read-only to it, and what a build VM applies live
 # never reaches its image either. The image's systemd-sysctl applies /etc/sysctl.d at boot, where the boot
-# check sees it. A file named with -p must exist, as sysctl asks; reading a setting runs the real one.
+# check sees it. The files -p names (or /etc/sysctl.conf) must exist, as sysctl asks; reads run the real one.
 _SYSCTL_NOTE = r"""#!/bin/sh
 # kiln: in place of sysctl(8) while a chroot stage runs (kiln.build.standins)
 missing() {
-  [ -r "$1" ] || { echo "sysctl: cannot open \"$1\": No such file or directory" >&2; exit 255; }
+  for f in $1; do
+    [ -r "$f" ] || { echo "sysctl: cannot open \"$f\": No such file or directory" >&2; exit 255; }
+  done
 }
-apply= file=
+apply= files= named= skip=
 for a in "$@"; do
-  if [ -n "$file" ]; then
-    case "$a" in -*) ;; *) missing "$a" ;; esac
-    file=
-    continue
+  if [ -n "$skip" ]; then skip=; continue; fi
+  if [ -n "$files" ]; then
+    case "$a" in -*) ;; *=*) apply=1; continue ;; *) missing "$a"; named=1; continue ;; esac
   fi
   case "$a" in
-    --system|--write) apply=1 ;;
-    --load|-p|-f) apply=1 file=1 ;;
-    --load=*) apply=1; missing "${a#--load=}" ;;
+    -r|--pattern) skip=1 ;;
+    -r*|--pattern=*) ;;
+    --system|--write|-w) apply=1 ;;
+    --load|-p|-f) apply=1 files=1 ;;
+    --load=*) apply=1 files=1 named=1; missing "${a#--load=}" ;;
+    -p*|-f*) apply=1 files=1 named=1; missing "${a#-?}" ;;
     --*) ;;
-    -*[pf]) apply=1 file=1 ;;
-    -*[wpf]*) apply=1 ;;
+    -*[pf]) apply=1 files=1 ;;
+    -*w*) apply=1 ;;
+    -*) ;;
     *=*) apply=1 ;;
   esac
 done
+[ -z "$files" ] || [ -n "$named" ] || missing /etc/sysctl.conf
 if [ -n "$apply" ]; then
   echo "kiln: sysctl $* not applied in a chroot stage: the image's systemd-sysctl applies /etc/sysctl.conf \
 and /etc/sysctl.d at boot" >&2
@@ -105,33 +111,35 @@ fi
 exec @REAL@ "$@"
 """
 # modprobe(8): a module is not loaded into (or removed from) the build host's kernel. The name is looked up
-# in the modules of the kernel the image boots (the newest in /lib/modules), as `modprobe --dry-run` finds
-# it, so a name that kernel lacks fails as it would in a build VM. Queries (--dry-run, --show-depends,
-# --showconfig, ...) run the real one, for that kernel unless a version is given. kmod picks its command
-# by the name it is run as, hence perl's exec (perl-base is Essential) to run the diverted file as modprobe.
+# in the modules of the image's kernel (the newest in /lib/modules with a modules.dep: a headers package
+# makes a directory without one), as `modprobe --dry-run` finds it, so a name that kernel lacks fails as it
+# would in a build VM. Queries (--dry-run, --show-depends, --showconfig, ...) run the real one, for that
+# kernel unless a version is given. kmod picks its command by the name it is run as, hence perl's exec
+# (perl-base is Essential) to run the diverted file as modprobe.
 _MODPROBE_NOTE = r"""#!/bin/sh
 # kiln: in place of modprobe(8) while a chroot stage runs (kiln.build.standins)
 real() {
   exec perl -e 'my $p = shift; exec { $p } "modprobe", @ARGV or die "modprobe: $!\n"' @REAL@ "$@"
 }
-kernel=$(ls /lib/modules 2>/dev/null | sort -V | tail -n 1)
-query= remove= version=
+kernel=
+for k in $(ls /lib/modules 2>/dev/null | sort -V); do
+  [ ! -e "/lib/modules/$k/modules.dep" ] || kernel=$k
+done
+query= remove= version= skip=
 for a in "$@"; do
+  if [ -n "$skip" ]; then skip=; continue; fi
   case "$a" in
+    -S|--set-version) version=1 skip=1 ;;
+    -S*|--set-version=*) version=1 ;;
+    -C|-d|-o|--config|--dirname|--name) skip=1 ;;
+    -C*|-d*|-o*|--config=*|--dirname=*|--name=*) ;;
+    --remove|--remove-dependencies) remove=1 ;;
     --dry-run|--show|--showconfig|--show-config|--show-depends|--resolve-alias|--show-modversions\
 |--dump-modversions|--show-exports|--version|--help) query=1 ;;
-    --set-version|--set-version=*) version=1 ;;
-    --remove|--remove-dependencies) remove=1 ;;
     --*) ;;
-    -*S*) version=1 ;;
-  esac
-  case "$a" in
-    --*) ;;
-    -*[ncDRVh]*) query=1 ;;
-  esac
-  case "$a" in
-    --*) ;;
-    -*r*) remove=1 ;;
+    -*)
+      case "$a" in *[ncDRVh]*) query=1 ;; esac
+      case "$a" in *r*) remove=1 ;; esac ;;
   esac
 done
 if [ -n "$query" ]; then
@@ -139,33 +147,58 @@ if [ -n "$query" ]; then
   real -S "$kernel" "$@"
 fi
 if [ -z "$remove" ] && [ -n "$kernel" ]; then
-  (real --dry-run -S "$kernel" "$@") >/dev/null || exit $?
+  err=$( (real --dry-run -S "$kernel" "$@" >/dev/null) 2>&1 ) || {
+    rc=$?
+    printf '%s\n' "$err" |
+      sed "s|not found in directory /lib/modules/|not in the image's kernel, /lib/modules/|" >&2
+    exit $rc
+  }
 fi
 echo "kiln: modprobe $* skipped in a chroot stage: the build host's kernel is not the image's; \
 /etc/modules-load.d loads a module at boot" >&2
 exit 0
 """
-# dd(1): free-space zeroing (`dd if=/dev/zero of=/EMPTY bs=1M; rm -f /EMPTY`, common in images' cleanup, so
-# that a VM's disk compresses well) writes nothing. In a build VM it ends at the disk's end; in a chroot the
-# build host's filesystem is the disk, and finalize makes a new filesystem, whose free space is zero already.
-# Any other dd (a count, a device, another input) runs the real one.
+# dd(1): free-space zeroing (`dd if=/dev/zero of=/EMPTY bs=1M; rm /EMPTY`, common in images' cleanup, so that
+# a VM's disk compresses well) makes its file and writes nothing into it. In a build VM it ends at the disk's
+# end; in a chroot the build host's filesystem is the disk, and finalize makes a new filesystem, whose free
+# space is zero already. Any other dd (a count, a device, another input) runs the real one.
 _DD_NOTE = r"""#!/bin/sh
 # kiln: in place of dd(1) while a chroot stage runs (kiln.build.standins)
-src= dst= count=
+src= dst= count= keep=
 for a in "$@"; do
   case "$a" in
     if=*) src=${a#if=} ;;
     of=*) dst=${a#of=} ;;
     count=*) count=1 ;;
+    conv=*notrunc*) keep=1 ;;
   esac
 done
 case "$src:$count:$dst" in
   /dev/zero::/dev/*|/dev/zero::) ;;
   /dev/zero::*)
+    if [ -z "$keep" ]; then : > "$dst" || exit 1; fi
     echo "kiln: dd $* skipped in a chroot stage: finalize makes a new filesystem, its free space zero" >&2
     exit 0 ;;
 esac
 exec @REAL@ "$@"
+"""
+# initramfs-tools copies /sbin/modprobe into every initrd it builds (a kernel a stage installs gets one): a
+# hook of the stage, run after the packages' own, puts the real program in place of any stand-in copied
+INITRAMFS_HOOK = "/etc/initramfs-tools/hooks/zz-kiln-stage"
+_HOOK = r"""#!/bin/sh
+# kiln: while a chroot stage runs only (kiln.build.standins): no stand-in goes into an initrd
+[ "$1" != prereqs ] || exit 0
+. /usr/share/initramfs-tools/hook-functions
+for p in @PATHS@; do
+  for d in "$DESTDIR$p" "$DESTDIR/usr$p"; do
+    if [ -f "$d" ] && [ ! -L "$d" ] && grep -q '^# kiln: in place of' "$d"; then
+      rm -f "$d"
+      if [ -L "$p@DIVERTED@" ]; then cp -aZ "$p@DIVERTED@" "$d"
+      else copy_exec "$p@DIVERTED@" "${d#"$DESTDIR"}"; fi
+    fi
+  done
+done
+exit 0
 """
 DIVERSIONS = {  # a program of the tree, and what stands in for it while a stage runs
     "/usr/sbin/update-grub": _GRUB_NOTE,
@@ -373,6 +406,14 @@ def in_tree(tree: Path, path: str) -> Path:
     return tree.joinpath(*here, last)
 
 
+def _write_new(path: Path, text: str) -> None:
+    """A new executable file (never through a link, never over a file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(path, 0o755)  # whatever the umask
+
+
 def packaged(lists: str, path: str) -> str:
     """`path` as the tree's dpkg lists it (`lists`: its info/*.list, joined): /sbin/sysctl and
     /usr/sbin/sysctl are one file where /sbin is a link to usr/sbin, and a diversion must name the path the
@@ -396,7 +437,15 @@ def diverted(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> Itera
         proc.run(["chroot", str(tree), "dpkg-divert", "--quiet", "--local", "--rename", *args],
                  env=proc.tree_env(runtime), log_file=log_file, runtime=runtime)  # fmt: skip
 
+    made: list[Path] = []  # the initramfs hook, and the directories made for it
+
     def put_back() -> None:
+        for ours in reversed(made):
+            if ours.is_dir():
+                with contextlib.suppress(OSError):  # a package put files there since: it stays
+                    ours.rmdir()
+            else:
+                ours.unlink(missing_ok=True)
         for path in reversed(done):
             in_tree(tree, path).unlink(missing_ok=True)
             dpkg_divert("--remove", path)
@@ -409,7 +458,7 @@ def diverted(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> Itera
     lists = "\n" + "\n".join(p.read_text(errors="replace") for p in sorted(info.glob("*.list"))) + "\n"
     try:
         for path, note in DIVERSIONS.items() if (tree / "usr" / "bin" / "dpkg-divert").exists() else ():
-            if path in ONLY_IF_THERE and not os.path.lexists(tree / path.lstrip("/")):
+            if path in ONLY_IF_THERE and not os.path.lexists(in_tree(tree, path)):
                 continue  # not in the tree: nothing to stand in for
             path = packaged(lists, path)
             try:
@@ -417,10 +466,16 @@ def diverted(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> Itera
             except CommandError:
                 continue  # diverted by a package of the tree already: left as it is
             done.append(path)
-            fd = os.open(in_tree(tree, path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
-            with os.fdopen(fd, "w") as stand_in:
-                stand_in.write(note.replace("@REAL@", path + DIVERTED))
-            os.chmod(in_tree(tree, path), 0o755)  # whatever the umask
+            _write_new(in_tree(tree, path), note.replace("@REAL@", path + DIVERTED))
+        if done:
+            hook = in_tree(tree, INITRAMFS_HOOK)
+            for parent in reversed(hook.parents[: len(hook.relative_to(tree).parts) - 1]):
+                if not parent.exists():
+                    parent.mkdir(mode=0o755)
+                    made.append(parent)
+            text = _HOOK.replace("@PATHS@", " ".join(done)).replace("@DIVERTED@", DIVERTED)
+            _write_new(hook, text)
+            made.append(hook)
         yield done
     except BaseException:
         with contextlib.suppress(CommandError):  # a failed stage's tree is thrown away: its error counts

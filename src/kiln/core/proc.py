@@ -238,7 +238,12 @@ def run(
 
 def _watch(proc: subprocess.Popen[Any], stop: Callable[[], bool]) -> None:
     while proc.poll() is None:
-        if stop():
+        try:
+            stopping = stop()
+        except Exception:  # noqa: BLE001  (a watch that fails to look is asked again, not given up)
+            log.exception("watch of %s", proc.args)
+            stopping = False
+        if stopping:
             terminate(proc)
             return
         time.sleep(0.2)
