@@ -368,6 +368,14 @@ def test_a_run_that_writes_more_than_the_disk_holds_is_stopped(tmp_path: Path) -
         subprocess.run(["umount", str(fs)], check=True)
 
 
+def test_swapoff_turns_off_nothing_in_a_stage(tmp_path: Path) -> None:
+    script = _stand_in(tmp_path, standins._SWAPOFF_NOTE)
+    for args in (("-a",), ("/swapfile",), ("-av",)):
+        rc, out, err = _ran(script, *args)
+        assert (rc, out) == (0, "") and f"kiln: swapoff {' '.join(args)} skipped in a chroot stage" in err
+    assert _ran(script, "--version") == (0, "real --version", "")
+
+
 def test_a_path_in_a_tree_follows_the_trees_links_not_the_hosts(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     (tree / "usr" / "sbin").mkdir(parents=True)

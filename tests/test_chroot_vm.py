@@ -376,6 +376,8 @@ BUILD_VM_ROLE = """\
          sysctl_file: /etc/sysctl.d/90-kiln-test.conf}
     - name: every sysctl file applied now
       ansible.builtin.shell: sysctl --system 2> /tmp/kiln-test-sysctl
+    - name: swap off, as many roles do without asking the facts first
+      ansible.builtin.shell: swapoff -a 2> /tmp/kiln-test-swapoff
     - name: free-space zeroing, as an image's cleanup does before the disk is compressed
       ansible.builtin.shell: (dd if=/dev/zero of=/EMPTY bs=1M; rm -f /EMPTY) 2> /tmp/kiln-test-dd
 """
@@ -424,6 +426,8 @@ def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, t
     zeroing = (tree / "tmp/kiln-test-dd").read_text()
     assert "dd if=/dev/zero of=/EMPTY bs=1M skipped in a chroot stage" in zeroing
     assert (tree / "usr/bin/dd").read_bytes()[:4] == b"\x7fELF"
+    assert "swapoff -a skipped in a chroot stage" in (tree / "tmp/kiln-test-swapoff").read_text()
+    assert (tree / "usr/sbin/swapoff").read_bytes()[:4] == b"\x7fELF"
 
 
 FILL = """\

@@ -333,7 +333,7 @@ WALLED_HINT = (
     "a chroot stage is no running system, and keeps the build host out of a task's reach: there is no "
     "systemd to ask (hostnamectl, timedatectl), no daemon runs (containerd, docker: no image pulls), "
     "/proc/sys and /sys are read-only (the `sysctl` command stands in and applies nothing), the kernel is "
-    "the build host's (Ansible's modprobe module asks it; the `modprobe` command stands in), and swapoff, "
+    "the build host's (Ansible's modprobe module asks it; the `modprobe` command stands in), and swap, "
     "mount, mknod, iptables, hostname and the clock are refused. Skip such a task with "
     "`when: kiln_runner | default('vm') != 'chroot'` (the boot checks its effect), or provision in a VM "
     "with -var provisioner=vm"

@@ -22,9 +22,10 @@ kiln.build.chroot runs the stage; nothing here stays in the image.
   running, would start the init script's daemon in the tree, on the build host's network; and `sysctl`'s
   and `modprobe`'s writes and loads, which would reach the build host's kernel (the stage's wall refuses
   them) and in a build VM never reach the image either: the image applies /etc/sysctl.d and loads
-  /etc/modules-load.d at boot; and dd's free-space zeroing, which would fill the build host's disk to no
-  end. The note each prints says so; queries (`service NAME status`, `sysctl -n`, `modprobe
-  --show-depends`) and any other dd run the real program.
+  /etc/modules-load.d at boot; dd's free-space zeroing, which would fill the build host's disk to no end;
+  and `swapoff`, whose swap would be the build host's (a build VM from the base disk has none). The note
+  each prints says so; queries (`service NAME status`, `sysctl -n`, `modprobe --show-depends`) and any
+  other dd run the real program. A hook of the stage keeps them out of any initrd built meanwhile.
 - Processes left running in the tree (a daemon a postinst started despite policy-rc.d) are killed.
 """
 
@@ -182,6 +183,18 @@ case "$src:$count:$dst" in
 esac
 exec @REAL@ "$@"
 """
+# swapoff(8): the swap a stage sees (/proc/swaps) is the build host's, which no role means to turn off (the
+# stage's wall refuses it); a build VM booted from the base disk has none, so `swapoff -a` there does
+# nothing and succeeds. The fstab entries a role comments out are the tree's, and stay its work.
+_SWAPOFF_NOTE = r"""#!/bin/sh
+# kiln: in place of swapoff(8) while a chroot stage runs (kiln.build.standins)
+case " $* " in
+  *" -h "*|*" --help "*|*" -V "*|*" --version "*) exec @REAL@ "$@" ;;
+esac
+echo "kiln: swapoff $* skipped in a chroot stage: the swap here is the build host's; the image has none \
+until it boots" >&2
+exit 0
+"""
 # initramfs-tools copies /sbin/modprobe into every initrd it builds (a kernel a stage installs gets one): a
 # hook of the stage, run after the packages' own, puts the real program in place of any stand-in copied
 INITRAMFS_HOOK = "/etc/initramfs-tools/hooks/zz-kiln-stage"
@@ -207,8 +220,10 @@ DIVERSIONS = {  # a program of the tree, and what stands in for it while a stage
     "/sbin/sysctl": _SYSCTL_NOTE,
     "/sbin/modprobe": _MODPROBE_NOTE,
     "/bin/dd": _DD_NOTE,
+    "/sbin/swapoff": _SWAPOFF_NOTE,
 }
-ONLY_IF_THERE = ("/usr/sbin/service", "/sbin/sysctl", "/sbin/modprobe", "/bin/dd")  # no stand-in, no program
+# no stand-in where the tree lacks the program
+ONLY_IF_THERE = ("/usr/sbin/service", "/sbin/sysctl", "/sbin/modprobe", "/bin/dd", "/sbin/swapoff")
 
 
 @contextlib.contextmanager
