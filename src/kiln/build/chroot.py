@@ -418,6 +418,9 @@ class DiskGuard:
             )
         return bool(self.why)
 
+    def error(self, playbook: Path) -> DiskFullError:
+        return DiskFullError(f"{playbook.name} in the chroot of {self.tree}: {self.why}", hint=DISK_HINT)
+
 
 def run_playbooks(
     tree: Path,
@@ -475,13 +478,10 @@ def run_playbooks(
                     watch=guard.tripped if room else None, runtime=runtime,
                 )  # fmt: skip
                 if room and guard.tripped():  # filled as it ended: the tree cannot be what the image holds
-                    raise DiskFullError(
-                        f"{playbook.name} in the chroot of {tree}: {guard.why}", hint=DISK_HINT
-                    )
+                    raise guard.error(playbook)
             except CommandError as err:
                 if guard.why:
-                    raise DiskFullError(f"{playbook.name} in the chroot of {tree}: {guard.why}",
-                                        hint=DISK_HINT) from err  # fmt: skip
+                    raise guard.error(playbook) from err
                 raise BuildError(
                     f"{playbook.name} in the chroot of {tree} failed (exit {err.returncode})\n"
                     f"{err.output_tail.rstrip()}",

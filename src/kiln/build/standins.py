@@ -222,8 +222,9 @@ DIVERSIONS = {  # a program of the tree, and what stands in for it while a stage
     "/bin/dd": _DD_NOTE,
     "/sbin/swapoff": _SWAPOFF_NOTE,
 }
-# no stand-in where the tree lacks the program
-ONLY_IF_THERE = ("/usr/sbin/service", "/sbin/sysctl", "/sbin/modprobe", "/bin/dd", "/sbin/swapoff")
+# diverted even where the tree lacks them, so that GRUB installed during the stage lands beside its stand-in;
+# every other program gets a stand-in only where the tree has it
+EVEN_IF_MISSING = ("/usr/sbin/update-grub", "/usr/sbin/grub-mkconfig")
 
 
 @contextlib.contextmanager
@@ -473,7 +474,7 @@ def diverted(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> Itera
     lists = "\n" + "\n".join(p.read_text(errors="replace") for p in sorted(info.glob("*.list"))) + "\n"
     try:
         for path, note in DIVERSIONS.items() if (tree / "usr" / "bin" / "dpkg-divert").exists() else ():
-            if path in ONLY_IF_THERE and not os.path.lexists(in_tree(tree, path)):
+            if path not in EVEN_IF_MISSING and not os.path.lexists(in_tree(tree, path)):
                 continue  # not in the tree: nothing to stand in for
             path = packaged(lists, path)
             try:
