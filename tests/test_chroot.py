@@ -45,6 +45,7 @@ def test_prepared_puts_the_tree_back_on_every_exit(tmp_path: Path) -> None:
         assert (run / "adduser").is_file() and (run / "lock").stat().st_mode & 0o7777 == 0o1777
         assert (run / "sshd").is_dir() and (run / "systemd/resolve/stub-resolv.conf").read_bytes() == host
         assert json.loads((run / "cloud-init/result.json").read_text())["v1"]["errors"] == []
+        assert os.access(run / "kiln-stage/image_kernel.py", os.X_OK)  # for Ansible's modprobe module
         raise RuntimeError("a failed task")
     assert not (tree / standins.POLICY_RC_D).exists() and not (tree / "etc/resolv.conf").exists()
     assert not (tree / standins.UNSAFE_IO).exists()
@@ -697,3 +698,36 @@ def test_a_task_that_names_the_build_hosts_kernel_gets_the_kernel_hint(tmp_path:
     assert chroot.failure_hint(apt, tmp_path) is None
     ignored = _failed_run(("headers", f"linux-headers-{release}", True), ("a package", "404", False))
     assert chroot.failure_hint(ignored, tmp_path) is None
+
+
+MODULE_PROBE = """\
+import platform, sys
+with open("/proc/modules") as f:
+    listed = f.read()
+with open("/proc/modules", "rb") as f:
+    listed_bytes = f.read()
+with open(sys.argv[1] if len(sys.argv) > 1 else "/dev/null", "w") as f:
+    f.write("written")
+print(repr((platform.release(), listed, listed_bytes, sys.argv[1:])))
+"""
+
+
+def test_the_image_kernel_shim_runs_a_module_as_in_the_images_kernel(tmp_path: Path) -> None:
+    """What community.general.modprobe asks (the running kernel's release, /proc/modules) answered for the
+    image's kernel, with nothing loaded, whether Ansible passes the module as a file or on stdin; every
+    other file opens as ever."""
+    shim = REPO / standins.IMAGE_KERNEL
+    module = tmp_path / "AnsiballZ_probe.py"
+    module.write_text(MODULE_PROBE)
+    env = {**os.environ, "KILN_TREE_FACTS": json.dumps({"kernel": "6.1.0-99-amd64", "kernel_version": ""})}
+    out = tmp_path / "out"
+    as_file = subprocess.run([str(shim), str(module), str(out)], env=env, capture_output=True, text=True)
+    assert as_file.returncode == 0, as_file.stderr
+    assert as_file.stdout.strip() == repr(("6.1.0-99-amd64", "", b"", [str(out)]))
+    assert out.read_text() == "written"
+    piped = subprocess.run([str(shim)], input=MODULE_PROBE, env=env, capture_output=True, text=True)
+    assert piped.returncode == 0 and piped.stdout.strip() == repr(("6.1.0-99-amd64", "", b"", []))
+    # a tree with no kernel: the release is left as it is
+    bare = subprocess.run([str(shim), str(module)], env={**env, "KILN_TREE_FACTS": "{}"}, capture_output=True,
+                          text=True)  # fmt: skip
+    assert bare.returncode == 0 and bare.stdout.strip().startswith(repr((os.uname().release,))[:-2])

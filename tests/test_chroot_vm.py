@@ -370,6 +370,17 @@ BUILD_VM_ROLE = """\
       failed_when: >-
         kiln_no_module.rc == 0 or
         ("not in the image's kernel, /lib/modules/" ~ ansible_kernel) not in kiln_no_module.stderr
+    - name: image-builder's module loads, through Ansible's modprobe module
+      community.general.modprobe: {name: "{{ item }}", state: present}
+      loop: [overlay, br_netfilter]
+    - name: the short name, a module kept for the boot with its parameters
+      modprobe: {name: dummy, state: present, params: numdummies=2, persistent: present}
+    - name: a module built into the image's kernel
+      community.general.modprobe: {name: unix, state: present}
+    - name: the module fails for a module the image's kernel lacks
+      community.general.modprobe: {name: kiln_no_such_module}
+      register: kiln_no_module
+      failed_when: kiln_no_module is succeeded or "not in the image's kernel" not in kiln_no_module.msg
     - name: image-builder's kernel parameters, set now and kept in a file
       ansible.posix.sysctl:
         {name: vm.overcommit_ratio, value: "77", sysctl_set: true, reload: true,
@@ -423,6 +434,8 @@ def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, t
     assert Path("/proc/sys/vm/overcommit_ratio").read_text() == overcommit
     assert (tree / "usr/sbin/sysctl").read_bytes()[:4] == b"\x7fELF"
     assert os.readlink(tree / "usr/sbin/modprobe") == "/bin/kmod"
+    assert (tree / "etc/modules-load.d/dummy.conf").read_text() == "dummy\n"
+    assert (tree / "etc/modprobe.d/dummy.conf").read_text() == "options dummy numdummies=2\n"
     zeroing = (tree / "tmp/kiln-test-dd").read_text()
     assert "dd if=/dev/zero of=/EMPTY bs=1M skipped in a chroot stage" in zeroing
     assert (tree / "usr/bin/dd").read_bytes()[:4] == b"\x7fELF"

@@ -59,6 +59,9 @@ STAGE_CAPS = (
 _CAPS_ARG = ",".join(["-all", *(f"+{cap}" for cap in STAGE_CAPS)])  # setpriv's --bounding-set
 
 
+# Ansible's own action plugin path, after kiln's stage actions (ANSIBLE_ACTION_PLUGINS replaces it)
+ACTION_DEFAULTS = ("~/.ansible/plugins/action", "/usr/share/ansible/plugins/action")
+
 QEMU_HOST = "10.0.2.2"  # the build host as a QEMU user-network guest reaches it
 
 
@@ -333,7 +336,7 @@ WALLED_HINT = (
     "a chroot stage is no running system, and keeps the build host out of a task's reach: there is no "
     "systemd to ask (hostnamectl, timedatectl), no daemon runs (containerd, docker: no image pulls), "
     "/proc/sys and /sys are read-only (the `sysctl` command stands in and applies nothing), the kernel is "
-    "the build host's (Ansible's modprobe module asks it; the `modprobe` command stands in), and swap, "
+    "the build host's (the `modprobe` command and module stand in and load nothing), and swap, "
     "mount, mknod, iptables, hostname and the clock are refused. Skip such a task with "
     "`when: kiln_runner | default('vm') != 'chroot'` (the boot checks its effect), or provision in a VM "
     "with -var provisioner=vm"
@@ -462,6 +465,8 @@ def run_playbooks(
         "ANSIBLE_REMOTE_TEMP": "/tmp/.kiln-ansible",
         "KILN_STAGE_CAPS": _CAPS_ARG,
         "ANSIBLE_FACTS_MODULES": "ansible.legacy.setup,kiln_tree_facts",
+        # first: Ansible's own action for modules without one, but a kernel module's asks the image's kernel
+        "ANSIBLE_ACTION_PLUGINS": ":".join((str(repo_root / standins.STAGE_ACTIONS), *ACTION_DEFAULTS)),
         **({"SOURCE_DATE_EPOCH": str(epoch)} if epoch else {}),
     }
     with standins.prepared(tree, work, runtime=runtime, log_file=log_file) as stage_run:

@@ -8,7 +8,9 @@ kiln.build.chroot runs the stage; nothing here stays in the image.
   /run/lock, sshd's privilege separation directory /run/sshd (`sshd -t`, a role's `validate:`),
   cloud-init's record of a finished boot (`cloud-init status --wait`, which a build VM's role runs before
   apt, waited forever in a tree no cloud-init ever ran in), and systemd-resolved's resolv.conf files. What a
-  stage writes under /run goes with the stage, as /run goes with a boot.
+  stage writes under /run goes with the stage, as /run goes with a boot. /run/kiln-stage/image_kernel.py
+  is the interpreter kiln's stage action (ansible/stage_plugins) gives Ansible's modprobe module: the
+  running kernel's release is the image's there, and /proc/modules lists nothing loaded.
 - /etc/resolv.conf names the build host's name servers for the stage; afterwards the tree's own is back.
   A task (or systemd-resolved's postinst) that replaces the file with its own (a link to resolved's stub)
   keeps its own, as in a build VM; the link resolves into the stage's /run, so names still resolve. Before,
@@ -54,6 +56,8 @@ POLICY_RC_D = "usr/sbin/policy-rc.d"
 # packed after dpkg is done); removed with policy-rc.d, so the image's dpkg is as Debian ships it
 UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/kiln-stage-unsafe-io"
 STAGE_RUN = "run"  # in the stage's work dir: the tree's /run while the stage runs
+STAGE_ACTIONS = "ansible/stage_plugins/action"  # in the repo: chroot stages' Ansible actions (module doc)
+IMAGE_KERNEL = "ansible/stage_plugins/image_kernel.py"  # in the repo; in the stage: /run/kiln-stage/
 RESOLVED = ("systemd/resolve/stub-resolv.conf", "systemd/resolve/resolv.conf")  # under /run
 DIVERTED = ".kiln-stage"
 _GRUB_NOTE = """#!/bin/sh
@@ -285,6 +289,10 @@ def stage_run(tree: Path, run: Path, resolv: bytes, *, runtime: Runtime, log_fil
     for rel in RESOLVED:
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_bytes(resolv)
+    shim = run / "kiln-stage" / "image_kernel.py"  # Ansible's modprobe module runs under it (module doc)
+    shim.parent.mkdir(mode=0o755, exist_ok=True)
+    shutil.copyfile(runtime.root / IMAGE_KERNEL, shim)
+    shim.chmod(0o755)
 
 
 def _into_run(link: Path) -> str | None:
