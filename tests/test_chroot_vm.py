@@ -375,8 +375,9 @@ BUILD_VM_ROLE = """\
       loop: [overlay, br_netfilter]
     - name: the short name, a module kept for the boot with its parameters
       modprobe: {name: dummy, state: present, params: numdummies=2, persistent: present}
-    - name: a module built into the image's kernel
+    - name: a module built into the image's kernel, by a play with its own interpreter (bookworm's)
       community.general.modprobe: {name: unix, state: present}
+      vars: {ansible_python_interpreter: /usr/bin/python3.11}
     - name: the module fails for a module the image's kernel lacks
       community.general.modprobe: {name: kiln_no_such_module}
       register: kiln_no_module
