@@ -164,6 +164,35 @@ def test_grub_cfg_follows_etc_default_grub():
     assert "terminal_input console serial\nterminal_output console serial\n" in cfg
 
 
+@pytest.mark.parametrize(
+    "default, entry",
+    [("0", 0), ("", 0), (f"gnulinux-simple-{UUID}", 0), ("1", 1),
+     (f"gnulinux-6.1.0-50-amd64-recovery-{UUID}", 1),
+     ("7", 0)],  # GRUB boots the first entry when the default names none
+)  # fmt: skip
+def test_the_kernel_command_line_is_grub_cfgs_default_entrys(default, entry):
+    """What a chroot stage shows as /proc/cmdline: the linux line of the entry grub.cfg boots (the same
+    parameters, words, order), with the BOOT_IMAGE GRUB puts first."""
+    defaults = {**DEFAULTS, "GRUB_DEFAULT": default, "GRUB_CMDLINE_LINUX_DEFAULT": "  quiet   apparmor=1 "}
+    cfg = bootloader.grub_cfg("6.1.0-50-amd64", UUID, defaults)
+    linux = [line.split(None, 1)[1] for line in cfg.splitlines() if line.strip().startswith("linux")]
+    line = bootloader.proc_cmdline("6.1.0-50-amd64", UUID, defaults)
+    assert line == "BOOT_IMAGE=" + " ".join(linux[entry].split())
+    assert line.endswith(
+        " quiet apparmor=1"
+        if entry == 0
+        else " ro single console=tty0 console=ttyS0,115200n8 mitigations=auto"
+    )
+    alone = bootloader.proc_cmdline(
+        "6.1", UUID, {**DEFAULTS, "GRUB_DISABLE_RECOVERY": "true", "GRUB_DEFAULT": "1"}
+    )
+    assert (
+        alone
+        == f"BOOT_IMAGE=/boot/vmlinuz-6.1 root=UUID={UUID} ro console=tty0 console=ttyS0,115200n8 "
+        + ("mitigations=auto")
+    )
+
+
 def test_grub_cfg_options_update_grub_knows():
     changed = {"GRUB_DISABLE_RECOVERY": "true", "GRUB_DISTRIBUTOR": "", "GRUB_TERMINAL_OUTPUT": "console",
                "GRUB_DEFAULT": f"gnulinux-simple-{UUID}"}  # fmt: skip

@@ -623,6 +623,40 @@ def test_the_hosts_loader_settings_stay_out_of_the_tree(tmp_path: Path) -> None:
 
 
 @root_only
+@pytest.mark.skipif(not _X86_64_GLIBC, reason="an x86-64 glibc host")
+def test_a_stage_sees_the_images_kernel_command_line(tmp_path: Path) -> None:
+    """/proc/cmdline in a stage is what the image boots with (grub.cfg's default entry, from the tree's GRUB
+    defaults, kernel and root UUID), read-only; a tree with no kernel keeps the build host's."""
+    tree, work = _shell_tree(tmp_path), tmp_path / "work"
+    work.mkdir()
+    (tree / "boot").mkdir()
+    for name in ("vmlinuz-6.1.0-9-amd64", "initrd.img-6.1.0-9-amd64"):
+        (tree / "boot" / name).write_bytes(b"")
+    (tree / "etc/default").mkdir(parents=True)
+    (tree / "etc/default/grub").write_text(
+        'GRUB_CMDLINE_LINUX="console=ttyS0"\nGRUB_CMDLINE_LINUX_DEFAULT=quiet\n'
+    )
+    uuid = "0c3c7a7e-4b1a-4c8e-9f55-8f0d1e2a3b4c"
+    (tree / "etc/fstab").write_text(
+        f"# kiln\nUUID=1234-ABCD /boot/efi vfat umask=0077 0 1\nUUID={uuid} / ext4 ro 0 1\n"
+    )
+    probe = _raw_playbook(
+        tmp_path / "probe.yml",
+        "cat /proc/cmdline > /tmp/cmdline",
+        "(: > /proc/cmdline) 2> /dev/null || echo ro > /tmp/ro",
+    )
+    chroot.run_playbooks(tree, work, [probe], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
+    assert (tree / "tmp/cmdline").read_text() == (
+        f"BOOT_IMAGE=/boot/vmlinuz-6.1.0-9-amd64 root=UUID={uuid} ro console=ttyS0 quiet\n"
+    )
+    assert (tree / "tmp/ro").read_text() == "ro\n"
+    for name in ("vmlinuz-6.1.0-9-amd64", "initrd.img-6.1.0-9-amd64"):
+        (tree / "boot" / name).unlink()
+    chroot.run_playbooks(tree, work, [probe], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
+    assert (tree / "tmp/cmdline").read_text() == Path("/proc/cmdline").read_text()
+
+
+@root_only
 def test_the_wall_names_its_host_where_proc_sys_is_read_only() -> None:
     """kiln in a container, where /proc/sys is mounted read-only: the wall still gives the tree its own host
     name (sethostname, not a write under /proc/sys)."""

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import SITE_MAKE_VAR, interrupt_build, processes_naming
 from kiln import config
-from kiln.artifacts import filelist
+from kiln.artifacts import filelist, kernel
 from kiln.build import pipeline as build
 from kiln.build import stages
 from kiln.core.builddir import BuildDir
@@ -293,7 +293,6 @@ def test_a_role_that_installs_a_kernel_gets_the_image_booting_it(built_image, tm
     diverted to a note (before, grub-probe failed the stage: "cannot find a device for /"). ansible_kernel
     names the image's kernel, not the build host's; the grub.cfg finalize writes boots the new kernel with
     the parameter a role put into grub.d; update-grub and dpkg's diversions are back as they were."""
-    from kiln.artifacts import kernel
     from kiln.build import bootloader, chroot
 
     tree, work = _os_stage_tree(built_image, tmp_path)
@@ -370,6 +369,11 @@ BUILD_VM_ROLE = """\
       failed_when: >-
         kiln_no_module.rc == 0 or
         ("not in the image's kernel, /lib/modules/" ~ ansible_kernel) not in kiln_no_module.stderr
+    - name: the kernel command line, as a role that adds a missing boot parameter reads it
+      ansible.builtin.shell: cat /proc/cmdline > /tmp/kiln-test-cmdline
+    - name: setup's cmdline facts
+      ansible.builtin.assert:
+        that: ansible_cmdline.BOOT_IMAGE == "/boot/vmlinuz-" ~ ansible_kernel and ansible_cmdline.ro
     - name: image-builder's module loads, through Ansible's modprobe module
       community.general.modprobe: {name: "{{ item }}", state: present}
       loop: [overlay, br_netfilter]
@@ -436,6 +440,10 @@ def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, t
     assert (tree / "usr/sbin/sysctl").read_bytes()[:4] == b"\x7fELF"
     assert os.readlink(tree / "usr/sbin/modprobe") == "/bin/kmod"
     assert (tree / "etc/modules-load.d/dummy.conf").read_text() == "dummy\n"
+    cmdline = (tree / "tmp/kiln-test-cmdline").read_text()
+    assert cmdline.startswith(f"BOOT_IMAGE=/boot/vmlinuz-{kernel.newest(tree)} root=UUID=")
+    assert " ro " in cmdline
+    assert "console=ttyS0,115200n8" in cmdline.split() and cmdline != Path("/proc/cmdline").read_text()
     assert (tree / "etc/modprobe.d/dummy.conf").read_text() == "options dummy numdummies=2\n"
     zeroing = (tree / "tmp/kiln-test-dd").read_text()
     assert "dd if=/dev/zero of=/EMPTY bs=1M skipped in a chroot stage" in zeroing

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -280,7 +281,7 @@ _WORD = re.compile(r"[A-Za-z0-9_]+")
 _SERIAL = re.compile(r"serial(\s+--?[A-Za-z0-9_-]+(=[A-Za-z0-9_.,:-]+)?)*")
 
 
-def grub_cfg(kernel_version: str, root_uuid: str, defaults: dict[str, str]) -> str:
+def grub_cfg(kernel_version: str, root_uuid: str, defaults: Mapping[str, str]) -> str:
     """grub.cfg for one kernel on an ext4 root found by UUID, in the shape of Debian's update-grub output:
     grubenv's next_entry (grub-reboot), the terminals and timeout, the default entry and (unless
     GRUB_DISABLE_RECOVERY=true) a recovery entry, with the menu entry ids update-grub gives them. A default
@@ -308,14 +309,7 @@ def grub_cfg(kernel_version: str, root_uuid: str, defaults: dict[str, str]) -> s
         raise BuildError(
             f"{DEFAULTS_FILES}: GRUB_SERIAL_COMMAND={serial!r}: want `serial --OPTION=VALUE ...`"
         )
-    distributor = defaults.get("GRUB_DISTRIBUTOR", "")
-    name = f"{distributor} GNU/Linux" if distributor else "GNU/Linux"
-    always = defaults.get("GRUB_CMDLINE_LINUX", "")
-    cmdline = " ".join(p for p in (always, defaults.get("GRUB_CMDLINE_LINUX_DEFAULT", "")) if p)
-    entries = [(name, simple, cmdline)]
-    if defaults.get("GRUB_DISABLE_RECOVERY", "") != "true":
-        recovery = " ".join(p for p in ("single", always) if p)
-        entries.append((f"{name}, with Linux {kernel_version} (recovery mode)", recovery_id, recovery))
+    entries = _entries(kernel_version, root_uuid, defaults)
     lines = [
         "# kiln: written with the base disk's boot loader, offline, from /etc/default/grub",
         "# (kiln.build.bootloader). `update-grub` on the running system writes Debian's own.",
@@ -354,6 +348,30 @@ def grub_cfg(kernel_version: str, root_uuid: str, defaults: dict[str, str]) -> s
             "}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _entries(kernel_version: str, root_uuid: str, defaults: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """grub.cfg's menu entries: (title, id, parameters after `ro`), the default boot's first."""
+    distributor = defaults.get("GRUB_DISTRIBUTOR", "")
+    name = f"{distributor} GNU/Linux" if distributor else "GNU/Linux"
+    always = defaults.get("GRUB_CMDLINE_LINUX", "")
+    cmdline = " ".join(p for p in (always, defaults.get("GRUB_CMDLINE_LINUX_DEFAULT", "")) if p)
+    entries = [(name, f"gnulinux-simple-{root_uuid}", cmdline)]
+    if defaults.get("GRUB_DISABLE_RECOVERY", "") != "true":
+        recovery = " ".join(p for p in ("single", always) if p)
+        entries.append((f"{name}, with Linux {kernel_version} (recovery mode)",
+                        f"gnulinux-{kernel_version}-recovery-{root_uuid}", recovery))  # fmt: skip
+    return entries
+
+
+def proc_cmdline(kernel_version: str, root_uuid: str, defaults: Mapping[str, str]) -> str:
+    """The kernel command line of grub_cfg's default entry, as /proc/cmdline shows it in the booted image
+    (GRUB puts BOOT_IMAGE first; an entry GRUB_DEFAULT does not name boots the first, as GRUB does)."""
+    entries = _entries(kernel_version, root_uuid, defaults)
+    default = defaults.get("GRUB_DEFAULT", "") or "0"
+    chosen = [e for i, e in enumerate(entries) if default in (str(i), e[1])] or entries[:1]
+    line = f"BOOT_IMAGE=/boot/vmlinuz-{kernel_version} root=UUID={root_uuid} ro {chosen[0][2]}"
+    return " ".join(line.split())
 
 
 def _quoted(text: str) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kiln.artifacts import kernel
-from kiln.build import bootstrap, standins
+from kiln.build import bootloader, bootstrap, standins
 from kiln.core import proc, space
 from kiln.core.errors import BuildError, CommandError, DiskFullError, InputError
 from kiln.core.runtime import Runtime
@@ -270,6 +270,10 @@ knobs() {
 }
 mount -t proc -o nosuid,nodev,noexec proc "$t/proc"
 knobs "$t/proc"
+if [ -n "${KILN_STAGE_CMDLINE:-}" ]; then
+  mount --bind "$KILN_STAGE_CMDLINE" "$t/proc/cmdline"
+  mount -o remount,bind,ro "$t/proc/cmdline"
+fi
 knobs /proc
 ! mountpoint -q /sys || mount -o remount,bind,ro /sys
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$t/sys"
@@ -378,6 +382,29 @@ def failure_hint(tail: str, tree: Path) -> str | None:
     return None
 
 
+def image_cmdline(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> str | None:
+    """The kernel command line a VM booted from `tree` has: grub.cfg's default entry as finalize writes it
+    from the tree's GRUB defaults, for the newest kernel and the root's UUID in /etc/fstab (None for a tree
+    without them). A stage's /proc/cmdline shows it (_MOUNTS), so setup's `ansible_cmdline` and a role's
+    `grep apparmor= /proc/cmdline` see the image's, not the build host's."""
+    versions = kernel.installed(tree)
+    uuid = _root_uuid(tree / "etc" / "fstab")
+    if not versions or not uuid:
+        return None
+    defaults = bootloader.read_defaults(tree, log_file=log_file, runtime=runtime)
+    return bootloader.proc_cmdline(versions[-1], uuid, defaults)
+
+
+def _root_uuid(fstab: Path) -> str | None:
+    if fstab.is_symlink() or not fstab.is_file():
+        return None
+    for line in fstab.read_text(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[1] == "/" and fields[0].startswith("UUID="):
+            return fields[0].removeprefix("UUID=")
+    return None
+
+
 # a build VM booted from the base disk has no swap (and the node role keeps it off): a role's `swapoff -a`
 # when ansible_swaptotal_mb > 0 (image-builder's node role) is skipped here as there, instead of failing on
 # the build host's swap
@@ -447,6 +474,7 @@ def run_playbooks(
     image's disk size), a run that writes more than that onto the tree's filesystem, or leaves it nearly full,
     is stopped (DiskFullError): a build VM's writes end at its disk, a chroot's at the build host's."""
     vars_file = work / "ansible-vars.json"
+    cmdline = work / "cmdline"  # the stage's /proc/cmdline (image_cmdline)
     # the facts gathered run setup, then kiln_tree_facts (ansible/library), in that order: ansible_kernel and
     # ansible_kernel_version describe the kernel the image boots, not the build host's (kiln.artifacts.kernel)
     facts_in_order = {"ansible_facts_parallel": False}
@@ -474,11 +502,14 @@ def run_playbooks(
             argv = playbook_argv(tree, vars_file, playbook, user_vars)
             # read before each playbook: a kernel the os stage installed is the kubernetes stage's
             facts = json.dumps({**kernel.facts(tree), **NO_SWAP}, sort_keys=True)
+            line = image_cmdline(tree, log_file=log_file, runtime=runtime)
+            cmdline.write_text(f"{line}\n" if line else "")
             guard = DiskGuard(tree, room)
             try:
                 proc.run(
                     argv, env=proc.tree_env(runtime, host_loader=True),
-                    extra_env={**env, "KILN_STAGE_RUN": str(stage_run), "KILN_TREE_FACTS": facts},
+                    extra_env={**env, "KILN_STAGE_RUN": str(stage_run), "KILN_TREE_FACTS": facts,
+                               "KILN_STAGE_CMDLINE": str(cmdline) if line else ""},
                     log_file=log_file, on_line=on_line, capture=False, tail_lines=60,
                     watch=guard.tripped if room else None, runtime=runtime,
                 )  # fmt: skip
