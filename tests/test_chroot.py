@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kiln import config
-from kiln.build import chroot, standins
+from kiln.build import bootloader, chroot, standins
 from kiln.core.errors import BuildError, CommandError, ConfigError
 from kiln_runtime import RUNTIME
 
@@ -375,6 +375,53 @@ def test_swapoff_turns_off_nothing_in_a_stage(tmp_path: Path) -> None:
         rc, out, err = _ran(script, *args)
         assert (rc, out) == (0, "") and f"kiln: swapoff {' '.join(args)} skipped in a chroot stage" in err
     assert _ran(script, "--version") == (0, "real --version", "")
+
+
+def test_a_stage_keeps_the_users_action_plugins_after_kilns() -> None:
+    """kiln's stage actions go first; the user's ANSIBLE_ACTION_PLUGINS (passed on to Ansible, as for a build
+    VM), or Ansible's default path under ANSIBLE_HOME, stay after them."""
+    import dataclasses
+    from types import MappingProxyType
+
+    def runtime(**env: str) -> object:
+        base = {k: v for k, v in RUNTIME.env.items() if k not in ("ANSIBLE_HOME", "ANSIBLE_ACTION_PLUGINS")}
+        return dataclasses.replace(RUNTIME, env=MappingProxyType({**base, **env}))
+
+    kilns = f"{REPO}/{standins.STAGE_ACTIONS}"
+    assert (
+        chroot.action_plugins(REPO, runtime(ANSIBLE_ACTION_PLUGINS="/srv/a:/srv/b"))
+        == f"{kilns}:/srv/a:/srv/b"
+    )
+    assert chroot.action_plugins(REPO, runtime(ANSIBLE_HOME="/h")) == (
+        f"{kilns}:/h/plugins/action:/usr/share/ansible/plugins/action"
+    )
+    assert chroot.action_plugins(REPO, runtime()).startswith(f"{kilns}:~/.ansible/plugins/action:")
+
+
+def test_the_roots_uuid_is_read_off_fstab_as_mount_reads_it(tmp_path: Path) -> None:
+    fstab = tmp_path / "fstab"
+    fstab.write_text('# x\nUUID=1-2 /boot/efi vfat defaults 0 1\nUUID="ab-cd"\t/\text4 defaults 0 1\n')
+    assert bootloader._root_uuid(fstab) == "ab-cd"
+    fstab.write_text("LABEL=root / ext4 defaults 0 1\n")
+    assert bootloader._root_uuid(fstab) is None and bootloader._root_uuid(tmp_path / "none") is None
+
+
+def test_journalctl_asks_no_journald_in_a_stage(tmp_path: Path) -> None:
+    """journald's requests are dropped with a note; vacuuming and queries run the real journalctl, with the
+    arguments as they were (one with a space stays one)."""
+    script = _stand_in(tmp_path, standins._JOURNALCTL_NOTE)
+    for args in (("--rotate",), ("--flush",), ("--sync", "--rotate"), ("--rotate", "-m")):
+        rc, out, err = _ran(script, *args)
+        asked = " ".join(a for a in args if a != "-m")
+        assert (rc, out) == (0, "") and f"kiln: journalctl {asked} skipped" in err
+    rc, out, err = _ran(script, "--rotate", "-m", "--vacuum-time=1s")
+    assert (rc, out) == (0, "real -m --vacuum-time=1s") and "journalctl --rotate skipped" in err
+    rc, out, err = _ran(script, "--vacuum-size", "1M", "--relinquish-var")
+    assert (rc, out) == (0, "real --vacuum-size 1M") and "journalctl --relinquish-var skipped" in err
+    assert _ran(script) == (0, "real", "")
+    (tmp_path / "real").write_text('#!/bin/sh\nprintf "<%s>" "$@"\n')
+    assert _ran(script, "-u", "ssh service", "--no-pager") == (0, "<-u><ssh service><--no-pager>", "")
+    assert _ran(script, "--rotate", "--vacuum-files", "a b")[1] == "<--vacuum-files><a b>"
 
 
 def test_a_path_in_a_tree_follows_the_trees_links_not_the_hosts(tmp_path: Path) -> None:

@@ -379,9 +379,27 @@ BUILD_VM_ROLE = """\
       loop: [overlay, br_netfilter]
     - name: the short name, a module kept for the boot with its parameters
       modprobe: {name: dummy, state: present, params: numdummies=2, persistent: present}
-    - name: a module built into the image's kernel, by a play with its own interpreter (bookworm's)
+    - name: an interpreter of the play's own, which says it ran
+      ansible.builtin.copy:
+        dest: /usr/local/bin/kiln-test-python
+        mode: "0755"
+        content: |
+          #!/bin/sh
+          echo "$@" > /tmp/kiln-test-python
+          exec /usr/bin/python3 "$@"
+    - name: a module built into the image's kernel, by a play with that interpreter
       community.general.modprobe: {name: unix, state: present}
-      vars: {ansible_python_interpreter: /usr/bin/python3.11}
+      vars: {ansible_python_interpreter: /usr/local/bin/kiln-test-python}
+      register: kiln_builtin
+      failed_when: kiln_builtin is failed or kiln_builtin is changed
+    - name: a module loaded, as a VM reports it (changed)
+      community.general.modprobe: {name: nbd}
+      register: kiln_nbd
+      failed_when: kiln_nbd is failed or kiln_nbd is not changed
+    - name: and loaded again (there already)
+      community.general.modprobe: {name: nbd}
+      register: kiln_nbd
+      failed_when: kiln_nbd is failed or kiln_nbd is changed
     - name: the module fails for a module the image's kernel lacks
       community.general.modprobe: {name: kiln_no_such_module}
       register: kiln_no_module
@@ -394,6 +412,8 @@ BUILD_VM_ROLE = """\
       ansible.builtin.shell: sysctl --system 2> /tmp/kiln-test-sysctl
     - name: swap off, as many roles do without asking the facts first
       ansible.builtin.shell: swapoff -a 2> /tmp/kiln-test-swapoff
+    - name: image-builder's sysprep, which rotates the journal before it empties it
+      ansible.builtin.shell: (journalctl --rotate && journalctl -m --vacuum-time=1s) 2> /tmp/kiln-test-journal
     - name: free-space zeroing, as an image's cleanup does before the disk is compressed
       ansible.builtin.shell: (dd if=/dev/zero of=/EMPTY bs=1M; rm -f /EMPTY) 2> /tmp/kiln-test-dd
 """
@@ -440,6 +460,8 @@ def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, t
     assert (tree / "usr/sbin/sysctl").read_bytes()[:4] == b"\x7fELF"
     assert os.readlink(tree / "usr/sbin/modprobe") == "/bin/kmod"
     assert (tree / "etc/modules-load.d/dummy.conf").read_text() == "dummy\n"
+    assert (tree / "tmp/kiln-test-python").read_text().startswith("/run/kiln-stage/image_kernel.py ")
+    (tree / "usr/local/bin/kiln-test-python").unlink()
     cmdline = (tree / "tmp/kiln-test-cmdline").read_text()
     assert cmdline.startswith(f"BOOT_IMAGE=/boot/vmlinuz-{kernel.newest(tree)} root=UUID=")
     assert " ro " in cmdline
@@ -450,6 +472,9 @@ def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, t
     assert (tree / "usr/bin/dd").read_bytes()[:4] == b"\x7fELF"
     assert "swapoff -a skipped in a chroot stage" in (tree / "tmp/kiln-test-swapoff").read_text()
     assert (tree / "usr/sbin/swapoff").read_bytes()[:4] == b"\x7fELF"
+    journal = (tree / "tmp/kiln-test-journal").read_text()
+    assert "journalctl --rotate skipped in a chroot stage" in journal and "Vacuuming done" in journal
+    assert (tree / "usr/bin/journalctl").read_bytes()[:4] == b"\x7fELF"
 
 
 FILL = """\

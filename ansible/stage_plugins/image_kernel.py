@@ -4,8 +4,9 @@
 # /run/kiln-stage, never into the image. Usage: image_kernel.py [MODULE_FILE] (no file: from stdin).
 # - The running kernel's release is the image's (KILN_TREE_FACTS' "kernel", the ansible_kernel fact of the
 #   stage), so /lib/modules/RELEASE is the image kernel's modules, not the build host's missing ones.
-# - /proc/modules reads as empty: no module of the image's kernel is loaded while a stage runs, and the
-#   build host's list (or its absence, on a host whose kernel has no modules) says nothing of the image.
+# - /proc/modules lists what the stage's `modprobe` stand-in "loaded" (/run/kiln-stage/loaded), not the
+#   build host's modules (or their absence, on a host whose kernel has none): so the module reports a load
+#   as changed, and a second one as done, as in a build VM.
 import builtins
 import io
 import json
@@ -24,9 +25,18 @@ if _KERNEL:
 _open = builtins.open
 
 
+def _modules():
+    try:
+        with _open("/run/kiln-stage/loaded") as f:
+            names = [line.strip() for line in f if line.strip()]
+    except OSError:
+        names = []
+    return "".join("%s 16384 0 - Live 0x0000000000000000\n" % name for name in names)
+
+
 def _open_in_stage(file, mode="r", *args, **kwargs):
     if file in ("/proc/modules", b"/proc/modules") and not any(c in mode for c in "wax+"):
-        return io.BytesIO(b"") if "b" in mode else io.StringIO("")
+        return io.BytesIO(_modules().encode()) if "b" in mode else io.StringIO(_modules())
     return _open(file, mode, *args, **kwargs)
 
 

@@ -59,8 +59,16 @@ STAGE_CAPS = (
 _CAPS_ARG = ",".join(["-all", *(f"+{cap}" for cap in STAGE_CAPS)])  # setpriv's --bounding-set
 
 
-# Ansible's own action plugin path, after kiln's stage actions (ANSIBLE_ACTION_PLUGINS replaces it)
-ACTION_DEFAULTS = ("~/.ansible/plugins/action", "/usr/share/ansible/plugins/action")
+
+
+def action_plugins(repo_root: Path, runtime: Runtime) -> str:
+    """ANSIBLE_ACTION_PLUGINS for a stage: kiln's stage actions first, then the user's own path (passed on,
+    kiln.config.environ) or Ansible's default one."""
+    home = runtime.env.get("ANSIBLE_HOME") or "~/.ansible"
+    default = f"{home}/plugins/action:/usr/share/ansible/plugins/action"
+    user = runtime.env.get("ANSIBLE_ACTION_PLUGINS") or default
+    return f"{repo_root / standins.STAGE_ACTIONS}:{user}"
+
 
 QEMU_HOST = "10.0.2.2"  # the build host as a QEMU user-network guest reaches it
 
@@ -382,29 +390,6 @@ def failure_hint(tail: str, tree: Path) -> str | None:
     return None
 
 
-def image_cmdline(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> str | None:
-    """The kernel command line a VM booted from `tree` has: grub.cfg's default entry as finalize writes it
-    from the tree's GRUB defaults, for the newest kernel and the root's UUID in /etc/fstab (None for a tree
-    without them). A stage's /proc/cmdline shows it (_MOUNTS), so setup's `ansible_cmdline` and a role's
-    `grep apparmor= /proc/cmdline` see the image's, not the build host's."""
-    versions = kernel.installed(tree)
-    uuid = _root_uuid(tree / "etc" / "fstab")
-    if not versions or not uuid:
-        return None
-    defaults = bootloader.read_defaults(tree, log_file=log_file, runtime=runtime)
-    return bootloader.proc_cmdline(versions[-1], uuid, defaults)
-
-
-def _root_uuid(fstab: Path) -> str | None:
-    if fstab.is_symlink() or not fstab.is_file():
-        return None
-    for line in fstab.read_text(errors="replace").splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and fields[1] == "/" and fields[0].startswith("UUID="):
-            return fields[0].removeprefix("UUID=")
-    return None
-
-
 # a build VM booted from the base disk has no swap (and the node role keeps it off): a role's `swapoff -a`
 # when ansible_swaptotal_mb > 0 (image-builder's node role) is skipped here as there, instead of failing on
 # the build host's swap
@@ -464,6 +449,7 @@ def run_playbooks(
     on_line: Any = None,
     epoch: int = 0,
     room: int | None = None,
+    root_uuid: str | None = None,
     runtime: Runtime,
 ) -> None:
     """ansible-playbook with the chroot connection against `tree`, in namespaces of its own with /proc, /sys,
@@ -472,9 +458,10 @@ def run_playbooks(
     every command in the chroot sees SOURCE_DATE_EPOCH (the chroot connection passes ansible's environment
     on): mkinitramfs, run by dpkg triggers, then writes the same initrd for the same files. With `room` (the
     image's disk size), a run that writes more than that onto the tree's filesystem, or leaves it nearly full,
-    is stopped (DiskFullError): a build VM's writes end at its disk, a chroot's at the build host's."""
+    is stopped (DiskFullError): a build VM's writes end at its disk, a chroot's at the build host's. The
+    stage's /proc/cmdline is the image's (bootloader.image_cmdline, with the base disk's `root_uuid`)."""
     vars_file = work / "ansible-vars.json"
-    cmdline = work / "cmdline"  # the stage's /proc/cmdline (image_cmdline)
+    cmdline = work / "cmdline"  # the stage's /proc/cmdline (bootloader.image_cmdline)
     # the facts gathered run setup, then kiln_tree_facts (ansible/library), in that order: ansible_kernel and
     # ansible_kernel_version describe the kernel the image boots, not the build host's (kiln.artifacts.kernel)
     facts_in_order = {"ansible_facts_parallel": False}
@@ -494,7 +481,7 @@ def run_playbooks(
         "KILN_STAGE_CAPS": _CAPS_ARG,
         "ANSIBLE_FACTS_MODULES": "ansible.legacy.setup,kiln_tree_facts",
         # first: Ansible's own action for modules without one, but a kernel module's asks the image's kernel
-        "ANSIBLE_ACTION_PLUGINS": ":".join((str(repo_root / standins.STAGE_ACTIONS), *ACTION_DEFAULTS)),
+        "ANSIBLE_ACTION_PLUGINS": action_plugins(repo_root, runtime),
         **({"SOURCE_DATE_EPOCH": str(epoch)} if epoch else {}),
     }
     with standins.prepared(tree, work, runtime=runtime, log_file=log_file) as stage_run:
@@ -502,7 +489,7 @@ def run_playbooks(
             argv = playbook_argv(tree, vars_file, playbook, user_vars)
             # read before each playbook: a kernel the os stage installed is the kubernetes stage's
             facts = json.dumps({**kernel.facts(tree), **NO_SWAP}, sort_keys=True)
-            line = image_cmdline(tree, log_file=log_file, runtime=runtime)
+            line = bootloader.image_cmdline(tree, root_uuid, log_file=log_file, runtime=runtime)
             cmdline.write_text(f"{line}\n" if line else "")
             guard = DiskGuard(tree, room)
             try:

@@ -163,7 +163,7 @@ def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: P
     chroot.run_playbooks(
         tree, work, [playbook], extra, repo_root=ws.runtime.root, user_vars=user_vars, log_file=ws.log_file,
         on_line=_task_lines(ws, stage), epoch=ws.stage_epoch, room=ws.settings.disk_size << 20,
-        runtime=ws.runtime,
+        root_uuid=ws.base.root_uuid if ws.base is not None else None, runtime=ws.runtime,
     )  # fmt: skip
     bootloader.check_cfg(tree, log_file=ws.log_file, runtime=ws.runtime)  # before the tree is cached
 

@@ -25,7 +25,8 @@ kiln.build.chroot runs the stage; nothing here stays in the image.
   and `modprobe`'s writes and loads, which would reach the build host's kernel (the stage's wall refuses
   them) and in a build VM never reach the image either: the image applies /etc/sysctl.d and loads
   /etc/modules-load.d at boot; dd's free-space zeroing, which would fill the build host's disk to no end;
-  and `swapoff`, whose swap would be the build host's (a build VM from the base disk has none). The note
+  `swapoff`, whose swap would be the build host's (a build VM from the base disk has none); and
+  journalctl's requests to journald (`--rotate`), which no stage runs. The note
   each prints says so; queries (`service NAME status`, `sysctl -n`, `modprobe --show-depends`) and any
   other dd run the real program. A hook of the stage keeps them out of any initrd built meanwhile.
 - Processes left running in the tree (a daemon a postinst started despite policy-rc.d) are killed.
@@ -159,6 +160,24 @@ if [ -z "$remove" ] && [ -n "$kernel" ]; then
     exit $rc
   }
 fi
+# what Ansible's modprobe module then finds in /proc/modules (/run/kiln-stage/image_kernel.py), as in a VM
+loaded=/run/kiln-stage/loaded all= skip= name=
+for a in "$@"; do
+  if [ -n "$skip" ]; then skip=; continue; fi
+  case "$a" in
+    -a|--all) all=1 ;;
+    -S|--set-version|-C|-d|-o|--config|--dirname|--name) skip=1 ;;
+    -*) ;;
+    *) if [ -z "$name" ] || [ -n "$all" ]; then
+         name=$(printf '%s' "$a" | tr - _)
+         if [ -n "$remove" ]; then
+           [ ! -f "$loaded" ] || { grep -vxF "$name" "$loaded" > "$loaded.new"; mv "$loaded.new" "$loaded"; }
+         elif [ -d "${loaded%/*}" ] && ! grep -qxF "$name" "$loaded" 2>/dev/null; then
+           echo "$name" >> "$loaded"
+         fi
+       fi ;;
+  esac
+done
 echo "kiln: modprobe $* skipped in a chroot stage: the build host's kernel is not the image's; \
 /etc/modules-load.d loads a module at boot" >&2
 exit 0
@@ -199,6 +218,26 @@ echo "kiln: swapoff $* skipped in a chroot stage: the swap here is the build hos
 until it boots" >&2
 exit 0
 """
+# journalctl(1)'s requests to journald (`--rotate` before `--vacuum-time`, in image-builder's sysprep and
+# many cleanup roles): no journald runs in a stage ("Failed to connect to /run/systemd/journal/..."), and
+# the tree holds no journal of a boot. They are dropped with a note; what is left (the vacuuming, which works
+# on the files, or any query) runs the real one, and nothing at all when only requests were given.
+_JOURNALCTL_NOTE = r"""#!/bin/sh
+# kiln: in place of journalctl(1) while a chroot stage runs (kiln.build.standins)
+n=$# asked= vacuum=
+while [ "$n" -gt 0 ]; do
+  a=$1; shift; n=$((n - 1))
+  case "$a" in
+    --rotate|--flush|--sync|--relinquish-var|--smart-relinquish-var) asked="$asked $a" ;;
+    *) case "$a" in --vacuum-*) vacuum=1 ;; esac
+       set -- "$@" "$a" ;;
+  esac
+done
+[ -n "$asked" ] || exec @REAL@ "$@"
+echo "kiln: journalctl$asked skipped in a chroot stage: no journald runs here; the image's starts at boot" >&2
+[ -z "$vacuum" ] || exec @REAL@ "$@"
+exit 0
+"""
 # initramfs-tools copies /sbin/modprobe into every initrd it builds (a kernel a stage installs gets one): a
 # hook of the stage, run after the packages' own, puts the real program in place of any stand-in copied
 INITRAMFS_HOOK = "/etc/initramfs-tools/hooks/zz-kiln-stage"
@@ -225,6 +264,7 @@ DIVERSIONS = {  # a program of the tree, and what stands in for it while a stage
     "/sbin/modprobe": _MODPROBE_NOTE,
     "/bin/dd": _DD_NOTE,
     "/sbin/swapoff": _SWAPOFF_NOTE,
+    "/bin/journalctl": _JOURNALCTL_NOTE,
 }
 # diverted even where the tree lacks them, so that GRUB installed during the stage lands beside its stand-in;
 # every other program gets a stand-in only where the tree has it
