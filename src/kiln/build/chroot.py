@@ -59,8 +59,6 @@ STAGE_CAPS = (
 _CAPS_ARG = ",".join(["-all", *(f"+{cap}" for cap in STAGE_CAPS)])  # setpriv's --bounding-set
 
 
-
-
 def action_plugins(repo_root: Path, runtime: Runtime) -> str:
     """ANSIBLE_ACTION_PLUGINS for a stage: kiln's stage actions first, then the user's own path (passed on,
     kiln.config.environ) or Ansible's default one."""
