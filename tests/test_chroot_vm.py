@@ -159,6 +159,7 @@ def test_an_interrupted_chroot_stage_leaves_no_mount_process_or_cache_entry(buil
         assert not differ, sorted(differ.items())[:20]
         assert (mine["/etc/kiln-site.conf"]["mode"], mine["/etc/kiln-site.d"]["mode"]) == ("0644", "0755")
         assert "/etc/sysctl.d/90-kiln-site.conf" in mine, "the sysctl is in the image, for its boot to apply"
+        assert "/etc/kiln-site.d/built-by" in mine, "packer_builder_type is search('qemu'), as in a build VM"
 
 
 SITE_ROLE = """\
@@ -183,6 +184,14 @@ SITE_ROLE = """\
   ansible.builtin.shell: systemctl daemon-reload && systemctl restart containerd
 - name: A reboot, as after a kernel upgrade (the finished image's boot, in a chroot)
   ansible.builtin.reboot:
+- name: What Packer's Ansible provisioner passes, as image-builder's roles test it (both runners give it)
+  ansible.builtin.copy:
+    content: "{{ packer_builder_type }} {{ packer_build_name }}\n"
+    dest: /etc/kiln-site.d/built-by
+  when: packer_builder_type is search('qemu') and packer_build_name is not search('cvm')
+- name: And image-builder's Ansible modprobe module, and its sysprep's journal rotation
+  ansible.builtin.shell: journalctl --rotate && journalctl -m --vacuum-time=1s
+- community.general.modprobe: {name: br_netfilter, state: present}
 """
 
 

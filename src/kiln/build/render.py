@@ -147,8 +147,11 @@ def hcl(value: Any, indent: int = 0) -> str:
     raise TypeError(f"cannot render {type(value).__name__} as HCL")
 
 
+SOURCE_NAME = "node"  # the Packer source's name: Packer's Ansible provisioner passes it as packer_build_name
+
+
 def _source_ref(builder: str) -> str:
-    return f"source.{builder}.node"
+    return f"source.{builder}.{SOURCE_NAME}"
 
 
 def environment(repo_root: Path) -> jinja2.Environment:

@@ -155,6 +155,10 @@ def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: P
     variables (the build's own and the user's ansible_user_vars)."""
     extra = {
         **chroot.host_view(render.ansible_values(ws.cfg, ws.runtime)),
+        # what Packer's Ansible provisioner gives every play in the VM runner (`-e packer_build_name="node"
+        # -e packer_builder_type=qemu`): image-builder's roles test them (`when: packer_builder_type ...`)
+        "packer_build_name": render.SOURCE_NAME,
+        "packer_builder_type": ws.builder,
         "kiln_stage": stage,
         "kiln_runner": "chroot",
         "kiln_packages_file": str(ws.packages_file),
