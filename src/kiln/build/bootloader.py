@@ -375,17 +375,21 @@ def proc_cmdline(kernel_version: str, root_uuid: str, defaults: Mapping[str, str
 
 
 def image_cmdline(
-    tree: Path, root_uuid: str | None, *, log_file: IO[str] | None, runtime: Runtime
+    tree: Path,
+    kernel_version: str | None,
+    root_uuid: str | None,
+    *,
+    log_file: IO[str] | None,
+    runtime: Runtime,
 ) -> str | None:
     """The kernel command line a VM booted from `tree` has: grub.cfg's default entry as finalize writes it
-    from the tree's GRUB defaults, for the newest kernel and `root_uuid` (the base disk's root; else the one
-    the tree's /etc/fstab mounts as /). None, and the build host's line stays, for a tree without a kernel
-    or a root UUID, or whose GRUB defaults sh cannot read (finalize then names them). A chroot stage's
-    /proc/cmdline shows it (kiln.build.chroot), so setup's `ansible_cmdline` and a role's `grep apparmor=
-    /proc/cmdline` see the image's, not the build host's."""
-    versions = kernel.installed(tree)
+    from the tree's GRUB defaults, for `kernel_version` (the newest kernel, kernel.facts) and `root_uuid`
+    (the base disk's root; else the one the tree's /etc/fstab mounts as /). None, and the build host's
+    line stays, for a tree without a kernel or a root UUID, or whose GRUB defaults sh cannot read
+    (finalize then names them). A chroot stage's /proc/cmdline shows it (kiln.build.chroot), so setup's
+    `ansible_cmdline` and a role's `grep apparmor= /proc/cmdline` see the image's, not the build host's."""
     uuid = root_uuid or _root_uuid(tree / "etc" / "fstab")
-    if not versions or not uuid:
+    if not kernel_version or not uuid:
         return None
     try:
         defaults = read_defaults(tree, log_file=log_file, runtime=runtime)
@@ -393,7 +397,7 @@ def image_cmdline(
         if log_file is not None:
             log_file.write(f"kiln: /proc/cmdline stays the build host's in this stage: {exc}\n")
         return None
-    return proc_cmdline(versions[-1], uuid, defaults)
+    return proc_cmdline(kernel_version, uuid, defaults)
 
 
 def _root_uuid(fstab: Path) -> str | None:

@@ -486,8 +486,11 @@ def run_playbooks(
         for playbook in playbooks:
             argv = playbook_argv(tree, vars_file, playbook, user_vars)
             # read before each playbook: a kernel the os stage installed is the kubernetes stage's
-            facts = json.dumps({**kernel.facts(tree), **NO_SWAP}, sort_keys=True)
-            line = bootloader.image_cmdline(tree, root_uuid, log_file=log_file, runtime=runtime)
+            image_kernel = kernel.facts(tree)
+            facts = json.dumps({**image_kernel, **NO_SWAP}, sort_keys=True)
+            line = bootloader.image_cmdline(
+                tree, image_kernel.get("kernel"), root_uuid, log_file=log_file, runtime=runtime
+            )
             cmdline.write_text(f"{line}\n" if line else "")
             guard = DiskGuard(tree, room)
             try:

@@ -10,7 +10,8 @@ kiln.build.chroot runs the stage; nothing here stays in the image.
   apt, waited forever in a tree no cloud-init ever ran in), and systemd-resolved's resolv.conf files. What a
   stage writes under /run goes with the stage, as /run goes with a boot. /run/kiln-stage/image_kernel.py
   is the interpreter kiln's stage action (ansible/stage_plugins) gives Ansible's modprobe module: the
-  running kernel's release is the image's there, and /proc/modules lists nothing loaded.
+  running kernel's release is the image's there, and /proc/modules lists what the `modprobe` stand-in took
+  during the stage (/run/kiln-stage/loaded).
 - /etc/resolv.conf names the build host's name servers for the stage; afterwards the tree's own is back.
   A task (or systemd-resolved's postinst) that replaces the file with its own (a link to resolved's stub)
   keeps its own, as in a build VM; the link resolves into the stage's /run, so names still resolve. Before,
@@ -131,10 +132,11 @@ kernel=
 for k in $(ls /lib/modules 2>/dev/null | sort -V); do
   [ ! -e "/lib/modules/$k/modules.dep" ] || kernel=$k
 done
-query= remove= version= skip=
+query= remove= version= skip= all= names=
 for a in "$@"; do
   if [ -n "$skip" ]; then skip=; continue; fi
   case "$a" in
+    -a|--all) all=1 ;;
     -S|--set-version) version=1 skip=1 ;;
     -S*|--set-version=*) version=1 ;;
     -C|-d|-o|--config|--dirname|--name) skip=1 ;;
@@ -146,6 +148,7 @@ for a in "$@"; do
     -*)
       case "$a" in *[ncDRVh]*) query=1 ;; esac
       case "$a" in *r*) remove=1 ;; esac ;;
+    *) [ -n "$names" ] && [ -z "$all" ] || names="$names $(printf '%s' "$a" | tr - _)" ;;
   esac
 done
 if [ -n "$query" ]; then
@@ -161,22 +164,13 @@ if [ -z "$remove" ] && [ -n "$kernel" ]; then
   }
 fi
 # what Ansible's modprobe module then finds in /proc/modules (/run/kiln-stage/image_kernel.py), as in a VM
-loaded=/run/kiln-stage/loaded all= skip= name=
-for a in "$@"; do
-  if [ -n "$skip" ]; then skip=; continue; fi
-  case "$a" in
-    -a|--all) all=1 ;;
-    -S|--set-version|-C|-d|-o|--config|--dirname|--name) skip=1 ;;
-    -*) ;;
-    *) if [ -z "$name" ] || [ -n "$all" ]; then
-         name=$(printf '%s' "$a" | tr - _)
-         if [ -n "$remove" ]; then
-           [ ! -f "$loaded" ] || { grep -vxF "$name" "$loaded" > "$loaded.new"; mv "$loaded.new" "$loaded"; }
-         elif [ -d "${loaded%/*}" ] && ! grep -qxF "$name" "$loaded" 2>/dev/null; then
-           echo "$name" >> "$loaded"
-         fi
-       fi ;;
-  esac
+loaded=/run/kiln-stage/loaded
+for name in $names; do
+  if [ -n "$remove" ]; then
+    [ ! -f "$loaded" ] || { grep -vxF "$name" "$loaded" > "$loaded.new"; mv "$loaded.new" "$loaded"; }
+  elif [ -d "${loaded%/*}" ] && ! grep -qxF "$name" "$loaded" 2>/dev/null; then
+    echo "$name" >> "$loaded"
+  fi
 done
 echo "kiln: modprobe $* skipped in a chroot stage: the build host's kernel is not the image's; \
 /etc/modules-load.d loads a module at boot" >&2
