@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kiln import config
-from kiln.build import bootloader, chroot, standins
+from kiln.build import bootloader, chroot, stagehints, standins
 from kiln.core.errors import BuildError, CommandError, ConfigError
 from kiln_runtime import RUNTIME
 
@@ -609,7 +609,7 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
     reaching = _raw_playbook(tmp_path / "reaching.yml", f"echo $(cat {_SWAPPINESS}) > {_SWAPPINESS}")
     with pytest.raises(BuildError) as failed:
         chroot.run_playbooks(tree, work, [reaching], {}, repo_root=REPO, log_file=None, runtime=RUNTIME)
-    assert "Read-only file system" in str(failed.value) and failed.value.hint == chroot.WALLED_HINT
+    assert "Read-only file system" in str(failed.value) and failed.value.hint == stagehints.WALLED_HINT
     assert Path(_SWAPPINESS).read_text() == swappiness
 
 
@@ -728,7 +728,7 @@ def test_the_wall_names_its_host_where_proc_sys_is_read_only() -> None:
     ],
 )
 def test_a_task_that_needs_a_running_system_gets_the_hint(stderr: str) -> None:
-    assert chroot._WALLED.search(stderr)
+    assert stagehints._WALLED.search(stderr)
 
 
 def _failed_run(*tasks: tuple[str, str, bool]) -> str:
@@ -741,12 +741,12 @@ def _failed_run(*tasks: tuple[str, str, bool]) -> str:
 
 
 def test_an_ordinary_failure_gets_no_hint(tmp_path: Path) -> None:
-    assert not chroot._WALLED.search("E: Unable to locate package kubeletx")
-    assert not chroot._WALLED.search("cp: cannot stat '/srv/x': No such file or directory")
+    assert not stagehints._WALLED.search("E: Unable to locate package kubeletx")
+    assert not stagehints._WALLED.search("cp: cannot stat '/srv/x': No such file or directory")
     modprobe = "modprobe: FATAL: Module br_netfilter not found in directory /lib/modules/6.1.0-28-amd64"
     apt = "Failed to fetch http://deb.example/pool/x.deb  404  Not Found"
-    hint = chroot.failure_hint
-    assert hint(_failed_run(("br_netfilter", modprobe, False)), tmp_path) == chroot.WALLED_HINT
+    hint = stagehints.failure_hint
+    assert hint(_failed_run(("br_netfilter", modprobe, False)), tmp_path) == stagehints.WALLED_HINT
     # a role that ignores its modprobe's failure, and then fails on a download: no hint about the wall
     assert hint(_failed_run(("br_netfilter", modprobe, True), ("a package", apt, False)), tmp_path) is None
     assert hint("ERROR! the role 'nothere' was not found\n", tmp_path) is None, "the stage's setup: no task"
@@ -759,7 +759,19 @@ def test_a_loop_item_that_hit_the_wall_gets_the_hint(tmp_path: Path) -> None:
         f"failed: [/tree] (item=vm.swappiness) => {item}\n"
         'fatal: [/tree]: FAILED! => {"msg": "One or more items failed"}\n'
     )
-    assert chroot.failure_hint(tail, tmp_path) == chroot.WALLED_HINT
+    assert stagehints.failure_hint(tail, tmp_path) == stagehints.WALLED_HINT
+    # ansible-core 2.19 ends a failed loop with its items, and no `fatal:` (image-builder's image loads)
+    dial = json.dumps({"rc": 1, "stderr": 'ctr: failed to dial "/var/run/containerd/containerd.sock"'})
+    tail = (
+        "TASK [kubernetes : Load Kubernetes images] ****\n"
+        "[ERROR]: Task failed: Module failed: non-zero return code\n"
+        "Origin: /roles/kubernetes/tasks/url.yml:79:3\n\n"
+        f"failed: [/tree] (item=kube-apiserver.tar) => {dial}\n"
+        f"failed: [/tree] (item=kube-proxy.tar) => {dial}\n\nPLAY RECAP ****\n"
+    )
+    assert stagehints.failure_hint(tail, tmp_path) == stagehints.WALLED_HINT
+    ignored = tail.replace("\n\nPLAY", "\n...ignoring\n\nTASK [site : next] ****\nok: [/tree]\n\nPLAY")
+    assert stagehints.failure_hint(ignored, tmp_path) is None
 
 
 def test_a_task_that_names_the_build_hosts_kernel_gets_the_kernel_hint(tmp_path: Path) -> None:
@@ -770,15 +782,15 @@ def test_a_task_that_names_the_build_hosts_kernel_gets_the_kernel_hint(tmp_path:
     for name in ("vmlinuz-6.1.0-50-amd64", "initrd.img-6.1.0-50-amd64"):
         (tmp_path / "boot" / name).write_bytes(b"")
     headers = _failed_run(("headers", f"E: Unable to locate package linux-headers-{release}", False))
-    hint = chroot.failure_hint(headers, tmp_path)
+    hint = stagehints.failure_hint(headers, tmp_path)
     assert hint is not None and release in hint and "(6.1.0-50-amd64)" in hint
     assert "linux-headers-{{ ansible_kernel }}" in hint
     mount = _failed_run(("mount", "mount: /mnt: permission denied.", False))
-    assert chroot.failure_hint(mount, tmp_path) == chroot.WALLED_HINT
+    assert stagehints.failure_hint(mount, tmp_path) == stagehints.WALLED_HINT
     apt = _failed_run(("a package", "Failed to fetch http://deb.example/pool/x.deb  404  Not Found", False))
-    assert chroot.failure_hint(apt, tmp_path) is None
+    assert stagehints.failure_hint(apt, tmp_path) is None
     ignored = _failed_run(("headers", f"linux-headers-{release}", True), ("a package", "404", False))
-    assert chroot.failure_hint(ignored, tmp_path) is None
+    assert stagehints.failure_hint(ignored, tmp_path) is None
 
 
 MODULE_PROBE = """\

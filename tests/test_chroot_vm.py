@@ -516,3 +516,60 @@ def test_a_stage_that_writes_more_than_the_images_disk_holds_is_stopped(built_im
     assert 256 << 20 < written < 4 << 30 and space.free(tree) > free - (4 << 30)
     assert (tree / "usr/bin/dd").read_bytes()[:4] == b"\x7fELF"
     assert not [*(tree / "usr/bin").glob("*.kiln-stage"), *(tree / "usr/sbin").glob("*.kiln-stage")]
+
+
+LOAD_IMAGES = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - name: a Kubernetes release image tar, loaded as image-builder's kubernetes role loads it
+      ansible.builtin.command: >-
+        ctr --address=/var/run/containerd/containerd.sock images import /tmp/kube-proxy.tar
+      environment:
+        CONTAINERD_NAMESPACE: k8s.io
+    - name: an OCI archive, ctr's own default address
+      ansible.builtin.command: ctr -n k8s.io images import /tmp/pause.tar
+    - ansible.builtin.shell: ctr -n k8s.io images ls -q > /tmp/kiln-test-images
+"""
+LIST_IMAGES = """\
+- hosts: all
+  gather_facts: false
+  tasks:
+    - ansible.builtin.shell: ctr -n k8s.io images ls -q > /tmp/kiln-test-images-2
+"""
+
+
+def test_a_role_that_loads_images_into_containerd_leaves_them_in_the_tree(built_image, tmp_path):
+    """image-builder's kubernetes role loads the release's image tars with `ctr images import`, which needs a
+    running containerd: in a stage it failed on /run/containerd/containerd.sock. The suite image's os-stage
+    tree, provisioned as a stage is: the tree's own containerd starts for the first client and stops with
+    the playbook; a second playbook starts it again and finds the images; they stay in the tree's
+    /var/lib/containerd (content and unpacked layers), and nothing is left running or mounted."""
+    import image_archives
+    from kiln.build import chroot, ondemand
+
+    tree, work = _os_stage_tree(built_image, tmp_path)
+    proxy = image_archives.docker(tree / "tmp/kube-proxy.tar", "registry.k8s.io/kube-proxy", "v1.36.1")
+    pause = image_archives.oci(tree / "tmp/pause.tar", "registry.k8s.io/pause:3.10.1")
+    plays = [tmp_path / "load.yml", tmp_path / "list.yml"]
+    plays[0].write_text(LOAD_IMAGES)
+    plays[1].write_text(LIST_IMAGES)
+    log = tmp_path / "stage.log"
+    with log.open("w") as out:
+        chroot.run_playbooks(tree, work, plays, {}, repo_root=REPO, log_file=out, runtime=RUNTIME)
+    wanted = {"registry.k8s.io/kube-proxy:v1.36.1", "registry.k8s.io/pause:3.10.1"}
+    for listed in ("tmp/kiln-test-images", "tmp/kiln-test-images-2"):
+        assert wanted <= set((tree / listed).read_text().split()), listed
+    assert log.read_text().count("started the tree's containerd") == 2
+    store = tree / "var/lib/containerd"
+    for digest in (proxy, pause):
+        assert (
+            store / "io.containerd.content.v1.content/blobs/sha256" / digest.removeprefix("sha256:")
+        ).is_file()
+    unpacked = store.glob("io.containerd.snapshotter.v1.overlayfs/snapshots/*/fs/usr/share/kiln-test/*")
+    assert {p.name for p in unpacked} == {"kube-proxy", "pause:3.10.1"}
+    # stopped at each playbook's end (SIGTERM: the CRI plugin stops), before the stage kills what is left
+    runs = (work / ondemand.LOG).read_text().split('msg="starting containerd"')[1:]
+    assert len(runs) == 2 and all("Stop CRI service" in run for run in runs)
+    time.sleep(0.5)
+    assert not _rooted_under(tree) and not _mounts_under(tmp_path)

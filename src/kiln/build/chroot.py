@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
+import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from typing import IO, Any
 
 from kiln.artifacts import kernel
 from kiln.build import bootloader, bootstrap, standins
+from kiln.build.stagehints import failure_hint
 from kiln.core import proc, space
 from kiln.core.errors import BuildError, CommandError, DiskFullError, InputError
 from kiln.core.runtime import Runtime
@@ -251,6 +254,19 @@ _LOCALHOST = "hostname localhost 2>/dev/null || echo localhost > /proc/sys/kerne
 # root's capabilities cut to a bounding set given next: none comes back at an exec
 _SETPRIV = "setpriv --inh-caps=-all --ambient-caps=-all --bounding-set"
 
+# After the playbook: the containerd started on demand (kiln.build.ondemand) stops, and the shell waits for
+# its activator to let go of the lock it holds while it runs, then exits with the playbook's status.
+_END = """p=$1 l=$2
+shift 2
+"$@"
+rc=$?
+if [ -n "$p" ]; then
+  kill -TERM "$p" 2>/dev/null || :
+  flock -w 60 "$l" true || :
+fi
+exit $rc
+"""
+
 # The stage's mounts and host name, made inside its namespaces; the command runs while they are there, with
 # STAGE_CAPS only (bounding, inheritable and ambient sets: none comes back at an exec). The kernel's knobs
 # under /proc and /sys are read-only both in the tree and in the namespace's own view, where ansible-playbook
@@ -259,6 +275,7 @@ _SETPRIV = "setpriv --inh-caps=-all --ambient-caps=-all --bounding-set"
 # STAGE_CAPS too, so that a program in the tree may read its /proc/1/root, as systemd's tools do to see that
 # they run in a chroot (`systemctl restart` is then skipped, not refused: "System has not been booted with
 # systemd").
+
 _MOUNTS = (
     """set -eu
 t="$1"; shift
@@ -299,8 +316,17 @@ ln -s /proc/self/fd/1 "$t/dev/stdout"
 ln -s /proc/self/fd/2 "$t/dev/stderr"
 mkdir -p -m 0755 "$t/run"
 mount --bind "$KILN_STAGE_RUN" "$t/run"
+lock="$KILN_STAGE_WORK/ondemand.lock" pid=
+if [ -n "${KILN_ONDEMAND:-}" ]; then
+  exec 9>"$lock"
+  flock 9
+  PYTHONPATH="$KILN_ONDEMAND" "$KILN_PYTHON" -m kiln.build.ondemand \
+    "$t" "$KILN_STAGE_RUN" "$KILN_STAGE_WORK" "$KILN_STAGE_CAPS" &
+  pid=$!
+  exec 9>&-
+fi
 """
-    + f"""exec {_SETPRIV} "$KILN_STAGE_CAPS" -- sh -c '"$@"; exit $?' sh "$@"
+    + f"""exec {_SETPRIV} "$KILN_STAGE_CAPS" -- sh -c {shlex.quote(_END)} sh "$pid" "$lock" "$@"
 """
 )
 
@@ -332,60 +358,6 @@ def walled(tree: Path, argv: Sequence[str], *, runtime: Runtime) -> list[str]:
     stage's wall: /proc is not mounted in the tree, and the namespace's own view of it is the host's."""
     chroot_bin = proc.which("chroot", runtime)
     return [*_STAGE_NAMESPACES, "sh", "-c", _WALL, "sh", _CAPS_ARG, chroot_bin, str(tree), *argv]
-
-
-# how a task fails when it reaches for the build host from a stage (module doc), and what to do about it
-_WALLED = re.compile(
-    r"Read-only file system|Operation not permitted|must be root|permission denied on key"
-    r"|mount: .*permission denied"
-    r"|not found in directory /lib/modules/|'/lib/modules/|'/proc/modules'"  # modprobe, the host's kernel
-    r"|System has not been booted with systemd"  # hostnamectl, timedatectl: no running systemd to ask
-    r"|containerd\.sock|docker\.sock|Cannot connect to the Docker daemon"  # ctr/crictl pull: no daemon runs
-)
-WALLED_HINT = (
-    "a chroot stage is no running system, and keeps the build host out of a task's reach: there is no "
-    "systemd to ask (hostnamectl, timedatectl), no daemon runs (containerd, docker: no image pulls), "
-    "/proc/sys and /sys are read-only (the `sysctl` command stands in and applies nothing), the kernel is "
-    "the build host's (the `modprobe` command and module stand in and load nothing), and swap, "
-    "mount, mknod, iptables, hostname and the clock are refused. Skip such a task with "
-    "`when: kiln_runner | default('vm') != 'chroot'` (the boot checks its effect), or provision in a VM "
-    "with -var provisioner=vm"
-)
-
-
-def failed_task(tail: str) -> str:
-    """The output of the task that ended the run: the last task that failed for good (a `fatal: [` that
-    Ansible did not go on from with `...ignoring`), from its TASK line on (a loop's `failed:` items too).
-    "" when no task failed (the stage's own setup), or only tasks whose failure a role ignores."""
-    lines = tail.splitlines()
-    for end in range(len(lines) - 1, -1, -1):
-        if not lines[end].startswith("fatal: [") or lines[end + 1 : end + 2] == ["...ignoring"]:
-            continue
-        start = end
-        while start > 0 and not lines[start].startswith("TASK ["):
-            start -= 1
-        return "\n".join(lines[start : end + 1])
-    return ""
-
-
-HOST_KERNEL_HINT = (
-    "the task names the build host's kernel, {release}: in a chroot stage `uname -r` and /proc are the "
-    "build host's. `ansible_kernel` is the kernel the image boots ({image}); use it, as in "
-    "`linux-headers-{{{{ ansible_kernel }}}}`, or provision in a VM with -var provisioner=vm"
-)
-
-
-def failure_hint(tail: str, tree: Path) -> str | None:
-    """kiln's hint for a stage whose task failed: the wall's, or the host kernel's when the task's output
-    names the build host's kernel release (a `uname -r` in a package name or path)."""
-    task = failed_task(tail)
-    if _WALLED.search(task):
-        return WALLED_HINT
-    release = os.uname().release
-    image = kernel.facts(tree).get("kernel", "none installed")
-    if release and release in task and release != image:  # a host running the image's kernel: no telling
-        return HOST_KERNEL_HINT.format(release=release, image=image)
-    return None
 
 
 # a build VM booted from the base disk has no swap (and the node role keeps it off): a role's `swapoff -a`
@@ -477,6 +449,10 @@ def run_playbooks(
         "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
         "ANSIBLE_REMOTE_TEMP": "/tmp/.kiln-ansible",
         "KILN_STAGE_CAPS": _CAPS_ARG,
+        "KILN_STAGE_WORK": str(work),
+        # the tree's containerd on demand (kiln.build.ondemand), by this Python and this kiln
+        "KILN_PYTHON": sys.executable,
+        "KILN_ONDEMAND": str(Path(__file__).resolve().parents[2]),
         "ANSIBLE_FACTS_MODULES": "ansible.legacy.setup,kiln_tree_facts",
         # first: Ansible's own action for modules without one, but a kernel module's asks the image's kernel
         "ANSIBLE_ACTION_PLUGINS": action_plugins(repo_root, runtime),
