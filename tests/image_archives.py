@@ -1,6 +1,7 @@
-"""Container image archives for tests: an OCI image layout and a `docker save` archive, each of one layer
-holding one small file, as `ctr images import` takes them (image-builder's kubernetes role imports the
-Kubernetes release's image tars, which are `docker save` archives)."""
+"""Container image archives for tests: an OCI image layout and a `docker save` archive, as `ctr images import`
+takes them (image-builder's kubernetes role imports the Kubernetes release's image tars, which are `docker
+save` archives). By default one layer holding one small file; an OCI archive may have more layers, whose
+`.wh.NAME` entries delete a lower layer's NAME and `.wh..wh..opq` hides a lower layer's directory content."""
 
 from __future__ import annotations
 
@@ -17,25 +18,31 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _layer(name: str) -> bytes:
+def _layer(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as layer:
-        _add(layer, f"usr/share/kiln-test/{name}", f"kiln test image {name}\n".encode())
+        for name, data in files.items():
+            _add(layer, name, data)
     return buf.getvalue()
 
 
-def _config(layer: bytes) -> bytes:
-    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+def _one_file(name: str) -> dict[str, bytes]:
+    return {f"usr/share/kiln-test/{name}": f"kiln test image {name}\n".encode()}
+
+
+def _config(*layers: bytes) -> bytes:
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
     return json.dumps({
         "architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["/bin/true"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }).encode()  # fmt: skip
 
 
-def oci(path: Path, ref: str) -> str:
-    """An OCI image layout archive of `ref` (registry/name:tag) at `path`; returns its layer's digest."""
-    layer = _layer(ref.rsplit("/", 1)[-1])
-    config = _config(layer)
+def oci(path: Path, ref: str, layers: list[dict[str, bytes]] | None = None) -> str:
+    """An OCI image layout archive of `ref` (registry/name:tag) at `path`, of `layers` (each its files by
+    path) or one layer of one file; returns its last layer's digest."""
+    tars = [_layer(files) for files in layers or [_one_file(ref.rsplit("/", 1)[-1])]]
+    config = _config(*tars)
 
     def blob(tar: tarfile.TarFile, data: bytes) -> dict[str, object]:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -43,11 +50,11 @@ def oci(path: Path, ref: str) -> str:
         return {"digest": digest, "size": len(data)}
 
     with tarfile.open(path, "w") as tar:
-        layer_desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(tar, layer)}
+        descs = [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(tar, t)} for t in tars]
         manifest = json.dumps({
             "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **blob(tar, config)},
-            "layers": [layer_desc],
+            "layers": descs,
         }).encode()  # fmt: skip
         index = {
             "schemaVersion": 2,
@@ -59,12 +66,12 @@ def oci(path: Path, ref: str) -> str:
         }  # fmt: skip
         _add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         _add(tar, "index.json", json.dumps(index).encode())
-    return str(layer_desc["digest"])
+    return str(descs[-1]["digest"])
 
 
 def docker(path: Path, repo: str, tag: str) -> str:
     """A `docker save` archive of `repo:tag` at `path`; returns its layer's digest."""
-    layer = _layer(repo.rsplit("/", 1)[-1])
+    layer = _layer(_one_file(repo.rsplit("/", 1)[-1]))
     config = _config(layer)
     layer_id, config_id = hashlib.sha256(layer).hexdigest(), hashlib.sha256(config).hexdigest()
     with tarfile.open(path, "w") as tar:

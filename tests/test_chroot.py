@@ -725,6 +725,12 @@ def test_the_wall_names_its_host_where_proc_sys_is_read_only() -> None:
         "System has not been booted with systemd as init system (PID 1). Can't operate.",
         "hostname: you must be root to change the host name",
         "date: cannot set date: Operation not permitted",
+        # no containerd started for them (kiln.build.ondemand): ctr, and kubeadm's CRI client
+        'ctr: failed to dial "/var/run/containerd/containerd.sock": context deadline exceeded',
+        "validate service connection: validate CRI v1 image API for endpoint "
+        '"unix:///var/run/containerd/containerd.sock": rpc error: code = Unavailable desc = connection '
+        'error: desc = "transport: Error while dialing: dial unix /var/run/containerd/containerd.sock: '
+        'connect: no such file or directory"',
     ],
 )
 def test_a_task_that_needs_a_running_system_gets_the_hint(stderr: str) -> None:
@@ -743,6 +749,9 @@ def _failed_run(*tasks: tuple[str, str, bool]) -> str:
 def test_an_ordinary_failure_gets_no_hint(tmp_path: Path) -> None:
     assert not stagehints._WALLED.search("E: Unable to locate package kubeletx")
     assert not stagehints._WALLED.search("cp: cannot stat '/srv/x': No such file or directory")
+    # containerd answered: a registry's failure is no wall's
+    pull = 'ctr: failed to resolve reference "registry.example/x:1": dial tcp: lookup registry.example'
+    assert not stagehints._WALLED.search(pull)
     modprobe = "modprobe: FATAL: Module br_netfilter not found in directory /lib/modules/6.1.0-28-amd64"
     apt = "Failed to fetch http://deb.example/pool/x.deb  404  Not Found"
     hint = stagehints.failure_hint

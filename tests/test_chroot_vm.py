@@ -527,8 +527,9 @@ LOAD_IMAGES = """\
         ctr --address=/var/run/containerd/containerd.sock images import /tmp/kube-proxy.tar
       environment:
         CONTAINERD_NAMESPACE: k8s.io
-    - name: an OCI archive, ctr's own default address
-      ansible.builtin.command: ctr -n k8s.io images import /tmp/pause.tar
+    - name: OCI archives, ctr's own default address
+      ansible.builtin.command: ctr -n k8s.io images import /tmp/{{ item }}.tar
+      loop: [pause, layers]
     - ansible.builtin.shell: ctr -n k8s.io images ls -q > /tmp/kiln-test-images
 """
 LIST_IMAGES = """\
@@ -551,25 +552,46 @@ def test_a_role_that_loads_images_into_containerd_leaves_them_in_the_tree(built_
     tree, work = _os_stage_tree(built_image, tmp_path)
     proxy = image_archives.docker(tree / "tmp/kube-proxy.tar", "registry.k8s.io/kube-proxy", "v1.36.1")
     pause = image_archives.oci(tree / "tmp/pause.tar", "registry.k8s.io/pause:3.10.1")
+    lower = {"usr/share/kiln-test/layers/keep": b"kept\n", "usr/share/kiln-test/layers/gone": b"deleted\n",
+             "etc/kiln-test/old/a": b"hidden\n"}  # fmt: skip
+    upper = {"usr/share/kiln-test/layers/.wh.gone": b"", "etc/kiln-test/old/.wh..wh..opq": b"",
+             "etc/kiln-test/old/b": b"new\n"}  # fmt: skip
+    image_archives.oci(tree / "tmp/layers.tar", "registry.k8s.io/kiln-test/layers:1", [lower, upper])
     plays = [tmp_path / "load.yml", tmp_path / "list.yml"]
     plays[0].write_text(LOAD_IMAGES)
     plays[1].write_text(LIST_IMAGES)
     log = tmp_path / "stage.log"
     with log.open("w") as out:
         chroot.run_playbooks(tree, work, plays, {}, repo_root=REPO, log_file=out, runtime=RUNTIME)
-    wanted = {"registry.k8s.io/kube-proxy:v1.36.1", "registry.k8s.io/pause:3.10.1"}
+    wanted = {"registry.k8s.io/kube-proxy:v1.36.1", "registry.k8s.io/pause:3.10.1",
+              "registry.k8s.io/kiln-test/layers:1"}  # fmt: skip
     for listed in ("tmp/kiln-test-images", "tmp/kiln-test-images-2"):
         assert wanted <= set((tree / listed).read_text().split()), listed
-    assert log.read_text().count("started the tree's containerd") == 2
+    said = log.read_text()
+    assert said.count("started the tree's containerd") == 2
+    # stopped at each playbook's end by kiln's SIGTERM, in time (before the stage kills what is left)
+    assert said.count("stopped the tree's containerd (status 0") == 2, said[-3000:]
     store = tree / "var/lib/containerd"
     for digest in (proxy, pause):
         assert (
             store / "io.containerd.content.v1.content/blobs/sha256" / digest.removeprefix("sha256:")
         ).is_file()
-    unpacked = store.glob("io.containerd.snapshotter.v1.overlayfs/snapshots/*/fs/usr/share/kiln-test/*")
+    snapshots = store / "io.containerd.snapshotter.v1.overlayfs/snapshots"
+    unpacked = [p for p in snapshots.glob("*/fs/usr/share/kiln-test/*") if p.is_file()]
     assert {p.name for p in unpacked} == {"kube-proxy", "pause:3.10.1"}
-    # stopped at each playbook's end (SIGTERM: the CRI plugin stops), before the stage kills what is left
-    runs = (work / ondemand.LOG).read_text().split('msg="starting containerd"')[1:]
-    assert len(runs) == 2 and all("Stop CRI service" in run for run in runs)
+    # the upper layer's deletions, unpacked as overlayfs keeps them, survive the stage cache's tar
+    packed = tmp_path / "tree.tar.zst"
+    chroot.pack(tree, packed, log_file=None, runtime=RUNTIME)
+    again = tmp_path / "again"
+    chroot.unpack(packed, again, log_file=None, runtime=RUNTIME)
+    for root in (tree, again):
+        snaps = root / snapshots.relative_to(tree)
+        (gone,) = [p for p in snaps.glob("*/fs/usr/share/kiln-test/layers/gone") if p.is_char_device()]
+        assert gone.lstat().st_rdev == 0, "a whiteout"
+        assert {p.read_bytes() for p in snaps.glob("*/fs/usr/share/kiln-test/layers/*") if p.is_file()} == {
+            b"kept\n", b"deleted\n"}, "the lower layer as it was"  # fmt: skip
+        (opaque,) = [d for d in snaps.glob("*/fs/etc/kiln-test/old") if (d / "b").exists()]
+        assert os.getxattr(opaque, "trusted.overlay.opaque") == b"y" and not (opaque / "a").exists()
+    assert (work / ondemand.LOG).stat().st_size > 0
     time.sleep(0.5)
     assert not _rooted_under(tree) and not _mounts_under(tmp_path)

@@ -15,7 +15,8 @@ IDs (it sees, and can signal, only its own processes; the kernel ends them all w
 kiln is killed), read-only /proc/sys and /sys, a /dev of its own with only null, zero, full, random,
 urandom, tty and a private pts, and root's capabilities cut to what provisioning a tree needs
 (`STAGE_CAPS`). Such a task fails in the chroot, with a hint to skip it there: its effect belongs to the
-boot.
+boot. The one daemon a stage runs is the tree's containerd, started for a client of its socket
+(kiln.build.ondemand) and stopped when the playbook ends.
 
 Needs root (mount, chroot) and Ansible's community.general collection (the `ansible` package).
 """
@@ -44,7 +45,7 @@ from kiln.core.runtime import Runtime
 TREE = "tree.tar.zst"  # a stage's tree in the cache: tar (numeric owners, xattrs, ACLs), zstd on every core
 CONNECTION = "community.general.chroot"
 _TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
-_IN_NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--"]
+IN_NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--"]
 # a stage's Ansible run: its own mounts, host name, System V IPC and process IDs; the namespace's first
 # process is killed when unshare dies (--kill-child), and the kernel then kills every process in it
 _STAGE_NAMESPACES = [
@@ -59,7 +60,7 @@ STAGE_CAPS = (
     "chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap", "setfcap",
     "net_bind_service", "net_raw", "sys_chroot", "audit_write",
 )  # fmt: skip
-_CAPS_ARG = ",".join(["-all", *(f"+{cap}" for cap in STAGE_CAPS)])  # setpriv's --bounding-set
+CAPS_ARG = ",".join(["-all", *(f"+{cap}" for cap in STAGE_CAPS)])  # setpriv's --bounding-set
 
 
 def action_plugins(repo_root: Path, runtime: Runtime) -> str:
@@ -106,7 +107,7 @@ def check_host(runtime: Runtime) -> None:
             f"provisioner chroot: Ansible's {CONNECTION} connection is not installed",
             hint="install the `ansible` package into kiln's virtualenv (make deps does)",
         ) from None
-    for tool in ("chroot", "unshare", "setpriv", "zstd"):
+    for tool in ("chroot", "unshare", "setpriv", "flock", "zstd"):
         proc.which(tool, runtime)
 
 
@@ -134,7 +135,7 @@ def base_tree(
             f'mount -o loop,offset={root.offset},sizelimit={root.size_bytes} "$1" "$m"\n'
             f'tar -C "$m" {" ".join(_TAR_FLAGS)} -cf - . | tar -C "$2" {" ".join(_TAR_FLAGS)} -xpf -\n'
         )
-        proc.run([*_IN_NAMESPACE, "sh", "-c", script, "sh", str(raw), str(tree)], log_file=log_file,
+        proc.run([*IN_NAMESPACE, "sh", "-c", script, "sh", str(raw), str(tree)], log_file=log_file,
                  runtime=runtime)  # fmt: skip
     finally:
         raw.unlink(missing_ok=True)
@@ -252,17 +253,26 @@ def take_or_unpack(
 # (kiln in a container), or through /proc where there is no `hostname` program
 _LOCALHOST = "hostname localhost 2>/dev/null || echo localhost > /proc/sys/kernel/hostname"
 # root's capabilities cut to a bounding set given next: none comes back at an exec
-_SETPRIV = "setpriv --inh-caps=-all --ambient-caps=-all --bounding-set"
+SETPRIV = ("setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set")
+_SETPRIV = " ".join(SETPRIV)
 
-# After the playbook: the containerd started on demand (kiln.build.ondemand) stops, and the shell waits for
-# its activator to let go of the lock it holds while it runs, then exits with the playbook's status.
-_END = """p=$1 l=$2
+# After the playbook: the containerd started on demand (kiln.build.ondemand) is stopped, and the shell
+# waits (ONDEMAND_WAIT seconds at most) for its activator to let go of the lock it holds while it runs; then
+# it exits with the playbook's status, or 1 where containerd did not stop in time (the tree may be
+# half-written).
+ONDEMAND_WAIT = 120
+ONDEMAND_READY = "ondemand.ready"  # in the stage's work dir: the activator listens, or has said why not
+ONDEMAND_SETTINGS = "ondemand.json"  # in the stage's work dir: what the activator gives containerd
+_END = f"""p=$1 l=$2
 shift 2
 "$@"
 rc=$?
 if [ -n "$p" ]; then
   kill -TERM "$p" 2>/dev/null || :
-  flock -w 60 "$l" true || :
+  if ! flock -w {ONDEMAND_WAIT} "$l" true; then
+    echo "kiln: the tree's containerd did not stop in {ONDEMAND_WAIT} s: the stage fails" >&2
+    [ "$rc" -ne 0 ] || rc=1
+  fi
 fi
 exit $rc
 """
@@ -316,15 +326,20 @@ ln -s /proc/self/fd/1 "$t/dev/stdout"
 ln -s /proc/self/fd/2 "$t/dev/stderr"
 mkdir -p -m 0755 "$t/run"
 mount --bind "$KILN_STAGE_RUN" "$t/run"
-lock="$KILN_STAGE_WORK/ondemand.lock" pid=
-if [ -n "${KILN_ONDEMAND:-}" ]; then
-  exec 9>"$lock"
-  flock 9
-  PYTHONPATH="$KILN_ONDEMAND" "$KILN_PYTHON" -m kiln.build.ondemand \
-    "$t" "$KILN_STAGE_RUN" "$KILN_STAGE_WORK" "$KILN_STAGE_CAPS" &
-  pid=$!
-  exec 9>&-
-fi
+"""
+    + f"""w="$KILN_STAGE_WORK" lock="$KILN_STAGE_WORK/ondemand.lock"
+rm -f "$w/{ONDEMAND_READY}"
+exec 9>"$lock"
+flock -w 10 9
+PYTHONPATH="$KILN_ONDEMAND" "$KILN_PYTHON" -m kiln.build.ondemand "$t" "$KILN_STAGE_RUN" "$w" &
+pid=$!
+exec 9>&-
+i=0
+while [ ! -e "$w/{ONDEMAND_READY}" ] && [ "$i" -lt 200 ]; do
+  sleep 0.05
+  i=$((i + 1))
+done
+unset KILN_PYTHON KILN_ONDEMAND KILN_STAGE_WORK
 """
     + f"""exec {_SETPRIV} "$KILN_STAGE_CAPS" -- sh -c {shlex.quote(_END)} sh "$pid" "$lock" "$@"
 """
@@ -357,7 +372,7 @@ def walled(tree: Path, argv: Sequence[str], *, runtime: Runtime) -> list[str]:
     capabilities that rename, reconfigure or reach into the build host's kernel. Against accidents, as the
     stage's wall: /proc is not mounted in the tree, and the namespace's own view of it is the host's."""
     chroot_bin = proc.which("chroot", runtime)
-    return [*_STAGE_NAMESPACES, "sh", "-c", _WALL, "sh", _CAPS_ARG, chroot_bin, str(tree), *argv]
+    return [*_STAGE_NAMESPACES, "sh", "-c", _WALL, "sh", CAPS_ARG, chroot_bin, str(tree), *argv]
 
 
 # a build VM booted from the base disk has no swap (and the node role keeps it off): a role's `swapoff -a`
@@ -436,6 +451,12 @@ def run_playbooks(
     # ansible_kernel_version describe the kernel the image boots, not the build host's (kiln.artifacts.kernel)
     facts_in_order = {"ansible_facts_parallel": False}
     vars_file.write_text(json.dumps({**extra_vars, **facts_in_order}, indent=2, sort_keys=True) + "\n")
+    # the build's proxies, for the pulls the tree's containerd makes itself (kiln.build.ondemand): not on its
+    # command line, where a proxy's login would show
+    proxies = {k: str(extra_vars[k]) for k in ("http_proxy", "https_proxy", "no_proxy") if extra_vars.get(k)}
+    settings = work / ONDEMAND_SETTINGS
+    settings.touch(mode=0o600)
+    settings.write_text(json.dumps({"proxies": proxies}) + "\n")
     # ansible-playbook keeps the host's loader settings (it is a host program), the tree does not: the chroot
     # connection runs this in place of chroot, with the environment Ansible passes on
     chroot_exe = work / "chroot-exe"
@@ -448,7 +469,7 @@ def run_playbooks(
         "ANSIBLE_NOCOLOR": "True",
         "ANSIBLE_LOCAL_TEMP": str(work / "ansible-tmp"),
         "ANSIBLE_REMOTE_TEMP": "/tmp/.kiln-ansible",
-        "KILN_STAGE_CAPS": _CAPS_ARG,
+        "KILN_STAGE_CAPS": CAPS_ARG,
         "KILN_STAGE_WORK": str(work),
         # the tree's containerd on demand (kiln.build.ondemand), by this Python and this kiln
         "KILN_PYTHON": sys.executable,

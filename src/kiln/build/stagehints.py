@@ -17,7 +17,9 @@ _WALLED = re.compile(
     r"|mount: .*permission denied"
     r"|not found in directory /lib/modules/|'/lib/modules/|'/proc/modules'"  # modprobe, the host's kernel
     r"|System has not been booted with systemd"  # hostnamectl, timedatectl: no running systemd to ask
-    r"|containerd\.sock|docker\.sock|Cannot connect to the Docker daemon"  # no daemon (containerd on demand)
+    # no daemon runs (docker), or the tree's containerd did not start for its client (kiln.build.ondemand)
+    r"|failed to dial \S*containerd\.sock|containerd\.sock\S*: (?:connect|timeout)"
+    r"|docker\.sock|Cannot connect to the Docker daemon"
 )
 WALLED_HINT = (
     "a chroot stage is no running system, and keeps the build host out of a task's reach: there is no "

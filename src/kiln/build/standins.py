@@ -440,11 +440,11 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
-def in_tree(tree: Path, path: str) -> Path:
+def in_tree(tree: Path, path: str, *, follow: bool = False) -> Path:
     """`path` (absolute, as the tree names it) where it is on the build host: each directory's link followed
     inside the tree (an absolute link names the tree's file, not the build host's; `..` stops at the tree's
-    root), the last component not followed."""
-    *dirs, last = [part for part in path.split("/") if part] or ["."]
+    root), the last component not followed, unless `follow` (the file a program's name leads to)."""
+    *dirs, last = [part for part in path.split("/") if part] + (["."] if follow else []) or ["."]
     here: list[str] = []
     hops = 0
     while dirs:

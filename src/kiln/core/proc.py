@@ -44,6 +44,7 @@ PROVIDERS: dict[str, str] = {
     "openssl": "Debian package 'openssl'",
     "unshare": "Debian package 'util-linux'",
     "setpriv": "Debian package 'util-linux'",
+    "flock": "Debian package 'util-linux'",
     "chroot": "Debian package 'coreutils'",
     "zstd": "Debian package 'zstd' (make deps)",
     "goss": "the goss release binary (optional; kiln evaluates specs itself without it)",
