@@ -171,3 +171,52 @@ def test_a_layered_netboot_set_publishes_its_own_files_and_the_base_once() -> No
     assert ("netboot/base.squashfs", layout.SHARED_BASE) in layered  # by content, under bases/
     assert layout.object_file("N", "netboot/overlay.squashfs") == "netboot/N/overlay.squashfs"
     assert layout.object_file("N", "overlay/base.squashfs") == layout.SHARED_BASE
+
+
+def test_manifest_is_the_same_for_one_root_on_two_file_systems(tmp_path):
+    """write_manifest lists the root as its squashfs holds it: a directory's size is each file system's own
+    (a directory that once held many files stays large on ext4), so it is "-"; the root's lost+found (a
+    file system's, which mksquashfs leaves out) is not listed, while a deeper one is the root's own."""
+    roots = []
+    for n, extra in enumerate((0, 400)):
+        t = tmp_path / f"root{n}"
+        _write(t / "etc" / "hostname", "node\n")
+        (t / "lost+found").mkdir()
+        (t / "var" / "lost+found").mkdir(parents=True)
+        for i in range(extra):  # grow /etc's directory, then empty it again
+            (t / "etc" / f"gone-{i:04}-{'x' * 100}").write_text("")
+        for i in range(extra):
+            (t / "etc" / f"gone-{i:04}-{'x' * 100}").unlink()
+        roots.append(formats.write_manifest(t, tmp_path / f"root{n}.manifest").read_text())
+    assert roots[0] == roots[1]
+    lines = roots[0].splitlines()
+    assert "/etc\td\t0755\t0:0\t-\t-" in [ln.replace(f"{os.getuid()}:{os.getgid()}", "0:0") for ln in lines]
+    assert not any(ln.startswith("/lost+found") for ln in lines)
+    assert any(ln.startswith("/var/lost+found\td\t") for ln in lines)
+    assert any(ln.startswith("/etc/hostname\tf\t0644\t") and "\t5\t" in ln for ln in lines)
+
+
+def test_squashfs_is_the_same_for_a_file_with_holes_and_written_out(tmp_path):
+    """The same root makes the same squashfs whether a file's zeros are holes (a tree a stage wrote, the
+    ext4 disk) or written out (a tree unpacked from the stage cache's tar): mksquashfs 4.5 otherwise gives the
+    file with holes an extended inode, and the live formats of a cold and a cached build differed."""
+    images = []
+    for name, holes in (("holes", True), ("written", False)):
+        t = tmp_path / name
+        _write(t / "etc" / "hostname", "node\n")
+        with open(t / "var-lastlog", "wb") as f:
+            if holes:
+                f.seek(3 << 20)
+            else:
+                f.write(b"\0" * (3 << 20))
+            f.write(b"record\n")
+        for p in (t / "etc" / "hostname", t / "var-lastlog", t / "etc", t):
+            os.utime(p, (1_600_000_000, 1_600_000_000))
+        images.append(
+            formats.make_squashfs(t, tmp_path / f"{name}.squashfs", RUNTIME, None, epoch=1_700_000_000)
+        )
+    assert (
+        os.stat(tmp_path / "holes" / "var-lastlog").st_blocks
+        < os.stat(tmp_path / "written" / "var-lastlog").st_blocks
+    )
+    assert images[0].read_bytes() == images[1].read_bytes()

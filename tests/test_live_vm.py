@@ -69,6 +69,24 @@ def test_platform_tarball_layout_and_hashes(built_image, tmp_path):
     print("\nsizes (bytes): " + json.dumps(sizes))
 
 
+def test_squashfs_root_is_the_finished_disks_root(built_image, tmp_path):
+    """The chroot runner makes the live formats from the tree the disk was made from, not from the disk:
+    the squashfs's manifest must list what the finished qcow2's root holds, path by path (type, mode,
+    owner, size, sha256, link target; no directory's size, which is each file system's own), with the
+    live fstab, and neither with the file system's lost+found.
+    This reads the disk the way the VM runner's live formats do (formats.root_tree)."""
+    from kiln.artifacts import formats, layers
+    from kiln_runtime import RUNTIME
+
+    with formats.root_tree(built_image.dir.qcow2, tmp_path / "work", RUNTIME, None) as root:
+        formats.live_fstab(root)
+        layers.write_manifest(root, tmp_path / "disk.manifest")
+    disk = (tmp_path / "disk.manifest").read_text().splitlines()
+    live = (built_image.path / "squashfs" / "filesystem.manifest").read_text().splitlines()
+    assert len(disk) > 10000, len(disk)
+    assert live == disk, "\n".join(sorted(set(live).symmetric_difference(disk))[:40])
+
+
 @pytest.mark.vm_more
 @pytest.mark.parametrize("firmware", ["bios", "efi"])
 def test_iso_boots_and_passes_verify(built_image, tmp_path, firmware):

@@ -373,11 +373,14 @@ def produce(
     epoch: int = 0,
     seed: str = "",
     base: Path | None = None,
+    tree: Path | None = None,
 ) -> list[Path]:
     """Write the live formats in `formats` into build_dir from the finished disk; returns the files made.
     `epoch` is the build's source date (0: now, not reproducible), `seed` what the ISO's ESP serial comes
     from (the stage ID). With `overlay`, `base` is the base squashfs (the os stage's root, made once per os
-    stage by kiln.build.finalize): the overlay holds the rest, and the ISO and netboot set boot the stack."""
+    stage by kiln.build.finalize): the overlay holds the rest, and the ISO and netboot set boot the stack.
+    `tree` is the root the disk was made from (the chroot runner's last tree), used and changed in place
+    instead of a raw copy of the disk mounted: the same files, without decompressing the disk again."""
     if not live_wanted(formats):
         return []
     layered = "overlay" in formats
@@ -396,7 +399,10 @@ def produce(
     manifest = work / "root.manifest"
     built = epoch or time.time()
     stack: list[Path] = []
-    with root_tree(disk, work, runtime, log_file) as tree:
+    root: contextlib.AbstractContextManager[Path] = (
+        contextlib.nullcontext(tree) if tree is not None else root_tree(disk, work, runtime, log_file)
+    )
+    with root as tree:
         live_fstab(tree)
         note("manifest of every path in the root")
         write_manifest(tree, manifest)

@@ -61,7 +61,11 @@ def source_date_env(epoch: int) -> dict[str, str]:
 
 def make_squashfs(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None, epoch: int = 0) -> Path:
     """zstd squashfs of `tree`; with `epoch`, file times after it are clamped to it and it is the
-    creation time (mksquashfs's SOURCE_DATE_EPOCH rule; its output order is reproducible by default)."""
+    creation time (mksquashfs's SOURCE_DATE_EPOCH rule; its output order is reproducible by default).
+    `-no-sparse`: mksquashfs 4.5 writes a file with holes differently from the same bytes written out (an
+    extended inode), so the same root made other bytes as a tree a stage wrote (holes where a program
+    seeked), unpacked from the stage cache's tar (none), or on the ext4 disk (mkfs.ext4 -d makes holes of
+    zero blocks). Without it, zero blocks are stored compressed, a few bytes each."""
     proc.run(
         [
             "mksquashfs",
@@ -73,9 +77,10 @@ def make_squashfs(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | N
             "-Xcompression-level",
             "6",
             "-wildcards",
-            "-e",
-            "lost+found",
+            "-no-sparse",
             "-quiet",
+            "-e",  # the last option: mksquashfs takes every argument after it as a name to leave out
+            "lost+found",
         ],
         extra_env=source_date_env(epoch),
         log_file=log_file,
@@ -85,9 +90,13 @@ def make_squashfs(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | N
 
 
 def write_manifest(tree: Path, out: Path) -> Path:
-    """Every path: type, mode (octal), uid:gid, size, sha256 (files) and link target (symlinks)."""
+    """Every path of the root as its squashfs holds it (no file system's lost+found): type, mode (octal),
+    uid:gid, size ("-" for a directory, whose size is each file system's own: the same root in a directory
+    of the build host and on the image's ext4 lists the same), sha256 (files) and link target (symlinks)."""
     lines = []
     for dirpath, dirnames, filenames in os.walk(tree):
+        if dirpath == str(tree):
+            dirnames[:] = [d for d in dirnames if d not in SKIP]
         dirnames.sort()
         for name in sorted(dirnames + filenames):
             path = Path(dirpath) / name
@@ -96,8 +105,9 @@ def write_manifest(tree: Path, out: Path) -> Path:
             rel = "/" + str(path.relative_to(tree))
             digest = sha256_file(path) if kind == "f" else "-"
             extra = f"\t-> {os.readlink(path)}" if kind == "l" else ""
+            size = "-" if kind == "d" else str(st.st_size)
             lines.append(
-                f"{rel}\t{kind}\t{stat.S_IMODE(st.st_mode):04o}\t{st.st_uid}:{st.st_gid}\t{st.st_size}\t{digest}{extra}"
+                f"{rel}\t{kind}\t{stat.S_IMODE(st.st_mode):04o}\t{st.st_uid}:{st.st_gid}\t{size}\t{digest}{extra}"
             )
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -10,12 +10,13 @@ The descriptor's hardware comes from the config: `cpus`, `memory` (MiB), the dis
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 from xml.sax.saxutils import escape, quoteattr
@@ -234,44 +235,66 @@ def build_ova(
     """Write `out` (NAME.ova) from `disk` (any format qemu-img reads). Atomic: temp file, then rename.
     Reproducible: the members' times are `epoch` and the VMDK's content ID, which qemu-img draws at random,
     comes from `input_hash`, so the same disk makes the same bytes."""
+    with started(disk, out, name, settings, input_hash=input_hash, epoch=epoch, log_file=log_file,
+                 runtime=runtime) as finish:  # fmt: skip
+        return finish()
+
+
+@contextlib.contextmanager
+def started(
+    disk: Path,
+    out: Path,
+    name: str,
+    settings: Settings,
+    *,
+    input_hash: str = "",
+    epoch: int = 0,
+    log_file: IO[str] | None = None,
+    runtime: Runtime,
+) -> Iterator[Callable[[], Path]]:
+    """build_ova in two steps, so that kiln can do other work while the VMDK is compressed: the VMDK is
+    converted in the background from here on, and the function this yields waits for it and writes `out`.
+    Leaving by an exception stops the conversion and leaves no OVA."""
     if not disk.is_file():
         raise BuildError(f"{disk}: no disk to package into an OVA")
     with tempfile.TemporaryDirectory(prefix=".ova-", dir=out.parent) as tmp:
         work = Path(tmp)
         vmdk = work / f"{name}-disk1.vmdk"
-        proc.run(
-            ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(disk), str(vmdk)],
-            log_file=log_file,
-            runtime=runtime,
-        )
-        if not runtime.dry_run:
-            fix_content_id(vmdk, input_hash or name)
-        ovf = work / f"{name}.ovf"
-        ovf.write_text(
-            ovf_descriptor(
-                name,
-                settings,
-                vmdk_name=vmdk.name,
-                vmdk_size=vmdk.stat().st_size,
-                capacity_bytes=disk_virtual_size(disk, runtime),
-                input_hash=input_hash,
-                built=epoch or None,
-            )
-        )
-        mf = work / f"{name}.mf"
-        mf.write_text(manifest_text({ovf.name: sha256_file(ovf), vmdk.name: sha256_file(vmdk)}))
-        partial = work / out.name
-        with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for member in (ovf, mf, vmdk):  # OVF order: descriptor, manifest, then disks
-                info = tar.gettarinfo(str(member), arcname=member.name)
-                info.uid = info.gid = 0
-                info.uname = info.gname = "root"
-                info.mode = 0o644
-                info.mtime = epoch
-                with open(member, "rb") as f:
-                    tar.addfile(info, f)
-        os.replace(partial, out)
-    return out
+        argv = ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(disk), str(vmdk)]
+        with proc.Background(argv, log_file=log_file, runtime=runtime) as converting:
+
+            def finish() -> Path:
+                converting.wait()
+                if not runtime.dry_run:
+                    fix_content_id(vmdk, input_hash or name)
+                ovf = work / f"{name}.ovf"
+                ovf.write_text(
+                    ovf_descriptor(
+                        name,
+                        settings,
+                        vmdk_name=vmdk.name,
+                        vmdk_size=vmdk.stat().st_size,
+                        capacity_bytes=disk_virtual_size(disk, runtime),
+                        input_hash=input_hash,
+                        built=epoch or None,
+                    )
+                )
+                mf = work / f"{name}.mf"
+                mf.write_text(manifest_text({ovf.name: sha256_file(ovf), vmdk.name: sha256_file(vmdk)}))
+                partial = work / out.name
+                with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
+                    for member in (ovf, mf, vmdk):  # OVF order: descriptor, manifest, then disks
+                        info = tar.gettarinfo(str(member), arcname=member.name)
+                        info.uid = info.gid = 0
+                        info.uname = info.gname = "root"
+                        info.mode = 0o644
+                        info.mtime = epoch
+                        with open(member, "rb") as f:
+                            tar.addfile(info, f)
+                os.replace(partial, out)
+                return out
+
+            yield finish
 
 
 def read_ova(path: Path) -> tuple[list[str], dict[str, bytes]]:

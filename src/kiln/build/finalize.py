@@ -5,6 +5,7 @@ anything is written (kiln.core.space)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -33,9 +34,14 @@ def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | No
         raise BuildError(f"{ws.temp}: no disk to finalize")
     ws.needs["finalize"] = finalize_needs(ws, ws.disk)
     chroot.check_space(ws.temp, ws.needs["finalize"], ws.handoff, "finalize")  # no hand-off: space.check
-    if ws.disk.format == "tree":
-        ws.disk = disk_from_tree(ws, ws.disk.disk)
-    finalize_disk(ws, ws.disk)
+    tree = None  # the chroot runner's tree, kept after the disk is made when live formats are made from it
+    try:
+        if ws.disk.format == "tree":
+            ws.disk, tree = disk_from_tree(ws, ws.disk.disk)
+        finalize_disk(ws, ws.disk, tree)
+    finally:
+        if tree is not None:
+            shutil.rmtree(tree, ignore_errors=True)
     if verify:
         from kiln.goss.verify import verify_build
 
@@ -66,8 +72,12 @@ def finalize_needs(ws: Workspace, disk: Output) -> int:
     return max(making, root) + int(root * OUTPUT_RATIO * (2 + live))
 
 
-def disk_from_tree(ws: Workspace, tar: Path) -> Output:
-    """The chroot runner's last tree made into the finished disk, offline (kiln.build.chroot)."""
+def disk_from_tree(ws: Workspace, tar: Path) -> tuple[Output, Path | None]:
+    """The chroot runner's last tree made into the finished disk, offline (kiln.build.chroot). The tree
+    itself is returned too when live formats are wanted, which are made from it (kiln.artifacts.formats),
+    else None: it is removed at once."""
+    from kiln.artifacts import formats
+
     if ws.base is None:
         raise BuildError(f"{tar}: a tree needs the base disk to become a disk")
     work = ws.work / "finalize"
@@ -75,6 +85,7 @@ def disk_from_tree(ws: Workspace, tar: Path) -> Output:
     tree, raw = work / "tree", work / f"{ws.name}.raw"
     marks = [time.monotonic()]  # where the time goes: unpacking, the file list, the file system
     handoff, ws.handoff = ws.handoff, None
+    keep = False
     try:
         taken = chroot.take_or_unpack(handoff, tar, tree, log_file=ws.log_file, runtime=ws.runtime)
         if ws.base.root_uuid:  # (none: chroot.disk_from_tree says so) the stages left update-grub to here
@@ -86,8 +97,10 @@ def disk_from_tree(ws: Workspace, tar: Path) -> Output:
         chroot.disk_from_tree(ws.base, tree, raw, epoch=ws.epoch, seed=ws.ids["kubernetes"].id,
                               log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
         marks.append(time.monotonic())
+        keep = formats.live_wanted(list(ws.settings.formats))
     finally:
-        shutil.rmtree(tree, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(tree, ignore_errors=True)
     unpack, listing, filesystem = (b - a for a, b in itertools.pairwise(marks))
     ws.monitor.log(
         "finalize",
@@ -95,50 +108,52 @@ def disk_from_tree(ws: Workspace, tar: Path) -> Output:
         f"{'taken from the kubernetes stage' if taken else 'unpacked'} {unpack:.0f}s, "
         f"file list {listing:.0f}s, file system {filesystem:.0f}s)",
     )
-    return Output(raw, "raw", False)
+    return Output(raw, "raw", False), tree if keep else None
 
 
-def finalize_disk(ws: Workspace, disk: Output) -> None:
-    """NAME.qcow2 (compressed, standalone), NAME.ova, their .sha256, packer-manifest.json, config.json."""
+def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None) -> None:
+    """NAME.qcow2 (compressed, standalone), NAME.ova, their .sha256, the live formats, the SBOM, the
+    provenance, packer-manifest.json, config.json. The live formats are made from `tree` (the root the disk
+    was made from, which they change) or from the disk, while the qcow2 and the OVA are compressed."""
+    from kiln.artifacts import sbom
+
     qcow2 = ws.temp / f"{ws.name}.qcow2"
     ova_path = ws.temp / f"{ws.name}.ova"
+
+    def ova_from(source: Path) -> contextlib.AbstractContextManager[Callable[[], Path]]:
+        return ova.started(source, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
+                           epoch=ws.epoch, log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
+
     if (
         disk.format == "qcow2"
         and disk.compressed
         and disk.disk.parent != stages.root(ws.cfg.path("cache_dir"))
     ):
         os.rename(disk.disk, qcow2)  # Packer's disk_compression already did it
-        ova.build_ova(qcow2, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
-                      epoch=ws.epoch, log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
+        with ova_from(qcow2) as finish_ova:
+            live = live_formats(ws, qcow2, tree)
+            finish_ova()
     else:  # a stage overlay (flattened through its backing chain), a disk made from a tree, a VMware VMDK
         # the compressed qcow2 on one core while the OVA's streamOptimized VMDK is written from the same
         # disk on the other: both compress in order, at about the same speed (`-W`, out-of-order writes,
-        # would spread the qcow2 over both cores but place its clusters differently on every run)
+        # would spread the qcow2 over both cores but place its clusters differently on every run); the live
+        # formats meanwhile, which read the tree or the same disk
         argv = ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk.disk), str(qcow2)]
-        with proc.Background(argv, log_file=ws.log_file, runtime=ws.runtime) as converting:
-            ova.build_ova(disk.disk, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
-                          epoch=ws.epoch, log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
+        with (
+            proc.Background(argv, log_file=ws.log_file, runtime=ws.runtime) as converting,
+            ova_from(disk.disk) as finish_ova,
+        ):
+            live = live_formats(ws, disk.disk, tree)
+            finish_ova()
             converting.wait()
     builddir.write_sha256(qcow2)
     builddir.write_sha256(ova_path)
-    from kiln.artifacts import formats, sbom
-
     spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.settings, ws.packages_file,
                       created=ws.epoch or None, seed=ws.ids["kubernetes"].id)  # fmt: skip
     files = [qcow2, ova_path, spdx] + ([ws.packages_file] if ws.packages_file.is_file() else [])
     listing = ws.temp / f"{ws.name}{filelist.SUFFIX}"
     files += [listing] if listing.is_file() else []
-    wanted = list(ws.settings.formats)
-    if formats.live_wanted(wanted):
-        started = time.monotonic()
-        base = live_base(ws) if "overlay" in wanted else None
-        files += formats.produce(
-            qcow2, ws.temp, ws.name, wanted, ws.packages_file, ws.cfg.repo_root, ws.work / "formats",
-            kernel_params=ws.settings.extra_kernel_boot_params, epoch=ws.epoch, seed=ws.ids["kubernetes"].id,
-            runtime=ws.runtime, log_file=ws.log_file, say=lambda t: ws.monitor.log("finalize", t), base=base,
-        )  # fmt: skip
-        ws.timings["formats"] = round(time.monotonic() - started, 1)
-        ws.monitor.log("finalize", f"live formats {', '.join(wanted)} made in {ws.timings['formats']:.0f}s")
+    files += live
     files.append(write_provenance(ws, files))
     data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
     builddir.write_manifest(ws.temp / builddir.MANIFEST, ws.name, files, data, ws.builder)
@@ -148,7 +163,32 @@ def finalize_disk(ws: Workspace, disk: Output) -> None:
     builddir.BuildDir.open(ws.temp)  # the contract other commands read
 
 
-LIVE_BASE_VERSION = "1"  # how a base squashfs is made: a change here makes new bases
+def live_formats(ws: Workspace, disk: Path, tree: Path | None) -> list[Path]:
+    """The live formats the build asks for (none: []), from `tree` when there is one, else from `disk`."""
+    from kiln.artifacts import formats
+
+    wanted = list(ws.settings.formats)
+    if not formats.live_wanted(wanted):
+        return []
+    started = time.monotonic()
+    base = live_base(ws) if "overlay" in wanted else None
+    made = formats.produce(
+        disk, ws.temp, ws.name, wanted, ws.packages_file, ws.cfg.repo_root, ws.work / "formats",
+        kernel_params=ws.settings.extra_kernel_boot_params, epoch=ws.epoch, seed=ws.ids["kubernetes"].id,
+        runtime=ws.runtime, log_file=ws.log_file, say=lambda t: ws.monitor.log("finalize", t), base=base,
+        tree=tree,
+    )  # fmt: skip
+    ws.timings["formats"] = round(time.monotonic() - started, 1)
+    source = "the tree" if tree is not None else "the disk"
+    ws.monitor.log(
+        "finalize",
+        f"live formats {', '.join(wanted)} made from {source} in {ws.timings['formats']:.0f}s "
+        "(the qcow2 and the OVA compressed meanwhile)",
+    )
+    return made
+
+
+LIVE_BASE_VERSION = "2"  # how a base squashfs is made: a change here makes new bases (2: -no-sparse)
 
 
 def live_base(ws: Workspace) -> Path:
