@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kiln import config
-from kiln.build import bootloader, chroot, stagehints, standins
+from kiln.build import bootloader, chroot, stagehints, standin_programs, standins
 from kiln.core.errors import BuildError, CommandError, ConfigError
 from kiln_runtime import RUNTIME
 
@@ -276,7 +276,7 @@ def _ran(script: Path, *args: str) -> tuple[int, str, str]:
      ("-f", "/etc/hostname"), ("--write", "kernel.panic=10")],
 )  # fmt: skip
 def test_sysctl_applies_nothing_in_a_stage_and_says_so(tmp_path: Path, args: tuple[str, ...]) -> None:
-    rc, out, err = _ran(_stand_in(tmp_path, standins._SYSCTL_NOTE), *args)
+    rc, out, err = _ran(_stand_in(tmp_path, standin_programs.SYSCTL_NOTE), *args)
     assert (rc, out) == (0, "") and err.startswith("kiln: sysctl ") and "not applied in a chroot stage" in err
 
 
@@ -286,7 +286,7 @@ def test_sysctl_applies_nothing_in_a_stage_and_says_so(tmp_path: Path, args: tup
      ("--pattern", "w=p", "-a")],
 )  # fmt: skip
 def test_sysctl_reads_with_the_real_one(tmp_path: Path, args: tuple[str, ...]) -> None:
-    assert _ran(_stand_in(tmp_path, standins._SYSCTL_NOTE), *args) == (0, f"real {' '.join(args)}", "")
+    assert _ran(_stand_in(tmp_path, standin_programs.SYSCTL_NOTE), *args) == (0, f"real {' '.join(args)}", "")
 
 
 @pytest.mark.parametrize(
@@ -295,14 +295,14 @@ def test_sysctl_reads_with_the_real_one(tmp_path: Path, args: tuple[str, ...]) -
      ("-p", "/etc/hostname", "/no/such.conf"), ("-p", "/no/such*.conf")],
 )  # fmt: skip
 def test_sysctl_names_a_missing_file_as_sysctl_does(tmp_path: Path, args: tuple[str, ...]) -> None:
-    rc, out, err = _ran(_stand_in(tmp_path, standins._SYSCTL_NOTE), *args)
+    rc, out, err = _ran(_stand_in(tmp_path, standin_programs.SYSCTL_NOTE), *args)
     assert rc == 255 and err.startswith('sysctl: cannot open "/no/such')
 
 
 @pytest.mark.skipif(not shutil.which("perl"), reason="perl runs the real modprobe by its name")
 def test_modprobe_loads_nothing_and_queries_with_the_real_one(tmp_path: Path) -> None:
     """Here /lib/modules of the tree is the host's: the lookup in the image's kernel is test_chroot_vm's."""
-    script = _stand_in(tmp_path, standins._MODPROBE_NOTE)
+    script = _stand_in(tmp_path, standin_programs.MODPROBE_NOTE)
     for args in (("overlay",), ("-a", "overlay", "br_netfilter"), ("-r", "overlay"), ("-rv", "overlay"),
                  ("nf_conntrack", "hashsize=1024"), ("--remove", "overlay"), ("-C/etc/x.conf", "overlay"),
                  ("-d", "/srv/cdrom", "overlay"), ("-C", "/etc/x.conf", "overlay")):  # fmt: skip
@@ -317,12 +317,12 @@ def test_modprobe_loads_nothing_and_queries_with_the_real_one(tmp_path: Path) ->
     "args", [("if=/dev/zero", "of=/EMPTY", "bs=1M"), ("of=/var/zero.fill", "if=/dev/zero", "status=none")]
 )
 def test_free_space_zeroing_writes_nothing_in_a_stage(tmp_path: Path, args: tuple[str, ...]) -> None:
-    rc, out, err = _ran(_stand_in(tmp_path, standins._DD_NOTE), *args)
+    rc, out, err = _ran(_stand_in(tmp_path, standin_programs.DD_NOTE), *args)
     assert (rc, out) == (0, "") and "skipped in a chroot stage" in err
 
 
 def test_zeroing_leaves_its_file_for_the_rm_after_it(tmp_path: Path) -> None:
-    script = _stand_in(tmp_path, standins._DD_NOTE)
+    script = _stand_in(tmp_path, standin_programs.DD_NOTE)
     assert _ran(script, "if=/dev/zero", f"of={tmp_path}/EMPTY", "bs=1M")[0] == 0
     assert (tmp_path / "EMPTY").stat().st_size == 0  # made, empty, as a `rm /EMPTY` after it expects
     (tmp_path / "kept").write_text("data")
@@ -336,7 +336,7 @@ def test_zeroing_leaves_its_file_for_the_rm_after_it(tmp_path: Path) -> None:
      ("if=/boot/x", "of=/tmp/y"), ("if=/dev/zero",), ("--version",)],
 )  # fmt: skip
 def test_any_other_dd_runs_the_real_one(tmp_path: Path, args: tuple[str, ...]) -> None:
-    assert _ran(_stand_in(tmp_path, standins._DD_NOTE), *args) == (0, f"real {' '.join(args)}", "")
+    assert _ran(_stand_in(tmp_path, standin_programs.DD_NOTE), *args) == (0, f"real {' '.join(args)}", "")
 
 
 @root_only
@@ -370,11 +370,59 @@ def test_a_run_that_writes_more_than_the_disk_holds_is_stopped(tmp_path: Path) -
 
 
 def test_swapoff_turns_off_nothing_in_a_stage(tmp_path: Path) -> None:
-    script = _stand_in(tmp_path, standins._SWAPOFF_NOTE)
+    script = _stand_in(tmp_path, standin_programs.SWAPOFF_NOTE)
     for args in (("-a",), ("/swapfile",), ("-av",)):
         rc, out, err = _ran(script, *args)
         assert (rc, out) == (0, "") and f"kiln: swapoff {' '.join(args)} skipped in a chroot stage" in err
     assert _ran(script, "--version") == (0, "real --version", "")
+
+
+def test_mount_skips_the_images_own_mounts_in_a_stage(tmp_path: Path) -> None:
+    """What a build VM's role mounts is the image's fstab (dev-sec's os_hardening: `ansible.posix.mount` of
+    /proc with hidepid, `state: mounted`, which remounts, and falls back to umount when that fails): a
+    remount, `mount -a` and a mount point or source the fstab lists are skipped with a note; the image mounts
+    them at boot. Any other mount, a query, or none, runs the real one (which the stage's wall refuses)."""
+    script = _stand_in(tmp_path, standin_programs.MOUNT_NOTE)
+    fstab = tmp_path / "fstab"
+    fstab.write_text(
+        "# /data on a disk\nUUID=1 / ext4 defaults 0 1\nproc /proc proc rw,hidepid=2 0 0\n"
+        "tmpfs /dev/shm tmpfs rw,nosuid,nodev,noexec 0 0\n#tmpfs /old tmpfs defaults 0 0\n"
+    )
+    skipped = [
+        ("-o", "remount", "/proc"),  # the module's remount of a changed entry
+        ("-o", "remount,rw,hidepid=2", "/proc"),
+        ("-oremount,ro", "/"),
+        ("--options=nosuid,remount", "/dev/shm"),
+        ("-vo", "remount", "/dev/shm"),
+        ("-o", "remount", "-T", str(fstab), "/proc"),
+        ("-a",),
+        ("-av",),
+        ("--all", "-t", "tmpfs"),
+        ("-T", str(fstab), "/proc"),  # the module's `state: mounted` of an entry not mounted yet
+        (f"--fstab={fstab}", "/dev/shm"),
+        ("-T", str(fstab), "tmpfs"),  # by its source
+        ("--fstab", str(fstab), "--target", "/proc"),
+    ]
+    for args in skipped:
+        rc, out, err = _ran(script, *args)
+        assert (rc, out) == (0, ""), args
+        assert err == (f"kiln: mount {' '.join(args)} skipped in a chroot stage: the image mounts its file "
+                       "systems from /etc/fstab at boot, with their options"), args  # fmt: skip
+    passed = [
+        (),  # lists what is mounted
+        ("-t", "tmpfs", "tmpfs", "/mnt"),
+        ("--bind", "/a", "/b"),
+        ("-T", str(fstab), "/old"),  # commented out
+        ("-T", str(fstab), "/data"),  # not listed
+        ("-T", str(tmp_path / "none"), "/proc"),
+        ("-o", "ro", "-T", str(fstab), "/dev/sdb1", "/proc"),
+        ("-t", "remount", "/x", "/y"),  # a type, not the option
+        ("-l",),
+        ("--version",),
+        ("-h",),
+    ]
+    for args in passed:
+        assert _ran(script, *args) == (0, f"real {' '.join(args)}".strip(), ""), args
 
 
 def test_a_stage_keeps_the_users_action_plugins_after_kilns() -> None:
@@ -409,7 +457,7 @@ def test_the_roots_uuid_is_read_off_fstab_as_mount_reads_it(tmp_path: Path) -> N
 def test_journalctl_asks_no_journald_in_a_stage(tmp_path: Path) -> None:
     """journald's requests are dropped with a note; vacuuming and queries run the real journalctl, with the
     arguments as they were (one with a space stays one)."""
-    script = _stand_in(tmp_path, standins._JOURNALCTL_NOTE)
+    script = _stand_in(tmp_path, standin_programs.JOURNALCTL_NOTE)
     for args in (("--rotate",), ("--flush",), ("--sync", "--rotate"), ("--rotate", "-m")):
         rc, out, err = _ran(script, *args)
         asked = " ".join(a for a in args if a != "-m")
@@ -722,6 +770,7 @@ def test_the_wall_names_its_host_where_proc_sys_is_read_only() -> None:
         "[Errno 2] No such file or directory: '/proc/modules'",  # this machine's kernel has no modules
         "[Errno 2] No such file or directory: '/lib/modules/6.1.0-28-amd64/modules.builtin'",
         "mount: /mnt: permission denied.",
+        "Error mounting /mnt: umount: /mnt: must be superuser to unmount.",  # ansible.posix.mount, remount
         "System has not been booted with systemd as init system (PID 1). Can't operate.",
         "hostname: you must be root to change the host name",
         "date: cannot set date: Operation not permitted",

@@ -162,3 +162,43 @@ def test_broken_image_fails_in_build_check_and_verify(
         for case in junit.iter("testcase")
         if case.find("failure") is not None
     )
+
+
+def test_a_boot_that_stops_in_emergency_mode_fails_at_once_naming_why(
+    built_image: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hardening role that blacklists vfat (`install vfat /bin/false` in modprobe.d, as dev-sec's
+    os_hardening does unless told otherwise) leaves an image whose ESP does not mount: its boot stops in
+    emergency mode, where no SSH login ever comes. kiln verify must say so from the console as soon as it
+    happens, naming the unit that failed, and not wait out its 900 s for SSH (exit 1)."""
+    import subprocess
+    import time
+
+    src = _build_dir(built_image)
+    build = builddir.BuildDir.open(src)
+    raw, disk = tmp_path / "disk.raw", tmp_path / "emergency.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(build.qcow2), str(raw)], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]  # fmt: skip
+    root = table["partitions"][-1]
+    at, size = root["start"] * 512, root["size"] * 512
+    mnt = tmp_path / "root"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", f"loop,offset={at},sizelimit={size}", str(raw), str(mnt)], check=True)
+    try:
+        (mnt / "etc/modprobe.d/kiln-test-hardening.conf").write_text("install vfat /bin/false\n")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(disk)], check=True)
+    raw.unlink()
+    shadow = _shadow_build_dir(src, tmp_path / "emergency", qcow2=disk)
+
+    started = time.monotonic()
+    rc = cli.main(["verify", str(shadow)])
+    seconds = time.monotonic() - started
+    out, err = capsys.readouterr()
+    assert rc == 1, out + err
+    assert "the guest will not come up" in err and "emergency mode" in err, err
+    assert "Failed to mount boot-efi.mount" in err, err
+    assert seconds < 400, f"{seconds:.0f}s: it waited for SSH instead"
+    print(f"\nemergency mode reported after {seconds:.0f}s")

@@ -331,3 +331,45 @@ def test_no_qemu_left_after_ctrl_c_or_parent_killed(tmp_path: Path, probe_disk: 
     finally:
         if child.poll() is None:
             child.kill()
+
+
+_E = "\x1b[0;1;31m"
+_BOOTS = {  # consoles as a Debian guest prints them (systemd's colours kept), and what kiln makes of each
+    "emergency": (
+        f"[    8.4] Run /init as init process\r\n[{_E}FAILED\x1b[0m] Failed to mount "
+        "\x1b[0;1;39mboot-efi.mount\x1b[0m - /boot/efi.\r\n"
+        "[\x1b[0;1;38;5;185mDEPEND\x1b[0m] Dependency failed for local-fs.target - Local File Systems.\r\n"
+        "[  OK  ] Started emergency.service - Emergency Shell.\r\n"
+        'You are in emergency mode. After logging in, type "journalctl -xb" to view\r\n',
+        "its boot stopped in emergency mode; from its console:\n"
+        "  [FAILED] Failed to mount boot-efi.mount - /boot/efi.\n"
+        "  [DEPEND] Dependency failed for local-fs.target - Local File Systems.",
+    ),
+    "panic": (
+        "[    2.1] VFS: Cannot open root device\n[    2.2] Kernel panic - not syncing: VFS: Unable to mount "
+        "root fs on unknown-block(0,0)\n",
+        "its kernel panicked; from its console:\n"
+        "  [    2.2] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+    ),
+    "initramfs": (
+        "Gave up waiting for root file system device.\n"
+        "ALERT!  UUID=0b5e does not exist.  Dropping to a shell!\n",
+        "its initramfs could not find the root file system; from its console:\n"
+        "  Gave up waiting for root file system device.\n"
+        "  ALERT!  UUID=0b5e does not exist.  Dropping to a shell!",
+    ),
+    "up": (  # a unit failing is not a stopped boot: sshd may still come
+        f"[{_E}FAILED\x1b[0m] Failed to start foo.service.\r\n[  OK  ] Reached target multi-user.target.\r\n"
+        "debian login: ",
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("boot", sorted(_BOOTS))
+def test_a_boot_that_stopped_for_good_is_told_from_its_console(tmp_path: Path, boot: str) -> None:
+    console, why = _BOOTS[boot]
+    log = tmp_path / "serial.log"
+    log.write_bytes(console.encode())
+    assert vm.stuck_boot(log) == why
+    assert vm.stuck_boot(tmp_path / "none.log") is None

@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.artifacts import kernel
-from kiln.build import bootloader, bootstrap, standins
+from kiln.build import bootloader, bootstrap, standins, treefacts
 from kiln.build.stagehints import failure_hint
 from kiln.core import proc, space
 from kiln.core.errors import BuildError, CommandError, DiskFullError, InputError
@@ -375,13 +374,6 @@ def walled(tree: Path, argv: Sequence[str], *, runtime: Runtime) -> list[str]:
     return [*_STAGE_NAMESPACES, "sh", "-c", _WALL, "sh", CAPS_ARG, chroot_bin, str(tree), *argv]
 
 
-# a build VM booted from the base disk has no swap (and the node role keeps it off): a role's `swapoff -a`
-# when ansible_swaptotal_mb > 0 (image-builder's node role) is skipped here as there, instead of failing on
-# the build host's swap
-_SWAP = {"total": 0, "free": 0, "used": 0, "cached": 0}
-NO_SWAP = {"swaptotal_mb": 0, "swapfree_mb": 0, "memory_mb": {"swap": _SWAP}}
-
-
 FLOOR = 1 << 30  # what a stage leaves free on the build host's filesystem, at least (or half of what was)
 DISK_HINT = (
     "a task wrote that much into the tree (free-space zeroing such as `dd if=/dev/zero of=/EMPTY` has no "
@@ -447,8 +439,8 @@ def run_playbooks(
     stage's /proc/cmdline is the image's (bootloader.image_cmdline, with the base disk's `root_uuid`)."""
     vars_file = work / "ansible-vars.json"
     cmdline = work / "cmdline"  # the stage's /proc/cmdline (bootloader.image_cmdline)
-    # the facts gathered run setup, then kiln_tree_facts (ansible/library), in that order: ansible_kernel and
-    # ansible_kernel_version describe the kernel the image boots, not the build host's (kiln.artifacts.kernel)
+    # the facts gathered run setup, then kiln_tree_facts (ansible/library), in that order: the kernel, swap
+    # and mounts facts describe the image, not the build host (kiln.build.treefacts)
     facts_in_order = {"ansible_facts_parallel": False}
     vars_file.write_text(json.dumps({**extra_vars, **facts_in_order}, indent=2, sort_keys=True) + "\n")
     # the build's proxies, for the pulls the tree's containerd makes itself (kiln.build.ondemand): not on its
@@ -483,10 +475,10 @@ def run_playbooks(
         for playbook in playbooks:
             argv = playbook_argv(tree, vars_file, playbook, user_vars)
             # read before each playbook: a kernel the os stage installed is the kubernetes stage's
-            image_kernel = kernel.facts(tree)
-            facts = json.dumps({**image_kernel, **NO_SWAP}, sort_keys=True)
+            image_facts = treefacts.facts(tree, room)
+            facts = json.dumps(image_facts, sort_keys=True)
             line = bootloader.image_cmdline(
-                tree, image_kernel.get("kernel"), root_uuid, log_file=log_file, runtime=runtime
+                tree, image_facts.get("kernel"), root_uuid, log_file=log_file, runtime=runtime
             )
             cmdline.write_text(f"{line}\n" if line else "")
             guard = DiskGuard(tree, room)

@@ -13,7 +13,7 @@ from kiln.artifacts import kernel
 
 # how a task fails when it reaches for the build host from a stage (module doc), and what to do about it
 _WALLED = re.compile(
-    r"Read-only file system|Operation not permitted|must be root|permission denied on key"
+    r"Read-only file system|Operation not permitted|must be root|must be superuser|permission denied on key"
     r"|mount: .*permission denied"
     r"|not found in directory /lib/modules/|'/lib/modules/|'/proc/modules'"  # modprobe, the host's kernel
     r"|System has not been booted with systemd"  # hostnamectl, timedatectl: no running systemd to ask

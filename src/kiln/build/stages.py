@@ -53,7 +53,9 @@ class Stage:
 
     name: str
     layout: int  # bump when kiln's code changes what this stage puts on the disk
-    # (os and kubernetes 2: a chroot stage is walled off from the host, so a tree no longer takes its name)
+    # (os and kubernetes 2: a chroot stage is walled off from the host, so a tree no longer takes its name;
+    # 3: a stage's ansible_mounts lists the image's file systems, and `mount -o remount` is skipped, so a
+    # role that reads them, such as dev-sec's os_hardening, writes other files)
     runner: str  # how it runs: "bootstrap" (mmdebstrap, no VM), "packer" (a Packer VM), "local" (host tools)
     cached: bool  # kept in cache_dir (the base under bootstrap/, the others under stages/)
     makes: str  # what it makes, as the progress line says
@@ -64,13 +66,13 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("base", 1, "bootstrap", True, "the OS on a disk (GPT, ESP, ext4 root) from distro packages",
           ("bootstrap/*", "packer/http/**/*")),
-    Stage("os", 2, "packer", True, "extra_roles_before, node, containerd, cni, providers",
+    Stage("os", 3, "packer", True, "extra_roles_before, node, containerd, cni, providers",
           ("ansible/playbook.yml", "ansible/ansible.cfg", "ansible/library/*", "ansible/stage_plugins/**/*",
            "ansible/roles/node/**/*",
            "ansible/roles/containerd/**/*", "ansible/roles/cni/**/*", "ansible/roles/providers/**/*",
            "ansible/roles/extra_roles/**/*", "packer/templates/*", "packer/shims/*"),
           ("extra_roles_before",)),
-    Stage("kubernetes", 2, "packer", True, "kubernetes, extra_roles_after, goss check, sysprep",
+    Stage("kubernetes", 3, "packer", True, "kubernetes, extra_roles_after, goss check, sysprep",
           ("ansible/playbook.yml", "ansible/sysprep.yml", "ansible/ansible.cfg", "ansible/library/*",
            "ansible/stage_plugins/**/*", "ansible/roles/kubernetes/**/*", "ansible/roles/extra_roles/**/*",
            "ansible/roles/sysprep/**/*", "goss/**/*", "packer/templates/*", "packer/shims/*"),

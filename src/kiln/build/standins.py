@@ -47,6 +47,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from kiln.build.standin_programs import DIVERSIONS, DIVERTED, EVEN_IF_MISSING, HOOK, INITRAMFS_HOOK
 from kiln.core import proc
 from kiln.core.errors import BuildError, CommandError
 from kiln.core.runtime import Runtime
@@ -61,208 +62,6 @@ STAGE_RUN = "run"  # in the stage's work dir: the tree's /run while the stage ru
 STAGE_ACTIONS = "ansible/stage_plugins/action"  # in the repo: chroot stages' Ansible actions (module doc)
 IMAGE_KERNEL = "ansible/stage_plugins/image_kernel.py"  # in the repo; in the stage: /run/kiln-stage/
 RESOLVED = ("systemd/resolve/stub-resolv.conf", "systemd/resolve/resolv.conf")  # under /run
-DIVERTED = ".kiln-stage"
-_GRUB_NOTE = """#!/bin/sh
-# kiln: in place of the real program while a chroot stage runs (kiln.build.standins)
-echo "kiln: ${0##*/} skipped in a chroot stage: kiln writes /boot/grub/grub.cfg at finalize from \\
-/etc/default/grub and grub.d/*.cfg, for the newest kernel" >&2
-exit 0
-"""
-_SERVICE_NOTE = """#!/bin/sh
-# kiln: in place of service(8) while a chroot stage runs (kiln.build.standins): no daemon starts in the tree
-[ "${1-}" != --full-restart ] || set -- "${2-}" restart
-case "${2-}" in
-  start|stop|restart|reload|force-reload|try-restart|condrestart|force-stop)
-    echo "kiln: service $1 $2 skipped in a chroot stage: no service runs before the image boots" >&2
-    exit 0 ;;
-esac
-exec @REAL@ "$@"
-"""
-# sysctl(8): a setting (-w, KEY=VALUE) or a file of them (-p, --load, -f, --system) is not applied: the kernel
-# a stage runs on is the build host's, whose /proc/sys is read-only to it, and what a build VM applies live
-# never reaches its image either. The image's systemd-sysctl applies /etc/sysctl.d at boot, where the boot
-# check sees it. The files -p names (or /etc/sysctl.conf) must exist, as sysctl asks; reads run the real one.
-_SYSCTL_NOTE = r"""#!/bin/sh
-# kiln: in place of sysctl(8) while a chroot stage runs (kiln.build.standins)
-missing() {
-  for f in $1; do
-    [ -r "$f" ] || { echo "sysctl: cannot open \"$f\": No such file or directory" >&2; exit 255; }
-  done
-}
-apply= files= named= skip=
-for a in "$@"; do
-  if [ -n "$skip" ]; then skip=; continue; fi
-  if [ -n "$files" ]; then
-    case "$a" in -*) ;; *=*) apply=1; continue ;; *) missing "$a"; named=1; continue ;; esac
-  fi
-  case "$a" in
-    -r|--pattern) skip=1 ;;
-    -r*|--pattern=*) ;;
-    --system|--write|-w) apply=1 ;;
-    --load|-p|-f) apply=1 files=1 ;;
-    --load=*) apply=1 files=1 named=1; missing "${a#--load=}" ;;
-    -p*|-f*) apply=1 files=1 named=1; missing "${a#-?}" ;;
-    --*) ;;
-    -*[pf]) apply=1 files=1 ;;
-    -*w*) apply=1 ;;
-    -*) ;;
-    *=*) apply=1 ;;
-  esac
-done
-[ -z "$files" ] || [ -n "$named" ] || missing /etc/sysctl.conf
-if [ -n "$apply" ]; then
-  echo "kiln: sysctl $* not applied in a chroot stage: the image's systemd-sysctl applies /etc/sysctl.conf \
-and /etc/sysctl.d at boot" >&2
-  exit 0
-fi
-exec @REAL@ "$@"
-"""
-# modprobe(8): a module is not loaded into (or removed from) the build host's kernel. The name is looked up
-# in the modules of the image's kernel (the newest in /lib/modules with a modules.dep: a headers package
-# makes a directory without one), as `modprobe --dry-run` finds it, so a name that kernel lacks fails as it
-# would in a build VM. Queries (--dry-run, --show-depends, --showconfig, ...) run the real one, for that
-# kernel unless a version is given. kmod picks its command by the name it is run as, hence perl's exec
-# (perl-base is Essential) to run the diverted file as modprobe.
-_MODPROBE_NOTE = r"""#!/bin/sh
-# kiln: in place of modprobe(8) while a chroot stage runs (kiln.build.standins)
-real() {
-  exec perl -e 'my $p = shift; exec { $p } "modprobe", @ARGV or die "modprobe: $!\n"' @REAL@ "$@"
-}
-kernel=
-for k in $(ls /lib/modules 2>/dev/null | sort -V); do
-  [ ! -e "/lib/modules/$k/modules.dep" ] || kernel=$k
-done
-query= remove= version= skip= all= names=
-for a in "$@"; do
-  if [ -n "$skip" ]; then skip=; continue; fi
-  case "$a" in
-    -a|--all) all=1 ;;
-    -S|--set-version) version=1 skip=1 ;;
-    -S*|--set-version=*) version=1 ;;
-    -C|-d|-o|--config|--dirname|--name) skip=1 ;;
-    -C*|-d*|-o*|--config=*|--dirname=*|--name=*) ;;
-    --remove|--remove-dependencies) remove=1 ;;
-    --dry-run|--show|--showconfig|--show-config|--show-depends|--resolve-alias|--show-modversions\
-|--dump-modversions|--show-exports|--version|--help) query=1 ;;
-    --*) ;;
-    -*)
-      case "$a" in *[ncDRVh]*) query=1 ;; esac
-      case "$a" in *r*) remove=1 ;; esac ;;
-    *) [ -n "$names" ] && [ -z "$all" ] || names="$names $(printf '%s' "$a" | tr - _)" ;;
-  esac
-done
-if [ -n "$query" ]; then
-  if [ -n "$version" ] || [ -z "$kernel" ]; then real "$@"; fi
-  real -S "$kernel" "$@"
-fi
-if [ -z "$remove" ] && [ -n "$kernel" ]; then
-  err=$( (real --dry-run -S "$kernel" "$@" >/dev/null) 2>&1 ) || {
-    rc=$?
-    printf '%s\n' "$err" |
-      sed "s|not found in directory /lib/modules/|not in the image's kernel, /lib/modules/|" >&2
-    exit $rc
-  }
-fi
-# what Ansible's modprobe module then finds in /proc/modules (/run/kiln-stage/image_kernel.py), as in a VM
-loaded=/run/kiln-stage/loaded
-for name in $names; do
-  if [ -n "$remove" ]; then
-    [ ! -f "$loaded" ] || { grep -vxF "$name" "$loaded" > "$loaded.new"; mv "$loaded.new" "$loaded"; }
-  elif [ -d "${loaded%/*}" ] && ! grep -qxF "$name" "$loaded" 2>/dev/null; then
-    echo "$name" >> "$loaded"
-  fi
-done
-echo "kiln: modprobe $* skipped in a chroot stage: the build host's kernel is not the image's; \
-/etc/modules-load.d loads a module at boot" >&2
-exit 0
-"""
-# dd(1): free-space zeroing (`dd if=/dev/zero of=/EMPTY bs=1M; rm /EMPTY`, common in images' cleanup, so that
-# a VM's disk compresses well) makes its file and writes nothing into it. In a build VM it ends at the disk's
-# end; in a chroot the build host's filesystem is the disk, and finalize makes a new filesystem, whose free
-# space is zero already. Any other dd (a count, a device, another input) runs the real one.
-_DD_NOTE = r"""#!/bin/sh
-# kiln: in place of dd(1) while a chroot stage runs (kiln.build.standins)
-src= dst= count= keep=
-for a in "$@"; do
-  case "$a" in
-    if=*) src=${a#if=} ;;
-    of=*) dst=${a#of=} ;;
-    count=*) count=1 ;;
-    conv=*notrunc*) keep=1 ;;
-  esac
-done
-case "$src:$count:$dst" in
-  /dev/zero::/dev/*|/dev/zero::) ;;
-  /dev/zero::*)
-    if [ -z "$keep" ]; then : > "$dst" || exit 1; fi
-    echo "kiln: dd $* skipped in a chroot stage: finalize makes a new filesystem, its free space zero" >&2
-    exit 0 ;;
-esac
-exec @REAL@ "$@"
-"""
-# swapoff(8): the swap a stage sees (/proc/swaps) is the build host's, which no role means to turn off (the
-# stage's wall refuses it); a build VM booted from the base disk has none, so `swapoff -a` there does
-# nothing and succeeds. The fstab entries a role comments out are the tree's, and stay its work.
-_SWAPOFF_NOTE = r"""#!/bin/sh
-# kiln: in place of swapoff(8) while a chroot stage runs (kiln.build.standins)
-case " $* " in
-  *" -h "*|*" --help "*|*" -V "*|*" --version "*) exec @REAL@ "$@" ;;
-esac
-echo "kiln: swapoff $* skipped in a chroot stage: the swap here is the build host's; the image has none \
-until it boots" >&2
-exit 0
-"""
-# journalctl(1)'s requests to journald (`--rotate` before `--vacuum-time`, in image-builder's sysprep and
-# many cleanup roles): no journald runs in a stage ("Failed to connect to /run/systemd/journal/..."), and
-# the tree holds no journal of a boot. They are dropped with a note; what is left (the vacuuming, which works
-# on the files, or any query) runs the real one, and nothing at all when only requests were given.
-_JOURNALCTL_NOTE = r"""#!/bin/sh
-# kiln: in place of journalctl(1) while a chroot stage runs (kiln.build.standins)
-n=$# asked= vacuum=
-while [ "$n" -gt 0 ]; do
-  a=$1; shift; n=$((n - 1))
-  case "$a" in
-    --rotate|--flush|--sync|--relinquish-var|--smart-relinquish-var) asked="$asked $a" ;;
-    *) case "$a" in --vacuum-*) vacuum=1 ;; esac
-       set -- "$@" "$a" ;;
-  esac
-done
-[ -n "$asked" ] || exec @REAL@ "$@"
-echo "kiln: journalctl$asked skipped in a chroot stage: no journald runs here; the image's starts at boot" >&2
-[ -z "$vacuum" ] || exec @REAL@ "$@"
-exit 0
-"""
-# initramfs-tools copies /sbin/modprobe into every initrd it builds (a kernel a stage installs gets one): a
-# hook of the stage, run after the packages' own, puts the real program in place of any stand-in copied
-INITRAMFS_HOOK = "/etc/initramfs-tools/hooks/zz-kiln-stage"
-_HOOK = r"""#!/bin/sh
-# kiln: while a chroot stage runs only (kiln.build.standins): no stand-in goes into an initrd
-[ "$1" != prereqs ] || exit 0
-. /usr/share/initramfs-tools/hook-functions
-for p in @PATHS@; do
-  for d in "$DESTDIR$p" "$DESTDIR/usr$p"; do
-    if [ -f "$d" ] && [ ! -L "$d" ] && grep -q '^# kiln: in place of' "$d"; then
-      rm -f "$d"
-      if [ -L "$p@DIVERTED@" ]; then cp -aZ "$p@DIVERTED@" "$d"
-      else copy_exec "$p@DIVERTED@" "${d#"$DESTDIR"}"; fi
-    fi
-  done
-done
-exit 0
-"""
-DIVERSIONS = {  # a program of the tree, and what stands in for it while a stage runs
-    "/usr/sbin/update-grub": _GRUB_NOTE,
-    "/usr/sbin/grub-mkconfig": _GRUB_NOTE,
-    "/usr/sbin/service": _SERVICE_NOTE,
-    "/sbin/sysctl": _SYSCTL_NOTE,
-    "/sbin/modprobe": _MODPROBE_NOTE,
-    "/bin/dd": _DD_NOTE,
-    "/sbin/swapoff": _SWAPOFF_NOTE,
-    "/bin/journalctl": _JOURNALCTL_NOTE,
-}
-# diverted even where the tree lacks them, so that GRUB installed during the stage lands beside its stand-in;
-# every other program gets a stand-in only where the tree has it
-EVEN_IF_MISSING = ("/usr/sbin/update-grub", "/usr/sbin/grub-mkconfig")
 
 
 @contextlib.contextmanager
@@ -531,7 +330,7 @@ def diverted(tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> Itera
                 if not parent.exists():
                     parent.mkdir(mode=0o755)
                     made.append(parent)
-            text = _HOOK.replace("@PATHS@", " ".join(done)).replace("@DIVERTED@", DIVERTED)
+            text = HOOK.replace("@PATHS@", " ".join(done)).replace("@DIVERTED@", DIVERTED)
             _write_new(hook, text)
             made.append(hook)
         yield done

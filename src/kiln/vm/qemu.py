@@ -30,6 +30,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -428,6 +429,14 @@ class VM:
             reason = self.died()
             if reason:
                 raise VMError(f"{self.disk}: {reason}")
+            stuck = stuck_boot(self.serial_log)
+            if stuck:
+                raise VMError(
+                    f"{self.disk}: the guest will not come up after {time.monotonic() - start:.0f}s: {stuck}",
+                    hint=f"full console output in {self.serial_log}; a file system of the image's /etc/fstab "
+                    "that does not mount (its module blacklisted, such as vfat for the ESP, or no such "
+                    "device) stops the boot in emergency mode",
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise VMError(
@@ -509,6 +518,35 @@ class VM:
             "firmware": self.firmware,
             "accelerator": self.accelerator,
         }
+
+
+# a boot that stopped for good: no SSH login will ever come (systemd's emergency and rescue modes, a kernel
+# panic, initramfs-tools' and dracut's shells), and the console lines that say why
+_STUCK = (
+    ("You are in emergency mode", "its boot stopped in emergency mode"),
+    ("You are in rescue mode", "its boot stopped in rescue mode"),
+    ("Give root password for maintenance", "its boot stopped in emergency mode"),
+    ("Kernel panic - not syncing", "its kernel panicked"),
+    ("Dropping to a shell!", "its initramfs could not find the root file system"),
+    ("Entering emergency mode. Exit the shell to continue.", "its initramfs stopped in emergency mode"),
+)
+_WHY = ("FAILED]", "DEPEND]", "Kernel panic", "ALERT!", "Gave up waiting", "Timed out")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def stuck_boot(serial_log: Path, limit: int = 8) -> str | None:
+    """Why the guest whose console is `serial_log` will never come up (module _STUCK), with the first
+    console lines that say what failed; None while its boot may still finish."""
+    try:
+        text = _ANSI.sub("", serial_log.read_bytes()[-(1 << 20) :].decode(errors="replace"))
+    except OSError:
+        return None
+    found = next((what for mark, what in _STUCK if mark in text), None)
+    if found is None:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if any(w in ln for w in _WHY)]
+    why = list(dict.fromkeys(lines))[:limit]  # in order, each once
+    return found + ("; from its console:\n  " + "\n  ".join(why) if why else "")
 
 
 def _tail(path: Path, lines: int) -> str:
