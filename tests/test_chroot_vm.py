@@ -425,6 +425,20 @@ BUILD_VM_ROLE = """\
       ansible.builtin.shell: (journalctl --rotate && journalctl -m --vacuum-time=1s) 2> /tmp/kiln-test-journal
     - name: free-space zeroing, as an image's cleanup does before the disk is compressed
       ansible.builtin.shell: (dd if=/dev/zero of=/EMPTY bs=1M; rm -f /EMPTY) 2> /tmp/kiln-test-dd
+    - name: the file systems in use, from the mount facts, as dev-sec's os_hardening finds them (vfat kept)
+      ansible.builtin.copy:
+        content: "{{ ansible_mounts | map(attribute='mount') | zip(ansible_mounts | map(attribute='fstype'))
+          | map('join', ' ') | join('\\n') }}\n"
+        dest: /tmp/kiln-test-mounts
+    - name: /proc with hidepid, as dev-sec's os_hardening mounts it (fstab, then a remount)
+      ansible.posix.mount:
+        path: /proc
+        src: proc
+        fstype: proc
+        opts: rw,nosuid,nodev,noexec,relatime,hidepid=2
+        state: mounted
+    - name: every file system of the fstab mounted, as many roles do after editing it
+      ansible.builtin.shell: mount -a 2> /tmp/kiln-test-mount
 """
 
 
@@ -484,6 +498,13 @@ def test_a_role_written_for_a_build_vm_finds_what_a_booted_vm_has(built_image, t
     journal = (tree / "tmp/kiln-test-journal").read_text()
     assert "journalctl --rotate skipped in a chroot stage" in journal and "Vacuuming done" in journal
     assert (tree / "usr/bin/journalctl").read_bytes()[:4] == b"\x7fELF"
+    # the image's file systems in ansible_mounts; a remount and mount -a skipped, fstab kept for the boot
+    mounts = [line.strip() for line in (tree / "tmp/kiln-test-mounts").read_text().splitlines()]
+    assert "/ ext4" in mounts and "/boot/efi vfat" in mounts, mounts
+    assert "proc /proc proc rw,nosuid,nodev,noexec,relatime,hidepid=2 0 0" in (tree / "etc/fstab").read_text()
+    assert "kiln: mount -a skipped in a chroot stage" in (tree / "tmp/kiln-test-mount").read_text()
+    assert (tree / "usr/bin/mount").read_bytes()[:4] == b"\x7fELF"
+    assert "hidepid" not in Path("/proc/self/mountinfo").read_text()
 
 
 FILL = """\
