@@ -387,6 +387,7 @@ def test_mount_skips_the_images_own_mounts_in_a_stage(tmp_path: Path) -> None:
     fstab.write_text(
         "# /data on a disk\nUUID=1 / ext4 defaults 0 1\nproc /proc proc rw,hidepid=2 0 0\n"
         "tmpfs /dev/shm tmpfs rw,nosuid,nodev,noexec 0 0\n#tmpfs /old tmpfs defaults 0 0\n"
+        "LABEL=x /mnt/my\\040disk ext4 defaults 0 2\n/swapfile none swap sw 0 0\n"
     )
     skipped = [
         ("-o", "remount", "/proc"),  # the module's remount of a changed entry
@@ -402,6 +403,10 @@ def test_mount_skips_the_images_own_mounts_in_a_stage(tmp_path: Path) -> None:
         (f"--fstab={fstab}", "/dev/shm"),
         ("-T", str(fstab), "tmpfs"),  # by its source
         ("--fstab", str(fstab), "--target", "/proc"),
+        (f"-T{fstab}", "/proc"),  # the value attached
+        ("-vT", str(fstab), "/dev/shm"),
+        ("-T", str(fstab), "/mnt/my disk"),  # as fstab escapes a space
+        ("-t", "proc", "-T", str(fstab), "/proc"),
     ]
     for args in skipped:
         rc, out, err = _ran(script, *args)
@@ -417,6 +422,14 @@ def test_mount_skips_the_images_own_mounts_in_a_stage(tmp_path: Path) -> None:
         ("-T", str(tmp_path / "none"), "/proc"),
         ("-o", "ro", "-T", str(fstab), "/dev/sdb1", "/proc"),
         ("-t", "remount", "/x", "/y"),  # a type, not the option
+        ("-tvfat", "/dev/sda2", "/mnt"),  # an attached value is no cluster of options (no -a in it)
+        ("-Ldata", "/mnt"),
+        ("-Uab12-cd34", "/mnt"),
+        (f"-T{fstab}", "/data"),
+        ("-T", str(fstab), "/swapfile"),  # swap is swapon's
+        ("--make-private", "/"),
+        ("-B", "/proc", "/mnt"),
+        ("--target-prefix", "/proc", "/mnt"),
         ("-l",),
         ("--version",),
         ("-h",),

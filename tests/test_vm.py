@@ -349,7 +349,17 @@ _BOOTS = {  # consoles as a Debian guest prints them (systemd's colours kept), a
         "[    2.1] VFS: Cannot open root device\n[    2.2] Kernel panic - not syncing: VFS: Unable to mount "
         "root fs on unknown-block(0,0)\n",
         "its kernel panicked; from its console:\n"
-        "  [    2.2] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+        "  Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+    ),
+    "panicked, then rebooted": (  # panic=10: the boot after it counts
+        "[    0.0] Linux version 6.1.0\n[    2.2] Kernel panic - not syncing: oops\n"
+        "[    0.0] Linux version 6.1.0\n[    9.1] cloud-init[420]: Cloud-init v. 22.4.2 running\n",
+        None,
+    ),
+    "echoed by cloud-init": (  # a user's runcmd echoed to the console names the marks
+        "[   30.1] cloud-init[700]: You are in emergency mode (a test string)\n"
+        "[   30.2] cloud-init[700]: Kernel panic - not syncing: none\n",
+        None,
     ),
     "initramfs": (
         "Gave up waiting for root file system device.\n"

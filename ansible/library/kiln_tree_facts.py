@@ -2,16 +2,17 @@
 # kiln: the facts of a chroot stage that would describe the build host, set to describe the image instead.
 # A chroot stage gathers facts with `setup` and then this module (ANSIBLE_FACTS_MODULES, in that order, and
 # ansible_facts_parallel false, so this one wins). kiln reads them off the tree before the playbook runs and
-# passes them in KILN_TREE_FACTS (kiln.artifacts.kernel.facts): `ansible_kernel` is the kernel the finished
+# passes them in KILN_TREE_FACTS (kiln.build.treefacts): `ansible_kernel` is the kernel the finished
 # image boots, not the build host's, so `linux-headers-{{ ansible_kernel }}` names a package of the image's
-# kernel, as it does in a build VM booted from the base disk; and the swap facts are 0, as that VM has none.
+# kernel, as it does in a build VM booted from the base disk; the swap facts are 0, as that VM has none; and
+# `ansible_mounts` gains the image's file systems from its fstab (Ansible appends this list to setup's).
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: kiln_tree_facts
-short_description: The image's kernel facts in a kiln chroot stage
+short_description: The image's kernel, swap and mount facts in a kiln chroot stage
 description:
   - Returns the facts kiln passes in the environment variable KILN_TREE_FACTS (a JSON object, names
     without the ansible_ prefix), so that they replace what setup read off the build host. Run by fact gathering in kiln's chroot stages only.

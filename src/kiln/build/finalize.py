@@ -69,7 +69,8 @@ def finalize_needs(ws: Workspace, disk: Output) -> int:
 
     live = len([f for f in ws.settings.formats if f not in ("qcow2", "ova")]) if formats.live_wanted(
         list(ws.settings.formats)) else 0  # fmt: skip
-    return max(making, root) + int(root * OUTPUT_RATIO * (2 + live))
+    # the qcow2 and the OVA, whose VMDK and the tar made of it are there at once, and each live format
+    return max(making, root) + int(root * OUTPUT_RATIO * (3 + live))
 
 
 def disk_from_tree(ws: Workspace, tar: Path) -> tuple[Output, Path | None]:
@@ -144,6 +145,8 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None) -> None
             ova_from(disk.disk) as finish_ova,
         ):
             live = live_formats(ws, disk.disk, tree)
+            if tree is not None:  # its room for the OVA's last copy (stage_finalize removes it on failure)
+                shutil.rmtree(tree, ignore_errors=True)
             finish_ova()
             converting.wait()
     builddir.write_sha256(qcow2)

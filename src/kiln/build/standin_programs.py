@@ -178,44 +178,58 @@ exit 0
 """
 # mount(8): what a build VM's role mounts is the image's own file systems, from its fstab: a remount with new
 # options (`mount -o remount,hidepid=2 /proc`, Ansible's mount module when it changed an fstab entry of a
-# mounted path), `mount -a`, and a mount point the fstab lists (the module's `mount [-T FSTAB] PATH` for
-# `state: mounted`). In a stage the mounts are kiln's and the stage's wall refuses mounting; the image mounts
-# its fstab at boot, with its options, where the boot check sees them. Those are skipped with a note; any
-# other mount (a type, a source and a target, a bind) runs the real one, which the wall refuses.
+# mounted path), `mount -a`, and one path (a mount point or source) that the fstab lists, not as swap (the
+# module's `mount [-T FSTAB] PATH` for `state: mounted`). In a stage the mounts are kiln's and the stage's
+# wall refuses mounting; the image mounts its fstab at boot, with its options, where the boot check sees
+# them. Those are skipped with a note; any other mount (a source and a target, a bind, a path the fstab does
+# not list, --make-*) runs the real one, which the wall refuses. Short options are read letter by letter, a
+# value attached or not (-tvfat, -T/etc/fstab.d/x, -oremount).
 MOUNT_NOTE = r"""#!/bin/sh
 # kiln: in place of mount(8) while a chroot stage runs (kiln.build.standins)
-remount= all= fstab=/etc/fstab n=0 target= skip= query=
+remount= all= fstab=/etc/fstab n=0 target= skip= real=
 opts() { case ",$1," in *,remount,*) remount=1 ;; esac; }
 for a in "$@"; do
   case "$skip" in
     o) opts "$a"; skip=; continue ;;
     T) fstab=$a; skip=; continue ;;
     x) skip=; continue ;;
+    t) skip=; n=$((n + 1)); target=$a; continue ;;
   esac
   case "$a" in
     -o|--options) skip=o ;;
     --options=*) opts "${a#--options=}" ;;
     -T|--fstab) skip=T ;;
     --fstab=*) fstab=${a#--fstab=} ;;
-    -a|--all) all=1 ;;
-    -h|--help|-V|--version) query=1 ;;
+    --all) all=1 ;;
+    --help|--version|--make-*|--bind|--rbind|--move) real=1 ;;
     --source=*|--target=*) n=$((n + 1)); target=${a#*=} ;;
-    --source|--target) n=$((n + 1)); skip=t ;;
+    --source|--target) skip=t ;;
     --*=*) ;;
-    --types|--test-opts|--label|--uuid|--namespace) skip=x ;;
+    --types|--test-opts|--label|--uuid|--namespace|--target-prefix|--options-mode|--options-source\
+|--map-users|--map-groups) skip=x ;;
     --*) ;;
-    -o*) opts "${a#-o}" ;;
-    -*)
-      case "$a" in *[hV]*) query=1 ;; esac
-      case "$a" in -*a*) all=1 ;; esac
-      case "$a" in *o) skip=o ;; *T) skip=T ;; *[tOLUN]) skip=x ;; esac ;;
-    *) if [ "$skip" = t ]; then skip=; target=$a; else n=$((n + 1)); target=$a; fi ;;
+    -?*)
+      rest=${a#-}
+      while [ -n "$rest" ]; do
+        c=${rest%"${rest#?}"}; rest=${rest#?}
+        case "$c" in
+          h|V|B|R|M) real=1 ;;
+          a) all=1 ;;
+          o) if [ -n "$rest" ]; then opts "$rest"; else skip=o; fi; break ;;
+          T) if [ -n "$rest" ]; then fstab=$rest; else skip=T; fi; break ;;
+          t|O|L|U|N) [ -n "$rest" ] || skip=x; break ;;
+        esac
+      done ;;
+    *) n=$((n + 1)); target=$a ;;
   esac
 done
-[ -z "$query" ] && [ $# -gt 0 ] || exec @REAL@ "$@"
+[ -z "$real" ] && [ $# -gt 0 ] || exec @REAL@ "$@"
 listed() {
   [ -r "$fstab" ] || return 1
-  awk -v t="$1" '$1 !~ /^#/ && ($2 == t || $1 == t) { found = 1 } END { exit !found }' "$fstab"
+  t=$1 awk 'function plain(s) {
+      gsub(/\\040/, " ", s); gsub(/\\011/, "\t", s); gsub(/\\134/, "\\", s); return s }
+    $1 !~ /^#/ && $3 != "swap" && (plain($2) == ENVIRON["t"] || plain($1) == ENVIRON["t"]) { found = 1 }
+    END { exit !found }' "$fstab"
 }
 if [ -n "$remount" ] || [ -n "$all" ] || { [ "$n" = 1 ] && listed "$target"; }; then
   echo "kiln: mount $* skipped in a chroot stage: the image mounts its file systems from /etc/fstab at \

@@ -26,8 +26,9 @@ kiln.build.chroot runs the stage; nothing here stays in the image.
   and `modprobe`'s writes and loads, which would reach the build host's kernel (the stage's wall refuses
   them) and in a build VM never reach the image either: the image applies /etc/sysctl.d and loads
   /etc/modules-load.d at boot; dd's free-space zeroing, which would fill the build host's disk to no end;
-  `swapoff`, whose swap would be the build host's (a build VM from the base disk has none); and
-  journalctl's requests to journald (`--rotate`), which no stage runs. The note
+  `swapoff`, whose swap would be the build host's (a build VM from the base disk has none);
+  journalctl's requests to journald (`--rotate`), which no stage runs; and `mount`'s remounts and mounts of
+  the image's own file systems (its fstab), which the image mounts at boot. The note
   each prints says so; queries (`service NAME status`, `sysctl -n`, `modprobe --show-depends`) and any
   other dd run the real program. A hook of the stage keeps them out of any initrd built meanwhile.
 - Processes left running in the tree (a daemon a postinst started despite policy-rc.d) are killed.

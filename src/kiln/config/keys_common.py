@@ -144,7 +144,8 @@ COMMON: tuple[S, ...] = (
         "extra_roles_before",
         list,
         [],
-        "Custom Ansible roles (names or paths) run before kiln's roles.",
+        "Custom Ansible roles (names or paths) run before kiln's roles, with apt already set up for the "
+        "build (proxy, mirror, `extra_repos`, a fresh package index).",
         "common",
         aliases=("node_custom_roles_pre",),
         stage="os",

@@ -429,14 +429,7 @@ class VM:
             reason = self.died()
             if reason:
                 raise VMError(f"{self.disk}: {reason}")
-            stuck = stuck_boot(self.serial_log)
-            if stuck:
-                raise VMError(
-                    f"{self.disk}: the guest will not come up after {time.monotonic() - start:.0f}s: {stuck}",
-                    hint=f"full console output in {self.serial_log}; a file system of the image's /etc/fstab "
-                    "that does not mount (its module blacklisted, such as vfat for the ESP, or no such "
-                    "device) stops the boot in emergency mode",
-                )
+            self._not_stuck(start)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise VMError(
@@ -463,13 +456,26 @@ class VM:
             )
             return
 
+    def _not_stuck(self, start: float) -> None:
+        """VMError when the guest's console shows a boot that stopped for good (stuck_boot)."""
+        stuck = stuck_boot(self.serial_log)
+        if stuck:
+            raise VMError(
+                f"{self.disk}: the guest will not come up after {time.monotonic() - start:.0f}s: {stuck}",
+                hint=f"full console output in {self.serial_log}; a file system of the image's /etc/fstab "
+                "that does not mount (its module blacklisted, such as vfat for the ESP, or no such "
+                "device) stops the boot in emergency mode",
+            )
+
     def wait_for_banner(self, timeout: float = 900.0) -> None:
         """Without a key, "up" means sshd answers with its banner through the port forward."""
-        end = time.monotonic() + timeout
+        start = time.monotonic()
+        end = start + timeout
         while time.monotonic() < end:
             reason = self.died()
             if reason:
                 raise VMError(f"{self.disk}: {reason}")
+            self._not_stuck(start)
             try:
                 with socket.create_connection(("127.0.0.1", self.ssh_port), timeout=5) as s:
                     s.settimeout(10)
@@ -521,31 +527,38 @@ class VM:
 
 
 # a boot that stopped for good: no SSH login will ever come (systemd's emergency and rescue modes, a kernel
-# panic, initramfs-tools' and dracut's shells), and the console lines that say why
+# panic, initramfs-tools' and dracut's shells), and the console lines that say why. Only the last boot in
+# the log counts (a guest that panicked and rebooted may come up), and only lines that begin with a mark
+# (after the kernel's timestamp): cloud-init echoes a user's commands to the console.
 _STUCK = (
     ("You are in emergency mode", "its boot stopped in emergency mode"),
     ("You are in rescue mode", "its boot stopped in rescue mode"),
     ("Give root password for maintenance", "its boot stopped in emergency mode"),
     ("Kernel panic - not syncing", "its kernel panicked"),
-    ("Dropping to a shell!", "its initramfs could not find the root file system"),
+    ("ALERT!  ", "its initramfs could not find the root file system"),
     ("Entering emergency mode. Exit the shell to continue.", "its initramfs stopped in emergency mode"),
 )
-_WHY = ("FAILED]", "DEPEND]", "Kernel panic", "ALERT!", "Gave up waiting", "Timed out")
+_WHY = ("[FAILED]", "[DEPEND]", "Kernel panic", "ALERT!", "Gave up waiting", "Timed out waiting for device")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
+_READ = 1 << 20  # the end of the log that is read
 
 
 def stuck_boot(serial_log: Path, limit: int = 8) -> str | None:
     """Why the guest whose console is `serial_log` will never come up (module _STUCK), with the first
     console lines that say what failed; None while its boot may still finish."""
     try:
-        text = _ANSI.sub("", serial_log.read_bytes()[-(1 << 20) :].decode(errors="replace"))
+        with open(serial_log, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - _READ, 0))
+            text = _ANSI.sub("", f.read().decode(errors="replace"))
     except OSError:
         return None
-    found = next((what for mark, what in _STUCK if mark in text), None)
+    boot = text.rfind("Linux version ")  # the last boot's banner
+    lines = [_STAMP.sub("", ln.strip()) for ln in text[max(boot, 0) :].splitlines()]
+    found = next((what for mark, what in _STUCK for ln in lines if ln.startswith(mark)), None)
     if found is None:
         return None
-    lines = [ln.strip() for ln in text.splitlines() if any(w in ln for w in _WHY)]
-    why = list(dict.fromkeys(lines))[:limit]  # in order, each once
+    why = list(dict.fromkeys(ln for ln in lines if ln.startswith(_WHY)))[:limit]  # in order, each once
     return found + ("; from its console:\n  " + "\n  ".join(why) if why else "")
 
 
