@@ -98,3 +98,33 @@ def test_two_squashfs_of_one_tree_touched_in_between_have_the_same_bytes(tmp_pat
     (tree / "etc" / "fstab").write_text("# live\n")  # rewritten now, as live_fstab does
     two = formats.make_squashfs(tree, tmp_path / "two.squashfs", RUNTIME, None, epoch=1_700_000_000)
     assert one.read_bytes() == two.read_bytes()
+
+
+def test_a_module_live_boot_needs_kept_from_loading_is_named(tmp_path: Path) -> None:
+    """dev-sec's os_hardening writes `install squashfs /bin/true` (squashfs is in its os_unused_filesystems):
+    the live initrd carries modprobe.d, and live-boot could not mount the root. Each such line is named;
+    `blacklist` (aliases only), other modules and modules built into the image's kernel are not."""
+    tree = tmp_path / "tree"
+    kver = "6.1.0-50-amd64"
+    (tree / "boot").mkdir(parents=True)
+    for name in (f"vmlinuz-{kver}", f"initrd.img-{kver}"):
+        (tree / "boot" / name).write_bytes(b"")
+    (tree / "lib" / "modules" / kver).mkdir(parents=True)
+    (tree / "lib" / "modules" / kver / "modules.builtin").write_text("kernel/drivers/block/loop.ko\n")
+    (tree / "etc" / "modprobe.d").mkdir(parents=True)
+    (tree / "etc" / "modprobe.d" / "dev-sec.conf").write_text(
+        "# Ansible managed\ninstall cramfs /bin/true\ninstall squashfs /bin/true\ninstall udf /bin/true\n"
+        "install loop /bin/true\nblacklist overlay\n"
+    )
+    (tree / "usr" / "lib" / "modprobe.d").mkdir(parents=True)
+    (tree / "usr" / "lib" / "modprobe.d" / "site.conf").write_text(
+        "install overlay /bin/false  # no overlay\n"
+    )
+    (tree / "etc" / "modprobe.d" / "notes.txt").write_text("install isofs /bin/true\n")  # not a .conf
+    assert formats.modules_kept_from_loading(tree) == [
+        "/etc/modprobe.d/dev-sec.conf:3: install squashfs /bin/true",
+        "/usr/lib/modprobe.d/site.conf:1: install overlay /bin/false  # no overlay",
+    ]
+    (tree / "etc" / "modprobe.d" / "dev-sec.conf").write_text("install cramfs /bin/true\n")
+    (tree / "usr" / "lib" / "modprobe.d" / "site.conf").unlink()
+    assert formats.modules_kept_from_loading(tree) == []

@@ -115,6 +115,43 @@ for d in proc sys dev; do mount --bind "/$d" "$t/$d"; done
 """
 
 
+# what live-boot loads to boot the live root: the squashfs, the overlay over it, the ISO's file system and the
+# loop device it mounts the image through; and where modprobe reads its configuration (the initrd copies it)
+LIVE_MODULES = ("squashfs", "overlay", "isofs", "loop")
+MODPROBE_DIRS = ("etc/modprobe.d", "lib/modprobe.d", "usr/lib/modprobe.d")
+_NO_LOAD = ("/bin/true", "/bin/false", "/usr/bin/true", "/usr/bin/false", "true", "false")
+
+
+def modules_kept_from_loading(tree: Path) -> list[str]:
+    """The modprobe.d lines of `tree` that keep a module live-boot needs (LIVE_MODULES) from loading
+    (`install squashfs /bin/true`, as hardening roles write to disable unused file systems), for modules
+    that the kernel the image boots does not have built in; each as "FILE:LINE: TEXT". `blacklist` only
+    stops aliases from loading a module, not live-boot's modprobe, so it is no such line."""
+    builtin = tree / "lib" / "modules" / kernel.newest(tree) / "modules.builtin"
+    try:
+        listed = builtin.read_text().split()
+        built_in = {Path(ln).name.split(".ko")[0].replace("-", "_") for ln in listed}
+    except OSError:
+        built_in = set()
+    found = []
+    for folder in MODPROBE_DIRS:
+        d = tree / folder
+        if d.is_symlink() or not d.is_dir():
+            continue
+        for conf in sorted(d.glob("*.conf")):
+            try:
+                lines = conf.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            for number, line in enumerate(lines, 1):
+                words = line.split("#", 1)[0].split()
+                if len(words) >= 3 and words[0] == "install" and words[2] in _NO_LOAD:
+                    name = words[1].replace("-", "_")
+                    if name in LIVE_MODULES and name not in built_in:
+                        found.append(f"/{folder}/{conf.name}:{number}: {line.strip()}")
+    return found
+
+
 def live_initrd(tree: Path, out: Path, runtime: Runtime, log_file: IO[str] | None, epoch: int = 0) -> str:
     """An initrd with live-boot, made by the image's own mkinitramfs in a chroot of its tree."""
     if (
@@ -403,6 +440,15 @@ def produce(
         contextlib.nullcontext(tree) if tree is not None else root_tree(disk, work, runtime, log_file)
     )
     with root as tree:
+        kept = modules_kept_from_loading(tree)
+        if kept:  # before anything is made: the live initrd would carry these, and its boot fail
+            raise BuildError(
+                f"{name}: the live formats could not boot: the image's modprobe configuration, "
+                "which its initrd carries, keeps a module live-boot loads from loading:\n  "
+                + "\n  ".join(kept),
+                hint="drop the line, or build without live formats (formats: qcow2 ova); dev-sec's "
+                "os_hardening writes one for each file system in os_unused_filesystems",
+            )
         live_fstab(tree)
         note("manifest of every path in the root")
         write_manifest(tree, manifest)
