@@ -75,16 +75,19 @@ CONTAINERD_BINARIES = ("containerd", "containerd-shim-runc-v2", "ctr")
 
 def standin_script(name: str, version: str) -> bytes:
     """The stand-in program for `name` at `version`: prints what the real one prints for version queries."""
+    doc = json.dumps({"clientVersion": {"gitVersion": version, "platform": "linux/amd64"}})
     answers = {
         "kubelet": f'case "$*" in *--version*) echo "Kubernetes {version}"; exit 0;; esac',
         "kubeadm": (
             'case "$*" in "version -o short"|"version --output short"|"version --output=short")'
             f' echo "{version}";'
+            f' exit 0;; "version -o json"|"version --output json"|"version --output=json") echo \'{doc}\';'
             f" exit 0;; version*) echo 'kubeadm version: &version.Info{{GitVersion:\"{version}\"}}';"
             " exit 0;; esac"
         ),
         "kubectl": (
-            'case "$*" in *version*--client*|*version*--short*)'
+            'case "$*" in *version*--client*-o*json*|*version*--client*--output*json*)'
+            f" echo '{doc}'; exit 0;; *version*--client*|*version*--short*)"
             f' echo "Client Version: {version}"; exit 0;; esac'
         ),
     }

@@ -678,8 +678,9 @@ def test_a_stage_cannot_reach_the_build_host(tmp_path: Path) -> None:
 @pytest.mark.skipif(not _X86_64_GLIBC, reason="an x86-64 glibc host")
 def test_a_goss_tree_check_runs_behind_the_stage_wall(tmp_path: Path) -> None:
     """The goss build phase's checks in the tree, a user's `command` that asks for the tree included, run
-    behind the stage's wall: the tree's own host name, and no capability to rename or reconfigure the host."""
-    from kiln.goss import verify
+    behind the stage's wall: the tree's own host name, and no capability to rename or reconfigure the host;
+    a command that names no phase is done if it passes in the tree, and waits for the boot if not."""
+    from kiln.goss import treephase
 
     tree = _shell_tree(tmp_path)
     for tool in ("hostname", "timeout", "stat"):  # what kiln's probe runs, with the libraries they need
@@ -698,15 +699,24 @@ def test_a_goss_tree_check_runs_behind_the_stage_wall(tmp_path: Path) -> None:
         "  hostname: {exit-status: 0, stdout: [localhost], meta: {kiln_phase: tree}}\n"
         f"  rename: {{exec: {json.dumps(rename)}, exit-status: 0, stdout: [refused],"
         " meta: {kiln_phase: tree}}\n"
-        "  later: {exit-status: 0}\n"
+        "  later: {exit-status: 0}\n"  # no such program in the tree: it waits for the boot
+        "  at-rest: {exec: 'test ! -e /var/lib/cloud/data/instance-id', exit-status: 0}\n"  # passes here
+        "  booted: {exec: 'true', exit-status: 0, meta: {kiln_phase: boot}}\n"
+        "service:\n  sshd: {enabled: true}\n"
     )
     host_name = socket.gethostname()
     in_tree = lambda argv: chroot.walled(tree, argv, runtime=RUNTIME)  # noqa: E731
-    results, deferred = verify.check_tree(in_tree, {}, spec_dir=specs, root=tmp_path, runtime=RUNTIME)
+    results, deferred, passed = treephase.check_tree(
+        in_tree, {}, spec_dir=specs, root=tmp_path, runtime=RUNTIME
+    )
     assert socket.gethostname() == host_name, "the wall names its own UTS namespace, not the build host"
-    assert deferred == 1, "a command that does not ask for the tree waits for the boot"
+    assert deferred == 3, "a command that failed in the tree, one that asks for the boot, and a service wait"
     failed = [f"{r.title()}: found {r.found!r}" for r in results if not r.successful]
-    assert not failed and {r.resource_id for r in results} == {"/bin/sh", "hostname", "rename"}
+    assert not failed and {r.resource_id for r in results} == {"/bin/sh", "hostname", "rename", "at-rest"}
+    assert sorted(r.id for r in passed) == ["/bin/sh", "at-rest", "hostname", "rename"]
+    record = tmp_path / "build" / "goss" / treephase.RECORD
+    treephase.write_record(record, passed)
+    assert treephase.passed_in_tree(tmp_path / "build") == {treephase.resource_key(r) for r in passed}
 
 
 @root_only

@@ -151,7 +151,7 @@ def test_user_specs_and_vars_extend_kilns(tmp_path: Path) -> None:
         "{{ $site := .Vars.site }}\nfile:\n  /etc/site-{{ $site }}:\n    exists: {{ .Vars.must_exist }}\n"
     )
     varfile = tmp_path / "vars.yaml"
-    varfile.write_text("site: lab\nmust_exist: false\n")
+    varfile.write_text('site: lab\nmust_exist: false\ncontainerd_version: ""\n')  # image-builder's defaults
     cfg = config.load(
         "debian-12",
         overrides={
@@ -161,13 +161,17 @@ def test_user_specs_and_vars_extend_kilns(tmp_path: Path) -> None:
         },
     )
     values = cfg.plain()
-    assert verify.user_vars(values, RUNTIME.root) == {"site": "rack4", "must_exist": False}
+    # the file's values are defaults under the build's own (as under Packer's vars_inline), inline over all
+    kilns = {"containerd_version": "1.7.0", "site": "build"}
+    assert verify.user_vars(values, RUNTIME.root, kilns) == {
+        "site": "rack4",
+        "must_exist": False,
+        "containerd_version": "1.7.0",
+    }
     assert verify.user_spec(values, "build", RUNTIME.root) == specs / "goss.yaml"
     assert verify.user_spec(values, "final", RUNTIME.root) == specs / "goss.yaml"
-    vars_ = {
-        **goss.render_vars(values, {"phase": "build"}, spec_dir=SPEC_DIR),
-        **verify.user_vars(values, RUNTIME.root),
-    }
+    kilns = goss.render_vars(values, {"phase": "build"}, spec_dir=SPEC_DIR)
+    vars_ = verify.user_vars(values, RUNTIME.root, kilns)
     spec = goss.load_spec(verify.user_spec(values, "build", RUNTIME.root), vars_)
     assert [(r.type, r.id) for r in spec.resources] == [("file", "/etc/site-rack4")]
     with pytest.raises(Exception, match="goss_vars_inline: not a JSON object"):

@@ -76,6 +76,29 @@ def test_build_directory_holds_every_output(built_image):
     assert b.qcow2.stat().st_size < info["virtual-size"] / 5, "qcow2 should be compressed and sparse"
 
 
+def test_the_sites_own_goss_spec_is_checked_where_it_can_be(built_image):
+    """The site's goss directory (tests/fixtures/site/goss, image-builder's style): its checks of the image
+    at rest passed in the tree after sysprep and are skipped on the booted image, where they could not pass
+    (cloud-init made host keys, a machine-id and an instance); its service, kernel parameter and a command
+    that needs a running system were checked in the verify boot."""
+    b = built_image.dir
+    record = json.loads((b.path / "goss" / "tree-phase.json").read_text())
+    in_tree = {(e["type"], e["id"]) for e in record["passed_in_tree"]}
+    at_rest = {
+        ("command", "sh -c '! ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1'"),
+        ("command", "test ! -s /etc/machine-id"),
+        ("command", "test ! -e /var/lib/cloud/instance"),
+    }
+    assert at_rest <= in_tree
+    assert ("command", "site-chrony-runs") not in in_tree, "no systemd in a tree: it waits for the boot"
+    report = json.loads((b.path / "goss" / "report.json").read_text())
+    outcome = {(r["resource-type"], r["resource-id"]): r for r in report["results"]}  # goss's type names
+    assert all(outcome[("Command", rid)]["skipped"] for _, rid in at_rest), "not run on a booted image"
+    booted = [("Command", "site-chrony-runs"), ("Service", "chrony"), ("KernelParam", "vm.overcommit_memory")]
+    for key in booted:
+        assert outcome[key]["successful"] and not outcome[key]["skipped"], key
+
+
 def test_no_secrets_and_no_build_leftovers_in_the_build_directory(built_image):
     path = built_image.path
     names = sorted(p.name for p in path.rglob("*"))

@@ -174,9 +174,9 @@ def stage_cached(
                 runtime=ws.runtime,
             )
         # the package list the stage wrote travels with it (a build that reuses the stage needs it)
-        extra = (
-            {PACKAGES_KEPT: ws.packages_file} if stage == "kubernetes" and ws.packages_file.is_file() else {}
-        )
+        kept = {PACKAGES_KEPT: ws.packages_file, TREE_RECORD_KEPT: ws.tree_record}
+        kept = kept if stage == "kubernetes" else {}
+        extra = {name: path for name, path in kept.items() if path.is_file()}
         cached = stages.store(cache_dir, sid.id, out.disk, record, extra)
         if out.format == "tree":  # the tree kept for the next reader waits only if the cache kept its file
             ws.handoff = chroot.still_held(ws.handoff, cached)
@@ -208,17 +208,22 @@ def stage_kubernetes(ws: Workspace, runner: PackerRunner | ChrootRunner) -> None
 
 
 PACKAGES_KEPT = "packages.txt"
+TREE_RECORD_KEPT = "tree-phase.json"
 
 
 def _packages_from_record(ws: Workspace) -> None:
     """The package list is written by the kubernetes stage's run and stored with the stage; a build that
-    reuses the stage takes the stored copy."""
+    reuses the stage takes the stored copy (and the chroot runner's record of the tree's goss checks)."""
     if ws.runtime.dry_run:
         return
     cache_dir = ws.cfg.path("cache_dir")
-    kept = stages.root(cache_dir) / ws.ids["kubernetes"].id / PACKAGES_KEPT
+    entry = stages.root(cache_dir) / ws.ids["kubernetes"].id
+    kept = entry / PACKAGES_KEPT
     if kept.is_file() and not ws.packages_file.is_file():
         shutil.copyfile(kept, ws.packages_file)
+    if (entry / TREE_RECORD_KEPT).is_file() and not ws.tree_record.is_file():
+        ws.tree_record.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(entry / TREE_RECORD_KEPT, ws.tree_record)
     if not ws.packages_file.is_file():
         raise BuildError(f"{ws.packages_file}: the provision playbook wrote no package list")
 

@@ -139,8 +139,8 @@ class ChrootRunner:
         try:
             for playbook in playbooks:
                 run_in_chroot(ws, stage, tree, sdir, playbook)
-                if last and playbook.name == "playbook.yml":  # before sysprep, as the VM runner's check
-                    _check_tree(ws, stage, tree)
+            if last:  # after sysprep: the image at rest, as image-builder's goss sees its build VM
+                _check_tree(ws, stage, tree)
             chroot.clamp_times(tree, ws.stage_epoch)  # the same tree at any commit, any day
             chroot.pack(tree, out, log_file=ws.log_file, runtime=ws.runtime)
             ws.handoff, kept = chroot.hand_off(out, tree), True  # the next stage or finalize takes it
@@ -173,11 +173,11 @@ def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: P
 
 
 def _check_tree(ws: Workspace, stage: str, tree: Path) -> None:
-    """The build phase's goss checks that a tree can answer (kiln.goss.verify.check_tree); a failure ends
-    the stage before anything is packed or cached."""
-    from kiln.goss import specs, verify
+    """The build phase's goss checks that a tree can answer (kiln.goss.treephase); a failure ends the stage
+    before anything is packed or cached. What passed is kept in BUILD_DIR/goss/ for the verify boot."""
+    from kiln.goss import specs, treephase, verify
 
-    results, deferred = verify.check_tree(
+    results, waiting, passed = treephase.check_tree(
         lambda argv: chroot.walled(tree, argv, runtime=ws.runtime),
         ws.values,
         spec_dir=specs.spec_dir(ws.runtime.root),
@@ -187,10 +187,11 @@ def _check_tree(ws: Workspace, stage: str, tree: Path) -> None:
     failed = [r for r in results if not r.successful and not r.skipped]
     ws.monitor.log(
         stage,
-        f"goss build phase: {len(results)} checks, {len(failed)} failed (in the chroot; {deferred} "
-        "resources wait for the boot check)",
+        f"goss build phase: {len(results)} checks, {len(failed)} failed (in the chroot, after sysprep; "
+        f"{waiting} resources wait for the boot check)",
     )
     verify.raise_on_failure(results, "goss build phase (chroot)", None)
+    treephase.write_record(ws.tree_record, passed)
 
 
 def _task_lines(ws: Workspace, stage: str) -> Any:

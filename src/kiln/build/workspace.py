@@ -78,6 +78,11 @@ class Workspace:
     def packages_file(self) -> Path:
         return self.temp / f"{self.name}.packages"
 
+    @property
+    def tree_record(self) -> Path:
+        """What the build phase passed in the tree (kiln.goss.treephase), read by the verify boot."""
+        return self.temp / "goss" / "tree-phase.json"
+
     @contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:
         self.monitor.begin(name, what)

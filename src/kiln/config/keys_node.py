@@ -256,9 +256,9 @@ NODE: tuple[S, ...] = (
         "goss_vars_file",
         str,
         "",
-        "A YAML or JSON file of goss vars merged over kiln's (for kiln's specs and yours). Relative to the "
-        "checkout (or the current directory). Its content is an input of the kubernetes stage; its path "
-        "is not.",
+        "A YAML or JSON file of goss vars (for kiln's specs and yours): defaults under kiln's own vars, as "
+        "image-builder's goss-vars.yaml is under Packer's vars_inline. Relative to the checkout (or the "
+        "current directory). Its content is an input of the kubernetes stage; its path is not.",
         "common",
         stage="kubernetes",
         location=True,
@@ -267,7 +267,8 @@ NODE: tuple[S, ...] = (
         "goss_vars_inline",
         str,
         "",
-        "goss vars as a JSON object (text), merged over goss_vars_file, as goss --vars-inline.",
+        "goss vars as a JSON object (text), merged over goss_vars_file and kiln's vars, as goss "
+        "--vars-inline.",
         "common",
         _json_object,
         stage="kubernetes",

@@ -502,7 +502,7 @@ def _observe(res: Resource, probe: Probe) -> dict[str, Any]:
             return {"exists": False, "_missing": "file does not exist"}
         return info
     if res.type == "command":
-        timeout = float(a.get("timeout", 10000)) / 1000.0
+        timeout = float(a.get("timeout") or 10000) / 1000.0  # 0 or none: goss's 10 s
         rc, out, err = probe.command(str(a.get("exec", res.id)), timeout)
         return {"exit-status": rc, "stdout": out, "stderr": err}
     if res.type == "user":

@@ -26,19 +26,20 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln.core import inputs, paths, tempdirs
+from kiln.core import inputs, tempdirs
 from kiln.core.errors import InputError, VerifyError
 from kiln.core.progress import Monitor, Null
 from kiln.core.runtime import Runtime
-from kiln.goss import reports
+from kiln.goss import reports, treephase
 from kiln.goss import specs as goss
 from kiln.goss.probe import TestinfraProbe
+from kiln.goss.userspecs import user_spec, user_vars
 from kiln.vm import checkboot
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,15 @@ def check_host(
     root: Path,
     meta: Mapping[str, Any] | None = None,
     skip_ids: Collection[str] = (),
+    passed_in_tree: Collection[str] = (),
 ) -> list[goss.Result]:
     """Run `phase`'s spec on host:port as `user` (with sudo) and return the results.
 
     Vars and spec are rendered and validated before anything connects (bad spec or config: InputError,
-    exit 2). With `report_dir`, vars-PHASE.yaml, report.json and junit.xml are written there.
+    exit 2). With `report_dir`, vars-PHASE.yaml, report.json and junit.xml are written there. In the final
+    phase, the resources of your build-phase spec (goss_spec_dir's goss.yaml, standing in for a
+    goss-final.yaml) that `passed_in_tree` (kiln.goss.treephase) are skipped: they were checked on the image
+    at rest, as image-builder checks its build VM after sysprep.
     """
     if phase not in PHASES:
         raise InputError(f"--phase: must be one of {', '.join(PHASES)}, not {phase!r}")
@@ -119,12 +124,18 @@ def check_host(
     if goss_binary is not None and not Path(goss_binary).is_file():
         raise InputError(f"{goss_binary}: goss binary not found")
     vars_ = goss.render_vars(values, {"phase": phase, **(extra_vars or {})}, spec_dir=spec_dir)
-    vars_.update(user_vars(values, root))
+    vars_ = user_vars(values, root, vars_)
     entry = spec_dir / goss.ENTRY[phase]
     spec = goss.load_spec(entry, vars_)  # validates every resource and matcher up front
     user_entry = user_spec(values, phase, root)
     if user_entry is not None:  # the user's specs run as well, with the same vars
-        spec.resources.extend(goss.load_spec(user_entry, vars_).resources)
+        theirs = goss.load_spec(user_entry, vars_).resources
+        if phase == "final" and user_entry.name == goss.ENTRY["build"] and passed_in_tree:
+            done = [r for r in theirs if treephase.resource_key(r) in passed_in_tree]
+            for resource in done:
+                resource.attrs["skip"] = True  # reported as skipped, by name
+            log.info("goss: %d resources of %s passed in the tree: skipped here", len(done), user_entry)
+        spec.resources.extend(theirs)
         spec.files.append(user_entry)
     for resource in spec.resources:
         if resource.id in skip_ids:
@@ -160,42 +171,6 @@ def check_host(
             results, report_dir, {"phase": phase, "engine": engine, "spec": str(entry), **(meta or {})}
         )
     return results
-
-
-def _user_path(raw: str, root: Path) -> Path:
-    """A user's goss location, relative to the checkout (or, for an installed wheel, the current dir)."""
-    path = Path(raw)
-    return path if path.is_absolute() else paths.work_root(root, Path.cwd()) / path
-
-
-def user_vars(values: Mapping[str, Any], root: Path) -> dict[str, Any]:
-    """goss_vars_file, then goss_vars_inline, merged over kiln's vars (InputError names the file)."""
-    out: dict[str, Any] = {}
-    raw = str(values.get("goss_vars_file") or "")
-    if raw:
-        out.update(goss.read_vars_file(_user_path(raw, root), "goss_vars_file"))
-    inline = values.get("goss_vars_inline") or ""
-    if isinstance(inline, Mapping):
-        out.update(inline)
-    elif inline:
-        data = inputs.loads_json(str(inline), "goss_vars_inline", "value")
-        if not isinstance(data, dict):
-            raise InputError("goss_vars_inline: must be a JSON object")
-        out.update(data)
-    return out
-
-
-def user_spec(values: Mapping[str, Any], phase: str, root: Path) -> Path | None:
-    """The user's entry gossfile for `phase` in goss_spec_dir, or None."""
-    raw = str(values.get("goss_spec_dir") or "")
-    if not raw:
-        return None
-    folder = _user_path(raw, root)
-    names = ["goss.yaml"] if phase == "build" else ["goss-final.yaml", "goss.yaml"]
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
-    raise InputError(f"{folder}: goss_spec_dir has no {' or '.join(names)}")
 
 
 def _testinfra_probe(host: str, port: int, user: str, key_file: Path) -> TestinfraProbe:
@@ -298,9 +273,10 @@ def verify_image(
     runtime: Runtime,
     goss_binary: Path | None = None,
     monitor: Monitor | None = None,
+    passed_in_tree: Collection[str] = (),
 ) -> list[goss.Result]:
     """Boot `target` through the check-boot (a throwaway overlay; the artifact is never written) and run
-    the final-phase spec (build checks + hygiene) as a one-time user.
+    the final-phase spec (build checks + hygiene) as a one-time user; `passed_in_tree` as check_host.
 
     A live target boots `live_iso` from a CD (plus the seed as a second CD), or chain-loads
     `netboot_build`'s boot.ipxe from `kiln serve` through QEMU's iPXE ROM (the seed over HTTP). Checks that
@@ -387,6 +363,7 @@ def verify_image(
                     "skipped_disk_only": sorted(LIVE_SKIPS) if target.live else [],
                 },
                 skip_ids=LIVE_SKIPS if target.live else (),
+                passed_in_tree=passed_in_tree,
             )
             profile = profiling.result()
             if profile:
@@ -484,6 +461,7 @@ def verify_build_dir(
             goss_binary=goss_binary,
             monitor=monitor,
             runtime=runtime,
+            passed_in_tree=treephase.passed_in_tree(build.path),
         )
     finally:
         if owned is not None:
@@ -507,85 +485,3 @@ def verify_build(
     return verify_build_dir(
         Path(build_dir), accelerator=accelerator, goss_binary=goss_binary, monitor=monitor, runtime=runtime
     )
-
-
-# What a root tree that was never booted can answer (kiln.build.chroot): the rest (services, ports,
-# processes, kernel parameters, commands) waits for the finished disk's one boot (the final phase).
-TREE_TYPES = frozenset({"package", "file", "user", "group", "matching"})
-RUNTIME_PATHS = ("/proc/", "/sys/", "/run/", "/dev/")  # files a running system makes
-
-
-RESOURCE_PHASES = ("tree", "boot")  # `meta: {kiln_phase: boot}` on a goss resource: where it is checked
-TREE_CAPABLE = TREE_TYPES | {"command"}  # a command may ask for the tree: it then runs in the chroot
-
-
-def phase_of(resource: goss.Resource) -> str:
-    """Where a resource of the build phase is checked by the chroot runner: "tree" (in the chroot, before
-    the tree is packed) or "boot" (in the one boot of the finished image). A resource names its phase with
-    goss's own `meta` attribute, `meta: {kiln_phase: boot}` or `tree` (valid goss: real goss ignores it);
-    without one, files, packages, users, groups and matchers go to the tree (except files a running system
-    makes) and services, ports, processes, kernel params and commands to the boot. A resource that asks
-    for the tree but needs a running system (a service, a port) stays in the boot."""
-    meta = resource.attrs.get("meta")
-    asked = meta.get("kiln_phase") if isinstance(meta, dict) else None
-    if asked == "boot":
-        return "boot"
-    if asked == "tree" and resource.type in TREE_CAPABLE:
-        return "tree"
-    if resource.type not in TREE_TYPES:
-        return "boot"
-    runtime_file = resource.type == "file" and str(resource.attrs.get("path", resource.id)).startswith(
-        RUNTIME_PATHS
-    )
-    return "boot" if runtime_file else "tree"
-
-
-def _in_tree(resource: goss.Resource) -> bool:
-    return phase_of(resource) == "tree"
-
-
-def check_tree(
-    in_tree: Callable[[Sequence[str]], list[str]],
-    values: Mapping[str, Any],
-    *,
-    spec_dir: Path,
-    root: Path,
-    runtime: Runtime,
-    extra_vars: Mapping[str, Any] | None = None,
-) -> tuple[list[goss.Result], int]:
-    """The build phase's file, package, user and group checks (and commands that ask for the tree) against
-    a root tree, before it is packed (fail fast). `in_tree` makes the argv that runs a command in the tree
-    (kiln.build.chroot.walled). Returns the results and how many resources wait for the boot."""
-    from testinfra.backend.local import LocalBackend
-    from testinfra.host import Host
-
-    from kiln.core import proc
-
-    env = proc.tree_env(runtime)
-
-    class ChrootBackend(LocalBackend):  # type: ignore[misc]
-        """testinfra's local backend with every command run as `/bin/sh -c CMD` in the tree (`in_tree`),
-        in the environment of programs in a tree (proc.tree_env), not kiln's own, and as kiln runs its
-        children (proc.capture: no terminal, ended with kiln)."""
-
-        def run(self, command: str, *args: str, **kwargs: Any) -> Any:
-            text = self.get_command(command, *args)
-            rc, out, err = proc.capture(in_tree(["/bin/sh", "-c", text]), env=env, runtime=runtime)
-            return self.result(rc, self.encode(text), out, err)
-
-    vars_ = goss.render_vars(values, {"phase": "build", **(extra_vars or {})}, spec_dir=spec_dir)
-    vars_.update(user_vars(values, root))
-    spec = goss.load_spec(spec_dir / goss.ENTRY["build"], vars_)
-    user_entry = user_spec(values, "build", root)
-    if user_entry is not None:
-        spec.resources.extend(goss.load_spec(user_entry, vars_).resources)
-    deferred = [r for r in spec.resources if not _in_tree(r)]
-    spec.resources = [r for r in spec.resources if _in_tree(r)]
-    started = time.monotonic()
-    results = goss.evaluate(spec, TestinfraProbe(Host(ChrootBackend())))
-    s = reports.summary(results)
-    log.info(
-        "goss build phase (chroot): %d checks, %d failed in %.1fs; %d resources wait for the boot",
-        s["test-count"], s["failed-count"], time.monotonic() - started, len(deferred),
-    )  # fmt: skip
-    return results, len(deferred)
