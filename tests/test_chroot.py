@@ -702,6 +702,8 @@ def test_a_goss_tree_check_runs_behind_the_stage_wall(tmp_path: Path) -> None:
         "  later: {exit-status: 0}\n"  # no such program in the tree: it waits for the boot
         "  at-rest: {exec: 'test ! -e /var/lib/cloud/data/instance-id', exit-status: 0}\n"  # passes here
         "  booted: {exec: 'true', exit-status: 0, meta: {kiln_phase: boot}}\n"
+        "  writes: {exec: 'echo x > /left-by-a-check', exit-status: 0}\n"  # the tree is read-only to checks
+        "  complains: {exec: 'echo not booted >&2; echo 0', exit-status: 0, stdout: ['0']}\n"
         "service:\n  sshd: {enabled: true}\n"
     )
     host_name = socket.gethostname()
@@ -710,7 +712,9 @@ def test_a_goss_tree_check_runs_behind_the_stage_wall(tmp_path: Path) -> None:
         in_tree, {}, spec_dir=specs, root=tmp_path, runtime=RUNTIME
     )
     assert socket.gethostname() == host_name, "the wall names its own UTS namespace, not the build host"
-    assert deferred == 3, "a command that failed in the tree, one that asks for the boot, and a service wait"
+    # commands that failed, wrote or complained in the tree, one that asks for the boot, and a service
+    assert deferred == 5
+    assert not (tree / "left-by-a-check").exists(), "a check cannot write into the image it checks"
     failed = [f"{r.title()}: found {r.found!r}" for r in results if not r.successful]
     assert not failed and {r.resource_id for r in results} == {"/bin/sh", "hostname", "rename", "at-rest"}
     assert sorted(r.id for r in passed) == ["/bin/sh", "at-rest", "hostname", "rename"]

@@ -358,20 +358,26 @@ def playbook_argv(tree: Path, vars_file: Path, playbook: Path, user_vars: str = 
 
 # A command in a tree behind the stage's wall (host name, IPC, processes, capabilities), without its mounts:
 # the goss tree phase asks only about the tree's files. Not `exec`.
+# the tree read-only for what runs in it: bound onto itself in the namespace, then remounted read-only
 _WALL = f"""set -eu
 {_LOCALHOST}
-caps="$1"; shift
+caps="$1"; tree="$2"; shift 2
+mount --bind "$tree" "$tree"
+mount -o remount,bind,ro "$tree"
 {_SETPRIV} "$caps" -- "$@"
 """
 
 
 def walled(tree: Path, argv: Sequence[str], *, runtime: Runtime) -> list[str]:
-    """`chroot TREE ARGV` behind the stage's wall (module doc), with nothing mounted in the tree: a goss
-    tree-phase check (a user's `command` too) sees its own host name and processes, and lacks the
-    capabilities that rename, reconfigure or reach into the build host's kernel. Against accidents, as the
+    """`chroot TREE ARGV` behind the stage's wall (module doc), with nothing mounted in the tree and the
+    tree read-only: a goss tree-phase check (a user's `command` too) sees its own host name and processes,
+    lacks the capabilities that rename, reconfigure or reach into the build host's kernel, and cannot write
+    into the image it checks (it runs after sysprep: a file it left would ship). Against accidents, as the
     stage's wall: /proc is not mounted in the tree, and the namespace's own view of it is the host's."""
     chroot_bin = proc.which("chroot", runtime)
-    return [*_STAGE_NAMESPACES, "sh", "-c", _WALL, "sh", CAPS_ARG, chroot_bin, str(tree), *argv]
+    return [
+        *_STAGE_NAMESPACES, "sh", "-c", _WALL, "sh", CAPS_ARG, str(tree), chroot_bin, str(tree), *argv
+    ]  # fmt: skip
 
 
 FLOOR = 1 << 30  # what a stage leaves free on the build host's filesystem, at least (or half of what was)

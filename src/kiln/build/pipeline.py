@@ -55,6 +55,7 @@ from kiln.core import builddir, inputs, paths, proc, tempdirs
 from kiln.core.errors import BuildError, KilnError
 from kiln.core.progress import LogFile, Monitor, Multi, Null
 from kiln.core.runtime import Runtime
+from kiln.goss import treephase
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def stage_kubernetes(ws: Workspace, runner: PackerRunner | ChrootRunner) -> None
 
 
 PACKAGES_KEPT = "packages.txt"
-TREE_RECORD_KEPT = "tree-phase.json"
+TREE_RECORD_KEPT = treephase.RECORD
 
 
 def _packages_from_record(ws: Workspace) -> None:
@@ -516,7 +517,7 @@ def _keep_log(log_path: Path, out_root: Path, name: str, *, move: bool) -> Path 
         if serial.is_file():
             keep(serial, logs / f"{name}-{stamp}.serial.log")
         reports = log_path.parent / "goss"
-        if reports.is_dir():  # a failed verify: its reports outlive the temp dir
+        if reports.is_dir():  # a failed verify's reports (or the tree's record alone) outlive the temp dir
             if move:
                 os.replace(reports, logs / f"{name}-{stamp}.goss")
             else:

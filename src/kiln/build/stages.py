@@ -72,7 +72,7 @@ STAGES: tuple[Stage, ...] = (
            "ansible/roles/containerd/**/*", "ansible/roles/cni/**/*", "ansible/roles/providers/**/*",
            "ansible/roles/extra_roles/**/*", "packer/templates/*", "packer/shims/*"),
           ("extra_roles_before",)),
-    Stage("kubernetes", 3, "packer", True, "kubernetes, extra_roles_after, goss check, sysprep",
+    Stage("kubernetes", 4, "packer", True, "kubernetes, extra_roles_after, goss check, sysprep",
           ("ansible/playbook.yml", "ansible/sysprep.yml", "ansible/ansible.cfg", "ansible/library/*",
            "ansible/stage_plugins/**/*", "ansible/roles/kubernetes/**/*", "ansible/roles/extra_roles/**/*",
            "ansible/roles/sysprep/**/*", "goss/**/*", "packer/templates/*", "packer/shims/*"),

@@ -81,7 +81,9 @@ class Workspace:
     @property
     def tree_record(self) -> Path:
         """What the build phase passed in the tree (kiln.goss.treephase), read by the verify boot."""
-        return self.temp / "goss" / "tree-phase.json"
+        from kiln.goss import treephase
+
+        return treephase.record_path(self.temp)
 
     @contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:

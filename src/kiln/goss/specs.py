@@ -8,8 +8,9 @@ kiln.goss.probe answers with pytest-testinfra (one command per file, one `dpkg-q
 testinfra's modules for the rest), over SSH through kiln.goss.rootshell's root shells, in a chroot, or on a
 `local://` host in the tests. A few resources are checked at once; the results keep the spec's order.
 
-Phases: `build` (goss/goss.yaml) runs inside the build before sysprep; `final`
-(goss/goss-final.yaml: everything in build plus hygiene.yaml) runs on the finished image.
+Phases: `build` (goss/goss.yaml) runs inside the build (the VM runner's build VM before sysprep, the chroot
+runner's tree after it: kiln.goss.treephase); `final` (goss/goss-final.yaml: everything in build plus
+hygiene.yaml) runs on the finished image.
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ checked where it can be:
   the stage before the tree is packed.
 - "boot": services, ports, processes, kernel parameters, interfaces, HTTP, DNS, mounts and anything that asks
   (`kiln_phase: boot`): checked in the one boot of the finished image (the final phase).
-- "either": a command that names no phase. It is run in the tree after sysprep; if it passes there it is
-  done, and if not it waits for the boot, where it must pass. So a check of the image at rest
+- "either": a command that names no phase. It is run in the tree after sysprep (read-only: kiln.build.chroot
+  .walled); if it passes there, and wrote nothing to stderr (unless its check reads stderr), it is done, and
+  if not it waits for the boot, where it must pass. So a check of the image at rest
   (`test ! -e /var/lib/cloud/data/instance-id`) passes in the tree, and one that needs a running system
-  (`crictl ps`) in the boot.
+  (`crictl ps`, `systemctl --failed | wc -l`, whose systemctl complains in a tree) in the boot.
 
 `check_tree` returns what passed in the tree; the build keeps it as BUILD_DIR/goss/tree-phase.json
 (`write_record`), and `kiln verify` skips those resources of your build-phase spec (goss_spec_dir's goss.yaml,
@@ -116,7 +117,7 @@ def check_tree(
     phases = [phase_of(r) for r in spec.resources]
     tree = [r for r, p in zip(spec.resources, phases, strict=True) if p == "tree"]
     either = [r for r, p in zip(spec.resources, phases, strict=True) if p == "either"]
-    probe = TestinfraProbe(Host(ChrootBackend()))
+    probe = _Recording(TestinfraProbe(Host(ChrootBackend())))
     started = time.monotonic()
     results = goss.evaluate(replace(spec, resources=tree), probe)
     failed_ids = {(x.resource_type, x.resource_id) for x in results if not x.successful and not x.skipped}
@@ -126,7 +127,7 @@ def check_tree(
         tries = list(pool.map(one, either))
     waiting, ran = len(spec.resources) - len(tree) - len(either), 0
     for resource, outcome in zip(either, tries, strict=True):
-        if all(x.successful or x.skipped for x in outcome):
+        if all(x.successful or x.skipped for x in outcome) and probe.quiet(resource):
             results.extend(outcome)
             passed.append(resource)
             ran += 1
@@ -141,6 +142,27 @@ def check_tree(
     return results, waiting, passed
 
 
+class _Recording:
+    """A probe that keeps each command's stderr: a command that complained in the tree ("System has not been
+    booted with systemd", a missing /proc) is not settled there, even when its pipeline's status passed
+    (`systemctl --failed --no-legend | wc -l` prints 0 in a tree), unless its check reads stderr itself."""
+
+    def __init__(self, probe: TestinfraProbe) -> None:
+        self.probe, self.stderr = probe, dict[str, str]()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.probe, name)
+
+    def command(self, cmd: str, timeout: float) -> tuple[int, str, str]:
+        rc, out, err = self.probe.command(cmd, timeout)
+        self.stderr[cmd] = err
+        return rc, out, err
+
+    def quiet(self, resource: goss.Resource) -> bool:
+        said = self.stderr.get(str(resource.attrs.get("exec", resource.id)), "")
+        return "stderr" in resource.checks or not said.strip()
+
+
 def write_record(path: Path, passed: Sequence[goss.Resource]) -> None:
     """What passed in the tree, for `kiln verify` (atomically: a half-written record would skip nothing)."""
     entries = [{"type": r.type, "id": r.id, "key": resource_key(r)} for r in passed]
@@ -150,10 +172,14 @@ def write_record(path: Path, passed: Sequence[goss.Resource]) -> None:
     tmp.replace(path)
 
 
+def record_path(build_dir: Path) -> Path:
+    return build_dir / "goss" / RECORD
+
+
 def passed_in_tree(build_dir: Path) -> frozenset[str]:
     """The keys of the resources the build phase passed in the tree (empty for a build that has no record:
     the VM runner's, or one made before it was kept)."""
-    path = build_dir / "goss" / RECORD
+    path = record_path(build_dir)
     if not path.is_file():
         return frozenset()
     data = inputs.loads_json(path.read_text(), str(path), "record")
