@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,37 @@ def test_more_sprig_and_goss_functions() -> None:
     assert render(src, data) == '-W-xxW-|{"b":1,"a":[1]}|[a b]|true|false|12|12'
     with pytest.raises(TemplateError, match="spec.yaml:1: .*hasKey"):
         render("{{ hasKey }}", data, name="spec.yaml")
+
+
+def test_a_build_checks_the_users_goss_files_before_any_stage(tmp_path: Path) -> None:
+    """image-builder's goss-args.json names its goss vars file relative to its own images/capi, and its
+    goss-vars.yaml has no section for Debian: both are exit 2 before any stage runs, naming the file."""
+    import subprocess
+    import sys
+
+    def dry_run(var_file: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kiln", "build", "debian-12", "--dry-run", "--var-file", str(var_file)],
+            capture_output=True, text=True, cwd=RUNTIME.root, timeout=120,
+        )  # fmt: skip
+
+    args = tmp_path / "goss-args.json"
+    args.write_text('{"goss_tests_dir": "packer/goss", "goss_vars_file": "packer/goss/goss-vars.yaml"}')
+    run = dry_run(args)
+    assert run.returncode == 2, run.stderr
+    assert f"{args}: goss_vars_file: packer/goss/goss-vars.yaml does not exist" in run.stderr
+    assert "==> base" not in run.stdout + run.stderr
+    specs = tmp_path / "goss"
+    specs.mkdir()
+    (specs / "goss.yaml").write_text(
+        'service:\n{{ range $name, $s := index .Vars .Vars.OS .Vars.PROVIDER "service" }}\n'
+        "  {{ $name }}: {enabled: true}\n{{ end }}\n"
+    )
+    varfile = specs / "goss-vars.yaml"
+    varfile.write_text('ubuntu:\n  qemu:\n    service: {ssh: {}}\ncontainerd_version: ""\n')
+    site = tmp_path / "site.json"
+    site.write_text(json.dumps({"goss_spec_dir": str(specs), "goss_vars_file": str(varfile)}))
+    run = dry_run(site)
+    assert run.returncode == 2, run.stderr
+    assert f"{specs / 'goss.yaml'}:2: " in run.stderr and "of a nil value" in run.stderr
+    assert "==> base" not in run.stdout + run.stderr

@@ -41,6 +41,7 @@ from kiln.build import bootstrap, chroot, stages
 from kiln.build.finalize import stage_finalize
 from kiln.build.packer import PackerFlags
 from kiln.build.preflight import (
+    check_goss,
     check_package_cache,
     check_replaceable_build,
     check_tools,
@@ -329,6 +330,7 @@ def run_build(
     if builder == "vmware-iso":
         check_vmware(cfg, rt)
     check_tools(values, rt)
+    check_goss(cfg, rt)
     if not rt.dry_run:
         check_package_cache(cfg)
     if cfg.settings.provisioner == "chroot" and not rt.dry_run:

@@ -1,6 +1,6 @@
 """What a build checks before anything runs: the tools, VMware for vmware-iso, the package cache, that
-the build directory is kiln's to replace, and the user's extra roles. Each failure is the error the CLI maps
-to its exit code, raised before a stage starts.
+the build directory is kiln's to replace, the user's extra roles and goss files. Each failure is the error
+the CLI maps to its exit code, raised before a stage starts.
 """
 
 from __future__ import annotations
@@ -105,3 +105,32 @@ def warn_unfound_roles(cfg: Config, mon: Monitor, rt: Runtime) -> None:
             "ANSIBLE_ROLES_PATH, ansible/ or the working directory, so its files are not part of the stage's "
             "cache key (a change to them does not rebuild the stage); give its path",
         )
+
+
+def check_goss(cfg: Config, rt: Runtime) -> None:
+    """Your goss files (goss_spec_dir, goss_vars_file) exist, and kiln's and your specs render with the
+    build's vars in both phases, before any stage runs: a missing file or a template error (image-builder's
+    vars file with no section for the target's OS) costs no provisioning. InputError or GossSpecError,
+    exit 2, naming the file and line."""
+    from kiln.goss import specs, userspecs
+    from kiln.goss.verify import PLACEHOLDER_VARS
+
+    values = cfg.values
+    for key in ("goss_spec_dir", "goss_vars_file"):
+        raw = str(values.get(key) or "")
+        if raw and not userspecs.user_path(raw, rt.root).exists():
+            raise InputError(
+                f"{cfg.origins.get(key, key)}: {key}: {raw} does not exist "
+                f"({userspecs.user_path(raw, rt.root)})",
+                hint="a relative path is read from the kiln checkout (an installed kiln: the current "
+                "directory); image-builder's packer/config/goss-args.json names its goss directory "
+                "relative to its images/capi: give absolute paths (docs/verification.md)",
+            )
+    spec_dir = specs.spec_dir(rt.root)
+    for phase, extra in (("build", {}), ("final", PLACEHOLDER_VARS)):
+        kiln_vars = specs.render_vars(values, {"phase": phase, **extra}, spec_dir=spec_dir)
+        vars_ = userspecs.user_vars(values, rt.root, kiln_vars, say=phase == "build")
+        specs.load_spec(spec_dir / specs.ENTRY[phase], vars_)
+        theirs = userspecs.user_spec(values, phase, rt.root)
+        if theirs is not None:
+            specs.load_spec(theirs, vars_)

@@ -16,23 +16,26 @@ from kiln.goss import specs as goss
 log = logging.getLogger(__name__)
 
 
-def _user_path(raw: str, root: Path) -> Path:
+def user_path(raw: str, root: Path) -> Path:
     """A user's goss location, relative to the checkout (or, for an installed wheel, the current dir)."""
     path = Path(raw)
     return path if path.is_absolute() else paths.work_root(root, Path.cwd()) / path
 
 
-def user_vars(values: Mapping[str, Any], root: Path, kiln_vars: Mapping[str, Any]) -> dict[str, Any]:
+def user_vars(
+    values: Mapping[str, Any], root: Path, kiln_vars: Mapping[str, Any], *, say: bool = False
+) -> dict[str, Any]:
     """kiln's vars with the user's: goss_vars_file's under them, as defaults (image-builder's goss-vars.yaml
     gives `containerd_version: ""` and the like, which Packer's inline vars override), goss_vars_inline's over
-    them, as goss --vars-inline (InputError names the file)."""
+    them, as goss --vars-inline (InputError names the file). With `say`, the log names the file's keys
+    whose values lost (the build's preflight says it once)."""
     out: dict[str, Any] = {}
     raw = str(values.get("goss_vars_file") or "")
     if raw:
-        out.update(goss.read_vars_file(_user_path(raw, root), "goss_vars_file"))
+        out.update(goss.read_vars_file(user_path(raw, root), "goss_vars_file"))
         shadowed = sorted(k for k in out if k in kiln_vars and out[k] != kiln_vars[k])
         if shadowed:
-            log.info(
+            (log.info if say else log.debug)(
                 "goss_vars_file %s: the build's own %s win (goss_vars_inline wins over both)", raw, shadowed
             )
     out.update(kiln_vars)
@@ -52,7 +55,7 @@ def user_spec(values: Mapping[str, Any], phase: str, root: Path) -> Path | None:
     raw = str(values.get("goss_spec_dir") or "")
     if not raw:
         return None
-    folder = _user_path(raw, root)
+    folder = user_path(raw, root)
     names = ["goss.yaml"] if phase == "build" else ["goss-final.yaml", "goss.yaml"]
     for name in names:
         if (folder / name).is_file():
