@@ -57,7 +57,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from kiln.core import proc
+from kiln.core import proc, tempdirs
 from kiln.core.builddir import sha256_file  # the project's one file hasher (the fixture runs in kiln's venv)
 
 NAMES = ("kubelet", "kubeadm", "kubectl")
@@ -356,14 +356,16 @@ def main(argv: list[str] | None = None) -> int:
         if os.getppid() != parent:  # make ended before the request was made
             early.append(signal.SIGTERM)
     with_wrapper = proc.parent_death_signal(signal.SIGTERM)
-    varfile = tempfile.NamedTemporaryFile("w", prefix="k8s-standin-", suffix=".json", delete=False)
+    # in a kiln temp dir (locked while the wrapper lives): after a kill -9 of the wrapper, the next kiln
+    # build removes it with the other leftovers of runs that died
+    owned = tempdirs.create(Path(tempfile.gettempdir()), "kiln-standin")
+    varfile = owned.path / "k8s-standin.json"
     try:
-        with varfile:
-            json.dump(var_values(args.version, url), varfile, indent=2)
+        varfile.write_text(json.dumps(var_values(args.version, url), indent=2))
         if early:
             return 128 + early[0]
         child = subprocess.Popen(
-            [a.replace("{url}", url).replace("{varfile}", varfile.name) for a in command], env=env,
+            [a.replace("{url}", url).replace("{varfile}", str(varfile)) for a in command], env=env,
             preexec_fn=with_wrapper,
         )  # fmt: skip
         for signum in early:
@@ -376,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         return child.wait() or 130
     finally:
         server.shutdown()
-        os.unlink(varfile.name)
+        shutil.rmtree(owned.path, ignore_errors=True)
+        owned.release()
 
 
 if __name__ == "__main__":
