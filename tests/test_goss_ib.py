@@ -144,7 +144,7 @@ def test_user_specs_and_vars_extend_kilns(tmp_path: Path) -> None:
     """goss_spec_dir, goss_vars_file and goss_vars_inline: the user's spec runs beside kiln's, with vars
     merged over kiln's; evaluated here against a probe that answers like the built image would."""
     from kiln import config
-    from kiln.goss import verify
+    from kiln.goss import userspecs
 
     specs = tmp_path / "specs"
     specs.mkdir()
@@ -164,21 +164,21 @@ def test_user_specs_and_vars_extend_kilns(tmp_path: Path) -> None:
     values = cfg.plain()
     # the file's values are defaults under the build's own (as under Packer's vars_inline), inline over all
     kilns = {"containerd_version": "1.7.0", "site": "build"}
-    assert verify.user_vars(values, RUNTIME.root, kilns) == {
+    assert userspecs.user_vars(values, RUNTIME.root, kilns) == {
         "site": "rack4",
         "must_exist": False,
         "containerd_version": "1.7.0",
     }
-    assert verify.user_spec(values, "build", RUNTIME.root) == specs / "goss.yaml"
-    assert verify.user_spec(values, "final", RUNTIME.root) == specs / "goss.yaml"
+    assert userspecs.user_spec(values, "build", RUNTIME.root) == specs / "goss.yaml"
+    assert userspecs.user_spec(values, "final", RUNTIME.root) == specs / "goss.yaml"
     kilns = goss.render_vars(values, {"phase": "build"}, spec_dir=SPEC_DIR)
-    vars_ = verify.user_vars(values, RUNTIME.root, kilns)
-    spec = goss.load_spec(verify.user_spec(values, "build", RUNTIME.root), vars_)
+    vars_ = userspecs.user_vars(values, RUNTIME.root, kilns)
+    spec = goss.load_spec(userspecs.user_spec(values, "build", RUNTIME.root), vars_)
     assert [(r.type, r.id) for r in spec.resources] == [("file", "/etc/site-rack4")]
     with pytest.raises(Exception, match="goss_vars_inline: not a JSON object"):
         config.load("debian-12", overrides={"goss_vars_inline": "[1"})
     with pytest.raises(Exception, match="goss_spec_dir has no goss.yaml"):
-        verify.user_spec({"goss_spec_dir": str(tmp_path / "nothing")}, "build", RUNTIME.root)
+        userspecs.user_spec({"goss_spec_dir": str(tmp_path / "nothing")}, "build", RUNTIME.root)
 
 
 def test_printf_q_quotes_as_go_does() -> None:

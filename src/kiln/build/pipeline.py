@@ -176,8 +176,7 @@ def stage_cached(
                 runtime=ws.runtime,
             )
         # the package list the stage wrote travels with it (a build that reuses the stage needs it)
-        kept = {PACKAGES_KEPT: ws.packages_file, TREE_RECORD_KEPT: ws.tree_record}
-        kept = kept if stage == "kubernetes" else {}
+        kept = _kept_with_stage(ws) if stage == "kubernetes" else {}
         extra = {name: path for name, path in kept.items() if path.is_file()}
         cached = stages.store(cache_dir, sid.id, out.disk, record, extra)
         if out.format == "tree":  # the tree kept for the next reader waits only if the cache kept its file
@@ -210,22 +209,24 @@ def stage_kubernetes(ws: Workspace, runner: PackerRunner | ChrootRunner) -> None
 
 
 PACKAGES_KEPT = "packages.txt"
-TREE_RECORD_KEPT = treephase.RECORD
+
+
+def _kept_with_stage(ws: Workspace) -> dict[str, Path]:
+    """What the kubernetes stage's run writes into the build dir and its cache entry keeps (name there ->
+    path here): the package list, and the chroot runner's record of the tree's goss checks."""
+    return {PACKAGES_KEPT: ws.packages_file, treephase.RECORD: ws.tree_record}
 
 
 def _packages_from_record(ws: Workspace) -> None:
     """The package list is written by the kubernetes stage's run and stored with the stage; a build that
-    reuses the stage takes the stored copy (and the chroot runner's record of the tree's goss checks)."""
+    reuses the stage takes the stored copies (_kept_with_stage)."""
     if ws.runtime.dry_run:
         return
-    cache_dir = ws.cfg.path("cache_dir")
-    entry = stages.root(cache_dir) / ws.ids["kubernetes"].id
-    kept = entry / PACKAGES_KEPT
-    if kept.is_file() and not ws.packages_file.is_file():
-        shutil.copyfile(kept, ws.packages_file)
-    if (entry / TREE_RECORD_KEPT).is_file() and not ws.tree_record.is_file():
-        ws.tree_record.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(entry / TREE_RECORD_KEPT, ws.tree_record)
+    entry = stages.root(ws.cfg.path("cache_dir")) / ws.ids["kubernetes"].id
+    for name, path in _kept_with_stage(ws).items():
+        if (entry / name).is_file() and not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(entry / name, path)
     if not ws.packages_file.is_file():
         raise BuildError(f"{ws.packages_file}: the provision playbook wrote no package list")
 

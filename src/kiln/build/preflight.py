@@ -118,19 +118,16 @@ def check_goss(cfg: Config, rt: Runtime) -> None:
     values = cfg.values
     for key in ("goss_spec_dir", "goss_vars_file"):
         raw = str(values.get(key) or "")
-        if raw and not userspecs.user_path(raw, rt.root).exists():
+        path = userspecs.user_path(raw, rt.root)
+        if raw and not path.exists():
             raise InputError(
-                f"{cfg.origins.get(key, key)}: {key}: {raw} does not exist "
-                f"({userspecs.user_path(raw, rt.root)})",
+                f"{cfg.origins.get(key, key)}: {key}: {raw} does not exist ({path})",
                 hint="a relative path is read from the kiln checkout (an installed kiln: the current "
                 "directory); image-builder's packer/config/goss-args.json names its goss directory "
                 "relative to its images/capi: give absolute paths (docs/verification.md)",
             )
     spec_dir = specs.spec_dir(rt.root)
     for phase, extra in (("build", {}), ("final", PLACEHOLDER_VARS)):
-        kiln_vars = specs.render_vars(values, {"phase": phase, **extra}, spec_dir=spec_dir)
-        vars_ = userspecs.user_vars(values, rt.root, kiln_vars, say=phase == "build")
-        specs.load_spec(spec_dir / specs.ENTRY[phase], vars_)
-        theirs = userspecs.user_spec(values, phase, rt.root)
-        if theirs is not None:
-            specs.load_spec(theirs, vars_)
+        userspecs.load_phase(
+            values, phase, spec_dir=spec_dir, root=rt.root, extra_vars=extra, say=phase == "build"
+        )

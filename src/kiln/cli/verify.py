@@ -95,7 +95,7 @@ def _cmd_goss_render(args: argparse.Namespace) -> int:
 
     from kiln.core import inputs
     from kiln.goss import specs as goss
-    from kiln.goss import verify
+    from kiln.goss import userspecs, verify
 
     variables: dict[str, object] = {}
     gossfile = args.gossfile
@@ -104,7 +104,7 @@ def _cmd_goss_render(args: argparse.Namespace) -> int:
         spec_dir = goss.spec_dir(args.runtime.root)
         extra = {"phase": args.phase, **verify.PLACEHOLDER_VARS}
         kiln_vars = goss.render_vars(cfg.values, extra, spec_dir=spec_dir)
-        variables.update(verify.user_vars(cfg.values, args.runtime.root, kiln_vars, say=True))
+        variables.update(userspecs.user_vars(cfg.values, args.runtime.root, kiln_vars, say=True))
         gossfile = gossfile or spec_dir / goss.ENTRY[args.phase]
     if gossfile is None:
         raise InputError("goss render: give GOSSFILE, or --target TARGET for kiln's own spec")

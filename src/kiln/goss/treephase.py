@@ -9,8 +9,8 @@ checked where it can be:
 - "tree": files, packages, users, groups and matchers (not files under /proc, /sys, /run, /dev), and any
   resource that asks for it (`meta: {kiln_phase: tree}`): checked in the tree after sysprep; a failure ends
   the stage before the tree is packed.
-- "boot": services, ports, processes, kernel parameters, interfaces, HTTP, DNS, mounts and anything that asks
-  (`kiln_phase: boot`): checked in the one boot of the finished image (the final phase).
+- "boot": services, kernel parameters, files under those paths, and anything that asks (`kiln_phase: boot`):
+  checked in the one boot of the finished image (the final phase).
 - "either": a command that names no phase. It is run in the tree after sysprep (read-only: kiln.build.chroot
   .walled); if it passes there, and wrote nothing to stderr (unless its check reads stderr), it is done, and
   if not it waits for the boot, where it must pass. So a check of the image at rest
@@ -39,7 +39,7 @@ from kiln.core.runtime import Runtime
 from kiln.goss import reports
 from kiln.goss import specs as goss
 from kiln.goss.probe import TestinfraProbe
-from kiln.goss.userspecs import user_spec, user_vars
+from kiln.goss.userspecs import load_phase
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,9 @@ def check_tree(
             rc, out, err = proc.capture(in_tree(["/bin/sh", "-c", text]), env=env, runtime=runtime)
             return self.result(rc, self.encode(text), out, err)
 
-    vars_ = goss.render_vars(values, {"phase": "build", **(extra_vars or {})}, spec_dir=spec_dir)
-    vars_ = user_vars(values, root, vars_)
-    spec = goss.load_spec(spec_dir / goss.ENTRY["build"], vars_)
-    user_entry = user_spec(values, "build", root)
-    if user_entry is not None:
-        spec.resources.extend(goss.load_spec(user_entry, vars_).resources)
+    loaded = load_phase(values, "build", spec_dir=spec_dir, root=root, extra_vars=extra_vars)
+    spec = loaded.spec
+    spec.resources.extend(loaded.theirs)
     phases = [phase_of(r) for r in spec.resources]
     tree = [r for r, p in zip(spec.resources, phases, strict=True) if p == "tree"]
     either = [r for r, p in zip(spec.resources, phases, strict=True) if p == "either"]

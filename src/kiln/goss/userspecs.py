@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,33 @@ def user_spec(values: Mapping[str, Any], phase: str, root: Path) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     raise InputError(f"{folder}: goss_spec_dir has no {' or '.join(names)}")
+
+
+@dataclass
+class PhaseSpecs:
+    """One phase's specs as every check reads them: kiln's entry (validated), the user's resources (from
+    their entry for the phase, if any), both rendered with the same vars."""
+
+    spec: goss.Spec
+    theirs: list[goss.Resource]
+    user_entry: Path | None
+    vars: dict[str, Any]
+
+
+def load_phase(
+    values: Mapping[str, Any],
+    phase: str,
+    *,
+    spec_dir: Path,
+    root: Path,
+    extra_vars: Mapping[str, Any] | None = None,
+    say: bool = False,
+) -> PhaseSpecs:
+    """kiln's vars for `phase` (with `extra_vars`), the user's layered on them (user_vars, `say` as there),
+    kiln's entry and the user's loaded with them: GossSpecError or InputError names the file and line."""
+    kiln_vars = goss.render_vars(values, {"phase": phase, **(extra_vars or {})}, spec_dir=spec_dir)
+    vars_ = user_vars(values, root, kiln_vars, say=say)
+    spec = goss.load_spec(spec_dir / goss.ENTRY[phase], vars_)
+    entry = user_spec(values, phase, root)
+    theirs = goss.load_spec(entry, vars_).resources if entry is not None else []
+    return PhaseSpecs(spec, theirs, entry, vars_)

@@ -39,7 +39,7 @@ from kiln.core.runtime import Runtime
 from kiln.goss import reports, treephase
 from kiln.goss import specs as goss
 from kiln.goss.probe import TestinfraProbe
-from kiln.goss.userspecs import user_spec, user_vars
+from kiln.goss.userspecs import load_phase
 from kiln.vm import checkboot
 
 log = logging.getLogger(__name__)
@@ -123,13 +123,11 @@ def check_host(
         raise InputError(f"{key_file}: SSH key file not found")
     if goss_binary is not None and not Path(goss_binary).is_file():
         raise InputError(f"{goss_binary}: goss binary not found")
-    vars_ = goss.render_vars(values, {"phase": phase, **(extra_vars or {})}, spec_dir=spec_dir)
-    vars_ = user_vars(values, root, vars_)
-    entry = spec_dir / goss.ENTRY[phase]
-    spec = goss.load_spec(entry, vars_)  # validates every resource and matcher up front
-    user_entry = user_spec(values, phase, root)
+    # validates every resource and matcher up front
+    loaded = load_phase(values, phase, spec_dir=spec_dir, root=root, extra_vars=extra_vars)
+    spec, vars_, entry, user_entry = loaded.spec, loaded.vars, loaded.spec.entry, loaded.user_entry
     if user_entry is not None:  # the user's specs run as well, with the same vars
-        theirs = goss.load_spec(user_entry, vars_).resources
+        theirs = loaded.theirs
         if phase == "final" and user_entry.name == goss.ENTRY["build"] and passed_in_tree:
             done = [r for r in theirs if treephase.resource_key(r) in passed_in_tree]
             for resource in done:
