@@ -138,3 +138,45 @@ def test_the_operators_ssh_config_does_not_redirect_the_login(
             assert b.run("echo $USER-ok").stdout.endswith("-ok\n")
     finally:
         b.close()
+
+
+def _probe_dirs() -> set[Path]:
+    import tempfile
+
+    from kiln.goss import rootshell
+
+    return set(Path(tempfile.gettempdir()).glob(rootshell.TEMP_PREFIX + "*"))
+
+
+def _gone(paths: set[Path], within: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + within
+    while any(p.exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(p.exists() for p in paths)
+
+
+def test_the_shells_temp_dir_goes_with_it_closed_or_cut_off(server: tuple[int, ssh.KeyPair]) -> None:  # noqa: F811
+    """Each shell's private temp dir (named kiln-probe.*) is removed when the backend closes it, and also
+    when the connection drops without a goodbye (the shell reads the end of its input): a dropped
+    `kiln goss-check --host` leaves nothing in the host's /tmp."""
+    port, key = server
+    before = _probe_dirs()
+    b = _backend(port, key)
+    try:
+        assert b.run("true").rc == 0
+        made = _probe_dirs() - before
+        assert len(made) == 1, made
+    finally:
+        b.close()
+    assert _gone(made), f"left after close: {made}"
+
+    before = _probe_dirs()
+    b = _backend(port, key)
+    assert b.run("true").rc == 0
+    made = _probe_dirs() - before
+    assert len(made) == 1, made
+    b.client.get_transport().close()  # type: ignore[union-attr]  (the connection cut, no `exit` sent)
+    assert _gone(made), f"left after the connection dropped: {made}"
+    b.close()

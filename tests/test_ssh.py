@@ -4,8 +4,10 @@ shell). The real counterpart, a guest's OpenSSH sshd, is tests/test_boot_vm.py."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -79,8 +81,9 @@ _GONE = (OSError, EOFError, paramiko.SSHException)
 
 class _Server(paramiko.ServerInterface):
     """Runs each exec request with bash. As sshd does, a client that goes away ends its command (the
-    command is killed), and nothing of a session outlives the fixture: `close` kills the commands still
-    running and joins every thread, so no thread dies later, inside another test."""
+    command is killed), and nothing of a session outlives the fixture: `close` ends the commands still
+    running (TERM to each one's process group, KILL after 5 s) and joins every thread, so no thread dies
+    later, inside another test."""
 
     def __init__(self, allowed: paramiko.PKey) -> None:
         self.allowed = allowed
@@ -117,8 +120,14 @@ class _Server(paramiko.ServerInterface):
         with self.lock:
             self.closing = True  # a command that starts from now on is killed at once
             children, threads = list(self.children), list(self.threads)
-        for child in children:
+        for child in children:  # as a shutdown: TERM to the command's process group, then KILL
             if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.killpg(child.pid, signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
                 child.kill()
         for t in threads:
             t.join(timeout=10)
@@ -126,7 +135,11 @@ class _Server(paramiko.ServerInterface):
 
     def _exec(self, channel: paramiko.Channel, command: str) -> None:
         child = subprocess.Popen(
-            ["bash", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            ["bash", "-c", command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         with self.lock:
             self.children.append(child)

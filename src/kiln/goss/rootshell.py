@@ -34,7 +34,17 @@ from kiln.vm import ssh
 # `timeout`); this only ends a shell that stopped answering. A shell must start within START_TIMEOUT.
 COMMAND_TIMEOUT = 3600.0
 START_TIMEOUT = 60.0
+CLOSE_WAIT = 10.0  # how long `close` waits for a shell that answers to exit (a broken one is not waited for)
 NOISE_LIMIT = 64 * 1024  # what a login script may print before the marker
+
+
+# The shell's private temp dir, named so that an operator can tell it, removed when the shell exits: by
+# `close`, at the end of its input (the connection dropped) or by a hangup or TERM (sudo passes them on).
+TEMP_PREFIX = "kiln-probe."
+_START = (
+    b'T=$(mktemp -d "${TMPDIR:-/tmp}/' + TEMP_PREFIX.encode() + b'XXXXXXXXXX") || exit 97\n'
+    b"trap 'rm -rf \"$T\"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM\n"
+)
 
 
 class ShellError(ProbeError):
@@ -50,8 +60,9 @@ class _Shell:
         try:
             self.chan.settimeout(START_TIMEOUT)
             self.chan.exec_command(command)
-            # the marker on a line of its own even after noise without a newline
-            self.chan.sendall(b"T=$(mktemp -d) || exit 97\nprintf '\\n%s READY\\n' " + self.marker + b"\n")
+            # the marker on a line of its own even after noise without a newline; the temp dir goes with
+            # the shell however it exits (close, or the end of its input when the connection drops)
+            self.chan.sendall(_START + b"printf '\\n%s READY\\n' " + self.marker + b"\n")
             while self._line(skip_noise=True) != b"READY":
                 pass
             self.chan.settimeout(timeout)
@@ -109,9 +120,14 @@ class _Shell:
         del self.buf[: out_len + err_len]
         return rc, out, err
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
+        """Ask the shell to exit (its EXIT trap removes the temp dir); wait up to `wait` seconds for it to
+        have exited, so that nothing of it is left when the caller goes on."""
         try:
-            self.chan.sendall(b'rm -rf "$T"; exit 0\n')
+            self.chan.sendall(b"exit 0\n")
+            self.chan.shutdown_write()
+            if wait:
+                self.chan.status_event.wait(wait)
         except (OSError, paramiko.SSHException):
             pass
         self.chan.close()
@@ -189,6 +205,6 @@ class RootShellBackend(ParamikoBackend):
         with self._lock:
             shells, self._shells = self._shells, []
         for shell in shells:
-            shell.close()
+            shell.close(wait=CLOSE_WAIT)
         if "client" in self.__dict__:  # functools.cached_property: connected
             self.client.close()
