@@ -198,10 +198,10 @@ release-all: deps ## Release every target that builds on this machine kind (debi
 .PHONY: test test-unit test-vm test-vm-more test-vm-runner test-cloudimg test-apt-cache test-repro-cold test-overlay lint
 # the long VM tests, each with a target of its own; `make test` (CI) runs none of them
 LONG_VM_TESTS = vm_runner or cloudimg or repro_cold or apt_cache or overlay
-test: deps lint ## Lint, then the suite CI runs: unit, GCS, the shared image's build, boot and checks (not vm_more)
+test: deps lint ## Lint, then the suite CI runs: unit, GCS, the shared image's build and its boots (BIOS, UEFI, OVA, live ISO, netboot), verify, bump, kill -9 (not vm_more)
 	$(PYTEST) -v --durations=40 -m 'not ($(LONG_VM_TESTS)) and not vm_more'
 
-test-vm-more: deps ## The further boots of the shared image: UEFI, OVA, live ISO, netboot, kiln verify, a Kubernetes bump, kill -9 (~30 min)
+test-vm-more: deps ## Beside the shared image: per-host ISOs and netboot, a SIGTERM'd chroot stage and the build after it (~7 min)
 	$(PYTEST) -v --durations=20 -m 'vm_more'
 
 test-vm-runner: deps ## Build and verify debian-12 with the VM runner too; the same package list and checks as the chroot-built image (~40 min with the suite image)

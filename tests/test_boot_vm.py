@@ -1,13 +1,16 @@
 """The real thing, in ONE boot of the shared kiln-built image (CI budget): a freshly made cidata.iso is
 applied by the guest's real cloud-init (the one-time key logs in over SSH with paramiko, the hostname is
-meta-data's, the user-data marker is there, password login is off), `kiln ssh` and hack/image-ssh.sh
+meta-data's, the user-data marker is there, password login is off), the node is as kubeadm needs it and its
+identity was made at this boot, an image-builder-style spec passes on it, `kiln ssh` and hack/image-ssh.sh
 (OpenSSH) log in, `kiln conformance` runs the stand-in tarball (TEST FIXTURE) over SSH with the image's
-real CNI plugins, and `kiln boot --stop` leaves no QEMU behind and the artifact untouched."""
+real CNI plugins, `kiln goss-check` fails naming containerd once it is stopped, and `kiln boot --stop`
+leaves no QEMU behind and the artifact untouched."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +20,10 @@ import yaml
 
 from fixtures.conformance.standin import make_standin_tarball
 from kiln import cli
+from kiln.core import builddir
+from kiln.core.builddir import BuildDir
+from kiln.goss import reports, verify
+from kiln.goss import specs as goss
 from kiln.vm import boot, cidata, conformance, control, ssh
 from kiln.vm import qemu as vm
 from kiln_runtime import RUNTIME
@@ -73,6 +80,7 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
             sshd = s.run("sudo -n sshd -T")[1].lower()
             assert "passwordauthentication no" in sshd
             assert s.run("sudo -n passwd -S tester")[1].split()[1] == "L"  # password locked
+            _node_checks(s, build)
         other = ssh.generate_keypair(tmp_path / "other")
         with pytest.raises(ssh.SSHError):
             ssh.Session("127.0.0.1", state.ssh_port, "tester", other.private_key, timeout=5)
@@ -110,6 +118,38 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
             assert argv[0] == "--nodes=1" and argv[2:4] == list(conformance.GINKGO_FLAGS[2:4])
             assert "ginkgo stand-in: running as root" in (results / "conformance.log").read_text()
 
+        # a spec written the way image-builder users write theirs ($vars, range $k, $v :=, with, sprig's
+        # contains/semverCompare/trimPrefix/replace, \Q...\E, file contains:, YAML anchors under a
+        # non-resource key), rendered and evaluated against the booted image
+        ib_vars = {
+            "kubernetes_version": build.kubernetes_semver, "OS": "Debian", "extra_packages": ["jq"],
+            "sysctls": {"net.ipv4.ip_forward": 1, "net.bridge.bridge-nf-call-iptables": 1}, "nothing": None,
+        }  # fmt: skip
+        ib_spec = goss.load_spec(REPO / "tests" / "fixtures" / "goss-ib" / "node.yaml", ib_vars)
+        probe = verify._testinfra_probe("127.0.0.1", state.ssh_port, "tester", pair.private_key)
+        ib_results = goss.evaluate(ib_spec, probe)
+        assert not reports.failures(ib_results), reports.failure_table(ib_results)
+        assert len(ib_results) >= 7
+
+        # the in-build check (`kiln goss-check`, as the VM runner runs it before sysprep) fails on a running
+        # node whose containerd was stopped and disabled, naming it
+        with ssh.Session("127.0.0.1", state.ssh_port, "tester", pair.private_key, timeout=60) as s:
+            s.run("sudo systemctl disable --now containerd")
+        rc = cli.main(
+            [
+                "goss-check",
+                "--host", "127.0.0.1", "--port", str(state.ssh_port), "--user", "tester",
+                "--key", str(pair.private_key), "--config", str(build.path / builddir.CONFIG),
+                "--phase", "build", "--report-dir", str(tmp_path / "goss-check"),
+            ]
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert rc == 1, err
+        assert "service containerd" in err and "enabled" in err
+        report = json.loads((tmp_path / "goss-check" / "report.json").read_text())
+        failed = {(r["resource-id"], r["property"]) for r in report["results"] if not r["successful"]}
+        assert ("containerd", "enabled") in failed and ("containerd", "running") in failed
+
         # stop: no QEMU left, run dir cleaned, artifact untouched
         assert cli.main(["boot", "--stop", str(build.path)]) == 0
         assert not control.pid_alive(state.pid)
@@ -136,3 +176,34 @@ def test_ova_vmdk_is_the_same_disk_for_qemu(built_image, tmp_path: Path) -> None
     proc.run(
         ["qemu-img", "compare", "-f", "vmdk", "-F", "qcow2", str(vmdk), str(build.qcow2)], runtime=RUNTIME
     )
+
+
+def _node_checks(s: ssh.Session, build: BuildDir) -> None:
+    """The node as kubeadm finds it, and an identity made at this boot (beside kiln's goss specs, which
+    verify runs: these read the same facts another way)."""
+
+    def out(cmd: str) -> str:
+        return s.run(cmd, timeout=120)[1].strip()
+
+    semver = build.kubernetes_semver
+    assert out("sudo systemctl is-active containerd") == "active"
+    assert out("sudo ctr version >/dev/null && echo ok") == "ok"
+    assert semver in out("kubelet --version")
+    assert out("kubeadm version -o short") == semver
+    assert semver in out("kubectl version --client")
+    assert out("sudo systemctl is-enabled kubelet") == "enabled"
+    assert out("cat /proc/sys/net/ipv4/ip_forward") == "1"
+    assert out("cat /proc/sys/net/bridge/bridge-nf-call-iptables") == "1"
+    assert out("cat /proc/sys/net/bridge/bridge-nf-call-ip6tables") == "1"
+    modules = out("awk '{print $1}' /proc/modules").split()
+    assert "overlay" in modules and "br_netfilter" in modules
+    assert out("tail -n +2 /proc/swaps | wc -l") == "0"
+    # booted from its own bootloader with the image's firmware
+    assert out("cat /proc/cmdline").startswith("BOOT_IMAGE=")
+    assert out("test -d /sys/firmware/efi && echo efi || echo bios") == build.firmware
+    # identity made at this boot, not baked in: host keys and machine-id are newer than the boot
+    boot_time = int(out("awk '/^btime/ {print $2}' /proc/stat"))
+    assert int(out("stat -c %Y /etc/ssh/ssh_host_ed25519_key.pub")) >= boot_time - 5
+    assert re.fullmatch(r"[0-9a-f]{32}", out("cat /etc/machine-id"))
+    assert out(f"id -u {build.custom_data['ssh_username']} 2>/dev/null || echo none") == "none"
+    assert out("sudo sh -c 'cat /home/*/.ssh/authorized_keys' | sort -u | wc -l") == "1"  # this boot's key

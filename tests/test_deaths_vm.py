@@ -140,7 +140,6 @@ def _finalize_only(out: Path, formats: str = "qcow2") -> subprocess.CompletedPro
     )  # fmt: skip
 
 
-@pytest.mark.vm_more
 def test_kill_9_in_a_vm_stage_and_in_a_chroot_stage_leaves_nothing_and_the_next_build_collects(
     built_image, tmp_path
 ):

@@ -25,6 +25,7 @@ FINAL_EXTRA = {
     "verify_user": "kiln-verify",
     "verify_key_marker": "kiln-verify-0",
     "verify_instance_id": "iid-0",
+    "verify_firmware": "efi",
 }
 
 

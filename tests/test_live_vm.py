@@ -87,7 +87,6 @@ def test_squashfs_root_is_the_finished_disks_root(built_image, tmp_path):
     assert live == disk, "\n".join(sorted(set(live).symmetric_difference(disk))[:40])
 
 
-@pytest.mark.vm_more
 @pytest.mark.parametrize("firmware", ["bios", "efi"])
 def test_iso_boots_and_passes_verify(built_image, tmp_path, firmware):
     started = time.monotonic()
@@ -100,7 +99,6 @@ def test_iso_boots_and_passes_verify(built_image, tmp_path, firmware):
     assert report
 
 
-@pytest.mark.vm_more
 def test_netboot_through_ipxe_from_kiln_serve_passes_verify(built_image):
     started = time.monotonic()
     r = kiln("verify", str(built_image.path), "--format", "netboot", "--accelerator",

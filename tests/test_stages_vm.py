@@ -72,7 +72,6 @@ def _start(out: Path, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
 
 
-@pytest.mark.vm_more
 def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image, tmp_path):
     cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
     started_wall = time.time()

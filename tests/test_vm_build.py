@@ -1,6 +1,8 @@
 """The real thing: debian-12 built with `make build-qemu-debian-12` under TCG (the `built_image` fixture),
-then the image's file system read without booting, and three boots from the image's own bootloader (no
--kernel): the qcow2 under SeaBIOS, the qcow2 under OVMF (UEFI), and the OVA's VMDK converted back."""
+then its outputs and the image's file system read without booting. The boots from the image's own
+bootloader: the build's own verify (the qcow2 under SeaBIOS), the seeded boot with the node checks
+(tests/test_boot_vm.py) and `kiln verify --firmware efi` of the OVA's disk converted back
+(tests/test_verify_vm.py, under OVMF)."""
 
 from __future__ import annotations
 
@@ -9,22 +11,14 @@ import json
 import re
 import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from kiln.artifacts import ova
-from kiln.vm import cidata
-from kiln.vm.qemu import VM
-from kiln.vm.ssh import generate_keypair
 from kiln_runtime import RUNTIME
 
-TEMPLATES = cidata.template_dir(RUNTIME.root)
-
 pytestmark = pytest.mark.vm
-
-USER = "kilntest"
 
 
 def _sha256(path: Path) -> str:
@@ -169,83 +163,6 @@ def offline_hygiene(qcow2: Path, user: str, tmp_path: Path) -> None:
         assert "not found" in err.lower(), f"{path} baked into the image"
     lists = _debugfs(fs, "ls /var/lib/apt/lists")
     assert "_dists_" not in lists, "apt lists left in the image"
-
-
-def _node_checks(vm: VM, key: Path, semver: str, firmware: str) -> None:
-    with vm.ssh(USER, key) as s:
-
-        def out(cmd: str) -> str:
-            return s.run(cmd, timeout=120)[1].strip()
-
-        assert out("sudo systemctl is-active containerd") == "active"
-        assert out("sudo ctr version >/dev/null && echo ok") == "ok"
-        assert semver in out("kubelet --version")
-        assert out("kubeadm version -o short") == semver
-        assert semver in out("kubectl version --client")
-        assert out("sudo systemctl is-enabled kubelet") == "enabled"
-        assert out("cat /proc/sys/net/ipv4/ip_forward") == "1"
-        assert out("cat /proc/sys/net/bridge/bridge-nf-call-iptables") == "1"
-        assert out("cat /proc/sys/net/bridge/bridge-nf-call-ip6tables") == "1"
-        modules = out("awk '{print $1}' /proc/modules").split()
-        assert "overlay" in modules and "br_netfilter" in modules
-        assert out("tail -n +2 /proc/swaps | wc -l") == "0"
-        # booted from its own bootloader with the firmware asked for
-        assert out("cat /proc/cmdline").startswith("BOOT_IMAGE=")
-        assert out("test -d /sys/firmware/efi && echo efi || echo bios") == firmware
-        # identity made at this boot, not baked in: host keys and machine-id are newer than the boot
-        boot = int(out("awk '/^btime/ {print $2}' /proc/stat"))
-        assert int(out("stat -c %Y /etc/ssh/ssh_host_ed25519_key.pub")) >= boot - 5
-        machine_id = out("cat /etc/machine-id")
-        assert re.fullmatch(r"[0-9a-f]{32}", machine_id)
-        assert out(f"id -u {vm_build_user(vm)} 2>/dev/null || echo none") == "none"
-        assert out("sudo sh -c 'cat /home/*/.ssh/authorized_keys' | wc -l") == "1"  # only this boot's key
-
-
-def vm_build_user(vm: VM) -> str:
-    return getattr(vm, "_kiln_build_user", "builder")
-
-
-def _boot_and_check(disk: Path, firmware: str, built_image, tmp_path: Path) -> None:
-    keys = generate_keypair(tmp_path / "key", comment="kiln-test")
-    files = cidata.render_seed(
-        [keys.public_line], user=USER, values=built_image.dir.config, templates=TEMPLATES
-    )
-    files["user-data"] = files["user-data"].replace("  - default\n", "")
-    seed = cidata.write_iso(tmp_path / "seed.iso", files)
-    vm = VM(
-        disk,
-        workdir=tmp_path / "vm",
-        firmware=firmware,
-        accelerator="auto",
-        cidata=seed,
-        memory=2048,
-        runtime=RUNTIME,
-        cpus=2,
-    )
-    vm._kiln_build_user = built_image.dir.custom_data["ssh_username"]  # type: ignore[attr-defined]
-    with vm:
-        assert vm.kernel is None
-        vm.wait_for_ssh(USER, keys.private_key, timeout=900)
-        vm.wait_for_cloud_init(USER, keys.private_key, timeout=900)
-        _node_checks(vm, keys.private_key, built_image.dir.kubernetes_semver, firmware)
-
-
-@pytest.mark.vm_more
-def test_qcow2_boots_with_uefi(built_image, tmp_path):
-    _boot_and_check(built_image.dir.qcow2, "efi", built_image, tmp_path)
-
-
-# The qcow2 on BIOS (the build's firmware) is booted by the OVA test below (the same disk, converted back,
-# with the same node checks), by test_verify_vm (kiln verify) and by test_boot_vm (kiln boot): no fourth boot.
-@pytest.mark.vm_more
-def test_ova_disk_converted_back_boots(built_image, tmp_path):
-    with tarfile.open(built_image.dir.ova) as tar:
-        vmdk_name = next(n for n in tar.getnames() if n.endswith(".vmdk"))
-        tar.extract(vmdk_name, tmp_path, filter="data")
-    back = tmp_path / "from-ova.qcow2"
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(tmp_path / vmdk_name), str(back)], check=True)
-    (tmp_path / vmdk_name).unlink()
-    _boot_and_check(back, built_image.dir.firmware, built_image, tmp_path)
 
 
 def test_second_build_with_unchanged_base_inputs_skips_the_base_stage(built_image):

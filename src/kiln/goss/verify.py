@@ -46,7 +46,12 @@ log = logging.getLogger(__name__)
 
 VERIFY_USER = "kiln-verify"
 # stand-ins for a verify boot's one-time facts, to render and check the final spec without booting
-PLACEHOLDER_VARS = {"verify_user": VERIFY_USER, "verify_key_marker": "-", "verify_instance_id": "-"}
+PLACEHOLDER_VARS = {
+    "verify_user": VERIFY_USER,
+    "verify_key_marker": "-",
+    "verify_instance_id": "-",
+    "verify_firmware": "",  # no firmware check (`kiln goss-check --var verify_firmware=efi` asks for one)
+}
 PHASES = ("build", "final")
 
 # Appended to the seed's user-data for `kiln verify`: keep whatever host keys the image carries, so that a
@@ -313,6 +318,7 @@ def verify_image(
         "verify_user": VERIFY_USER,
         "verify_key_marker": login.instance_id,
         "verify_instance_id": login.instance_id,
+        "verify_firmware": options.firmware,  # hygiene.yaml: the boot went through it
     }
     mon: Monitor = monitor or Null()
     what = f"{target.live} live boot" if target.live else f"{target.disk.name} on a throwaway overlay"
