@@ -200,6 +200,8 @@ def _node_checks(s: ssh.Session, build: BuildDir) -> None:
     assert out("tail -n +2 /proc/swaps | wc -l") == "0"
     # booted from its own bootloader with the image's firmware
     assert out("cat /proc/cmdline").startswith("BOOT_IMAGE=")
+    # with no wait at GRUB's menu (grub_timeout 0: every `set timeout=` of the grub.cfg it booted says 0)
+    assert out("sudo grep -h 'set timeout=' /boot/grub/grub.cfg | tr -d ' ' | sort -u") == "settimeout=0"
     assert out("test -d /sys/firmware/efi && echo efi || echo bios") == build.firmware
     # identity made at this boot, not baked in: host keys and machine-id are newer than the boot
     boot_time = int(out("awk '/^btime/ {print $2}' /proc/stat"))

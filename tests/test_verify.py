@@ -12,7 +12,7 @@ import pytest
 from kiln import cli, config
 from kiln.core.errors import InputError, VerifyError
 from kiln.goss import specs as goss
-from kiln.goss import verify
+from kiln.goss import treephase, verify
 from kiln_runtime import RUNTIME
 
 
@@ -315,3 +315,27 @@ def test_the_cloud_init_wait_ends_on_the_files_cloud_init_status_reads(tmp_path)
             if proc_.poll() is None:
                 proc_.kill()
                 proc_.wait()
+
+
+def test_verify_says_when_the_build_dir_lacks_its_tree_record(tmp_path: Path) -> None:
+    """A build with the user's goss directory whose build dir has no goss/tree-phase.json (copied without
+    it, or the VM runner's): verify says that the user's at-rest checks will run on the booted image; with
+    the record it says nothing of the kind."""
+    site = Path(__file__).parent / "fixtures" / "site"
+    d = _build_dir(tmp_path)
+    cfg = config.load("debian-12", var_files=[site / "node.json"])
+    (d / "config.json").write_text(json.dumps(cfg.to_json()))
+    said: list[str] = []
+
+    class Said:
+        def log(self, stage: str, line: str, show: bool = True) -> None:
+            said.append(line)
+
+    dry = dataclasses.replace(RUNTIME, dry_run=True)
+    verify.verify_build_dir(d, workdir=tmp_path / "work", runtime=dry, monitor=Said())  # type: ignore[arg-type]
+    assert any("tree-phase.json: every check of goss_spec_dir's goss.yaml runs" in s for s in said), said
+    said.clear()
+    treephase.record_path(d).parent.mkdir()
+    treephase.record_path(d).write_text('{"passed_in_tree": []}\n')
+    verify.verify_build_dir(d, workdir=tmp_path / "work", runtime=dry, monitor=Said())  # type: ignore[arg-type]
+    assert not any("tree-phase.json" in s for s in said)

@@ -95,6 +95,7 @@ class Settings:
     disable_public_repos: bool
     ansible_user_vars: str
     extra_kernel_boot_params: str
+    grub_timeout: int
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:

@@ -455,6 +455,14 @@ def verify_build_dir(
         proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8G"], runtime=runtime)
     else:
         raise InputError(f"--format {fmt!r}: want disk, iso or netboot")
+    record = treephase.record_path(build.path)
+    # a build dir copied without its record, or the VM runner's (which keeps none)
+    if values.get("goss_spec_dir") and not record.is_file():
+        (monitor or Null()).log(
+            "verify",
+            f"no {record}: every check of goss_spec_dir's goss.yaml runs on the booted image, where "
+            "checks of the image at rest (no host keys, an empty machine-id) cannot pass",
+        )
     try:
         return verify_image(
             Target(image, None if fmt == "disk" else fmt, live_iso, build if fmt == "netboot" else None),
