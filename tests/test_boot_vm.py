@@ -127,7 +127,10 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
         }  # fmt: skip
         ib_spec = goss.load_spec(REPO / "tests" / "fixtures" / "goss-ib" / "node.yaml", ib_vars)
         probe = verify._testinfra_probe("127.0.0.1", state.ssh_port, "tester", pair.private_key)
-        ib_results = goss.evaluate(ib_spec, probe)
+        try:
+            ib_results = goss.evaluate(ib_spec, probe)
+        finally:
+            probe.host.backend.close()
         assert not reports.failures(ib_results), reports.failure_table(ib_results)
         assert len(ib_results) >= 7
 

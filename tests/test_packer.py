@@ -192,7 +192,7 @@ def test_real_packer_starts_qemu_with_kilns_arguments(
 ) -> None:
     """Real `packer build` on a rendered bootstrap template, with a recording stand-in for QEMU (it exits at
     once, so Packer then fails): shows the exact QEMU command line Packer builds from kiln's template.
-    The real counterpart boots it: tests/test_vm_build.py."""
+    The real counterpart boots it: the suite image's verify (BIOS) and tests/test_verify_vm.py (UEFI)."""
     import subprocess
 
     bindir = tmp_path / "bin"

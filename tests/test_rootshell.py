@@ -140,12 +140,10 @@ def test_the_operators_ssh_config_does_not_redirect_the_login(
         b.close()
 
 
-def _probe_dirs() -> set[Path]:
-    import tempfile
-
+def _probe_dirs(where: Path) -> set[Path]:
     from kiln.goss import rootshell
 
-    return set(Path(tempfile.gettempdir()).glob(rootshell.TEMP_PREFIX + "*"))
+    return set(where.glob(rootshell.TEMP_PREFIX + "*"))
 
 
 def _gone(paths: set[Path], within: float = 10.0) -> bool:
@@ -157,26 +155,62 @@ def _gone(paths: set[Path], within: float = 10.0) -> bool:
     return not any(p.exists() for p in paths)
 
 
-def test_the_shells_temp_dir_goes_with_it_closed_or_cut_off(server: tuple[int, ssh.KeyPair]) -> None:  # noqa: F811
+def test_the_shells_temp_dir_goes_with_it_closed_or_cut_off(
+    server: tuple[int, ssh.KeyPair],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Each shell's private temp dir (named kiln-probe.*) is removed when the backend closes it, and also
     when the connection drops without a goodbye (the shell reads the end of its input): a dropped
     `kiln goss-check --host` leaves nothing in the host's /tmp."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the fake server's shells make theirs here
     port, key = server
-    before = _probe_dirs()
+    before = _probe_dirs(tmp_path)
     b = _backend(port, key)
     try:
         assert b.run("true").rc == 0
-        made = _probe_dirs() - before
+        made = _probe_dirs(tmp_path) - before
         assert len(made) == 1, made
     finally:
         b.close()
     assert _gone(made), f"left after close: {made}"
 
-    before = _probe_dirs()
+    before = _probe_dirs(tmp_path)
     b = _backend(port, key)
     assert b.run("true").rc == 0
-    made = _probe_dirs() - before
+    made = _probe_dirs(tmp_path) - before
     assert len(made) == 1, made
     b.client.get_transport().close()  # type: ignore[union-attr]  (the connection cut, no `exit` sent)
     assert _gone(made), f"left after the connection dropped: {made}"
     b.close()
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash"])
+@pytest.mark.parametrize("sig", ["SIGHUP", "SIGTERM"])
+def test_the_temp_dir_goes_when_a_signal_meets_an_idle_shell(
+    shell: str, sig: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hangup or TERM while the shell waits for its next line runs the trap only at the end of its input,
+    where an `exit` in the trap would skip the EXIT trap: the dir goes all the same, and the exit status
+    names the signal."""
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from kiln.goss import rootshell
+
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} not installed")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    child = subprocess.Popen([shell, "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(rootshell._START + b"echo ready\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == b"ready\n"
+    (made,) = _probe_dirs(tmp_path)
+    child.send_signal(getattr(signal, sig))
+    time.sleep(0.2)
+    child.stdin.close()  # the end of its input, as when the connection drops
+    assert child.wait(timeout=10) == {"SIGHUP": 129, "SIGTERM": 143}[sig]
+    assert not made.exists()

@@ -120,15 +120,20 @@ class _Server(paramiko.ServerInterface):
         with self.lock:
             self.closing = True  # a command that starts from now on is killed at once
             children, threads = list(self.children), list(self.threads)
-        for child in children:  # as a shutdown: TERM to the command's process group, then KILL
-            if child.poll() is None:
+        for child in children:  # as a shutdown: TERM to the command's process group and the end of its
+            if child.poll() is None:  # input (the client is gone), then KILL
                 with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                     os.killpg(child.pid, signal.SIGTERM)
+                with contextlib.suppress(OSError, ValueError):
+                    assert child.stdin is not None
+                    child.stdin.close()
         for child in children:
             try:
                 child.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                child.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
         for t in threads:
             t.join(timeout=10)
             assert not t.is_alive(), f"the fake SSH server's {t.name} outlived its test"
@@ -153,8 +158,8 @@ class _Server(paramiko.ServerInterface):
                     child.stdin.write(data)
                     child.stdin.flush()  # as sshd: what the client sent reaches the command now
                 child.stdin.close()
-            except _GONE:  # the command ended (or was killed) before its input did, or the client left
-                pass
+            except (*_GONE, ValueError):  # the command ended (or was killed) before its input did, the client
+                pass  # left, or `close` ended its input
 
         def pump_err() -> None:
             assert child.stderr is not None

@@ -69,16 +69,17 @@ def test_the_ovas_disk_passes_kiln_verify_on_uefi(
 ) -> None:
     """One boot for three things: the OVA's VMDK (converted back) is a whole, bootable disk; the image boots
     through OVMF (UEFI) as well as the build's own verify boot's SeaBIOS; and `kiln verify` passes on a good
-    image, the build's tree record skipping the site's checks of the image at rest, the artifact untouched."""
+    image, the build's tree record skipping the site's checks of the image at rest, the disk it booted
+    untouched (it boots a throwaway overlay)."""
     src = _build_dir(built_image)
     build = builddir.BuildDir.open(src)
-    before = _sha256(build.ova)
     with tarfile.open(build.ova) as tar:
         vmdk = next(n for n in tar.getnames() if n.endswith(".vmdk"))
         tar.extract(vmdk, tmp_path, filter="data")
     back = tmp_path / "from-ova.qcow2"
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(tmp_path / vmdk), str(back)], check=True)
     (tmp_path / vmdk).unlink()
+    before = _sha256(back)
     shadow = _shadow_build_dir(src, tmp_path / "good", qcow2=back)
 
     rc = cli.main(["verify", str(shadow), "--firmware", "efi"])
@@ -98,7 +99,7 @@ def test_the_ovas_disk_passes_kiln_verify_on_uefi(
     assert suite is not None and suite.get("failures") == "0"
     assert (shadow / "goss" / "vars-final.yaml").is_file()
     assert "verify_firmware: efi" in (shadow / "goss" / "vars-final.yaml").read_text()
-    assert _sha256(build.ova) == before, "kiln verify wrote to the artifact"
+    assert _sha256(shadow / back.name) == before, "kiln verify wrote to the disk it booted"
 
 
 def test_a_disk_with_a_boots_leftovers_and_containerd_disabled_fails_kiln_verify(

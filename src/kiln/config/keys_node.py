@@ -426,8 +426,8 @@ NODE: tuple[S, ...] = (
         int,
         0,
         "Seconds GRUB shows its menu before it boots the image (GRUB_TIMEOUT, and on Debian and Ubuntu "
-        "GRUB_RECORDFAIL_TIMEOUT). 0, as in cloud images (image-builder's too): a node boots at once, "
-        "5 s sooner than with the distro's default.",
+        "GRUB_RECORDFAIL_TIMEOUT). 0, as in cloud images (image-builder's too): a node boots at once "
+        "(Debian's default is 5 s).",
         "common",
         _between(0, 600),
         stage="os",

@@ -43,7 +43,9 @@ NOISE_LIMIT = 64 * 1024  # what a login script may print before the marker
 TEMP_PREFIX = "kiln-probe."
 _START = (
     b'T=$(mktemp -d "${TMPDIR:-/tmp}/' + TEMP_PREFIX.encode() + b'XXXXXXXXXX") || exit 97\n'
-    b"trap 'rm -rf \"$T\"' EXIT; trap 'exit 129' HUP; trap 'exit 143' TERM\n"
+    # (a signal while the shell waits for its next line runs its trap at the end of input, where `exit` in
+    # a trap skips the EXIT trap: each trap removes the dir itself)
+    b"trap 'rm -rf \"$T\"' EXIT; trap 'rm -rf \"$T\"; exit 129' HUP; trap 'rm -rf \"$T\"; exit 143' TERM\n"
 )
 
 
@@ -204,7 +206,7 @@ class RootShellBackend(ParamikoBackend):
         """Every shell, then the SSH connection."""
         with self._lock:
             shells, self._shells = self._shells, []
-        for shell in shells:
-            shell.close(wait=CLOSE_WAIT)
+        for shell in shells:  # a wedged guest or a broken connection: no shell will answer, no wait
+            shell.close(wait=CLOSE_WAIT if self._dead is None else 0.0)
         if "client" in self.__dict__:  # functools.cached_property: connected
             self.client.close()

@@ -39,7 +39,7 @@ from kiln.core.runtime import Runtime
 from kiln.goss import reports, treephase
 from kiln.goss import specs as goss
 from kiln.goss.probe import TestinfraProbe
-from kiln.goss.userspecs import load_phase
+from kiln.goss.userspecs import load_phase, user_spec
 from kiln.vm import checkboot
 
 log = logging.getLogger(__name__)
@@ -456,8 +456,10 @@ def verify_build_dir(
     else:
         raise InputError(f"--format {fmt!r}: want disk, iso or netboot")
     record = treephase.record_path(build.path)
-    # a build dir copied without its record, or the VM runner's (which keeps none)
-    if values.get("goss_spec_dir") and not record.is_file():
+    # a build dir copied without its record, or the VM runner's (which keeps none), when the final phase runs
+    # the user's goss.yaml (no goss-final.yaml of theirs)
+    theirs = user_spec(values, "final", runtime.root) if values.get("goss_spec_dir") else None
+    if theirs is not None and theirs.name == goss.ENTRY["build"] and not record.is_file():
         (monitor or Null()).log(
             "verify",
             f"no {record}: every check of goss_spec_dir's goss.yaml runs on the booted image, where "
