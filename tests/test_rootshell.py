@@ -203,7 +203,16 @@ def test_the_temp_dir_goes_when_a_signal_meets_an_idle_shell(
     if shutil.which(shell) is None:
         pytest.skip(f"{shell} not installed")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    child = subprocess.Popen([shell, "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    # a suite run under nohup (or in the background) passes SIGHUP ignored, and a shell cannot trap a signal
+    # ignored on entry: the shell gets the default back, as sshd's sessions have it
+    def default_signals() -> None:
+        for number in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
+
+    child = subprocess.Popen(
+        [shell, "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=default_signals
+    )
     assert child.stdin is not None and child.stdout is not None
     child.stdin.write(rootshell._START + b"echo ready\n")
     child.stdin.flush()

@@ -99,7 +99,7 @@ def test_the_ovas_disk_passes_kiln_verify_on_uefi(
     assert suite is not None and suite.get("failures") == "0"
     assert (shadow / "goss" / "vars-final.yaml").is_file()
     assert "verify_firmware: efi" in (shadow / "goss" / "vars-final.yaml").read_text()
-    assert _sha256(shadow / back.name) == before, "kiln verify wrote to the disk it booted"
+    assert _sha256(builddir.BuildDir.open(shadow).qcow2) == before, "kiln verify wrote to the disk it booted"
 
 
 def test_a_disk_with_a_boots_leftovers_and_containerd_disabled_fails_kiln_verify(
