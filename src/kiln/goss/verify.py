@@ -458,7 +458,7 @@ def verify_build_dir(
     record = treephase.record_path(build.path)
     # a build dir copied without its record, or the VM runner's (which keeps none), when the final phase runs
     # the user's goss.yaml (no goss-final.yaml of theirs)
-    theirs = user_spec(values, "final", runtime.root) if values.get("goss_spec_dir") else None
+    theirs = user_spec(values, "final", runtime.root)  # None without goss_spec_dir
     if theirs is not None and theirs.name == goss.ENTRY["build"] and not record.is_file():
         (monitor or Null()).log(
             "verify",
