@@ -105,6 +105,23 @@ def test_goss_hook_and_manifest() -> None:
     assert "host_port_min        = 2299" in text and "host_port_max        = 2299" in text
 
 
+def test_the_goss_hook_checks_only_what_needs_a_running_system_when_the_disk_is_checked_at_rest() -> None:
+    """The VM runner of a bootstrap target (its disk checked at rest after shutdown: kiln.build.runners)
+    renders `--running-only`; the hook line still parses as `kiln goss-check`."""
+    import shlex
+
+    from kiln import cli
+
+    cfg = config.load("debian-12", repo_root=REPO)
+    ctx = replace(golden_context(cfg), goss_running_only=True)
+    text = render.render_template(cfg, ctx, Path("/kiln-build/rendered"), (1, 6, 6))
+    (line,) = [ln for ln in text.splitlines() if "goss-check" in ln and "inline" in ln]
+    assert line.rstrip().endswith('--phase build --running-only"]'), line
+    argv = shlex.split(line.split('["', 1)[1].rsplit('"]', 1)[0].replace("${build.Port}", "22"))
+    args = cli.build_parser().parse_args(argv[argv.index("goss-check") :])
+    assert args.running_only and args.phase == "build"
+
+
 @pytest.mark.parametrize(
     ("value", "expect"),
     [

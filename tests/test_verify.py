@@ -184,6 +184,44 @@ def test_goss_binary_is_copied_with_spec_and_vars_and_its_json_read(
     assert report["kiln"]["engine"] == "goss" and report["summary"]["failed-count"] == 1
 
 
+class AtRestSession(FakeSession):
+    """goss's report with a check of the image at rest (a file) beside a running system's (a service)."""
+
+    def run(self, cmd: Any, check: bool = True, timeout: float | None = None) -> tuple[int, str, str]:
+        text = cmd if isinstance(cmd, str) else " ".join(cmd)
+        self.commands.append(text)
+        if "validate" not in text:
+            return 0, "", ""
+        doc = {"results": [
+            {"resource-type": "File", "resource-id": "/etc/kiln-release", "property": "exists",
+             "successful": False, "skipped": False, "expected": [True], "found": [False], "duration": 5},
+            {"resource-type": "Service", "resource-id": "containerd", "property": "running",
+             "successful": True, "skipped": False, "expected": [True], "found": [True], "duration": 5},
+        ], "summary": {"test-count": 2, "failed-count": 1}}  # fmt: skip
+        return 1, json.dumps(doc), ""
+
+
+def test_running_only_sets_aside_what_the_disk_at_rest_is_checked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--running-only` (the VM runner's build VM before sysprep): a file of kiln's spec waits for the disk
+    at rest, a service is checked; the goss binary runs its whole spec, and the file's result is set aside.
+    The final phase takes no such split. (kiln's evaluator on a real VM: test_boot_vm.)"""
+    monkeypatch.setattr("kiln.vm.ssh.Session", AtRestSession)
+    binary, key = tmp_path / "goss", tmp_path / "key"
+    binary.write_text("#!/bin/sh\n")
+    key.write_text("k")
+    values = dict(config.load("debian-12").values)
+    where = {"spec_dir": goss.spec_dir(RUNTIME.root), "root": RUNTIME.root, "goss_binary": binary}
+    both = verify.check_host("10.0.2.15", 22, "builder", key, values, phase="build", **where)
+    assert [(r.resource_type, r.successful) for r in both] == [("file", False), ("service", True)]
+    running = verify.check_host("10.0.2.15", 22, "builder", key, values, phase="build", running_only=True,
+                                **where)  # fmt: skip
+    assert [(r.resource_type, r.resource_id) for r in running] == [("service", "containerd")]
+    with pytest.raises(InputError, match="--running-only"):
+        verify.check_host("10.0.2.15", 22, "builder", key, values, phase="final", running_only=True, **where)
+
+
 def test_the_packer_hook_command_is_one_goss_check_accepts() -> None:
     """The shell-local line the templates render (golden files) parses as `kiln goss-check`."""
     import re

@@ -190,3 +190,44 @@ def test_a_boot_that_stops_in_emergency_mode_fails_at_once_naming_why(
     assert "Failed to mount boot-efi.mount" in err, err
     assert seconds < 400, f"{seconds:.0f}s: it waited for SSH instead"
     print(f"\nemergency mode reported after {seconds:.0f}s")
+
+
+def test_the_vm_runners_disk_is_checked_at_rest_as_the_chroot_runners_tree(
+    built_image: Any, tmp_path: Path
+) -> None:
+    """What the VM runner does with a bootstrap target's disk after sysprep and Packer's shutdown
+    (kiln.build.runners._check_at_rest), on the suite image's qcow2, a disk at rest as that shutdown leaves
+    one: its root mounted from a throwaway copy, the build phase's checks of the image at rest pass there
+    (the site's image-builder-style ones too: no host keys, an empty machine-id), and the record holds what
+    the chroot runner's does. A copy without /etc/kiln-release fails the stage naming it. Nothing stays
+    mounted. (The VM runner's whole build: `make test-vm-runner`.)"""
+    from types import SimpleNamespace
+
+    from kiln.build import runners
+    from kiln.core.errors import VerifyError
+
+    build = builddir.BuildDir.open(_build_dir(built_image))
+    lines: list[str] = []
+    ws = SimpleNamespace(
+        work=tmp_path / "work", runtime=RUNTIME, log_file=None, values=build.values(),
+        monitor=SimpleNamespace(log=lambda stage, text, show=True: lines.append(text)),
+        tree_record=tmp_path / "good" / treephase.RECORD,
+    )  # fmt: skip
+    ws.work.mkdir()
+    runners._check_at_rest(ws, "kubernetes", build.qcow2)  # type: ignore[arg-type]
+    assert any("0 failed (on the disk at rest, after sysprep and shutdown" in line for line in lines), lines
+    record = json.loads(ws.tree_record.read_text())
+    chroot_record = json.loads(treephase.record_path(build.path).read_text())
+    assert record == chroot_record, "the same checks pass at rest in both runners"
+    assert any("ssh_host" in key for key in json.dumps(record).split('"')), "the site's host-key check"
+    assert not list(ws.work.iterdir()), "the copy and its mount point go"
+
+    broken = tmp_path / "broken.qcow2"
+    with _root_of_a_copy(build.qcow2, broken, tmp_path) as root:
+        (root / "etc/kiln-release").unlink()
+    ws.tree_record = tmp_path / "broken" / treephase.RECORD
+    with pytest.raises(VerifyError, match=r"(?s)goss build phase \(on the disk at rest.*/etc/kiln-release"):
+        runners._check_at_rest(ws, "kubernetes", broken)  # type: ignore[arg-type]
+    assert not ws.tree_record.exists()
+    mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in mounts

@@ -75,6 +75,7 @@ class BuildContext:
     # --host/--port/--user/--key/--config/--phase build
     goss_check_command: Sequence[str] = ()
     goss_check: bool = True
+    goss_running_only: bool = False  # --running-only: the disk is checked at rest after shutdown (runners)
     kiln_command: Sequence[str] = field(default_factory=lambda: [sys.executable, "-m", "kiln"])
     extra_qemuargs: Sequence[Sequence[str]] = ()
     # build stages: boot the parent stage's disk through a qcow2 overlay (Packer's use_backing_file) and
@@ -271,6 +272,7 @@ def template_vars(
         f"{kiln} --host ${{build.Host}} --port ${{build.Port}} --user ${{build.User}} "
         f"--key {shlex.quote(str(context.ssh_private_key_file))} "
         f"--config {shlex.quote(str(render_dir / 'config.json'))} --phase build"
+        + (" --running-only" if context.goss_running_only else "")
     )
     # escape everything but the three ${build.X} interpolations
     goss_command = _Raw(

@@ -44,6 +44,10 @@ class PackerRunner:
         assert login.keys is not None and login.seed is not None
         keys, seed = login.keys, login.seed
         staged = parent is not None
+        # a bootstrap target's disk has kiln's own layout (its root the last partition): after sysprep and
+        # shutdown it is checked at rest as the chroot runner's tree is, and the build VM, before sysprep,
+        # checks only what needs a running system
+        at_rest = last and ws.base is not None
         context = BuildContext(
             ssh_private_key_file=keys.private_key,
             ssh_public_key=keys.public_line,
@@ -65,6 +69,7 @@ class PackerRunner:
             serial_log=ws.temp / SERIAL_LOG,
             kiln_command=[sys.executable, "-m", "kiln"],
             goss_check=last,
+            goss_running_only=at_rest,
             sysprep=last,
             use_backing_file=staged,
             compress=not staged,
@@ -96,6 +101,8 @@ class PackerRunner:
         if not out.disk.is_file() and not ws.runtime.dry_run:
             raise BuildError(f"{out.disk.parent}: Packer finished but wrote no {out.disk.name}")
         login.forget()  # the stage's key goes as soon as the stage ends
+        if at_rest and not ws.runtime.dry_run:
+            _check_at_rest(ws, stage, out.disk)
         return out
 
 
@@ -172,7 +179,21 @@ def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: P
     bootloader.check_cfg(tree, log_file=ws.log_file, runtime=ws.runtime)  # before the tree is cached
 
 
-def _check_tree(ws: Workspace, stage: str, tree: Path) -> None:
+def _check_at_rest(ws: Workspace, stage: str, disk: Path) -> None:
+    """The VM runner's disk after sysprep and shutdown, its root mounted from a throwaway copy: the build
+    phase's checks of the image at rest, as the chroot runner makes them in its tree (image-builder's goss
+    runs after its sysprep); a failure ends the stage before it is cached."""
+    from kiln.artifacts import formats
+
+    work = ws.work / f"{stage}-at-rest"
+    try:
+        with formats.root_tree(disk, work, ws.runtime, ws.log_file) as root:
+            _check_tree(ws, stage, root, where="on the disk at rest, after sysprep and shutdown")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_tree(ws: Workspace, stage: str, tree: Path, where: str = "in the chroot, after sysprep") -> None:
     """The build phase's goss checks that a tree can answer (kiln.goss.treephase); a failure ends the stage
     before anything is packed or cached. What passed is kept in BUILD_DIR/goss/ for the verify boot."""
     from kiln.goss import specs, treephase, verify
@@ -187,10 +208,10 @@ def _check_tree(ws: Workspace, stage: str, tree: Path) -> None:
     failed = [r for r in results if not r.successful and not r.skipped]
     ws.monitor.log(
         stage,
-        f"goss build phase: {len(results)} checks, {len(failed)} failed (in the chroot, after sysprep; "
+        f"goss build phase: {len(results)} checks, {len(failed)} failed ({where}; "
         f"{waiting} resources wait for the boot check)",
     )
-    verify.raise_on_failure(results, "goss build phase (chroot)", None)
+    verify.raise_on_failure(results, f"goss build phase ({where})", None)
     treephase.write_record(ws.tree_record, passed)
 
 

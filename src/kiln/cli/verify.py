@@ -56,6 +56,13 @@ def _register_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         metavar="KEY=VALUE",
         help="extra goss var (the final phase needs verify_user, verify_key_marker, verify_instance_id)",
     )
+    p.add_argument(
+        "--running-only",
+        action="store_true",
+        help="build phase: check only what needs a running system (services, kernel parameters, files "
+        "under /proc /sys /run /dev, `kiln_phase: boot`); the VM runner's build VM, whose disk is checked "
+        "at rest after shutdown",
+    )
     p.set_defaults(func=_cmd_goss_check)
 
 
@@ -184,6 +191,7 @@ def _cmd_goss_check(args: argparse.Namespace) -> int:
         extra_vars=extra,
         spec_dir=goss.spec_dir(args.runtime.root),
         root=args.runtime.root,
+        running_only=args.running_only,
     )
     verify.raise_on_failure(results, f"{args.user}@{args.host}:{args.port}", args.report_dir)
     s = reports.summary(results)

@@ -132,7 +132,7 @@ def check_tree(
             waiting += 1
     s = reports.summary(results)
     log.info(
-        "goss build phase (chroot): %d checks, %d failed in %.1fs; %d commands passed in the tree, "
+        "goss build phase (tree): %d checks, %d failed in %.1fs; %d commands passed in the tree, "
         "%d resources wait for the boot",
         s["test-count"], s["failed-count"], time.monotonic() - started, ran, waiting,
     )  # fmt: skip
@@ -175,7 +175,7 @@ def record_path(build_dir: Path) -> Path:
 
 def passed_in_tree(build_dir: Path) -> frozenset[str]:
     """The keys of the resources the build phase passed in the tree (empty for a build that has no record:
-    the VM runner's, or one made before it was kept)."""
+    the VM runner's of an installer or cloud-image target, or one made before it was kept)."""
     path = record_path(build_dir)
     if not path.is_file():
         return frozenset()
