@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from kiln import cli, config
 from kiln.core.errors import InputError, VerifyError
 from kiln.goss import specs as goss
-from kiln.goss import treephase, verify
+from kiln.goss import reports, treephase, verify
 from kiln_runtime import RUNTIME
 
 
@@ -174,7 +175,8 @@ def test_goss_binary_is_copied_with_spec_and_vars_and_its_json_read(
     assert {"goss.yaml", "packages.yaml", "services.yaml", "node.yaml", "kubernetes.yaml"} <= set(remote)
     assert f"kubernetes_semver: {values['kubernetes_semver']}" in remote["vars.yaml"][0]
     run = [c for c in session.commands if "validate" in c][0]
-    assert "sudo ./goss -g goss.yaml --vars vars.yaml validate -f json" in run
+    assert re.search(r"cd (/tmp/kiln-goss-\w+) && sudo \1/goss -g goss.yaml --vars \1/vars.yaml validate -f json",
+                     run), run  # fmt: skip
     assert any(c.startswith("rm -rf /tmp/kiln-goss-") for c in session.commands)  # nothing left in the guest
     assert [(r.resource_type, r.resource_id, r.successful) for r in results] == [
         ("service", "containerd", False),
@@ -220,6 +222,59 @@ def test_running_only_sets_aside_what_the_disk_at_rest_is_checked_for(
     assert [(r.resource_type, r.resource_id) for r in running] == [("service", "containerd")]
     with pytest.raises(InputError, match="--running-only"):
         verify.check_host("10.0.2.15", 22, "builder", key, values, phase="final", running_only=True, **where)
+
+
+HOST_KEYS = "sh -c '! ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1'"
+
+
+class SiteSession(FakeSession):
+    """goss in the guest: kiln's entry passes a service; the site's (under site/) fails its host-key check,
+    as it must on a booted image."""
+
+    def run(self, cmd: Any, check: bool = True, timeout: float | None = None) -> tuple[int, str, str]:
+        text = cmd if isinstance(cmd, str) else " ".join(cmd)
+        self.commands.append(text)
+        if "validate" not in text:
+            return 0, "", ""
+        ours = {"resource-type": "Service", "resource-id": "containerd", "property": "running",
+                "successful": True, "skipped": False, "expected": [True], "found": [True], "duration": 5}
+        theirs = {"resource-type": "Command", "resource-id": HOST_KEYS, "property": "exit-status",
+                  "successful": False, "skipped": False, "expected": [0], "found": [1], "duration": 5}
+        doc = {"results": [theirs if "/site &&" in text else ours]}  # fmt: skip
+        return 0, json.dumps(doc), ""
+
+
+def test_the_goss_binary_runs_the_sites_specs_too_skipping_what_passed_in_the_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """goss_spec_dir's files go into the guest beside kiln's (under site/, where their includes resolve) and
+    the binary runs the site's entry as well; on the booted image a site check that passed in the tree is
+    reported skipped, as kiln's evaluator reports it; without the tree record it fails there."""
+    monkeypatch.setattr("kiln.vm.ssh.Session", SiteSession)
+    SiteSession.instances.clear()
+    binary, key = tmp_path / "goss", tmp_path / "key"
+    binary.write_text("#!/bin/sh\n")
+    key.write_text("k")
+    site = RUNTIME.root / "tests" / "fixtures" / "site" / "goss"
+    values = {**config.load("debian-12").values, "goss_spec_dir": str(site),
+              "goss_vars_file": str(site / "goss-vars.yaml")}  # fmt: skip
+    extra = {**verify.PLACEHOLDER_VARS, "verify_firmware": ""}
+    where = {"spec_dir": goss.spec_dir(RUNTIME.root), "root": RUNTIME.root, "goss_binary": binary,
+             "phase": "final", "extra_vars": extra}  # fmt: skip
+    loaded = verify.load_phase(values, "final", spec_dir=where["spec_dir"], root=RUNTIME.root, extra_vars=extra)
+    (resource,) = [r for r in loaded.theirs if r.id == HOST_KEYS]
+    passed = {treephase.resource_key(resource)}
+    results = verify.check_host("10.0.2.15", 22, "builder", key, values, passed_in_tree=passed, **where)
+    (session,) = SiteSession.instances
+    remote = {p.split("/", 3)[-1] for p in session.puts}
+    assert {"goss-final.yaml", "site/goss.yaml", "site/goss-at-rest.yaml"} <= remote, remote
+    runs = [c for c in session.commands if "validate" in c]
+    assert len(runs) == 2 and "/site && sudo " in runs[1] and "-g goss.yaml" in runs[1], runs
+    mine = {(r.resource_type, r.resource_id): r for r in results}
+    assert mine[("service", "containerd")].successful
+    assert mine[("command", HOST_KEYS)].skipped and not reports.failures(results)
+    again = verify.check_host("10.0.2.15", 22, "builder", key, values, **where)  # no tree record
+    assert [r.resource_id for r in reports.failures(again)] == [HOST_KEYS]
 
 
 def test_the_packer_hook_command_is_one_goss_check_accepts() -> None:

@@ -138,8 +138,8 @@ def check_host(
     # validates every resource and matcher up front
     loaded = load_phase(values, phase, spec_dir=spec_dir, root=root, extra_vars=extra_vars)
     spec, vars_, entry, user_entry = loaded.spec, loaded.vars, loaded.spec.entry, loaded.user_entry
+    ours, theirs = list(spec.resources), loaded.theirs
     if user_entry is not None:  # the user's specs run as well, with the same vars
-        theirs = loaded.theirs
         if phase == "final" and user_entry.name == goss.ENTRY["build"] and passed_in_tree:
             done = [r for r in theirs if treephase.resource_key(r) in passed_in_tree]
             for resource in done:
@@ -156,10 +156,12 @@ def check_host(
         log.info("goss: %d resources wait for the disk at rest (after sysprep and shutdown)", len(at_rest))
     started = time.monotonic()
     if goss_binary is not None:
-        results = _run_goss_binary(host, port, user, key_file, goss_binary, spec, vars_, spec_dir)
-        # the binary runs its whole spec: what waits for the disk at rest is set aside here
-        waiting = {(r.type, r.id) for r in at_rest}
-        results = [r for r in results if (r.resource_type, r.resource_id) not in waiting]
+        runs = _run_goss_binary(host, port, user, key_file, goss_binary, spec_dir, entry, vars_, user_entry)
+        results = [
+            r
+            for found, resources in zip(runs, (ours, theirs), strict=True)
+            for r in _settled(found, resources, at_rest)
+        ]
         engine = "goss"
     else:
         log.info(
@@ -228,36 +230,72 @@ def _run_goss_binary(
     user: str,
     key_file: Path,
     binary: Path,
-    spec: goss.Spec,
-    vars_: Mapping[str, Any],
     spec_dir: Path,
-) -> list[goss.Result]:
-    """Copy goss, the spec files and the vars into the guest, run `goss validate -f json` there."""
+    entry: Path,
+    vars_: Mapping[str, Any],
+    user_entry: Path | None,
+) -> list[list[goss.Result]]:
+    """Copy goss, kiln's spec files, the user's (goss_spec_dir, under site/: their gossfile includes are
+    relative to their entry) and the vars into the guest; run `goss validate -f json` on kiln's entry, then
+    on the user's. Returns each run's results (the second [] without a user entry)."""
     from kiln.vm.ssh import Session
 
     remote = f"/tmp/kiln-goss-{uuid.uuid4().hex[:8]}"
+    runs: list[tuple[str, str]] = [(remote, entry.name)]
     with tempfile.TemporaryDirectory(prefix="kiln-goss-") as tmp:
         vars_path = goss.write_vars(vars_, Path(tmp) / "vars.yaml")
         with Session(host, port, user, key_file) as session:
             session.run(["mkdir", "-p", remote])
             session.put(binary, f"{remote}/goss", mode=0o755)
             session.put(vars_path, f"{remote}/vars.yaml")
-            for path in sorted(spec_dir.glob("*.yaml")):
-                session.put(path, f"{remote}/{path.name}", mode=0o644)
-            entry = spec.entry.name
-            rc, out, err = session.run(
-                f"cd {remote} && sudo ./goss -g {entry} --vars vars.yaml validate -f json",
-                check=False,
-                timeout=1800,
-            )
+            files = [(path, f"{remote}/{path.name}") for path in sorted(spec_dir.glob("*.yaml"))]
+            if user_entry is not None:
+                theirs = user_entry.parent
+                runs.append((f"{remote}/site", user_entry.name))
+                files += [(path, f"{remote}/site/{path.relative_to(theirs).as_posix()}")
+                          for path in sorted(theirs.rglob("*")) if path.suffix in (".yaml", ".yml")
+                          and path.is_file()]  # fmt: skip
+            for folder in sorted({str(Path(dest).parent) for _, dest in files}):
+                session.run(["mkdir", "-p", folder])
+            for path, dest in files:
+                session.put(path, dest, mode=0o644)
+            outputs = []
+            for where, name in runs:
+                outputs.append(session.run(
+                    f"cd {where} && sudo {remote}/goss -g {name} --vars {remote}/vars.yaml validate -f json",
+                    check=False,
+                    timeout=1800,
+                ))  # fmt: skip
             session.run(["rm", "-rf", remote], check=False)
-    try:
-        doc = json.loads(out)
-    except ValueError as exc:
-        raise VerifyError(
-            f"goss in the guest exited {rc} without a JSON report:\n{(out + err)[-2000:]}"
-        ) from exc
-    return reports.results_from_goss_json(doc)
+    found: list[list[goss.Result]] = [[], []]
+    for i, (rc, out, err) in enumerate(outputs):
+        try:
+            doc = json.loads(out)
+        except ValueError as exc:
+            raise VerifyError(
+                f"goss in the guest exited {rc} on {runs[i][1]} without a JSON report:\n{(out + err)[-2000:]}"
+            ) from exc
+        found[i] = reports.results_from_goss_json(doc)
+    return found
+
+
+def _settled(
+    found: list[goss.Result], resources: list[goss.Resource], at_rest: list[goss.Resource]
+) -> list[goss.Result]:
+    """The goss binary's results of one run of whole files, settled as kiln's evaluator settles them: a
+    resource that waits for the disk at rest (`running_only`) is dropped, one kiln skips (passed in the tree,
+    a disk-only check on a live boot) is reported skipped."""
+    waiting = {(r.type, r.id) for r in at_rest}
+    skipped = {(r.type, r.id) for r in resources if r.skip}
+    settled = []
+    for result in found:
+        key = (result.resource_type, result.resource_id)
+        if key in waiting:
+            continue
+        if key in skipped and not result.skipped:
+            result = replace(result, successful=True, skipped=True, found=None, err="")
+        settled.append(result)
+    return settled
 
 
 def raise_on_failure(results: list[goss.Result], what: str, report_dir: Path | None) -> None:
