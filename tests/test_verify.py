@@ -12,8 +12,8 @@ import pytest
 
 from kiln import cli, config
 from kiln.core.errors import InputError, VerifyError
-from kiln.goss import specs as goss
 from kiln.goss import reports, treephase, verify
+from kiln.goss import specs as goss
 from kiln_runtime import RUNTIME
 
 
@@ -175,8 +175,8 @@ def test_goss_binary_is_copied_with_spec_and_vars_and_its_json_read(
     assert {"goss.yaml", "packages.yaml", "services.yaml", "node.yaml", "kubernetes.yaml"} <= set(remote)
     assert f"kubernetes_semver: {values['kubernetes_semver']}" in remote["vars.yaml"][0]
     run = [c for c in session.commands if "validate" in c][0]
-    assert re.search(r"cd (/tmp/kiln-goss-\w+) && sudo \1/goss -g goss.yaml --vars \1/vars.yaml validate -f json",
-                     run), run  # fmt: skip
+    pattern = r"cd (/tmp/kiln-goss-\w+) && sudo \1/goss -g goss.yaml --vars \1/vars.yaml validate -f json"
+    assert re.search(pattern, run), run
     assert any(c.startswith("rm -rf /tmp/kiln-goss-") for c in session.commands)  # nothing left in the guest
     assert [(r.resource_type, r.resource_id, r.successful) for r in results] == [
         ("service", "containerd", False),
@@ -236,10 +236,26 @@ class SiteSession(FakeSession):
         self.commands.append(text)
         if "validate" not in text:
             return 0, "", ""
-        ours = {"resource-type": "Service", "resource-id": "containerd", "property": "running",
-                "successful": True, "skipped": False, "expected": [True], "found": [True], "duration": 5}
-        theirs = {"resource-type": "Command", "resource-id": HOST_KEYS, "property": "exit-status",
-                  "successful": False, "skipped": False, "expected": [0], "found": [1], "duration": 5}
+        ours = {
+            "resource-type": "Service",
+            "resource-id": "containerd",
+            "property": "running",
+            "successful": True,
+            "skipped": False,
+            "expected": [True],
+            "found": [True],
+            "duration": 5,
+        }
+        theirs = {
+            "resource-type": "Command",
+            "resource-id": HOST_KEYS,
+            "property": "exit-status",
+            "successful": False,
+            "skipped": False,
+            "expected": [0],
+            "found": [1],
+            "duration": 5,
+        }
         doc = {"results": [theirs if "/site &&" in text else ours]}  # fmt: skip
         return 0, json.dumps(doc), ""
 
@@ -261,7 +277,9 @@ def test_the_goss_binary_runs_the_sites_specs_too_skipping_what_passed_in_the_tr
     extra = {**verify.PLACEHOLDER_VARS, "verify_firmware": ""}
     where = {"spec_dir": goss.spec_dir(RUNTIME.root), "root": RUNTIME.root, "goss_binary": binary,
              "phase": "final", "extra_vars": extra}  # fmt: skip
-    loaded = verify.load_phase(values, "final", spec_dir=where["spec_dir"], root=RUNTIME.root, extra_vars=extra)
+    loaded = verify.load_phase(
+        values, "final", spec_dir=where["spec_dir"], root=RUNTIME.root, extra_vars=extra
+    )
     (resource,) = [r for r in loaded.theirs if r.id == HOST_KEYS]
     passed = {treephase.resource_key(resource)}
     results = verify.check_host("10.0.2.15", 22, "builder", key, values, passed_in_tree=passed, **where)
