@@ -13,6 +13,7 @@ fact gathering runs `setup` and then ansible/library/kiln_tree_facts.py, whose f
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,14 @@ def _root_sizes(tree: Path, disk_size: int) -> dict[str, int]:
     before = (bootstrap.FIRST_MIB + bootstrap.BIOS_BOOT_MIB + bootstrap.ESP_MIB) << 20
     total = max(disk_size - before, 0) // BLOCK
     used = files = 0
+    linked: set[int] = set()  # a file with hard links takes its blocks and its inode once, as df counts it
     for top, dirs, names in os.walk(tree):
         for name in [*dirs, *names]:
             st = os.lstat(os.path.join(top, name))
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if st.st_ino in linked:
+                    continue
+                linked.add(st.st_ino)
             used += st.st_blocks * 512
             files += 1
     used_blocks = min(-(-used // BLOCK), total)
