@@ -45,9 +45,9 @@ class PackerRunner:
         keys, seed = login.keys, login.seed
         staged = parent is not None
         # a bootstrap target's disk has kiln's own layout (its root the last partition): after sysprep and
-        # shutdown it is checked at rest as the chroot runner's tree is, and the build VM, before sysprep,
-        # checks only what needs a running system
-        at_rest = last and ws.base is not None
+        # shutdown it is checked at rest as the chroot runner's tree is (its root mounted: as root, as the
+        # base is built), and the build VM, before sysprep, checks only what needs a running system
+        at_rest = last and ws.base is not None and os.geteuid() == 0
         context = BuildContext(
             ssh_private_key_file=keys.private_key,
             ssh_public_key=keys.public_line,
