@@ -204,7 +204,7 @@ test: deps lint ## Lint, then the suite CI runs: unit, GCS, the shared image's b
 test-vm-more: deps ## Beside the shared image: per-host ISOs and netboot, a SIGTERM'd chroot stage and the build after it (~7 min)
 	$(PYTEST) -v --durations=20 -m 'vm_more'
 
-test-vm-runner: deps ## Build and verify debian-12 with the VM runner too; the same package list and checks as the chroot-built image (~40 min with the suite image)
+test-vm-runner: deps ## Build and verify debian-12 with the VM runner too; the same package list and checks as the chroot-built image (~13 min beside an existing suite image)
 	$(PYTEST) -v -m vm_runner
 
 test-cloudimg: deps ## Build debian-12-cloudimg end to end from a locally served cloud image, boot it on BIOS and UEFI (~16 min)
