@@ -450,3 +450,21 @@ def test_verify_says_when_the_build_dir_lacks_its_tree_record(tmp_path: Path) ->
     treephase.record_path(d).write_text('{"passed_in_tree": []}\n')
     verify.verify_build_dir(d, workdir=tmp_path / "work", runtime=dry, monitor=Said())  # type: ignore[arg-type]
     assert not any("tree-phase.json" in s for s in said)
+
+
+def test_binary_results_are_settled_by_their_own_runs_resources() -> None:
+    """kiln's and the user's specs may share a type and id with different phases: each run's results are
+    settled by its own resources. A result named in goss's `KEY: PATH` form is its resource's."""
+
+    def result(kind: str, rid: str, ok: bool) -> goss.Result:
+        return goss.Result(kind, rid, "exit-status", ok, False, [0], [0 if ok else 1])
+
+    kiln_cmd = goss.Resource("command", "check", {"exec": "true"}, "goss.yaml")
+    site_cmd = goss.Resource("command", "check", {"exec": "true", "meta": {"kiln_phase": "boot"}}, "site")
+    site_file = goss.Resource("file", "release", {"path": "/etc/kiln-release", "skip": True}, "site")
+    found = [result("command", "check", False)]
+    assert verify._settled(found, [kiln_cmd], [kiln_cmd]) == []  # kiln's waits for the disk at rest
+    (kept,) = verify._settled(found, [site_cmd, site_file], [kiln_cmd])  # the site's is checked here
+    assert not kept.successful and not kept.skipped
+    (named,) = verify._settled([result("file", "release: /etc/kiln-release", False)], [site_file], [])
+    assert named.skipped and named.successful  # passed in the tree: skipped, under goss's name for it

@@ -74,13 +74,11 @@ def root_tree(disk: Path, work: Path, runtime: Runtime, log_file: IO[str] | None
     # mount's own loop device, which the kernel frees with the mount (autoclear): after a kill -9, the next
     # run's collection of dead runs' temp dirs (kiln.core.tempdirs) unmounts it, and no loop device stays
     where = f"loop,offset={root['start'] * sector},sizelimit={root['size'] * sector}"
-    mounted = False
     try:
         proc.run(["mount", "-o", where, str(raw), str(mnt)], log_file=log_file, runtime=runtime)
-        mounted = True
         yield mnt
-    finally:
-        if mounted:
+    finally:  # asked of the kernel: an interrupt between mount and its return leaves it mounted too
+        if os.path.ismount(mnt):
             proc.run(["umount", "-l", str(mnt)], check=False, log_file=log_file, runtime=runtime)
         raw.unlink(missing_ok=True)
 

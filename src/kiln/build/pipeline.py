@@ -213,7 +213,7 @@ PACKAGES_KEPT = "packages.txt"
 
 def _kept_with_stage(ws: Workspace) -> dict[str, Path]:
     """What the kubernetes stage's run writes into the build dir and its cache entry keeps (name there ->
-    path here): the package list, and the chroot runner's record of the tree's goss checks."""
+    path here): the package list, and the record of the build phase's checks of the image at rest."""
     return {PACKAGES_KEPT: ws.packages_file, treephase.RECORD: ws.tree_record}
 
 

@@ -81,14 +81,14 @@ def _root_sizes(tree: Path, disk_size: int) -> dict[str, int]:
     before = (bootstrap.FIRST_MIB + bootstrap.BIOS_BOOT_MIB + bootstrap.ESP_MIB) << 20
     total = max(disk_size - before, 0) // BLOCK
     used = files = 0
-    linked: set[int] = set()  # a file with hard links takes its blocks and its inode once, as df counts it
+    linked: set[tuple[int, int]] = set()  # a hard-linked file's blocks and inode count once, as in df
     for top, dirs, names in os.walk(tree):
         for name in [*dirs, *names]:
             st = os.lstat(os.path.join(top, name))
             if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                if st.st_ino in linked:
+                if (st.st_dev, st.st_ino) in linked:
                     continue
-                linked.add(st.st_ino)
+                linked.add((st.st_dev, st.st_ino))
             used += st.st_blocks * 512
             files += 1
     used_blocks = min(-(-used // BLOCK), total)

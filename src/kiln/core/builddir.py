@@ -10,8 +10,8 @@ packer/output/BUILD_NAME+kube-KUBERNETES_SEMVER/
   packer-manifest.json    Packer's manifest; builds[-1].custom_data holds kiln's provenance
   config.json             the resolved config: {"key": {"value": ..., "origin": "file"}}
   build.log               the whole build log
-  goss/                   verify reports (report.json, junit.xml); tree-phase.json, what the chroot runner's
-                          build phase passed in the tree (kiln.goss.treephase)
+  goss/                   verify reports (report.json, junit.xml); tree-phase.json, what the build phase
+                          passed in the tree or on the VM runner's disk at rest (kiln.goss.treephase)
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The build phase's goss checks against a root tree (the chroot runner), and their record.
+"""The build phase's goss checks against a root tree (the chroot runner's, or the VM runner's disk after
+shutdown: kiln.build.runners), and their record.
 
 image-builder's goss runs in the build VM after the whole playbook, sysprep included: its specs describe the
 image at rest (no SSH host keys, an empty machine-id, no cloud-init instance; image-builder's

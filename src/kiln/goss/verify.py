@@ -257,16 +257,15 @@ def _run_goss_binary(
                           and path.is_file()]  # fmt: skip
             for folder in sorted({str(Path(dest).parent) for _, dest in files}):
                 session.run(["mkdir", "-p", folder])
-            for path, dest in files:
-                session.put(path, dest, mode=0o644)
             outputs = []
-            for where, name in runs:
-                outputs.append(session.run(
-                    f"cd {where} && sudo {remote}/goss -g {name} --vars {remote}/vars.yaml validate -f json",
-                    check=False,
-                    timeout=1800,
-                ))  # fmt: skip
-            session.run(["rm", "-rf", remote], check=False)
+            try:
+                for path, dest in files:
+                    session.put(path, dest, mode=0o644)
+                for where, name in runs:
+                    validate = f"sudo {remote}/goss -g {name} --vars {remote}/vars.yaml validate -f json"
+                    outputs.append(session.run(f"cd {where} && {validate}", check=False, timeout=1800))
+            finally:  # nothing of the check stays in the host, however it ended
+                session.run(["rm", "-rf", remote], check=False)
     found: list[list[goss.Result]] = [[], []]
     for i, (rc, out, err) in enumerate(outputs):
         try:
@@ -284,12 +283,16 @@ def _settled(
 ) -> list[goss.Result]:
     """The goss binary's results of one run of whole files, settled as kiln's evaluator settles them: a
     resource that waits for the disk at rest (`running_only`) is dropped, one kiln skips (passed in the tree,
-    a disk-only check on a live boot) is reported skipped."""
-    waiting = {(r.type, r.id) for r in at_rest}
+    a disk-only check on a live boot) is reported skipped. Only this run's own resources count (kiln's and
+    the user's may share a type and id), and a result's id may carry goss's `ID: PATH` (or `: NAME`) form."""
+    waiting = {(r.type, r.id) for r in resources if any(r is a for a in at_rest)}
     skipped = {(r.type, r.id) for r in resources if r.skip}
+    ids = {(r.type, r.id) for r in resources}
     settled = []
     for result in found:
         key = (result.resource_type, result.resource_id)
+        if key not in ids:  # goss names a resource whose path or name differs from its key `KEY: PATH`
+            key = (result.resource_type, result.resource_id.split(": ", 1)[0])
         if key in waiting:
             continue
         if key in skipped and not result.skipped:
@@ -508,8 +511,8 @@ def verify_build_dir(
     else:
         raise InputError(f"--format {fmt!r}: want disk, iso or netboot")
     record = treephase.record_path(build.path)
-    # a build dir copied without its record, or the VM runner's (which keeps none), when the final phase runs
-    # the user's goss.yaml (no goss-final.yaml of theirs)
+    # a build dir copied without its record, or the VM runner's of an installer or cloud-image target (which
+    # keeps none), when the final phase runs the user's goss.yaml (no goss-final.yaml of theirs)
     theirs = user_spec(values, "final", runtime.root)  # None without goss_spec_dir
     if theirs is not None and theirs.name == goss.ENTRY["build"] and not record.is_file():
         (monitor or Null()).log(
