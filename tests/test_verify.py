@@ -468,3 +468,77 @@ def test_binary_results_are_settled_by_their_own_runs_resources() -> None:
     assert not kept.successful and not kept.skipped
     (named,) = verify._settled([result("file", "release: /etc/kiln-release", False)], [site_file], [])
     assert named.skipped and named.successful  # passed in the tree: skipped, under goss's name for it
+
+
+class FinalSession(FakeSession):
+    """goss in the guest: the site's goss-final.yaml passes a command; its goss.yaml, run for what it left
+    for the boot, fails a service, and reports a file it checked at rest."""
+
+    def run(self, cmd: Any, check: bool = True, timeout: float | None = None) -> tuple[int, str, str]:
+        text = cmd if isinstance(cmd, str) else " ".join(cmd)
+        self.commands.append(text)
+        if "validate" not in text:
+            return 0, "", ""
+        if "/site &&" not in text:
+            return 0, json.dumps({"results": []}), ""
+
+        def one(kind: str, rid: str, ok: bool) -> dict[str, Any]:
+            return {"resource-type": kind, "resource-id": rid, "property": "exists", "successful": ok,
+                    "skipped": False, "expected": [True], "found": [ok], "duration": 5}  # fmt: skip
+
+        if "-g goss-final.yaml" in text:
+            return 0, json.dumps({"results": [one("Command", "site-final", True)]}), ""
+        return 1, json.dumps({"results": [one("File", "/etc/site-at-rest", False),
+                                          one("Service", "site-daemon", False)]}), ""  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["binary", "kiln"])
+def test_a_sites_goss_final_yaml_does_not_hide_what_its_goss_yaml_left_for_the_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """With a goss-final.yaml of the site's, verify still checks what the site's goss.yaml left for the boot
+    (a service; not what passed in the tree): the docs say it must pass there."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "goss.yaml").write_text(
+        "file:\n  /etc/site-at-rest: {exists: true}\nservice:\n  site-daemon: {running: true}\n"
+    )
+    (site / "goss-final.yaml").write_text("command:\n  site-final: {exec: 'true', exit-status: 0}\n")
+    key = tmp_path / "key"
+    key.write_text("k")
+    values = {**config.load("debian-12").values, "goss_spec_dir": str(site)}
+    extra = {**verify.PLACEHOLDER_VARS, "verify_firmware": ""}
+    every = verify.load_phase(values, "final", spec_dir=goss.spec_dir(RUNTIME.root), root=RUNTIME.root,
+                              extra_vars=extra)  # fmt: skip
+    at_rest = goss.load_spec(site / "goss.yaml", every.vars).resources[0]
+    passed = {treephase.resource_key(at_rest)}
+    where = {
+        "spec_dir": goss.spec_dir(RUNTIME.root),
+        "root": RUNTIME.root,
+        "phase": "final",
+        "extra_vars": extra,
+    }
+    if engine == "binary":
+        monkeypatch.setattr("kiln.vm.ssh.Session", FinalSession)
+        FinalSession.instances.clear()
+        binary = tmp_path / "goss"
+        binary.write_text("#!/bin/sh\n")
+        results = verify.check_host(
+            "h", 22, "u", key, values, passed_in_tree=passed, goss_binary=binary, **where
+        )
+        runs = [c for c in FinalSession.instances[0].commands if "validate" in c]
+        assert [r.split(" -g ")[1].split()[0] for r in runs] == ["goss-final.yaml"] * 2 + ["goss.yaml"]
+        failed = {(r.resource_type, r.resource_id) for r in reports.failures(results)}
+        assert failed == {("service", "site-daemon")}, failed
+        assert ("file", "/etc/site-at-rest") not in {(r.resource_type, r.resource_id) for r in results}
+    else:  # kiln's evaluator: the resources it is given
+        from types import SimpleNamespace
+
+        seen: list[tuple[str, str]] = []
+        probe = SimpleNamespace(host=SimpleNamespace(backend=SimpleNamespace(close=lambda: None)))
+        monkeypatch.setattr(verify, "_testinfra_probe", lambda *args: probe)
+        monkeypatch.setattr(goss, "evaluate", lambda spec, _probe, **kw: seen.extend(
+            (r.type, r.id) for r in spec.resources) or [])  # fmt: skip
+        verify.check_host("h", 22, "u", key, values, passed_in_tree=passed, **where)
+        assert {("service", "site-daemon"), ("command", "site-final")} <= set(seen)
+        assert ("file", "/etc/site-at-rest") not in seen

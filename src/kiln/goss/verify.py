@@ -139,12 +139,25 @@ def check_host(
     loaded = load_phase(values, phase, spec_dir=spec_dir, root=root, extra_vars=extra_vars)
     spec, vars_, entry, user_entry = loaded.spec, loaded.vars, loaded.spec.entry, loaded.user_entry
     ours, theirs = list(spec.resources), loaded.theirs
+    # the goss binary's runs: an entry (kiln's, then the user's) and the resources it holds, and those of them
+    # not checked here (_settled)
+    runs: list[tuple[Path, list[goss.Resource], list[goss.Resource]]] = [(entry, ours, [])]
     if user_entry is not None:  # the user's specs run as well, with the same vars
+        runs.append((user_entry, theirs, []))
         if phase == "final" and user_entry.name == goss.ENTRY["build"] and passed_in_tree:
             done = [r for r in theirs if treephase.resource_key(r) in passed_in_tree]
             for resource in done:
                 resource.attrs["skip"] = True  # reported as skipped, by name
             log.info("goss: %d resources of %s passed in the tree: skipped here", len(done), user_entry)
+        elif phase == "final" and passed_in_tree:  # their goss-final.yaml, after a build that kept a record:
+            # what their goss.yaml left for the boot (a service, a command that failed at rest) is checked too
+            build_entry = user_entry.with_name(goss.ENTRY["build"])
+            every = goss.load_spec(build_entry, vars_).resources
+            have = {treephase.resource_key(r) for r in theirs}
+            left = [r for r in every if treephase.resource_key(r) not in {*passed_in_tree, *have}]
+            runs.append((build_entry, every, [r for r in every if all(r is not x for x in left)]))
+            theirs = theirs + left
+            log.info("goss: %d resources of %s wait for this boot: checked here", len(left), build_entry)
         spec.resources.extend(theirs)
         spec.files.append(user_entry)
     for resource in spec.resources:
@@ -156,11 +169,12 @@ def check_host(
         log.info("goss: %d resources wait for the disk at rest (after sysprep and shutdown)", len(at_rest))
     started = time.monotonic()
     if goss_binary is not None:
-        runs = _run_goss_binary(host, port, user, key_file, goss_binary, spec_dir, entry, vars_, user_entry)
+        entries = [run[0] for run in runs]
+        found = _run_goss_binary(host, port, user, key_file, goss_binary, spec_dir, vars_, entries)
         results = [
             r
-            for found, resources in zip(runs, (ours, theirs), strict=True)
-            for r in _settled(found, resources, at_rest)
+            for one, (_, resources, dropped) in zip(found, runs, strict=True)
+            for r in _settled(one, resources, [*at_rest, *dropped])
         ]
         engine = "goss"
     else:
@@ -231,17 +245,16 @@ def _run_goss_binary(
     key_file: Path,
     binary: Path,
     spec_dir: Path,
-    entry: Path,
     vars_: Mapping[str, Any],
-    user_entry: Path | None,
+    entries: list[Path],
 ) -> list[list[goss.Result]]:
     """Copy goss, kiln's spec files, the user's (goss_spec_dir, under site/: their gossfile includes are
-    relative to their entry) and the vars into the guest; run `goss validate -f json` on kiln's entry, then
-    on the user's. Returns each run's results (the second [] without a user entry)."""
+    relative to their entry) and the vars into the guest; run `goss validate -f json` on each entry, kiln's
+    first, then the user's. Returns each run's results."""
     from kiln.vm.ssh import Session
 
     remote = f"/tmp/kiln-goss-{uuid.uuid4().hex[:8]}"
-    runs: list[tuple[str, str]] = [(remote, entry.name)]
+    runs = [(remote if i == 0 else f"{remote}/site", e.name) for i, e in enumerate(entries)]
     with tempfile.TemporaryDirectory(prefix="kiln-goss-") as tmp:
         vars_path = goss.write_vars(vars_, Path(tmp) / "vars.yaml")
         with Session(host, port, user, key_file) as session:
@@ -249,9 +262,8 @@ def _run_goss_binary(
             session.put(binary, f"{remote}/goss", mode=0o755)
             session.put(vars_path, f"{remote}/vars.yaml")
             files = [(path, f"{remote}/{path.name}") for path in sorted(spec_dir.glob("*.yaml"))]
-            if user_entry is not None:
-                theirs = user_entry.parent
-                runs.append((f"{remote}/site", user_entry.name))
+            if len(entries) > 1:
+                theirs = entries[1].parent
                 files += [(path, f"{remote}/site/{path.relative_to(theirs).as_posix()}")
                           for path in sorted(theirs.rglob("*")) if path.suffix in (".yaml", ".yml")
                           and path.is_file()]  # fmt: skip
@@ -266,7 +278,7 @@ def _run_goss_binary(
                     outputs.append(session.run(f"cd {where} && {validate}", check=False, timeout=1800))
             finally:  # nothing of the check stays in the host, however it ended
                 session.run(["rm", "-rf", remote], check=False)
-    found: list[list[goss.Result]] = [[], []]
+    found: list[list[goss.Result]] = [[] for _ in runs]
     for i, (rc, out, err) in enumerate(outputs):
         try:
             doc = json.loads(out)
