@@ -1,6 +1,7 @@
 """kill -9 of a real build, in a VM stage (Packer, QEMU, Ansible and its SSH multiplexer) and in a chroot
 stage (Ansible in a private mount namespace with /proc, /sys, /dev mounted): within 15 s nothing of the
-build runs and nothing stays mounted, and the next build says which stale temp dir it removed. And a full
+build runs and nothing stays mounted, and the next build says which stale temp dir it removed; the same
+for kill -9 while mmdebstrap builds the bootstrap base. And a full
 output filesystem during finalize: exit 1 naming the path and the space, nothing published.
 
 Builds that follow reuse the suite image's cached stages (its var files and stand-in), so they run finalize
@@ -185,6 +186,22 @@ def test_kill_9_in_a_vm_stage_and_in_a_chroot_stage_leaves_nothing_and_the_next_
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     _said_it_collected(done.stdout, kiln_pid, temp)
     assert (out / NAME / f"{NAME}.qcow2").is_file()
+
+
+def test_kill_9_while_mmdebstrap_builds_the_base_leaves_no_mount(tmp_path):
+    """The bootstrap base from an empty cache of its own: kill -9 of kiln once mmdebstrap has mounted /proc,
+    /sys and /dev in the base's tree. Those mounts live in mmdebstrap's own mount namespace, so they go with
+    its processes, which the watchdog ends; before, they stayed in the host's until the next run."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = [str(REPO / ".venv/bin/kiln"), "build", "debian-12", "--no-verify", "-var", f"cache_dir={cache}",
+            "-var", f"output_dir={out}", "-var", "formats=qcow2"]  # fmt: skip
+
+    def mmdebstrap_mounted(temp: Path) -> bool:
+        return any(m.endswith("/rootfs/proc") for m in _mounts_anywhere(cache))
+
+    kiln_pid, temp, tree = _kill_9_when(argv, out, tmp_path / "base.log", mmdebstrap_mounted, timeout=300)
+    assert b"mmdebstrap" in b" ".join(_read(p, "cmdline") for p in tree), "killed while mmdebstrap ran"
+    _nothing_left(kiln_pid, temp, tree, tmp_path)
 
 
 def _said_it_collected(output: str, pid: int, temp: str) -> None:

@@ -56,6 +56,7 @@ LAYOUT_VERSION = 7
 
 SECTOR = bootloader.SECTOR
 MIB = 1024 * 1024
+IN_OWN_MOUNTS = ["unshare", "--mount", "--propagation", "private", "--"]  # as kiln.build.chroot's
 BIOS_BOOT_MIB = 1
 ESP_MIB = 100
 FIRST_MIB = 1  # the GPT and alignment before partition 1
@@ -305,6 +306,9 @@ def _build(
     say(f"base: mmdebstrap {spec.suite} ({len(spec.packages)} packages; a few minutes)")
     proc.run(
         [
+            # in a mount namespace of its own: the /proc, /sys and /dev mmdebstrap mounts in the tree go with
+            # it however it ends (the watchdog's kill -9 included), not only when it unmounts them itself
+            *IN_OWN_MOUNTS,
             "mmdebstrap",
             "--variant=apt",
             "--mode=root",
