@@ -501,17 +501,20 @@ def test_a_sites_goss_final_yaml_does_not_hide_what_its_goss_yaml_left_for_the_b
     site = tmp_path / "site"
     site.mkdir()
     (site / "goss.yaml").write_text(
-        "file:\n  /etc/site-at-rest: {exists: true}\nservice:\n  site-daemon: {running: true}\n"
+        "file:\n  /etc/site-at-rest: {exists: true}\n"
+        "service:\n  site-daemon: {running: true}\n  site-other: {running: true}\n"
+        "command:\n  phase-echo: {exec: 'echo {{ .Vars.phase }}', exit-status: 0}\n"
     )
-    (site / "goss-final.yaml").write_text("command:\n  site-final: {exec: 'true', exit-status: 0}\n")
+    (site / "goss-final.yaml").write_text(
+        "command:\n  site-final: {exec: 'true', exit-status: 0}\nservice:\n  site-other: {enabled: true}\n"
+    )
     key = tmp_path / "key"
     key.write_text("k")
     values = {**config.load("debian-12").values, "goss_spec_dir": str(site)}
     extra = {**verify.PLACEHOLDER_VARS, "verify_firmware": ""}
-    every = verify.load_phase(values, "final", spec_dir=goss.spec_dir(RUNTIME.root), root=RUNTIME.root,
-                              extra_vars=extra)  # fmt: skip
-    at_rest = goss.load_spec(site / "goss.yaml", every.vars).resources[0]
-    passed = {treephase.resource_key(at_rest)}
+    # what passed in the tree, as the build phase rendered it (phase-echo renders otherwise in the final one)
+    build = verify.load_phase(values, "build", spec_dir=goss.spec_dir(RUNTIME.root), root=RUNTIME.root)
+    passed = {treephase.resource_key(r) for r in build.theirs if r.id in ("/etc/site-at-rest", "phase-echo")}
     where = {
         "spec_dir": goss.spec_dir(RUNTIME.root),
         "root": RUNTIME.root,
@@ -541,4 +544,5 @@ def test_a_sites_goss_final_yaml_does_not_hide_what_its_goss_yaml_left_for_the_b
             (r.type, r.id) for r in spec.resources) or [])  # fmt: skip
         verify.check_host("h", 22, "u", key, values, passed_in_tree=passed, **where)
         assert {("service", "site-daemon"), ("command", "site-final")} <= set(seen)
-        assert ("file", "/etc/site-at-rest") not in seen
+        assert ("file", "/etc/site-at-rest") not in seen and ("command", "phase-echo") not in seen
+        assert seen.count(("service", "site-other")) == 1  # goss-final.yaml's, which overrides goss.yaml's

@@ -20,7 +20,8 @@ checked where it can be:
 
 `check_tree` returns what passed in the tree; the build keeps it as BUILD_DIR/goss/tree-phase.json
 (`write_record`), and `kiln verify` skips those resources of your build-phase spec (goss_spec_dir's goss.yaml,
-when it has no goss-final.yaml) on the booted image (`passed_in_tree`), where an at-rest check could not pass.
+when it has no goss-final.yaml) on the booted image (`passed_in_tree`), where an at-rest check could not pass;
+with a goss-final.yaml, it runs the rest of your goss.yaml (what waited for the boot) beside it.
 """
 
 from __future__ import annotations

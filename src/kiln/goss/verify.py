@@ -121,7 +121,8 @@ def check_host(
     exit 2). With `report_dir`, vars-PHASE.yaml, report.json and junit.xml are written there. In the final
     phase, the resources of your build-phase spec (goss_spec_dir's goss.yaml, standing in for a
     goss-final.yaml) that `passed_in_tree` (kiln.goss.treephase) are skipped: they were checked on the image
-    at rest, as image-builder checks its build VM after sysprep.
+    at rest, as image-builder checks its build VM after sysprep. With a goss-final.yaml of yours, the
+    resources of your goss.yaml that did not pass in the tree (they waited for the boot) run beside it.
 
     `running_only` (the build phase in a VM runner's build VM, before sysprep, when its disk is checked at
     rest after shutdown: kiln.build.runners) checks only the resources that need a running system
@@ -151,12 +152,15 @@ def check_host(
             log.info("goss: %d resources of %s passed in the tree: skipped here", len(done), user_entry)
         elif phase == "final" and passed_in_tree:  # their goss-final.yaml, after a build that kept a record:
             # what their goss.yaml left for the boot (a service, a command that failed at rest) is checked too
+            # (by type and id: goss.yaml renders here with the final phase's vars, and a resource that
+            # goss-final.yaml defines too is goss-final.yaml's, as goss merges them)
             build_entry = user_entry.with_name(goss.ENTRY["build"])
             every = goss.load_spec(build_entry, vars_).resources
-            have = {treephase.resource_key(r) for r in theirs}
-            left = [r for r in every if treephase.resource_key(r) not in {*passed_in_tree, *have}]
-            runs.append((build_entry, every, [r for r in every if all(r is not x for x in left)]))
-            theirs = theirs + left
+            done = {key.rsplit("\t", 1)[0] for key in passed_in_tree} | {f"{r.type}\t{r.id}" for r in theirs}
+            left = [r for r in every if f"{r.type}\t{r.id}" not in done]
+            if left:
+                runs.append((build_entry, every, [r for r in every if all(r is not x for x in left)]))
+                theirs = theirs + left
             log.info("goss: %d resources of %s wait for this boot: checked here", len(left), build_entry)
         spec.resources.extend(theirs)
         spec.files.append(user_entry)
@@ -526,11 +530,14 @@ def verify_build_dir(
     # a build dir copied without its record, or the VM runner's of an installer or cloud-image target (which
     # keeps none), when the final phase runs the user's goss.yaml (no goss-final.yaml of theirs)
     theirs = user_spec(values, "final", runtime.root)  # None without goss_spec_dir
-    if theirs is not None and theirs.name == goss.ENTRY["build"] and not record.is_file():
+    if theirs is not None and not record.is_file():
         (monitor or Null()).log(
             "verify",
             f"no {record}: every check of goss_spec_dir's goss.yaml runs on the booted image, where "
-            "checks of the image at rest (no host keys, an empty machine-id) cannot pass",
+            "checks of the image at rest (no host keys, an empty machine-id) cannot pass"
+            if theirs.name == goss.ENTRY["build"]
+            else f"no {record}: of goss_spec_dir's specs only {theirs.name} runs here; what its goss.yaml "
+            "left for the boot is checked only after a build that kept the record",
         )
     try:
         return verify_image(
