@@ -156,8 +156,8 @@ def check_host(
             # goss-final.yaml defines too is goss-final.yaml's, as goss merges them)
             build_entry = user_entry.with_name(goss.ENTRY["build"])
             every = goss.load_spec(build_entry, vars_).resources
-            done = {key.rsplit("\t", 1)[0] for key in passed_in_tree} | {f"{r.type}\t{r.id}" for r in theirs}
-            left = [r for r in every if f"{r.type}\t{r.id}" not in done]
+            gone = {key.rsplit("\t", 1)[0] for key in passed_in_tree} | {f"{r.type}\t{r.id}" for r in theirs}
+            left = [r for r in every if f"{r.type}\t{r.id}" not in gone]
             if left:
                 runs.append((build_entry, every, [r for r in every if all(r is not x for x in left)]))
                 theirs = theirs + left
