@@ -122,6 +122,31 @@ def _cmdline_of(pid: int) -> str:
     return _cmdline(Path(f"/proc/{pid}")).replace(b"\0", b" ").decode(errors="replace")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_kill_9_detaches_what_kiln_mounted_in_its_own_temp_dir(tmp_path: Path) -> None:
+    """A disk's root that kiln mounts itself (kiln.artifacts.formats.root_tree: a loop mount in kiln's own
+    namespace, under its temp dir) is detached by the watchdog once kiln is killed; a mount elsewhere, or
+    under another process's temp dir, is not. The dir stays for the next run to collect."""
+    other = tmp_path / "out" / ".build.tmp-1-other" / "root"  # pid 1's: not this kiln's
+    other.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(other)], check=True)
+    child, pid, held = _start(tmp_path, 'run(["sleep", "305"], runtime=rt)', parent=str(tmp_path / "out"))
+    root = Path(held) / "root"
+    try:
+        root.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(root)], check=True)
+        assert _wait_for(lambda: bool(_tokened(pid)), 10)
+        assert tempdirs.mounts_under(Path(held))
+        child.kill()
+        child.wait()
+        assert _wait_for(lambda: not tempdirs.mounts_under(Path(held)), 15), tempdirs.mounts_under(Path(held))
+        assert Path(held).is_dir(), "the dir stays, for the next run to collect"
+        assert tempdirs.mounts_under(other.parent), "another run's mount is not touched"
+    finally:
+        for where in (root, other):
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
 def test_a_nested_kiln_gets_its_own_token() -> None:
     from kiln.core import proc
     from kiln.core.runtime import Runtime
@@ -249,7 +274,7 @@ def test_the_watchdog_is_stdlib_only() -> None:
     """It runs as `python -I -S watchdog.py`: no kiln, no third-party import."""
     text = Path(watchdog.__file__).read_text()
     imports = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
-    assert all(line.split()[1] in {"__future__", "os", "secrets", "signal", "subprocess", "sys",
+    assert all(line.split()[1] in {"__future__", "os", "re", "secrets", "signal", "subprocess", "sys",
                                    "threading", "time"} for line in imports), imports  # fmt: skip
     script = textwrap.dedent(f"""
         import subprocess, sys

@@ -8,7 +8,10 @@ starts also starts this watchdog: a small stdlib-only process in a session of it
 end of a pipe whose write end only kiln holds. When kiln is gone, for any reason, the pipe reads EOF and the
 watchdog ends every process that carries the token: SIGTERM, then SIGKILL 3 s later, scanning again until
 none is left (a dying parent may start one more). Mounts go with the processes: the chroot runner's mounts
-live in private mount namespaces (kiln.build.chroot) that the kernel removes with their last process.
+live in private mount namespaces (kiln.build.chroot) that the kernel removes with their last process. What
+kiln mounted in its own namespace (a disk's root read through a loop device: kiln.artifacts.formats) lies in
+one of its temp dirs (PARENT/.NAME.tmp-PID-XXXX, kiln.core.tempdirs): the watchdog then detaches those too.
+The dirs stay, for the next run to collect and name.
 
 A child that must outlive kiln (`kiln boot --detach`'s QEMU) is started without the token.
 
@@ -20,6 +23,7 @@ Run as a program: `python -I -S watchdog.py TOKEN FD` (no import of kiln: it sta
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -108,6 +112,22 @@ def sweep(tok: str, *, grace: float = GRACE, deadline: float = DEADLINE) -> list
     return sorted(first)
 
 
+def detach_mounts(owner: int) -> list[str]:
+    """Detach (`umount -l`) what is mounted under a temp dir of kiln process `owner`, deepest first; returns
+    the mount points."""
+    marker = re.compile(rf"/\.[^/]*\.tmp-{owner}-[^/]*(/|$)")
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            points = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in fh]
+    except (OSError, IndexError):
+        return []
+    ours = sorted((p for p in points if marker.search(p)), key=len, reverse=True)
+    for point in ours:
+        subprocess.run(["umount", "-l", point], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)  # fmt: skip
+    return ours
+
+
 def _main(argv: list[str]) -> int:  # pragma: no cover - runs as its own process (tests/test_watchdog.py)
     tok, fd = argv[1], int(argv[2])
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
@@ -121,6 +141,9 @@ def _main(argv: list[str]) -> int:  # pragma: no cover - runs as its own process
         except OSError:
             break
     sweep(tok)
+    owner = tok.split("-", 1)[0]
+    if owner.isdigit():
+        detach_mounts(int(owner))
     return 0
 
 
