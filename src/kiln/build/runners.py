@@ -101,7 +101,7 @@ class PackerRunner:
         if not out.disk.is_file() and not ws.runtime.dry_run:
             raise BuildError(f"{out.disk.parent}: Packer finished but wrote no {out.disk.name}")
         login.forget()  # the stage's key goes as soon as the stage ends
-        if at_rest and not ws.runtime.dry_run:
+        if at_rest and not ws.runtime.dry_run:  # read through the backing path Packer wrote (not rebased yet)
             _check_at_rest(ws, stage, out.disk)
         return out
 
