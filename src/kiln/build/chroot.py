@@ -23,6 +23,7 @@ Needs root (mount, chroot) and Ansible's community.general collection (the `ansi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -129,15 +130,19 @@ def base_tree(
     tree.mkdir(parents=True)
     try:
         _raw_copy(base, raw, log_file=log_file, runtime=runtime)
+        # the mount point in the work dir, not the host's /tmp (where `mktemp -d` left one empty dir a stage)
         script = (
-            "set -eu\nm=$(mktemp -d)\n"
+            'set -eu\nm="$3"\nmkdir -p "$m"\n'
             f'mount -o loop,offset={root.offset},sizelimit={root.size_bytes} "$1" "$m"\n'
             f'tar -C "$m" {" ".join(_TAR_FLAGS)} -cf - . | tar -C "$2" {" ".join(_TAR_FLAGS)} -xpf -\n'
         )
-        proc.run([*IN_NAMESPACE, "sh", "-c", script, "sh", str(raw), str(tree)], log_file=log_file,
-                 runtime=runtime)  # fmt: skip
+        point = work / "base-root"
+        argv = [*IN_NAMESPACE, "sh", "-c", script, "sh", str(raw), str(tree), str(point)]
+        proc.run(argv, log_file=log_file, runtime=runtime)
     finally:
         raw.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (work / "base-root").rmdir()  # empty: its mount went with the namespace
 
 
 def stage_needs(parent: Path | None, base: bootstrap.BaseImage | None) -> int:
