@@ -56,7 +56,7 @@ LAYOUT_VERSION = 7
 
 SECTOR = bootloader.SECTOR
 MIB = 1024 * 1024
-IN_OWN_MOUNTS = ["unshare", "--mount", "--propagation", "private", "--"]  # as kiln.build.chroot's
+IN_OWN_MOUNTS = ["unshare", "--mount", "--propagation", "private", "--"]  # kiln.build.chroot.IN_NAMESPACE too
 BIOS_BOOT_MIB = 1
 ESP_MIB = 100
 FIRST_MIB = 1  # the GPT and alignment before partition 1

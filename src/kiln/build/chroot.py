@@ -45,7 +45,7 @@ from kiln.core.runtime import Runtime
 TREE = "tree.tar.zst"  # a stage's tree in the cache: tar (numeric owners, xattrs, ACLs), zstd on every core
 CONNECTION = "community.general.chroot"
 _TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
-IN_NAMESPACE = ["unshare", "--mount", "--propagation", "private", "--"]
+IN_NAMESPACE = bootstrap.IN_OWN_MOUNTS  # one definition: bootstrap, which this module imports
 # a stage's Ansible run: its own mounts, host name, System V IPC and process IDs; the namespace's first
 # process is killed when unshare dies (--kill-child), and the kernel then kills every process in it
 _STAGE_NAMESPACES = [
@@ -127,22 +127,21 @@ def base_tree(
     read-write on a temp copy of the disk: its journal may need replaying, which a read-only mount cannot."""
     raw = work / "base.raw"
     root = root_partition(base)
+    point = work / "base-root"  # the mount point in the work dir, not the host's /tmp
     tree.mkdir(parents=True)
     try:
         _raw_copy(base, raw, log_file=log_file, runtime=runtime)
-        # the mount point in the work dir, not the host's /tmp (where `mktemp -d` left one empty dir a stage)
         script = (
             'set -eu\nm="$3"\nmkdir -p "$m"\n'
             f'mount -o loop,offset={root.offset},sizelimit={root.size_bytes} "$1" "$m"\n'
             f'tar -C "$m" {" ".join(_TAR_FLAGS)} -cf - . | tar -C "$2" {" ".join(_TAR_FLAGS)} -xpf -\n'
         )
-        point = work / "base-root"
         argv = [*IN_NAMESPACE, "sh", "-c", script, "sh", str(raw), str(tree), str(point)]
         proc.run(argv, log_file=log_file, runtime=runtime)
     finally:
         raw.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
-            (work / "base-root").rmdir()  # empty: its mount went with the namespace
+            point.rmdir()  # empty: its mount went with the namespace
 
 
 def stage_needs(parent: Path | None, base: bootstrap.BaseImage | None) -> int:
