@@ -139,6 +139,22 @@ def test_pack_and_unpack_keep_owners_modes_links_and_xattrs(tmp_path: Path) -> N
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_a_truncated_packed_tree_is_named_when_it_cannot_be_unpacked(tmp_path: Path) -> None:
+    """A packed tree damaged after a build checked it (kiln.build.stages.damage checks it first) fails with
+    the file, zstd's reason and what to do, not a shell's exit code."""
+    tree = _tree(tmp_path)
+    (tree / "usr/sbin/tool").write_bytes(os.urandom(256 * 1024))
+    out = tmp_path / "entry" / chroot.TREE
+    out.parent.mkdir()
+    chroot.pack(tree, out, log_file=None, runtime=RUNTIME)
+    out.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    with pytest.raises(BuildError) as err:
+        chroot.unpack(out, tmp_path / "back", log_file=None, runtime=RUNTIME)
+    assert str(err.value).startswith(f"{out}: the packed tree cannot be unpacked: ")
+    assert "premature end" in str(err.value) or "truncated" in str(err.value), str(err.value)
+    assert f"the cache entry {out.parent} is damaged" in (err.value.hint or "")
+
+
 def _stat_view(tree: Path) -> dict[str, tuple]:
     """Everything the next step reads of a tree: per path, type and mode, owner, size, links, mtime,
     contents or link target, and xattrs."""

@@ -3,6 +3,7 @@ backing chains), and the finalize path for a VMware-format output (a VMDK made b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -213,6 +214,79 @@ def test_cache_ls_and_prune_cover_the_bootstrap_base(tmp_path: Path) -> None:
     removed = stages.prune(cache, older_than_days=20)
     assert sorted(r.id for r in removed) == ["basekey1", "os2"], "the base goes with the stage it backs"
     assert not base_dir.exists() and stages.entries(cache) == []
+
+
+def test_a_damaged_entry_is_named_and_removed_with_what_its_disk_backs(tmp_path: Path) -> None:
+    """Every file of an entry is stored with its sha256; a file that is not those bytes (truncated, a byte
+    changed, gone) is named with what is wrong, and the entry goes with the stages built on its disk."""
+    cache = tmp_path / "cache"
+    packages = tmp_path / "p.txt"
+    packages.write_text("bash 5.2\n")
+    os_disk = stages.store(
+        cache, "os1", qcow2(tmp_path / "a.qcow2"), record("os1", "os"), {"packages.txt": packages}
+    )
+    k1 = record("k1", "kubernetes", "os1", str(os_disk))
+    stages.store(cache, "k1", qcow2(tmp_path / "b.qcow2", os_disk), k1)
+    os1 = stages.lookup(cache, "os1")
+    assert os1 is not None and set(os1.digests) == {"disk.qcow2", "packages.txt"}
+    assert os1.digests["disk.qcow2"] == builddir.sha256_file(os_disk)
+    assert stages.record_damage(cache, os1) is None
+
+    kept = os_disk.read_bytes()
+    with open(os_disk, "r+b") as f:  # one byte changed, same size
+        f.seek(100)
+        f.write(bytes([kept[100] ^ 0xFF]))
+    assert f"{os_disk}: not the bytes stored (sha256 " in (stages.record_damage(cache, os1) or "")
+    os_disk.write_bytes(kept[:1000])
+    assert (stages.record_damage(cache, os1) or "").endswith("; 1000 bytes)")
+    os_disk.write_bytes(kept)
+    assert stages.record_damage(cache, os1) is None
+    (os_disk.parent / "packages.txt").unlink()
+    assert stages.record_damage(cache, os1) == f"{os_disk.parent / 'packages.txt'}: missing"
+    old = dataclasses.replace(os1, digests={})  # stored before digests: only its disk must be there
+    assert stages.record_damage(cache, old) is None
+    os_disk.unlink()
+    assert stages.record_damage(cache, old) == f"{os_disk}: missing"
+    os_disk.write_bytes(kept)
+
+    gone = stages.evict(cache, os1)
+    assert [r.id for r in gone] == ["os1", "k1"], "k1's disk is backed by os1's"
+    assert stages.entries(cache) == [] and list(stages.root(cache).iterdir()) == [], "no temp dir left"
+
+
+def test_a_build_makes_a_damaged_stage_again(tmp_path: Path) -> None:
+    """stage_cached checks the entry it would reuse: a damaged one is removed, and the stage runs again (its
+    runner here a stand-in that writes a disk; the real one is tests/test_chroot_vm.py's)."""
+    where = {"output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}
+    cfg = config.load("debian-12", overrides=where, repo_root=REPO)
+    runs: list[str] = []
+
+    class Runner:
+        def run(self, ws: Workspace, stage: str, parent: Path | None, last: bool) -> Output:
+            runs.append(stage)
+            return Output(qcow2(tmp_path / f"made-{len(runs)}.qcow2"), "qcow2", False)
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    lines: list[str] = []
+    with open(temp / "build.log", "a") as log:
+        ws = Workspace(
+            cfg, RUNTIME, Null(), cfg.artifact_name, temp, tmp_path / "work", temp / "build.log", log,
+            "tcg", "qemu", build.plan_ids(cfg, RUNTIME),
+        )  # fmt: skip
+        ws.monitor.log = lambda stage, text: lines.append(text)  # type: ignore[method-assign]
+        with ws.holds:
+            first = build.stage_cached(ws, "os", None, False, Runner())  # type: ignore[arg-type]
+            assert build.stage_cached(ws, "os", None, False, Runner()) == first  # type: ignore[arg-type]
+            assert runs == ["os"] and "reusing stage" in lines[-1]
+            first.write_bytes(first.read_bytes()[:512])
+            again = build.stage_cached(ws, "os", None, False, Runner())  # type: ignore[arg-type]
+    assert runs == ["os", "os"] and again == first and again.stat().st_size > 512
+    damaged = [line for line in lines if "damaged" in line]
+    assert len(damaged) == 1 and damaged[0].startswith(
+        f"os: stage {ws.ids['os'].short} in the cache is damaged ({first}: not the bytes stored (sha256 "
+    )
+    assert damaged[0].endswith("; 512 bytes)): removed; building it again")
 
 
 def test_lock_makes_the_second_builder_wait_then_reuse(tmp_path: Path) -> None:

@@ -138,3 +138,70 @@ def test_interrupted_stage_leaves_no_cache_entry(built_image, tmp_path):
     assert (
         not _ours(b"qemu-system", before) and not _ours(b"packer", before) and not _ours(b"ansible", before)
     )
+
+
+def _suite_entry(log: str, cache_dir: Path, stage: str) -> Path:
+    found = re.search(rf"{stage}: (?:cached as|reusing) stage ([0-9a-f]{{12}})", log)
+    if found is None:
+        pytest.skip(
+            f"the suite image's build log names no {stage} stage (KILN_TEST_BUILD_DIR of another kind)"
+        )
+    (entry,) = stages.root(cache_dir).glob(f"{found.group(1)}*")
+    return entry
+
+
+def test_a_damaged_stage_in_the_cache_is_named_and_built_again(built_image, tmp_path):
+    """The suite image's cache entries, hard-linked into a cache of the test's own, with one byte of the
+    kubernetes stage's packed tree changed (in a copy: the suite's cache keeps its bytes). A dry run names
+    the damage and would build the stage again; the build removes the entry, makes the stage again from the
+    reused os stage, and succeeds; the new entry is whole."""
+    suite_cache = config.load("debian-12", repo_root=REPO).path("cache_dir")
+    log = (built_image.path / "build.log").read_text()
+    cache = tmp_path / "cache"
+    stages.root(cache).mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(suite_cache / stages.BASE_ROOT), str(cache)], check=True)
+    entries = {stage: _suite_entry(log, suite_cache, stage) for stage in ("os", "kubernetes")}
+    for entry in entries.values():
+        subprocess.run(["cp", "-al", str(entry), str(stages.root(cache))], check=True)
+    tree = stages.root(cache) / entries["kubernetes"].name / stages.TREE
+    data = bytearray(tree.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy = tree.with_name("copy")
+    copy.write_bytes(bytes(data))
+    os.rename(copy, tree)  # a new file in place of the link
+    del data
+    sid = entries["kubernetes"].name
+
+    def make(*more: str) -> subprocess.CompletedProcess[str]:
+        flags = f"-var output_dir={tmp_path / 'out'} -var cache_dir={cache} {' '.join(more)}"
+        argv = ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1", SITE_MAKE_VAR,
+                f"PACKER_FLAGS={flags}", "FORMATS=qcow2"]  # fmt: skip
+        return subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    dry = make("--dry-run")
+    assert dry.returncode == 0, dry.stdout[-3000:]
+    assert f"would reuse stage {entries['os'].name[:12]}" in dry.stdout, dry.stdout[-3000:]
+    damaged = f"would build again the damaged ({tree}: not the bytes stored (sha256 "
+    assert damaged in dry.stdout, dry.stdout[-3000:]
+    assert tree.read_bytes() != (entries["kubernetes"] / stages.TREE).read_bytes(), (
+        "a dry run removes nothing"
+    )
+
+    built = make("--no-verify")
+    assert built.returncode == 0, built.stdout[-4000:]
+    assert (
+        f"kubernetes: stage {sid[:12]} in the cache is damaged ({tree}: not the bytes stored" in built.stdout
+    )
+    assert (
+        f"os: reusing stage {entries['os'].name[:12]}" in built.stdout
+        and "kubernetes: cached as stage" in built.stdout
+    )
+    record = stages.lookup(cache, sid)
+    assert (
+        record is not None and stages.TREE in record.digests and stages.record_damage(cache, record) is None
+    )
+    suite = stages.lookup(suite_cache, sid)
+    assert suite is not None and stages.record_damage(suite_cache, suite) is None, (
+        "the suite's entry is untouched"
+    )
+    assert not [p for p in stages.root(cache).iterdir() if p.name.startswith(".") and p.name != ".locks"]

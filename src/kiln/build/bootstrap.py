@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kiln.artifacts import kernel
-from kiln.build import bootloader, fat
+from kiln.build import bootloader, fat, stages
 from kiln.build.stages import STAGE_SOURCE_DATE
 from kiln.config import Config
 from kiln.config.settings import BY_NAME
@@ -237,6 +237,13 @@ def cached(spec: BaseSpec, cache_dir: Path) -> BaseImage | None:
     return BaseImage(spec.key(), entry, True, json.loads(info_path.read_text()))
 
 
+def damage(base: BaseImage) -> str | None:
+    """Why the cached base's files are not the ones it was stored with, or None (kiln.build.stages.damage:
+    a base cached before its info.json kept digests is checked for its disk only)."""
+    digests = base.info.get("digests")
+    return stages.damage(base.dir, digests if isinstance(digests, dict) else {}, ["base.qcow2"])
+
+
 def _used(base: BaseImage) -> BaseImage:
     """Record a reuse: info.json's mtime is the entry's last use (kiln cache ls / prune)."""
     with contextlib.suppress(OSError):
@@ -261,15 +268,24 @@ def ensure_base(
     root = proc.ensure_dir(cache_dir / "bootstrap")
     key = spec.key()
     hit = cached(spec, cache_dir)
-    if hit is not None:
+    if hit is not None and damage(hit) is None:
         say(f"base: reusing cached base disk {hit.dir} (key {key}, inputs unchanged)")
         return _used(hit)
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         hit = cached(spec, cache_dir)
         if hit is not None:
-            say(f"base: reusing cached base disk {hit.dir} (key {key}, built by a concurrent run)")
-            return _used(hit)
+            problem = damage(hit)
+            if problem is None:
+                say(f"base: reusing cached base disk {hit.dir} (key {key}, built by a concurrent run)")
+                return _used(hit)
+            if runtime.dry_run:
+                raise BuildError(f"base: the cached base disk is damaged ({problem})",
+                                 hint="a build (not a dry run) removes it and builds it again")  # fmt: skip
+            gone = stages.evict(cache_dir, stages.Record(key, "base", "", "", "", 0, 0, 0, {}))
+            say(f"base: the cached base disk is damaged ({problem}): removed"
+                + (f" with the {len(gone) - 1} stage disks built on it" if len(gone) > 1 else "")
+                + "; building it again")  # fmt: skip
         if os.geteuid() != 0:
             raise InputError(
                 "bootstrap: building the base disk needs root (mmdebstrap into a directory, mkfs -d)",
@@ -280,8 +296,10 @@ def ensure_base(
         work = owned.path
         try:
             info = _build(spec, work, repo_root, log_file=log_file, say=say, runtime=runtime)
-            (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
             shutil.rmtree(work / "rootfs", ignore_errors=True)
+            files = [f.name for f in work.iterdir() if f.is_file() and f.name != "info.json"]
+            info["digests"] = stages.file_digests(work, files)  # checked on every reuse (damage)
+            (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
             os.rename(work, root / key)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)

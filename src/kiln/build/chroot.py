@@ -172,7 +172,15 @@ def pack(tree: Path, out: Path, *, log_file: IO[str] | None, runtime: Runtime) -
 def unpack(tar: Path, tree: Path, *, log_file: IO[str] | None, runtime: Runtime) -> None:
     tree.mkdir(parents=True)
     script = f'set -eu\nzstd -q -d -c "$1" | tar -C "$2" {" ".join(_TAR_FLAGS)} -xpf -\n'
-    proc.run(["sh", "-c", script, "sh", str(tar), str(tree)], log_file=log_file, runtime=runtime)
+    try:
+        proc.run(["sh", "-c", script, "sh", str(tar), str(tree)], log_file=log_file, runtime=runtime)
+    except CommandError as e:  # a cache entry damaged after the build checked it (stages.damage)
+        tail = e.output_tail.strip().splitlines()
+        raise BuildError(
+            f"{tar}: the packed tree cannot be unpacked: {tail[0] if tail else e}",
+            hint=f"with room on the disk, the cache entry {tar.parent} is damaged: remove it, and the next "
+            "build makes it again",
+        ) from e
 
 
 @dataclass(frozen=True)

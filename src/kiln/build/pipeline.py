@@ -88,9 +88,9 @@ def stage_base(ws: Workspace) -> None:
     spec = bootstrap.spec_from_config(ws.cfg, ws.cfg.repo_root)
     if ws.runtime.dry_run:
         hit = bootstrap.cached(spec, ws.cfg.path("cache_dir"))
-        ws.monitor.log(
-            "base", f"would {'reuse' if hit else 'build'} the base disk {spec.key()} ({spec.suite})"
-        )
+        problem = bootstrap.damage(hit) if hit else None
+        doing = f"build again the damaged ({problem})" if problem else "reuse" if hit else "build"
+        ws.monitor.log("base", f"would {doing} base disk {spec.key()} ({spec.suite})")
         entry = ws.cfg.path("cache_dir") / "bootstrap" / spec.key()
         ws.base = hit or bootstrap.BaseImage(spec.key(), entry, False)
         return
@@ -139,14 +139,23 @@ def stage_cached(
     sid = ws.ids[stage]
     if ws.runtime.dry_run:
         hit = stages.lookup(cache_dir, sid.id)
-        ws.monitor.log(stage, f"{'would reuse' if hit else 'would build'} stage {sid.short}")
-        if hit is None:  # what the run would be; a cached stage runs nothing
+        problem = stages.record_damage(cache_dir, hit) if hit else None
+        doing = f"build again the damaged ({problem})" if problem else "reuse" if hit else "build"
+        ws.monitor.log(stage, f"would {doing} stage {sid.short}")
+        if hit is None or problem:  # what the run would be; a cached stage runs nothing
             runner.run(ws, stage, parent_disk, last)
         return stages.disk(cache_dir, sid.id)
     # held until the build ends, taken before the entry exists: prune never deletes it under this build
     stages.hold_shared(stages.use_lock(cache_dir, stage, sid.id), ws.holds)
     with stages.locked(cache_dir, sid.id):  # a concurrent build of the same stage waits, then reuses it
         hit = stages.lookup(cache_dir, sid.id)
+        problem = stages.record_damage(cache_dir, hit) if hit else None
+        if hit is not None and problem:  # kiln made it: removed, with the stages built on its disk
+            gone = stages.evict(cache_dir, hit)
+            also = f" with the {len(gone) - 1} stages built on its disk" if len(gone) > 1 else ""
+            ws.monitor.log(stage, f"{stage}: stage {sid.short} in the cache is damaged ({problem}): "
+                                  f"removed{also}; building it again")  # fmt: skip
+            hit = None
         if hit is not None:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(hit.created))
             ws.monitor.log(

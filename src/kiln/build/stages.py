@@ -20,7 +20,10 @@ Cache layout (under cache_dir/stages/; the bootstrap base disks under cache_dir/
 kiln.build.bootstrap, are listed and pruned with them):
 
     ID/disk.qcow2      the stage's disk: a qcow2 overlay whose backing file is the parent stage's disk
-    ID/record.json     stage, parent, target, inputs, size, created, last_used
+    ID/tree.tar.zst    or, for a chroot-provisioned stage, its root tree, packed (kiln.build.chroot)
+    ID/record.json     stage, parent, target, inputs, size, created, last_used, and the sha256 of every
+                       other file of the entry: a build that reuses it checks them first (`damage`), and
+                       an entry that is not what was stored is removed and built again
     .locks/ID.lock     held while a build makes or uses ID (flock); prune never deletes a held stage
     .ID.tmp-PID-*      a stage being written, locked by its build (kiln.core.tempdirs); renamed to ID only
                        when complete (never mistaken for done)
@@ -36,13 +39,13 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kiln import __version__
 from kiln.config.settings import SETTINGS, STAGE_NAMES
-from kiln.core import tempdirs
+from kiln.core import builddir, tempdirs
 from kiln.core.errors import InputError
 
 
@@ -263,6 +266,7 @@ class Record:
     created: float
     last_used: float
     inputs: dict[str, Any]
+    digests: dict[str, str] = field(default_factory=dict)  # file name -> sha256 (entries since 2026-12-06)
 
 
 def root(cache_dir: Path) -> Path:
@@ -357,6 +361,7 @@ def store(
         name = TREE if made.name == TREE else DISK
         shutil.move(str(made), tmp / name)
         record.size = (tmp / name).stat().st_size
+        record.digests = file_digests(tmp, [f.name for f in tmp.iterdir() if f.name != RECORD])
         _write_record(tmp, record)
         os.rename(tmp, base / sid)
     except BaseException:
@@ -365,6 +370,60 @@ def store(
     finally:
         owned.release()
     return base / sid / name
+
+
+# --- damage: an entry that is not the bytes it was stored as -----------------------------------------------
+# A disk that filled, a cache restored from a CI runner's cache action or copied between machines, a bad
+# sector: the entry's files are then not what the build that made it wrote. Reused as they are, they fail
+# later with a tool's error (zstd's "premature end", a qcow2 that Packer's guest cannot read) on every
+# build, or worse, they do not fail. A build checks the files of every entry it reuses against the
+# sha256 its record keeps (0.4 s for a 450 MB tree here), and builds a damaged entry again.
+
+
+def file_digests(entry: Path, names: Sequence[str]) -> dict[str, str]:
+    """name -> sha256 of each of `entry`'s files `names`."""
+    return {name: builddir.sha256_file(entry / name) for name in sorted(names)}
+
+
+def damage(entry: Path, digests: Mapping[str, str], needed: Sequence[str] = ()) -> str | None:
+    """Why the files of the cache entry `entry` are not the ones it was stored with (their sha256
+    `digests`), or None. An entry stored before its record kept digests is checked for its `needed` files
+    only: its record's size may count files added since (a live base squashfs, kiln.build.finalize)."""
+    for name in [*needed, *sorted(digests)]:
+        if not (entry / name).is_file():
+            return f"{entry / name}: missing"
+    for name, digest in sorted(digests.items()):
+        path = entry / name
+        found = builddir.sha256_file(path)
+        if found != digest:
+            size = path.stat().st_size
+            return f"{path}: not the bytes stored (sha256 {found[:12]}.., not {digest[:12]}..; {size} bytes)"
+    return None
+
+
+def record_damage(cache_dir: Path, record: Record) -> str | None:
+    """`damage` of the stage entry `record` (its disk or tree, and the files kept with it)."""
+    artifact = disk(cache_dir, record.id)
+    return damage(artifact.parent, record.digests, [artifact.name])
+
+
+def evict(cache_dir: Path, record: Record) -> list[Record]:
+    """Remove the damaged entry `record` (a stage, or a base disk) and what is built on its disk (a VM
+    runner's overlays, which it backs), but an entry another build holds. Moved first into a temp dir of
+    this run's, so that an interrupted removal is collected by the next run (kiln.core.tempdirs).
+    Returns what was removed."""
+    family = [record] + [r for r in _family(cache_dir, record, entries(cache_dir))[1:]
+                         if not _held_entry(cache_dir, r)]  # fmt: skip
+    for r in family:
+        entry = _entry_dir(cache_dir, r)
+        owned = tempdirs.create(entry.parent, f"{r.id}-damaged")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(entry, owned.path / "entry")
+            shutil.rmtree(owned.path, ignore_errors=True)
+        finally:
+            owned.release()
+    return family
 
 
 BASE_ROOT = "bootstrap"  # cache_dir/bootstrap/KEY/{base.qcow2,info.json,...}: kiln.build.bootstrap's entries
@@ -457,16 +516,6 @@ def prune(
     if max_size is None and older_than_days is None:
         raise InputError("cache prune: give --max-size and/or --older-than")
     records = entries(cache_dir)
-    children: dict[str, list[Record]] = {}  # a stage's disk is backed by its parent's: link them by path
-    for r in records:
-        if r.parent_disk:
-            children.setdefault(str(Path(r.parent_disk)), []).append(r)
-
-    def family(r: Record) -> list[Record]:
-        out = [r]
-        for child in children.get(str(entry_disk(cache_dir, r)), []):
-            out += family(child)
-        return out
 
     removed: list[Record] = []
     gone: set[str] = set()
@@ -479,7 +528,7 @@ def prune(
         too_big = max_size is not None and total > max_size
         if not (too_old or too_big):
             continue
-        group = [x for x in family(r) if x.id not in gone]
+        group = [x for x in _family(cache_dir, r, records) if x.id not in gone]
         if any(_held_entry(cache_dir, x) for x in group):
             continue
         for x in group:
@@ -489,6 +538,21 @@ def prune(
             total -= x.size
             removed.append(x)
     return removed
+
+
+def _family(cache_dir: Path, record: Record, records: Sequence[Record]) -> list[Record]:
+    """`record` and every entry built on its disk, at any depth (a stage's disk is backed by its parent's:
+    linked by path)."""
+    children: dict[str, list[Record]] = {}
+    for r in records:
+        if r.parent_disk:
+            children.setdefault(str(Path(r.parent_disk)), []).append(r)
+    out, todo = [], [record]
+    while todo:
+        r = todo.pop(0)
+        out.append(r)
+        todo += [c for c in children.get(str(entry_disk(cache_dir, r)), []) if c not in out]
+    return out
 
 
 def parse_size(text: str) -> int:
