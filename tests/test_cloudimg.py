@@ -105,6 +105,15 @@ def test_a_served_image_is_downloaded_checked_and_kept_by_digest(
     conv = cloudimg.ensure({"cloudimg_url": f"file://{raw}", "cloudimg_checksum": f"sha256:{_sha(raw)}"},
                            tmp_path / "cache", say=said.append, runtime=RUNTIME)  # fmt: skip
     assert conv.info["format"] == "raw" and conv.disk.read_bytes()[:4] == cloudimg.QCOW2_MAGIC
+    # a cached image that is not the bytes kept (a restored cache, a failing disk) is downloaded again
+    assert conv.info["digests"] == {cloudimg.DISK: _sha(conv.disk)}
+    conv.disk.write_bytes(conv.disk.read_bytes()[:4096])
+    redone = cloudimg.ensure({"cloudimg_url": f"file://{raw}", "cloudimg_checksum": f"sha256:{_sha(raw)}"},
+                             tmp_path / "cache", say=said.append, runtime=RUNTIME)  # fmt: skip
+    assert not redone.cached and redone.disk.stat().st_size > 4096
+    (damaged,) = [line for line in said if "damaged" in line]
+    assert damaged.startswith(f"base: the cached cloud image is damaged ({conv.disk}: not the bytes stored")
+    assert damaged.endswith("; 4096 bytes)): removed; downloading it again"), damaged
 
 
 @needs_qemu_img

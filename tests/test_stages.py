@@ -254,6 +254,29 @@ def test_a_damaged_entry_is_named_and_removed_with_what_its_disk_backs(tmp_path:
     assert stages.entries(cache) == [] and list(stages.root(cache).iterdir()) == [], "no temp dir left"
 
 
+def test_a_damaged_base_disk_is_named_and_removed_with_the_overlays_on_it(tmp_path: Path) -> None:
+    """A base disk's info.json keeps its files' digests (kiln.build.bootstrap, kiln.build.cloudimg): a
+    damaged base is named, and goes with the VM runner's overlays that its disk backs."""
+    from kiln.build import bootstrap
+
+    cache = tmp_path / "cache"
+    entry = cache / stages.BASE_ROOT / "basekey1"
+    entry.mkdir(parents=True)
+    disk = qcow2(entry / stages.BASE_DISK)
+    (entry / "vmlinuz").write_bytes(b"kernel")
+    info = {"suite": "bookworm", "digests": stages.file_digests(entry, [stages.BASE_DISK, "vmlinuz"])}
+    (entry / "info.json").write_text(json.dumps(info))
+    base = bootstrap.BaseImage("basekey1", entry, True, info)
+    stages.store(cache, "os1", qcow2(tmp_path / "a.qcow2", disk), record("os1", "os", "b", str(disk)))
+    stages.store(cache, "os2", qcow2(tmp_path / "b.qcow2"), record("os2", "os"))  # not on this base
+    assert bootstrap.damage(base) is None
+    (entry / "vmlinuz").write_bytes(b"kernel!")
+    assert (bootstrap.damage(base) or "").startswith(f"{entry / 'vmlinuz'}: not the bytes stored")
+    assert stages.evict_base(cache, "basekey1") == "removed with the stage built on it"
+    assert not entry.exists() and [r.id for r in stages.entries(cache)] == ["os2"]
+    assert list((cache / stages.BASE_ROOT).iterdir()) == [], "no temp dir left"
+
+
 def test_a_build_makes_a_damaged_stage_again(tmp_path: Path) -> None:
     """stage_cached checks the entry it would reuse: a damaged one is removed, and the stage runs again (its
     runner here a stand-in that writes a disk; the real one is tests/test_chroot_vm.py's)."""

@@ -240,8 +240,7 @@ def cached(spec: BaseSpec, cache_dir: Path) -> BaseImage | None:
 def damage(base: BaseImage) -> str | None:
     """Why the cached base's files are not the ones it was stored with, or None (kiln.build.stages.damage:
     a base cached before its info.json kept digests is checked for its disk only)."""
-    digests = base.info.get("digests")
-    return stages.damage(base.dir, digests if isinstance(digests, dict) else {}, ["base.qcow2"])
+    return stages.base_damage(base.dir, base.info)
 
 
 def _used(base: BaseImage) -> BaseImage:
@@ -282,10 +281,8 @@ def ensure_base(
             if runtime.dry_run:
                 raise BuildError(f"base: the cached base disk is damaged ({problem})",
                                  hint="a build (not a dry run) removes it and builds it again")  # fmt: skip
-            gone = stages.evict(cache_dir, stages.Record(key, "base", "", "", "", 0, 0, 0, {}))
-            say(f"base: the cached base disk is damaged ({problem}): removed"
-                + (f" with the {len(gone) - 1} stage disks built on it" if len(gone) > 1 else "")
-                + "; building it again")  # fmt: skip
+            gone = stages.evict_base(cache_dir, key)
+            say(f"base: the cached base disk is damaged ({problem}): {gone}; building it again")
         if os.geteuid() != 0:
             raise InputError(
                 "bootstrap: building the base disk needs root (mmdebstrap into a directory, mkfs -d)",

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from kiln.build import stages
 from kiln.core import proc, tempdirs
 from kiln.core.errors import BuildError, InputError, UploadError
 from kiln.core.inputs import clip
@@ -161,7 +162,7 @@ def ensure(
     url = str(values.get("cloudimg_url") or "")
     digest = resolve(url, str(values.get("cloudimg_checksum") or ""))
     hit = cached(digest, cache_dir)
-    if hit is not None:
+    if hit is not None and stages.base_damage(hit.dir, hit.info) is None:
         say(f"base: reusing the cloud image {hit.dir} ({digest.algorithm} {digest.hex[:16]}...)")
         return _used(hit)
     root = proc.ensure_dir(cache_dir / ROOT)
@@ -169,7 +170,16 @@ def ensure(
         fcntl.flock(lock, fcntl.LOCK_EX)
         hit = cached(digest, cache_dir)
         if hit is not None:
-            return _used(hit)
+            problem = stages.base_damage(hit.dir, hit.info)
+            if problem is None:
+                return _used(hit)
+            if runtime.dry_run:
+                raise BuildError(
+                    f"base: the cached cloud image is damaged ({problem})",
+                    hint="a build, not a dry run, removes it and downloads it again",
+                )
+            gone = stages.evict_base(cache_dir, digest.key)
+            say(f"base: the cached cloud image is damaged ({problem}): {gone}; downloading it again")
         owned = tempdirs.create(root, digest.key)
         work = owned.path
         try:
@@ -193,6 +203,7 @@ def ensure(
                 "format": kind,
                 "size": size,
                 "seconds": round(time.monotonic() - started, 1),
+                "digests": stages.file_digests(work, [DISK]),  # checked on every reuse
             }
             (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
             os.rename(work, root / digest.key)

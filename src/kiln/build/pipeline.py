@@ -114,8 +114,10 @@ def _cloud_base(ws: Workspace) -> None:
     digest = cloudimg.resolve(ws.settings.cloudimg_url, ws.settings.cloudimg_checksum)
     if ws.runtime.dry_run:
         hit = cloudimg.cached(digest, cache_dir)
-        ws.monitor.log("base", f"would {'reuse' if hit else 'download and check'} the cloud image "
-                       f"{ws.settings.cloudimg_url} ({digest})")  # fmt: skip
+        problem = stages.base_damage(hit.dir, hit.info) if hit else None
+        doing = "reuse" if hit else "download and check"
+        doing = f"download again the damaged ({problem})" if problem else doing
+        ws.monitor.log("base", f"would {doing} cloud image {ws.settings.cloudimg_url} ({digest})")
         ws.cloud = hit or cloudimg.CloudBase(digest.key, cache_dir / cloudimg.ROOT / digest.key, False, {})
         return
     stages.hold_shared(stages.use_lock(cache_dir, "base", digest.key), ws.holds)
@@ -151,8 +153,7 @@ def stage_cached(
         hit = stages.lookup(cache_dir, sid.id)
         problem = stages.record_damage(cache_dir, hit) if hit else None
         if hit is not None and problem:  # kiln made it: removed, with the stages built on its disk
-            gone = stages.evict(cache_dir, hit)
-            also = f" with the {len(gone) - 1} stages built on its disk" if len(gone) > 1 else ""
+            also = stages.on_it(len(stages.evict(cache_dir, hit)) - 1)
             ws.monitor.log(stage, f"{stage}: stage {sid.short} in the cache is damaged ({problem}): "
                                   f"removed{also}; building it again")  # fmt: skip
             hit = None

@@ -407,6 +407,24 @@ def record_damage(cache_dir: Path, record: Record) -> str | None:
     return damage(artifact.parent, record.digests, [artifact.name])
 
 
+def base_damage(entry: Path, info: Mapping[str, Any]) -> str | None:
+    """`damage` of a base disk's entry (a bootstrap base, a cloud image), whose info.json keeps the
+    digests."""
+    digests = info.get("digests")
+    return damage(entry, digests if isinstance(digests, dict) else {}, [BASE_DISK])
+
+
+def evict_base(cache_dir: Path, key: str) -> str:
+    """`evict` the damaged base disk `key`; what went, said for a log line."""
+    gone = evict(cache_dir, Record(key, "base", "", "", "", 0, 0, 0, {}))
+    return f"removed{on_it(len(gone) - 1)}"
+
+
+def on_it(n: int) -> str:
+    """What else `evict` removed, for a log line."""
+    return "" if n == 0 else " with the stage built on it" if n == 1 else f" with the {n} stages built on it"
+
+
 def evict(cache_dir: Path, record: Record) -> list[Record]:
     """Remove the damaged entry `record` (a stage, or a base disk) and what is built on its disk (a VM
     runner's overlays, which it backs), but an entry another build holds. Moved first into a temp dir of
