@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,9 +200,14 @@ def test_kill_9_while_mmdebstrap_builds_the_base_leaves_no_mount(tmp_path):
     def mmdebstrap_mounted(temp: Path) -> bool:
         return any(m.endswith("/rootfs/proc") for m in _mounts_anywhere(cache))
 
+    host_tmp = Path(tempfile.gettempdir())
+    before = set(host_tmp.glob("mmdebstrap.*"))
     kiln_pid, temp, tree = _kill_9_when(argv, out, tmp_path / "base.log", mmdebstrap_mounted, timeout=300)
     assert b"mmdebstrap" in b" ".join(_read(p, "cmdline") for p in tree), "killed while mmdebstrap ran"
     _nothing_left(kiln_pid, temp, tree, tmp_path)
+    # its temp files (gpg home, apt config) were in the base's temp dir, which the next run collects
+    assert set(host_tmp.glob("mmdebstrap.*")) <= before, sorted(set(host_tmp.glob("mmdebstrap.*")) - before)
+    assert list((cache / "bootstrap").glob(".*.tmp-*/tmp/mmdebstrap.*")), "in the dead run's temp dir"
 
 
 def _said_it_collected(output: str, pid: int, temp: str) -> None:

@@ -319,6 +319,10 @@ def _build(
     started = time.monotonic()
     tree = work / "rootfs"
     say(f"base: mmdebstrap {spec.suite} ({len(spec.packages)} packages; a few minutes)")
+    # mmdebstrap's own temp files (its gpg home, apt's config) in this build's temp dir, not the host's
+    # /tmp: after a kill -9 they go with the dir, which the next run collects
+    own_tmp = work / "tmp"
+    own_tmp.mkdir(mode=0o700, exist_ok=True)
     proc.run(
         [
             # in a mount namespace of its own: the /proc, /sys and /dev mmdebstrap mounts in the tree go with
@@ -339,12 +343,16 @@ def _build(
             spec.mirror,
         ],
         env=proc.tree_env(runtime),
-        extra_env={"SOURCE_DATE_EPOCH": str(spec.source_date)} if spec.source_date else None,
+        extra_env={
+            "TMPDIR": str(own_tmp),
+            **({"SOURCE_DATE_EPOCH": str(spec.source_date)} if spec.source_date else {}),
+        },
         log_file=log_file,
         runtime=runtime,
         capture=False,
         tail_lines=60,
     )
+    shutil.rmtree(own_tmp, ignore_errors=True)
     root_uuid, esp_serial, disk_guid = disk_ids(spec.key())
     esp_uuid = f"{esp_serial[:4]}-{esp_serial[4:]}"
     _customize_tree(tree, repo_root, spec, root_uuid, esp_uuid)
