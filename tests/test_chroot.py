@@ -152,7 +152,7 @@ def test_a_truncated_packed_tree_is_named_when_it_cannot_be_unpacked(tmp_path: P
         chroot.unpack(out, tmp_path / "back", log_file=None, runtime=RUNTIME)
     assert str(err.value).startswith(f"{out}: the packed tree cannot be unpacked: ")
     assert "premature end" in str(err.value) or "truncated" in str(err.value), str(err.value)
-    assert f"the cache entry {out.parent} is damaged" in (err.value.hint or "")
+    assert f"the packed tree is damaged: remove {out.parent}," in (err.value.hint or "")
 
 
 def _stat_view(tree: Path) -> dict[str, tuple]:

@@ -114,6 +114,16 @@ def test_a_served_image_is_downloaded_checked_and_kept_by_digest(
     (damaged,) = [line for line in said if "damaged" in line]
     assert damaged.startswith(f"base: the cached cloud image is damaged ({conv.disk}: not the bytes stored")
     assert damaged.endswith("; 4096 bytes)): removed; downloading it again"), damaged
+    for broken in ("disk gone", "info.json half written"):  # an entry a lookup refuses is replaced
+        if broken == "disk gone":
+            redone.disk.unlink()
+        else:
+            (redone.dir / "info.json").write_text('{"url": ')
+        said.clear()
+        again = cloudimg.ensure({"cloudimg_url": f"file://{raw}", "cloudimg_checksum": f"sha256:{_sha(raw)}"},
+                                tmp_path / "cache", say=said.append, runtime=RUNTIME)  # fmt: skip
+        assert not again.cached and again.disk.is_file(), broken
+        assert f"({redone.dir}: no info.json or disk): removed; downloading it again" in said[0], said
 
 
 @needs_qemu_img

@@ -19,7 +19,7 @@ from kiln.build import finalize, stages
 from kiln.build import pipeline as build
 from kiln.build.render import Output
 from kiln.build.workspace import Workspace
-from kiln.core import builddir, inputs
+from kiln.core import builddir, digests, inputs
 from kiln.core.errors import InputError
 from kiln.core.progress import Null
 from kiln.core.runtime import Runtime
@@ -249,8 +249,7 @@ def test_a_damaged_entry_is_named_and_removed_with_what_its_disk_backs(tmp_path:
     assert stages.record_damage(cache, old) == f"{os_disk}: missing"
     os_disk.write_bytes(kept)
 
-    gone = stages.evict(cache, os1)
-    assert [r.id for r in gone] == ["os1", "k1"], "k1's disk is backed by os1's"
+    assert stages.evict(cache, os_disk.parent, os_disk) == 1, "k1's disk is backed by os1's"
     assert stages.entries(cache) == [] and list(stages.root(cache).iterdir()) == [], "no temp dir left"
 
 
@@ -264,7 +263,7 @@ def test_a_damaged_base_disk_is_named_and_removed_with_the_overlays_on_it(tmp_pa
     entry.mkdir(parents=True)
     disk = qcow2(entry / stages.BASE_DISK)
     (entry / "vmlinuz").write_bytes(b"kernel")
-    info = {"suite": "bookworm", "digests": stages.file_digests(entry, [stages.BASE_DISK, "vmlinuz"])}
+    info = {"suite": "bookworm", "digests": digests.file_digests(entry, [stages.BASE_DISK, "vmlinuz"])}
     (entry / "info.json").write_text(json.dumps(info))
     base = bootstrap.BaseImage("basekey1", entry, True, info)
     stages.store(cache, "os1", qcow2(tmp_path / "a.qcow2", disk), record("os1", "os", "b", str(disk)))
@@ -302,14 +301,37 @@ def test_a_build_makes_a_damaged_stage_again(tmp_path: Path) -> None:
             first = build.stage_cached(ws, "os", None, False, Runner())  # type: ignore[arg-type]
             assert build.stage_cached(ws, "os", None, False, Runner()) == first  # type: ignore[arg-type]
             assert runs == ["os"] and "reusing stage" in lines[-1]
+            # a VM runner's kubernetes overlay on the os disk, held by another build (its use lock)
+            k1 = record("k1", "kubernetes", ws.ids["os"].id, str(first))
+            stages.store(cfg.path("cache_dir"), "k1", qcow2(tmp_path / "k1.qcow2", first), k1)
+            stages.hold_shared(stages.use_lock(cfg.path("cache_dir"), "kubernetes", "k1"), ws.holds)
             first.write_bytes(first.read_bytes()[:512])
+            dry = dataclasses.replace(ws, runtime=dataclasses.replace(RUNTIME, dry_run=True), remade=set())
+            build.stage_cached(dry, "os", None, False, Runner())  # type: ignore[arg-type]
+            assert runs == ["os", "os"] and stages.lookup(cfg.path("cache_dir"), "k1") is not None
+            assert f"would build again the damaged ({first}: not the bytes stored" in lines[-1]
+            assert dry.remade == {str(first)}, "its overlays are made again too (in the same dry run)"
             again = build.stage_cached(ws, "os", None, False, Runner())  # type: ignore[arg-type]
-    assert runs == ["os", "os"] and again == first and again.stat().st_size > 512
-    damaged = [line for line in lines if "damaged" in line]
-    assert len(damaged) == 1 and damaged[0].startswith(
+            assert stages.lookup(cfg.path("cache_dir"), "k1") is None, "never again on a disk made again"
+            assert not (stages.root(cfg.path("cache_dir")) / "k1").exists()
+            # an entry a lookup refuses (its disk gone; its record unreadable) is replaced, not run into
+            first.unlink()
+            assert build.stage_cached(ws, "os", None, False, Runner()) == first  # type: ignore[arg-type]
+            (first.parent / stages.RECORD).write_text('{"id": "half')
+            assert build.stage_cached(ws, "os", None, False, Runner()) == first  # type: ignore[arg-type]
+            # a key a later kiln adds to the record is left out, not refused
+            data = json.loads((first.parent / stages.RECORD).read_text())
+            (first.parent / stages.RECORD).write_text(json.dumps({**data, "later": 1}))
+            assert build.stage_cached(ws, "os", None, False, Runner()) == first  # type: ignore[arg-type]
+    assert runs == ["os"] * 5 and again == first and first.stat().st_size > 512
+    damaged = [line for line in lines if "in the cache is damaged" in line]
+    assert len(damaged) == 3 and damaged[0].startswith(
         f"os: stage {ws.ids['os'].short} in the cache is damaged ({first}: not the bytes stored (sha256 "
     )
-    assert damaged[0].endswith("; 512 bytes)): removed; building it again")
+    assert damaged[0].endswith("; 512 bytes)): removed with the stage built on it; building it again")
+    assert f"({first.parent}: neither disk.qcow2 nor tree.tar.zst): removed; building" in damaged[1]
+    assert f"({first.parent / stages.RECORD}: missing or unreadable): removed; building" in damaged[2]
+    assert "reusing stage" in lines[-1]
 
 
 def test_lock_makes_the_second_builder_wait_then_reuse(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from kiln.build import bootloader, fat, stages
 from kiln.build.stages import STAGE_SOURCE_DATE
 from kiln.config import Config
 from kiln.config.settings import BY_NAME
-from kiln.core import proc, tempdirs
+from kiln.core import digests, proc, tempdirs
 from kiln.core.errors import BuildError, InputError
 from kiln.core.runtime import Runtime
 
@@ -230,11 +230,14 @@ class BaseImage:
 
 
 def cached(spec: BaseSpec, cache_dir: Path) -> BaseImage | None:
-    entry = cache_dir / "bootstrap" / spec.key()
-    info_path = entry / "info.json"
-    if not (info_path.is_file() and (entry / "base.qcow2").is_file()):
+    entry = cache_dir / stages.BASE_ROOT / spec.key()
+    try:
+        info = json.loads((entry / "info.json").read_text())
+    except (OSError, ValueError):  # none; or one another build is removing, or a damaged one
         return None
-    return BaseImage(spec.key(), entry, True, json.loads(info_path.read_text()))
+    if not isinstance(info, dict) or not (entry / stages.BASE_DISK).is_file():
+        return None
+    return BaseImage(spec.key(), entry, True, info)
 
 
 def damage(base: BaseImage) -> str | None:
@@ -273,21 +276,23 @@ def ensure_base(
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         hit = cached(spec, cache_dir)
-        if hit is not None:
-            problem = damage(hit)
-            if problem is None:
-                say(f"base: reusing cached base disk {hit.dir} (key {key}, built by a concurrent run)")
-                return _used(hit)
-            if runtime.dry_run:
-                raise BuildError(f"base: the cached base disk is damaged ({problem})",
-                                 hint="a build (not a dry run) removes it and builds it again")  # fmt: skip
-            gone = stages.evict_base(cache_dir, key)
-            say(f"base: the cached base disk is damaged ({problem}): {gone}; building it again")
+        problem = damage(hit) if hit else None
+        if hit is None and (root / key).exists():
+            problem = f"{root / key}: no info.json or disk"
+        if hit is not None and problem is None:
+            say(f"base: reusing cached base disk {hit.dir} (key {key}, built by a concurrent run)")
+            return _used(hit)
         if os.geteuid() != 0:
             raise InputError(
                 "bootstrap: building the base disk needs root (mmdebstrap into a directory, mkfs -d)",
                 hint="run the build as root, or use install_method installer/cloudimg",
             )
+        if problem is not None:  # kiln made it: removed, with the stages built on its disk
+            if runtime.dry_run:
+                raise BuildError(f"base: the cached base disk is damaged ({problem})",
+                                 hint="a build (not a dry run) removes it and builds it again")  # fmt: skip
+            gone = stages.evict_base(cache_dir, key)
+            say(f"base: the cached base disk is damaged ({problem}): {gone}; building it again")
         say(f"base: no cached base for key {key}; building it ({spec.suite} from {spec.mirror})")
         owned = tempdirs.create(root, key)
         work = owned.path
@@ -295,7 +300,7 @@ def ensure_base(
             info = _build(spec, work, repo_root, log_file=log_file, say=say, runtime=runtime)
             shutil.rmtree(work / "rootfs", ignore_errors=True)
             files = [f.name for f in work.iterdir() if f.is_file() and f.name != "info.json"]
-            info["digests"] = stages.file_digests(work, files)  # checked on every reuse (damage)
+            info["digests"] = digests.file_digests(work, files)  # checked on every reuse (damage)
             (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
             os.rename(work, root / key)
         except BaseException:

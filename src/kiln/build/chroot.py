@@ -174,12 +174,16 @@ def unpack(tar: Path, tree: Path, *, log_file: IO[str] | None, runtime: Runtime)
     script = f'set -eu\nzstd -q -d -c "$1" | tar -C "$2" {" ".join(_TAR_FLAGS)} -xpf -\n'
     try:
         proc.run(["sh", "-c", script, "sh", str(tar), str(tree)], log_file=log_file, runtime=runtime)
-    except CommandError as e:  # a cache entry damaged after the build checked it (stages.damage)
+    except CommandError as e:  # a cache entry damaged after the build checked it (stages.check), or not
         tail = e.output_tail.strip().splitlines()
+        damaged = re.search(
+            r"premature end|[Cc]orrupt|checksum|Unexpected EOF|not in zstd format", e.output_tail
+        )
         raise BuildError(
             f"{tar}: the packed tree cannot be unpacked: {tail[0] if tail else e}",
-            hint=f"with room on the disk, the cache entry {tar.parent} is damaged: remove it, and the next "
-            "build makes it again",
+            hint=f"the packed tree is damaged: remove {tar.parent}, and the next build makes it again"
+            if damaged
+            else f"see why above; {tree} needs room and a file system with xattrs and ACLs",
         ) from e
 
 

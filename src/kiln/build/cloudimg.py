@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kiln.build import stages
-from kiln.core import proc, tempdirs
+from kiln.core import digests, proc, tempdirs
 from kiln.core.errors import BuildError, InputError, UploadError
 from kiln.core.inputs import clip
 from kiln.core.runtime import Runtime
@@ -142,10 +142,13 @@ class CloudBase:
 
 def cached(digest: Digest, cache_dir: Path) -> CloudBase | None:
     entry = cache_dir / ROOT / digest.key
-    info = entry / "info.json"
-    if not (info.is_file() and (entry / DISK).is_file()):
+    try:
+        info = json.loads((entry / "info.json").read_text())
+    except (OSError, ValueError):  # none; or one another build is removing, or a damaged one
         return None
-    return CloudBase(digest.key, entry, True, json.loads(info.read_text()))
+    if not isinstance(info, dict) or not (entry / DISK).is_file():
+        return None
+    return CloudBase(digest.key, entry, True, info)
 
 
 def ensure(
@@ -169,10 +172,12 @@ def ensure(
     with open(root / f"{digest.key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         hit = cached(digest, cache_dir)
-        if hit is not None:
-            problem = stages.base_damage(hit.dir, hit.info)
-            if problem is None:
-                return _used(hit)
+        entry = root / digest.key
+        problem = stages.base_damage(hit.dir, hit.info) if hit else None
+        problem = problem or (f"{entry}: no info.json or disk" if hit is None and entry.exists() else None)
+        if hit is not None and problem is None:
+            return _used(hit)
+        if problem is not None:  # kiln made it: removed, with the stages built on its disk
             if runtime.dry_run:
                 raise BuildError(
                     f"base: the cached cloud image is damaged ({problem})",
@@ -203,7 +208,7 @@ def ensure(
                 "format": kind,
                 "size": size,
                 "seconds": round(time.monotonic() - started, 1),
-                "digests": stages.file_digests(work, [DISK]),  # checked on every reuse
+                "digests": digests.file_digests(work, [DISK]),  # checked on every reuse
             }
             (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
             os.rename(work, root / digest.key)

@@ -19,7 +19,7 @@ from kiln.artifacts import filelist, kernel, ova
 from kiln.build import bootloader, chroot, stages
 from kiln.build.render import Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
-from kiln.core import builddir, paths, proc, space
+from kiln.core import builddir, digests, paths, proc, space
 from kiln.core.errors import BuildError
 
 
@@ -230,8 +230,9 @@ def live_base(ws: Workspace) -> Path:
             formats.make_squashfs(tree, part, ws.runtime, ws.log_file, ws.stage_epoch)
             os.rename(part, dest)
             record = stages.lookup(cache, os_id)
-            if record is not None:  # kiln cache prune --max-size counts it with the entry
+            if record is not None:  # kiln cache prune --max-size counts it with the entry; a build checks it
                 record.size += dest.stat().st_size
+                record.digests.update(digests.file_digests(dest.parent, [dest.name]))
                 stages.touch(cache, record)
         finally:
             part.unlink(missing_ok=True)

@@ -92,6 +92,8 @@ def stage_base(ws: Workspace) -> None:
         doing = f"build again the damaged ({problem})" if problem else "reuse" if hit else "build"
         ws.monitor.log("base", f"would {doing} base disk {spec.key()} ({spec.suite})")
         entry = ws.cfg.path("cache_dir") / "bootstrap" / spec.key()
+        if problem or hit is None:
+            ws.remade.add(str(entry / stages.BASE_DISK))
         ws.base = hit or bootstrap.BaseImage(spec.key(), entry, False)
         return
     # held until the build ends: kiln cache prune never deletes the base under a running build's stages
@@ -118,6 +120,8 @@ def _cloud_base(ws: Workspace) -> None:
         doing = "reuse" if hit else "download and check"
         doing = f"download again the damaged ({problem})" if problem else doing
         ws.monitor.log("base", f"would {doing} cloud image {ws.settings.cloudimg_url} ({digest})")
+        if problem or hit is None:
+            ws.remade.add(str(cache_dir / cloudimg.ROOT / digest.key / cloudimg.DISK))
         ws.cloud = hit or cloudimg.CloudBase(digest.key, cache_dir / cloudimg.ROOT / digest.key, False, {})
         return
     stages.hold_shared(stages.use_lock(cache_dir, "base", digest.key), ws.holds)
@@ -140,20 +144,22 @@ def stage_cached(
     cache_dir = ws.cfg.path("cache_dir")
     sid = ws.ids[stage]
     if ws.runtime.dry_run:
-        hit = stages.lookup(cache_dir, sid.id)
-        problem = stages.record_damage(cache_dir, hit) if hit else None
+        hit, problem = stages.check(cache_dir, sid.id)
+        if hit is not None and hit.parent_disk in ws.remade:  # a VM runner's overlay on a disk made again
+            problem = problem or f"{hit.parent_disk}: the disk it stands on is made again"
         doing = f"build again the damaged ({problem})" if problem else "reuse" if hit else "build"
         ws.monitor.log(stage, f"would {doing} stage {sid.short}")
         if hit is None or problem:  # what the run would be; a cached stage runs nothing
+            ws.remade.add(str(stages.disk(cache_dir, sid.id)))
             runner.run(ws, stage, parent_disk, last)
         return stages.disk(cache_dir, sid.id)
     # held until the build ends, taken before the entry exists: prune never deletes it under this build
     stages.hold_shared(stages.use_lock(cache_dir, stage, sid.id), ws.holds)
     with stages.locked(cache_dir, sid.id):  # a concurrent build of the same stage waits, then reuses it
-        hit = stages.lookup(cache_dir, sid.id)
-        problem = stages.record_damage(cache_dir, hit) if hit else None
-        if hit is not None and problem:  # kiln made it: removed, with the stages built on its disk
-            also = stages.on_it(len(stages.evict(cache_dir, hit)) - 1)
+        hit, problem = stages.check(cache_dir, sid.id)
+        if problem:  # kiln made it: removed, with the stages built on its disk
+            entry = stages.root(cache_dir) / sid.id
+            also = stages.on_it(stages.evict(cache_dir, entry, stages.disk(cache_dir, sid.id)))
             ws.monitor.log(stage, f"{stage}: stage {sid.short} in the cache is damaged ({problem}): "
                                   f"removed{also}; building it again")  # fmt: skip
             hit = None

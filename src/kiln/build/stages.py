@@ -39,13 +39,14 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import Any
 
 from kiln import __version__
 from kiln.config.settings import SETTINGS, STAGE_NAMES
-from kiln.core import builddir, tempdirs
+from kiln.core import digests, tempdirs
 from kiln.core.errors import InputError
 
 
@@ -275,17 +276,36 @@ def root(cache_dir: Path) -> Path:
 
 def lookup(cache_dir: Path, sid: str) -> Record | None:
     """The finished cache entry `sid`, or None (a missing parent disk counts as missing)."""
+    return None if unusable(cache_dir, sid) else _read_record(root(cache_dir) / sid)
+
+
+def unusable(cache_dir: Path, sid: str) -> str | None:
+    """Why the cache entry `sid` cannot be reused (no such entry, its record unreadable, its disk or tree
+    missing, its parent disk gone), or None."""
     entry = root(cache_dir) / sid
+    if not entry.is_dir():
+        return f"{entry}: no such entry"
+    record = _read_record(entry)
+    if record is None:
+        return f"{entry / RECORD}: missing or unreadable"
+    if not ((entry / DISK).is_file() or (entry / TREE).is_file()):
+        return f"{entry}: neither {DISK} nor {TREE}"
+    if record.parent_disk and not Path(record.parent_disk).is_file():
+        return f"{record.parent_disk}: the disk it stands on is gone"
+    return None
+
+
+_FIELDS = {f.name for f in fields(Record)}
+
+
+def _read_record(entry: Path) -> Record | None:
+    """The entry's record, or None; keys a later kiln adds are left out, not refused."""
     try:
         data = json.loads((entry / RECORD).read_text())
-        record = Record(**data)
-    except (OSError, ValueError, TypeError):
+        record = Record(**{k: v for k, v in data.items() if k in _FIELDS})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
-    if not ((entry / DISK).is_file() or (entry / TREE).is_file()):
-        return None
-    if record.parent_disk and not Path(record.parent_disk).is_file():
-        return None
-    return record
+    return record if isinstance(record.digests, dict) else dataclasses_replace(record, digests={})
 
 
 def disk(cache_dir: Path, sid: str) -> Path:
@@ -361,8 +381,10 @@ def store(
         name = TREE if made.name == TREE else DISK
         shutil.move(str(made), tmp / name)
         record.size = (tmp / name).stat().st_size
-        record.digests = file_digests(tmp, [f.name for f in tmp.iterdir() if f.name != RECORD])
+        record.digests = digests.file_digests(tmp, [f.name for f in tmp.iterdir() if f.name != RECORD])
         _write_record(tmp, record)
+        if (base / sid).exists():  # one lookup refused (the caller holds the stage's lock): replaced
+            evict(cache_dir, base / sid, base / sid / DISK)
         os.rename(tmp, base / sid)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -372,52 +394,39 @@ def store(
     return base / sid / name
 
 
-# --- damage: an entry that is not the bytes it was stored as -----------------------------------------------
-# A disk that filled, a cache restored from a CI runner's cache action or copied between machines, a bad
-# sector: the entry's files are then not what the build that made it wrote. Reused as they are, they fail
-# later with a tool's error (zstd's "premature end", a qcow2 that Packer's guest cannot read) on every
-# build, or worse, they do not fail. A build checks the files of every entry it reuses against the
-# sha256 its record keeps (0.4 s for a 450 MB tree here), and builds a damaged entry again.
+# --- damage: an entry that is not the bytes it was stored as (kiln.core.digests) ---------------------------
 
 
-def file_digests(entry: Path, names: Sequence[str]) -> dict[str, str]:
-    """name -> sha256 of each of `entry`'s files `names`."""
-    return {name: builddir.sha256_file(entry / name) for name in sorted(names)}
-
-
-def damage(entry: Path, digests: Mapping[str, str], needed: Sequence[str] = ()) -> str | None:
-    """Why the files of the cache entry `entry` are not the ones it was stored with (their sha256
-    `digests`), or None. An entry stored before its record kept digests is checked for its `needed` files
-    only: its record's size may count files added since (a live base squashfs, kiln.build.finalize)."""
-    for name in [*needed, *sorted(digests)]:
-        if not (entry / name).is_file():
-            return f"{entry / name}: missing"
-    for name, digest in sorted(digests.items()):
-        path = entry / name
-        found = builddir.sha256_file(path)
-        if found != digest:
-            size = path.stat().st_size
-            return f"{path}: not the bytes stored (sha256 {found[:12]}.., not {digest[:12]}..; {size} bytes)"
-    return None
+def check(cache_dir: Path, sid: str) -> tuple[Record | None, str | None]:
+    """The cache entry `sid` for a build to reuse: (its record, None); (None, None) when there is none; or
+    (the record if readable, why it cannot be reused) when it is there but unusable or damaged: then it is
+    `evict`ed and made again."""
+    if not (root(cache_dir) / sid).is_dir():
+        return None, None
+    why = unusable(cache_dir, sid)
+    record = _read_record(root(cache_dir) / sid)
+    if why is None and record is not None:
+        why = record_damage(cache_dir, record)
+    return record, why
 
 
 def record_damage(cache_dir: Path, record: Record) -> str | None:
     """`damage` of the stage entry `record` (its disk or tree, and the files kept with it)."""
     artifact = disk(cache_dir, record.id)
-    return damage(artifact.parent, record.digests, [artifact.name])
+    return digests.damage(artifact.parent, record.digests, [artifact.name])
 
 
 def base_damage(entry: Path, info: Mapping[str, Any]) -> str | None:
     """`damage` of a base disk's entry (a bootstrap base, a cloud image), whose info.json keeps the
     digests."""
-    digests = info.get("digests")
-    return damage(entry, digests if isinstance(digests, dict) else {}, [BASE_DISK])
+    kept = info.get("digests")
+    return digests.damage(entry, kept if isinstance(kept, dict) else {}, [BASE_DISK])
 
 
 def evict_base(cache_dir: Path, key: str) -> str:
-    """`evict` the damaged base disk `key`; what went, said for a log line."""
-    gone = evict(cache_dir, Record(key, "base", "", "", "", 0, 0, 0, {}))
-    return f"removed{on_it(len(gone) - 1)}"
+    """`evict` the base disk `key` (damaged, or unusable); what went, said for a log line."""
+    entry = cache_dir / BASE_ROOT / key
+    return f"removed{on_it(evict(cache_dir, entry, entry / BASE_DISK))}"
 
 
 def on_it(n: int) -> str:
@@ -425,23 +434,29 @@ def on_it(n: int) -> str:
     return "" if n == 0 else " with the stage built on it" if n == 1 else f" with the {n} stages built on it"
 
 
-def evict(cache_dir: Path, record: Record) -> list[Record]:
-    """Remove the damaged entry `record` (a stage, or a base disk) and what is built on its disk (a VM
-    runner's overlays, which it backs), but an entry another build holds. Moved first into a temp dir of
-    this run's, so that an interrupted removal is collected by the next run (kiln.core.tempdirs).
-    Returns what was removed."""
-    family = [record] + [r for r in _family(cache_dir, record, entries(cache_dir))[1:]
-                         if not _held_entry(cache_dir, r)]  # fmt: skip
-    for r in family:
-        entry = _entry_dir(cache_dir, r)
-        owned = tempdirs.create(entry.parent, f"{r.id}-damaged")
+def evict(cache_dir: Path, entry: Path, disk_path: Path) -> int:
+    """Remove the damaged or unusable cache entry dir `entry`, whose disk is `disk_path`, and every stage
+    built on that disk, at any depth (a VM runner's overlays), held by a build or not: an overlay whose
+    backing disk is gone, or made again (never the same bytes), is never right again. Each is moved first
+    into a temp dir of this run's, so that an interrupted removal is collected by the next run
+    (kiln.core.tempdirs). Returns how many stages went with it."""
+    on = _built_on(cache_dir, disk_path, _readable(cache_dir))
+    for path in [entry, *(root(cache_dir) / r.id for r in on)]:
+        owned = tempdirs.create(path.parent, f"{path.name}-removed")
         try:
             with contextlib.suppress(FileNotFoundError):
-                os.rename(entry, owned.path / "entry")
+                os.rename(path, owned.path / "entry")
             shutil.rmtree(owned.path, ignore_errors=True)
         finally:
             owned.release()
-    return family
+    return len(on)
+
+
+def _readable(cache_dir: Path) -> list[Record]:
+    """Every stage record that can be read, its parent disk there or not."""
+    base = root(cache_dir)
+    entries = sorted(base.iterdir()) if base.is_dir() else []
+    return [r for r in (_read_record(e) for e in entries if not e.name.startswith(".")) if r is not None]
 
 
 BASE_ROOT = "bootstrap"  # cache_dir/bootstrap/KEY/{base.qcow2,info.json,...}: kiln.build.bootstrap's entries
@@ -546,7 +561,7 @@ def prune(
         too_big = max_size is not None and total > max_size
         if not (too_old or too_big):
             continue
-        group = [x for x in _family(cache_dir, r, records) if x.id not in gone]
+        group = [x for x in [r, *_built_on(cache_dir, entry_disk(cache_dir, r), records)] if x.id not in gone]
         if any(_held_entry(cache_dir, x) for x in group):
             continue
         for x in group:
@@ -558,18 +573,20 @@ def prune(
     return removed
 
 
-def _family(cache_dir: Path, record: Record, records: Sequence[Record]) -> list[Record]:
-    """`record` and every entry built on its disk, at any depth (a stage's disk is backed by its parent's:
-    linked by path)."""
+def _built_on(cache_dir: Path, disk_path: Path, records: Sequence[Record]) -> list[Record]:
+    """Every entry of `records` built on `disk_path`, at any depth (a stage's disk is backed by its
+    parent's: linked by path)."""
     children: dict[str, list[Record]] = {}
     for r in records:
         if r.parent_disk:
             children.setdefault(str(Path(r.parent_disk)), []).append(r)
-    out, todo = [], [record]
+    out: list[Record] = []
+    todo = list(children.get(str(disk_path), []))
     while todo:
         r = todo.pop(0)
-        out.append(r)
-        todo += [c for c in children.get(str(entry_disk(cache_dir, r)), []) if c not in out]
+        if r not in out:
+            out.append(r)
+            todo += children.get(str(entry_disk(cache_dir, r)), [])
     return out
 
 

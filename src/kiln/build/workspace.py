@@ -56,6 +56,7 @@ class Workspace:
     # the last chroot stage's root tree, kept unpacked for whichever reads its packed copy next (the next
     # stage or finalize: chroot.take_or_unpack); it lives in `work`, which goes with the build however it ends
     handoff: chroot.Handoff | None = None
+    remade: set[str] = field(default_factory=set)  # a dry run's: the cached disks a build would make again
     started: float = field(default_factory=time.time)
 
     @property

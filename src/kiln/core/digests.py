@@ -1,0 +1,52 @@
+"""The stage cache's check of its entries' bytes (kiln.build.stages, bootstrap and cloudimg keep them).
+
+A disk that filled, a cache restored from a CI runner's cache action or copied between machines, a bad
+sector: the entry's files are then not what the build that made it wrote. Reused as they are, they fail
+later with a tool's error (zstd's "premature end", a qcow2 that Packer's guest cannot read) on every
+build, or worse, they do not fail. A build checks the files of every entry it reuses against the
+sha256 its record keeps (0.4 s for a 450 MB tree here), and builds a damaged entry again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from kiln.core import builddir
+
+_HASHED: dict[tuple[int, int, int, int], str] = {}  # (device, inode, size, mtime): sha256, this process's
+
+
+def _sha256(path: Path) -> str:
+    """builddir.sha256_file, once per file and process: a build of several Kubernetes versions, or a dry
+    run before a build, checks the same base and os entries again."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = builddir.sha256_file(path)
+    return _HASHED[key]
+
+
+def file_digests(entry: Path, names: Sequence[str]) -> dict[str, str]:
+    """name -> sha256 of each of `entry`'s files `names`."""
+    return {name: _sha256(entry / name) for name in sorted(names)}
+
+
+def damage(entry: Path, digests: Mapping[str, str], needed: Sequence[str] = ()) -> str | None:
+    """Why the files of the cache entry `entry` are not the ones it was stored with (their sha256
+    `digests`), or None. An entry stored before its record kept digests is checked for its `needed` files
+    only: its record's size may count files added since. A file removed meanwhile (another build removing
+    the entry) is missing, not an error."""
+    try:
+        for name in [*needed, *sorted(digests)]:
+            if not (entry / name).is_file():
+                return f"{entry / name}: missing"
+        for name, digest in sorted(digests.items()):
+            path = entry / name
+            found = _sha256(path)
+            if found != digest:
+                was = f"sha256 {found[:12]}.., not {digest[:12]}..; {path.stat().st_size} bytes"
+                return f"{path}: not the bytes stored ({was})"
+    except FileNotFoundError as e:
+        return f"{e.filename}: missing"
+    return None
