@@ -334,6 +334,54 @@ def test_a_build_makes_a_damaged_stage_again(tmp_path: Path) -> None:
     assert "reusing stage" in lines[-1]
 
 
+def test_cache_check_removes_what_is_damaged_and_keeps_what_is_whole(tmp_path: Path, capsys) -> None:
+    """`kiln cache check`: a whole stage kept; a damaged stage removed with the overlay on it; a damaged
+    base removed with its overlay; an entry with no disk removed; --dry-run names them, removes nothing and
+    exits 1; an entry a build is making is left alone."""
+    import fcntl
+
+    from kiln import cli
+
+    cache = tmp_path / "cache"
+    base = cache / stages.BASE_ROOT / "basekey1"
+    base.mkdir(parents=True)
+    base_disk = qcow2(base / stages.BASE_DISK)
+    (base / "info.json").write_text(json.dumps({"digests": digests.file_digests(base, [stages.BASE_DISK])}))
+    on_base = stages.store(
+        cache, "osb", qcow2(tmp_path / "b.qcow2", base_disk), record("osb", "os", "b", str(base_disk))
+    )
+    whole = stages.store(cache, "os1", qcow2(tmp_path / "w.qcow2"), record("os1", "os"))
+    bad = stages.store(cache, "os2", qcow2(tmp_path / "x.qcow2"), record("os2", "os"))
+    stages.store(cache, "k2", qcow2(tmp_path / "k.qcow2", bad), record("k2", "kubernetes", "os2", str(bad)))
+    stages.store(cache, "os3", qcow2(tmp_path / "y.qcow2"), record("os3", "os"))
+    (stages.root(cache) / "os3" / stages.DISK).unlink()
+    making = stages.store(cache, "os4", qcow2(tmp_path / "z.qcow2"), record("os4", "os"))
+    for damaged in (bad, base_disk, making):
+        with open(damaged, "ab") as f:
+            f.write(b"x")
+    argv = ["cache", "check", "--var", f"cache_dir={cache}"]
+    (stages.root(cache) / ".locks").mkdir()
+    with open(stages.root(cache) / ".locks" / "os4.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a build is making os4 again
+        assert cli.main(["--dry-run", *argv]) == 1
+        dry = capsys.readouterr().out
+        assert all(p.exists() for p in (bad, base_disk, on_base, making)), "a dry run removes nothing"
+        assert cli.main(argv) == 0
+        out = capsys.readouterr().out
+    for text, verb in ((dry, "would be removed"), (out, "removed")):
+        assert f"os2 (stage): {bad}: not the bytes stored (sha256 " in text, text
+        os3 = stages.root(cache) / "os3"
+        assert f"os3 (stage): {os3}: neither disk.qcow2 nor tree.tar.zst: {verb}\n" in text, text
+        assert f"basekey1 (base): {base_disk}: not the bytes stored (sha256 " in text, text
+    assert "bytes): would be removed\n" in dry and "cache entries: 3 whole, 3 damaged (nothing removed" in dry
+    assert out.count("bytes): removed with the stage built on it\n") == 2, out  # k2 on os2, osb on the base
+    assert "cache entries: 1 whole, 3 damaged\n" in out, out  # os1 (os4 is being made)
+    assert whole.is_file() and making.is_file()
+    assert not bad.exists() and not base.exists() and not on_base.exists()
+    assert cli.main(argv) == 0 and "cache entries: 1 whole, 1 damaged" in capsys.readouterr().out  # os4 now
+    assert cli.main(argv) == 0 and capsys.readouterr().out == "cache entries: 1 whole, 0 damaged\n"
+
+
 def test_lock_makes_the_second_builder_wait_then_reuse(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     made: list[str] = []

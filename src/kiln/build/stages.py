@@ -40,7 +40,6 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +304,8 @@ def _read_record(entry: Path) -> Record | None:
         record = Record(**{k: v for k, v in data.items() if k in _FIELDS})
     except (OSError, ValueError, TypeError, AttributeError):
         return None
-    return record if isinstance(record.digests, dict) else dataclasses_replace(record, digests={})
+    record.digests = record.digests if isinstance(record.digests, dict) else {}
+    return record
 
 
 def disk(cache_dir: Path, sid: str) -> Path:
@@ -353,7 +353,7 @@ def hold_shared(path: Path, stack: contextlib.ExitStack) -> None:
     fcntl.flock(fh, fcntl.LOCK_SH)
 
 
-def _held(path: Path) -> bool:
+def held(path: Path) -> bool:
     """Someone holds the flock on `path` (a running build making or using that entry)."""
     if not path.exists():
         return False
@@ -523,7 +523,7 @@ def _held_entry(cache_dir: Path, record: Record) -> bool:
         making = cache_dir / BASE_ROOT / f"{record.id}.lock"
     else:
         making = root(cache_dir) / ".locks" / f"{record.id}.lock"
-    return _held(making) or _held(use_lock(cache_dir, record.stage, record.id))
+    return held(making) or held(use_lock(cache_dir, record.stage, record.id))
 
 
 def collect_stale(cache_dir: Path, *, dry_run: bool = False) -> list[tempdirs.Stale]:

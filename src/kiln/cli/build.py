@@ -17,6 +17,7 @@ from kiln.cli.base import (
     signing_key_path,
 )
 from kiln.core.errors import (
+    EXIT_FAILED,
     EXIT_OK,
     BuildError,
     ConfigError,
@@ -332,6 +333,35 @@ def _register_cache(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     prune.add_argument("--older-than", type=float, metavar="DAYS", help="delete stages unused for DAYS")
     config_options(prune)
     prune.set_defaults(func=_cmd_cache_prune)
+    check = csub.add_parser(
+        "check",
+        help="check every entry's bytes against its record; remove the damaged (exit 1 under --dry-run)",
+    )
+    check.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    config_options(check)
+    check.set_defaults(func=_cmd_cache_check)
+
+
+def _cmd_cache_check(args: argparse.Namespace) -> int:
+    """Every entry checked as a build checks one before reusing it; the damaged removed with the stages
+    built on their disks. Exit 0 when the cache is whole afterwards, 1 when --dry-run found damage."""
+    import json
+    from dataclasses import asdict
+
+    from kiln.build import cachecheck
+
+    dry = args.runtime.dry_run
+    whole, bad = cachecheck.check_cache(_cache_dir(args), dry_run=dry)
+    if args.json:
+        print(
+            json.dumps({"whole": [asdict(f) for f in whole], "damaged": [asdict(f) for f in bad]}, indent=2)
+        )
+    else:
+        for f in bad:
+            print(f"{f.id[:12]} ({f.kind}): {f.problem}: {'would be removed' if dry else f.removed}")
+        tail = " (nothing removed: --dry-run)" if dry and bad else ""
+        print(f"cache entries: {len(whole)} whole, {len(bad)} damaged{tail}")
+    return EXIT_FAILED if dry and bad else EXIT_OK
 
 
 def _cache_dir(args: argparse.Namespace) -> Path:
