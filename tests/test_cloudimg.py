@@ -123,7 +123,9 @@ def test_a_served_image_is_downloaded_checked_and_kept_by_digest(
         again = cloudimg.ensure({"cloudimg_url": f"file://{raw}", "cloudimg_checksum": f"sha256:{_sha(raw)}"},
                                 tmp_path / "cache", say=said.append, runtime=RUNTIME)  # fmt: skip
         assert not again.cached and again.disk.is_file(), broken
-        assert f"({redone.dir}: no info.json or disk): removed; downloading it again" in said[0], said
+        why = redone.disk if broken == "disk gone" else f"{redone.dir / 'info.json'}: missing or unreadable"
+        why = f"{why}: missing" if broken == "disk gone" else why
+        assert f"({why}): removed; downloading it again" in said[0], said
 
 
 @needs_qemu_img

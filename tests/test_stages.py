@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kiln import config
-from kiln.build import finalize, stages
+from kiln.build import cachecheck, finalize, stages
 from kiln.build import pipeline as build
 from kiln.build.render import Output
 from kiln.build.workspace import Workspace
@@ -230,26 +230,26 @@ def test_a_damaged_entry_is_named_and_removed_with_what_its_disk_backs(tmp_path:
     os1 = stages.lookup(cache, "os1")
     assert os1 is not None and set(os1.digests) == {"disk.qcow2", "packages.txt"}
     assert os1.digests["disk.qcow2"] == builddir.sha256_file(os_disk)
-    assert stages.record_damage(cache, os1) is None
+    assert cachecheck.record_damage(cache, os1) is None
 
     kept = os_disk.read_bytes()
     with open(os_disk, "r+b") as f:  # one byte changed, same size
         f.seek(100)
         f.write(bytes([kept[100] ^ 0xFF]))
-    assert f"{os_disk}: not the bytes stored (sha256 " in (stages.record_damage(cache, os1) or "")
+    assert f"{os_disk}: not the bytes stored (sha256 " in (cachecheck.record_damage(cache, os1) or "")
     os_disk.write_bytes(kept[:1000])
-    assert (stages.record_damage(cache, os1) or "").endswith("; 1000 bytes)")
+    assert (cachecheck.record_damage(cache, os1) or "").endswith("; 1000 bytes)")
     os_disk.write_bytes(kept)
-    assert stages.record_damage(cache, os1) is None
+    assert cachecheck.record_damage(cache, os1) is None
     (os_disk.parent / "packages.txt").unlink()
-    assert stages.record_damage(cache, os1) == f"{os_disk.parent / 'packages.txt'}: missing"
+    assert cachecheck.record_damage(cache, os1) == f"{os_disk.parent / 'packages.txt'}: missing"
     old = dataclasses.replace(os1, digests={})  # stored before digests: only its disk must be there
-    assert stages.record_damage(cache, old) is None
+    assert cachecheck.record_damage(cache, old) is None
     os_disk.unlink()
-    assert stages.record_damage(cache, old) == f"{os_disk}: missing"
+    assert cachecheck.record_damage(cache, old) == f"{os_disk}: missing"
     os_disk.write_bytes(kept)
 
-    assert stages.evict(cache, os_disk.parent, os_disk) == 1, "k1's disk is backed by os1's"
+    assert cachecheck.evict(cache, os_disk.parent, os_disk) == 1, "k1's disk is backed by os1's"
     assert stages.entries(cache) == [] and list(stages.root(cache).iterdir()) == [], "no temp dir left"
 
 
@@ -271,7 +271,7 @@ def test_a_damaged_base_disk_is_named_and_removed_with_the_overlays_on_it(tmp_pa
     assert bootstrap.damage(base) is None
     (entry / "vmlinuz").write_bytes(b"kernel!")
     assert (bootstrap.damage(base) or "").startswith(f"{entry / 'vmlinuz'}: not the bytes stored")
-    assert stages.evict_base(cache, "basekey1") == "removed with the stage built on it"
+    assert cachecheck.evict_base(cache, "basekey1") == "removed with the stage built on it"
     assert not entry.exists() and [r.id for r in stages.entries(cache)] == ["os2"]
     assert list((cache / stages.BASE_ROOT).iterdir()) == [], "no temp dir left"
 
@@ -373,13 +373,47 @@ def test_cache_check_removes_what_is_damaged_and_keeps_what_is_whole(tmp_path: P
         os3 = stages.root(cache) / "os3"
         assert f"os3 (stage): {os3}: neither disk.qcow2 nor tree.tar.zst: {verb}\n" in text, text
         assert f"basekey1 (base): {base_disk}: not the bytes stored (sha256 " in text, text
-    assert "bytes): would be removed\n" in dry and "cache entries: 3 whole, 3 damaged (nothing removed" in dry
+        # os1 only: k2 and osb go with the disks they stand on, os4 is being made
+        assert "cache entries: 1 whole, 3 damaged, 1 not checked (a build is making them)" in text, text
+    assert "bytes): would be removed\n" in dry and "(nothing removed: --dry-run)" in dry
     assert out.count("bytes): removed with the stage built on it\n") == 2, out  # k2 on os2, osb on the base
-    assert "cache entries: 1 whole, 3 damaged\n" in out, out  # os1 (os4 is being made)
     assert whole.is_file() and making.is_file()
     assert not bad.exists() and not base.exists() and not on_base.exists()
     assert cli.main(argv) == 0 and "cache entries: 1 whole, 1 damaged" in capsys.readouterr().out  # os4 now
     assert cli.main(argv) == 0 and capsys.readouterr().out == "cache entries: 1 whole, 0 damaged\n"
+
+
+def test_an_overlay_on_a_disk_made_again_is_not_reused(tmp_path: Path) -> None:
+    """A VM runner's overlay records the digest its parent disk's entry kept when it was built on it. When
+    the parent is made again while the overlay stays (an interrupted removal, an overlay stored while its
+    parent was replaced, a cache whose stages outlived its base), the overlay is not reused on the new
+    bytes. A record keeps what a later kiln wrote into it, and what another build added meanwhile."""
+    cache = tmp_path / "cache"
+    os_disk = stages.store(cache, "os1", qcow2(tmp_path / "a.qcow2"), record("os1", "os"))
+    k1 = record("k1", "kubernetes", "os1", str(os_disk))
+    k1.parent_digest = stages.recorded_digest(os_disk)
+    assert k1.parent_digest == builddir.sha256_file(os_disk)
+    stages.store(cache, "k1", qcow2(tmp_path / "b.qcow2", os_disk), k1)
+    assert stages.lookup(cache, "k1") is not None
+    shutil.rmtree(os_disk.parent)  # the parent alone removed, and made again: other bytes
+    again = tmp_path / "c.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(again), "128M"], check=True)
+    stages.store(cache, "os1", again, record("os1", "os"))
+    assert stages.lookup(cache, "k1") is None
+    assert stages.inspect(cache, "k1")[1] == f"{os_disk}: the disk it stands on was made again since"
+    assert cachecheck.check(cache, "k1")[1] == f"{os_disk}: the disk it stands on was made again since"
+
+    entry = stages.root(cache) / "os1"
+    data = json.loads((entry / stages.RECORD).read_text())
+    (entry / stages.RECORD).write_text(json.dumps({**data, "later": {"kept": True}}))
+    os1 = stages.lookup(cache, "os1")
+    assert os1 is not None
+    stages.touch(cache, os1, size=10, kept={"live-base-x.squashfs": "ab" * 32})
+    after = json.loads((entry / stages.RECORD).read_text())
+    assert after["later"] == {"kept": True} and after["size"] == data["size"] + 10
+    assert after["digests"] == {**data["digests"], "live-base-x.squashfs": "ab" * 32}
+    (entry / stages.RECORD).write_text(json.dumps({**data, "digests": {"disk.qcow2": 5}}))
+    assert stages.lookup(cache, "os1") is None, "a record whose digests are not strings is unreadable"
 
 
 def test_lock_makes_the_second_builder_wait_then_reuse(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -23,8 +24,8 @@ import pytest
 
 from conftest import ALL_FORMATS, SITE_MAKE_VAR, SITE_VAR_FILES, interrupt_build
 from kiln import config
+from kiln.build import cachecheck, stages
 from kiln.build import pipeline as build
-from kiln.build import stages
 from kiln.core.builddir import BuildDir
 from kiln_runtime import RUNTIME
 from test_vm_build import offline_hygiene
@@ -72,8 +73,44 @@ def _start(out: Path, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=env)
 
 
+def _other_versions_kubernetes_stage() -> str:
+    """The kubernetes stage ID of OTHER_VERSION's build (`_start`), from `kiln stages` in the same setting."""
+    kiln = str(REPO / ".venv" / "bin" / "kiln")
+    argv = [*STANDIN, "--version", OTHER_VERSION, "--", kiln, "stages", "debian-12", "--var-file",
+            "{varfile}", "--var", f"kubernetes_semver={OTHER_VERSION}", "--json"]  # fmt: skip
+    env = {**os.environ, "PACKER_VAR_FILES": " ".join(str(p) for p in SITE_VAR_FILES)}
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=env, check=True).stdout
+    plan = json.loads(out[out.index("{") :])
+    (sid,) = [s["id"] for s in plan["stages"] if s["stage"] == "kubernetes"]
+    return str(sid)
+
+
+def _plant_damaged(cache_dir: Path, built_image, sid: str) -> Path:
+    """The suite image's kubernetes entry, hard-linked under `sid` with one byte of its packed tree changed
+    (a copy: the suite's own entry keeps its bytes): a damaged cache entry where a build will look."""
+    log = (built_image.path / "build.log").read_text()
+    source = _suite_entry(log, cache_dir, "kubernetes")
+    entry = stages.root(cache_dir) / sid
+    subprocess.run(["cp", "-al", str(source), str(entry)], check=True)
+    record = json.loads((entry / stages.RECORD).read_text())
+    (entry / stages.RECORD).unlink()
+    (entry / stages.RECORD).write_text(json.dumps({**record, "id": sid}))
+    data = bytearray((entry / stages.TREE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (entry / stages.TREE).unlink()
+    (entry / stages.TREE).write_bytes(bytes(data))
+    return entry / stages.TREE
+
+
 def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image, tmp_path):
+    """Two builds of OTHER_VERSION at once, the cache holding a damaged entry for their kubernetes stage:
+    the first to take the stage's lock names it, removes it and makes the stage; the other waits and reuses
+    that one. (The damaged entry costs the suite nothing: the stage is made here anyway.)"""
     cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
+    sid = _other_versions_kubernetes_stage()
+    if stages.lookup(cache_dir, sid) is not None:
+        pytest.skip(f"the cache holds {OTHER_VERSION}'s kubernetes stage already (a warm local cache)")
+    damaged = _plant_damaged(cache_dir, built_image, sid)
     started_wall = time.time()
     outs = [tmp_path / "a", tmp_path / "b"]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
@@ -87,6 +124,14 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
         assert code == 0, text[-4000:]
         assert "os: reusing stage" in text, text[-4000:]
     assert sum("kubernetes: reusing stage" in t for t in texts) == 1, "one builds the stage, one reuses it"
+    named = [
+        t for t in texts if f"kubernetes: stage {sid[:12]} in the cache is damaged ({damaged}: not the " in t
+    ]
+    assert len(named) == 1 and "; 352" not in "" and "): removed; building it again" in named[0], texts[0][
+        -3000:
+    ]
+    record = stages.lookup(cache_dir, sid)
+    assert record is not None and cachecheck.record_damage(cache_dir, record) is None, "made again, whole"
     checked = [t for t in texts if re.search(r"goss build phase: \d+ checks, 0 failed", t)]
     assert len(checked) == 1, "the kubernetes stage's in-guest goss check ran once and passed"
     made = [r for r in stages.entries(cache_dir) if r.stage == "kubernetes" and r.created >= started_wall]
@@ -150,11 +195,13 @@ def _suite_entry(log: str, cache_dir: Path, stage: str) -> Path:
     return entry
 
 
-def test_a_damaged_stage_in_the_cache_is_named_and_built_again(built_image, tmp_path):
+def test_a_damaged_stage_is_named_by_a_dry_run_and_removed_by_cache_check(built_image, tmp_path):
     """The suite image's cache entries, hard-linked into a cache of the test's own, with one byte of the
-    kubernetes stage's packed tree changed (in a copy: the suite's cache keeps its bytes). A dry run names
-    the damage and would build the stage again; the build removes the entry, makes the stage again from the
-    reused os stage, and succeeds; the new entry is whole."""
+    kubernetes stage's packed tree changed (in a copy: the suite's cache keeps its bytes). A dry run of the
+    suite's build names the damage and would make the stage again, removing nothing; `kiln cache check
+    --dry-run` exits 1 naming it; `kiln cache check` removes it and keeps the rest; the dry run then would
+    just build the stage. (A build that finds a damaged entry and makes it again:
+    test_another_kubernetes_version_reuses_the_os_stage_concurrently.)"""
     suite_cache = config.load("debian-12", repo_root=REPO).path("cache_dir")
     log = (built_image.path / "build.log").read_text()
     cache = tmp_path / "cache"
@@ -163,45 +210,39 @@ def test_a_damaged_stage_in_the_cache_is_named_and_built_again(built_image, tmp_
     entries = {stage: _suite_entry(log, suite_cache, stage) for stage in ("os", "kubernetes")}
     for entry in entries.values():
         subprocess.run(["cp", "-al", str(entry), str(stages.root(cache))], check=True)
-    tree = stages.root(cache) / entries["kubernetes"].name / stages.TREE
+    sid = entries["kubernetes"].name
+    tree = stages.root(cache) / sid / stages.TREE
     data = bytearray(tree.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    copy = tree.with_name("copy")
-    copy.write_bytes(bytes(data))
-    os.rename(copy, tree)  # a new file in place of the link
+    tree.unlink()  # a new file in place of the link
+    tree.write_bytes(bytes(data))
     del data
-    sid = entries["kubernetes"].name
 
-    def make(*more: str) -> subprocess.CompletedProcess[str]:
-        flags = f"-var output_dir={tmp_path / 'out'} -var cache_dir={cache} {' '.join(more)}"
+    def make() -> subprocess.CompletedProcess[str]:
+        flags = f"-var output_dir={tmp_path / 'out'} -var cache_dir={cache} --dry-run"
         argv = ["make", "--no-print-directory", "build-qemu-debian-12", "K8S_STANDIN=1", SITE_MAKE_VAR,
                 f"PACKER_FLAGS={flags}", "FORMATS=qcow2"]  # fmt: skip
         return subprocess.run(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    dry = make("--dry-run")
+    def cache_check(*more: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(REPO / ".venv/bin/kiln"), *more, "cache", "check", "--var", f"cache_dir={cache}"]
+        return subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+
+    dry = make()
     assert dry.returncode == 0, dry.stdout[-3000:]
     assert f"would reuse stage {entries['os'].name[:12]}" in dry.stdout, dry.stdout[-3000:]
     damaged = f"would build again the damaged ({tree}: not the bytes stored (sha256 "
     assert damaged in dry.stdout, dry.stdout[-3000:]
-    assert tree.read_bytes() != (entries["kubernetes"] / stages.TREE).read_bytes(), (
-        "a dry run removes nothing"
-    )
-
-    built = make("--no-verify")
-    assert built.returncode == 0, built.stdout[-4000:]
-    assert (
-        f"kubernetes: stage {sid[:12]} in the cache is damaged ({tree}: not the bytes stored" in built.stdout
-    )
-    assert (
-        f"os: reusing stage {entries['os'].name[:12]}" in built.stdout
-        and "kubernetes: cached as stage" in built.stdout
-    )
-    record = stages.lookup(cache, sid)
-    assert (
-        record is not None and stages.TREE in record.digests and stages.record_damage(cache, record) is None
-    )
+    looked = cache_check("--dry-run")
+    assert looked.returncode == 1, looked.stdout + looked.stderr
+    assert f"{sid[:12]} (stage): {tree}: not the bytes stored (sha256 " in looked.stdout, looked.stdout
+    assert "cache entries: 2 whole, 1 damaged (nothing removed: --dry-run)" in looked.stdout, looked.stdout
+    assert tree.is_file(), "a dry run removes nothing"
+    fixed = cache_check()
+    assert fixed.returncode == 0 and "cache entries: 2 whole, 1 damaged\n" in fixed.stdout, fixed.stdout
+    assert not tree.parent.exists() and (stages.root(cache) / entries["os"].name).is_dir()
+    again = make()
+    assert f"would build stage {sid[:12]}" in again.stdout, again.stdout[-3000:]
+    assert "in the cache is damaged" not in again.stdout and "the damaged" not in again.stdout
     suite = stages.lookup(suite_cache, sid)
-    assert suite is not None and stages.record_damage(suite_cache, suite) is None, (
-        "the suite's entry is untouched"
-    )
-    assert not [p for p in stages.root(cache).iterdir() if p.name.startswith(".") and p.name != ".locks"]
+    assert suite is not None and cachecheck.record_damage(suite_cache, suite) is None, "the suite's is whole"

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kiln.artifacts import kernel
-from kiln.build import bootloader, fat, stages
+from kiln.build import bootloader, cachecheck, fat, stages
 from kiln.build.stages import STAGE_SOURCE_DATE
 from kiln.config import Config
 from kiln.config.settings import BY_NAME
@@ -241,9 +241,9 @@ def cached(spec: BaseSpec, cache_dir: Path) -> BaseImage | None:
 
 
 def damage(base: BaseImage) -> str | None:
-    """Why the cached base's files are not the ones it was stored with, or None (kiln.build.stages.damage:
-    a base cached before its info.json kept digests is checked for its disk only)."""
-    return stages.base_damage(base.dir, base.info)
+    """Why the cached base's files are not the ones it was stored with, or None (kiln.build.cachecheck: a
+    base cached before its info.json kept digests is checked for its disk only)."""
+    return cachecheck.base_check(base.dir)[1]
 
 
 def _used(base: BaseImage) -> BaseImage:
@@ -267,31 +267,29 @@ def ensure_base(
     Concurrent builds of the same key serialise on a lock file; the loser of the race reuses the winner's
     result. A half-built base never becomes visible (built in a temp dir, then renamed).
     """
-    root = proc.ensure_dir(cache_dir / "bootstrap")
+    root = proc.ensure_dir(cache_dir / stages.BASE_ROOT)
     key = spec.key()
-    hit = cached(spec, cache_dir)
-    if hit is not None and damage(hit) is None:
-        say(f"base: reusing cached base disk {hit.dir} (key {key}, inputs unchanged)")
-        return _used(hit)
+    info, problem = cachecheck.base_check(root / key)
+    if info is not None and problem is None:
+        say(f"base: reusing cached base disk {root / key} (key {key}, inputs unchanged)")
+        return _used(BaseImage(key, root / key, True, info))
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        hit = cached(spec, cache_dir)
-        problem = damage(hit) if hit else None
-        if hit is None and (root / key).exists():
-            problem = f"{root / key}: no info.json or disk"
-        if hit is not None and problem is None:
-            say(f"base: reusing cached base disk {hit.dir} (key {key}, built by a concurrent run)")
-            return _used(hit)
+        info, problem = cachecheck.base_check(root / key)
+        if info is not None and problem is None:
+            say(f"base: reusing cached base disk {root / key} (key {key}, built by a concurrent run)")
+            return _used(BaseImage(key, root / key, True, info))
         if os.geteuid() != 0:
             raise InputError(
-                "bootstrap: building the base disk needs root (mmdebstrap into a directory, mkfs -d)",
+                "bootstrap: building the base disk needs root (mmdebstrap into a directory, mkfs -d)"
+                + (f"; the cached one cannot be used ({problem})" if problem else ""),
                 hint="run the build as root, or use install_method installer/cloudimg",
             )
         if problem is not None:  # kiln made it: removed, with the stages built on its disk
             if runtime.dry_run:
                 raise BuildError(f"base: the cached base disk is damaged ({problem})",
                                  hint="a build (not a dry run) removes it and builds it again")  # fmt: skip
-            gone = stages.evict_base(cache_dir, key)
+            gone = cachecheck.evict_base(cache_dir, key)
             say(f"base: the cached base disk is damaged ({problem}): {gone}; building it again")
         say(f"base: no cached base for key {key}; building it ({spec.suite} from {spec.mirror})")
         owned = tempdirs.create(root, key)

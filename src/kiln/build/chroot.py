@@ -177,7 +177,9 @@ def unpack(tar: Path, tree: Path, *, log_file: IO[str] | None, runtime: Runtime)
     except CommandError as e:  # a cache entry damaged after the build checked it (stages.check), or not
         tail = e.output_tail.strip().splitlines()
         damaged = re.search(
-            r"premature end|[Cc]orrupt|checksum|Unexpected EOF|not in zstd format", e.output_tail
+            r"premature end|[Cc]orrupt|checksum|Unexpected EOF|unsupported format|not in zstd format|"
+            r"does not look like a tar archive|[Uu]nknown frame descriptor",
+            e.output_tail,
         )
         raise BuildError(
             f"{tar}: the packed tree cannot be unpacked: {tail[0] if tail else e}",

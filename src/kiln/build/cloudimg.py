@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.build import stages
+from kiln.build import cachecheck
 from kiln.core import digests, proc, tempdirs
 from kiln.core.errors import BuildError, InputError, UploadError
 from kiln.core.inputs import clip
@@ -164,26 +164,24 @@ def ensure(
     the cache has none. Concurrent builds of one image serialise on a lock; the loser reuses the result."""
     url = str(values.get("cloudimg_url") or "")
     digest = resolve(url, str(values.get("cloudimg_checksum") or ""))
-    hit = cached(digest, cache_dir)
-    if hit is not None and stages.base_damage(hit.dir, hit.info) is None:
-        say(f"base: reusing the cloud image {hit.dir} ({digest.algorithm} {digest.hex[:16]}...)")
-        return _used(hit)
     root = proc.ensure_dir(cache_dir / ROOT)
+    entry = root / digest.key
+    info, problem = cachecheck.base_check(entry)
+    if info is not None and problem is None:
+        say(f"base: reusing the cloud image {entry} ({digest.algorithm} {digest.hex[:16]}...)")
+        return _used(CloudBase(digest.key, entry, True, info))
     with open(root / f"{digest.key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        hit = cached(digest, cache_dir)
-        entry = root / digest.key
-        problem = stages.base_damage(hit.dir, hit.info) if hit else None
-        problem = problem or (f"{entry}: no info.json or disk" if hit is None and entry.exists() else None)
-        if hit is not None and problem is None:
-            return _used(hit)
+        info, problem = cachecheck.base_check(entry)
+        if info is not None and problem is None:
+            return _used(CloudBase(digest.key, entry, True, info))
         if problem is not None:  # kiln made it: removed, with the stages built on its disk
             if runtime.dry_run:
                 raise BuildError(
                     f"base: the cached cloud image is damaged ({problem})",
                     hint="a build, not a dry run, removes it and downloads it again",
                 )
-            gone = stages.evict_base(cache_dir, digest.key)
+            gone = cachecheck.evict_base(cache_dir, digest.key)
             say(f"base: the cached cloud image is damaged ({problem}): {gone}; downloading it again")
         owned = tempdirs.create(root, digest.key)
         work = owned.path

@@ -215,6 +215,9 @@ def live_base(ws: Workspace) -> Path:
     with stages.locked(cache, f"{os_id}-live-base"):  # not the stage's own lock: builds reusing it go on
         if dest.is_file():
             ws.monitor.log("finalize", f"overlay: the base {dest} is made already (os stage {os_id[:12]})")
+            record = stages.lookup(cache, os_id)
+            if record is not None and dest.name not in record.digests:  # made before records kept digests
+                stages.touch(cache, record, kept=digests.file_digests(dest.parent, [dest.name]))
             return dest
         started = time.monotonic()
         work = ws.work / "live-base"
@@ -231,9 +234,8 @@ def live_base(ws: Workspace) -> Path:
             os.rename(part, dest)
             record = stages.lookup(cache, os_id)
             if record is not None:  # kiln cache prune --max-size counts it with the entry; a build checks it
-                record.size += dest.stat().st_size
-                record.digests.update(digests.file_digests(dest.parent, [dest.name]))
-                stages.touch(cache, record)
+                kept = digests.file_digests(dest.parent, [dest.name])
+                stages.touch(cache, record, size=dest.stat().st_size, kept=kept)
         finally:
             part.unlink(missing_ok=True)
             shutil.rmtree(work, ignore_errors=True)

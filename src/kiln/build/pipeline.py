@@ -37,7 +37,7 @@ from typing import Any
 
 from kiln import __version__
 from kiln.artifacts import provenance
-from kiln.build import bootstrap, chroot, stages
+from kiln.build import bootstrap, cachecheck, chroot, stages
 from kiln.build.finalize import stage_finalize
 from kiln.build.packer import PackerFlags
 from kiln.build.preflight import (
@@ -87,12 +87,12 @@ def stage_base(ws: Workspace) -> None:
         return
     spec = bootstrap.spec_from_config(ws.cfg, ws.cfg.repo_root)
     if ws.runtime.dry_run:
-        hit = bootstrap.cached(spec, ws.cfg.path("cache_dir"))
-        problem = bootstrap.damage(hit) if hit else None
-        doing = f"build again the damaged ({problem})" if problem else "reuse" if hit else "build"
+        entry = ws.cfg.path("cache_dir") / stages.BASE_ROOT / spec.key()
+        info, problem = cachecheck.base_check(entry)
+        doing = f"build again the damaged ({problem})" if problem else "reuse" if info else "build"
         ws.monitor.log("base", f"would {doing} base disk {spec.key()} ({spec.suite})")
-        entry = ws.cfg.path("cache_dir") / "bootstrap" / spec.key()
-        if problem or hit is None:
+        hit = bootstrap.BaseImage(spec.key(), entry, True, info) if info and not problem else None
+        if hit is None:
             ws.remade.add(str(entry / stages.BASE_DISK))
         ws.base = hit or bootstrap.BaseImage(spec.key(), entry, False)
         return
@@ -115,13 +115,14 @@ def _cloud_base(ws: Workspace) -> None:
     cache_dir = ws.cfg.path("cache_dir")
     digest = cloudimg.resolve(ws.settings.cloudimg_url, ws.settings.cloudimg_checksum)
     if ws.runtime.dry_run:
-        hit = cloudimg.cached(digest, cache_dir)
-        problem = stages.base_damage(hit.dir, hit.info) if hit else None
-        doing = "reuse" if hit else "download and check"
+        entry = cache_dir / cloudimg.ROOT / digest.key
+        info, problem = cachecheck.base_check(entry)
+        doing = "reuse" if info else "download and check"
         doing = f"download again the damaged ({problem})" if problem else doing
         ws.monitor.log("base", f"would {doing} cloud image {ws.settings.cloudimg_url} ({digest})")
-        if problem or hit is None:
-            ws.remade.add(str(cache_dir / cloudimg.ROOT / digest.key / cloudimg.DISK))
+        hit = cloudimg.CloudBase(digest.key, entry, True, info) if info and not problem else None
+        if hit is None:
+            ws.remade.add(str(entry / cloudimg.DISK))
         ws.cloud = hit or cloudimg.CloudBase(digest.key, cache_dir / cloudimg.ROOT / digest.key, False, {})
         return
     stages.hold_shared(stages.use_lock(cache_dir, "base", digest.key), ws.holds)
@@ -144,7 +145,7 @@ def stage_cached(
     cache_dir = ws.cfg.path("cache_dir")
     sid = ws.ids[stage]
     if ws.runtime.dry_run:
-        hit, problem = stages.check(cache_dir, sid.id)
+        hit, problem = cachecheck.check(cache_dir, sid.id)
         if hit is not None and hit.parent_disk in ws.remade:  # a VM runner's overlay on a disk made again
             problem = problem or f"{hit.parent_disk}: the disk it stands on is made again"
         doing = f"build again the damaged ({problem})" if problem else "reuse" if hit else "build"
@@ -156,12 +157,11 @@ def stage_cached(
     # held until the build ends, taken before the entry exists: prune never deletes it under this build
     stages.hold_shared(stages.use_lock(cache_dir, stage, sid.id), ws.holds)
     with stages.locked(cache_dir, sid.id):  # a concurrent build of the same stage waits, then reuses it
-        hit, problem = stages.check(cache_dir, sid.id)
+        hit, problem = cachecheck.check(cache_dir, sid.id)
         if problem:  # kiln made it: removed, with the stages built on its disk
-            entry = stages.root(cache_dir) / sid.id
-            also = stages.on_it(stages.evict(cache_dir, entry, stages.disk(cache_dir, sid.id)))
-            ws.monitor.log(stage, f"{stage}: stage {sid.short} in the cache is damaged ({problem}): "
-                                  f"removed{also}; building it again")  # fmt: skip
+            gone = cachecheck.evict_stage(cache_dir, sid.id)
+            ws.monitor.log(stage, f"{stage}: stage {sid.short} in the cache is damaged ({problem}): {gone}; "
+                                  "building it again")  # fmt: skip
             hit = None
         if hit is not None:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(hit.created))
@@ -171,6 +171,8 @@ def stage_cached(
             ws.reused[stage] = sid.id
             stages.touch(cache_dir, hit)
             return stages.disk(cache_dir, sid.id)
+        # the parent disk as its entry keeps it now: an overlay on a disk made again meanwhile is not reused
+        parent_digest = stages.recorded_digest(parent_disk) if parent_disk is not None else ""
         out = runner.run(ws, stage, parent_disk, last)
         record = stages.Record(
             id=sid.id,
@@ -186,6 +188,7 @@ def stage_cached(
         if out.format == "tree":  # a packed tree stands alone: no backing disk to keep
             record.parent_disk = ""
         elif parent_disk is not None:  # record the parent by absolute path, whatever Packer wrote
+            record.parent_digest = parent_digest
             proc.run(
                 ["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", str(parent_disk), str(out.disk)],
                 log_file=ws.log_file,

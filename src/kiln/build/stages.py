@@ -21,9 +21,9 @@ kiln.build.bootstrap, are listed and pruned with them):
 
     ID/disk.qcow2      the stage's disk: a qcow2 overlay whose backing file is the parent stage's disk
     ID/tree.tar.zst    or, for a chroot-provisioned stage, its root tree, packed (kiln.build.chroot)
-    ID/record.json     stage, parent, target, inputs, size, created, last_used, and the sha256 of every
-                       other file of the entry: a build that reuses it checks them first (`damage`), and
-                       an entry that is not what was stored is removed and built again
+    ID/record.json     stage, parent, target, inputs, size, created, last_used, the sha256 of every other
+                       file of the entry and of the parent disk it stands on: a build that reuses it checks
+                       them first, and one that is not what was stored is made again (kiln.build.cachecheck)
     .locks/ID.lock     held while a build makes or uses ID (flock); prune never deletes a held stage
     .ID.tmp-PID-*      a stage being written, locked by its build (kiln.core.tempdirs); renamed to ID only
                        when complete (never mistaken for done)
@@ -267,6 +267,7 @@ class Record:
     last_used: float
     inputs: dict[str, Any]
     digests: dict[str, str] = field(default_factory=dict)  # file name -> sha256 (entries since 2026-12-06)
+    parent_digest: str = ""  # the parent disk's sha256 as its entry kept it when this one was built on it
 
 
 def root(cache_dir: Path) -> Path:
@@ -275,37 +276,65 @@ def root(cache_dir: Path) -> Path:
 
 def lookup(cache_dir: Path, sid: str) -> Record | None:
     """The finished cache entry `sid`, or None (a missing parent disk counts as missing)."""
-    return None if unusable(cache_dir, sid) else _read_record(root(cache_dir) / sid)
+    record, why = inspect(cache_dir, sid)
+    return None if why else record
 
 
-def unusable(cache_dir: Path, sid: str) -> str | None:
-    """Why the cache entry `sid` cannot be reused (no such entry, its record unreadable, its disk or tree
-    missing, its parent disk gone), or None."""
+def inspect(cache_dir: Path, sid: str) -> tuple[Record | None, str | None]:
+    """The entry `sid`'s record (None when unreadable), and why the entry cannot be reused, or None: no
+    such entry, its record unreadable, its disk or tree missing, the disk it stands on gone or made again
+    since (a VM runner's overlay records its parent disk's digest: kiln.build.cachecheck)."""
     entry = root(cache_dir) / sid
     if not entry.is_dir():
-        return f"{entry}: no such entry"
+        return None, f"{entry}: no such entry"
     record = _read_record(entry)
     if record is None:
-        return f"{entry / RECORD}: missing or unreadable"
+        return None, f"{entry / RECORD}: missing or unreadable"
     if not ((entry / DISK).is_file() or (entry / TREE).is_file()):
-        return f"{entry}: neither {DISK} nor {TREE}"
+        return record, f"{entry}: neither {DISK} nor {TREE}"
     if record.parent_disk and not Path(record.parent_disk).is_file():
-        return f"{record.parent_disk}: the disk it stands on is gone"
-    return None
+        return record, f"{record.parent_disk}: the disk it stands on is gone"
+    if record.parent_digest and recorded_digest(Path(record.parent_disk)) != record.parent_digest:
+        return record, f"{record.parent_disk}: the disk it stands on was made again since"
+    return record, None
+
+
+def recorded_digest(disk_path: Path) -> str:
+    """The sha256 the cache keeps for `disk_path` (a stage's disk in its record.json, a base disk in its
+    info.json), or "" when none is kept."""
+    for name in (RECORD, "info.json"):
+        try:
+            data = json.loads((disk_path.parent / name).read_text())
+        except (OSError, ValueError):
+            continue
+        kept = data.get("digests") if isinstance(data, dict) else None
+        if isinstance(kept, dict) and isinstance(kept.get(disk_path.name), str):
+            return str(kept[disk_path.name])
+    return ""
 
 
 _FIELDS = {f.name for f in fields(Record)}
 
 
-def _read_record(entry: Path) -> Record | None:
-    """The entry's record, or None; keys a later kiln adds are left out, not refused."""
+def _raw_record(entry: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((entry / RECORD).read_text())
-        record = Record(**{k: v for k, v in data.items() if k in _FIELDS})
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, ValueError):
         return None
-    record.digests = record.digests if isinstance(record.digests, dict) else {}
-    return record
+    return data if isinstance(data, dict) else None
+
+
+def _read_record(entry: Path) -> Record | None:
+    """The entry's record, or None; keys a later kiln adds are left out here (and kept on disk: `touch`)."""
+    data = _raw_record(entry)
+    try:
+        record = Record(**{k: v for k, v in (data or {}).items() if k in _FIELDS})
+    except TypeError:
+        return None
+    kept = record.digests
+    if not isinstance(kept, dict) or not all(isinstance(v, str) for v in kept.values()):
+        return None
+    return record if isinstance(record.parent_disk, str) and isinstance(record.parent_digest, str) else None
 
 
 def disk(cache_dir: Path, sid: str) -> Path:
@@ -314,14 +343,26 @@ def disk(cache_dir: Path, sid: str) -> Path:
     return entry / TREE if (entry / TREE).is_file() else entry / DISK
 
 
-def touch(cache_dir: Path, record: Record) -> None:
+def touch(cache_dir: Path, record: Record, *, size: int = 0, kept: Mapping[str, str] | None = None) -> None:
+    """Record a use of the entry (and `size` more bytes and the digests `kept` of files added to it), on
+    the record as it is on disk now: what another build wrote meanwhile, and keys a later kiln wrote, stay."""
     record.last_used = time.time()
-    _write_record(root(cache_dir) / record.id, record)
+    entry = root(cache_dir) / record.id
+    data = _raw_record(entry) or asdict(record)
+    data["last_used"] = record.last_used
+    data["size"] = int(data.get("size") or 0) + size
+    before = data.get("digests")
+    data["digests"] = {**(before if isinstance(before, dict) else {}), **(kept or {})}
+    _write_raw(entry, data)
 
 
 def _write_record(entry: Path, record: Record) -> None:
+    _write_raw(entry, asdict(record))
+
+
+def _write_raw(entry: Path, data: Mapping[str, Any]) -> None:
     tmp = entry / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(asdict(record), indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, entry / RECORD)
 
 
@@ -383,8 +424,6 @@ def store(
         record.size = (tmp / name).stat().st_size
         record.digests = digests.file_digests(tmp, [f.name for f in tmp.iterdir() if f.name != RECORD])
         _write_record(tmp, record)
-        if (base / sid).exists():  # one lookup refused (the caller holds the stage's lock): replaced
-            evict(cache_dir, base / sid, base / sid / DISK)
         os.rename(tmp, base / sid)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -392,71 +431,6 @@ def store(
     finally:
         owned.release()
     return base / sid / name
-
-
-# --- damage: an entry that is not the bytes it was stored as (kiln.core.digests) ---------------------------
-
-
-def check(cache_dir: Path, sid: str) -> tuple[Record | None, str | None]:
-    """The cache entry `sid` for a build to reuse: (its record, None); (None, None) when there is none; or
-    (the record if readable, why it cannot be reused) when it is there but unusable or damaged: then it is
-    `evict`ed and made again."""
-    if not (root(cache_dir) / sid).is_dir():
-        return None, None
-    why = unusable(cache_dir, sid)
-    record = _read_record(root(cache_dir) / sid)
-    if why is None and record is not None:
-        why = record_damage(cache_dir, record)
-    return record, why
-
-
-def record_damage(cache_dir: Path, record: Record) -> str | None:
-    """`damage` of the stage entry `record` (its disk or tree, and the files kept with it)."""
-    artifact = disk(cache_dir, record.id)
-    return digests.damage(artifact.parent, record.digests, [artifact.name])
-
-
-def base_damage(entry: Path, info: Mapping[str, Any]) -> str | None:
-    """`damage` of a base disk's entry (a bootstrap base, a cloud image), whose info.json keeps the
-    digests."""
-    kept = info.get("digests")
-    return digests.damage(entry, kept if isinstance(kept, dict) else {}, [BASE_DISK])
-
-
-def evict_base(cache_dir: Path, key: str) -> str:
-    """`evict` the base disk `key` (damaged, or unusable); what went, said for a log line."""
-    entry = cache_dir / BASE_ROOT / key
-    return f"removed{on_it(evict(cache_dir, entry, entry / BASE_DISK))}"
-
-
-def on_it(n: int) -> str:
-    """What else `evict` removed, for a log line."""
-    return "" if n == 0 else " with the stage built on it" if n == 1 else f" with the {n} stages built on it"
-
-
-def evict(cache_dir: Path, entry: Path, disk_path: Path) -> int:
-    """Remove the damaged or unusable cache entry dir `entry`, whose disk is `disk_path`, and every stage
-    built on that disk, at any depth (a VM runner's overlays), held by a build or not: an overlay whose
-    backing disk is gone, or made again (never the same bytes), is never right again. Each is moved first
-    into a temp dir of this run's, so that an interrupted removal is collected by the next run
-    (kiln.core.tempdirs). Returns how many stages went with it."""
-    on = _built_on(cache_dir, disk_path, _readable(cache_dir))
-    for path in [entry, *(root(cache_dir) / r.id for r in on)]:
-        owned = tempdirs.create(path.parent, f"{path.name}-removed")
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(path, owned.path / "entry")
-            shutil.rmtree(owned.path, ignore_errors=True)
-        finally:
-            owned.release()
-    return len(on)
-
-
-def _readable(cache_dir: Path) -> list[Record]:
-    """Every stage record that can be read, its parent disk there or not."""
-    base = root(cache_dir)
-    entries = sorted(base.iterdir()) if base.is_dir() else []
-    return [r for r in (_read_record(e) for e in entries if not e.name.startswith(".")) if r is not None]
 
 
 BASE_ROOT = "bootstrap"  # cache_dir/bootstrap/KEY/{base.qcow2,info.json,...}: kiln.build.bootstrap's entries
@@ -561,10 +535,10 @@ def prune(
         too_big = max_size is not None and total > max_size
         if not (too_old or too_big):
             continue
-        group = [x for x in [r, *_built_on(cache_dir, entry_disk(cache_dir, r), records)] if x.id not in gone]
+        group = [x for x in [r, *built_on(cache_dir, entry_disk(cache_dir, r), records)] if x.id not in gone]
         if any(_held_entry(cache_dir, x) for x in group):
             continue
-        for x in group:
+        for x in reversed(group):  # what stands on a disk first: an interrupted prune leaves no orphan
             if not dry_run:
                 shutil.rmtree(_entry_dir(cache_dir, x), ignore_errors=True)
             gone.add(x.id)
@@ -573,7 +547,7 @@ def prune(
     return removed
 
 
-def _built_on(cache_dir: Path, disk_path: Path, records: Sequence[Record]) -> list[Record]:
+def built_on(cache_dir: Path, disk_path: Path, records: Sequence[Record]) -> list[Record]:
     """Every entry of `records` built on `disk_path`, at any depth (a stage's disk is backed by its
     parent's: linked by path)."""
     children: dict[str, list[Record]] = {}

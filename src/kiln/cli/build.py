@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -351,16 +352,21 @@ def _cmd_cache_check(args: argparse.Namespace) -> int:
     from kiln.build import cachecheck
 
     dry = args.runtime.dry_run
-    whole, bad = cachecheck.check_cache(_cache_dir(args), dry_run=dry)
+    cache_dir = _cache_dir(args)
+    if not dry and cache_dir.exists() and not os.access(cache_dir / "stages", os.W_OK) and os.geteuid() != 0:
+        raise InputError(f"{cache_dir}: not writable by this user, so nothing damaged could be removed",
+                         hint="run it as the user the builds run as (root), or with --dry-run")  # fmt: skip
+    whole, bad, busy = cachecheck.check_cache(cache_dir, dry_run=dry)
     if args.json:
-        print(
-            json.dumps({"whole": [asdict(f) for f in whole], "damaged": [asdict(f) for f in bad]}, indent=2)
-        )
+        found = {"whole": [asdict(f) for f in whole], "damaged": [asdict(f) for f in bad], "in_use": busy}
+        print(json.dumps(found, indent=2))
     else:
         for f in bad:
-            print(f"{f.id[:12]} ({f.kind}): {f.problem}: {'would be removed' if dry else f.removed}")
+            name = f.id if f.kind == "base" else f.id[:12]
+            print(f"{name} ({f.kind}): {f.problem}: {'would be removed' if dry else f.removed}")
         tail = " (nothing removed: --dry-run)" if dry and bad else ""
-        print(f"cache entries: {len(whole)} whole, {len(bad)} damaged{tail}")
+        skipped = f", {len(busy)} not checked (a build is making them)" if busy else ""
+        print(f"cache entries: {len(whole)} whole, {len(bad)} damaged{skipped}{tail}")
     return EXIT_FAILED if dry and bad else EXIT_OK
 
 
