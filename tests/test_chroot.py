@@ -140,7 +140,7 @@ def test_pack_and_unpack_keep_owners_modes_links_and_xattrs(tmp_path: Path) -> N
 
 
 def test_a_truncated_packed_tree_is_named_when_it_cannot_be_unpacked(tmp_path: Path) -> None:
-    """A packed tree damaged after a build checked it (kiln.build.stages.damage checks it first) fails with
+    """A packed tree damaged after a build checked it (kiln.build.cachecheck checks it first) fails with
     the file, zstd's reason and what to do, not a shell's exit code."""
     tree = _tree(tmp_path)
     (tree / "usr/sbin/tool").write_bytes(os.urandom(256 * 1024))

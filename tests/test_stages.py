@@ -20,7 +20,7 @@ from kiln.build import pipeline as build
 from kiln.build.render import Output
 from kiln.build.workspace import Workspace
 from kiln.core import builddir, digests, inputs
-from kiln.core.errors import InputError
+from kiln.core.errors import BuildError, InputError
 from kiln.core.progress import Null
 from kiln.core.runtime import Runtime
 from kiln_runtime import RUNTIME
@@ -269,6 +269,9 @@ def test_a_damaged_base_disk_is_named_and_removed_with_the_overlays_on_it(tmp_pa
     stages.store(cache, "os1", qcow2(tmp_path / "a.qcow2", disk), record("os1", "os", "b", str(disk)))
     stages.store(cache, "os2", qcow2(tmp_path / "b.qcow2"), record("os2", "os"))  # not on this base
     assert bootstrap.damage(base) is None
+    bare = {k: v for k, v in info.items() if k != "digests"}  # cached before digests: given them on reuse
+    assert cachecheck.keep_digests(entry, bare) == {**bare, "digests": info["digests"]}
+    assert json.loads((entry / "info.json").read_text())["digests"] == info["digests"]
     (entry / "vmlinuz").write_bytes(b"kernel!")
     assert (bootstrap.damage(base) or "").startswith(f"{entry / 'vmlinuz'}: not the bytes stored")
     assert cachecheck.evict_base(cache, "basekey1") == "removed with the stage built on it"
@@ -319,11 +322,32 @@ def test_a_build_makes_a_damaged_stage_again(tmp_path: Path) -> None:
             assert build.stage_cached(ws, "os", None, False, Runner()) == first  # type: ignore[arg-type]
             (first.parent / stages.RECORD).write_text('{"id": "half')
             assert build.stage_cached(ws, "os", None, False, Runner()) == first  # type: ignore[arg-type]
-            # a key a later kiln adds to the record is left out, not refused
+            # a key a later kiln adds to the record is left out, not refused, and kept; a record stored
+            # before digests is given them when the entry is reused
             data = json.loads((first.parent / stages.RECORD).read_text())
-            (first.parent / stages.RECORD).write_text(json.dumps({**data, "later": 1}))
+            old = {k: v for k, v in data.items() if k != "digests"}
+            (first.parent / stages.RECORD).write_text(json.dumps({**old, "later": 1}))
             assert build.stage_cached(ws, "os", None, False, Runner()) == first  # type: ignore[arg-type]
-    assert runs == ["os"] * 5 and again == first and first.stat().st_size > 512
+            now = json.loads((first.parent / stages.RECORD).read_text())
+            assert now["later"] == 1 and now["digests"] == {"disk.qcow2": builddir.sha256_file(first)}
+            # a VM runner's overlay records its parent disk's digest, read before its stage runs
+            k = build.stage_cached(ws, "kubernetes", first, True, Runner())  # type: ignore[arg-type]
+            k_record = stages.lookup(cfg.path("cache_dir"), ws.ids["kubernetes"].id)
+            assert k_record is not None and k_record.parent_digest == builddir.sha256_file(first), k
+
+            class Replacing(Runner):  # the parent made again (another build found it damaged) meanwhile
+                def run(self, ws: Workspace, stage: str, parent: Path | None, last: bool) -> Output:
+                    made = super().run(ws, stage, parent, last)
+                    parent_record = stages.lookup(ws.cfg.path("cache_dir"), ws.ids["os"].id)
+                    assert parent_record is not None
+                    stages.touch(ws.cfg.path("cache_dir"), parent_record, kept={"disk.qcow2": "0" * 64})
+                    return made
+
+            cachecheck.evict_stage(cfg.path("cache_dir"), ws.ids["kubernetes"].id)
+            with pytest.raises(BuildError, match=r"made again while the kubernetes stage ran on it"):
+                build.stage_cached(ws, "kubernetes", first, True, Replacing())  # type: ignore[arg-type]
+            assert stages.lookup(cfg.path("cache_dir"), ws.ids["kubernetes"].id) is None, "not stored"
+    assert runs == ["os"] * 5 + ["kubernetes"] * 2 and again == first and first.stat().st_size > 512
     damaged = [line for line in lines if "in the cache is damaged" in line]
     assert len(damaged) == 3 and damaged[0].startswith(
         f"os: stage {ws.ids['os'].short} in the cache is damaged ({first}: not the bytes stored (sha256 "
@@ -331,7 +355,7 @@ def test_a_build_makes_a_damaged_stage_again(tmp_path: Path) -> None:
     assert damaged[0].endswith("; 512 bytes)): removed with the stage built on it; building it again")
     assert f"({first.parent}: neither disk.qcow2 nor tree.tar.zst): removed; building" in damaged[1]
     assert f"({first.parent / stages.RECORD}: missing or unreadable): removed; building" in damaged[2]
-    assert "reusing stage" in lines[-1]
+    assert "reusing stage" in [line for line in lines if line.startswith("os:")][-1]
 
 
 def test_cache_check_removes_what_is_damaged_and_keeps_what_is_whole(tmp_path: Path, capsys) -> None:
@@ -363,8 +387,11 @@ def test_cache_check_removes_what_is_damaged_and_keeps_what_is_whole(tmp_path: P
     (stages.root(cache) / ".locks").mkdir()
     with open(stages.root(cache) / ".locks" / "os4.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a build is making os4 again
+        locks_before = sorted(p.name for p in (stages.root(cache) / ".locks").iterdir())
         assert cli.main(["--dry-run", *argv]) == 1
         dry = capsys.readouterr().out
+        assert sorted(p.name for p in (stages.root(cache) / ".locks").iterdir()) == locks_before
+        assert not list((cache / stages.BASE_ROOT).glob("*.lock")), "a dry run writes no lock file"
         assert all(p.exists() for p in (bad, base_disk, on_base, making)), "a dry run removes nothing"
         assert cli.main(argv) == 0
         out = capsys.readouterr().out

@@ -108,8 +108,8 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
     that one. (The damaged entry costs the suite nothing: the stage is made here anyway.)"""
     cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
     sid = _other_versions_kubernetes_stage()
-    if stages.lookup(cache_dir, sid) is not None:
-        pytest.skip(f"the cache holds {OTHER_VERSION}'s kubernetes stage already (a warm local cache)")
+    if (stages.root(cache_dir) / sid).exists():  # a warm local cache: this test makes the stage itself
+        cachecheck.evict_stage(cache_dir, sid)
     damaged = _plant_damaged(cache_dir, built_image, sid)
     started_wall = time.time()
     outs = [tmp_path / "a", tmp_path / "b"]
@@ -127,9 +127,7 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
     named = [
         t for t in texts if f"kubernetes: stage {sid[:12]} in the cache is damaged ({damaged}: not the " in t
     ]
-    assert len(named) == 1 and "; 352" not in "" and "): removed; building it again" in named[0], texts[0][
-        -3000:
-    ]
+    assert len(named) == 1 and "): removed; building it again" in named[0], texts[0][-3000:]
     record = stages.lookup(cache_dir, sid)
     assert record is not None and cachecheck.record_damage(cache_dir, record) is None, "made again, whole"
     checked = [t for t in texts if re.search(r"goss build phase: \d+ checks, 0 failed", t)]
@@ -206,7 +204,13 @@ def test_a_damaged_stage_is_named_by_a_dry_run_and_removed_by_cache_check(built_
     log = (built_image.path / "build.log").read_text()
     cache = tmp_path / "cache"
     stages.root(cache).mkdir(parents=True)
-    subprocess.run(["cp", "-al", str(suite_cache / stages.BASE_ROOT), str(cache)], check=True)
+    base = re.search(r"base: (?:reusing cached base disk|cached as) (\S+)", log)
+    if base is None:
+        pytest.skip(
+            "the suite image's build log names no bootstrap base (KILN_TEST_BUILD_DIR of another kind)"
+        )
+    (cache / stages.BASE_ROOT).mkdir()  # the suite's own base alone, without its lock files
+    subprocess.run(["cp", "-al", base.group(1), str(cache / stages.BASE_ROOT)], check=True)
     entries = {stage: _suite_entry(log, suite_cache, stage) for stage in ("os", "kubernetes")}
     for entry in entries.values():
         subprocess.run(["cp", "-al", str(entry), str(stages.root(cache))], check=True)

@@ -270,15 +270,15 @@ def ensure_base(
     root = proc.ensure_dir(cache_dir / stages.BASE_ROOT)
     key = spec.key()
     info, problem = cachecheck.base_check(root / key)
-    if info is not None and problem is None:
+    if info is not None and problem is None and "digests" in info:
         say(f"base: reusing cached base disk {root / key} (key {key}, inputs unchanged)")
         return _used(BaseImage(key, root / key, True, info))
     with open(root / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         info, problem = cachecheck.base_check(root / key)
-        if info is not None and problem is None:
-            say(f"base: reusing cached base disk {root / key} (key {key}, built by a concurrent run)")
-            return _used(BaseImage(key, root / key, True, info))
+        if info is not None and problem is None:  # made by a concurrent run, or cached before digests
+            say(f"base: reusing cached base disk {root / key} (key {key}, inputs unchanged)")
+            return _used(BaseImage(key, root / key, True, cachecheck.keep_digests(root / key, info)))
         if os.geteuid() != 0:
             raise InputError(
                 "bootstrap: building the base disk needs root (mmdebstrap into a directory, mkfs -d)"

@@ -62,6 +62,23 @@ def base_check(entry: Path) -> tuple[dict[str, Any] | None, str | None]:
     return info, digests.damage(entry, kept, [stages.BASE_DISK])
 
 
+def keep_digests(entry: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """A base disk cached before info.json kept digests, given them now (the caller holds its lock): so the
+    overlays built on it from now on record its digest, and its next reuse is checked."""
+    if isinstance(info.get("digests"), dict):
+        return info
+    names = [
+        f.name
+        for f in entry.iterdir()
+        if f.is_file() and f.name != "info.json" and not f.name.startswith(".")
+    ]
+    info = {**info, "digests": digests.file_digests(entry, names)}
+    tmp = entry / f".info.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, entry / "info.json")
+    return info
+
+
 def evict_base(cache_dir: Path, key: str) -> str:
     """`evict` the base disk `key`; what went, said for a log line."""
     entry = cache_dir / stages.BASE_ROOT / key
@@ -124,7 +141,7 @@ def check_cache(cache_dir: Path, *, dry_run: bool) -> tuple[list[Finding], list[
     doomed: set[str] = set()
     bases = cache_dir / stages.BASE_ROOT
     for entry in _dirs(bases):
-        with _try_lock(bases / f"{entry.name}.lock") as got:
+        with _try_lock(bases / f"{entry.name}.lock", dry_run) as got:
             if not got:
                 busy.append(entry.name)
                 continue
@@ -136,12 +153,12 @@ def check_cache(cache_dir: Path, *, dry_run: bool) -> tuple[list[Finding], list[
             gone = "" if dry_run else evict_base(cache_dir, entry.name)
             bad.append(Finding(entry.name, "base", problem, gone))
     for entry in _dirs(stages.root(cache_dir)):
-        with _try_lock(stages.root(cache_dir) / ".locks" / f"{entry.name}.lock") as got:
+        if entry.name in doomed or not entry.exists():
+            continue  # goes with the disk it stands on
+        with _try_lock(stages.root(cache_dir) / ".locks" / f"{entry.name}.lock", dry_run) as got:
             if not got:
                 busy.append(entry.name)
                 continue
-            if entry.name in doomed or not entry.exists():
-                continue  # goes with the disk it stands on
             _, problem = check(cache_dir, entry.name)
             if problem is None:
                 whole.append(Finding(entry.name, "stage", ""))
@@ -149,7 +166,7 @@ def check_cache(cache_dir: Path, *, dry_run: bool) -> tuple[list[Finding], list[
             doomed |= _doomed(cache_dir, stages.disk(cache_dir, entry.name))
             gone = "" if dry_run else evict_stage(cache_dir, entry.name)
             bad.append(Finding(entry.name, "stage", problem, gone))
-    return [f for f in whole if f.id not in doomed], bad, busy
+    return [f for f in whole if f.id not in doomed], bad, [b for b in busy if b not in doomed]
 
 
 def _doomed(cache_dir: Path, disk_path: Path) -> set[str]:
@@ -157,11 +174,16 @@ def _doomed(cache_dir: Path, disk_path: Path) -> set[str]:
 
 
 @contextlib.contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
+def _try_lock(path: Path, dry_run: bool) -> Iterator[bool]:
     """The entry's lock (a build holds it while it makes the entry, or checks it before reusing it), taken
-    without waiting and held through the check and a removal: True, or False when a build holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    without waiting and held through the check and a removal: True, or False when a build holds it. A dry
+    run creates no lock file (an entry without one is not held) and opens it read-only."""
+    if dry_run and not path.exists():
+        yield True
+        return
+    if not dry_run:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "r" if dry_run else "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -174,7 +174,9 @@ def unpack(tar: Path, tree: Path, *, log_file: IO[str] | None, runtime: Runtime)
     script = f'set -eu\nzstd -q -d -c "$1" | tar -C "$2" {" ".join(_TAR_FLAGS)} -xpf -\n'
     try:
         proc.run(["sh", "-c", script, "sh", str(tar), str(tree)], log_file=log_file, runtime=runtime)
-    except CommandError as e:  # a cache entry damaged after the build checked it (stages.check), or not
+    except (
+        CommandError
+    ) as e:  # a cache entry damaged after the build checked it (kiln.build.cachecheck), or not
         tail = e.output_tail.strip().splitlines()
         damaged = re.search(
             r"premature end|[Cc]orrupt|checksum|Unexpected EOF|unsupported format|not in zstd format|"

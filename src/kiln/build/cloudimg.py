@@ -167,14 +167,15 @@ def ensure(
     root = proc.ensure_dir(cache_dir / ROOT)
     entry = root / digest.key
     info, problem = cachecheck.base_check(entry)
-    if info is not None and problem is None:
+    if info is not None and problem is None and "digests" in info:
         say(f"base: reusing the cloud image {entry} ({digest.algorithm} {digest.hex[:16]}...)")
         return _used(CloudBase(digest.key, entry, True, info))
     with open(root / f"{digest.key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         info, problem = cachecheck.base_check(entry)
-        if info is not None and problem is None:
-            return _used(CloudBase(digest.key, entry, True, info))
+        if info is not None and problem is None:  # made by a concurrent run, or cached before digests
+            say(f"base: reusing the cloud image {entry} ({digest.algorithm} {digest.hex[:16]}...)")
+            return _used(CloudBase(digest.key, entry, True, cachecheck.keep_digests(entry, info)))
         if problem is not None:  # kiln made it: removed, with the stages built on its disk
             if runtime.dry_run:
                 raise BuildError(

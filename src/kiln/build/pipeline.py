@@ -52,7 +52,7 @@ from kiln.build.render import Output
 from kiln.build.runners import ChrootRunner, PackerRunner
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.config import Config
-from kiln.core import builddir, inputs, paths, proc, tempdirs
+from kiln.core import builddir, digests, inputs, paths, proc, tempdirs
 from kiln.core.errors import BuildError, KilnError
 from kiln.core.progress import LogFile, Monitor, Multi, Null
 from kiln.core.runtime import Runtime
@@ -169,11 +169,17 @@ def stage_cached(
                 stage, f"{stage}: reusing stage {sid.short} (built {when}, {inputs.human(hit.size)})"
             )
             ws.reused[stage] = sid.id
-            stages.touch(cache_dir, hit)
+            entry = stages.root(cache_dir) / sid.id
+            # an entry stored before records kept digests gets them: the overlays built on it record its own
+            sums = {} if hit.digests else digests.file_digests(entry, stages.entry_files(entry))
+            stages.touch(cache_dir, hit, kept=sums)
             return stages.disk(cache_dir, sid.id)
         # the parent disk as its entry keeps it now: an overlay on a disk made again meanwhile is not reused
         parent_digest = stages.recorded_digest(parent_disk) if parent_disk is not None else ""
         out = runner.run(ws, stage, parent_disk, last)
+        if parent_disk is not None and stages.recorded_digest(parent_disk) != parent_digest:
+            raise BuildError(f"{parent_disk}: made again while the {stage} stage ran on it (it was damaged)",
+                             hint="build again: the stage is made on the new disk")  # fmt: skip
         record = stages.Record(
             id=sid.id,
             stage=stage,

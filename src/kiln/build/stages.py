@@ -345,15 +345,26 @@ def disk(cache_dir: Path, sid: str) -> Path:
 
 def touch(cache_dir: Path, record: Record, *, size: int = 0, kept: Mapping[str, str] | None = None) -> None:
     """Record a use of the entry (and `size` more bytes and the digests `kept` of files added to it), on
-    the record as it is on disk now: what another build wrote meanwhile, and keys a later kiln wrote, stay."""
+    the record as it is on disk now, under the record's own lock: what another build wrote meanwhile, and
+    keys a later kiln wrote, stay. An entry removed meanwhile (with a damaged disk it stood on) is left."""
     record.last_used = time.time()
     entry = root(cache_dir) / record.id
-    data = _raw_record(entry) or asdict(record)
-    data["last_used"] = record.last_used
-    data["size"] = int(data.get("size") or 0) + size
-    before = data.get("digests")
-    data["digests"] = {**(before if isinstance(before, dict) else {}), **(kept or {})}
-    _write_raw(entry, data)
+    (root(cache_dir) / ".locks").mkdir(parents=True, exist_ok=True)
+    with open(root(cache_dir) / ".locks" / f"{record.id}.record", "w") as lock, contextlib.suppress(OSError):
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = _raw_record(entry) or asdict(record)
+        data["last_used"] = record.last_used
+        data["size"] = int(data.get("size") or 0) + size
+        before = data.get("digests")
+        data["digests"] = {**(before if isinstance(before, dict) else {}), **(kept or {})}
+        _write_raw(entry, data)
+
+
+def entry_files(entry: Path) -> list[str]:
+    """The files of an entry whose digests its record keeps: all but the record (and temp files)."""
+    return [
+        f.name for f in entry.iterdir() if f.is_file() and f.name != RECORD and not f.name.startswith(".")
+    ]
 
 
 def _write_record(entry: Path, record: Record) -> None:
@@ -361,7 +372,7 @@ def _write_record(entry: Path, record: Record) -> None:
 
 
 def _write_raw(entry: Path, data: Mapping[str, Any]) -> None:
-    tmp = entry / f".{RECORD}.tmp"
+    tmp = entry / f".{RECORD}.{os.getpid()}.tmp"  # a name of this process's: never another's half-written
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, entry / RECORD)
 
@@ -422,7 +433,7 @@ def store(
         name = TREE if made.name == TREE else DISK
         shutil.move(str(made), tmp / name)
         record.size = (tmp / name).stat().st_size
-        record.digests = digests.file_digests(tmp, [f.name for f in tmp.iterdir() if f.name != RECORD])
+        record.digests = digests.file_digests(tmp, entry_files(tmp))
         _write_record(tmp, record)
         os.rename(tmp, base / sid)
     except BaseException:

@@ -353,7 +353,8 @@ def _cmd_cache_check(args: argparse.Namespace) -> int:
 
     dry = args.runtime.dry_run
     cache_dir = _cache_dir(args)
-    if not dry and cache_dir.exists() and not os.access(cache_dir / "stages", os.W_OK) and os.geteuid() != 0:
+    parts = [p for p in (cache_dir / "stages", cache_dir / "bootstrap") if p.exists()]
+    if not dry and os.geteuid() != 0 and not all(os.access(p, os.W_OK) for p in parts):
         raise InputError(f"{cache_dir}: not writable by this user, so nothing damaged could be removed",
                          hint="run it as the user the builds run as (root), or with --dry-run")  # fmt: skip
     whole, bad, busy = cachecheck.check_cache(cache_dir, dry_run=dry)
