@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.build import bootstrap
+from kiln.build import bootstrap, stages
 from kiln.core.errors import InputError
 from kiln_runtime import RUNTIME
 
@@ -58,8 +58,14 @@ def test_sfdisk_writes_the_layout_to_a_file(tmp_path):
     with open(again, "wb") as f:
         f.truncate(2048 * 1024 * 1024)
     subprocess.run(["sfdisk", "--quiet", str(again)], input=script, text=True, check=True)
-    assert disk.read_bytes()[: 1 << 20] == again.read_bytes()[: 1 << 20]
+    assert _head(disk) == _head(again)
     assert bootstrap.disk_ids("k1") == bootstrap.disk_ids("k1") != bootstrap.disk_ids("k2")
+
+
+def _head(path, size=1 << 20):
+    """The first MiB (the GPT and its partition entries), not the whole sparse 2 GiB file (30 s to read)."""
+    with open(path, "rb") as f:
+        return f.read(size)
 
 
 def _spec(**over):
@@ -118,4 +124,4 @@ def test_half_built_entries_are_not_reused(tmp_path):
     entry = tmp_path / "bootstrap" / spec.key()
     entry.mkdir(parents=True)
     (entry / "base.qcow2").write_bytes(b"qcow")  # no info.json: never finished
-    assert bootstrap.cached(spec, tmp_path) is None
+    assert stages.read_base(entry) == (None, f"{entry / 'info.json'}: missing or unreadable")

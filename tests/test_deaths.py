@@ -96,7 +96,8 @@ def test_the_watchdog_leaves_with_kiln_and_spares_a_detached_child(tmp_path: Pat
         if p.name.isdigit() and _cmdline(p).endswith(b"sleep\x00303\x00")
     ]  # fmt: skip
     assert detached, "the detached child did not start"
-    watchers = [p for p in _all() if str(pid) in _cmdline_of(p) and "watchdog.py" in _cmdline_of(p)]
+    # its token (PID-hex) as an argument: another kiln's watchdog (the suite's image building beside) differs
+    watchers = [p for p in _all() if "watchdog.py" in _cmdline_of(p) and f" {pid}-" in _cmdline_of(p)]
     assert len(watchers) == 1
     child.kill()
     child.wait()

@@ -256,8 +256,6 @@ def test_a_damaged_entry_is_named_and_removed_with_what_its_disk_backs(tmp_path:
 def test_a_damaged_base_disk_is_named_and_removed_with_the_overlays_on_it(tmp_path: Path) -> None:
     """A base disk's info.json keeps its files' digests (kiln.build.bootstrap, kiln.build.cloudimg): a
     damaged base is named, and goes with the VM runner's overlays that its disk backs."""
-    from kiln.build import bootstrap
-
     cache = tmp_path / "cache"
     entry = cache / stages.BASE_ROOT / "basekey1"
     entry.mkdir(parents=True)
@@ -265,15 +263,14 @@ def test_a_damaged_base_disk_is_named_and_removed_with_the_overlays_on_it(tmp_pa
     (entry / "vmlinuz").write_bytes(b"kernel")
     info = {"suite": "bookworm", "digests": digests.file_digests(entry, [stages.BASE_DISK, "vmlinuz"])}
     (entry / "info.json").write_text(json.dumps(info))
-    base = bootstrap.BaseImage("basekey1", entry, True, info)
     stages.store(cache, "os1", qcow2(tmp_path / "a.qcow2", disk), record("os1", "os", "b", str(disk)))
     stages.store(cache, "os2", qcow2(tmp_path / "b.qcow2"), record("os2", "os"))  # not on this base
-    assert bootstrap.damage(base) is None
+    assert cachecheck.base_check(entry) == (info, None)
     bare = {k: v for k, v in info.items() if k != "digests"}  # cached before digests: given them on reuse
     assert cachecheck.keep_digests(entry, bare) == {**bare, "digests": info["digests"]}
     assert json.loads((entry / "info.json").read_text())["digests"] == info["digests"]
     (entry / "vmlinuz").write_bytes(b"kernel!")
-    assert (bootstrap.damage(base) or "").startswith(f"{entry / 'vmlinuz'}: not the bytes stored")
+    assert (cachecheck.base_check(entry)[1] or "").startswith(f"{entry / 'vmlinuz'}: not the bytes stored")
     assert cachecheck.evict_base(cache, "basekey1") == "removed with the stage built on it"
     assert not entry.exists() and [r.id for r in stages.entries(cache)] == ["os2"]
     assert list((cache / stages.BASE_ROOT).iterdir()) == [], "no temp dir left"

@@ -85,6 +85,23 @@ def test_probe_under_tcg_reaches_marker_and_exit_port() -> None:
     assert took < accel.PROBE_TIMEOUT
 
 
+def test_probe_works_in_a_temp_dir_the_next_build_collects_when_kiln_dies(tmp_path: Path) -> None:
+    """The probe's disk is in TMPDIR/.kiln-probe.tmp-PID-*, removed when it ends; a kiln killed while it
+    runs (kill -9, here os._exit) leaves one that the next build's collection (prefix "kiln-") removes."""
+    from kiln.core import tempdirs
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    probe = "import os; from kiln.config import default_runtime; from kiln.vm import accel; "
+    run = probe + "print(accel.probe_accelerator('tcg', default_runtime()))"
+    done = subprocess.run([sys.executable, "-c", run], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("(True,") and list(tmp_path.iterdir()) == []
+    die = probe + "accel._probe = lambda *a: os._exit(9); accel.probe_accelerator('tcg', default_runtime())"
+    assert subprocess.run([sys.executable, "-c", die], env=env, check=False).returncode == 9
+    (left,) = tmp_path.iterdir()
+    assert left.name.startswith(".kiln-probe.tmp-")
+    assert [s.path for s in tempdirs.collect(tmp_path, prefix="kiln-")] == [left] and not left.exists()
+
+
 def test_pick_accelerator_rejects_unknown_setting() -> None:
     with pytest.raises(InputError, match="accelerator: must be one of auto, kvm, tcg"):
         accel.pick_accelerator("hvf", RUNTIME)

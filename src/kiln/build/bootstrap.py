@@ -229,27 +229,10 @@ class BaseImage:
         return str(self.info.get("root_uuid", ""))
 
 
-def cached(spec: BaseSpec, cache_dir: Path) -> BaseImage | None:
-    entry = cache_dir / stages.BASE_ROOT / spec.key()
-    try:
-        info = json.loads((entry / "info.json").read_text())
-    except (OSError, ValueError):  # none; or one another build is removing, or a damaged one
-        return None
-    if not isinstance(info, dict) or not (entry / stages.BASE_DISK).is_file():
-        return None
-    return BaseImage(spec.key(), entry, True, info)
-
-
-def damage(base: BaseImage) -> str | None:
-    """Why the cached base's files are not the ones it was stored with, or None (kiln.build.cachecheck: a
-    base cached before its info.json kept digests is checked for its disk only)."""
-    return cachecheck.base_check(base.dir)[1]
-
-
 def _used(base: BaseImage) -> BaseImage:
     """Record a reuse: info.json's mtime is the entry's last use (kiln cache ls / prune)."""
     with contextlib.suppress(OSError):
-        os.utime(base.dir / "info.json")
+        os.utime(base.dir / stages.BASE_INFO)
     return base
 
 
@@ -297,9 +280,9 @@ def ensure_base(
         try:
             info = _build(spec, work, repo_root, log_file=log_file, say=say, runtime=runtime)
             shutil.rmtree(work / "rootfs", ignore_errors=True)
-            files = [f.name for f in work.iterdir() if f.is_file() and f.name != "info.json"]
-            info["digests"] = digests.file_digests(work, files)  # checked on every reuse (damage)
-            (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            # checked on every reuse (kiln.build.cachecheck.base_check)
+            info["digests"] = digests.file_digests(work, digests.entry_files(work, stages.BASE_INFO))
+            digests.save(work / stages.BASE_INFO, info)
             os.rename(work, root / key)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -47,16 +46,11 @@ def record_damage(cache_dir: Path, record: stages.Record) -> str | None:
 
 
 def base_check(entry: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """A base disk's entry (a bootstrap base, a cloud image): (its info.json, None); (None, None) when there
-    is none; or (its info if readable, why it cannot be reused)."""
-    if not entry.is_dir():
-        return None, None
-    try:
-        info = json.loads((entry / "info.json").read_text())
-    except (OSError, ValueError):
-        info = None
-    if not isinstance(info, dict):
-        return None, f"{entry / 'info.json'}: missing or unreadable"
+    """A base disk's entry (a bootstrap base, a cloud image) for a build to reuse: stages.read_base, and its
+    files checked against the digests its info.json keeps (one cached before them: its disk's presence)."""
+    info, why = stages.read_base(entry)
+    if info is None or why is not None:
+        return info, why
     kept = info.get("digests")
     kept = kept if isinstance(kept, dict) and all(isinstance(v, str) for v in kept.values()) else {}
     return info, digests.damage(entry, kept, [stages.BASE_DISK])
@@ -67,15 +61,8 @@ def keep_digests(entry: Path, info: dict[str, Any]) -> dict[str, Any]:
     overlays built on it from now on record its digest, and its next reuse is checked."""
     if isinstance(info.get("digests"), dict):
         return info
-    names = [
-        f.name
-        for f in entry.iterdir()
-        if f.is_file() and f.name != "info.json" and not f.name.startswith(".")
-    ]
-    info = {**info, "digests": digests.file_digests(entry, names)}
-    tmp = entry / f".info.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, entry / "info.json")
+    info = {**info, "digests": digests.file_digests(entry, digests.entry_files(entry, stages.BASE_INFO))}
+    digests.save(entry / stages.BASE_INFO, info)
     return info
 
 

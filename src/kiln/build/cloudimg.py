@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from kiln.build import cachecheck
+from kiln.build import cachecheck, stages
 from kiln.core import digests, proc, tempdirs
 from kiln.core.errors import BuildError, InputError, UploadError
 from kiln.core.inputs import clip
@@ -140,17 +140,6 @@ class CloudBase:
         return self.dir / DISK
 
 
-def cached(digest: Digest, cache_dir: Path) -> CloudBase | None:
-    entry = cache_dir / ROOT / digest.key
-    try:
-        info = json.loads((entry / "info.json").read_text())
-    except (OSError, ValueError):  # none; or one another build is removing, or a damaged one
-        return None
-    if not isinstance(info, dict) or not (entry / DISK).is_file():
-        return None
-    return CloudBase(digest.key, entry, True, info)
-
-
 def ensure(
     values: Mapping[str, Any],
     cache_dir: Path,
@@ -209,7 +198,7 @@ def ensure(
                 "seconds": round(time.monotonic() - started, 1),
                 "digests": digests.file_digests(work, [DISK]),  # checked on every reuse
             }
-            (work / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            digests.save(work / stages.BASE_INFO, info)
             os.rename(work, root / digest.key)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -222,7 +211,7 @@ def ensure(
 
 def _used(base: CloudBase) -> CloudBase:
     with contextlib.suppress(OSError):
-        os.utime(base.dir / "info.json")
+        os.utime(base.dir / stages.BASE_INFO)
     return base
 
 

@@ -171,7 +171,8 @@ def stage_cached(
             ws.reused[stage] = sid.id
             entry = stages.root(cache_dir) / sid.id
             # an entry stored before records kept digests gets them: the overlays built on it record its own
-            sums = {} if hit.digests else digests.file_digests(entry, stages.entry_files(entry))
+            files = [] if hit.digests else digests.entry_files(entry, stages.RECORD)
+            sums = digests.file_digests(entry, files) if files else {}
             stages.touch(cache_dir, hit, kept=sums)
             return stages.disk(cache_dir, sid.id)
         # the parent disk as its entry keeps it now: an overlay on a disk made again meanwhile is not reused
@@ -299,9 +300,15 @@ def base_cached(cfg: Config) -> bool:
         from kiln.build import cloudimg
 
         digest = cloudimg.resolve(cfg.settings.cloudimg_url, cfg.settings.cloudimg_checksum)
-        return has_base(cfg) and cloudimg.cached(digest, cfg.path("cache_dir")) is not None
+        return has_base(cfg) and _usable(cfg.path("cache_dir") / cloudimg.ROOT / digest.key)
     spec = base_spec(cfg)
-    return spec is not None and bootstrap.cached(spec, cfg.path("cache_dir")) is not None
+    return spec is not None and _usable(cfg.path("cache_dir") / stages.BASE_ROOT / spec.key())
+
+
+def _usable(entry: Path) -> bool:
+    """A base disk's entry there and usable, its bytes unchecked (kiln stages reads; a build checks)."""
+    info, why = stages.read_base(entry)
+    return info is not None and why is None
 
 
 def plan_ids(cfg: Config, runtime: Runtime) -> dict[str, stages.StageId]:

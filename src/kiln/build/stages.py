@@ -302,7 +302,7 @@ def inspect(cache_dir: Path, sid: str) -> tuple[Record | None, str | None]:
 def recorded_digest(disk_path: Path) -> str:
     """The sha256 the cache keeps for `disk_path` (a stage's disk in its record.json, a base disk in its
     info.json), or "" when none is kept."""
-    for name in (RECORD, "info.json"):
+    for name in (RECORD, BASE_INFO):
         try:
             data = json.loads((disk_path.parent / name).read_text())
         except (OSError, ValueError):
@@ -357,24 +357,11 @@ def touch(cache_dir: Path, record: Record, *, size: int = 0, kept: Mapping[str, 
         data["size"] = int(data.get("size") or 0) + size
         before = data.get("digests")
         data["digests"] = {**(before if isinstance(before, dict) else {}), **(kept or {})}
-        _write_raw(entry, data)
-
-
-def entry_files(entry: Path) -> list[str]:
-    """The files of an entry whose digests its record keeps: all but the record (and temp files)."""
-    return [
-        f.name for f in entry.iterdir() if f.is_file() and f.name != RECORD and not f.name.startswith(".")
-    ]
+        digests.save(entry / RECORD, data)
 
 
 def _write_record(entry: Path, record: Record) -> None:
-    _write_raw(entry, asdict(record))
-
-
-def _write_raw(entry: Path, data: Mapping[str, Any]) -> None:
-    tmp = entry / f".{RECORD}.{os.getpid()}.tmp"  # a name of this process's: never another's half-written
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, entry / RECORD)
+    digests.save(entry / RECORD, asdict(record))
 
 
 @contextlib.contextmanager
@@ -433,7 +420,7 @@ def store(
         name = TREE if made.name == TREE else DISK
         shutil.move(str(made), tmp / name)
         record.size = (tmp / name).stat().st_size
-        record.digests = digests.file_digests(tmp, entry_files(tmp))
+        record.digests = digests.file_digests(tmp, digests.entry_files(tmp, RECORD))
         _write_record(tmp, record)
         os.rename(tmp, base / sid)
     except BaseException:
@@ -446,6 +433,22 @@ def store(
 
 BASE_ROOT = "bootstrap"  # cache_dir/bootstrap/KEY/{base.qcow2,info.json,...}: kiln.build.bootstrap's entries
 BASE_DISK = "base.qcow2"
+BASE_INFO = "info.json"  # a base disk's record (kiln.build.bootstrap, kiln.build.cloudimg): its digests kept
+
+
+def read_base(entry: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A base disk's entry (a bootstrap base, a cloud image) as its info.json keeps it, its bytes unchecked
+    (kiln.build.cachecheck.base_check checks them): (its info, None); (None, None) when there is none; or
+    (its info if readable, why it cannot be used: info.json unreadable, its disk missing)."""
+    if not entry.is_dir():
+        return None, None
+    try:
+        info = json.loads((entry / BASE_INFO).read_text())
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict):
+        return None, f"{entry / BASE_INFO}: missing or unreadable"
+    return info, None if (entry / BASE_DISK).is_file() else f"{entry / BASE_DISK}: missing"
 
 
 def entries(cache_dir: Path) -> list[Record]:
@@ -475,19 +478,13 @@ def _base_entries(cache_dir: Path) -> list[Record]:
         return []
     out = []
     for entry in sorted(base.iterdir()):
-        info_path, disk_path = entry / "info.json", entry / BASE_DISK
-        if entry.name.startswith(".") or not (info_path.is_file() and disk_path.is_file()):
-            continue
-        try:
-            info = json.loads(info_path.read_text())
-        except (OSError, ValueError):
+        info, why = read_base(entry)
+        if entry.name.startswith(".") or info is None or why:
             continue
         size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
-        used = info_path.stat().st_mtime
-        suite = str(info.get("suite", "")) if isinstance(info, dict) else ""
-        label = (
-            str(info.get("label") or f"bootstrap {suite}".strip()) if isinstance(info, dict) else "bootstrap"
-        )
+        used = (entry / BASE_INFO).stat().st_mtime
+        suite = str(info.get("suite", ""))
+        label = str(info.get("label") or f"bootstrap {suite}".strip())
         out.append(Record(entry.name, "base", "", label, "", size, used, used, {}))
     return out
 

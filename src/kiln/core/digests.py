@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from kiln.core import builddir
 
@@ -24,6 +27,22 @@ def _sha256(path: Path) -> str:
 def file_digests(entry: Path, names: Sequence[str]) -> dict[str, str]:
     """name -> sha256 of each of `entry`'s files `names`."""
     return {name: _sha256(entry / name) for name in sorted(names)}
+
+
+def entry_files(entry: Path, record: str) -> list[str]:
+    """The files of a cache entry whose digests its `record` (record.json, info.json) keeps: all but the
+    record itself and temp files (dot names)."""
+    return sorted(
+        f.name for f in entry.iterdir() if f.is_file() and f.name != record and not f.name.startswith(".")
+    )
+
+
+def save(path: Path, data: Mapping[str, Any]) -> None:
+    """Write an entry's record (`path`: record.json, info.json) whole or not at all: through a temp name of
+    this process's, so that two writers never move each other's half-written file into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def damage(entry: Path, digests: Mapping[str, str], needed: Sequence[str] = ()) -> str | None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from kiln.core import proc
+from kiln.core import proc, tempdirs
 from kiln.core.errors import InputError
 from kiln.core.runtime import Runtime
 
@@ -52,24 +53,33 @@ def probe_boot_sector() -> bytes:
 def probe_accelerator(accel: str, runtime: Runtime, timeout: float = PROBE_TIMEOUT) -> tuple[bool, float]:
     """Boot the probe sector under `accel`; (reached the marker and exit port in time, seconds taken)."""
     qemu = proc.which("qemu-system-x86_64", runtime)
-    with tempfile.TemporaryDirectory(prefix="kiln-probe-") as tmp:
-        disk = Path(tmp) / "probe.img"
-        disk.write_bytes(probe_boot_sector())
-        serial = Path(tmp) / "serial.log"
-        argv = [
-            qemu, "-nodefaults", "-display", "none", "-no-reboot", "-m", "16",
-            "-accel", accel if accel != "tcg" else "tcg,thread=multi",
-            "-drive", f"file={_escape(disk)},format=raw,if=ide,index=0",
-            "-chardev", f"file,id=ser0,path={_escape(serial)}", "-serial", "chardev:ser0",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        ]  # fmt: skip
-        start = time.monotonic()
-        result = proc.run(argv, check=False, timeout=timeout, tail_lines=10, runtime=runtime.live())
-        took = time.monotonic() - start
-        marker = serial.is_file() and PROBE_MARKER in serial.read_bytes()
-        ok = result.returncode == PROBE_EXIT_CODE and marker
-        log.debug("accelerator probe %s: rc=%s marker=%s %.2fs", accel, result.returncode, marker, took)
-        return ok, took
+    # /tmp/.kiln-probe.tmp-PID-*: collected by the next build when kiln dies (kill -9) while the probe runs
+    owned = tempdirs.create(Path(tempfile.gettempdir()), "kiln-probe")
+    try:
+        return _probe(qemu, accel, Path(owned.path), timeout, runtime)
+    finally:
+        shutil.rmtree(owned.path, ignore_errors=True)
+        owned.release()
+
+
+def _probe(qemu: str, accel: str, tmp: Path, timeout: float, runtime: Runtime) -> tuple[bool, float]:
+    disk = tmp / "probe.img"
+    disk.write_bytes(probe_boot_sector())
+    serial = tmp / "serial.log"
+    argv = [
+        qemu, "-nodefaults", "-display", "none", "-no-reboot", "-m", "16",
+        "-accel", accel if accel != "tcg" else "tcg,thread=multi",
+        "-drive", f"file={_escape(disk)},format=raw,if=ide,index=0",
+        "-chardev", f"file,id=ser0,path={_escape(serial)}", "-serial", "chardev:ser0",
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ]  # fmt: skip
+    start = time.monotonic()
+    result = proc.run(argv, check=False, timeout=timeout, tail_lines=10, runtime=runtime.live())
+    took = time.monotonic() - start
+    marker = serial.is_file() and PROBE_MARKER in serial.read_bytes()
+    ok = result.returncode == PROBE_EXIT_CODE and marker
+    log.debug("accelerator probe %s: rc=%s marker=%s %.2fs", accel, result.returncode, marker, took)
+    return ok, took
 
 
 def kvm_available() -> bool:
