@@ -86,7 +86,7 @@ def test_probe_under_tcg_reaches_marker_and_exit_port() -> None:
 
 
 def test_probe_works_in_a_temp_dir_the_next_build_collects_when_kiln_dies(tmp_path: Path) -> None:
-    """The probe's disk is in TMPDIR/.kiln-probe.tmp-PID-*, removed when it ends; a kiln killed while it
+    """The probe's disk is in TMPDIR/.kiln-accel.tmp-PID-*, removed when it ends; a kiln killed while it
     runs (kill -9, here os._exit) leaves one that the next build's collection (prefix "kiln-") removes."""
     from kiln.core import tempdirs
 
@@ -98,7 +98,7 @@ def test_probe_works_in_a_temp_dir_the_next_build_collects_when_kiln_dies(tmp_pa
     die = probe + "accel._probe = lambda *a: os._exit(9); accel.probe_accelerator('tcg', default_runtime())"
     assert subprocess.run([sys.executable, "-c", die], env=env, check=False).returncode == 9
     (left,) = tmp_path.iterdir()
-    assert left.name.startswith(".kiln-probe.tmp-")
+    assert left.name.startswith(".kiln-accel.tmp-")
     assert [s.path for s in tempdirs.collect(tmp_path, prefix="kiln-")] == [left] and not left.exists()
 
 

@@ -53,8 +53,8 @@ def probe_boot_sector() -> bytes:
 def probe_accelerator(accel: str, runtime: Runtime, timeout: float = PROBE_TIMEOUT) -> tuple[bool, float]:
     """Boot the probe sector under `accel`; (reached the marker and exit port in time, seconds taken)."""
     qemu = proc.which("qemu-system-x86_64", runtime)
-    # /tmp/.kiln-probe.tmp-PID-*: collected by the next build when kiln dies (kill -9) while the probe runs
-    owned = tempdirs.create(Path(tempfile.gettempdir()), "kiln-probe")
+    # /tmp/.kiln-accel.tmp-PID-*: collected by the next build when kiln dies (kill -9) while the probe runs
+    owned = tempdirs.create(Path(tempfile.gettempdir()), "kiln-accel")
     try:
         return _probe(qemu, accel, Path(owned.path), timeout, runtime)
     finally:
