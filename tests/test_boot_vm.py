@@ -61,9 +61,10 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
 
     rdir = boot.run_dir(build)
     try:
-        rc = cli.main(
-            ["boot", "--detach", str(build.path), "--cidata", str(seed), "-i", str(pair.private_key)]
-        )
+        # on the OVA's virtual hardware (a PVSCSI disk, a VMXNET3 NIC), as vSphere boots it; the build's own
+        # verify boot has virtio on BIOS, test_verify_vm's the OVA's disk on UEFI
+        rc = cli.main(["boot", "--detach", str(build.path), "--cidata", str(seed),
+                       "-i", str(pair.private_key), "--hardware", "vmware"])  # fmt: skip
         out = capsys.readouterr().out
         assert rc == 0, out
         state = boot.read_state(build)
@@ -80,6 +81,10 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
             sshd = s.run("sudo -n sshd -T")[1].lower()
             assert "passwordauthentication no" in sshd
             assert s.run("sudo -n passwd -S tester")[1].split()[1] == "L"  # password locked
+            # the image's initramfs found its root on PVSCSI and its network on VMXNET3
+            assert s.run("findmnt -no SOURCE /")[1].startswith("/dev/sda"), "root not on the SCSI disk"
+            drivers = s.run("ls /sys/bus/pci/drivers/vmw_pvscsi /sys/bus/pci/drivers/vmxnet3")[1]
+            assert drivers.count("0000:") == 2, drivers
             _node_checks(s, build)
         other = ssh.generate_keypair(tmp_path / "other")
         with pytest.raises(ssh.SSHError):

@@ -22,7 +22,7 @@ import pytest
 
 from kiln.core import proc
 from kiln.core.errors import InputError
-from kiln.vm import accel, control
+from kiln.vm import accel, console, control
 from kiln.vm import qemu as vm
 from kiln_runtime import RUNTIME
 
@@ -256,6 +256,19 @@ def test_stop_on_exception_and_efi(tmp_path: Path, probe_disk: Path) -> None:
     assert _qemu_pids_using(work) == []
 
 
+def test_the_vmware_hardware_boots_from_pvscsi_on_bios(tmp_path: Path, probe_disk: Path) -> None:
+    """--hardware vmware: the disk on a PVSCSI controller, a VMXNET3 NIC, no RNG (the OVA's hardware).
+    SeaBIOS boots the probe sector from it; test_boot_vm's seeded boot boots the image so. (OVMF has no
+    PVSCSI driver: it starts its shell after its network boot attempts, which kiln names: _BOOTS.)"""
+    with pytest.raises(InputError, match="hardware: must be one of virtio, vmware, not 'xen'"):
+        _tiny(probe_disk, tmp_path / "x", hardware="xen")
+    with _tiny(probe_disk, tmp_path / "w", hardware="vmware") as machine:
+        argv = " ".join(machine.qemu_argv("raw"))
+        assert "-device pvscsi,id=pvscsi0" in argv and "scsi-hd,drive=disk0,bus=pvscsi0.0,bootindex=0" in argv
+        assert "-device vmxnet3,netdev=net0" in argv and "virtio" not in argv, argv
+        assert _wait_for(lambda: accel.PROBE_MARKER in machine.serial_log.read_bytes(), 60), "not booted"
+
+
 def test_long_workdir_puts_qmp_socket_in_short_temp_dir(tmp_path: Path, probe_disk: Path) -> None:
     work = tmp_path / ("x" * 90)
     with _tiny(probe_disk, work) as machine:
@@ -385,6 +398,14 @@ _BOOTS = {  # consoles as a Debian guest prints them (systemd's colours kept), a
         "  Gave up waiting for root file system device.\n"
         "  ALERT!  UUID=0b5e does not exist.  Dropping to a shell!",
     ),
+    "uefi shell": (  # OVMF's console (its colours kept) when no boot option loads
+        'BdsDxe: failed to load Boot0001 "UEFI QEMU HARDDISK QM00001 " from PciRoot(0x0)/Pci(0x1F,0x2)/Sata'
+        '(0x0,0xFFFF,0x0): Not Found\r\nBdsDxe: loading Boot0007 "EFI Internal Shell" from Fv(7CB8)\r\n'
+        "\x1b[2J\x1b[01;01H\x1b[01;01HUEFI Interactive Shell v2.2\r\nEDK II\r\n",
+        "its firmware (OVMF) found nothing to boot and started the UEFI shell; from its console:\n"
+        '  BdsDxe: failed to load Boot0001 "UEFI QEMU HARDDISK QM00001 " from PciRoot(0x0)/Pci(0x1F,0x2)/Sata'
+        "(0x0,0xFFFF,0x0): Not Found",
+    ),
     "up": (  # a unit failing is not a stopped boot: sshd may still come
         f"[{_E}FAILED\x1b[0m] Failed to start foo.service.\r\n[  OK  ] Reached target multi-user.target.\r\n"
         "debian login: ",
@@ -395,8 +416,11 @@ _BOOTS = {  # consoles as a Debian guest prints them (systemd's colours kept), a
 
 @pytest.mark.parametrize("boot", sorted(_BOOTS))
 def test_a_boot_that_stopped_for_good_is_told_from_its_console(tmp_path: Path, boot: str) -> None:
-    console, why = _BOOTS[boot]
+    printed, why = _BOOTS[boot]
     log = tmp_path / "serial.log"
-    log.write_bytes(console.encode())
-    assert vm.stuck_boot(log) == why
-    assert vm.stuck_boot(tmp_path / "none.log") is None
+    log.write_bytes(printed.encode())
+    assert console.stuck_boot(log) == why
+    assert console.stuck_boot(tmp_path / "none.log") is None
+    if why is not None:  # what to try, for the guest's hardware
+        hints = {hw: console.stuck_hint(why, hw) for hw in vm.HARDWARE}
+        assert ("PVSCSI" in hints["vmware"]) == (boot == "uefi shell") and "PVSCSI" not in hints["virtio"]

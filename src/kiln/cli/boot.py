@@ -61,6 +61,10 @@ def _register_boot(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--hostname", help="guest host name for kiln's seed (default: from build_name)")
     p.add_argument("--firmware", choices=("bios", "efi"), help="default: what the image declares")
     p.add_argument("--accelerator", choices=("auto", "kvm", "tcg"), help="default: the build's setting")
+    p.add_argument(
+        "--hardware", choices=("virtio", "vmware"),
+        help="the guest's disk controller and NIC: virtio (default), or vmware: the OVA's PVSCSI and VMXNET3",
+    )  # fmt: skip
     p.add_argument("--memory", type=int, help="guest memory in MiB (default: the build's memory setting)")
     p.add_argument("--cpus", type=int, help="guest vCPUs (default: the build's cpus setting)")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for SSH and cloud-init")
@@ -129,7 +133,7 @@ def _cmd_boot(args: argparse.Namespace) -> int:
     vm, state = boot.start(
         build, cidata_iso=args.cidata, key=args.identity, user=args.user, firmware=args.firmware,
         accelerator=args.accelerator, memory=args.memory, cpus=args.cpus, hostname=args.hostname,
-        detach=args.detach, timeout=args.timeout, runtime=args.runtime,
+        detach=args.detach, timeout=args.timeout, hardware=args.hardware, runtime=args.runtime,
     )  # fmt: skip
     if args.runtime.dry_run:
         return EXIT_OK

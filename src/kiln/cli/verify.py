@@ -30,6 +30,10 @@ def _register_verify(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("build_dir", metavar="BUILD_DIR", type=Path)
     p.add_argument("--accelerator", choices=("auto", "kvm", "tcg"), help="default: the build's setting")
     p.add_argument("--firmware", choices=("bios", "efi"), help="default: what the image declares")
+    p.add_argument(
+        "--hardware", choices=("virtio", "vmware"),
+        help="the guest's disk controller and NIC: virtio (default), or vmware: the OVA's PVSCSI and VMXNET3",
+    )  # fmt: skip
     p.add_argument("--goss-binary", type=Path, help=goss_help)
     p.add_argument("--workdir", type=Path, help="keep the overlay, seed and serial log here (default: temp)")
     p.add_argument(
@@ -155,6 +159,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         goss_binary=_goss_binary(args),
         runtime=args.runtime,
         fmt=args.fmt,
+        hardware=args.hardware,
         monitor=progress.for_mode(args.progress),
     )
     if args.runtime.dry_run:

@@ -499,6 +499,7 @@ def verify_build_dir(
     monitor: Monitor | None = None,
     runtime: Runtime,
     fmt: str = "disk",
+    hardware: str | None = None,
 ) -> list[goss.Result]:
     """`kiln verify BUILD_DIR [--format disk|iso|netboot]`: verify_image on the build's qcow2 (reports in
     BUILD_DIR/goss/), or on a live boot of its ISO or netboot set (BUILD_DIR/goss/FORMAT-FIRMWARE/)."""
@@ -545,7 +546,7 @@ def verify_build_dir(
             values,
             work,
             reports,
-            checkboot.options_for(build, firmware=firmware, accelerator=accelerator),
+            checkboot.options_for(build, firmware=firmware, accelerator=accelerator, hardware=hardware),
             goss_binary=goss_binary,
             monitor=monitor,
             runtime=runtime,

@@ -189,6 +189,7 @@ def start(
     hostname: str | None = None,
     detach: bool = False,
     timeout: float = 900.0,
+    hardware: str | None = None,
     runtime: Runtime,
 ) -> tuple[VM, BootState]:
     """Boot `build` on a throwaway overlay and wait for SSH and cloud-init (a cloud-init error is
@@ -240,6 +241,7 @@ def start(
                 disk_format=fmt,
                 detach=detach,
                 timeout=timeout,
+                hardware=hardware,
                 cloud_init=checkboot.CLOUD_INIT_WARN,  # keep the VM: logging in to look is the point
             )
             vm = checkboot.start(disk, rdir / "vm", login, options, runtime)

@@ -132,6 +132,7 @@ class BootOptions:
     detach: bool = False  # QEMU outlives this process (`kiln boot --detach`)
     timeout: float = 900.0  # seconds to wait for SSH, and again for cloud-init
     cloud_init: str = CLOUD_INIT_CHECK
+    hardware: str = "virtio"  # virtio | vmware (the OVA's PVSCSI disk and VMXNET3 NIC: kiln.vm.qemu)
 
     def __post_init__(self) -> None:
         if self.cloud_init not in CLOUD_INIT_MODES:
@@ -176,6 +177,7 @@ def start(disk: Path, workdir: Path, login: Login, options: BootOptions, runtime
         boot=options.boot,
         live_iso=options.live_iso,
         bootfile=options.bootfile,
+        hardware=options.hardware,
         runtime=runtime,
     )
     vm.start()

@@ -30,7 +30,6 @@ import atexit
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -45,12 +44,16 @@ from kiln.core import proc, tempdirs
 from kiln.core.errors import InputError
 from kiln.core.runtime import Runtime
 from kiln.vm.accel import ACCELERATORS, pick_accelerator
+from kiln.vm.console import stuck_boot, stuck_hint
 from kiln.vm.control import VMError, qmp, stop_process
 from kiln.vm.ssh import Session, SSHError
 
 log = logging.getLogger(__name__)
 
 FIRMWARES = ("bios", "efi")
+# The guest's disk controller and NIC: virtio (KVM clouds, kiln's default), or vmware, what the OVA declares
+# to vSphere (ova.py: a VirtualSCSI controller, a VmxNet3 adapter), so the OVA's disk is booted on them.
+HARDWARE = ("virtio", "vmware")
 
 # OVMF builds in the order we prefer them: (code, vars). Debian's `ovmf` package ships the first pair.
 OVMF_PAIRS = (
@@ -124,6 +127,7 @@ class VM:
         bootfile: str | None = None,
         mac: str | None = None,
         guest_address: str = "",
+        hardware: str = "virtio",
     ) -> None:
         """`disk`: the image (qcow2, raw, vmdk...; format detected unless `disk_format`). With overlay=False
         QEMU writes to `disk` itself (for reusing an overlay made earlier). `detach`: QEMU survives this
@@ -132,7 +136,9 @@ class VM:
         `boot`: disk (the default), cdrom (boot `live_iso` from an El Torito CD; `disk` is then an empty
         local disk), net (QEMU's iPXE ROM chain-loads `bootfile`, an http:// URL, over user networking).
         `mac`: the NIC's MAC address; `guest_address`: the address in QEMU's user network (10.0.2.0/24) that
-        the SSH port forwards to, for a guest with a static address (default: the one DHCP hands out)."""
+        the SSH port forwards to, for a guest with a static address (default: the one DHCP hands out).
+        `hardware`: virtio (a virtio disk, NIC and RNG) or vmware (the disk on a PVSCSI controller, a
+        VMXNET3 NIC, no RNG: the OVA's virtual hardware)."""
         if boot not in ("disk", "cdrom", "net"):
             raise InputError(f"boot: must be disk, cdrom or net, not {boot!r}")
         if boot == "cdrom" and (live_iso is None or not Path(live_iso).is_file()):
@@ -141,6 +147,8 @@ class VM:
             raise InputError(f"bootfile {bootfile!r}: netboot needs an http:// URL of an iPXE script")
         if firmware not in FIRMWARES:
             raise InputError(f"firmware: must be one of {', '.join(FIRMWARES)}, not {firmware!r}")
+        if hardware not in HARDWARE:
+            raise InputError(f"hardware: must be one of {', '.join(HARDWARE)}, not {hardware!r}")
         if accelerator not in ACCELERATORS:
             raise InputError(f"accelerator: must be one of {', '.join(ACCELERATORS)}, not {accelerator!r}")
         self.disk = Path(disk).resolve()
@@ -170,6 +178,7 @@ class VM:
         self.bootfile = bootfile
         self.mac = mac
         self.guest_address = guest_address
+        self.hardware = hardware
         self.stop_timeout = stop_timeout
         self.serial_log = self.workdir / "serial.log"
         self.qemu_log = self.workdir / "qemu.log"
@@ -252,6 +261,15 @@ class VM:
             log.debug("port %d taken, retrying (attempt %d)", self.ssh_port, attempt + 1)
         raise VMError(f"{self.disk}: QEMU did not start: {last_error}", hint=f"see {self.qemu_log}")
 
+    def _disk_args(self, drive: str) -> list[str]:
+        """The disk: a virtio block device, or a SCSI disk on a PVSCSI controller (first to boot when the
+        disk is what boots: SeaBIOS and OVMF both boot from PVSCSI)."""
+        if self.hardware == "virtio":
+            return ["-drive", f"{drive},if=virtio,discard=unmap"]
+        first = ",bootindex=0" if self.boot == "disk" else ""
+        return ["-device", "pvscsi,id=pvscsi0", "-drive", f"{drive},if=none,id=disk0,discard=unmap",
+                "-device", f"scsi-hd,drive=disk0,bus=pvscsi0.0{first}"]  # fmt: skip
+
     def qemu_argv(self, fmt: str) -> list[str]:
         """The full QEMU command line (also shown in qemu.log)."""
         assert self.accelerator is not None
@@ -267,13 +285,13 @@ class VM:
             "-chardev", f"file,id=serial0,path={_escape(self.serial_log)}", "-serial", "chardev:serial0",
             "-qmp", f"unix:{_escape(self.qmp_socket)},server=on,wait=off",
             "-pidfile", str(self.pidfile),
-            "-drive", f"file={_escape(drive_file)},format={drive_fmt},if=virtio,discard=unmap",
+            *self._disk_args(f"file={_escape(drive_file)},format={drive_fmt}"),
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-{self.guest_address}:22"
             + (f",bootfile={self.bootfile}" if self.boot == "net" else ""),
-            "-device", "virtio-net-pci,netdev=net0"
+            "-device", ("vmxnet3" if self.hardware == "vmware" else "virtio-net-pci") + ",netdev=net0"
             + {"disk": "", "net": ",bootindex=0", "cdrom": ",romfile="}[self.boot]
             + (f",mac={self.mac}" if self.mac else ""),
-            "-device", "virtio-rng-pci",
+            *(["-device", "virtio-rng-pci"] if self.hardware == "virtio" else []),
         ]  # fmt: skip
         if self.boot == "cdrom" and self.live_iso is not None:
             argv += [
@@ -462,9 +480,7 @@ class VM:
         if stuck:
             raise VMError(
                 f"{self.disk}: the guest will not come up after {time.monotonic() - start:.0f}s: {stuck}",
-                hint=f"full console output in {self.serial_log}; a file system of the image's /etc/fstab "
-                "that does not mount (its module blacklisted, such as vfat for the ESP, or no such "
-                "device) stops the boot in emergency mode",
+                hint=f"full console output in {self.serial_log}; {stuck_hint(stuck, self.hardware)}",
             )
 
     def wait_for_banner(self, timeout: float = 900.0) -> None:
@@ -524,42 +540,6 @@ class VM:
             "firmware": self.firmware,
             "accelerator": self.accelerator,
         }
-
-
-# a boot that stopped for good: no SSH login will ever come (systemd's emergency and rescue modes, a kernel
-# panic, initramfs-tools' and dracut's shells), and the console lines that say why. Only the last boot in
-# the log counts (a guest that panicked and rebooted may come up), and only lines that begin with a mark
-# (after the kernel's timestamp): cloud-init echoes a user's commands to the console.
-_STUCK = (
-    ("You are in emergency mode", "its boot stopped in emergency mode"),
-    ("You are in rescue mode", "its boot stopped in rescue mode"),
-    ("Give root password for maintenance", "its boot stopped in emergency mode"),
-    ("Kernel panic - not syncing", "its kernel panicked"),
-    ("ALERT!  ", "its initramfs could not find the root file system"),
-    ("Entering emergency mode. Exit the shell to continue.", "its initramfs stopped in emergency mode"),
-)
-_WHY = ("[FAILED]", "[DEPEND]", "Kernel panic", "ALERT!", "Gave up waiting", "Timed out waiting for device")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
-_READ = 1 << 20  # the end of the log that is read
-
-
-def stuck_boot(serial_log: Path, limit: int = 8) -> str | None:
-    """Why the guest whose console is `serial_log` will never come up (module _STUCK), with the first
-    console lines that say what failed; None while its boot may still finish."""
-    try:
-        with open(serial_log, "rb") as f:
-            f.seek(max(f.seek(0, os.SEEK_END) - _READ, 0))
-            text = _ANSI.sub("", f.read().decode(errors="replace"))
-    except OSError:
-        return None
-    boot = text.rfind("Linux version ")  # the last boot's banner
-    lines = [_STAMP.sub("", ln.strip()) for ln in text[max(boot, 0) :].splitlines()]
-    found = next((what for mark, what in _STUCK for ln in lines if ln.startswith(mark)), None)
-    if found is None:
-        return None
-    why = list(dict.fromkeys(ln for ln in lines if ln.startswith(_WHY)))[:limit]  # in order, each once
-    return found + ("; from its console:\n  " + "\n  ".join(why) if why else "")
 
 
 def _tail(path: Path, lines: int) -> str:
