@@ -63,8 +63,9 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
     try:
         # on the OVA's virtual hardware (a PVSCSI disk, a VMXNET3 NIC), as vSphere boots it; the build's own
         # verify boot has virtio on BIOS, test_verify_vm's the OVA's disk on UEFI
-        rc = cli.main(["boot", "--detach", str(build.path), "--cidata", str(seed),
-                       "-i", str(pair.private_key), "--hardware", "vmware"])  # fmt: skip
+        key = str(pair.private_key)
+        rc = cli.main(["boot", "--detach", str(build.path), "--cidata", str(seed), "-i", key,
+                       "--hardware", "vmware", "--firmware", "bios"])  # fmt: skip
         out = capsys.readouterr().out
         assert rc == 0, out
         state = boot.read_state(build)

@@ -401,7 +401,7 @@ _BOOTS = {  # consoles as a Debian guest prints them (systemd's colours kept), a
     "uefi shell": (  # OVMF's console (its colours kept) when no boot option loads
         'BdsDxe: failed to load Boot0001 "UEFI QEMU HARDDISK QM00001 " from PciRoot(0x0)/Pci(0x1F,0x2)/Sata'
         '(0x0,0xFFFF,0x0): Not Found\r\nBdsDxe: loading Boot0007 "EFI Internal Shell" from Fv(7CB8)\r\n'
-        "\x1b[2J\x1b[01;01H\x1b[01;01HUEFI Interactive Shell v2.2\r\nEDK II\r\n",
+        "\x1b[=3h\x1b[2J\x1b[01;01H\x1b[01;01HUEFI Interactive Shell v2.2\r\nEDK II\r\n",
         "its firmware (OVMF) found nothing to boot and started the UEFI shell; from its console:\n"
         '  BdsDxe: failed to load Boot0001 "UEFI QEMU HARDDISK QM00001 " from PciRoot(0x0)/Pci(0x1F,0x2)/Sata'
         "(0x0,0xFFFF,0x0): Not Found",
@@ -424,3 +424,4 @@ def test_a_boot_that_stopped_for_good_is_told_from_its_console(tmp_path: Path, b
     if why is not None:  # what to try, for the guest's hardware
         hints = {hw: console.stuck_hint(why, hw) for hw in vm.HARDWARE}
         assert ("PVSCSI" in hints["vmware"]) == (boot == "uefi shell") and "PVSCSI" not in hints["virtio"]
+        assert ("vmw_pvscsi" in hints["vmware"]) == (boot == "initramfs"), hints

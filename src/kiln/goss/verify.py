@@ -393,7 +393,7 @@ def verify_image(
     }
     mon: Monitor = monitor or Null()
     what = f"{target.live} live boot" if target.live else f"{target.disk.name} on a throwaway overlay"
-    mon.log("verify", f"booting {what} ({options.firmware})")
+    mon.log("verify", f"booting {what} ({options.firmware}, {options.hardware} hardware)")
     started = time.monotonic()
     server = None
     if target.live == "iso":

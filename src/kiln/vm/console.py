@@ -21,9 +21,11 @@ _STUCK = (
     # or a disk controller it has no driver for)
     ("UEFI Interactive Shell", "its firmware (OVMF) found nothing to boot and started the UEFI shell"),
 )
+UEFI_SHELL, NO_ROOT = _STUCK[-1][1], _STUCK[4][1]
 _WHY = ("[FAILED]", "[DEPEND]", "Kernel panic", "ALERT!", "Gave up waiting", "Timed out waiting for device",
         "BdsDxe: failed to load")  # fmt: skip
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_HOME = re.compile(r"\x1b\[(?:2J|[0-9;]*[Hf])")  # a cleared screen or the cursor sent home: a new line
+_ANSI = re.compile(r"\x1b\[[0-9;?=>]*[A-Za-z]")  # OVMF also sets modes (ESC[=3h)
 _STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
 _READ = 1 << 20  # the end of the log that is read
 
@@ -34,7 +36,7 @@ def stuck_boot(serial_log: Path, limit: int = 8) -> str | None:
     try:
         with open(serial_log, "rb") as f:
             f.seek(max(f.seek(0, os.SEEK_END) - _READ, 0))
-            text = _ANSI.sub("", f.read().decode(errors="replace"))
+            text = _ANSI.sub("", _HOME.sub("\n", f.read().decode(errors="replace")))
     except OSError:
         return None
     boot = text.rfind("Linux version ")  # the last boot's banner
@@ -48,11 +50,17 @@ def stuck_boot(serial_log: Path, limit: int = 8) -> str | None:
 
 def stuck_hint(stuck: str, hardware: str) -> str:
     """What to try for the stopped boot `stuck` (stuck_boot's reason) of a guest on `hardware`."""
-    if "UEFI shell" not in stuck:
+    if stuck.startswith(UEFI_SHELL):
+        if hardware == "vmware":
+            return "OVMF here has no PVSCSI driver: boot the OVA's hardware with --firmware bios"
         return (
-            "a file system of the image's /etc/fstab that does not mount (its module blacklisted, such as "
-            "vfat for the ESP, or no such device) stops the boot in emergency mode"
+            "no boot loader on an ESP that OVMF can read: an image made for BIOS boots with --firmware bios"
         )
-    if hardware == "vmware":
-        return "OVMF here has no PVSCSI driver: boot the OVA's hardware (--hardware vmware) on BIOS"
-    return "no boot loader on an ESP that OVMF can read: an image made for BIOS boots with --firmware bios"
+    if stuck.startswith(NO_ROOT) and hardware == "vmware":
+        return (
+            "the image's initramfs has no vmw_pvscsi driver for its root disk (MODULES=dep made elsewhere?)"
+        )
+    return (
+        "a file system of the image's /etc/fstab that does not mount (its module blacklisted, such as "
+        "vfat for the ESP, or no such device) stops the boot in emergency mode"
+    )
