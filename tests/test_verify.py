@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,19 @@ def test_goss_check_bad_input_exits_2_before_connecting(
     assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
-def test_verify_bad_build_dirs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_bad_build_dirs_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp = tmp_path / "tmp"  # the host's temp dir, where verify's work dir is made
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     assert cli.main(["verify", str(tmp_path / "nope")]) == 2
     assert "not a build directory" in capsys.readouterr().err
     d = _build_dir(tmp_path, with_qcow2=False)
     assert cli.main(["verify", str(d)]) == 2
     assert "has no qcow2 to boot" in capsys.readouterr().err
     assert not (d / "goss").exists()
+    assert list(temp.iterdir()) == [], "the refused verify's work dir is left"
 
 
 def test_a_broken_spec_fails_before_any_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

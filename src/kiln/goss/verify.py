@@ -511,36 +511,36 @@ def verify_build_dir(
     firmware = firmware or build.firmware
     owned = None if workdir is not None else tempdirs.create(Path(tempfile.gettempdir()), "kiln-verify")
     work = owned.path if owned is not None else Path(workdir or "")
-    live_iso: Path | None = None
-    if fmt == "disk":
-        image, reports = build.qcow2, build.path / "goss"
-        if not image.is_file():
-            raise InputError(f"{image}: missing; {build.path} has no qcow2 to boot")
-    elif fmt in ("iso", "netboot"):
-        live_iso = build.path / f"{build.name}.iso" if fmt == "iso" else None
-        if live_iso is not None and not live_iso.is_file():
-            raise InputError(f"{live_iso}: missing; build with FORMATS='qcow2 ova iso'")
-        reports = build.path / "goss" / f"{fmt}-{firmware}"
-        if not runtime.dry_run:
-            work.mkdir(parents=True, exist_ok=True)
-        image = work / "empty-local-disk.qcow2"  # a diskless node's blank local disk
-        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8G"], runtime=runtime)
-    else:
-        raise InputError(f"--format {fmt!r}: want disk, iso or netboot")
-    record = treephase.record_path(build.path)
-    # a build dir copied without its record, or the VM runner's of an installer or cloud-image target (which
-    # keeps none), when the final phase runs the user's goss.yaml (no goss-final.yaml of theirs)
-    theirs = user_spec(values, "final", runtime.root)  # None without goss_spec_dir
-    if theirs is not None and not record.is_file():
-        (monitor or Null()).log(
-            "verify",
-            f"no {record}: every check of goss_spec_dir's goss.yaml runs on the booted image, where "
-            "checks of the image at rest (no host keys, an empty machine-id) cannot pass"
-            if theirs.name == goss.ENTRY["build"]
-            else f"no {record}: of goss_spec_dir's specs only {theirs.name} runs here; what its goss.yaml "
-            "left for the boot is checked only after a build that kept the record",
-        )
-    try:
+    try:  # the temp dir goes also when the input is refused (a missing qcow2 or ISO)
+        live_iso: Path | None = None
+        if fmt == "disk":
+            image, reports = build.qcow2, build.path / "goss"
+            if not image.is_file():
+                raise InputError(f"{image}: missing; {build.path} has no qcow2 to boot")
+        elif fmt in ("iso", "netboot"):
+            live_iso = build.path / f"{build.name}.iso" if fmt == "iso" else None
+            if live_iso is not None and not live_iso.is_file():
+                raise InputError(f"{live_iso}: missing; build with FORMATS='qcow2 ova iso'")
+            reports = build.path / "goss" / f"{fmt}-{firmware}"
+            if not runtime.dry_run:
+                work.mkdir(parents=True, exist_ok=True)
+            image = work / "empty-local-disk.qcow2"  # a diskless node's blank local disk
+            proc.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8G"], runtime=runtime)
+        else:
+            raise InputError(f"--format {fmt!r}: want disk, iso or netboot")
+        record = treephase.record_path(build.path)
+        # a build dir copied without its record, or the VM runner's of an installer or cloud-image target
+        # (which keeps none), when the final phase runs the user's goss.yaml (no goss-final.yaml of theirs)
+        theirs = user_spec(values, "final", runtime.root)  # None without goss_spec_dir
+        if theirs is not None and not record.is_file():
+            (monitor or Null()).log(
+                "verify",
+                f"no {record}: every check of goss_spec_dir's goss.yaml runs on the booted image, where "
+                "checks of the image at rest (no host keys, an empty machine-id) cannot pass"
+                if theirs.name == goss.ENTRY["build"]
+                else f"no {record}: of goss_spec_dir's specs only {theirs.name} runs here; what its "
+                "goss.yaml left for the boot is checked only after a build that kept the record",
+            )
         return verify_image(
             Target(image, None if fmt == "disk" else fmt, live_iso, build if fmt == "netboot" else None),
             values,
