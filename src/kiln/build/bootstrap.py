@@ -281,7 +281,7 @@ def ensure_base(
             info = _build(spec, work, repo_root, log_file=log_file, say=say, runtime=runtime)
             shutil.rmtree(work / "rootfs", ignore_errors=True)
             # checked on every reuse (kiln.build.cachecheck.base_check)
-            info["digests"] = digests.file_digests(work, digests.entry_files(work, stages.BASE_INFO))
+            info["digests"] = digests.entry_digests(work, stages.BASE_INFO)
             digests.save(work / stages.BASE_INFO, info)
             os.rename(work, root / key)
         except BaseException:

@@ -61,7 +61,7 @@ def keep_digests(entry: Path, info: dict[str, Any]) -> dict[str, Any]:
     overlays built on it from now on record its digest, and its next reuse is checked."""
     if isinstance(info.get("digests"), dict):
         return info
-    info = {**info, "digests": digests.file_digests(entry, digests.entry_files(entry, stages.BASE_INFO))}
+    info = {**info, "digests": digests.entry_digests(entry, stages.BASE_INFO)}
     digests.save(entry / stages.BASE_INFO, info)
     return info
 

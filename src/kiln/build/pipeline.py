@@ -171,8 +171,7 @@ def stage_cached(
             ws.reused[stage] = sid.id
             entry = stages.root(cache_dir) / sid.id
             # an entry stored before records kept digests gets them: the overlays built on it record its own
-            files = [] if hit.digests else digests.entry_files(entry, stages.RECORD)
-            sums = digests.file_digests(entry, files) if files else {}
+            sums = {} if hit.digests else digests.entry_digests(entry, stages.RECORD)
             stages.touch(cache_dir, hit, kept=sums)
             return stages.disk(cache_dir, sid.id)
         # the parent disk as its entry keeps it now: an overlay on a disk made again meanwhile is not reused

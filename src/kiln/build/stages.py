@@ -420,7 +420,7 @@ def store(
         name = TREE if made.name == TREE else DISK
         shutil.move(str(made), tmp / name)
         record.size = (tmp / name).stat().st_size
-        record.digests = digests.file_digests(tmp, digests.entry_files(tmp, RECORD))
+        record.digests = digests.entry_digests(tmp, RECORD)
         _write_record(tmp, record)
         os.rename(tmp, base / sid)
     except BaseException:
@@ -478,8 +478,10 @@ def _base_entries(cache_dir: Path) -> list[Record]:
         return []
     out = []
     for entry in sorted(base.iterdir()):
+        if entry.name.startswith("."):  # a base being made, or removed
+            continue
         info, why = read_base(entry)
-        if entry.name.startswith(".") or info is None or why:
+        if info is None or why:
             continue
         size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
         used = (entry / BASE_INFO).stat().st_mtime

@@ -29,12 +29,13 @@ def file_digests(entry: Path, names: Sequence[str]) -> dict[str, str]:
     return {name: _sha256(entry / name) for name in sorted(names)}
 
 
-def entry_files(entry: Path, record: str) -> list[str]:
-    """The files of a cache entry whose digests its `record` (record.json, info.json) keeps: all but the
+def entry_digests(entry: Path, record: str) -> dict[str, str]:
+    """file_digests of a cache entry's files that its `record` (record.json, info.json) keeps: all but the
     record itself and temp files (dot names)."""
-    return sorted(
+    names = [
         f.name for f in entry.iterdir() if f.is_file() and f.name != record and not f.name.startswith(".")
-    )
+    ]
+    return file_digests(entry, names)
 
 
 def save(path: Path, data: Mapping[str, Any]) -> None:

@@ -56,7 +56,7 @@ def probe_accelerator(accel: str, runtime: Runtime, timeout: float = PROBE_TIMEO
     # /tmp/.kiln-accel.tmp-PID-*: collected by the next build when kiln dies (kill -9) while the probe runs
     owned = tempdirs.create(Path(tempfile.gettempdir()), "kiln-accel")
     try:
-        return _probe(qemu, accel, Path(owned.path), timeout, runtime)
+        return _probe(qemu, accel, owned.path, timeout, runtime)
     finally:
         shutil.rmtree(owned.path, ignore_errors=True)
         owned.release()

@@ -10,18 +10,19 @@ from pathlib import Path
 # panic, initramfs-tools' and dracut's shells), and the console lines that say why. Only the last boot in
 # the log counts (a guest that panicked and rebooted may come up), and only lines that begin with a mark
 # (after the kernel's timestamp): cloud-init echoes a user's commands to the console.
+NO_ROOT = "its initramfs could not find the root file system"
+UEFI_SHELL = "its firmware (OVMF) found nothing to boot and started the UEFI shell"
 _STUCK = (
     ("You are in emergency mode", "its boot stopped in emergency mode"),
     ("You are in rescue mode", "its boot stopped in rescue mode"),
     ("Give root password for maintenance", "its boot stopped in emergency mode"),
     ("Kernel panic - not syncing", "its kernel panicked"),
-    ("ALERT!  ", "its initramfs could not find the root file system"),
+    ("ALERT!  ", NO_ROOT),
     ("Entering emergency mode. Exit the shell to continue.", "its initramfs stopped in emergency mode"),
     # OVMF tried every boot option and fell back to its shell: no disk it can boot (no ESP, no boot loader,
     # or a disk controller it has no driver for)
-    ("UEFI Interactive Shell", "its firmware (OVMF) found nothing to boot and started the UEFI shell"),
+    ("UEFI Interactive Shell", UEFI_SHELL),
 )
-UEFI_SHELL, NO_ROOT = _STUCK[-1][1], _STUCK[4][1]
 _WHY = ("[FAILED]", "[DEPEND]", "Kernel panic", "ALERT!", "Gave up waiting", "Timed out waiting for device",
         "BdsDxe: failed to load")  # fmt: skip
 _HOME = re.compile(r"\x1b\[(?:2J|[0-9;]*[Hf])")  # a cleared screen or the cursor sent home: a new line
