@@ -86,6 +86,9 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
             assert s.run("findmnt -no SOURCE /")[1].startswith("/dev/sda"), "root not on the SCSI disk"
             drivers = s.run("ls /sys/bus/pci/drivers/vmw_pvscsi /sys/bus/pci/drivers/vmxnet3")[1]
             assert drivers.count("0000:") == 2, drivers
+            if state.accelerator == "tcg":  # the guest CPU kiln gives TCG
+                flags = set(s.run("grep -m1 ^flags /proc/cpuinfo")[1].split())
+                assert "avx2" in flags and not flags & {"erms", "fsrm"}, sorted(flags)
             _node_checks(s, build)
         other = ssh.generate_keypair(tmp_path / "other")
         with pytest.raises(ssh.SSHError):

@@ -85,6 +85,28 @@ def test_probe_under_tcg_reaches_marker_and_exit_port() -> None:
     assert took < accel.PROBE_TIMEOUT
 
 
+def test_the_tcg_cpu_model_is_max_without_the_byte_at_a_time_string_ops(tmp_path: Path) -> None:
+    """QEMU takes kiln's TCG CPU model and the guest's CPU has neither ERMS nor FSRM, and keeps the rest
+    of `max` (AVX2); under KVM the guest gets the host's CPU as before."""
+    from kiln.vm import control
+
+    assert accel.cpu_model("kvm") == "max"
+    sock = tmp_path / "qmp.sock"
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-S", "-nodefaults", "-display", "none", "-accel", "tcg",
+         "-cpu", accel.cpu_model("tcg"), "-qmp", f"unix:{sock},server=on,wait=off"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert _wait_for(sock.exists), qemu.stderr.read() if qemu.poll() is not None else "no QMP socket"
+        (cpu,) = [c["qom-path"] for c in control.qmp(sock, "query-cpus-fast")]
+        flags = {f: control.qmp(sock, "qom-get", path=cpu, property=f) for f in ("erms", "fsrm", "avx2")}
+        assert flags == {"erms": False, "fsrm": False, "avx2": True}
+    finally:
+        qemu.kill()
+        qemu.wait()
+
+
 def test_probe_works_in_a_temp_dir_the_next_build_collects_when_kiln_dies(tmp_path: Path) -> None:
     """The probe's disk is in TMPDIR/.kiln-accel.tmp-PID-*, removed when it ends; a kiln killed while it
     runs (kill -9, here os._exit) leaves one that the next build's collection (prefix "kiln-") removes."""
@@ -162,7 +184,7 @@ def test_qemu_argv_bios_with_seed_and_kernel(tmp_path: Path, probe_disk: Path) -
     argv = machine.qemu_argv("raw")
     joined = " ".join(argv)
     assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
-    assert argv[argv.index("-cpu") + 1] == "max"
+    assert argv[argv.index("-cpu") + 1] == "max,-erms,-fsrm"  # TCG runs rep movsb/stosb a byte a step
     assert "hostfwd=tcp:127.0.0.1:2222-:22" in joined
     assert f"file={tmp_path}/w,,1/overlay.qcow2,format=qcow2,if=virtio" in joined  # commas escaped
     assert f"file={seed},format=raw,media=cdrom,readonly=on" in joined

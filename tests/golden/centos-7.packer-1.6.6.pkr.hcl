@@ -25,7 +25,7 @@ source "qemu" "node" {
     "<tab> text inst.ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/centos/7/ks.cfg<enter><wait>"
   ]
   qemuargs         = [
-    ["-cpu", "max"],
+    ["-cpu", "max,-erms,-fsrm"],
     ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:2299-:22"]
   ]
   ssh_username         = "builder"

@@ -39,7 +39,7 @@ source "qemu" "node" {
   use_backing_file = false
   boot_wait        = "1s"  # no boot menu to wait for: the disk boots straight away
   qemuargs         = [
-    ["-cpu", "max"],
+    ["-cpu", "max,-erms,-fsrm"],
     ["-cdrom", "/kiln-build/work/seed.iso"],
     ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:2299-:22"]
   ]

@@ -39,7 +39,7 @@ source "qemu" "node" {
     "<up><wait><tab> inst.text inst.ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/rockylinux/9/ks.cfg<enter><wait>"
   ]
   qemuargs         = [
-    ["-cpu", "max"],
+    ["-cpu", "max,-erms,-fsrm"],
     ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:2299-:22"]
   ]
   ssh_username         = "builder"

@@ -42,7 +42,7 @@ source "qemu" "node" {
     "boot<enter>"
   ]
   qemuargs         = [
-    ["-cpu", "max"],
+    ["-cpu", "max,-erms,-fsrm"],
     ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:2299-:22"]
   ]
   ssh_username         = "builder"

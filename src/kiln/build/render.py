@@ -35,6 +35,7 @@ from kiln.config import Config
 from kiln.core import inputs, proc
 from kiln.core.errors import InputError
 from kiln.core.runtime import Runtime
+from kiln.vm.accel import cpu_model
 
 TEMPLATE = "node.pkr.hcl.j2"
 TEMPLATE_OUT = "node.pkr.hcl"
@@ -223,7 +224,7 @@ def template_vars(
         vmware_output_dir=context.vmware_output_dir or Path(f"{context.output_dir}-vmware"),
     )
     http_dir = render_dir / "http"
-    qemuargs: list[list[str]] = [["-cpu", "max"]]
+    qemuargs: list[list[str]] = [["-cpu", cpu_model(context.accelerator)]]  # the guest CPU kiln boots
     if c["firmware"] == "efi" and c["efi_firmware_vars"]:  # a code/vars pair: pflash, vars copied per build
         vars_copy = render_dir / "efi_vars.fd"
         qemuargs += [

@@ -37,6 +37,19 @@ PROBE_TIMEOUT = 8.0  # seconds; TCG needs well under one
 
 _ACCEL_CACHE: dict[str, str] = {}
 
+# The CPU a guest sees. Under KVM, `max` is the host's CPU. Under TCG it is every feature QEMU emulates, and
+# two of them cost more than they give: ERMS and FSRM tell the guest that `rep movsb`/`rep stosb` are the
+# fast way to copy and clear memory, which QEMU 7.2's TCG runs one byte per step. The guest kernel then
+# clears every page it allocates (Debian's init_on_alloc) and glibc copies with them. Without the two
+# flags it uses `rep stosq` and vector loops: a live ISO's systemd started 30 s sooner (the squashfs's page
+# cache is all fresh pages), a netboot 26 s sooner; a disk boot was no slower (docs/benchmarks.md).
+TCG_CPU = "max,-erms,-fsrm"
+
+
+def cpu_model(accelerator: str) -> str:
+    """QEMU's -cpu for a guest under the resolved `accelerator` ("kvm" or "tcg")."""
+    return TCG_CPU if accelerator == "tcg" else "max"
+
 
 def _escape(path: str | os.PathLike[str]) -> str:
     """QEMU option values separate with commas; a literal comma is written twice."""

@@ -43,7 +43,7 @@ from typing import Any
 from kiln.core import proc, tempdirs
 from kiln.core.errors import InputError
 from kiln.core.runtime import Runtime
-from kiln.vm.accel import ACCELERATORS, pick_accelerator
+from kiln.vm.accel import ACCELERATORS, cpu_model, pick_accelerator
 from kiln.vm.console import stuck_boot, stuck_hint
 from kiln.vm.control import VMError, qmp, stop_process
 from kiln.vm.ssh import Session, SSHError
@@ -279,7 +279,7 @@ class VM:
             "qemu-system-x86_64",
             "-name", "kiln-" + self.disk.stem,
             "-machine", "q35" if self.firmware == "efi" else "pc",
-            "-accel", accel, "-cpu", "max",
+            "-accel", accel, "-cpu", cpu_model(self.accelerator),
             "-smp", str(self.cpus), "-m", str(self.memory),
             "-display", "none", "-nodefaults", "-vga", "none",
             "-chardev", f"file,id=serial0,path={_escape(self.serial_log)}", "-serial", "chardev:serial0",
