@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -84,10 +84,22 @@ def test_running_qemu_of_this_run_dir_is_found_and_stopped(tmp_path: Path) -> No
     machine.start()
     try:
         state = boot.BootState(
-            **{**asdict(_state(build, machine.pid or 0)), "qmp_socket": machine.qmp_socket}
+            **{
+                **asdict(_state(build, machine.pid or 0)),
+                "qmp_socket": machine.qmp_socket,
+                "hardware": "vmware",
+            }
         )
         (boot.run_dir(build) / "state.json").write_text(json.dumps(asdict(state)))
         assert boot.read_state(build) == state
+        # a state file of a kiln before --hardware (no "hardware") is read as virtio; a wrong type is refused
+        older = {k: v for k, v in asdict(state).items() if k != "hardware"}
+        (boot.run_dir(build) / "state.json").write_text(json.dumps(older))
+        assert boot.read_state(build) == replace(state, hardware="virtio")
+        (boot.run_dir(build) / "state.json").write_text(json.dumps({**older, "hardware": 1}))
+        with pytest.raises(InputError, match="malformed boot state: hardware is 1"):
+            boot.read_state(build)
+        (boot.run_dir(build) / "state.json").write_text(json.dumps(asdict(state)))
         with pytest.raises(InputError, match="already booted"):
             boot.start(build, runtime=RUNTIME)
         stopped = boot.stop(build, timeout=0)

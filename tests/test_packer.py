@@ -225,7 +225,7 @@ def test_real_packer_starts_qemu_with_kilns_arguments(
     assert [a for a in argv if a == "-netdev"] == ["-netdev"]  # kiln's replaces Packer's
     assert argv[argv.index("-netdev") + 1] == "user,id=user.0,hostfwd=tcp:127.0.0.1:2399-:22"
     assert argv[argv.index("-cdrom") + 1] == str(ctx.seed_iso)
-    assert argv[argv.index("-cpu") + 1] == "max,-erms,-fsrm"  # the build VM's CPU under TCG, as kiln boots
+    assert argv.count("-cpu") == 1 and argv[argv.index("-cpu") + 1] == "max,-erms,-fsrm"  # kiln's TCG CPU
     assert "accel=tcg" in argv[argv.index("-machine") + 1]
     drive = argv[argv.index("-drive") + 1]
     # a copy, not the cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from kiln import config
 from kiln.build import render
 from kiln.core.errors import InputError
+from kiln.vm import accel
 from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,6 +209,19 @@ def test_render_failure_leaves_nothing(tmp_path: Path) -> None:
         render.render(cfg, golden_context(cfg), out, (1, 6, 6), runtime=replace(RUNTIME, root=root))
     assert [p.name for p in tmp_path.iterdir() if p.name != "repo"] == ["out"]
     assert (out / "previous").read_text() == "kept"  # the old render survives a failed one
+
+
+def test_the_build_vms_cpu_follows_the_accelerator() -> None:
+    """Under KVM the build VM gets the host's CPU (-cpu max); under TCG kiln's model (the goldens), the same
+    as every guest kiln boots itself (kiln.vm.accel.cpu_model)."""
+    cfg = config.load("debian-12", repo_root=REPO)
+    for accelerator, cpu in (("kvm", "max"), ("tcg", "max,-erms,-fsrm")):
+        ctx = replace(golden_context(cfg), accelerator=accelerator)
+        text = render.render_template(cfg, ctx, Path("/kiln-build/rendered"), (1, 6, 6))
+        assert re.findall(r'\["-cpu", "([^"]*)"\]', text) == [cpu], accelerator
+        assert f'accelerator      = "{accelerator}"' in text
+    with pytest.raises(ValueError, match="a resolved accelerator"):
+        accel.cpu_model("auto")
 
 
 def test_render_reports_each_builders_output_disk(tmp_path: Path) -> None:

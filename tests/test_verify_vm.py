@@ -90,6 +90,11 @@ def test_the_ovas_disk_passes_kiln_verify_on_uefi(
     report = json.loads((shadow / "goss" / "report.json").read_text())
     assert report["summary"]["failed-count"] == 0
     assert report["summary"]["test-count"] >= 60
+    assert (report["kiln"]["firmware"], report["kiln"]["hardware"], report["kiln"]["format"]) == (
+        "efi",
+        "virtio",
+        "disk",
+    )
     outcome = {(r["resource-type"], r["resource-id"]): r for r in report["results"]}
     for key in (("Service", "containerd"), ("Command", "ssh-host-keys-generated-this-boot"),
                 ("Command", "booted-with-the-firmware-asked-for")):  # fmt: skip

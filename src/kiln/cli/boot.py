@@ -137,7 +137,9 @@ def _cmd_boot(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.runtime.dry_run:
         return EXIT_OK
-    print(f"{build.name} is up ({state.accelerator}, {state.firmware}, {vm.hardware}), QEMU pid {state.pid}")
+    print(
+        f"{build.name} is up ({state.accelerator}, {state.firmware}, {state.hardware}), QEMU pid {state.pid}"
+    )
     print(f"  kiln ssh {build.path}")
     print(f"  hack/image-ssh.sh {build.path}")
     print(f"  {state.connect_hint()}")

@@ -89,7 +89,7 @@ IMAGE_BUILDER_IGNORED: dict[str, str] = {
     "http_ip": _OWN,
     "http_port_min": _OWN,
     "http_port_max": _OWN,
-    "cpu_model": _OWN,
+    "cpu_model": "kiln picks the guest CPU: the host's under KVM, QEMU's max without ERMS and FSRM under TCG",
     "machine_type": _OWN,
     "vnc_bind_address": _OWN,
     "disk_compression": "kiln always compresses the qcow2",

@@ -433,6 +433,7 @@ def verify_image(
                 meta={
                     "image": str(target.disk),
                     "firmware": options.firmware,
+                    "hardware": options.hardware,
                     "format": target.live or "disk",
                     "boot_to_ssh_s": round(up, 1),
                     "skipped_disk_only": sorted(LIVE_SKIPS) if target.live else [],

@@ -1,4 +1,4 @@
-"""The accelerator: `pick_accelerator("auto"|"kvm"|"tcg", runtime)`.
+"""The accelerator: `pick_accelerator("auto"|"kvm"|"tcg", runtime)`, and the guest CPU for it: `cpu_model`.
 
 `auto` uses KVM only when a probe proves it works: a 512-byte boot sector must print a marker on the serial
 port and leave through isa-debug-exit within a few seconds, no slower than TCG by much. The result is cached
@@ -37,17 +37,20 @@ PROBE_TIMEOUT = 8.0  # seconds; TCG needs well under one
 
 _ACCEL_CACHE: dict[str, str] = {}
 
-# The CPU a guest sees. Under KVM, `max` is the host's CPU. Under TCG it is every feature QEMU emulates, and
-# two of them cost more than they give: ERMS and FSRM tell the guest that `rep movsb`/`rep stosb` are the
-# fast way to copy and clear memory, which QEMU 7.2's TCG runs one byte per step. The guest kernel then
-# clears every page it allocates (Debian's init_on_alloc) and glibc copies with them. Without the two
-# flags it uses `rep stosq` and vector loops: a live ISO's systemd started 30 s sooner (the squashfs's page
-# cache is all fresh pages), a netboot 26 s sooner; a disk boot was no slower (docs/benchmarks.md).
+# The CPU a guest sees. Under KVM, `max` is the host's CPU. Under TCG it is every feature QEMU emulates, less
+# the ones that say `rep movsb`/`rep stosb` are the fast way to copy and clear memory: ERMS, and FSRM, which
+# QEMU's TCG offers from 8.0 on (7.2's has none to take away). TCG runs those instructions one byte per step.
+# Debian's kernel clears every page it allocates (init_on_alloc), with `rep stosb` when the CPU says ERMS, and
+# glibc copies with them. Without them a live ISO's kernel phase (until systemd starts) fell from 55 s to
+# 31 s, a netboot's userspace from 74 s to 42 s, a disk boot changed little (bench/boot.py,
+# docs/benchmarks.md).
 TCG_CPU = "max,-erms,-fsrm"
 
 
 def cpu_model(accelerator: str) -> str:
-    """QEMU's -cpu for a guest under the resolved `accelerator` ("kvm" or "tcg")."""
+    """QEMU's -cpu for a guest under the resolved `accelerator`, "kvm" or "tcg" (not "auto")."""
+    if accelerator not in ("kvm", "tcg"):
+        raise ValueError(f"cpu_model: a resolved accelerator (kvm or tcg), not {accelerator!r}")
     return TCG_CPU if accelerator == "tcg" else "max"
 
 

@@ -1,8 +1,9 @@
 """`kiln boot`, `kiln ssh` and the boot half of `kiln conformance`: a finished build dir, booted.
 
 A boot lives in BUILD_DIR/.boot/ (the run dir):
-  state.json      pid, SSH port, user, key path, QMP socket, serial log: how `kiln ssh`, hack/image-ssh.sh,
-                  `kiln conformance` and `kiln boot --stop` find the running VM
+  state.json      pid, SSH port, user, key path, QMP socket, serial log, firmware, accelerator, hardware:
+                  how `kiln ssh`, hack/image-ssh.sh, `kiln conformance` and `kiln boot --stop` find the
+                  running VM
   key/            the one-time ed25519 key pair (0700/0600) when kiln made the seed
   seed.iso        that seed
   vm/             overlay.qcow2, serial.log, qemu.log, qemu.pid (see kiln.vm)
@@ -55,6 +56,7 @@ class BootState:
     accelerator: str
     detached: bool
     started: float
+    hardware: str = "virtio"  # virtio or vmware; state files of a kiln before --hardware have none
 
     def connect_hint(self) -> str:
         key = f"-i {self.key} -o IdentitiesOnly=yes " if self.key else ""
@@ -93,13 +95,16 @@ def read_state(build: BuildDir) -> BootState | None:
 
 _STATE_TYPES: dict[str, tuple[type, ...]] = {f: (str,) for f in BootState.__dataclass_fields__}
 _STATE_TYPES.update(pid=(int,), ssh_port=(int,), detached=(bool,), started=(int, float))
+_STATE_OPTIONAL = frozenset({"hardware"})
 
 
 def _state_from(data: dict[str, Any], path: Path) -> BootState:
-    missing = sorted(set(_STATE_TYPES) - set(data))
+    missing = sorted(set(_STATE_TYPES) - _STATE_OPTIONAL - set(data))
     if missing:
         raise InputError(f"{path}: malformed boot state: missing {', '.join(missing)}")
     for key, types in _STATE_TYPES.items():
+        if key not in data:
+            continue
         value = data[key]
         if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
             raise InputError(f"{path}: malformed boot state: {key} is {inputs.clip(value)}")
@@ -109,7 +114,7 @@ def _state_from(data: dict[str, Any], path: Path) -> BootState:
         raise InputError(
             f"{path}: malformed boot state: ssh_port {inputs.clip(data['ssh_port'])} is out of range"
         )
-    return BootState(**{k: data[k] for k in _STATE_TYPES})
+    return BootState(**{k: data[k] for k in _STATE_TYPES if k in data})
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -259,6 +264,7 @@ def start(
                 accelerator=vm.accelerator or "",
                 detached=detach,
                 started=time.time(),
+                hardware=vm.hardware,
             )
             if runtime.dry_run:
                 return vm, state
