@@ -36,16 +36,16 @@ from kiln.vm import accel  # noqa: E402
 
 RUNTIME = config.default_runtime()  # the one runtime, as the CLI makes it
 BASELINE = "max"
-# systemd-analyze's "Startup finished in 8.5s (kernel) + 1min 2.3s (userspace) = ..." (or "850ms")
-SPAN = r"((?:\d+min )?[\d.]+m?s)"
-PROFILE = re.compile(SPAN + r" \(kernel\).*?\+ " + SPAN + r" \(userspace\)")
+# systemd-analyze's "Startup finished in 8.5s (kernel) + 1min 2.3s (userspace) = ...": a span is one or more
+# of NUMBER+UNIT ("1h 2min", "2min", "850ms")
+UNITS = {"h": 3600.0, "min": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+SPAN = r"((?:[\d.]+(?:h|min|ms|us|s) ?)+)"
+PROFILE = re.compile(SPAN + r"\(kernel\).*?\+ " + SPAN + r"\(userspace\)")
 
 
 def seconds(span: str) -> float:
-    """One of systemd-analyze's spans ("1min 2.3s", "8.5s", "850ms") in seconds."""
-    minutes, _, rest = span.rpartition("min ")
-    value = float(rest[:-2]) / 1000 if rest.endswith("ms") else float(rest[:-1])
-    return 60 * float(minutes or 0) + value
+    """One of systemd-analyze's spans ("1h 2min 3.4s", "8.5s", "850ms") in seconds."""
+    return sum(float(n) * UNITS[unit] for n, unit in re.findall(r"([\d.]+)(h|min|ms|us|s)\b", span))
 
 
 def copy_build(build: Path, dest: Path) -> Path:
@@ -104,10 +104,11 @@ def main() -> int:
         source = BuildDir.open(args.build_dir.resolve())
     except KilnError as exc:
         parser.error(str(exc))  # exit 2 with the reason: not a finished build dir
-    wanted = {"iso": source.path / f"{source.name}.iso", "netboot": source.path / "netboot" / "boot.ipxe"}
+    wanted = {"disk": source.qcow2, "iso": source.path / f"{source.name}.iso",
+              "netboot": source.path / "netboot" / "boot.ipxe"}  # fmt: skip
     for fmt in args.formats:
-        if fmt in wanted and not wanted[fmt].is_file():
-            parser.error(f"--formats {fmt}: {wanted[fmt]} is missing (build with FORMATS='... {fmt}')")
+        if not wanted[fmt].is_file():
+            parser.error(f"--formats {fmt}: {wanted[fmt]} is missing")
 
     kiln_model = accel.TCG_CPU
     rows: list[dict[str, object]] = []

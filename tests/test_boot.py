@@ -40,7 +40,7 @@ def _state(build: BuildDir, pid: int) -> boot.BootState:
     return boot.BootState(
         pid=pid, ssh_port=2222, user="kiln", key=str(rdir / "key" / "id_ed25519"), qmp_socket="",
         serial_log=str(rdir / "vm" / "serial.log"), run_dir=str(rdir), disk="", firmware="bios",
-        accelerator="tcg", detached=True, started=0.0,
+        accelerator="tcg", detached=True, started=0.0, hardware="virtio",
     )  # fmt: skip
 
 

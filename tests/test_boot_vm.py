@@ -69,7 +69,8 @@ def test_seeded_boot_ssh_hostname_conformance_and_stop(
         out = capsys.readouterr().out
         assert rc == 0, out
         state = boot.read_state(build)
-        assert state is not None and state.user == "tester"
+        assert state is not None and state.user == "tester" and state.hardware == "vmware"
+        assert f"is up ({state.accelerator}, bios, vmware)" in out
         assert f"kiln ssh {build.path}" in out and f"-p {state.ssh_port}" in out
         assert Path(state.serial_log).stat().st_size > 0
 

@@ -85,6 +85,14 @@ def test_probe_under_tcg_reaches_marker_and_exit_port() -> None:
     assert took < accel.PROBE_TIMEOUT
 
 
+def _answers(sock: Path) -> bool:
+    try:
+        control.qmp(sock, "query-status")
+    except control.VMError:
+        return False
+    return True
+
+
 def test_the_tcg_cpu_model_is_max_without_the_byte_at_a_time_string_ops(tmp_path: Path) -> None:
     """QEMU takes kiln's TCG CPU model and the guest's CPU has neither ERMS nor FSRM, and keeps the rest
     of `max` (AVX2); under KVM the guest gets the host's CPU as before. (QEMU 7.2's TCG has no FSRM to take
@@ -100,6 +108,8 @@ def test_the_tcg_cpu_model_is_max_without_the_byte_at_a_time_string_ops(tmp_path
         assert _wait_for(lambda: sock.exists() or qemu.poll() is not None) and qemu.poll() is None, (
             qemu.stderr.read() if qemu.poll() is not None else "no QMP socket"
         )
+        # the socket file is there at bind(), a moment before QEMU listens on it
+        assert _wait_for(lambda: _answers(sock)), "QMP does not answer"
         (cpu,) = [c["qom-path"] for c in control.qmp(sock, "query-cpus-fast")]
         flags = {f: control.qmp(sock, "qom-get", path=cpu, property=f) for f in ("erms", "fsrm", "avx2")}
         assert flags == {"erms": False, "fsrm": False, "avx2": True}

@@ -56,7 +56,7 @@ class BootState:
     accelerator: str
     detached: bool
     started: float
-    hardware: str = "virtio"  # virtio or vmware; state files of a kiln before --hardware have none
+    hardware: str  # virtio or vmware (a state file of a kiln before --hardware has none: virtio)
 
     def connect_hint(self) -> str:
         key = f"-i {self.key} -o IdentitiesOnly=yes " if self.key else ""
@@ -95,16 +95,14 @@ def read_state(build: BuildDir) -> BootState | None:
 
 _STATE_TYPES: dict[str, tuple[type, ...]] = {f: (str,) for f in BootState.__dataclass_fields__}
 _STATE_TYPES.update(pid=(int,), ssh_port=(int,), detached=(bool,), started=(int, float))
-_STATE_OPTIONAL = frozenset({"hardware"})
 
 
 def _state_from(data: dict[str, Any], path: Path) -> BootState:
-    missing = sorted(set(_STATE_TYPES) - _STATE_OPTIONAL - set(data))
+    data = {"hardware": "virtio", **data}
+    missing = sorted(set(_STATE_TYPES) - set(data))
     if missing:
         raise InputError(f"{path}: malformed boot state: missing {', '.join(missing)}")
     for key, types in _STATE_TYPES.items():
-        if key not in data:
-            continue
         value = data[key]
         if not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
             raise InputError(f"{path}: malformed boot state: {key} is {inputs.clip(value)}")
@@ -114,7 +112,7 @@ def _state_from(data: dict[str, Any], path: Path) -> BootState:
         raise InputError(
             f"{path}: malformed boot state: ssh_port {inputs.clip(data['ssh_port'])} is out of range"
         )
-    return BootState(**{k: data[k] for k in _STATE_TYPES if k in data})
+    return BootState(**{k: data[k] for k in _STATE_TYPES})
 
 
 def _inside(path: Path, root: Path) -> bool:
