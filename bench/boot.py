@@ -31,7 +31,7 @@ from kiln import config  # noqa: E402
 from kiln.core import tempdirs  # noqa: E402
 from kiln.core.builddir import BuildDir  # noqa: E402
 from kiln.core.errors import KilnError  # noqa: E402
-from kiln.goss.verify import BOOT_PROFILE, verify_build_dir  # noqa: E402
+from kiln.goss.verify import BOOT_PROFILE, report_dir, verify_build_dir  # noqa: E402
 from kiln.vm import accel  # noqa: E402
 
 RUNTIME = config.default_runtime()  # the one runtime, as the CLI makes it
@@ -72,12 +72,11 @@ def boot_profile(report_dir: Path) -> tuple[float, float] | None:
     return (seconds(found[1]), seconds(found[2])) if found else None
 
 
-def one_boot(build: Path, fmt: str, model: str) -> dict[str, object]:
+def one_boot(build: Path, firmware: str, fmt: str, model: str) -> dict[str, object]:
     # The one way to boot with another CPU model without a knob in kiln for it: cpu_model() reads this
     # module constant at each boot. Only this script sets it; it is put back in main().
     accel.TCG_CPU = model
-    firmware = BuildDir.open(build).firmware
-    reports = build / "goss" if fmt == "disk" else build / "goss" / f"{fmt}-{firmware}"
+    reports = report_dir(build, fmt, firmware)
     (reports / BOOT_PROFILE).unlink(missing_ok=True)  # a profile that fails must not show the last boot's
     started = time.monotonic()
     row: dict[str, object] = {"format": fmt, "cpu": model}
@@ -118,7 +117,7 @@ def main() -> int:
         for fmt in args.formats:
             for i in range(args.rounds):
                 for model in [BASELINE, kiln_model] if i % 2 == 0 else [kiln_model, BASELINE]:
-                    row = one_boot(build, fmt, model)
+                    row = one_boot(build, source.firmware, fmt, model)
                     rows.append(row)
                     outcome = f"FAILED: {row['error']}" if "error" in row else f"{row['checks']} checks"
                     print(f"{fmt:<8} -cpu {model:<18} {row['seconds']:>6}s  kernel {row['kernel']}s  "

@@ -490,6 +490,12 @@ def boot_profile(
     return first.removeprefix("Startup finished in ").strip()
 
 
+def report_dir(build_dir: Path, fmt: str, firmware: str) -> Path:
+    """Where `kiln verify --format FMT` of `build_dir` on `firmware` writes its reports: the build's goss/
+    for its disk, goss/FMT-FIRMWARE/ for a live boot."""
+    return build_dir / "goss" if fmt == "disk" else build_dir / "goss" / f"{fmt}-{firmware}"
+
+
 def verify_build_dir(
     build_dir: Path,
     *,
@@ -515,14 +521,14 @@ def verify_build_dir(
     try:  # the temp dir goes also when the input is refused (a missing qcow2 or ISO)
         live_iso: Path | None = None
         if fmt == "disk":
-            image, reports = build.qcow2, build.path / "goss"
+            image, reports = build.qcow2, report_dir(build.path, fmt, firmware)
             if not image.is_file():
                 raise InputError(f"{image}: missing; {build.path} has no qcow2 to boot")
         elif fmt in ("iso", "netboot"):
             live_iso = build.path / f"{build.name}.iso" if fmt == "iso" else None
             if live_iso is not None and not live_iso.is_file():
                 raise InputError(f"{live_iso}: missing; build with FORMATS='qcow2 ova iso'")
-            reports = build.path / "goss" / f"{fmt}-{firmware}"
+            reports = report_dir(build.path, fmt, firmware)
             if not runtime.dry_run:
                 work.mkdir(parents=True, exist_ok=True)
             image = work / "empty-local-disk.qcow2"  # a diskless node's blank local disk
