@@ -116,6 +116,17 @@ def test_publish_replaces_an_older_build_only_at_the_end(tmp_path):
     build._publish(temp, final)
     assert (final / "new").read_text() == "new" and not (final / "old").exists()
     assert not temp.exists() and [p.name for p in tmp_path.iterdir()] == ["out"]
+    # the swap itself: one step, both paths there before and after (_publish's fallback, for a file system
+    # without RENAME_EXCHANGE, renames the old build aside first)
+    from kiln.core import tempdirs
+
+    temp.mkdir()
+    (temp / "newer").write_text("newer")
+    inode = temp.stat().st_ino
+    assert tempdirs.exchange(temp, final)  # ext4, xfs, btrfs and tmpfs can
+    assert final.stat().st_ino == inode and (temp / "new").is_file()
+    with pytest.raises(FileNotFoundError):
+        tempdirs.exchange(tmp_path / "missing", final)
 
 
 def test_missing_tool_names_its_package(monkeypatch, tmp_path):
@@ -272,6 +283,6 @@ def test_apt_proxy_and_cache_reach_apt_in_the_guest():
     )
     assert 'Acquire::http::Proxy "http://10.0.2.2:3142";' in cached and "https" not in cached
     mirror = env.get_template("sources.list.j2").render(
-        apt_mirror="http://mirror.example/debian", ansible_distribution_release="bookworm"
+        kiln_build_mirror="http://mirror.example/debian", ansible_distribution_release="bookworm"
     )
     assert "deb http://mirror.example/debian bookworm main" in mirror

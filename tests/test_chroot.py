@@ -30,6 +30,31 @@ def _tree(tmp_path: Path) -> Path:
     return tree
 
 
+def test_the_trees_own_policy_rc_d_is_set_aside_never_followed_and_put_back(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    outside = tmp_path / "host-policy"  # where an absolute link in the tree leads on the build host
+    policy = tree / standins.POLICY_RC_D
+    policy.symlink_to(outside)
+    with standins.prepared(tree, work, runtime=RUNTIME):
+        assert not policy.is_symlink() and policy.read_text() == standins.POLICY_TEXT
+    assert not outside.exists(), "nothing written through the tree's link onto the build host"
+    assert os.readlink(policy) == str(outside), "the tree's own link is back"
+    # a file of the tree's own comes back as it was; a policy a package installs during the stage stays
+    policy.unlink()
+    policy.write_text("#!/bin/sh\nexit 0\n")
+    with standins.prepared(tree, work, runtime=RUNTIME):
+        pass
+    assert policy.read_text() == "#!/bin/sh\nexit 0\n"
+    policy.unlink()
+    with standins.prepared(tree, work, runtime=RUNTIME):
+        policy.unlink()
+        policy.write_text("#!/bin/sh\n# a package's\nexit 101\n")
+    assert policy.read_text() == "#!/bin/sh\n# a package's\nexit 101\n"
+    assert not (tree / f"{standins.POLICY_RC_D}.kiln-own").exists()
+
+
 def test_prepared_puts_the_tree_back_on_every_exit(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
     (tree / "run" / "lock").mkdir(parents=True)
@@ -544,6 +569,11 @@ def test_the_network_as_a_chroot_sees_it() -> None:
         chroot.host_view("http://10.0.2.2.example/ http://x10.0.2.2:1/")
         == "http://10.0.2.2.example/ http://x10.0.2.2:1/"
     )
+    # no_proxy's bare host: the build host as the chroot reaches it, so that requests to it skip the proxy
+    proxied = chroot.host_view(
+        {"http_proxy": "http://proxy:3128", "no_proxy": "localhost, 10.0.2.2,10.0.2.20"}
+    )
+    assert proxied == {"http_proxy": "http://proxy:3128", "no_proxy": "localhost,127.0.0.1,10.0.2.20"}
 
 
 def test_provisioner_chroot_is_for_bootstrap_targets_on_qemu() -> None:

@@ -621,3 +621,70 @@ def test_a_role_that_loads_images_into_containerd_leaves_them_in_the_tree(built_
     assert (work / ondemand.LOG).stat().st_size > 0
     time.sleep(0.5)
     assert not _rooted_under(tree) and not _mounts_under(tmp_path)
+
+
+APT_STAGE = """\
+- hosts: all
+  gather_facts: true
+  tasks:
+    - ansible.builtin.include_role: {name: "ROLE", tasks_from: apt-build}
+    - name: what apt uses while the stage runs
+      ansible.builtin.shell: |
+        apt-config dump | grep -i '^Acquire::http::Proxy ' > /tmp/kiln-test-apt-proxy
+        cat /etc/apt/sources.list > /tmp/kiln-test-apt-sources
+    - ansible.builtin.include_role: {name: "ROLE", tasks_from: apt-after-build}
+"""
+
+
+def _apt_files(tree: Path) -> dict[str, bytes | str]:
+    found: dict[str, bytes | str] = {}
+    for path in sorted((tree / "etc/apt").rglob("*")):
+        rel = str(path.relative_to(tree))
+        found[rel] = (
+            os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else "dir"
+        )
+    return found
+
+
+def test_a_stage_uses_its_own_builds_package_sources_and_no_tree_keeps_them(built_image, tmp_path):
+    """Where packages come from (the proxy or package cache, the mirror, disable_public_repos) is not in the
+    stage IDs, so a cached stage must not carry it: the suite image's os-stage tree (built with the site's
+    disable_public_repos) has apt's own sources in place, the base's public mirror, and no proxy file; a
+    stage on it, provisioned as a stage is, uses the package cache and the mirror it is given, and leaves
+    /etc/apt as it found it."""
+    from kiln.build import bootstrap, chroot
+
+    tree, work = _os_stage_tree(built_image, tmp_path)
+    apt = tree / "etc/apt"
+    assert not (apt / "apt.conf.d/90kiln-proxy").exists()
+    assert not list(apt.rglob("*.kiln-disabled")) and not (apt / "sources.list.kiln-build").exists()
+    sources = (apt / "sources.list").read_text()
+    assert f"deb {bootstrap.PUBLIC_MIRROR} bookworm main" in sources, sources
+    assert (apt / "sources.list.d/kiln-extra.list").is_file()  # the site's extra_repos: content, kept
+    before = _apt_files(tree)
+    play = tmp_path / "play.yml"
+    play.write_text(APT_STAGE.replace("ROLE", str(REPO / "ansible/roles/node")))
+    given = {
+        "apt_cache": "http://127.0.0.1:3142",
+        "apt_mirror": "http://mirror.kiln.invalid/debian",
+        "install_method": "bootstrap",
+        "bootstrap_mirror": "http://bootstrap.kiln.invalid/debian",
+    }
+    chroot.run_playbooks(tree, work, [play], given, repo_root=REPO, log_file=None, runtime=RUNTIME)
+    assert (
+        tree / "tmp/kiln-test-apt-proxy"
+    ).read_text().strip() == 'Acquire::http::Proxy "http://127.0.0.1:3142";'
+    during = (tree / "tmp/kiln-test-apt-sources").read_text()
+    assert (
+        "deb http://mirror.kiln.invalid/debian bookworm main" in during
+        and bootstrap.PUBLIC_MIRROR not in during
+    )
+    assert _apt_files(tree) == before
+    # without apt_mirror, a bootstrap target's stage uses its bootstrap_mirror
+    chroot.run_playbooks(tree, work, [play], {**given, "apt_mirror": ""}, repo_root=REPO, log_file=None,
+                         runtime=RUNTIME)  # fmt: skip
+    assert (
+        "deb http://bootstrap.kiln.invalid/debian bookworm main"
+        in (tree / "tmp/kiln-test-apt-sources").read_text()
+    )
+    assert _apt_files(tree) == before

@@ -193,6 +193,25 @@ def _suite_entry(log: str, cache_dir: Path, stage: str) -> Path:
     return entry
 
 
+def test_the_suite_images_trees_go_with_the_base_disk_they_were_made_for(built_image):
+    """A packed tree has no backing disk, but finalize puts it on its base disk's boot code: each tree's
+    record names that base and its digest, so a base made again (pruned, damaged, a new GRUB upload on the
+    mirror) is not paired with trees made for the old one, and the base goes with the trees built on it."""
+    log = (built_image.path / "build.log").read_text()
+    cache_dir = config.load("debian-12", repo_root=REPO).path("cache_dir")
+    records = [
+        r for r in (stages.inspect(cache_dir, e.name)[0] for e in stages.root(cache_dir).iterdir()) if r
+    ]
+    for stage in ("os", "kubernetes"):
+        entry = _suite_entry(log, cache_dir, stage)
+        record = stages.lookup(cache_dir, entry.name)
+        assert record is not None, entry
+        base = Path(record.parent_disk)
+        assert base.parent.parent == cache_dir / stages.BASE_ROOT and base.is_file(), record
+        assert record.parent_digest and record.parent_digest == stages.recorded_digest(base)
+        assert record.id in {r.id for r in stages.built_on(cache_dir, base, records)}
+
+
 def test_a_damaged_stage_is_named_by_a_dry_run_and_removed_by_cache_check(built_image, tmp_path):
     """The suite image's cache entries, hard-linked into a cache of the test's own, with one byte of the
     kubernetes stage's packed tree changed (in a copy: the suite's cache keeps its bytes). A dry run of the

@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 #    grub-install makes it
 # 6: made under kiln's umask 022 whatever the caller's (a base made from a 077 shell had 0600 files)
 # 7: an empty /etc/resolv.conf, not the build host's (mmdebstrap's copy); hostname and hosts 0644
-LAYOUT_VERSION = 7
+# 8: sources.list names Debian's public mirror, not the mirror the base was made from
+LAYOUT_VERSION = 8
+PUBLIC_MIRROR = "http://deb.debian.org/debian"  # the image's own apt source (a bootstrap target is Debian)
 
 SECTOR = bootloader.SECTOR
 MIB = 1024 * 1024
@@ -475,8 +477,11 @@ def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str,
         "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n"
     )
     (etc / "network" / "interfaces.d").mkdir(exist_ok=True)
+    # Debian's public mirror, whichever mirror made the base (bootstrap_mirror says where packages come from
+    # and is not in the base's key): each stage points apt at its own build's mirror while it runs (the node
+    # role's apt-build.yml), and the image keeps this
     (etc / "apt" / "sources.list").write_text(
-        f"deb {spec.mirror} {spec.suite} main\ndeb {spec.mirror} {spec.suite}-updates main\n"
+        f"deb {PUBLIC_MIRROR} {spec.suite} main\ndeb {PUBLIC_MIRROR} {spec.suite}-updates main\n"
     )
     shutil.copy2(repo_root / "bootstrap" / "grub.cfg", etc / "default" / "grub")
     # no identity baked into the base: machine-id empty (systemd fills it at first boot), no host keys

@@ -82,14 +82,21 @@ _AT_QEMU_HOST = re.compile(r"(://(?:[^/?#@\s]*@)?)" + re.escape(QEMU_HOST) + r"(
 def host_view(values: Any) -> Any:
     """Values as the chroot sees the network: a URL at QEMU's address of the build host (the stand-in
     server, an apt cache on the host, with or without a login) is the build host itself, 127.0.0.1, in a
-    chroot."""
+    chroot. In no_proxy, a bare QEMU_HOST entry is the build host too."""
     if isinstance(values, str):
         return _AT_QEMU_HOST.sub(r"\g<1>127.0.0.1", values)
     if isinstance(values, Mapping):
-        return {k: host_view(v) for k, v in values.items()}
+        return {k: _no_proxy_view(v) if k == "no_proxy" else host_view(v) for k, v in values.items()}
     if isinstance(values, list | tuple):
         return [host_view(v) for v in values]
     return values
+
+
+def _no_proxy_view(value: Any) -> Any:
+    """no_proxy's hosts (comma-separated) as the chroot sees them: QEMU_HOST is 127.0.0.1."""
+    if not isinstance(value, str):
+        return host_view(value)
+    return ",".join("127.0.0.1" if item.strip() == QEMU_HOST else item for item in value.split(","))
 
 
 def check_host(runtime: Runtime) -> None:

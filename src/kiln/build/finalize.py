@@ -19,7 +19,7 @@ from kiln.artifacts import filelist, kernel, ova
 from kiln.build import bootloader, chroot, stages
 from kiln.build.render import Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
-from kiln.core import builddir, digests, paths, proc, space
+from kiln.core import builddir, digests, paths, proc, space, tempdirs
 from kiln.core.errors import BuildError
 
 
@@ -224,7 +224,10 @@ def live_base(ws: Workspace) -> Path:
         work.mkdir(mode=0o700)
         space.check(work, chroot.stage_needs(tar, None), "the overlay's base")
         tree = work / "tree"
-        part = dest.with_name(f".{dest.name}.part")
+        # written in a temp dir beside the entries (the next build collects it if this one is killed), then
+        # renamed into the entry
+        owned = tempdirs.create(stages.root(cache), "live-base")
+        part = owned.path / dest.name
         try:
             chroot.unpack(tar, tree, log_file=ws.log_file, runtime=ws.runtime)
             runners.run_in_chroot(ws, "finalize", tree, work, ws.runtime.root / "ansible" / "sysprep.yml")
@@ -237,7 +240,8 @@ def live_base(ws: Workspace) -> Path:
                 kept = digests.file_digests(dest.parent, [dest.name])
                 stages.touch(cache, record, size=dest.stat().st_size, kept=kept)
         finally:
-            part.unlink(missing_ok=True)
+            shutil.rmtree(owned.path, ignore_errors=True)
+            owned.release()
             shutil.rmtree(work, ignore_errors=True)
     ws.monitor.log(
         "finalize",

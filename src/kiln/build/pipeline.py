@@ -191,8 +191,12 @@ def stage_cached(
             last_used=time.time(),
             inputs=sid.inputs,
         )
-        if out.format == "tree":  # a packed tree stands alone: no backing disk to keep
-            record.parent_disk = ""
+        if out.format == "tree":  # a packed tree has no backing disk, but it is made for its base disk (the
+            # tree's GRUB modules go with the base's boot code): it goes with that base (prune, evict) and is
+            # not reused on a base made again since (stages.inspect)
+            base_disk = ws.base.disk if ws.base is not None else None
+            record.parent_disk = str(base_disk or "")
+            record.parent_digest = stages.recorded_digest(base_disk) if base_disk is not None else ""
         elif parent_disk is not None:  # record the parent by absolute path, whatever Packer wrote
             record.parent_digest = parent_digest
             proc.run(
@@ -520,7 +524,12 @@ def _stage_summary(timings: Mapping[str, float]) -> str:
 
 
 def _publish(temp: Path, final: Path) -> None:
-    """Rename temp into place; an older build of the same name is replaced only now."""
+    """Rename temp into place; an older build of the same name is replaced only now, swapped out in one step
+    where the file system can (an interrupt leaves one build or the other at `final`, never none). The old one
+    is then at temp's name, a temp dir the next build collects should this one die before removing it."""
+    if final.exists() and tempdirs.exchange(temp, final):
+        shutil.rmtree(temp, ignore_errors=True)
+        return
     old: Path | None = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")

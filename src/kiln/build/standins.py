@@ -56,6 +56,7 @@ from kiln.core.runtime import Runtime
 log = logging.getLogger(__name__)
 
 POLICY_RC_D = "usr/sbin/policy-rc.d"
+POLICY_TEXT = "#!/bin/sh\n# kiln: no service starts while a chroot stage runs\nexit 101\n"
 # dpkg without an fsync per file while a stage runs (a failed stage's tree is thrown away, a finished one is
 # packed after dpkg is done); removed with policy-rc.d, so the image's dpkg is as Debian ships it
 UNSAFE_IO = "etc/dpkg/dpkg.cfg.d/kiln-stage-unsafe-io"
@@ -70,6 +71,7 @@ def prepared(tree: Path, work: Path, *, runtime: Runtime, log_file: IO[str] | No
     """Make `tree` ready for a stage (module doc) and put it back on every exit. Yields the directory to bind
     over the tree's /run for the stage."""
     policy = tree / POLICY_RC_D
+    own_policy = tree / f"{POLICY_RC_D}.kiln-own"
     unsafe = tree / UNSAFE_IO
     try:
         host = Path("/etc/resolv.conf").read_bytes()
@@ -79,8 +81,9 @@ def prepared(tree: Path, work: Path, *, runtime: Runtime, log_file: IO[str] | No
     try:
         stage_run(tree, run, host, runtime=runtime, log_file=log_file)
         policy.parent.mkdir(parents=True, exist_ok=True)
-        policy.write_text("#!/bin/sh\n# kiln: no service starts while a chroot stage runs\nexit 101\n")
-        policy.chmod(0o755)
+        if os.path.lexists(policy):  # the tree's own (a package's, or a link to one): set aside, not followed
+            os.rename(policy, own_policy)
+        _write_new(policy, POLICY_TEXT)
         if unsafe.parent.is_dir():
             unsafe.write_text("# kiln: while a stage provisions this tree only\nforce-unsafe-io\n")
         with (
@@ -93,9 +96,24 @@ def prepared(tree: Path, work: Path, *, runtime: Runtime, log_file: IO[str] | No
             finally:
                 kill_processes_in(tree)  # before the tree's own programs are put back
     finally:
-        policy.unlink(missing_ok=True)
+        _policy_back(policy, own_policy)
         unsafe.unlink(missing_ok=True)
         shutil.rmtree(run, ignore_errors=True)
+
+
+def _policy_back(policy: Path, own: Path) -> None:
+    """The end of a stage: kiln's policy-rc.d removed (only kiln's: one a package put in its place during the
+    stage stays), and the tree's own put back where the path is free."""
+    if policy.is_file() and not policy.is_symlink() and policy.read_text(errors="replace") == POLICY_TEXT:
+        policy.unlink()
+    if os.path.lexists(own):
+        if os.path.lexists(policy):
+            log.warning(
+                "%s: a package installed its own during the stage; the tree's earlier one dropped", policy
+            )
+            own.unlink()
+        else:
+            os.rename(own, policy)
 
 
 def stage_run(tree: Path, run: Path, resolv: bytes, *, runtime: Runtime, log_file: IO[str] | None) -> None:
