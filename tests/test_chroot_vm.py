@@ -661,6 +661,14 @@ def test_a_stage_uses_its_own_builds_package_sources_and_no_tree_keeps_them(buil
     sources = (apt / "sources.list").read_text()
     assert f"deb {bootstrap.PUBLIC_MIRROR} bookworm main" in sources, sources
     assert (apt / "sources.list.d/kiln-extra.list").is_file()  # the site's extra_repos: content, kept
+    # disable_public_repos' note: the kubernetes stage sets aside what the os stage did, and no more
+    assert (apt / "kiln-disabled-sources").read_text().split() == ["sources.list"]
+    listing = built_image.dir.path / f"{built_image.dir.name}{filelist.SUFFIX}"
+    image = {json.loads(line)["path"] for line in listing.read_text().splitlines()}
+    leftovers = [p for p in image if p.startswith("/etc/apt/") and ("kiln-disabled" in p or ".kiln-" in p)]
+    assert (
+        "/etc/apt/sources.list" in image and not leftovers and "/etc/apt/apt.conf.d/90kiln-proxy" not in image
+    )
     before = _apt_files(tree)
     play = tmp_path / "play.yml"
     play.write_text(APT_STAGE.replace("ROLE", str(REPO / "ansible/roles/node")))
@@ -687,4 +695,10 @@ def test_a_stage_uses_its_own_builds_package_sources_and_no_tree_keeps_them(buil
         "deb http://bootstrap.kiln.invalid/debian bookworm main"
         in (tree / "tmp/kiln-test-apt-sources").read_text()
     )
+    assert _apt_files(tree) == before
+    # a tree with deb822 sources only (no sources.list): the stage's sources.list goes again
+    (apt / "sources.list").unlink()
+    before = _apt_files(tree)
+    chroot.run_playbooks(tree, work, [play], given, repo_root=REPO, log_file=None, runtime=RUNTIME)
+    assert "deb http://mirror.kiln.invalid/debian" in (tree / "tmp/kiln-test-apt-sources").read_text()
     assert _apt_files(tree) == before

@@ -176,10 +176,13 @@ def stage_cached(
             return stages.disk(cache_dir, sid.id)
         # the parent disk as its entry keeps it now: an overlay on a disk made again meanwhile is not reused
         parent_digest = stages.recorded_digest(parent_disk) if parent_disk is not None else ""
+        base_disk = ws.base.disk if ws.base is not None else None  # what a tree is made for (below)
+        base_digest = stages.recorded_digest(base_disk) if base_disk is not None else ""
         out = runner.run(ws, stage, parent_disk, last)
-        if parent_disk is not None and stages.recorded_digest(parent_disk) != parent_digest:
-            raise BuildError(f"{parent_disk}: made again while the {stage} stage ran on it (it was damaged)",
-                             hint="build again: the stage is made on the new disk")  # fmt: skip
+        for disk, digest in ((parent_disk, parent_digest), (base_disk, base_digest)):
+            if disk is not None and stages.recorded_digest(disk) != digest:
+                raise BuildError(f"{disk}: made again while the {stage} stage ran on it (it was damaged)",
+                                 hint="build again: the stage is made on the new disk")  # fmt: skip
         record = stages.Record(
             id=sid.id,
             stage=stage,
@@ -194,9 +197,7 @@ def stage_cached(
         if out.format == "tree":  # a packed tree has no backing disk, but it is made for its base disk (the
             # tree's GRUB modules go with the base's boot code): it goes with that base (prune, evict) and is
             # not reused on a base made again since (stages.inspect)
-            base_disk = ws.base.disk if ws.base is not None else None
-            record.parent_disk = str(base_disk or "")
-            record.parent_digest = stages.recorded_digest(base_disk) if base_disk is not None else ""
+            record.parent_disk, record.parent_digest = str(base_disk or ""), base_digest
         elif parent_disk is not None:  # record the parent by absolute path, whatever Packer wrote
             record.parent_digest = parent_digest
             proc.run(

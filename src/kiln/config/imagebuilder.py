@@ -22,6 +22,10 @@ _GOSS = "kiln runs goss specs itself (goss_spec_dir, goss_vars_file, goss_vars_i
 _OWN = "kiln's OS files and templates own this; set the kiln key instead"
 _NOPW = "kiln logs in with a per-build SSH key, never a password"
 _RPM = "RPM/yum detail of image-builder's roles; kiln's redhat targets use the derived pkgs.k8s.io repo"
+_MIRROR = (
+    "kiln's apt_mirror serves the build only (the image keeps its distro's sources); the node's own sources: "
+    "extra_repos, or a role in extra_roles_after"
+)
 _UNUSED = "image-builder feature kiln does not have"
 _VSPHERE = "vSphere builder setting (vsphere-iso/vsphere-clone); kiln builds locally with qemu or vmware-iso"
 _ARCH = "kiln builds amd64"
@@ -214,8 +218,8 @@ IMAGE_BUILDER_IGNORED: dict[str, str] = {
     "debug_tools": _UNUSED,
     "amazon_ssm_agent_rpm": _UNUSED,
     "block_nouveau_loading": _UNUSED,
-    "ubuntu_repo": "use apt_mirror",
-    "ubuntu_security_repo": "use apt_mirror",
+    "ubuntu_repo": _MIRROR,
+    "ubuntu_security_repo": _MIRROR,
     "node_conformance": "use `kiln conformance`",
     "ssh_private_key_file": "kiln logs in with a key it makes for each build and removes afterwards",
     "ssh_public_key": "kiln logs in with a key it makes for each build and removes afterwards",

@@ -115,7 +115,8 @@ COMMON: tuple[S, ...] = (
         "apt_mirror",
         str,
         "",
-        "Debian/Ubuntu mirror used in the guest instead of the distro default.",
+        "Debian/Ubuntu mirror apt uses while each stage runs, instead of the distro default; the image "
+        "keeps its own sources.",
         "common",
         _url,
         stage="os",

@@ -171,7 +171,7 @@ _AT_FDCWD = -100
 def exchange(a: Path, b: Path) -> bool:
     """Swap two existing paths in one step (renameat2 with RENAME_EXCHANGE): an interrupt finds both or the
     other two, never one missing. False (and nothing done) where the kernel, the C library or the file
-    system cannot; another failure is an OSError."""
+    system cannot, or either path is not there (the caller then renames as it can)."""
     import ctypes
     import errno
 
@@ -183,6 +183,6 @@ def exchange(a: Path, b: Path) -> bool:
     if done == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, errno.ENOENT):
         return False
     raise OSError(err, os.strerror(err), str(a), None, str(b))
