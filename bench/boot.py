@@ -76,7 +76,7 @@ def one_boot(build: Path, firmware: str, fmt: str, model: str) -> dict[str, obje
     # The one way to boot with another CPU model without a knob in kiln for it: cpu_model() reads this
     # module constant at each boot. Only this script sets it; it is put back in main().
     accel.TCG_CPU = model
-    reports = report_dir(build, fmt, firmware)
+    reports = report_dir(build, fmt, firmware, "virtio", firmware)  # the build's own firmware
     (reports / BOOT_PROFILE).unlink(missing_ok=True)  # a profile that fails must not show the last boot's
     started = time.monotonic()
     row: dict[str, object] = {"format": fmt, "cpu": model}

@@ -553,3 +553,15 @@ def test_a_sites_goss_final_yaml_does_not_hide_what_its_goss_yaml_left_for_the_b
         assert {("service", "site-daemon"), ("command", "site-final")} <= set(seen)
         assert ("file", "/etc/site-at-rest") not in seen and ("command", "phase-echo") not in seen
         assert seen.count(("service", "site-other")) == 1  # goss-final.yaml's, which overrides goss.yaml's
+
+
+def test_only_the_builds_own_boot_writes_the_builds_reports(tmp_path: Path) -> None:
+    from kiln.goss.verify import report_dir
+
+    goss = tmp_path / "goss"
+    assert report_dir(tmp_path, "disk", "bios", "virtio", "bios") == goss
+    assert report_dir(tmp_path, "disk", "efi", "virtio", "bios") == goss / "disk-efi"
+    assert report_dir(tmp_path, "disk", "bios", "vmware", "bios") == goss / "disk-bios-vmware"
+    assert report_dir(tmp_path, "disk", "efi", "virtio", "efi") == goss  # a UEFI build's own
+    assert report_dir(tmp_path, "iso", "bios", "virtio", "bios") == goss / "iso-bios"
+    assert report_dir(tmp_path, "netboot", "efi", "vmware", "bios") == goss / "netboot-efi-vmware"

@@ -85,9 +85,11 @@ def test_the_ovas_disk_passes_kiln_verify_on_uefi(
     rc = cli.main(["verify", str(shadow), "--firmware", "efi"])
     out, err = capsys.readouterr()
     assert rc == 0, f"kiln verify failed on the OVA's disk:\n{out}\n{err}"
-    assert "checks passed" in out
+    assert "checks passed" in out and f"reports in {shadow / 'goss' / 'disk-efi'}" in out
 
-    report = json.loads((shadow / "goss" / "report.json").read_text())
+    assert not (shadow / "goss" / "report.json").exists(), "the build's own record is not written over"
+    reports = shadow / "goss" / "disk-efi"  # the disk on the other firmware: a directory of its own
+    report = json.loads((reports / "report.json").read_text())
     assert report["summary"]["failed-count"] == 0
     assert report["summary"]["test-count"] >= 60
     assert (report["kiln"]["firmware"], report["kiln"]["hardware"], report["kiln"]["format"]) == (
@@ -100,10 +102,10 @@ def test_the_ovas_disk_passes_kiln_verify_on_uefi(
                 ("Command", "booted-with-the-firmware-asked-for")):  # fmt: skip
         assert outcome[key]["successful"] and not outcome[key]["skipped"], key
     assert outcome[("Command", "test ! -s /etc/machine-id")]["skipped"], "passed in the tree: skipped"
-    suite = ET.parse(shadow / "goss" / "junit.xml").getroot().find("testsuite")
+    suite = ET.parse(reports / "junit.xml").getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "0"
-    assert (shadow / "goss" / "vars-final.yaml").is_file()
-    assert "verify_firmware: efi" in (shadow / "goss" / "vars-final.yaml").read_text()
+    assert (reports / "vars-final.yaml").is_file()
+    assert "verify_firmware: efi" in (reports / "vars-final.yaml").read_text()
     assert _sha256(builddir.BuildDir.open(shadow).qcow2) == before, "kiln verify wrote to the disk it booted"
 
 

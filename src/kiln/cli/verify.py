@@ -164,10 +164,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     )
     if args.runtime.dry_run:
         return EXIT_OK
+    from kiln.core.builddir import BuildDir
+
     s = reports.summary(results)
+    build = BuildDir.open(args.build_dir)
+    firmware, hardware = args.firmware or build.firmware, args.hardware or "virtio"
     print(
         f"{args.build_dir}: verified ({args.fmt}): {s['test-count']} checks passed "
-        f"({s['skipped-count']} skipped); reports in {args.build_dir / 'goss'}"
+        f"({s['skipped-count']} skipped); reports in "
+        f"{verify.report_dir(build.path, args.fmt, firmware, hardware, build.firmware)}"
     )
     return EXIT_OK
 

@@ -490,10 +490,14 @@ def boot_profile(
     return first.removeprefix("Startup finished in ").strip()
 
 
-def report_dir(build_dir: Path, fmt: str, firmware: str) -> Path:
-    """Where `kiln verify --format FMT` of `build_dir` on `firmware` writes its reports: the build's goss/
-    for its disk, goss/FMT-FIRMWARE/ for a live boot."""
-    return build_dir / "goss" if fmt == "disk" else build_dir / "goss" / f"{fmt}-{firmware}"
+def report_dir(build_dir: Path, fmt: str, firmware: str, hardware: str, build_firmware: str) -> Path:
+    """Where `kiln verify --format FMT` of `build_dir` on `firmware` and `hardware` writes its reports: the
+    build's goss/ for the boot the build made itself (its disk, on its own firmware, `build_firmware`, and
+    virtio hardware); goss/FMT-FIRMWARE/ for another (a live boot, the disk on the other firmware), with
+    -vmware on the OVA's hardware. So no later boot writes over the build's own record."""
+    if fmt == "disk" and firmware == build_firmware and hardware == "virtio":
+        return build_dir / "goss"
+    return build_dir / "goss" / (f"{fmt}-{firmware}" + ("" if hardware == "virtio" else f"-{hardware}"))
 
 
 def verify_build_dir(
@@ -508,8 +512,8 @@ def verify_build_dir(
     fmt: str = "disk",
     hardware: str | None = None,
 ) -> list[goss.Result]:
-    """`kiln verify BUILD_DIR [--format disk|iso|netboot]`: verify_image on the build's qcow2 (reports in
-    BUILD_DIR/goss/), or on a live boot of its ISO or netboot set (BUILD_DIR/goss/FORMAT-FIRMWARE/)."""
+    """`kiln verify BUILD_DIR [--format disk|iso|netboot]`: verify_image on the build's qcow2, or on a live
+    boot of its ISO or netboot set; the reports where `report_dir` says."""
     from kiln.core import proc
     from kiln.core.builddir import BuildDir
 
@@ -520,15 +524,15 @@ def verify_build_dir(
     work = owned.path if owned is not None else Path(workdir or "")
     try:  # the temp dir goes also when the input is refused (a missing qcow2 or ISO)
         live_iso: Path | None = None
+        reports = report_dir(build.path, fmt, firmware, hardware or "virtio", build.firmware)
         if fmt == "disk":
-            image, reports = build.qcow2, report_dir(build.path, fmt, firmware)
+            image = build.qcow2
             if not image.is_file():
                 raise InputError(f"{image}: missing; {build.path} has no qcow2 to boot")
         elif fmt in ("iso", "netboot"):
             live_iso = build.path / f"{build.name}.iso" if fmt == "iso" else None
             if live_iso is not None and not live_iso.is_file():
                 raise InputError(f"{live_iso}: missing; build with FORMATS='qcow2 ova iso'")
-            reports = report_dir(build.path, fmt, firmware)
             if not runtime.dry_run:
                 work.mkdir(parents=True, exist_ok=True)
             image = work / "empty-local-disk.qcow2"  # a diskless node's blank local disk
