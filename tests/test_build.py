@@ -281,6 +281,15 @@ def test_apt_proxy_and_cache_reach_apt_in_the_guest():
         http_proxy="http://proxy:3128", https_proxy="", apt_cache="http://10.0.2.2:3142"
     )
     assert 'Acquire::http::Proxy "http://10.0.2.2:3142";' in cached and "https" not in cached
+    # apt reads no_proxy only without a proxy of its own: its exact hosts go direct, the rest is left out
+    direct = env.get_template("apt-proxy.conf.j2").render(
+        http_proxy="", https_proxy="http://proxy:3129", apt_cache="http://127.0.0.1:3142",
+        no_proxy="localhost, mirror.internal,.example.com,10.0.0.0/8,*.x,127.0.0.1,::1,m:8080",
+    )  # fmt: skip
+    for host in ("localhost", "mirror.internal", "127.0.0.1"):
+        assert f'Acquire::http::Proxy::{host} "DIRECT";' in direct
+        assert f'Acquire::https::Proxy::{host} "DIRECT";' in direct
+    assert direct.count("DIRECT") == 6, direct  # the three hosts, for http and https
     mirror = env.get_template("sources.list.j2").render(
         kiln_build_mirror="http://mirror.example/debian", ansible_distribution_release="bookworm"
     )

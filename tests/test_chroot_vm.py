@@ -696,6 +696,11 @@ def test_a_stage_uses_its_own_builds_package_sources_and_no_tree_keeps_them(buil
         in (tree / "tmp/kiln-test-apt-sources").read_text()
     )
     assert _apt_files(tree) == before
+    # with disable_public_repos, apt_mirror is what the build uses instead of the distro's: it stays on
+    chroot.run_playbooks(tree, work, [play], {**given, "disable_public_repos": True}, repo_root=REPO,
+                         log_file=None, runtime=RUNTIME)  # fmt: skip
+    assert "deb http://mirror.kiln.invalid/debian" in (tree / "tmp/kiln-test-apt-sources").read_text()
+    assert _apt_files(tree) == before
     # a tree with deb822 sources only (no sources.list): the stage's sources.list goes again
     (apt / "sources.list").unlink()
     before = _apt_files(tree)
