@@ -147,6 +147,8 @@ def test_kill_9_in_a_vm_stage_and_in_a_chroot_stage_leaves_nothing_and_the_next_
 ):
     out = tmp_path / "out"
     killed = []
+    host_tmp = Path(tempfile.gettempdir())
+    packers = set(host_tmp.glob("packer-*"))  # Packer's crash log, its Ansible inventory, ...
     # the VM runner: Packer, its plugins, QEMU, ansible-playbook and its SSH multiplexer at work
     argv = [str(REPO / ".venv/bin/kiln"), "build", "debian-12", "--no-verify", "-var", "provisioner=vm",
             "-var", "extra_packages=jq", "-var", f"output_dir={out}", "-var", f"accelerator={_accel()}",
@@ -179,6 +181,9 @@ def test_kill_9_in_a_vm_stage_and_in_a_chroot_stage_leaves_nothing_and_the_next_
 
     kiln_pid, temp, tree = _kill_9_when(argv, out, log, ansible_in_the_tree, timeout=600)
     _said_it_collected(log.read_text(errors="replace"), *killed[0])  # the run after the VM build's death
+    # Packer's temp files were in a temp dir of the killed run's, which that run collected with the build's
+    assert set(host_tmp.glob("packer-*")) <= packers, sorted(set(host_tmp.glob("packer-*")) - packers)
+    assert not list(host_tmp.glob(f".kiln-packer.tmp-{killed[0][0]}-*"))
     _nothing_left(kiln_pid, temp, tree, tmp_path)
 
     # the next build collects the chroot build's temp dir, says so in one line, and succeeds

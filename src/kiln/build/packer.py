@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from kiln.core import proc
+from kiln.core import proc, tempdirs
 from kiln.core.errors import BuildError, CommandError, InputError
 from kiln.core.runtime import Runtime
 
@@ -157,11 +159,16 @@ def build(
         log_file.flush()
         if needs_init(version(runtime)):
             init(render_dir, log_file=log_file, runtime=runtime)
+        # Packer's own temp files (its crash log, the Ansible provisioner's inventory, shell-local scripts,
+        # its plugins' sockets) in a temp dir of this run's: removed after it, and collected by the next run
+        # if this one is killed (kill -9 leaves them otherwise). Short, in the temp dir: sockets live there.
+        owned = None if runtime.dry_run else tempdirs.create(Path(tempfile.gettempdir()), "kiln-packer")
+        own_tmp = {"TMPDIR": str(owned.path)} if owned is not None else {}
         try:
             proc.run(
                 argv,
                 cwd=render_dir,
-                extra_env=_env_extra(runtime.debug),
+                extra_env={**_env_extra(runtime.debug), **own_tmp},
                 log_file=log_file,
                 on_line=on_line,
                 capture=False,
@@ -174,3 +181,7 @@ def build(
                 f"{log_path}: packer build failed (exit {err.returncode})\n{err.output_tail.rstrip()}",
                 hint=f"the whole log is {log_path}; rerun with --debug (DEBUG=1) for Packer's own log",
             ) from err
+        finally:
+            if owned is not None:
+                shutil.rmtree(owned.path, ignore_errors=True)
+                owned.release()
