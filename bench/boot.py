@@ -111,21 +111,19 @@ def main() -> int:
 
     kiln_model = accel.TCG_CPU
     rows: list[dict[str, object]] = []
-    owned = tempdirs.create(source.path.parent, "kiln-bench-boot")
     try:
-        build = copy_build(source.path, owned.path)
-        for fmt in args.formats:
-            for i in range(args.rounds):
-                for model in [BASELINE, kiln_model] if i % 2 == 0 else [kiln_model, BASELINE]:
-                    row = one_boot(build, source.firmware, fmt, model)
-                    rows.append(row)
-                    outcome = f"FAILED: {row['error']}" if "error" in row else f"{row['checks']} checks"
-                    print(f"{fmt:<8} -cpu {model:<18} {row['seconds']:>6}s  kernel {row['kernel']}s  "
-                          f"userspace {row['userspace']}s  {outcome}", flush=True)  # fmt: skip
+        with tempdirs.scratch(source.path.parent, "kiln-bench-boot") as scratch:
+            build = copy_build(source.path, scratch)
+            for fmt in args.formats:
+                for i in range(args.rounds):
+                    for model in [BASELINE, kiln_model] if i % 2 == 0 else [kiln_model, BASELINE]:
+                        row = one_boot(build, source.firmware, fmt, model)
+                        rows.append(row)
+                        outcome = f"FAILED: {row['error']}" if "error" in row else f"{row['checks']} checks"
+                        print(f"{fmt:<8} -cpu {model:<18} {row['seconds']:>6}s  kernel {row['kernel']}s  "
+                              f"userspace {row['userspace']}s  {outcome}", flush=True)  # fmt: skip
     finally:
         accel.TCG_CPU = kiln_model
-        shutil.rmtree(owned.path, ignore_errors=True)
-        owned.release()
     print(f"\n{'format':<8} {'max':>8} {'kiln':>8} {'kiln/max':>9}   (kiln: -cpu {kiln_model})")
     summary: dict[str, dict[str, float]] = {}
     for fmt in args.formats:

@@ -284,3 +284,15 @@ def test_the_watchdog_is_stdlib_only() -> None:
         sys.exit(r.returncode)
     """)
     assert subprocess.run([sys.executable, "-c", script], timeout=30).returncode == 0
+
+
+def test_a_scratch_dir_goes_however_its_block_ends_and_a_dead_ones_is_collected(tmp_path: Path) -> None:
+    from kiln.core import tempdirs
+
+    with tempdirs.scratch(tmp_path, "kiln-x") as kept:
+        (kept / "f").write_text("x")
+        assert tempdirs.owner_pid(kept) == os.getpid() and not tempdirs.collect(tmp_path)  # held: not stale
+    assert not kept.exists()
+    with pytest.raises(RuntimeError), tempdirs.scratch(tmp_path, "kiln-x") as failed:
+        raise RuntimeError("the block failed")
+    assert not failed.exists() and list(tmp_path.iterdir()) == []

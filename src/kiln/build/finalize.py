@@ -226,22 +226,20 @@ def live_base(ws: Workspace) -> Path:
         tree = work / "tree"
         # written in a temp dir beside the entries (the next build collects it if this one is killed), then
         # renamed into the entry
-        owned = tempdirs.create(stages.root(cache), "live-base")
-        part = owned.path / dest.name
         try:
-            chroot.unpack(tar, tree, log_file=ws.log_file, runtime=ws.runtime)
-            runners.run_in_chroot(ws, "finalize", tree, work, ws.runtime.root / "ansible" / "sysprep.yml")
-            formats.live_fstab(tree)
-            chroot.clamp_times(tree, ws.stage_epoch)
-            formats.make_squashfs(tree, part, ws.runtime, ws.log_file, ws.stage_epoch)
-            os.rename(part, dest)
+            with tempdirs.scratch(stages.root(cache), "live-base") as scratch:
+                part = scratch / dest.name
+                chroot.unpack(tar, tree, log_file=ws.log_file, runtime=ws.runtime)
+                runners.run_in_chroot(ws, "finalize", tree, work, ws.runtime.root / "ansible" / "sysprep.yml")
+                formats.live_fstab(tree)
+                chroot.clamp_times(tree, ws.stage_epoch)
+                formats.make_squashfs(tree, part, ws.runtime, ws.log_file, ws.stage_epoch)
+                os.rename(part, dest)
             record = stages.lookup(cache, os_id)
             if record is not None:  # kiln cache prune --max-size counts it with the entry; a build checks it
                 kept = digests.file_digests(dest.parent, [dest.name])
                 stages.touch(cache, record, size=dest.stat().st_size, kept=kept)
         finally:
-            shutil.rmtree(owned.path, ignore_errors=True)
-            owned.release()
             shutil.rmtree(work, ignore_errors=True)
     ws.monitor.log(
         "finalize",

@@ -7,9 +7,9 @@ Packer's whole output to a log file and shows the current stage (Packer's `==> N
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -162,26 +162,26 @@ def build(
         # Packer's own temp files (its crash log, the Ansible provisioner's inventory, shell-local scripts,
         # its plugins' sockets) in a temp dir of this run's: removed after it, and collected by the next run
         # if this one is killed (kill -9 leaves them otherwise). Short, in the temp dir: sockets live there.
-        owned = None if runtime.dry_run else tempdirs.create(Path(tempfile.gettempdir()), "kiln-packer")
-        own_tmp = {"TMPDIR": str(owned.path)} if owned is not None else {}
+        own_tmp = (
+            contextlib.nullcontext(None)
+            if runtime.dry_run
+            else tempdirs.scratch(Path(tempfile.gettempdir()), "kiln-packer")
+        )
         try:
-            proc.run(
-                argv,
-                cwd=render_dir,
-                extra_env={**_env_extra(runtime.debug), **own_tmp},
-                log_file=log_file,
-                on_line=on_line,
-                capture=False,
-                attach=flags.interactive,
-                secret_values=secret_values,
-                runtime=runtime,
-            )
+            with own_tmp as tmp:
+                proc.run(
+                    argv,
+                    cwd=render_dir,
+                    extra_env={**_env_extra(runtime.debug), **({"TMPDIR": str(tmp)} if tmp else {})},
+                    log_file=log_file,
+                    on_line=on_line,
+                    capture=False,
+                    attach=flags.interactive,
+                    secret_values=secret_values,
+                    runtime=runtime,
+                )
         except CommandError as err:
             raise BuildError(
                 f"{log_path}: packer build failed (exit {err.returncode})\n{err.output_tail.rstrip()}",
                 hint=f"the whole log is {log_path}; rerun with --debug (DEBUG=1) for Packer's own log",
             ) from err
-        finally:
-            if owned is not None:
-                shutil.rmtree(owned.path, ignore_errors=True)
-                owned.release()

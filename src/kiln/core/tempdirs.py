@@ -14,11 +14,13 @@ keeps on purpose (Packer's -on-error=abort) carries KEPT and is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,18 @@ def create(parent: Path, name: str, mode: int = 0o700) -> TempDir:
                 path.chmod(mode)
             return TempDir(path, fd)
         os.close(fd)  # removed between mkdtemp and the lock: make another
+
+
+@contextlib.contextmanager
+def scratch(parent: Path, name: str, mode: int = 0o700) -> Iterator[Path]:
+    """A temp dir (`create`) for the length of the block, removed with what is in it however the block ends;
+    if the process is killed, the next run collects it."""
+    owned = create(parent, name, mode)
+    try:
+        yield owned.path
+    finally:
+        shutil.rmtree(owned.path, ignore_errors=True)
+        owned.release()
 
 
 def owner_pid(path: Path) -> int | None:

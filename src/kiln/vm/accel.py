@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -70,12 +69,8 @@ def probe_accelerator(accel: str, runtime: Runtime, timeout: float = PROBE_TIMEO
     """Boot the probe sector under `accel`; (reached the marker and exit port in time, seconds taken)."""
     qemu = proc.which("qemu-system-x86_64", runtime)
     # /tmp/.kiln-accel.tmp-PID-*: collected by the next build when kiln dies (kill -9) while the probe runs
-    owned = tempdirs.create(Path(tempfile.gettempdir()), "kiln-accel")
-    try:
-        return _probe(qemu, accel, owned.path, timeout, runtime)
-    finally:
-        shutil.rmtree(owned.path, ignore_errors=True)
-        owned.release()
+    with tempdirs.scratch(Path(tempfile.gettempdir()), "kiln-accel") as tmp:
+        return _probe(qemu, accel, tmp, timeout, runtime)
 
 
 def _probe(qemu: str, accel: str, tmp: Path, timeout: float, runtime: Runtime) -> tuple[bool, float]:
