@@ -72,11 +72,11 @@ def boot_profile(report_dir: Path) -> tuple[float, float] | None:
     return (seconds(found[1]), seconds(found[2])) if found else None
 
 
-def one_boot(build: Path, firmware: str, fmt: str, model: str) -> dict[str, object]:
+def one_boot(build: Path, fmt: str, model: str) -> dict[str, object]:
     # The one way to boot with another CPU model without a knob in kiln for it: cpu_model() reads this
     # module constant at each boot. Only this script sets it; it is put back in main().
     accel.TCG_CPU = model
-    reports = report_dir(build, fmt, firmware, "virtio", firmware)  # the build's own firmware
+    reports = report_dir(BuildDir.open(build), fmt)  # the build's own firmware, as verify boots it
     (reports / BOOT_PROFILE).unlink(missing_ok=True)  # a profile that fails must not show the last boot's
     started = time.monotonic()
     row: dict[str, object] = {"format": fmt, "cpu": model}
@@ -117,7 +117,7 @@ def main() -> int:
             for fmt in args.formats:
                 for i in range(args.rounds):
                     for model in [BASELINE, kiln_model] if i % 2 == 0 else [kiln_model, BASELINE]:
-                        row = one_boot(build, source.firmware, fmt, model)
+                        row = one_boot(build, fmt, model)
                         rows.append(row)
                         outcome = f"FAILED: {row['error']}" if "error" in row else f"{row['checks']} checks"
                         print(f"{fmt:<8} -cpu {model:<18} {row['seconds']:>6}s  kernel {row['kernel']}s  "

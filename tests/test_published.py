@@ -21,6 +21,7 @@ from kiln import config
 from kiln.artifacts import filelist, provenance
 from kiln.build import pipeline as build
 from kiln.core import inputs
+from kiln.goss import reports
 from kiln.publish import gcs, release
 from kiln_runtime import RUNTIME
 
@@ -71,8 +72,7 @@ def _prepared(out: Path, version: str, signing_key: Path | None) -> tuple[config
     filelist.write(tree, d / f"{name}{filelist.SUFFIX}")
     (d / "config.json").write_text(json.dumps(cfg.to_json()))
     (d / f"{name}.spdx.json").write_text(json.dumps({"spdxVersion": "SPDX-2.3", "name": name}))
-    (d / "goss").mkdir()
-    (d / "goss" / "report.json").write_text("{}")
+    reports.write_reports([], d / "goss")  # as a verify that passed writes it
     subjects = [d / f"{name}{ext}" for ext in (".ova", ".qcow2", ".spdx.json", ".packages", filelist.SUFFIX)]
     stmt = provenance.statement(
         d, subjects, cfg.plain(), {"containerd": "1.6.20", "runc": "1.1.5"}, target="debian-12",

@@ -23,6 +23,8 @@ from kiln.core import builddir, digests, inputs
 from kiln.core.errors import BuildError, InputError
 from kiln.core.progress import Null
 from kiln.core.runtime import Runtime
+from kiln.goss import reports
+from kiln.goss.specs import Result
 from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -519,6 +521,11 @@ def test_up_to_date_needs_marker_report_hash_and_files(tmp_path: Path) -> None:
     inputs.mark(final, "test")
     (final / "goss").mkdir()
     (final / "goss" / "report.json").write_text("{}")
+    assert not build.up_to_date(final, "H")  # a report that records nothing
+    failed = Result("command", "c", "exit-status", successful=False, skipped=False, expected=0, found=1)
+    reports.write_reports([failed], final / "goss")
+    assert not build.up_to_date(final, "H")  # the last verify (`kiln verify` again) failed
+    reports.write_reports([dataclasses.replace(failed, found=0, successful=True)], final / "goss")
     assert build.up_to_date(final, "H") and not build.up_to_date(final, "other")
     (final / "a.qcow2").unlink()
     assert not build.up_to_date(final, "H")

@@ -556,12 +556,18 @@ def test_a_sites_goss_final_yaml_does_not_hide_what_its_goss_yaml_left_for_the_b
 
 
 def test_only_the_builds_own_boot_writes_the_builds_reports(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
     from kiln.goss.verify import report_dir
 
     goss = tmp_path / "goss"
-    assert report_dir(tmp_path, "disk", "bios", "virtio", "bios") == goss
-    assert report_dir(tmp_path, "disk", "efi", "virtio", "bios") == goss / "disk-efi"
-    assert report_dir(tmp_path, "disk", "bios", "vmware", "bios") == goss / "disk-bios-vmware"
-    assert report_dir(tmp_path, "disk", "efi", "virtio", "efi") == goss  # a UEFI build's own
-    assert report_dir(tmp_path, "iso", "bios", "virtio", "bios") == goss / "iso-bios"
-    assert report_dir(tmp_path, "netboot", "efi", "vmware", "bios") == goss / "netboot-efi-vmware"
+    bios = SimpleNamespace(path=tmp_path, firmware="bios")
+    efi = SimpleNamespace(path=tmp_path, firmware="efi")
+    assert report_dir(bios, "disk") == goss  # type: ignore[arg-type]
+    assert report_dir(bios, "disk", "bios", "virtio") == goss  # type: ignore[arg-type]
+    assert report_dir(bios, "disk", "efi") == goss / "disk-efi"  # type: ignore[arg-type]
+    assert report_dir(bios, "disk", None, "vmware") == goss / "disk-bios-vmware"  # type: ignore[arg-type]
+    assert report_dir(efi, "disk") == goss  # type: ignore[arg-type]  # a UEFI build's own
+    assert report_dir(efi, "disk", "bios") == goss / "disk-bios"  # type: ignore[arg-type]
+    assert report_dir(bios, "iso") == goss / "iso-bios"  # type: ignore[arg-type]
+    assert report_dir(bios, "netboot", "efi", "vmware") == goss / "netboot-efi-vmware"  # type: ignore[arg-type]

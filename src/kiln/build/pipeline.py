@@ -56,7 +56,7 @@ from kiln.core import builddir, digests, inputs, paths, proc, tempdirs
 from kiln.core.errors import BuildError, KilnError
 from kiln.core.progress import LogFile, Monitor, Multi, Null
 from kiln.core.runtime import Runtime
-from kiln.goss import treephase
+from kiln.goss import reports, treephase
 
 log = logging.getLogger(__name__)
 
@@ -497,9 +497,9 @@ def _dry_run(
 
 
 def up_to_date(final: Path, digest: str) -> bool:
-    """`final` is a kiln build dir, verified, whose manifest records `digest`, with its artifacts there.
-    Reads only; any doubt means "not up to date"."""
-    if not (final / inputs.MARKER).is_file() or not (final / "goss" / "report.json").is_file():
+    """`final` is a kiln build dir, verified (its own boot's last report passed), whose manifest records
+    `digest`, with its artifacts there. Reads only; any doubt means "not up to date"."""
+    if not (final / inputs.MARKER).is_file() or not reports.passed(final / "goss" / "report.json"):
         return False
     try:
         build = builddir.BuildDir.open(final)

@@ -167,12 +167,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from kiln.core.builddir import BuildDir
 
     s = reports.summary(results)
-    build = BuildDir.open(args.build_dir)
-    firmware, hardware = args.firmware or build.firmware, args.hardware or "virtio"
+    where = verify.report_dir(BuildDir.open(args.build_dir), args.fmt, args.firmware, args.hardware)
     print(
         f"{args.build_dir}: verified ({args.fmt}): {s['test-count']} checks passed "
-        f"({s['skipped-count']} skipped); reports in "
-        f"{verify.report_dir(build.path, args.fmt, firmware, hardware, build.firmware)}"
+        f"({s['skipped-count']} skipped); reports in {where}"
     )
     return EXIT_OK
 

@@ -20,6 +20,16 @@ def summary(results: list[Result]) -> dict[str, Any]:
     return {"test-count": len(results), "failed-count": failed, "skipped-count": skipped}
 
 
+def passed(path: Path) -> bool:
+    """`path` is a report.json whose summary records checks and no failure (False when it is missing or
+    unreadable: a re-verify that failed, or a report cut short, leaves the build dir unverified)."""
+    try:
+        counts = json.loads(path.read_text())["summary"]
+        return counts["failed-count"] == 0 and isinstance(counts["test-count"], int)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def failures(results: list[Result]) -> list[Result]:
     return [r for r in results if not r.successful]
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.core import inputs, tempdirs
+from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError, VerifyError
 from kiln.core.progress import Monitor, Null
 from kiln.core.runtime import Runtime
@@ -490,14 +491,15 @@ def boot_profile(
     return first.removeprefix("Startup finished in ").strip()
 
 
-def report_dir(build_dir: Path, fmt: str, firmware: str, hardware: str, build_firmware: str) -> Path:
-    """Where `kiln verify --format FMT` of `build_dir` on `firmware` and `hardware` writes its reports: the
-    build's goss/ for the boot the build made itself (its disk, on its own firmware, `build_firmware`, and
-    virtio hardware); goss/FMT-FIRMWARE/ for another (a live boot, the disk on the other firmware), with
-    -vmware on the OVA's hardware. So no later boot writes over the build's own record."""
-    if fmt == "disk" and firmware == build_firmware and hardware == "virtio":
-        return build_dir / "goss"
-    return build_dir / "goss" / (f"{fmt}-{firmware}" + ("" if hardware == "virtio" else f"-{hardware}"))
+def report_dir(build: BuildDir, fmt: str, firmware: str | None = None, hardware: str | None = None) -> Path:
+    """Where `kiln verify --format FMT` of `build` on `firmware` and `hardware` (default: the build's own
+    firmware, virtio) writes its reports: the build's goss/ for the boot the build made itself (its disk, on
+    its own firmware, virtio hardware); goss/FMT-FIRMWARE/ for another (a live boot, the disk on the other
+    firmware), with -vmware on the OVA's hardware. So no later boot writes over the build's own record."""
+    firmware, hardware = firmware or build.firmware, hardware or "virtio"
+    if fmt == "disk" and firmware == build.firmware and hardware == "virtio":
+        return build.path / "goss"
+    return build.path / "goss" / (f"{fmt}-{firmware}" + ("" if hardware == "virtio" else f"-{hardware}"))
 
 
 def verify_build_dir(
@@ -515,7 +517,6 @@ def verify_build_dir(
     """`kiln verify BUILD_DIR [--format disk|iso|netboot]`: verify_image on the build's qcow2, or on a live
     boot of its ISO or netboot set; the reports where `report_dir` says."""
     from kiln.core import proc
-    from kiln.core.builddir import BuildDir
 
     build = BuildDir.open(build_dir)
     values: dict[str, Any] = build.values()
@@ -524,7 +525,7 @@ def verify_build_dir(
     work = owned.path if owned is not None else Path(workdir or "")
     try:  # the temp dir goes also when the input is refused (a missing qcow2 or ISO)
         live_iso: Path | None = None
-        reports = report_dir(build.path, fmt, firmware, hardware or "virtio", build.firmware)
+        reports = report_dir(build, fmt, firmware, hardware)
         if fmt == "disk":
             image = build.qcow2
             if not image.is_file():
