@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
         cachecheck.evict_stage(cache_dir, sid)
     damaged = _plant_damaged(cache_dir, built_image, sid)
     started_wall = time.time()
+    host_ansible = _mtime(Path(tempfile.gettempdir()) / ".kiln-ansible")
     outs = [tmp_path / "a", tmp_path / "b"]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     started = time.monotonic()
@@ -134,6 +136,8 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
     assert len(checked) == 1, "the kubernetes stage's in-guest goss check ran once and passed"
     made = [r for r in stages.entries(cache_dir) if r.stage == "kubernetes" and r.created >= started_wall]
     assert len(made) == 1, f"one kubernetes stage made between the two builds, not {len(made)}"
+    # the package list's task on the build host kept Ansible's temp files in the build's work dir
+    assert _mtime(Path(tempfile.gettempdir()) / ".kiln-ansible") == host_ansible
     cold = built_image.dir
     for out in outs:
         (path,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "logs"]
@@ -147,6 +151,10 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
     offline_hygiene(BuildDir.open(next(p for p in outs[0].iterdir() if p.name.endswith(OTHER_VERSION))).qcow2,
                     cold.custom_data["ssh_username"], tmp_path)  # fmt: skip
     print(f"\ntwo concurrent builds of {OTHER_VERSION} from the cached os stage: {took:.0f}s")
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
 
 
 def _ours(pattern: bytes, since: set[int]) -> list[int]:

@@ -64,7 +64,11 @@ class PackerRunner:
             playbook=repo / "ansible" / "playbook.yml",
             sysprep_playbook=repo / "ansible" / "sysprep.yml",
             shutdown_command=FINALIZE_COMMAND if last else STAGE_SHUTDOWN,
-            extra_vars={"kiln_packages_file": str(ws.packages_file), "kiln_stage": stage},
+            extra_vars={
+                "kiln_packages_file": str(ws.packages_file),
+                "kiln_host_tmp": str(ws.host_tmp),
+                "kiln_stage": stage,
+            },
             ansible_config=repo / "ansible" / "ansible.cfg",
             serial_log=ws.temp / SERIAL_LOG,
             kiln_command=[sys.executable, "-m", "kiln"],
@@ -169,6 +173,7 @@ def run_in_chroot(ws: Workspace, stage: str, tree: Path, work: Path, playbook: P
         "kiln_stage": stage,
         "kiln_runner": "chroot",
         "kiln_packages_file": str(ws.packages_file),
+        "kiln_host_tmp": str(ws.host_tmp),
     }
     user_vars = str(ws.values.get("ansible_user_vars") or "")
     chroot.run_playbooks(

@@ -80,6 +80,11 @@ class Workspace:
         return self.temp / f"{self.name}.packages"
 
     @property
+    def host_tmp(self) -> Path:
+        """Ansible's temp dir on the build host (the package list's task): in work/, not the host's /tmp."""
+        return self.work / "ansible-host-tmp"
+
+    @property
     def tree_record(self) -> Path:
         """What the build phase passed in the tree (kiln.goss.treephase), read by the verify boot."""
         from kiln.goss import treephase
