@@ -294,3 +294,21 @@ def test_apt_proxy_and_cache_reach_apt_in_the_guest():
         kiln_build_mirror="http://mirror.example/debian", ansible_distribution_release="bookworm"
     )
     assert "deb http://mirror.example/debian bookworm main" in mirror
+
+
+def test_an_interrupt_stops_every_build_of_a_multi_version_run(monkeypatch, tmp_path):
+    """Ctrl-C or SIGTERM in one version's build ends the run (exit 130): a failed build lets the next version
+    build, an interrupted one must not (kiln ignores a second SIGTERM, and so would every later child)."""
+    from kiln import cli
+    from kiln.core.errors import Interrupted
+
+    tried: list[str] = []
+
+    def interrupted(cfg, **kwargs):
+        tried.append(cfg.settings.kubernetes_semver)
+        raise Interrupted("packer: interrupted")
+
+    monkeypatch.setattr(build, "run_build", interrupted)
+    argv = ["build", "debian-12", "--kubernetes-version", "v1.30.2", "--kubernetes-version", "v1.31.4",
+            "--var", f"output_dir={tmp_path}"]  # fmt: skip
+    assert cli.main(argv) == 130 and tried == ["v1.30.2"]

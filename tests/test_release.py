@@ -113,6 +113,30 @@ def test_a_failed_entry_does_not_stop_the_others(
     assert "accelerator" in entries[0].detail and "failed" in release.summary(entries)
 
 
+def test_an_interrupt_ends_the_release_not_just_its_entry(
+    server: FakeGcs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln.core.errors import Interrupted
+
+    tried: list[str] = []
+
+    def interrupted(cfg: config.Config, **kwargs: object) -> None:
+        tried.append(cfg.settings.kubernetes_semver)
+        raise Interrupted("packer: interrupted")
+
+    monkeypatch.setattr(build, "run_build", interrupted)
+    configs = [
+        config.load(
+            "debian-12", overrides={"output_dir": str(tmp_path), "kubernetes_semver": v}, repo_root=REPO
+        )
+        for v in ("v1.27.5-0-stop", "v1.27.6-0-stop")
+    ]
+    with pytest.raises(Interrupted):
+        release.run(configs, client(server), BUCKET, runtime=RUNTIME)
+    assert tried == ["v1.27.5-0-stop"]
+    assert not [n for n in object_names(server.url, BUCKET) if "-0-stop" in n], "nothing published"
+
+
 def test_two_releases_updating_the_index_at_once_lose_no_entry(server: FakeGcs) -> None:
     bucket = "kiln-index-race"
     import requests

@@ -23,6 +23,7 @@ from kiln.core.errors import (
     BuildError,
     ConfigError,
     InputError,
+    Interrupted,
     KilnError,
 )
 
@@ -265,6 +266,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         except ConfigError as err:
             problems += err.problems
             print(f"FAIL  {name:<22} {len(err.problems)} config error(s)")
+        except Interrupted:
+            raise
         except KilnError as err:
             failed.append(f"{name}: {err.message}")
             print(f"FAIL  {name:<22} {err.message.splitlines()[0]}")
@@ -298,6 +301,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 cfg, only=cfg.settings.builder, monitor=monitor, runtime=args.runtime, force=args.force,
                 verify=args.verify, packer_flags=packer_flags(args), signing_key=key_path,
             )  # fmt: skip
+        except Interrupted:  # Ctrl-C or SIGTERM stops every build, not just this one
+            raise
         except KilnError as err:
             if len(configs) == 1:
                 raise

@@ -29,7 +29,7 @@ from kiln.build import pipeline as build
 from kiln.build.packer import PackerFlags
 from kiln.config import Config
 from kiln.core.builddir import BuildDir, sha256_file
-from kiln.core.errors import InputError, KilnError, UploadError
+from kiln.core.errors import InputError, Interrupted, KilnError, UploadError
 from kiln.core.inputs import loads_json
 from kiln.core.progress import Monitor, Null
 from kiln.core.runtime import Runtime
@@ -128,6 +128,8 @@ def plan(
         name = cfg.artifact_name
         try:  # a cloudimg target reads its checksum file here: one unreachable source fails its entry only
             digest = build.input_hash(cfg, runtime)
+        except Interrupted:
+            raise
         except KilnError as err:
             entries.append(Entry(cfg.target, semver, "", ch, "failed", name, err.message.splitlines()[0]))
             continue
@@ -261,6 +263,9 @@ def run(
             if bad:
                 raise UploadError("; ".join(f"{r.url}: {r.action}: {r.detail}" for r in bad))
             update_index(client, bucket, index_entry(bd, entry.channel, bucket, base_url, opts.artifacts))
+        except Interrupted:  # Ctrl-C or SIGTERM ends the release here, not just this entry
+            entry.status, entry.detail = "failed", "interrupted"
+            raise
         except KilnError as err:
             entry.status = "failed"
             entry.detail = err.message.splitlines()[0]
