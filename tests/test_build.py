@@ -20,7 +20,7 @@ import yaml
 
 from kiln import config
 from kiln.build import pipeline as build
-from kiln.core import builddir
+from kiln.core import builddir, tempdirs
 from kiln.core.errors import ToolMissingError
 from kiln.vm import checkboot, cidata
 from kiln_runtime import RUNTIME
@@ -113,12 +113,11 @@ def test_publish_replaces_an_older_build_only_at_the_end(tmp_path):
     temp = tmp_path / ".out.tmp-1"
     temp.mkdir()
     (temp / "new").write_text("new")
-    build._publish(temp, final)
-    assert (final / "new").read_text() == "new" and not (final / "old").exists()
+    said: list[str] = []
+    tempdirs.put_in_place(temp, final, lambda: said.append("published"))
+    assert (final / "new").read_text() == "new" and not (final / "old").exists() and said == ["published"]
     assert not temp.exists() and [p.name for p in tmp_path.iterdir()] == ["out"]
-    # the swap itself: one step, both paths there before and after (_publish's fallback, for a file system
-    # without RENAME_EXCHANGE, renames the old build aside first)
-    from kiln.core import tempdirs
+    # the swap itself: one step, both paths there before and after
 
     temp.mkdir()
     (temp / "newer").write_text("newer")
@@ -126,6 +125,36 @@ def test_publish_replaces_an_older_build_only_at_the_end(tmp_path):
     assert tempdirs.exchange(temp, final)  # ext4, xfs, btrfs and tmpfs can
     assert final.stat().st_ino == inode and (temp / "new").is_file()
     assert not tempdirs.exchange(tmp_path / "missing", final)  # _publish then renames as before
+
+
+def test_publish_without_a_swap_is_not_cut_in_two_by_an_interrupt(tmp_path, monkeypatch):
+    """A file system without RENAME_EXCHANGE: the old build goes into a temp dir of kiln's first (collected
+    after a kill -9), then the new one into place. Ctrl-C between the two renames waits for the second."""
+    import signal as signals
+
+    final, temp = tmp_path / "out", tmp_path / ".out.tmp-1"
+    final.mkdir()
+    (final / "old").write_text("old")
+    temp.mkdir()
+    (temp / "new").write_text("new")
+    monkeypatch.setattr(tempdirs, "exchange", lambda a, b: False)
+    renames: list[str] = []
+    rename = os.rename
+
+    def rename_then_ctrl_c(src, dst):
+        rename(src, dst)
+        renames.append(Path(dst).parent.name)
+        if len(renames) == 1:  # the old build is aside, the new one not yet in place
+            os.kill(os.getpid(), signals.SIGINT)
+            time.sleep(0.2)  # the handler would run here, were the signal not held
+
+    monkeypatch.setattr(tempdirs.os, "rename", rename_then_ctrl_c)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        tempdirs.put_in_place(temp, final, lambda: said.append("published"))
+    assert said == ["published"] and (final / "new").is_file() and len(renames) == 2
+    assert renames[0].startswith(".out.old.tmp-") and tempdirs.owner_pid(tmp_path / renames[0]) == os.getpid()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "the old build removed with its temp dir"
 
 
 def test_missing_tool_names_its_package(monkeypatch, tmp_path):

@@ -296,3 +296,30 @@ def test_a_scratch_dir_goes_however_its_block_ends_and_a_dead_ones_is_collected(
     with pytest.raises(RuntimeError), tempdirs.scratch(tmp_path, "kiln-x") as failed:
         raise RuntimeError("the block failed")
     assert not failed.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_removal_cut_short_leaves_a_temp_dir_to_collect_not_half_an_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tempdirs.remove (kiln cache prune, cache check, evict): an entry is moved aside before it is deleted,
+    so an interrupt in the middle of a large rmtree leaves no half entry (its record gone, its disk still
+    there, unlisted by `kiln cache ls` for good), but a temp dir of kiln's that the next run collects."""
+    entry = tmp_path / "0123abcd"
+    (entry / "tree").mkdir(parents=True)
+    (entry / "record.json").write_text("{}")
+    (entry / "tree" / "big").write_bytes(b"x" * 4096)
+
+    def cut_short(path: object, ignore_errors: bool = False) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tempdirs.shutil, "rmtree", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        tempdirs.remove(entry)
+    monkeypatch.undo()
+    (aside,) = tmp_path.iterdir()
+    assert (
+        not entry.exists() and aside.name.startswith(".0123abcd-removed.tmp-") and (aside / "entry").is_dir()
+    )
+    assert [s.path for s in tempdirs.collect(tmp_path)] == [aside] and list(tmp_path.iterdir()) == []
+    tempdirs.remove(tmp_path / "missing")  # nothing there: nothing to do
+    assert list(tmp_path.iterdir()) == []

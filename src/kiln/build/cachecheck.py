@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,13 +89,7 @@ def evict(cache_dir: Path, entry: Path, disk_path: Path) -> int:
     many stages went with it."""
     on = stages.built_on(cache_dir, disk_path, _readable(cache_dir))
     for path in [*(stages.root(cache_dir) / r.id for r in reversed(on)), entry]:
-        owned = tempdirs.create(path.parent, f"{path.name}-removed")
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(path, owned.path / "entry")
-            shutil.rmtree(owned.path, ignore_errors=True)
-        finally:
-            owned.release()
+        tempdirs.remove(path)
     return len(on)
 
 

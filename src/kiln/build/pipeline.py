@@ -29,7 +29,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -409,7 +408,13 @@ def run_build(
         def publish() -> None:
             temp.chmod(0o755)  # mkdtemp made it private; the published build is readable like its files
             inputs.mark(temp, f"kiln build of {name}")
-            _publish(temp, final)
+            check_replaceable_build(final)  # again: the build took minutes, someone may have put a dir there
+
+            def published() -> None:
+                nonlocal ok
+                ok = True  # in place: an interrupt from here on leaves the build published, not failed
+
+            tempdirs.put_in_place(temp, final, published)
 
         run_stages(ws, verify, publish)
         ok = True
@@ -423,6 +428,8 @@ def run_build(
         base_cached = base.cached if base is not None else None
         return BuildResult(final, name, dict(ws.timings), base_cached, digest, reused=dict(ws.reused))
     except BaseException as exc:
+        if ok:  # interrupted after the build was published (while the older one was being removed)
+            raise
         try:
             log_file.write(f"kiln: build failed: {exc!r}\n")
             log_file.flush()
@@ -445,7 +452,7 @@ def run_build(
             mon.log(
                 "build", f"-on-error={ws.packer_flags.on_error}: the failed build's work is kept in {temp}"
             )
-        elif not ok:
+        else:  # a failed build, or after a swap the older build that was at `final`
             shutil.rmtree(temp, ignore_errors=True)
         owned.release()
 
@@ -481,8 +488,7 @@ def _dry_run(
     flags: PackerFlags,
 ) -> BuildResult:
     """Print the stages, their IDs and the commands they would run; write nothing anywhere."""
-    with tempfile.TemporaryDirectory(prefix="kiln-dry-run-") as tmp:
-        temp = Path(tmp)
+    with tempdirs.scratch(Path(tempfile.gettempdir()), "kiln-dry-run") as temp:
         with open(os.devnull, "w") as null:
             ws = Workspace(
                 cfg, rt, mon, name, temp, temp / "work", temp / builddir.LOG, null, accelerator, builder, ids,
@@ -522,27 +528,6 @@ def _manifest_files(final: Path) -> list[dict[str, Any]]:
 
 def _stage_summary(timings: Mapping[str, float]) -> str:
     return "(" + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + ")"
-
-
-def _publish(temp: Path, final: Path) -> None:
-    """Rename temp into place; an older build of the same name is replaced only now, swapped out in one step
-    where the file system can (an interrupt leaves one build or the other at `final`, never none). The old one
-    is then at temp's name, a temp dir the next build collects should this one die before removing it."""
-    if final.exists() and tempdirs.exchange(temp, final):
-        shutil.rmtree(temp, ignore_errors=True)
-        return
-    old: Path | None = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(final, old)
-    try:
-        os.rename(temp, final)
-    except OSError:
-        if old is not None:
-            os.rename(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _keep_log(log_path: Path, out_root: Path, name: str, *, move: bool) -> Path | None:

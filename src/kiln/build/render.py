@@ -21,7 +21,6 @@ import secrets
 import shlex
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ import jinja2
 from kiln import __version__
 from kiln.build import stages
 from kiln.config import Config
-from kiln.core import inputs, proc
+from kiln.core import inputs, proc, tempdirs
 from kiln.core.errors import InputError
 from kiln.core.runtime import Runtime
 from kiln.vm.accel import cpu_model
@@ -383,7 +382,8 @@ def render(
     try:
         out_dir = out_dir.resolve()
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        owned = tempdirs.create(out_dir.parent, out_dir.name)
+        tmp = owned.path
     except (OSError, RuntimeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise InputError(f"{out_dir}: cannot create the render output directory: {why}") from None
@@ -405,19 +405,15 @@ def render(
         fd = os.open(tmp / "ansible-vars.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(ansible_vars, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, old / "x")
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        tempdirs.put_in_place(tmp, out_dir)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise InputError(f"{out_dir}: cannot write the rendered template: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        owned.release()
     return Rendered(
         out_dir, out_dir / TEMPLATE_OUT, packer_version, sources_for(config), outputs(config, context)
     )

@@ -549,8 +549,8 @@ def prune(
         if any(_held_entry(cache_dir, x) for x in group):
             continue
         for x in reversed(group):  # what stands on a disk first: an interrupted prune leaves no orphan
-            if not dry_run:
-                shutil.rmtree(_entry_dir(cache_dir, x), ignore_errors=True)
+            if not dry_run:  # moved aside first: an interrupt leaves a temp dir to collect, not half an entry
+                tempdirs.remove(_entry_dir(cache_dir, x))
             gone.add(x.id)
             total -= x.size
             removed.append(x)

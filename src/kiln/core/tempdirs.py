@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +65,19 @@ def scratch(parent: Path, name: str, mode: int = 0o700) -> Iterator[Path]:
         yield owned.path
     finally:
         shutil.rmtree(owned.path, ignore_errors=True)
+        owned.release()
+
+
+def remove(path: Path) -> None:
+    """Remove the directory `path` (kiln's own: a cache entry) so that no part of it stays for good: it is
+    moved into a temp dir of this process's first, which the next run collects should this one die or be
+    interrupted while removing it. A path that is not there is fine."""
+    owned = create(path.parent, f"{path.name}-removed")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, owned.path / "entry")
+        shutil.rmtree(owned.path, ignore_errors=True)
+    finally:
         owned.release()
 
 
@@ -180,6 +193,39 @@ def _unmount_under(path: Path) -> bool:
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
+
+
+def put_in_place(temp: Path, final: Path, placed: Callable[[], None] | None = None) -> None:
+    """Rename the dir `temp` to `final` (a build dir, a render), calling `placed` as soon as it is there. What
+    was at `final` (kiln's: the caller checked) is replaced only now, swapped out in one step where the file
+    system can (`exchange`), else moved into a temp dir of this process's first; the renames are not cut short
+    by a signal, so an interrupt leaves one or the other at `final`, never none. The old one is then removed;
+    should this process die first, it lies in a temp dir (temp's name after a swap) that the next run
+    collects."""
+    from kiln.core import proc
+
+    done = placed or (lambda: None)
+    if final.exists() or final.is_symlink():
+        with proc.signals_deferred():
+            swapped = exchange(temp, final)
+            if swapped:
+                done()
+        if swapped:
+            shutil.rmtree(temp, ignore_errors=True)
+            return
+        with scratch(final.parent, f"{final.name}.old") as grave:
+            with proc.signals_deferred():
+                os.rename(final, grave / final.name)
+                try:
+                    os.rename(temp, final)
+                except OSError:
+                    os.rename(grave / final.name, final)
+                    raise
+                done()
+        return
+    with proc.signals_deferred():
+        os.rename(temp, final)
+        done()
 
 
 def exchange(a: Path, b: Path) -> bool:

@@ -260,8 +260,8 @@ def _run_goss_binary(
 
     remote = f"/tmp/kiln-goss-{uuid.uuid4().hex[:8]}"
     runs = [(remote if i == 0 else f"{remote}/site", e.name) for i, e in enumerate(entries)]
-    with tempfile.TemporaryDirectory(prefix="kiln-goss-") as tmp:
-        vars_path = goss.write_vars(vars_, Path(tmp) / "vars.yaml")
+    with tempdirs.scratch(Path(tempfile.gettempdir()), "kiln-goss") as tmp:
+        vars_path = goss.write_vars(vars_, tmp / "vars.yaml")
         with Session(host, port, user, key_file) as session:
             session.run(["mkdir", "-p", remote])
             session.put(binary, f"{remote}/goss", mode=0o755)
