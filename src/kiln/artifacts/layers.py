@@ -292,21 +292,23 @@ def mounted_stack(
         for i, image in enumerate(images):
             m = work / f"layer{i}"
             m.mkdir(parents=True, exist_ok=True)
+            mounts.append(m)  # before the mount: an interrupt as it returns still finds it below
             proc.run(["mount", "-t", "squashfs", "-o", "loop,ro", str(image), str(m)], log_file=log_file,
                      runtime=runtime)  # fmt: skip
-            mounts.append(m)
             lowers.insert(0, str(m))  # overlayfs: the first lowerdir is the top one
         if len(images) == 1:  # overlayfs wants two lower layers without an upper one
             yield mounts[0]
             return
         merged = work / "merged"
         merged.mkdir(exist_ok=True)
+        mounts.append(merged)
         proc.run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={':'.join(lowers)}", str(merged)],
                  log_file=log_file, runtime=runtime)  # fmt: skip
-        mounts.append(merged)
         yield merged
     finally:
         for m in reversed(mounts):
+            if not os.path.ismount(m):
+                continue
             done = proc.run(["umount", str(m)], check=False, log_file=log_file, runtime=runtime)
             if done.returncode != 0:  # busy: detach it now, the kernel lets go when the last user does
                 proc.run(["umount", "-l", str(m)], check=False, log_file=log_file, runtime=runtime)

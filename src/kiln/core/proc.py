@@ -202,12 +202,12 @@ def run(
         ) from exc
 
     timer: threading.Timer | None = None
-    if timeout is not None:
-        timer = threading.Timer(timeout, lambda: terminate(proc))
-        timer.start()
-    if watch is not None:
-        threading.Thread(target=_watch, args=(proc, watch), daemon=True).start()
-    try:
+    try:  # from here on, however this ends, the child is ended with it
+        if timeout is not None:
+            timer = threading.Timer(timeout, lambda: terminate(proc))
+            timer.start()
+        if watch is not None:
+            threading.Thread(target=_watch, args=(proc, watch), daemon=True).start()
         if input_text is not None and proc.stdin is not None:
             proc.stdin.write(input_text)
             proc.stdin.close()
@@ -289,8 +289,12 @@ class Background:
                     log_file.flush()
 
         assert self.proc.stdout is not None
-        self.pump = threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True)
-        self.pump.start()
+        try:  # an interrupt before the caller holds this object still ends the child
+            self.pump = threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True)
+            self.pump.start()
+        except BaseException:
+            terminate(self.proc)
+            raise
 
     def wait(self) -> None:
         if self.proc is None:
