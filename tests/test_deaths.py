@@ -323,3 +323,30 @@ def test_a_removal_cut_short_leaves_a_temp_dir_to_collect_not_half_an_entry(
     assert [s.path for s in tempdirs.collect(tmp_path)] == [aside] and list(tmp_path.iterdir()) == []
     tempdirs.remove(tmp_path / "missing")  # nothing there: nothing to do
     assert list(tmp_path.iterdir()) == []
+
+
+def test_signals_deferred_holds_a_signal_until_the_block_ends_and_puts_every_handler_back() -> None:
+    from kiln.core import proc
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # ignored (nohup): stays so
+        proc.install_sigterm_handler()
+        kilns = signal.getsignal(signal.SIGTERM)
+        done: list[str] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with pytest.raises(KeyboardInterrupt):
+                with proc.signals_deferred():
+                    os.kill(os.getpid(), sig)
+                    time.sleep(0.1)  # a handler would have run by now
+                    done.append(sig.name)
+            signal.signal(signal.SIGTERM, kilns)  # kiln's handler ignores the ones after the first
+        assert done == ["SIGINT", "SIGTERM"], "each block ran to its end"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is kilns
+        with proc.signals_deferred():  # nothing came: nothing raised
+            done.append("quiet")
+        assert done[-1] == "quiet"
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -113,7 +112,7 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
         cachecheck.evict_stage(cache_dir, sid)
     damaged = _plant_damaged(cache_dir, built_image, sid)
     started_wall = time.time()
-    host_ansible = _mtime(Path(tempfile.gettempdir()) / ".kiln-ansible")
+    host_ansible = _mtime(Path("/tmp/.kiln-ansible"))  # the chroot runner's ANSIBLE_REMOTE_TEMP, as is
     outs = [tmp_path / "a", tmp_path / "b"]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     started = time.monotonic()
@@ -137,7 +136,7 @@ def test_another_kubernetes_version_reuses_the_os_stage_concurrently(built_image
     made = [r for r in stages.entries(cache_dir) if r.stage == "kubernetes" and r.created >= started_wall]
     assert len(made) == 1, f"one kubernetes stage made between the two builds, not {len(made)}"
     # the package list's task on the build host kept Ansible's temp files in the build's work dir
-    assert _mtime(Path(tempfile.gettempdir()) / ".kiln-ansible") == host_ansible
+    assert _mtime(Path("/tmp/.kiln-ansible")) == host_ansible
     cold = built_image.dir
     for out in outs:
         (path,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "logs"]

@@ -109,6 +109,26 @@ def test_a_broken_spec_fails_before_any_boot(tmp_path: Path, monkeypatch: pytest
     assert not (d / "goss").exists()
 
 
+def test_a_verify_of_the_builds_own_boot_that_fails_early_leaves_it_unverified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last report of the build's own boot is what `up_to_date` reads: a boot that never comes up (or
+    is stopped) must not leave the pass before it standing. Another boot's verify leaves it alone."""
+
+    def no_guest(*args: Any, **kwargs: Any) -> None:
+        raise VerifyError("the guest never came up")
+
+    monkeypatch.setattr("kiln.vm.checkboot.VM", no_guest)
+    d = _build_dir(tmp_path)
+    reports.write_reports([], d / "goss")
+    with pytest.raises(VerifyError):
+        verify.verify_build_dir(d, workdir=tmp_path / "w1", runtime=RUNTIME, firmware="efi")
+    assert reports.passed(d / "goss" / "report.json"), "the UEFI boot has its own dir, goss/disk-efi/"
+    with pytest.raises(VerifyError):
+        verify.verify_build_dir(d, workdir=tmp_path / "w2", runtime=RUNTIME)
+    assert not (d / "goss" / "report.json").exists() and not (d / "goss" / "junit.xml").exists()
+
+
 def test_failures_raise_verify_error_with_the_table() -> None:
     results = [
         goss.Result("service", "containerd", "enabled", False, False, True, False),

@@ -412,7 +412,9 @@ def run_build(
 
             def published() -> None:
                 nonlocal ok
-                ok = True  # in place: an interrupt from here on leaves the build published, not failed
+                ok = ws.published = (
+                    True  # in place: an interrupt from here on leaves it published, not failed
+                )
 
             tempdirs.put_in_place(temp, final, published)
 
@@ -429,6 +431,8 @@ def run_build(
         return BuildResult(final, name, dict(ws.timings), base_cached, digest, reused=dict(ws.reused))
     except BaseException as exc:
         if ok:  # interrupted after the build was published (while the older one was being removed)
+            mon.log("build", f"built {final}; stopped before the older build was all removed (the next run "
+                    "collects what is left of it)")  # fmt: skip
             raise
         try:
             log_file.write(f"kiln: build failed: {exc!r}\n")

@@ -58,6 +58,7 @@ class Workspace:
     handoff: chroot.Handoff | None = None
     remade: set[str] = field(default_factory=set)  # a dry run's: the cached disks a build would make again
     started: float = field(default_factory=time.time)
+    published: bool = False  # the build dir is in place: whatever stops the run now, the build is done
 
     @property
     def base_disk(self) -> Path | None:
@@ -109,6 +110,7 @@ class Workspace:
         finally:
             took = time.monotonic() - started
             self.timings[name] = round(took, 1)
-            self.monitor.end(
-                name, took, ok, f"reused {self.reused[name][:12]}" if name in self.reused else ""
-            )
+            note = f"reused {self.reused[name][:12]}" if name in self.reused else ""
+            if not ok and self.published:  # stopped while the older build was removed: this one is in place
+                ok, note = True, "published; stopped while the older build was removed"
+            self.monitor.end(name, took, ok, note)

@@ -393,20 +393,42 @@ def signals_deferred() -> Iterator[None]:
     def note(signum: int, frame: object) -> None:
         caught.append(signum)
 
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    held = [s for s in signals if signal.getsignal(s) != signal.SIG_IGN]
-    before = {int(s): signal.signal(s, note) for s in held}
+    before: dict[int, Any] = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            handler = signal.getsignal(sig)
+            if handler in (None, signal.SIG_IGN):  # one C code installed cannot be put back; ignored stays so
+                continue
+            signal.signal(sig, note)  # runs a signal already pending first: its handler may raise, here
+            before[int(sig)] = handler
+    except BaseException:
+        _put_back(before)
+        raise
     try:
         yield
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+        _put_back(before)
         if caught:
             handler = before[caught[0]]
             if callable(handler):
                 handler(caught[0], None)
             elif handler == signal.SIG_DFL:
                 os.kill(os.getpid(), caught[0])
+
+
+def _put_back(handlers: Mapping[int, Any]) -> None:
+    """signal.signal for each, all of them even when one raises: CPython runs a pending signal's handler
+    before it switches, and one put back already may raise (KeyboardInterrupt); that is raised at the end."""
+    raised: BaseException | None = None
+    for sig, handler in handlers.items():
+        for _ in range(4):  # each try runs the handlers pending then; a handler that cannot be set: given up
+            try:
+                signal.signal(sig, handler)
+                break
+            except BaseException as exc:  # noqa: BLE001  (raised below, once every handler is back)
+                raised = raised or exc
+    if raised is not None:
+        raise raised
 
 
 def ensure_dir(path: Path) -> Path:

@@ -72,10 +72,18 @@ def remove(path: Path) -> None:
     """Remove the directory `path` (kiln's own: a cache entry) so that no part of it stays for good: it is
     moved into a temp dir of this process's first, which the next run collects should this one die or be
     interrupted while removing it. A path that is not there is fine."""
-    owned = create(path.parent, f"{path.name}-removed")
     try:
-        with contextlib.suppress(FileNotFoundError):
+        owned = create(path.parent, f"{path.name}-removed")
+    except OSError:  # a parent kiln may not write to (another user's cache): what can go, goes, in place
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        try:
             os.rename(path, owned.path / "entry")
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(owned.path, ignore_errors=True)
     finally:
         owned.release()

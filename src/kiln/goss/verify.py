@@ -553,6 +553,11 @@ def verify_build_dir(
                 else f"no {record}: of goss_spec_dir's specs only {theirs.name} runs here; what its "
                 "goss.yaml left for the boot is checked only after a build that kept the record",
             )
+        if reports == build.path / "goss" and not runtime.dry_run:
+            # the build's own record says "verified" (pipeline.up_to_date) only once this boot has passed: a
+            # boot that fails before any check, or is stopped, leaves the build unverified, not the last pass
+            for name in ("report.json", "junit.xml"):
+                (reports / name).unlink(missing_ok=True)
         return verify_image(
             Target(image, None if fmt == "disk" else fmt, live_iso, build if fmt == "netboot" else None),
             values,
