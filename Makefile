@@ -195,9 +195,9 @@ release-all: deps ## Release every target that builds on this machine kind (debi
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
 
 ##@ Tests
-.PHONY: test test-unit test-vm test-vm-more test-vm-runner test-cloudimg test-apt-cache test-repro-cold test-overlay lint
+.PHONY: test test-unit test-vm test-vm-more test-vm-runner test-cloudimg test-apt-cache test-repro-cold test-overlay test-soak lint
 # the long VM tests, each with a target of its own; `make test` (CI) runs none of them
-LONG_VM_TESTS = vm_runner or cloudimg or repro_cold or apt_cache or overlay
+LONG_VM_TESTS = vm_runner or cloudimg or repro_cold or apt_cache or overlay or soak
 test: deps lint ## Lint, then the suite CI runs: unit, GCS, the shared image's build and its boots (BIOS, UEFI, OVA, live ISO, netboot), verify, bump, kill -9 (not vm_more)
 	$(PYTEST) -v --durations=40 -m 'not ($(LONG_VM_TESTS)) and not vm_more'
 
@@ -218,6 +218,9 @@ test-repro-cold: deps ## Build debian-12 twice from empty caches and check the a
 
 test-overlay: deps ## Build debian-12 for two Kubernetes versions as one base + two overlays, boot each stacked ISO and one netboot set (~25 min)
 	$(PYTEST) -v -s -m overlay
+
+test-soak: deps ## Stop real builds with SIGINT, SIGTERM or SIGKILL at random moments; nothing left, the next build succeeds (~20 min; KILN_SOAK_SEED, KILN_SOAK_ROUNDS)
+	$(PYTEST) -v -s -m soak
 
 test-unit: deps ## Run the fast tests only (no VM)
 	$(PYTEST) -m 'not vm'
