@@ -330,6 +330,7 @@ def test_signals_deferred_holds_a_signal_until_the_block_ends_and_puts_every_han
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a suite run with `&` has it ignored
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # ignored (nohup): stays so
         proc.install_sigterm_handler()
         kilns = signal.getsignal(signal.SIGTERM)
