@@ -219,7 +219,7 @@ test-repro-cold: deps ## Build debian-12 twice from empty caches and check the a
 test-overlay: deps ## Build debian-12 for two Kubernetes versions as one base + two overlays, boot each stacked ISO and one netboot set (~25 min)
 	$(PYTEST) -v -s -m overlay
 
-test-soak: deps ## Stop real builds with SIGINT, SIGTERM or SIGKILL at random moments; nothing left, the next build succeeds (~20 min; KILN_SOAK_SEED, KILN_SOAK_ROUNDS)
+test-soak: deps ## Stop real builds with SIGINT, SIGTERM or SIGKILL at random moments; nothing left, the next build succeeds (~13 min; KILN_SOAK_SEED, KILN_SOAK_ROUNDS)
 	$(PYTEST) -v -s -m soak
 
 test-unit: deps ## Run the fast tests only (no VM)

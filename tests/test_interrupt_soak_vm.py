@@ -5,7 +5,7 @@ mount namespace and no process under the test's directory (by command line or by
 no temp dir after a SIGINT or SIGTERM, and `kiln cache check` finds every entry whole. Then a build to the
 end collects what the SIGKILLed runs left and succeeds.
 
-`make test-soak` runs it (about 20 minutes of TCG, its own cache: the first rounds build the base);
+`make test-soak` runs it (737 s here, its own cache: the first rounds build the base);
 `KILN_SOAK_SEED` and `KILN_SOAK_ROUNDS` pick the moments and their number. Not part of `make test`."""
 
 from __future__ import annotations
