@@ -64,8 +64,10 @@ def scratch(parent: Path, name: str, mode: int = 0o700) -> Iterator[Path]:
     try:
         yield owned.path
     finally:
-        shutil.rmtree(owned.path, ignore_errors=True)
-        owned.release()
+        try:
+            shutil.rmtree(owned.path, ignore_errors=True)
+        finally:  # an interrupt in a long rmtree: the lock goes anyway; the next run collects the rest
+            owned.release()
 
 
 def remove(path: Path) -> None:
@@ -73,20 +75,17 @@ def remove(path: Path) -> None:
     moved into a temp dir of this process's first, which the next run collects should this one die or be
     interrupted while removing it. A path that is not there is fine."""
     try:
-        owned = create(path.parent, f"{path.name}-removed")
-    except OSError:  # a parent kiln may not write to (another user's cache): what can go, goes, in place
+        with scratch(path.parent, f"{path.name}-removed") as aside:  # removed with the entry in it
+            try:
+                os.rename(path, aside / "entry")
+            except FileNotFoundError:
+                pass
+            except OSError:
+                shutil.rmtree(path, ignore_errors=True)
+    except (
+        OSError
+    ):  # no temp dir where kiln may not write (another user's cache): what can go, goes, in place
         shutil.rmtree(path, ignore_errors=True)
-        return
-    try:
-        try:
-            os.rename(path, owned.path / "entry")
-        except FileNotFoundError:
-            pass
-        except OSError:
-            shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(owned.path, ignore_errors=True)
-    finally:
-        owned.release()
 
 
 def owner_pid(path: Path) -> int | None:
