@@ -390,7 +390,6 @@ def run_build(
     ws.epoch = cfg.settings.source_date_epoch or paths.source_date_epoch(rt.root)
     ws.stage_epoch = cfg.settings.source_date_epoch or stages.STAGE_SOURCE_DATE
     ws.signing_key = key
-    ok = False
     try:
         ws.monitor.log(
             "build", f"kiln {__version__}: building {name} ({values['install_method']}, {accelerator})"
@@ -411,15 +410,11 @@ def run_build(
             check_replaceable_build(final)  # again: the build took minutes, someone may have put a dir there
 
             def published() -> None:
-                nonlocal ok
-                ok = ws.published = (
-                    True  # in place: an interrupt from here on leaves it published, not failed
-                )
+                ws.published = True  # in place: an interrupt from here on leaves it published, not failed
 
             tempdirs.put_in_place(temp, final, published)
 
         run_stages(ws, verify, publish)
-        ok = True
         ws.monitor.log("build", "stages: " + json.dumps(ws.timings), show=False)
         ws.monitor.log(
             "build",
@@ -430,7 +425,7 @@ def run_build(
         base_cached = base.cached if base is not None else None
         return BuildResult(final, name, dict(ws.timings), base_cached, digest, reused=dict(ws.reused))
     except BaseException as exc:
-        if ok:  # interrupted after the build was published (while the older one was being removed)
+        if ws.published:  # interrupted after the build was published (while the older one was being removed)
             mon.log("build", f"built {final}; stopped before the older build was all removed (the next run "
                     "collects what is left of it)")  # fmt: skip
             raise
@@ -451,7 +446,7 @@ def run_build(
     finally:
         ws.holds.close()
         log_file.close()
-        if not ok and ws.packer_flags.keeps_output:
+        if not ws.published and ws.packer_flags.keeps_output:
             (temp / tempdirs.KEPT).touch()  # an empty file: it needs no data block on a full disk
             mon.log(
                 "build", f"-on-error={ws.packer_flags.on_error}: the failed build's work is kept in {temp}"
