@@ -184,8 +184,9 @@ def interrupt_build(
             child.wait()
 
 
-def processes_naming(text: str) -> list[str]:
-    """Command lines of the live processes that name `text` (a test's temp dir) anywhere in their argv."""
+def processes_naming(text: str, *, chrooted: bool = False) -> list[str]:
+    """Command lines of the live processes that name `text` (a test's temp dir) anywhere in their argv; with
+    `chrooted`, also those whose root directory is under it (a dpkg or daemon in a chroot stage's tree)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -193,8 +194,9 @@ def processes_naming(text: str) -> list[str]:
         try:
             argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = (entry / "status").read_text()
+            root = os.readlink(entry / "root") if chrooted else ""
         except OSError:
             continue
-        if text in argv and "zombie" not in state.lower():
+        if (text in argv or (chrooted and root.startswith(text))) and "zombie" not in state.lower():
             found.append(f"{entry.name}: {argv}")
     return found

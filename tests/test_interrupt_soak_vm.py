@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import default_signals
+from conftest import default_signals, processes_naming
 from test_deaths_vm import _mounts_anywhere
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,21 +37,7 @@ pytestmark = [
 
 def _left_under(root: Path) -> list[str]:
     """Live processes that name `root` on their command line or run chrooted under it."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "status").read_text()
-            chrooted = os.readlink(entry / "root")
-        except OSError:
-            continue
-        if "zombie" in state.lower() or "k8s_standin.py" in argv:
-            continue
-        if str(root) in argv or chrooted.startswith(str(root)):
-            found.append(f"{entry.name}: {argv[:160]}")
-    return found
+    return processes_naming(str(root), chrooted=True)
 
 
 def _temp_dirs(root: Path, pids: list[int]) -> list[Path]:
