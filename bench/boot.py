@@ -31,7 +31,8 @@ from kiln import config  # noqa: E402
 from kiln.core import tempdirs  # noqa: E402
 from kiln.core.builddir import BuildDir  # noqa: E402
 from kiln.core.errors import KilnError  # noqa: E402
-from kiln.goss.verify import BOOT_PROFILE, report_dir, verify_build_dir  # noqa: E402
+from kiln.goss.bootprofile import BOOT_PROFILE  # noqa: E402
+from kiln.goss.verify import report_dir, verify_build_dir  # noqa: E402
 from kiln.vm import accel  # noqa: E402
 
 RUNTIME = config.default_runtime()  # the one runtime, as the CLI makes it

@@ -38,15 +38,10 @@ def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | No
     try:
         if ws.disk.format == "tree":
             ws.disk, tree = disk_from_tree(ws, ws.disk.disk)
-        finalize_disk(ws, ws.disk, tree)
+        finalize_disk(ws, ws.disk, tree, verify)
     finally:
         if tree is not None:
             shutil.rmtree(tree, ignore_errors=True)
-    if verify:
-        from kiln.goss.verify import verify_build
-
-        results = verify_build(ws.temp, monitor=ws.monitor, accelerator=ws.accelerator, runtime=ws.runtime)
-        ws.monitor.log("finalize", f"verify: {len(results)} checks passed; reports in goss/")
     if publish is not None:
         publish()
 
@@ -112,10 +107,14 @@ def disk_from_tree(ws: Workspace, tar: Path) -> tuple[Output, Path | None]:
     return Output(raw, "raw", False), tree if keep else None
 
 
-def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None) -> None:
+def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify: bool = False) -> None:
     """NAME.qcow2 (compressed, standalone), NAME.ova, their .sha256, the live formats, the SBOM, the
-    provenance, packer-manifest.json, config.json. The live formats are made from `tree` (the root the disk
-    was made from, which they change) or from the disk, while the qcow2 and the OVA are compressed."""
+    provenance, packer-manifest.json, config.json; with `verify`, the one boot (kiln.goss.verify), before
+    any of the last five is written. The live formats are made from `tree` (the root the disk was made
+    from, which they change) or from the disk, while the qcow2 and the OVA are compressed; then the boot
+    runs while they still are: on the uncompressed disk they are made from (raw, or a stage's qcow2
+    overlay), or, after Packer compressed it, on the qcow2 while the OVA is made. A failed or stopped boot
+    ends the compressions with it."""
     from kiln.artifacts import sbom
 
     qcow2 = ws.temp / f"{ws.name}.qcow2"
@@ -133,6 +132,8 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None) -> None
         os.rename(disk.disk, qcow2)  # Packer's disk_compression already did it
         with ova_from(qcow2) as finish_ova:
             live = live_formats(ws, qcow2, tree)
+            if verify:
+                verify_disk(ws, qcow2)
             finish_ova()
     else:  # a stage overlay (flattened through its backing chain), a disk made from a tree, a VMware VMDK
         # the compressed qcow2 on one core while the OVA's streamOptimized VMDK is written from the same
@@ -147,8 +148,13 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None) -> None
             live = live_formats(ws, disk.disk, tree)
             if tree is not None:  # its room for the OVA's last copy (stage_finalize removes it on failure)
                 shutil.rmtree(tree, ignore_errors=True)
+            booted = verify and disk.format in ("raw", "qcow2")  # not a VMDK: its qcow2 boots, below
+            if booted:
+                verify_disk(ws, disk.disk)
             finish_ova()
             converting.wait()
+        if verify and not booted:
+            verify_disk(ws, qcow2)
     builddir.write_sha256(qcow2)
     builddir.write_sha256(ova_path)
     spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.settings, ws.packages_file,
@@ -164,6 +170,19 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None) -> None
     shutil.rmtree(ws.work, ignore_errors=True)  # keys, seeds and vars go before anything can copy them
     (ws.temp / SERIAL_LOG).unlink(missing_ok=True)
     builddir.BuildDir.open(ws.temp)  # the contract other commands read
+
+
+def verify_disk(ws: Workspace, disk: Path) -> None:
+    """The build's one boot (kiln.goss.verify.verify_build) of `disk`: its qcow2, or the disk the qcow2 is
+    compressed from. The build's record is the one its manifest and config.json will hold."""
+    from kiln.goss.verify import verify_build
+
+    data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
+    build = builddir.BuildDir.of(ws.temp, ws.name, data, ws.cfg.to_json())
+    started = time.monotonic()
+    results = verify_build(build, disk, monitor=ws.monitor, accelerator=ws.accelerator, runtime=ws.runtime)
+    took = time.monotonic() - started
+    ws.monitor.log("finalize", f"verify: {len(results)} checks passed in {took:.0f}s; reports in goss/")
 
 
 def live_formats(ws: Workspace, disk: Path, tree: Path | None) -> list[Path]:

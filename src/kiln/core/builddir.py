@@ -163,12 +163,21 @@ class BuildDir:
         name = artifact_name(custom["build_name"], custom["kubernetes_semver"])
         if "/" in name or name.startswith(".") or not name.isprintable():
             raise InputError(f"{manifest_path}: custom_data names {inputs.clip(name)}, not a plain file name")
-        config: dict[str, Any] = {}
         config_path = root / CONFIG
+        raw: dict[str, Any] = {}
         if config_path.is_file() or config_path.is_symlink():
             raw = inputs.read_json_object(config_path, "build config")
-            config = {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
-        return cls(root, name, custom, config)
+        return cls.of(root, name, custom, raw)
+
+    @classmethod
+    def of(cls, path: Path, name: str, custom_data: dict[str, Any], config_json: dict[str, Any]) -> BuildDir:
+        """A build directory from what its manifest's custom_data and its config.json (kiln's form:
+        {"key": {"value": V, ...}}, or flat) hold: `open` reads them; the build pipeline has them in hand
+        before it writes them (its verify runs before the manifest is written)."""
+        config = {
+            k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in config_json.items()
+        }
+        return cls(path, name, custom_data, config)
 
     @property
     def kubernetes_semver(self) -> str:

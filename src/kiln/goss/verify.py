@@ -10,8 +10,8 @@ Two entry points:
   user with a one-time key delivered through a cloud-init seed, runs the "final" phase (the build checks plus
   hygiene), writes `report.json` and `junit.xml` into `report_dir` and raises VerifyError (exit 1) listing
   every failure. A live `Target` ("iso" or "netboot") boots the build's live ISO or netboot set instead.
-- `verify_build_dir(BUILD_DIR, fmt=...)` is `kiln verify`; `verify_build(temp_dir, monitor=...)` is the
-  build pipeline's finalize step, before the temp dir is renamed into place.
+- `verify_build_dir(BUILD_DIR, fmt=...)` is `kiln verify`; `verify_build(build, disk, monitor=...)` is the
+  build pipeline's finalize step, before the manifest is written and the temp dir renamed into place.
 
 Evaluation uses the real goss binary when one is given (copied into the guest and run with
 `goss -g SPEC --vars VARS validate -f json`), and kiln's own evaluator over testinfra/paramiko otherwise.
@@ -37,7 +37,7 @@ from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError, VerifyError
 from kiln.core.progress import Monitor, Null
 from kiln.core.runtime import Runtime
-from kiln.goss import reports, treephase
+from kiln.goss import bootprofile, reports, treephase
 from kiln.goss import specs as goss
 from kiln.goss.probe import TestinfraProbe
 from kiln.goss.userspecs import load_phase, user_spec
@@ -336,6 +336,9 @@ class Target:
     live: str | None = None  # None (the disk itself), "iso" or "netboot"
     live_iso: Path | None = None
     netboot_build: Any = None  # the BuildDir whose netboot set `kiln serve` serves
+    # the artifact `disk` holds the bytes of, when it is not `disk` itself: the qcow2 that the build's raw
+    # disk is being compressed into while the raw one boots (the reports name the artifact and the disk)
+    stands_for: Path | None = None
 
 
 def verify_image(
@@ -394,6 +397,11 @@ def verify_image(
     }
     mon: Monitor = monitor or Null()
     what = f"{target.live} live boot" if target.live else f"{target.disk.name} on a throwaway overlay"
+    if target.stands_for is not None:
+        what = (
+            f"{target.disk.name} (the disk {target.stands_for.name} is being compressed from) "
+            "on a throwaway overlay"
+        )
     mon.log("verify", f"booting {what} ({options.firmware}, {options.hardware} hardware)")
     started = time.monotonic()
     server = None
@@ -417,8 +425,9 @@ def verify_image(
             mon.log("verify", f"guest up after {up:.0f}s; running checks")
             assert login.private_key is not None
             profiling = pool.submit(
-                boot_profile, "127.0.0.1", vm.ssh_port, login.private_key, report_dir, stopped=stopped
-            )
+                bootprofile.boot_profile, "127.0.0.1", vm.ssh_port, VERIFY_USER, login.private_key,
+                report_dir, stopped=stopped,
+            )  # fmt: skip
             results = check_host(
                 "127.0.0.1",
                 vm.ssh_port,
@@ -432,7 +441,8 @@ def verify_image(
                 goss_binary=goss_binary,
                 extra_vars=extra,
                 meta={
-                    "image": str(target.disk),
+                    "image": str(target.stands_for or target.disk),
+                    **({"booted": str(target.disk)} if target.stands_for is not None else {}),
                     "firmware": options.firmware,
                     "hardware": options.hardware,
                     "format": target.live or "disk",
@@ -454,41 +464,6 @@ def verify_image(
         login.forget()
     raise_on_failure(results, str(target.live_iso or target.disk), report_dir)
     return results
-
-
-BOOT_PROFILE = "boot-profile.txt"
-
-
-def boot_profile(
-    host: str, port: int, key_file: Path, report_dir: Path | None, *, stopped: threading.Event
-) -> str:
-    """Where the guest's boot went: `systemd-analyze time` and the slowest units of `blame`, written to
-    report_dir/boot-profile.txt. Returns the "Startup finished" line, or "" when the guest has no
-    systemd-analyze (or it cannot tell yet); it never fails a verify. Once `stopped` is set (the boot is
-    over) it stops trying to log in."""
-    from kiln.vm.ssh import Session
-
-    script = "systemd-analyze time; echo; systemd-analyze blame --no-pager | head -n 15"
-
-    def alive() -> str | None:
-        return "the boot is over" if stopped.is_set() else None
-
-    try:
-        with Session(host, port, VERIFY_USER, key_file, timeout=30, alive=alive) as session:
-            rc, out, _ = session.run(["sudo", "sh", "-c", script], check=False, timeout=60)
-    except Exception as exc:  # a profile is a nicety: no SSH, no profile
-        log.info("boot profile: not available (%s)", exc)
-        return ""
-    if rc != 0 or "Startup finished" not in out:
-        return ""
-    if report_dir is not None:
-        try:
-            report_dir.mkdir(parents=True, exist_ok=True)
-            (report_dir / BOOT_PROFILE).write_text(out)
-        except OSError as exc:
-            log.info("boot profile: not written (%s)", exc)
-    first = out.splitlines()[0]
-    return first.removeprefix("Startup finished in ").strip()
 
 
 def report_dir(build: BuildDir, fmt: str, firmware: str | None = None, hardware: str | None = None) -> Path:
@@ -516,9 +491,30 @@ def verify_build_dir(
 ) -> list[goss.Result]:
     """`kiln verify BUILD_DIR [--format disk|iso|netboot]`: verify_image on the build's qcow2, or on a live
     boot of its ISO or netboot set; the reports where `report_dir` says."""
+    return verify_opened(
+        BuildDir.open(build_dir), workdir=workdir, accelerator=accelerator, firmware=firmware,
+        goss_binary=goss_binary, monitor=monitor, runtime=runtime, fmt=fmt, hardware=hardware,
+    )  # fmt: skip
+
+
+def verify_opened(
+    build: BuildDir,
+    *,
+    workdir: Path | None = None,
+    accelerator: str | None = None,
+    firmware: str | None = None,
+    goss_binary: Path | None = None,
+    monitor: Monitor | None = None,
+    runtime: Runtime,
+    fmt: str = "disk",
+    hardware: str | None = None,
+    disk: Path | None = None,
+) -> list[goss.Result]:
+    """verify_build_dir on a BuildDir in hand: a finished one, or the build pipeline's own before its
+    manifest is written. `disk` boots instead of the build's qcow2 (fmt disk): the raw disk the qcow2 is
+    being compressed from, which holds the same bytes."""
     from kiln.core import proc
 
-    build = BuildDir.open(build_dir)
     values: dict[str, Any] = build.values()
     firmware = firmware or build.firmware
     owned = None if workdir is not None else tempdirs.create(Path(tempfile.gettempdir()), "kiln-verify")
@@ -527,7 +523,7 @@ def verify_build_dir(
         live_iso: Path | None = None
         reports = report_dir(build, fmt, firmware, hardware)
         if fmt == "disk":
-            image = build.qcow2
+            image = disk or build.qcow2
             if not image.is_file():
                 raise InputError(f"{image}: missing; {build.path} has no qcow2 to boot")
         elif fmt in ("iso", "netboot"):
@@ -559,7 +555,13 @@ def verify_build_dir(
             for name in ("report.json", "junit.xml"):
                 (reports / name).unlink(missing_ok=True)
         return verify_image(
-            Target(image, None if fmt == "disk" else fmt, live_iso, build if fmt == "netboot" else None),
+            Target(
+                image,
+                None if fmt == "disk" else fmt,
+                live_iso,
+                build if fmt == "netboot" else None,
+                stands_for=build.qcow2 if disk not in (None, build.qcow2) else None,
+            ),  # fmt: skip
             values,
             work,
             reports,
@@ -576,18 +578,21 @@ def verify_build_dir(
 
 
 def verify_build(
-    build_dir: Path,
+    build: BuildDir,
+    disk: Path,
     *,
     monitor: Monitor | None = None,
     accelerator: str | None = None,
     goss_binary: Path | None = None,
     runtime: Runtime,
 ) -> list[goss.Result]:
-    """The build pipeline's verify step (kiln.build calls it on its temp build dir before the rename).
+    """The build pipeline's verify step (kiln.build.finalize calls it on its temp build dir, before the
+    manifest is written and the dir renamed into place): `disk` is the build's qcow2, or the raw disk the
+    qcow2 and the OVA are being compressed from (the boot and the compressions then run at once).
 
     Same as `kiln verify BUILD_DIR`, reporting through `monitor`. Raises VerifyError (the build then fails
     and publishes nothing) or InputError.
     """
-    return verify_build_dir(
-        Path(build_dir), accelerator=accelerator, goss_binary=goss_binary, monitor=monitor, runtime=runtime
+    return verify_opened(
+        build, disk=disk, accelerator=accelerator, goss_binary=goss_binary, monitor=monitor, runtime=runtime
     )
