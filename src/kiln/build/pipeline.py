@@ -9,7 +9,8 @@ Stages (the terminal shows which one runs; everything goes to build.log):
               providers; cached in cache_dir/stages/ID/
   kubernetes  a Packer build on an overlay of the os stage: kubernetes, extra_roles_after, the package
               list, the in-guest goss check, sysprep; cached likewise
-  finalize    compressed qcow2 + sha256, OVA + sha256, manifest, config.json, verify, publish (always runs)
+  finalize    compressed qcow2 + sha256, OVA + sha256 (verify boots meanwhile), manifest, config.json, publish
+              (always runs)
 
 A build resumes from the longest cached prefix and says so. Targets that are not bootstrap targets, and
 vmware-iso builds, run os and kubernetes in one Packer build (no parent disk to stack an overlay on).

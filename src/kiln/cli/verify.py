@@ -149,10 +149,12 @@ def _cmd_goss_render(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from kiln.core import progress
+    from kiln.core.builddir import BuildDir
     from kiln.goss import verify
 
-    results = verify.verify_build_dir(
-        args.build_dir,
+    build = BuildDir.open(args.build_dir)  # read once: the boot and the "reports in" line
+    results = verify.verify_opened(
+        build,
         workdir=args.workdir,
         accelerator=args.accelerator,
         firmware=args.firmware,
@@ -164,10 +166,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     )
     if args.runtime.dry_run:
         return EXIT_OK
-    from kiln.core.builddir import BuildDir
-
     s = reports.summary(results)
-    where = verify.report_dir(BuildDir.open(args.build_dir), args.fmt, args.firmware, args.hardware)
+    where = verify.report_dir(build, args.fmt, args.firmware, args.hardware)
     print(
         f"{args.build_dir}: verified ({args.fmt}): {s['test-count']} checks passed "
         f"({s['skipped-count']} skipped); reports in {where}"

@@ -442,7 +442,8 @@ def verify_image(
                 extra_vars=extra,
                 meta={
                     "image": str(target.stands_for or target.disk),
-                    **({"booted": str(target.disk)} if target.stands_for is not None else {}),
+                    # the disk booted, by name: a file of the build's work dir, gone once it is published
+                    **({"booted": target.disk.name} if target.stands_for is not None else {}),
                     "firmware": options.firmware,
                     "hardware": options.hardware,
                     "format": target.live or "disk",
@@ -462,7 +463,7 @@ def verify_image(
         if server is not None:
             server.stop()
         login.forget()
-    raise_on_failure(results, str(target.live_iso or target.disk), report_dir)
+    raise_on_failure(results, str(target.live_iso or target.stands_for or target.disk), report_dir)
     return results
 
 
