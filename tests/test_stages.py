@@ -497,6 +497,80 @@ def test_finalize_takes_a_vmware_output_dir_to_an_ova(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists(), "keys and seeds go before publish"
 
 
+def _finalize_ws(tmp_path: Path, target: str, builder: str, log: object) -> Workspace:
+    cfg = config.load(target, overrides={"output_dir": str(tmp_path / "out")}, repo_root=REPO)
+    temp = tmp_path / "temp"
+    return Workspace(
+        cfg, RUNTIME, Null(), cfg.artifact_name, temp, tmp_path / "work", temp / "build.log", log,  # type: ignore[arg-type]
+        "tcg", builder, build.plan_ids(cfg, RUNTIME),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2-compressed", "vmdk"])
+def test_finalize_boots_once_while_the_compressions_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The verify boot runs once, before the manifest, on the disk the qcow2 and the OVA are compressed from
+    while they are (a raw disk made from a tree); on the qcow2 while the OVA is made (Packer compressed
+    it); after both, on the qcow2, for a VMware VMDK. The record it reads is the one the manifest then
+    holds."""
+    (tmp_path / "temp").mkdir()
+    disk = tmp_path / "work" / "disk"
+    disk.parent.mkdir()
+    qemu_fmt = {"raw": "raw", "qcow2-compressed": "qcow2", "vmdk": "vmdk"}[fmt]
+    subprocess.run(["qemu-img", "create", "-q", "-f", qemu_fmt, str(disk), "64M"], check=True)
+    booted: list[tuple[Path, bool, dict[str, object]]] = []
+
+    def fake_verify(ws: Workspace, path: Path) -> None:
+        manifest = ws.temp / builddir.MANIFEST
+        build_dir = builddir.BuildDir.of(
+            ws.temp, ws.name, builddir.custom_data(ws.values, ws.ids["finalize"].id), ws.cfg.to_json()
+        )
+        booted.append((path, manifest.exists(), build_dir.values()))
+
+    monkeypatch.setattr(finalize, "verify_disk", fake_verify)
+    target, builder = ("ubuntu-2204", "vmware-iso") if fmt == "vmdk" else ("debian-12", "qemu")
+    with open(tmp_path / "temp" / "build.log", "a") as log:
+        ws = _finalize_ws(tmp_path, target, builder, log)
+        finalize.finalize_disk(ws, Output(disk, qemu_fmt, fmt == "qcow2-compressed"), verify=True)
+    bd = builddir.BuildDir.open(ws.temp)
+    assert len(booted) == 1
+    path, manifest_then, values = booted[0]
+    assert path == {"raw": disk, "qcow2-compressed": ws.temp / f"{ws.name}.qcow2", "vmdk": bd.qcow2}[fmt]
+    assert not manifest_then, "the boot comes before the manifest"
+    opened = bd.values()
+    assert {k: v for k, v in values.items() if not k.startswith("build_")} == {
+        k: v for k, v in opened.items() if not k.startswith("build_")
+    }, "the record in hand is the one written (but for the build's date, taken again)"
+    assert bd.ova.is_file() and bd.qcow2.is_file()
+
+
+def test_a_compression_that_failed_during_a_failed_boot_is_the_error_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk can fail the qcow2's compression and the boot beside it: the compression's error is
+    the one shown, not the checks the boot failed because of it."""
+    from kiln.core.errors import CommandError, VerifyError
+
+    (tmp_path / "temp").mkdir()
+    disk = tmp_path / "work" / "disk.raw"
+    disk.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "64M"], check=True)
+
+    def failing_boot(ws: Workspace, path: Path) -> None:
+        time.sleep(2)  # the compression has failed by now
+        raise VerifyError("3 of 80 goss checks failed")
+
+    monkeypatch.setattr(finalize, "verify_disk", failing_boot)
+    with open(tmp_path / "temp" / "build.log", "a") as log:
+        ws = _finalize_ws(tmp_path, "debian-12", "qemu", log)
+        (ws.temp / f"{ws.name}.qcow2").mkdir()  # the qcow2 cannot be written
+        with pytest.raises(CommandError) as err:
+            finalize.finalize_disk(ws, Output(disk, "raw", False), verify=True)
+    assert "qemu-img" in str(err.value)
+    assert not (ws.temp / builddir.MANIFEST).exists()
+
+
 def test_vmware_iso_without_vmware_fails_at_once_naming_the_qemu_way(tmp_path: Path) -> None:
     cfg = config.load(
         "ubuntu-1804", overrides={"output_dir": str(tmp_path / "out")}, repo_root=REPO

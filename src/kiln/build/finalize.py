@@ -20,7 +20,7 @@ from kiln.build import bootloader, chroot, stages
 from kiln.build.render import Output
 from kiln.build.workspace import SERIAL_LOG, Workspace
 from kiln.core import builddir, digests, paths, proc, space, tempdirs
-from kiln.core.errors import BuildError
+from kiln.core.errors import BuildError, VerifyError
 
 
 def stage_finalize(ws: Workspace, verify: bool, publish: Callable[[], None] | None = None) -> None:
@@ -150,7 +150,11 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
                 shutil.rmtree(tree, ignore_errors=True)
             booted = verify and disk.format in ("raw", "qcow2")  # not a VMDK: its qcow2 boots, below
             if booted:
-                verify_disk(ws, disk.disk)
+                try:
+                    verify_disk(ws, disk.disk)
+                except VerifyError:  # a compression that failed meanwhile (a full disk) is the cause to show
+                    converting.check()
+                    raise
             finish_ova()
             converting.wait()
         if verify and not booted:

@@ -305,6 +305,11 @@ class Background:
         if returncode != 0:
             raise CommandError(self.args, returncode, "".join(self.tail))
 
+    def check(self) -> None:
+        """Raise CommandError now if the command has already failed; else return (it may still be running)."""
+        if self.proc is not None and self.proc.poll() not in (None, 0):
+            self.wait()
+
     def __enter__(self) -> Background:
         return self
 
