@@ -157,6 +157,16 @@ validate-ubuntu-2404-cloudimg: deps ## Render ubuntu-2404-cloudimg and run the r
 	$(KILN_ENV) $(KILN) validate ubuntu-2404-cloudimg $(PACKER_FLAGS)
 validate-all: deps ## Render and packer-validate every target
 	$(KILN_ENV) $(KILN) validate --all $(PACKER_FLAGS)
+# A target of your own (config/NAME.json): the same targets, by pattern. The written-out ones above win; these
+# only lack tab completion. An unknown NAME is kiln's error (exit 2), which lists the known targets.
+build-qemu-%: deps
+	$(KILN_ENV) $(KILN) build $* --only qemu $(KILN_FLAGS)
+build-ova-%: deps
+	$(KILN_ENV) $(KILN) build $* --only vmware-iso $(KILN_FLAGS)
+build-%: deps
+	$(KILN_ENV) $(KILN) build $* $(KILN_FLAGS)
+validate-%: deps
+	$(KILN_ENV) $(KILN) validate $* $(PACKER_FLAGS)
 
 ##@ Release (CI release jobs; every step works the same on a laptop)
 # GCS_BUCKET, KEY_FILE (else ADC), KUBERNETES_VERSIONS="v1.34.2 v1.35.1", RELEASE_FLAGS="--ci|--release --plan --json"
@@ -191,6 +201,8 @@ release-ubuntu-2404: deps ## Build (if needed), verify and publish ubuntu-2404 t
 	$(KILN_ENV) $(KILN) release ubuntu-2404 $(RELEASE_ARGS)
 release-ubuntu-2404-cloudimg: deps ## Build (if needed), verify and publish ubuntu-2404-cloudimg to GCS unless already published
 	$(KILN_ENV) $(KILN) release ubuntu-2404-cloudimg $(RELEASE_ARGS)
+release-%: deps
+	$(KILN_ENV) $(KILN) release $* $(RELEASE_ARGS)
 release-all: deps ## Release every target that builds on this machine kind (debian-12)
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
 

@@ -131,6 +131,29 @@ def test_makefile_has_every_target_written_out_and_in_help() -> None:
     assert "validate-all" in help_text
 
 
+@pytest.mark.parametrize(
+    ("goal", "command"),
+    [
+        ("build-qemu-debian-13", "kiln build debian-13 --only qemu"),
+        ("build-ova-my-os", "kiln build my-os --only vmware-iso"),
+        ("build-debian-13", "kiln build debian-13"),
+        ("validate-debian-13", "kiln validate debian-13"),
+        ("release-debian-13", "kiln release debian-13"),
+        ("build-qemu-debian-12", "kiln build debian-12 --only qemu"),  # the written-out rule, not the pattern
+    ],
+)
+def test_make_builds_a_target_of_your_own_by_pattern(goal: str, command: str) -> None:
+    """A user's own OS file (config/NAME.json) gets the same make targets without editing the Makefile."""
+    import subprocess
+
+    out = subprocess.run(
+        ["make", "-s", "-n", "-C", str(REPO), goal, "PACKER_FLAGS=-var cpus=4"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    line = next(ln for ln in out.splitlines() if "bin/kiln " in ln)
+    assert line.split("bin/", 1)[1].startswith(command + " ") and "-var cpus=4" in line
+
+
 def test_make_passes_packer_var_files_flags_foreground_debug() -> None:
     import subprocess
 
