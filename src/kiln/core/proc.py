@@ -314,14 +314,16 @@ class Background:
         return self
 
     def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        running = self.proc is not None and self.proc.poll() is None
         if self.proc is not None and exc is not None:
             terminate(self.proc)
         if self.pump is not None:
             self.pump.join(timeout=15)  # the pipe closed with the child: nothing writes the log after us
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"{os.path.basename(self.args[0])}: interrupted") from None
+        if isinstance(exc, KeyboardInterrupt):  # anywhere in the block: name the command only if it ran still
+            stopped = f" ({os.path.basename(self.args[0])} stopped)" if running else ""
+            raise Interrupted(f"interrupted{stopped}") from None
 
 
 def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
