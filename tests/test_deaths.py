@@ -351,3 +351,21 @@ def test_signals_deferred_holds_a_signal_until_the_block_ends_and_puts_every_han
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_an_interrupt_in_a_background_block_names_the_command_only_while_it_ran() -> None:
+    """Ctrl-C anywhere in a `proc.Background` block (the verify boot beside the compressions) ends the child
+    and says "interrupted"; it names the command only if the command was still running."""
+    from kiln.core import proc
+    from kiln.core.errors import Interrupted
+    from kiln_runtime import RUNTIME
+
+    with pytest.raises(Interrupted) as err, proc.Background(["sleep", "30"], runtime=RUNTIME) as running:
+        raise KeyboardInterrupt
+    assert str(err.value) == "interrupted (sleep stopped)" and running.proc is not None
+    assert running.proc.poll() is not None, "the child is ended"
+    with pytest.raises(Interrupted) as err, proc.Background(["true"], runtime=RUNTIME) as done:
+        assert done.proc is not None
+        done.proc.wait()
+        raise KeyboardInterrupt
+    assert str(err.value) == "interrupted"
