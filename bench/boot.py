@@ -32,7 +32,7 @@ from kiln.core import tempdirs  # noqa: E402
 from kiln.core.builddir import BuildDir  # noqa: E402
 from kiln.core.errors import KilnError  # noqa: E402
 from kiln.goss.bootprofile import BOOT_PROFILE  # noqa: E402
-from kiln.goss.verify import report_dir, verify_build_dir  # noqa: E402
+from kiln.goss.verify import report_dir, verify_build  # noqa: E402
 from kiln.vm import accel  # noqa: E402
 
 RUNTIME = config.default_runtime()  # the one runtime, as the CLI makes it
@@ -77,12 +77,13 @@ def one_boot(build: Path, fmt: str, model: str) -> dict[str, object]:
     # The one way to boot with another CPU model without a knob in kiln for it: cpu_model() reads this
     # module constant at each boot. Only this script sets it; it is put back in main().
     accel.TCG_CPU = model
-    reports = report_dir(BuildDir.open(build), fmt)  # the build's own firmware, as verify boots it
+    opened = BuildDir.open(build)
+    reports = report_dir(opened, fmt)  # the build's own firmware, as verify boots it
     (reports / BOOT_PROFILE).unlink(missing_ok=True)  # a profile that fails must not show the last boot's
     started = time.monotonic()
     row: dict[str, object] = {"format": fmt, "cpu": model}
     try:
-        row["checks"] = len(verify_build_dir(build, accelerator="tcg", runtime=RUNTIME, fmt=fmt))
+        row["checks"] = len(verify_build(opened, accelerator="tcg", runtime=RUNTIME, fmt=fmt))
     except KilnError as exc:
         row["error"] = str(exc)
     row["seconds"] = round(time.monotonic() - started, 1)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from kiln import cli, config
+from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError, VerifyError
 from kiln.goss import reports, treephase, verify
 from kiln.goss import specs as goss
@@ -105,7 +106,7 @@ def test_a_broken_spec_fails_before_any_boot(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr("kiln.vm.checkboot.VM", no_boot)
     d = _build_dir(tmp_path)
     with pytest.raises(InputError, match=r"goss.yaml: resource type 'http' is not supported"):
-        verify.verify_build_dir(d, workdir=tmp_path / "work", runtime=runtime)
+        verify.verify_build(BuildDir.open(d), workdir=tmp_path / "work", runtime=runtime)
     assert not (d / "goss").exists()
 
 
@@ -122,10 +123,10 @@ def test_a_verify_of_the_builds_own_boot_that_fails_early_leaves_it_unverified(
     d = _build_dir(tmp_path)
     reports.write_reports([], d / "goss")
     with pytest.raises(VerifyError):
-        verify.verify_build_dir(d, workdir=tmp_path / "w1", runtime=RUNTIME, firmware="efi")
+        verify.verify_build(BuildDir.open(d), workdir=tmp_path / "w1", runtime=RUNTIME, firmware="efi")
     assert reports.passed(d / "goss" / "report.json"), "the UEFI boot has its own dir, goss/disk-efi/"
     with pytest.raises(VerifyError):
-        verify.verify_build_dir(d, workdir=tmp_path / "w2", runtime=RUNTIME)
+        verify.verify_build(BuildDir.open(d), workdir=tmp_path / "w2", runtime=RUNTIME)
     assert not (d / "goss" / "report.json").exists() and not (d / "goss" / "junit.xml").exists()
 
 
@@ -470,12 +471,12 @@ def test_verify_says_when_the_build_dir_lacks_its_tree_record(tmp_path: Path) ->
             said.append(line)
 
     dry = dataclasses.replace(RUNTIME, dry_run=True)
-    verify.verify_build_dir(d, workdir=tmp_path / "work", runtime=dry, monitor=Said())  # type: ignore[arg-type]
+    verify.verify_build(BuildDir.open(d), workdir=tmp_path / "work", runtime=dry, monitor=Said())  # type: ignore[arg-type]
     assert any("tree-phase.json: every check of goss_spec_dir's goss.yaml runs" in s for s in said), said
     said.clear()
     treephase.record_path(d).parent.mkdir()
     treephase.record_path(d).write_text('{"passed_in_tree": []}\n')
-    verify.verify_build_dir(d, workdir=tmp_path / "work", runtime=dry, monitor=Said())  # type: ignore[arg-type]
+    verify.verify_build(BuildDir.open(d), workdir=tmp_path / "work", runtime=dry, monitor=Said())  # type: ignore[arg-type]
     assert not any("tree-phase.json" in s for s in said)
 
 

@@ -184,7 +184,9 @@ def verify_disk(ws: Workspace, disk: Path) -> None:
     data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
     build = builddir.BuildDir.of(ws.temp, ws.name, data, ws.cfg.to_json())
     started = time.monotonic()
-    results = verify_build(build, disk, monitor=ws.monitor, accelerator=ws.accelerator, runtime=ws.runtime)
+    results = verify_build(
+        build, disk=disk, monitor=ws.monitor, accelerator=ws.accelerator, runtime=ws.runtime
+    )
     took = time.monotonic() - started
     ws.monitor.log("finalize", f"verify: {len(results)} checks passed in {took:.0f}s; reports in goss/")
 

@@ -153,7 +153,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from kiln.goss import verify
 
     build = BuildDir.open(args.build_dir)  # read once: the boot and the "reports in" line
-    results = verify.verify_opened(
+    results = verify.verify_build(
         build,
         workdir=args.workdir,
         accelerator=args.accelerator,

@@ -10,8 +10,8 @@ Two entry points:
   user with a one-time key delivered through a cloud-init seed, runs the "final" phase (the build checks plus
   hygiene), writes `report.json` and `junit.xml` into `report_dir` and raises VerifyError (exit 1) listing
   every failure. A live `Target` ("iso" or "netboot") boots the build's live ISO or netboot set instead.
-- `verify_build_dir(BUILD_DIR, fmt=...)` is `kiln verify`; `verify_build(build, disk, monitor=...)` is the
-  build pipeline's finalize step, before the manifest is written and the temp dir renamed into place.
+- `verify_build(BuildDir, fmt=...)` is `kiln verify` and, with `disk=`, the build pipeline's finalize step,
+  before the manifest is written and the temp dir renamed into place.
 
 Evaluation uses the real goss binary when one is given (copied into the guest and run with
 `goss -g SPEC --vars VARS validate -f json`), and kiln's own evaluator over testinfra/paramiko otherwise.
@@ -478,27 +478,7 @@ def report_dir(build: BuildDir, fmt: str, firmware: str | None = None, hardware:
     return build.path / "goss" / (f"{fmt}-{firmware}" + ("" if hardware == "virtio" else f"-{hardware}"))
 
 
-def verify_build_dir(
-    build_dir: Path,
-    *,
-    workdir: Path | None = None,
-    accelerator: str | None = None,
-    firmware: str | None = None,
-    goss_binary: Path | None = None,
-    monitor: Monitor | None = None,
-    runtime: Runtime,
-    fmt: str = "disk",
-    hardware: str | None = None,
-) -> list[goss.Result]:
-    """`kiln verify BUILD_DIR [--format disk|iso|netboot]`: verify_image on the build's qcow2, or on a live
-    boot of its ISO or netboot set; the reports where `report_dir` says."""
-    return verify_opened(
-        BuildDir.open(build_dir), workdir=workdir, accelerator=accelerator, firmware=firmware,
-        goss_binary=goss_binary, monitor=monitor, runtime=runtime, fmt=fmt, hardware=hardware,
-    )  # fmt: skip
-
-
-def verify_opened(
+def verify_build(
     build: BuildDir,
     *,
     workdir: Path | None = None,
@@ -511,9 +491,12 @@ def verify_opened(
     hardware: str | None = None,
     disk: Path | None = None,
 ) -> list[goss.Result]:
-    """verify_build_dir on a BuildDir in hand: a finished one, or the build pipeline's own before its
-    manifest is written. `disk` boots instead of the build's qcow2 (fmt disk): the raw disk the qcow2 is
-    being compressed from, which holds the same bytes."""
+    """`kiln verify BUILD_DIR [--format disk|iso|netboot]` and the build pipeline's verify step:
+    verify_image on `build`'s qcow2, or on a live boot of its ISO or netboot set; the reports where
+    `report_dir` says. `build` is a finished build dir (BuildDir.open), or the pipeline's own before its
+    manifest is written (kiln.build.finalize: BuildDir.of), whose `disk` boots instead of the qcow2 (fmt
+    disk): the raw disk the qcow2 and the OVA are being compressed from, which holds the same bytes.
+    Raises VerifyError (a build then fails and publishes nothing) or InputError."""
     from kiln.core import proc
 
     values: dict[str, Any] = build.values()
@@ -576,24 +559,3 @@ def verify_opened(
         if owned is not None:
             shutil.rmtree(work, ignore_errors=True)
             owned.release()
-
-
-def verify_build(
-    build: BuildDir,
-    disk: Path,
-    *,
-    monitor: Monitor | None = None,
-    accelerator: str | None = None,
-    goss_binary: Path | None = None,
-    runtime: Runtime,
-) -> list[goss.Result]:
-    """The build pipeline's verify step (kiln.build.finalize calls it on its temp build dir, before the
-    manifest is written and the dir renamed into place): `disk` is the build's qcow2, or the raw disk the
-    qcow2 and the OVA are being compressed from (the boot and the compressions then run at once).
-
-    Same as `kiln verify BUILD_DIR`, reporting through `monitor`. Raises VerifyError (the build then fails
-    and publishes nothing) or InputError.
-    """
-    return verify_opened(
-        build, disk=disk, accelerator=accelerator, goss_binary=goss_binary, monitor=monitor, runtime=runtime
-    )
