@@ -521,14 +521,12 @@ def test_finalize_boots_once_while_the_compressions_run(
     subprocess.run(["qemu-img", "create", "-q", "-f", qemu_fmt, str(disk), "64M"], check=True)
     booted: list[tuple[Path, bool, dict[str, object]]] = []
 
-    def fake_verify(ws: Workspace, path: Path) -> None:
-        manifest = ws.temp / builddir.MANIFEST
-        build_dir = builddir.BuildDir.of(
-            ws.temp, ws.name, builddir.custom_data(ws.values, ws.ids["finalize"].id), ws.cfg.to_json()
-        )
-        booted.append((path, manifest.exists(), build_dir.values()))
+    def fake_verify(build: builddir.BuildDir, *, disk: Path, **kwargs: object) -> list[Result]:
+        """The boot, without QEMU: what finalize hands it (the record it builds, the disk)."""
+        booted.append((disk, (build.path / builddir.MANIFEST).exists(), build.values()))
+        return []
 
-    monkeypatch.setattr(finalize, "verify_disk", fake_verify)
+    monkeypatch.setattr("kiln.goss.verify.verify_build", fake_verify)
     target, builder = ("ubuntu-2204", "vmware-iso") if fmt == "vmdk" else ("debian-12", "qemu")
     with open(tmp_path / "temp" / "build.log", "a") as log:
         ws = _finalize_ws(tmp_path, target, builder, log)
