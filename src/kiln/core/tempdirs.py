@@ -82,9 +82,8 @@ def remove(path: Path) -> None:
                 pass
             except OSError:
                 shutil.rmtree(path, ignore_errors=True)
-    except (
-        OSError
-    ):  # no temp dir where kiln may not write (another user's cache): what can go, goes, in place
+    except OSError:
+        # no temp dir where kiln may not write (another user's cache): what can go, goes, in place
         shutil.rmtree(path, ignore_errors=True)
 
 
