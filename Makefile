@@ -65,6 +65,9 @@ K8S_STANDIN_WRAP = $(if $(filter 1,$(K8S_STANDIN)),$(VENV)/bin/python hack/k8s_s
   build-debian-12-cloudimg \
   build-qemu-debian-12-cloudimg \
   validate-debian-12-cloudimg \
+  build-debian-13 \
+  build-qemu-debian-13 \
+  validate-debian-13 \
   build-rockylinux-9 \
   build-qemu-rockylinux-9 \
   build-ova-rockylinux-9 \
@@ -109,6 +112,12 @@ build-qemu-debian-12-cloudimg: deps ## Build debian-12-cloudimg with the qemu bu
 	$(KILN_ENV) $(KILN) build debian-12-cloudimg --only qemu $(KILN_FLAGS)
 validate-debian-12-cloudimg: deps ## Render debian-12-cloudimg and run the real packer validate on it
 	$(KILN_ENV) $(KILN) validate debian-12-cloudimg $(PACKER_FLAGS)
+build-debian-13: deps ## Build debian-13 with its default builder (qemu)
+	$(KILN_ENV) $(KILN) build debian-13 $(KILN_FLAGS)
+build-qemu-debian-13: deps ## Build debian-13 with the qemu builder (qcow2)
+	$(KILN_ENV) $(KILN) build debian-13 --only qemu $(KILN_FLAGS)
+validate-debian-13: deps ## Render debian-13 and run the real packer validate on it
+	$(KILN_ENV) $(KILN) validate debian-13 $(PACKER_FLAGS)
 build-rockylinux-9: deps ## Build rockylinux-9 with its default builder (vmware-iso)
 	$(KILN_ENV) $(KILN) build rockylinux-9 $(KILN_FLAGS)
 build-qemu-rockylinux-9: deps ## Build rockylinux-9 with the qemu builder (qcow2)
@@ -177,6 +186,7 @@ RELEASE_ARGS = $(if $(GCS_BUCKET),--bucket $(GCS_BUCKET)) $(if $(KEY_FILE),--key
   release-centos-7 \
   release-debian-12 \
   release-debian-12-cloudimg \
+  release-debian-13 \
   release-rockylinux-9 \
   release-ubuntu-1804 \
   release-ubuntu-2004 \
@@ -189,6 +199,8 @@ release-debian-12: deps ## Build (if needed), verify and publish debian-12 to GC
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
 release-debian-12-cloudimg: deps ## Build (if needed), verify and publish debian-12-cloudimg to GCS unless already published
 	$(KILN_ENV) $(KILN) release debian-12-cloudimg $(RELEASE_ARGS)
+release-debian-13: deps ## Build (if needed), verify and publish debian-13 to GCS unless already published
+	$(KILN_ENV) $(KILN) release debian-13 $(RELEASE_ARGS)
 release-rockylinux-9: deps ## Build (if needed), verify and publish rockylinux-9 to GCS unless already published
 	$(KILN_ENV) $(KILN) release rockylinux-9 $(RELEASE_ARGS)
 release-ubuntu-1804: deps ## Build (if needed), verify and publish ubuntu-1804 to GCS unless already published
@@ -203,13 +215,14 @@ release-ubuntu-2404-cloudimg: deps ## Build (if needed), verify and publish ubun
 	$(KILN_ENV) $(KILN) release ubuntu-2404-cloudimg $(RELEASE_ARGS)
 release-%: deps
 	$(KILN_ENV) $(KILN) release $* $(RELEASE_ARGS)
-release-all: deps ## Release every target that builds on this machine kind (debian-12)
+release-all: deps ## Release every target that builds on this machine kind (debian-12, debian-13)
 	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
+	$(KILN_ENV) $(KILN) release debian-13 $(RELEASE_ARGS)
 
 ##@ Tests
-.PHONY: test test-unit test-vm test-vm-more test-vm-runner test-cloudimg test-apt-cache test-repro-cold test-overlay test-soak lint
+.PHONY: test test-unit test-vm test-vm-more test-vm-runner test-cloudimg test-apt-cache test-repro-cold test-overlay test-soak test-debian-13 lint
 # the long VM tests, each with a target of its own; `make test` (CI) runs none of them
-LONG_VM_TESTS = vm_runner or cloudimg or repro_cold or apt_cache or overlay or soak
+LONG_VM_TESTS = vm_runner or cloudimg or repro_cold or apt_cache or overlay or soak or debian13
 test: deps lint ## Lint, then the suite CI runs: unit, GCS, the shared image's build and its boots (BIOS, UEFI, OVA, live ISO, netboot), verify, bump, kill -9 (not vm_more)
 	$(PYTEST) -v --durations=40 -m 'not ($(LONG_VM_TESTS)) and not vm_more'
 
@@ -221,6 +234,9 @@ test-vm-runner: deps ## Build and verify debian-12 with the VM runner too; the s
 
 test-cloudimg: deps ## Build debian-12-cloudimg end to end from a locally served cloud image, boot it on BIOS and UEFI (~16 min)
 	$(PYTEST) -v -m cloudimg
+
+test-debian-13: deps ## Build debian-13 (trixie: systemd-networkd, not ifupdown) with the chroot runner, verify it and boot it again: its network and name server (~6 min)
+	$(PYTEST) -v -m debian13
 
 test-apt-cache: deps ## Build debian-12 twice through a real apt-cacher-ng: cache hits, no cache setting left, kiln diff of one extra package (~10 min)
 	$(PYTEST) -v -s -m apt_cache

@@ -87,6 +87,61 @@ def test_cache_key_changes_with_every_input_and_only_then():
         assert _spec(**change).key() != key, change
     # where the packages come from is not what lands on the disk: another mirror reuses the base
     assert _spec(mirror="http://mirror.example/debian").key() == key
+    assert _spec(network="networkd").key() != key
+    # the stack every base had before there was a choice: those bases keep the key they were cached under
+    # (this one's, made with layout 8 before bootstrap_network)
+    assert _spec(layout_version=8).key() == "8858b422abe546c62f13f614"
+
+
+def test_the_network_stack_chooses_its_packages():
+    def spec(network):
+        values = {"bootstrap_suite": "trixie", "disk_size": 8192, "bootstrap_network": network}
+        return bootstrap.spec_from_config(values, REPO)
+
+    ifupdown, networkd = spec("ifupdown"), spec("networkd")
+    assert {"ifupdown", "isc-dhcp-client"} <= set(ifupdown.packages)
+    assert "systemd-resolved" not in ifupdown.packages
+    assert "systemd-resolved" in networkd.packages
+    assert not {"ifupdown", "isc-dhcp-client"} & set(networkd.packages)
+    assert networkd.network == "networkd" and networkd.key() != ifupdown.key()
+    # the default is ifupdown, as every base before the choice
+    assert bootstrap.spec_from_config({"bootstrap_suite": "trixie", "disk_size": 8192}, REPO) == ifupdown
+
+
+def _etc(tmp_path: Path) -> Path:
+    """An /etc as mmdebstrap leaves it: the build host's resolv.conf (systemd-resolved's postinst kept a
+    copy of it beside its link), cloud-init's and ifupdown's folders."""
+    etc = tmp_path / "etc"
+    (etc / "cloud" / "cloud.cfg.d").mkdir(parents=True)
+    (etc / "network").mkdir()
+    (etc / "resolv.conf").write_text("nameserver 192.0.2.53\n")
+    (etc / ".resolv.conf.systemd-resolved.bak").write_text("nameserver 192.0.2.53\n")
+    return etc
+
+
+def test_a_networkd_base_resolves_through_resolved_and_keeps_nothing_of_the_host(tmp_path):
+    etc = _etc(tmp_path)
+    bootstrap._network_files(etc, "networkd")
+    assert (etc / "resolv.conf").is_symlink()
+    assert str((etc / "resolv.conf").readlink()) == "../run/systemd/resolve/stub-resolv.conf"
+    assert not (etc / ".resolv.conf.systemd-resolved.bak").exists()
+    cfg = (etc / "cloud" / "cloud.cfg.d" / "05_kiln_network.cfg").read_text()
+    assert "renderers: [networkd]" in cfg and "activators: [networkd]" in cfg
+    assert not (etc / "network" / "interfaces").exists()
+    assert "192.0.2.53" not in "".join(p.read_text() for p in etc.rglob("*") if p.is_file())
+    hooks = bootstrap._network_hooks("networkd")
+    assert hooks == ['--customize-hook=chroot "$1" systemctl enable systemd-networkd.service']
+
+
+def test_an_ifupdown_base_has_an_empty_resolv_conf_and_sources_cloud_inits_interfaces(tmp_path):
+    etc = _etc(tmp_path)
+    bootstrap._network_files(etc, "ifupdown")
+    assert not (etc / "resolv.conf").is_symlink() and (etc / "resolv.conf").read_text() == ""
+    assert (etc / "resolv.conf").stat().st_mode & 0o777 == 0o644
+    assert "source /etc/network/interfaces.d/*" in (etc / "network" / "interfaces").read_text()
+    assert (etc / "network" / "interfaces.d").is_dir()
+    assert not (etc / "cloud" / "cloud.cfg.d" / "05_kiln_network.cfg").exists()
+    assert bootstrap._network_hooks("ifupdown") == []
 
 
 def test_spec_from_config_adds_required_packages_and_hashes_boot_files(tmp_path):

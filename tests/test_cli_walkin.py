@@ -105,7 +105,7 @@ def test_bash_completion_completes_commands_targets_options_and_choices() -> Non
     script = kiln("completion", "bash").stdout
     assert "complete -o filenames -F _kiln_complete kiln" in script
     assert _complete(script, "kiln", "bu") == ["build"]
-    assert _complete(script, "kiln", "build", "debian-") == ["debian-12", "debian-12-cloudimg"]
+    assert _complete(script, "kiln", "build", "debian-") == ["debian-12", "debian-12-cloudimg", "debian-13"]
     assert "--dry-run" in _complete(script, "kiln", "build", "debian-12", "--dr")
     assert _complete(script, "kiln", "cache", "pr") == ["prune"]
     assert _complete(script, "kiln", "build", "x", "--progress", "j") == ["json"]

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from kiln import cli
-from kiln.artifacts import formats
+from kiln.artifacts import compare, formats
 from kiln.config import inventory
 from kiln.core.builddir import BuildDir
 from kiln.core.errors import InputError
@@ -178,7 +178,7 @@ def test_a_kernel_command_line_past_the_limit_is_named(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="host big: its kernel command line would be"):
         hosts.iso_patch("debian-12", "", host, s)
     with pytest.raises(InputError, match="host big: its kernel command line would be"):
-        hosts.ipxe_host("debian-12", "http://10.0.2.2:8080", host, s)
+        hosts.ipxe_host("debian-12", "http://10.0.2.2:8080", host, s, datasource="nocloud")
 
 
 def test_a_layered_netboot_host_keeps_live_boot_off_the_network(tmp_path: Path) -> None:
@@ -187,10 +187,12 @@ def test_a_layered_netboot_host_keeps_live_boot_off_the_network(tmp_path: Path) 
     fetches its squashfs over DHCP in the initramfs and keeps `ip=dhcp`."""
     a = inventory.load(_inv(tmp_path, GOOD)).hosts[0]
     s = hosts.seed(a, values={}, keys=[KEY], user="kiln", templates=TEMPLATES)
-    layered = hosts.ipxe_host("debian-12", "http://10.0.2.2:8080", a, s, images=["base", "overlay"])
+    layered = hosts.ipxe_host(
+        "debian-12", "http://10.0.2.2:8080", a, s, images=["base", "overlay"], datasource="nocloud"
+    )
     kernel = next(ln for ln in layered.splitlines() if ln.startswith("kernel "))
     assert " nonetworking " in kernel and "network-config=" in kernel and "ip=dhcp" not in kernel
-    plain = hosts.ipxe_host("debian-12", "http://10.0.2.2:8080", a, s)
+    plain = hosts.ipxe_host("debian-12", "http://10.0.2.2:8080", a, s, datasource="nocloud-net")
     kernel = next(ln for ln in plain.splitlines() if ln.startswith("kernel "))
     assert "nonetworking" not in kernel and "ip=dhcp" in kernel
 
@@ -296,7 +298,7 @@ def test_an_iso_without_slots_is_named(tmp_path: Path) -> None:
 def test_without_base_url_the_scripts_wait_for_the_chain_to_set_it(tmp_path: Path) -> None:
     a = inventory.load(_inv(tmp_path, GOOD)).hosts[0]
     s = hosts.seed(a, values={}, keys=[KEY], user="kiln", templates=TEMPLATES)
-    text = hosts.ipxe_host("debian-12", "", a, s)
+    text = hosts.ipxe_host("debian-12", "", a, s, datasource="nocloud-net")
     assert text.startswith("#!ipxe") and "isset ${base} || goto nobase" in text and "|| set base" not in text
 
 
@@ -346,7 +348,9 @@ def test_serve_hosts_answers_by_name_and_mac_refuses_the_rest_and_shares_one_gen
         assert factory.generations == 1 and len(results) == 2 and results[0] == results[1]
         first = inventory.load(inv_path).hosts[0]
         (tmp_path / "h").mkdir()
-        made = hosts.media(build.name, "quiet", "", first, factory.seed(first), iso=True)
+        made = hosts.media(
+            build.name, "quiet", "", first, factory.seed(first), iso=True, datasource="nocloud-net"
+        )
         hosts.write_host(tmp_path / "h", first, made, iso=factory.iso, where=factory.slots())
         written = tmp_path / "h" / "node-a.iso"
         assert results[0] == written.read_bytes()
@@ -383,3 +387,21 @@ def test_serve_refuses_seeds_to_addresses_outside_the_allow_list(build: BuildDir
         serve.parse_allow(["x"])
     with serve.Server(build, hosts=factory) as server:  # default: the subnet served on (loopback here)
         assert _get(f"http://127.0.0.1:{server.port}/hosts/node-a/user-data")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("version", "name"),
+    [
+        ("25.1.4-1+deb13u1", "nocloud"),  # Debian 13
+        ("24.1.3-0ubuntu3", "nocloud"),  # the first that reads remote seeds as nocloud
+        ("1:24.2-1", "nocloud"),
+        ("23.4.4-0ubuntu0~20.04.1", "nocloud-net"),
+        ("22.4.2-1+deb12u1", "nocloud-net"),  # Debian 12: its nocloud reads local seeds only
+        (None, "nocloud-net"),  # no package list: the name every cloud-init reads
+    ],
+)
+def test_a_seed_over_http_is_named_as_the_images_cloud_init_reads_it(tmp_path: Path, version, name) -> None:
+    build = BuildDir.of(tmp_path, "n", {}, {})
+    if version is not None:
+        (tmp_path / "n.packages").write_text(f"bash\t5.2.37-2\ncloud-init\t{version}\n")
+    assert compare.seed_datasource(build) == name

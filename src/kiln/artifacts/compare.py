@@ -17,6 +17,7 @@ no difference. `equal()` is what the exit code says: 0 equal, 1 different.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,22 @@ _FILE_FIELDS = ("type", "mode", "uid", "gid", "size", "sha256", "target", "rdev"
 def packages(build: BuildDir) -> dict[str, str] | None:
     path = build.path / f"{build.name}.packages"
     return read_packages(path) if path.is_file() else None
+
+
+# cloud-init's NoCloud reads a seed from a URL on the kernel command line (`ds=NAME;s=URL`) under the name
+# nocloud-net before 24.1; 24.1's nocloud reads both local and remote seeds and deprecates nocloud-net,
+# which `cloud-init status` then reports as a recoverable error (exit 2)
+NOCLOUD_BOTH = (24, 1)
+
+
+def seed_datasource(build: BuildDir) -> str:
+    """The datasource name for a NoCloud seed served over HTTP to `build`'s image, from its cloud-init's
+    version; nocloud-net, which every cloud-init reads, where the package list does not say."""
+    found = (packages(build) or {}).get("cloud-init", "")
+    match = re.match(r"(?:\d+:)?(\d+)\.(\d+)", found)
+    if match and (int(match[1]), int(match[2])) >= NOCLOUD_BOTH:
+        return "nocloud"
+    return "nocloud-net"
 
 
 def read_packages(path: Path) -> dict[str, str]:

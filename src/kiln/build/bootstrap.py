@@ -83,8 +83,6 @@ REQUIRED_PACKAGES = (
     "openssh-server",
     "cloud-init",
     "cloud-guest-utils",
-    "ifupdown",
-    "isc-dhcp-client",
     "iproute2",
     "netbase",
     "python3",
@@ -93,6 +91,13 @@ REQUIRED_PACKAGES = (
     "ca-certificates",
     "gnupg",
 )
+# ...and the network stack cloud-init configures at boot, by `bootstrap_network`. networkd needs resolved:
+# systemd-networkd hands the name servers DHCP gives to systemd-resolved only, not to /etc/resolv.conf
+NETWORK_PACKAGES = {
+    "ifupdown": ("ifupdown", "isc-dhcp-client"),
+    "networkd": ("systemd-resolved",),
+}
+RESOLVED_STUB = "../run/systemd/resolve/stub-resolv.conf"  # /etc/resolv.conf as systemd-resolved makes it
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,7 @@ class BaseSpec:
     disk_size_mib: int
     files_digest: str = ""
     layout_version: int = LAYOUT_VERSION
+    network: str = "ifupdown"  # bootstrap_network
     # SOURCE_DATE_EPOCH for mmdebstrap and the maintainer scripts it runs (the kernel's initrd, made by
     # update-initramfs then, was gzip with the run's own times and temp name: two bases, two initrds)
     source_date: int = 0
@@ -167,6 +173,8 @@ class BaseSpec:
     def key(self) -> str:
         """What lands on the disk; not where the packages came from (the mirror is left out)."""
         fields = {k: v for k, v in asdict(self).items() if k != "mirror"}
+        if self.network == "ifupdown":  # the stack before there was a choice: those bases keep their keys
+            del fields["network"]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -194,7 +202,10 @@ def spec_from_config(values: Any, repo_root: Path) -> BaseSpec:
     extra = get("bootstrap_packages") or []
     if isinstance(extra, str):
         extra = [p for p in extra.replace(",", " ").split() if p]
-    packages = tuple(sorted(set(REQUIRED_PACKAGES) | {str(p) for p in extra}))
+    network = str(get("bootstrap_network"))
+    packages = tuple(
+        sorted(set(REQUIRED_PACKAGES) | set(NETWORK_PACKAGES[network]) | {str(p) for p in extra})
+    )
     return BaseSpec(
         suite=str(get("bootstrap_suite")),
         mirror=str(get("bootstrap_mirror")),
@@ -202,6 +213,7 @@ def spec_from_config(values: Any, repo_root: Path) -> BaseSpec:
         disk_size_mib=int(get("disk_size")),
         files_digest=files_digest(repo_root),
         source_date=int(get("source_date_epoch") or STAGE_SOURCE_DATE),
+        network=network,
     )
 
 
@@ -326,6 +338,7 @@ def _build(
             # --dpkgopt options in the tree (dpkg.cfg.d/99mmdebstrap): the hook takes it out again
             "--dpkgopt=force-unsafe-io",
             '--customize-hook=rm -f "$1"/etc/dpkg/dpkg.cfg.d/99mmdebstrap',
+            *_network_hooks(spec.network),
             spec.suite,
             str(tree),
             spec.mirror,
@@ -456,6 +469,46 @@ def _tree_paths(tree: Path) -> list[str]:
     return out
 
 
+def _network_hooks(network: str) -> list[str]:
+    """mmdebstrap hooks for the network stack: systemd-networkd enabled as `systemctl enable` does it, by
+    the tree's own systemctl (Debian installs it disabled; systemd-resolved enables itself)."""
+    if network != "networkd":
+        return []
+    return ['--customize-hook=chroot "$1" systemctl enable systemd-networkd.service']
+
+
+# cloud-init picks the first renderer whose tools it finds; kiln names the one the base was made for
+CLOUD_INIT_NETWORKD = """\
+# kiln bootstrap (bootstrap_network: networkd): cloud-init writes systemd-networkd's units
+system_info:
+  network:
+    renderers: [networkd]
+    activators: [networkd]
+"""
+
+
+def _network_files(etc: Path, network: str) -> None:
+    """The network stack's own files: where cloud-init's config goes and where the name servers come from."""
+    if network == "networkd":
+        # resolved's link (its postinst made it, and kept the build host's resolv.conf it replaced as a
+        # backup: gone); the node's resolver fills the stub at boot, and a stage gets the build host's
+        # servers there (kiln.build.standins)
+        (etc / ".resolv.conf.systemd-resolved.bak").unlink(missing_ok=True)
+        (etc / "resolv.conf").unlink(missing_ok=True)
+        (etc / "resolv.conf").symlink_to(RESOLVED_STUB)
+        (etc / "cloud" / "cloud.cfg.d" / "05_kiln_network.cfg").write_text(CLOUD_INIT_NETWORKD)
+        return
+    (etc / "resolv.conf").unlink(missing_ok=True)
+    (etc / "resolv.conf").write_text("")
+    (etc / "resolv.conf").chmod(0o644)
+    # cloud-init renders the real network config (ENI) from its datasource; this only sources it
+    (etc / "network" / "interfaces").write_text(
+        "# kiln bootstrap: cloud-init writes interfaces.d/50-cloud-init\n"
+        "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n"
+    )
+    (etc / "network" / "interfaces.d").mkdir(exist_ok=True)
+
+
 def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str, esp_uuid: str) -> None:
     etc = tree / "etc"
     (etc / "fstab").write_text(
@@ -467,16 +520,11 @@ def _customize_tree(tree: Path, repo_root: Path, spec: BaseSpec, root_uuid: str,
     # mmdebstrap copies the build host's /etc/hostname and /etc/resolv.conf into the tree, modes included (and
     # left both there): the image gets its own, and the node's DHCP client or resolver names its servers
     hosts = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
-    for name, text in (("hostname", "localhost\n"), ("resolv.conf", ""), ("hosts", hosts)):
+    for name, text in (("hostname", "localhost\n"), ("hosts", hosts)):
         (etc / name).unlink(missing_ok=True)
         (etc / name).write_text(text)
         (etc / name).chmod(0o644)
-    # cloud-init renders the real network config (ENI) from its datasource; this only sources it
-    (etc / "network" / "interfaces").write_text(
-        "# kiln bootstrap: cloud-init writes interfaces.d/50-cloud-init\n"
-        "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n"
-    )
-    (etc / "network" / "interfaces.d").mkdir(exist_ok=True)
+    _network_files(etc, spec.network)
     # Debian's public mirror, whichever mirror made the base (bootstrap_mirror says where packages come from
     # and is not in the base's key): each stage points apt at its own build's mirror while it runs (the node
     # role's apt-build.yml), and the image keeps this

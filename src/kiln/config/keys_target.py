@@ -183,6 +183,18 @@ TARGET: tuple[S, ...] = (
         location=True,
     ),
     S(
+        "bootstrap_network",
+        str,
+        "ifupdown",
+        "bootstrap: the base's network stack, which cloud-init configures at boot: ifupdown (ifupdown and "
+        "dhclient; cloud-init writes /etc/network/interfaces.d) or networkd (systemd-networkd and "
+        "systemd-resolved; cloud-init writes /etc/systemd/network). Debian 13's cloud-init asks for DHCPv6, "
+        "which ifupdown waits on for five minutes where no server answers: debian-13 uses networkd.",
+        "os",
+        _one_of("ifupdown", "networkd"),
+        stage="base",
+    ),
+    S(
         "bootstrap_packages",
         list,
         [],

@@ -36,6 +36,7 @@ class Settings:
     provisioner: str
     bootstrap_suite: str
     bootstrap_mirror: str
+    bootstrap_network: str
     bootstrap_packages: tuple[str, ...]
     ssh_timeout: str
     source_date_epoch: int

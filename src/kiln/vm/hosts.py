@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from kiln.artifacts import formats
+from kiln.artifacts import compare, formats
 from kiln.config.inventory import Host, Inventory
 from kiln.core import inputs, tempdirs
 from kiln.core.builddir import BuildDir
@@ -246,10 +246,12 @@ def ipxe_host(
     host_seed: Seed,
     kernel_params: str = "",
     images: Sequence[str] | None = None,
+    *,
+    datasource: str,
 ) -> str:
     """The host's iPXE script: the build's netboot set (`images`: a base + overlay set's), the host's seed
-    at BASE/hosts/NAME/."""
-    args = f"ds=nocloud-net;s=${{base}}/hosts/{host.name}/ network-config={host_seed.network_b64}"
+    at BASE/hosts/NAME/ through cloud-init's `datasource` (kiln.artifacts.compare.seed_datasource)."""
+    args = f"ds={datasource};s=${{base}}/hosts/{host.name}/ network-config={host_seed.network_b64}"
     # A base + overlay set's images come as initrds, with no network in the initramfs: as on the ISO
     # (iso_patch), live-boot must not write a DHCP stanza per NIC for ifupdown to bring up before
     # cloud-init's own config is read.
@@ -330,11 +332,15 @@ def media(
     host_seed: Seed,
     iso: bool,
     images: Sequence[str] | None = None,
+    *,
+    datasource: str,
 ) -> Media:
     """A host's media; InputError when its seed outgrows a slot or a kernel command line is too long.
-    `images`: the images a base + overlay netboot set stacks."""
+    `images`: the images a base + overlay netboot set stacks; `datasource`: cloud-init's name for a seed
+    over HTTP."""
     patch = iso_patch(build_name, kernel_params, host, host_seed) if iso else None
-    return Media(host_seed, ipxe_host(build_name, base_url, host, host_seed, kernel_params, images), patch)
+    script = ipxe_host(build_name, base_url, host, host_seed, kernel_params, images, datasource=datasource)
+    return Media(host_seed, script, patch)
 
 
 def write_host(out: Path, host: Host, made: Media, *, iso: Path | None, where: Slots | None) -> int:
@@ -392,9 +398,10 @@ def prepare(
     iso = live_iso(build)
     where = slots(iso) if iso is not None else None
     images = formats.netboot_images(build.path / formats.NETBOOT_DIR)
+    datasource = compare.seed_datasource(build)
     made = {
         h.name: media(build.name, params, base_url, h, seed(h, values=values, keys=keys, user=user,
-                      templates=templates), iso is not None, images)
+                      templates=templates), iso is not None, images, datasource=datasource)
         for h in inventory.hosts
     }  # fmt: skip
     return Plan(made, base_url, iso, where)

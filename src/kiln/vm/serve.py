@@ -5,7 +5,7 @@
                            when ADDRESS is a loopback or wildcard address)
     /vmlinuz, /initrd, /filesystem.squashfs
     /seed/user-data, /seed/meta-data (--cidata ISO|DIR): a NoCloud seed; the kernel command line then says
-                           ds=nocloud-net;s=BASE/seed/
+                           ds=nocloud;s=BASE/seed/ (nocloud-net for a cloud-init before 24.1)
 
 With --hosts INVENTORY (hosts.py), per host, to the addresses --allow permits (default: the subnet of the
 address served on; seeds may carry join tokens):
@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.artifacts import compare
 from kiln.artifacts.formats import NETBOOT_DIR, ipxe_script, netboot_images
 from kiln.artifacts.layers import NETBOOT_CPIO
 from kiln.config.inventory import normal_mac
@@ -84,6 +85,7 @@ class Server:
             )
         self.name = build.name
         self.kernel_params = str(build.values().get("extra_kernel_boot_params") or "")
+        self.datasource = compare.seed_datasource(build)
         self.seed = dict(seed or {})
         self.hosts = hosts
         self.say = say
@@ -149,7 +151,7 @@ class Server:
         if self.hosts is not None:
             macs = {m: h.name for h in self.hosts.inventory().hosts for m in h.macs}
             return hosts.ipxe_chain(self.base, macs).encode()
-        extra = f"ds=nocloud-net;s={self.base}/seed/" if self.seed else ""
+        extra = f"ds={self.datasource};s={self.base}/seed/" if self.seed else ""
         return ipxe_script(self.name, self.base, extra, self.kernel_params, self.images).encode()
 
     def allowed(self, client: str) -> bool:
@@ -208,7 +210,8 @@ class Server:
         seed = factory.seed(host)
         body: bytes | None = None
         if asset == "boot.ipxe":
-            body = hosts.ipxe_host(self.name, self.base, host, seed, self.kernel_params, self.images).encode()
+            body = hosts.ipxe_host(self.name, self.base, host, seed, self.kernel_params, self.images,
+                                   datasource=self.datasource).encode()  # fmt: skip
         elif asset in seed.live:  # the seed netboot fetches
             body = seed.live[asset].encode()
         elif asset == "vendor-data":
