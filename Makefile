@@ -216,8 +216,7 @@ release-ubuntu-2404-cloudimg: deps ## Build (if needed), verify and publish ubun
 release-%: deps
 	$(KILN_ENV) $(KILN) release $* $(RELEASE_ARGS)
 release-all: deps ## Release every target that builds on this machine kind (debian-12, debian-13)
-	$(KILN_ENV) $(KILN) release debian-12 $(RELEASE_ARGS)
-	$(KILN_ENV) $(KILN) release debian-13 $(RELEASE_ARGS)
+	$(KILN_ENV) $(KILN) release debian-12 debian-13 $(RELEASE_ARGS)
 
 ##@ Tests
 .PHONY: test test-unit test-vm test-vm-more test-vm-runner test-cloudimg test-apt-cache test-repro-cold test-overlay test-soak test-debian-13 lint

@@ -141,6 +141,31 @@ def test_a_resolv_conf_a_task_replaces_stays_and_its_backup_is_the_trees_own(tmp
     assert not (tree / "etc/resolv.conf.bak").exists() and not (tree / "etc/resolv.conf").exists()
 
 
+def test_a_file_a_task_puts_over_resolveds_link_gives_way_to_the_link(tmp_path: Path) -> None:
+    """A networkd base's resolv.conf is resolved's link into /run (the stage's servers are in the stage's
+    /run): a task that puts a file naming the build host's servers in its place, or copies them under /etc,
+    leaves neither in the image; a file of the task's own (no server of the build host's) stays."""
+    host = Path("/etc/resolv.conf").read_bytes()
+    if not any(line.startswith(b"nameserver") for line in host.splitlines()):
+        pytest.skip("this host's /etc/resolv.conf names no server")
+    tree, work = _tree(tmp_path), tmp_path / "work"
+    work.mkdir()
+    stub = "../run/systemd/resolve/stub-resolv.conf"
+    (tree / "etc/resolv.conf").symlink_to(stub)
+    with standins.prepared(tree, work, runtime=RUNTIME) as run:
+        served = (run / "systemd/resolve/stub-resolv.conf").read_bytes()
+        assert served == host
+        (tree / "etc/resolv.conf").unlink()
+        (tree / "etc/resolv.conf").write_bytes(served + b"options edns0\n")
+        (tree / "etc/resolv.conf.orig").write_bytes(served)
+    assert os.readlink(tree / "etc/resolv.conf") == stub
+    assert not (tree / "etc/resolv.conf.orig").exists()
+    with standins.prepared(tree, work, runtime=RUNTIME):
+        (tree / "etc/resolv.conf").unlink()
+        (tree / "etc/resolv.conf").write_text("nameserver 192.0.2.53\n")
+    assert (tree / "etc/resolv.conf").read_text() == "nameserver 192.0.2.53\n"
+
+
 @root_only
 def test_pack_and_unpack_keep_owners_modes_links_and_xattrs(tmp_path: Path) -> None:
     tree = _tree(tmp_path)

@@ -8,6 +8,7 @@ import base64
 import gzip
 import hashlib
 import json
+import shutil
 import threading
 import time
 import urllib.error
@@ -405,3 +406,40 @@ def test_a_seed_over_http_is_named_as_the_images_cloud_init_reads_it(tmp_path: P
     if version is not None:
         (tmp_path / "n.packages").write_text(f"bash\t5.2.37-2\ncloud-init\t{version}\n")
     assert compare.seed_datasource(build) == name
+
+
+def test_serve_and_hosts_name_the_seed_as_a_newer_cloud_init_reads_it(
+    build: BuildDir, tmp_path: Path
+) -> None:
+    """An image with cloud-init 25.1 (debian-13's) gets `ds=nocloud` in every script that points it at a seed
+    over HTTP: `kiln serve --cidata`'s, `kiln serve --hosts`' and `kiln hosts`'; a package list kiln cannot
+    read is a warning and the name every cloud-init reads, and a server with no seed does not read it."""
+    path = tmp_path / build.path.name
+    shutil.copytree(build.path, path)
+    packages = path / f"{build.name}.packages"
+    packages.write_text("bash\t5.2.37-2\ncloud-init\t25.1.4-1+deb13u1\n")
+    newer = BuildDir.open(path)
+    seed = {"user-data": b"#cloud-config\n", "meta-data": b"instance-id: i-1\n"}
+    with serve.Server(newer, seed=seed) as server:
+        assert (
+            f"ds=nocloud;s={server.base}/seed/"
+            in _get(f"http://127.0.0.1:{server.port}/boot.ipxe")[1].decode()
+        )
+    factory = hosts.Factory(
+        _inv(tmp_path, GOOD), newer, keys=[KEY], user="kiln", templates=TEMPLATES, say=lambda _line: None
+    )
+    with serve.Server(newer, hosts=factory) as server:
+        script = _get(f"http://127.0.0.1:{server.port}/hosts/node-a/boot.ipxe")[1].decode()
+        assert "ds=nocloud;s=${base}/hosts/node-a/" in script
+    pub = tmp_path / "k.pub"
+    pub.write_text(KEY + "\n")
+    argv = ["hosts", str(_inv(tmp_path, GOOD)), str(path), "-o", str(tmp_path / "out"), "--ssh-public-key",
+            str(pub), "--base-url", "http://10.0.2.2:8080"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "ds=nocloud;s=${base}/hosts/node-a/" in (tmp_path / "out" / "node-a" / "boot.ipxe").read_text()
+
+    packages.write_text("cloud-init 25.1\n")  # no TAB: not a package list
+    with serve.Server(newer) as server:  # no seed: the list is not read
+        assert b"ds=" not in _get(f"http://127.0.0.1:{server.port}/boot.ipxe")[1]
+    with serve.Server(newer, seed=seed) as server:
+        assert "ds=nocloud-net;s=" in _get(f"http://127.0.0.1:{server.port}/boot.ipxe")[1].decode()

@@ -667,6 +667,27 @@ def test_each_setting_feeds_the_stages_it_declares() -> None:
     assert BY_NAME["apt_mirror"].location and "apt_mirror" not in stages.stage_settings("os")
 
 
+def test_a_setting_newer_than_the_cached_stages_keeps_their_ids_at_its_default(tmp_path: Path) -> None:
+    """bootstrap_network came after stages were cached: at ifupdown, the stack every earlier base had, a
+    target's stage IDs are the ones it had without the setting; networkd is another base, other IDs."""
+    from kiln.config.settings import SETTINGS
+
+    root = tmp_path / "root"
+    root.mkdir()
+    without = stages.stage_ids({"bootstrap_suite": "trixie"}, root, tmp_path, ())
+    ifupdown = stages.stage_ids(
+        {"bootstrap_suite": "trixie", "bootstrap_network": "ifupdown"}, root, tmp_path, ()
+    )
+    networkd = stages.stage_ids(
+        {"bootstrap_suite": "trixie", "bootstrap_network": "networkd"}, root, tmp_path, ()
+    )
+    assert {k: v.id for k, v in ifupdown.items()} == {k: v.id for k, v in without.items()}
+    assert "bootstrap_network" not in ifupdown["base"].inputs["settings"]
+    assert networkd["base"].inputs["settings"]["bootstrap_network"] == "networkd"
+    assert networkd["base"].id != ifupdown["base"].id and networkd["os"].id != ifupdown["os"].id
+    assert [s.name for s in SETTINGS if s.new_in_ids] == ["bootstrap_network"]
+
+
 def test_a_role_named_by_name_is_hashed_by_its_content(tmp_path: Path) -> None:
     """extra_roles_before/after name roles as Ansible finds them (ansible/roles/NAME): editing such a role
     is a change of the stage that runs it, though its name stays the same."""

@@ -17,6 +17,7 @@ no difference. `equal()` is what the exit code says: 0 equal, 1 different.
 
 from __future__ import annotations
 
+import logging
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from kiln.config.settings import SETTINGS
 from kiln.core import inputs
 from kiln.core.builddir import CONFIG, BuildDir
 from kiln.core.errors import InputError
+
+log = logging.getLogger(__name__)
 
 # where and how a build ran, not what it makes (the settings in no stage ID: output_dir, mirrors, proxies,
 # download URLs, whose content the checksums pin): shown, not counted as a difference
@@ -48,8 +51,13 @@ NOCLOUD_BOTH = (24, 1)
 
 def seed_datasource(build: BuildDir) -> str:
     """The datasource name for a NoCloud seed served over HTTP to `build`'s image, from its cloud-init's
-    version; nocloud-net, which every cloud-init reads, where the package list does not say."""
-    found = (packages(build) or {}).get("cloud-init", "")
+    version; nocloud-net, which every cloud-init reads, where the package list does not say (none, or one
+    kiln cannot read: a warning)."""
+    try:
+        found = (packages(build) or {}).get("cloud-init", "")
+    except InputError as err:
+        log.warning("%s; the seed's datasource is nocloud-net, which every cloud-init reads", err.message)
+        found = ""
     match = re.match(r"(?:\d+:)?(\d+)\.(\d+)", found)
     if match and (int(match[1]), int(match[2])) >= NOCLOUD_BOTH:
         return "nocloud"

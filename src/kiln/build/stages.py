@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln import __version__
-from kiln.config.settings import SETTINGS, STAGE_NAMES
+from kiln.config.settings import BY_NAME, SETTINGS, STAGE_NAMES
 from kiln.core import digests, tempdirs
 from kiln.core.errors import InputError
 
@@ -206,7 +206,7 @@ def stage_ids(
     for stage in STAGES:
         inputs: dict[str, Any] = {
             "layout": stage.layout,
-            "settings": {k: values.get(k) for k in stage_settings(stage.name)},
+            "settings": {k: values.get(k) for k in stage_settings(stage.name) if not _as_before(k, values)},
             "files": files_digest(root, stage.files),
         }
         if stage.user_files:
@@ -228,6 +228,12 @@ def stage_ids(
         out[stage.name] = StageId(stage.name, sid, parent, inputs)
         parent = sid
     return out
+
+
+def _as_before(key: str, values: Mapping[str, Any]) -> bool:
+    """A setting newer than the cached stages, at the default they were made with (Setting.new_in_ids)."""
+    setting = BY_NAME[key]
+    return setting.new_in_ids and values.get(key, setting.default) == setting.default
 
 
 def _unpinned_kubernetes_source(values: Mapping[str, Any]) -> str:

@@ -156,14 +156,20 @@ def _into_run(link: Path) -> str | None:
 @contextlib.contextmanager
 def resolver(tree: Path, run: Path, host: bytes) -> Iterator[None]:
     """The build host's name servers in the tree for the stage, its own resolv.conf back afterwards (module
-    doc). A resolv.conf that links into /run gets the host's servers in the stage's /run and stays as is."""
+    doc). A resolv.conf that links into /run (systemd-resolved's stub: a networkd base's) gets the host's
+    servers in the stage's /run and stays as is; a task's file in its place, or a copy under /etc, that
+    names them gives way to the link, as the stand-in file does."""
     etc = tree / "etc" / "resolv.conf"
     into_run = _into_run(etc) if etc.is_symlink() else None
     if into_run is not None:
         stub = run / into_run
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_bytes(host)
-        yield
+        st, into = os.stat(stub), os.readlink(etc)
+        try:
+            yield
+        finally:
+            _put_back_resolver(tree, etc, (st.st_dev, st.st_ino), into, None, host)
         return
     if etc.is_dir() and not etc.is_symlink():
         raise BuildError(f"{etc}: a directory, not the resolver's file; the stage cannot name servers there")

@@ -193,6 +193,7 @@ TARGET: tuple[S, ...] = (
         "os",
         _one_of("ifupdown", "networkd"),
         stage="base",
+        new_in_ids=True,  # ifupdown, the stack of every base before the choice: their stages stay cached
     ),
     S(
         "bootstrap_packages",

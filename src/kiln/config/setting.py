@@ -32,6 +32,9 @@ class Setting:
     aliases: tuple[str, ...] = ()
     # the stage (or stages) whose work it changes: its value goes into that stage's ID unless `location`
     stage: str | tuple[str, ...] = ""
+    # a setting added after images were cached under stage IDs without it: at its default (what every such
+    # image had) it stays out of the IDs, so that they stay cached; any other value goes in
+    new_in_ids: bool = False
 
     def __post_init__(self) -> None:
         if not self.stages or not set(self.stages) <= set(STAGE_NAMES):

@@ -85,7 +85,8 @@ class Server:
             )
         self.name = build.name
         self.kernel_params = str(build.values().get("extra_kernel_boot_params") or "")
-        self.datasource = compare.seed_datasource(build)
+        # cloud-init's name for a seed over HTTP, asked of the image only where there is a seed to serve
+        self.datasource = compare.seed_datasource(build) if (seed or hosts is not None) else ""
         self.seed = dict(seed or {})
         self.hosts = hosts
         self.say = say
