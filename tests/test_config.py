@@ -481,3 +481,16 @@ def test_a_config_from_another_root_is_refused_where_it_meets_the_runtime(tmp_pa
     other = dataclasses.replace(RUNTIME, root=tmp_path / "elsewhere")
     with pytest.raises(InputError, match="data root"):
         pipeline.run_build(cfg, runtime=other)
+
+
+def test_a_later_suite_on_ifupdown_is_warned_of_before_the_build() -> None:
+    """A target of one's own made from debian-12's file with a later suite: its first boot would wait five
+    minutes on DHCPv6 in networking.service; the config says so, naming where the suite was set."""
+    cfg = config.load("debian-12", overrides={"bootstrap_suite": "trixie"})
+    (line,) = [w for w in cfg.warnings if "bootstrap_suite" in w]
+    assert line.startswith("-var: bootstrap_suite: trixie with bootstrap_network ifupdown (default)")
+    assert "DHCPv6" in line and "networkd" in line
+    assert not config.load("debian-13").warnings
+    assert not config.load("debian-12").warnings
+    fixed = config.load("debian-12", overrides={"bootstrap_suite": "trixie", "bootstrap_network": "networkd"})
+    assert not fixed.warnings

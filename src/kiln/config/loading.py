@@ -225,7 +225,32 @@ def load(
         + tuple(
             f"{label}: comment keys (a leading _) skipped: {', '.join(keys)}"
             for label, keys in layering.comments.items()
-        ),
+        )
+        + _network_warnings(values, origins),
+    )
+
+
+# Debian suites whose cloud-init (24.1 and later) asks for DHCPv6 in its fallback network config
+DHCPV6_SUITES = frozenset({"trixie", "forky", "duke", "stable", "testing", "unstable", "sid"})
+
+
+def _network_warnings(values: dict[str, Any], origins: dict[str, str]) -> tuple[str, ...]:
+    """A bootstrap base with ifupdown on a suite whose cloud-init asks for DHCPv6: its first boot waits five
+    minutes for a DHCPv6 server where none answers (docs/building.md, the bootstrap base disk)."""
+    suite = str(values.get("bootstrap_suite") or "")
+    if values.get("install_method") != "bootstrap" or values.get("bootstrap_network") != "ifupdown":
+        return ()
+    if suite not in DHCPV6_SUITES:
+        return ()
+    suite_from, network_from = (
+        origins.get("bootstrap_suite", "default"),
+        origins.get("bootstrap_network", "default"),
+    )
+    return (
+        f"{suite_from}: bootstrap_suite: {suite} with bootstrap_network ifupdown ({network_from}): its "
+        "cloud-init asks for DHCPv6, and ifupdown's dhclient waits five minutes for it where no DHCPv6 "
+        "server answers (QEMU's user network has none), so the verify boot fails no-unit-failed-in-the-boot; "
+        "set bootstrap_network to networkd, as config/debian-13.json does",
     )
 
 
