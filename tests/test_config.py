@@ -494,3 +494,11 @@ def test_a_later_suite_on_ifupdown_is_warned_of_before_the_build() -> None:
     assert not config.load("debian-12").warnings
     fixed = config.load("debian-12", overrides={"bootstrap_suite": "trixie", "bootstrap_network": "networkd"})
     assert not fixed.warnings
+
+
+def test_the_later_suite_warning_names_the_var_file_and_only_bootstrap_targets(tmp_path: Path) -> None:
+    var = tmp_path / "site.json"
+    var.write_text('{"bootstrap_suite": "forky"}')
+    (line,) = config.load("debian-12", var_files=[var]).warnings
+    assert line.startswith(f"{var}: bootstrap_suite: forky with bootstrap_network ifupdown (default)"), line
+    assert not config.load("ubuntu-2404-cloudimg", var_files=[var]).warnings  # no bootstrap base
