@@ -173,7 +173,7 @@ class BaseSpec:
     def key(self) -> str:
         """What lands on the disk; not where the packages came from (the mirror is left out)."""
         fields = {k: v for k, v in asdict(self).items() if k != "mirror"}
-        if self.network == "ifupdown":  # the stack before there was a choice: those bases keep their keys
+        if stages.as_before("bootstrap_network", self.network):  # the stack before there was a choice
             del fields["network"]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:24]

@@ -206,7 +206,11 @@ def stage_ids(
     for stage in STAGES:
         inputs: dict[str, Any] = {
             "layout": stage.layout,
-            "settings": {k: values.get(k) for k in stage_settings(stage.name) if not _as_before(k, values)},
+            "settings": {
+                k: values.get(k)
+                for k in stage_settings(stage.name)
+                if not as_before(k, values.get(k, BY_NAME[k].default))
+            },
             "files": files_digest(root, stage.files),
         }
         if stage.user_files:
@@ -230,10 +234,11 @@ def stage_ids(
     return out
 
 
-def _as_before(key: str, values: Mapping[str, Any]) -> bool:
-    """A setting newer than the cached stages, at the default they were made with (Setting.new_in_ids)."""
+def as_before(key: str, value: Any) -> bool:
+    """A setting newer than the cached stages, at the default they were made with (Setting.new_in_ids):
+    left out of the stage IDs, and of the base disk's key (kiln.build.bootstrap.BaseSpec.key)."""
     setting = BY_NAME[key]
-    return setting.new_in_ids and values.get(key, setting.default) == setting.default
+    return setting.new_in_ids and value == setting.default
 
 
 def _unpinned_kubernetes_source(values: Mapping[str, Any]) -> str:

@@ -242,15 +242,12 @@ def _network_warnings(values: dict[str, Any], origins: dict[str, str]) -> tuple[
         return ()
     if suite not in DHCPV6_SUITES:
         return ()
-    suite_from, network_from = (
-        origins.get("bootstrap_suite", "default"),
-        origins.get("bootstrap_network", "default"),
-    )
     return (
-        f"{suite_from}: bootstrap_suite: {suite} with bootstrap_network ifupdown ({network_from}): its "
-        "cloud-init asks for DHCPv6, and ifupdown's dhclient waits five minutes for it where no DHCPv6 "
-        "server answers (QEMU's user network has none), so the verify boot fails no-unit-failed-in-the-boot; "
-        "set bootstrap_network to networkd, as config/debian-13.json does",
+        f"{origins['bootstrap_suite']}: bootstrap_suite: {suite} with bootstrap_network ifupdown "
+        f"({origins['bootstrap_network']}): its cloud-init asks for DHCPv6, and ifupdown's dhclient waits "
+        "five minutes for it where no DHCPv6 server answers (QEMU's user network has none), so the verify "
+        "boot fails no-unit-failed-in-the-boot; set bootstrap_network to networkd, as "
+        "config/debian-13.json does",
     )
 
 
