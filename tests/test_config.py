@@ -502,3 +502,26 @@ def test_the_later_suite_warning_names_the_var_file_and_only_bootstrap_targets(t
     (line,) = config.load("debian-12", var_files=[var]).warnings
     assert line.startswith(f"{var}: bootstrap_suite: forky with bootstrap_network ifupdown (default)"), line
     assert not config.load("ubuntu-2404-cloudimg", var_files=[var]).warnings  # no bootstrap base
+
+
+def test_a_warning_is_said_once_per_command_not_once_per_kubernetes_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A build of three Kubernetes versions loads three configs with the same warning: stderr says it once."""
+    var = tmp_path / "site.json"
+    var.write_text('{"bootstrap_suite": "trixie"}')
+    argv = [
+        "build",
+        "debian-12",
+        "--dry-run",
+        "--var-file",
+        str(var),
+        "-var",
+        f"output_dir={tmp_path / 'out'}",
+    ]
+    versions = ["--kubernetes-version", "v1.34.1", "--kubernetes-version", "v1.35.2"]
+    assert cli.main([*argv, *versions, "--kubernetes-version", "v1.36.1"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("kiln: warning: ") == 1 and err.count("bootstrap_suite: trixie") == 1, err
+    assert cli.main(argv) == 0, "a second command in the same process says it again"
+    assert capsys.readouterr().err.count("bootstrap_suite: trixie") == 1

@@ -555,7 +555,7 @@ def test_a_compression_that_failed_during_a_failed_boot_is_the_error_shown(
     disk.parent.mkdir()
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "64M"], check=True)
 
-    def failing_boot(ws: Workspace, path: Path) -> None:
+    def failing_boot(ws: Workspace, build: builddir.BuildDir, path: Path) -> None:
         time.sleep(2)  # the compression has failed by now
         raise VerifyError("3 of 80 goss checks failed")
 

@@ -87,8 +87,12 @@ def load_config(args: argparse.Namespace, target: str, extra: dict[str, str] | N
         overrides[key.strip()] = value
     overrides.update(extra or {})
     cfg = config.load(target, var_files=var_files, overrides=overrides, repo_root=args.runtime.root)
+    # once per command: a build of three Kubernetes versions loads the same warnings three times
+    shown: set[str] = vars(args).setdefault("warnings_shown", set())
     for line in cfg.warnings:
-        print(f"kiln: warning: {line}", file=sys.stderr)
+        if line not in shown:
+            shown.add(line)
+            print(f"kiln: warning: {line}", file=sys.stderr)
     return cfg
 
 

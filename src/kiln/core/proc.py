@@ -255,7 +255,8 @@ class Background:
     """A run-to-completion command that runs while kiln does something else (the compressed qcow2 while
     the OVA is written): same conventions as `run`, output streamed to `log_file`. Use as a context
     manager: leaving it by an exception (Ctrl-C included) stops the child and its group; `wait()` raises
-    CommandError as `run` would."""
+    CommandError as `run` would. It yields the CPU to what kiln does meanwhile (`yield_cpu`): the verify
+    boot, which the build waits for, runs at its own speed, and the compression takes the cycles left."""
 
     def __init__(
         self,
@@ -280,6 +281,7 @@ class Background:
             self.args, env=_child_env(runtime, None, None), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
         )  # fmt: skip
+        yield_cpu(self.proc.pid)
 
         def pump(out: IO[str]) -> None:
             for line in out:
@@ -324,6 +326,27 @@ class Background:
         if isinstance(exc, KeyboardInterrupt):  # anywhere in the block: name the command only if it ran still
             stopped = f" ({os.path.basename(self.args[0])} stopped)" if running else ""
             raise Interrupted(f"interrupted{stopped}") from None
+
+
+YIELDING_NICE = 19  # a Background child's nice value, and its session's
+
+
+def yield_cpu(pid: int) -> None:
+    """Give process `pid` (the leader of a session of its own) the least CPU share when the CPU is
+    contended: nice 19 for its threads, and for its session's autogroup. With autogroups on (Linux's
+    default for a desktop or a login shell: /proc/sys/kernel/sched_autogroup_enabled), each session gets
+    an equal share whatever its processes' nice values, so that a compression in a session of its own took
+    as much CPU as the verify boot's QEMU in another (two compressions beside it: a third of the machine
+    each). A process that already ended, or a kernel without autogroups, is no error."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(f"{YIELDING_NICE}\n")
+    try:
+        tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        tasks = [pid]
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, task, YIELDING_NICE)
 
 
 def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
