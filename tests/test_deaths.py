@@ -372,23 +372,26 @@ def test_an_interrupt_in_a_background_block_names_the_command_only_while_it_ran(
 
 
 def test_a_background_command_yields_the_cpu_to_the_foreground() -> None:
-    """A `proc.Background` child (the qcow2 and OVA compressions) runs at nice 19, every thread of it, and so
-    does its session's autogroup where the kernel has them: otherwise each compression, in a session of its
-    own, took a full share of the CPU from the verify boot beside it, whatever its nice value."""
+    """A yielding `proc.Background` child (the qcow2 and OVA compressions beside the verify boot) runs at nice
+    19, every thread of it, and so does its session's autogroup where the kernel has them: otherwise each
+    compression, in a session of its own, took a full share of the CPU from the boot, whatever its nice."""
     from kiln.core import proc
     from kiln_runtime import RUNTIME
 
     mine = os.getpriority(os.PRIO_PROCESS, 0)
+    if mine == proc.YIELDING_NICE:
+        pytest.skip(f"the tests run at nice {mine} already: a child would have it anyway")
     # the child starts a second thread after Background returned: it inherits the main thread's nice
     two_threads = (
         "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
     )
-    with proc.Background([sys.executable, "-c", two_threads], runtime=RUNTIME) as running:
+    with proc.Background([sys.executable, "-c", two_threads], yielding=True, runtime=RUNTIME) as running:
         assert running.proc is not None
         pid = running.proc.pid
         deadline = time.monotonic() + 10
         while len(os.listdir(f"/proc/{pid}/task")) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert len(os.listdir(f"/proc/{pid}/task")) >= 2, "the child's second thread"
         for task in os.listdir(f"/proc/{pid}/task"):
             assert os.getpriority(os.PRIO_PROCESS, int(task)) == proc.YIELDING_NICE
         assert os.getsid(pid) == pid, "a session of its own, so an autogroup of its own"
@@ -397,3 +400,7 @@ def test_a_background_command_yields_the_cpu_to_the_foreground() -> None:
             assert group.read_text().split()[-1] == str(proc.YIELDING_NICE), group.read_text()
         running.proc.kill()
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine, "kiln itself is not lowered"
+    with proc.Background(["sleep", "30"], runtime=RUNTIME) as plain:  # not asked to: nothing to give way to
+        assert plain.proc is not None
+        assert os.getpriority(os.PRIO_PROCESS, plain.proc.pid) == mine
+        plain.proc.kill()

@@ -250,18 +250,20 @@ def started(
     input_hash: str = "",
     epoch: int = 0,
     log_file: IO[str] | None = None,
+    yielding: bool = False,
     runtime: Runtime,
 ) -> Iterator[Callable[[], Path]]:
     """build_ova in two steps, so that kiln can do other work while the VMDK is compressed: the VMDK is
     converted in the background from here on, and the function this yields waits for it and writes `out`.
-    Leaving by an exception stops the conversion and leaves no OVA."""
+    Leaving by an exception stops the conversion and leaves no OVA. `yielding`: the conversion yields the
+    CPU to that work (proc.Background)."""
     if not disk.is_file():
         raise BuildError(f"{disk}: no disk to package into an OVA")
     with tempfile.TemporaryDirectory(prefix=".ova-", dir=out.parent) as tmp:
         work = Path(tmp)
         vmdk = work / f"{name}-disk1.vmdk"
         argv = ["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(disk), str(vmdk)]
-        with proc.Background(argv, log_file=log_file, runtime=runtime) as converting:
+        with proc.Background(argv, log_file=log_file, yielding=yielding, runtime=runtime) as converting:
 
             def finish() -> Path:
                 converting.wait()

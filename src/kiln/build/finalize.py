@@ -119,15 +119,16 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
 
     qcow2 = ws.temp / f"{ws.name}.qcow2"
     ova_path = ws.temp / f"{ws.name}.ova"
-    # the build's record, made once: the boot reads it (before any of it is written), the manifest and
-    # config.json then hold it
-    data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
-    recorded = ws.cfg.to_json()
-    record = builddir.BuildDir.of(ws.temp, ws.name, data, recorded)
+
+    # the boot runs beside the compressions unless the disk is a VMDK (its qcow2 boots after them): they
+    # yield the CPU to it (the build waits for the boot; they take the cycles it leaves), and only then (with
+    # no boot to give way to, a busy host would starve them)
+    boots_beside = verify and disk.format in ("raw", "qcow2")
 
     def ova_from(source: Path) -> contextlib.AbstractContextManager[Callable[[], Path]]:
         return ova.started(source, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
-                           epoch=ws.epoch, log_file=ws.log_file, runtime=ws.runtime)  # fmt: skip
+                           epoch=ws.epoch, log_file=ws.log_file, yielding=boots_beside,
+                           runtime=ws.runtime)  # fmt: skip
 
     if (
         disk.format == "qcow2"
@@ -138,7 +139,7 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
         with ova_from(qcow2) as finish_ova:
             live = live_formats(ws, qcow2, tree)
             if verify:
-                verify_disk(ws, record, qcow2)
+                verify_disk(ws, qcow2)
             finish_ova()
     else:  # a stage overlay (flattened through its backing chain), a disk made from a tree, a VMware VMDK
         # the compressed qcow2 on one core while the OVA's streamOptimized VMDK is written from the same
@@ -147,23 +148,24 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
         # formats meanwhile, which read the tree or the same disk
         argv = ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk.disk), str(qcow2)]
         with (
-            proc.Background(argv, log_file=ws.log_file, runtime=ws.runtime) as converting,
+            proc.Background(
+                argv, log_file=ws.log_file, yielding=boots_beside, runtime=ws.runtime
+            ) as converting,
             ova_from(disk.disk) as finish_ova,
         ):
             live = live_formats(ws, disk.disk, tree)
             if tree is not None:  # its room for the OVA's last copy (stage_finalize removes it on failure)
                 shutil.rmtree(tree, ignore_errors=True)
-            booted = verify and disk.format in ("raw", "qcow2")  # not a VMDK: its qcow2 boots, below
-            if booted:
+            if boots_beside:
                 try:
-                    verify_disk(ws, record, disk.disk)
+                    verify_disk(ws, disk.disk)
                 except VerifyError:  # a compression that failed meanwhile (a full disk) is the cause to show
                     converting.check()
                     raise
             finish_ova()
             converting.wait()
-        if verify and not booted:
-            verify_disk(ws, record, qcow2)
+        if verify and not boots_beside:
+            verify_disk(ws, qcow2)
     builddir.write_sha256(qcow2)
     builddir.write_sha256(ova_path)
     spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.settings, ws.packages_file,
@@ -173,18 +175,21 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
     files += [listing] if listing.is_file() else []
     files += live
     files.append(write_provenance(ws, files))
+    data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
     builddir.write_manifest(ws.temp / builddir.MANIFEST, ws.name, files, data, ws.builder)
-    (ws.temp / builddir.CONFIG).write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    (ws.temp / builddir.CONFIG).write_text(json.dumps(ws.cfg.to_json(), indent=2, sort_keys=True) + "\n")
     shutil.rmtree(ws.work, ignore_errors=True)  # keys, seeds and vars go before anything can copy them
     (ws.temp / SERIAL_LOG).unlink(missing_ok=True)
     builddir.BuildDir.open(ws.temp)  # the contract other commands read
 
 
-def verify_disk(ws: Workspace, build: builddir.BuildDir, disk: Path) -> None:
+def verify_disk(ws: Workspace, disk: Path) -> None:
     """The build's one boot (kiln.goss.verify.verify_build) of `disk`: its qcow2, or the disk the qcow2 is
-    compressed from. `build` is the build's record in hand, the one its manifest and config.json will hold."""
+    compressed from. The build's record is the one its manifest and config.json will hold."""
     from kiln.goss.verify import verify_build
 
+    data = builddir.custom_data(ws.values, ws.ids["finalize"].id)
+    build = builddir.BuildDir.of(ws.temp, ws.name, data, ws.cfg.to_json())
     started = time.monotonic()
     results = verify_build(
         build, disk=disk, monitor=ws.monitor, accelerator=ws.accelerator, runtime=ws.runtime

@@ -255,8 +255,9 @@ class Background:
     """A run-to-completion command that runs while kiln does something else (the compressed qcow2 while
     the OVA is written): same conventions as `run`, output streamed to `log_file`. Use as a context
     manager: leaving it by an exception (Ctrl-C included) stops the child and its group; `wait()` raises
-    CommandError as `run` would. It yields the CPU to what kiln does meanwhile (`yield_cpu`): the verify
-    boot, which the build waits for, runs at its own speed, and the compression takes the cycles left."""
+    CommandError as `run` would. With `yielding`, it yields the CPU to what kiln does meanwhile
+    (`yield_cpu`): the verify boot beside the compressions runs at its own speed, and they take the cycles it
+    leaves."""
 
     def __init__(
         self,
@@ -264,6 +265,7 @@ class Background:
         *,
         log_file: IO[str] | None = None,
         tail_lines: int = 40,
+        yielding: bool = False,
         runtime: Runtime,
     ) -> None:
         self.args = [os.fspath(a) for a in argv]
@@ -281,7 +283,8 @@ class Background:
             self.args, env=_child_env(runtime, None, None), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
         )  # fmt: skip
-        yield_cpu(self.proc.pid)
+        if yielding:
+            yield_cpu(self.proc.pid)
 
         def pump(out: IO[str]) -> None:
             for line in out:
@@ -333,13 +336,21 @@ YIELDING_NICE = 19  # a Background child's nice value, and its session's
 
 def yield_cpu(pid: int) -> None:
     """Give process `pid` (the leader of a session of its own) the least CPU share when the CPU is
-    contended: nice 19 for its threads, and for its session's autogroup. With autogroups on (Linux's
-    default for a desktop or a login shell: /proc/sys/kernel/sched_autogroup_enabled), each session gets
-    an equal share whatever its processes' nice values, so that a compression in a session of its own took
-    as much CPU as the verify boot's QEMU in another (two compressions beside it: a third of the machine
-    each). A process that already ended, or a kernel without autogroups, is no error."""
-    with contextlib.suppress(OSError):
-        Path(f"/proc/{pid}/autogroup").write_text(f"{YIELDING_NICE}\n")
+    contended: nice 19 for its threads, and for its session's autogroup. Where the kernel has autogroups on
+    (/proc/sys/kernel/sched_autogroup_enabled; they apply to processes outside a cgroup of the cpu
+    controller), each session gets an equal share whatever its processes' nice values, so that a compression
+    in a session of its own took as much CPU as the verify boot's QEMU in another (two compressions beside
+    it: a third of the machine each). A process that already ended, or a kernel without autogroups, is no
+    error. Without CAP_SYS_ADMIN the kernel takes one autogroup write in 100 ms (EAGAIN): it is tried again."""
+    for attempt in range(5):
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text(f"{YIELDING_NICE}\n")
+        except BlockingIOError:  # EAGAIN: another write in the last 100 ms
+            time.sleep(0.11)
+            continue
+        except OSError:
+            pass
+        break
     try:
         tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
     except OSError:
