@@ -73,7 +73,7 @@ REQUIRED_PACKAGES = (
     "linux-image-amd64",
     "initramfs-tools",
     # the compressor initramfs.conf names (COMPRESS=zstd; initramfs-tools only recommends it): without it
-    # mkinitramfs falls back to gzip, an initrd a fifth larger for GRUB to read and slower to unpack
+    # mkinitramfs falls back to gzip, an initrd a fifth larger for GRUB to read and a netboot client to fetch
     "zstd",
     "systemd-sysv",
     "udev",

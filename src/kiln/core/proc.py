@@ -341,8 +341,8 @@ def yield_cpu(pid: int) -> None:
     controller), each session gets an equal share whatever its processes' nice values, so that a compression
     in a session of its own took as much CPU as the verify boot's QEMU in another (two compressions beside
     it: a third of the machine each). A process that already ended, or a kernel without autogroups, is no
-    error. Without CAP_SYS_ADMIN the kernel takes one autogroup write in 100 ms (EAGAIN): it is tried again."""
-    for attempt in range(5):
+    error. Without CAP_SYS_ADMIN the kernel takes one autogroup write in 100 ms (EAGAIN): tried again."""
+    for _ in range(5):
         try:
             Path(f"/proc/{pid}/autogroup").write_text(f"{YIELDING_NICE}\n")
         except BlockingIOError:  # EAGAIN: another write in the last 100 ms
