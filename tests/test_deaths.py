@@ -396,7 +396,7 @@ def test_a_background_command_yields_the_cpu_to_the_foreground() -> None:
             assert os.getpriority(os.PRIO_PROCESS, int(task)) == proc.YIELDING_NICE
         assert os.getsid(pid) == pid, "a session of its own, so an autogroup of its own"
         group = Path(f"/proc/{pid}/autogroup")
-        if group.exists():
+        if group.exists() and os.geteuid() == 0:  # root: no EAGAIN rate limit on the write
             assert group.read_text().split()[-1] == str(proc.YIELDING_NICE), group.read_text()
         running.proc.kill()
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine, "kiln itself is not lowered"

@@ -548,6 +548,24 @@ def test_finalize_boots_once_while_the_compressions_run(
     assert bd.ova.is_file() and bd.qcow2.is_file()
 
 
+def test_without_the_boot_the_compressions_do_not_yield(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build without verify (--no-verify): nothing boots beside the compressions, so they keep their share
+    of the CPU (on a busy host, yielding would starve them while the build waits for them)."""
+    (tmp_path / "temp").mkdir()
+    disk = tmp_path / "work" / "disk"
+    disk.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "64M"], check=True)
+    yielded: list[int] = []
+    monkeypatch.setattr("kiln.core.proc.yield_cpu", yielded.append)
+    with open(tmp_path / "temp" / "build.log", "a") as log:
+        ws = _finalize_ws(tmp_path, "debian-12", "qemu", log)
+        finalize.finalize_disk(ws, Output(disk, "raw", False), verify=False)
+    assert builddir.BuildDir.open(ws.temp).ova.is_file()
+    assert yielded == []
+
+
 def test_a_compression_that_failed_during_a_failed_boot_is_the_error_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

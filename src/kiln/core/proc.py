@@ -283,8 +283,6 @@ class Background:
             self.args, env=_child_env(runtime, None, None), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
         )  # fmt: skip
-        if yielding:
-            yield_cpu(self.proc.pid)
 
         def pump(out: IO[str]) -> None:
             for line in out:
@@ -295,6 +293,8 @@ class Background:
 
         assert self.proc.stdout is not None
         try:  # an interrupt before the caller holds this object still ends the child
+            if yielding:
+                yield_cpu(self.proc.pid)  # may wait a little (EAGAIN): an interrupt there ends the child too
             self.pump = threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True)
             self.pump.start()
         except BaseException:
@@ -342,22 +342,27 @@ def yield_cpu(pid: int) -> None:
     in a session of its own took as much CPU as the verify boot's QEMU in another (two compressions beside
     it: a third of the machine each). A process that already ended, or a kernel without autogroups, is no
     error. Without CAP_SYS_ADMIN the kernel takes one autogroup write in 100 ms (EAGAIN): tried again."""
+    # the main thread first: a thread it starts from then on inherits the nice value; then those it had
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, YIELDING_NICE)
+    try:
+        tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        tasks = []
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, task, YIELDING_NICE)
     for _ in range(5):
         try:
             Path(f"/proc/{pid}/autogroup").write_text(f"{YIELDING_NICE}\n")
         except BlockingIOError:  # EAGAIN: another write in the last 100 ms
             time.sleep(0.11)
             continue
-        except OSError:
-            pass
+        except OSError as exc:  # no autogroups, a process gone, a security module's no
+            log.debug("%s: autogroup left as it was: %s", pid, exc)
         break
-    try:
-        tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
-    except OSError:
-        tasks = [pid]
-    for task in tasks:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, task, YIELDING_NICE)
+    else:
+        log.debug("%s: autogroup left as it was: EAGAIN five times", pid)
 
 
 def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
