@@ -240,8 +240,8 @@ def _main_archive_magic(initrd: bytes) -> bytes:
 def test_the_images_initrd_is_compressed_as_its_initramfs_conf_says(built_image):
     """initramfs.conf says COMPRESS=zstd, and mkinitramfs falls back to gzip without the zstd program, which
     initramfs-tools only recommends: Debian 12's initrd was then 36 MB instead of 30 (6 MB more for a netboot
-    client to fetch; about 0.5 s of a boot under TCG). The base has zstd, so the initrd it makes (the image's: no stage rebuilds
-    it) is zstd, and the image lists the package."""
+    client to fetch; about 0.5 s of a boot under TCG). The base has zstd, so the initrd it makes (the image's:
+    no stage rebuilds it) is zstd, and the image lists the package."""
     log = (built_image.path / "build.log").read_text()
     cache_dir = REPO / os.path.expanduser(built_image.dir.config["cache_dir"])  # the one it was built with
     record = stages.lookup(cache_dir, _suite_entry(log, cache_dir, "os").name)

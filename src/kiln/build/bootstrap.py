@@ -73,7 +73,7 @@ REQUIRED_PACKAGES = (
     "linux-image-amd64",
     "initramfs-tools",
     # the compressor initramfs.conf names (COMPRESS=zstd; initramfs-tools only recommends it): without it
-    # mkinitramfs falls back to gzip, an initrd a fifth larger (for a netboot client to fetch; 0.5 s of a boot)
+    # mkinitramfs falls back to gzip: an initrd a fifth larger (a netboot client fetches it; 0.5 s a boot)
     "zstd",
     "systemd-sysv",
     "udev",
