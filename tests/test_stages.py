@@ -559,6 +559,11 @@ def test_without_the_boot_the_compressions_do_not_yield(
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "64M"], check=True)
     yielded: list[int] = []
     monkeypatch.setattr("kiln.core.proc.yield_cpu", yielded.append)
+
+    def no_boot(*args: object, **kwargs: object) -> list[Result]:
+        raise AssertionError("a build without verify booted")
+
+    monkeypatch.setattr("kiln.goss.verify.verify_build", no_boot)
     with open(tmp_path / "temp" / "build.log", "a") as log:
         ws = _finalize_ws(tmp_path, "debian-12", "qemu", log)
         finalize.finalize_disk(ws, Output(disk, "raw", False), verify=False)
