@@ -116,9 +116,10 @@ def test_an_unchanged_tree_makes_an_empty_overlay(tmp_path: Path) -> None:
     assert (diff.files, diff.whiteouts, diff.dirs) == (0, 0, 0) and os.listdir(out) == []
 
 
-def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes]]:
-    """name -> (mode, data) of a newc archive, read as the kernel's unpacker does."""
-    out, at = {}, 0
+def read_newc(data: bytes, at: int = 0) -> tuple[dict[str, tuple[int, bytes]], int]:
+    """name -> (mode, data) of the newc archive at offset `at` of `data`, read as the kernel's unpacker does,
+    and the offset just after its trailer (where an initrd's next archive, or padding, begins)."""
+    out = {}
     while True:
         assert data[at : at + 6] == b"070701", at
         fields = [int(data[at + 6 + 8 * i : at + 14 + 8 * i], 16) for i in range(13)]
@@ -131,14 +132,14 @@ def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes]]:
         at += size
         at += -at % 4
         if name == "TRAILER!!!":
-            return out
+            return out, at
         out[name] = (mode, body)
 
 
 def test_the_netboot_cpio_makes_the_medium_and_lists_the_stack() -> None:
     data = layers.netboot_cpio(["base.squashfs", "overlay.squashfs"])
     assert len(data) % 512 == 0
-    entries = _read_cpio(data)
+    entries, _ = read_newc(data)
     assert (
         entries["kiln-live"][0] == stat.S_IFDIR | 0o755
         and entries["kiln-live/live"][0] == stat.S_IFDIR | 0o755
