@@ -25,6 +25,7 @@ from kiln.core.progress import Null
 from kiln.core.runtime import Runtime
 from kiln.goss import reports
 from kiln.goss.specs import Result
+from kiln.vm import boot
 from kiln_runtime import RUNTIME
 
 REPO = Path(__file__).resolve().parents[1]
@@ -510,10 +511,9 @@ def _finalize_ws(tmp_path: Path, target: str, builder: str, log: object) -> Work
 def test_finalize_boots_once_while_the_compressions_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
 ) -> None:
-    """The verify boot runs once, before the manifest, on the disk the qcow2 and the OVA are compressed from
-    while they are (a raw disk made from a tree); on the qcow2 while the OVA is made (Packer compressed
-    it); after both, on the qcow2, for a VMware VMDK. The record it reads is the one the manifest then
-    holds."""
+    """The verify boot runs once, before the manifest, on the disk the qcow2 is compressed from while it is
+    (a raw disk made from a tree); on the qcow2 (Packer compressed it); after it, on the qcow2, for a
+    VMware VMDK. The record it reads is the one the manifest then holds."""
     (tmp_path / "temp").mkdir()
     disk = tmp_path / "work" / "disk"
     disk.parent.mkdir()
@@ -535,9 +535,9 @@ def test_finalize_boots_once_while_the_compressions_run(
         finalize.finalize_disk(ws, Output(disk, qemu_fmt, fmt == "qcow2-compressed"), verify=True)
     bd = builddir.BuildDir.open(ws.temp)
     assert len(booted) == 1
-    # the compressions beside the boot yield the CPU to it (the qcow2's and the OVA's; the OVA's alone when
-    # Packer compressed the qcow2); after it (a VMDK's), they have nothing to give way to
-    assert len(yielded) == {"raw": 2, "qcow2-compressed": 1, "vmdk": 0}[fmt]
+    # the qcow2's compression beside the boot yields the CPU to it; Packer's qcow2 needs none, and a VMDK's
+    # runs before its boot, with nothing to give way to (the OVA's VMDK is the qcow2's clusters, after it)
+    assert len(yielded) == {"raw": 1, "qcow2-compressed": 0, "vmdk": 0}[fmt]
     path, manifest_then, values = booted[0]
     assert path == {"raw": disk, "qcow2-compressed": ws.temp / f"{ws.name}.qcow2", "vmdk": bd.qcow2}[fmt]
     assert not manifest_then, "the boot comes before the manifest"
@@ -569,6 +569,81 @@ def test_without_the_boot_the_compressions_do_not_yield(
         finalize.finalize_disk(ws, Output(disk, "raw", False), verify=False)
     assert builddir.BuildDir.open(ws.temp).ova.is_file()
     assert yielded == []
+
+
+def _raw_with_data(path: Path) -> Path:
+    """A 64 MiB raw disk with 8 MiB of text: a qcow2 of a few hundred compressed clusters."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(path), "64M"], check=True)
+    with open(path, "r+b") as fh:
+        fh.write(b"".join(b"line %d of a file on the disk\n" % i for i in range(300000))[: 8 << 20])
+    return path
+
+
+def test_the_ova_is_written_from_the_qcow2_beside_the_boot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OVA is made while the boot still runs, once the qcow2 is done, from the qcow2's clusters (the
+    disk compressed once); the boot waits here until it is there."""
+    (tmp_path / "temp").mkdir()
+    disk = _raw_with_data(tmp_path / "disk.raw")
+    seen: list[bool] = []
+
+    def slow_boot(ws: Workspace, path: Path) -> None:
+        ova_path = ws.temp / f"{ws.name}.ova"
+        deadline = time.monotonic() + 60
+        while not ova_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        seen.append(ova_path.exists())
+
+    monkeypatch.setattr(finalize, "verify_disk", slow_boot)
+    with open(tmp_path / "temp" / "build.log", "a") as log:
+        ws = _finalize_ws(tmp_path, "debian-12", "qemu", log)
+        finalize.finalize_disk(ws, Output(disk, "raw", False), verify=True)
+    assert seen == [True], "the OVA was not written while the boot ran"
+    bd = builddir.BuildDir.open(ws.temp)
+    vmdk_path = boot.extract_vmdk(bd.ova, tmp_path / "x")
+    subprocess.run(["qemu-img", "compare", "-q", str(disk), str(vmdk_path)], check=True)
+    grains = vmdk_path.read_bytes()[128 * 512 :]
+    qcow2 = bd.qcow2.read_bytes()
+    first = grains[12 : 12 + int.from_bytes(grains[8:12], "little")]
+    assert first[2:-4] in qcow2, "the grain is not the qcow2's deflate stream"
+
+
+def test_a_failed_boot_stops_the_ova_being_written_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot fails while the OVA's VMDK is half written beside it: the VMDK stops at its next grain, and
+    the boot's error is the one shown; no OVA, no temporary directory, no thread left."""
+    from kiln.artifacts import vmdk
+    from kiln.core.errors import VerifyError
+
+    (tmp_path / "temp").mkdir()
+    disk = _raw_with_data(tmp_path / "disk.raw")
+    writing = threading.Event()
+    real_grains = vmdk._grains
+
+    def slow_grains(path: Path, image: object):  # type: ignore[no-untyped-def]
+        for grain in real_grains(path, image):  # type: ignore[arg-type]
+            writing.set()
+            time.sleep(0.2)  # 128 grains: 25 s, unless stopped
+            yield grain
+
+    monkeypatch.setattr(vmdk, "_grains", slow_grains)
+
+    def failing_boot(ws: Workspace, path: Path) -> None:
+        assert writing.wait(60), "the VMDK was not being written during the boot"
+        raise VerifyError("3 of 80 goss checks failed")
+
+    monkeypatch.setattr(finalize, "verify_disk", failing_boot)
+    started = time.monotonic()
+    with open(tmp_path / "temp" / "build.log", "a") as log:
+        ws = _finalize_ws(tmp_path, "debian-12", "qemu", log)
+        with pytest.raises(VerifyError, match="3 of 80"):
+            finalize.finalize_disk(ws, Output(disk, "raw", False), verify=True)
+    assert time.monotonic() - started < 10
+    assert not (ws.temp / f"{ws.name}.ova").exists()
+    assert not list(ws.temp.glob(".ova-*"))
+    assert not [t for t in threading.enumerate() if t.name == "kiln-beside-the-boot"]
 
 
 def test_a_compression_that_failed_during_a_failed_boot_is_the_error_shown(

@@ -5,12 +5,12 @@ anything is written (kiln.core.space)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -111,24 +111,22 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
     """NAME.qcow2 (compressed, standalone), NAME.ova, their .sha256, the live formats, the SBOM, the
     provenance, packer-manifest.json, config.json; with `verify`, the one boot (kiln.goss.verify), before
     any of the last five is written. The live formats are made from `tree` (the root the disk was made
-    from, which they change) or from the disk, while the qcow2 and the OVA are compressed; then the boot
-    runs while they still are: on the uncompressed disk they are made from (raw, or a stage's qcow2
-    overlay), or, after Packer compressed it, on the qcow2 while the OVA is made. A failed or stopped boot
-    ends the compressions with it."""
+    from, which they change) or from the disk while the qcow2 is compressed; then the boot runs while it
+    still is, on the uncompressed disk it is made from (raw, or a stage's qcow2 overlay), or on the qcow2
+    when Packer compressed it. A failed or stopped boot ends the compression with it. The OVA's VMDK is
+    then written from the qcow2's compressed clusters (kiln.artifacts.vmdk), not compressed a second time."""
     from kiln.artifacts import sbom
 
     qcow2 = ws.temp / f"{ws.name}.qcow2"
     ova_path = ws.temp / f"{ws.name}.ova"
 
-    # the boot runs beside the compressions unless the disk is a VMDK (its qcow2 boots after them): they
-    # yield the CPU to it (the build waits for the boot; they take the cycles it leaves), and only then (with
-    # no boot to give way to, a busy host would starve them)
-    boots_beside = verify and disk.format in ("raw", "qcow2")
+    def write_ova(say: Callable[[str], None], stop: Callable[[], bool] | None = None) -> None:
+        ova.build_ova(qcow2, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
+                      epoch=ws.epoch, log_file=ws.log_file, say=say, stop=stop,
+                      runtime=ws.runtime)  # fmt: skip
 
-    def ova_from(source: Path) -> contextlib.AbstractContextManager[Callable[[], Path]]:
-        return ova.started(source, ova_path, ws.name, ws.cfg.settings, input_hash=ws.ids["finalize"].id,
-                           epoch=ws.epoch, log_file=ws.log_file, yielding=boots_beside,
-                           runtime=ws.runtime)  # fmt: skip
+    def say(line: str) -> None:
+        ws.monitor.log("finalize", line)
 
     if (
         disk.format == "qcow2"
@@ -136,34 +134,47 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
         and disk.disk.parent != stages.root(ws.cfg.path("cache_dir"))
     ):
         os.rename(disk.disk, qcow2)  # Packer's disk_compression already did it
-        with ova_from(qcow2) as finish_ova:
-            live = live_formats(ws, qcow2, tree)
-            if verify:
-                verify_disk(ws, qcow2)
-            finish_ova()
+        live = live_formats(ws, qcow2, tree)
+        if verify:
+            verify_disk(ws, qcow2)
+        write_ova(say)
     else:  # a stage overlay (flattened through its backing chain), a disk made from a tree, a VMware VMDK
-        # the compressed qcow2 on one core while the OVA's streamOptimized VMDK is written from the same
-        # disk on the other: both compress in order, at about the same speed (`-W`, out-of-order writes,
-        # would spread the qcow2 over both cores but place its clusters differently on every run); the live
-        # formats meanwhile, which read the tree or the same disk
+        # the compressed qcow2 in the background (in order, on one core: `-W`, out-of-order writes, would
+        # place its clusters differently on every run), the live formats meanwhile, which read the tree or
+        # the same disk, and the boot beside it unless the disk is a VMDK (its qcow2 boots afterwards); the
+        # compression yields the CPU to the boot (the build waits for the boot; it takes the cycles the boot
+        # leaves), and only then (with no boot to give way to, a busy host would starve it). Once the qcow2
+        # is done, the OVA is written from it in a thread, still beside the boot.
+        boots_beside = verify and disk.format in ("raw", "qcow2")
         argv = ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk.disk), str(qcow2)]
+        said: list[str] = []  # the thread's line, said in order after the boot's
         with (
+            _Beside() as beside,  # left last: the compression it waits for is stopped first
             proc.Background(
                 argv, log_file=ws.log_file, yielding=boots_beside, runtime=ws.runtime
             ) as converting,
-            ova_from(disk.disk) as finish_ova,
         ):
             live = live_formats(ws, disk.disk, tree)
-            if tree is not None:  # its room for the OVA's last copy (stage_finalize removes it on failure)
+            if tree is not None:  # its room for the OVA (stage_finalize removes it on failure)
                 shutil.rmtree(tree, ignore_errors=True)
             if boots_beside:
+
+                def ova_when_the_qcow2_is_done() -> None:
+                    converting.wait()
+                    write_ova(said.append, beside.stopping.is_set)
+
+                beside.start(ova_when_the_qcow2_is_done)
                 try:
                     verify_disk(ws, disk.disk)
                 except VerifyError:  # a compression that failed meanwhile (a full disk) is the cause to show
                     converting.check()
                     raise
-            finish_ova()
             converting.wait()
+            beside.result()
+        for line in said:
+            say(line)
+        if not boots_beside:
+            write_ova(say)
         if verify and not boots_beside:
             verify_disk(ws, qcow2)
     builddir.write_sha256(qcow2)
@@ -181,6 +192,41 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
     shutil.rmtree(ws.work, ignore_errors=True)  # keys, seeds and vars go before anything can copy them
     (ws.temp / SERIAL_LOG).unlink(missing_ok=True)
     builddir.BuildDir.open(ws.temp)  # the contract other commands read
+
+
+class _Beside:
+    """One piece of finalize's work in a thread beside the boot (the OVA, once the qcow2 is done).
+    `result()` waits for it and raises its error; leaving the block by an exception sets `stopping` (the
+    work stops at its next step) and waits for it, its error then dropped for the one leaving."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self, work: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # raised in the main thread, by result()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, name="kiln-beside-the-boot", daemon=True)
+        self.thread.start()
+
+    def result(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> _Beside:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def verify_disk(ws: Workspace, disk: Path) -> None:
