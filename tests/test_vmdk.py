@@ -154,6 +154,46 @@ def test_the_same_qcow2_makes_the_same_bytes(qcow2: Path, tmp_path: Path) -> Non
     assert one.read_bytes() == two.read_bytes()
 
 
+def test_a_large_disks_descriptor_is_qemu_imgs(tmp_path: Path) -> None:
+    """A 20 GiB disk (the default disk_size): more cylinders than an IDE disk has (qemu-img writes them
+    all), and grain tables enough for five sectors of grain directory."""
+    (tmp_path / "qemu").mkdir()
+    (tmp_path / "kiln").mkdir()
+    big = tmp_path / "big.raw"
+    with open(big, "wb") as fh:
+        fh.truncate(20 << 30)
+    _write(big, (20 << 30) - 65536, b"end" * 1000)
+    theirs = _convert(big, tmp_path / "qemu" / "d.vmdk", "-O", "vmdk", "-o", "subformat=streamOptimized")
+    ova.fix_content_id(theirs, "s")
+    ours = tmp_path / "kiln" / "d.vmdk"
+    qcow2 = _convert(big, tmp_path / "big.qcow2", "-c", "-O", "qcow2")
+    vmdk.write_from_qcow2(qcow2, ours, vmdk.content_id("s"))
+    layout = vmdk.Layout((20 << 30) // 512)
+    assert layout.gd_sectors == 5
+    a, b = theirs.read_bytes(), ours.read_bytes()
+    assert b'ddb.geometry.cylinders = "41610"' in b[512 : 21 * 512]
+    metadata = layout.gd_offset * 512 + layout.gd_sectors * 512  # the header to the grain directory
+    assert (
+        a[: layout.rgd_offset * 512 + layout.gd_sectors * 512]
+        == b[: layout.rgd_offset * 512 + layout.gd_sectors * 512]
+    )
+    assert a[layout.gd_offset * 512 : metadata] == b[layout.gd_offset * 512 : metadata]
+    _compare(big, ours)
+
+
+def test_clusters_the_qcow2_marks_as_zeros_are_no_grains(raw: Path, tmp_path: Path) -> None:
+    """A version 3 qcow2's zero flag (here over clusters that held data, so their L2 entries may keep an
+    offset): no grain for them, and the disk reads as zeros there."""
+    source = _convert(raw, tmp_path / "d.qcow2", "-O", "qcow2")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -z 1M 192K", str(source)], check=True,
+                   capture_output=True)  # fmt: skip
+    expected = shutil.copy(raw, tmp_path / "expected.raw")
+    _write(expected, 1 * MIB, bytes(3 * 65536))
+    written = vmdk.write_from_qcow2(source, tmp_path / "d.vmdk", "0")
+    assert written.grains == 7
+    _compare(expected, tmp_path / "d.vmdk")
+
+
 @pytest.mark.parametrize("options", [["-O", "qcow2"], ["-c", "-O", "qcow2", "-o", "compat=0.10"]])
 def test_an_uncompressed_and_a_version_2_qcow2(raw: Path, tmp_path: Path, options: list[str]) -> None:
     source = _convert(raw, tmp_path / "d.qcow2", *options)
@@ -199,30 +239,60 @@ def test_what_it_cannot_read_is_named_and_goes_to_qemu_img(raw: Path, qcow2: Pat
     assert "from the qcow2's clusters" in heard[0] and "10 grains, 2 of them" in heard[0]
 
 
-def _first_compressed_cluster(path: Path) -> tuple[int, int]:
-    """(file offset, length) of the qcow2's first compressed cluster's stream."""
+def _first_compressed_cluster(path: Path, last: bool = False) -> tuple[int, int, int]:
+    """(file offset, length, guest byte) of the qcow2's first (or, in the file, last) compressed cluster's
+    stream."""
     data = path.read_bytes()
     l1_size, l1_offset = struct.unpack_from(">IQ", data, 36)
-    for l1 in struct.unpack_from(f">{l1_size}Q", data, l1_offset):
+    found = []
+    for i, l1 in enumerate(struct.unpack_from(f">{l1_size}Q", data, l1_offset)):
         if l1 & vmdk.OFFSET_MASK:
-            for entry in struct.unpack_from(">8192Q", data, l1 & vmdk.OFFSET_MASK):
+            for j, entry in enumerate(struct.unpack_from(">8192Q", data, l1 & vmdk.OFFSET_MASK)):
                 if entry & vmdk.L2_COMPRESSED:
                     start = entry & ((1 << 54) - 1)
-                    return start, (((entry >> 54) & 0xFF) + 1) * 512 - start % 512
-    raise AssertionError("no compressed cluster")
+                    length = (((entry >> 54) & 0xFF) + 1) * 512 - start % 512
+                    found.append((start, length, (i * 8192 + j) << 16))
+    assert found, "no compressed cluster"
+    return max(found) if last else found[0]
 
 
 def test_a_damaged_qcow2_is_an_error_naming_it_and_leaves_no_ova(qcow2: Path, tmp_path: Path) -> None:
     damaged = shutil.copy(qcow2, tmp_path / "damaged.qcow2")
-    start, length = _first_compressed_cluster(damaged)
+    start, length = _first_compressed_cluster(damaged)[:2]
     _write(damaged, start, b"\xff" * length)
     (tmp_path / "out").mkdir()
     with pytest.raises(BuildError, match=r"damaged.qcow2: the cluster at guest byte 0 does not inflate"):
         ova.build_ova(damaged, tmp_path / "out" / "d.ova", "d", Settings.from_values({}), runtime=RUNTIME)
     assert os.listdir(tmp_path / "out") == [], "no OVA, no temporary directory"
-    cut = shutil.copy(qcow2, tmp_path / "cut.qcow2")
-    os.truncate(cut, start + length // 2)
+    # a qcow2 of text alone (every cluster compressed), cut in the middle of its last cluster's stream
+    text = tmp_path / "text.raw"
+    with open(text, "wb") as fh:
+        fh.truncate(64 * MIB)
+    _write(text, 3 * MIB, b"".join(b"line %d of a config file\n" % i for i in range(20000)))
+    cut = _convert(text, tmp_path / "cut.qcow2", "-c", "-O", "qcow2")
+    start, length, guest = _first_compressed_cluster(cut, last=True)
+    assert guest > 3 * MIB
+    os.truncate(cut, start + length // 4)
     with pytest.raises(
-        BuildError, match=r"cut.qcow2: the cluster at guest byte \d+ inflates to \d+ bytes, not a whole"
+        BuildError, match=rf"cut.qcow2: the cluster at guest byte {guest} inflates to \d+ bytes, not"
     ):
         vmdk.write_from_qcow2(cut, tmp_path / "cut.vmdk", "0")
+
+
+def test_a_stop_after_the_last_grain_still_leaves_no_ova(qcow2: Path, tmp_path: Path) -> None:
+    """`stop` is asked between grains and again before the hashes and the tar, which take seconds for a
+    real disk: a boot that fails then still leaves no OVA."""
+    from kiln.core.errors import Interrupted
+
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 10  # the qcow2 has 10 grains: true only once they are written
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(Interrupted, match="d.ova: stopped"):
+        ova.build_ova(
+            qcow2, tmp_path / "out" / "d.ova", "d", Settings.from_values({}), stop=stop, runtime=RUNTIME
+        )
+    assert len(asked) == 11 and os.listdir(tmp_path / "out") == []

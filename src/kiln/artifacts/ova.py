@@ -24,7 +24,7 @@ from kiln.artifacts import vmdk as vmdk_format
 from kiln.config.typed import Settings
 from kiln.core import proc
 from kiln.core.builddir import sha256_file
-from kiln.core.errors import BuildError, InputError
+from kiln.core.errors import BuildError, InputError, Interrupted
 from kiln.core.runtime import Runtime
 
 VMDK_FORMAT = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
@@ -262,11 +262,16 @@ def build_ova(
             argv: list[str | os.PathLike[str]] = [
                 "qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", disk, vmdk
             ]  # fmt: skip
-            proc.run(argv, log_file=log_file, runtime=runtime)
+            proc.run(argv, log_file=log_file, watch=stop, runtime=runtime)
             fix_content_id(vmdk, input_hash or name)
             how = f"by qemu-img convert in {time.monotonic() - started:.1f}s (the disk: {reason})"
         if say is not None:
             say(f"OVA: its stream-optimized VMDK written {how}")
+
+        def check_stop() -> None:  # after the last grain, the hashes and the tar still take seconds
+            if stop is not None and stop():
+                raise Interrupted(f"{out}: stopped")
+
         ovf = work / f"{name}.ovf"
         ovf.write_text(
             ovf_descriptor(
@@ -279,6 +284,7 @@ def build_ova(
                 built=epoch or None,
             )
         )
+        check_stop()
         mf = work / f"{name}.mf"
         mf.write_text(manifest_text({ovf.name: sha256_file(ovf), vmdk.name: sha256_file(vmdk)}))
         partial = work / out.name
@@ -291,6 +297,7 @@ def build_ova(
                 info.mtime = epoch
                 with open(member, "rb") as f:
                     tar.addfile(info, f)
+        check_stop()
         os.replace(partial, out)
         return out
 

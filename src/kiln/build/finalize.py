@@ -1,7 +1,7 @@
 """The finalize stage: the finished disk (made offline from the chroot runner's tree, or the last stage's
-disk), the compressed qcow2 and the OVA side by side, the live formats, the manifest, the SBOM, verify
-(the one boot) and publish. A pre-flight check says when the output filesystem is too small, before
-anything is written (kiln.core.space)."""
+disk), the compressed qcow2, the live formats, verify (the one boot) beside the compression, the OVA
+written from the qcow2, the manifest, the SBOM and publish. A pre-flight check says when the output
+filesystem is too small, before anything is written (kiln.core.space)."""
 
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ class _Beside:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stopping.set()
-        if self.thread is not None:
+        if self.thread is not None:  # a second Ctrl-C here leaves it to end with kiln (a daemon thread)
             self.thread.join()
 
 
@@ -264,7 +264,7 @@ def live_formats(ws: Workspace, disk: Path, tree: Path | None) -> list[Path]:
     ws.monitor.log(
         "finalize",
         f"live formats {', '.join(wanted)} made from {source} in {ws.timings['formats']:.0f}s "
-        "(the qcow2 and the OVA compressed meanwhile)",
+        "(the qcow2 compressed meanwhile)",
     )
     return made
 

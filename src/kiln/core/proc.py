@@ -253,7 +253,7 @@ def _watch(proc: subprocess.Popen[Any], stop: Callable[[], bool]) -> None:
 
 class Background:
     """A run-to-completion command that runs while kiln does something else (the compressed qcow2 while
-    the OVA is written): same conventions as `run`, output streamed to `log_file`. Use as a context
+    the verify boot runs): same conventions as `run`, output streamed to `log_file`. Use as a context
     manager: leaving it by an exception (Ctrl-C included) stops the child and its group; `wait()` raises
     CommandError as `run` would. With `yielding`, it yields the CPU to what kiln does meanwhile
     (`yield_cpu`): the verify boot beside the compressions runs at its own speed, and they take the cycles it

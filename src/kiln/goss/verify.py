@@ -495,7 +495,7 @@ def verify_build(
     verify_image on `build`'s qcow2, or on a live boot of its ISO or netboot set; the reports where
     `report_dir` says. `build` is a finished build dir (BuildDir.open), or the pipeline's own before its
     manifest is written (kiln.build.finalize: BuildDir.of), whose `disk` boots instead of the qcow2 (fmt
-    disk): the raw disk the qcow2 and the OVA are being compressed from, which holds the same bytes.
+    disk): the raw disk the qcow2 is being compressed from, which holds the same bytes.
     Raises VerifyError (a build then fails and publishes nothing) or InputError."""
     from kiln.core import proc
 
