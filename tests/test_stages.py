@@ -579,13 +579,18 @@ def _raw_with_data(path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("fmt", ["raw", "qcow2-compressed"])
 def test_the_ova_is_written_from_the_qcow2_beside_the_boot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
 ) -> None:
-    """The OVA is made while the boot still runs, once the qcow2 is done, from the qcow2's clusters (the
-    disk compressed once); the boot waits here until it is there."""
+    """The OVA is made while the boot still runs, once the qcow2 is done (kiln's, or Packer's), from the
+    qcow2's clusters (the disk compressed once); the boot waits here until it is there."""
     (tmp_path / "temp").mkdir()
-    disk = _raw_with_data(tmp_path / "disk.raw")
+    raw = disk = _raw_with_data(tmp_path / "disk.raw")
+    if fmt == "qcow2-compressed":
+        disk = tmp_path / "packer" / "disk.qcow2"
+        disk.parent.mkdir()
+        subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(disk)], check=True)
     seen: list[bool] = []
 
     def slow_boot(ws: Workspace, path: Path) -> None:
@@ -598,11 +603,12 @@ def test_the_ova_is_written_from_the_qcow2_beside_the_boot(
     monkeypatch.setattr(finalize, "verify_disk", slow_boot)
     with open(tmp_path / "temp" / "build.log", "a") as log:
         ws = _finalize_ws(tmp_path, "debian-12", "qemu", log)
-        finalize.finalize_disk(ws, Output(disk, "raw", False), verify=True)
+        qemu_fmt = "raw" if fmt == "raw" else "qcow2"
+        finalize.finalize_disk(ws, Output(disk, qemu_fmt, fmt != "raw"), verify=True)
     assert seen == [True], "the OVA was not written while the boot ran"
     bd = builddir.BuildDir.open(ws.temp)
     vmdk_path = boot.extract_vmdk(bd.ova, tmp_path / "x")
-    subprocess.run(["qemu-img", "compare", "-q", str(disk), str(vmdk_path)], check=True)
+    subprocess.run(["qemu-img", "compare", "-q", str(raw), str(vmdk_path)], check=True)
     grains = vmdk_path.read_bytes()[128 * 512 :]
     qcow2 = bd.qcow2.read_bytes()
     first = grains[12 : 12 + int.from_bytes(grains[8:12], "little")]

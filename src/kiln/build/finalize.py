@@ -114,7 +114,8 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
     from, which they change) or from the disk while the qcow2 is compressed; then the boot runs while it
     still is, on the uncompressed disk it is made from (raw, or a stage's qcow2 overlay), or on the qcow2
     when Packer compressed it. A failed or stopped boot ends the compression with it. The OVA's VMDK is
-    then written from the qcow2's compressed clusters (kiln.artifacts.vmdk), not compressed a second time."""
+    written from the qcow2's compressed clusters (kiln.artifacts.vmdk), not compressed a second time, in a
+    thread beside the boot once the qcow2 is there."""
     from kiln.artifacts import sbom
 
     qcow2 = ws.temp / f"{ws.name}.qcow2"
@@ -128,16 +129,21 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
     def say(line: str) -> None:
         ws.monitor.log("finalize", line)
 
+    said: list[str] = []  # the OVA thread's line, said in order after the boot's
     if (
         disk.format == "qcow2"
         and disk.compressed
         and disk.disk.parent != stages.root(ws.cfg.path("cache_dir"))
     ):
         os.rename(disk.disk, qcow2)  # Packer's disk_compression already did it
-        live = live_formats(ws, qcow2, tree)
-        if verify:
-            verify_disk(ws, qcow2)
-        write_ova(say)
+        with _Beside() as beside:  # the OVA from the qcow2 at once, beside the live formats and the boot
+            beside.start(lambda: write_ova(said.append, beside.stopping.is_set))
+            live = live_formats(ws, qcow2, tree)
+            if verify:
+                verify_disk(ws, qcow2)
+            beside.result()
+        for line in said:
+            say(line)
     else:  # a stage overlay (flattened through its backing chain), a disk made from a tree, a VMware VMDK
         # the compressed qcow2 in the background (in order, on one core: `-W`, out-of-order writes, would
         # place its clusters differently on every run), the live formats meanwhile, which read the tree or
@@ -147,7 +153,6 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
         # is done, the OVA is written from it in a thread, still beside the boot.
         boots_beside = verify and disk.format in ("raw", "qcow2")
         argv = ["qemu-img", "convert", "-c", "-O", "qcow2", str(disk.disk), str(qcow2)]
-        said: list[str] = []  # the thread's line, said in order after the boot's
         with (
             _Beside() as beside,  # left last: the compression it waits for is stopped first
             proc.Background(
