@@ -354,8 +354,8 @@ def test_signals_deferred_holds_a_signal_until_the_block_ends_and_puts_every_han
 
 
 def test_an_interrupt_in_a_background_block_names_the_command_only_while_it_ran() -> None:
-    """Ctrl-C anywhere in a `proc.Background` block (the verify boot beside the compressions) ends the child
-    and says "interrupted"; it names the command only if the command was still running."""
+    """Ctrl-C anywhere in a `proc.Background` block (the verify boot beside the qcow2's compression) ends the
+    child and says "interrupted"; it names the command only if the command was still running."""
     from kiln.core import proc
     from kiln.core.errors import Interrupted
     from kiln_runtime import RUNTIME
@@ -372,7 +372,7 @@ def test_an_interrupt_in_a_background_block_names_the_command_only_while_it_ran(
 
 
 def test_a_background_command_yields_the_cpu_to_the_foreground() -> None:
-    """A yielding `proc.Background` child (the qcow2 and OVA compressions beside the verify boot) runs at nice
+    """A yielding `proc.Background` child (the qcow2's compression beside the verify boot) runs at nice
     19, every thread of it, and so does its session's autogroup where the kernel has them: otherwise each
     compression, in a session of its own, took a full share of the CPU from the boot, whatever its nice."""
     from kiln.core import proc

@@ -548,11 +548,11 @@ def test_finalize_boots_once_while_the_compressions_run(
     assert bd.ova.is_file() and bd.qcow2.is_file()
 
 
-def test_without_the_boot_the_compressions_do_not_yield(
+def test_without_the_boot_the_compression_does_not_yield(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A build without verify (--no-verify): nothing boots beside the compressions, so they keep their share
-    of the CPU (on a busy host, yielding would starve them while the build waits for them)."""
+    """A build without verify (--no-verify): nothing boots beside the qcow2's compression, so it keeps its
+    share of the CPU (on a busy host, yielding would starve it while the build waits for it)."""
     (tmp_path / "temp").mkdir()
     disk = tmp_path / "work" / "disk"
     disk.parent.mkdir()
@@ -613,6 +613,39 @@ def test_the_ova_is_written_from_the_qcow2_beside_the_boot(
     qcow2 = bd.qcow2.read_bytes()
     first = grains[12 : 12 + int.from_bytes(grains[8:12], "little")]
     assert first[2:-4] in qcow2, "the grain is not the qcow2's deflate stream"
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2-compressed"])
+def test_an_ova_that_failed_during_a_failed_boot_is_the_error_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The OVA beside the boot failed (a full disk, say) and the boot then failed too, maybe because of it:
+    the OVA's error is the one shown."""
+    from kiln.core.errors import VerifyError
+
+    (tmp_path / "temp").mkdir()
+    raw = disk = _raw_with_data(tmp_path / "disk.raw")
+    if fmt == "qcow2-compressed":
+        disk = tmp_path / "packer" / "disk.qcow2"
+        disk.parent.mkdir()
+        subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(disk)], check=True)
+
+    def full_disk(*args: object, **kwargs: object) -> Path:
+        raise BuildError("/out: no space left on device")
+
+    def failing_boot(ws: Workspace, path: Path) -> None:
+        time.sleep(3)  # the OVA has failed by now
+        raise VerifyError("3 of 80 goss checks failed")
+
+    monkeypatch.setattr(finalize.ova, "build_ova", full_disk)
+    monkeypatch.setattr(finalize, "verify_disk", failing_boot)
+    with open(tmp_path / "temp" / "build.log", "a") as log:
+        ws = _finalize_ws(tmp_path, "debian-12", "qemu", log)
+        with pytest.raises(BuildError, match="no space left"):
+            finalize.finalize_disk(
+                ws, Output(disk, "raw" if fmt == "raw" else "qcow2", fmt != "raw"), verify=True
+            )
+    assert not (ws.temp / builddir.MANIFEST).exists()
 
 
 def test_a_failed_boot_stops_the_ova_being_written_beside_it(

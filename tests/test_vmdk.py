@@ -213,7 +213,7 @@ def test_what_it_cannot_read_is_named_and_goes_to_qemu_img(raw: Path, qcow2: Pat
             "backed.qcow2", "-f", "qcow2", "-b", str(qcow2), "-F", "qcow2", size=str(SIZE)
         ): "a backing file",
         create("small.qcow2", "-f", "qcow2", "-o", "cluster_size=4096"): "4096-byte clusters",
-        create("zstd.qcow2", "-f", "qcow2", "-o", "compression_type=zstd"): "incompatible features",
+        create("zstd.qcow2", "-f", "qcow2", "-o", "compression_type=zstd"): "0x8 (a compression type other",
         create("odd.qcow2", "-f", "qcow2", size="1000K"): "not whole 64 KB grains",
         raw: "not a qcow2",
         tmp_path / "missing.qcow2": "unreadable",

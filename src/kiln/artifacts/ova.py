@@ -243,7 +243,7 @@ def build_ova(
     if not disk.is_file():
         raise BuildError(f"{disk}: no disk to package into an OVA")
     if runtime.dry_run:
-        print(f"would write: {out} (from {disk})")
+        print(f"would write {out} (from {disk})")
         return out
     with tempfile.TemporaryDirectory(prefix=".ova-", dir=out.parent) as tmp:
         work = Path(tmp)

@@ -1,9 +1,9 @@
 """The OVA's disk: a stream-optimized VMDK written from a qcow2's clusters, its deflate streams reused.
 
-A build compresses its disk twice: the qcow2 (qemu-img's `-c`, raw deflate per 64 KB cluster) and the OVA's
-stream-optimized VMDK (zlib per 64 KB grain). The two carry the same deflate streams in two wrappings: a
-zlib stream is a two-byte header, the raw deflate data and the Adler-32 of what it inflates to. So kiln
-writes the VMDK from the finished qcow2 instead of deflating the disk a second time: each compressed
+A compressed qcow2 (qemu-img's `-c`) holds a raw deflate stream per 64 KB cluster, and the OVA's
+stream-optimized VMDK a zlib stream per 64 KB grain: the same deflate data in two wrappings (a zlib stream
+is a two-byte header, the raw deflate data and the Adler-32 of what it inflates to). So kiln writes the
+VMDK from the build's finished qcow2 instead of deflating the disk a second time: each compressed
 cluster is inflated once (to find where its stream ends and to sum it), wrapped and written as a grain;
 only a cluster the qcow2 stores uncompressed (it would not compress) is deflated here. On the suite's image
 that is 4.3 s on one core instead of the 39 CPU-seconds that `qemu-img convert -O vmdk` takes.
@@ -13,8 +13,9 @@ sparse extent version 3 with compressed grains and markers), so that whatever im
 imports these: the header and the descriptor in the first 21 sectors; the redundant grain directory and its
 grain tables; the grain directory and its grain tables; then, from the first 64 KB boundary after them, the
 grains in disk order, each a marker (its first sector and its length) and its zlib stream, padded to a
-sector; then an end-of-stream marker. Only the grain tables' entries differ from qemu-img's output for the
-same disk, as the streams' lengths do (`tests/test_vmdk.py` compares the two).
+sector. Only the grain tables' entries differ from qemu-img's output for the same disk, as the streams'
+lengths do (`tests/test_vmdk.py` compares the two), and the end: kiln closes the stream with an
+end-of-stream marker (a zero sector), which VMware's format has and qemu-img does not write.
 
 A qcow2 kiln cannot read this way (a backing file, encryption, clusters other than 64 KB, an external data
 file, extended L2 entries, another compression type, a size that is not whole grains) is named by
@@ -51,6 +52,12 @@ OFFSET_MASK = 0x00FFFFFFFFFFFE00
 L2_COMPRESSED = 1 << 62
 L2_ZERO = 1  # version 3: the cluster reads as zeros
 COMPRESSION_LEVEL = 6  # zlib's default, as qemu-img's VMDK grains
+INCOMPATIBLE = {
+    0x2: "marked corrupt",
+    0x4: "an external data file",
+    0x8: "a compression type other than zlib",
+    0x10: "extended L2 entries",
+}
 
 
 @dataclass(frozen=True)
@@ -175,8 +182,9 @@ def _read_qcow2(path: Path) -> tuple[_Qcow2 | None, str]:
                 return None, "encrypted"
             if cluster_bits != QCOW2_CLUSTER_BITS:
                 return None, f"{1 << cluster_bits}-byte clusters, not 64 KB grains"
-            if incompatible & ~1:  # the dirty bit alone is harmless; data file, compression type, extended L2
-                return None, f"incompatible features 0x{incompatible:x}"
+            if incompatible & ~1:  # the dirty bit alone is harmless
+                named = [what for bit, what in INCOMPATIBLE.items() if incompatible & bit] or ["unknown"]
+                return None, f"incompatible features 0x{incompatible:x} ({', '.join(named)})"
             if size % GRAIN:
                 return None, f"a virtual size ({size}) that is not whole 64 KB grains"
             fh.seek(l1_offset)

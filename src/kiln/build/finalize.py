@@ -138,9 +138,13 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
         os.rename(disk.disk, qcow2)  # Packer's disk_compression already did it
         with _Beside() as beside:  # the OVA from the qcow2 at once, beside the live formats and the boot
             beside.start(lambda: write_ova(said.append, beside.stopping.is_set))
-            live = live_formats(ws, qcow2, tree)
+            live = live_formats(ws, qcow2, tree, "the OVA written")
             if verify:
-                verify_disk(ws, qcow2)
+                try:
+                    verify_disk(ws, qcow2)
+                except VerifyError:  # an OVA that failed meanwhile (a full disk) is the cause to show
+                    beside.check()
+                    raise
             beside.result()
         for line in said:
             say(line)
@@ -159,7 +163,7 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
                 argv, log_file=ws.log_file, yielding=boots_beside, runtime=ws.runtime
             ) as converting,
         ):
-            live = live_formats(ws, disk.disk, tree)
+            live = live_formats(ws, disk.disk, tree, "the qcow2 compressed")
             if tree is not None:  # its room for the OVA (stage_finalize removes it on failure)
                 shutil.rmtree(tree, ignore_errors=True)
             if boots_beside:
@@ -171,8 +175,11 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
                 beside.start(ova_when_the_qcow2_is_done)
                 try:
                     verify_disk(ws, disk.disk)
-                except VerifyError:  # a compression that failed meanwhile (a full disk) is the cause to show
+                except (
+                    VerifyError
+                ):  # a compression or an OVA that failed meanwhile (a full disk) is the cause
                     converting.check()
+                    beside.check()
                     raise
             converting.wait()
             beside.result()
@@ -222,6 +229,10 @@ class _Beside:
     def result(self) -> None:
         if self.thread is not None:
             self.thread.join()
+        self.check()
+
+    def check(self) -> None:
+        """Raise the work's error now if it has already failed; else return (it may still run)."""
         if self.error is not None:
             raise self.error
 
@@ -249,8 +260,9 @@ def verify_disk(ws: Workspace, disk: Path) -> None:
     ws.monitor.log("finalize", f"verify: {len(results)} checks passed in {took:.0f}s; reports in goss/")
 
 
-def live_formats(ws: Workspace, disk: Path, tree: Path | None) -> list[Path]:
-    """The live formats the build asks for (none: []), from `tree` when there is one, else from `disk`."""
+def live_formats(ws: Workspace, disk: Path, tree: Path | None, meanwhile: str) -> list[Path]:
+    """The live formats the build asks for (none: []), from `tree` when there is one, else from `disk`;
+    `meanwhile`, what runs beside them, for the log."""
     from kiln.artifacts import formats
 
     wanted = list(ws.settings.formats)
@@ -269,7 +281,7 @@ def live_formats(ws: Workspace, disk: Path, tree: Path | None) -> list[Path]:
     ws.monitor.log(
         "finalize",
         f"live formats {', '.join(wanted)} made from {source} in {ws.timings['formats']:.0f}s "
-        "(the qcow2 compressed meanwhile)",
+        f"({meanwhile} meanwhile)",
     )
     return made
 

@@ -256,8 +256,8 @@ class Background:
     the verify boot runs): same conventions as `run`, output streamed to `log_file`. Use as a context
     manager: leaving it by an exception (Ctrl-C included) stops the child and its group; `wait()` raises
     CommandError as `run` would. With `yielding`, it yields the CPU to what kiln does meanwhile
-    (`yield_cpu`): the verify boot beside the compressions runs at its own speed, and they take the cycles it
-    leaves."""
+    (`yield_cpu`): the verify boot beside the compression runs at its own speed, and it takes the cycles the
+    boot leaves."""
 
     def __init__(
         self,
@@ -339,9 +339,10 @@ def yield_cpu(pid: int) -> None:
     contended: nice 19 for its threads, and for its session's autogroup. Where the kernel has autogroups on
     (/proc/sys/kernel/sched_autogroup_enabled; they apply to processes outside a cgroup of the cpu
     controller), each session gets an equal share whatever its processes' nice values, so that a compression
-    in a session of its own took as much CPU as the verify boot's QEMU in another (two compressions beside
-    it: a third of the machine each). A process that already ended, or a kernel without autogroups, is no
-    error. Without CAP_SYS_ADMIN the kernel takes one autogroup write in 100 ms (EAGAIN): tried again."""
+    in a session of its own took as much CPU as the verify boot's QEMU in another (when the OVA's VMDK was
+    compressed too, two compressions beside it took a third of the machine each). A process that already
+    ended, or a kernel without autogroups, is no error. Without CAP_SYS_ADMIN the kernel takes one
+    autogroup write in 100 ms (EAGAIN): tried again."""
     # the main thread first: a thread it starts from then on inherits the nice value; then those it had
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, pid, YIELDING_NICE)
