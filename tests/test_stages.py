@@ -579,6 +579,18 @@ def _raw_with_data(path: Path) -> Path:
     return path
 
 
+def _disk_to_finalize(tmp_path: Path, fmt: str) -> tuple[Path, Output]:
+    """The raw disk with data, and what finalize gets: that disk, or (`qcow2-compressed`) a qcow2 Packer
+    compressed from it."""
+    raw = _raw_with_data(tmp_path / "disk.raw")
+    if fmt == "raw":
+        return raw, Output(raw, "raw", False)
+    disk = tmp_path / "packer" / "disk.qcow2"
+    disk.parent.mkdir()
+    subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(disk)], check=True)
+    return raw, Output(disk, "qcow2", True)
+
+
 @pytest.mark.parametrize("fmt", ["raw", "qcow2-compressed"])
 def test_the_ova_is_written_from_the_qcow2_beside_the_boot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
@@ -586,11 +598,7 @@ def test_the_ova_is_written_from_the_qcow2_beside_the_boot(
     """The OVA is made while the boot still runs, once the qcow2 is done (kiln's, or Packer's), from the
     qcow2's clusters (the disk compressed once); the boot waits here until it is there."""
     (tmp_path / "temp").mkdir()
-    raw = disk = _raw_with_data(tmp_path / "disk.raw")
-    if fmt == "qcow2-compressed":
-        disk = tmp_path / "packer" / "disk.qcow2"
-        disk.parent.mkdir()
-        subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(disk)], check=True)
+    raw, disk = _disk_to_finalize(tmp_path, fmt)
     seen: list[bool] = []
 
     def slow_boot(ws: Workspace, path: Path) -> None:
@@ -603,8 +611,7 @@ def test_the_ova_is_written_from_the_qcow2_beside_the_boot(
     monkeypatch.setattr(finalize, "verify_disk", slow_boot)
     with open(tmp_path / "temp" / "build.log", "a") as log:
         ws = _finalize_ws(tmp_path, "debian-12", "qemu", log)
-        qemu_fmt = "raw" if fmt == "raw" else "qcow2"
-        finalize.finalize_disk(ws, Output(disk, qemu_fmt, fmt != "raw"), verify=True)
+        finalize.finalize_disk(ws, disk, verify=True)
     assert seen == [True], "the OVA was not written while the boot ran"
     bd = builddir.BuildDir.open(ws.temp)
     vmdk_path = boot.extract_vmdk(bd.ova, tmp_path / "x")
@@ -624,11 +631,7 @@ def test_an_ova_that_failed_during_a_failed_boot_is_the_error_shown(
     from kiln.core.errors import VerifyError
 
     (tmp_path / "temp").mkdir()
-    raw = disk = _raw_with_data(tmp_path / "disk.raw")
-    if fmt == "qcow2-compressed":
-        disk = tmp_path / "packer" / "disk.qcow2"
-        disk.parent.mkdir()
-        subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(disk)], check=True)
+    disk = _disk_to_finalize(tmp_path, fmt)[1]
 
     def full_disk(*args: object, **kwargs: object) -> Path:
         raise BuildError("/out: no space left on device")
@@ -642,9 +645,7 @@ def test_an_ova_that_failed_during_a_failed_boot_is_the_error_shown(
     with open(tmp_path / "temp" / "build.log", "a") as log:
         ws = _finalize_ws(tmp_path, "debian-12", "qemu", log)
         with pytest.raises(BuildError, match="no space left"):
-            finalize.finalize_disk(
-                ws, Output(disk, "raw" if fmt == "raw" else "qcow2", fmt != "raw"), verify=True
-            )
+            finalize.finalize_disk(ws, disk, verify=True)
     assert not (ws.temp / builddir.MANIFEST).exists()
 
 
@@ -652,7 +653,7 @@ def test_a_failed_boot_stops_the_ova_being_written_beside_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The boot fails while the OVA's VMDK is half written beside it: the VMDK stops at its next grain, and
-    the boot's error is the one shown; no OVA, no temporary directory, no thread left."""
+    the boot's error is the one shown; no OVA, no temporary directory."""
     from kiln.artifacts import vmdk
     from kiln.core.errors import VerifyError
 

@@ -146,8 +146,6 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
                     beside.check()
                     raise
             beside.result()
-        for line in said:
-            say(line)
     else:  # a stage overlay (flattened through its backing chain), a disk made from a tree, a VMware VMDK
         # the compressed qcow2 in the background (in order, on one core: `-W`, out-of-order writes, would
         # place its clusters differently on every run), the live formats meanwhile, which read the tree or
@@ -173,22 +171,21 @@ def finalize_disk(ws: Workspace, disk: Output, tree: Path | None = None, verify:
                     write_ova(said.append, beside.stopping.is_set)
 
                 beside.start(ova_when_the_qcow2_is_done)
+                # a compression or an OVA that failed meanwhile (a full disk) is the cause to show
                 try:
                     verify_disk(ws, disk.disk)
-                except (
-                    VerifyError
-                ):  # a compression or an OVA that failed meanwhile (a full disk) is the cause
+                except VerifyError:
                     converting.check()
                     beside.check()
                     raise
             converting.wait()
             beside.result()
-        for line in said:
-            say(line)
         if not boots_beside:
             write_ova(say)
-        if verify and not boots_beside:
-            verify_disk(ws, qcow2)
+            if verify:
+                verify_disk(ws, qcow2)
+    for line in said:
+        say(line)
     builddir.write_sha256(qcow2)
     builddir.write_sha256(ova_path)
     spdx = sbom.write(ws.temp / f"{ws.name}.spdx.json", ws.name, ws.cfg.settings, ws.packages_file,
